@@ -1,0 +1,312 @@
+//! `ImageReplication`: copy one image from a source region to one or many destination regions.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{DeletionPolicy, SecretRef, conditions_schema, is_false};
+
+/// Copy one image (a cloud VM image or a container image) from a source region to one or many
+/// destination regions, and keep the copies there.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "replication.imageops.io",
+    version = "v1alpha1",
+    kind = "ImageReplication",
+    plural = "imagereplications",
+    namespaced,
+    status = "ImageReplicationStatus",
+    shortname = "imgrep",
+    category = "imagereplication",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Summary", type_ = "string", json_path = ".status.summary"),
+    printcolumn(name = "Reason", type_ = "string", priority = 1, json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = kube::core::Rule::new(
+    "self.destinations.all(d, d.region != self.source.region || has(d.encryption))"
+).message("destinations[].region must differ from source.region unless encryption is set (a same-region copy is only allowed as copy-and-encrypt)"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "self.provider.kind != 'oci' || has(self.source.reference)"
+).message("source.reference is required when provider.kind is oci"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.source.reference) || self.provider.kind == 'oci'"
+).message("source.reference is only for provider.kind oci; VM images use source.imageId or source.imageName"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "self.provider.kind != 'oci' || self.destinations.all(d, has(d.registry))"
+).message("every destination needs registry when provider.kind is oci"))]
+#[serde(rename_all = "camelCase")]
+pub struct ImageReplicationSpec {
+    /// Which service holds the image, and how to reach it.
+    pub provider: ProviderSpec,
+    /// The image to copy and the region it is in.
+    pub source: SourceSpec,
+    /// Regions to copy the image to (1 to 64, regions unique).
+    #[x_kube(validation = kube::core::Rule::new("size(self) >= 1").message("at least one destination is required"))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(d, self.exists_one(e, e.region == d.region))").message("destination regions must be unique"))]
+    #[schemars(length(max = 64))]
+    pub destinations: Vec<DestinationSpec>,
+    /// On delete: Retain keeps the destination copies, Delete removes them. In-flight copies are
+    /// cancelled either way where the provider can.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// Stop starting new work; copies in flight are cancelled where the provider can.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub suspend: bool,
+}
+
+/// The image service that holds the source image.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Huawei Cloud Image Management Service (IMS) cross-region replication.
+    Huawei,
+    /// Alibaba Cloud ECS CopyImage (plain or copy-and-encrypt).
+    Alibaba,
+    /// AWS EC2 CopyImage.
+    Aws,
+    /// Tencent Cloud CVM SyncImages.
+    Tencent,
+    /// OpenStack Glance: the operator streams the image data region to region.
+    Openstack,
+    /// OCI / Docker registries: container images, multi-arch indexes and referrers.
+    Oci,
+}
+
+impl ProviderKind {
+    /// The lowercase name used in manifests, metrics and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Huawei => "huawei",
+            Self::Alibaba => "alibaba",
+            Self::Aws => "aws",
+            Self::Tencent => "tencent",
+            Self::Openstack => "openstack",
+            Self::Oci => "oci",
+        }
+    }
+}
+
+/// How to reach the image service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderSpec {
+    /// Which service holds the image: huawei, alibaba, aws, tencent, openstack or oci.
+    pub kind: ProviderKind,
+    /// Secret in the same namespace with the provider's credentials (keys documented per provider).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+    /// API endpoint override (private cloud, tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub endpoint: Option<String>,
+    /// huawei: IAM agency that holds IMS Administrator in both regions (required by IMS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub agency: Option<String>,
+    /// Copies in flight at once per account across all objects (1 to 100); the rest are Queued.
+    /// Default: the provider's documented quota (huawei 5, alibaba 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 100").message("maxConcurrentCopies must be between 1 and 100"))]
+    pub max_concurrent_copies: Option<i32>,
+}
+
+/// The image to copy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new(
+    "(has(self.imageId) ? 1 : 0) + (has(self.imageName) ? 1 : 0) + (has(self.reference) ? 1 : 0) == 1"
+).message("exactly one of source.imageId, source.imageName or source.reference must be set"))]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSpec {
+    /// Region that holds the source image, e.g. cn-north-4.
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("region must be a region id such as cn-north-4 (lowercase letters, digits and '-')"))]
+    #[schemars(length(max = 63))]
+    pub region: String,
+    /// Id of the source image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub image_id: Option<String>,
+    /// Name of the source image; resolved to an id. An ambiguous name is an error, not a guess.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub image_name: Option<String>,
+    /// oci only: image reference with a tag or a digest, e.g. registry.example.com/team/web:1.4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub reference: Option<String>,
+}
+
+/// One destination region.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationSpec {
+    /// Destination region id.
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("region must be a region id such as cn-east-3 (lowercase letters, digits and '-')"))]
+    #[schemars(length(max = 63))]
+    pub region: String,
+    /// Name of the copy (2 to 128 characters). Default: the provider's convention, e.g. huawei
+    /// copy_<sourceRegion>_<sourceName>.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("size(self) >= 2 && size(self) <= 128").message("name must be 2 to 128 characters long"))]
+    pub name: Option<String>,
+    /// huawei: destination project name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub project: Option<String>,
+    /// Description of the copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub description: Option<String>,
+    /// alibaba/aws/tencent: encrypt the copy (copy-and-encrypt) with a KMS key in the destination region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionSpec>,
+    /// Tags set on the copy.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// alibaba: resource group of the copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub resource_group_id: Option<String>,
+    /// huawei: CBR vault for full-ECS images made from backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub vault_id: Option<String>,
+    /// oci: destination registry for this region, e.g. https://sh.registry.example.com.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub registry: Option<String>,
+}
+
+/// Copy-and-encrypt settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptionSpec {
+    /// KMS key in the destination region; the provider's default key when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub kms_key_id: Option<String>,
+}
+
+/// Observed state of an ImageReplication.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageReplicationStatus {
+    /// The metadata.generation this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready summarises; Reconciling while work is under way; Stalled when it cannot progress
+    /// without a change; Validated says whether the spec passed the provider's rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// What the operator found out about the source image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceStatus>,
+    /// One entry per destination region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<DestinationStatus>,
+    /// Short summary for the printer column, e.g. "2/3 available".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
+
+/// The source image as the provider describes it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    /// Resolved image id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// Image name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
+    /// Disk or manifest format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// private, public, shared or market.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<String>,
+    /// Whether the source image is encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<bool>,
+    /// The provider's state of the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// oci: manifest digest of the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// Phase of one destination copy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum DestinationPhase {
+    /// Not started.
+    #[default]
+    Pending,
+    /// Waiting for a quota slot or for the source image to become ready.
+    Queued,
+    /// The start request is being sent; the idempotency token is recorded.
+    Starting,
+    /// The copy task runs.
+    Copying,
+    /// The copy exists and matches the source.
+    Available,
+    /// The copy failed; see message.
+    Failed,
+    /// The copy is being cancelled.
+    Cancelling,
+    /// The copy was cancelled.
+    Cancelled,
+}
+
+/// Observed state of one destination.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationStatus {
+    /// Destination region.
+    pub region: String,
+    /// Phase of the copy.
+    pub phase: DestinationPhase,
+    /// Id of the destination image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// Provider task or job id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// Idempotency token recorded before the copy was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_token: Option<String>,
+    /// oci: digest held by the destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Progress 0..100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_percent: Option<i32>,
+    /// Bytes copied so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_copied: Option<i64>,
+    /// Bytes to copy in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<i64>,
+    /// Position in the quota queue while Queued (1 = next).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i32>,
+    /// When the current attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the copy finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// Attempts made so far.
+    #[serde(default)]
+    pub attempts: i32,
+    /// Human-readable detail of the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

@@ -1,0 +1,285 @@
+//! The two controllers and the context they share.
+//!
+//! Each reconcile is a thin shell: observe the object, call the pure planner, write status with
+//! server-side apply (only when it changed), publish an Event when the headline changed. The
+//! finalizer guarantees the cleanup hook runs before an object goes away.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, instrument, warn};
+
+use crate::api::v1alpha1::{ImageReplication, ImageReplicationStatus, ReplicaInstance, ReplicaInstanceStatus};
+use crate::api::{FIELD_MANAGER, FINALIZER};
+use crate::http::Health;
+use crate::metrics::Metrics;
+use crate::{Error, Result, plan, provider};
+
+/// State shared by both controllers.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub providers: provider::Registry,
+    backoff: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, identity: &str, metrics: Metrics, providers: provider::Registry) -> Self {
+        let reporter = Reporter {
+            controller: "image-replication-operator".into(),
+            instance: Some(identity.to_string()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            providers,
+            backoff: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Next delay for an object that failed again: 5 s doubling to 5 min.
+    fn next_backoff(&self, key: &str) -> Duration {
+        let mut map = self.backoff.lock().expect("backoff lock");
+        let n = map.entry(key.to_string()).or_insert(0);
+        *n = (*n + 1).min(10);
+        backoff_delay(*n)
+    }
+
+    fn reset_backoff(&self, key: &str) {
+        self.backoff.lock().expect("backoff lock").remove(key);
+    }
+}
+
+/// Delay after the n-th consecutive failure (n >= 1): 5 s, 10 s, 20 s, ... capped at 300 s.
+pub fn backoff_delay(n: u32) -> Duration {
+    Duration::from_secs((5u64 << n.saturating_sub(1).min(6)).min(300))
+}
+
+/// What the generic reconcile needs from each kind.
+pub trait Managed:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    type Status: Serialize + PartialEq + Clone + Send;
+    /// Metric label and log name of the controller.
+    const CONTROLLER: &'static str;
+    fn current_status(&self) -> Option<&Self::Status>;
+    fn conditions_of(status: &Self::Status) -> &[Condition];
+    /// Pure: the status this object should have now.
+    fn plan(&self, providers: &provider::Registry, now: &Time) -> Self::Status;
+    /// Human description of what cleanup did, for the Event.
+    fn cleanup_note(&self) -> String;
+}
+
+impl Managed for ImageReplication {
+    type Status = ImageReplicationStatus;
+    const CONTROLLER: &'static str = "image_replication";
+    fn current_status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+    fn conditions_of(status: &Self::Status) -> &[Condition] {
+        &status.conditions
+    }
+    fn plan(&self, providers: &provider::Registry, now: &Time) -> Self::Status {
+        let implemented = providers.image(self.spec.provider.kind).is_some();
+        plan::image_replication_status(self, implemented, now)
+    }
+    fn cleanup_note(&self) -> String {
+        format!(
+            "cleanup done (deletionPolicy {:?}); no copy was started for this object, so none was cancelled or removed",
+            self.spec.deletion_policy
+        )
+    }
+}
+
+impl Managed for ReplicaInstance {
+    type Status = ReplicaInstanceStatus;
+    const CONTROLLER: &'static str = "replica_instance";
+    fn current_status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+    fn conditions_of(status: &Self::Status) -> &[Condition] {
+        &status.conditions
+    }
+    fn plan(&self, providers: &provider::Registry, now: &Time) -> Self::Status {
+        let implemented = providers.replica(self.spec.primary.provider).is_some();
+        plan::replica_instance_status(self, implemented, now)
+    }
+    fn cleanup_note(&self) -> String {
+        format!(
+            "cleanup done (deletionPolicy {:?}); no sync was started for this object, so nothing was removed",
+            self.spec.deletion_policy
+        )
+    }
+}
+
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn timed<T>(what: &'static str, f: impl Future<Output = Result<T, kube::Error>>) -> Result<T> {
+    match tokio::time::timeout(API_TIMEOUT, f).await {
+        Ok(r) => r.map_err(Error::from),
+        Err(_) => Err(Error::Timeout(what)),
+    }
+}
+
+async fn publish<K: Managed>(ctx: &Context, obj: &K, warning: bool, reason: &str, note: String) {
+    let ev = Event {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    // An Event that cannot be written must not fail the reconcile.
+    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+        warn!(error = %e, "could not publish event");
+    }
+}
+
+async fn apply<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
+    let now = Time(Timestamp::now());
+    let new = obj.plan(&ctx.providers, &now);
+    let old = obj.current_status();
+    if old == Some(&new) {
+        return Ok(Action::await_change());
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": new,
+    });
+    timed(
+        "status patch",
+        api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)),
+    )
+    .await?;
+    let empty: &[Condition] = &[];
+    let before = old.map(K::conditions_of).unwrap_or(empty);
+    if let Some(a) = plan::announcement(before, K::conditions_of(&new)) {
+        info!(reason = %a.reason, warning = a.warning, "state changed");
+        publish(ctx, obj.as_ref(), a.warning, &a.reason, a.note).await;
+    }
+    Ok(Action::await_change())
+}
+
+async fn cleanup<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
+    publish(ctx, obj.as_ref(), false, "CleanupComplete", obj.cleanup_note()).await;
+    Ok(Action::await_change())
+}
+
+/// Reconcile one object: finalizer first, then apply or cleanup.
+#[instrument(skip(obj, ctx), fields(controller = K::CONTROLLER))]
+pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_timer(K::CONTROLLER);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let key = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            FinalizerEvent::Apply(o) => apply(o, &ctx).await,
+            FinalizerEvent::Cleanup(o) => cleanup(o, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.reset_backoff(&key);
+    }
+    result
+}
+
+/// Failed reconciles back off per object; an invalid spec waits for a change.
+pub fn error_policy<K: Managed>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failure(K::CONTROLLER, err.category());
+    if !err.is_retryable() {
+        return Action::await_change();
+    }
+    let key = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    let delay = ctx.next_backoff(&key);
+    warn!(object = %key, error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn api_for<K: Managed>(client: &Client, namespace: Option<&str>) -> Api<K> {
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn log<T, E: std::fmt::Display>(r: Result<T, E>) -> futures::future::Ready<()> {
+    if let Err(e) = r {
+        warn!(error = %e, "controller stream error");
+    }
+    futures::future::ready(())
+}
+
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    crate::leader::wait_true(&mut stop).await;
+}
+
+/// Run both controllers until `stop` turns true; marks `health` ready once both watches synced.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    health: Arc<Health>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let cfg = ControllerConfig::default().concurrency(concurrency);
+    let ns = namespace.as_deref();
+    let ir = Controller::new(api_for::<ImageReplication>(&ctx.client, ns), watcher::Config::default())
+        .with_config(cfg.clone())
+        .graceful_shutdown_on(stopped(stop.clone()));
+    let ri = Controller::new(api_for::<ReplicaInstance>(&ctx.client, ns), watcher::Config::default())
+        .with_config(cfg)
+        .graceful_shutdown_on(stopped(stop.clone()));
+    let (ir_store, ri_store) = (ir.store(), ri.store());
+    let ready = tokio::spawn(async move {
+        if ir_store.wait_until_ready().await.is_ok() && ri_store.wait_until_ready().await.is_ok() {
+            info!("watches synced; ready");
+            health.set_ready();
+        }
+    });
+    let a = ir
+        .run(reconcile::<ImageReplication>, error_policy::<ImageReplication>, ctx.clone())
+        .for_each(log);
+    let b = ri
+        .run(reconcile::<ReplicaInstance>, error_policy::<ReplicaInstance>, ctx.clone())
+        .for_each(log);
+    futures::future::join(a, b).await;
+    ready.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let d: Vec<u64> = (1..=9).map(|n| backoff_delay(n).as_secs()).collect();
+        assert_eq!(d, vec![5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+}

@@ -1,0 +1,49 @@
+//! The crate's error type.
+
+use thiserror::Error;
+
+/// Errors of the operator. `category()` feeds metric labels and Event reasons, so it is a small
+/// fixed set; messages never carry secret values.
+#[derive(Error, Debug)]
+pub enum Error {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("finalizer error: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("the spec is invalid: {0}")]
+    InvalidSpec(String),
+    #[error("provider error: {0}")]
+    Provider(String),
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Self {
+        Self::Kube(e)
+    }
+}
+
+impl Error {
+    /// A fixed, low-cardinality name for metrics and events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Finalizer(_) => "finalizer",
+            Self::InvalidSpec(_) => "invalid_spec",
+            Self::Provider(_) => "provider",
+            Self::Timeout(_) => "timeout",
+            Self::Other(_) => "other",
+        }
+    }
+
+    /// Whether retrying without a spec change can help.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::InvalidSpec(_))
+    }
+}
+
+/// Result with the crate's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,70 @@
+//! The operator's HTTP endpoints: `/metrics`, `/healthz` (liveness) and `/readyz` (readiness).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
+
+use crate::metrics::Metrics;
+
+/// What `/readyz` reports.
+#[derive(Default)]
+pub struct Health {
+    state: AtomicU8,
+}
+
+const STARTING: u8 = 0;
+const STANDBY: u8 = 1;
+const READY: u8 = 2;
+
+impl Health {
+    /// Waiting for the leader lease: ready to serve, so rolling updates of a two-replica
+    /// Deployment can proceed, but not reconciling.
+    pub fn set_standby(&self) {
+        self.state.store(STANDBY, Ordering::SeqCst);
+    }
+    /// Leading and every watch has synced.
+    pub fn set_ready(&self) {
+        self.state.store(READY, Ordering::SeqCst);
+    }
+    /// Not ready (starting, or shutting down).
+    pub fn set_not_ready(&self) {
+        self.state.store(STARTING, Ordering::SeqCst);
+    }
+    fn describe(&self) -> (bool, &'static str) {
+        match self.state.load(Ordering::SeqCst) {
+            READY => (true, "ready"),
+            STANDBY => (true, "standby"),
+            _ => (false, "starting"),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Metrics,
+    health: Arc<Health>,
+}
+
+/// The router serving the three endpoints.
+pub fn router(metrics: Metrics, health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { metrics, health })
+}
+
+async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(),
+    )
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    match s.health.describe() {
+        (true, what) => (StatusCode::OK, what),
+        (false, what) => (StatusCode::SERVICE_UNAVAILABLE, what),
+    }
+}

@@ -1,0 +1,17 @@
+//! image-replication-operator: keeps VM images and container images present in every region
+//! where they are needed, driven by the `ImageReplication` and `ReplicaInstance` custom resources.
+
+pub mod api;
+pub mod controller;
+pub mod crdgen;
+pub mod error;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod plan;
+pub mod provider;
+pub mod regions;
+pub mod telemetry;
+pub mod validation;
+
+pub use error::{Error, Result};

@@ -1,0 +1,207 @@
+//! `image-replication-operator`: the operator (`run`) and the CRD generator (`crdgen`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, CustomResourceExt};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use image_replication_operator::api::{ImageReplication, ReplicaInstance};
+use image_replication_operator::controller::{self, Context};
+use image_replication_operator::http::{self, Health};
+use image_replication_operator::leader::{Elector, LeaseConfig, wait_true};
+use image_replication_operator::metrics::Metrics;
+use image_replication_operator::telemetry::{self, LogFormat};
+use image_replication_operator::{crdgen, provider};
+
+#[derive(Parser)]
+#[command(name = "image-replication-operator", version, about = "Keeps VM and container images present in every region where they are needed")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator against the cluster of the kubeconfig or the in-cluster config.
+    Run(RunArgs),
+    /// Print both CRDs as YAML, or write them as files into directories.
+    Crdgen {
+        /// Write one file per CRD into each of these directories instead of printing.
+        #[arg(long = "out-dir")]
+        out_dirs: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Address of the /metrics, /healthz and /readyz server.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Only one instance reconciles at a time, elected through a Lease.
+    #[arg(long, env = "LEADER_ELECT")]
+    leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "image-replication-operator")]
+    lease_name: String,
+    /// Namespace of the leader Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Identity of this instance in the Lease and in Events (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Objects reconciled at once per controller.
+    #[arg(long, default_value_t = 8)]
+    concurrency: u16,
+    /// Seconds to wait for the CRDs to be established before giving up.
+    #[arg(long, default_value_t = 120)]
+    crd_wait_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Crdgen { out_dirs } => crdgen_cmd(out_dirs),
+        Command::Run(args) => run(args).await,
+    }
+}
+
+fn crdgen_cmd(out_dirs: Vec<PathBuf>) -> anyhow::Result<()> {
+    if out_dirs.is_empty() {
+        print!("{}", crdgen::all_yaml());
+        return Ok(());
+    }
+    for dir in out_dirs {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for crd in crdgen::crds() {
+            let path = dir.join(crdgen::file_name(&crd));
+            std::fs::write(&path, crdgen::to_yaml(&crd)).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal(tx: watch::Sender<bool>) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received; shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("interrupt received; shutting down"),
+    }
+    let _ = tx.send(true);
+}
+
+async fn wait_for_crds(client: &Client, timeout: Duration) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in [ImageReplication::crd_name(), ReplicaInstance::crd_name()] {
+        info!(crd = name, "waiting for CRD to be established");
+        match tokio::time::timeout(timeout, await_condition(api.clone(), name, conditions::is_crd_established())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => bail!("watching CRD {name}: {e}"),
+            Err(_) => bail!("CRD {name} not established after {}s; install the CRDs first (crds/ or the Helm chart)", timeout.as_secs()),
+        }
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("image-replication-operator-{}", std::process::id()));
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(shutdown_signal(stop_tx.clone()));
+
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("binding {}", args.http_addr))?;
+    info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    let mut http_stop = stop_rx.clone();
+    let server = tokio::spawn(
+        axum::serve(listener, http::router(metrics.clone(), health.clone()))
+            .with_graceful_shutdown(async move {
+                wait_true(&mut http_stop).await;
+            })
+            .into_future(),
+    );
+
+    let client = Client::try_default().await.context("building the Kubernetes client (kubeconfig or in-cluster)")?;
+    let mut crd_stop = stop_rx.clone();
+    tokio::select! {
+        r = wait_for_crds(&client, Duration::from_secs(args.crd_wait_seconds)) => r?,
+        _ = wait_true(&mut crd_stop) => return Ok(()),
+    }
+
+    let mut elector = None;
+    if args.leader_elect {
+        health.set_standby();
+        let mut e = Elector::new(client.clone(), LeaseConfig::new(&args.lease_namespace, &args.lease_name, &identity));
+        let mut s = stop_rx.clone();
+        info!(identity = %identity, lease = %args.lease_name, "waiting for the leader lease");
+        if !e.acquire(&mut s).await {
+            let _ = server.await;
+            return Ok(());
+        }
+        elector = Some(e);
+    }
+    health.set_not_ready();
+    metrics.leader.set(1);
+    info!(identity = %identity, "starting controllers");
+
+    let ctx = Arc::new(Context::new(client, &identity, metrics.clone(), provider::Registry::builtin()));
+    let mut controllers = tokio::spawn(controller::run(
+        ctx,
+        args.namespace.clone(),
+        args.concurrency,
+        health.clone(),
+        stop_rx.clone(),
+    ));
+
+    let (done_tx, mut done_rx) = watch::channel(false);
+    let mut holder = tokio::spawn(async move {
+        match elector {
+            Some(mut e) => e.hold(&mut done_rx).await,
+            None => {
+                wait_true(&mut done_rx).await;
+                false
+            }
+        }
+    });
+
+    let lost = tokio::select! {
+        r = &mut holder => r.unwrap_or(true),
+        _ = &mut controllers => {
+            let _ = done_tx.send(true);
+            holder.await.unwrap_or(false)
+        }
+    };
+    metrics.leader.set(0);
+    health.set_not_ready();
+    if lost {
+        error!("leader lease lost; stopping so that only one instance reconciles");
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), controllers).await;
+        std::process::exit(1);
+    }
+    let _ = stop_tx.send(true);
+    if let Err(e) = server.await {
+        warn!(error = %e, "http server task failed");
+    }
+    info!("stopped");
+    Ok(())
+}

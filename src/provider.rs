@@ -1,0 +1,59 @@
+//! The provider registry: which image services and registries this build can drive.
+//!
+//! Providers plug in here behind traits; the controllers look a provider up by the kind named in
+//! the spec and report `Stalled=True, reason ProviderNotImplemented` when it is absent. The
+//! operations (describe, start copy, poll, cancel, delete; full and event-driven sync) are added
+//! to these traits by the issues that build the first real providers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::api::v1alpha1::{ProviderKind, ReplicaProvider};
+
+/// An image service that ImageReplication can copy between regions.
+pub trait ImageProvider: Send + Sync {
+    /// The provider kind this implementation serves.
+    fn kind(&self) -> ProviderKind;
+}
+
+/// A registry service that ReplicaInstance can keep in sync.
+pub trait ReplicaBackend: Send + Sync {
+    /// The primary provider this implementation serves.
+    fn kind(&self) -> ReplicaProvider;
+}
+
+/// Providers available to the controllers.
+#[derive(Clone, Default)]
+pub struct Registry {
+    image: HashMap<ProviderKind, Arc<dyn ImageProvider>>,
+    replica: HashMap<ReplicaProvider, Arc<dyn ReplicaBackend>>,
+}
+
+impl Registry {
+    /// The providers built into this version (none yet: see README "Not built yet").
+    pub fn builtin() -> Self {
+        Self::default()
+    }
+
+    /// Add an image provider.
+    pub fn with_image(mut self, p: Arc<dyn ImageProvider>) -> Self {
+        self.image.insert(p.kind(), p);
+        self
+    }
+
+    /// Add a replica backend.
+    pub fn with_replica(mut self, p: Arc<dyn ReplicaBackend>) -> Self {
+        self.replica.insert(p.kind(), p);
+        self
+    }
+
+    /// The image provider for a kind, if built.
+    pub fn image(&self, kind: ProviderKind) -> Option<Arc<dyn ImageProvider>> {
+        self.image.get(&kind).cloned()
+    }
+
+    /// The replica backend for a kind, if built.
+    pub fn replica(&self, kind: ReplicaProvider) -> Option<Arc<dyn ReplicaBackend>> {
+        self.replica.get(&kind).cloned()
+    }
+}

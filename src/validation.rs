@@ -1,0 +1,508 @@
+//! Static validation of specs: pure functions of the spec, no client, no provider calls.
+//!
+//! These repeat the CEL rules of the CRD schema (so the no-cluster `replicate` command and
+//! clusters that skip CEL get the same answers) and add the rules the schema cannot express.
+//! Each broken rule is a [`Violation`] naming the field, a CamelCase reason and a message a person
+//! can act on.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::api::v1alpha1::{ImageReplicationSpec, ProviderKind, ReplicaInstanceSpec, ReplicaProvider};
+use crate::regions;
+
+/// One broken rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// JSON path of the field, e.g. `spec.destinations[1].region`.
+    pub field: String,
+    /// CamelCase reason, used as the condition reason and the Event reason.
+    pub reason: &'static str,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl Violation {
+    fn new(field: impl Into<String>, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} ({})", self.field, self.message, self.reason)
+    }
+}
+
+/// Summarise violations as one condition reason and message.
+pub fn summarize(violations: &[Violation]) -> (&'static str, String) {
+    let reason = violations.first().map(|v| v.reason).unwrap_or("Invalid");
+    let message = violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    (reason, message)
+}
+
+fn valid_region(r: &str) -> bool {
+    let b = r.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn check_region(out: &mut Vec<Violation>, field: &str, region: &str) {
+    if !valid_region(region) {
+        out.push(Violation::new(
+            field,
+            "InvalidRegion",
+            format!("{region:?} is not a region id (lowercase letters, digits and '-', at most 63 characters)"),
+        ));
+    }
+}
+
+/// Validate an ImageReplication spec.
+pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let kind = spec.provider.kind;
+    let src = &spec.source;
+
+    check_region(&mut out, "spec.source.region", &src.region);
+    let set = [&src.image_id, &src.image_name, &src.reference]
+        .iter()
+        .filter(|o| o.as_deref().is_some_and(|s| !s.is_empty()))
+        .count();
+    if set != 1 {
+        out.push(Violation::new(
+            "spec.source",
+            "InvalidSource",
+            format!("exactly one of source.imageId, source.imageName or source.reference must be set ({set} are)"),
+        ));
+    }
+    match (kind, src.reference.is_some()) {
+        (ProviderKind::Oci, false) => out.push(Violation::new(
+            "spec.source.reference",
+            "ReferenceRequired",
+            "source.reference (a tag or digest reference) is required when provider.kind is oci",
+        )),
+        (k, true) if k != ProviderKind::Oci => out.push(Violation::new(
+            "spec.source.reference",
+            "ReferenceNotSupported",
+            format!("source.reference is only for provider.kind oci; provider {} takes source.imageId or source.imageName", k.as_str()),
+        )),
+        _ => {}
+    }
+
+    if let Some(n) = spec.provider.max_concurrent_copies
+        && !(1..=100).contains(&n)
+    {
+        out.push(Violation::new(
+            "spec.provider.maxConcurrentCopies",
+            "InvalidConcurrency",
+            format!("maxConcurrentCopies must be between 1 and 100, got {n}"),
+        ));
+    }
+    if kind != ProviderKind::Oci && spec.provider.credentials_secret_ref.is_none() {
+        out.push(Violation::new(
+            "spec.provider.credentialsSecretRef",
+            "CredentialsRequired",
+            format!("provider {} needs credentialsSecretRef naming a Secret with its credentials", kind.as_str()),
+        ));
+    }
+    if kind == ProviderKind::Huawei && spec.provider.agency.as_deref().is_none_or(str::is_empty) {
+        out.push(Violation::new(
+            "spec.provider.agency",
+            "AgencyRequired",
+            "Huawei IMS cross-region replication needs provider.agency: an IAM agency with IMS Administrator in both regions",
+        ));
+    }
+
+    if spec.destinations.is_empty() {
+        out.push(Violation::new("spec.destinations", "NoDestinations", "at least one destination is required"));
+    }
+    if spec.destinations.len() > 64 {
+        out.push(Violation::new(
+            "spec.destinations",
+            "TooManyDestinations",
+            format!("at most 64 destinations are allowed, got {}", spec.destinations.len()),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, d) in spec.destinations.iter().enumerate() {
+        let f = |name: &str| format!("spec.destinations[{i}].{name}");
+        check_region(&mut out, &f("region"), &d.region);
+        if !seen.insert(d.region.as_str()) {
+            out.push(Violation::new(
+                f("region"),
+                "DuplicateDestinationRegion",
+                format!("region {} appears more than once; destination regions must be unique", d.region),
+            ));
+        }
+        if d.region == src.region && d.encryption.is_none() {
+            out.push(Violation::new(
+                f("region"),
+                "SameRegionWithoutEncryption",
+                format!(
+                    "destination region {} equals source.region; a same-region copy is only allowed with encryption (copy-and-encrypt)",
+                    d.region
+                ),
+            ));
+        }
+        if let Some(name) = &d.name {
+            let n = name.chars().count();
+            if !(2..=128).contains(&n) {
+                out.push(Violation::new(
+                    f("name"),
+                    "InvalidName",
+                    format!("name must be 2 to 128 characters long, got {n}"),
+                ));
+            }
+        }
+        if d.encryption.is_some() && matches!(kind, ProviderKind::Huawei | ProviderKind::Openstack | ProviderKind::Oci) {
+            out.push(Violation::new(
+                f("encryption"),
+                "EncryptionNotSupported",
+                format!("provider {} cannot encrypt a copy; remove encryption", kind.as_str()),
+            ));
+        }
+        let only = |out: &mut Vec<Violation>, set: bool, field: &str, owner: ProviderKind| {
+            if set && kind != owner {
+                out.push(Violation::new(
+                    f(field),
+                    "FieldNotSupported",
+                    format!("{field} is only used by provider {}, not {}", owner.as_str(), kind.as_str()),
+                ));
+            }
+        };
+        only(&mut out, d.resource_group_id.is_some(), "resourceGroupId", ProviderKind::Alibaba);
+        only(&mut out, d.vault_id.is_some(), "vaultId", ProviderKind::Huawei);
+        only(&mut out, d.project.is_some(), "project", ProviderKind::Huawei);
+        only(&mut out, d.registry.is_some(), "registry", ProviderKind::Oci);
+        if kind == ProviderKind::Oci && d.registry.as_deref().is_none_or(str::is_empty) {
+            out.push(Violation::new(
+                f("registry"),
+                "RegistryRequired",
+                "every destination needs registry when provider.kind is oci",
+            ));
+        }
+    }
+    out
+}
+
+/// Parse a duration such as `30s`, `10m` or `1h30m`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        total = total.checked_add(n.checked_mul(match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return None,
+        })?)?;
+    }
+    num.is_empty().then(|| Duration::from_secs(total))
+}
+
+/// Parse a byte quantity such as `200Mi` or `50M` into bytes.
+pub fn parse_quantity(s: &str) -> Option<u64> {
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..digits].parse().ok()?;
+    let mult = match &s[digits..] {
+        "" => 1,
+        "k" => 1_000,
+        "Ki" => 1 << 10,
+        "M" => 1_000_000,
+        "Mi" => 1 << 20,
+        "G" => 1_000_000_000,
+        "Gi" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Shortest full-resync interval accepted.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Validate a ReplicaInstance spec.
+pub fn replica_instance(spec: &ReplicaInstanceSpec) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let p = &spec.primary;
+    check_region(&mut out, "spec.primary.region", &p.region);
+    check_region(&mut out, "spec.region", &spec.region);
+    if spec.region == p.region {
+        out.push(Violation::new(
+            "spec.region",
+            "SameRegionAsPrimary",
+            format!("the replica region {} must differ from primary.region", spec.region),
+        ));
+    } else if regions::is_cross_border(&p.region, &spec.region) {
+        out.push(Violation::new(
+            "spec.region",
+            "CrossBorderReplication",
+            format!(
+                "replicating from {} to {} crosses the mainland-China border, which is not supported; pick a replica region in the same jurisdiction",
+                p.region, spec.region
+            ),
+        ));
+    }
+    let replica_registry = spec.replica.as_ref().and_then(|r| r.registry.as_deref()).filter(|s| !s.is_empty());
+    match p.provider {
+        ReplicaProvider::Oci => {
+            if p.registry.as_deref().is_none_or(str::is_empty) {
+                out.push(Violation::new(
+                    "spec.primary.registry",
+                    "RegistryRequired",
+                    "primary.registry is required when primary.provider is oci",
+                ));
+            }
+            match replica_registry {
+                None => out.push(Violation::new(
+                    "spec.replica.registry",
+                    "RegistryRequired",
+                    "replica.registry is required when primary.provider is oci",
+                )),
+                Some(r) if Some(r.trim_end_matches('/')) == p.registry.as_deref().map(|s| s.trim_end_matches('/')) => {
+                    out.push(Violation::new(
+                        "spec.replica.registry",
+                        "ReplicaIsPrimary",
+                        "replica.registry is the primary registry; the operator never writes to the primary",
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        ReplicaProvider::Tencent => {
+            if p.instance_id.as_deref().is_none_or(str::is_empty) {
+                out.push(Violation::new(
+                    "spec.primary.instanceId",
+                    "InstanceIdRequired",
+                    "primary.instanceId (the TCR premium instance) is required when primary.provider is tencent",
+                ));
+            }
+            if regions::TCR_REPLICATION_UNSUPPORTED.contains(&spec.region.as_str()) {
+                out.push(Violation::new(
+                    "spec.region",
+                    "RegionNotSupported",
+                    format!("TCR instance replication is not supported in region {}", spec.region),
+                ));
+            }
+        }
+    }
+    match parse_duration(&spec.sync.interval) {
+        None => out.push(Violation::new(
+            "spec.sync.interval",
+            "InvalidInterval",
+            format!("{:?} is not a duration such as 30s, 10m or 1h30m", spec.sync.interval),
+        )),
+        Some(d) if d < MIN_INTERVAL => out.push(Violation::new(
+            "spec.sync.interval",
+            "InvalidInterval",
+            format!("interval {} is shorter than the minimum of 30s", spec.sync.interval),
+        )),
+        Some(_) => {}
+    }
+    if !(1..=64).contains(&spec.sync.max_concurrent_transfers) {
+        out.push(Violation::new(
+            "spec.sync.maxConcurrentTransfers",
+            "InvalidConcurrency",
+            format!("maxConcurrentTransfers must be between 1 and 64, got {}", spec.sync.max_concurrent_transfers),
+        ));
+    }
+    if let Some(b) = &spec.sync.bandwidth_limit
+        && parse_quantity(b).is_none_or(|n| n == 0)
+    {
+        out.push(Violation::new(
+            "spec.sync.bandwidthLimit",
+            "InvalidBandwidthLimit",
+            format!("{b:?} is not a positive quantity such as 200Mi or 50M"),
+        ));
+    }
+    for (i, filter) in spec.sync.filters.iter().enumerate() {
+        for (name, list) in [("repositories", &filter.repositories), ("tags", &filter.tags), ("exclude", &filter.exclude)] {
+            if list.iter().any(|g| g.trim().is_empty()) {
+                out.push(Violation::new(
+                    format!("spec.sync.filters[{i}].{name}"),
+                    "InvalidFilter",
+                    "filter globs must not be empty",
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::v1alpha1::*;
+
+    fn ir(kind: ProviderKind) -> ImageReplicationSpec {
+        ImageReplicationSpec {
+            provider: ProviderSpec {
+                kind,
+                credentials_secret_ref: Some(SecretRef { name: "creds".into() }),
+                endpoint: None,
+                agency: Some("ims_admin".into()),
+                max_concurrent_copies: None,
+            },
+            source: SourceSpec {
+                region: "cn-north-4".into(),
+                image_id: Some("img-1".into()),
+                ..Default::default()
+            },
+            destinations: vec![DestinationSpec {
+                region: "cn-east-3".into(),
+                ..Default::default()
+            }],
+            deletion_policy: DeletionPolicy::Retain,
+            suspend: false,
+        }
+    }
+
+    fn reasons(v: &[Violation]) -> Vec<&'static str> {
+        v.iter().map(|v| v.reason).collect()
+    }
+
+    #[test]
+    fn valid_huawei_spec_passes() {
+        assert_eq!(image_replication(&ir(ProviderKind::Huawei)), vec![]);
+    }
+
+    #[test]
+    fn image_replication_rules() {
+        type Case = (&'static str, fn(&mut ImageReplicationSpec), &'static str);
+        let cases: Vec<Case> = vec![
+            ("no source", |s| s.source.image_id = None, "InvalidSource"),
+            ("two sources", |s| s.source.image_name = Some("web".into()), "InvalidSource"),
+            ("reference for vm", |s| {
+                s.source.image_id = None;
+                s.source.reference = Some("r/x:1".into());
+            }, "ReferenceNotSupported"),
+            ("no destinations", |s| s.destinations.clear(), "NoDestinations"),
+            ("duplicate region", |s| s.destinations.push(s.destinations[0].clone()), "DuplicateDestinationRegion"),
+            ("same region", |s| s.destinations[0].region = "cn-north-4".into(), "SameRegionWithoutEncryption"),
+            ("short name", |s| s.destinations[0].name = Some("a".into()), "InvalidName"),
+            ("long name", |s| s.destinations[0].name = Some("a".repeat(129)), "InvalidName"),
+            ("bad region", |s| s.destinations[0].region = "East 3".into(), "InvalidRegion"),
+            ("concurrency", |s| s.provider.max_concurrent_copies = Some(0), "InvalidConcurrency"),
+            ("no agency", |s| s.provider.agency = None, "AgencyRequired"),
+            ("no credentials", |s| s.provider.credentials_secret_ref = None, "CredentialsRequired"),
+            ("huawei encryption", |s| s.destinations[0].encryption = Some(EncryptionSpec::default()), "EncryptionNotSupported"),
+            ("alibaba field", |s| s.destinations[0].resource_group_id = Some("rg".into()), "FieldNotSupported"),
+        ];
+        for (name, mutate, want) in cases {
+            let mut s = ir(ProviderKind::Huawei);
+            mutate(&mut s);
+            let got = image_replication(&s);
+            assert_eq!(reasons(&got), vec![want], "{name}: {got:?}");
+            assert!(got[0].field.starts_with("spec."), "{name}");
+        }
+    }
+
+    #[test]
+    fn alibaba_same_region_copy_and_encrypt_is_allowed() {
+        let mut s = ir(ProviderKind::Alibaba);
+        s.provider.agency = None;
+        s.destinations[0].region = "cn-north-4".into();
+        s.destinations[0].encryption = Some(EncryptionSpec {
+            kms_key_id: Some("key".into()),
+        });
+        assert_eq!(image_replication(&s), vec![]);
+    }
+
+    #[test]
+    fn oci_rules() {
+        let mut s = ir(ProviderKind::Oci);
+        s.provider.agency = None;
+        s.provider.credentials_secret_ref = None;
+        s.source.image_id = None;
+        s.source.reference = Some("127.0.0.1:5000/team/web:1.4".into());
+        assert_eq!(reasons(&image_replication(&s)), vec!["RegistryRequired"]);
+        s.destinations[0].registry = Some("http://127.0.0.1:5001".into());
+        assert_eq!(image_replication(&s), vec![]);
+        s.source.reference = None;
+        s.source.image_id = Some("x".into());
+        assert_eq!(reasons(&image_replication(&s)), vec!["ReferenceRequired"]);
+    }
+
+    fn ri() -> ReplicaInstanceSpec {
+        ReplicaInstanceSpec {
+            primary: PrimarySpec {
+                provider: ReplicaProvider::Oci,
+                region: "ap-guangzhou".into(),
+                registry: Some("https://gz.example.com".into()),
+                instance_id: None,
+                credentials_secret_ref: None,
+            },
+            region: "ap-shanghai".into(),
+            replica: Some(ReplicaTarget {
+                registry: Some("https://sh.example.com".into()),
+                credentials_secret_ref: None,
+            }),
+            sync: SyncSpec::default(),
+            deletion_policy: DeletionPolicy::Retain,
+            suspend: false,
+        }
+    }
+
+    #[test]
+    fn replica_instance_rules() {
+        assert_eq!(replica_instance(&ri()), vec![]);
+        type Case = (&'static str, fn(&mut ReplicaInstanceSpec), &'static str);
+        let cases: Vec<Case> = vec![
+            ("same region", |s| s.region = "ap-guangzhou".into(), "SameRegionAsPrimary"),
+            ("cross border", |s| s.region = "ap-singapore".into(), "CrossBorderReplication"),
+            ("replica is primary", |s| s.replica.as_mut().unwrap().registry = Some("https://gz.example.com/".into()), "ReplicaIsPrimary"),
+            ("no replica", |s| s.replica = None, "RegistryRequired"),
+            ("no primary registry", |s| s.primary.registry = None, "RegistryRequired"),
+            ("bad interval", |s| s.sync.interval = "10 minutes".into(), "InvalidInterval"),
+            ("short interval", |s| s.sync.interval = "5s".into(), "InvalidInterval"),
+            ("transfers", |s| s.sync.max_concurrent_transfers = 65, "InvalidConcurrency"),
+            ("bandwidth", |s| s.sync.bandwidth_limit = Some("fast".into()), "InvalidBandwidthLimit"),
+            ("filter", |s| s.sync.filters = vec![SyncFilter { repositories: vec!["".into()], ..Default::default() }], "InvalidFilter"),
+        ];
+        for (name, mutate, want) in cases {
+            let mut s = ri();
+            mutate(&mut s);
+            assert_eq!(reasons(&replica_instance(&s)), vec![want], "{name}");
+        }
+    }
+
+    #[test]
+    fn tencent_rules() {
+        let mut s = ri();
+        s.primary.provider = ReplicaProvider::Tencent;
+        s.primary.registry = None;
+        s.replica = None;
+        assert_eq!(reasons(&replica_instance(&s)), vec!["InstanceIdRequired"]);
+        s.primary.instance_id = Some("tcr-1".into());
+        assert_eq!(replica_instance(&s), vec![]);
+        s.primary.region = "ap-hongkong".into();
+        s.region = "ap-taipei".into();
+        assert_eq!(reasons(&replica_instance(&s)), vec!["RegionNotSupported"]);
+    }
+
+    #[test]
+    fn durations_and_quantities() {
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("m"), None);
+        assert_eq!(parse_quantity("200Mi"), Some(200 << 20));
+        assert_eq!(parse_quantity("50M"), Some(50_000_000));
+        assert_eq!(parse_quantity("1.5G"), None);
+    }
+}
