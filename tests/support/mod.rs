@@ -1,0 +1,6 @@
+//! Test support shared by the integration tests.
+
+#![allow(dead_code)]
+
+pub mod fake_apiserver;
+pub mod operator;

@@ -1,0 +1,101 @@
+//! Run the real operator binary as a child process against the fake API server.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running operator process; killed (by PID) when dropped.
+pub struct Operator {
+    pub child: Child,
+    pub http_port: u16,
+    pub identity: String,
+    pub log: PathBuf,
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Operator {
+    /// Start `image-replication-operator run` with the kubeconfig; `extra` args are appended.
+    pub fn start(kubeconfig: &Path, dir: &Path, identity: &str, extra: &[&str]) -> Self {
+        let http_port = free_port();
+        let log = dir.join(format!("{identity}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
+            .args(["run", "--http-addr", &format!("127.0.0.1:{http_port}"), "--crd-wait-seconds", "30"])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", identity)
+            .env("POD_NAMESPACE", "operators")
+            .env("RUST_LOG", "info,image_replication_operator=debug")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the operator binary");
+        Self {
+            child,
+            http_port,
+            identity: identity.to_string(),
+            log,
+        }
+    }
+
+    /// GET a path of the operator's HTTP server: (status, body), or None if not reachable.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Some((code, body))
+    }
+
+    /// Send SIGTERM and wait for the exit code.
+    pub fn terminate(&mut self, within: Duration) -> Option<i32> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `f` until it returns Some, or panic after `within` with `what`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
