@@ -61,7 +61,11 @@ pub fn decide(spec: Option<&LeaseSpec>, identity: &str, unchanged_for: Duration)
         None | Some("") => Decision::Take,
         Some(_) => {
             let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
-            if unchanged_for >= duration { Decision::Take } else { Decision::Wait }
+            if unchanged_for >= duration {
+                Decision::Take
+            } else {
+                Decision::Wait
+            }
         }
     }
 }

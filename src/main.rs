@@ -22,7 +22,11 @@ use image_replication_operator::telemetry::{self, LogFormat};
 use image_replication_operator::{crdgen, provider};
 
 #[derive(Parser)]
-#[command(name = "image-replication-operator", version, about = "Keeps VM and container images present in every region where they are needed")]
+#[command(
+    name = "image-replication-operator",
+    version,
+    about = "Keeps VM and container images present in every region where they are needed"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -107,10 +111,18 @@ async fn wait_for_crds(client: &Client, timeout: Duration) -> anyhow::Result<()>
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for name in [ImageReplication::crd_name(), ReplicaInstance::crd_name()] {
         info!(crd = name, "waiting for CRD to be established");
-        match tokio::time::timeout(timeout, await_condition(api.clone(), name, conditions::is_crd_established())).await {
+        match tokio::time::timeout(
+            timeout,
+            await_condition(api.clone(), name, conditions::is_crd_established()),
+        )
+        .await
+        {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => bail!("watching CRD {name}: {e}"),
-            Err(_) => bail!("CRD {name} not established after {}s; install the CRDs first (crds/ or the Helm chart)", timeout.as_secs()),
+            Err(_) => bail!(
+                "CRD {name} not established after {}s; install the CRDs first (crds/ or the Helm chart)",
+                timeout.as_secs()
+            ),
         }
     }
     Ok(())
@@ -140,7 +152,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .into_future(),
     );
 
-    let client = Client::try_default().await.context("building the Kubernetes client (kubeconfig or in-cluster)")?;
+    let client = Client::try_default()
+        .await
+        .context("building the Kubernetes client (kubeconfig or in-cluster)")?;
     let mut crd_stop = stop_rx.clone();
     tokio::select! {
         r = wait_for_crds(&client, Duration::from_secs(args.crd_wait_seconds)) => r?,
@@ -150,7 +164,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut elector = None;
     if args.leader_elect {
         health.set_standby();
-        let mut e = Elector::new(client.clone(), LeaseConfig::new(&args.lease_namespace, &args.lease_name, &identity));
+        let mut e = Elector::new(
+            client.clone(),
+            LeaseConfig::new(&args.lease_namespace, &args.lease_name, &identity),
+        );
         let mut s = stop_rx.clone();
         info!(identity = %identity, lease = %args.lease_name, "waiting for the leader lease");
         if !e.acquire(&mut s).await {
@@ -163,7 +180,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     metrics.leader.set(1);
     info!(identity = %identity, "starting controllers");
 
-    let ctx = Arc::new(Context::new(client, &identity, metrics.clone(), provider::Registry::builtin()));
+    let ctx = Arc::new(Context::new(
+        client,
+        &identity,
+        metrics.clone(),
+        provider::Registry::builtin(),
+    ));
     let mut controllers = tokio::spawn(controller::run(
         ctx,
         args.namespace.clone(),

@@ -25,8 +25,11 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("imgrep".into()), None).expect("static prefix");
         let reconcile_duration = HistogramVec::new(
-            HistogramOpts::new("reconcile_duration_seconds", "Time spent in one reconcile, by controller.")
-                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            HistogramOpts::new(
+                "reconcile_duration_seconds",
+                "Time spent in one reconcile, by controller.",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
             &["controller"],
         )
         .expect("valid metric");
@@ -36,12 +39,18 @@ impl Metrics {
         )
         .expect("valid metric");
         let reconcile_errors = IntCounterVec::new(
-            Opts::new("reconcile_errors_total", "Reconciles that failed, by controller and error category."),
+            Opts::new(
+                "reconcile_errors_total",
+                "Reconciles that failed, by controller and error category.",
+            ),
             &["controller", "category"],
         )
         .expect("valid metric");
-        let leader = IntGauge::new("leader", "1 while this instance holds the leader lease (or runs without election).")
-            .expect("valid metric");
+        let leader = IntGauge::new(
+            "leader",
+            "1 while this instance holds the leader lease (or runs without election).",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconciliations.clone()),
@@ -105,7 +114,10 @@ mod tests {
         drop(m.reconcile_timer("image_replication"));
         m.reconcile_failure("image_replication", "kube");
         let text = m.render();
-        assert!(text.contains("imgrep_reconciliations_total{controller=\"image_replication\"} 1"), "{text}");
+        assert!(
+            text.contains("imgrep_reconciliations_total{controller=\"image_replication\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("imgrep_reconcile_duration_seconds_count{controller=\"image_replication\"} 1"));
         assert!(text.contains("imgrep_reconcile_errors_total{category=\"kube\",controller=\"image_replication\"} 1"));
     }

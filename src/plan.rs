@@ -67,7 +67,12 @@ pub fn gate_conditions(gate: &Gate, with_synced: bool) -> Vec<Desired> {
     let mut out = vec![
         Desired::new(READY, false, reason_, message.clone()),
         Desired::new(RECONCILING, matches!(gate, Gate::Open), reason_, message.clone()),
-        Desired::new(STALLED, stalled, reason_, if stalled { message.clone() } else { String::new() }),
+        Desired::new(
+            STALLED,
+            stalled,
+            reason_,
+            if stalled { message.clone() } else { String::new() },
+        ),
         validated,
     ];
     if with_synced {
@@ -105,7 +110,10 @@ pub fn image_replication_status(obj: &ImageReplication, implemented: bool, now: 
             })
             .collect(),
     };
-    let available = destinations.iter().filter(|d| d.phase == DestinationPhase::Available).count();
+    let available = destinations
+        .iter()
+        .filter(|d| d.phase == DestinationPhase::Available)
+        .count();
     let summary = match &g {
         Gate::Invalid(v) => format!("Invalid: {}", v[0].reason),
         _ => format!("{available}/{} available", spec.destinations.len()),
@@ -253,8 +261,14 @@ spec:
         assert_eq!((v.status.as_str(), v.observed_generation), ("True", Some(2)));
         assert_eq!(v.last_transition_time, now(20));
         // Ready stayed False: its transition time is kept.
-        assert_eq!(conditions::find(&good.conditions, READY).unwrap().last_transition_time, now(10));
-        assert_eq!(announcement(&bad.conditions, &good.conditions).unwrap().reason, "ProviderNotImplemented");
+        assert_eq!(
+            conditions::find(&good.conditions, READY).unwrap().last_transition_time,
+            now(10)
+        );
+        assert_eq!(
+            announcement(&bad.conditions, &good.conditions).unwrap().reason,
+            "ProviderNotImplemented"
+        );
     }
 
     #[test]

@@ -41,7 +41,11 @@ impl std::fmt::Display for Violation {
 /// Summarise violations as one condition reason and message.
 pub fn summarize(violations: &[Violation]) -> (&'static str, String) {
     let reason = violations.first().map(|v| v.reason).unwrap_or("Invalid");
-    let message = violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    let message = violations
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
     (reason, message)
 }
 
@@ -49,7 +53,8 @@ fn valid_region(r: &str) -> bool {
     let b = r.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -91,7 +96,10 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
         (k, true) if k != ProviderKind::Oci => out.push(Violation::new(
             "spec.source.reference",
             "ReferenceNotSupported",
-            format!("source.reference is only for provider.kind oci; provider {} takes source.imageId or source.imageName", k.as_str()),
+            format!(
+                "source.reference is only for provider.kind oci; provider {} takes source.imageId or source.imageName",
+                k.as_str()
+            ),
         )),
         _ => {}
     }
@@ -109,7 +117,10 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
         out.push(Violation::new(
             "spec.provider.credentialsSecretRef",
             "CredentialsRequired",
-            format!("provider {} needs credentialsSecretRef naming a Secret with its credentials", kind.as_str()),
+            format!(
+                "provider {} needs credentialsSecretRef naming a Secret with its credentials",
+                kind.as_str()
+            ),
         ));
     }
     if kind == ProviderKind::Huawei && spec.provider.agency.as_deref().is_none_or(str::is_empty) {
@@ -121,7 +132,11 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
     }
 
     if spec.destinations.is_empty() {
-        out.push(Violation::new("spec.destinations", "NoDestinations", "at least one destination is required"));
+        out.push(Violation::new(
+            "spec.destinations",
+            "NoDestinations",
+            "at least one destination is required",
+        ));
     }
     if spec.destinations.len() > 64 {
         out.push(Violation::new(
@@ -138,7 +153,10 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
             out.push(Violation::new(
                 f("region"),
                 "DuplicateDestinationRegion",
-                format!("region {} appears more than once; destination regions must be unique", d.region),
+                format!(
+                    "region {} appears more than once; destination regions must be unique",
+                    d.region
+                ),
             ));
         }
         if d.region == src.region && d.encryption.is_none() {
@@ -161,7 +179,8 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
                 ));
             }
         }
-        if d.encryption.is_some() && matches!(kind, ProviderKind::Huawei | ProviderKind::Openstack | ProviderKind::Oci) {
+        if d.encryption.is_some() && matches!(kind, ProviderKind::Huawei | ProviderKind::Openstack | ProviderKind::Oci)
+        {
             out.push(Violation::new(
                 f("encryption"),
                 "EncryptionNotSupported",
@@ -173,11 +192,20 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
                 out.push(Violation::new(
                     f(field),
                     "FieldNotSupported",
-                    format!("{field} is only used by provider {}, not {}", owner.as_str(), kind.as_str()),
+                    format!(
+                        "{field} is only used by provider {}, not {}",
+                        owner.as_str(),
+                        kind.as_str()
+                    ),
                 ));
             }
         };
-        only(&mut out, d.resource_group_id.is_some(), "resourceGroupId", ProviderKind::Alibaba);
+        only(
+            &mut out,
+            d.resource_group_id.is_some(),
+            "resourceGroupId",
+            ProviderKind::Alibaba,
+        );
         only(&mut out, d.vault_id.is_some(), "vaultId", ProviderKind::Huawei);
         only(&mut out, d.project.is_some(), "project", ProviderKind::Huawei);
         only(&mut out, d.registry.is_some(), "registry", ProviderKind::Oci);
@@ -258,7 +286,11 @@ pub fn replica_instance(spec: &ReplicaInstanceSpec) -> Vec<Violation> {
             ),
         ));
     }
-    let replica_registry = spec.replica.as_ref().and_then(|r| r.registry.as_deref()).filter(|s| !s.is_empty());
+    let replica_registry = spec
+        .replica
+        .as_ref()
+        .and_then(|r| r.registry.as_deref())
+        .filter(|s| !s.is_empty());
     match p.provider {
         ReplicaProvider::Oci => {
             if p.registry.as_deref().is_none_or(str::is_empty) {
@@ -318,7 +350,10 @@ pub fn replica_instance(spec: &ReplicaInstanceSpec) -> Vec<Violation> {
         out.push(Violation::new(
             "spec.sync.maxConcurrentTransfers",
             "InvalidConcurrency",
-            format!("maxConcurrentTransfers must be between 1 and 64, got {}", spec.sync.max_concurrent_transfers),
+            format!(
+                "maxConcurrentTransfers must be between 1 and 64, got {}",
+                spec.sync.max_concurrent_transfers
+            ),
         ));
     }
     if let Some(b) = &spec.sync.bandwidth_limit
@@ -331,7 +366,11 @@ pub fn replica_instance(spec: &ReplicaInstanceSpec) -> Vec<Violation> {
         ));
     }
     for (i, filter) in spec.sync.filters.iter().enumerate() {
-        for (name, list) in [("repositories", &filter.repositories), ("tags", &filter.tags), ("exclude", &filter.exclude)] {
+        for (name, list) in [
+            ("repositories", &filter.repositories),
+            ("tags", &filter.tags),
+            ("exclude", &filter.exclude),
+        ] {
             if list.iter().any(|g| g.trim().is_empty()) {
                 out.push(Violation::new(
                     format!("spec.sync.filters[{i}].{name}"),
@@ -386,22 +425,66 @@ mod tests {
         type Case = (&'static str, fn(&mut ImageReplicationSpec), &'static str);
         let cases: Vec<Case> = vec![
             ("no source", |s| s.source.image_id = None, "InvalidSource"),
-            ("two sources", |s| s.source.image_name = Some("web".into()), "InvalidSource"),
-            ("reference for vm", |s| {
-                s.source.image_id = None;
-                s.source.reference = Some("r/x:1".into());
-            }, "ReferenceNotSupported"),
+            (
+                "two sources",
+                |s| s.source.image_name = Some("web".into()),
+                "InvalidSource",
+            ),
+            (
+                "reference for vm",
+                |s| {
+                    s.source.image_id = None;
+                    s.source.reference = Some("r/x:1".into());
+                },
+                "ReferenceNotSupported",
+            ),
             ("no destinations", |s| s.destinations.clear(), "NoDestinations"),
-            ("duplicate region", |s| s.destinations.push(s.destinations[0].clone()), "DuplicateDestinationRegion"),
-            ("same region", |s| s.destinations[0].region = "cn-north-4".into(), "SameRegionWithoutEncryption"),
-            ("short name", |s| s.destinations[0].name = Some("a".into()), "InvalidName"),
-            ("long name", |s| s.destinations[0].name = Some("a".repeat(129)), "InvalidName"),
-            ("bad region", |s| s.destinations[0].region = "East 3".into(), "InvalidRegion"),
-            ("concurrency", |s| s.provider.max_concurrent_copies = Some(0), "InvalidConcurrency"),
+            (
+                "duplicate region",
+                |s| s.destinations.push(s.destinations[0].clone()),
+                "DuplicateDestinationRegion",
+            ),
+            (
+                "same region",
+                |s| s.destinations[0].region = "cn-north-4".into(),
+                "SameRegionWithoutEncryption",
+            ),
+            (
+                "short name",
+                |s| s.destinations[0].name = Some("a".into()),
+                "InvalidName",
+            ),
+            (
+                "long name",
+                |s| s.destinations[0].name = Some("a".repeat(129)),
+                "InvalidName",
+            ),
+            (
+                "bad region",
+                |s| s.destinations[0].region = "East 3".into(),
+                "InvalidRegion",
+            ),
+            (
+                "concurrency",
+                |s| s.provider.max_concurrent_copies = Some(0),
+                "InvalidConcurrency",
+            ),
             ("no agency", |s| s.provider.agency = None, "AgencyRequired"),
-            ("no credentials", |s| s.provider.credentials_secret_ref = None, "CredentialsRequired"),
-            ("huawei encryption", |s| s.destinations[0].encryption = Some(EncryptionSpec::default()), "EncryptionNotSupported"),
-            ("alibaba field", |s| s.destinations[0].resource_group_id = Some("rg".into()), "FieldNotSupported"),
+            (
+                "no credentials",
+                |s| s.provider.credentials_secret_ref = None,
+                "CredentialsRequired",
+            ),
+            (
+                "huawei encryption",
+                |s| s.destinations[0].encryption = Some(EncryptionSpec::default()),
+                "EncryptionNotSupported",
+            ),
+            (
+                "alibaba field",
+                |s| s.destinations[0].resource_group_id = Some("rg".into()),
+                "FieldNotSupported",
+            ),
         ];
         for (name, mutate, want) in cases {
             let mut s = ir(ProviderKind::Huawei);
@@ -463,16 +546,49 @@ mod tests {
         assert_eq!(replica_instance(&ri()), vec![]);
         type Case = (&'static str, fn(&mut ReplicaInstanceSpec), &'static str);
         let cases: Vec<Case> = vec![
-            ("same region", |s| s.region = "ap-guangzhou".into(), "SameRegionAsPrimary"),
-            ("cross border", |s| s.region = "ap-singapore".into(), "CrossBorderReplication"),
-            ("replica is primary", |s| s.replica.as_mut().unwrap().registry = Some("https://gz.example.com/".into()), "ReplicaIsPrimary"),
+            (
+                "same region",
+                |s| s.region = "ap-guangzhou".into(),
+                "SameRegionAsPrimary",
+            ),
+            (
+                "cross border",
+                |s| s.region = "ap-singapore".into(),
+                "CrossBorderReplication",
+            ),
+            (
+                "replica is primary",
+                |s| s.replica.as_mut().unwrap().registry = Some("https://gz.example.com/".into()),
+                "ReplicaIsPrimary",
+            ),
             ("no replica", |s| s.replica = None, "RegistryRequired"),
             ("no primary registry", |s| s.primary.registry = None, "RegistryRequired"),
-            ("bad interval", |s| s.sync.interval = "10 minutes".into(), "InvalidInterval"),
+            (
+                "bad interval",
+                |s| s.sync.interval = "10 minutes".into(),
+                "InvalidInterval",
+            ),
             ("short interval", |s| s.sync.interval = "5s".into(), "InvalidInterval"),
-            ("transfers", |s| s.sync.max_concurrent_transfers = 65, "InvalidConcurrency"),
-            ("bandwidth", |s| s.sync.bandwidth_limit = Some("fast".into()), "InvalidBandwidthLimit"),
-            ("filter", |s| s.sync.filters = vec![SyncFilter { repositories: vec!["".into()], ..Default::default() }], "InvalidFilter"),
+            (
+                "transfers",
+                |s| s.sync.max_concurrent_transfers = 65,
+                "InvalidConcurrency",
+            ),
+            (
+                "bandwidth",
+                |s| s.sync.bandwidth_limit = Some("fast".into()),
+                "InvalidBandwidthLimit",
+            ),
+            (
+                "filter",
+                |s| {
+                    s.sync.filters = vec![SyncFilter {
+                        repositories: vec!["".into()],
+                        ..Default::default()
+                    }]
+                },
+                "InvalidFilter",
+            ),
         ];
         for (name, mutate, want) in cases {
             let mut s = ri();

@@ -8,7 +8,16 @@ use serde_json::{Value, json};
 
 fn schema<K: CustomResourceExt>() -> Value {
     let crd = K::crd();
-    serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap()
+    serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 /// The messages of the rules that fail for `spec`.
@@ -36,7 +45,11 @@ fn image(patch: impl FnOnce(&mut Value)) -> Vec<String> {
 }
 
 fn assert_one(got: Vec<String>, want: &str) {
-    assert_eq!(got.len(), 1, "expected exactly one failure containing {want:?}, got {got:?}");
+    assert_eq!(
+        got.len(),
+        1,
+        "expected exactly one failure containing {want:?}, got {got:?}"
+    );
     assert!(got[0].contains(want), "expected {want:?}, got {got:?}");
 }
 
@@ -64,8 +77,14 @@ fn valid_image_replications_pass() {
 
 #[test]
 fn exactly_one_source_identifier() {
-    assert_one(image(|s| s["source"]["imageName"] = json!("web")), "exactly one of source.imageId");
-    assert_one(image(|s| s["source"] = json!({"region": "cn-north-4"})), "exactly one of source.imageId");
+    assert_one(
+        image(|s| s["source"]["imageName"] = json!("web")),
+        "exactly one of source.imageId",
+    );
+    assert_one(
+        image(|s| s["source"] = json!({"region": "cn-north-4"})),
+        "exactly one of source.imageId",
+    );
 }
 
 #[test]
@@ -94,17 +113,38 @@ fn same_region_only_with_encryption() {
 
 #[test]
 fn name_length_two_to_128() {
-    assert_one(image(|s| s["destinations"][1]["name"] = json!("a")), "2 to 128 characters");
-    assert_one(image(|s| s["destinations"][1]["name"] = json!("a".repeat(129))), "2 to 128 characters");
-    assert_eq!(image(|s| s["destinations"][1]["name"] = json!("a".repeat(128))), Vec::<String>::new());
-    assert_eq!(image(|s| s["destinations"][1]["name"] = json!("ab")), Vec::<String>::new());
+    assert_one(
+        image(|s| s["destinations"][1]["name"] = json!("a")),
+        "2 to 128 characters",
+    );
+    assert_one(
+        image(|s| s["destinations"][1]["name"] = json!("a".repeat(129))),
+        "2 to 128 characters",
+    );
+    assert_eq!(
+        image(|s| s["destinations"][1]["name"] = json!("a".repeat(128))),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        image(|s| s["destinations"][1]["name"] = json!("ab")),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
 fn bounded_integers_and_region_format() {
-    assert_one(image(|s| s["provider"]["maxConcurrentCopies"] = json!(0)), "between 1 and 100");
-    assert_one(image(|s| s["provider"]["maxConcurrentCopies"] = json!(101)), "between 1 and 100");
-    assert_eq!(image(|s| s["provider"]["maxConcurrentCopies"] = json!(5)), Vec::<String>::new());
+    assert_one(
+        image(|s| s["provider"]["maxConcurrentCopies"] = json!(0)),
+        "between 1 and 100",
+    );
+    assert_one(
+        image(|s| s["provider"]["maxConcurrentCopies"] = json!(101)),
+        "between 1 and 100",
+    );
+    assert_eq!(
+        image(|s| s["provider"]["maxConcurrentCopies"] = json!(5)),
+        Vec::<String>::new()
+    );
     assert_one(image(|s| s["destinations"][0]["region"] = json!("East 3")), "region id");
 }
 
@@ -145,8 +185,14 @@ fn replica(patch: impl FnOnce(&mut Value)) -> Vec<String> {
 #[test]
 fn replica_instance_rules() {
     assert_eq!(replica(|_| {}), Vec::<String>::new());
-    assert_one(replica(|s| s["region"] = json!("ap-guangzhou")), "must differ from primary.region");
-    assert_one(replica(|s| s.as_object_mut().unwrap().remove("replica").map(drop).unwrap()), "replica.registry are required");
+    assert_one(
+        replica(|s| s["region"] = json!("ap-guangzhou")),
+        "must differ from primary.region",
+    );
+    assert_one(
+        replica(|s| s.as_object_mut().unwrap().remove("replica").map(drop).unwrap()),
+        "replica.registry are required",
+    );
     assert_one(
         replica(|s| s["primary"] = json!({"provider": "tencent", "region": "ap-guangzhou"})),
         "primary.instanceId is required",
@@ -155,10 +201,28 @@ fn replica_instance_rules() {
         replica(|s| s["primary"] = json!({"provider": "tencent", "region": "ap-guangzhou", "instanceId": "tcr-1"})),
         Vec::<String>::new()
     );
-    assert_one(replica(|s| s["sync"]["interval"] = json!("10 minutes")), "interval must be a duration");
-    assert_eq!(replica(|s| s["sync"]["interval"] = json!("1h30m")), Vec::<String>::new());
-    assert_one(replica(|s| s["sync"]["maxConcurrentTransfers"] = json!(0)), "between 1 and 64");
-    assert_one(replica(|s| s["sync"]["maxConcurrentTransfers"] = json!(65)), "between 1 and 64");
-    assert_one(replica(|s| s["sync"]["bandwidthLimit"] = json!("fast")), "bandwidthLimit must be a quantity");
-    assert_eq!(replica(|s| s["sync"]["bandwidthLimit"] = json!("200Mi")), Vec::<String>::new());
+    assert_one(
+        replica(|s| s["sync"]["interval"] = json!("10 minutes")),
+        "interval must be a duration",
+    );
+    assert_eq!(
+        replica(|s| s["sync"]["interval"] = json!("1h30m")),
+        Vec::<String>::new()
+    );
+    assert_one(
+        replica(|s| s["sync"]["maxConcurrentTransfers"] = json!(0)),
+        "between 1 and 64",
+    );
+    assert_one(
+        replica(|s| s["sync"]["maxConcurrentTransfers"] = json!(65)),
+        "between 1 and 64",
+    );
+    assert_one(
+        replica(|s| s["sync"]["bandwidthLimit"] = json!("fast")),
+        "bandwidthLimit must be a quantity",
+    );
+    assert_eq!(
+        replica(|s| s["sync"]["bandwidthLimit"] = json!("200Mi")),
+        Vec::<String>::new()
+    );
 }

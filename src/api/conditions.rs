@@ -126,15 +126,30 @@ mod tests {
 
     #[test]
     fn transition_time_changes_only_when_status_flips() {
-        let first = merge(&[], &[Desired::new(READY, false, "Progressing", "0/2")], Some(1), &t(100));
+        let first = merge(
+            &[],
+            &[Desired::new(READY, false, "Progressing", "0/2")],
+            Some(1),
+            &t(100),
+        );
         assert_eq!(first[0].last_transition_time, t(100));
         // Same status, new message and generation: time kept.
-        let second = merge(&first, &[Desired::new(READY, false, "Progressing", "1/2")], Some(2), &t(200));
+        let second = merge(
+            &first,
+            &[Desired::new(READY, false, "Progressing", "1/2")],
+            Some(2),
+            &t(200),
+        );
         assert_eq!(second[0].last_transition_time, t(100));
         assert_eq!(second[0].message, "1/2");
         assert_eq!(second[0].observed_generation, Some(2));
         // Status flips: time moves.
-        let third = merge(&second, &[Desired::new(READY, true, "Succeeded", "2/2")], Some(2), &t(300));
+        let third = merge(
+            &second,
+            &[Desired::new(READY, true, "Succeeded", "2/2")],
+            Some(2),
+            &t(300),
+        );
         assert_eq!(third[0].last_transition_time, t(300));
         assert_eq!(third[0].status, "True");
     }
@@ -153,7 +168,12 @@ mod tests {
             type_: SYNCED.into(),
             ..foreign.clone()
         };
-        let out = merge(&[foreign.clone(), stale], &[Desired::new(READY, true, "Succeeded", "")], Some(1), &t(9));
+        let out = merge(
+            &[foreign.clone(), stale],
+            &[Desired::new(READY, true, "Succeeded", "")],
+            Some(1),
+            &t(9),
+        );
         assert_eq!(out.len(), 2);
         assert_eq!(out[1], foreign);
     }

@@ -173,7 +173,11 @@ async fn apply<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
     });
     timed(
         "status patch",
-        api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)),
+        api.patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        ),
     )
     .await?;
     let empty: &[Condition] = &[];
@@ -229,6 +233,18 @@ fn api_for<K: Managed>(client: &Client, namespace: Option<&str>) -> Api<K> {
     }
 }
 
+async fn poll_ready<F, Fut, T, E>(mut wait: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    loop {
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(250), wait()).await {
+            return;
+        }
+    }
+}
+
 fn log<T, E: std::fmt::Display>(r: Result<T, E>) -> futures::future::Ready<()> {
     if let Err(e) = r {
         warn!(error = %e, "controller stream error");
@@ -258,16 +274,26 @@ pub async fn run(
         .graceful_shutdown_on(stopped(stop.clone()));
     let (ir_store, ri_store) = (ir.store(), ri.store());
     let ready = tokio::spawn(async move {
-        if ir_store.wait_until_ready().await.is_ok() && ri_store.wait_until_ready().await.is_ok() {
-            info!("watches synced; ready");
-            health.set_ready();
-        }
+        // kube-runtime's store readiness wakes only its most recent waiter (the controller's own
+        // applier waits on it too), so poll it again until it reports ready.
+        poll_ready(|| ir_store.wait_until_ready()).await;
+        poll_ready(|| ri_store.wait_until_ready()).await;
+        info!("watches synced; ready");
+        health.set_ready();
     });
     let a = ir
-        .run(reconcile::<ImageReplication>, error_policy::<ImageReplication>, ctx.clone())
+        .run(
+            reconcile::<ImageReplication>,
+            error_policy::<ImageReplication>,
+            ctx.clone(),
+        )
         .for_each(log);
     let b = ri
-        .run(reconcile::<ReplicaInstance>, error_policy::<ReplicaInstance>, ctx.clone())
+        .run(
+            reconcile::<ReplicaInstance>,
+            error_policy::<ReplicaInstance>,
+            ctx.clone(),
+        )
         .for_each(log);
     futures::future::join(a, b).await;
     ready.abort();

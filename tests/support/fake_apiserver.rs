@@ -27,6 +27,8 @@
 //! delete propagation/ownerReferences garbage collection, strategic-merge list semantics.
 
 #![allow(dead_code)]
+// Errors here are ready HTTP responses; boxing them buys nothing in a test server.
+#![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -68,7 +70,7 @@ struct Store {
     history: Vec<WatchEvent>,
     resources: HashMap<ResKey, ResInfo>,
     applied: HashMap<(ObjKey, String, bool), Value>, // (object, manager, status?) -> last applied config
-    requests: Vec<(String, String)>,                  // (method, path?query)
+    requests: Vec<(String, String)>,                 // (method, path?query)
 }
 
 /// Shared state of a running fake server.
@@ -103,7 +105,14 @@ fn builtins() -> HashMap<ResKey, ResInfo> {
     add("", "v1", "events", "Event", true, false);
     add("events.k8s.io", "v1", "events", "Event", true, false);
     add("coordination.k8s.io", "v1", "leases", "Lease", true, false);
-    add("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false, true);
+    add(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        false,
+        true,
+    );
     m
 }
 
@@ -120,11 +129,17 @@ fn ok(code: u16, v: Value) -> Response {
 }
 
 fn now_rfc3339() -> String {
-    k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn api_version(res: &ResKey) -> String {
-    if res.0.is_empty() { res.1.clone() } else { format!("{}/{}", res.0, res.1) }
+    if res.0.is_empty() {
+        res.1.clone()
+    } else {
+        format!("{}/{}", res.0, res.1)
+    }
 }
 
 /// Everything of an object except metadata and status: what bumps generation.
@@ -172,7 +187,12 @@ fn label_matches(labels: &Map<String, Value>, selector: &str) -> bool {
     terms.iter().map(|t| t.trim()).filter(|t| !t.is_empty()).all(|t| {
         let get = |k: &str| labels.get(k.trim()).and_then(Value::as_str);
         let set = |s: &str| -> Vec<String> {
-            s.trim().trim_start_matches('(').trim_end_matches(')').split(',').map(|x| x.trim().to_string()).collect()
+            s.trim()
+                .trim_start_matches('(')
+                .trim_end_matches(')')
+                .split(',')
+                .map(|x| x.trim().to_string())
+                .collect()
         };
         if let Some((k, v)) = t.split_once(" notin ") {
             return get(k).is_none_or(|x| !set(v).contains(&x.to_string()));
@@ -214,8 +234,12 @@ fn field_matches(o: &Value, selector: &str) -> bool {
 
 fn selected(o: &Value, q: &HashMap<String, String>) -> bool {
     let empty = Map::new();
-    let labels = o.pointer("/metadata/labels").and_then(Value::as_object).unwrap_or(&empty);
-    q.get("labelSelector").is_none_or(|s| label_matches(labels, s)) && q.get("fieldSelector").is_none_or(|s| field_matches(o, s))
+    let labels = o
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    q.get("labelSelector").is_none_or(|s| label_matches(labels, s))
+        && q.get("fieldSelector").is_none_or(|s| field_matches(o, s))
 }
 
 // ---------- patches ----------
@@ -230,7 +254,10 @@ fn json_patch_apply(target: &mut Value, patch: &Value) -> Result<(), String> {
     ops.retain(|op| {
         !(op.get("op").and_then(Value::as_str) == Some("test")
             && op.get("value") == Some(&Value::Null)
-            && op.get("path").and_then(Value::as_str).is_some_and(|p| target.pointer(p).is_none()))
+            && op
+                .get("path")
+                .and_then(Value::as_str)
+                .is_some_and(|p| target.pointer(p).is_none()))
     });
     let p: json_patch::Patch = serde_json::from_value(Value::Array(ops)).map_err(|e| e.to_string())?;
     json_patch::patch(target, &p).map_err(|e| e.to_string())
@@ -238,7 +265,9 @@ fn json_patch_apply(target: &mut Value, patch: &Value) -> Result<(), String> {
 
 /// Remove from `target` the fields present in `old_applied` but absent from `new_applied`.
 fn prune_unapplied(target: &mut Value, old_applied: &Value, new_applied: &Value) {
-    let (Some(t), Some(old)) = (target.as_object_mut(), old_applied.as_object()) else { return };
+    let (Some(t), Some(old)) = (target.as_object_mut(), old_applied.as_object()) else {
+        return;
+    };
     for (k, old_v) in old {
         match new_applied.get(k) {
             None => {
@@ -304,9 +333,9 @@ fn query_map(uri: &Uri) -> HashMap<String, String> {
     uri.query()
         .map(|q| {
             q.split('&')
-                .filter_map(|kv| {
+                .map(|kv| {
                     let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    Some((k.to_string(), percent_decode(v)))
+                    (k.to_string(), percent_decode(v))
                 })
                 .collect()
         })
@@ -389,7 +418,9 @@ impl FakeApiServer {
     /// A real kube client built from the kubeconfig.
     pub async fn client(&self) -> kube::Client {
         let kc = kube::config::Kubeconfig::from_yaml(&self.kubeconfig()).unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
         kube::Client::try_from(cfg).unwrap()
     }
 
@@ -404,20 +435,29 @@ impl FakeApiServer {
     }
 
     async fn handle(self, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-        self.store
-            .lock()
-            .unwrap()
-            .requests
-            .push((method.to_string(), uri.path_and_query().map(|p| p.to_string()).unwrap_or_default()));
+        self.store.lock().unwrap().requests.push((
+            method.to_string(),
+            uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        ));
         if uri.path() == "/version" {
             return ok(200, json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake"}));
         }
         let Some(t) = parse_path(uri.path()) else {
-            return status_error(404, "NotFound", format!("the server could not find the requested resource ({})", uri.path()));
+            return status_error(
+                404,
+                "NotFound",
+                format!("the server could not find the requested resource ({})", uri.path()),
+            );
         };
         let info = match self.store.lock().unwrap().resources.get(&t.res).cloned() {
             Some(i) => i,
-            None => return status_error(404, "NotFound", format!("the server could not find the requested resource ({})", t.res.2)),
+            None => {
+                return status_error(
+                    404,
+                    "NotFound",
+                    format!("the server could not find the requested resource ({})", t.res.2),
+                );
+            }
         };
         if info.namespaced && t.namespace.is_none() && t.name.is_some() {
             return status_error(404, "NotFound", "namespaced resource requested without a namespace");
@@ -450,7 +490,11 @@ impl FakeApiServer {
     }
 
     fn obj_key(t: &Target, info: &ResInfo) -> ObjKey {
-        let ns = if info.namespaced { t.namespace.clone().unwrap_or_default() } else { String::new() };
+        let ns = if info.namespaced {
+            t.namespace.clone().unwrap_or_default()
+        } else {
+            String::new()
+        };
         (t.res.clone(), ns, t.name.clone().unwrap_or_default())
     }
 
@@ -482,12 +526,20 @@ impl FakeApiServer {
     fn watch(&self, t: Target, info: ResInfo, q: HashMap<String, String>) -> Response {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
         let this = self.clone();
-        let timeout = q.get("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).unwrap_or(1800);
+        let timeout = q
+            .get("timeoutSeconds")
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(1800);
         let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
-        let from: Option<u64> = q.get("resourceVersion").and_then(|s| s.parse().ok()).filter(|rv| *rv != 0);
+        let from: Option<u64> = q
+            .get("resourceVersion")
+            .and_then(|s| s.parse().ok())
+            .filter(|rv| *rv != 0);
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
-            let matches = |e: &WatchEvent| e.res == t.res && t.namespace.as_ref().is_none_or(|n| *n == e.namespace) && selected(&e.object, &q);
+            let matches = |e: &WatchEvent| {
+                e.res == t.res && t.namespace.as_ref().is_none_or(|n| *n == e.namespace) && selected(&e.object, &q)
+            };
             let line = |type_: &str, o: &Value| {
                 let mut s = serde_json::to_vec(&json!({"type": type_, "object": o})).unwrap();
                 s.push(b'\n');
@@ -501,7 +553,9 @@ impl FakeApiServer {
                         let objs = st
                             .objects
                             .iter()
-                            .filter(|((r, ns, _), o)| *r == t.res && t.namespace.as_ref().is_none_or(|n| n == ns) && selected(o, &q))
+                            .filter(|((r, ns, _), o)| {
+                                *r == t.res && t.namespace.as_ref().is_none_or(|n| n == ns) && selected(o, &q)
+                            })
                             .map(|(_, o)| o.clone())
                             .collect();
                         (st.rv, objs)
@@ -519,7 +573,14 @@ impl FakeApiServer {
                 let notified = this.notify.notified();
                 let (events, rv): (Vec<WatchEvent>, u64) = {
                     let st = this.store.lock().unwrap();
-                    (st.history.iter().filter(|e| e.rv > pos && matches(e)).cloned().collect(), st.rv)
+                    (
+                        st.history
+                            .iter()
+                            .filter(|e| e.rv > pos && matches(e))
+                            .cloned()
+                            .collect(),
+                        st.rv,
+                    )
                 };
                 for e in events {
                     pos = e.rv;
@@ -580,18 +641,41 @@ impl FakeApiServer {
         match kube::core::cel::Validator::new().validate(schema, obj, old) {
             Ok(()) => Ok(()),
             Err(errs) => {
-                let msg = errs.iter().map(|e| format!("{}: Invalid value: {}", e.field_path, e.message)).collect::<Vec<_>>().join(", ");
-                Err(status_error(422, "Invalid", format!("{} {:?} is invalid: {msg}", info.kind, meta_str(obj, "name").unwrap_or(""))))
+                let msg = errs
+                    .iter()
+                    .map(|e| format!("{}: Invalid value: {}", e.field_path, e.message))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Err(status_error(
+                    422,
+                    "Invalid",
+                    format!(
+                        "{} {:?} is invalid: {msg}",
+                        info.kind,
+                        meta_str(obj, "name").unwrap_or("")
+                    ),
+                ))
             }
         }
     }
 
     fn register_crd(st: &mut Store, crd: &Value) {
         let g = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
-        let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default();
-        let kind = crd.pointer("/spec/names/kind").and_then(Value::as_str).unwrap_or_default();
+        let plural = crd
+            .pointer("/spec/names/plural")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let kind = crd
+            .pointer("/spec/names/kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let namespaced = crd.pointer("/spec/scope").and_then(Value::as_str) == Some("Namespaced");
-        for v in crd.pointer("/spec/versions").and_then(Value::as_array).cloned().unwrap_or_default() {
+        for v in crd
+            .pointer("/spec/versions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
             let name = v.get("name").and_then(Value::as_str).unwrap_or_default();
             st.resources.insert(
                 key(g, name, plural),
@@ -616,7 +700,11 @@ impl FakeApiServer {
         if let (Some(body_ns), Some(path_ns)) = (meta_str(&obj, "namespace"), t.namespace.as_deref())
             && body_ns != path_ns
         {
-            return status_error(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request");
+            return status_error(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            );
         }
         let name = match (meta_str(&obj, "name"), meta_str(&obj, "generateName")) {
             (Some(n), _) if !n.is_empty() => n.to_string(),
@@ -624,9 +712,23 @@ impl FakeApiServer {
                 st.uid += 1;
                 format!("{g}{:05x}", st.uid)
             }
-            _ => return status_error(422, "Invalid", "metadata.name: Required value: name or generateName is required"),
+            _ => {
+                return status_error(
+                    422,
+                    "Invalid",
+                    "metadata.name: Required value: name or generateName is required",
+                );
+            }
         };
-        let k: ObjKey = (t.res.clone(), if info.namespaced { t.namespace.clone().unwrap_or_default() } else { String::new() }, name.clone());
+        let k: ObjKey = (
+            t.res.clone(),
+            if info.namespaced {
+                t.namespace.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
+            name.clone(),
+        );
         if st.objects.contains_key(&k) {
             return status_error(409, "AlreadyExists", format!("{} {name:?} already exists", t.res.2));
         }
@@ -698,7 +800,10 @@ impl FakeApiServer {
             return status_error(
                 409,
                 "Conflict",
-                format!("Operation cannot be fulfilled on {} {:?}: the object has been modified; please apply your changes to the latest version and try again", t.res.2, k.2),
+                format!(
+                    "Operation cannot be fulfilled on {} {:?}: the object has been modified; please apply your changes to the latest version and try again",
+                    t.res.2, k.2
+                ),
             );
         }
         if !new.is_object() {
@@ -744,7 +849,13 @@ impl FakeApiServer {
         if cur.pointer("/metadata/deletionTimestamp").is_some() {
             let before = finalizers(&cur);
             if let Some(f) = finalizers(&new).iter().find(|f| !before.contains(f)) {
-                return status_error(422, "Forbidden", format!("metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers [{f}]"));
+                return status_error(
+                    422,
+                    "Forbidden",
+                    format!(
+                        "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers [{f}]"
+                    ),
+                );
             }
         }
         if let Err(r) = Self::check_cel(&info, &new, Some(&cur)) {
@@ -798,7 +909,9 @@ impl FakeApiServer {
                     info,
                     |cur| {
                         let mut v = cur.clone();
-                        json_patch_apply(&mut v, &p).map_err(|e| status_error(422, "Invalid", format!("the JSON patch could not be applied: {e}")))?;
+                        json_patch_apply(&mut v, &p).map_err(|e| {
+                            status_error(422, "Invalid", format!("the JSON patch could not be applied: {e}"))
+                        })?;
                         Ok(v)
                     },
                     None,
@@ -806,14 +919,24 @@ impl FakeApiServer {
             }
             "application/apply-patch+yaml" => {
                 let Some(manager) = q.get("fieldManager").cloned() else {
-                    return status_error(400, "BadRequest", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch");
+                    return status_error(
+                        400,
+                        "BadRequest",
+                        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                    );
                 };
                 let applied: Value = match serde_yaml::from_slice(body) {
                     Ok(v) => v,
                     Err(e) => return status_error(400, "BadRequest", format!("invalid apply patch: {e}")),
                 };
                 let k = Self::obj_key(&t, &info);
-                let prev = self.store.lock().unwrap().applied.get(&(k.clone(), manager.clone(), status_write)).cloned();
+                let prev = self
+                    .store
+                    .lock()
+                    .unwrap()
+                    .applied
+                    .get(&(k.clone(), manager.clone(), status_write))
+                    .cloned();
                 let a2 = applied.clone();
                 let resp = self.update(
                     t,
@@ -832,11 +955,19 @@ impl FakeApiServer {
                     Some(applied.clone()),
                 );
                 if resp.status().is_success() {
-                    self.store.lock().unwrap().applied.insert((k, manager, status_write), applied);
+                    self.store
+                        .lock()
+                        .unwrap()
+                        .applied
+                        .insert((k, manager, status_write), applied);
                 }
                 resp
             }
-            other => status_error(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format: {other}")),
+            other => status_error(
+                415,
+                "UnsupportedMediaType",
+                format!("the body of the request was in an unknown format: {other}"),
+            ),
         }
     }
 

@@ -14,7 +14,11 @@ pub struct Operator {
 
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Operator {
@@ -24,7 +28,13 @@ impl Operator {
         let log = dir.join(format!("{identity}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
-            .args(["run", "--http-addr", &format!("127.0.0.1:{http_port}"), "--crd-wait-seconds", "30"])
+            .args([
+                "run",
+                "--http-addr",
+                &format!("127.0.0.1:{http_port}"),
+                "--crd-wait-seconds",
+                "30",
+            ])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", identity)
@@ -53,13 +63,18 @@ impl Operator {
         let mut buf = String::new();
         s.read_to_string(&mut buf).ok()?;
         let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Some((code, body))
     }
 
     /// Send SIGTERM and wait for the exit code.
     pub fn terminate(&mut self, within: Duration) -> Option<i32> {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -77,6 +92,9 @@ impl Operator {
 
 impl Drop for Operator {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- log of operator {} ----\n{}", self.identity, self.logs());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

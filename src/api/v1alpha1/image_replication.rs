@@ -1,5 +1,8 @@
 //! `ImageReplication`: copy one image from a source region to one or many destination regions.
 
+// kube's derive takes one `printcolumn(...)` per column; clippy reads the repeated keys as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -21,9 +24,18 @@ use super::common::{DeletionPolicy, SecretRef, conditions_schema, is_false};
     status = "ImageReplicationStatus",
     shortname = "imgrep",
     category = "imagereplication",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Summary", type_ = "string", json_path = ".status.summary"),
-    printcolumn(name = "Reason", type_ = "string", priority = 1, json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = kube::core::Rule::new(
