@@ -23,7 +23,7 @@ use super::common::{DeletionPolicy, SecretRef, conditions_schema, is_false};
     namespaced,
     status = "ImageReplicationStatus",
     shortname = "imgrep",
-    category = "imagereplication",
+    category = "imageops",
     printcolumn(
         name = "Ready",
         type_ = "string",

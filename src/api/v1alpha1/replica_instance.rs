@@ -24,7 +24,7 @@ pub const MAX_RECENT_FAILURES: usize = 10;
     namespaced,
     status = "ReplicaInstanceStatus",
     shortname = "replica",
-    category = "imagereplication",
+    category = "imageops",
     printcolumn(
         name = "Ready",
         type_ = "string",

@@ -1,0 +1,235 @@
+//! The Helm chart lints, `deploy/install.yaml` is what the chart renders, the CRDs come through
+//! Helm unchanged, and the Argo CD health check reads the statuses the operator writes.
+//!
+//! Needs `helm` (`make tools` installs it into .tools/bin) and `lua5.1` (Argo CD runs gopher-lua,
+//! a Lua 5.1); `HELM` and `LUA` override the paths.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use image_replication_operator::api::v1alpha1::ImageReplication;
+use image_replication_operator::{crdgen, plan};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{Value, json};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const CHART: &str = "charts/image-replication-operator";
+
+fn tool(env: &str, local: &str, name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return p.into();
+    }
+    let p = PathBuf::from(ROOT).join(local);
+    if p.exists() {
+        return p;
+    }
+    if Command::new(name).arg("-v").output().is_ok() {
+        return name.into();
+    }
+    panic!("{name} not found: run `make tools` (or set {env})");
+}
+
+fn helm(args: &[&str]) -> String {
+    let out = Command::new(tool("HELM", ".tools/bin/helm", "helm"))
+        .args(args)
+        .current_dir(ROOT)
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The exact command `make render` runs.
+fn render() -> String {
+    helm(&[
+        "template",
+        "image-replication-operator",
+        CHART,
+        "--namespace",
+        "image-replication-system",
+        "--set",
+        "createNamespace=true",
+    ])
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    yaml.split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<Value>(d).ok())
+        .filter(|v| v.is_object())
+        .collect()
+}
+
+#[test]
+fn chart_lints() {
+    let out = helm(&["lint", "--strict", CHART]);
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+}
+
+#[test]
+fn install_yaml_is_the_rendered_chart() {
+    let committed = std::fs::read_to_string(format!("{ROOT}/deploy/install.yaml")).unwrap();
+    assert!(committed == render(), "deploy/install.yaml is stale; run `make render`");
+}
+
+#[test]
+fn crds_come_through_helm_unchanged_and_are_kept() {
+    let rendered = docs(&render());
+    for crd in crdgen::crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        let mut got = rendered
+            .iter()
+            .find(|d| d["kind"] == "CustomResourceDefinition" && d["metadata"]["name"] == json!(name))
+            .unwrap_or_else(|| panic!("{name} not rendered"))
+            .clone();
+        assert_eq!(got["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+        got["metadata"].as_object_mut().unwrap().remove("annotations");
+        assert_eq!(
+            got,
+            serde_json::to_value(&crd).unwrap(),
+            "{name} changed on its way through Helm"
+        );
+    }
+    // crds.install=false leaves them out.
+    let without = helm(&["template", "x", CHART, "--set", "crds.install=false"]);
+    assert!(!without.contains("kind: CustomResourceDefinition"));
+}
+
+#[test]
+fn deployment_runs_locked_down_with_probes_and_leader_election() {
+    let rendered = docs(&render());
+    let d = rendered.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let args: Vec<&str> = c["args"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(args.contains(&"--leader-elect"), "{args:?}");
+    let role = rendered.iter().find(|d| d["kind"] == "Role").unwrap();
+    assert_eq!(role["rules"][0]["resources"], json!(["leases"]));
+    // ServiceMonitor only when asked for.
+    assert!(!render().contains("kind: ServiceMonitor"));
+    assert!(helm(&["template", "x", CHART, "--set", "serviceMonitor.enabled=true"]).contains("kind: ServiceMonitor"));
+}
+
+#[test]
+fn values_schema_rejects_bad_values() {
+    let out = Command::new(tool("HELM", ".tools/bin/helm", "helm"))
+        .args(["template", "x", CHART, "--set", "logFormat=xml"])
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("logFormat"));
+}
+
+// ---------- Argo CD health check ----------
+
+fn lua_literal(v: &Value) -> String {
+    match v {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(a) => format!("{{{}}}", a.iter().map(lua_literal).collect::<Vec<_>>().join(", ")),
+        Value::Object(o) => format!(
+            "{{{}}}",
+            o.iter()
+                .map(|(k, v)| format!("[{k:?}] = {}", lua_literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Run the health check on an object: (status, message).
+fn argocd_health(obj: &Value) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let harness = dir.path().join("harness.lua");
+    std::fs::write(
+        &harness,
+        format!(
+            "obj = {}\nlocal hs = assert(loadfile({:?}))()\nio.write(hs.status, \"\\n\", hs.message or \"\")\n",
+            lua_literal(obj),
+            format!("{ROOT}/deploy/gitops/argocd-health.lua")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(tool("LUA", ".tools/bin/lua5.1", "lua5.1"))
+        .arg(&harness)
+        .output()
+        .expect("run lua5.1");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = String::from_utf8(out.stdout).unwrap();
+    let (a, b) = s.split_once('\n').unwrap();
+    (a.to_string(), b.to_string())
+}
+
+fn planned(mutate: impl FnOnce(&mut ImageReplication), implemented: bool) -> Value {
+    let mut o: ImageReplication = serde_yaml::from_str(include_str!("../deploy/examples/huawei.yaml")).unwrap();
+    o.metadata.generation = Some(1);
+    mutate(&mut o);
+    let now = Time(Timestamp::now());
+    o.status = Some(plan::image_replication_status(&o, implemented, &now));
+    serde_json::to_value(&o).unwrap()
+}
+
+#[test]
+fn argocd_health_reads_the_operator_status() {
+    let no_status = serde_json::to_value(
+        serde_yaml::from_str::<ImageReplication>(include_str!("../deploy/examples/huawei.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(argocd_health(&no_status).0, "Progressing");
+
+    let (st, msg) = argocd_health(&planned(|_| {}, false));
+    assert_eq!(st, "Degraded");
+    assert!(msg.starts_with("ProviderNotImplemented"), "{msg}");
+
+    let (st, msg) = argocd_health(&planned(|o| o.spec.provider.agency = None, false));
+    assert_eq!(st, "Degraded");
+    assert!(msg.starts_with("AgencyRequired"), "{msg}");
+
+    assert_eq!(argocd_health(&planned(|o| o.spec.suspend = true, true)).0, "Suspended");
+
+    let mut stale = planned(|_| {}, false);
+    stale["metadata"]["generation"] = json!(2);
+    assert_eq!(argocd_health(&stale).0, "Progressing");
+
+    let mut ready = planned(|_| {}, true);
+    for c in ready["status"]["conditions"].as_array_mut().unwrap() {
+        if c["type"] == "Ready" {
+            c["status"] = json!("True");
+            c["message"] = json!("2/2 available");
+        }
+    }
+    assert_eq!(
+        argocd_health(&ready),
+        ("Healthy".to_string(), "2/2 available".to_string())
+    );
+}
+
+#[test]
+fn argocd_cm_embeds_the_same_lua_for_both_kinds() {
+    let lua = std::fs::read_to_string(format!("{ROOT}/deploy/gitops/argocd-health.lua")).unwrap();
+    let cm: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(format!("{ROOT}/deploy/gitops/argocd-cm.yaml")).unwrap())
+            .unwrap();
+    for kind in ["ImageReplication", "ReplicaInstance"] {
+        let key = format!("resource.customizations.health.replication.imageops.io_{kind}");
+        assert_eq!(
+            cm["data"][&key].as_str(),
+            Some(lua.as_str()),
+            "{key} differs from argocd-health.lua"
+        );
+    }
+}
