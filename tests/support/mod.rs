@@ -3,4 +3,6 @@
 #![allow(dead_code)]
 
 pub mod fake_apiserver;
+pub mod faulty;
 pub mod operator;
+pub mod registry;

@@ -1,0 +1,408 @@
+//! The copy engine: images, multi-arch indexes (every platform, digests unchanged) and referrers
+//! (OCI 1.1 API, else the `sha256-<hex>` tag schema with cosign `.sig`/`.att`/`.sbom` tags).
+//!
+//! Each blob crosses at most once per destination: skipped when present (HEAD), mounted from
+//! another repository of the same registry when known there, otherwise streamed from the source
+//! in chunks (never the whole blob in memory) with resume after a broken connection. Every blob
+//! and manifest is verified against its digest; a mismatch is an error.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest as _, Sha256};
+
+use super::api::{Manifest, Mount, hex};
+use super::client::{OciError, Registry};
+
+/// Tuning of one copy.
+#[derive(Clone, Debug)]
+pub struct CopyOptions {
+    /// Bytes per PATCH of a chunked upload.
+    pub chunk_size: usize,
+    /// Blobs transferred at once within one image.
+    pub blob_concurrency: usize,
+    /// Copy referrers (signatures, attestations, SBOMs).
+    pub referrers: bool,
+    /// Consecutive failures of one blob transfer before giving up.
+    pub max_blob_failures: u32,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        Self {
+            chunk_size: 8 << 20,
+            blob_concurrency: 4,
+            referrers: true,
+            max_blob_failures: 6,
+        }
+    }
+}
+
+/// Live progress of a copy, readable while it runs.
+#[derive(Default, Debug)]
+pub struct Progress {
+    pub bytes_done: AtomicU64,
+    pub bytes_total: AtomicU64,
+}
+
+impl Progress {
+    pub fn snapshot(&self) -> (u64, u64) {
+        (
+            self.bytes_done.load(Ordering::Relaxed),
+            self.bytes_total.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// What a copy did.
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+pub struct CopyReport {
+    /// Digest of the top manifest now at the destination.
+    pub digest: String,
+    pub bytes_total: u64,
+    pub bytes_uploaded: u64,
+    pub blobs_uploaded: u64,
+    pub blobs_mounted: u64,
+    pub blobs_skipped: u64,
+    pub manifests_written: u64,
+    /// True when the destination already held the same digest under the tag.
+    pub up_to_date: bool,
+    pub referrers_copied: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    bytes_uploaded: AtomicU64,
+    blobs_uploaded: AtomicU64,
+    blobs_mounted: AtomicU64,
+    blobs_skipped: AtomicU64,
+    manifests_written: AtomicU64,
+    referrers: AtomicU64,
+}
+
+/// State shared by all copies: where blobs are known to exist, for cross-repository mounts.
+#[derive(Default)]
+pub struct Engine {
+    known: Mutex<HashMap<(String, String), String>>, // (registry host, digest) -> repository
+}
+
+struct Job<'a> {
+    src: &'a Registry,
+    src_repo: &'a str,
+    dst: &'a Registry,
+    dst_repo: &'a str,
+    opts: &'a CopyOptions,
+    progress: &'a Progress,
+    counters: Counters,
+    done_manifests: Mutex<HashSet<String>>,
+}
+
+impl Engine {
+    fn remember(&self, host: &str, digest: &str, repo: &str) {
+        self.known
+            .lock()
+            .expect("known lock")
+            .insert((host.to_string(), digest.to_string()), repo.to_string());
+    }
+    fn known_elsewhere(&self, host: &str, digest: &str, repo: &str) -> Option<String> {
+        self.known
+            .lock()
+            .expect("known lock")
+            .get(&(host.to_string(), digest.to_string()))
+            .filter(|r| r.as_str() != repo)
+            .cloned()
+    }
+
+    /// Copy `src_repo:reference` to `dst_repo` (under `dst_tag` when given, else by digest).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn copy(
+        &self,
+        src: &Registry,
+        src_repo: &str,
+        reference: &str,
+        dst: &Registry,
+        dst_repo: &str,
+        dst_tag: Option<&str>,
+        opts: &CopyOptions,
+        progress: &Progress,
+    ) -> Result<CopyReport, OciError> {
+        let job = Job {
+            src,
+            src_repo,
+            dst,
+            dst_repo,
+            opts,
+            progress,
+            counters: Counters::default(),
+            done_manifests: Mutex::new(HashSet::new()),
+        };
+        let top = src
+            .get_manifest(src_repo, reference)
+            .await?
+            .ok_or_else(|| OciError::Http {
+                op: "get manifest",
+                status: 404,
+                message: format!("{}/{src_repo}:{reference} not found", src.addr.host),
+            })?;
+        let target = dst_tag.unwrap_or(&top.digest).to_string();
+        let current = dst.head_manifest(dst_repo, &target).await?;
+        let up_to_date = current.as_deref() == Some(top.digest.as_str());
+        if !up_to_date {
+            self.copy_tree(&job, &top).await?;
+            dst.put_manifest(dst_repo, &target, &top).await?;
+            job.counters.manifests_written.fetch_add(1, Ordering::Relaxed);
+        }
+        if opts.referrers {
+            self.copy_referrers(&job, &top.digest).await?;
+        }
+        let c = &job.counters;
+        Ok(CopyReport {
+            digest: top.digest.clone(),
+            bytes_total: progress.bytes_total.load(Ordering::Relaxed),
+            bytes_uploaded: c.bytes_uploaded.load(Ordering::Relaxed),
+            blobs_uploaded: c.blobs_uploaded.load(Ordering::Relaxed),
+            blobs_mounted: c.blobs_mounted.load(Ordering::Relaxed),
+            blobs_skipped: c.blobs_skipped.load(Ordering::Relaxed),
+            manifests_written: c.manifests_written.load(Ordering::Relaxed),
+            up_to_date,
+            referrers_copied: c.referrers.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Copy everything a manifest refers to (not the manifest itself).
+    async fn copy_tree(&self, job: &Job<'_>, m: &Manifest) -> Result<(), OciError> {
+        let body = m.parse()?;
+        if m.is_index() {
+            for child in &body.manifests {
+                self.copy_manifest_by_digest(job, &child.digest).await?;
+            }
+            return Ok(());
+        }
+        let blobs: Vec<_> = body
+            .config
+            .iter()
+            .chain(body.layers.iter())
+            .chain(body.blobs.iter())
+            .filter(|d| d.urls.is_empty()) // foreign layers are not distributable
+            .cloned()
+            .collect();
+        let total: u64 = blobs.iter().map(|b| b.size.max(0) as u64).sum();
+        job.progress.bytes_total.fetch_add(total, Ordering::Relaxed);
+        futures::stream::iter(
+            blobs
+                .into_iter()
+                .map(|b| async move { self.copy_blob(job, &b.digest, b.size.max(0) as u64).await }),
+        )
+        .buffer_unordered(job.opts.blob_concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+        Ok(())
+    }
+
+    /// Copy a child manifest (and what it refers to) by digest, once per job.
+    fn copy_manifest_by_digest<'a>(
+        &'a self,
+        job: &'a Job<'a>,
+        digest: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), OciError>> {
+        Box::pin(async move {
+            if !job.done_manifests.lock().expect("done lock").insert(digest.to_string()) {
+                return Ok(());
+            }
+            if job.dst.head_manifest(job.dst_repo, digest).await?.is_some() {
+                return Ok(());
+            }
+            let child = job
+                .src
+                .get_manifest(job.src_repo, digest)
+                .await?
+                .ok_or_else(|| OciError::Http {
+                    op: "get manifest",
+                    status: 404,
+                    message: format!("{}@{digest} referenced but not found", job.src_repo),
+                })?;
+            self.copy_tree(job, &child).await?;
+            job.dst.put_manifest(job.dst_repo, digest, &child).await?;
+            job.counters.manifests_written.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+
+    async fn copy_referrers(&self, job: &Job<'_>, digest: &str) -> Result<(), OciError> {
+        match job.src.referrers(job.src_repo, digest).await? {
+            Some(list) => {
+                for r in list {
+                    self.copy_manifest_by_digest(job, &r.digest).await?;
+                    job.counters.referrers.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => {
+                // Tag schema fallback: sha256-<hex> (referrers index) and cosign sha256-<hex>.sig/.att/.sbom.
+                let prefix = digest.replacen(':', "-", 1);
+                let tags = job.src.tags(job.src_repo).await?;
+                for t in tags
+                    .iter()
+                    .filter(|t| *t == &prefix || t.strip_prefix(&prefix).is_some_and(|rest| rest.starts_with('.')))
+                {
+                    let Some(m) = job.src.get_manifest(job.src_repo, t).await? else {
+                        continue;
+                    };
+                    if job.dst.head_manifest(job.dst_repo, t).await?.as_deref() == Some(m.digest.as_str()) {
+                        continue;
+                    }
+                    self.copy_tree(job, &m).await?;
+                    job.dst.put_manifest(job.dst_repo, t, &m).await?;
+                    job.counters.manifests_written.fetch_add(1, Ordering::Relaxed);
+                    job.counters.referrers.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn copy_blob(&self, job: &Job<'_>, digest: &str, size: u64) -> Result<(), OciError> {
+        let (dst, dst_host) = (job.dst, job.dst.addr.host.as_str());
+        if dst.head_blob(job.dst_repo, digest).await? {
+            self.remember(dst_host, digest, job.dst_repo);
+            job.counters.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+            job.progress.bytes_done.fetch_add(size, Ordering::Relaxed);
+            return Ok(());
+        }
+        // Same registry: mount from the source repository. Otherwise from where we saw it.
+        let from = if job.src.addr == dst.addr {
+            Some(job.src_repo.to_string())
+        } else {
+            self.known_elsewhere(dst_host, digest, job.dst_repo)
+        };
+        let location = match from {
+            Some(from) => match dst.mount_blob(job.dst_repo, digest, &from).await? {
+                Mount::Mounted => {
+                    self.remember(dst_host, digest, job.dst_repo);
+                    job.counters.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+                    job.progress.bytes_done.fetch_add(size, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Mount::Upload(loc) => loc,
+            },
+            None => dst.start_upload(job.dst_repo).await?,
+        };
+        self.stream_blob(job, digest, size, location).await?;
+        self.remember(dst_host, digest, job.dst_repo);
+        job.counters.blobs_uploaded.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Stream a blob in chunks, hashing as it goes; resume after broken connections from what
+    /// the registry holds.
+    async fn stream_blob(&self, job: &Job<'_>, digest: &str, size: u64, mut location: String) -> Result<(), OciError> {
+        let (src, dst) = (job.src, job.dst);
+        let mut confirmed: u64 = 0; // bytes the destination holds
+        let mut snapshot = Sha256::new(); // hash of those bytes
+        let mut failures = 0u32;
+        let fail = |failures: &mut u32, e: OciError| -> Result<(), OciError> {
+            *failures += 1;
+            if *failures >= job.opts.max_blob_failures || !e.is_retryable() {
+                Err(e)
+            } else {
+                Ok(())
+            }
+        };
+        'resume: loop {
+            if failures > 0 {
+                tokio::time::sleep(src.retry.delay(failures)).await;
+            }
+            let resp = match src.get_blob(job.src_repo, digest, confirmed).await {
+                Ok(r) => r,
+                Err(e) => {
+                    fail(&mut failures, e)?;
+                    continue 'resume;
+                }
+            };
+            let mut stream = resp.bytes_stream();
+            let mut hasher = snapshot.clone();
+            let mut buf = BytesMut::with_capacity(job.opts.chunk_size.min(size as usize + 1));
+            let mut eof = false;
+            while !eof {
+                while buf.len() < job.opts.chunk_size {
+                    match stream.next().await {
+                        Some(Ok(b)) => buf.extend_from_slice(&b),
+                        Some(Err(e)) => {
+                            let err = OciError::Transport {
+                                op: "read blob",
+                                message: e.without_url().to_string(),
+                            };
+                            fail(&mut failures, err)?;
+                            continue 'resume;
+                        }
+                        None => {
+                            eof = true;
+                            break;
+                        }
+                    }
+                }
+                if buf.is_empty() {
+                    break;
+                }
+                // Exactly chunk_size bytes per PATCH (the last one may be shorter); the rest waits.
+                let take = buf.len().min(job.opts.chunk_size);
+                let chunk: Bytes = buf.split_to(take).freeze();
+                if !buf.is_empty() {
+                    eof = false;
+                }
+                if confirmed + chunk.len() as u64 > size {
+                    dst.cancel_upload(job.dst_repo, &location).await;
+                    return Err(OciError::DigestMismatch {
+                        what: format!("blob {digest} from {}", src.addr.host),
+                        expected: format!("{size} bytes"),
+                        got: format!("more than {size} bytes"),
+                    });
+                }
+                hasher.update(&chunk);
+                let len = chunk.len() as u64;
+                match dst.patch_chunk(job.dst_repo, &location, confirmed, chunk).await {
+                    Ok(next) => location = next,
+                    Err(e) => {
+                        fail(&mut failures, e)?;
+                        // Did the registry take the chunk before the connection broke?
+                        match dst.upload_status(job.dst_repo, &location).await {
+                            Ok((held, loc)) if held == confirmed + len => {
+                                location = loc;
+                            }
+                            Ok((held, loc)) if held == confirmed => {
+                                location = loc;
+                                continue 'resume;
+                            }
+                            _ => {
+                                // Unknown state: start this blob again from zero.
+                                dst.cancel_upload(job.dst_repo, &location).await;
+                                location = dst.start_upload(job.dst_repo).await?;
+                                confirmed = 0;
+                                snapshot = Sha256::new();
+                                continue 'resume;
+                            }
+                        }
+                    }
+                }
+                confirmed += len;
+                snapshot = hasher.clone();
+                job.counters.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
+                dst.stats.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
+                job.progress.bytes_done.fetch_add(len, Ordering::Relaxed);
+            }
+            break;
+        }
+        let got = format!("sha256:{}", hex(&snapshot.finalize()));
+        if got != digest || confirmed != size {
+            dst.cancel_upload(job.dst_repo, &location).await;
+            return Err(OciError::DigestMismatch {
+                what: format!("blob read from {}/{}", src.addr.host, job.src_repo),
+                expected: format!("{digest} ({size} bytes)"),
+                got: format!("{got} ({confirmed} bytes)"),
+            });
+        }
+        dst.finish_upload(job.dst_repo, &location, digest).await
+    }
+}

@@ -1,0 +1,236 @@
+//! The copy engine against real registries (Debian docker-registry), checked with skopeo and
+//! with the registries' own access logs.
+
+mod support;
+
+use image_replication_operator::oci::{
+    Budgets, CopyOptions, Credentials, Engine, OciError, Progress, Registry, RegistryAddr,
+};
+use support::faulty::{Fault, FaultyProxy};
+use support::registry::TestRegistry;
+
+fn client(url: &str, budgets: &Budgets) -> Registry {
+    let mut r = Registry::new(RegistryAddr::parse(url).unwrap(), Credentials::default(), budgets).unwrap();
+    r.retry.base = std::time::Duration::from_millis(20);
+    r
+}
+
+async fn copy(
+    engine: &Engine,
+    src: &Registry,
+    dst: &Registry,
+    repo: &str,
+    tag: &str,
+    opts: &CopyOptions,
+) -> Result<image_replication_operator::oci::CopyReport, OciError> {
+    engine
+        .copy(src, repo, tag, dst, repo, Some(tag), opts, &Progress::default())
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multi_arch_index_and_signature_arrive_with_digests_unchanged() {
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    let (digest, sig) = a.seed("team/web", "1.4", &["--sign"]);
+    let budgets = Budgets::default();
+    let (src, dst) = (client(&a.url(), &budgets), client(&b.url(), &budgets));
+    let engine = Engine::default();
+    let progress = Progress::default();
+    let r = engine
+        .copy(
+            &src,
+            "team/web",
+            "1.4",
+            &dst,
+            "team/web",
+            Some("1.4"),
+            &CopyOptions::default(),
+            &progress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.digest, digest, "{r:?}");
+    assert_eq!(
+        b.digest_of("team/web", "1.4"),
+        Some(digest.clone()),
+        "skopeo sees the same index digest"
+    );
+    let sig = sig.unwrap();
+    assert_eq!(
+        b.digest_of("team/web", &sig),
+        a.digest_of("team/web", &sig),
+        "the cosign signature tag is copied"
+    );
+    assert_eq!(r.referrers_copied, 1);
+    // Both platforms' manifests are there by digest (skopeo --all copy back proves completeness).
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}/team/web:1.4", b.host()))
+        .output()
+        .unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for m in index["manifests"].as_array().unwrap() {
+        let d = m["digest"].as_str().unwrap();
+        assert_eq!(b.digest_of("team/web", d).as_deref(), Some(d));
+    }
+    // The shared base layer crossed once: 1 base + 2x2 layers + 2 configs + 2 signature blobs.
+    assert_eq!(r.blobs_uploaded, 9, "{r:?}");
+    assert_eq!(b.uploads_started(), 9);
+    let (done, total) = progress.snapshot();
+    assert_eq!(done, total);
+    assert!(total > 1_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_copy_is_a_cheap_no_op() {
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    a.seed("team/web", "1.4", &[]);
+    let budgets = Budgets::default();
+    let (src, dst) = (client(&a.url(), &budgets), client(&b.url(), &budgets));
+    let engine = Engine::default();
+    copy(&engine, &src, &dst, "team/web", "1.4", &CopyOptions::default())
+        .await
+        .unwrap();
+    let before = b.requests().len();
+    let r = copy(&engine, &src, &dst, "team/web", "1.4", &CopyOptions::default())
+        .await
+        .unwrap();
+    assert!(r.up_to_date);
+    assert_eq!((r.blobs_uploaded, r.manifests_written), (0, 0));
+    let dst_requests = &b.requests()[before..];
+    assert_eq!(dst_requests.len(), 1, "one HEAD of the tag: {dst_requests:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_layers_are_mounted_across_repositories_not_uploaded_again() {
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    a.seed("team/one", "1", &["--platforms", "linux/amd64", "--seed", "1"]);
+    a.seed("team/two", "1", &["--platforms", "linux/amd64", "--seed", "2"]);
+    let budgets = Budgets::default();
+    let (src, dst) = (client(&a.url(), &budgets), client(&b.url(), &budgets));
+    let engine = Engine::default();
+    let one = copy(&engine, &src, &dst, "team/one", "1", &CopyOptions::default())
+        .await
+        .unwrap();
+    let two = copy(&engine, &src, &dst, "team/two", "1", &CopyOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(one.blobs_uploaded, 4); // base, 2 layers, config
+    assert_eq!((two.blobs_mounted, two.blobs_uploaded), (1, 3), "{two:?}");
+    let mounts: Vec<_> = b
+        .requests()
+        .into_iter()
+        .filter(|(m, u, s)| m == "POST" && u.contains("mount=") && *s == 201)
+        .collect();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(b.uploads_started(), 7, "every blob crossed exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunked_upload_sends_many_patches_and_verifies() {
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    let (digest, _) = a.seed(
+        "big/img",
+        "1",
+        &[
+            "--platforms",
+            "linux/amd64",
+            "--layers",
+            "1",
+            "--layer-size",
+            "1000000",
+            "--base-size",
+            "0",
+        ],
+    );
+    let budgets = Budgets::default();
+    let (src, dst) = (client(&a.url(), &budgets), client(&b.url(), &budgets));
+    let opts = CopyOptions {
+        chunk_size: 64 * 1024,
+        ..Default::default()
+    };
+    copy(&Engine::default(), &src, &dst, "big/img", "1", &opts)
+        .await
+        .unwrap();
+    assert_eq!(b.digest_of("big/img", "1"), Some(digest));
+    let patches = b.requests().into_iter().filter(|(m, _, _)| m == "PATCH").count();
+    assert!(patches >= 15, "a 1 MB layer in 64 KiB chunks: {patches} PATCHes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_blob_is_an_error_and_nothing_is_tagged() {
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    a.seed("team/web", "1", &["--platforms", "linux/amd64"]);
+    let proxy = FaultyProxy::start(a.url(), Fault::CorruptBlobs).await;
+    let budgets = Budgets::default();
+    let (src, dst) = (client(&proxy.url(), &budgets), client(&b.url(), &budgets));
+    let err = copy(&Engine::default(), &src, &dst, "team/web", "1", &CopyOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OciError::DigestMismatch { .. }), "{err}");
+    assert_eq!(err.reason(), "DigestMismatch");
+    assert_eq!(b.digest_of("team/web", "1"), None, "no tag points at a partial copy");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_are_waited_out_with_retry_after() {
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    let (digest, _) = a.seed("team/web", "1", &["--platforms", "linux/amd64"]);
+    let proxy = FaultyProxy::start(a.url(), Fault::RateLimitManifests(2)).await;
+    let budgets = Budgets::default();
+    let (src, dst) = (client(&proxy.url(), &budgets), client(&b.url(), &budgets));
+    copy(&Engine::default(), &src, &dst, "team/web", "1", &CopyOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(b.digest_of("team/web", "1"), Some(digest));
+    let seen = proxy.seen.lock().unwrap().clone();
+    assert_eq!(seen.iter().filter(|r| r.3 == 429).count(), 2);
+    assert!(
+        seen.iter().any(|r| r.1.contains("/manifests/") && r.3 == 200),
+        "retried after the 429s"
+    );
+    assert_eq!(src.stats.retries.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_cut_mid_blob_resumes_from_the_last_chunk() {
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    let (digest, _) = a.seed(
+        "big/img",
+        "1",
+        &[
+            "--platforms",
+            "linux/amd64",
+            "--layers",
+            "1",
+            "--layer-size",
+            "1500000",
+            "--base-size",
+            "0",
+        ],
+    );
+    let proxy = FaultyProxy::start(a.url(), Fault::CutBlobs { n: 1, after: 700_000 }).await;
+    let budgets = Budgets::default();
+    let (src, dst) = (client(&proxy.url(), &budgets), client(&b.url(), &budgets));
+    let opts = CopyOptions {
+        chunk_size: 256 * 1024,
+        blob_concurrency: 1,
+        ..Default::default()
+    };
+    copy(&Engine::default(), &src, &dst, "big/img", "1", &opts)
+        .await
+        .unwrap();
+    assert_eq!(b.digest_of("big/img", "1"), Some(digest));
+    let seen = proxy.seen.lock().unwrap().clone();
+    let ranged: Vec<_> = seen.iter().filter_map(|r| r.2.clone()).collect();
+    assert_eq!(ranged.len(), 1, "one resumed read: {seen:?}");
+    let offset: u64 = ranged[0]
+        .trim_start_matches("bytes=")
+        .trim_end_matches('-')
+        .parse()
+        .unwrap();
+    assert!(
+        offset > 0 && offset.is_multiple_of(256 * 1024),
+        "resumed at a chunk boundary, not from zero: {offset}"
+    );
+}

@@ -1,0 +1,130 @@
+//! A proxy in front of a real registry that injects faults the engine must survive or report:
+//! corrupted blob bytes, 429 with Retry-After, and connections cut in the middle of a blob.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use futures::StreamExt;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Flip one byte of every blob body.
+    CorruptBlobs,
+    /// Answer the first `n` manifest requests with 429 and `Retry-After: 1`.
+    RateLimitManifests(usize),
+    /// Cut the first `n` full blob GETs after `after` bytes.
+    CutBlobs { n: usize, after: usize },
+}
+
+/// A request the proxy saw: method, uri, Range header, status answered.
+pub type Seen = (String, String, Option<String>, u16);
+
+pub struct FaultyProxy {
+    pub port: u16,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl FaultyProxy {
+    pub async fn start(upstream: String, fault: Fault) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let counter = Arc::new(AtomicUsize::new(0));
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(rustls_config())
+            .build()
+            .unwrap();
+        let s2 = seen.clone();
+        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let (client, upstream, seen, counter) = (client.clone(), upstream.clone(), s2.clone(), counter.clone());
+            async move {
+                let range = headers.get("range").and_then(|v| v.to_str().ok()).map(String::from);
+                let path = uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                let record = |status: u16| {
+                    seen.lock()
+                        .unwrap()
+                        .push((method.to_string(), path.clone(), range.clone(), status))
+                };
+                if let Fault::RateLimitManifests(n) = fault
+                    && path.contains("/manifests/")
+                    && counter.fetch_add(1, Ordering::SeqCst) < n
+                {
+                    record(429);
+                    return Response::builder()
+                        .status(429)
+                        .header("Retry-After", "1")
+                        .body(Body::empty())
+                        .unwrap();
+                }
+                let mut req = client
+                    .request(method.clone(), format!("{upstream}{path}"))
+                    .body(body.to_vec());
+                for (k, v) in headers.iter() {
+                    if k != "host" {
+                        req = req.header(k, v);
+                    }
+                }
+                let resp = req.send().await.unwrap();
+                let status = resp.status().as_u16();
+                record(status);
+                let mut out = Response::builder().status(StatusCode::from_u16(status).unwrap());
+                for (k, v) in resp.headers().iter() {
+                    if k == "location" {
+                        // Keep uploads going through the proxy.
+                        let loc = v.to_str().unwrap().replace(&upstream, "");
+                        out = out.header(k, loc);
+                    } else {
+                        out = out.header(k, v);
+                    }
+                }
+                let is_blob_get = method == Method::GET && path.contains("/blobs/sha256:");
+                match fault {
+                    Fault::CorruptBlobs if is_blob_get => {
+                        let mut b = resp.bytes().await.unwrap().to_vec();
+                        let mid = b.len() / 2;
+                        if let Some(x) = b.get_mut(mid) {
+                            *x ^= 0xff;
+                        }
+                        out.body(Body::from(b)).unwrap()
+                    }
+                    Fault::CutBlobs { n, after }
+                        if is_blob_get
+                            && range.is_none()
+                            && resp.content_length().is_some_and(|l| l as usize > after)
+                            && counter.fetch_add(1, Ordering::SeqCst) < n =>
+                    {
+                        let mut sent = 0usize;
+                        let stream = resp.bytes_stream().map(move |chunk| {
+                            let chunk = chunk.map_err(std::io::Error::other)?;
+                            if sent >= after {
+                                return Err(std::io::Error::other("connection cut by the test proxy"));
+                            }
+                            let take = chunk.len().min(after - sent);
+                            sent += take;
+                            Ok(chunk.slice(..take))
+                        });
+                        out.body(Body::from_stream(stream)).unwrap()
+                    }
+                    _ => out.body(Body::from_stream(resp.bytes_stream())).unwrap(),
+                }
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { port, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn rustls_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}

@@ -1,0 +1,149 @@
+//! Real CNCF distribution registries (Debian `docker-registry`) on loopback ports, one per
+//! "region", with temporary storage; seeded with skopeo from layouts made by
+//! hack/make-oci-layout.py. Killed by PID on drop.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::operator::free_port;
+
+pub struct TestRegistry {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+fn need(cmd: &str) {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(ok, "{cmd} is not installed: run `make tools`");
+}
+
+impl TestRegistry {
+    pub fn start() -> Self {
+        need("docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(&cfg, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let r = Self { port, dir, child };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "registry did not start:\n{}", r.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Requests the registry served, as (method, uri, status), from its access log.
+    pub fn requests(&self) -> Vec<(String, String, u16)> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                let q = l.split_once('"')?.1;
+                let (req, rest) = q.split_once('"')?;
+                let mut p = req.split_whitespace();
+                let (m, u) = (p.next()?, p.next()?);
+                let status = rest.split_whitespace().next()?.parse().ok()?;
+                Some((m.to_string(), u.to_string(), status))
+            })
+            .collect()
+    }
+
+    /// Number of blob upload sessions started (POST .../blobs/uploads/ without a successful mount).
+    pub fn uploads_started(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|(m, u, s)| m == "POST" && u.contains("/blobs/uploads/") && *s == 202)
+            .count()
+    }
+
+    /// Seed `repo:tag` with a layout from hack/make-oci-layout.py `args`; returns the digest
+    /// and, with --sign, the signature tag.
+    pub fn seed(&self, repo: &str, tag: &str, args: &[&str]) -> (String, Option<String>) {
+        need("skopeo");
+        let layout = tempfile::tempdir().unwrap();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("hack/make-oci-layout.py");
+        let out = Command::new("python3")
+            .arg(script)
+            .arg(layout.path())
+            .args(["--tag", tag])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        let digest = field("digest:").unwrap();
+        let sig = field("signature tag:");
+        for t in std::iter::once(tag.to_string()).chain(sig.clone()) {
+            let out = Command::new("skopeo")
+                .args(["copy", "--all", "--dest-tls-verify=false"])
+                .arg(format!("oci:{}:{t}", layout.path().display()))
+                .arg(format!("docker://{}/{repo}:{t}", self.host()))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        (digest, sig)
+    }
+
+    /// The digest skopeo sees for repo:tag (independent of the operator's client).
+    pub fn digest_of(&self, repo: &str, tag: &str) -> Option<String> {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!(
+                "docker://{}/{repo}{}{tag}",
+                self.host(),
+                if tag.starts_with("sha256:") { "@" } else { ":" }
+            ))
+            .output()
+            .unwrap();
+        out.status.success().then(|| {
+            use sha2::Digest;
+            format!(
+                "sha256:{}",
+                image_replication_operator::oci::api::hex(&sha2::Sha256::digest(&out.stdout))
+            )
+        })
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
