@@ -11,7 +11,10 @@ pub mod metrics;
 pub mod oci;
 pub mod plan;
 pub mod provider;
+pub mod providers_oci;
 pub mod regions;
+pub mod replicate;
+pub mod tasks;
 pub mod telemetry;
 pub mod validation;
 

@@ -36,6 +36,15 @@ struct Cli {
 enum Command {
     /// Run the operator against the cluster of the kubeconfig or the in-cluster config.
     Run(RunArgs),
+    /// Reconcile manifests from files with no cluster; exit 0 only when every object is Ready.
+    Replicate {
+        /// Files with ImageReplication, ReplicaInstance and Secret manifests.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Copy attempts per destination before giving up.
+        #[arg(long, default_value_t = 3)]
+        attempts: i32,
+    },
     /// Print both CRDs as YAML, or write them as files into directories.
     Crdgen {
         /// Write one file per CRD into each of these directories instead of printing.
@@ -80,6 +89,15 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crdgen { out_dirs } => crdgen_cmd(out_dirs),
         Command::Run(args) => run(args).await,
+        Command::Replicate { files, attempts } => {
+            let manifests = image_replication_operator::replicate::load(&files).map_err(anyhow::Error::msg)?;
+            let opts = image_replication_operator::replicate::Options { attempts };
+            if image_replication_operator::replicate::run(manifests, &opts, &mut std::io::stdout()).await {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
     }
 }
 

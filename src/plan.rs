@@ -293,3 +293,418 @@ spec:
         assert!(conds.iter().any(|d| d.type_ == STALLED && !d.status));
     }
 }
+
+// ---------- oci: per-destination copies ----------
+
+/// What is known about one destination's copy task right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskView {
+    /// No task in memory (never started, finished and collected, or the operator restarted).
+    Idle,
+    /// A task runs. `resync` marks a periodic drift check of an Available copy.
+    Running { done: u64, total: u64, resync: bool },
+    /// The task finished.
+    Succeeded {
+        digest: String,
+        bytes_total: u64,
+        up_to_date: bool,
+        resync: bool,
+    },
+    /// The task failed.
+    Failed {
+        reason: String,
+        message: String,
+        resync: bool,
+    },
+}
+
+/// Copies of one destination are tried this many times before it is Failed for good (until the
+/// spec changes).
+pub const MAX_ATTEMPTS: i32 = 5;
+
+/// Delay before retry number `attempts` (1-based): 10 s doubling, at most 5 min.
+pub fn retry_delay(attempts: i32) -> std::time::Duration {
+    std::time::Duration::from_secs((10u64 << attempts.clamp(1, 6) as u32 >> 1).min(300))
+}
+
+/// What the shell should do after an oci planning step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OciPlan {
+    pub status: ImageReplicationStatus,
+    /// Destinations (region, resync?) whose copy task should start now.
+    pub start: Vec<(String, bool)>,
+    /// When to look again (None: only on change).
+    pub requeue: Option<std::time::Duration>,
+    /// Per-destination state changes to publish as Events.
+    pub events: Vec<Announcement>,
+}
+
+fn secs_since(t: &Option<Time>, now: &Time) -> Option<i64> {
+    t.as_ref().map(|t| now.0.as_second() - t.0.as_second())
+}
+
+/// Plan an oci ImageReplication whose gate is open.
+pub fn oci_plan(
+    obj: &ImageReplication,
+    tasks: &std::collections::HashMap<String, TaskView>,
+    now: &Time,
+    resync: std::time::Duration,
+) -> OciPlan {
+    let spec = &obj.spec;
+    let old = obj.status.clone().unwrap_or_default();
+    let spec_changed = old.observed_generation != obj.metadata.generation;
+    let mut start = Vec::new();
+    let mut events = Vec::new();
+    let mut wake: Vec<std::time::Duration> = Vec::new();
+    let mut destinations = Vec::new();
+    for d in &spec.destinations {
+        let mut s = old
+            .destinations
+            .iter()
+            .find(|s| s.region == d.region)
+            .cloned()
+            .unwrap_or_else(|| DestinationStatus {
+                region: d.region.clone(),
+                ..Default::default()
+            });
+        if spec_changed && s.phase == DestinationPhase::Failed {
+            s.attempts = 0; // a spec change re-drives failed destinations
+        }
+        let idle = TaskView::Idle;
+        match tasks.get(&d.region).unwrap_or(&idle) {
+            TaskView::Running { done, total, resync } => {
+                if !(*resync && s.phase == DestinationPhase::Available) {
+                    s.phase = DestinationPhase::Copying;
+                    s.started_at.get_or_insert_with(|| now.clone());
+                    s.bytes_copied = Some(*done as i64);
+                    s.bytes_total = Some(*total as i64);
+                    s.progress_percent = Some(if *total == 0 {
+                        0
+                    } else {
+                        (done * 100 / total).min(99) as i32
+                    });
+                    s.message = None;
+                }
+                wake.push(std::time::Duration::from_secs(2));
+            }
+            TaskView::Succeeded {
+                digest,
+                bytes_total,
+                up_to_date,
+                resync: was_resync,
+            } => {
+                let was = s.phase;
+                if !was_resync {
+                    s.attempts += 1;
+                }
+                s.phase = DestinationPhase::Available;
+                s.digest = Some(digest.clone());
+                s.bytes_total = Some(*bytes_total as i64);
+                s.bytes_copied = Some(*bytes_total as i64);
+                s.progress_percent = Some(100);
+                s.completed_at = Some(now.clone());
+                s.message = None;
+                if was != DestinationPhase::Available {
+                    events.push(Announcement {
+                        warning: false,
+                        reason: "DestinationAvailable".into(),
+                        note: format!("{}: {digest} available", d.region),
+                    });
+                } else if !up_to_date {
+                    events.push(Announcement {
+                        warning: false,
+                        reason: "DriftRepaired".into(),
+                        note: format!("{}: the copy had drifted and was restored to {digest}", d.region),
+                    });
+                }
+                wake.push(resync_wait(&s, now, resync));
+            }
+            TaskView::Failed {
+                reason,
+                message,
+                resync: _,
+            } => {
+                s.attempts += 1;
+                s.phase = DestinationPhase::Failed;
+                s.completed_at = Some(now.clone());
+                let retry = s.attempts < MAX_ATTEMPTS;
+                s.message = Some(format!(
+                    "{reason}: {message} (attempt {}/{MAX_ATTEMPTS}{})",
+                    s.attempts,
+                    if retry { ", will retry" } else { "" }
+                ));
+                events.push(Announcement {
+                    warning: true,
+                    reason: "DestinationFailed".into(),
+                    note: format!("{}: {}", d.region, s.message.clone().unwrap_or_default()),
+                });
+                if retry {
+                    wake.push(retry_delay(s.attempts));
+                }
+            }
+            TaskView::Idle => match s.phase {
+                DestinationPhase::Available => {
+                    if secs_since(&s.completed_at, now).is_none_or(|age| age >= resync.as_secs() as i64) {
+                        start.push((d.region.clone(), true));
+                    } else {
+                        wake.push(resync_wait(&s, now, resync));
+                    }
+                }
+                DestinationPhase::Failed if s.attempts >= MAX_ATTEMPTS => {}
+                DestinationPhase::Failed => {
+                    let due = retry_delay(s.attempts).as_secs() as i64;
+                    match secs_since(&s.completed_at, now) {
+                        Some(age) if age < due => wake.push(std::time::Duration::from_secs((due - age) as u64)),
+                        _ => start.push((d.region.clone(), false)),
+                    }
+                }
+                _ => start.push((d.region.clone(), false)),
+            },
+        }
+        if start.last().is_some_and(|(r, resync)| r == &d.region && !resync) {
+            s.phase = DestinationPhase::Copying;
+            s.started_at = Some(now.clone());
+            s.progress_percent = Some(0);
+            s.message = None;
+        }
+        destinations.push(s);
+    }
+    if !start.is_empty() {
+        wake.push(std::time::Duration::from_secs(2));
+    }
+
+    let n = destinations.len();
+    let available = destinations
+        .iter()
+        .filter(|d| d.phase == DestinationPhase::Available)
+        .count();
+    let failed: Vec<&DestinationStatus> = destinations
+        .iter()
+        .filter(|d| d.phase == DestinationPhase::Failed)
+        .collect();
+    let final_failed = failed.iter().filter(|d| d.attempts >= MAX_ATTEMPTS).count();
+    let in_flight = destinations.iter().any(|d| d.phase == DestinationPhase::Copying) || failed.len() > final_failed;
+    let fail_text = failed
+        .iter()
+        .map(|d| format!("{}: {}", d.region, d.message.as_deref().unwrap_or("failed")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut summary = format!("{available}/{n} available");
+    if !failed.is_empty() {
+        summary.push_str(&format!(", {} failed", failed.len()));
+    }
+    let validated = Desired::new(VALIDATED, true, reason::VALID, "the spec passed every rule");
+    let desired = if available == n {
+        vec![
+            Desired::new(
+                READY,
+                true,
+                reason::SUCCEEDED,
+                format!("{n}/{n} destinations hold the source digest"),
+            ),
+            Desired::new(RECONCILING, false, reason::IDLE, ""),
+            Desired::new(STALLED, false, reason::IDLE, ""),
+            validated,
+        ]
+    } else if in_flight {
+        let msg = if fail_text.is_empty() {
+            summary.clone()
+        } else {
+            format!("{summary}; {fail_text}")
+        };
+        vec![
+            Desired::new(READY, false, reason::PROGRESSING, msg.clone()),
+            Desired::new(RECONCILING, true, reason::PROGRESSING, msg),
+            Desired::new(STALLED, false, reason::PROGRESSING, ""),
+            validated,
+        ]
+    } else {
+        let msg = format!("{summary}; {fail_text}");
+        vec![
+            Desired::new(READY, false, "DestinationsFailed", msg.clone()),
+            Desired::new(RECONCILING, false, "DestinationsFailed", ""),
+            Desired::new(STALLED, true, "DestinationsFailed", msg),
+            validated,
+        ]
+    };
+    let generation = obj.metadata.generation;
+    let status = ImageReplicationStatus {
+        observed_generation: generation,
+        conditions: conditions::merge(&old.conditions, &desired, generation, now),
+        source: old.source.clone(),
+        destinations,
+        summary: Some(summary),
+    };
+    OciPlan {
+        status,
+        start,
+        requeue: wake.into_iter().min(),
+        events,
+    }
+}
+
+fn resync_wait(s: &DestinationStatus, now: &Time, resync: std::time::Duration) -> std::time::Duration {
+    let age = secs_since(&s.completed_at, now).unwrap_or(0).max(0) as u64;
+    std::time::Duration::from_secs(resync.as_secs().saturating_sub(age).max(1))
+}
+
+#[cfg(test)]
+mod oci_tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    fn at(s: i64) -> Time {
+        Time(Timestamp::from_second(1_800_000_000 + s).unwrap())
+    }
+
+    fn obj() -> ImageReplication {
+        let mut o: ImageReplication = serde_yaml::from_str(
+            r#"
+apiVersion: replication.imageops.io/v1alpha1
+kind: ImageReplication
+metadata: {name: web, namespace: default}
+spec:
+  provider: {kind: oci}
+  source: {region: a, reference: "127.0.0.1:5000/team/web:1.4"}
+  destinations: [{region: b, registry: "http://127.0.0.1:5001"}, {region: c, registry: "http://127.0.0.1:5002"}]
+"#,
+        )
+        .unwrap();
+        o.metadata.generation = Some(1);
+        o
+    }
+
+    const RESYNC: Duration = Duration::from_secs(300);
+
+    fn step(o: &mut ImageReplication, tasks: &[(&str, TaskView)], now: i64) -> OciPlan {
+        let t: HashMap<String, TaskView> = tasks.iter().map(|(r, v)| (r.to_string(), v.clone())).collect();
+        let p = oci_plan(o, &t, &at(now), RESYNC);
+        o.status = Some(p.status.clone());
+        p
+    }
+
+    fn ok(resync: bool, up_to_date: bool) -> TaskView {
+        TaskView::Succeeded {
+            digest: "sha256:abc".into(),
+            bytes_total: 10,
+            up_to_date,
+            resync,
+        }
+    }
+
+    fn fail() -> TaskView {
+        TaskView::Failed {
+            reason: "ConnectionError".into(),
+            message: "connection refused".into(),
+            resync: false,
+        }
+    }
+
+    fn cond<'a>(p: &'a OciPlan, t: &str) -> &'a Condition {
+        conditions::find(&p.status.conditions, t).unwrap()
+    }
+
+    #[test]
+    fn fresh_object_starts_every_destination() {
+        let mut o = obj();
+        let p = step(&mut o, &[], 0);
+        assert_eq!(p.start, vec![("b".to_string(), false), ("c".to_string(), false)]);
+        assert!(
+            p.status
+                .destinations
+                .iter()
+                .all(|d| d.phase == DestinationPhase::Copying)
+        );
+        assert_eq!(
+            (cond(&p, READY).status.as_str(), cond(&p, RECONCILING).status.as_str()),
+            ("False", "True")
+        );
+        assert_eq!(p.requeue, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn all_available_is_ready_and_announced_once() {
+        let mut o = obj();
+        step(&mut o, &[], 0);
+        let running = TaskView::Running {
+            done: 5,
+            total: 10,
+            resync: false,
+        };
+        let p = step(&mut o, &[("b", running.clone()), ("c", running)], 1);
+        assert_eq!(p.status.destinations[0].progress_percent, Some(50));
+        assert!(p.start.is_empty());
+        let p = step(&mut o, &[("b", ok(false, false)), ("c", ok(false, false))], 2);
+        assert_eq!(cond(&p, READY).status, "True");
+        assert_eq!(p.status.summary.as_deref(), Some("2/2 available"));
+        assert_eq!(
+            p.events.iter().filter(|e| e.reason == "DestinationAvailable").count(),
+            2
+        );
+        assert_eq!(p.requeue, Some(RESYNC));
+        // Nothing new: no start, no event, same status.
+        let again = step(&mut o, &[], 3);
+        assert!(again.start.is_empty() && again.events.is_empty());
+        assert_eq!(again.status, p.status);
+    }
+
+    #[test]
+    fn a_failed_destination_does_not_block_the_others_and_stalls_after_retries() {
+        let mut o = obj();
+        step(&mut o, &[], 0);
+        let p = step(&mut o, &[("b", ok(false, false)), ("c", fail())], 1);
+        assert_eq!(p.status.destinations[0].phase, DestinationPhase::Available);
+        assert_eq!(p.status.destinations[1].phase, DestinationPhase::Failed);
+        assert_eq!(cond(&p, READY).reason, "Progressing", "a retry is pending");
+        assert!(cond(&p, READY).message.contains("c: ConnectionError"));
+        assert!(p.events.iter().any(|e| e.warning && e.reason == "DestinationFailed"));
+        // Not due yet: no start, wake when due.
+        let p = step(&mut o, &[], 5);
+        assert!(p.start.is_empty());
+        assert_eq!(p.requeue, Some(retry_delay(1) - Duration::from_secs(4)));
+        let mut now = 5;
+        for _ in 1..MAX_ATTEMPTS {
+            now += 400;
+            let p = step(&mut o, &[], now);
+            assert!(p.start.contains(&("c".to_string(), false)), "{:?}", p.start);
+            step(&mut o, &[("b", ok(true, true)), ("c", fail())], now + 1);
+        }
+        let p = step(&mut o, &[], now + 1000);
+        assert!(
+            p.start.iter().all(|(r, _)| r != "c"),
+            "no more retries after {MAX_ATTEMPTS}"
+        );
+        assert_eq!(
+            (cond(&p, STALLED).status.as_str(), cond(&p, READY).reason.as_str()),
+            ("True", "DestinationsFailed")
+        );
+        assert_eq!(p.status.destinations[0].phase, DestinationPhase::Available);
+        // A spec change re-drives it.
+        o.metadata.generation = Some(2);
+        let p = step(&mut o, &[], now + 1001);
+        assert!(p.start.contains(&("c".to_string(), false)));
+    }
+
+    #[test]
+    fn drift_checks_keep_ready_and_announce_repairs() {
+        let mut o = obj();
+        step(&mut o, &[], 0);
+        step(&mut o, &[("b", ok(false, false)), ("c", ok(false, false))], 1);
+        let p = step(&mut o, &[], 1 + RESYNC.as_secs() as i64);
+        assert_eq!(p.start, vec![("b".to_string(), true), ("c".to_string(), true)]);
+        assert_eq!(cond(&p, READY).status, "True", "a drift check does not flap Ready");
+        let checking = TaskView::Running {
+            done: 0,
+            total: 0,
+            resync: true,
+        };
+        let p = step(&mut o, &[("b", checking.clone()), ("c", checking)], 302);
+        assert_eq!(cond(&p, READY).status, "True");
+        let p = step(&mut o, &[("b", ok(true, true)), ("c", ok(true, false))], 303);
+        assert_eq!(p.events.len(), 1);
+        assert_eq!(p.events[0].reason, "DriftRepaired");
+        assert_eq!(p.status.destinations[0].attempts, 1, "drift checks are not attempts");
+    }
+}

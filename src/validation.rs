@@ -215,7 +215,24 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
                 "RegistryRequired",
                 "every destination needs registry when provider.kind is oci",
             ));
+        } else if kind == ProviderKind::Oci
+            && let Some(r) = d.registry.as_deref()
+        {
+            if let Err(e) = crate::oci::RegistryAddr::parse(r) {
+                out.push(Violation::new(f("registry"), "InvalidRegistry", e));
+            } else if src.reference.is_some()
+                && let Err(e) = crate::providers_oci::target(spec, d)
+                && e.contains(".name")
+            {
+                out.push(Violation::new(f("name"), "InvalidName", e));
+            }
         }
+    }
+    if kind == ProviderKind::Oci
+        && let Some(r) = &src.reference
+        && let Err(e) = crate::oci::ImageRef::parse(r)
+    {
+        out.push(Violation::new("spec.source.reference", "InvalidReference", e));
     }
     out
 }
@@ -516,6 +533,15 @@ mod tests {
         assert_eq!(reasons(&image_replication(&s)), vec!["RegistryRequired"]);
         s.destinations[0].registry = Some("http://127.0.0.1:5001".into());
         assert_eq!(image_replication(&s), vec![]);
+        s.destinations[0].name = Some("Mirror/Web".into());
+        assert_eq!(reasons(&image_replication(&s)), vec!["InvalidName"]);
+        s.destinations[0].name = None;
+        s.destinations[0].registry = Some("ftp://x".into());
+        assert_eq!(reasons(&image_replication(&s)), vec!["InvalidRegistry"]);
+        s.destinations[0].registry = Some("http://127.0.0.1:5001".into());
+        s.source.reference = Some("web:1.4".into());
+        assert_eq!(reasons(&image_replication(&s)), vec!["InvalidReference"]);
+        s.source.reference = Some("127.0.0.1:5000/team/web:1.4".into());
         s.source.reference = None;
         s.source.image_id = Some("x".into());
         assert_eq!(reasons(&image_replication(&s)), vec!["ReferenceRequired"]);

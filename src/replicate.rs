@@ -1,0 +1,242 @@
+//! `image-replication-operator replicate -f FILE...`: reconcile manifests with no Kubernetes API,
+//! for CI pipelines and first tries. Uses the same validation, planning and copy engine as the
+//! controllers; prints live progress; succeeds only when every object is Ready.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::api::conditions::{self, READY};
+use crate::api::v1alpha1::{DestinationPhase, ImageReplication, ProviderKind, ReplicaInstance};
+use crate::oci::Progress;
+use crate::plan::{self, Gate};
+use crate::providers_oci::{OciReplicator, SecretCredentials};
+use crate::tasks::Tasks;
+use crate::validation;
+
+/// Options of the command.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Copy attempts per destination before giving up.
+    pub attempts: i32,
+}
+
+/// The manifests of the given files, by kind.
+#[derive(Default)]
+pub struct Manifests {
+    pub image_replications: Vec<ImageReplication>,
+    pub replica_instances: Vec<ReplicaInstance>,
+    pub secrets: HashMap<String, SecretCredentials>,
+}
+
+/// Read every YAML document of the files. Unknown kinds are an error naming the file.
+pub fn load(files: &[PathBuf]) -> Result<Manifests, String> {
+    let mut m = Manifests::default();
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for (i, doc) in text.split("\n---").enumerate() {
+            let v: serde_json::Value = match serde_yaml::from_str(doc) {
+                Ok(serde_json::Value::Null) => continue,
+                Ok(v) => v,
+                Err(e) => return Err(format!("{} document {}: {e}", f.display(), i + 1)),
+            };
+            let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+            let ctx = |e: serde_json::Error| format!("{} document {} ({kind}): {e}", f.display(), i + 1);
+            match kind.as_str() {
+                "ImageReplication" => m.image_replications.push(serde_json::from_value(v).map_err(ctx)?),
+                "ReplicaInstance" => m.replica_instances.push(serde_json::from_value(v).map_err(ctx)?),
+                "Secret" => {
+                    let name = v
+                        .pointer("/metadata/name")
+                        .and_then(|n| n.as_str())
+                        .unwrap_or("")
+                        .to_string();
+                    let mut data = BTreeMap::new();
+                    for (k, val) in v.get("data").and_then(|d| d.as_object()).into_iter().flatten() {
+                        let b = base64::engine::general_purpose::STANDARD
+                            .decode(val.as_str().unwrap_or(""))
+                            .map_err(|_| format!("{}: Secret {name} data.{k} is not base64", f.display()))?;
+                        data.insert(k.clone(), b);
+                    }
+                    for (k, val) in v.get("stringData").and_then(|d| d.as_object()).into_iter().flatten() {
+                        data.insert(k.clone(), val.as_str().unwrap_or("").as_bytes().to_vec());
+                    }
+                    let creds = SecretCredentials::from_data(&data).map_err(|e| format!("Secret {name}: {e}"))?;
+                    m.secrets.insert(name, creds);
+                }
+                other => {
+                    return Err(format!(
+                        "{} document {}: kind {other:?} is not ImageReplication, ReplicaInstance or Secret",
+                        f.display(),
+                        i + 1
+                    ));
+                }
+            }
+        }
+    }
+    Ok(m)
+}
+
+fn human(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+/// Reconcile every object; true when all are Ready. Progress goes to `out`.
+pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> bool {
+    let replicator = Arc::new(OciReplicator::default());
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let w2 = wake.clone();
+    let tasks = Arc::new(Tasks::new(Arc::new(move |_| w2.notify_one())));
+    let mut all_ready = true;
+
+    for r in &m.replica_instances {
+        let violations = validation::replica_instance(&r.spec);
+        let g = plan::gate(violations, r.spec.primary.provider.as_str(), false, r.spec.suspend);
+        let (reason, msg) = describe_gate(&g);
+        let _ = writeln!(out, "ReplicaInstance {}: not Ready: {reason}: {msg}", r.name_any());
+        all_ready = false;
+    }
+
+    let mut objects: Vec<ImageReplication> = m.image_replications;
+    for o in objects.iter_mut() {
+        o.metadata.generation.get_or_insert(1);
+    }
+    let mut live: Vec<usize> = Vec::new();
+    for (i, o) in objects.iter().enumerate() {
+        let spec = &o.spec;
+        let g = plan::gate(
+            validation::image_replication(spec),
+            spec.provider.kind.as_str(),
+            spec.provider.kind == ProviderKind::Oci,
+            spec.suspend,
+        );
+        if g != Gate::Open {
+            let (reason, msg) = describe_gate(&g);
+            let _ = writeln!(out, "ImageReplication {}: not Ready: {reason}: {msg}", o.name_any());
+            all_ready = false;
+            continue;
+        }
+        live.push(i);
+    }
+
+    let mut last_line: HashMap<(usize, String), String> = HashMap::new();
+    let never = Duration::from_secs(365 * 24 * 3600);
+    loop {
+        let mut busy = false;
+        for &i in &live {
+            let o = &mut objects[i];
+            let key = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+            let view = tasks.collect(&key);
+            let now = Time(Timestamp::now());
+            let p = plan::oci_plan(o, &view, &now, never);
+            o.status = Some(p.status.clone());
+            let creds = o
+                .spec
+                .provider
+                .credentials_secret_ref
+                .as_ref()
+                .and_then(|s| m.secrets.get(&s.name).cloned())
+                .unwrap_or_default();
+            for (region, _) in &p.start {
+                let st = p.status.destinations.iter().find(|d| &d.region == region);
+                if st.is_some_and(|d| d.attempts >= opts.attempts) {
+                    continue;
+                }
+                let Some(dest) = o.spec.destinations.iter().find(|d| &d.region == region).cloned() else {
+                    continue;
+                };
+                let (rep, spec, creds, progress) = (
+                    replicator.clone(),
+                    o.spec.clone(),
+                    creds.clone(),
+                    Arc::new(Progress::default()),
+                );
+                let pr = progress.clone();
+                tasks.start(&key, region, false, progress, async move {
+                    rep.copy_to(&spec, &dest, &creds, &pr).await
+                });
+                busy = true;
+            }
+            for d in &p.status.destinations {
+                let line = match d.phase {
+                    DestinationPhase::Copying => format!(
+                        "copying {} / {} ({}%)",
+                        human(d.bytes_copied.unwrap_or(0) as u64),
+                        human(d.bytes_total.unwrap_or(0) as u64),
+                        d.progress_percent.unwrap_or(0)
+                    ),
+                    DestinationPhase::Available => format!("available {}", d.digest.as_deref().unwrap_or("")),
+                    DestinationPhase::Failed => format!("failed: {}", d.message.as_deref().unwrap_or("")),
+                    other => format!("{other:?}"),
+                };
+                if last_line.get(&(i, d.region.clone())) != Some(&line) {
+                    let _ = writeln!(out, "{}/{}: {line}", o.name_any(), d.region);
+                    last_line.insert((i, d.region.clone()), line);
+                }
+                if d.phase == DestinationPhase::Copying
+                    || (d.phase == DestinationPhase::Failed && d.attempts < opts.attempts)
+                {
+                    busy = true;
+                }
+            }
+        }
+        if !busy && tasks.is_empty() {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+    }
+
+    for &i in &live {
+        let o = &objects[i];
+        let st = o.status.clone().unwrap_or_default();
+        let ready = conditions::find(&st.conditions, READY);
+        if conditions::is_true(&st.conditions, READY) {
+            let _ = writeln!(
+                out,
+                "ImageReplication {}: Ready ({})",
+                o.name_any(),
+                st.summary.unwrap_or_default()
+            );
+        } else {
+            all_ready = false;
+            let _ = writeln!(
+                out,
+                "ImageReplication {}: not Ready: {}: {}",
+                o.name_any(),
+                ready.map(|c| c.reason.as_str()).unwrap_or("Unknown"),
+                ready.map(|c| c.message.as_str()).unwrap_or("")
+            );
+        }
+    }
+    all_ready
+}
+
+fn describe_gate(g: &Gate) -> (&'static str, String) {
+    match g {
+        Gate::Invalid(v) => validation::summarize(v),
+        Gate::ProviderNotImplemented(p) => (
+            "ProviderNotImplemented",
+            format!("provider {p} is not implemented in this version"),
+        ),
+        Gate::Suspended => ("Suspended", "spec.suspend is true".into()),
+        Gate::Open => ("Open", String::new()),
+    }
+}
