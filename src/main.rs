@@ -79,6 +79,9 @@ struct RunArgs {
     /// Objects reconciled at once per controller.
     #[arg(long, default_value_t = 8)]
     concurrency: u16,
+    /// Seconds between drift checks of an Available copy.
+    #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
+    resync_seconds: u64,
     /// Seconds to wait for the CRDs to be established before giving up.
     #[arg(long, default_value_t = 120)]
     crd_wait_seconds: u64,
@@ -198,12 +201,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     metrics.leader.set(1);
     info!(identity = %identity, "starting controllers");
 
-    let ctx = Arc::new(Context::new(
-        client,
-        &identity,
-        metrics.clone(),
-        provider::Registry::builtin(),
-    ));
+    let ctx = Arc::new(
+        Context::new(client, &identity, metrics.clone(), provider::Registry::builtin())
+            .with_resync(Duration::from_secs(args.resync_seconds.max(1))),
+    );
     let mut controllers = tokio::spawn(controller::run(
         ctx,
         args.namespace.clone(),

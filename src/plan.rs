@@ -343,12 +343,14 @@ fn secs_since(t: &Option<Time>, now: &Time) -> Option<i64> {
     t.as_ref().map(|t| now.0.as_second() - t.0.as_second())
 }
 
-/// Plan an oci ImageReplication whose gate is open.
+/// Plan an oci ImageReplication whose gate is open. A destination is tried `max_attempts`
+/// times (normally [`MAX_ATTEMPTS`]) before it is Failed for good, until the spec changes.
 pub fn oci_plan(
     obj: &ImageReplication,
     tasks: &std::collections::HashMap<String, TaskView>,
     now: &Time,
     resync: std::time::Duration,
+    max_attempts: i32,
 ) -> OciPlan {
     let spec = &obj.spec;
     let old = obj.status.clone().unwrap_or_default();
@@ -427,9 +429,9 @@ pub fn oci_plan(
                 s.attempts += 1;
                 s.phase = DestinationPhase::Failed;
                 s.completed_at = Some(now.clone());
-                let retry = s.attempts < MAX_ATTEMPTS;
+                let retry = s.attempts < max_attempts;
                 s.message = Some(format!(
-                    "{reason}: {message} (attempt {}/{MAX_ATTEMPTS}{})",
+                    "{reason}: {message} (attempt {}/{max_attempts}{})",
                     s.attempts,
                     if retry { ", will retry" } else { "" }
                 ));
@@ -450,7 +452,7 @@ pub fn oci_plan(
                         wake.push(resync_wait(&s, now, resync));
                     }
                 }
-                DestinationPhase::Failed if s.attempts >= MAX_ATTEMPTS => {}
+                DestinationPhase::Failed if s.attempts >= max_attempts => {}
                 DestinationPhase::Failed => {
                     let due = retry_delay(s.attempts).as_secs() as i64;
                     match secs_since(&s.completed_at, now) {
@@ -482,7 +484,7 @@ pub fn oci_plan(
         .iter()
         .filter(|d| d.phase == DestinationPhase::Failed)
         .collect();
-    let final_failed = failed.iter().filter(|d| d.attempts >= MAX_ATTEMPTS).count();
+    let final_failed = failed.iter().filter(|d| d.attempts >= max_attempts).count();
     let in_flight = destinations.iter().any(|d| d.phase == DestinationPhase::Copying) || failed.len() > final_failed;
     let fail_text = failed
         .iter()
@@ -580,7 +582,7 @@ spec:
 
     fn step(o: &mut ImageReplication, tasks: &[(&str, TaskView)], now: i64) -> OciPlan {
         let t: HashMap<String, TaskView> = tasks.iter().map(|(r, v)| (r.to_string(), v.clone())).collect();
-        let p = oci_plan(o, &t, &at(now), RESYNC);
+        let p = oci_plan(o, &t, &at(now), RESYNC, MAX_ATTEMPTS);
         o.status = Some(p.status.clone());
         p
     }

@@ -146,7 +146,7 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
             let key = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
             let view = tasks.collect(&key);
             let now = Time(Timestamp::now());
-            let p = plan::oci_plan(o, &view, &now, never);
+            let p = plan::oci_plan(o, &view, &now, never, opts.attempts);
             o.status = Some(p.status.clone());
             let creds = o
                 .spec

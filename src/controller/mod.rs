@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -23,11 +24,17 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use crate::api::v1alpha1::{ImageReplication, ImageReplicationStatus, ReplicaInstance, ReplicaInstanceStatus};
+use crate::api::v1alpha1::{
+    DeletionPolicy, ImageReplication, ImageReplicationStatus, ProviderKind, ReplicaInstance, ReplicaInstanceStatus,
+};
 use crate::api::{FIELD_MANAGER, FINALIZER};
 use crate::http::Health;
 use crate::metrics::Metrics;
-use crate::{Error, Result, plan, provider};
+use crate::oci::{OciError, Progress};
+use crate::plan::{Announcement, Gate};
+use crate::providers_oci::{OciReplicator, SecretCredentials};
+use crate::tasks::Tasks;
+use crate::{Error, Result, plan, provider, validation};
 
 /// State shared by both controllers.
 pub struct Context {
@@ -35,6 +42,12 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub providers: provider::Registry,
+    /// The oci copy engine, shared by every object (one budget per registry host).
+    pub oci: Arc<OciReplicator>,
+    /// Copy tasks running in the background.
+    pub tasks: Arc<Tasks>,
+    /// How often an Available copy is checked for drift.
+    pub resync: Duration,
     backoff: Mutex<HashMap<String, u32>>,
 }
 
@@ -49,8 +62,17 @@ impl Context {
             client,
             metrics,
             providers,
+            oci: Arc::new(OciReplicator::default()),
+            tasks: Arc::new(Tasks::new(Arc::new(|_| {}))),
+            resync: Duration::from_secs(300),
             backoff: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Check Available copies for drift this often.
+    pub fn with_resync(mut self, resync: Duration) -> Self {
+        self.resync = resync;
+        self
     }
 
     /// Next delay for an object that failed again: 5 s doubling to 5 min.
@@ -71,6 +93,30 @@ pub fn backoff_delay(n: u32) -> Duration {
     Duration::from_secs((5u64 << n.saturating_sub(1).min(6)).min(300))
 }
 
+/// The outcome of planning one object.
+pub struct Planned<S> {
+    pub status: S,
+    /// Destinations (region, resync?) whose copy should start once the status is written.
+    pub start: Vec<(String, bool)>,
+    /// Cancel every running copy of the object (suspend).
+    pub cancel: bool,
+    pub requeue: Option<Duration>,
+    /// Per-destination Events, besides the headline one.
+    pub events: Vec<Announcement>,
+}
+
+impl<S> Planned<S> {
+    fn settled(status: S) -> Self {
+        Self {
+            status,
+            start: Vec::new(),
+            cancel: false,
+            requeue: None,
+            events: Vec::new(),
+        }
+    }
+}
+
 /// What the generic reconcile needs from each kind.
 pub trait Managed:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -82,15 +128,63 @@ pub trait Managed:
     + Sync
     + 'static
 {
-    type Status: Serialize + PartialEq + Clone + Send;
+    type Status: Serialize + PartialEq + Clone + Send + Sync;
     /// Metric label and log name of the controller.
     const CONTROLLER: &'static str;
     fn current_status(&self) -> Option<&Self::Status>;
     fn conditions_of(status: &Self::Status) -> &[Condition];
-    /// Pure: the status this object should have now.
-    fn plan(&self, providers: &provider::Registry, now: &Time) -> Self::Status;
-    /// Human description of what cleanup did, for the Event.
-    fn cleanup_note(&self) -> String;
+    /// Observe the background tasks and plan (pure apart from collecting finished tasks).
+    fn plan(&self, ctx: &Context, now: &Time) -> Planned<Self::Status>;
+    /// Start or cancel work after the planned status is written.
+    fn act(&self, ctx: &Context, planned: &Planned<Self::Status>) -> impl Future<Output = Result<()>> + Send;
+    /// Cleanup before the finalizer goes; returns the note of the CleanupComplete Event.
+    fn cleanup(&self, ctx: &Context) -> impl Future<Output = Result<String>> + Send;
+}
+
+fn key_of<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default()
+    )
+}
+
+impl ImageReplication {
+    fn gate(&self, providers: &provider::Registry) -> Gate {
+        let kind = self.spec.provider.kind;
+        let implemented = kind == ProviderKind::Oci || providers.image(kind).is_some();
+        plan::gate(
+            validation::image_replication(&self.spec),
+            kind.as_str(),
+            implemented,
+            self.spec.suspend,
+        )
+    }
+
+    async fn credentials(&self, ctx: &Context) -> Result<SecretCredentials, String> {
+        let Some(r) = &self.spec.provider.credentials_secret_ref else {
+            return Ok(SecretCredentials::default());
+        };
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &self.namespace().unwrap_or_default());
+        let secret = api
+            .get(&r.name)
+            .await
+            .map_err(|e| format!("reading Secret {}: {}", r.name, kube_reason(&e)))?;
+        let data = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        SecretCredentials::from_data(&data).map_err(|e| format!("Secret {}: {e}", r.name))
+    }
+}
+
+fn kube_reason(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({})", s.reason, s.code),
+        other => other.to_string(),
+    }
 }
 
 impl Managed for ImageReplication {
@@ -102,15 +196,85 @@ impl Managed for ImageReplication {
     fn conditions_of(status: &Self::Status) -> &[Condition] {
         &status.conditions
     }
-    fn plan(&self, providers: &provider::Registry, now: &Time) -> Self::Status {
-        let implemented = providers.image(self.spec.provider.kind).is_some();
-        plan::image_replication_status(self, implemented, now)
+    fn plan(&self, ctx: &Context, now: &Time) -> Planned<Self::Status> {
+        let gate = self.gate(&ctx.providers);
+        if gate == Gate::Open && self.spec.provider.kind == ProviderKind::Oci {
+            let view = ctx.tasks.collect(&key_of(self));
+            let p = plan::oci_plan(self, &view, now, ctx.resync, plan::MAX_ATTEMPTS);
+            return Planned {
+                status: p.status,
+                start: p.start,
+                cancel: false,
+                requeue: p.requeue,
+                events: p.events,
+            };
+        }
+        let implemented = gate != Gate::ProviderNotImplemented(self.spec.provider.kind.as_str());
+        let mut planned = Planned::settled(plan::image_replication_status(self, implemented, now));
+        planned.cancel = gate == Gate::Suspended;
+        planned
     }
-    fn cleanup_note(&self) -> String {
-        format!(
-            "cleanup done (deletionPolicy {:?}); no copy was started for this object, so none was cancelled or removed",
-            self.spec.deletion_policy
-        )
+    async fn act(&self, ctx: &Context, planned: &Planned<Self::Status>) -> Result<()> {
+        let key = key_of(self);
+        if planned.cancel && ctx.tasks.cancel_all(&key) > 0 {
+            info!("suspended: cancelled running copies");
+        }
+        if planned.start.is_empty() {
+            return Ok(());
+        }
+        let creds = self.credentials(ctx).await;
+        for (region, resync) in &planned.start {
+            let Some(dest) = self.spec.destinations.iter().find(|d| &d.region == region).cloned() else {
+                continue;
+            };
+            let progress = Arc::new(Progress::default());
+            let (oci, spec, creds, pr) = (ctx.oci.clone(), self.spec.clone(), creds.clone(), progress.clone());
+            ctx.tasks.start(&key, region, *resync, progress, async move {
+                match creds {
+                    Ok(c) => oci.copy_to(&spec, &dest, &c, &pr).await,
+                    Err(e) => Err(OciError::Auth(e)),
+                }
+            });
+        }
+        Ok(())
+    }
+    async fn cleanup(&self, ctx: &Context) -> Result<String> {
+        let cancelled = ctx.tasks.cancel_all(&key_of(self));
+        let mut note = format!("deletionPolicy {:?}", self.spec.deletion_policy);
+        if cancelled > 0 {
+            note.push_str(&format!("; cancelled {cancelled} copies in flight"));
+        }
+        if self.spec.deletion_policy == DeletionPolicy::Delete && self.spec.provider.kind == ProviderKind::Oci {
+            let creds = self.credentials(ctx).await.map_err(Error::Provider)?;
+            let mut removed = Vec::new();
+            for st in self.status.iter().flat_map(|s| s.destinations.iter()) {
+                let (Some(digest), Some(dest)) = (
+                    &st.digest,
+                    self.spec.destinations.iter().find(|d| d.region == st.region),
+                ) else {
+                    continue;
+                };
+                match ctx.oci.delete_copy(&self.spec, dest, digest, &creds).await {
+                    Ok(_) => removed.push(st.region.clone()),
+                    Err(OciError::Http {
+                        status: 405 | 403 | 401,
+                        ..
+                    }) => {
+                        note.push_str(&format!(
+                            "; {}: the registry does not allow deletes, copy kept",
+                            st.region
+                        ));
+                    }
+                    Err(e) => return Err(Error::Provider(format!("removing the copy in {}: {e}", st.region))),
+                }
+            }
+            if !removed.is_empty() {
+                note.push_str(&format!("; removed the copies in {}", removed.join(", ")));
+            }
+        } else if self.spec.deletion_policy == DeletionPolicy::Retain {
+            note.push_str("; destination copies kept");
+        }
+        Ok(note)
     }
 }
 
@@ -123,15 +287,18 @@ impl Managed for ReplicaInstance {
     fn conditions_of(status: &Self::Status) -> &[Condition] {
         &status.conditions
     }
-    fn plan(&self, providers: &provider::Registry, now: &Time) -> Self::Status {
-        let implemented = providers.replica(self.spec.primary.provider).is_some();
-        plan::replica_instance_status(self, implemented, now)
+    fn plan(&self, ctx: &Context, now: &Time) -> Planned<Self::Status> {
+        let implemented = ctx.providers.replica(self.spec.primary.provider).is_some();
+        Planned::settled(plan::replica_instance_status(self, implemented, now))
     }
-    fn cleanup_note(&self) -> String {
-        format!(
-            "cleanup done (deletionPolicy {:?}); no sync was started for this object, so nothing was removed",
+    async fn act(&self, _ctx: &Context, _planned: &Planned<Self::Status>) -> Result<()> {
+        Ok(())
+    }
+    async fn cleanup(&self, _ctx: &Context) -> Result<String> {
+        Ok(format!(
+            "deletionPolicy {:?}; no sync was started for this object, so nothing was removed",
             self.spec.deletion_policy
-        )
+        ))
     }
 }
 
@@ -160,37 +327,43 @@ async fn publish<K: Managed>(ctx: &Context, obj: &K, warning: bool, reason: &str
 
 async fn apply<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
     let now = Time(Timestamp::now());
-    let new = obj.plan(&ctx.providers, &now);
+    let planned = obj.plan(ctx, &now);
     let old = obj.current_status();
-    if old == Some(&new) {
-        return Ok(Action::await_change());
+    if old != Some(&planned.status) {
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": planned.status,
+        });
+        timed(
+            "status patch",
+            api.patch_status(
+                &obj.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            ),
+        )
+        .await?;
+        let empty: &[Condition] = &[];
+        let before = old.map(K::conditions_of).unwrap_or(empty);
+        let headline = plan::announcement(before, K::conditions_of(&planned.status));
+        for a in planned.events.iter().chain(headline.iter()) {
+            info!(reason = %a.reason, warning = a.warning, "state changed");
+            publish(ctx, obj.as_ref(), a.warning, &a.reason, a.note.clone()).await;
+        }
     }
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": new,
-    });
-    timed(
-        "status patch",
-        api.patch_status(
-            &obj.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        ),
-    )
-    .await?;
-    let empty: &[Condition] = &[];
-    let before = old.map(K::conditions_of).unwrap_or(empty);
-    if let Some(a) = plan::announcement(before, K::conditions_of(&new)) {
-        info!(reason = %a.reason, warning = a.warning, "state changed");
-        publish(ctx, obj.as_ref(), a.warning, &a.reason, a.note).await;
-    }
-    Ok(Action::await_change())
+    // Only now that the status says what is under way does the work start.
+    obj.act(ctx, &planned).await?;
+    Ok(planned
+        .requeue
+        .map(Action::requeue)
+        .unwrap_or_else(Action::await_change))
 }
 
 async fn cleanup<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
-    publish(ctx, obj.as_ref(), false, "CleanupComplete", obj.cleanup_note()).await;
+    let note = obj.cleanup(ctx).await?;
+    publish(ctx, obj.as_ref(), false, "CleanupComplete", note).await;
     Ok(Action::await_change())
 }
 

@@ -1,0 +1,198 @@
+//! ImageReplication with provider oci, end to end: the operator process, the fake API server and
+//! real registries. Also the no-cluster `replicate -f` command.
+
+mod support;
+
+use std::time::Duration;
+
+use image_replication_operator::api::ImageReplication;
+use image_replication_operator::api::v1alpha1::DestinationPhase;
+use image_replication_operator::crdgen;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use support::fake_apiserver::FakeApiServer;
+use support::operator::{Operator, eventually, free_port};
+use support::registry::TestRegistry;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn reasons(c: &Client, name: &str) -> Vec<String> {
+    let api: Api<Event> = Api::namespaced(c.clone(), "default");
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_reports_per_destination_repairs_drift_and_deletes() {
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    let dead = free_port(); // nothing listens here: a region whose registry is down
+    let (digest, _) = a.seed("team/web", "1.4", &["--sign"]);
+
+    let s = FakeApiServer::start().await;
+    let c = s.client().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    for crd in crdgen::crds() {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let _op = Operator::start(
+        &s.write_kubeconfig(dir.path()),
+        dir.path(),
+        "op-a",
+        &["--resync-seconds", "2"],
+    );
+
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let obj: ImageReplication = serde_json::from_value(json!({
+        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "provider": {"kind": "oci"},
+            "source": {"region": "region-a", "reference": format!("{}/team/web:1.4", a.host())},
+            "destinations": [
+                {"region": "region-b", "registry": b.url()},
+                {"region": "region-c", "registry": format!("http://127.0.0.1:{dead}")}
+            ],
+            "deletionPolicy": "Delete"
+        }
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &obj).await.unwrap();
+
+    // One failed region does not hide the good one.
+    let st = eventually(WAIT, "b Available and c Failed", || async {
+        let st = api.get("web").await.ok()?.status?;
+        let phase = |r: &str| st.destinations.iter().find(|d| d.region == r).map(|d| d.phase);
+        (phase("region-b") == Some(DestinationPhase::Available) && phase("region-c") == Some(DestinationPhase::Failed))
+            .then_some(st)
+    })
+    .await;
+    let b_st = st.destinations.iter().find(|d| d.region == "region-b").unwrap();
+    assert_eq!(b_st.digest.as_deref(), Some(digest.as_str()));
+    assert_eq!(b_st.progress_percent, Some(100));
+    let c_st = st.destinations.iter().find(|d| d.region == "region-c").unwrap();
+    assert!(
+        c_st.message.as_deref().unwrap_or("").contains("ConnectionError"),
+        "{c_st:?}"
+    );
+    assert_eq!(st.summary.as_deref(), Some("1/2 available, 1 failed"));
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.status, "False");
+    assert_eq!(
+        b.digest_of("team/web", "1.4"),
+        Some(digest.clone()),
+        "skopeo sees the copy"
+    );
+    let evs = reasons(&c, "web").await;
+    assert!(
+        evs.contains(&"DestinationAvailable".to_string()) && evs.contains(&"DestinationFailed".to_string()),
+        "{evs:?}"
+    );
+
+    // Drift repair: delete the copy by hand; the next resync restores it.
+    let http = reqwest::Client::new();
+    let del = http
+        .delete(format!("{}/v2/team/web/manifests/{digest}", b.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status().as_u16(), 202);
+    assert_eq!(b.digest_of("team/web", "1.4"), None);
+    eventually(WAIT, "the copy restored", || async {
+        (b.digest_of("team/web", "1.4") == Some(digest.clone())).then_some(())
+    })
+    .await;
+    eventually(WAIT, "a DriftRepaired event", || async {
+        reasons(&c, "web")
+            .await
+            .contains(&"DriftRepaired".to_string())
+            .then_some(())
+    })
+    .await;
+
+    // deletionPolicy Delete: the copy goes with the object.
+    api.delete("web", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "object removed", || async {
+        api.get_opt("web").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert_eq!(b.digest_of("team/web", "1.4"), None, "the destination copy was deleted");
+    assert_eq!(
+        a.digest_of("team/web", "1.4"),
+        Some(digest),
+        "the source is never touched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicate_command_copies_without_a_cluster_and_reports_failures() {
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    let (digest, _) = a.seed("team/web", "1.4", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        format!(
+            "apiVersion: replication.imageops.io/v1alpha1\nkind: ImageReplication\nmetadata: {{name: web, namespace: default}}\nspec:\n  provider: {{kind: oci}}\n  source: {{region: a, reference: '{}/team/web:1.4'}}\n  destinations: [{{region: b, registry: '{}', name: mirror/web}}]\n",
+            a.host(),
+            b.url()
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_image-replication-operator");
+    let out = std::process::Command::new(bin)
+        .args(["replicate", "-f"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("ImageReplication web: Ready (1/1 available)"), "{text}");
+    assert_eq!(b.digest_of("mirror/web", "1.4"), Some(digest));
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&good)
+            .unwrap()
+            .replace("/team/web:1.4", "/team/missing:1.4"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["replicate", "--attempts", "1", "-f"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("not Ready: DestinationsFailed") && text.contains("NotFound"),
+        "{text}"
+    );
+
+    let invalid = dir.path().join("invalid.yaml");
+    std::fs::write(
+        &invalid,
+        std::fs::read_to_string(&good)
+            .unwrap()
+            .replace("name: mirror/web", "name: Mirror/Web"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["replicate", "-f"])
+        .arg(&invalid)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.contains("InvalidName"), "{text}");
+}
