@@ -13,6 +13,10 @@ pub struct Metrics {
     pub reconciliations: IntCounterVec,
     pub reconcile_errors: IntCounterVec,
     pub leader: IntGauge,
+    pub registry_request_duration: HistogramVec,
+    pub copy_tasks: IntCounterVec,
+    pub bytes_transferred: IntCounterVec,
+    pub copy_tasks_running: IntGauge,
 }
 
 impl Default for Metrics {
@@ -51,11 +55,43 @@ impl Metrics {
             "1 while this instance holds the leader lease (or runs without election).",
         )
         .expect("valid metric");
+        let registry_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "registry_request_duration_seconds",
+                "Registry API requests by operation and outcome.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["operation", "outcome"],
+        )
+        .expect("valid metric");
+        let copy_tasks = IntCounterVec::new(
+            Opts::new(
+                "copy_tasks_total",
+                "Finished copy tasks by provider and outcome (copied, up_to_date, failed).",
+            ),
+            &["provider", "outcome"],
+        )
+        .expect("valid metric");
+        let bytes_transferred = IntCounterVec::new(
+            Opts::new(
+                "bytes_transferred_total",
+                "Bytes uploaded to destinations, by provider.",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
+        let copy_tasks_running = IntGauge::new("copy_tasks_running", "Copy tasks running now.").expect("valid metric");
         for c in [
             Box::new(reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconciliations.clone()),
             Box::new(reconcile_errors.clone()),
             Box::new(leader.clone()),
+            Box::new(registry_request_duration.clone()),
+            Box::new(copy_tasks.clone()),
+            Box::new(bytes_transferred.clone()),
+            Box::new(copy_tasks_running.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -65,7 +101,19 @@ impl Metrics {
             reconciliations,
             reconcile_errors,
             leader,
+            registry_request_duration,
+            copy_tasks,
+            bytes_transferred,
+            copy_tasks_running,
         }
+    }
+
+    /// An observer for the registry client that feeds `registry_request_duration_seconds`.
+    pub fn registry_observer(&self) -> crate::oci::client::Observer {
+        let h = self.registry_request_duration.clone();
+        std::sync::Arc::new(move |op: &'static str, outcome: &'static str, secs: f64| {
+            h.with_label_values(&[&op.replace(' ', "_"), outcome]).observe(secs);
+        })
     }
 
     /// Start timing a reconcile; the duration is recorded when the timer is dropped.

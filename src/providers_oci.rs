@@ -125,6 +125,16 @@ pub struct OciReplicator {
 }
 
 impl OciReplicator {
+    /// A replicator whose registry requests are observed (for metrics).
+    pub fn with_budgets(budgets: Budgets) -> Self {
+        Self {
+            budgets,
+            ..Default::default()
+        }
+    }
+}
+
+impl OciReplicator {
     fn client(&self, addr: &RegistryAddr, creds: &SecretCredentials) -> Result<Registry, OciError> {
         Registry::new(addr.clone(), creds.for_host(&addr.host), &self.budgets)
     }

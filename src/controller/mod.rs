@@ -57,12 +57,15 @@ impl Context {
             controller: "image-replication-operator".into(),
             instance: Some(identity.to_string()),
         };
+        let oci = Arc::new(OciReplicator::with_budgets(
+            crate::oci::Budgets::default().with_observer(metrics.registry_observer()),
+        ));
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
             providers,
-            oci: Arc::new(OciReplicator::default()),
+            oci,
             tasks: Arc::new(Tasks::new(Arc::new(|_| {}))),
             resync: Duration::from_secs(300),
             backoff: Mutex::new(HashMap::new()),
@@ -200,6 +203,16 @@ impl Managed for ImageReplication {
         let gate = self.gate(&ctx.providers);
         if gate == Gate::Open && self.spec.provider.kind == ProviderKind::Oci {
             let view = ctx.tasks.collect(&key_of(self));
+            for v in view.values() {
+                let outcome = match v {
+                    plan::TaskView::Succeeded { up_to_date: true, .. } => "up_to_date",
+                    plan::TaskView::Succeeded { .. } => "copied",
+                    plan::TaskView::Failed { .. } => "failed",
+                    plan::TaskView::Running { .. } | plan::TaskView::Idle => continue,
+                };
+                ctx.metrics.copy_tasks.with_label_values(&["oci", outcome]).inc();
+            }
+            ctx.metrics.copy_tasks_running.set(ctx.tasks.len() as i64);
             let p = plan::oci_plan(self, &view, now, ctx.resync, plan::MAX_ATTEMPTS);
             return Planned {
                 status: p.status,
@@ -229,11 +242,16 @@ impl Managed for ImageReplication {
             };
             let progress = Arc::new(Progress::default());
             let (oci, spec, creds, pr) = (ctx.oci.clone(), self.spec.clone(), creds.clone(), progress.clone());
+            let bytes = ctx.metrics.bytes_transferred.with_label_values(&["oci"]);
             ctx.tasks.start(&key, region, *resync, progress, async move {
-                match creds {
+                let r = match creds {
                     Ok(c) => oci.copy_to(&spec, &dest, &c, &pr).await,
                     Err(e) => Err(OciError::Auth(e)),
+                };
+                if let Ok(report) = &r {
+                    bytes.inc_by(report.bytes_uploaded);
                 }
+                r
             });
         }
         Ok(())

@@ -196,10 +196,14 @@ impl HostBudget {
     }
 }
 
+/// Receives (operation, outcome, seconds) for every registry request, for metrics.
+pub type Observer = Arc<dyn Fn(&'static str, &'static str, f64) + Send + Sync>;
+
 /// Budgets for every host, shared across all objects of the operator.
 pub struct Budgets {
     per_host: usize,
     map: Mutex<HashMap<String, Arc<HostBudget>>>,
+    observer: Option<Observer>,
 }
 
 impl Budgets {
@@ -208,7 +212,13 @@ impl Budgets {
         Self {
             per_host,
             map: Mutex::new(HashMap::new()),
+            observer: None,
         }
+    }
+    /// Report every request to `observer`.
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
     }
     pub fn for_host(&self, host: &str) -> Arc<HostBudget> {
         self.map
@@ -242,6 +252,7 @@ pub struct Registry {
     tokens: Mutex<HashMap<String, String>>,
     use_basic: AtomicBool,
     budget: Arc<HostBudget>,
+    observer: Option<Observer>,
     pub retry: RetryPolicy,
     pub stats: Stats,
 }
@@ -326,6 +337,7 @@ impl Registry {
             .map_err(|e| OciError::Unsupported(format!("HTTP client for {addr}: {e}")))?;
         Ok(Self {
             budget: budgets.for_host(&addr.host),
+            observer: budgets.observer.clone(),
             addr,
             http,
             creds,
@@ -421,8 +433,20 @@ impl Registry {
                 req = req.body(b.clone());
             }
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
             let result = req.send().await;
             drop(permit);
+            if let Some(observe) = &self.observer {
+                let outcome = match &result {
+                    Err(_) => "transport_error",
+                    Ok(r) if r.status().is_success() || r.status().is_redirection() => "success",
+                    Ok(r) if r.status().as_u16() == 429 => "rate_limited",
+                    Ok(r) if r.status().as_u16() == 404 => "not_found",
+                    Ok(r) if r.status().is_client_error() => "client_error",
+                    Ok(_) => "server_error",
+                };
+                observe(op, outcome, started.elapsed().as_secs_f64());
+            }
             let retry_in = match result {
                 Err(e) => {
                     let message = without_url(&e);
