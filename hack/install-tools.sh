@@ -6,7 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/hack/install-helm.sh" >/dev/null
 missing=()
-for pair in lua5.1:lua5.1 docker-registry:docker-registry skopeo:skopeo; do
+for pair in lua5.1:lua5.1 docker-registry:docker-registry skopeo:skopeo htpasswd:apache2-utils openssl:openssl python3:python3; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

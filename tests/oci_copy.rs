@@ -234,3 +234,90 @@ async fn a_connection_cut_mid_blob_resumes_from_the_last_chunk() {
         "resumed at a chunk boundary, not from zero: {offset}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn basic_auth_over_tls_with_a_private_ca() {
+    use support::registry::Options;
+    let a = TestRegistry::start();
+    let b = TestRegistry::start_with(Options {
+        basic: Some(("robot".into(), "s3cret".into())),
+        tls: true,
+    });
+    let (digest, _) = a.seed("team/web", "1", &["--platforms", "linux/amd64"]);
+    let budgets = Budgets::default();
+    let src = client(&a.url(), &budgets);
+    let creds = |password: &str, ca: bool| Credentials {
+        username: Some("robot".into()),
+        password: Some(password.into()),
+        ca_pem: ca.then(|| b.ca_pem()),
+    };
+    let dst = Registry::new(RegistryAddr::parse(&b.url()).unwrap(), creds("s3cret", true), &budgets).unwrap();
+    copy(&Engine::default(), &src, &dst, "team/web", "1", &CopyOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(dst.head_manifest("team/web", "1").await.unwrap(), Some(digest));
+
+    let wrong = Registry::new(RegistryAddr::parse(&b.url()).unwrap(), creds("nope", true), &budgets).unwrap();
+    let err = copy(
+        &Engine::default(),
+        &src,
+        &wrong,
+        "team/web",
+        "1",
+        &CopyOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.reason(), "Unauthorized", "{err}");
+    assert!(!err.to_string().contains("nope"), "no secret in errors: {err}");
+
+    let mut untrusted =
+        Registry::new(RegistryAddr::parse(&b.url()).unwrap(), creds("s3cret", false), &budgets).unwrap();
+    untrusted.retry.max_attempts = 1;
+    let err = copy(
+        &Engine::default(),
+        &src,
+        &untrusted,
+        "team/web",
+        "1",
+        &CopyOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.reason(),
+        "ConnectionError",
+        "a certificate from an unknown CA is refused: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_token_challenge_flow() {
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    let (digest, _) = a.seed("team/web", "1", &["--platforms", "linux/amd64"]);
+    let gate = FaultyProxy::start(
+        a.url(),
+        Fault::RequireBearer {
+            user: "robot",
+            pass: "pw",
+            token: "tok-123",
+        },
+    )
+    .await;
+    let budgets = Budgets::default();
+    let creds = Credentials {
+        username: Some("robot".into()),
+        password: Some("pw".into()),
+        ca_pem: None,
+    };
+    let src = Registry::new(RegistryAddr::parse(&gate.url()).unwrap(), creds, &budgets).unwrap();
+    let dst = client(&b.url(), &budgets);
+    copy(&Engine::default(), &src, &dst, "team/web", "1", &CopyOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(b.digest_of("team/web", "1"), Some(digest));
+    let seen = gate.seen.lock().unwrap().clone();
+    let tokens = seen.iter().filter(|r| r.1.starts_with("/token")).count();
+    assert_eq!(tokens, 1, "one token fetched and reused for the scope: {seen:?}");
+    assert_eq!(seen.iter().filter(|r| r.3 == 401).count(), 1, "one challenge");
+}

@@ -17,6 +17,13 @@ pub enum Fault {
     RateLimitManifests(usize),
     /// Cut the first `n` full blob GETs after `after` bytes.
     CutBlobs { n: usize, after: usize },
+    /// A bearer-token gate: 401 with a Bearer challenge unless `Authorization: Bearer <token>`;
+    /// `/token` hands the token out for basic credentials `user:pass`.
+    RequireBearer {
+        user: &'static str,
+        pass: &'static str,
+        token: &'static str,
+    },
 }
 
 /// A request the proxy saw: method, uri, Range header, status answered.
@@ -48,6 +55,41 @@ impl FaultyProxy {
                         .unwrap()
                         .push((method.to_string(), path.clone(), range.clone(), status))
                 };
+                if let Fault::RequireBearer { user, pass, token } = fault {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    if path.starts_with("/token") {
+                        use base64::Engine as _;
+                        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+                        let ok = auth == format!("Basic {basic}");
+                        record(if ok { 200 } else { 401 });
+                        let (status, body) = if ok {
+                            (200, format!(r#"{{"token":"{token}"}}"#))
+                        } else {
+                            (401, String::new())
+                        };
+                        return Response::builder().status(status).body(Body::from(body)).unwrap();
+                    }
+                    if auth != format!("Bearer {token}") {
+                        record(401);
+                        let host = headers
+                            .get("host")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let ch = format!(
+                            r#"Bearer realm="http://{host}/token",service="test-registry",scope="repository:x:pull""#
+                        );
+                        return Response::builder()
+                            .status(401)
+                            .header("WWW-Authenticate", ch)
+                            .body(Body::empty())
+                            .unwrap();
+                    }
+                }
                 if let Fault::RateLimitManifests(n) = fault
                     && path.contains("/manifests/")
                     && counter.fetch_add(1, Ordering::SeqCst) < n

@@ -12,6 +12,7 @@ pub struct TestRegistry {
     pub port: u16,
     pub dir: tempfile::TempDir,
     child: Child,
+    scheme: &'static str,
 }
 
 fn need(cmd: &str) {
@@ -23,15 +24,101 @@ fn need(cmd: &str) {
     assert!(ok, "{cmd} is not installed: run `make tools`");
 }
 
+/// Options of a test registry.
+#[derive(Default)]
+pub struct Options {
+    /// htpasswd basic auth with this user and password.
+    pub basic: Option<(String, String)>,
+    /// Serve TLS with a certificate signed by a fresh CA (see `ca_pem`).
+    pub tls: bool,
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 impl TestRegistry {
     pub fn start() -> Self {
+        Self::start_with(Options::default())
+    }
+
+    pub fn start_with(opts: Options) -> Self {
         need("docker-registry");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let config = format!(
+        let d = dir.path();
+        let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("data").display()
+            d.join("data").display()
         );
+        if opts.tls {
+            need("openssl");
+            run(Command::new("openssl").current_dir(d).args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=test-ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ]));
+            run(Command::new("openssl").current_dir(d).args([
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ]));
+            std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+            run(Command::new("openssl").current_dir(d).args([
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+                "-out",
+                "server.pem",
+            ]));
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                d.join("server.pem").display(),
+                d.join("server.key").display()
+            ));
+        }
+        if let Some((u, p)) = &opts.basic {
+            need("htpasswd");
+            let out = Command::new("htpasswd").args(["-Bbn", u, p]).output().unwrap();
+            std::fs::write(d.join("htpasswd"), out.stdout).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                d.join("htpasswd").display()
+            ));
+        }
+        let scheme = if opts.tls { "https" } else { "http" };
         let cfg = dir.path().join("config.yml");
         std::fs::write(&cfg, config).unwrap();
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
@@ -43,7 +130,12 @@ impl TestRegistry {
             .stdin(Stdio::null())
             .spawn()
             .expect("start docker-registry");
-        let r = Self { port, dir, child };
+        let r = Self {
+            port,
+            dir,
+            child,
+            scheme,
+        };
         let deadline = Instant::now() + Duration::from_secs(15);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "registry did not start:\n{}", r.log());
@@ -57,7 +149,12 @@ impl TestRegistry {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+
+    /// The CA that signed the TLS certificate (TLS registries only).
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("ca.pem")).unwrap()
     }
 
     pub fn log(&self) -> String {
