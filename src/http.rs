@@ -3,9 +3,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderMap;
+use axum::routing::post;
 use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
 
 use crate::metrics::Metrics;
+use crate::notify::{MAX_BODY, Notifications, Rejected};
 
 /// What `/readyz` reports.
 #[derive(Default)]
@@ -44,15 +49,40 @@ impl Health {
 struct AppState {
     metrics: Metrics,
     health: Arc<Health>,
+    notifications: Arc<Notifications>,
 }
 
-/// The router serving the three endpoints.
-pub fn router(metrics: Metrics, health: Arc<Health>) -> Router {
+/// The router: `/metrics`, `/healthz`, `/readyz` and `POST /notifications`.
+pub fn router(metrics: Metrics, health: Arc<Health>, notifications: Arc<Notifications>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, health })
+        .route(
+            "/notifications",
+            post(notifications_handler).layer(DefaultBodyLimit::max(MAX_BODY)),
+        )
+        .with_state(AppState {
+            metrics,
+            health,
+            notifications,
+        })
+}
+
+async fn notifications_handler(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let (outcome, status, text) = match s.notifications.handle(auth, &body) {
+        Ok(n) => ("accepted", StatusCode::OK, format!("queued {n}")),
+        Err(Rejected::NotConfigured) => (
+            "not_configured",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "notifications are not configured (NOTIFICATION_TOKEN)".into(),
+        ),
+        Err(Rejected::Unauthorized) => ("unauthorized", StatusCode::UNAUTHORIZED, "unauthorized".into()),
+        Err(Rejected::BadPayload(e)) => ("bad_payload", StatusCode::BAD_REQUEST, e),
+    };
+    s.metrics.notifications.with_label_values(&[outcome]).inc();
+    (status, text)
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {

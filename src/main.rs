@@ -157,6 +157,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("image-replication-operator-{}", std::process::id()));
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
+    let notifications = Arc::new(image_replication_operator::notify::Notifications::new(
+        std::env::var("NOTIFICATION_TOKEN").ok(),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(shutdown_signal(stop_tx.clone()));
 
@@ -166,11 +169,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
     let mut http_stop = stop_rx.clone();
     let server = tokio::spawn(
-        axum::serve(listener, http::router(metrics.clone(), health.clone()))
-            .with_graceful_shutdown(async move {
-                wait_true(&mut http_stop).await;
-            })
-            .into_future(),
+        axum::serve(
+            listener,
+            http::router(metrics.clone(), health.clone(), notifications.clone()),
+        )
+        .with_graceful_shutdown(async move {
+            wait_true(&mut http_stop).await;
+        })
+        .into_future(),
     );
 
     let client = Client::try_default()
@@ -203,7 +209,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let ctx = Arc::new(
         Context::new(client, &identity, metrics.clone(), provider::Registry::builtin())
-            .with_resync(Duration::from_secs(args.resync_seconds.max(1))),
+            .with_resync(Duration::from_secs(args.resync_seconds.max(1)))
+            .with_notifications(notifications),
     );
     let mut controllers = tokio::spawn(controller::run(
         ctx,

@@ -17,6 +17,10 @@ pub struct Metrics {
     pub copy_tasks: IntCounterVec,
     pub bytes_transferred: IntCounterVec,
     pub copy_tasks_running: IntGauge,
+    pub notifications: IntCounterVec,
+    pub replica_artifacts: IntCounterVec,
+    pub replica_lag: prometheus::Gauge,
+    pub sync_queue_depth: IntGauge,
 }
 
 impl Default for Metrics {
@@ -83,6 +87,29 @@ impl Metrics {
         )
         .expect("valid metric");
         let copy_tasks_running = IntGauge::new("copy_tasks_running", "Copy tasks running now.").expect("valid metric");
+        let notifications = IntCounterVec::new(
+            Opts::new("notifications_total", "Registry notifications received, by outcome."),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let replica_artifacts = IntCounterVec::new(
+            Opts::new(
+                "replica_artifacts_total",
+                "Replica artifacts by result (copied, deleted, failed, conflict).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let replica_lag = prometheus::Gauge::new(
+            "replica_lag_seconds",
+            "Age of the oldest change on a primary not yet applied to its replica (largest over all ReplicaInstances).",
+        )
+        .expect("valid metric");
+        let sync_queue_depth = IntGauge::new(
+            "sync_queue_depth",
+            "Artifacts waiting to be transferred by running syncs.",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconciliations.clone()),
@@ -92,6 +119,10 @@ impl Metrics {
             Box::new(copy_tasks.clone()),
             Box::new(bytes_transferred.clone()),
             Box::new(copy_tasks_running.clone()),
+            Box::new(notifications.clone()),
+            Box::new(replica_artifacts.clone()),
+            Box::new(replica_lag.clone()),
+            Box::new(sync_queue_depth.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -105,6 +136,10 @@ impl Metrics {
             copy_tasks,
             bytes_transferred,
             copy_tasks_running,
+            notifications,
+            replica_artifacts,
+            replica_lag,
+            sync_queue_depth,
         }
     }
 

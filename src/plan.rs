@@ -710,3 +710,234 @@ spec:
         assert_eq!(p.status.destinations[0].attempts, 1, "drift checks are not attempts");
     }
 }
+
+// ---------- ReplicaInstance (oci): full and event-driven syncs ----------
+
+/// Wait this long after a whole sync failed before trying again.
+pub const SYNC_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncStart {
+    Full,
+    /// Only these repositories (from push/delete notifications).
+    Repositories(std::collections::BTreeSet<String>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicaPlan {
+    pub status: ReplicaInstanceStatus,
+    pub start: Option<SyncStart>,
+    pub requeue: Option<std::time::Duration>,
+    pub events: Vec<Announcement>,
+}
+
+/// Plan an oci ReplicaInstance whose gate is open. `pending` holds repositories named by
+/// notifications not yet applied, with the time of the oldest.
+pub fn replica_plan(
+    obj: &ReplicaInstance,
+    view: &crate::replica_oci::SyncView,
+    pending: Option<(&std::collections::BTreeSet<String>, &Time)>,
+    now: &Time,
+    interval: std::time::Duration,
+) -> ReplicaPlan {
+    use crate::replica_oci::SyncView;
+    let mut st = obj.status.clone().unwrap_or_default();
+    let mut events = Vec::new();
+    let mut start = None;
+    let mut requeue = None;
+    let running = matches!(view, SyncView::Running { .. });
+    match view {
+        SyncView::Running { done, total, .. } => {
+            st.pending = Some(total.saturating_sub(*done) as i64);
+            if st.phase.is_none_or(|p| p == ReplicaPhase::Pending) {
+                st.phase = Some(ReplicaPhase::Syncing);
+            }
+            requeue = Some(std::time::Duration::from_secs(2));
+        }
+        SyncView::Finished(Ok(r)) => {
+            let mut fresh: Vec<SyncFailure> = r
+                .failures
+                .iter()
+                .map(|f| SyncFailure {
+                    artifact: f.artifact.clone(),
+                    reason: f.reason.clone(),
+                    message: f.message.clone(),
+                    time: now.clone(),
+                })
+                .collect();
+            fresh.extend(r.conflicts.iter().map(|(a, replica_d, primary_d)| SyncFailure {
+                artifact: a.clone(),
+                reason: "OverwriteDisabled".into(),
+                message: format!(
+                    "the replica holds {replica_d}, the primary {primary_d}; left alone because sync.overwrite is false"
+                ),
+                time: now.clone(),
+            }));
+            for f in fresh.iter().take(5) {
+                events.push(Announcement {
+                    warning: true,
+                    reason: if f.reason == "OverwriteDisabled" {
+                        "OverwriteDisabled".into()
+                    } else {
+                        "SyncFailed".into()
+                    },
+                    note: format!("{}: {}: {}", f.artifact, f.reason, f.message),
+                });
+            }
+            st.recent_failures = fresh
+                .into_iter()
+                .chain(st.recent_failures.drain(..))
+                .take(MAX_RECENT_FAILURES)
+                .collect();
+            st.bytes_transferred = Some(st.bytes_transferred.unwrap_or(0) + r.bytes as i64);
+            st.failed = Some(r.failures.len() as i64);
+            st.pending = Some(0);
+            if r.full {
+                st.last_full_sync_time = Some(now.clone());
+                st.repositories = Some(r.repositories as i64);
+                st.artifacts = Some(r.artifacts as i64);
+                events.push(Announcement {
+                    warning: false,
+                    reason: "FullSyncCompleted".into(),
+                    note: format!(
+                        "{} artifacts in {} repositories; copied {}, deleted {}, {} failed, {} left alone",
+                        r.artifacts,
+                        r.repositories,
+                        r.copied,
+                        r.deleted,
+                        r.failures.len(),
+                        r.conflicts.len()
+                    ),
+                });
+            } else {
+                st.last_event_time = Some(now.clone());
+                if r.copied + r.deleted > 0 {
+                    events.push(Announcement {
+                        warning: false,
+                        reason: "EventSynced".into(),
+                        note: format!("push notifications applied: copied {}, deleted {}", r.copied, r.deleted),
+                    });
+                }
+            }
+            st.phase = Some(if r.failures.is_empty() {
+                ReplicaPhase::InSync
+            } else {
+                ReplicaPhase::Degraded
+            });
+        }
+        SyncView::Finished(Err((reason, message))) => {
+            st.recent_failures.insert(
+                0,
+                SyncFailure {
+                    artifact: "*".into(),
+                    reason: reason.clone(),
+                    message: message.clone(),
+                    time: now.clone(),
+                },
+            );
+            st.recent_failures.truncate(MAX_RECENT_FAILURES);
+            st.phase = Some(ReplicaPhase::Degraded);
+            events.push(Announcement {
+                warning: true,
+                reason: "SyncFailed".into(),
+                note: format!("{reason}: {message}"),
+            });
+        }
+        SyncView::Idle => {}
+    }
+    if !running {
+        let whole_failed_at = st
+            .recent_failures
+            .first()
+            .filter(|f| f.artifact == "*")
+            .map(|f| f.time.clone());
+        let retry_wait = whole_failed_at
+            .and_then(|t| secs_since(&Some(t), now))
+            .filter(|age| *age < SYNC_RETRY.as_secs() as i64)
+            .map(|age| std::time::Duration::from_secs((SYNC_RETRY.as_secs() as i64 - age) as u64));
+        let full_age = secs_since(&st.last_full_sync_time, now);
+        let full_due = full_age.is_none_or(|a| a >= interval.as_secs() as i64);
+        if let Some(w) =
+            retry_wait.filter(|_| matches!(view, SyncView::Idle) || matches!(view, SyncView::Finished(Err(_))))
+        {
+            requeue = Some(w);
+        } else if full_due {
+            start = Some(SyncStart::Full);
+        } else if let Some((repos, _)) = pending.filter(|(r, _)| !r.is_empty()) {
+            start = Some(SyncStart::Repositories(repos.clone()));
+        } else {
+            let left = interval.as_secs() as i64 - full_age.unwrap_or(0);
+            requeue = Some(std::time::Duration::from_secs(left.max(1) as u64));
+        }
+        if start.is_some() {
+            requeue = Some(std::time::Duration::from_secs(2));
+            if st.phase.is_none_or(|p| p == ReplicaPhase::Pending) {
+                st.phase = Some(ReplicaPhase::Syncing);
+            }
+        }
+    }
+    st.lag_seconds = Some(
+        pending
+            .and_then(|(r, t)| (!r.is_empty()).then(|| secs_since(&Some(t.clone()), now).unwrap_or(0).max(0)))
+            .unwrap_or(0),
+    );
+
+    let phase = st.phase.unwrap_or_default();
+    let busy = running || start.is_some();
+    let fail_text = st
+        .recent_failures
+        .iter()
+        .take(3)
+        .map(|f| format!("{}: {}", f.artifact, f.reason))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let validated = Desired::new(VALIDATED, true, reason::VALID, "the spec passed every rule");
+    let desired = match phase {
+        ReplicaPhase::InSync => vec![
+            Desired::new(
+                READY,
+                true,
+                "InSync",
+                "the replica holds what the filters select on the primary",
+            ),
+            Desired::new(
+                RECONCILING,
+                busy,
+                if busy { reason::PROGRESSING } else { reason::IDLE },
+                "",
+            ),
+            Desired::new(STALLED, false, reason::IDLE, ""),
+            validated,
+            Desired::new(SYNCED, true, "InSync", "the last sync completed without failures"),
+        ],
+        ReplicaPhase::Degraded => vec![
+            Desired::new(READY, false, "SyncFailures", fail_text.clone()),
+            Desired::new(
+                RECONCILING,
+                busy,
+                if busy { reason::PROGRESSING } else { "SyncFailures" },
+                "",
+            ),
+            Desired::new(STALLED, false, "SyncFailures", ""),
+            validated,
+            Desired::new(SYNCED, false, "SyncFailures", fail_text),
+        ],
+        ReplicaPhase::Pending | ReplicaPhase::Syncing => vec![
+            Desired::new(READY, false, reason::PROGRESSING, "the first sync is under way"),
+            Desired::new(RECONCILING, true, reason::PROGRESSING, "the first sync is under way"),
+            Desired::new(STALLED, false, reason::PROGRESSING, ""),
+            validated,
+            Desired::new(SYNCED, false, reason::PROGRESSING, "the first sync is under way"),
+        ],
+    };
+    let generation = obj.metadata.generation;
+    st.observed_generation = generation;
+    st.conditions = conditions::merge(&st.conditions, &desired, generation, now);
+    ReplicaPlan {
+        status: st,
+        start,
+        requeue,
+        events,
+    }
+}

@@ -242,6 +242,7 @@ async fn basic_auth_over_tls_with_a_private_ca() {
     let b = TestRegistry::start_with(Options {
         basic: Some(("robot".into(), "s3cret".into())),
         tls: true,
+        ..Default::default()
     });
     let (digest, _) = a.seed("team/web", "1", &["--platforms", "linux/amd64"]);
     let budgets = Budgets::default();

@@ -106,12 +106,12 @@ async fn apply_adds_finalizer_honest_status_events_and_metrics() {
     let ri: Api<ReplicaInstance> = Api::namespaced(c.clone(), "default");
     ri.create(
         &PostParams::default(),
-        &example(include_str!("../deploy/examples/replica-oci.yaml")),
+        &example(include_str!("../deploy/examples/replica-tencent.yaml")),
     )
     .await
     .unwrap();
     let r = eventually(WAIT, "replica status", || async {
-        let o = ri.get("gz-to-sh").await.ok()?;
+        let o = ri.get("tcr-shanghai").await.ok()?;
         o.status.filter(|s| s.observed_generation == Some(1))
     })
     .await;

@@ -26,13 +26,17 @@ use tracing::{info, instrument, warn};
 
 use crate::api::v1alpha1::{
     DeletionPolicy, ImageReplication, ImageReplicationStatus, ProviderKind, ReplicaInstance, ReplicaInstanceStatus,
+    ReplicaProvider,
 };
 use crate::api::{FIELD_MANAGER, FINALIZER};
 use crate::http::Health;
 use crate::metrics::Metrics;
+use crate::notify::Notifications;
 use crate::oci::{OciError, Progress};
+use crate::plan::SyncStart;
 use crate::plan::{Announcement, Gate};
 use crate::providers_oci::{OciReplicator, SecretCredentials};
+use crate::replica_oci::{ReplicaSyncer, SyncProgress, SyncTasks, SyncView};
 use crate::tasks::Tasks;
 use crate::{Error, Result, plan, provider, validation};
 
@@ -48,8 +52,22 @@ pub struct Context {
     pub tasks: Arc<Tasks>,
     /// How often an Available copy is checked for drift.
     pub resync: Duration,
+    /// ReplicaInstance syncs (oci).
+    pub syncer: Arc<ReplicaSyncer>,
+    pub sync_tasks: Arc<SyncTasks>,
+    pub notifications: Arc<Notifications>,
+    /// Per ReplicaInstance (lag seconds, queued artifacts), for the gauges.
+    replica_gauges: Mutex<HashMap<String, (i64, i64)>>,
+    /// Keys (namespace/name) to reconcile at once: finished copies, finished syncs, notifications.
+    ri_trigger: tokio::sync::mpsc::UnboundedSender<String>,
+    receivers: Mutex<Option<Triggers>>,
     backoff: Mutex<HashMap<String, u32>>,
 }
+
+type Triggers = (
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+);
 
 impl Context {
     pub fn new(client: Client, identity: &str, metrics: Metrics, providers: provider::Registry) -> Self {
@@ -60,16 +78,54 @@ impl Context {
         let oci = Arc::new(OciReplicator::with_budgets(
             crate::oci::Budgets::default().with_observer(metrics.registry_observer()),
         ));
+        let syncer = Arc::new(ReplicaSyncer::with_budgets(
+            crate::oci::Budgets::default().with_observer(metrics.registry_observer()),
+        ));
+        let (ir_tx, ir_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (ri_tx, ri_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (t1, t2) = (ir_tx.clone(), ri_tx.clone());
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
             providers,
             oci,
-            tasks: Arc::new(Tasks::new(Arc::new(|_| {}))),
+            tasks: Arc::new(Tasks::new(Arc::new(move |k: &str| {
+                let _ = t1.send(k.to_string());
+            }))),
             resync: Duration::from_secs(300),
+            syncer,
+            sync_tasks: Arc::new(SyncTasks::new(Arc::new(move |k: &str| {
+                let _ = t2.send(k.to_string());
+            }))),
+            notifications: Arc::new(Notifications::new(None)),
+            replica_gauges: Mutex::new(HashMap::new()),
+            ri_trigger: ri_tx,
+            receivers: Mutex::new(Some((ir_rx, ri_rx))),
             backoff: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Use this notification state (shared with the HTTP endpoint).
+    pub fn with_notifications(self, n: Arc<Notifications>) -> Self {
+        n.set_trigger(self.ri_trigger.clone());
+        Self {
+            notifications: n,
+            ..self
+        }
+    }
+
+    fn set_replica_gauges(&self, key: &str, lag: i64, queued: i64) {
+        let mut g = self.replica_gauges.lock().expect("gauges lock");
+        if lag == 0 && queued == 0 {
+            g.remove(key);
+        } else {
+            g.insert(key.to_string(), (lag, queued));
+        }
+        self.metrics
+            .replica_lag
+            .set(g.values().map(|v| v.0).max().unwrap_or(0) as f64);
+        self.metrics.sync_queue_depth.set(g.values().map(|v| v.1).sum());
     }
 
     /// Check Available copies for drift this often.
@@ -106,6 +162,8 @@ pub struct Planned<S> {
     pub requeue: Option<Duration>,
     /// Per-destination Events, besides the headline one.
     pub events: Vec<Announcement>,
+    /// ReplicaInstance: the sync to start once the status is written.
+    pub sync: Option<SyncStart>,
 }
 
 impl<S> Planned<S> {
@@ -116,6 +174,7 @@ impl<S> Planned<S> {
             cancel: false,
             requeue: None,
             events: Vec::new(),
+            sync: None,
         }
     }
 }
@@ -220,6 +279,7 @@ impl Managed for ImageReplication {
                 cancel: false,
                 requeue: p.requeue,
                 events: p.events,
+                sync: None,
             };
         }
         let implemented = gate != Gate::ProviderNotImplemented(self.spec.provider.kind.as_str());
@@ -296,6 +356,48 @@ impl Managed for ImageReplication {
     }
 }
 
+async fn secret_credentials(
+    ctx: &Context,
+    ns: &str,
+    r: Option<&crate::api::v1alpha1::SecretRef>,
+) -> Result<SecretCredentials, String> {
+    let Some(r) = r else {
+        return Ok(SecretCredentials::default());
+    };
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let secret = api
+        .get(&r.name)
+        .await
+        .map_err(|e| format!("reading Secret {}: {}", r.name, kube_reason(&e)))?;
+    let data = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    SecretCredentials::from_data(&data).map_err(|e| format!("Secret {}: {e}", r.name))
+}
+
+impl ReplicaInstance {
+    fn is_oci_open(&self, providers: &provider::Registry) -> (Gate, bool) {
+        let kind = self.spec.primary.provider;
+        let implemented = kind == ReplicaProvider::Oci || providers.replica(kind).is_some();
+        let gate = plan::gate(
+            validation::replica_instance(&self.spec),
+            kind.as_str(),
+            implemented,
+            self.spec.suspend,
+        );
+        let open = gate == Gate::Open && kind == ReplicaProvider::Oci;
+        (gate, open)
+    }
+    fn primary_host(&self) -> Option<String> {
+        crate::oci::RegistryAddr::parse(self.spec.primary.registry.as_deref()?)
+            .ok()
+            .map(|a| a.host)
+    }
+}
+
 impl Managed for ReplicaInstance {
     type Status = ReplicaInstanceStatus;
     const CONTROLLER: &'static str = "replica_instance";
@@ -306,17 +408,109 @@ impl Managed for ReplicaInstance {
         &status.conditions
     }
     fn plan(&self, ctx: &Context, now: &Time) -> Planned<Self::Status> {
-        let implemented = ctx.providers.replica(self.spec.primary.provider).is_some();
-        Planned::settled(plan::replica_instance_status(self, implemented, now))
+        let (gate, open) = self.is_oci_open(&ctx.providers);
+        let key = key_of(self);
+        if !open {
+            let implemented = gate != Gate::ProviderNotImplemented(self.spec.primary.provider.as_str());
+            let mut planned = Planned::settled(plan::replica_instance_status(self, implemented, now));
+            planned.cancel = gate == Gate::Suspended;
+            return planned;
+        }
+        if let Some(host) = self.primary_host() {
+            ctx.notifications.subscribe(&host, &key);
+        }
+        let view = ctx.sync_tasks.collect(&key);
+        if let SyncView::Finished(Ok(r)) = &view {
+            let m = &ctx.metrics;
+            m.replica_artifacts.with_label_values(&["copied"]).inc_by(r.copied);
+            m.replica_artifacts.with_label_values(&["deleted"]).inc_by(r.deleted);
+            m.replica_artifacts
+                .with_label_values(&["failed"])
+                .inc_by(r.failures.len() as u64);
+            m.replica_artifacts
+                .with_label_values(&["conflict"])
+                .inc_by(r.conflicts.len() as u64);
+            m.bytes_transferred.with_label_values(&["oci_replica"]).inc_by(r.bytes);
+        }
+        let pending = ctx.notifications.pending(&key);
+        let interval = validation::parse_duration(&self.spec.sync.interval).unwrap_or(Duration::from_secs(600));
+        let p = plan::replica_plan(self, &view, pending.as_ref().map(|(r, t)| (r, t)), now, interval);
+        ctx.set_replica_gauges(&key, p.status.lag_seconds.unwrap_or(0), p.status.pending.unwrap_or(0));
+        Planned {
+            status: p.status,
+            start: Vec::new(),
+            cancel: false,
+            requeue: p.requeue,
+            events: p.events,
+            sync: p.start,
+        }
     }
-    async fn act(&self, _ctx: &Context, _planned: &Planned<Self::Status>) -> Result<()> {
+    async fn act(&self, ctx: &Context, planned: &Planned<Self::Status>) -> Result<()> {
+        let key = key_of(self);
+        if planned.cancel && ctx.sync_tasks.cancel(&key) {
+            info!("suspended: cancelled the running sync");
+        }
+        let Some(start) = &planned.sync else { return Ok(()) };
+        let repos = match start {
+            SyncStart::Full => {
+                ctx.notifications.take(&key); // a full sync covers them
+                None
+            }
+            SyncStart::Repositories(_) => ctx.notifications.take(&key).map(|(r, _)| r),
+        };
+        let ns = self.namespace().unwrap_or_default();
+        let pc = secret_credentials(ctx, &ns, self.spec.primary.credentials_secret_ref.as_ref()).await;
+        let rc = secret_credentials(
+            ctx,
+            &ns,
+            self.spec
+                .replica
+                .as_ref()
+                .and_then(|r| r.credentials_secret_ref.as_ref()),
+        )
+        .await;
+        let progress = Arc::new(SyncProgress::default());
+        let (syncer, spec, pr) = (ctx.syncer.clone(), self.spec.clone(), progress.clone());
+        let full = repos.is_none();
+        ctx.sync_tasks.start(&key, full, progress, async move {
+            let (pc, rc) = (pc.map_err(OciError::Auth)?, rc.map_err(OciError::Auth)?);
+            syncer.sync(&spec, repos, &pc, &rc, &pr).await
+        });
         Ok(())
     }
-    async fn cleanup(&self, _ctx: &Context) -> Result<String> {
-        Ok(format!(
-            "deletionPolicy {:?}; no sync was started for this object, so nothing was removed",
-            self.spec.deletion_policy
-        ))
+    async fn cleanup(&self, ctx: &Context) -> Result<String> {
+        let key = key_of(self);
+        let cancelled = ctx.sync_tasks.cancel(&key);
+        ctx.notifications.unsubscribe(&key);
+        ctx.set_replica_gauges(&key, 0, 0);
+        let mut note = format!("deletionPolicy {:?}", self.spec.deletion_policy);
+        if cancelled {
+            note.push_str("; cancelled the running sync");
+        }
+        match (self.spec.primary.provider, self.spec.deletion_policy) {
+            (ReplicaProvider::Oci, DeletionPolicy::Delete) => {
+                let ns = self.namespace().unwrap_or_default();
+                let rc = secret_credentials(
+                    ctx,
+                    &ns,
+                    self.spec
+                        .replica
+                        .as_ref()
+                        .and_then(|r| r.credentials_secret_ref.as_ref()),
+                )
+                .await
+                .map_err(Error::Provider)?;
+                let n = ctx
+                    .syncer
+                    .remove_replicated(&self.spec, &rc)
+                    .await
+                    .map_err(|e| Error::Provider(format!("removing replicated content: {e}")))?;
+                note.push_str(&format!("; removed {n} replicated artifacts from the replica"));
+            }
+            (_, DeletionPolicy::Retain) => note.push_str("; the replica's content is kept"),
+            (_, DeletionPolicy::Delete) => note.push_str("; nothing was created by this version, nothing removed"),
+        }
+        Ok(note)
     }
 }
 
@@ -424,6 +618,17 @@ fn api_for<K: Managed>(client: &Client, namespace: Option<&str>) -> Api<K> {
     }
 }
 
+/// Turn `namespace/name` keys into object references for `reconcile_on`.
+fn key_stream<K: Managed>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> impl futures::Stream<Item = kube::runtime::reflector::ObjectRef<K>> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        let key = rx.recv().await?;
+        let (ns, name) = key.split_once('/').unwrap_or(("", &key));
+        Some((kube::runtime::reflector::ObjectRef::<K>::new(name).within(ns), rx))
+    })
+}
+
 async fn poll_ready<F, Fut, T, E>(mut wait: F)
 where
     F: FnMut() -> Fut,
@@ -463,6 +668,14 @@ pub async fn run(
     let ri = Controller::new(api_for::<ReplicaInstance>(&ctx.client, ns), watcher::Config::default())
         .with_config(cfg)
         .graceful_shutdown_on(stopped(stop.clone()));
+    let (ir_rx, ri_rx) = ctx
+        .receivers
+        .lock()
+        .expect("receivers lock")
+        .take()
+        .expect("controllers run once");
+    let ir = ir.reconcile_on(key_stream::<ImageReplication>(ir_rx));
+    let ri = ri.reconcile_on(key_stream::<ReplicaInstance>(ri_rx));
     let (ir_store, ri_store) = (ir.store(), ri.store());
     let ready = tokio::spawn(async move {
         // kube-runtime's store readiness wakes only its most recent waiter (the controller's own

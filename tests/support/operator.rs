@@ -24,7 +24,18 @@ pub fn free_port() -> u16 {
 impl Operator {
     /// Start `image-replication-operator run` with the kubeconfig; `extra` args are appended.
     pub fn start(kubeconfig: &Path, dir: &Path, identity: &str, extra: &[&str]) -> Self {
-        let http_port = free_port();
+        Self::start_on(free_port(), kubeconfig, dir, identity, extra, &[])
+    }
+
+    /// Start on a given HTTP port with extra environment variables.
+    pub fn start_on(
+        http_port: u16,
+        kubeconfig: &Path,
+        dir: &Path,
+        identity: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
         let log = dir.join(format!("{identity}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
@@ -41,6 +52,7 @@ impl Operator {
             .env("POD_NAMESPACE", "operators")
             .env("RUST_LOG", "info,image_replication_operator=debug")
             .env_remove("KUBERNETES_SERVICE_HOST")
+            .envs(envs.iter().copied())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .stdin(Stdio::null())

@@ -31,6 +31,8 @@ pub struct Options {
     pub basic: Option<(String, String)>,
     /// Serve TLS with a certificate signed by a fresh CA (see `ca_pem`).
     pub tls: bool,
+    /// Send notifications to this URL with `Authorization: Bearer <token>`.
+    pub notify: Option<(String, String)>,
 }
 
 fn run(cmd: &mut Command) {
@@ -116,6 +118,11 @@ impl TestRegistry {
             config.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
                 d.join("htpasswd").display()
+            ));
+        }
+        if let Some((url, token)) = &opts.notify {
+            config.push_str(&format!(
+                "notifications:\n  endpoints:\n    - name: operator\n      url: {url}\n      headers:\n        Authorization: [\"Bearer {token}\"]\n      timeout: 2s\n      threshold: 3\n      backoff: 1s\n      ignoredmediatypes: [application/octet-stream]\n      ignore:\n        actions: [pull]\n"
             ));
         }
         let scheme = if opts.tls { "https" } else { "http" };

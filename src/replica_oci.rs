@@ -1,0 +1,329 @@
+//! ReplicaInstance with an oci primary: list both registries, diff (src/sync.rs), copy what is
+//! missing or changed, delete what the primary deleted (when asked), never write to the primary.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+
+use crate::api::v1alpha1::ReplicaInstanceSpec;
+use crate::oci::{Budgets, CopyOptions, Engine, OciError, Progress, Registry, RegistryAddr};
+use crate::providers_oci::SecretCredentials;
+use crate::sync::{self, Inventory, Item};
+
+/// One artifact that failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub artifact: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub full: bool,
+    pub repositories: u64,
+    /// Tags selected on the primary (in the synced repositories).
+    pub artifacts: u64,
+    pub copied: u64,
+    pub deleted: u64,
+    pub bytes: u64,
+    /// Left alone because overwrite is off: (artifact, replica digest, primary digest).
+    pub conflicts: Vec<(String, String, String)>,
+    pub failures: Vec<Failure>,
+}
+
+/// Live progress of a sync.
+#[derive(Default, Debug)]
+pub struct SyncProgress {
+    pub done: AtomicU64,
+    pub total: AtomicU64,
+}
+
+/// List the selected tags of a registry with their digests (`repos`: only these repositories).
+pub async fn inventory(
+    reg: &Registry,
+    spec: &ReplicaInstanceSpec,
+    repos: Option<&BTreeSet<String>>,
+    concurrency: usize,
+) -> Result<Inventory, OciError> {
+    let names: Vec<String> = match repos {
+        Some(r) => r.iter().cloned().collect(),
+        None => reg.catalog().await?,
+    };
+    let names: Vec<String> = names
+        .into_iter()
+        .filter(|r| sync::selects_repo(&spec.sync.filters, r))
+        .collect();
+    let mut inv = Inventory::new();
+    for repo in names {
+        let tags: Vec<String> = reg
+            .tags(&repo)
+            .await?
+            .into_iter()
+            .filter(|t| sync::selects(&spec.sync.filters, &repo, t))
+            .collect();
+        let heads = futures::stream::iter(tags.into_iter().map(|t| {
+            let repo = repo.clone();
+            async move { (reg.head_manifest(&repo, &t).await, t) }
+        }))
+        .buffer_unordered(concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await;
+        let entry = inv.entry(repo.clone()).or_default();
+        for (d, t) in heads {
+            if let Some(d) = d? {
+                entry.insert(t, d);
+            }
+        }
+    }
+    Ok(inv)
+}
+
+/// Runs ReplicaInstance syncs; one per operator, sharing budgets and mount knowledge.
+#[derive(Default)]
+pub struct ReplicaSyncer {
+    pub engine: Engine,
+    pub budgets: Budgets,
+    pub opts: CopyOptions,
+}
+
+impl ReplicaSyncer {
+    pub fn with_budgets(budgets: Budgets) -> Self {
+        Self {
+            budgets,
+            ..Default::default()
+        }
+    }
+
+    async fn copy_one(
+        &self,
+        primary: &Registry,
+        replica: &Registry,
+        item: Item,
+        progress: &SyncProgress,
+    ) -> Result<u64, Failure> {
+        let p = Progress::default();
+        let r = self
+            .engine
+            .copy(
+                primary,
+                &item.repository,
+                &item.tag,
+                replica,
+                &item.repository,
+                Some(&item.tag),
+                &self.opts,
+                &p,
+            )
+            .await;
+        progress.done.fetch_add(1, Ordering::Relaxed);
+        r.map(|rep| rep.bytes_uploaded).map_err(|e| Failure {
+            artifact: format!("{}:{}", item.repository, item.tag),
+            reason: e.reason().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Sync the replica from the primary: everything (`repos` None) or only some repositories
+    /// (push notifications).
+    pub async fn sync(
+        &self,
+        spec: &ReplicaInstanceSpec,
+        repos: Option<BTreeSet<String>>,
+        primary_creds: &SecretCredentials,
+        replica_creds: &SecretCredentials,
+        progress: &SyncProgress,
+    ) -> Result<SyncReport, OciError> {
+        let paddr =
+            RegistryAddr::parse(spec.primary.registry.as_deref().unwrap_or("")).map_err(OciError::Unsupported)?;
+        let raddr = RegistryAddr::parse(spec.replica.as_ref().and_then(|r| r.registry.as_deref()).unwrap_or(""))
+            .map_err(OciError::Unsupported)?;
+        let primary = Registry::new(paddr.clone(), primary_creds.for_host(&paddr.host), &self.budgets)?;
+        let replica = Registry::new(raddr.clone(), replica_creds.for_host(&raddr.host), &self.budgets)?;
+        let n = spec.sync.max_concurrent_transfers.max(1) as usize;
+        let full = repos.is_none();
+        let pinv = inventory(&primary, spec, repos.as_ref(), n).await?;
+        // The replica is listed only for the repositories the primary has, unless deletions
+        // propagate (then a repository emptied on the primary matters too).
+        let replica_repos: BTreeSet<String> = match (&repos, spec.sync.deletes) {
+            (Some(r), _) => r.clone(),
+            (None, crate::api::v1alpha1::DeletesPolicy::Propagate) => {
+                pinv.keys().cloned().chain(replica.catalog().await?).collect()
+            }
+            (None, _) => pinv.keys().cloned().collect(),
+        };
+        let rinv = inventory(&replica, spec, Some(&replica_repos), n).await?;
+        let plan = sync::diff(&pinv, &rinv, &spec.sync);
+        progress
+            .total
+            .store(plan.copy.len() as u64 + plan.delete.len() as u64, Ordering::Relaxed);
+
+        let artifact = |i: &Item| format!("{}:{}", i.repository, i.tag);
+        let results: Vec<Result<u64, Failure>> = futures::stream::iter(plan.copy.clone())
+            .map(|item| self.copy_one(&primary, &replica, item, progress))
+            .buffer_unordered(n)
+            .collect()
+            .await;
+        let (mut bytes, mut copied) = (0u64, 0u64);
+        let mut failures = Vec::new();
+        for r in results {
+            match r {
+                Ok(b) => {
+                    bytes += b;
+                    copied += 1;
+                }
+                Err(f) => failures.push(f),
+            }
+        }
+
+        let mut deleted = 0;
+        for item in &plan.delete {
+            match replica.delete_manifest(&item.repository, &item.digest).await {
+                Ok(_) => deleted += 1,
+                Err(e) => failures.push(Failure {
+                    artifact: artifact(item),
+                    reason: format!("Delete{}", e.reason()),
+                    message: e.to_string(),
+                }),
+            }
+            progress.done.fetch_add(1, Ordering::Relaxed);
+        }
+        for item in &plan.delete_blocked {
+            failures.push(Failure {
+                artifact: artifact(item),
+                reason: "DeleteBlocked".into(),
+                message: "deleted on the primary, but another synced tag on the replica shares its digest; the registry deletes by digest, so it was kept".into(),
+            });
+        }
+        Ok(SyncReport {
+            full,
+            repositories: plan.repositories as u64,
+            artifacts: plan.selected as u64,
+            copied,
+            deleted,
+            bytes,
+            conflicts: plan
+                .conflicts
+                .iter()
+                .map(|(i, replica_digest)| (artifact(i), replica_digest.clone(), i.digest.clone()))
+                .collect(),
+            failures,
+        })
+    }
+}
+
+impl ReplicaSyncer {
+    /// deletionPolicy Delete: remove from the replica every selected artifact. Returns how many.
+    pub async fn remove_replicated(
+        &self,
+        spec: &ReplicaInstanceSpec,
+        replica_creds: &SecretCredentials,
+    ) -> Result<u64, OciError> {
+        let raddr = RegistryAddr::parse(spec.replica.as_ref().and_then(|r| r.registry.as_deref()).unwrap_or(""))
+            .map_err(OciError::Unsupported)?;
+        let replica = Registry::new(raddr.clone(), replica_creds.for_host(&raddr.host), &self.budgets)?;
+        let inv = inventory(&replica, spec, None, spec.sync.max_concurrent_transfers.max(1) as usize).await?;
+        let mut n = 0;
+        for (repo, tags) in inv {
+            let digests: BTreeSet<String> = tags.into_values().collect();
+            for d in digests {
+                if replica.delete_manifest(&repo, &d).await? {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// A finished sync: the report, or (reason, message) of a failure of the whole sync.
+pub type SyncOutcome = Result<SyncReport, (String, String)>;
+
+/// A sync running in the background, one per object.
+struct SyncEntry {
+    progress: Arc<SyncProgress>,
+    full: bool,
+    result: Arc<Mutex<Option<SyncOutcome>>>,
+    handle: tokio::task::AbortHandle,
+}
+
+/// What a ReplicaInstance's sync is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncView {
+    Idle,
+    Running { done: u64, total: u64, full: bool },
+    Finished(SyncOutcome),
+}
+
+/// The running syncs of every ReplicaInstance.
+pub struct SyncTasks {
+    map: Mutex<HashMap<String, SyncEntry>>,
+    on_done: crate::tasks::OnDone,
+}
+
+impl SyncTasks {
+    pub fn new(on_done: crate::tasks::OnDone) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            on_done,
+        }
+    }
+
+    /// The view of an object's sync; a finished one is collected here.
+    pub fn collect(&self, key: &str) -> SyncView {
+        let mut map = self.map.lock().expect("sync lock");
+        let Some(e) = map.get(key) else { return SyncView::Idle };
+        let taken = e.result.lock().expect("result lock").take();
+        match taken {
+            None => SyncView::Running {
+                done: e.progress.done.load(Ordering::Relaxed),
+                total: e.progress.total.load(Ordering::Relaxed),
+                full: e.full,
+            },
+            Some(r) => {
+                map.remove(key);
+                SyncView::Finished(r)
+            }
+        }
+    }
+
+    pub fn start<F>(&self, key: &str, full: bool, progress: Arc<SyncProgress>, work: F)
+    where
+        F: Future<Output = Result<SyncReport, OciError>> + Send + 'static,
+    {
+        let mut map = self.map.lock().expect("sync lock");
+        if map.contains_key(key) {
+            return;
+        }
+        let result = Arc::new(Mutex::new(None));
+        let (r2, on_done, k2) = (result.clone(), self.on_done.clone(), key.to_string());
+        let handle = tokio::spawn(async move {
+            let out = work.await.map_err(|e| (e.reason().to_string(), e.to_string()));
+            *r2.lock().expect("result lock") = Some(out);
+            on_done(&k2);
+        })
+        .abort_handle();
+        map.insert(
+            key.to_string(),
+            SyncEntry {
+                progress,
+                full,
+                result,
+                handle,
+            },
+        );
+    }
+
+    pub fn cancel(&self, key: &str) -> bool {
+        match self.map.lock().expect("sync lock").remove(key) {
+            Some(e) => {
+                e.handle.abort();
+                true
+            }
+            None => false,
+        }
+    }
+}
