@@ -108,11 +108,9 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
     let mut all_ready = true;
 
     for r in &m.replica_instances {
-        let violations = validation::replica_instance(&r.spec);
-        let g = plan::gate(violations, r.spec.primary.provider.as_str(), false, r.spec.suspend);
-        let (reason, msg) = describe_gate(&g);
-        let _ = writeln!(out, "ReplicaInstance {}: not Ready: {reason}: {msg}", r.name_any());
-        all_ready = false;
+        if !replica_once(r, &m.secrets, out).await {
+            all_ready = false;
+        }
     }
 
     let mut objects: Vec<ImageReplication> = m.image_replications;
@@ -227,6 +225,75 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
         }
     }
     all_ready
+}
+
+/// One full sync of a ReplicaInstance (oci), planned and reported like the controller does.
+async fn replica_once(
+    r: &ReplicaInstance,
+    secrets: &HashMap<String, SecretCredentials>,
+    out: &mut (dyn Write + Send),
+) -> bool {
+    let spec = &r.spec;
+    let oci = spec.primary.provider == crate::api::v1alpha1::ReplicaProvider::Oci;
+    let g = plan::gate(
+        validation::replica_instance(spec),
+        spec.primary.provider.as_str(),
+        oci,
+        spec.suspend,
+    );
+    if g != Gate::Open {
+        let (reason, msg) = describe_gate(&g);
+        let _ = writeln!(out, "ReplicaInstance {}: not Ready: {reason}: {msg}", r.name_any());
+        return false;
+    }
+    let creds =
+        |s: Option<&crate::api::v1alpha1::SecretRef>| s.and_then(|s| secrets.get(&s.name).cloned()).unwrap_or_default();
+    let pc = creds(spec.primary.credentials_secret_ref.as_ref());
+    let rc = creds(spec.replica.as_ref().and_then(|x| x.credentials_secret_ref.as_ref()));
+    let _ = writeln!(
+        out,
+        "{}: full sync from {} to {}",
+        r.name_any(),
+        spec.primary.registry.as_deref().unwrap_or(""),
+        spec.replica.as_ref().and_then(|x| x.registry.as_deref()).unwrap_or("")
+    );
+    let syncer = crate::replica_oci::ReplicaSyncer::default();
+    let outcome = syncer
+        .sync(spec, None, &pc, &rc, &crate::replica_oci::SyncProgress::default())
+        .await
+        .map_err(|e| (e.reason().to_string(), e.to_string()));
+    let mut obj = r.clone();
+    obj.metadata.generation.get_or_insert(1);
+    let now = Time(Timestamp::now());
+    let p = plan::replica_plan(
+        &obj,
+        &crate::replica_oci::SyncView::Finished(outcome),
+        None,
+        &now,
+        Duration::from_secs(3600),
+    );
+    for e in &p.events {
+        let _ = writeln!(out, "{}: {}: {}", r.name_any(), e.reason, e.note);
+    }
+    let ready = conditions::find(&p.status.conditions, READY);
+    if conditions::is_true(&p.status.conditions, READY) {
+        let _ = writeln!(
+            out,
+            "ReplicaInstance {}: Ready ({} artifacts in sync)",
+            r.name_any(),
+            p.status.artifacts.unwrap_or(0)
+        );
+        true
+    } else {
+        let _ = writeln!(
+            out,
+            "ReplicaInstance {}: not Ready: {}: {}",
+            r.name_any(),
+            ready.map(|c| c.reason.as_str()).unwrap_or("Unknown"),
+            ready.map(|c| c.message.as_str()).unwrap_or("")
+        );
+        false
+    }
 }
 
 fn describe_gate(g: &Gate) -> (&'static str, String) {

@@ -116,6 +116,26 @@ fn deployment_runs_locked_down_with_probes_and_leader_election() {
     assert!(args.contains(&"--leader-elect"), "{args:?}");
     let role = rendered.iter().find(|d| d["kind"] == "Role").unwrap();
     assert_eq!(role["rules"][0]["resources"], json!(["leases"]));
+    // The notification token comes from a Secret when one is named.
+    let with_token = docs(&helm(&[
+        "template",
+        "x",
+        CHART,
+        "--set",
+        "notifications.tokenSecret.name=notify",
+    ]));
+    let d = with_token.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let tok = env
+        .iter()
+        .find(|e| e["name"] == "NOTIFICATION_TOKEN")
+        .expect("NOTIFICATION_TOKEN env");
+    assert_eq!(
+        tok["valueFrom"]["secretKeyRef"],
+        json!({"name": "notify", "key": "token"})
+    );
     // ServiceMonitor only when asked for.
     assert!(!render().contains("kind: ServiceMonitor"));
     assert!(helm(&["template", "x", CHART, "--set", "serviceMonitor.enabled=true"]).contains("kind: ServiceMonitor"));

@@ -1,0 +1,82 @@
+//! ReplicaInstance syncs against real registries without the controller: overwrite semantics,
+//! and the no-cluster `replicate -f` command with a ReplicaInstance.
+
+mod support;
+
+use image_replication_operator::api::v1alpha1::ReplicaInstanceSpec;
+use image_replication_operator::providers_oci::SecretCredentials;
+use image_replication_operator::replica_oci::{ReplicaSyncer, SyncProgress};
+use support::registry::TestRegistry;
+
+fn spec(primary: &TestRegistry, replica: &TestRegistry, overwrite: bool) -> ReplicaInstanceSpec {
+    serde_json::from_value(serde_json::json!({
+        "primary": {"provider": "oci", "region": "region-a", "registry": primary.url()},
+        "region": "region-b",
+        "replica": {"registry": replica.url()},
+        "sync": {"overwrite": overwrite}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overwrite_false_leaves_a_differing_tag_alone_and_reports_it() {
+    let (p, r) = (TestRegistry::start(), TestRegistry::start());
+    let (want, _) = p.seed("a/web", "v1", &["--platforms", "linux/amd64", "--seed", "1"]);
+    let (theirs, _) = r.seed("a/web", "v1", &["--platforms", "linux/amd64", "--seed", "2"]);
+    p.seed("a/web", "v2", &["--platforms", "linux/amd64", "--seed", "3"]);
+    let none = SecretCredentials::default();
+    let syncer = ReplicaSyncer::default();
+
+    let report = syncer
+        .sync(&spec(&p, &r, false), None, &none, &none, &SyncProgress::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        report.conflicts,
+        vec![("a/web:v1".to_string(), theirs.clone(), want.clone())]
+    );
+    assert_eq!(report.copied, 1, "v2 is still copied");
+    assert_eq!(r.digest_of("a/web", "v1"), Some(theirs), "left alone");
+
+    let report = syncer
+        .sync(&spec(&p, &r, true), None, &none, &none, &SyncProgress::default())
+        .await
+        .unwrap();
+    assert!(report.conflicts.is_empty());
+    assert_eq!(r.digest_of("a/web", "v1"), Some(want), "overwritten");
+    // A second sync finds nothing to do.
+    let report = syncer
+        .sync(&spec(&p, &r, true), None, &none, &none, &SyncProgress::default())
+        .await
+        .unwrap();
+    assert_eq!((report.copied, report.artifacts), (0, 2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicate_command_syncs_a_replica_instance() {
+    let (p, r) = (TestRegistry::start(), TestRegistry::start());
+    let (d, _) = p.seed("team/web", "v1", &["--platforms", "linux/amd64"]);
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("replica.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "apiVersion: replication.imageops.io/v1alpha1\nkind: ReplicaInstance\nmetadata: {{name: r1, namespace: default}}\nspec:\n  primary: {{provider: oci, region: region-a, registry: '{}'}}\n  region: region-b\n  replica: {{registry: '{}'}}\n",
+            p.url(),
+            r.url()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
+        .args(["replicate", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("ReplicaInstance r1: Ready (1 artifacts in sync)"),
+        "{text}"
+    );
+    assert_eq!(r.digest_of("team/web", "v1"), Some(d));
+}
