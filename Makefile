@@ -6,7 +6,7 @@ RELEASE_NS ?= image-replication-system
 CHART := charts/image-replication-operator
 IMAGE ?= ghcr.io/imageops/image-replication-operator:0.1.0
 
-.PHONY: help build test lint fmt crds render chart tools run image demo
+.PHONY: help build test lint fmt crds render chart tools run image demo bench
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -44,3 +44,6 @@ image: ## Build the container image (needs a Docker engine)
 
 demo: ## Replicate a multi-arch image between two loopback registries and compare digests
 	./hack/demo.sh
+
+bench: ## Measure against skopeo on loopback registries; writes docs/BENCHMARKS.md (BENCH_REPOS, BENCH_BIG_BYTES, BENCH_NOOP_TAGS)
+	./hack/bench.sh

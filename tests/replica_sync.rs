@@ -80,3 +80,39 @@ async fn replicate_command_syncs_a_replica_instance() {
     );
     assert_eq!(r.digest_of("team/web", "v1"), Some(d));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrent_fleet_sync_uploads_each_blob_once() {
+    let (p, r) = (TestRegistry::start(), TestRegistry::start());
+    let mut unique = std::collections::BTreeSet::new();
+    for repo in ["fleet/r1", "fleet/r2", "fleet/r3", "fleet/r4", "fleet/r5"] {
+        for (tag, seed) in [("v1", "1"), ("v2", "2"), ("v3", "3")] {
+            p.seed(repo, tag, &["--platforms", "linux/amd64", "--seed", seed]);
+        }
+    }
+    // Blobs: 1 shared base + per seed (2 layers + 1 config) = 10 unique.
+    for l in p
+        .requests()
+        .iter()
+        .filter(|(m, u, s)| m == "PUT" && u.contains("/blobs/uploads/") && *s == 201)
+    {
+        if let Some(d) = l.1.split("digest=").nth(1) {
+            unique.insert(d.split('&').next().unwrap().to_string());
+        }
+    }
+    let mut s = spec(&p, &r, true);
+    s.sync.max_concurrent_transfers = 8;
+    let none = SecretCredentials::default();
+    let report = ReplicaSyncer::default()
+        .sync(&s, None, &none, &none, &SyncProgress::default())
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!((report.copied, report.artifacts), (15, 15));
+    assert_eq!(
+        r.uploads_started(),
+        unique.len(),
+        "every blob crossed exactly once ({} unique)",
+        unique.len()
+    );
+}

@@ -83,10 +83,27 @@ struct Counters {
     referrers: AtomicU64,
 }
 
-/// State shared by all copies: where blobs are known to exist, for cross-repository mounts.
+/// State shared by all copies: where blobs are known to exist (for cross-repository mounts),
+/// and which blobs are being uploaded right now (so one blob crosses once per registry even when
+/// many copies need it at the same moment).
 #[derive(Default)]
 pub struct Engine {
     known: Mutex<HashMap<(String, String), String>>, // (registry host, digest) -> repository
+    inflight: Mutex<HashMap<(String, String), tokio::sync::watch::Receiver<bool>>>,
+}
+
+/// Removes an in-flight marker and wakes the waiters when the upload ends, however it ends.
+struct InflightGuard<'a> {
+    engine: &'a Engine,
+    key: (String, String),
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.engine.inflight.lock().expect("inflight lock").remove(&self.key);
+        let _ = self.done.send(true);
+    }
 }
 
 struct Job<'a> {
@@ -265,34 +282,63 @@ impl Engine {
 
     async fn copy_blob(&self, job: &Job<'_>, digest: &str, size: u64) -> Result<(), OciError> {
         let (dst, dst_host) = (job.dst, job.dst.addr.host.as_str());
-        if dst.head_blob(job.dst_repo, digest).await? {
+        let key = (dst_host.to_string(), digest.to_string());
+        loop {
+            if dst.head_blob(job.dst_repo, digest).await? {
+                self.remember(dst_host, digest, job.dst_repo);
+                job.counters.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+                job.progress.bytes_done.fetch_add(size, Ordering::Relaxed);
+                return Ok(());
+            }
+            // Same registry: mount from the source repository. Otherwise from where we saw it.
+            let from = if job.src.addr == dst.addr {
+                Some(job.src_repo.to_string())
+            } else {
+                self.known_elsewhere(dst_host, digest, job.dst_repo)
+            };
+            let location = match from {
+                Some(from) => match dst.mount_blob(job.dst_repo, digest, &from).await? {
+                    Mount::Mounted => {
+                        self.remember(dst_host, digest, job.dst_repo);
+                        job.counters.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+                        job.progress.bytes_done.fetch_add(size, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    Mount::Upload(loc) => Some(loc),
+                },
+                None => None,
+            };
+            // Someone else uploading it to this registry? Wait, then look again.
+            let waiting = self.inflight.lock().expect("inflight lock").get(&key).cloned();
+            if let Some(mut rx) = waiting {
+                if let Some(loc) = &location {
+                    dst.cancel_upload(job.dst_repo, loc).await;
+                }
+                let _ = rx.wait_for(|done| *done).await;
+                continue;
+            }
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            {
+                let mut inflight = self.inflight.lock().expect("inflight lock");
+                if inflight.contains_key(&key) {
+                    continue; // lost the race to start it; wait on the winner
+                }
+                inflight.insert(key.clone(), rx);
+            }
+            let _guard = InflightGuard {
+                engine: self,
+                key: key.clone(),
+                done: tx,
+            };
+            let location = match location {
+                Some(l) => l,
+                None => dst.start_upload(job.dst_repo).await?,
+            };
+            self.stream_blob(job, digest, size, location).await?;
             self.remember(dst_host, digest, job.dst_repo);
-            job.counters.blobs_skipped.fetch_add(1, Ordering::Relaxed);
-            job.progress.bytes_done.fetch_add(size, Ordering::Relaxed);
+            job.counters.blobs_uploaded.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        // Same registry: mount from the source repository. Otherwise from where we saw it.
-        let from = if job.src.addr == dst.addr {
-            Some(job.src_repo.to_string())
-        } else {
-            self.known_elsewhere(dst_host, digest, job.dst_repo)
-        };
-        let location = match from {
-            Some(from) => match dst.mount_blob(job.dst_repo, digest, &from).await? {
-                Mount::Mounted => {
-                    self.remember(dst_host, digest, job.dst_repo);
-                    job.counters.blobs_mounted.fetch_add(1, Ordering::Relaxed);
-                    job.progress.bytes_done.fetch_add(size, Ordering::Relaxed);
-                    return Ok(());
-                }
-                Mount::Upload(loc) => loc,
-            },
-            None => dst.start_upload(job.dst_repo).await?,
-        };
-        self.stream_blob(job, digest, size, location).await?;
-        self.remember(dst_host, digest, job.dst_repo);
-        job.counters.blobs_uploaded.fetch_add(1, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Stream a blob in chunks, hashing as it goes; resume after broken connections from what
