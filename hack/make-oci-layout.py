@@ -17,6 +17,11 @@ def blob(layout, data):
     return "sha256:" + d, len(data)
 
 
+def randbytes(rnd, n):
+    """n random bytes from rnd, in pieces (random.randbytes is limited to 256 MiB at a time)."""
+    return b"".join(rnd.randbytes(min(64 << 20, n - i)) for i in range(0, n, 64 << 20))
+
+
 def layer(payload, name):
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as t:
@@ -45,7 +50,7 @@ def main():
     rnd = random.Random(a.seed)
     base = None
     if a.base_size > 0:
-        base = blob(a.dir, layer(random.Random(0).randbytes(a.base_size), "base.bin"))
+        base = blob(a.dir, layer(randbytes(random.Random(0), a.base_size), "base.bin"))
 
     manifests = []
     for plat in a.platforms.split(","):
@@ -54,7 +59,7 @@ def main():
         if base:
             layers.append(base)
         for i in range(a.layers):
-            layers.append(blob(a.dir, layer(rnd.randbytes(a.layer_size), f"{arch}-{i}.bin")))
+            layers.append(blob(a.dir, layer(randbytes(rnd, a.layer_size), f"{arch}-{i}.bin")))
         diff_ids = ["sha256:" + hashlib.sha256(gzip.decompress(open(os.path.join(a.dir, "blobs", "sha256", d.split(":")[1]), "rb").read())).hexdigest() for d, _ in layers]
         config = json.dumps({
             "architecture": arch, "os": os_, "created": "2026-01-01T00:00:00Z",

@@ -103,6 +103,7 @@ impl ReplicaSyncer {
         primary: &Registry,
         replica: &Registry,
         item: Item,
+        opts: &CopyOptions,
         progress: &SyncProgress,
     ) -> Result<u64, Failure> {
         let p = Progress::default();
@@ -115,7 +116,7 @@ impl ReplicaSyncer {
                 replica,
                 &item.repository,
                 Some(&item.tag),
-                &self.opts,
+                opts,
                 &p,
             )
             .await;
@@ -145,6 +146,14 @@ impl ReplicaSyncer {
         let replica = Registry::new(raddr.clone(), replica_creds.for_host(&raddr.host), &self.budgets)?;
         let n = spec.sync.max_concurrent_transfers.max(1) as usize;
         let full = repos.is_none();
+        // sync.bandwidthLimit: one limiter for all transfers of this sync.
+        let mut opts = self.opts.clone();
+        opts.bandwidth = spec
+            .sync
+            .bandwidth_limit
+            .as_deref()
+            .and_then(crate::validation::parse_quantity)
+            .map(|b| std::sync::Arc::new(crate::oci::copy::RateLimiter::new(b)));
         let pinv = inventory(&primary, spec, repos.as_ref(), n).await?;
         // The replica is listed only for the repositories the primary has, unless deletions
         // propagate (then a repository emptied on the primary matters too).
@@ -163,7 +172,7 @@ impl ReplicaSyncer {
 
         let artifact = |i: &Item| format!("{}:{}", i.repository, i.tag);
         let results: Vec<Result<u64, Failure>> = futures::stream::iter(plan.copy.clone())
-            .map(|item| self.copy_one(&primary, &replica, item, progress))
+            .map(|item| self.copy_one(&primary, &replica, item, &opts, progress))
             .buffer_unordered(n)
             .collect()
             .await;

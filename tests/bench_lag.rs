@@ -7,12 +7,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use image_replication_operator::api::ReplicaInstance;
-use image_replication_operator::crdgen;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
-use support::fake_apiserver::FakeApiServer;
 use support::operator::{Operator, eventually, free_port};
 use support::registry::{Options, TestRegistry};
 
@@ -23,12 +20,7 @@ async fn push_to_replica_lag() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
-    let s = FakeApiServer::start().await;
-    let c = s.client().await;
-    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
-    for crd in crdgen::crds() {
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
+    let (s, c) = support::cluster().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let _op = Operator::start_on(

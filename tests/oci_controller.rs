@@ -7,29 +7,13 @@ use std::time::Duration;
 
 use image_replication_operator::api::ImageReplication;
 use image_replication_operator::api::v1alpha1::DestinationPhase;
-use image_replication_operator::crdgen;
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::{Api, Client};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
-use support::fake_apiserver::FakeApiServer;
 use support::operator::{Operator, eventually, free_port};
 use support::registry::TestRegistry;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn reasons(c: &Client, name: &str) -> Vec<String> {
-    let api: Api<Event> = Api::namespaced(c.clone(), "default");
-    api.list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .filter_map(|e| e.reason)
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn copies_reports_per_destination_repairs_drift_and_deletes() {
@@ -37,12 +21,7 @@ async fn copies_reports_per_destination_repairs_drift_and_deletes() {
     let dead = free_port(); // nothing listens here: a region whose registry is down
     let (digest, _) = a.seed("team/web", "1.4", &["--sign"]);
 
-    let s = FakeApiServer::start().await;
-    let c = s.client().await;
-    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
-    for crd in crdgen::crds() {
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
+    let (s, c) = support::cluster().await;
     let dir = tempfile::tempdir().unwrap();
     let _op = Operator::start(
         &s.write_kubeconfig(dir.path()),
@@ -92,7 +71,7 @@ async fn copies_reports_per_destination_repairs_drift_and_deletes() {
         Some(digest.clone()),
         "skopeo sees the copy"
     );
-    let evs = reasons(&c, "web").await;
+    let evs = support::event_reasons(&c, "web").await;
     assert!(
         evs.contains(&"DestinationAvailable".to_string()) && evs.contains(&"DestinationFailed".to_string()),
         "{evs:?}"
@@ -112,7 +91,7 @@ async fn copies_reports_per_destination_repairs_drift_and_deletes() {
     })
     .await;
     eventually(WAIT, "a DriftRepaired event", || async {
-        reasons(&c, "web")
+        support::event_reasons(&c, "web")
             .await
             .contains(&"DriftRepaired".to_string())
             .then_some(())

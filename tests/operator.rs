@@ -6,12 +6,9 @@ mod support;
 use std::time::Duration;
 
 use image_replication_operator::api::{FINALIZER, ImageReplication, ReplicaInstance};
-use image_replication_operator::crdgen;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use support::fake_apiserver::FakeApiServer;
@@ -19,17 +16,8 @@ use support::operator::{Operator, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn install_crds(c: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
-    for crd in crdgen::crds() {
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
-}
-
 async fn cluster() -> (FakeApiServer, Client, tempfile::TempDir) {
-    let s = FakeApiServer::start().await;
-    let c = s.client().await;
-    install_crds(&c).await;
+    let (s, c) = support::cluster().await;
     (s, c, tempfile::tempdir().unwrap())
 }
 
@@ -39,17 +27,6 @@ fn example<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
 
 fn cond<'a>(conds: &'a [Condition], t: &str) -> Option<&'a Condition> {
     conds.iter().find(|c| c.type_ == t)
-}
-
-async fn events_for(c: &Client, name: &str) -> Vec<Event> {
-    let api: Api<Event> = Api::namespaced(c.clone(), "default");
-    api.list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .collect()
 }
 
 /// Wait until the object has a status for its current generation and return it.
@@ -94,7 +71,7 @@ async fn apply_adds_finalizer_honest_status_events_and_metrics() {
     );
 
     let evs = eventually(WAIT, "an event", || async {
-        let e = events_for(&c, "web-image-huawei").await;
+        let e = support::events_for(&c, "web-image-huawei").await;
         (!e.is_empty()).then_some(e)
     })
     .await;
@@ -160,7 +137,7 @@ async fn invalid_spec_is_reported_once_then_waits_for_a_change() {
     assert_eq!(cond(&st.conditions, "Stalled").unwrap().status, "True");
     assert_eq!(st.summary.as_deref(), Some("Invalid: AgencyRequired"));
     let evs = eventually(WAIT, "a warning event", || async {
-        let e = events_for(&c, "web-image-huawei").await;
+        let e = support::events_for(&c, "web-image-huawei").await;
         (!e.is_empty()).then_some(e)
     })
     .await;
@@ -183,7 +160,7 @@ async fn invalid_spec_is_reported_once_then_waits_for_a_change() {
         api.get("web-image-huawei").await.unwrap().resource_version(),
     );
     assert_eq!(before, after, "an invalid object gets no further writes");
-    assert_eq!(events_for(&c, "web-image-huawei").await.len(), 1);
+    assert_eq!(support::events_for(&c, "web-image-huawei").await.len(), 1);
 
     // Fixing the spec re-validates at the new generation.
     let fix = json!({"spec": {"provider": {"agency": "ims_admin_agency"}}});
@@ -215,7 +192,7 @@ async fn delete_runs_cleanup_then_the_object_goes() {
         api.get_opt("web-ami").await.unwrap().is_none().then_some(())
     })
     .await;
-    let evs = events_for(&c, "web-ami").await;
+    let evs = support::events_for(&c, "web-ami").await;
     assert!(
         evs.iter().any(|e| e.reason.as_deref() == Some("CleanupComplete")),
         "{:?}",
@@ -232,7 +209,7 @@ async fn waits_for_crds_before_starting() {
     eventually(WAIT, "http up", || async { op.http_get("/healthz") }).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(op.http_get("/readyz").unwrap().0, 503, "not ready without CRDs");
-    install_crds(&c).await;
+    support::install_crds(&c).await;
     eventually(WAIT, "ready after CRDs", || async {
         op.http_get("/readyz").filter(|(c, _)| *c == 200)
     })
@@ -270,7 +247,7 @@ async fn leader_election_lets_one_instance_reconcile_and_hands_over_on_sigterm()
     .unwrap();
     settled(&api, "web-image-huawei").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let reporters: Vec<_> = events_for(&c, "web-image-huawei")
+    let reporters: Vec<_> = support::events_for(&c, "web-image-huawei")
         .await
         .into_iter()
         .map(|e| e.reporting_instance)
@@ -307,7 +284,7 @@ async fn leader_election_lets_one_instance_reconcile_and_hands_over_on_sigterm()
     .unwrap();
     settled(&api, "web-image-alibaba").await;
     let reporters = eventually(WAIT, "an event from op-b", || async {
-        let e = events_for(&c, "web-image-alibaba").await;
+        let e = support::events_for(&c, "web-image-alibaba").await;
         (!e.is_empty()).then(|| e.into_iter().map(|e| e.reporting_instance).collect::<Vec<_>>())
     })
     .await;

@@ -7,39 +7,18 @@ use std::time::Duration;
 
 use image_replication_operator::api::ReplicaInstance;
 use image_replication_operator::api::v1alpha1::ReplicaPhase;
-use image_replication_operator::crdgen;
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ListParams, PostParams};
-use kube::{Api, Client};
+use kube::Api;
+use kube::api::PostParams;
 use serde_json::json;
-use support::fake_apiserver::FakeApiServer;
 use support::operator::{Operator, eventually, free_port};
 use support::registry::{Options, TestRegistry};
 
 const WAIT: Duration = Duration::from_secs(60);
 const TOKEN: &str = "notify-t0ken";
 
-async fn reasons(c: &Client, name: &str) -> Vec<String> {
-    let api: Api<Event> = Api::namespaced(c.clone(), "default");
-    api.list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .filter_map(|e| e.reason)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn full_sync_with_filters_then_pushes_and_deletes_arrive_by_notification() {
-    let s = FakeApiServer::start().await;
-    let c = s.client().await;
-    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
-    for crd in crdgen::crds() {
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
+    let (s, c) = support::cluster().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let op = Operator::start_on(
@@ -100,7 +79,11 @@ async fn full_sync_with_filters_then_pushes_and_deletes_arrive_by_notification()
     }
     assert_eq!(replica.digest_of("team-a/web", "latest"), None, "tag filter");
     assert_eq!(replica.digest_of("team-b/x", "v1"), None, "repository filter");
-    assert!(reasons(&c, "gz-to-sh").await.contains(&"FullSyncCompleted".to_string()));
+    assert!(
+        support::event_reasons(&c, "gz-to-sh")
+            .await
+            .contains(&"FullSyncCompleted".to_string())
+    );
 
     // A push to the primary reaches the replica without waiting for the 1h interval.
     let (v3, _) = primary.seed("team-a/web", "v3", &["--platforms", "linux/amd64", "--seed", "4"]);
@@ -127,7 +110,11 @@ async fn full_sync_with_filters_then_pushes_and_deletes_arrive_by_notification()
     })
     .await;
     assert_eq!(st.lag_seconds, Some(0));
-    assert!(reasons(&c, "gz-to-sh").await.contains(&"EventSynced".to_string()));
+    assert!(
+        support::event_reasons(&c, "gz-to-sh")
+            .await
+            .contains(&"EventSynced".to_string())
+    );
     assert!(
         primary.digest_of("team-a/web", "v1").is_some(),
         "the primary is never written"

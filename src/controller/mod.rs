@@ -224,21 +224,12 @@ impl ImageReplication {
     }
 
     async fn credentials(&self, ctx: &Context) -> Result<SecretCredentials, String> {
-        let Some(r) = &self.spec.provider.credentials_secret_ref else {
-            return Ok(SecretCredentials::default());
-        };
-        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &self.namespace().unwrap_or_default());
-        let secret = api
-            .get(&r.name)
-            .await
-            .map_err(|e| format!("reading Secret {}: {}", r.name, kube_reason(&e)))?;
-        let data = secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
-        SecretCredentials::from_data(&data).map_err(|e| format!("Secret {}: {e}", r.name))
+        secret_credentials(
+            ctx,
+            &self.namespace().unwrap_or_default(),
+            self.spec.provider.credentials_secret_ref.as_ref(),
+        )
+        .await
     }
 }
 

@@ -17,6 +17,82 @@ use sha2::{Digest as _, Sha256};
 use super::api::{Manifest, Mount, hex};
 use super::client::{OciError, Registry};
 
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Cut a byte stream into chunks of exactly `chunk` bytes (the last may be shorter), read by a
+/// background task one chunk ahead of the consumer, so downloading overlaps uploading while
+/// memory stays bounded (two chunks).
+fn prefetch_chunks<S>(mut stream: S, chunk: usize) -> (tokio::sync::mpsc::Receiver<Result<Bytes, String>>, AbortOnDrop)
+where
+    S: futures::Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let task = tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(chunk);
+        loop {
+            match stream.next().await {
+                Some(Ok(b)) => {
+                    buf.extend_from_slice(&b);
+                    while buf.len() >= chunk {
+                        if tx.send(Ok(buf.split_to(chunk).freeze())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(e.without_url().to_string())).await;
+                    return;
+                }
+                None => {
+                    if !buf.is_empty() {
+                        let _ = tx.send(Ok(buf.split().freeze())).await;
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    (rx, AbortOnDrop(task))
+}
+
+/// A byte-rate limit shared by the transfers of one object: each chunk reserves its share of
+/// time, so the average rate stays at the limit however many transfers run at once.
+#[derive(Debug)]
+pub struct RateLimiter {
+    bytes_per_second: f64,
+    next_free: Mutex<Option<std::time::Instant>>,
+}
+
+impl RateLimiter {
+    pub fn new(bytes_per_second: u64) -> Self {
+        Self {
+            bytes_per_second: bytes_per_second.max(1) as f64,
+            next_free: Mutex::new(None),
+        }
+    }
+
+    /// Reserve `n` bytes at `now`: the instant the transfer may start (pure, for tests).
+    pub fn reserve(&self, now: std::time::Instant, n: u64) -> std::time::Instant {
+        let mut next = self.next_free.lock().expect("limiter lock");
+        let start = next.filter(|t| *t > now).unwrap_or(now);
+        *next = Some(start + std::time::Duration::from_secs_f64(n as f64 / self.bytes_per_second));
+        start
+    }
+
+    /// Wait until `n` more bytes may be sent.
+    pub async fn take(&self, n: u64) {
+        let start = self.reserve(std::time::Instant::now(), n);
+        tokio::time::sleep_until(start.into()).await;
+    }
+}
+
 /// Tuning of one copy.
 #[derive(Clone, Debug)]
 pub struct CopyOptions {
@@ -28,6 +104,8 @@ pub struct CopyOptions {
     pub referrers: bool,
     /// Consecutive failures of one blob transfer before giving up.
     pub max_blob_failures: u32,
+    /// Optional upload rate limit, shared by the copies that share these options.
+    pub bandwidth: Option<std::sync::Arc<RateLimiter>>,
 }
 
 impl Default for CopyOptions {
@@ -37,6 +115,7 @@ impl Default for CopyOptions {
             blob_concurrency: 4,
             referrers: true,
             max_blob_failures: 6,
+            bandwidth: None,
         }
     }
 }
@@ -367,37 +446,24 @@ impl Engine {
                     continue 'resume;
                 }
             };
-            let mut stream = resp.bytes_stream();
+            // Reading runs one chunk ahead of the uploads, in its own task.
+            let (mut chunks, _reader) = prefetch_chunks(resp.bytes_stream(), job.opts.chunk_size);
             let mut hasher = snapshot.clone();
-            let mut buf = BytesMut::with_capacity(job.opts.chunk_size.min(size as usize + 1));
-            let mut eof = false;
-            while !eof {
-                while buf.len() < job.opts.chunk_size {
-                    match stream.next().await {
-                        Some(Ok(b)) => buf.extend_from_slice(&b),
-                        Some(Err(e)) => {
-                            let err = OciError::Transport {
+            loop {
+                let chunk: Bytes = match chunks.recv().await {
+                    None => break, // end of the blob
+                    Some(Ok(c)) => c,
+                    Some(Err(message)) => {
+                        fail(
+                            &mut failures,
+                            OciError::Transport {
                                 op: "read blob",
-                                message: e.without_url().to_string(),
-                            };
-                            fail(&mut failures, err)?;
-                            continue 'resume;
-                        }
-                        None => {
-                            eof = true;
-                            break;
-                        }
+                                message,
+                            },
+                        )?;
+                        continue 'resume;
                     }
-                }
-                if buf.is_empty() {
-                    break;
-                }
-                // Exactly chunk_size bytes per PATCH (the last one may be shorter); the rest waits.
-                let take = buf.len().min(job.opts.chunk_size);
-                let chunk: Bytes = buf.split_to(take).freeze();
-                if !buf.is_empty() {
-                    eof = false;
-                }
+                };
                 if confirmed + chunk.len() as u64 > size {
                     dst.cancel_upload(job.dst_repo, &location).await;
                     return Err(OciError::DigestMismatch {
@@ -408,6 +474,9 @@ impl Engine {
                 }
                 hasher.update(&chunk);
                 let len = chunk.len() as u64;
+                if let Some(limit) = &job.opts.bandwidth {
+                    limit.take(len).await;
+                }
                 match dst.patch_chunk(job.dst_repo, &location, confirmed, chunk).await {
                     Ok(next) => location = next,
                     Err(e) => {
@@ -450,5 +519,23 @@ impl Engine {
             });
         }
         dst.finish_upload(job.dst_repo, &location, digest).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn rate_limiter_spaces_reservations_at_the_rate() {
+        let l = RateLimiter::new(1000);
+        let t0 = Instant::now();
+        assert_eq!(l.reserve(t0, 500), t0);
+        assert_eq!(l.reserve(t0, 500), t0 + Duration::from_millis(500));
+        assert_eq!(l.reserve(t0, 1000), t0 + Duration::from_millis(1000));
+        // After an idle period the budget does not accumulate beyond "now".
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(l.reserve(later, 1), later);
     }
 }

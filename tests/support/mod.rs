@@ -6,3 +6,42 @@ pub mod fake_apiserver;
 pub mod faulty;
 pub mod operator;
 pub mod registry;
+
+use image_replication_operator::crdgen;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+
+/// Create both CRDs.
+pub async fn install_crds(c: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    for crd in crdgen::crds() {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+}
+
+/// A fake API server with the CRDs installed, and a client for it.
+pub async fn cluster() -> (fake_apiserver::FakeApiServer, Client) {
+    let s = fake_apiserver::FakeApiServer::start().await;
+    let c = s.client().await;
+    install_crds(&c).await;
+    (s, c)
+}
+
+/// The Events about an object in namespace default.
+pub async fn events_for(c: &Client, name: &str) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(c.clone(), "default");
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect()
+}
+
+/// The reasons of the Events about an object.
+pub async fn event_reasons(c: &Client, name: &str) -> Vec<String> {
+    events_for(c, name).await.into_iter().filter_map(|e| e.reason).collect()
+}
