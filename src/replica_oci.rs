@@ -98,6 +98,21 @@ impl ReplicaSyncer {
         }
     }
 
+    async fn copy_repository(
+        &self,
+        primary: &Registry,
+        replica: &Registry,
+        items: Vec<Item>,
+        opts: &CopyOptions,
+        progress: &SyncProgress,
+    ) -> Vec<Result<u64, Failure>> {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            out.push(self.copy_one(primary, replica, item, opts, progress).await);
+        }
+        out
+    }
+
     async fn copy_one(
         &self,
         primary: &Registry,
@@ -171,11 +186,21 @@ impl ReplicaSyncer {
             .store(plan.copy.len() as u64 + plan.delete.len() as u64, Ordering::Relaxed);
 
         let artifact = |i: &Item| format!("{}:{}", i.repository, i.tag);
-        let results: Vec<Result<u64, Failure>> = futures::stream::iter(plan.copy.clone())
-            .map(|item| self.copy_one(&primary, &replica, item, &opts, progress))
+        // Repositories in parallel, the tags of one repository one after another: they share
+        // layers (later tags find them present) and registries handle concurrent writes into one
+        // repository poorly.
+        let mut by_repo: std::collections::BTreeMap<String, Vec<Item>> = std::collections::BTreeMap::new();
+        for item in plan.copy.clone() {
+            by_repo.entry(item.repository.clone()).or_default().push(item);
+        }
+        let results: Vec<Result<u64, Failure>> = futures::stream::iter(by_repo.into_values())
+            .map(|items| self.copy_repository(&primary, &replica, items, &opts, progress))
             .buffer_unordered(n)
-            .collect()
-            .await;
+            .collect::<Vec<Vec<_>>>()
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         let (mut bytes, mut copied) = (0u64, 0u64);
         let mut failures = Vec::new();
         for r in results {

@@ -158,17 +158,35 @@ impl Registry {
             HeaderValue::from_str(&m.media_type).map_err(|e| OciError::Unsupported(e.to_string()))?,
         );
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
-        let resp = self
-            .send(
-                "put manifest",
-                Method::PUT,
-                &url,
-                &scope(repo, true),
-                h,
-                Some(m.bytes.clone()),
-            )
-            .await?;
-        let resp = expect_status("put manifest", resp, &[201, 200]).await?;
+        // distribution's filesystem storage can briefly misread blob links written concurrently
+        // in the same repository (DIGEST_INVALID / MANIFEST_BLOB_UNKNOWN although every blob was
+        // just verified present); a manifest PUT is idempotent, so try again shortly.
+        let mut attempt = 0;
+        let resp = loop {
+            let resp = self
+                .send(
+                    "put manifest",
+                    Method::PUT,
+                    &url,
+                    &scope(repo, true),
+                    h.clone(),
+                    Some(m.bytes.clone()),
+                )
+                .await?;
+            match expect_status("put manifest", resp, &[201, 200]).await {
+                Err(OciError::Http {
+                    status: 400,
+                    ref message,
+                    ..
+                }) if attempt < 3
+                    && (message.starts_with("DIGEST_INVALID") || message.starts_with("MANIFEST_BLOB_UNKNOWN")) =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(250 * attempt)).await;
+                }
+                other => break other?,
+            }
+        };
         if let Some(d) = header(&resp, "docker-content-digest".parse().expect("static"))
             && d != m.digest
         {
