@@ -275,13 +275,14 @@ impl Managed for ImageReplication {
         }
         let implemented = gate != Gate::ProviderNotImplemented(self.spec.provider.kind.as_str());
         let mut planned = Planned::settled(plan::image_replication_status(self, implemented, now));
-        planned.cancel = gate == Gate::Suspended;
+        // Suspended, or the spec became invalid: stop what runs.
+        planned.cancel = matches!(gate, Gate::Suspended | Gate::Invalid(_));
         planned
     }
     async fn act(&self, ctx: &Context, planned: &Planned<Self::Status>) -> Result<()> {
         let key = key_of(self);
         if planned.cancel && ctx.tasks.cancel_all(&key) > 0 {
-            info!("suspended: cancelled running copies");
+            info!("suspended or invalid: cancelled running copies");
         }
         if planned.start.is_empty() {
             return Ok(());
@@ -404,7 +405,7 @@ impl Managed for ReplicaInstance {
         if !open {
             let implemented = gate != Gate::ProviderNotImplemented(self.spec.primary.provider.as_str());
             let mut planned = Planned::settled(plan::replica_instance_status(self, implemented, now));
-            planned.cancel = gate == Gate::Suspended;
+            planned.cancel = matches!(gate, Gate::Suspended | Gate::Invalid(_));
             return planned;
         }
         if let Some(host) = self.primary_host() {
@@ -439,7 +440,7 @@ impl Managed for ReplicaInstance {
     async fn act(&self, ctx: &Context, planned: &Planned<Self::Status>) -> Result<()> {
         let key = key_of(self);
         if planned.cancel && ctx.sync_tasks.cancel(&key) {
-            info!("suspended: cancelled the running sync");
+            info!("suspended or invalid: cancelled the running sync");
         }
         let Some(start) = &planned.sync else { return Ok(()) };
         let repos = match start {
