@@ -170,7 +170,7 @@ Commands: \`skopeo sync --src yaml --dest docker --dest-tls-verify=false sync.ya
 | | wall time | throughput | peak RSS |
 |---|---|---|---|
 | \`skopeo copy --all docker://A docker://B\` | ${b_sk_s} s | $(mbps "$big_bytes" "$b_sk_s") MiB/s | $((b_sk_kb / 1024)) MiB |
-| ImageReplication (8 MiB chunks, read one chunk ahead) | ${b_us_s} s | $(mbps "$big_bytes" "$b_us_s") MiB/s | $((b_us_kb / 1024)) MiB |
+| ImageReplication (32 MiB chunks streamed from source to PATCH) | ${b_us_s} s | $(mbps "$big_bytes" "$b_us_s") MiB/s | $((b_us_kb / 1024)) MiB |
 
 Target: at least skopeo's throughput with flat memory (the operator streams in chunks; its RSS
 does not grow with the image).

@@ -320,6 +320,37 @@ impl Registry {
         Ok(header(&resp, LOCATION).unwrap_or_else(|| location.to_string()))
     }
 
+    /// PATCH `len` bytes at `offset` from a stream (not buffered); returns the next location.
+    pub async fn patch_stream(
+        &self,
+        repo: &str,
+        location: &str,
+        offset: u64,
+        len: u64,
+        body: reqwest::Body,
+    ) -> Result<String, OciError> {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        let end = offset + len - 1;
+        h.insert(
+            CONTENT_RANGE,
+            HeaderValue::from_str(&format!("{offset}-{end}")).expect("ascii"),
+        );
+        let resp = self
+            .send_streaming(
+                "upload chunk",
+                Method::PATCH,
+                &self.url(location),
+                &scope(repo, true),
+                h,
+                body,
+            )
+            .await?;
+        let resp = expect_status("upload chunk", resp, &[202, 204]).await?;
+        Ok(header(&resp, LOCATION).unwrap_or_else(|| location.to_string()))
+    }
+
     /// How many bytes of an upload the registry holds, and the current location.
     pub async fn upload_status(&self, repo: &str, location: &str) -> Result<(u64, String), OciError> {
         let resp = self

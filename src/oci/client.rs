@@ -401,6 +401,56 @@ impl Registry {
             .ok_or_else(|| OciError::Auth("token response without token".into()))
     }
 
+    /// The Authorization header for a scope: a cached bearer token, or basic credentials once
+    /// the registry asked for them.
+    fn auth_header(&self, scope: &str) -> Option<HeaderValue> {
+        if let Some(tok) = self.tokens.lock().expect("token lock").get(scope) {
+            let mut h = HeaderValue::from_str(&format!("Bearer {tok}")).ok()?;
+            h.set_sensitive(true);
+            return Some(h);
+        }
+        if self.use_basic.load(Ordering::Relaxed) {
+            return self.basic_header();
+        }
+        None
+    }
+
+    /// Send one request whose body is a stream: auth from the cache (the upload session that
+    /// precedes it has already answered any challenge), the host budget, and no retries — a
+    /// stream cannot be replayed; the caller asks for the upload status and resumes.
+    pub async fn send_streaming(
+        &self,
+        op: &'static str,
+        method: Method,
+        url: &str,
+        scope: &str,
+        headers: HeaderMap,
+        body: reqwest::Body,
+    ) -> Result<Response, OciError> {
+        self.budget.wait_pause().await;
+        let _permit = self.budget.permits.acquire().await.expect("semaphore never closed");
+        let mut req = self.http.request(method, url).headers(headers).body(body);
+        if let Some(h) = self.auth_header(scope) {
+            req = req.header(reqwest::header::AUTHORIZATION, h);
+        }
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let result = req.send().await;
+        if let Some(observe) = &self.observer {
+            let outcome = match &result {
+                Ok(r) if r.status().is_success() => "success",
+                Ok(r) if r.status().is_client_error() => "client_error",
+                Ok(_) => "server_error",
+                Err(_) => "transport_error",
+            };
+            observe(op, outcome, started.elapsed().as_secs_f64());
+        }
+        result.map_err(|e| OciError::Transport {
+            op,
+            message: without_url(&e),
+        })
+    }
+
     /// Send one request with auth, the host budget and retries. `scope` is the token scope,
     /// e.g. `repository:team/web:pull`. Non-success statuses other than the retried ones are
     /// returned to the caller to interpret.
@@ -419,15 +469,8 @@ impl Registry {
             self.budget.wait_pause().await;
             let permit = self.budget.permits.acquire().await.expect("semaphore never closed");
             let mut req = self.http.request(method.clone(), url).headers(headers.clone());
-            if let Some(tok) = self.tokens.lock().expect("token lock").get(scope) {
-                if let Ok(mut h) = HeaderValue::from_str(&format!("Bearer {tok}")) {
-                    h.set_sensitive(true);
-                    req = req.header(reqwest::header::AUTHORIZATION, h);
-                }
-            } else if self.use_basic.load(Ordering::Relaxed)
-                && let Some(b) = self.basic_header()
-            {
-                req = req.header(reqwest::header::AUTHORIZATION, b);
+            if let Some(h) = self.auth_header(scope) {
+                req = req.header(reqwest::header::AUTHORIZATION, h);
             }
             if let Some(b) = &body {
                 req = req.body(b.clone());

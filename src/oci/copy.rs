@@ -10,57 +10,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest as _, Sha256};
 
 use super::api::{Manifest, Mount, hex};
 use super::client::{OciError, Registry};
-
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Cut a byte stream into chunks of exactly `chunk` bytes (the last may be shorter), read by a
-/// background task one chunk ahead of the consumer, so downloading overlaps uploading while
-/// memory stays bounded (two chunks).
-fn prefetch_chunks<S>(mut stream: S, chunk: usize) -> (tokio::sync::mpsc::Receiver<Result<Bytes, String>>, AbortOnDrop)
-where
-    S: futures::Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let task = tokio::spawn(async move {
-        let mut buf = BytesMut::with_capacity(chunk);
-        loop {
-            match stream.next().await {
-                Some(Ok(b)) => {
-                    buf.extend_from_slice(&b);
-                    while buf.len() >= chunk {
-                        if tx.send(Ok(buf.split_to(chunk).freeze())).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Some(Err(e)) => {
-                    let _ = tx.send(Err(e.without_url().to_string())).await;
-                    return;
-                }
-                None => {
-                    if !buf.is_empty() {
-                        let _ = tx.send(Ok(buf.split().freeze())).await;
-                    }
-                    return;
-                }
-            }
-        }
-    });
-    (rx, AbortOnDrop(task))
-}
 
 /// A byte-rate limit shared by the transfers of one object: each chunk reserves its share of
 /// time, so the average rate stays at the limit however many transfers run at once.
@@ -111,7 +66,7 @@ pub struct CopyOptions {
 impl Default for CopyOptions {
     fn default() -> Self {
         Self {
-            chunk_size: 8 << 20,
+            chunk_size: 32 << 20,
             blob_concurrency: 4,
             referrers: true,
             max_blob_failures: 6,
@@ -420,8 +375,11 @@ impl Engine {
         }
     }
 
-    /// Stream a blob in chunks, hashing as it goes; resume after broken connections from what
-    /// the registry holds.
+    /// Stream a blob to the destination in chunks of `chunk_size`: each chunk's bytes flow from
+    /// the source response straight into the PATCH body (never buffered whole), hashed on the
+    /// way. After a broken connection the registry says how much it holds; those bytes are read
+    /// again from the source only to bring the hash up to that offset, and the upload resumes
+    /// there.
     async fn stream_blob(&self, job: &Job<'_>, digest: &str, size: u64, mut location: String) -> Result<(), OciError> {
         let (src, dst) = (job.src, job.dst);
         let mut confirmed: u64 = 0; // bytes the destination holds
@@ -435,6 +393,7 @@ impl Engine {
                 Ok(())
             }
         };
+        let mut held_ahead: u64 = 0; // bytes past `confirmed` the registry already holds
         'resume: loop {
             if failures > 0 {
                 tokio::time::sleep(src.retry.delay(failures)).await;
@@ -446,14 +405,17 @@ impl Engine {
                     continue 'resume;
                 }
             };
-            // Reading runs one chunk ahead of the uploads, in its own task.
-            let (mut chunks, _reader) = prefetch_chunks(resp.bytes_stream(), job.opts.chunk_size);
-            let mut hasher = snapshot.clone();
-            loop {
-                let chunk: Bytes = match chunks.recv().await {
-                    None => break, // end of the blob
-                    Some(Ok(c)) => c,
-                    Some(Err(message)) => {
+            let mut source = resp.bytes_stream();
+            let mut carry: Option<Bytes> = None;
+            // Catch the hash up with what the registry holds beyond `confirmed`.
+            while held_ahead > 0 {
+                let piece = match source.next().await {
+                    Some(Ok(b)) => b,
+                    other => {
+                        let message = match other {
+                            Some(Err(e)) => e.without_url().to_string(),
+                            _ => "the source ended early".into(),
+                        };
                         fail(
                             &mut failures,
                             OciError::Transport {
@@ -464,58 +426,133 @@ impl Engine {
                         continue 'resume;
                     }
                 };
-                if confirmed + chunk.len() as u64 > size {
-                    dst.cancel_upload(job.dst_repo, &location).await;
-                    return Err(OciError::DigestMismatch {
-                        what: format!("blob {digest} from {}", src.addr.host),
-                        expected: format!("{size} bytes"),
-                        got: format!("more than {size} bytes"),
-                    });
+                let take = (piece.len() as u64).min(held_ahead) as usize;
+                snapshot.update(&piece[..take]);
+                confirmed += take as u64;
+                held_ahead -= take as u64;
+                if take < piece.len() {
+                    carry = Some(piece.slice(take..));
                 }
-                hasher.update(&chunk);
-                let len = chunk.len() as u64;
+            }
+            while confirmed < size {
+                let len = (job.opts.chunk_size as u64).min(size - confirmed);
                 if let Some(limit) = &job.opts.bandwidth {
                     limit.take(len).await;
                 }
-                match dst.patch_chunk(job.dst_repo, &location, confirmed, chunk).await {
-                    Ok(next) => location = next,
-                    Err(e) => {
-                        fail(&mut failures, e)?;
-                        // Did the registry take the chunk before the connection broke?
+                let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+                let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|x| (x, rx))
+                }));
+                let upload = dst.patch_stream(job.dst_repo, &location, confirmed, len, body);
+                let mut hasher = snapshot.clone();
+                let source_ref = &mut source;
+                let carry_in = carry.take();
+                let start = confirmed;
+                let pump = async move {
+                    let mut carry = carry_in;
+                    let mut sent = 0u64;
+                    let mut source_failures = 0u32;
+                    while sent < len {
+                        let piece = match carry.take() {
+                            Some(p) => p,
+                            None => match source_ref.next().await {
+                                Some(Ok(b)) => b,
+                                other => {
+                                    // The source broke: reopen it where we are and keep feeding the
+                                    // same PATCH; the destination never notices.
+                                    source_failures += 1;
+                                    let why = match other {
+                                        Some(Err(e)) => e.without_url().to_string(),
+                                        _ => "the source ended early".to_string(),
+                                    };
+                                    if source_failures >= job.opts.max_blob_failures {
+                                        return Err(why);
+                                    }
+                                    tokio::time::sleep(src.retry.delay(source_failures)).await;
+                                    match src.get_blob(job.src_repo, digest, start + sent).await {
+                                        Ok(r) => *source_ref = r.bytes_stream(),
+                                        Err(e) => return Err(format!("{why}; reopening: {e}")),
+                                    }
+                                    continue;
+                                }
+                            },
+                        };
+                        let want = (len - sent) as usize;
+                        let now = if piece.len() > want {
+                            carry = Some(piece.slice(want..));
+                            piece.slice(..want)
+                        } else {
+                            piece
+                        };
+                        hasher.update(&now);
+                        sent += now.len() as u64;
+                        if tx.send(Ok(now)).await.is_err() {
+                            return Err("the upload stopped taking data".to_string());
+                        }
+                    }
+                    Ok((hasher, carry))
+                };
+                let (uploaded, pumped) = tokio::join!(upload, pump);
+                match (uploaded, pumped) {
+                    (Ok(next), Ok((h, rest))) => {
+                        location = next;
+                        confirmed += len;
+                        snapshot = h;
+                        carry = rest;
+                        failures = 0;
+                        job.counters.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
+                        dst.stats.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
+                        job.progress.bytes_done.fetch_add(len, Ordering::Relaxed);
+                    }
+                    (uploaded, pumped) => {
+                        let err = match (uploaded, pumped) {
+                            (_, Err(message)) => OciError::Transport {
+                                op: "read blob",
+                                message,
+                            },
+                            (Err(e), _) => e,
+                            _ => unreachable!("both succeeded above"),
+                        };
+                        fail(&mut failures, err)?;
+                        // How much did the registry keep?
                         match dst.upload_status(job.dst_repo, &location).await {
-                            Ok((held, loc)) if held == confirmed + len => {
+                            Ok((held, loc)) if held >= confirmed && held <= confirmed + len => {
                                 location = loc;
-                            }
-                            Ok((held, loc)) if held == confirmed => {
-                                location = loc;
-                                continue 'resume;
+                                held_ahead = held - confirmed;
                             }
                             _ => {
                                 // Unknown state: start this blob again from zero.
                                 dst.cancel_upload(job.dst_repo, &location).await;
                                 location = dst.start_upload(job.dst_repo).await?;
                                 confirmed = 0;
+                                held_ahead = 0;
                                 snapshot = Sha256::new();
-                                continue 'resume;
                             }
                         }
+                        continue 'resume;
                     }
                 }
-                confirmed += len;
-                snapshot = hasher.clone();
-                job.counters.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
-                dst.stats.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
-                job.progress.bytes_done.fetch_add(len, Ordering::Relaxed);
+            }
+            // Nothing may follow the declared size.
+            let extra =
+                carry.is_some_and(|c| !c.is_empty()) || matches!(source.next().await, Some(Ok(b)) if !b.is_empty());
+            if extra {
+                dst.cancel_upload(job.dst_repo, &location).await;
+                return Err(OciError::DigestMismatch {
+                    what: format!("blob {digest} from {}", src.addr.host),
+                    expected: format!("{size} bytes"),
+                    got: format!("more than {size} bytes"),
+                });
             }
             break;
         }
         let got = format!("sha256:{}", hex(&snapshot.finalize()));
-        if got != digest || confirmed != size {
+        if got != digest {
             dst.cancel_upload(job.dst_repo, &location).await;
             return Err(OciError::DigestMismatch {
                 what: format!("blob read from {}/{}", src.addr.host, job.src_repo),
-                expected: format!("{digest} ({size} bytes)"),
-                got: format!("{got} ({confirmed} bytes)"),
+                expected: digest.to_string(),
+                got,
             });
         }
         dst.finish_upload(job.dst_repo, &location, digest).await
