@@ -437,13 +437,7 @@ impl Registry {
         let started = Instant::now();
         let result = req.send().await;
         if let Some(observe) = &self.observer {
-            let outcome = match &result {
-                Ok(r) if r.status().is_success() => "success",
-                Ok(r) if r.status().is_client_error() => "client_error",
-                Ok(_) => "server_error",
-                Err(_) => "transport_error",
-            };
-            observe(op, outcome, started.elapsed().as_secs_f64());
+            observe(op, outcome_of(&result), started.elapsed().as_secs_f64());
         }
         result.map_err(|e| OciError::Transport {
             op,
@@ -480,15 +474,7 @@ impl Registry {
             let result = req.send().await;
             drop(permit);
             if let Some(observe) = &self.observer {
-                let outcome = match &result {
-                    Err(_) => "transport_error",
-                    Ok(r) if r.status().is_success() || r.status().is_redirection() => "success",
-                    Ok(r) if r.status().as_u16() == 429 => "rate_limited",
-                    Ok(r) if r.status().as_u16() == 404 => "not_found",
-                    Ok(r) if r.status().is_client_error() => "client_error",
-                    Ok(_) => "server_error",
-                };
-                observe(op, outcome, started.elapsed().as_secs_f64());
+                observe(op, outcome_of(&result), started.elapsed().as_secs_f64());
             }
             let retry_in = match result {
                 Err(e) => {
@@ -540,6 +526,18 @@ impl Registry {
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(retry_in).await;
         }
+    }
+}
+
+/// The `outcome` label of a request for metrics.
+fn outcome_of(result: &Result<Response, reqwest::Error>) -> &'static str {
+    match result {
+        Err(_) => "transport_error",
+        Ok(r) if r.status().is_success() || r.status().is_redirection() => "success",
+        Ok(r) if r.status().as_u16() == 429 => "rate_limited",
+        Ok(r) if r.status().as_u16() == 404 => "not_found",
+        Ok(r) if r.status().is_client_error() => "client_error",
+        Ok(_) => "server_error",
     }
 }
 
