@@ -78,6 +78,7 @@ async fn notifications_handler(State(s): State<AppState>, headers: HeaderMap, bo
             StatusCode::SERVICE_UNAVAILABLE,
             "notifications are not configured (NOTIFICATION_TOKEN)".into(),
         ),
+        Err(Rejected::Standby) => ("standby", StatusCode::SERVICE_UNAVAILABLE, "standby; retry".into()),
         Err(Rejected::Unauthorized) => ("unauthorized", StatusCode::UNAUTHORIZED, "unauthorized".into()),
         Err(Rejected::BadPayload(e)) => ("bad_payload", StatusCode::BAD_REQUEST, e),
     };

@@ -210,8 +210,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(
         Context::new(client, &identity, metrics.clone(), provider::Registry::builtin())
             .with_resync(Duration::from_secs(args.resync_seconds.max(1)))
-            .with_notifications(notifications),
+            .with_notifications(notifications.clone()),
     );
+    notifications.set_active(true);
     let mut controllers = tokio::spawn(controller::run(
         ctx,
         args.namespace.clone(),
@@ -240,6 +241,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     metrics.leader.set(0);
     health.set_not_ready();
+    notifications.set_active(false);
     if lost {
         error!("leader lease lost; stopping so that only one instance reconciles");
         let _ = stop_tx.send(true);

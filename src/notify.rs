@@ -45,6 +45,8 @@ struct Request {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rejected {
     NotConfigured,
+    /// This instance does not reconcile (standby, or shutting down): the registry should retry.
+    Standby,
     Unauthorized,
     BadPayload(String),
 }
@@ -57,6 +59,7 @@ pub struct Notifications {
     /// key -> repositories to sync and when the oldest notification arrived.
     pending: Mutex<HashMap<String, (BTreeSet<String>, Time)>>,
     trigger: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
+    active: std::sync::atomic::AtomicBool,
 }
 
 fn host_of(url: &str) -> Option<String> {
@@ -72,7 +75,14 @@ impl Notifications {
             subscribers: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             trigger: Mutex::new(None),
+            active: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether this instance's controllers run (the leader). A standby answers 503 so that the
+    /// registry retries and reaches the leader instead of losing the event.
+    pub fn set_active(&self, active: bool) {
+        self.active.store(active, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Keys of affected objects are sent here (the controller reconciles them at once).
@@ -115,6 +125,9 @@ impl Notifications {
         let expected = format!("Bearer {token}");
         if !constant_time_eq(authorization.unwrap_or("").as_bytes(), expected.as_bytes()) {
             return Err(Rejected::Unauthorized);
+        }
+        if !self.active.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Rejected::Standby);
         }
         let env: Envelope = serde_json::from_slice(body)
             .map_err(|e| Rejected::BadPayload(format!("not a notification envelope: {e}")))?;
@@ -159,6 +172,12 @@ mod tests {
     #[test]
     fn queues_pushes_for_subscribers_of_the_host() {
         let n = Notifications::new(Some("t0k".into()));
+        assert_eq!(
+            n.handle(Some("Bearer t0k"), PUSH.as_bytes()),
+            Err(Rejected::Standby),
+            "a standby asks for a retry"
+        );
+        n.set_active(true);
         n.subscribe("127.0.0.1:5000", "default/r1");
         n.subscribe("127.0.0.1:6000", "default/r2");
         assert_eq!(n.handle(Some("Bearer t0k"), PUSH.as_bytes()), Ok(1));
@@ -174,6 +193,7 @@ mod tests {
     #[test]
     fn rejects_bad_tokens_and_payloads() {
         let n = Notifications::new(Some("t0k".into()));
+        n.set_active(true);
         assert_eq!(n.handle(None, PUSH.as_bytes()), Err(Rejected::Unauthorized));
         assert_eq!(
             n.handle(Some("Bearer nope"), PUSH.as_bytes()),
