@@ -10,14 +10,10 @@ pub enum Error {
     Kube(#[source] kube::Error),
     #[error("finalizer error: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    #[error("the spec is invalid: {0}")]
-    InvalidSpec(String),
     #[error("provider error: {0}")]
     Provider(String),
     #[error("timed out: {0}")]
     Timeout(&'static str),
-    #[error("{0}")]
-    Other(String),
 }
 
 impl From<kube::Error> for Error {
@@ -32,16 +28,9 @@ impl Error {
         match self {
             Self::Kube(_) => "kube",
             Self::Finalizer(_) => "finalizer",
-            Self::InvalidSpec(_) => "invalid_spec",
             Self::Provider(_) => "provider",
             Self::Timeout(_) => "timeout",
-            Self::Other(_) => "other",
         }
-    }
-
-    /// Whether retrying without a spec change can help.
-    pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::InvalidSpec(_))
     }
 }
 

@@ -324,7 +324,7 @@ pub const MAX_ATTEMPTS: i32 = 5;
 
 /// Delay before retry number `attempts` (1-based): 10 s doubling, at most 5 min.
 pub fn retry_delay(attempts: i32) -> std::time::Duration {
-    std::time::Duration::from_secs((10u64 << attempts.clamp(1, 6) as u32 >> 1).min(300))
+    std::time::Duration::from_secs((10u64 << (attempts.clamp(1, 6) - 1)).min(300))
 }
 
 /// What the shell should do after an oci planning step.

@@ -30,7 +30,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The providers built into this version (none yet: see README "Not built yet").
+    /// The providers registered by default; the controllers and `replicate` add the built-in
+    /// oci provider and replica backend (the ones whose budgets they own).
     pub fn builtin() -> Self {
         Self::default()
     }

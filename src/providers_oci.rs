@@ -135,8 +135,8 @@ impl OciReplicator {
 }
 
 impl OciReplicator {
-    fn client(&self, addr: &RegistryAddr, creds: &SecretCredentials) -> Result<Registry, OciError> {
-        Registry::new(addr.clone(), creds.for_host(&addr.host), &self.budgets)
+    fn client(&self, addr: &RegistryAddr, creds: &SecretCredentials) -> Result<Arc<Registry>, OciError> {
+        self.budgets.registry(addr, creds.for_host(&addr.host))
     }
 
     /// Copy the source to one destination (a cheap no-op when it is already there).
@@ -179,8 +179,11 @@ impl OciReplicator {
     }
 }
 
-/// Shared handle.
-pub type SharedReplicator = Arc<OciReplicator>;
+impl crate::provider::ImageProvider for OciReplicator {
+    fn kind(&self) -> crate::api::v1alpha1::ProviderKind {
+        crate::api::v1alpha1::ProviderKind::Oci
+    }
+}
 
 #[cfg(test)]
 mod tests {

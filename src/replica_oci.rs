@@ -157,8 +157,8 @@ impl ReplicaSyncer {
             RegistryAddr::parse(spec.primary.registry.as_deref().unwrap_or("")).map_err(OciError::Unsupported)?;
         let raddr = RegistryAddr::parse(spec.replica.as_ref().and_then(|r| r.registry.as_deref()).unwrap_or(""))
             .map_err(OciError::Unsupported)?;
-        let primary = Registry::new(paddr.clone(), primary_creds.for_host(&paddr.host), &self.budgets)?;
-        let replica = Registry::new(raddr.clone(), replica_creds.for_host(&raddr.host), &self.budgets)?;
+        let primary = self.budgets.registry(&paddr, primary_creds.for_host(&paddr.host))?;
+        let replica = self.budgets.registry(&raddr, replica_creds.for_host(&raddr.host))?;
         let n = spec.sync.max_concurrent_transfers.max(1) as usize;
         let full = repos.is_none();
         // sync.bandwidthLimit: one limiter for all transfers of this sync.
@@ -258,7 +258,7 @@ impl ReplicaSyncer {
     ) -> Result<u64, OciError> {
         let raddr = RegistryAddr::parse(spec.replica.as_ref().and_then(|r| r.registry.as_deref()).unwrap_or(""))
             .map_err(OciError::Unsupported)?;
-        let replica = Registry::new(raddr.clone(), replica_creds.for_host(&raddr.host), &self.budgets)?;
+        let replica = self.budgets.registry(&raddr, replica_creds.for_host(&raddr.host))?;
         let inv = inventory(&replica, spec, None, spec.sync.max_concurrent_transfers.max(1) as usize).await?;
         let mut n = 0;
         for (repo, tags) in inv {
@@ -275,6 +275,12 @@ impl ReplicaSyncer {
 
 /// A finished sync: the report, or (reason, message) of a failure of the whole sync.
 pub type SyncOutcome = Result<SyncReport, (String, String)>;
+
+impl crate::provider::ReplicaBackend for ReplicaSyncer {
+    fn kind(&self) -> crate::api::v1alpha1::ReplicaProvider {
+        crate::api::v1alpha1::ReplicaProvider::Oci
+    }
+}
 
 /// A sync running in the background, one per object.
 struct SyncEntry {

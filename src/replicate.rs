@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::api::conditions::{self, READY};
-use crate::api::v1alpha1::{DestinationPhase, ImageReplication, ProviderKind, ReplicaInstance};
+use crate::api::v1alpha1::{DestinationPhase, ImageReplication, ReplicaInstance};
 use crate::oci::Progress;
 use crate::plan::{self, Gate};
 use crate::providers_oci::{OciReplicator, SecretCredentials};
@@ -102,13 +102,17 @@ fn human(b: u64) -> String {
 /// Reconcile every object; true when all are Ready. Progress goes to `out`.
 pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> bool {
     let replicator = Arc::new(OciReplicator::default());
+    let syncer = Arc::new(crate::replica_oci::ReplicaSyncer::default());
+    let providers = crate::provider::Registry::builtin()
+        .with_image(replicator.clone())
+        .with_replica(syncer.clone());
     let wake = Arc::new(tokio::sync::Notify::new());
     let w2 = wake.clone();
     let tasks = Arc::new(Tasks::new(Arc::new(move |_| w2.notify_one())));
     let mut all_ready = true;
 
     for r in &m.replica_instances {
-        if !replica_once(r, &m.secrets, out).await {
+        if !replica_once(r, &providers, &syncer, &m.secrets, out).await {
             all_ready = false;
         }
     }
@@ -123,7 +127,7 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
         let g = plan::gate(
             validation::image_replication(spec),
             spec.provider.kind.as_str(),
-            spec.provider.kind == ProviderKind::Oci,
+            providers.image(spec.provider.kind).is_some(),
             spec.suspend,
         );
         if g != Gate::Open {
@@ -205,24 +209,8 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
     for &i in &live {
         let o = &objects[i];
         let st = o.status.clone().unwrap_or_default();
-        let ready = conditions::find(&st.conditions, READY);
-        if conditions::is_true(&st.conditions, READY) {
-            let _ = writeln!(
-                out,
-                "ImageReplication {}: Ready ({})",
-                o.name_any(),
-                st.summary.unwrap_or_default()
-            );
-        } else {
-            all_ready = false;
-            let _ = writeln!(
-                out,
-                "ImageReplication {}: not Ready: {}: {}",
-                o.name_any(),
-                ready.map(|c| c.reason.as_str()).unwrap_or("Unknown"),
-                ready.map(|c| c.message.as_str()).unwrap_or("")
-            );
-        }
+        let what = format!("ImageReplication {}", o.name_any());
+        all_ready &= report(out, &what, &st.conditions, &st.summary.unwrap_or_default());
     }
     all_ready
 }
@@ -230,15 +218,16 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
 /// One full sync of a ReplicaInstance (oci), planned and reported like the controller does.
 async fn replica_once(
     r: &ReplicaInstance,
+    providers: &crate::provider::Registry,
+    syncer: &crate::replica_oci::ReplicaSyncer,
     secrets: &HashMap<String, SecretCredentials>,
     out: &mut (dyn Write + Send),
 ) -> bool {
     let spec = &r.spec;
-    let oci = spec.primary.provider == crate::api::v1alpha1::ReplicaProvider::Oci;
     let g = plan::gate(
         validation::replica_instance(spec),
         spec.primary.provider.as_str(),
-        oci,
+        providers.replica(spec.primary.provider).is_some(),
         spec.suspend,
     );
     if g != Gate::Open {
@@ -257,7 +246,6 @@ async fn replica_once(
         spec.primary.registry.as_deref().unwrap_or(""),
         spec.replica.as_ref().and_then(|x| x.registry.as_deref()).unwrap_or("")
     );
-    let syncer = crate::replica_oci::ReplicaSyncer::default();
     let outcome = syncer
         .sync(spec, None, &pc, &rc, &crate::replica_oci::SyncProgress::default())
         .await
@@ -275,25 +263,25 @@ async fn replica_once(
     for e in &p.events {
         let _ = writeln!(out, "{}: {}: {}", r.name_any(), e.reason, e.note);
     }
-    let ready = conditions::find(&p.status.conditions, READY);
-    if conditions::is_true(&p.status.conditions, READY) {
-        let _ = writeln!(
-            out,
-            "ReplicaInstance {}: Ready ({} artifacts in sync)",
-            r.name_any(),
-            p.status.artifacts.unwrap_or(0)
-        );
-        true
-    } else {
-        let _ = writeln!(
-            out,
-            "ReplicaInstance {}: not Ready: {}: {}",
-            r.name_any(),
-            ready.map(|c| c.reason.as_str()).unwrap_or("Unknown"),
-            ready.map(|c| c.message.as_str()).unwrap_or("")
-        );
-        false
+    let what = format!("ReplicaInstance {}", r.name_any());
+    let detail = format!("{} artifacts in sync", p.status.artifacts.unwrap_or(0));
+    report(out, &what, &p.status.conditions, &detail)
+}
+
+/// Print whether an object is Ready (with `detail`) or why not; true when Ready.
+fn report(out: &mut (dyn Write + Send), what: &str, conds: &[Condition], detail: &str) -> bool {
+    if conditions::is_true(conds, READY) {
+        let _ = writeln!(out, "{what}: Ready ({detail})");
+        return true;
     }
+    let ready = conditions::find(conds, READY);
+    let _ = writeln!(
+        out,
+        "{what}: not Ready: {}: {}",
+        ready.map(|c| c.reason.as_str()).unwrap_or("Unknown"),
+        ready.map(|c| c.message.as_str()).unwrap_or("")
+    );
+    false
 }
 
 fn describe_gate(g: &Gate) -> (&'static str, String) {

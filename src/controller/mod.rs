@@ -84,6 +84,8 @@ impl Context {
         let (ir_tx, ir_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (ri_tx, ri_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (t1, t2) = (ir_tx.clone(), ri_tx.clone());
+        // The oci provider and replica backend are built in: registered like any provider.
+        let providers = providers.with_image(oci.clone()).with_replica(syncer.clone());
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -214,7 +216,7 @@ fn key_of<K: Resource>(obj: &K) -> String {
 impl ImageReplication {
     fn gate(&self, providers: &provider::Registry) -> Gate {
         let kind = self.spec.provider.kind;
-        let implemented = kind == ProviderKind::Oci || providers.image(kind).is_some();
+        let implemented = providers.image(kind).is_some();
         plan::gate(
             validation::image_replication(&self.spec),
             kind.as_str(),
@@ -373,7 +375,7 @@ async fn secret_credentials(
 impl ReplicaInstance {
     fn is_oci_open(&self, providers: &provider::Registry) -> (Gate, bool) {
         let kind = self.spec.primary.provider;
-        let implemented = kind == ReplicaProvider::Oci || providers.replica(kind).is_some();
+        let implemented = providers.replica(kind).is_some();
         let gate = plan::gate(
             validation::replica_instance(&self.spec),
             kind.as_str(),
@@ -383,6 +385,15 @@ impl ReplicaInstance {
         let open = gate == Gate::Open && kind == ReplicaProvider::Oci;
         (gate, open)
     }
+    async fn replica_credentials(&self, ctx: &Context) -> Result<SecretCredentials, String> {
+        let r = self
+            .spec
+            .replica
+            .as_ref()
+            .and_then(|r| r.credentials_secret_ref.as_ref());
+        secret_credentials(ctx, &self.namespace().unwrap_or_default(), r).await
+    }
+
     fn primary_host(&self) -> Option<String> {
         crate::oci::RegistryAddr::parse(self.spec.primary.registry.as_deref()?)
             .ok()
@@ -452,15 +463,7 @@ impl Managed for ReplicaInstance {
         };
         let ns = self.namespace().unwrap_or_default();
         let pc = secret_credentials(ctx, &ns, self.spec.primary.credentials_secret_ref.as_ref()).await;
-        let rc = secret_credentials(
-            ctx,
-            &ns,
-            self.spec
-                .replica
-                .as_ref()
-                .and_then(|r| r.credentials_secret_ref.as_ref()),
-        )
-        .await;
+        let rc = self.replica_credentials(ctx).await;
         let progress = Arc::new(SyncProgress::default());
         let (syncer, spec, pr) = (ctx.syncer.clone(), self.spec.clone(), progress.clone());
         let full = repos.is_none();
@@ -481,17 +484,7 @@ impl Managed for ReplicaInstance {
         }
         match (self.spec.primary.provider, self.spec.deletion_policy) {
             (ReplicaProvider::Oci, DeletionPolicy::Delete) => {
-                let ns = self.namespace().unwrap_or_default();
-                let rc = secret_credentials(
-                    ctx,
-                    &ns,
-                    self.spec
-                        .replica
-                        .as_ref()
-                        .and_then(|r| r.credentials_secret_ref.as_ref()),
-                )
-                .await
-                .map_err(Error::Provider)?;
+                let rc = self.replica_credentials(ctx).await.map_err(Error::Provider)?;
                 let n = ctx
                     .syncer
                     .remove_replicated(&self.spec, &rc)
@@ -594,9 +587,6 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Act
 /// Failed reconciles back off per object; an invalid spec waits for a change.
 pub fn error_policy<K: Managed>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failure(K::CONTROLLER, err.category());
-    if !err.is_retryable() {
-        return Action::await_change();
-    }
     let key = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
     let delay = ctx.next_backoff(&key);
     warn!(object = %key, error = %err, retry_in = ?delay, "reconcile failed");

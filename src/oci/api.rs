@@ -295,31 +295,6 @@ impl Registry {
         header(&resp, LOCATION).ok_or_else(|| OciError::Unsupported("upload started without a Location".into()))
     }
 
-    /// PATCH one chunk at `offset`; returns the next location. Not retried here: the caller
-    /// asks for the upload status and resumes.
-    pub async fn patch_chunk(&self, repo: &str, location: &str, offset: u64, chunk: Bytes) -> Result<String, OciError> {
-        let mut h = HeaderMap::new();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-        h.insert(CONTENT_LENGTH, HeaderValue::from(chunk.len()));
-        let end = offset + chunk.len() as u64 - 1;
-        h.insert(
-            CONTENT_RANGE,
-            HeaderValue::from_str(&format!("{offset}-{end}")).expect("ascii"),
-        );
-        let resp = self
-            .send(
-                "upload chunk",
-                Method::PATCH,
-                &self.url(location),
-                &scope(repo, true),
-                h,
-                Some(chunk),
-            )
-            .await?;
-        let resp = expect_status("upload chunk", resp, &[202, 204]).await?;
-        Ok(header(&resp, LOCATION).unwrap_or_else(|| location.to_string()))
-    }
-
     /// PATCH `len` bytes at `offset` from a stream (not buffered); returns the next location.
     pub async fn patch_stream(
         &self,

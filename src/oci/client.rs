@@ -199,11 +199,14 @@ impl HostBudget {
 /// Receives (operation, outcome, seconds) for every registry request, for metrics.
 pub type Observer = Arc<dyn Fn(&'static str, &'static str, f64) + Send + Sync>;
 
-/// Budgets for every host, shared across all objects of the operator.
+/// Budgets for every host, shared across all objects of the operator, and the clients built on
+/// them: one client per (registry, credentials) is reused by every copy and sync, keeping its
+/// connections, bearer tokens and TLS setup.
 pub struct Budgets {
     per_host: usize,
     map: Mutex<HashMap<String, Arc<HostBudget>>>,
     observer: Option<Observer>,
+    clients: Mutex<HashMap<String, Arc<Registry>>>,
 }
 
 impl Budgets {
@@ -213,7 +216,34 @@ impl Budgets {
             per_host,
             map: Mutex::new(HashMap::new()),
             observer: None,
+            clients: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The shared client for a registry and credentials (built on first use).
+    pub fn registry(&self, addr: &RegistryAddr, creds: Credentials) -> Result<Arc<Registry>, OciError> {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for part in [
+            creds.username.as_deref().unwrap_or(""),
+            creds.password.as_deref().unwrap_or(""),
+        ] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        h.update(creds.ca_pem.as_deref().unwrap_or(&[]));
+        let key = format!("{}|{}", addr.url(), super::api::hex(&h.finalize()));
+        if let Some(r) = self.clients.lock().expect("clients lock").get(&key) {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(Registry::new(addr.clone(), creds, self)?);
+        Ok(self
+            .clients
+            .lock()
+            .expect("clients lock")
+            .entry(key)
+            .or_insert(r)
+            .clone())
     }
     /// Report every request to `observer`.
     pub fn with_observer(mut self, observer: Observer) -> Self {
@@ -294,10 +324,17 @@ pub fn parse_challenge(h: &str) -> Option<Challenge> {
 }
 
 fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
+    // The system store is read from disk once per process.
+    static NATIVE: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
+    let mut roots = NATIVE
+        .get_or_init(|| {
+            let mut r = rustls::RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = r.add(cert);
+            }
+            r
+        })
+        .clone();
     if let Some(pem) = ca_pem {
         use rustls_pki_types::pem::PemObject;
         let mut n = 0;
