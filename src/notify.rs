@@ -132,7 +132,6 @@ impl Notifications {
         let env: Envelope = serde_json::from_slice(body)
             .map_err(|e| Rejected::BadPayload(format!("not a notification envelope: {e}")))?;
         let now = Time(Timestamp::now());
-        let subs = self.subscribers.lock().expect("subscribers lock").clone();
         let mut queued = 0;
         let mut touched = BTreeSet::new();
         for ev in env.events {
@@ -140,7 +139,14 @@ impl Notifications {
                 continue;
             }
             let host = host_of(&ev.target.url).unwrap_or(ev.request.host);
-            for key in subs.get(&host).into_iter().flatten() {
+            let keys: Vec<String> = self
+                .subscribers
+                .lock()
+                .expect("subscribers lock")
+                .get(&host)
+                .map(|k| k.iter().cloned().collect())
+                .unwrap_or_default();
+            for key in &keys {
                 let mut pending = self.pending.lock().expect("pending lock");
                 let e = pending
                     .entry(key.clone())
