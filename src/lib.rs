@@ -22,3 +22,4 @@ pub mod telemetry;
 pub mod validation;
 
 pub use error::{Error, Result};
+pub mod vm;

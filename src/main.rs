@@ -82,9 +82,48 @@ struct RunArgs {
     /// Seconds between drift checks of an Available copy.
     #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
+    #[command(flatten)]
+    vm: VmArgs,
     /// Seconds to wait for the CRDs to be established before giving up.
     #[arg(long, default_value_t = 120)]
     crd_wait_seconds: u64,
+}
+
+/// Tuning of VM image copies.
+#[derive(Args, Clone)]
+struct VmArgs {
+    /// Largest OpenStack image the operator copies (it streams every byte itself).
+    #[arg(long, env = "OPENSTACK_MAX_IMAGE_BYTES", default_value_t = 1 << 40)]
+    openstack_max_image_bytes: u64,
+    /// OpenStack disk formats refused for cross-region copies (comma-separated; empty: none).
+    #[arg(long, env = "OPENSTACK_REFUSED_DISK_FORMATS", default_value = "iso")]
+    openstack_refused_disk_formats: String,
+    /// First poll interval of a copy task; doubles while nothing changes.
+    #[arg(long, default_value_t = 5)]
+    poll_min_seconds: u64,
+    /// Longest poll interval of a copy task.
+    #[arg(long, default_value_t = 60)]
+    poll_max_seconds: u64,
+}
+
+impl VmArgs {
+    fn settings(&self, resync: Duration, max_attempts: i32) -> image_replication_operator::vm::engine::Settings {
+        image_replication_operator::vm::engine::Settings {
+            limits: image_replication_operator::vm::rules::Limits {
+                openstack_max_bytes: self.openstack_max_image_bytes,
+                openstack_refused_formats: self
+                    .openstack_refused_disk_formats
+                    .split(',')
+                    .map(|f| f.trim().to_string())
+                    .filter(|f| !f.is_empty())
+                    .collect(),
+            },
+            max_attempts,
+            resync,
+            poll_min: Duration::from_secs(self.poll_min_seconds.max(1)),
+            poll_max: Duration::from_secs(self.poll_max_seconds.max(self.poll_min_seconds).max(1)),
+        }
+    }
 }
 
 #[tokio::main]
@@ -210,6 +249,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(
         Context::new(client, &identity, metrics.clone(), provider::Registry::builtin())
             .with_resync(Duration::from_secs(args.resync_seconds.max(1)))
+            .with_vm_settings(args.vm.settings(
+                Duration::from_secs(args.resync_seconds.max(1)),
+                image_replication_operator::plan::MAX_ATTEMPTS,
+            ))
             .with_notifications(notifications.clone()),
     );
     notifications.set_active(true);

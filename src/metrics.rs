@@ -21,6 +21,14 @@ pub struct Metrics {
     pub replica_artifacts: IntCounterVec,
     pub replica_lag: prometheus::Gauge,
     pub sync_queue_depth: IntGauge,
+    /// VM copy tasks now, by provider and phase.
+    pub vm_copies: prometheus::IntGaugeVec,
+    /// VM copies waiting for a quota slot.
+    pub copy_queue_depth: IntGauge,
+    /// VM copy task duration (start to Available), by provider.
+    pub copy_duration: HistogramVec,
+    /// Cloud image-service requests by provider, operation and outcome.
+    pub provider_request_duration: HistogramVec,
 }
 
 impl Default for Metrics {
@@ -110,8 +118,42 @@ impl Metrics {
             "Artifacts waiting to be transferred by running syncs.",
         )
         .expect("valid metric");
+        let vm_copies = prometheus::IntGaugeVec::new(
+            Opts::new("vm_copies", "VM image copy tasks by provider and destination phase."),
+            &["provider", "phase"],
+        )
+        .expect("valid metric");
+        let copy_queue_depth = IntGauge::new(
+            "copy_queue_depth",
+            "VM image copies waiting for a per-account quota slot.",
+        )
+        .expect("valid metric");
+        let copy_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "copy_task_duration_seconds",
+                "Time from start to Available of VM image copies, by provider.",
+            )
+            .buckets(vec![
+                1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0,
+            ]),
+            &["provider"],
+        )
+        .expect("valid metric");
+        let provider_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "provider_request_duration_seconds",
+                "Image-service requests by provider, operation and outcome.",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["provider", "operation", "outcome"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(vm_copies.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(copy_queue_depth.clone()),
+            Box::new(copy_duration.clone()),
+            Box::new(provider_request_duration.clone()),
+            Box::new(reconcile_duration.clone()),
             Box::new(reconciliations.clone()),
             Box::new(reconcile_errors.clone()),
             Box::new(leader.clone()),
@@ -140,6 +182,10 @@ impl Metrics {
             replica_artifacts,
             replica_lag,
             sync_queue_depth,
+            vm_copies,
+            copy_queue_depth,
+            copy_duration,
+            provider_request_duration,
         }
     }
 

@@ -124,6 +124,7 @@ pub fn image_replication_status(obj: &ImageReplication, implemented: bool, now: 
         source: old.source.clone(),
         destinations,
         summary: Some(summary),
+        last_handled_retry: old.last_handled_retry.clone(),
     }
 }
 
@@ -354,7 +355,8 @@ pub fn oci_plan(
 ) -> OciPlan {
     let spec = &obj.spec;
     let old = obj.status.clone().unwrap_or_default();
-    let spec_changed = old.observed_generation != obj.metadata.generation;
+    let retry = crate::vm::plan::retry_requested(obj);
+    let spec_changed = old.observed_generation != obj.metadata.generation || retry.is_some();
     let mut start = Vec::new();
     let mut events = Vec::new();
     let mut wake: Vec<std::time::Duration> = Vec::new();
@@ -536,6 +538,7 @@ pub fn oci_plan(
         source: old.source.clone(),
         destinations,
         summary: Some(summary),
+        last_handled_retry: retry.or(old.last_handled_retry.clone()),
     };
     OciPlan {
         status,

@@ -1,14 +1,15 @@
 //! The provider registry: which image services and registries this build can drive.
 //!
 //! Providers plug in here behind traits; the controllers look a provider up by the kind named in
-//! the spec and report `Stalled=True, reason ProviderNotImplemented` when it is absent. The
-//! operations (describe, start copy, poll, cancel, delete; full and event-driven sync) are added
-//! to these traits by the issues that build the first real providers.
+//! the spec and report `Stalled=True, reason ProviderNotImplemented` when it is absent. VM image
+//! services implement [`crate::vm::ImageService`] (describe, start copy, find by token, poll,
+//! cancel, delete); the oci path registers its replicator and syncer here too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::api::v1alpha1::{ProviderKind, ReplicaProvider};
+use crate::vm::ImageService;
 
 /// An image service that ImageReplication can copy between regions.
 pub trait ImageProvider: Send + Sync {
@@ -27,13 +28,30 @@ pub trait ReplicaBackend: Send + Sync {
 pub struct Registry {
     image: HashMap<ProviderKind, Arc<dyn ImageProvider>>,
     replica: HashMap<ReplicaProvider, Arc<dyn ReplicaBackend>>,
+    vm: HashMap<ProviderKind, Arc<dyn ImageService>>,
 }
 
 impl Registry {
     /// The providers registered by default; the controllers and `replicate` add the built-in
     /// oci provider and replica backend (the ones whose budgets they own).
     pub fn builtin() -> Self {
-        Self::default()
+        Self::default().with_vm(Arc::new(crate::vm::openstack::OpenStack::default()))
+    }
+
+    /// Add a VM image service.
+    pub fn with_vm(mut self, p: Arc<dyn ImageService>) -> Self {
+        self.vm.insert(p.kind(), p);
+        self
+    }
+
+    /// The VM image service for a kind, if built.
+    pub fn vm(&self, kind: ProviderKind) -> Option<Arc<dyn ImageService>> {
+        self.vm.get(&kind).cloned()
+    }
+
+    /// Whether ImageReplication can use this provider kind.
+    pub fn has_image(&self, kind: ProviderKind) -> bool {
+        self.image.contains_key(&kind) || self.vm.contains_key(&kind)
     }
 
     /// Add an image provider.

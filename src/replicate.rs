@@ -20,6 +20,8 @@ use crate::plan::{self, Gate};
 use crate::providers_oci::{OciReplicator, SecretCredentials};
 use crate::tasks::Tasks;
 use crate::validation;
+use crate::vm::engine::{Settings, VmEngine};
+use crate::vm::{Account, ImageService};
 
 /// Options of the command.
 #[derive(Clone, Debug)]
@@ -34,6 +36,8 @@ pub struct Manifests {
     pub image_replications: Vec<ImageReplication>,
     pub replica_instances: Vec<ReplicaInstance>,
     pub secrets: HashMap<String, SecretCredentials>,
+    /// The Secrets' raw data (VM providers read their own keys).
+    pub secret_data: HashMap<String, BTreeMap<String, Vec<u8>>>,
 }
 
 /// Read every YAML document of the files. Unknown kinds are an error naming the file.
@@ -69,7 +73,8 @@ pub fn load(files: &[PathBuf]) -> Result<Manifests, String> {
                         data.insert(k.clone(), val.as_str().unwrap_or("").as_bytes().to_vec());
                     }
                     let creds = SecretCredentials::from_data(&data).map_err(|e| format!("Secret {name}: {e}"))?;
-                    m.secrets.insert(name, creds);
+                    m.secrets.insert(name.clone(), creds);
+                    m.secret_data.insert(name, data);
                 }
                 other => {
                     return Err(format!(
@@ -122,14 +127,21 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
         o.metadata.generation.get_or_insert(1);
     }
     let mut live: Vec<usize> = Vec::new();
+    let mut vm_live = Vec::new();
     for (i, o) in objects.iter().enumerate() {
         let spec = &o.spec;
         let g = plan::gate(
             validation::image_replication(spec),
             spec.provider.kind.as_str(),
-            providers.image(spec.provider.kind).is_some(),
+            providers.has_image(spec.provider.kind),
             spec.suspend,
         );
+        if let Some(p) = providers.vm(spec.provider.kind)
+            && g == Gate::Open
+        {
+            vm_live.push((i, p));
+            continue;
+        }
         if g != Gate::Open {
             let (reason, msg) = describe_gate(&g);
             let _ = writeln!(out, "ImageReplication {}: not Ready: {reason}: {msg}", o.name_any());
@@ -206,6 +218,13 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
         let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
     }
 
+    if !vm_live.is_empty() {
+        let secrets = &m.secret_data;
+        let mut vm_objects: Vec<(ImageReplication, Arc<dyn ImageService>)> =
+            vm_live.into_iter().map(|(i, p)| (objects[i].clone(), p)).collect();
+        all_ready &= vm_run(&mut vm_objects, secrets, opts, out).await;
+    }
+
     for &i in &live {
         let o = &objects[i];
         let st = o.status.clone().unwrap_or_default();
@@ -266,6 +285,94 @@ async fn replica_once(
     let what = format!("ReplicaInstance {}", r.name_any());
     let detail = format!("{} artifacts in sync", p.status.artifacts.unwrap_or(0));
     report(out, &what, &p.status.conditions, &detail)
+}
+
+/// Drive VM image copies to the end (every destination Available or Failed for good), printing
+/// each destination's changes.
+async fn vm_run(
+    objects: &mut [(ImageReplication, Arc<dyn ImageService>)],
+    secrets: &HashMap<String, BTreeMap<String, Vec<u8>>>,
+    opts: &Options,
+    out: &mut (dyn Write + Send),
+) -> bool {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let w2 = wake.clone();
+    let settings = Settings {
+        max_attempts: opts.attempts,
+        poll_min: Duration::from_secs(1),
+        poll_max: Duration::from_secs(10),
+        resync: Duration::from_secs(365 * 24 * 3600),
+        ..Default::default()
+    };
+    let engine = VmEngine::new(settings, Arc::new(move |_: &str| w2.notify_one()), None);
+    let mut last_line: HashMap<(usize, String), String> = HashMap::new();
+    let mut done = vec![false; objects.len()];
+    while done.iter().any(|d| !d) {
+        let mut wait = Duration::from_secs(5);
+        for (i, (o, p)) in objects.iter_mut().enumerate() {
+            if done[i] {
+                continue;
+            }
+            let acct = Account {
+                secret: o
+                    .spec
+                    .provider
+                    .credentials_secret_ref
+                    .as_ref()
+                    .and_then(|r| secrets.get(&r.name).cloned())
+                    .unwrap_or_default(),
+                endpoint: o.spec.provider.endpoint.clone(),
+                agency: o.spec.provider.agency.clone(),
+            };
+            let now = Time(Timestamp::now());
+            let plan = engine
+                .reconcile(o, &Gate::Open, p.as_ref(), Ok(acct.clone()), &now)
+                .await;
+            o.status = Some(plan.status.clone());
+            for e in &plan.events {
+                let _ = writeln!(out, "{}: {}: {}", o.name_any(), e.reason, e.note);
+            }
+            for d in &plan.status.destinations {
+                let line = match d.phase {
+                    DestinationPhase::Copying => format!(
+                        "copying {} / {} ({}%)",
+                        human(d.bytes_copied.unwrap_or(0) as u64),
+                        human(d.bytes_total.unwrap_or(0) as u64),
+                        d.progress_percent.unwrap_or(0)
+                    ),
+                    other => format!("{other:?}"),
+                };
+                if last_line.get(&(i, d.region.clone())) != Some(&line) {
+                    let _ = writeln!(out, "{}/{}: {line}", o.name_any(), d.region);
+                    last_line.insert((i, d.region.clone()), line);
+                }
+            }
+            engine.act(o, p.as_ref(), &acct, &plan).await;
+            let settled = plan.status.destinations.iter().all(|d| {
+                d.phase == DestinationPhase::Available
+                    || (d.phase == DestinationPhase::Failed && d.attempts >= opts.attempts)
+            });
+            if settled || conditions::is_true(&plan.status.conditions, conditions::STALLED) {
+                done[i] = true;
+            } else if let Some(r) = plan.requeue {
+                wait = wait.min(r);
+            }
+        }
+        if done.iter().any(|d| !d) {
+            let _ = tokio::time::timeout(wait, wake.notified()).await;
+        }
+    }
+    let mut all = true;
+    for (o, _) in objects.iter() {
+        let st = o.status.clone().unwrap_or_default();
+        all &= report(
+            out,
+            &format!("ImageReplication {}", o.name_any()),
+            &st.conditions,
+            &st.summary.unwrap_or_default(),
+        );
+    }
+    all
 }
 
 /// Print whether an object is Ready (with `detail`) or why not; true when Ready.

@@ -23,7 +23,7 @@ pub struct Violation {
 }
 
 impl Violation {
-    fn new(field: impl Into<String>, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             reason,

@@ -56,10 +56,13 @@ pub struct Context {
     pub syncer: Arc<ReplicaSyncer>,
     pub sync_tasks: Arc<SyncTasks>,
     pub notifications: Arc<Notifications>,
+    /// VM image copies (huawei, alibaba, aws, openstack): engine, quota queue, polling.
+    pub vm: Arc<crate::vm::engine::VmEngine>,
     /// Per ReplicaInstance (lag seconds, queued artifacts), for the gauges.
     replica_gauges: Mutex<HashMap<String, (i64, i64)>>,
     /// Keys (namespace/name) to reconcile at once: finished copies, finished syncs, notifications.
     ri_trigger: tokio::sync::mpsc::UnboundedSender<String>,
+    ir_trigger: tokio::sync::mpsc::UnboundedSender<String>,
     receivers: Mutex<Option<Triggers>>,
     backoff: Mutex<HashMap<String, u32>>,
 }
@@ -84,6 +87,11 @@ impl Context {
         let (ir_tx, ir_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (ri_tx, ri_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (t1, t2) = (ir_tx.clone(), ri_tx.clone());
+        let vm = Arc::new(crate::vm::engine::VmEngine::new(
+            Default::default(),
+            vm_wake(ir_tx.clone()),
+            Some(metrics.clone()),
+        ));
         // The oci provider and replica backend are built in: registered like any provider.
         let providers = providers.with_image(oci.clone()).with_replica(syncer.clone());
         Self {
@@ -101,8 +109,10 @@ impl Context {
                 let _ = t2.send(k.to_string());
             }))),
             notifications: Arc::new(Notifications::new(None)),
+            vm,
             replica_gauges: Mutex::new(HashMap::new()),
             ri_trigger: ri_tx,
+            ir_trigger: ir_tx,
             receivers: Mutex::new(Some((ir_rx, ri_rx))),
             backoff: Mutex::new(HashMap::new()),
         }
@@ -136,6 +146,16 @@ impl Context {
         self
     }
 
+    /// Tune the VM copy engine (limits, polling, drift checks).
+    pub fn with_vm_settings(mut self, settings: crate::vm::engine::Settings) -> Self {
+        self.vm = Arc::new(crate::vm::engine::VmEngine::new(
+            settings,
+            vm_wake(self.ir_trigger.clone()),
+            Some(self.metrics.clone()),
+        ));
+        self
+    }
+
     /// Next delay for an object that failed again: 5 s doubling to 5 min.
     fn next_backoff(&self, key: &str) -> Duration {
         let mut map = self.backoff.lock().expect("backoff lock");
@@ -147,6 +167,12 @@ impl Context {
     fn reset_backoff(&self, key: &str) {
         self.backoff.lock().expect("backoff lock").remove(key);
     }
+}
+
+fn vm_wake(tx: tokio::sync::mpsc::UnboundedSender<String>) -> crate::vm::quota::Wake {
+    Arc::new(move |k: &str| {
+        let _ = tx.send(k.to_string());
+    })
 }
 
 /// Delay after the n-th consecutive failure (n >= 1): 5 s, 10 s, 20 s, ... capped at 300 s.
@@ -166,6 +192,8 @@ pub struct Planned<S> {
     pub events: Vec<Announcement>,
     /// ReplicaInstance: the sync to start once the status is written.
     pub sync: Option<SyncStart>,
+    /// VM copies: the plan whose starts and cancels run once the status is written.
+    pub vm: Option<crate::vm::plan::VmPlan>,
 }
 
 impl<S> Planned<S> {
@@ -177,6 +205,7 @@ impl<S> Planned<S> {
             requeue: None,
             events: Vec::new(),
             sync: None,
+            vm: None,
         }
     }
 }
@@ -198,7 +227,7 @@ pub trait Managed:
     fn current_status(&self) -> Option<&Self::Status>;
     fn conditions_of(status: &Self::Status) -> &[Condition];
     /// Observe the background tasks and plan (pure apart from collecting finished tasks).
-    fn plan(&self, ctx: &Context, now: &Time) -> Planned<Self::Status>;
+    fn plan(&self, ctx: &Context, now: &Time) -> impl Future<Output = Planned<Self::Status>> + Send;
     /// Start or cancel work after the planned status is written.
     fn act(&self, ctx: &Context, planned: &Planned<Self::Status>) -> impl Future<Output = Result<()>> + Send;
     /// Cleanup before the finalizer goes; returns the note of the CleanupComplete Event.
@@ -216,13 +245,27 @@ fn key_of<K: Resource>(obj: &K) -> String {
 impl ImageReplication {
     fn gate(&self, providers: &provider::Registry) -> Gate {
         let kind = self.spec.provider.kind;
-        let implemented = providers.image(kind).is_some();
+        let implemented = providers.has_image(kind);
         plan::gate(
             validation::image_replication(&self.spec),
             kind.as_str(),
             implemented,
             self.spec.suspend,
         )
+    }
+
+    /// The VM provider account: the referenced Secret's data and the endpoint override.
+    async fn account(&self, ctx: &Context) -> Result<crate::vm::Account, String> {
+        let ns = self.namespace().unwrap_or_default();
+        let secret = match &self.spec.provider.credentials_secret_ref {
+            Some(r) => secret_data(ctx, &ns, &r.name).await?,
+            None => Default::default(),
+        };
+        Ok(crate::vm::Account {
+            secret,
+            endpoint: self.spec.provider.endpoint.clone(),
+            agency: self.spec.provider.agency.clone(),
+        })
     }
 
     async fn credentials(&self, ctx: &Context) -> Result<SecretCredentials, String> {
@@ -251,8 +294,19 @@ impl Managed for ImageReplication {
     fn conditions_of(status: &Self::Status) -> &[Condition] {
         &status.conditions
     }
-    fn plan(&self, ctx: &Context, now: &Time) -> Planned<Self::Status> {
+    async fn plan(&self, ctx: &Context, now: &Time) -> Planned<Self::Status> {
         let gate = self.gate(&ctx.providers);
+        if let Some(p) = ctx.providers.vm(self.spec.provider.kind) {
+            let acct = self.account(ctx).await;
+            let vm = ctx.vm.reconcile(self, &gate, p.as_ref(), acct, now).await;
+            return Planned {
+                status: vm.status.clone(),
+                requeue: vm.requeue,
+                events: vm.events.clone(),
+                vm: Some(vm),
+                ..Planned::settled(ImageReplicationStatus::default())
+            };
+        }
         if gate == Gate::Open && self.spec.provider.kind == ProviderKind::Oci {
             let view = ctx.tasks.collect(&key_of(self));
             for v in view.values() {
@@ -273,6 +327,7 @@ impl Managed for ImageReplication {
                 requeue: p.requeue,
                 events: p.events,
                 sync: None,
+                vm: None,
             };
         }
         let implemented = gate != Gate::ProviderNotImplemented(self.spec.provider.kind.as_str());
@@ -283,6 +338,13 @@ impl Managed for ImageReplication {
     }
     async fn act(&self, ctx: &Context, planned: &Planned<Self::Status>) -> Result<()> {
         let key = key_of(self);
+        if let (Some(vm), Some(p)) = (&planned.vm, ctx.providers.vm(self.spec.provider.kind)) {
+            if !vm.start.is_empty() || !vm.cancel.is_empty() {
+                let acct = self.account(ctx).await.map_err(Error::Provider)?;
+                ctx.vm.act(self, p.as_ref(), &acct, vm).await;
+            }
+            return Ok(());
+        }
         if planned.cancel && ctx.tasks.cancel_all(&key) > 0 {
             info!("suspended or invalid: cancelled running copies");
         }
@@ -311,6 +373,10 @@ impl Managed for ImageReplication {
         Ok(())
     }
     async fn cleanup(&self, ctx: &Context) -> Result<String> {
+        if let Some(p) = ctx.providers.vm(self.spec.provider.kind) {
+            let acct = self.account(ctx).await.map_err(Error::Provider)?;
+            return ctx.vm.cleanup(self, p.as_ref(), &acct).await.map_err(Error::Provider);
+        }
         let cancelled = ctx.tasks.cancel_all(&key_of(self));
         let mut note = format!("deletionPolicy {:?}", self.spec.deletion_policy);
         if cancelled > 0 {
@@ -358,18 +424,26 @@ async fn secret_credentials(
     let Some(r) = r else {
         return Ok(SecretCredentials::default());
     };
+    let data = secret_data(ctx, ns, &r.name).await?;
+    SecretCredentials::from_data(&data).map_err(|e| format!("Secret {}: {e}", r.name))
+}
+
+async fn secret_data(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>, String> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let secret = api
-        .get(&r.name)
+        .get(name)
         .await
-        .map_err(|e| format!("reading Secret {}: {}", r.name, kube_reason(&e)))?;
-    let data = secret
+        .map_err(|e| format!("reading Secret {name}: {}", kube_reason(&e)))?;
+    Ok(secret
         .data
         .unwrap_or_default()
         .into_iter()
         .map(|(k, v)| (k, v.0))
-        .collect();
-    SecretCredentials::from_data(&data).map_err(|e| format!("Secret {}: {e}", r.name))
+        .collect())
 }
 
 impl ReplicaInstance {
@@ -410,7 +484,7 @@ impl Managed for ReplicaInstance {
     fn conditions_of(status: &Self::Status) -> &[Condition] {
         &status.conditions
     }
-    fn plan(&self, ctx: &Context, now: &Time) -> Planned<Self::Status> {
+    async fn plan(&self, ctx: &Context, now: &Time) -> Planned<Self::Status> {
         let (gate, open) = self.is_oci_open(&ctx.providers);
         let key = key_of(self);
         if !open {
@@ -446,6 +520,7 @@ impl Managed for ReplicaInstance {
             requeue: p.requeue,
             events: p.events,
             sync: p.start,
+            vm: None,
         }
     }
     async fn act(&self, ctx: &Context, planned: &Planned<Self::Status>) -> Result<()> {
@@ -524,7 +599,7 @@ async fn publish<K: Managed>(ctx: &Context, obj: &K, warning: bool, reason: &str
 
 async fn apply<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
     let now = Time(Timestamp::now());
-    let planned = obj.plan(ctx, &now);
+    let planned = obj.plan(ctx, &now).await;
     let old = obj.current_status();
     if old != Some(&planned.status) {
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
@@ -644,6 +719,14 @@ pub async fn run(
 ) {
     let cfg = ControllerConfig::default().concurrency(concurrency);
     let ns = namespace.as_deref();
+    // Copies in flight before a restart hold their quota slots before anything new starts.
+    match api_for::<ImageReplication>(&ctx.client, ns)
+        .list(&Default::default())
+        .await
+    {
+        Ok(list) => list.items.iter().for_each(|o| ctx.vm.seed(o)),
+        Err(e) => warn!(error = %e, "could not list ImageReplications to seed the copy quota"),
+    }
     let ir = Controller::new(api_for::<ImageReplication>(&ctx.client, ns), watcher::Config::default())
         .with_config(cfg.clone())
         .graceful_shutdown_on(stopped(stop.clone()));

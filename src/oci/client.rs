@@ -323,7 +323,7 @@ pub fn parse_challenge(h: &str) -> Option<Challenge> {
     })
 }
 
-fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
+pub(crate) fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
     // The system store is read from disk once per process.
     static NATIVE: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
     let mut roots = NATIVE
@@ -578,7 +578,7 @@ fn outcome_of(result: &Result<Response, reqwest::Error>) -> &'static str {
     }
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
@@ -589,7 +589,7 @@ fn urlencode(s: &str) -> String {
 
 /// A reqwest error's text with its causes. The URLs this client builds never carry secrets
 /// (tokens and passwords travel in headers only).
-fn without_url(e: &reqwest::Error) -> String {
+pub(crate) fn without_url(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(inner) = src {

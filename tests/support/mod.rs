@@ -4,6 +4,7 @@
 
 pub mod fake_apiserver;
 pub mod faulty;
+pub mod openstack;
 pub mod operator;
 pub mod registry;
 

@@ -223,6 +223,9 @@ pub struct ImageReplicationStatus {
     /// Short summary for the printer column, e.g. "2/3 available".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// The last value of the `replication.imageops.io/retry` annotation acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_retry: Option<String>,
 }
 
 /// The source image as the provider describes it.

@@ -1,0 +1,582 @@
+//! The thin shell around the pure VM planner, shared by the controller and `replicate -f`:
+//! observe (describe the source, find copies by token, poll what is due, check for drift), plan,
+//! take quota slots, then act (start or cancel copies) once the status is written.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use tracing::{info, warn};
+
+use super::plan::{self as vplan, DestObs, Observed, VmPlan};
+use super::quota::{Quota, Wake};
+use super::rules::{self, Limits};
+use super::{Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ProviderError, TaskPhase};
+use crate::api::v1alpha1::{DeletionPolicy, DestinationPhase, DestinationStatus, ImageReplication};
+use crate::metrics::Metrics;
+use crate::plan::Gate;
+
+/// Tuning of the engine.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub limits: Limits,
+    pub max_attempts: i32,
+    /// How often an Available destination is checked for drift.
+    pub resync: Duration,
+    /// Polling starts at `poll_min` and doubles to `poll_max` while nothing changes.
+    pub poll_min: Duration,
+    pub poll_max: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            max_attempts: crate::plan::MAX_ATTEMPTS,
+            resync: Duration::from_secs(300),
+            poll_min: Duration::from_secs(5),
+            poll_max: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Memory {
+    source: Option<ImageInfo>,
+    /// region -> (next poll, interval, bytes at the last poll)
+    polls: HashMap<String, (Instant, Duration, Option<i64>)>,
+    drift: HashMap<String, Instant>,
+    started: HashMap<String, Result<CopyHandle, ProviderError>>,
+    cancelled: HashSet<String>,
+    phases: Vec<DestinationPhase>,
+    bytes: HashMap<String, i64>,
+}
+
+/// The VM copy engine.
+pub struct VmEngine {
+    pub settings: Settings,
+    pub quota: Arc<Quota>,
+    wake: Wake,
+    memory: Mutex<HashMap<String, Memory>>,
+    metrics: Option<Metrics>,
+}
+
+fn key_of(obj: &ImageReplication) -> String {
+    format!(
+        "{}/{}",
+        obj.metadata.namespace.clone().unwrap_or_default(),
+        obj.metadata.name.clone().unwrap_or_default()
+    )
+}
+
+/// The account a copy's quota is counted against: provider, Secret and endpoint.
+pub fn account_key(obj: &ImageReplication) -> String {
+    let p = &obj.spec.provider;
+    format!(
+        "{}|{}|{}|{}",
+        p.kind.as_str(),
+        obj.metadata.namespace.clone().unwrap_or_default(),
+        p.credentials_secret_ref.as_ref().map(|s| s.name.as_str()).unwrap_or(""),
+        p.endpoint.as_deref().unwrap_or("")
+    )
+}
+
+fn selector(obj: &ImageReplication) -> Option<ImageSelector> {
+    let s = &obj.spec.source;
+    s.image_id
+        .clone()
+        .map(ImageSelector::Id)
+        .or_else(|| s.image_name.clone().map(ImageSelector::Name))
+}
+
+/// The copy request of a destination (its token from the status).
+pub fn request_for(obj: &ImageReplication, region: &str, source: &ImageInfo, token: &str) -> Option<CopyRequest> {
+    let spec = &obj.spec;
+    let d = spec.destinations.iter().find(|d| d.region == region)?;
+    Some(CopyRequest {
+        source_region: spec.source.region.clone(),
+        source: source.clone(),
+        region: region.to_string(),
+        name: rules::destination_name(spec.provider.kind, spec, d, source),
+        description: d.description.clone(),
+        tags: d.tags.clone(),
+        project: d.project.clone(),
+        kms_key_id: d.encryption.as_ref().and_then(|e| e.kms_key_id.clone()),
+        resource_group_id: d.resource_group_id.clone(),
+        vault_id: d.vault_id.clone(),
+        token: token.to_string(),
+    })
+}
+
+/// What the status remembers of the source, for polls when it was not described this time.
+fn source_from_status(obj: &ImageReplication) -> Option<ImageInfo> {
+    let s = obj.status.as_ref()?.source.as_ref()?;
+    Some(ImageInfo {
+        id: s.image_id.clone()?,
+        name: s.name.clone().unwrap_or_default(),
+        size_bytes: s.size_bytes.map(|b| b as u64),
+        disk_format: s.format.clone(),
+        digest: s.digest.clone(),
+        ..Default::default()
+    })
+}
+
+fn handle_of(s: &DestinationStatus) -> CopyHandle {
+    CopyHandle {
+        task_id: s.task_id.clone(),
+        image_id: s.image_id.clone(),
+    }
+}
+
+impl VmEngine {
+    pub fn new(settings: Settings, wake: Wake, metrics: Option<Metrics>) -> Self {
+        Self {
+            settings,
+            quota: Arc::new(Quota::new(wake.clone())),
+            wake,
+            memory: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    fn with_mem<T>(&self, key: &str, f: impl FnOnce(&mut Memory) -> T) -> T {
+        let mut m = self.memory.lock().expect("vm memory");
+        f(m.entry(key.to_string()).or_default())
+    }
+
+    fn poll_due(&self, key: &str, region: &str) -> bool {
+        self.with_mem(key, |m| {
+            m.polls.get(region).is_none_or(|(next, _, _)| *next <= Instant::now())
+        })
+    }
+
+    fn polled(&self, key: &str, region: &str, bytes: Option<i64>) {
+        let (min, max) = (self.settings.poll_min, self.settings.poll_max);
+        self.with_mem(key, |m| {
+            let e = m.polls.entry(region.to_string()).or_insert((Instant::now(), min, None));
+            e.1 = if bytes.is_some() && bytes != e.2 {
+                min
+            } else {
+                (e.1 * 2).min(max)
+            };
+            e.2 = bytes;
+            e.0 = Instant::now() + e.1;
+        });
+    }
+
+    /// Record copies in flight at start-up so the quota counts them before anything new starts.
+    pub fn seed(&self, obj: &ImageReplication) {
+        let running: Vec<String> = obj
+            .status
+            .iter()
+            .flat_map(|s| s.destinations.iter())
+            .filter(|d| {
+                matches!(
+                    d.phase,
+                    DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling
+                )
+            })
+            .map(|d| d.region.clone())
+            .collect();
+        if !running.is_empty() {
+            self.quota.seed(&account_key(obj), &key_of(obj), &running);
+        }
+    }
+
+    fn time<T>(&self, p: &dyn ImageService, op: &'static str, started: Instant, r: &Result<T, ProviderError>) {
+        if let Some(m) = &self.metrics {
+            let outcome = match r {
+                Ok(_) => "ok",
+                Err(e) if e.not_found => "not_found",
+                Err(e) if e.retryable => "transient",
+                Err(_) => "error",
+            };
+            m.provider_request_duration
+                .with_label_values(&[p.kind().as_str(), op, outcome])
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Observe and plan one object. `acct` is the account, or why it could not be read.
+    pub async fn reconcile(
+        &self,
+        obj: &ImageReplication,
+        gate: &Gate,
+        provider: &dyn ImageService,
+        acct: Result<Account, String>,
+        now: &Time,
+    ) -> VmPlan {
+        let key = key_of(obj);
+        let st = obj.status.clone().unwrap_or_default();
+        let mut obs = Observed::default();
+        let acct = match acct {
+            Ok(a) => Some(a),
+            Err(msg) => {
+                obs.source = Some(Err(ProviderError::transient(msg)));
+                None
+            }
+        };
+        let spec_changed = st.observed_generation != obj.metadata.generation;
+        let needs_source = matches!(gate, Gate::Open)
+            && (spec_changed
+                || obj.spec.destinations.iter().any(|d| {
+                    st.destinations
+                        .iter()
+                        .find(|s| s.region == d.region)
+                        .is_none_or(|s| s.phase != DestinationPhase::Available)
+                }));
+        if let (Some(a), true, Some(sel)) = (&acct, needs_source, selector(obj)) {
+            let t = Instant::now();
+            let r = provider.describe(a, &obj.spec.source.region, &sel).await;
+            self.time(provider, "describe", t, &r);
+            if let Ok(i) = &r {
+                self.with_mem(&key, |m| m.source = Some(i.clone()));
+            }
+            obs.source = Some(r);
+        }
+        let source = match &obs.source {
+            Some(Ok(i)) => Some(i.clone()),
+            _ => self
+                .with_mem(&key, |m| m.source.clone())
+                .or_else(|| source_from_status(obj)),
+        };
+        if let Some(a) = &acct {
+            for s in &st.destinations {
+                let o = self.observe_dest(obj, &key, s, provider, a, source.as_ref()).await;
+                obs.dests.insert(s.region.clone(), o);
+            }
+        }
+
+        let max = self.settings.max_attempts;
+        let mut plan = vplan::vm_plan(obj, gate, &obs, &self.settings.limits, now, max);
+        let limit = obj
+            .spec
+            .provider
+            .max_concurrent_copies
+            .unwrap_or_else(|| provider.default_max_concurrent());
+        let wants = if matches!(gate, Gate::Open) {
+            plan.wants.clone()
+        } else {
+            Vec::new()
+        };
+        let admissions = self.quota.admit(&account_key(obj), &key, limit, &plan.running, &wants);
+        if !wants.is_empty() {
+            vplan::vm_admit(&mut plan, obj, &admissions, now, max);
+        }
+
+        // Wake up for the next poll or drift check.
+        let mut next: Vec<Duration> = plan.requeue.into_iter().collect();
+        self.with_mem(&key, |m| {
+            let now_i = Instant::now();
+            for s in &plan.status.destinations {
+                match s.phase {
+                    DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling => {
+                        let at = m.polls.get(&s.region).map(|p| p.0).unwrap_or(now_i);
+                        next.push(at.saturating_duration_since(now_i).max(Duration::from_millis(500)));
+                    }
+                    DestinationPhase::Available => {
+                        let last = *m.drift.entry(s.region.clone()).or_insert(now_i);
+                        next.push(
+                            (last + self.settings.resync)
+                                .saturating_duration_since(now_i)
+                                .max(Duration::from_secs(1)),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        });
+        plan.requeue = next.into_iter().min();
+        self.record_metrics(obj, &key, provider, &plan);
+        plan
+    }
+
+    async fn observe_dest(
+        &self,
+        obj: &ImageReplication,
+        key: &str,
+        s: &DestinationStatus,
+        provider: &dyn ImageService,
+        acct: &Account,
+        source: Option<&ImageInfo>,
+    ) -> DestObs {
+        let region = s.region.as_str();
+        let token = s.client_token.clone().unwrap_or_default();
+        let req = source.and_then(|src| request_for(obj, region, src, &token));
+        let poll = |handle: CopyHandle| async move {
+            let Some(req) = &req else { return DestObs::Unchecked };
+            let t = Instant::now();
+            let r = provider.poll(acct, req, &handle).await;
+            self.time(provider, "poll", t, &r);
+            match r {
+                Ok(state) => {
+                    self.polled(key, region, state.bytes_done.map(|b| b as i64));
+                    DestObs::Task { handle, state }
+                }
+                Err(e) => {
+                    self.polled(key, region, None);
+                    DestObs::Error(e)
+                }
+            }
+        };
+        match s.phase {
+            DestinationPhase::Starting => {
+                match self.with_mem(key, |m| m.started.remove(region)) {
+                    Some(Ok(h)) => return poll(h).await,
+                    Some(Err(e)) => return DestObs::StartFailed(e),
+                    None => {}
+                }
+                if token.is_empty() {
+                    return DestObs::NotStarted;
+                }
+                let t = Instant::now();
+                let r = provider.find_copy(acct, region, &token).await;
+                self.time(provider, "find_copy", t, &r);
+                match r {
+                    Ok(Some(h)) => {
+                        info!(region, token, "found the copy started with this token; resuming it");
+                        poll(h).await
+                    }
+                    Ok(None) => DestObs::NotStarted,
+                    Err(e) => DestObs::Error(e),
+                }
+            }
+            DestinationPhase::Cancelling if self.with_mem(key, |m| m.cancelled.remove(region)) => DestObs::Cancelled,
+            DestinationPhase::Copying | DestinationPhase::Cancelling => {
+                if self.poll_due(key, region) {
+                    poll(handle_of(s)).await
+                } else {
+                    DestObs::Unchecked
+                }
+            }
+            DestinationPhase::Available => {
+                let Some(id) = &s.image_id else {
+                    return DestObs::Unchecked;
+                };
+                let due = self.with_mem(key, |m| {
+                    let last = *m.drift.entry(region.to_string()).or_insert_with(Instant::now);
+                    last + self.settings.resync <= Instant::now()
+                });
+                if !due {
+                    return DestObs::Unchecked;
+                }
+                let t = Instant::now();
+                let r = provider.image_exists(acct, region, id).await;
+                self.time(provider, "image_exists", t, &r);
+                self.with_mem(key, |m| m.drift.insert(region.to_string(), Instant::now()));
+                match r {
+                    Ok(true) => DestObs::Unchecked,
+                    Ok(false) => DestObs::Gone,
+                    Err(e) => {
+                        warn!(region, error = %e, "drift check failed");
+                        DestObs::Unchecked
+                    }
+                }
+            }
+            _ => DestObs::Unchecked,
+        }
+    }
+
+    fn record_metrics(&self, obj: &ImageReplication, key: &str, provider: &dyn ImageService, plan: &VmPlan) {
+        let Some(m) = &self.metrics else { return };
+        let kind = provider.kind().as_str();
+        let old = obj.status.clone().unwrap_or_default();
+        for s in &plan.status.destinations {
+            let was = old.destinations.iter().find(|o| o.region == s.region);
+            if s.phase == DestinationPhase::Available
+                && was.is_some_and(|w| w.phase != DestinationPhase::Available)
+                && let (Some(a), Some(b)) = (&s.started_at, &s.completed_at)
+            {
+                m.copy_duration
+                    .with_label_values(&[kind])
+                    .observe((b.0.as_second() - a.0.as_second()).max(0) as f64);
+            }
+            if let Some(b) = s.bytes_copied {
+                let before = self
+                    .with_mem(key, |mem| mem.bytes.insert(s.region.clone(), b))
+                    .unwrap_or(0);
+                if b > before {
+                    m.bytes_transferred
+                        .with_label_values(&[kind])
+                        .inc_by((b - before) as u64);
+                }
+            }
+        }
+        let phases: Vec<DestinationPhase> = plan.status.destinations.iter().map(|d| d.phase).collect();
+        self.with_mem(key, |mem| mem.phases = phases);
+        self.refresh_gauges(kind);
+    }
+
+    fn refresh_gauges(&self, kind: &str) {
+        let Some(m) = &self.metrics else { return };
+        let mut counts: HashMap<DestinationPhase, i64> = HashMap::new();
+        for mem in self.memory.lock().expect("vm memory").values() {
+            for p in &mem.phases {
+                *counts.entry(*p).or_default() += 1;
+            }
+        }
+        for p in [
+            DestinationPhase::Pending,
+            DestinationPhase::Queued,
+            DestinationPhase::Starting,
+            DestinationPhase::Copying,
+            DestinationPhase::Available,
+            DestinationPhase::Failed,
+            DestinationPhase::Cancelling,
+            DestinationPhase::Cancelled,
+        ] {
+            m.vm_copies
+                .with_label_values(&[kind, &format!("{p:?}")])
+                .set(counts.get(&p).copied().unwrap_or(0));
+        }
+        m.copy_queue_depth.set(self.quota.waiting_total() as i64);
+    }
+
+    /// Start and cancel what the plan says, after its status was written.
+    pub async fn act(&self, obj: &ImageReplication, provider: &dyn ImageService, acct: &Account, plan: &VmPlan) {
+        let key = key_of(obj);
+        if plan.start.is_empty() && plan.cancel.is_empty() {
+            return;
+        }
+        let source = self.with_mem(&key, |m| m.source.clone());
+        for region in &plan.start {
+            let Some(s) = plan.status.destinations.iter().find(|d| &d.region == region) else {
+                continue;
+            };
+            let (Some(src), Some(token)) = (&source, &s.client_token) else {
+                continue;
+            };
+            let Some(req) = request_for(obj, region, src, token) else {
+                continue;
+            };
+            let t = Instant::now();
+            let r = provider.start_copy(acct, &req).await;
+            self.time(provider, "start_copy", t, &r);
+            match &r {
+                Ok(h) => info!(region, token, image = ?h.image_id, "copy started"),
+                Err(e) => warn!(region, token, error = %e, "starting the copy failed"),
+            }
+            self.with_mem(&key, |m| {
+                m.polls.remove(region);
+                m.started.insert(region.clone(), r)
+            });
+        }
+        for region in &plan.cancel {
+            let Some(s) = plan.status.destinations.iter().find(|d| &d.region == region) else {
+                continue;
+            };
+            if !provider.can_cancel() {
+                continue;
+            }
+            let mut h = handle_of(s);
+            if h.task_id.is_none() {
+                h.task_id = s.client_token.clone();
+            }
+            let t = Instant::now();
+            let r = provider.cancel(acct, region, &h).await;
+            self.time(provider, "cancel", t, &r);
+            match r {
+                Ok(()) => {
+                    info!(region, "copy cancelled");
+                    self.with_mem(&key, |m| m.cancelled.insert(region.clone()));
+                }
+                Err(e) => warn!(region, error = %e, "cancelling the copy failed; will try again"),
+            }
+        }
+        (self.wake)(&key);
+    }
+
+    /// Before the finalizer goes: cancel copies in flight where the provider can (otherwise
+    /// wait for them), then apply the deletion policy. `Err` means "not yet": try again later.
+    pub async fn cleanup(
+        &self,
+        obj: &ImageReplication,
+        provider: &dyn ImageService,
+        acct: &Account,
+    ) -> Result<String, String> {
+        let key = key_of(obj);
+        let st = obj.status.clone().unwrap_or_default();
+        let source = self
+            .with_mem(&key, |m| m.source.clone())
+            .or_else(|| source_from_status(obj));
+        let mut notes = vec![format!("deletionPolicy {:?}", obj.spec.deletion_policy)];
+        let (mut cancelled, mut removed, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+        for s in &st.destinations {
+            let region = s.region.as_str();
+            let mut image = s.image_id.clone().filter(|_| s.phase == DestinationPhase::Available);
+            if matches!(
+                s.phase,
+                DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling
+            ) {
+                let mut h = handle_of(s);
+                if h.image_id.is_none()
+                    && let Some(token) = &s.client_token
+                {
+                    h = provider
+                        .find_copy(acct, region, token)
+                        .await
+                        .map_err(|e| format!("{region}: looking up the copy: {e}"))?
+                        .unwrap_or_default();
+                    h.task_id = h.task_id.or(Some(token.clone()));
+                }
+                if h.image_id.is_none() && h.task_id.is_none() {
+                    continue;
+                }
+                if provider.can_cancel() {
+                    provider
+                        .cancel(acct, region, &h)
+                        .await
+                        .map_err(|e| format!("{region}: cancelling the copy: {e}"))?;
+                    cancelled.push(region.to_string());
+                    continue;
+                }
+                let (Some(src), Some(token)) = (&source, &s.client_token) else {
+                    continue;
+                };
+                let Some(req) = request_for(obj, region, src, token) else {
+                    continue;
+                };
+                let state = provider
+                    .poll(acct, &req, &h)
+                    .await
+                    .map_err(|e| format!("{region}: polling the copy: {e}"))?;
+                match state.phase {
+                    TaskPhase::Running => {
+                        return Err(format!(
+                            "{region}: the copy cannot be cancelled; waiting for it to finish"
+                        ));
+                    }
+                    TaskPhase::Succeeded => image = state.image_id.or(h.image_id),
+                    _ => continue,
+                }
+            }
+            let Some(id) = image else { continue };
+            match obj.spec.deletion_policy {
+                DeletionPolicy::Delete => {
+                    provider
+                        .delete_image(acct, region, &id)
+                        .await
+                        .map_err(|e| format!("{region}: deleting image {id}: {e}"))?;
+                    removed.push(format!("{region} ({id})"));
+                }
+                DeletionPolicy::Retain => kept.push(format!("{region} ({id})")),
+            }
+        }
+        if !cancelled.is_empty() {
+            notes.push(format!("cancelled the copies in flight to {}", cancelled.join(", ")));
+        }
+        if !removed.is_empty() {
+            notes.push(format!("deleted the destination images in {}", removed.join(", ")));
+        }
+        if !kept.is_empty() {
+            notes.push(format!("kept the destination images in {}", kept.join(", ")));
+        }
+        self.quota.release(&key);
+        self.memory.lock().expect("vm memory").remove(&key);
+        if let Some(p) = self.metrics.as_ref().map(|_| provider.kind().as_str()) {
+            self.refresh_gauges(p);
+        }
+        Ok(notes.join("; "))
+    }
+}

@@ -1,0 +1,240 @@
+//! VM image copy tasks: the provider-independent engine for ImageReplication with a cloud image
+//! service (huawei, alibaba, aws, openstack).
+//!
+//! - [`ImageService`]: what a provider offers (describe, start a copy, find a copy by its
+//!   idempotency token, poll, cancel, delete).
+//! - [`rules`]: the seeds' rules as pure functions of (spec, described source image).
+//! - [`plan`]: the pure per-destination state machine.
+//! - [`quota`]: the per-account queue of copies in flight.
+//! - [`engine`]: the thin shell the controller and `replicate -f` share: observe, plan, act.
+//! - [`openstack`]: the real OpenStack provider (Keystone v3 + Glance v2).
+
+pub mod engine;
+pub mod openstack;
+pub mod plan;
+pub mod quota;
+pub mod rules;
+
+use std::collections::BTreeMap;
+
+use futures::future::BoxFuture;
+
+use crate::api::v1alpha1::ProviderKind;
+
+/// The image property (or tag) that carries our idempotency token on a destination image.
+pub const TOKEN_PROPERTY: &str = "imgrep_client_token";
+
+/// The lifecycle state of an image, mapped from each provider's own names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageState {
+    /// Ready to use (Glance `active`, IMS `active`, ECS `Available`).
+    Available,
+    /// Being created, uploaded or imported (Glance `queued`/`saving`/`importing`, ECS `Creating`).
+    Creating,
+    /// Frozen by the provider (IMS `frozen`).
+    Frozen,
+    /// Failed, killed, deactivated or being deleted; the provider's word for it.
+    Unusable(String),
+}
+
+/// What a provider says about an image.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImageInfo {
+    pub id: String,
+    pub name: String,
+    pub size_bytes: Option<u64>,
+    /// Disk format (qcow2, raw, vhd, iso, ...).
+    pub disk_format: Option<String>,
+    pub container_format: Option<String>,
+    /// private, public, shared, community, market (provider words, lower case).
+    pub visibility: String,
+    pub encrypted: bool,
+    pub state: Option<ImageState>,
+    /// A full-ECS (whole-machine) image.
+    pub whole_machine: bool,
+    /// A full-ECS image that is itself a cross-region replica made from a CBR backup.
+    pub replicated_from_backup: bool,
+    /// Shared with this account by another account (not a custom image of its own).
+    pub shared_from_other_account: bool,
+    /// Integrity digest as `algo:hex` (e.g. Glance `sha512:...`), when the provider gives one.
+    pub digest: Option<String>,
+    /// md5 checksum (Glance `checksum`).
+    pub checksum: Option<String>,
+    /// User properties carried over to copies.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// How the source image is named in the spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageSelector {
+    Id(String),
+    /// Resolved to one id; ambiguity is an error.
+    Name(String),
+}
+
+/// One copy to start: everything a provider needs, including our idempotency token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CopyRequest {
+    pub source_region: String,
+    pub source: ImageInfo,
+    pub region: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub project: Option<String>,
+    pub kms_key_id: Option<String>,
+    pub resource_group_id: Option<String>,
+    pub vault_id: Option<String>,
+    /// Idempotency token: the same token never yields two copies.
+    pub token: String,
+}
+
+/// Where a started copy can be found again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CopyHandle {
+    pub task_id: Option<String>,
+    pub image_id: Option<String>,
+}
+
+/// The state of a copy task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskPhase {
+    Running,
+    Succeeded,
+    Failed(String),
+    Cancelled,
+}
+
+/// A poll result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskState {
+    pub phase: TaskPhase,
+    pub image_id: Option<String>,
+    pub progress_percent: Option<i32>,
+    pub bytes_done: Option<u64>,
+    pub bytes_total: Option<u64>,
+    /// The destination's digest once verified.
+    pub digest: Option<String>,
+}
+
+/// A provider error. `retryable` errors (5xx, connection, throttling) are tried again with
+/// backoff; others fail the destination at once. Messages never carry secrets.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    pub retryable: bool,
+    pub not_found: bool,
+    pub message: String,
+}
+
+impl ProviderError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            retryable: true,
+            not_found: false,
+            message: message.into(),
+        }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            retryable: false,
+            not_found: false,
+            message: message.into(),
+        }
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            retryable: false,
+            not_found: true,
+            message: message.into(),
+        }
+    }
+}
+
+/// The account a provider acts for: the referenced Secret's data, the endpoint override and
+/// provider extras. Debug output never shows the Secret's values.
+#[derive(Clone, Default)]
+pub struct Account {
+    pub secret: BTreeMap<String, Vec<u8>>,
+    pub endpoint: Option<String>,
+    pub agency: Option<String>,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("secret_keys", &self.secret.keys().collect::<Vec<_>>())
+            .field("endpoint", &self.endpoint)
+            .field("agency", &self.agency)
+            .finish()
+    }
+}
+
+impl Account {
+    /// A Secret value as text (trailing newline trimmed).
+    pub fn text(&self, key: &str) -> Option<String> {
+        self.secret
+            .get(key)
+            .map(|v| String::from_utf8_lossy(v).trim_end_matches('\n').to_string())
+            .filter(|s| !s.is_empty())
+    }
+}
+
+/// A cloud image service. Every method is one provider interaction; none waits for a copy.
+pub trait ImageService: Send + Sync {
+    fn kind(&self) -> ProviderKind;
+    /// Copies in flight per account when the spec does not say (the provider's documented quota).
+    fn default_max_concurrent(&self) -> i32 {
+        5
+    }
+    /// Whether an in-flight copy can be cancelled.
+    fn can_cancel(&self) -> bool;
+    fn describe<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        image: &'a ImageSelector,
+    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>>;
+    /// Start a copy. Must be idempotent per `req.token`.
+    fn start_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+    ) -> BoxFuture<'a, Result<CopyHandle, ProviderError>>;
+    /// Find the copy started with this token, if any.
+    fn find_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>>;
+    /// Poll a copy. `req` is the request the copy was started with (providers that move the
+    /// bytes themselves resume from it after a restart).
+    fn poll<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+        handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<TaskState, ProviderError>>;
+    /// Cancel a copy in flight; the partial destination image goes with it.
+    fn cancel<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<(), ProviderError>>;
+    /// Delete a destination image (absent already is success).
+    fn delete_image<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>>;
+    /// Whether a destination image still exists and is usable (drift check).
+    fn image_exists<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ProviderError>>;
+}

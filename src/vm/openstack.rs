@@ -1,0 +1,866 @@
+//! The OpenStack provider: Keystone v3 authentication (password or application credential) with
+//! the service catalog choosing each region's image endpoint, and Glance v2.
+//!
+//! Glance has no cross-region copy, so the operator moves the bytes itself: it creates the
+//! destination image (formats and user properties carried over, our idempotency token stored as
+//! the `imgrep_client_token` property), streams the data from the source region into it, and
+//! verifies that the destination's `os_hash_value` (or md5 `checksum`) equals the source's. The
+//! stream runs in the background; `poll` reports it. After a restart a destination image still
+//! `queued` is found by its token and the upload is started again into the same image, so a
+//! crash never leaves two images.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::Digest;
+
+use super::{
+    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
+    TOKEN_PROPERTY, TaskPhase, TaskState,
+};
+use crate::api::v1alpha1::ProviderKind;
+use crate::oci::client::{tls_config, urlencode, without_url};
+
+/// Reports one request: (operation, outcome, seconds).
+pub type Observer = Arc<dyn Fn(&'static str, &'static str, f64) + Send + Sync>;
+
+/// Glance's own image fields; everything else is a user property.
+const CORE: [&str; 27] = [
+    "id",
+    "name",
+    "status",
+    "visibility",
+    "protected",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "owner",
+    "size",
+    "virtual_size",
+    "min_ram",
+    "min_disk",
+    "created_at",
+    "updated_at",
+    "disk_format",
+    "container_format",
+    "tags",
+    "self",
+    "file",
+    "schema",
+    "direct_url",
+    "locations",
+    "os_hidden",
+    "stores",
+    "os_glance_failed_import",
+    "os_glance_importing_to_stores",
+];
+
+struct Session {
+    token: String,
+    expires: Instant,
+    /// (region, interface, url) of image endpoints.
+    endpoints: Vec<(String, String, String)>,
+}
+
+#[derive(Default)]
+struct Worker {
+    done: AtomicU64,
+    total: AtomicU64,
+    /// None while running; then Ok(digest) or Err(message).
+    result: Mutex<Option<Result<String, String>>>,
+    abort: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    workers: Mutex<HashMap<String, Arc<Worker>>>,
+    observer: Option<Observer>,
+}
+
+/// The OpenStack image service provider.
+#[derive(Clone)]
+pub struct OpenStack {
+    inner: Arc<Inner>,
+}
+
+impl Default for OpenStack {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+fn http_err(op: &str, e: reqwest::Error) -> ProviderError {
+    ProviderError::transient(format!("{op}: {}", without_url(&e)))
+}
+
+async fn status_err(op: &str, resp: reqwest::Response) -> ProviderError {
+    let code = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    let detail: String = body.chars().take(300).collect();
+    let msg = format!("{op}: HTTP {}: {}", code.as_u16(), detail.trim());
+    match code.as_u16() {
+        404 => ProviderError::not_found(msg),
+        408 | 409 | 429 | 500..=599 => ProviderError::transient(msg),
+        _ => ProviderError::permanent(msg),
+    }
+}
+
+fn image_state(status: &str) -> ImageState {
+    match status {
+        "active" => ImageState::Available,
+        "queued" | "saving" | "importing" | "uploading" => ImageState::Creating,
+        other => ImageState::Unusable(other.to_string()),
+    }
+}
+
+/// Parse a Glance v2 image document.
+pub fn parse_image(v: &Value) -> ImageInfo {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
+    let mut properties = BTreeMap::new();
+    if let Some(o) = v.as_object() {
+        for (k, val) in o {
+            if CORE.contains(&k.as_str()) {
+                continue;
+            }
+            if let Some(t) = val.as_str() {
+                properties.insert(k.clone(), t.to_string());
+            }
+        }
+    }
+    let encrypted =
+        properties.contains_key("cinder_encryption_key_id") || properties.contains_key("img_encryption_format");
+    ImageInfo {
+        id: s("id").unwrap_or_default(),
+        name: s("name").unwrap_or_default(),
+        size_bytes: v.get("size").and_then(Value::as_u64),
+        disk_format: s("disk_format"),
+        container_format: s("container_format"),
+        visibility: s("visibility").unwrap_or_default(),
+        encrypted,
+        state: s("status").map(|st| image_state(&st)),
+        whole_machine: false,
+        replicated_from_backup: false,
+        shared_from_other_account: false,
+        digest: match (s("os_hash_algo"), s("os_hash_value")) {
+            (Some(a), Some(h)) => Some(format!("{a}:{h}")),
+            _ => None,
+        },
+        checksum: s("checksum"),
+        properties,
+    }
+}
+
+/// Whether two images hold the same bytes, by the strongest digest both have.
+fn same_content(src: &ImageInfo, dst: &ImageInfo) -> Result<String, String> {
+    match (&src.digest, &dst.digest, &src.checksum, &dst.checksum) {
+        (Some(a), Some(b), _, _) if a == b => Ok(b.clone()),
+        (Some(a), Some(b), _, _) => Err(format!("destination digest {b} differs from the source's {a}")),
+        (_, _, Some(a), Some(b)) if a == b => Ok(format!("md5:{b}")),
+        (_, _, Some(a), Some(b)) => Err(format!("destination checksum {b} differs from the source's {a}")),
+        _ => match (src.size_bytes, dst.size_bytes) {
+            (Some(a), Some(b)) if a == b => Ok(format!("size:{b}")),
+            (a, b) => Err(format!("cannot verify: no digest, sizes {a:?} and {b:?}")),
+        },
+    }
+}
+
+impl OpenStack {
+    pub fn new(observer: Option<Observer>) -> Self {
+        let tls = tls_config(None).expect("TLS with the system roots");
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(120))
+            .build()
+            .expect("HTTP client");
+        Self {
+            inner: Arc::new(Inner {
+                http,
+                sessions: Mutex::new(HashMap::new()),
+                workers: Mutex::new(HashMap::new()),
+                observer,
+            }),
+        }
+    }
+
+    fn observe(&self, op: &'static str, started: Instant, outcome: &'static str) {
+        if let Some(o) = &self.inner.observer {
+            o(op, outcome, started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// A Keystone token and catalog for the account, cached until shortly before expiry.
+    async fn session(&self, acct: &Account) -> Result<Arc<Session>, ProviderError> {
+        let auth_url = acct.text("authUrl").ok_or_else(|| {
+            ProviderError::permanent("the credentials Secret has no authUrl (the Keystone v3 URL)".to_string())
+        })?;
+        let mut fp = sha2::Sha256::new();
+        for (k, v) in &acct.secret {
+            fp.update(k.as_bytes());
+            fp.update([0]);
+            fp.update(v);
+            fp.update([0]);
+        }
+        let key = crate::oci::api::hex(&fp.finalize());
+        if let Some(s) = self.inner.sessions.lock().expect("sessions").get(&key)
+            && s.expires > Instant::now()
+        {
+            return Ok(s.clone());
+        }
+        let identity = match (
+            acct.text("applicationCredentialId"),
+            acct.text("applicationCredentialSecret"),
+        ) {
+            (Some(id), Some(secret)) => json!({"auth": {"identity": {"methods": ["application_credential"],
+                "application_credential": {"id": id, "secret": secret}}}}),
+            _ => {
+                let (Some(user), Some(password)) = (acct.text("username"), acct.text("password")) else {
+                    return Err(ProviderError::permanent(
+                        "the credentials Secret needs username and password, or applicationCredentialId and applicationCredentialSecret",
+                    ));
+                };
+                let user_domain = acct.text("userDomainName").unwrap_or_else(|| "Default".into());
+                let project = match (acct.text("projectId"), acct.text("projectName")) {
+                    (Some(id), _) => json!({"id": id}),
+                    (None, Some(name)) => {
+                        json!({"name": name, "domain": {"name": acct.text("projectDomainName").unwrap_or_else(|| "Default".into())}})
+                    }
+                    (None, None) => {
+                        return Err(ProviderError::permanent(
+                            "the credentials Secret needs projectName or projectId for password authentication",
+                        ));
+                    }
+                };
+                json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+                    "name": user, "domain": {"name": user_domain}, "password": password}}},
+                    "scope": {"project": project}}})
+            }
+        };
+        let url = format!("{}/auth/tokens", auth_url.trim_end_matches('/'));
+        let url = if url.contains("/v3/") {
+            url
+        } else {
+            url.replace("/auth/tokens", "/v3/auth/tokens")
+        };
+        let started = Instant::now();
+        let resp = self.inner.http.post(&url).json(&identity).send().await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                self.observe("authenticate", started, "error");
+                return Err(http_err("Keystone authentication", e));
+            }
+        };
+        if !resp.status().is_success() {
+            self.observe("authenticate", started, "rejected");
+            let code = resp.status().as_u16();
+            // Never echo Keystone's body: it may repeat what was sent.
+            return Err(if code == 401 || code == 403 {
+                ProviderError::permanent(format!("Keystone refused the credentials (HTTP {code})"))
+            } else if code >= 500 {
+                ProviderError::transient(format!("Keystone authentication: HTTP {code}"))
+            } else {
+                ProviderError::permanent(format!("Keystone authentication: HTTP {code}"))
+            });
+        }
+        self.observe("authenticate", started, "ok");
+        let token = resp
+            .headers()
+            .get("x-subject-token")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+            .ok_or_else(|| ProviderError::transient("Keystone answered without X-Subject-Token"))?;
+        let body: Value = resp.json().await.map_err(|e| http_err("Keystone token body", e))?;
+        let session = Arc::new(parse_token(&token, &body));
+        self.inner
+            .sessions
+            .lock()
+            .expect("sessions")
+            .insert(key, session.clone());
+        Ok(session)
+    }
+
+    fn forget_session(&self) {
+        self.inner.sessions.lock().expect("sessions").clear();
+    }
+
+    /// The Glance endpoint of a region: the spec's endpoint override (`{region}` replaced), or
+    /// the catalog's image endpoint for the region and interface.
+    fn endpoint(&self, acct: &Account, s: &Session, region: &str) -> Result<String, ProviderError> {
+        let base = if let Some(e) = &acct.endpoint {
+            e.replace("{region}", region)
+        } else {
+            let iface = acct.text("interface").unwrap_or_else(|| "public".into());
+            s.endpoints
+                .iter()
+                .find(|(r, i, _)| r == region && *i == iface)
+                .map(|(_, _, u)| u.clone())
+                .ok_or_else(|| {
+                    ProviderError::permanent(format!(
+                        "the Keystone catalog has no {iface} image endpoint in region {region} (regions: {})",
+                        s.endpoints.iter().map(|e| e.0.clone()).collect::<Vec<_>>().join(", ")
+                    ))
+                })?
+        };
+        let base = base.trim_end_matches('/');
+        Ok(base.strip_suffix("/v2").unwrap_or(base).to_string())
+    }
+
+    /// One Glance request with the account's token; a 401 renews the token once.
+    async fn glance(
+        &self,
+        op: &'static str,
+        acct: &Account,
+        region: &str,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+    ) -> Result<reqwest::Response, ProviderError> {
+        for attempt in 0..2 {
+            let s = self.session(acct).await?;
+            let url = format!("{}{path}", self.endpoint(acct, &s, region)?);
+            let mut req = self
+                .inner
+                .http
+                .request(method.clone(), &url)
+                .header("X-Auth-Token", &s.token);
+            if let Some((ct, b)) = &body {
+                req = req.header("Content-Type", *ct).body(b.clone());
+            }
+            let started = Instant::now();
+            match req.send().await {
+                Ok(r) if r.status() == StatusCode::UNAUTHORIZED && attempt == 0 => {
+                    self.observe(op, started, "unauthorized");
+                    self.forget_session();
+                }
+                Ok(r) => {
+                    let outcome = match r.status().as_u16() {
+                        200..=299 => "ok",
+                        404 => "not_found",
+                        400..=499 => "client_error",
+                        _ => "server_error",
+                    };
+                    self.observe(op, started, outcome);
+                    return Ok(r);
+                }
+                Err(e) => {
+                    self.observe(op, started, "error");
+                    return Err(http_err(op, e));
+                }
+            }
+        }
+        Err(ProviderError::permanent(format!(
+            "{op}: Glance rejected a fresh token (HTTP 401)"
+        )))
+    }
+
+    async fn get_image(&self, acct: &Account, region: &str, id: &str) -> Result<ImageInfo, ProviderError> {
+        Ok(parse_image(&self.get_raw(acct, region, id).await?))
+    }
+
+    async fn get_raw(&self, acct: &Account, region: &str, id: &str) -> Result<Value, ProviderError> {
+        let r = self
+            .glance(
+                "get_image",
+                acct,
+                region,
+                Method::GET,
+                &format!("/v2/images/{}", urlencode(id)),
+                None,
+            )
+            .await?;
+        if !r.status().is_success() {
+            return Err(status_err(&format!("image {id} in {region}"), r).await);
+        }
+        r.json().await.map_err(|e| http_err("image document", e))
+    }
+
+    async fn list(&self, acct: &Account, region: &str, query: &str) -> Result<Vec<ImageInfo>, ProviderError> {
+        let mut out = Vec::new();
+        let mut path = format!("/v2/images?limit=100&{query}");
+        loop {
+            let r = self
+                .glance("list_images", acct, region, Method::GET, &path, None)
+                .await?;
+            if !r.status().is_success() {
+                return Err(status_err(&format!("listing images in {region}"), r).await);
+            }
+            let v: Value = r.json().await.map_err(|e| http_err("image list", e))?;
+            out.extend(
+                v.get("images")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(parse_image),
+            );
+            match v.get("next").and_then(Value::as_str) {
+                Some(next) if out.len() < 10_000 => path = next.to_string(),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn find_by_token(
+        &self,
+        acct: &Account,
+        region: &str,
+        token: &str,
+    ) -> Result<Option<ImageInfo>, ProviderError> {
+        let mut found = self
+            .list(acct, region, &format!("{TOKEN_PROPERTY}={}", urlencode(token)))
+            .await?;
+        found.retain(|i| i.properties.get(TOKEN_PROPERTY).map(String::as_str) == Some(token));
+        Ok(found.into_iter().next())
+    }
+
+    async fn delete(&self, acct: &Account, region: &str, id: &str) -> Result<(), ProviderError> {
+        let r = self
+            .glance(
+                "delete_image",
+                acct,
+                region,
+                Method::DELETE,
+                &format!("/v2/images/{}", urlencode(id)),
+                None,
+            )
+            .await?;
+        match r.status().as_u16() {
+            200..=299 | 404 => Ok(()),
+            _ => Err(status_err(&format!("deleting image {id} in {region}"), r).await),
+        }
+    }
+
+    async fn create(&self, acct: &Account, req: &CopyRequest) -> Result<String, ProviderError> {
+        let src = &req.source;
+        let mut doc = serde_json::Map::new();
+        for (k, v) in &src.properties {
+            if !k.starts_with("imgrep_") {
+                doc.insert(k.clone(), json!(v));
+            }
+        }
+        doc.insert("name".into(), json!(req.name));
+        if let Some(f) = &src.disk_format {
+            doc.insert("disk_format".into(), json!(f));
+        }
+        if let Some(f) = &src.container_format {
+            doc.insert("container_format".into(), json!(f));
+        }
+        if let Some(d) = &req.description {
+            doc.insert("description".into(), json!(d));
+        }
+        let tags: Vec<String> = req
+            .tags
+            .iter()
+            .map(|(k, v)| if v.is_empty() { k.clone() } else { format!("{k}={v}") })
+            .collect();
+        doc.insert("tags".into(), json!(tags));
+        doc.insert(TOKEN_PROPERTY.into(), json!(req.token));
+        doc.insert("imgrep_source_region".into(), json!(req.source_region));
+        doc.insert("imgrep_source_image".into(), json!(src.id));
+        let body = serde_json::to_vec(&Value::Object(doc)).expect("json");
+        let r = self
+            .glance(
+                "create_image",
+                acct,
+                &req.region,
+                Method::POST,
+                "/v2/images",
+                Some(("application/json", body)),
+            )
+            .await?;
+        if !r.status().is_success() {
+            return Err(status_err(&format!("creating the image in {}", req.region), r).await);
+        }
+        let v: Value = r.json().await.map_err(|e| http_err("created image", e))?;
+        Ok(parse_image(&v).id)
+    }
+
+    /// Start (or restart) the background stream of `req` into destination image `dest_id`.
+    fn spawn_worker(&self, acct: &Account, req: &CopyRequest, dest_id: &str) -> Arc<Worker> {
+        let mut workers = self.inner.workers.lock().expect("workers");
+        if let Some(w) = workers.get(&req.token) {
+            return w.clone();
+        }
+        let w = Arc::new(Worker::default());
+        w.total.store(req.source.size_bytes.unwrap_or(0), Ordering::Relaxed);
+        workers.insert(req.token.clone(), w.clone());
+        let (me, acct, req, dest_id, w2) = (self.clone(), acct.clone(), req.clone(), dest_id.to_string(), w.clone());
+        let handle = tokio::spawn(async move {
+            let r = me.stream(&acct, &req, &dest_id, &w2).await;
+            if r.is_err() {
+                // A failed stream leaves nothing behind: the next attempt makes a new image.
+                let _ = me.delete(&acct, &req.region, &dest_id).await;
+            }
+            *w2.result.lock().expect("result") = Some(r);
+        });
+        *w.abort.lock().expect("abort") = Some(handle.abort_handle());
+        w
+    }
+
+    async fn stream(&self, acct: &Account, req: &CopyRequest, dest_id: &str, w: &Worker) -> Result<String, String> {
+        let src = &req.source;
+        let s = self.session(acct).await.map_err(|e| e.message)?;
+        let src_url = format!(
+            "{}/v2/images/{}/file",
+            self.endpoint(acct, &s, &req.source_region).map_err(|e| e.message)?,
+            urlencode(&src.id)
+        );
+        let dst_url = format!(
+            "{}/v2/images/{}/file",
+            self.endpoint(acct, &s, &req.region).map_err(|e| e.message)?,
+            urlencode(dest_id)
+        );
+        let started = Instant::now();
+        let resp = self
+            .inner
+            .http
+            .get(&src_url)
+            .header("X-Auth-Token", &s.token)
+            .send()
+            .await
+            .map_err(|e| format!("reading the source image: {}", without_url(&e)))?;
+        if !resp.status().is_success() {
+            self.observe("download_image", started, "client_error");
+            return Err(format!("reading the source image: HTTP {}", resp.status().as_u16()));
+        }
+        if let Some(len) = resp.content_length() {
+            w.total.store(len, Ordering::Relaxed);
+        }
+        let counter = Arc::new(AtomicU64::new(0));
+        let c2 = counter.clone();
+        let done = &w.done;
+        done.store(0, Ordering::Relaxed);
+        let body = resp.bytes_stream().map(move |chunk| {
+            if let Ok(b) = &chunk {
+                c2.fetch_add(b.len() as u64, Ordering::Relaxed);
+            }
+            chunk
+        });
+        let upload = self
+            .inner
+            .http
+            .put(&dst_url)
+            .header("X-Auth-Token", &s.token)
+            .header("Content-Type", "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(body))
+            .send();
+        tokio::pin!(upload);
+        let resp = loop {
+            tokio::select! {
+                r = &mut upload => break r,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    done.store(counter.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+            }
+        };
+        done.store(counter.load(Ordering::Relaxed), Ordering::Relaxed);
+        let resp = resp.map_err(|e| format!("uploading to {}: {}", req.region, without_url(&e)))?;
+        if !resp.status().is_success() {
+            self.observe("upload_image", started, "server_error");
+            return Err(format!("uploading to {}: HTTP {}", req.region, resp.status().as_u16()));
+        }
+        self.observe("upload_image", started, "ok");
+        let dst = self
+            .get_image(acct, &req.region, dest_id)
+            .await
+            .map_err(|e| e.message)?;
+        if dst.state != Some(ImageState::Available) {
+            return Err(format!(
+                "destination image {dest_id} is {:?} after the upload",
+                dst.state
+            ));
+        }
+        same_content(src, &dst).map_err(|e| format!("verification failed: {e}"))
+    }
+}
+
+fn parse_token(token: &str, body: &Value) -> Session {
+    let expires = body
+        .pointer("/token/expires_at")
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(|t| {
+            let left = t.as_second() - k8s_openapi::jiff::Timestamp::now().as_second();
+            // Renew five minutes early; never cache for less than ten seconds.
+            Duration::from_secs((left - 300).max(10) as u64)
+        })
+        .unwrap_or(Duration::from_secs(600));
+    let mut endpoints = Vec::new();
+    for svc in body
+        .pointer("/token/catalog")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if svc.get("type").and_then(Value::as_str) != Some("image") {
+            continue;
+        }
+        for e in svc.get("endpoints").and_then(Value::as_array).into_iter().flatten() {
+            let g = |k: &str| e.get(k).and_then(Value::as_str).map(String::from);
+            if let (Some(region), Some(iface), Some(url)) = (g("region_id").or(g("region")), g("interface"), g("url")) {
+                endpoints.push((region, iface, url));
+            }
+        }
+    }
+    Session {
+        token: token.to_string(),
+        expires: Instant::now() + expires,
+        endpoints,
+    }
+}
+
+impl ImageService for OpenStack {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Openstack
+    }
+
+    fn can_cancel(&self) -> bool {
+        true
+    }
+
+    fn describe<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        image: &'a ImageSelector,
+    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>> {
+        Box::pin(async move {
+            match image {
+                ImageSelector::Id(id) => self.get_image(acct, region, id).await,
+                ImageSelector::Name(name) => {
+                    let found = self.list(acct, region, &format!("name={}", urlencode(name))).await?;
+                    match found.len() {
+                        0 => Err(ProviderError::not_found(format!("no image named {name:?} in {region}"))),
+                        1 => Ok(found.into_iter().next().expect("one")),
+                        n => Err(ProviderError::permanent(format!(
+                            "{n} images are named {name:?} in {region} ({}); use source.imageId",
+                            found.iter().map(|i| i.id.as_str()).collect::<Vec<_>>().join(", ")
+                        ))),
+                    }
+                }
+            }
+        })
+    }
+
+    fn start_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+    ) -> BoxFuture<'a, Result<CopyHandle, ProviderError>> {
+        Box::pin(async move {
+            let id = match self.find_by_token(acct, &req.region, &req.token).await? {
+                Some(existing) => existing.id,
+                None => self.create(acct, req).await?,
+            };
+            self.spawn_worker(acct, req, &id);
+            Ok(CopyHandle {
+                task_id: Some(req.token.clone()),
+                image_id: Some(id),
+            })
+        })
+    }
+
+    fn find_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>> {
+        Box::pin(async move {
+            Ok(self.find_by_token(acct, region, token).await?.map(|i| CopyHandle {
+                task_id: Some(token.to_string()),
+                image_id: Some(i.id),
+            }))
+        })
+    }
+
+    fn poll<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+        handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
+        Box::pin(async move {
+            let Some(dest_id) = handle.image_id.clone() else {
+                return Err(ProviderError::not_found("the copy has no destination image"));
+            };
+            let state = |phase, done: Option<u64>, total: Option<u64>, digest| TaskState {
+                phase,
+                image_id: Some(dest_id.clone()),
+                progress_percent: match (done, total) {
+                    (Some(d), Some(t)) if t > 0 => Some((d * 100 / t).min(99) as i32),
+                    _ => None,
+                },
+                bytes_done: done,
+                bytes_total: total,
+                digest,
+            };
+            let worker = self.inner.workers.lock().expect("workers").get(&req.token).cloned();
+            if let Some(w) = worker {
+                let (done, total) = (w.done.load(Ordering::Relaxed), w.total.load(Ordering::Relaxed));
+                let result = w.result.lock().expect("result").clone();
+                return Ok(match result {
+                    None => state(TaskPhase::Running, Some(done), Some(total), None),
+                    Some(r) => {
+                        self.inner.workers.lock().expect("workers").remove(&req.token);
+                        match r {
+                            Ok(digest) => TaskState {
+                                progress_percent: Some(100),
+                                ..state(TaskPhase::Succeeded, Some(total), Some(total), Some(digest))
+                            },
+                            Err(m) => state(TaskPhase::Failed(m), Some(done), Some(total), None),
+                        }
+                    }
+                });
+            }
+            // No stream in this process (the operator restarted): ask Glance.
+            let raw = self.get_raw(acct, &req.region, &dest_id).await?;
+            let dst = parse_image(&raw);
+            let status = raw.get("status").and_then(Value::as_str).unwrap_or("");
+            Ok(match dst.state {
+                Some(ImageState::Available) => match same_content(&req.source, &dst) {
+                    Ok(d) => state(TaskPhase::Succeeded, dst.size_bytes, dst.size_bytes, Some(d)),
+                    Err(e) => state(TaskPhase::Failed(format!("verification failed: {e}")), None, None, None),
+                },
+                Some(ImageState::Creating) if status == "queued" => {
+                    // `queued`: nothing is uploading; start the stream again into the same image.
+                    let w = self.spawn_worker(acct, req, &dest_id);
+                    state(
+                        TaskPhase::Running,
+                        Some(w.done.load(Ordering::Relaxed)),
+                        req.source.size_bytes,
+                        None,
+                    )
+                }
+                Some(ImageState::Creating) => {
+                    // Glance is still taking an upload (one this process no longer drives); an
+                    // interrupted upload turns the image back to `queued`.
+                    state(TaskPhase::Running, None, req.source.size_bytes, None)
+                }
+                other => state(
+                    TaskPhase::Failed(format!("destination image is {other:?}")),
+                    None,
+                    None,
+                    None,
+                ),
+            })
+        })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            if let Some(token) = &handle.task_id
+                && let Some(w) = self.inner.workers.lock().expect("workers").remove(token)
+                && let Some(a) = w.abort.lock().expect("abort").take()
+            {
+                a.abort();
+            }
+            let id = match (&handle.image_id, &handle.task_id) {
+                (Some(id), _) => Some(id.clone()),
+                (None, Some(token)) => self.find_by_token(acct, region, token).await?.map(|i| i.id),
+                _ => None,
+            };
+            match id {
+                Some(id) => self.delete(acct, region, &id).await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn delete_image<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(self.delete(acct, region, image_id))
+    }
+
+    fn image_exists<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ProviderError>> {
+        Box::pin(async move {
+            match self.get_image(acct, region, image_id).await {
+                Ok(i) => Ok(!matches!(i.state, Some(ImageState::Unusable(_)))),
+                Err(e) if e.not_found => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_glance_images() {
+        let v = json!({"id": "i1", "name": "web", "status": "saving", "visibility": "private", "size": 42,
+            "disk_format": "qcow2", "container_format": "bare", "os_hash_algo": "sha512", "os_hash_value": "ab",
+            "checksum": "cd", "os_distro": "debian", "tags": ["x"], "min_disk": 0});
+        let i = parse_image(&v);
+        assert_eq!(i.state, Some(ImageState::Creating));
+        assert_eq!(i.digest.as_deref(), Some("sha512:ab"));
+        assert_eq!(i.properties.get("os_distro").map(String::as_str), Some("debian"));
+        assert!(!i.properties.contains_key("status"));
+        assert_eq!(image_state("deactivated"), ImageState::Unusable("deactivated".into()));
+    }
+
+    #[test]
+    fn verification_uses_the_strongest_digest() {
+        let a = ImageInfo {
+            digest: Some("sha512:aa".into()),
+            checksum: Some("m1".into()),
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        assert_eq!(same_content(&a, &b).unwrap(), "sha512:aa");
+        b.digest = Some("sha512:bb".into());
+        assert!(same_content(&a, &b).unwrap_err().contains("differs"));
+        let (mut c, mut d) = (a.clone(), a.clone());
+        c.digest = None;
+        d.digest = None;
+        assert_eq!(same_content(&c, &d).unwrap(), "md5:m1");
+    }
+
+    #[test]
+    fn catalog_and_expiry() {
+        let body = json!({"token": {"expires_at": "2099-01-01T00:00:00.000000Z", "catalog": [
+            {"type": "identity", "endpoints": [{"region_id": "r1", "interface": "public", "url": "http://k"}]},
+            {"type": "image", "endpoints": [
+                {"region_id": "r1", "interface": "public", "url": "http://g1:9292/"},
+                {"region_id": "r2", "interface": "internal", "url": "http://g2:9292/v2"}]}]}});
+        let s = parse_token("t", &body);
+        assert_eq!(s.endpoints.len(), 2);
+        assert!(s.expires > Instant::now() + Duration::from_secs(3600));
+        let os = OpenStack::default();
+        let acct = Account::default();
+        assert_eq!(os.endpoint(&acct, &s, "r1").unwrap(), "http://g1:9292");
+        assert!(
+            os.endpoint(&acct, &s, "r2")
+                .unwrap_err()
+                .message
+                .contains("no public image endpoint in region r2")
+        );
+        let mut acct = Account::default();
+        acct.secret.insert("interface".into(), b"internal".to_vec());
+        assert_eq!(os.endpoint(&acct, &s, "r2").unwrap(), "http://g2:9292");
+        acct.endpoint = Some("http://glance.{region}.example:9292/v2/".into());
+        assert_eq!(os.endpoint(&acct, &s, "r9").unwrap(), "http://glance.r9.example:9292");
+    }
+}

@@ -1,0 +1,949 @@
+//! The pure state machine of VM image copies: (object, what was observed, now) -> the status to
+//! write, which copies want a quota slot, which to start or cancel, and the Events to publish.
+//!
+//! Phases per destination: `Pending -> Queued -> Starting -> Copying -> Available`, with
+//! `Failed` (retried with backoff up to a bound), `Cancelling -> Cancelled` (suspend), and
+//! drift (an Available image deleted out of band) going back to `Pending`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::quota::{Admission, Order};
+use super::rules::{self, Limits};
+use super::{CopyHandle, ImageInfo, ImageState, ProviderError, TaskPhase, TaskState};
+use crate::api::conditions::{self, Desired, READY, RECONCILING, STALLED, VALIDATED, reason};
+use crate::api::v1alpha1::*;
+use crate::plan::{Announcement, Gate, gate_conditions, retry_delay};
+use crate::validation;
+
+/// Annotation whose new value re-drives Failed destinations without a spec change.
+pub const RETRY_ANNOTATION: &str = "replication.imageops.io/retry";
+
+/// What the engine observed about one destination this time.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DestObs {
+    /// Nothing was asked of the provider about it (not due, or nothing to ask).
+    Unchecked,
+    /// The copy was found (by id or by token) and polled.
+    Task { handle: CopyHandle, state: TaskState },
+    /// `Starting`: no copy carries the token; the start call is (re)issued.
+    NotStarted,
+    /// The start call failed.
+    StartFailed(ProviderError),
+    /// Looking up or polling failed.
+    Error(ProviderError),
+    /// The Available destination image no longer exists.
+    Gone,
+    /// The copy was cancelled (suspend).
+    Cancelled,
+}
+
+/// Everything observed for one object.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// The source image, when it was described this time.
+    pub source: Option<Result<ImageInfo, ProviderError>>,
+    pub dests: HashMap<String, DestObs>,
+}
+
+/// The outcome of planning.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VmPlan {
+    pub status: ImageReplicationStatus,
+    /// Destinations that hold a quota slot (Starting, Copying, Cancelling).
+    pub running: Vec<String>,
+    /// Destinations ready to start, waiting for a slot.
+    pub wants: Vec<(Order, String)>,
+    /// Destinations whose start call is to be issued (after the status is written).
+    pub start: Vec<String>,
+    /// Destinations whose copy is to be cancelled.
+    pub cancel: Vec<String>,
+    pub requeue: Option<Duration>,
+    pub events: Vec<Announcement>,
+    /// The seed rules the source breaks (empty when none).
+    pub refused: Vec<validation::Violation>,
+}
+
+fn secs_since(t: &Option<Time>, now: &Time) -> Option<i64> {
+    t.as_ref().map(|t| now.0.as_second() - t.0.as_second())
+}
+
+fn source_status(i: &ImageInfo) -> SourceStatus {
+    SourceStatus {
+        image_id: Some(i.id.clone()),
+        name: Some(i.name.clone()),
+        size_bytes: i.size_bytes.map(|b| b as i64),
+        format: i.disk_format.clone(),
+        visibility: Some(i.visibility.clone()),
+        encrypted: Some(i.encrypted),
+        state: i.state.as_ref().map(|s| match s {
+            ImageState::Available => "available".to_string(),
+            ImageState::Creating => "creating".to_string(),
+            ImageState::Frozen => "frozen".to_string(),
+            ImageState::Unusable(s) => s.clone(),
+        }),
+        digest: i.digest.clone(),
+    }
+}
+
+/// Whether a retry was requested with the annotation since the last one handled.
+pub fn retry_requested(obj: &ImageReplication) -> Option<String> {
+    let v = obj.metadata.annotations.as_ref()?.get(RETRY_ANNOTATION)?;
+    let handled = obj.status.as_ref().and_then(|s| s.last_handled_retry.as_ref());
+    (handled != Some(v)).then(|| v.clone())
+}
+
+/// The idempotency token of a destination's attempt.
+pub fn token_for(obj: &ImageReplication, region: &str, attempt: i32) -> String {
+    let id = obj
+        .metadata
+        .uid
+        .clone()
+        .unwrap_or_else(|| obj.metadata.name.clone().unwrap_or_default());
+    let short: String = id.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+    format!("imgrep-{short}-{region}-{attempt}")
+}
+
+fn in_flight(p: DestinationPhase) -> bool {
+    matches!(
+        p,
+        DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling
+    )
+}
+
+fn apply_task(s: &mut DestinationStatus, handle: &CopyHandle, st: &TaskState, now: &Time) {
+    if handle.task_id.is_some() {
+        s.task_id = handle.task_id.clone();
+    }
+    if let Some(id) = st.image_id.clone().or_else(|| handle.image_id.clone()) {
+        s.image_id = Some(id);
+    }
+    s.bytes_copied = st.bytes_done.map(|b| b as i64).or(s.bytes_copied);
+    s.bytes_total = st.bytes_total.map(|b| b as i64).or(s.bytes_total);
+    s.progress_percent = st.progress_percent.or(s.progress_percent);
+    s.started_at.get_or_insert_with(|| now.clone());
+}
+
+/// Plan a VM ImageReplication whose provider is built, for every gate but "not implemented".
+pub fn vm_plan(
+    obj: &ImageReplication,
+    gate: &Gate,
+    obs: &Observed,
+    limits: &Limits,
+    now: &Time,
+    max_attempts: i32,
+) -> VmPlan {
+    let spec = &obj.spec;
+    let kind = spec.provider.kind;
+    let old = obj.status.clone().unwrap_or_default();
+    let retry = retry_requested(obj);
+    let redrive = old.observed_generation != obj.metadata.generation || retry.is_some();
+    let created = obj
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or(0);
+    let key = format!(
+        "{}/{}",
+        obj.metadata.namespace.clone().unwrap_or_default(),
+        obj.metadata.name.clone().unwrap_or_default()
+    );
+
+    let source = match &obs.source {
+        Some(Ok(i)) => Some(i.clone()),
+        _ => None,
+    };
+    let refused = source
+        .as_ref()
+        .map(|s| rules::check(kind, spec, s, limits))
+        .unwrap_or_default();
+    let waiting = source.as_ref().and_then(rules::wait_reason);
+    let source_error = match &obs.source {
+        Some(Err(e)) => Some(e.clone()),
+        _ => None,
+    };
+    let may_start = *gate == Gate::Open && source.is_some() && refused.is_empty() && waiting.is_none();
+
+    let mut p = VmPlan {
+        status: ImageReplicationStatus::default(),
+        running: Vec::new(),
+        wants: Vec::new(),
+        start: Vec::new(),
+        cancel: Vec::new(),
+        requeue: None,
+        events: Vec::new(),
+        refused: refused.clone(),
+    };
+    let mut wake: Vec<Duration> = Vec::new();
+    let mut destinations = Vec::new();
+    for (index, d) in spec.destinations.iter().enumerate() {
+        let mut s = old
+            .destinations
+            .iter()
+            .find(|s| s.region == d.region)
+            .cloned()
+            .unwrap_or_else(|| DestinationStatus {
+                region: d.region.clone(),
+                ..Default::default()
+            });
+        let before = s.phase;
+        let unchecked = DestObs::Unchecked;
+        let o = obs.dests.get(&d.region).unwrap_or(&unchecked);
+        if redrive && matches!(s.phase, DestinationPhase::Failed) {
+            s.attempts = 0;
+            s.phase = DestinationPhase::Pending;
+            s.message = None;
+        }
+        match (s.phase, o) {
+            (
+                DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling,
+                DestObs::Task { handle, state },
+            ) => {
+                apply_task(&mut s, handle, state, now);
+                match &state.phase {
+                    TaskPhase::Running => {
+                        if s.phase == DestinationPhase::Starting {
+                            s.phase = DestinationPhase::Copying;
+                        }
+                        s.message = None;
+                    }
+                    TaskPhase::Succeeded => {
+                        s.phase = DestinationPhase::Available;
+                        s.progress_percent = Some(100);
+                        s.bytes_copied = s.bytes_total.or(s.bytes_copied);
+                        s.digest = state.digest.clone();
+                        s.completed_at = Some(now.clone());
+                        s.message = None;
+                    }
+                    TaskPhase::Failed(msg) => fail(&mut s, msg, true, now, max_attempts, &mut wake),
+                    TaskPhase::Cancelled if before == DestinationPhase::Cancelling => {
+                        s.phase = DestinationPhase::Cancelled;
+                        s.completed_at = Some(now.clone());
+                        s.message = Some("cancelled (suspend)".into());
+                    }
+                    TaskPhase::Cancelled => fail(
+                        &mut s,
+                        "the copy was cancelled outside the operator",
+                        true,
+                        now,
+                        max_attempts,
+                        &mut wake,
+                    ),
+                }
+            }
+            (DestinationPhase::Cancelling, DestObs::Cancelled) => {
+                s.phase = DestinationPhase::Cancelled;
+                s.completed_at = Some(now.clone());
+                s.message = Some("cancelled (suspend)".into());
+                s.task_id = None;
+                s.image_id = None;
+                s.client_token = None;
+            }
+            (DestinationPhase::Starting, DestObs::NotStarted) if *gate == Gate::Open && source.is_some() => {
+                p.start.push(d.region.clone());
+            }
+            (DestinationPhase::Starting, DestObs::StartFailed(e)) => {
+                // The token is kept: a start that failed late may still have created the copy,
+                // and the next attempt looks it up first.
+                let token = s.client_token.clone();
+                fail(&mut s, &e.message, e.retryable, now, max_attempts, &mut wake);
+                s.client_token = token;
+            }
+            (DestinationPhase::Starting | DestinationPhase::Copying, DestObs::Error(e)) if e.not_found => {
+                fail(
+                    &mut s,
+                    &format!("the copy disappeared: {}", e.message),
+                    true,
+                    now,
+                    max_attempts,
+                    &mut wake,
+                );
+            }
+            (_, DestObs::Error(e)) => {
+                s.message = Some(format!("provider error (will retry): {}", e.message));
+            }
+            (DestinationPhase::Available, DestObs::Gone) => {
+                p.events.push(Announcement {
+                    warning: true,
+                    reason: "DriftDetected".into(),
+                    note: format!(
+                        "{}: destination image {} was deleted outside the operator; copying it again",
+                        d.region,
+                        s.image_id.as_deref().unwrap_or("?")
+                    ),
+                });
+                s = DestinationStatus {
+                    region: d.region.clone(),
+                    ..Default::default()
+                };
+            }
+            _ => {}
+        }
+
+        // Suspend: stop what is in flight; nothing new starts.
+        if *gate == Gate::Suspended {
+            if matches!(
+                s.phase,
+                DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling
+            ) {
+                s.phase = DestinationPhase::Cancelling;
+                p.cancel.push(d.region.clone());
+            } else if s.phase == DestinationPhase::Queued {
+                s.phase = DestinationPhase::Pending;
+                s.queue_position = None;
+                s.message = Some("suspended".into());
+            }
+        }
+
+        // Candidates for a slot.
+        let retry_due = |s: &DestinationStatus, wake: &mut Vec<Duration>| {
+            if s.attempts >= max_attempts {
+                return false;
+            }
+            let due = retry_delay(s.attempts).as_secs() as i64;
+            match secs_since(&s.completed_at, now) {
+                Some(age) if age < due => {
+                    wake.push(Duration::from_secs((due - age) as u64));
+                    false
+                }
+                _ => true,
+            }
+        };
+        let candidate = match s.phase {
+            DestinationPhase::Pending | DestinationPhase::Queued | DestinationPhase::Cancelled => true,
+            DestinationPhase::Failed => retry_due(&s, &mut wake),
+            _ => false,
+        };
+        if candidate && *gate == Gate::Open {
+            if may_start {
+                s.phase = DestinationPhase::Queued;
+                s.message = None;
+                p.wants.push((
+                    Order {
+                        created,
+                        key: key.clone(),
+                        index,
+                    },
+                    d.region.clone(),
+                ));
+            } else if let Some(w) = &waiting {
+                s.phase = DestinationPhase::Queued;
+                s.queue_position = None;
+                s.message = Some(w.clone());
+                wake.push(Duration::from_secs(30));
+            } else if let Some(e) = &source_error {
+                s.message = Some(format!("source image: {}", e.message));
+                wake.push(Duration::from_secs(if e.retryable { 15 } else { 60 }));
+            }
+        }
+        if in_flight(s.phase) {
+            p.running.push(d.region.clone());
+            s.queue_position = None;
+        }
+        if s.phase != DestinationPhase::Queued {
+            s.queue_position = None;
+        }
+        if s.phase != before && s.phase != DestinationPhase::Queued {
+            p.events.push(phase_event(&s));
+        }
+        destinations.push(s);
+    }
+
+    p.status = ImageReplicationStatus {
+        observed_generation: obj.metadata.generation,
+        conditions: Vec::new(),
+        source: source.as_ref().map(source_status).or(old.source.clone()),
+        destinations,
+        summary: None,
+        last_handled_retry: retry.or(old.last_handled_retry.clone()),
+    };
+    p.requeue = wake.into_iter().min();
+    finish(
+        &mut p,
+        obj,
+        gate,
+        source_error.as_ref(),
+        waiting.as_deref(),
+        now,
+        max_attempts,
+    );
+    p
+}
+
+fn fail(
+    s: &mut DestinationStatus,
+    msg: &str,
+    retryable: bool,
+    now: &Time,
+    max_attempts: i32,
+    wake: &mut Vec<Duration>,
+) {
+    if !retryable {
+        s.attempts = s.attempts.max(max_attempts);
+    }
+    let retry = s.attempts < max_attempts;
+    s.phase = DestinationPhase::Failed;
+    s.completed_at = Some(now.clone());
+    s.client_token = None;
+    s.task_id = None;
+    s.image_id = None;
+    s.message = Some(format!(
+        "{msg} (attempt {}/{max_attempts}{})",
+        s.attempts.min(max_attempts),
+        if retry { ", will retry" } else { "" }
+    ));
+    if retry {
+        wake.push(retry_delay(s.attempts));
+    }
+}
+
+fn phase_event(s: &DestinationStatus) -> Announcement {
+    let what = match s.phase {
+        DestinationPhase::Available => format!(
+            "image {} available{}",
+            s.image_id.as_deref().unwrap_or("?"),
+            s.digest
+                .as_deref()
+                .map(|d| format!(", {d} verified"))
+                .unwrap_or_default()
+        ),
+        DestinationPhase::Starting => format!("starting copy (token {})", s.client_token.as_deref().unwrap_or("?")),
+        DestinationPhase::Copying => format!(
+            "copying to image {} (task {})",
+            s.image_id.as_deref().unwrap_or("?"),
+            s.task_id.as_deref().unwrap_or("?")
+        ),
+        _ => s.message.clone().unwrap_or_default(),
+    };
+    Announcement {
+        warning: s.phase == DestinationPhase::Failed,
+        reason: format!("Destination{:?}", s.phase),
+        note: format!("{}: {what}", s.region),
+    }
+}
+
+/// Apply the quota's answers: granted copies become `Starting` with a fresh idempotency token
+/// (or the kept one of a start that failed), the rest are `Queued` with their position.
+pub fn vm_admit(
+    p: &mut VmPlan,
+    obj: &ImageReplication,
+    admissions: &HashMap<String, Admission>,
+    now: &Time,
+    max_attempts: i32,
+) {
+    for s in p.status.destinations.iter_mut() {
+        match admissions.get(&s.region) {
+            Some(Admission::Granted) => {
+                s.attempts += 1;
+                s.phase = DestinationPhase::Starting;
+                let token = s
+                    .client_token
+                    .clone()
+                    .unwrap_or_else(|| token_for(obj, &s.region, s.attempts));
+                s.client_token = Some(token);
+                s.task_id = None;
+                s.image_id = None;
+                s.started_at = Some(now.clone());
+                s.completed_at = None;
+                s.progress_percent = Some(0);
+                s.bytes_copied = Some(0);
+                s.queue_position = None;
+                s.message = None;
+                p.start.push(s.region.clone());
+                p.running.push(s.region.clone());
+                p.events.push(phase_event(s));
+            }
+            Some(Admission::Queued(pos)) => {
+                let fresh = s.queue_position.is_none();
+                s.queue_position = Some(*pos);
+                s.message = Some(format!(
+                    "waiting for a copy slot (position {pos} in the account's queue)"
+                ));
+                if fresh {
+                    p.events.push(Announcement {
+                        warning: false,
+                        reason: "DestinationQueued".into(),
+                        note: format!("{}: {}", s.region, s.message.clone().unwrap_or_default()),
+                    });
+                }
+            }
+            None => {}
+        }
+    }
+    let gate = if p.refused.is_empty() {
+        Gate::Open
+    } else {
+        Gate::Invalid(p.refused.clone())
+    };
+    finish(p, obj, &gate, None, None, now, max_attempts);
+}
+
+/// Summary and conditions from the destinations.
+fn finish(
+    p: &mut VmPlan,
+    obj: &ImageReplication,
+    gate: &Gate,
+    source_error: Option<&ProviderError>,
+    waiting: Option<&str>,
+    now: &Time,
+    max_attempts: i32,
+) {
+    let old = obj.status.clone().unwrap_or_default();
+    let ds = &p.status.destinations;
+    let n = ds.len();
+    let count = |ph: DestinationPhase| ds.iter().filter(|d| d.phase == ph).count();
+    let available = count(DestinationPhase::Available);
+    let copying = count(DestinationPhase::Copying) + count(DestinationPhase::Starting);
+    let queued = count(DestinationPhase::Queued);
+    let failed: Vec<&DestinationStatus> = ds.iter().filter(|d| d.phase == DestinationPhase::Failed).collect();
+    let final_failed = failed.iter().filter(|d| d.attempts >= max_attempts).count();
+    let mut summary = format!("{available}/{n} available");
+    for (k, label) in [(copying, "copying"), (queued, "queued"), (failed.len(), "failed")] {
+        if k > 0 {
+            summary.push_str(&format!(", {k} {label}"));
+        }
+    }
+    let fail_text = failed
+        .iter()
+        .map(|d| format!("{}: {}", d.region, d.message.as_deref().unwrap_or("failed")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let with_fail = |m: String| {
+        if fail_text.is_empty() {
+            m
+        } else {
+            format!("{m}; {fail_text}")
+        }
+    };
+    let validated = Desired::new(VALIDATED, true, reason::VALID, "the spec passed every rule");
+    let desired = if !p.refused.is_empty() {
+        let (r, m) = validation::summarize(&p.refused);
+        vec![
+            Desired::new(READY, false, r, m.clone()),
+            Desired::new(RECONCILING, false, r, ""),
+            Desired::new(STALLED, true, r, m.clone()),
+            Desired::new(VALIDATED, false, r, m),
+        ]
+    } else if !matches!(gate, Gate::Open) {
+        gate_conditions(gate, false)
+    } else if available == n {
+        vec![
+            Desired::new(
+                READY,
+                true,
+                reason::SUCCEEDED,
+                format!("{n}/{n} destination images available and verified"),
+            ),
+            Desired::new(RECONCILING, false, reason::IDLE, ""),
+            Desired::new(STALLED, false, reason::IDLE, ""),
+            validated,
+        ]
+    } else if let Some(e) = source_error.filter(|e| !e.retryable) {
+        let m = format!("source image: {}", e.message);
+        vec![
+            Desired::new(READY, false, "SourceUnavailable", m.clone()),
+            Desired::new(RECONCILING, false, "SourceUnavailable", ""),
+            Desired::new(STALLED, true, "SourceUnavailable", m),
+            validated,
+        ]
+    } else if copying + queued > 0
+        || failed.len() > final_failed
+        || ds.iter().any(|d| {
+            matches!(
+                d.phase,
+                DestinationPhase::Pending | DestinationPhase::Cancelling | DestinationPhase::Cancelled
+            )
+        })
+    {
+        let r = if waiting.is_some() && copying == 0 {
+            "SourceNotReady"
+        } else {
+            reason::PROGRESSING
+        };
+        let m = with_fail(match waiting {
+            Some(w) => format!("{summary}; {w}"),
+            None => summary.clone(),
+        });
+        vec![
+            Desired::new(READY, false, r, m.clone()),
+            Desired::new(RECONCILING, true, r, m),
+            Desired::new(STALLED, false, r, ""),
+            validated,
+        ]
+    } else {
+        let m = with_fail(summary.clone());
+        vec![
+            Desired::new(READY, false, "DestinationsFailed", m.clone()),
+            Desired::new(RECONCILING, false, "DestinationsFailed", ""),
+            Desired::new(STALLED, true, "DestinationsFailed", m),
+            validated,
+        ]
+    };
+    p.status.conditions = conditions::merge(&old.conditions, &desired, obj.metadata.generation, now);
+    p.status.summary = Some(summary);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(s: i64) -> Time {
+        Time(Timestamp::from_second(1_800_000_000 + s).unwrap())
+    }
+
+    fn obj() -> ImageReplication {
+        let mut o: ImageReplication = serde_yaml::from_str(
+            r#"
+apiVersion: replication.imageops.io/v1alpha1
+kind: ImageReplication
+metadata: {name: web, namespace: default, uid: 0f8e2a4c-1111-2222-3333-444455556666}
+spec:
+  provider: {kind: openstack, credentialsSecretRef: {name: s}}
+  source: {region: one, imageId: img-1}
+  destinations: [{region: two}, {region: three}]
+"#,
+        )
+        .unwrap();
+        o.metadata.generation = Some(1);
+        o
+    }
+
+    fn image() -> ImageInfo {
+        ImageInfo {
+            id: "img-1".into(),
+            name: "web".into(),
+            size_bytes: Some(100),
+            visibility: "private".into(),
+            state: Some(ImageState::Available),
+            digest: Some("sha512:aa".into()),
+            ..Default::default()
+        }
+    }
+
+    fn observed(dests: &[(&str, DestObs)]) -> Observed {
+        Observed {
+            source: Some(Ok(image())),
+            dests: dests.iter().map(|(r, o)| (r.to_string(), o.clone())).collect(),
+        }
+    }
+
+    fn step(o: &mut ImageReplication, gate: &Gate, obs: &Observed, now: i64, grant: &[(&str, Admission)]) -> VmPlan {
+        let mut p = vm_plan(o, gate, obs, &Limits::default(), &at(now), 3);
+        if !p.wants.is_empty() {
+            let adm = grant.iter().map(|(r, a)| (r.to_string(), a.clone())).collect();
+            vm_admit(&mut p, o, &adm, &at(now), 3);
+        }
+        o.status = Some(p.status.clone());
+        p
+    }
+
+    fn dest<'a>(p: &'a VmPlan, r: &str) -> &'a DestinationStatus {
+        p.status.destinations.iter().find(|d| d.region == r).unwrap()
+    }
+
+    fn cond<'a>(p: &'a VmPlan, t: &str) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        p.status.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    fn running(image: &str, done: u64) -> DestObs {
+        DestObs::Task {
+            handle: CopyHandle {
+                task_id: Some("t".into()),
+                image_id: Some(image.into()),
+            },
+            state: TaskState {
+                phase: TaskPhase::Running,
+                image_id: Some(image.into()),
+                progress_percent: Some((done * 100 / 100) as i32),
+                bytes_done: Some(done),
+                bytes_total: Some(100),
+                digest: None,
+            },
+        }
+    }
+
+    fn finished(image: &str, phase: TaskPhase) -> DestObs {
+        DestObs::Task {
+            handle: CopyHandle {
+                task_id: Some("t".into()),
+                image_id: Some(image.into()),
+            },
+            state: TaskState {
+                phase,
+                image_id: Some(image.into()),
+                progress_percent: Some(100),
+                bytes_done: Some(100),
+                bytes_total: Some(100),
+                digest: Some("sha512:aa".into()),
+            },
+        }
+    }
+
+    #[test]
+    fn queued_then_starting_with_a_token_then_copying_then_available() {
+        let mut o = obj();
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[]),
+            0,
+            &[("two", Admission::Granted), ("three", Admission::Queued(1))],
+        );
+        assert_eq!(p.wants.len(), 2);
+        assert_eq!(p.start, vec!["two".to_string()]);
+        let two = dest(&p, "two");
+        assert_eq!(two.phase, DestinationPhase::Starting);
+        assert_eq!(two.client_token.as_deref(), Some("imgrep-0f8e2a4c1111-two-1"));
+        assert_eq!(two.attempts, 1);
+        let three = dest(&p, "three");
+        assert_eq!((three.phase, three.queue_position), (DestinationPhase::Queued, Some(1)));
+        assert!(p.events.iter().any(|e| e.reason == "DestinationStarting"));
+        assert!(p.events.iter().any(|e| e.reason == "DestinationQueued"));
+        assert_eq!(p.status.source.as_ref().unwrap().digest.as_deref(), Some("sha512:aa"));
+        assert_eq!(p.status.summary.as_deref(), Some("0/2 available, 1 copying, 1 queued"));
+
+        // The copy is found by its token and runs.
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[("two", running("d-2", 40))]),
+            5,
+            &[("three", Admission::Queued(1))],
+        );
+        let two = dest(&p, "two");
+        assert_eq!(two.phase, DestinationPhase::Copying);
+        assert_eq!(
+            (two.image_id.as_deref(), two.task_id.as_deref()),
+            (Some("d-2"), Some("t"))
+        );
+        assert_eq!((two.bytes_copied, two.progress_percent), (Some(40), Some(40)));
+        assert_eq!(p.running, vec!["two".to_string()]);
+        assert_eq!(cond(&p, "Reconciling").status, "True");
+
+        // It finishes; the queued one gets its slot.
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[("two", finished("d-2", TaskPhase::Succeeded))]),
+            9,
+            &[("three", Admission::Granted)],
+        );
+        assert_eq!(dest(&p, "two").phase, DestinationPhase::Available);
+        assert_eq!(dest(&p, "two").digest.as_deref(), Some("sha512:aa"));
+        assert_eq!(dest(&p, "three").phase, DestinationPhase::Starting);
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[("three", finished("d-3", TaskPhase::Succeeded))]),
+            12,
+            &[],
+        );
+        assert_eq!(p.status.summary.as_deref(), Some("2/2 available"));
+        assert_eq!(cond(&p, "Ready").status, "True");
+        assert!(p.wants.is_empty() && p.start.is_empty());
+    }
+
+    #[test]
+    fn a_restart_in_starting_reissues_the_start_with_the_same_token() {
+        let mut o = obj();
+        step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[]),
+            0,
+            &[("two", Admission::Granted), ("three", Admission::Granted)],
+        );
+        let token = dest_token(&o, "two");
+        // After a restart the token finds nothing: the start is issued again, same token, same attempt.
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[("two", DestObs::NotStarted), ("three", DestObs::Unchecked)]),
+            3,
+            &[],
+        );
+        assert_eq!(p.start, vec!["two".to_string()]);
+        assert_eq!(dest(&p, "two").attempts, 1);
+        assert_eq!(dest_token(&o, "two"), token);
+        assert!(p.running.contains(&"two".to_string()) && p.running.contains(&"three".to_string()));
+    }
+
+    fn dest_token(o: &ImageReplication, r: &str) -> String {
+        o.status
+            .as_ref()
+            .unwrap()
+            .destinations
+            .iter()
+            .find(|d| d.region == r)
+            .unwrap()
+            .client_token
+            .clone()
+            .unwrap()
+    }
+
+    #[test]
+    fn failures_retry_with_backoff_then_stall_and_the_annotation_redrives() {
+        let mut o = obj();
+        o.spec.destinations.truncate(1);
+        step(&mut o, &Gate::Open, &observed(&[]), 0, &[("two", Admission::Granted)]);
+        let token = dest_token(&o, "two");
+        // A start that failed keeps its token (it may have created the copy late).
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[("two", DestObs::StartFailed(ProviderError::transient("503")))]),
+            1,
+            &[],
+        );
+        let two = dest(&p, "two");
+        assert_eq!(two.phase, DestinationPhase::Failed);
+        assert_eq!(two.client_token.as_deref(), Some(token.as_str()));
+        assert!(two.message.as_deref().unwrap().contains("attempt 1/3, will retry"));
+        assert_eq!(p.requeue, Some(Duration::from_secs(10)));
+        assert!(p.events.iter().any(|e| e.reason == "DestinationFailed" && e.warning));
+        // Not before the delay; then again with the same token.
+        assert!(step(&mut o, &Gate::Open, &observed(&[]), 5, &[]).wants.is_empty());
+        let p = step(&mut o, &Gate::Open, &observed(&[]), 12, &[("two", Admission::Granted)]);
+        assert_eq!(dest(&p, "two").attempts, 2);
+        assert_eq!(dest_token(&o, "two"), token);
+        // A copy that ran and failed drops its token; a non-retryable failure is final.
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[("two", finished("d", TaskPhase::Failed("disk full".into())))]),
+            13,
+            &[],
+        );
+        assert_eq!(dest(&p, "two").client_token, None);
+        let p = step(&mut o, &Gate::Open, &observed(&[]), 40, &[("two", Admission::Granted)]);
+        assert_eq!(dest(&p, "two").attempts, 3);
+        assert_ne!(dest_token(&o, "two"), token);
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[("two", DestObs::StartFailed(ProviderError::permanent("quota")))]),
+            41,
+            &[],
+        );
+        assert_eq!(cond(&p, "Stalled").status, "True");
+        assert_eq!(cond(&p, "Ready").reason, "DestinationsFailed");
+        assert!(
+            step(&mut o, &Gate::Open, &observed(&[]), 9999, &[]).wants.is_empty(),
+            "final"
+        );
+        // The retry annotation re-drives it once.
+        o.metadata.annotations = Some([(RETRY_ANNOTATION.to_string(), "1".to_string())].into());
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[]),
+            10000,
+            &[("two", Admission::Granted)],
+        );
+        assert_eq!(dest(&p, "two").attempts, 1);
+        assert_eq!(p.status.last_handled_retry.as_deref(), Some("1"));
+        assert_eq!(retry_requested(&o), None);
+    }
+
+    #[test]
+    fn refused_sources_start_nothing_and_creating_sources_wait() {
+        let mut o = obj();
+        let mut obs = observed(&[]);
+        obs.source = Some(Ok(ImageInfo {
+            disk_format: Some("iso".into()),
+            ..image()
+        }));
+        let p = step(&mut o, &Gate::Open, &obs, 0, &[]);
+        assert!(p.wants.is_empty() && p.start.is_empty());
+        assert_eq!(cond(&p, "Validated").reason, "DiskFormatNotReplicable");
+        assert_eq!(cond(&p, "Stalled").status, "True");
+
+        let mut o = obj();
+        obs.source = Some(Ok(ImageInfo {
+            state: Some(ImageState::Creating),
+            ..image()
+        }));
+        let p = step(&mut o, &Gate::Open, &obs, 0, &[]);
+        assert!(p.wants.is_empty());
+        assert_eq!(dest(&p, "two").phase, DestinationPhase::Queued);
+        assert_eq!(cond(&p, "Ready").reason, "SourceNotReady");
+        assert_eq!(cond(&p, "Stalled").status, "False");
+        assert_eq!(p.requeue, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn suspend_cancels_in_flight_copies_and_resume_starts_them_again() {
+        let mut o = obj();
+        step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[]),
+            0,
+            &[("two", Admission::Granted), ("three", Admission::Queued(1))],
+        );
+        let p = step(
+            &mut o,
+            &Gate::Suspended,
+            &observed(&[("two", running("d", 10))]),
+            2,
+            &[],
+        );
+        assert_eq!(p.cancel, vec!["two".to_string()]);
+        assert_eq!(dest(&p, "two").phase, DestinationPhase::Cancelling);
+        assert_eq!(dest(&p, "three").phase, DestinationPhase::Pending);
+        assert_eq!(cond(&p, "Ready").reason, "Suspended");
+        let p = step(
+            &mut o,
+            &Gate::Suspended,
+            &observed(&[("two", DestObs::Cancelled)]),
+            3,
+            &[],
+        );
+        assert_eq!(dest(&p, "two").phase, DestinationPhase::Cancelled);
+        assert!(p.running.is_empty());
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[]),
+            4,
+            &[("two", Admission::Granted), ("three", Admission::Granted)],
+        );
+        assert_eq!(p.start.len(), 2);
+    }
+
+    #[test]
+    fn a_destination_deleted_by_hand_is_copied_again() {
+        let mut o = obj();
+        o.spec.destinations.truncate(1);
+        step(&mut o, &Gate::Open, &observed(&[]), 0, &[("two", Admission::Granted)]);
+        step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[("two", finished("d-1", TaskPhase::Succeeded))]),
+            1,
+            &[],
+        );
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[("two", DestObs::Gone)]),
+            400,
+            &[("two", Admission::Granted)],
+        );
+        assert!(
+            p.events
+                .iter()
+                .any(|e| e.reason == "DriftDetected" && e.note.contains("d-1"))
+        );
+        let two = dest(&p, "two");
+        assert_eq!(
+            (two.phase, two.attempts, two.image_id.clone()),
+            (DestinationPhase::Starting, 1, None)
+        );
+        assert_eq!(cond(&p, "Ready").status, "False");
+    }
+}

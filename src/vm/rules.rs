@@ -1,0 +1,492 @@
+//! The seeds' rules for VM image copies, as pure functions of (spec, described source image).
+//!
+//! Rules that need only the spec live in [`crate::validation`] (and in the CRD's CEL); these need
+//! what the provider says about the source image. A broken rule refuses the copy before any call
+//! that starts work; an image that is still being created or is frozen waits instead.
+
+use crate::api::v1alpha1::{DestinationSpec, ImageReplicationSpec, ProviderKind};
+use crate::validation::Violation;
+
+use super::{ImageInfo, ImageState};
+
+const GIB: u64 = 1 << 30;
+
+/// Huawei IMS: regions between which full-ECS images can be replicated (seed: 华北-北京一,
+/// 华东-上海一, 华东-上海二, 华北-北京四, 华南-广州).
+pub const HUAWEI_FULL_ECS_REGIONS: [&str; 5] = ["cn-north-1", "cn-east-3", "cn-east-2", "cn-north-4", "cn-south-1"];
+
+/// Huawei IMS: source regions whose images may be up to 300 GB (seed: 华南-广州, 华东-上海一,
+/// 华东-上海二, 华北-北京四); elsewhere the limit is 128 GB. GB read as GiB.
+pub const HUAWEI_300GB_REGIONS: [&str; 4] = ["cn-south-1", "cn-east-3", "cn-east-2", "cn-north-4"];
+
+/// Alibaba ECS: images over 2 TiB must go through snapshot copy.
+pub const ALIBABA_MAX_BYTES: u64 = 2 * 1024 * GIB;
+
+/// Limits that are configuration rather than seed facts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// OpenStack: the largest image the operator copies (it streams every byte itself).
+    pub openstack_max_bytes: u64,
+    /// OpenStack: disk formats refused for cross-region copies (default `iso`, as Huawei IMS,
+    /// which is built on OpenStack, refuses ISO images).
+    pub openstack_refused_formats: Vec<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            openstack_max_bytes: 1024 * GIB,
+            openstack_refused_formats: vec!["iso".into()],
+        }
+    }
+}
+
+/// Huawei's size limit for images replicated out of `region`.
+pub fn huawei_max_bytes(region: &str) -> u64 {
+    if HUAWEI_300GB_REGIONS.contains(&region) {
+        300 * GIB
+    } else {
+        128 * GIB
+    }
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.1} GiB", b as f64 / GIB as f64)
+}
+
+/// The destination name when the spec gives none: the provider's convention.
+pub fn default_name(kind: ProviderKind, source_region: &str, source: &ImageInfo) -> String {
+    match kind {
+        ProviderKind::Huawei => format!("copy_{source_region}_{}", source.name),
+        _ => source.name.clone(),
+    }
+}
+
+/// The destination name to use.
+pub fn destination_name(
+    kind: ProviderKind,
+    spec: &ImageReplicationSpec,
+    d: &DestinationSpec,
+    source: &ImageInfo,
+) -> String {
+    d.name
+        .clone()
+        .unwrap_or_else(|| default_name(kind, &spec.source.region, source))
+}
+
+/// Why a source image must wait before it can be copied, if it must.
+pub fn wait_reason(source: &ImageInfo) -> Option<String> {
+    match &source.state {
+        Some(ImageState::Creating) => Some(format!(
+            "source image {} is still being created; the copy waits until it is ready",
+            source.id
+        )),
+        Some(ImageState::Frozen) => Some(format!(
+            "source image {} is frozen; the copy waits until it is unfrozen",
+            source.id
+        )),
+        _ => None,
+    }
+}
+
+/// Every rule the described source image breaks for this spec. Empty: the copy may start.
+pub fn check(kind: ProviderKind, spec: &ImageReplicationSpec, source: &ImageInfo, limits: &Limits) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let src_field = if spec.source.image_id.is_some() {
+        "spec.source.imageId"
+    } else {
+        "spec.source.imageName"
+    };
+    let img = format!("source image {} ({})", source.id, source.name);
+    let mut refuse =
+        |field: String, reason: &'static str, message: String| out.push(Violation::new(field, reason, message));
+    if let Some(ImageState::Unusable(s)) = &source.state {
+        refuse(
+            src_field.into(),
+            "SourceNotUsable",
+            format!("{img} is {s}; only usable images can be copied"),
+        );
+    }
+    let iso = source
+        .disk_format
+        .as_deref()
+        .is_some_and(|f| f.eq_ignore_ascii_case("iso"));
+    let size = source.size_bytes.unwrap_or(0);
+    match kind {
+        ProviderKind::Huawei => {
+            if source.visibility != "private" {
+                refuse(
+                    src_field.into(),
+                    "NotPrivateImage",
+                    format!(
+                        "{img} is a {} image; only private images can be replicated across regions (create an ECS from it, then a private image from that ECS)",
+                        source.visibility
+                    ),
+                );
+            }
+            if iso {
+                refuse(
+                    src_field.into(),
+                    "IsoImageNotReplicable",
+                    format!("{img} is an ISO image; ISO images cannot be replicated across regions"),
+                );
+            }
+            if source.encrypted {
+                refuse(
+                    src_field.into(),
+                    "EncryptedImageNotReplicable",
+                    format!("{img} is encrypted; encrypted images cannot be replicated across regions"),
+                );
+            }
+            if source.whole_machine {
+                if source.replicated_from_backup {
+                    refuse(
+                        src_field.into(),
+                        "FullEcsReplicaNotReplicable",
+                        format!(
+                            "{img} is a full-ECS image that was itself replicated from a backup; it cannot be replicated across regions again"
+                        ),
+                    );
+                }
+                if !HUAWEI_FULL_ECS_REGIONS.contains(&spec.source.region.as_str()) {
+                    refuse(
+                        "spec.source.region".into(),
+                        "FullEcsRegionNotSupported",
+                        format!(
+                            "{img} is a full-ECS image; full-ECS images can only be replicated between {}, not from {}",
+                            HUAWEI_FULL_ECS_REGIONS.join(", "),
+                            spec.source.region
+                        ),
+                    );
+                }
+                for (i, d) in spec.destinations.iter().enumerate() {
+                    if !HUAWEI_FULL_ECS_REGIONS.contains(&d.region.as_str()) {
+                        refuse(
+                            format!("spec.destinations[{i}].region"),
+                            "FullEcsRegionNotSupported",
+                            format!(
+                                "{img} is a full-ECS image; full-ECS images can only be replicated between {}, not to {}",
+                                HUAWEI_FULL_ECS_REGIONS.join(", "),
+                                d.region
+                            ),
+                        );
+                    }
+                }
+            }
+            let max = huawei_max_bytes(&spec.source.region);
+            if size > max {
+                refuse(
+                    src_field.into(),
+                    "ImageTooLarge",
+                    format!(
+                        "{img} is {}; images replicated from {} may be at most {}",
+                        gib(size),
+                        spec.source.region,
+                        gib(max)
+                    ),
+                );
+            }
+        }
+        ProviderKind::Alibaba => {
+            if source.shared_from_other_account {
+                refuse(
+                    src_field.into(),
+                    "SharedImageNotCopyable",
+                    format!("{img} is shared by another account; create a custom image from it first, then copy that"),
+                );
+            }
+            if size > ALIBABA_MAX_BYTES {
+                refuse(
+                    src_field.into(),
+                    "ImageTooLarge",
+                    format!(
+                        "{img} is {}; images over 2 TiB must be copied as snapshots and the image created from the snapshot copy in the destination region, which this version does not do",
+                        gib(size)
+                    ),
+                );
+            }
+            for (i, d) in spec.destinations.iter().enumerate() {
+                let n = destination_name(kind, spec, d, source).chars().count();
+                if !(2..=128).contains(&n) {
+                    refuse(
+                        format!("spec.destinations[{i}].name"),
+                        "InvalidName",
+                        format!(
+                            "the destination name would be {n} characters (from the source name); it must be 2 to 128, set destinations[{i}].name"
+                        ),
+                    );
+                }
+            }
+        }
+        ProviderKind::Openstack => {
+            if let Some(f) = source.disk_format.as_deref()
+                && limits
+                    .openstack_refused_formats
+                    .iter()
+                    .any(|r| r.eq_ignore_ascii_case(f))
+            {
+                refuse(
+                    src_field.into(),
+                    "DiskFormatNotReplicable",
+                    format!(
+                        "{img} has disk format {f}; this operator is configured to refuse {} images for cross-region copies (--openstack-refused-disk-formats)",
+                        f
+                    ),
+                );
+            }
+            if size > limits.openstack_max_bytes {
+                refuse(
+                    src_field.into(),
+                    "ImageTooLarge",
+                    format!(
+                        "{img} is {}; this operator copies OpenStack images up to {} (--openstack-max-image-bytes)",
+                        gib(size),
+                        gib(limits.openstack_max_bytes)
+                    ),
+                );
+            }
+        }
+        ProviderKind::Aws | ProviderKind::Tencent | ProviderKind::Oci => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::v1alpha1::ImageReplicationSpec;
+
+    fn spec(kind: &str, src: &str, dests: &[&str]) -> ImageReplicationSpec {
+        let d: Vec<String> = dests.iter().map(|r| format!("{{region: {r}}}")).collect();
+        serde_yaml::from_str(&format!(
+            "provider: {{kind: {kind}, agency: a, credentialsSecretRef: {{name: s}}}}\nsource: {{region: {src}, imageId: img-1}}\ndestinations: [{}]",
+            d.join(", ")
+        ))
+        .unwrap()
+    }
+
+    fn image() -> ImageInfo {
+        ImageInfo {
+            id: "img-1".into(),
+            name: "web".into(),
+            size_bytes: Some(40 * GIB),
+            disk_format: Some("qcow2".into()),
+            visibility: "private".into(),
+            state: Some(ImageState::Available),
+            ..Default::default()
+        }
+    }
+
+    fn reasons(v: &[Violation]) -> Vec<&'static str> {
+        v.iter().map(|v| v.reason).collect()
+    }
+
+    #[test]
+    fn huawei_rules() {
+        type Case = (
+            &'static str,
+            fn(&mut ImageInfo),
+            &'static str,
+            &'static str,
+            Vec<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "a plain private image passes",
+                |_| {},
+                "cn-north-4",
+                "cn-east-3",
+                vec![],
+            ),
+            (
+                "public image",
+                |i| i.visibility = "public".into(),
+                "cn-north-4",
+                "cn-east-3",
+                vec!["NotPrivateImage"],
+            ),
+            (
+                "iso image",
+                |i| i.disk_format = Some("iso".into()),
+                "cn-north-4",
+                "cn-east-3",
+                vec!["IsoImageNotReplicable"],
+            ),
+            (
+                "encrypted image",
+                |i| i.encrypted = true,
+                "cn-north-4",
+                "cn-east-3",
+                vec!["EncryptedImageNotReplicable"],
+            ),
+            (
+                "full-ECS between listed regions",
+                |i| i.whole_machine = true,
+                "cn-north-4",
+                "cn-south-1",
+                vec![],
+            ),
+            (
+                "full-ECS to an unlisted region",
+                |i| i.whole_machine = true,
+                "cn-north-4",
+                "ap-southeast-1",
+                vec!["FullEcsRegionNotSupported"],
+            ),
+            (
+                "full-ECS from an unlisted region",
+                |i| i.whole_machine = true,
+                "ap-southeast-1",
+                "cn-north-4",
+                vec!["FullEcsRegionNotSupported"],
+            ),
+            (
+                "full-ECS replica of a backup",
+                |i| {
+                    i.whole_machine = true;
+                    i.replicated_from_backup = true;
+                },
+                "cn-north-4",
+                "cn-east-3",
+                vec!["FullEcsReplicaNotReplicable"],
+            ),
+            (
+                "200 GiB from a 300 GB region",
+                |i| i.size_bytes = Some(200 * GIB),
+                "cn-north-4",
+                "cn-east-3",
+                vec![],
+            ),
+            (
+                "200 GiB from a 128 GB region",
+                |i| i.size_bytes = Some(200 * GIB),
+                "ap-southeast-1",
+                "cn-east-3",
+                vec!["ImageTooLarge"],
+            ),
+            (
+                "301 GiB from a 300 GB region",
+                |i| i.size_bytes = Some(301 * GIB),
+                "cn-south-1",
+                "cn-east-3",
+                vec!["ImageTooLarge"],
+            ),
+            (
+                "a killed image",
+                |i| i.state = Some(ImageState::Unusable("killed".into())),
+                "cn-north-4",
+                "cn-east-3",
+                vec!["SourceNotUsable"],
+            ),
+        ];
+        for (what, f, src, dst, want) in cases {
+            let mut img = image();
+            f(&mut img);
+            let got = check(
+                ProviderKind::Huawei,
+                &spec("huawei", src, &[dst]),
+                &img,
+                &Limits::default(),
+            );
+            assert_eq!(reasons(&got), want, "{what}");
+            for v in &got {
+                assert!(
+                    v.message.contains("img-1") && v.field.starts_with("spec."),
+                    "{what}: {v}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn alibaba_rules() {
+        let s = spec("alibaba", "cn-hangzhou", &["cn-beijing"]);
+        assert!(check(ProviderKind::Alibaba, &s, &image(), &Limits::default()).is_empty());
+        let mut img = image();
+        img.shared_from_other_account = true;
+        assert_eq!(
+            reasons(&check(ProviderKind::Alibaba, &s, &img, &Limits::default())),
+            vec!["SharedImageNotCopyable"]
+        );
+        let mut img = image();
+        img.size_bytes = Some(ALIBABA_MAX_BYTES + 1);
+        assert_eq!(
+            reasons(&check(ProviderKind::Alibaba, &s, &img, &Limits::default())),
+            vec!["ImageTooLarge"]
+        );
+        let mut img = image();
+        img.name = "x".into();
+        let got = check(ProviderKind::Alibaba, &s, &img, &Limits::default());
+        assert_eq!(reasons(&got), vec!["InvalidName"]);
+        assert_eq!(got[0].field, "spec.destinations[0].name");
+        // Huawei rules do not apply to alibaba: a public or ISO image is not refused here.
+        let mut img = image();
+        img.visibility = "public".into();
+        assert!(check(ProviderKind::Alibaba, &s, &img, &Limits::default()).is_empty());
+    }
+
+    #[test]
+    fn openstack_rules() {
+        let s = spec("openstack", "region-one", &["region-two"]);
+        let limits = Limits {
+            openstack_max_bytes: 10 * GIB,
+            ..Default::default()
+        };
+        assert_eq!(
+            reasons(&check(ProviderKind::Openstack, &s, &image(), &limits)),
+            vec!["ImageTooLarge"]
+        );
+        let mut img = image();
+        img.size_bytes = Some(GIB);
+        assert!(check(ProviderKind::Openstack, &s, &img, &limits).is_empty());
+        img.state = Some(ImageState::Unusable("deactivated".into()));
+        assert_eq!(
+            reasons(&check(ProviderKind::Openstack, &s, &img, &limits)),
+            vec!["SourceNotUsable"]
+        );
+        img.state = Some(ImageState::Available);
+        img.disk_format = Some("iso".into());
+        assert_eq!(
+            reasons(&check(ProviderKind::Openstack, &s, &img, &limits)),
+            vec!["DiskFormatNotReplicable"]
+        );
+    }
+
+    #[test]
+    fn creating_and_frozen_images_wait() {
+        let mut img = image();
+        assert_eq!(wait_reason(&img), None);
+        img.state = Some(ImageState::Creating);
+        assert!(wait_reason(&img).unwrap().contains("being created"));
+        img.state = Some(ImageState::Frozen);
+        assert!(wait_reason(&img).unwrap().contains("frozen"));
+        // Waiting is not refusing.
+        assert!(
+            check(
+                ProviderKind::Huawei,
+                &spec("huawei", "cn-north-4", &["cn-east-3"]),
+                &img,
+                &Limits::default()
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn default_names_follow_the_provider() {
+        let img = image();
+        assert_eq!(
+            default_name(ProviderKind::Huawei, "cn-north-4", &img),
+            "copy_cn-north-4_web"
+        );
+        assert_eq!(default_name(ProviderKind::Alibaba, "cn-hangzhou", &img), "web");
+        let s = spec("huawei", "cn-north-4", &["cn-east-3"]);
+        let mut d = s.destinations[0].clone();
+        assert_eq!(
+            destination_name(ProviderKind::Huawei, &s, &d, &img),
+            "copy_cn-north-4_web"
+        );
+        d.name = Some("mine".into());
+        assert_eq!(destination_name(ProviderKind::Huawei, &s, &d, &img), "mine");
+    }
+}

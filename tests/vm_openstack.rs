@@ -1,0 +1,556 @@
+//! ImageReplication with provider openstack, end to end: the operator process and the fake API
+//! server, real Glance servers as regions behind a Keystone stand-in, images made with qemu-img.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use base64::Engine as _;
+use image_replication_operator::api::ImageReplication;
+use image_replication_operator::api::v1alpha1::{DestinationPhase, ImageReplicationStatus};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use support::openstack::{Cloud, Glance, make_image};
+use support::operator::{Operator, eventually};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+async fn secret(c: &Client, name: &str, data: &[(&str, &str)]) {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.clone(), "default");
+    let data: BTreeMap<String, String> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), base64::engine::general_purpose::STANDARD.encode(v)))
+        .collect();
+    let s = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": "default"}, "data": data}))
+    .unwrap();
+    api.create(&PostParams::default(), &s).await.unwrap();
+}
+
+async fn password_secret(c: &Client, cloud: &Cloud) {
+    secret(
+        c,
+        "os-creds",
+        &[
+            ("authUrl", &cloud.auth_url()),
+            ("username", "demo"),
+            ("password", "s3cret"),
+            ("projectName", "demo"),
+        ],
+    )
+    .await;
+}
+
+fn object(name: &str, source: Value, dests: Value, extra: Value) -> ImageReplication {
+    let mut spec = json!({
+        "provider": {"kind": "openstack", "credentialsSecretRef": {"name": "os-creds"}},
+        "source": source,
+        "destinations": dests,
+    });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        spec[k] = v.clone();
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
+        "metadata": {"name": name, "namespace": "default"}, "spec": spec
+    }))
+    .unwrap()
+}
+
+fn phase(st: &ImageReplicationStatus, region: &str) -> Option<DestinationPhase> {
+    st.destinations.iter().find(|d| d.region == region).map(|d| d.phase)
+}
+
+fn ready(st: &ImageReplicationStatus) -> bool {
+    st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+async fn wait_ready(api: &Api<ImageReplication>, name: &str) -> ImageReplicationStatus {
+    eventually(WAIT, &format!("{name} Ready"), || async {
+        let st = api.get(name).await.ok()?.status?;
+        ready(&st).then_some(st)
+    })
+    .await
+}
+
+fn op_args() -> Vec<&'static str> {
+    vec![
+        "--resync-seconds",
+        "2",
+        "--poll-min-seconds",
+        "1",
+        "--poll-max-seconds",
+        "2",
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_to_many_regions_verifies_checksums_and_repairs_drift() {
+    let (a, b, cc) = (Glance::start(), Glance::start(), Glance::start());
+    let cloud = Cloud::start(&[
+        ("region-one", a.url(), 0),
+        ("region-two", b.url(), 0),
+        ("region-three", cc.url(), 0),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_image(dir.path(), "web", "qcow2", 8);
+    let src = a.upload("web", "qcow2", &file, json!({"os_distro": "debian"})).await;
+    let src_doc = a.image(&src).await.unwrap();
+
+    let (s, c) = support::cluster().await;
+    password_secret(&c, &cloud).await;
+    let op = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-a", &op_args());
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let obj = object(
+        "web",
+        json!({"region": "region-one", "imageName": "web"}),
+        json!([{"region": "region-two"},
+               {"region": "region-three", "name": "web-copy", "description": "golden", "tags": {"team": "a"}}]),
+        json!({}),
+    );
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    let st = wait_ready(&api, "web").await;
+
+    assert_eq!(st.summary.as_deref(), Some("2/2 available"));
+    let source = st.source.clone().unwrap();
+    assert_eq!(source.image_id.as_deref(), Some(src.as_str()));
+    let want = format!("sha512:{}", src_doc["os_hash_value"].as_str().unwrap());
+    assert_eq!(source.digest.as_deref(), Some(want.as_str()));
+    for (g, region, name) in [(&b, "region-two", "web"), (&cc, "region-three", "web-copy")] {
+        let d = st.destinations.iter().find(|d| d.region == region).unwrap();
+        assert_eq!(d.digest.as_deref(), Some(want.as_str()), "{region} verified by sha512");
+        assert_eq!(d.progress_percent, Some(100));
+        assert_eq!(d.attempts, 1);
+        let copies = g.copies_in(region).await;
+        assert_eq!(copies.len(), 1, "exactly one image in {region}");
+        let img = &copies[0];
+        assert_eq!(img["id"].as_str(), d.image_id.as_deref());
+        assert_eq!(img["status"], "active");
+        assert_eq!(img["name"], name);
+        assert_eq!(img["os_hash_value"], src_doc["os_hash_value"]);
+        assert_eq!(img["checksum"], src_doc["checksum"]);
+        assert_eq!(img["disk_format"], "qcow2");
+        assert_eq!(img["os_distro"], "debian", "user properties carried over");
+        assert_eq!(img["imgrep_source_image"].as_str(), Some(src.as_str()));
+    }
+    let three = &cc.copies_in("region-three").await[0];
+    assert_eq!(three["description"], "golden");
+    assert_eq!(three["tags"], json!(["team=a"]));
+    assert!(
+        cloud.auth_requests.load(Ordering::SeqCst) >= 1,
+        "authenticated with Keystone"
+    );
+    let evs = support::event_reasons(&c, "web").await;
+    for r in ["DestinationStarting", "DestinationAvailable"] {
+        assert!(evs.iter().any(|e| e == r), "{r} in {evs:?}");
+    }
+    let metrics = op.http_get("/metrics").unwrap().1;
+    assert!(
+        metrics.contains(r#"imgrep_vm_copies{phase="Available",provider="openstack"} 2"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"imgrep_provider_request_duration_seconds_count{operation="start_copy",outcome="ok",provider="openstack"} 2"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"imgrep_copy_task_duration_seconds_count{provider="openstack"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            r#"imgrep_bytes_transferred_total{{provider="openstack"}} {}"#,
+            2 * src_doc["size"].as_u64().unwrap()
+        )),
+        "{metrics}"
+    );
+
+    // Drift: the region-two copy is deleted by hand; the next resync copies it again.
+    let old_id = st
+        .destinations
+        .iter()
+        .find(|d| d.region == "region-two")
+        .unwrap()
+        .image_id
+        .clone()
+        .unwrap();
+    b.delete(&old_id).await;
+    let st = eventually(WAIT, "region-two copied again", || async {
+        let st = api.get("web").await.ok()?.status?;
+        let d = st.destinations.iter().find(|d| d.region == "region-two")?;
+        (d.phase == DestinationPhase::Available && d.image_id.as_deref() != Some(old_id.as_str())).then_some(st)
+    })
+    .await;
+    assert!(ready(&st));
+    let copies = b.copies_in("region-two").await;
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0]["os_hash_value"], src_doc["os_hash_value"]);
+    let evs = support::event_reasons(&c, "web").await;
+    assert!(evs.iter().any(|e| e == "DriftDetected"), "{evs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quota_keeps_twelve_destinations_to_five_in_flight() {
+    let (a, b) = (Glance::start(), Glance::start());
+    let regions: Vec<String> = (1..=12).map(|i| format!("r{i:02}")).collect();
+    let mut cat = vec![("region-one", a.url(), 0u64)];
+    for r in &regions {
+        cat.push((r.as_str(), b.url(), 2 << 20)); // 2 MiB/s per upload: copies overlap
+    }
+    let cloud = Cloud::start(&cat).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_image(dir.path(), "base", "raw", 2);
+    let src = a.upload("base", "raw", &file, json!({})).await;
+
+    let (s, c) = support::cluster().await;
+    // Application credential authentication this time.
+    secret(
+        &c,
+        "os-creds",
+        &[
+            ("authUrl", &cloud.auth_url()),
+            ("applicationCredentialId", "app-1"),
+            ("applicationCredentialSecret", "app-s3cret"),
+        ],
+    )
+    .await;
+    let _op = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-a", &op_args());
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let dests: Vec<Value> = regions.iter().map(|r| json!({"region": r})).collect();
+    let obj = object(
+        "fleet",
+        json!({"region": "region-one", "imageId": src}),
+        json!(dests),
+        json!({"provider": {"kind": "openstack", "credentialsSecretRef": {"name": "os-creds"}, "maxConcurrentCopies": 5}}),
+    );
+    api.create(&PostParams::default(), &obj).await.unwrap();
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((0usize, false)));
+    let st = eventually(WAIT, "12/12 available", || {
+        let (api, seen) = (api.clone(), seen.clone());
+        async move {
+            let st = api.get("fleet").await.ok()?.status?;
+            let n = st
+                .destinations
+                .iter()
+                .filter(|d| matches!(d.phase, DestinationPhase::Starting | DestinationPhase::Copying))
+                .count();
+            let mut s = seen.lock().unwrap();
+            s.0 = s.0.max(n);
+            s.1 |= st
+                .destinations
+                .iter()
+                .any(|d| d.phase == DestinationPhase::Queued && d.queue_position.is_some());
+            ready(&st).then_some(st)
+        }
+    })
+    .await;
+    let (max_in_flight, saw_queue) = *seen.lock().unwrap();
+    assert_eq!(st.summary.as_deref(), Some("12/12 available"));
+    assert!(max_in_flight <= 5, "status showed {max_in_flight} copies in flight");
+    assert!(saw_queue, "some destinations waited in Queued with a position");
+    let uploads = cloud.all.uploads_max.load(Ordering::SeqCst);
+    assert!(
+        (2..=5).contains(&uploads),
+        "Glance saw at most 5 uploads at once (saw {uploads})"
+    );
+    for r in &regions {
+        assert_eq!(b.copies_in(r).await.len(), 1, "one image in {r}");
+    }
+    let evs = support::event_reasons(&c, "fleet").await;
+    assert!(evs.iter().any(|e| e == "DestinationQueued"), "{evs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_copy_then_restart_leaves_exactly_one_image_per_region() {
+    let (a, b) = (Glance::start(), Glance::start());
+    let cloud = Cloud::start(&[
+        ("region-one", a.url(), 0),
+        ("region-two", b.url(), 1 << 20),
+        ("region-three", b.url(), 1 << 20),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_image(dir.path(), "big", "raw", 12);
+    let src = a.upload("big", "raw", &file, json!({})).await;
+    let src_hash = a.image(&src).await.unwrap()["os_hash_value"].clone();
+
+    let (s, c) = support::cluster().await;
+    password_secret(&c, &cloud).await;
+    let kubeconfig = s.write_kubeconfig(dir.path());
+    let mut op = Operator::start(&kubeconfig, dir.path(), "op-a", &op_args());
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let obj = object(
+        "big",
+        json!({"region": "region-one", "imageId": src}),
+        json!([{"region": "region-two"}, {"region": "region-three"}]),
+        json!({}),
+    );
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    eventually(WAIT, "both copying with bytes moved", || async {
+        let st = api.get("big").await.ok()?.status?;
+        st.destinations
+            .iter()
+            .all(|d| d.phase == DestinationPhase::Copying && d.bytes_copied.unwrap_or(0) > 0)
+            .then_some(())
+    })
+    .await;
+    op.child.kill().unwrap(); // SIGKILL
+    op.child.wait().unwrap();
+    for r in ["region-two", "region-three"] {
+        cloud.region(r).upload_rate.store(0, Ordering::Relaxed);
+    }
+
+    let op2 = Operator::start(&kubeconfig, dir.path(), "op-b", &op_args());
+    let st = wait_ready(&api, "big").await;
+    for r in ["region-two", "region-three"] {
+        let copies = b.copies_in(r).await;
+        assert_eq!(copies.len(), 1, "exactly one image in {r}: {copies:?}");
+        assert_eq!(copies[0]["status"], "active");
+        assert_eq!(copies[0]["os_hash_value"], src_hash);
+        let d = st.destinations.iter().find(|d| d.region == r).unwrap();
+        assert_eq!(d.attempts, 1, "resumed, not started again: {d:?}");
+        assert_eq!(d.image_id.as_deref(), copies[0]["id"].as_str());
+    }
+    assert_eq!(
+        b.images().await.len(),
+        2,
+        "nothing else left behind in the destination service"
+    );
+    drop(op2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_mid_copy_honours_each_deletion_policy() {
+    let (a, b) = (Glance::start(), Glance::start());
+    let cloud = Cloud::start(&[
+        ("region-one", a.url(), 0),
+        ("fast", b.url(), 0),
+        ("slow", b.url(), 256 << 10),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_image(dir.path(), "app", "raw", 8);
+    let src = a.upload("app", "raw", &file, json!({})).await;
+
+    let (s, c) = support::cluster().await;
+    password_secret(&c, &cloud).await;
+    let _op = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-a", &op_args());
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let mut uids = BTreeMap::new();
+    for (name, policy) in [("keep", "Retain"), ("drop", "Delete")] {
+        let obj = object(
+            name,
+            json!({"region": "region-one", "imageId": src}),
+            json!([{"region": "fast", "name": format!("{name}-fast")}, {"region": "slow", "name": format!("{name}-slow")}]),
+            json!({"deletionPolicy": policy}),
+        );
+        let created = api.create(&PostParams::default(), &obj).await.unwrap();
+        uids.insert(name, created.metadata.uid.unwrap());
+    }
+    for name in ["keep", "drop"] {
+        eventually(WAIT, "fast Available, slow Copying", || async {
+            let st = api.get(name).await.ok()?.status?;
+            (phase(&st, "fast") == Some(DestinationPhase::Available)
+                && phase(&st, "slow") == Some(DestinationPhase::Copying))
+            .then_some(())
+        })
+        .await;
+    }
+    for name in ["keep", "drop"] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    for name in ["keep", "drop"] {
+        eventually(WAIT, "object gone after cleanup", || async {
+            api.get(name).await.is_err().then_some(())
+        })
+        .await;
+    }
+    let names: Vec<String> = b
+        .images()
+        .await
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["keep-fast".to_string()],
+        "Retain keeps the finished copy; in-flight copies are cancelled; Delete removes all"
+    );
+    assert_eq!(a.images().await.len(), 1, "the source is untouched");
+    // The cancelled streams stop: the proxy in front of Glance sees its uploads end.
+    eventually(Duration::from_secs(20), "no upload still running", || async {
+        (cloud.region("slow").uploads_now.load(Ordering::SeqCst) == 0).then_some(())
+    })
+    .await;
+    let evs = support::events_for(&c, "keep").await;
+    let note = evs
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("CleanupComplete"))
+        .and_then(|e| e.note.clone())
+        .unwrap_or_default();
+    assert!(
+        note.contains("cancelled the copies in flight to slow") && note.contains("kept the destination images in fast"),
+        "{note}"
+    );
+    let evs = support::events_for(&c, "drop").await;
+    let note = evs
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("CleanupComplete"))
+        .and_then(|e| e.note.clone())
+        .unwrap_or_default();
+    assert!(note.contains("deleted the destination images in fast"), "{note}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_rules_refuse_before_any_copy_starts_and_unready_sources_wait() {
+    let (a, b) = (Glance::start(), Glance::start());
+    let cloud = Cloud::start(&[("region-one", a.url(), 0), ("region-two", b.url(), 0)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let small = make_image(dir.path(), "small", "raw", 1);
+    let big = make_image(dir.path(), "big", "raw", 3);
+    let iso = a.upload("installer", "iso", &small, json!({})).await;
+    let large = a.upload("large", "raw", &big, json!({})).await;
+    let off = a.upload("retired", "raw", &small, json!({})).await;
+    a.deactivate(&off).await;
+    let pending = a.create_empty("pending").await;
+
+    let (s, c) = support::cluster().await;
+    password_secret(&c, &cloud).await;
+    let mut args = op_args();
+    args.extend(["--openstack-max-image-bytes", "2097152"]);
+    let _op = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-a", &args);
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let cases = [
+        ("iso", &iso, "DiskFormatNotReplicable"),
+        ("large", &large, "ImageTooLarge"),
+        ("retired", &off, "SourceNotUsable"),
+    ];
+    for (name, id, _) in cases.iter().chain([("pending", &pending, "")].iter()) {
+        let obj = object(
+            name,
+            json!({"region": "region-one", "imageId": id}),
+            json!([{"region": "region-two"}]),
+            json!({}),
+        );
+        api.create(&PostParams::default(), &obj).await.unwrap();
+    }
+    for (name, id, reason) in cases {
+        let st = eventually(WAIT, &format!("{name} refused"), || async {
+            let st = api.get(name).await.ok()?.status?;
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == "Validated" && c.status == "False")
+                .then_some(st)
+        })
+        .await;
+        let v = st.conditions.iter().find(|c| c.type_ == "Validated").unwrap();
+        assert_eq!(v.reason, reason, "{name}");
+        assert!(
+            v.message.contains(id.as_str()) && v.message.contains("spec.source.imageId"),
+            "{name}: {}",
+            v.message
+        );
+        assert!(
+            st.conditions.iter().any(|c| c.type_ == "Stalled" && c.status == "True"),
+            "{name} stalled"
+        );
+        let evs = support::events_for(&c, name).await;
+        assert!(
+            evs.iter()
+                .any(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason)),
+            "{name}: a Warning event {reason}"
+        );
+    }
+    // An image without data yet waits, Queued with the reason, and is not Stalled.
+    let st = eventually(WAIT, "pending waits", || async {
+        let st = api.get("pending").await.ok()?.status?;
+        (phase(&st, "region-two") == Some(DestinationPhase::Queued)).then_some(st)
+    })
+    .await;
+    let d = &st.destinations[0];
+    assert!(
+        d.message.as_deref().unwrap_or("").contains("still being created"),
+        "{d:?}"
+    );
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.status == "False")
+    );
+    assert_eq!(
+        cloud.region("region-two").count("POST", "/v2/images"),
+        0,
+        "no copy was started anywhere"
+    );
+    assert!(b.images().await.is_empty());
+
+    // Once the image has its data, the waiting copy proceeds.
+    let data = std::fs::read(&small).unwrap();
+    let r = reqwest::Client::builder()
+        .use_preconfigured_tls(
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        )
+        .build()
+        .unwrap()
+        .put(format!("{}/v2/images/{pending}/file", a.url()))
+        .header("X-Identity-Status", "Confirmed")
+        .header("X-Project-Id", support::openstack::PROJECT)
+        .header("X-Roles", "admin")
+        .header("Content-Type", "application/octet-stream")
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    wait_ready(&api, "pending").await;
+    assert_eq!(b.copies_in("region-two").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicate_command_copies_vm_images_without_a_cluster() {
+    let (a, b) = (Glance::start(), Glance::start());
+    let cloud = Cloud::start(&[("region-one", a.url(), 0), ("region-two", b.url(), 0)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_image(dir.path(), "cli", "qcow2", 2);
+    a.upload("cli", "qcow2", &file, json!({})).await;
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: os-creds}}
+stringData: {{authUrl: "{}", username: demo, password: s3cret, projectName: demo}}
+---
+apiVersion: replication.imageops.io/v1alpha1
+kind: ImageReplication
+metadata: {{name: cli, namespace: default}}
+spec:
+  provider: {{kind: openstack, credentialsSecretRef: {{name: os-creds}}}}
+  source: {{region: region-one, imageName: cli}}
+  destinations: [{{region: region-two}}]
+"#,
+        cloud.auth_url()
+    );
+    let path = dir.path().join("vm.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    for run in 1..=2 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
+            .args(["replicate", "-f", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "run {run}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("ImageReplication cli: Ready (1/1 available)"), "{text}");
+        assert!(!text.contains("s3cret"), "no secret in the output");
+        // A second run finds the first run's copy by its token instead of copying again.
+        assert_eq!(b.copies_in("region-two").await.len(), 1, "run {run}");
+    }
+}
