@@ -144,9 +144,15 @@ async fn copies_to_many_regions_verifies_checksums_and_repairs_drift() {
         cloud.auth_requests.load(Ordering::SeqCst) >= 1,
         "authenticated with Keystone"
     );
-    let evs = support::event_reasons(&c, "web").await;
     for r in ["DestinationStarting", "DestinationAvailable"] {
-        assert!(evs.iter().any(|e| e == r), "{r} in {evs:?}");
+        eventually(WAIT, &format!("Event {r}"), || async {
+            support::event_reasons(&c, "web")
+                .await
+                .iter()
+                .any(|e| e == r)
+                .then_some(())
+        })
+        .await;
     }
     let metrics = op.http_get("/metrics").unwrap().1;
     assert!(
@@ -456,12 +462,14 @@ async fn seed_rules_refuse_before_any_copy_starts_and_unready_sources_wait() {
             st.conditions.iter().any(|c| c.type_ == "Stalled" && c.status == "True"),
             "{name} stalled"
         );
-        let evs = support::events_for(&c, name).await;
-        assert!(
+        // The Event follows the status write.
+        eventually(WAIT, &format!("{name}: a Warning event {reason}"), || async {
+            let evs = support::events_for(&c, name).await;
             evs.iter()
-                .any(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason)),
-            "{name}: a Warning event {reason}"
-        );
+                .any(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
+                .then_some(())
+        })
+        .await;
     }
     // An image without data yet waits, Queued with the reason, and is not Stalled.
     let st = eventually(WAIT, "pending waits", || async {

@@ -75,6 +75,10 @@ struct Worker {
     /// None while running; then Ok(digest) or Err(message).
     result: Mutex<Option<Result<String, String>>>,
     abort: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Set on cancel: the upload body fails its next chunk, so the HTTP connection (which owns
+    /// the body and outlives the aborted task) stops streaming and Glance sees a broken upload
+    /// rather than a short, complete one.
+    cancelled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Inner {
@@ -535,9 +539,14 @@ impl OpenStack {
         }
         let counter = Arc::new(AtomicU64::new(0));
         let c2 = counter.clone();
+        let cancelled = w.cancelled.clone();
         let done = &w.done;
         done.store(0, Ordering::Relaxed);
         let body = resp.bytes_stream().map(move |chunk| {
+            if cancelled.load(Ordering::Relaxed) {
+                return Err(std::io::Error::other("copy cancelled"));
+            }
+            let chunk = chunk.map_err(std::io::Error::other);
             if let Ok(b) = &chunk {
                 c2.fetch_add(b.len() as u64, Ordering::Relaxed);
             }
@@ -763,9 +772,11 @@ impl ImageService for OpenStack {
         Box::pin(async move {
             if let Some(token) = &handle.task_id
                 && let Some(w) = self.inner.workers.lock().expect("workers").remove(token)
-                && let Some(a) = w.abort.lock().expect("abort").take()
             {
-                a.abort();
+                w.cancelled.store(true, Ordering::Relaxed);
+                if let Some(a) = w.abort.lock().expect("abort").take() {
+                    a.abort();
+                }
             }
             let id = match (&handle.image_id, &handle.task_id) {
                 (Some(id), _) => Some(id.clone()),
