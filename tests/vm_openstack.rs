@@ -344,7 +344,7 @@ async fn delete_mid_copy_honours_each_deletion_policy() {
     password_secret(&c, &cloud).await;
     let _op = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-a", &op_args());
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
-    let mut uids = BTreeMap::new();
+    let mut uids = BTreeMap::new(); // two objects, same image and regions: separate copies
     for (name, policy) in [("keep", "Retain"), ("drop", "Delete")] {
         let obj = object(
             name,
@@ -385,11 +385,27 @@ async fn delete_mid_copy_honours_each_deletion_policy() {
         "Retain keeps the finished copy; in-flight copies are cancelled; Delete removes all"
     );
     assert_eq!(a.images().await.len(), 1, "the source is untouched");
-    // The cancelled streams stop: the proxy in front of Glance sees its uploads end.
-    eventually(Duration::from_secs(20), "no upload still running", || async {
+    assert_eq!(
+        cloud.region("slow").count("POST", "/v2/images"),
+        2,
+        "each object started its own copy (tokens are per object): {uids:?}"
+    );
+    // The cancelled streams are broken off, not finished: the proxy in front of Glance sees each
+    // upload end with the operator's side gone (502), once it has drained what the kernel buffered.
+    eventually(WAIT, "no upload still running", || async {
         (cloud.region("slow").uploads_now.load(Ordering::SeqCst) == 0).then_some(())
     })
     .await;
+    let puts: Vec<u16> = cloud
+        .region("slow")
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(m, p, _)| m == "PUT" && p.ends_with("/file"))
+        .map(|r| r.2)
+        .collect();
+    assert_eq!(puts, vec![502, 502], "both slow uploads were broken off by the cancel");
     let evs = support::events_for(&c, "keep").await;
     let note = evs
         .iter()

@@ -467,6 +467,7 @@ impl OpenStack {
         doc.insert("tags".into(), json!(tags));
         doc.insert(TOKEN_PROPERTY.into(), json!(req.token));
         doc.insert("imgrep_source_region".into(), json!(req.source_region));
+        doc.insert("imgrep_region".into(), json!(req.region));
         doc.insert("imgrep_source_image".into(), json!(src.id));
         let body = serde_json::to_vec(&Value::Object(doc)).expect("json");
         let r = self
@@ -773,6 +774,7 @@ impl ImageService for OpenStack {
             if let Some(token) = &handle.task_id
                 && let Some(w) = self.inner.workers.lock().expect("workers").remove(token)
             {
+                tracing::info!(region, token = %token, "stopping the upload stream");
                 w.cancelled.store(true, Ordering::Relaxed);
                 if let Some(a) = w.abort.lock().expect("abort").take() {
                     a.abort();

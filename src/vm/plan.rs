@@ -95,15 +95,20 @@ pub fn retry_requested(obj: &ImageReplication) -> Option<String> {
     (handled != Some(v)).then(|| v.clone())
 }
 
-/// The idempotency token of a destination's attempt.
+/// The idempotency token of a destination's attempt: unique per object (uid, or namespace and
+/// name without a cluster), region and attempt, and at most 64 ASCII characters (the limit of
+/// Alibaba's and AWS's `ClientToken`).
 pub fn token_for(obj: &ImageReplication, region: &str, attempt: i32) -> String {
-    let id = obj
-        .metadata
-        .uid
-        .clone()
-        .unwrap_or_else(|| obj.metadata.name.clone().unwrap_or_default());
-    let short: String = id.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
-    format!("imgrep-{short}-{region}-{attempt}")
+    use sha2::Digest;
+    let id = obj.metadata.uid.clone().unwrap_or_else(|| {
+        format!(
+            "{}/{}",
+            obj.metadata.namespace.clone().unwrap_or_default(),
+            obj.metadata.name.clone().unwrap_or_default()
+        )
+    });
+    let h = sha2::Sha256::digest(format!("{id}|{region}").as_bytes());
+    format!("imgrep-{}-{attempt}", &crate::oci::api::hex(&h)[..32])
 }
 
 fn in_flight(p: DestinationPhase) -> bool {
@@ -697,7 +702,16 @@ spec:
         assert_eq!(p.start, vec!["two".to_string()]);
         let two = dest(&p, "two");
         assert_eq!(two.phase, DestinationPhase::Starting);
-        assert_eq!(two.client_token.as_deref(), Some("imgrep-0f8e2a4c1111-two-1"));
+        let token = two.client_token.clone().unwrap();
+        assert!(
+            token.starts_with("imgrep-") && token.ends_with("-1") && token.len() <= 64,
+            "{token}"
+        );
+        // Unique per object and region.
+        let mut other = o.clone();
+        other.metadata.uid = Some("another-uid".into());
+        assert_ne!(token_for(&other, "two", 1), token);
+        assert_ne!(token_for(&o, "three", 1), token);
         assert_eq!(two.attempts, 1);
         let three = dest(&p, "three");
         assert_eq!((three.phase, three.queue_position), (DestinationPhase::Queued, Some(1)));

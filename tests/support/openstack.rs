@@ -201,16 +201,12 @@ impl Glance {
         v["images"].as_array().cloned().unwrap_or_default()
     }
 
-    /// Images copied by the operator into `region` (their token names the region).
+    /// Images copied by the operator into `region` (they carry a token and their region).
     pub async fn copies_in(&self, region: &str) -> Vec<Value> {
         self.images()
             .await
             .into_iter()
-            .filter(|i| {
-                i["imgrep_client_token"]
-                    .as_str()
-                    .is_some_and(|t| t.contains(&format!("-{region}-")))
-            })
+            .filter(|i| i["imgrep_client_token"].is_string() && i["imgrep_region"] == region)
             .collect()
     }
 
