@@ -49,7 +49,7 @@ struct Memory {
     drift: HashMap<String, Instant>,
     started: HashMap<String, Result<CopyHandle, ProviderError>>,
     cancelled: HashSet<String>,
-    phases: Vec<DestinationPhase>,
+    phases: Vec<(&'static str, DestinationPhase)>,
     bytes: HashMap<String, i64>,
 }
 
@@ -403,7 +403,7 @@ impl VmEngine {
                 }
             }
         }
-        let phases: Vec<DestinationPhase> = plan.status.destinations.iter().map(|d| d.phase).collect();
+        let phases = plan.status.destinations.iter().map(|d| (kind, d.phase)).collect();
         self.with_mem(key, |mem| mem.phases = phases);
         self.refresh_gauges(kind);
     }
@@ -412,8 +412,10 @@ impl VmEngine {
         let Some(m) = &self.metrics else { return };
         let mut counts: HashMap<DestinationPhase, i64> = HashMap::new();
         for mem in self.memory.lock().expect("vm memory").values() {
-            for p in &mem.phases {
-                *counts.entry(*p).or_default() += 1;
+            for (k, p) in &mem.phases {
+                if *k == kind {
+                    *counts.entry(*p).or_default() += 1;
+                }
             }
         }
         for p in [

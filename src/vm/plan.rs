@@ -568,9 +568,10 @@ fn finish(
         } else {
             reason::PROGRESSING
         };
-        let m = with_fail(match waiting {
-            Some(w) => format!("{summary}; {w}"),
-            None => summary.clone(),
+        let m = with_fail(match (waiting, source_error) {
+            (Some(w), _) => format!("{summary}; {w}"),
+            (None, Some(e)) => format!("{summary}; source image (will retry): {}", e.message),
+            (None, None) => summary.clone(),
         });
         vec![
             Desired::new(READY, false, r, m.clone()),
