@@ -148,6 +148,42 @@ pub fn replica_instance_status(obj: &ReplicaInstance, implemented: bool, now: &T
     }
 }
 
+/// Where an object's work stands, for its Ready/Reconciling/Stalled conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Everything is done (`Ready=True`).
+    Done,
+    /// Work is under way (`Reconciling=True`).
+    Working,
+    /// It cannot progress without a change (`Stalled=True`).
+    Stuck,
+}
+
+/// Ready, Reconciling and Stalled for a standing, with Validated=True (the spec passed).
+pub fn standing_conditions(standing: Standing, reason: &str, message: String) -> Vec<Desired> {
+    let (ready, reconciling, stalled) = match standing {
+        Standing::Done => (true, false, false),
+        Standing::Working => (false, true, false),
+        Standing::Stuck => (false, false, true),
+    };
+    let (rec_reason, rec_msg) = match standing {
+        Standing::Done => (reason::IDLE, String::new()),
+        Standing::Working => (reason, message.clone()),
+        Standing::Stuck => (reason, String::new()),
+    };
+    let (stall_reason, stall_msg) = match standing {
+        Standing::Done => (reason::IDLE, String::new()),
+        Standing::Working => (reason, String::new()),
+        Standing::Stuck => (reason, message.clone()),
+    };
+    vec![
+        Desired::new(READY, ready, reason, message),
+        Desired::new(RECONCILING, reconciling, rec_reason, rec_msg),
+        Desired::new(STALLED, stalled, stall_reason, stall_msg),
+        Desired::new(VALIDATED, true, reason::VALID, "the spec passed every rule"),
+    ]
+}
+
 /// An Event to publish.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Announcement {
@@ -497,39 +533,21 @@ pub fn oci_plan(
     if !failed.is_empty() {
         summary.push_str(&format!(", {} failed", failed.len()));
     }
-    let validated = Desired::new(VALIDATED, true, reason::VALID, "the spec passed every rule");
     let desired = if available == n {
-        vec![
-            Desired::new(
-                READY,
-                true,
-                reason::SUCCEEDED,
-                format!("{n}/{n} destinations hold the source digest"),
-            ),
-            Desired::new(RECONCILING, false, reason::IDLE, ""),
-            Desired::new(STALLED, false, reason::IDLE, ""),
-            validated,
-        ]
+        standing_conditions(
+            Standing::Done,
+            reason::SUCCEEDED,
+            format!("{n}/{n} destinations hold the source digest"),
+        )
     } else if in_flight {
         let msg = if fail_text.is_empty() {
             summary.clone()
         } else {
             format!("{summary}; {fail_text}")
         };
-        vec![
-            Desired::new(READY, false, reason::PROGRESSING, msg.clone()),
-            Desired::new(RECONCILING, true, reason::PROGRESSING, msg),
-            Desired::new(STALLED, false, reason::PROGRESSING, ""),
-            validated,
-        ]
+        standing_conditions(Standing::Working, reason::PROGRESSING, msg)
     } else {
-        let msg = format!("{summary}; {fail_text}");
-        vec![
-            Desired::new(READY, false, "DestinationsFailed", msg.clone()),
-            Desired::new(RECONCILING, false, "DestinationsFailed", ""),
-            Desired::new(STALLED, true, "DestinationsFailed", msg),
-            validated,
-        ]
+        standing_conditions(Standing::Stuck, "DestinationsFailed", format!("{summary}; {fail_text}"))
     };
     let generation = obj.metadata.generation;
     let status = ImageReplicationStatus {

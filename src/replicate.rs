@@ -190,17 +190,7 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
                 busy = true;
             }
             for d in &p.status.destinations {
-                let line = match d.phase {
-                    DestinationPhase::Copying => format!(
-                        "copying {} / {} ({}%)",
-                        human(d.bytes_copied.unwrap_or(0) as u64),
-                        human(d.bytes_total.unwrap_or(0) as u64),
-                        d.progress_percent.unwrap_or(0)
-                    ),
-                    DestinationPhase::Available => format!("available {}", d.digest.as_deref().unwrap_or("")),
-                    DestinationPhase::Failed => format!("failed: {}", d.message.as_deref().unwrap_or("")),
-                    other => format!("{other:?}"),
-                };
+                let line = progress_line(d);
                 if last_line.get(&(i, d.region.clone())) != Some(&line) {
                     let _ = writeln!(out, "{}/{}: {line}", o.name_any(), d.region);
                     last_line.insert((i, d.region.clone()), line);
@@ -287,6 +277,28 @@ async fn replica_once(
     report(out, &what, &p.status.conditions, &detail)
 }
 
+/// One destination's state as a progress line.
+fn progress_line(d: &crate::api::v1alpha1::DestinationStatus) -> String {
+    match d.phase {
+        DestinationPhase::Copying => format!(
+            "copying {} / {} ({}%)",
+            human(d.bytes_copied.unwrap_or(0) as u64),
+            human(d.bytes_total.unwrap_or(0) as u64),
+            d.progress_percent.unwrap_or(0)
+        ),
+        DestinationPhase::Available => format!(
+            "available {}",
+            d.digest.as_deref().or(d.image_id.as_deref()).unwrap_or("")
+        ),
+        DestinationPhase::Failed => format!("failed: {}", d.message.as_deref().unwrap_or("")),
+        DestinationPhase::Queued => match &d.message {
+            Some(m) => format!("queued: {m}"),
+            None => "queued".into(),
+        },
+        other => format!("{other:?}"),
+    }
+}
+
 /// Drive VM image copies to the end (every destination Available or Failed for good), printing
 /// each destination's changes.
 async fn vm_run(
@@ -333,15 +345,7 @@ async fn vm_run(
                 let _ = writeln!(out, "{}: {}: {}", o.name_any(), e.reason, e.note);
             }
             for d in &plan.status.destinations {
-                let line = match d.phase {
-                    DestinationPhase::Copying => format!(
-                        "copying {} / {} ({}%)",
-                        human(d.bytes_copied.unwrap_or(0) as u64),
-                        human(d.bytes_total.unwrap_or(0) as u64),
-                        d.progress_percent.unwrap_or(0)
-                    ),
-                    other => format!("{other:?}"),
-                };
+                let line = progress_line(d);
                 if last_line.get(&(i, d.region.clone())) != Some(&line) {
                     let _ = writeln!(out, "{}/{}: {line}", o.name_any(), d.region);
                     last_line.insert((i, d.region.clone()), line);

@@ -13,9 +13,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::quota::{Admission, Order};
 use super::rules::{self, Limits};
 use super::{CopyHandle, ImageInfo, ImageState, ProviderError, TaskPhase, TaskState};
-use crate::api::conditions::{self, Desired, READY, RECONCILING, STALLED, VALIDATED, reason};
+use crate::api::conditions::{self, Desired, VALIDATED, reason};
 use crate::api::v1alpha1::*;
-use crate::plan::{Announcement, Gate, gate_conditions, retry_delay};
+use crate::plan::{Announcement, Gate, Standing, gate_conditions, retry_delay, standing_conditions};
 use crate::validation;
 
 /// Annotation whose new value re-drives Failed destinations without a spec change.
@@ -523,37 +523,25 @@ fn finish(
             format!("{m}; {fail_text}")
         }
     };
-    let validated = Desired::new(VALIDATED, true, reason::VALID, "the spec passed every rule");
     let desired = if !p.refused.is_empty() {
         let (r, m) = validation::summarize(&p.refused);
-        vec![
-            Desired::new(READY, false, r, m.clone()),
-            Desired::new(RECONCILING, false, r, ""),
-            Desired::new(STALLED, true, r, m.clone()),
-            Desired::new(VALIDATED, false, r, m),
-        ]
+        let mut d = standing_conditions(Standing::Stuck, r, m.clone());
+        d[3] = Desired::new(VALIDATED, false, r, m);
+        d
     } else if !matches!(gate, Gate::Open) {
         gate_conditions(gate, false)
     } else if available == n {
-        vec![
-            Desired::new(
-                READY,
-                true,
-                reason::SUCCEEDED,
-                format!("{n}/{n} destination images available and verified"),
-            ),
-            Desired::new(RECONCILING, false, reason::IDLE, ""),
-            Desired::new(STALLED, false, reason::IDLE, ""),
-            validated,
-        ]
+        standing_conditions(
+            Standing::Done,
+            reason::SUCCEEDED,
+            format!("{n}/{n} destination images available and verified"),
+        )
     } else if let Some(e) = source_error.filter(|e| !e.retryable) {
-        let m = format!("source image: {}", e.message);
-        vec![
-            Desired::new(READY, false, "SourceUnavailable", m.clone()),
-            Desired::new(RECONCILING, false, "SourceUnavailable", ""),
-            Desired::new(STALLED, true, "SourceUnavailable", m),
-            validated,
-        ]
+        standing_conditions(
+            Standing::Stuck,
+            "SourceUnavailable",
+            format!("source image: {}", e.message),
+        )
     } else if copying + queued > 0
         || failed.len() > final_failed
         || ds.iter().any(|d| {
@@ -573,20 +561,9 @@ fn finish(
             (None, Some(e)) => format!("{summary}; source image (will retry): {}", e.message),
             (None, None) => summary.clone(),
         });
-        vec![
-            Desired::new(READY, false, r, m.clone()),
-            Desired::new(RECONCILING, true, r, m),
-            Desired::new(STALLED, false, r, ""),
-            validated,
-        ]
+        standing_conditions(Standing::Working, r, m)
     } else {
-        let m = with_fail(summary.clone());
-        vec![
-            Desired::new(READY, false, "DestinationsFailed", m.clone()),
-            Desired::new(RECONCILING, false, "DestinationsFailed", ""),
-            Desired::new(STALLED, true, "DestinationsFailed", m),
-            validated,
-        ]
+        standing_conditions(Standing::Stuck, "DestinationsFailed", with_fail(summary.clone()))
     };
     p.status.conditions = conditions::merge(&old.conditions, &desired, obj.metadata.generation, now);
     p.status.summary = Some(summary);
