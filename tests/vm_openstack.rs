@@ -511,27 +511,7 @@ async fn seed_rules_refuse_before_any_copy_starts_and_unready_sources_wait() {
     assert!(b.images().await.is_empty());
 
     // Once the image has its data, the waiting copy proceeds.
-    let data = std::fs::read(&small).unwrap();
-    let r = reqwest::Client::builder()
-        .use_preconfigured_tls(
-            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-        )
-        .build()
-        .unwrap()
-        .put(format!("{}/v2/images/{pending}/file", a.url()))
-        .header("X-Identity-Status", "Confirmed")
-        .header("X-Project-Id", support::openstack::PROJECT)
-        .header("X-Roles", "admin")
-        .header("Content-Type", "application/octet-stream")
-        .body(data)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    a.put_data(&pending, &small).await;
     wait_ready(&api, "pending").await;
     assert_eq!(b.copies_in("region-two").await.len(), 1);
 }

@@ -145,15 +145,7 @@ impl Glance {
             .unwrap();
         assert_eq!(r.status(), 201, "create image");
         let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-        let data = std::fs::read(file).unwrap();
-        let r = self
-            .admin(reqwest::Method::PUT, &format!("/v2/images/{id}/file"))
-            .header("Content-Type", "application/octet-stream")
-            .body(data)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 204, "upload image data");
+        self.put_data(&id, file).await;
         id
     }
 
@@ -167,6 +159,18 @@ impl Glance {
             .await
             .unwrap();
         r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+    }
+
+    /// Upload data into an existing (queued) image.
+    pub async fn put_data(&self, id: &str, file: &Path) {
+        let r = self
+            .admin(reqwest::Method::PUT, &format!("/v2/images/{id}/file"))
+            .header("Content-Type", "application/octet-stream")
+            .body(std::fs::read(file).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "upload image data");
     }
 
     pub async fn deactivate(&self, id: &str) {
