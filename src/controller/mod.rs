@@ -374,8 +374,8 @@ impl Managed for ImageReplication {
     }
     async fn cleanup(&self, ctx: &Context) -> Result<String> {
         if let Some(p) = ctx.providers.vm(self.spec.provider.kind) {
-            let acct = self.account(ctx).await.map_err(Error::Provider)?;
-            return ctx.vm.cleanup(self, p.as_ref(), &acct).await.map_err(Error::Provider);
+            let acct = self.account(ctx).await;
+            return ctx.vm.cleanup(self, p.as_ref(), acct).await.map_err(Error::Provider);
         }
         let cancelled = ctx.tasks.cancel_all(&key_of(self));
         let mut note = format!("deletionPolicy {:?}", self.spec.deletion_policy);

@@ -495,10 +495,24 @@ impl VmEngine {
         &self,
         obj: &ImageReplication,
         provider: &dyn ImageService,
-        acct: &Account,
+        acct: Result<Account, String>,
     ) -> Result<String, String> {
         let key = key_of(obj);
         let st = obj.status.clone().unwrap_or_default();
+        // The account is needed only when there is something to cancel or delete (a Secret
+        // deleted together with the object must not hold the object forever).
+        let needed = st.destinations.iter().any(|d| {
+            matches!(
+                d.phase,
+                DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling
+            ) || (d.phase == DestinationPhase::Available && obj.spec.deletion_policy == DeletionPolicy::Delete)
+        });
+        let acct = match acct {
+            Ok(a) => a,
+            Err(e) if needed => return Err(e),
+            Err(_) => Account::default(),
+        };
+        let acct = &acct;
         let source = self
             .with_mem(&key, |m| m.source.clone())
             .or_else(|| source_from_status(obj));

@@ -30,6 +30,12 @@ use crate::oci::client::{tls_config, urlencode, without_url};
 /// Reports one request: (operation, outcome, seconds).
 pub type Observer = Arc<dyn Fn(&'static str, &'static str, f64) + Send + Sync>;
 
+/// Total time of one API call (not of an image stream).
+const API_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A stream that moves no byte for this long is broken off and the copy fails (and is retried).
+const STALL: Duration = Duration::from_secs(300);
+
 /// Glance's own image fields; everything else is a user property.
 const CORE: [&str; 27] = [
     "id",
@@ -181,7 +187,9 @@ impl OpenStack {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(120))
+            // No read timeout: an upload of a large image waits minutes for its response. API
+            // calls carry a total timeout; streams are watched for progress instead.
+            .tcp_keepalive(Duration::from_secs(30))
             .build()
             .expect("HTTP client");
         Self {
@@ -254,7 +262,14 @@ impl OpenStack {
             url.replace("/auth/tokens", "/v3/auth/tokens")
         };
         let started = Instant::now();
-        let resp = self.inner.http.post(&url).json(&identity).send().await;
+        let resp = self
+            .inner
+            .http
+            .post(&url)
+            .timeout(API_TIMEOUT)
+            .json(&identity)
+            .send()
+            .await;
         let resp = match resp {
             Ok(r) => r,
             Err(e) => {
@@ -334,6 +349,7 @@ impl OpenStack {
                 .inner
                 .http
                 .request(method.clone(), &url)
+                .timeout(API_TIMEOUT)
                 .header("X-Auth-Token", &s.token);
             if let Some((ct, b)) = &body {
                 req = req.header("Content-Type", *ct).body(b.clone());
@@ -562,11 +578,19 @@ impl OpenStack {
             .body(reqwest::Body::wrap_stream(body))
             .send();
         tokio::pin!(upload);
+        let mut last = (0u64, Instant::now());
         let resp = loop {
             tokio::select! {
                 r = &mut upload => break r,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                    done.store(counter.load(Ordering::Relaxed), Ordering::Relaxed);
+                    let n = counter.load(Ordering::Relaxed);
+                    done.store(n, Ordering::Relaxed);
+                    if n != last.0 {
+                        last = (n, Instant::now());
+                    } else if last.1.elapsed() > STALL {
+                        w.cancelled.store(true, Ordering::Relaxed);
+                        return Err(format!("no data moved for {} s; the stream was broken off", STALL.as_secs()));
+                    }
                 }
             }
         };
