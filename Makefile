@@ -45,5 +45,5 @@ image: ## Build the container image (needs a Docker engine)
 demo: ## Replicate a multi-arch image between two loopback registries and compare digests
 	./hack/demo.sh
 
-bench: ## Measure against skopeo on loopback registries; writes docs/BENCHMARKS.md (BENCH_REPOS, BENCH_BIG_BYTES, BENCH_NOOP_TAGS)
+bench: ## Measure against skopeo on loopback registries; writes docs/BENCHMARKS.md (BENCH_REPOS, BENCH_BIG_BYTES, BENCH_BIG_RUNS, BENCH_NOOP_TAGS)
 	./hack/bench.sh

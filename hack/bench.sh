@@ -11,6 +11,7 @@ cd "$root"
 REPOS="${BENCH_REPOS:-100}"
 BIG="${BENCH_BIG_BYTES:-1073741824}"
 NOOP="${BENCH_NOOP_TAGS:-1000}"
+BIG_RUNS="${BENCH_BIG_RUNS:-3}"
 OUT="${BENCH_OUT:-docs/BENCHMARKS.md}"
 
 ./hack/install-tools.sh >/dev/null
@@ -52,10 +53,12 @@ blob_bytes() {
   local skip; skip="$(manifest_digests "$1" | paste -sd'|')"
   find "$work/reg-$1/data" -path '*/blobs/sha256/*/data' -printf '%h %s\n' | awk -v skip="^(${skip:-none})$" '{n=split($1,p,"/"); if (p[n] !~ skip) s+=$2} END {print s+0}'
 }
-timed() { # timed OUTFILE cmd... -> "seconds maxrss_kb" in OUTFILE
+timed() { # timed OUTFILE cmd... -> "seconds maxrss_kb cpu_seconds" in OUTFILE
   local o="$1"; shift
-  /usr/bin/time -f '%e %M' -o "$o" "$@" > "$o.stdout" 2>&1 || { cat "$o.stdout" >&2; return 1; }
+  /usr/bin/time -f '%e %M %U %S' -o "$o" "$@" > "$o.stdout" 2>&1 || { cat "$o.stdout" >&2; return 1; }
+  awk '{printf "%s %s %.2f\n", $1, $2, $3 + $4}' "$o" > "$o.t" && mv "$o.t" "$o"
 }
+median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 push() { skopeo copy --quiet --all --dest-tls-verify=false "oci:$1:$2" "docker://$3"; }
 
 echo "== (a) fleet: $REPOS repositories x 3 tags"
@@ -83,27 +86,36 @@ spec:
   sync: {maxConcurrentTransfers: 8}
 YAML
 timed "$work/a-ours" "$bin" replicate -f "$work/fleet-ri.yaml"
-read -r a_sk_s a_sk_kb < "$work/a-skopeo"; read -r a_us_s a_us_kb < "$work/a-ours"
+read -r a_sk_s a_sk_kb _ < "$work/a-skopeo"; read -r a_us_s a_us_kb _ < "$work/a-ours"
 a_unique="$(blob_count US)"; a_unique_bytes="$(blob_bytes US)"
 a_sk_up="$(uploads SK)"; a_us_up="$(uploads US)"; a_us_mount="$(mounts US)"
 
-echo "== (b) one large image: $BIG bytes"
-start_registry B; start_registry BSK; start_registry BUS
+echo "== (b) one large image: $BIG bytes, $BIG_RUNS alternating runs each into a fresh registry"
+start_registry B
 python3 hack/make-oci-layout.py "$work/big" --tag 1 --platforms linux/amd64 --layers 1 --layer-size "$BIG" --base-size 0 >/dev/null
 push "$work/big" 1 "127.0.0.1:$PORT_B/big/img:1"
 big_bytes="$(blob_bytes B)"
-timed "$work/b-skopeo" skopeo copy --all --src-tls-verify=false --dest-tls-verify=false "docker://127.0.0.1:$PORT_B/big/img:1" "docker://127.0.0.1:$PORT_BSK/big/img:1"
-cat > "$work/big-ir.yaml" <<YAML
+b_runs=""
+for i in $(seq "$BIG_RUNS"); do
+  start_registry "BSK$i"; start_registry "BUS$i"
+  sk_port="PORT_BSK$i"; us_port="PORT_BUS$i"
+  timed "$work/b-skopeo-$i" skopeo copy --all --src-tls-verify=false --dest-tls-verify=false "docker://127.0.0.1:$PORT_B/big/img:1" "docker://127.0.0.1:${!sk_port}/big/img:1"
+  cat > "$work/big-ir-$i.yaml" <<YAML
 apiVersion: replication.imageops.io/v1alpha1
 kind: ImageReplication
 metadata: {name: big, namespace: default}
 spec:
   provider: {kind: oci}
   source: {region: region-a, reference: "127.0.0.1:$PORT_B/big/img:1"}
-  destinations: [{region: region-b, registry: "http://127.0.0.1:$PORT_BUS"}]
+  destinations: [{region: region-b, registry: "http://127.0.0.1:${!us_port}"}]
 YAML
-timed "$work/b-ours" "$bin" replicate -f "$work/big-ir.yaml"
-read -r b_sk_s b_sk_kb < "$work/b-skopeo"; read -r b_us_s b_us_kb < "$work/b-ours"
+  timed "$work/b-ours-$i" "$bin" replicate -f "$work/big-ir-$i.yaml"
+  read -r s1 _ _ < "$work/b-skopeo-$i"; read -r s2 _ _ < "$work/b-ours-$i"
+  b_runs="${b_runs:+$b_runs;} skopeo ${s1} s / ours ${s2} s"
+done
+col() { for i in $(seq "$BIG_RUNS"); do awk -v c="$2" '{print $c}' "$work/b-$1-$i"; done | median; }
+b_sk_s="$(col skopeo 1)"; b_sk_kb="$(col skopeo 2)"; b_sk_cpu="$(col skopeo 3)"
+b_us_s="$(col ours 1)"; b_us_kb="$(col ours 2)"; b_us_cpu="$(col ours 3)"
 mbps() { python3 -c "print(f'{$1/1048576/max($2,0.001):.0f}')"; }
 
 echo "== (c) no-op resync of $NOOP tags"
@@ -145,8 +157,8 @@ $mem, $(uname -sr), Debian docker-registry $(dpkg-query -W -f='${Version}' docke
 skopeo $(skopeo --version | awk '{print $3}'). Every registry is a separate docker-registry process
 on 127.0.0.1 with its own filesystem storage; the operator is the release build, run as
 \`image-replication-operator replicate -f FILE\`. Wall times and peak RSS from \`/usr/bin/time\`;
-request and upload counts from the registries' own access logs. One run each: expect noise of a
-few percent.
+request and upload counts from the registries' own access logs. (a), (c) and (d) are one run
+each; (b) is the median of several. Expect noise of a few percent.
 
 ## (a) Fleet with shared base layers: $REPOS repositories x 3 tags
 
@@ -167,10 +179,12 @@ Commands: \`skopeo sync --src yaml --dest docker --dest-tls-verify=false sync.ya
 
 ## (b) One large image ($big_bytes bytes in one layer)
 
-| | wall time | throughput | peak RSS |
-|---|---|---|---|
-| \`skopeo copy --all docker://A docker://B\` | ${b_sk_s} s | $(mbps "$big_bytes" "$b_sk_s") MiB/s | $((b_sk_kb / 1024)) MiB |
-| ImageReplication (32 MiB chunks streamed from source to PATCH) | ${b_us_s} s | $(mbps "$big_bytes" "$b_us_s") MiB/s | $((b_us_kb / 1024)) MiB |
+Medians of $BIG_RUNS alternating runs, each into a fresh empty registry (runs:$b_runs).
+
+| | wall time | throughput | peak RSS | CPU time (user+sys) |
+|---|---|---|---|---|
+| \`skopeo copy --all docker://A docker://B\` | ${b_sk_s} s | $(mbps "$big_bytes" "$b_sk_s") MiB/s | $((b_sk_kb / 1024)) MiB | ${b_sk_cpu} s |
+| ImageReplication (32 MiB chunks streamed from source to PATCH) | ${b_us_s} s | $(mbps "$big_bytes" "$b_us_s") MiB/s | $((b_us_kb / 1024)) MiB | ${b_us_cpu} s |
 
 Target: at least skopeo's throughput with flat memory (the operator streams in chunks; its RSS
 does not grow with the image).
