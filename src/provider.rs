@@ -35,7 +35,11 @@ impl Registry {
     /// The providers registered by default; the controllers and `replicate` add the built-in
     /// oci provider and replica backend (the ones whose budgets they own).
     pub fn builtin() -> Self {
-        Self::default().with_vm(Arc::new(crate::vm::openstack::OpenStack::default()))
+        Self::default()
+            .with_vm(Arc::new(crate::vm::openstack::OpenStack::default()))
+            .with_vm(Arc::new(crate::vm::huawei::Huawei::default()))
+            .with_vm(Arc::new(crate::vm::alibaba::Alibaba::default()))
+            .with_vm(Arc::new(crate::vm::aws::Aws::default()))
     }
 
     /// Add a VM image service.

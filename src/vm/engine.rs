@@ -122,6 +122,15 @@ fn source_from_status(obj: &ImageReplication) -> Option<ImageInfo> {
     })
 }
 
+/// The destination's project, where the spec names one (huawei).
+fn project_of<'a>(obj: &'a ImageReplication, region: &str) -> Option<&'a str> {
+    obj.spec
+        .destinations
+        .iter()
+        .find(|d| d.region == region)
+        .and_then(|d| d.project.as_deref())
+}
+
 fn handle_of(s: &DestinationStatus) -> CopyHandle {
     CopyHandle {
         task_id: s.task_id.clone(),
@@ -304,8 +313,9 @@ impl VmEngine {
         let region = s.region.as_str();
         let token = s.client_token.clone().unwrap_or_default();
         let req = source.and_then(|src| request_for(obj, region, src, &token));
+        let req_ref = &req;
         let poll = |handle: CopyHandle| async move {
-            let Some(req) = &req else { return DestObs::Unchecked };
+            let Some(req) = req_ref else { return DestObs::Unchecked };
             let t = Instant::now();
             let r = provider.poll(acct, req, &handle).await;
             self.time(provider, "poll", t, &r);
@@ -330,8 +340,9 @@ impl VmEngine {
                 if token.is_empty() {
                     return DestObs::NotStarted;
                 }
+                let Some(req) = &req else { return DestObs::Unchecked };
                 let t = Instant::now();
-                let r = provider.find_copy(acct, region, &token).await;
+                let r = provider.find_copy(acct, req).await;
                 self.time(provider, "find_copy", t, &r);
                 match r {
                     Ok(Some(h)) => {
@@ -362,7 +373,7 @@ impl VmEngine {
                     return DestObs::Unchecked;
                 }
                 let t = Instant::now();
-                let r = provider.image_exists(acct, region, id).await;
+                let r = provider.image_exists(acct, region, project_of(obj, region), id).await;
                 self.time(provider, "image_exists", t, &r);
                 self.with_mem(key, |m| m.drift.insert(region.to_string(), Instant::now()));
                 match r {
@@ -527,14 +538,15 @@ impl VmEngine {
             ) {
                 let mut h = handle_of(s);
                 if h.image_id.is_none()
-                    && let Some(token) = &s.client_token
+                    && h.task_id.is_none()
+                    && let (Some(token), Some(src)) = (&s.client_token, &source)
+                    && let Some(req) = request_for(obj, region, src, token)
                 {
                     h = provider
-                        .find_copy(acct, region, token)
+                        .find_copy(acct, &req)
                         .await
                         .map_err(|e| format!("{region}: looking up the copy: {e}"))?
                         .unwrap_or_default();
-                    h.task_id = h.task_id.or(Some(token.clone()));
                 }
                 if h.image_id.is_none() && h.task_id.is_none() {
                     continue;
@@ -571,7 +583,7 @@ impl VmEngine {
             match obj.spec.deletion_policy {
                 DeletionPolicy::Delete => {
                     provider
-                        .delete_image(acct, region, &id)
+                        .delete_image(acct, region, project_of(obj, region), &id)
                         .await
                         .map_err(|e| format!("{region}: deleting image {id}: {e}"))?;
                     removed.push(format!("{region} ({id})"));

@@ -7,13 +7,21 @@
 //! - [`plan`]: the pure per-destination state machine.
 //! - [`quota`]: the per-account queue of copies in flight.
 //! - [`engine`]: the thin shell the controller and `replicate -f` share: observe, plan, act.
-//! - [`openstack`]: the real OpenStack provider (Keystone v3 + Glance v2).
+//! - [`openstack`]: the OpenStack provider (Keystone v3 + Glance v2; the operator moves the bytes).
+//! - [`huawei`], [`alibaba`], [`aws`]: the clouds' own copy APIs ([`sign`] signs their requests,
+//!   [`cloud`] holds what they share).
 
+pub mod alibaba;
+pub mod aws;
+pub mod cloud;
 pub mod engine;
+pub mod huawei;
 pub mod openstack;
 pub mod plan;
 pub mod quota;
 pub mod rules;
+pub mod sign;
+pub mod xml;
 
 use std::collections::BTreeMap;
 
@@ -201,12 +209,11 @@ pub trait ImageService: Send + Sync {
         acct: &'a Account,
         req: &'a CopyRequest,
     ) -> BoxFuture<'a, Result<CopyHandle, ProviderError>>;
-    /// Find the copy started with this token, if any.
+    /// Find the copy started with `req.token` in `req.region`, if any.
     fn find_copy<'a>(
         &'a self,
         acct: &'a Account,
-        region: &'a str,
-        token: &'a str,
+        req: &'a CopyRequest,
     ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>>;
     /// Poll a copy. `req` is the request the copy was started with (providers that move the
     /// bytes themselves resume from it after a restart).
@@ -223,11 +230,13 @@ pub trait ImageService: Send + Sync {
         region: &'a str,
         handle: &'a CopyHandle,
     ) -> BoxFuture<'a, Result<(), ProviderError>>;
-    /// Delete a destination image (absent already is success).
+    /// Delete a destination image (absent already is success). `project` is the destination's
+    /// project where the provider has them (huawei).
     fn delete_image<'a>(
         &'a self,
         acct: &'a Account,
         region: &'a str,
+        project: Option<&'a str>,
         image_id: &'a str,
     ) -> BoxFuture<'a, Result<(), ProviderError>>;
     /// Whether a destination image still exists and is usable (drift check).
@@ -235,6 +244,7 @@ pub trait ImageService: Send + Sync {
         &'a self,
         acct: &'a Account,
         region: &'a str,
+        project: Option<&'a str>,
         image_id: &'a str,
     ) -> BoxFuture<'a, Result<bool, ProviderError>>;
 }

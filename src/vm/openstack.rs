@@ -704,14 +704,16 @@ impl ImageService for OpenStack {
     fn find_copy<'a>(
         &'a self,
         acct: &'a Account,
-        region: &'a str,
-        token: &'a str,
+        req: &'a CopyRequest,
     ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>> {
         Box::pin(async move {
-            Ok(self.find_by_token(acct, region, token).await?.map(|i| CopyHandle {
-                task_id: Some(token.to_string()),
-                image_id: Some(i.id),
-            }))
+            Ok(self
+                .find_by_token(acct, &req.region, &req.token)
+                .await?
+                .map(|i| CopyHandle {
+                    task_id: Some(req.token.clone()),
+                    image_id: Some(i.id),
+                }))
         })
     }
 
@@ -820,6 +822,7 @@ impl ImageService for OpenStack {
         &'a self,
         acct: &'a Account,
         region: &'a str,
+        _project: Option<&'a str>,
         image_id: &'a str,
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(self.delete(acct, region, image_id))
@@ -829,6 +832,7 @@ impl ImageService for OpenStack {
         &'a self,
         acct: &'a Account,
         region: &'a str,
+        _project: Option<&'a str>,
         image_id: &'a str,
     ) -> BoxFuture<'a, Result<bool, ProviderError>> {
         Box::pin(async move {

@@ -1,0 +1,508 @@
+//! The Alibaba Cloud ECS provider: RPC-style API (`Version=2014-05-26`, JSON) signed with the
+//! documented `HMAC-SHA1` signature (optional STS `SecurityToken`).
+//!
+//! `CopyImage` runs in the source region and returns the destination image id at once; the copy's
+//! state and `Progress` come from `DescribeImages` in the destination region (`Creating` ->
+//! `Available`). Our idempotency token rides on the copy as a `Tag.N` (`imgrep_client_token`), so
+//! a copy whose answer was lost is found by that tag before anything is retried.
+//! `CancelCopyImage` stops a pending copy; `DeleteImage` removes a destination image.
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use super::cloud::{self, Attempt, Backoff};
+use super::{
+    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
+    TOKEN_PROPERTY, TaskPhase, TaskState,
+};
+use crate::api::v1alpha1::ProviderKind;
+use crate::oci::client::urlencode;
+
+const ECS: &str = "https://ecs.{region}.aliyuncs.com";
+const VERSION: &str = "2014-05-26";
+const GIB: u64 = 1 << 30;
+/// Every status, so that copies still being made are seen (the API's default is `Available`).
+const ALL_STATUS: &str = "Creating,Waiting,Available,UnAvailable,CreateFailed,Deprecated";
+
+/// The Alibaba Cloud ECS provider.
+#[derive(Clone)]
+pub struct Alibaba {
+    http: reqwest::Client,
+    backoff: Backoff,
+}
+
+impl Default for Alibaba {
+    fn default() -> Self {
+        Self::new(Backoff::default())
+    }
+}
+
+/// Classify an ECS error (`{"Code": ..., "Message": ..., "RequestId": ...}`).
+fn error(op: &str, status: u16, body: &str, retry_after: Option<std::time::Duration>) -> Attempt {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let code = v.get("Code").and_then(Value::as_str).unwrap_or("").to_string();
+    let msg = v
+        .get("Message")
+        .and_then(Value::as_str)
+        .map(String::from)
+        .unwrap_or_else(|| cloud::short(body));
+    let text = format!("{op}: {code}: {msg}");
+    let throttled = status == 429 || code.starts_with("Throttling") || code == "ServiceUnavailable";
+    let error = if code.contains("NotFound") || status == 404 {
+        ProviderError::not_found(text)
+    } else if throttled
+        || code.starts_with("QuotaExceed")
+        || code.starts_with("IncorrectImageStatus")
+        || code == "InternalError"
+        || status >= 500
+    {
+        ProviderError::transient(text)
+    } else if code.starts_with("Forbidden") || code.starts_with("InvalidAccessKeyId") || code == "SignatureDoesNotMatch"
+    {
+        ProviderError::permanent(format!(
+            "{text} (check the AccessKey and the RAM policy: ecs:DescribeImages, ecs:CopyImage, ecs:CancelCopyImage, ecs:DeleteImage, ecs:TagResources)"
+        ))
+    } else {
+        ProviderError::permanent(text)
+    };
+    Attempt {
+        error,
+        throttled,
+        retry_after,
+    }
+}
+
+fn image_state(status: &str) -> ImageState {
+    match status {
+        "Available" => ImageState::Available,
+        "Creating" | "Waiting" => ImageState::Creating,
+        other => ImageState::Unusable(other.to_string()),
+    }
+}
+
+fn progress(v: &Value) -> Option<i32> {
+    v.get("Progress")
+        .and_then(Value::as_str)
+        .and_then(|p| p.trim_end_matches('%').trim().parse::<i32>().ok())
+}
+
+fn tags(v: &Value) -> Vec<(String, String)> {
+    v.pointer("/Tags/Tag")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            Some((
+                t.get("TagKey")?.as_str()?.to_string(),
+                t.get("TagValue").and_then(Value::as_str).unwrap_or("").to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Parse one `DescribeImages` image. `ImageOwnerAlias`: self (custom, reported as private),
+/// system (public), others (shared with this account), marketplace.
+pub fn parse_image(v: &Value) -> ImageInfo {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
+    let owner = s("ImageOwnerAlias").unwrap_or_default();
+    let encrypted = v
+        .pointer("/DiskDeviceMappings/DiskDeviceMapping")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|d| {
+            d.get("Encrypted")
+                .map(|e| e.as_bool() == Some(true) || e.as_str() == Some("true"))
+                .unwrap_or(false)
+        });
+    ImageInfo {
+        id: s("ImageId").unwrap_or_default(),
+        name: s("ImageName").unwrap_or_default(),
+        size_bytes: v.get("Size").and_then(Value::as_u64).map(|g| g * GIB),
+        disk_format: None,
+        container_format: None,
+        visibility: match owner.as_str() {
+            "self" => "private".into(),
+            "system" => "public".into(),
+            "others" => "shared".into(),
+            "marketplace" => "market".into(),
+            o => o.to_string(),
+        },
+        encrypted,
+        state: s("Status").map(|st| image_state(&st)),
+        whole_machine: false,
+        replicated_from_backup: false,
+        shared_from_other_account: owner == "others",
+        digest: None,
+        checksum: None,
+        properties: tags(v).into_iter().filter(|(k, _)| k != TOKEN_PROPERTY).collect(),
+    }
+}
+
+impl Alibaba {
+    pub fn new(backoff: Backoff) -> Self {
+        Self {
+            http: cloud::client(),
+            backoff,
+        }
+    }
+
+    /// One signed RPC call to the ECS endpoint of `region` (`RegionId` is a parameter the caller
+    /// passes).
+    async fn call(
+        &self,
+        acct: &Account,
+        region: &str,
+        action: &str,
+        params: &[(&str, String)],
+    ) -> Result<Value, ProviderError> {
+        let (Some(id), Some(secret)) = (acct.text("accessKeyId"), acct.text("accessKeySecret")) else {
+            return Err(ProviderError::permanent(
+                "the credentials Secret needs accessKeyId and accessKeySecret (and securityToken for STS credentials)",
+            ));
+        };
+        let sts = acct.text("securityToken");
+        let base = cloud::endpoint(acct.endpoint.as_deref(), ECS, region);
+        self.backoff
+            .run(action, || {
+                let (id, secret, sts, base) = (&id, &secret, &sts, &base);
+                async move {
+                    let now = k8s_openapi::jiff::Timestamp::now();
+                    let mut q: Vec<(String, String)> = vec![
+                        ("Action".into(), action.into()),
+                        ("Version".into(), VERSION.into()),
+                        ("Format".into(), "JSON".into()),
+                        ("AccessKeyId".into(), id.clone()),
+                        ("SignatureMethod".into(), "HMAC-SHA1".into()),
+                        ("SignatureVersion".into(), "1.0".into()),
+                        ("SignatureNonce".into(), super::sign::nonce()),
+                        ("Timestamp".into(), super::sign::iso_time(now)),
+                    ];
+                    if let Some(t) = sts {
+                        q.push(("SecurityToken".into(), t.clone()));
+                    }
+                    q.extend(params.iter().map(|(k, v)| (k.to_string(), v.clone())));
+                    let sig = super::sign::alibaba_rpc(secret, "GET", &q).signature;
+                    q.push(("Signature".into(), sig));
+                    let query = q
+                        .iter()
+                        .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+                        .collect::<Vec<_>>()
+                        .join("&");
+                    let resp = self
+                        .http
+                        .get(format!("{base}/?{query}"))
+                        .send()
+                        .await
+                        .map_err(|e| cloud::transport(action, e))?;
+                    let status = resp.status().as_u16();
+                    let ra = cloud::retry_after(&resp);
+                    let text = resp.text().await.map_err(|e| cloud::transport(action, e))?;
+                    if (200..300).contains(&status) {
+                        serde_json::from_str(&text)
+                            .map_err(|e| ProviderError::transient(format!("{action}: unreadable answer: {e}")).into())
+                    } else {
+                        Err(error(action, status, &text, ra))
+                    }
+                }
+            })
+            .await
+    }
+
+    async fn images(
+        &self,
+        acct: &Account,
+        region: &str,
+        filter: &[(&str, String)],
+    ) -> Result<Vec<Value>, ProviderError> {
+        let mut p: Vec<(&str, String)> = vec![
+            ("RegionId", region.to_string()),
+            ("Status", ALL_STATUS.to_string()),
+            ("PageSize", "100".to_string()),
+        ];
+        p.extend(filter.iter().cloned());
+        let v = self.call(acct, region, "DescribeImages", &p).await?;
+        Ok(v.pointer("/Images/Image")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn image(&self, acct: &Account, region: &str, id: &str) -> Result<Option<Value>, ProviderError> {
+        Ok(self
+            .images(acct, region, &[("ImageId", id.to_string())])
+            .await?
+            .into_iter()
+            .find(|i| i.get("ImageId").and_then(Value::as_str) == Some(id)))
+    }
+
+    async fn find(&self, acct: &Account, req: &CopyRequest) -> Result<Option<CopyHandle>, ProviderError> {
+        let found = self
+            .images(
+                acct,
+                &req.region,
+                &[
+                    ("Tag.1.Key", TOKEN_PROPERTY.to_string()),
+                    ("Tag.1.Value", req.token.clone()),
+                ],
+            )
+            .await?;
+        Ok(found
+            .into_iter()
+            .find(|i| tags(i).iter().any(|(k, v)| k == TOKEN_PROPERTY && *v == req.token))
+            .and_then(|i| i.get("ImageId").and_then(Value::as_str).map(String::from))
+            .map(|id| CopyHandle {
+                task_id: None,
+                image_id: Some(id),
+            }))
+    }
+}
+
+impl ImageService for Alibaba {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Alibaba
+    }
+
+    fn can_cancel(&self) -> bool {
+        true
+    }
+
+    fn describe<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        image: &'a ImageSelector,
+    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>> {
+        Box::pin(async move {
+            let (k, field, v) = match image {
+                ImageSelector::Id(id) => ("ImageId", "ImageId", id.as_str()),
+                ImageSelector::Name(n) => ("ImageName", "ImageName", n.as_str()),
+            };
+            let found = self.images(acct, region, &[(k, v.to_string())]).await?;
+            let exact: Vec<&Value> = found
+                .iter()
+                .filter(|i| i.get(field).and_then(Value::as_str) == Some(v))
+                .collect();
+            match exact.as_slice() {
+                [one] => Ok(parse_image(one)),
+                [] => Err(ProviderError::not_found(format!("ECS in {region} has no image {v}"))),
+                many => Err(ProviderError::permanent(format!(
+                    "image name {v} is ambiguous in {region}: {} images; use source.imageId",
+                    many.len()
+                ))),
+            }
+        })
+    }
+
+    fn start_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+    ) -> BoxFuture<'a, Result<CopyHandle, ProviderError>> {
+        Box::pin(async move {
+            if let Some(h) = self.find(acct, req).await? {
+                return Ok(h);
+            }
+            let mut p: Vec<(&str, String)> = vec![
+                ("RegionId", req.source_region.clone()),
+                ("ImageId", req.source.id.clone()),
+                ("DestinationRegionId", req.region.clone()),
+                ("DestinationImageName", req.name.clone()),
+            ];
+            if let Some(d) = &req.description {
+                p.push(("DestinationDescription", d.clone()));
+            }
+            if let Some(k) = &req.kms_key_id {
+                p.push(("Encrypted", "true".into()));
+                p.push(("KMSKeyId", k.clone()));
+            }
+            if let Some(g) = &req.resource_group_id {
+                p.push(("ResourceGroupId", g.clone()));
+            }
+            let mut all: Vec<(String, String)> = req.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            all.push((TOKEN_PROPERTY.into(), req.token.clone()));
+            let keys: Vec<(String, String, String, String)> = all
+                .into_iter()
+                .enumerate()
+                .map(|(i, (k, v))| (format!("Tag.{}.Key", i + 1), k, format!("Tag.{}.Value", i + 1), v))
+                .collect();
+            for (kk, k, vk, v) in &keys {
+                p.push((kk.as_str(), k.clone()));
+                p.push((vk.as_str(), v.clone()));
+            }
+            let v = self.call(acct, &req.source_region, "CopyImage", &p).await?;
+            let id = v
+                .get("ImageId")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ProviderError::transient("CopyImage: the answer has no ImageId"))?;
+            Ok(CopyHandle {
+                task_id: None,
+                image_id: Some(id.to_string()),
+            })
+        })
+    }
+
+    fn find_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+    ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>> {
+        Box::pin(self.find(acct, req))
+    }
+
+    fn poll<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+        handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
+        Box::pin(async move {
+            let Some(id) = &handle.image_id else {
+                return Err(ProviderError::permanent("no destination image id to poll"));
+            };
+            let mut state = TaskState {
+                phase: TaskPhase::Running,
+                image_id: Some(id.clone()),
+                progress_percent: None,
+                bytes_done: None,
+                bytes_total: req.source.size_bytes,
+                digest: None,
+            };
+            let Some(img) = self.image(acct, &req.region, id).await? else {
+                state.phase = TaskPhase::Failed(format!("destination image {id} is gone (cancelled or deleted)"));
+                return Ok(state);
+            };
+            state.progress_percent = progress(&img);
+            if let (Some(p), Some(t)) = (state.progress_percent, req.source.size_bytes) {
+                state.bytes_done = Some(t * p.clamp(0, 100) as u64 / 100);
+            }
+            match img.get("Status").and_then(Value::as_str).unwrap_or("") {
+                "Available" => {
+                    state.phase = TaskPhase::Succeeded;
+                    state.progress_percent = Some(100);
+                    state.bytes_done = req.source.size_bytes;
+                }
+                "Creating" | "Waiting" => {}
+                other => state.phase = TaskPhase::Failed(format!("destination image {id} is {other}")),
+            }
+            Ok(state)
+        })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let Some(id) = &handle.image_id else { return Ok(()) };
+            match self
+                .call(
+                    acct,
+                    region,
+                    "CancelCopyImage",
+                    &[("RegionId", region.to_string()), ("ImageId", id.clone())],
+                )
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.not_found => Ok(()),
+                // Finished meanwhile: nothing to cancel; the deletion policy decides.
+                Err(e) if e.message.contains("IncorrectImageStatus") => self.delete_image(acct, region, None, id).await,
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn delete_image<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        _project: Option<&'a str>,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            match self
+                .call(
+                    acct,
+                    region,
+                    "DeleteImage",
+                    &[("RegionId", region.to_string()), ("ImageId", image_id.to_string())],
+                )
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.not_found => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn image_exists<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        _project: Option<&'a str>,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ProviderError>> {
+        Box::pin(async move {
+            Ok(self.image(acct, region, image_id).await?.is_some_and(|i| {
+                i.get("Status")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| matches!(s, "Available" | "Creating" | "Waiting"))
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_images_and_errors() {
+        let i = parse_image(&json!({
+            "ImageId": "m-1", "ImageName": "web", "Status": "Creating", "Progress": "40%", "Size": 40,
+            "ImageOwnerAlias": "others",
+            "DiskDeviceMappings": {"DiskDeviceMapping": [{"Encrypted": "true"}]},
+            "Tags": {"Tag": [{"TagKey": "team", "TagValue": "web"}, {"TagKey": TOKEN_PROPERTY, "TagValue": "t"}]}
+        }));
+        assert_eq!(i.size_bytes, Some(40 * GIB));
+        assert!(i.shared_from_other_account && i.encrypted);
+        assert_eq!(i.visibility, "shared");
+        assert_eq!(i.state, Some(ImageState::Creating));
+        assert_eq!(i.properties.len(), 1);
+        assert_eq!(progress(&json!({"Progress": "40%"})), Some(40));
+
+        let a = error(
+            "CopyImage",
+            400,
+            r#"{"Code":"Throttling.User","Message":"Request was denied due to user flow control."}"#,
+            None,
+        );
+        assert!(a.throttled && a.error.retryable);
+        let a = error(
+            "CopyImage",
+            404,
+            r#"{"Code":"InvalidImageId.NotFound","Message":"x"}"#,
+            None,
+        );
+        assert!(a.error.not_found);
+        let a = error(
+            "CopyImage",
+            403,
+            r#"{"Code":"Forbidden.RAM","Message":"User not authorized"}"#,
+            None,
+        );
+        assert!(!a.error.retryable && a.error.message.contains("ecs:CopyImage"));
+        let a = error(
+            "CopyImage",
+            400,
+            r#"{"Code":"QuotaExceed.Image","Message":"quota"}"#,
+            None,
+        );
+        assert!(a.error.retryable && !a.throttled);
+    }
+}

@@ -1,0 +1,523 @@
+//! The AWS EC2 provider: the EC2 Query API (`Version=2016-11-15`, form-encoded POST, XML answers)
+//! signed with Signature Version 4 (optional session token).
+//!
+//! `CopyImage` runs in the destination region with `SourceRegion`, our token as `ClientToken`
+//! (EC2's own idempotency) and as an `imgrep_client_token` tag, so a copy whose answer was lost
+//! is found again before anything is retried. The copy's state comes from `DescribeImages`
+//! (`pending` -> `available`). A pending copy is cancelled, and a copied image deleted, by
+//! `DeregisterImage`; deleting also removes the copy's EBS snapshots.
+
+use futures::future::BoxFuture;
+
+use super::cloud::{self, Attempt, Backoff};
+use super::xml::{self, Node};
+use super::{
+    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
+    TOKEN_PROPERTY, TaskPhase, TaskState,
+};
+use crate::api::v1alpha1::ProviderKind;
+use crate::oci::client::urlencode;
+
+const EC2: &str = "https://ec2.{region}.amazonaws.com";
+const VERSION: &str = "2016-11-15";
+const GIB: u64 = 1 << 30;
+
+/// The AWS EC2 provider.
+#[derive(Clone)]
+pub struct Aws {
+    http: reqwest::Client,
+    backoff: Backoff,
+}
+
+impl Default for Aws {
+    fn default() -> Self {
+        Self::new(Backoff::default())
+    }
+}
+
+/// Classify an EC2 error (`<Response><Errors><Error><Code>`).
+fn error(op: &str, status: u16, body: &str, retry_after: Option<std::time::Duration>) -> Attempt {
+    let doc = xml::parse(body).ok();
+    let code = doc
+        .as_ref()
+        .and_then(|d| d.find("Code"))
+        .map(|n| n.text.trim().to_string())
+        .unwrap_or_default();
+    let msg = doc
+        .as_ref()
+        .and_then(|d| d.find("Message"))
+        .map(|n| n.text.trim().to_string())
+        .unwrap_or_else(|| cloud::short(body));
+    let text = format!("{op}: {code}: {msg}");
+    let throttled = status == 429
+        || matches!(
+            code.as_str(),
+            "RequestLimitExceeded" | "Throttling" | "ThrottlingException"
+        );
+    let error = if code.ends_with(".NotFound") || status == 404 {
+        ProviderError::not_found(text)
+    } else if throttled
+        || matches!(
+            code.as_str(),
+            "ResourceLimitExceeded" | "IncorrectState" | "InternalError" | "ServiceUnavailable" | "Unavailable"
+        )
+        || status >= 500
+    {
+        ProviderError::transient(text)
+    } else if matches!(
+        code.as_str(),
+        "UnauthorizedOperation" | "AuthFailure" | "SignatureDoesNotMatch"
+    ) {
+        ProviderError::permanent(format!(
+            "{text} (check the keys and the IAM policy: ec2:DescribeImages, ec2:CopyImage, ec2:CreateTags, ec2:DeregisterImage, ec2:DeleteSnapshot)"
+        ))
+    } else {
+        ProviderError::permanent(text)
+    };
+    Attempt {
+        error,
+        throttled,
+        retry_after,
+    }
+}
+
+fn image_state(state: &str) -> ImageState {
+    match state {
+        "available" => ImageState::Available,
+        "pending" | "transient" => ImageState::Creating,
+        other => ImageState::Unusable(other.to_string()),
+    }
+}
+
+fn tags(item: &Node) -> Vec<(String, String)> {
+    item.child("tagSet")
+        .into_iter()
+        .flat_map(|t| t.all("item"))
+        .filter_map(|t| Some((t.text_at("key")?, t.text_at("value").unwrap_or_default())))
+        .collect()
+}
+
+fn snapshots(item: &Node) -> Vec<String> {
+    item.child("blockDeviceMapping")
+        .into_iter()
+        .flat_map(|b| b.all("item"))
+        .filter_map(|b| b.text_at("ebs/snapshotId"))
+        .collect()
+}
+
+/// Parse one `DescribeImages` item.
+pub fn parse_image(item: &Node) -> ImageInfo {
+    let volumes: Vec<&Node> = item
+        .child("blockDeviceMapping")
+        .into_iter()
+        .flat_map(|b| b.all("item"))
+        .filter_map(|b| b.child("ebs"))
+        .collect();
+    let size: u64 = volumes
+        .iter()
+        .filter_map(|e| e.text_at("volumeSize")?.parse::<u64>().ok())
+        .sum();
+    ImageInfo {
+        id: item.text_at("imageId").unwrap_or_default(),
+        name: item.text_at("name").unwrap_or_default(),
+        size_bytes: (size > 0).then_some(size * GIB),
+        disk_format: None,
+        container_format: None,
+        visibility: if item.text_at("isPublic").as_deref() == Some("true") {
+            "public".into()
+        } else {
+            "private".into()
+        },
+        encrypted: volumes
+            .iter()
+            .any(|e| e.text_at("encrypted").as_deref() == Some("true")),
+        state: item.text_at("imageState").map(|s| image_state(&s)),
+        whole_machine: false,
+        replicated_from_backup: false,
+        shared_from_other_account: false,
+        digest: None,
+        checksum: None,
+        properties: tags(item).into_iter().filter(|(k, _)| k != TOKEN_PROPERTY).collect(),
+    }
+}
+
+impl Aws {
+    pub fn new(backoff: Backoff) -> Self {
+        Self {
+            http: cloud::client(),
+            backoff,
+        }
+    }
+
+    /// One signed Query API call to the EC2 endpoint of `region`.
+    async fn call(
+        &self,
+        acct: &Account,
+        region: &str,
+        action: &str,
+        params: &[(String, String)],
+    ) -> Result<Node, ProviderError> {
+        let (Some(ak), Some(sk)) = (acct.text("accessKeyId"), acct.text("secretAccessKey")) else {
+            return Err(ProviderError::permanent(
+                "the credentials Secret needs accessKeyId and secretAccessKey (and sessionToken for temporary credentials)",
+            ));
+        };
+        let session = acct.text("sessionToken");
+        let base = cloud::endpoint(acct.endpoint.as_deref(), EC2, region);
+        let mut form: Vec<(String, String)> =
+            vec![("Action".into(), action.into()), ("Version".into(), VERSION.into())];
+        form.extend(params.iter().cloned());
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        self.backoff
+            .run(action, || {
+                let (ak, sk, session, base, body) = (&ak, &sk, &session, &base, &body);
+                async move {
+                    let url = reqwest::Url::parse(&format!("{base}/"))
+                        .map_err(|e| ProviderError::permanent(format!("{action}: bad endpoint {base}: {e}")))?;
+                    let date = super::sign::compact_time(k8s_openapi::jiff::Timestamp::now());
+                    let mut headers = vec![
+                        (
+                            "Content-Type".to_string(),
+                            "application/x-www-form-urlencoded; charset=utf-8".to_string(),
+                        ),
+                        ("Host".to_string(), cloud::host_of(&url)),
+                        ("X-Amz-Date".to_string(), date.clone()),
+                    ];
+                    if let Some(t) = session {
+                        headers.push(("X-Amz-Security-Token".into(), t.clone()));
+                    }
+                    let signed = super::sign::aws_v4(
+                        ak,
+                        sk,
+                        region,
+                        "ec2",
+                        "POST",
+                        url.path(),
+                        &[],
+                        &headers,
+                        body.as_bytes(),
+                        &date,
+                    );
+                    let mut rb = self.http.post(url);
+                    for (k, v) in &headers {
+                        if k != "Host" {
+                            rb = rb.header(k.as_str(), v.as_str());
+                        }
+                    }
+                    let resp = rb
+                        .header("Authorization", signed.authorization)
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .map_err(|e| cloud::transport(action, e))?;
+                    let status = resp.status().as_u16();
+                    let ra = cloud::retry_after(&resp);
+                    let text = resp.text().await.map_err(|e| cloud::transport(action, e))?;
+                    if (200..300).contains(&status) {
+                        xml::parse(&text)
+                            .map_err(|e| ProviderError::transient(format!("{action}: unreadable answer: {e}")).into())
+                    } else {
+                        Err(error(action, status, &text, ra))
+                    }
+                }
+            })
+            .await
+    }
+
+    async fn images(
+        &self,
+        acct: &Account,
+        region: &str,
+        params: &[(String, String)],
+    ) -> Result<Vec<Node>, ProviderError> {
+        let doc = self.call(acct, region, "DescribeImages", params).await?;
+        Ok(doc
+            .child("imagesSet")
+            .map(|s| s.all("item").cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn image(&self, acct: &Account, region: &str, id: &str) -> Result<Option<Node>, ProviderError> {
+        match self.images(acct, region, &[("ImageId.1".into(), id.into())]).await {
+            Ok(v) => Ok(v.into_iter().find(|i| i.text_at("imageId").as_deref() == Some(id))),
+            Err(e) if e.not_found => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn find(&self, acct: &Account, req: &CopyRequest) -> Result<Option<CopyHandle>, ProviderError> {
+        let found = self
+            .images(
+                acct,
+                &req.region,
+                &[
+                    ("Owner.1".into(), "self".into()),
+                    ("Filter.1.Name".into(), format!("tag:{TOKEN_PROPERTY}")),
+                    ("Filter.1.Value.1".into(), req.token.clone()),
+                ],
+            )
+            .await?;
+        Ok(found
+            .iter()
+            .find(|i| tags(i).iter().any(|(k, v)| k == TOKEN_PROPERTY && *v == req.token))
+            .and_then(|i| i.text_at("imageId"))
+            .map(|id| CopyHandle {
+                task_id: None,
+                image_id: Some(id),
+            }))
+    }
+
+    fn tag_params(req: &CopyRequest, prefix: &str) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = req.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        all.push((TOKEN_PROPERTY.into(), req.token.clone()));
+        all.into_iter()
+            .enumerate()
+            .flat_map(|(i, (k, v))| {
+                [
+                    (format!("{prefix}Tag.{}.Key", i + 1), k),
+                    (format!("{prefix}Tag.{}.Value", i + 1), v),
+                ]
+            })
+            .collect()
+    }
+}
+
+impl ImageService for Aws {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Aws
+    }
+
+    fn can_cancel(&self) -> bool {
+        true
+    }
+
+    fn describe<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        image: &'a ImageSelector,
+    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>> {
+        Box::pin(async move {
+            let (params, field, v): (Vec<(String, String)>, &str, &str) = match image {
+                ImageSelector::Id(id) => (vec![("ImageId.1".into(), id.clone())], "imageId", id.as_str()),
+                ImageSelector::Name(n) => (
+                    vec![
+                        ("Filter.1.Name".into(), "name".into()),
+                        ("Filter.1.Value.1".into(), n.clone()),
+                    ],
+                    "name",
+                    n.as_str(),
+                ),
+            };
+            let found = self.images(acct, region, &params).await?;
+            let exact: Vec<&Node> = found
+                .iter()
+                .filter(|i| i.text_at(field).as_deref() == Some(v))
+                .collect();
+            match exact.as_slice() {
+                [one] => Ok(parse_image(one)),
+                [] => Err(ProviderError::not_found(format!("EC2 in {region} has no image {v}"))),
+                many => Err(ProviderError::permanent(format!(
+                    "image name {v} is ambiguous in {region}: {} images; use source.imageId",
+                    many.len()
+                ))),
+            }
+        })
+    }
+
+    fn start_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+    ) -> BoxFuture<'a, Result<CopyHandle, ProviderError>> {
+        Box::pin(async move {
+            if let Some(h) = self.find(acct, req).await? {
+                return Ok(h);
+            }
+            let mut p: Vec<(String, String)> = vec![
+                ("SourceImageId".into(), req.source.id.clone()),
+                ("SourceRegion".into(), req.source_region.clone()),
+                ("Name".into(), req.name.clone()),
+                ("ClientToken".into(), req.token.clone()),
+            ];
+            if let Some(d) = &req.description {
+                p.push(("Description".into(), d.clone()));
+            }
+            if let Some(k) = &req.kms_key_id {
+                p.push(("Encrypted".into(), "true".into()));
+                p.push(("KmsKeyId".into(), k.clone()));
+            }
+            p.push(("TagSpecification.1.ResourceType".into(), "image".into()));
+            p.extend(Self::tag_params(req, "TagSpecification.1."));
+            let doc = self.call(acct, &req.region, "CopyImage", &p).await?;
+            let id = doc
+                .text_at("imageId")
+                .ok_or_else(|| ProviderError::transient("CopyImage: the answer has no imageId"))?;
+            Ok(CopyHandle {
+                task_id: None,
+                image_id: Some(id),
+            })
+        })
+    }
+
+    fn find_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+    ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>> {
+        Box::pin(self.find(acct, req))
+    }
+
+    fn poll<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+        handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
+        Box::pin(async move {
+            let Some(id) = &handle.image_id else {
+                return Err(ProviderError::permanent("no destination image id to poll"));
+            };
+            let mut state = TaskState {
+                phase: TaskPhase::Running,
+                image_id: Some(id.clone()),
+                progress_percent: None,
+                bytes_done: None,
+                bytes_total: req.source.size_bytes,
+                digest: None,
+            };
+            let Some(img) = self.image(acct, &req.region, id).await? else {
+                state.phase = TaskPhase::Failed(format!("destination image {id} is gone (deregistered)"));
+                return Ok(state);
+            };
+            match img.text_at("imageState").unwrap_or_default().as_str() {
+                "available" => {
+                    // TagSpecification tags the copy at creation; make sure (some EC2-compatible
+                    // endpoints ignore it) before reporting success.
+                    if !tags(&img).iter().any(|(k, v)| k == TOKEN_PROPERTY && *v == req.token) {
+                        let mut p: Vec<(String, String)> = vec![("ResourceId.1".into(), id.clone())];
+                        p.extend(Self::tag_params(req, ""));
+                        self.call(acct, &req.region, "CreateTags", &p).await?;
+                    }
+                    state.phase = TaskPhase::Succeeded;
+                    state.progress_percent = Some(100);
+                    state.bytes_done = req.source.size_bytes;
+                }
+                "pending" | "transient" => {}
+                other => {
+                    let why = img.text_at("stateReason/message").unwrap_or_default();
+                    state.phase = TaskPhase::Failed(format!("destination image {id} is {other}: {why}"));
+                }
+            }
+            Ok(state)
+        })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            match &handle.image_id {
+                Some(id) => self.delete_image(acct, region, None, id).await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn delete_image<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        _project: Option<&'a str>,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let snaps = match self.image(acct, region, image_id).await? {
+                Some(img) => snapshots(&img),
+                None => return Ok(()),
+            };
+            match self
+                .call(acct, region, "DeregisterImage", &[("ImageId".into(), image_id.into())])
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.not_found => {}
+                Err(e) => return Err(e),
+            }
+            for s in snaps {
+                match self
+                    .call(acct, region, "DeleteSnapshot", &[("SnapshotId".into(), s.clone())])
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if e.not_found => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn image_exists<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        _project: Option<&'a str>,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ProviderError>> {
+        Box::pin(async move {
+            Ok(self.image(acct, region, image_id).await?.is_some_and(|i| {
+                matches!(
+                    i.text_at("imageState").as_deref(),
+                    Some("available" | "pending" | "transient")
+                )
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_images_and_errors() {
+        let doc = xml::parse(
+            "<DescribeImagesResponse><imagesSet><item><imageId>ami-1</imageId><name>web</name>\
+             <imageState>pending</imageState><isPublic>false</isPublic>\
+             <blockDeviceMapping><item><ebs><snapshotId>snap-1</snapshotId><volumeSize>8</volumeSize>\
+             <encrypted>true</encrypted></ebs></item></blockDeviceMapping>\
+             <tagSet><item><key>team</key><value>web</value></item></tagSet></item></imagesSet></DescribeImagesResponse>",
+        )
+        .unwrap();
+        let item = doc.child("imagesSet").unwrap().child("item").unwrap();
+        let i = parse_image(item);
+        assert_eq!(i.size_bytes, Some(8 * GIB));
+        assert!(i.encrypted);
+        assert_eq!(i.state, Some(ImageState::Creating));
+        assert_eq!(i.properties.get("team").map(String::as_str), Some("web"));
+        assert_eq!(snapshots(item), vec!["snap-1"]);
+
+        let e = |code: &str| {
+            error(
+                "CopyImage",
+                400,
+                &format!(
+                    "<Response><Errors><Error><Code>{code}</Code><Message>m</Message></Error></Errors></Response>"
+                ),
+                None,
+            )
+        };
+        assert!(e("RequestLimitExceeded").throttled);
+        assert!(e("InvalidAMIID.NotFound").error.not_found);
+        assert!(!e("UnauthorizedOperation").error.retryable);
+        assert!(e("ResourceLimitExceeded").error.retryable);
+    }
+}

@@ -1,0 +1,222 @@
+//! What the cloud providers (huawei, alibaba, aws) share: one HTTP client with API timeouts,
+//! endpoint templates, and backoff on throttling.
+//!
+//! A throttled call (HTTP 429, or the provider's throttling error code) is retried here with
+//! exponential backoff and jitter, honouring `Retry-After`, a few times within one provider
+//! call; if the provider still throttles, the call fails as retryable and the engine's own
+//! per-destination backoff takes over. Other errors are returned at once.
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::ProviderError;
+use crate::oci::client::{parse_retry_after, tls_config};
+
+/// Total time of one API call.
+pub const API_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One failed attempt of a call.
+#[derive(Debug)]
+pub struct Attempt {
+    pub error: ProviderError,
+    /// The provider asked us to slow down.
+    pub throttled: bool,
+    pub retry_after: Option<Duration>,
+}
+
+impl From<ProviderError> for Attempt {
+    fn from(error: ProviderError) -> Self {
+        Self {
+            error,
+            throttled: false,
+            retry_after: None,
+        }
+    }
+}
+
+/// How throttled calls are retried.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    /// Attempts in all (the first included).
+    pub attempts: u32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(8),
+        }
+    }
+}
+
+impl Backoff {
+    fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(ra) = retry_after {
+            return ra.min(Duration::from_secs(30));
+        }
+        let exp = self.base.saturating_mul(1u32 << retry.min(16)).min(self.max);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        exp.mul_f64(0.5 + (nanos % 1000) as f64 / 2000.0)
+    }
+
+    /// Run `call` until it succeeds, fails without throttling, or the attempts are used up.
+    pub async fn run<T, F, Fut>(&self, op: &str, mut call: F) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Attempt>>,
+    {
+        let mut retry = 0;
+        loop {
+            match call().await {
+                Ok(v) => return Ok(v),
+                Err(a) if a.throttled && retry + 1 < self.attempts => {
+                    let d = self.delay(retry, a.retry_after);
+                    tracing::info!(op, delay_ms = d.as_millis() as u64, error = %a.error, "throttled; backing off");
+                    tokio::time::sleep(d).await;
+                    retry += 1;
+                }
+                Err(a) if a.throttled => {
+                    return Err(ProviderError::transient(format!(
+                        "{} (still throttled after {} attempts)",
+                        a.error.message, self.attempts
+                    )));
+                }
+                Err(a) => return Err(a.error),
+            }
+        }
+    }
+}
+
+/// The HTTP client the cloud providers use.
+pub fn client() -> reqwest::Client {
+    let tls = tls_config(None).expect("TLS with the system roots");
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(API_TIMEOUT)
+        .build()
+        .expect("HTTP client")
+}
+
+/// `Retry-After` of a response, if any.
+pub fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
+}
+
+/// An endpoint for a region: the override (`{region}` replaced) or the provider's default
+/// template. No trailing slash.
+pub fn endpoint(override_: Option<&str>, default_template: &str, region: &str) -> String {
+    override_
+        .unwrap_or(default_template)
+        .replace("{region}", region)
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// `host[:port]` of a URL, as signed in the `Host` header (default ports left out).
+pub fn host_of(url: &reqwest::Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// A transport failure, without the URL (which may carry signed query parameters).
+pub fn transport(op: &str, e: reqwest::Error) -> Attempt {
+    ProviderError::transient(format!("{op}: {}", crate::oci::client::without_url(&e))).into()
+}
+
+/// At most 300 characters of a provider's message.
+pub fn short(s: &str) -> String {
+    let s = s.trim();
+    let mut out: String = s.chars().take(300).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn throttled_calls_back_off_then_give_up_as_retryable() {
+        let b = Backoff {
+            attempts: 3,
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+        };
+        let n = AtomicU32::new(0);
+        let r: Result<(), _> = b
+            .run("op", || async {
+                n.fetch_add(1, Ordering::SeqCst);
+                Err(Attempt {
+                    error: ProviderError::transient("Throttling"),
+                    throttled: true,
+                    retry_after: None,
+                })
+            })
+            .await;
+        assert_eq!(n.load(Ordering::SeqCst), 3);
+        let e = r.unwrap_err();
+        assert!(
+            e.retryable && e.message.contains("still throttled after 3 attempts"),
+            "{e:?}"
+        );
+
+        let n = AtomicU32::new(0);
+        let r = b
+            .run("op", || async {
+                if n.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(Attempt {
+                        error: ProviderError::transient("slow down"),
+                        throttled: true,
+                        retry_after: Some(Duration::from_millis(1)),
+                    })
+                } else {
+                    Ok(7)
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap(), 7);
+
+        let n = AtomicU32::new(0);
+        let r: Result<(), _> = b
+            .run("op", || async {
+                n.fetch_add(1, Ordering::SeqCst);
+                Err(ProviderError::permanent("denied").into())
+            })
+            .await;
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+        assert!(!r.unwrap_err().retryable);
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            endpoint(None, "https://ecs.{region}.aliyuncs.com", "cn-hangzhou"),
+            "https://ecs.cn-hangzhou.aliyuncs.com"
+        );
+        assert_eq!(
+            endpoint(Some("http://127.0.0.1:9/"), "https://x.{region}", "r"),
+            "http://127.0.0.1:9"
+        );
+        let u = reqwest::Url::parse("http://127.0.0.1:8080/a").unwrap();
+        assert_eq!(host_of(&u), "127.0.0.1:8080");
+        let u = reqwest::Url::parse("https://ec2.us-east-1.amazonaws.com/").unwrap();
+        assert_eq!(host_of(&u), "ec2.us-east-1.amazonaws.com");
+    }
+}

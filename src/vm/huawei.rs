@@ -1,0 +1,713 @@
+//! The Huawei Cloud IMS provider: AK/SK request signing (`SDK-HMAC-SHA256`, optional security
+//! token), a project id per region (from the Secret, or resolved by project name through IAM),
+//! the image list API to describe images, the cross-region copy API and the asynchronous job API.
+//!
+//! IMS has no cancel: a copy in flight on delete is awaited and then handled by the deletion
+//! policy. Idempotency: when a job finishes, the destination image gets an `imgrep_client_token`
+//! tag; before any (re)start the destination region is searched for that tag, then for an image
+//! of the destination name that carries no token tag yet (a copy whose request was sent but
+//! whose answer was lost), so a crash never yields a second copy.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::cloud::{self, Attempt, Backoff};
+use super::{
+    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
+    TOKEN_PROPERTY, TaskPhase, TaskState,
+};
+use crate::api::v1alpha1::ProviderKind;
+use crate::oci::client::urlencode;
+
+const IMS: &str = "https://ims.{region}.myhuaweicloud.com";
+const IAM: &str = "https://iam.myhuaweicloud.com";
+
+/// The Huawei Cloud IMS provider.
+#[derive(Clone)]
+pub struct Huawei {
+    http: reqwest::Client,
+    backoff: Backoff,
+    /// (access key, project name) -> project id.
+    projects: Arc<Mutex<HashMap<(String, String), String>>>,
+}
+
+impl Default for Huawei {
+    fn default() -> Self {
+        Self::new(Backoff::default())
+    }
+}
+
+struct Creds {
+    ak: String,
+    sk: String,
+    token: Option<String>,
+}
+
+fn creds(acct: &Account) -> Result<Creds, ProviderError> {
+    match (acct.text("accessKey"), acct.text("secretKey")) {
+        (Some(ak), Some(sk)) => Ok(Creds {
+            ak,
+            sk,
+            token: acct.text("securityToken"),
+        }),
+        _ => Err(ProviderError::permanent(
+            "the credentials Secret needs accessKey and secretKey (and securityToken for temporary credentials)",
+        )),
+    }
+}
+
+/// Classify an IMS / API Gateway error response.
+fn error(op: &str, status: u16, body: &str, retry_after: Option<std::time::Duration>) -> Attempt {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let code = v
+        .pointer("/error/code")
+        .or_else(|| v.get("error_code"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let msg = v
+        .pointer("/error/message")
+        .or_else(|| v.get("error_msg"))
+        .and_then(Value::as_str)
+        .map(String::from)
+        .unwrap_or_else(|| cloud::short(body));
+    let text = if code.is_empty() {
+        format!("{op}: HTTP {status}: {msg}")
+    } else {
+        format!("{op}: HTTP {status} {code}: {msg}")
+    };
+    // APIG.0308: the request was throttled by API Gateway.
+    let throttled = status == 429 || code == "APIG.0308" || code == "APIGW.0308";
+    let quota = msg.to_ascii_lowercase().contains("quota");
+    let error = match status {
+        404 => ProviderError::not_found(text),
+        _ if throttled || quota => ProviderError::transient(text),
+        401 | 403 => ProviderError::permanent(format!(
+            "{text} (check the AK/SK and that the user has IMS FullAccess in both regions)"
+        )),
+        408 | 409 | 500..=599 => ProviderError::transient(text),
+        _ => ProviderError::permanent(text),
+    };
+    Attempt {
+        error,
+        throttled,
+        retry_after,
+    }
+}
+
+fn image_state(status: &str) -> ImageState {
+    match status {
+        "active" => ImageState::Available,
+        "queued" | "saving" => ImageState::Creating,
+        "frozen" => ImageState::Frozen,
+        other => ImageState::Unusable(other.to_string()),
+    }
+}
+
+/// Parse an IMS image (`GET /v2/cloudimages`). Field mapping: `__imagetype` gold/private/shared/
+/// market (gold reported as public); encryption from `__system_encrypted` or a `__system__cmkid`;
+/// a full-ECS image has `__whole_image` "true"; a full-ECS image made from a CBR backup has a
+/// `__backup_id`, and one that is itself a cross-region replica has a `__data_origin` starting with
+/// `image,`.
+pub fn parse_image(v: &Value) -> ImageInfo {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
+    let truthy = |k: &str| {
+        v.get(k)
+            .map(|x| {
+                x.as_str()
+                    .map(|t| t == "true" || t == "1")
+                    .unwrap_or(x.as_bool() == Some(true))
+            })
+            .unwrap_or(false)
+    };
+    let visibility = match s("__imagetype").as_deref() {
+        Some("gold") => "public".to_string(),
+        Some(t) => t.to_string(),
+        None => s("visibility").unwrap_or_default(),
+    };
+    let size = s("__image_size")
+        .and_then(|t| t.parse::<u64>().ok())
+        .or_else(|| v.get("__image_size").and_then(Value::as_u64))
+        .or_else(|| v.get("size").and_then(Value::as_u64));
+    let whole = truthy("__whole_image");
+    let mut properties = std::collections::BTreeMap::new();
+    for k in ["__os_version", "__os_type", "__platform", "min_disk"] {
+        if let Some(x) = v.get(k) {
+            properties.insert(
+                k.to_string(),
+                x.as_str().map(String::from).unwrap_or_else(|| x.to_string()),
+            );
+        }
+    }
+    ImageInfo {
+        id: s("id").unwrap_or_default(),
+        name: s("name").unwrap_or_default(),
+        size_bytes: size,
+        disk_format: s("disk_format"),
+        container_format: s("container_format"),
+        visibility,
+        encrypted: truthy("__system_encrypted") || s("__system__cmkid").is_some_and(|k| !k.is_empty()),
+        state: s("status").map(|st| image_state(&st)),
+        whole_machine: whole,
+        replicated_from_backup: whole
+            && s("__backup_id").is_some_and(|b| !b.is_empty())
+            && s("__data_origin").is_some_and(|o| o.starts_with("image,")),
+        shared_from_other_account: false,
+        digest: None,
+        checksum: s("checksum").filter(|c| !c.is_empty()),
+        properties,
+    }
+}
+
+/// One IMS or IAM request.
+struct Call<'a> {
+    op: &'a str,
+    method: Method,
+    base: &'a str,
+    path: &'a str,
+    query: &'a [(String, String)],
+    project: Option<&'a str>,
+    body: Option<Value>,
+}
+
+fn token_tag(token: &str) -> String {
+    format!("{TOKEN_PROPERTY}.{token}")
+}
+
+fn has_our_tag(v: &Value) -> Option<String> {
+    v.get("tags")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find_map(|t| t.strip_prefix(&format!("{TOKEN_PROPERTY}.")).map(String::from))
+}
+
+impl Huawei {
+    pub fn new(backoff: Backoff) -> Self {
+        Self {
+            http: cloud::client(),
+            backoff,
+            projects: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// One signed call. `base` is the service endpoint; `project` goes in `X-Project-Id`.
+    async fn call(&self, acct: &Account, call: Call<'_>) -> Result<Value, ProviderError> {
+        let Call {
+            op,
+            method,
+            base,
+            path,
+            query,
+            project,
+            body,
+        } = call;
+        let c = creds(acct)?;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        self.backoff
+            .run(op, || {
+                let (method, body, c) = (method.clone(), body.clone(), &c);
+                async move {
+                    let mut url = reqwest::Url::parse(&format!("{base}{path}"))
+                        .map_err(|e| ProviderError::permanent(format!("{op}: bad endpoint {base}: {e}")))?;
+                    if !query.is_empty() {
+                        url.set_query(Some(
+                            &query
+                                .iter()
+                                .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+                                .collect::<Vec<_>>()
+                                .join("&"),
+                        ));
+                    }
+                    let mut headers = vec![
+                        ("Content-Type".to_string(), "application/json".to_string()),
+                        ("Host".to_string(), cloud::host_of(&url)),
+                        (
+                            "X-Sdk-Date".to_string(),
+                            super::sign::compact_time(k8s_openapi::jiff::Timestamp::now()),
+                        ),
+                    ];
+                    if let Some(p) = project {
+                        headers.push(("X-Project-Id".into(), p.to_string()));
+                    }
+                    if let Some(t) = &c.token {
+                        headers.push(("X-Security-Token".into(), t.clone()));
+                    }
+                    let signed = super::sign::huawei(
+                        &c.ak,
+                        &c.sk,
+                        method.as_str(),
+                        url.path(),
+                        query,
+                        &headers,
+                        body.as_bytes(),
+                    );
+                    let mut rb = self.http.request(method, url);
+                    for (k, v) in &headers {
+                        if k != "Host" {
+                            rb = rb.header(k.as_str(), v.as_str());
+                        }
+                    }
+                    rb = rb.header("Authorization", signed.authorization);
+                    if !body.is_empty() {
+                        rb = rb.body(body);
+                    }
+                    let resp = rb.send().await.map_err(|e| cloud::transport(op, e))?;
+                    let status = resp.status().as_u16();
+                    let ra = cloud::retry_after(&resp);
+                    let text = resp.text().await.map_err(|e| cloud::transport(op, e))?;
+                    if (200..300).contains(&status) {
+                        Ok(if text.trim().is_empty() {
+                            Value::Null
+                        } else {
+                            serde_json::from_str(&text)
+                                .map_err(|e| ProviderError::transient(format!("{op}: unreadable answer: {e}")))?
+                        })
+                    } else {
+                        Err(error(op, status, &text, ra))
+                    }
+                }
+            })
+            .await
+    }
+
+    fn ims(acct: &Account, region: &str) -> String {
+        cloud::endpoint(acct.endpoint.as_deref(), IMS, region)
+    }
+
+    /// The project id for a project name (a region's default project is named after the region):
+    /// `projectId.<name>` from the Secret, else IAM `GET /v3/projects?name=`.
+    async fn project_id(&self, acct: &Account, name: &str) -> Result<String, ProviderError> {
+        if let Some(id) = acct.text(&format!("projectId.{name}")) {
+            return Ok(id);
+        }
+        let ak = creds(acct)?.ak;
+        if let Some(id) = self
+            .projects
+            .lock()
+            .expect("projects")
+            .get(&(ak.clone(), name.to_string()))
+        {
+            return Ok(id.clone());
+        }
+        let iam = acct
+            .text("iamEndpoint")
+            .map(|e| e.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| cloud::endpoint(acct.endpoint.as_deref(), IAM, name));
+        let v = self
+            .call(
+                acct,
+                Call {
+                    op: "resolve project",
+                    method: Method::GET,
+                    base: &iam,
+                    path: "/v3/projects",
+                    query: &[("name".into(), name.into())],
+                    project: None,
+                    body: None,
+                },
+            )
+            .await?;
+        let id = v
+            .pointer("/projects/0/id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ProviderError::permanent(format!(
+                    "IAM has no project named {name} (set projectId.{name} in the credentials Secret, or the destination's project)"
+                ))
+            })?
+            .to_string();
+        self.projects
+            .lock()
+            .expect("projects")
+            .insert((ak, name.to_string()), id.clone());
+        Ok(id)
+    }
+
+    async fn list(
+        &self,
+        acct: &Account,
+        region: &str,
+        project: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Vec<Value>, ProviderError> {
+        let pid = self.project_id(acct, project).await?;
+        let q: Vec<(String, String)> = query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let v = self
+            .call(
+                acct,
+                Call {
+                    op: "list images",
+                    method: Method::GET,
+                    base: &Self::ims(acct, region),
+                    path: "/v2/cloudimages",
+                    query: &q,
+                    project: Some(&pid),
+                    body: None,
+                },
+            )
+            .await?;
+        Ok(v.get("images").and_then(Value::as_array).cloned().unwrap_or_default())
+    }
+
+    fn dest_project(req: &CopyRequest) -> String {
+        req.project.clone().unwrap_or_else(|| req.region.clone())
+    }
+
+    /// Tag a finished copy with our token and the spec's tags.
+    async fn tag(&self, acct: &Account, req: &CopyRequest, image_id: &str) -> Result<(), ProviderError> {
+        let project = Self::dest_project(req);
+        let pid = self.project_id(acct, &project).await?;
+        let mut tags: Vec<(String, String)> = vec![(TOKEN_PROPERTY.to_string(), req.token.clone())];
+        tags.extend(req.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for (k, v) in tags {
+            self.call(
+                acct,
+                Call {
+                    op: "tag image",
+                    method: Method::PUT,
+                    base: &Self::ims(acct, &req.region),
+                    path: &format!("/v2/{pid}/images/{image_id}/tags"),
+                    query: &[],
+                    project: Some(&pid),
+                    body: Some(json!({"tag": {"key": k, "value": v}})),
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn image(
+        &self,
+        acct: &Account,
+        region: &str,
+        project: &str,
+        id: &str,
+    ) -> Result<Option<Value>, ProviderError> {
+        Ok(self
+            .list(acct, region, project, &[("id", id)])
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn find(&self, acct: &Account, req: &CopyRequest) -> Result<Option<CopyHandle>, ProviderError> {
+        let project = Self::dest_project(req);
+        let tagged = self
+            .list(acct, &req.region, &project, &[("tag", &token_tag(&req.token))])
+            .await?;
+        if let Some(img) = tagged.first() {
+            return Ok(Some(CopyHandle {
+                task_id: None,
+                image_id: img.get("id").and_then(Value::as_str).map(String::from),
+            }));
+        }
+        // A copy whose request was sent but whose answer (the job id) was lost: an image of our
+        // name without a token tag, still being made or made since.
+        let named = self.list(acct, &req.region, &project, &[("name", &req.name)]).await?;
+        let untagged: Vec<&Value> = named
+            .iter()
+            .filter(|v| has_our_tag(v).is_none())
+            .filter(|v| {
+                v.get("status")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| matches!(s, "queued" | "saving" | "active"))
+            })
+            .collect();
+        Ok(match untagged.as_slice() {
+            [one] => Some(CopyHandle {
+                task_id: None,
+                image_id: one.get("id").and_then(Value::as_str).map(String::from),
+            }),
+            _ => None,
+        })
+    }
+}
+
+impl ImageService for Huawei {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Huawei
+    }
+
+    fn can_cancel(&self) -> bool {
+        false
+    }
+
+    fn describe<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        image: &'a ImageSelector,
+    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>> {
+        Box::pin(async move {
+            let (k, v) = match image {
+                ImageSelector::Id(id) => ("id", id.as_str()),
+                ImageSelector::Name(n) => ("name", n.as_str()),
+            };
+            let found = self.list(acct, region, region, &[(k, v)]).await?;
+            let exact: Vec<&Value> = found
+                .iter()
+                .filter(|i| i.get(k).and_then(Value::as_str) == Some(v))
+                .collect();
+            match exact.as_slice() {
+                [one] => Ok(parse_image(one)),
+                [] => Err(ProviderError::not_found(format!(
+                    "IMS in {region} has no image with {k} {v}"
+                ))),
+                many => Err(ProviderError::permanent(format!(
+                    "image name {v} is ambiguous in {region}: {} images ({}); use source.imageId",
+                    many.len(),
+                    many.iter()
+                        .filter_map(|i| i.get("id").and_then(Value::as_str))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+            }
+        })
+    }
+
+    fn start_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+    ) -> BoxFuture<'a, Result<CopyHandle, ProviderError>> {
+        Box::pin(async move {
+            if let Some(h) = self.find(acct, req).await? {
+                return Ok(h);
+            }
+            let agency = acct.agency.clone().ok_or_else(|| {
+                ProviderError::permanent("Huawei IMS cross-region replication needs provider.agency".to_string())
+            })?;
+            let src_pid = self.project_id(acct, &req.source_region).await?;
+            let mut body = json!({
+                "name": req.name,
+                "region": req.region,
+                "project_name": Self::dest_project(req),
+                "agency_name": agency,
+            });
+            if let Some(d) = &req.description {
+                body["description"] = json!(d);
+            }
+            if let Some(v) = &req.vault_id {
+                body["vault_id"] = json!(v);
+            }
+            let v = self
+                .call(
+                    acct,
+                    Call {
+                        op: "cross-region copy",
+                        method: Method::POST,
+                        base: &Self::ims(acct, &req.source_region),
+                        path: &format!("/v1/cloudimages/{}/cross_region_copy", req.source.id),
+                        query: &[],
+                        project: Some(&src_pid),
+                        body: Some(body),
+                    },
+                )
+                .await?;
+            let job = v
+                .get("job_id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ProviderError::transient("cross-region copy: the answer has no job_id"))?;
+            Ok(CopyHandle {
+                task_id: Some(job.to_string()),
+                image_id: None,
+            })
+        })
+    }
+
+    fn find_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+    ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>> {
+        Box::pin(self.find(acct, req))
+    }
+
+    fn poll<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+        handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
+        Box::pin(async move {
+            let mut state = TaskState {
+                phase: TaskPhase::Running,
+                image_id: handle.image_id.clone(),
+                progress_percent: None,
+                bytes_done: None,
+                bytes_total: req.source.size_bytes,
+                digest: None,
+            };
+            if let Some(job) = &handle.task_id {
+                let pid = self.project_id(acct, &req.source_region).await?;
+                let v = self
+                    .call(
+                        acct,
+                        Call {
+                            op: "query job",
+                            method: Method::GET,
+                            base: &Self::ims(acct, &req.source_region),
+                            path: &format!("/v1/{pid}/jobs/{job}"),
+                            query: &[],
+                            project: Some(&pid),
+                            body: None,
+                        },
+                    )
+                    .await?;
+                if let Some(id) = v.pointer("/entities/image_id").and_then(Value::as_str) {
+                    state.image_id = Some(id.to_string());
+                }
+                if let Some(p) = v.pointer("/entities/process_percent").and_then(Value::as_f64) {
+                    let pct = if p <= 1.0 { p * 100.0 } else { p };
+                    state.progress_percent = Some(pct.round().clamp(0.0, 100.0) as i32);
+                }
+                match v.get("status").and_then(Value::as_str).unwrap_or("") {
+                    "SUCCESS" => {}
+                    "FAIL" => {
+                        let reason = v
+                            .get("fail_reason")
+                            .and_then(Value::as_str)
+                            .or_else(|| v.get("error_code").and_then(Value::as_str))
+                            .unwrap_or("no reason given");
+                        state.phase = TaskPhase::Failed(format!("IMS job {job} failed: {}", cloud::short(reason)));
+                        return Ok(state);
+                    }
+                    _ => return Ok(state),
+                }
+            }
+            let Some(id) = state.image_id.clone() else {
+                state.phase = TaskPhase::Failed("IMS job succeeded without a destination image id".into());
+                return Ok(state);
+            };
+            match self.image(acct, &req.region, &Self::dest_project(req), &id).await? {
+                None => {
+                    state.phase = TaskPhase::Failed(format!("destination image {id} is gone"));
+                }
+                Some(img) => match img.get("status").and_then(Value::as_str).unwrap_or("") {
+                    "active" => {
+                        if has_our_tag(&img).as_deref() != Some(req.token.as_str()) {
+                            self.tag(acct, req, &id).await?;
+                        }
+                        state.phase = TaskPhase::Succeeded;
+                        state.progress_percent = Some(100);
+                        state.bytes_done = req.source.size_bytes;
+                    }
+                    "queued" | "saving" => {}
+                    other => {
+                        state.phase = TaskPhase::Failed(format!("destination image {id} is {other}"));
+                    }
+                },
+            }
+            Ok(state)
+        })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        _acct: &'a Account,
+        _region: &'a str,
+        _handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async { Err(ProviderError::permanent("Huawei IMS cannot cancel a cross-region copy")) })
+    }
+
+    fn delete_image<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        project: Option<&'a str>,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let pid = self.project_id(acct, project.unwrap_or(region)).await?;
+            match self
+                .call(
+                    acct,
+                    Call {
+                        op: "delete image",
+                        method: Method::DELETE,
+                        base: &Self::ims(acct, region),
+                        path: &format!("/v2/images/{image_id}"),
+                        query: &[],
+                        project: Some(&pid),
+                        body: None,
+                    },
+                )
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.not_found => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn image_exists<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        project: Option<&'a str>,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ProviderError>> {
+        Box::pin(async move {
+            Ok(self
+                .image(acct, region, project.unwrap_or(region), image_id)
+                .await?
+                .is_some_and(|v| {
+                    v.get("status")
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| matches!(s, "active" | "queued" | "saving"))
+                }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ims_images() {
+        let i = parse_image(&json!({
+            "id": "i1", "name": "web", "status": "active", "__imagetype": "private", "disk_format": "zvhd2",
+            "__image_size": "2147483648", "__whole_image": "true", "__backup_id": "b1",
+            "__data_origin": "image,cn-north-4,i0", "__system__cmkid": "", "__os_version": "Ubuntu 22.04"
+        }));
+        assert_eq!(i.visibility, "private");
+        assert_eq!(i.size_bytes, Some(2 << 30));
+        assert!(i.whole_machine && i.replicated_from_backup && !i.encrypted);
+        assert_eq!(i.state, Some(ImageState::Available));
+        let g = parse_image(&json!({"id": "g", "__imagetype": "gold", "status": "saving", "__system_encrypted": "1"}));
+        assert_eq!(g.visibility, "public");
+        assert!(g.encrypted);
+        assert_eq!(g.state, Some(ImageState::Creating));
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let a = error("op", 429, r#"{"error_code":"APIG.0308","error_msg":"too many"}"#, None);
+        assert!(a.throttled && a.error.retryable);
+        let a = error(
+            "op",
+            403,
+            r#"{"error":{"code":"IMG.0003","message":"no permission"}}"#,
+            None,
+        );
+        assert!(!a.error.retryable && a.error.message.contains("IMS FullAccess"));
+        let a = error(
+            "op",
+            400,
+            r#"{"error":{"code":"IMG.0190","message":"replication quota exceeded"}}"#,
+            None,
+        );
+        assert!(a.error.retryable && !a.throttled);
+        assert!(error("op", 404, "", None).error.not_found);
+    }
+}
