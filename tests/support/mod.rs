@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod clouds;
 pub mod fake_apiserver;
 pub mod faulty;
 pub mod openstack;

@@ -1,0 +1,912 @@
+//! HTTP stand-ins for the Huawei Cloud IMS, Alibaba Cloud ECS and AWS EC2 image APIs, following
+//! their published request and response shapes: paths and actions, bodies, error codes, and the
+//! asynchronous copy lifecycle with progress. Every request's signature is checked (a bad one is
+//! answered as the cloud does: 401 / SignatureDoesNotMatch / AuthFailure) after recomputing it
+//! from the request as received, and every request is logged for the tests to inspect.
+//!
+//! One stand-in serves all regions of a provider (the endpoint override has no `{region}`); the
+//! region comes from where the provider carries it: Huawei's `X-Project-Id` (project `p-<name>`,
+//! region = the project name up to `_`), Alibaba's `RegionId`, AWS's credential scope.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use image_replication_operator::vm::sign;
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Huawei,
+    Alibaba,
+    Aws,
+}
+
+pub const AK: &str = "AKTESTSTANDIN";
+pub const SK: &str = "sk/test+standin=";
+
+/// An image held by the stand-in.
+#[derive(Clone, Debug)]
+pub struct Img {
+    pub id: String,
+    pub region: String,
+    pub project: String,
+    pub name: String,
+    pub description: String,
+    pub size_gib: u64,
+    /// Provider fields (visibility, disk format, ...), in the provider's own words.
+    pub extra: Value,
+    pub tags: BTreeMap<String, String>,
+    /// A copy: ready `copy_for` after `created`; `None`: ready now.
+    pub copy: Option<(Instant, Duration)>,
+    pub encrypted: bool,
+    pub snapshots: Vec<String>,
+}
+
+impl Img {
+    /// 0..=100 while a copy runs, 100 when ready.
+    pub fn progress(&self) -> u32 {
+        match self.copy {
+            None => 100,
+            Some((t, d)) => ((t.elapsed().as_secs_f64() / d.as_secs_f64().max(0.001)) * 100.0).min(100.0) as u32,
+        }
+    }
+    pub fn ready(&self) -> bool {
+        self.progress() >= 100
+    }
+}
+
+/// One request as received.
+#[derive(Clone, Debug)]
+pub struct Req {
+    pub method: String,
+    pub path: String,
+    /// Query or form parameters (Alibaba, AWS) or the JSON body's fields (Huawei), flattened.
+    pub params: BTreeMap<String, String>,
+    pub body: Value,
+    pub headers: BTreeMap<String, String>,
+    pub status: u16,
+    /// Answered with the provider's throttling error.
+    pub throttled: bool,
+    /// Rejected for a bad signature.
+    pub bad_signature: bool,
+}
+
+impl Req {
+    pub fn action(&self) -> &str {
+        self.params.get("Action").map(String::as_str).unwrap_or("")
+    }
+}
+
+#[derive(Default)]
+pub struct State {
+    pub images: Mutex<Vec<Img>>,
+    pub requests: Mutex<Vec<Req>>,
+    /// Answer this many next requests as throttled.
+    pub throttle: AtomicU32,
+    /// How long a copy into a region takes (default 1 s).
+    pub copy_time: Mutex<HashMap<String, Duration>>,
+    /// Hold the answer to the next copy request this long (after the copy was created).
+    pub hold_copy_answer: Mutex<Option<Duration>>,
+    /// Huawei jobs: job id -> (source image, destination image id).
+    pub jobs: Mutex<HashMap<String, String>>,
+    /// AWS: ClientToken -> image id.
+    pub client_tokens: Mutex<HashMap<String, String>>,
+    seq: AtomicU32,
+}
+
+pub struct Stand {
+    pub kind: Kind,
+    pub url: String,
+    pub state: Arc<State>,
+}
+
+impl Stand {
+    pub async fn start(kind: Kind) -> Self {
+        let state = Arc::new(State::default());
+        let st = state.clone();
+        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let st = st.clone();
+            async move { handle(kind, &st, method, uri, headers, body).await }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { kind, url, state }
+    }
+
+    pub fn next_id(&self, prefix: &str) -> String {
+        format!("{prefix}{:04}", self.state.seq.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    /// Add a ready image.
+    pub fn add(&self, region: &str, name: &str, size_gib: u64, extra: Value) -> String {
+        let id = match self.kind {
+            Kind::Huawei => format!(
+                "4f3b5c2e-0000-4000-8000-{:012}",
+                self.state.seq.fetch_add(1, Ordering::SeqCst) + 1
+            ),
+            Kind::Alibaba => self.next_id("m-src"),
+            Kind::Aws => self.next_id("ami-0src"),
+        };
+        self.state.images.lock().unwrap().push(Img {
+            id: id.clone(),
+            region: region.into(),
+            project: region.into(),
+            name: name.into(),
+            description: String::new(),
+            size_gib,
+            extra,
+            tags: BTreeMap::new(),
+            copy: None,
+            encrypted: false,
+            snapshots: vec![self.next_id("snap-")],
+        });
+        id
+    }
+
+    pub fn set_copy_time(&self, region: &str, d: Duration) {
+        self.state.copy_time.lock().unwrap().insert(region.into(), d);
+    }
+
+    pub fn images_in(&self, region: &str) -> Vec<Img> {
+        self.state
+            .images
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|i| i.region == region)
+            .cloned()
+            .collect()
+    }
+
+    pub fn requests(&self) -> Vec<Req> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Requests whose action (Alibaba, AWS) is `what`, or whose `METHOD path` (Huawei) contains it.
+    pub fn calls(&self, what: &str) -> Vec<Req> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.action() == what || format!("{} {}", r.method, r.path).contains(what))
+            .collect()
+    }
+}
+
+fn copy_time(st: &State, region: &str) -> Duration {
+    st.copy_time
+        .lock()
+        .unwrap()
+        .get(region)
+        .copied()
+        .unwrap_or(Duration::from_secs(1))
+}
+
+fn parse_pairs(s: &str) -> Vec<(String, String)> {
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(x) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(x);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn auth_field<'a>(auth: &'a str, name: &str) -> Option<&'a str> {
+    auth.split([' ', ','])
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(&format!("{name}=")))
+}
+
+async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let query = parse_pairs(uri.query().unwrap_or(""));
+    let hdr: BTreeMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let (mut params, json_body): (BTreeMap<String, String>, Value) = match kind {
+        Kind::Huawei => (
+            query.iter().cloned().collect(),
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        ),
+        Kind::Alibaba => (query.iter().cloned().collect(), Value::Null),
+        Kind::Aws => (
+            parse_pairs(std::str::from_utf8(&body).unwrap_or(""))
+                .into_iter()
+                .collect(),
+            Value::Null,
+        ),
+    };
+    if let Some(o) = json_body.as_object() {
+        for (k, v) in o {
+            params
+                .entry(k.clone())
+                .or_insert_with(|| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
+        }
+    }
+    let mut rec = Req {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        params: params.clone(),
+        body: json_body.clone(),
+        headers: hdr.clone(),
+        status: 0,
+        throttled: false,
+        bad_signature: false,
+    };
+    // Logged on arrival (a held answer is still seen), completed with the outcome.
+    let idx = {
+        let mut r = st.requests.lock().unwrap();
+        r.push(rec.clone());
+        r.len() - 1
+    };
+    let resp = if let Some(bad) = check_signature(kind, &method, &uri, &query, &hdr, &body) {
+        rec.bad_signature = true;
+        bad
+    } else if st
+        .throttle
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        rec.throttled = true;
+        throttled(kind)
+    } else {
+        match kind {
+            Kind::Huawei => huawei(st, &method, uri.path(), &params, &json_body, &hdr).await,
+            Kind::Alibaba => alibaba(st, &params).await,
+            Kind::Aws => aws(st, &params, &hdr).await,
+        }
+    };
+    rec.status = resp.status().as_u16();
+    st.requests.lock().unwrap()[idx] = rec;
+    resp
+}
+
+fn check_signature(
+    kind: Kind,
+    method: &Method,
+    uri: &Uri,
+    query: &[(String, String)],
+    hdr: &BTreeMap<String, String>,
+    body: &[u8],
+) -> Option<Response> {
+    let auth = hdr.get("authorization").cloned().unwrap_or_default();
+    let signed_headers = |list: &str| -> Vec<(String, String)> {
+        list.split(';')
+            .map(|h| (h.to_string(), hdr.get(h).cloned().unwrap_or_default()))
+            .collect()
+    };
+    match kind {
+        Kind::Huawei => {
+            let ok = auth.starts_with("SDK-HMAC-SHA256 ")
+                && auth_field(&auth, "Access") == Some(AK)
+                && auth_field(&auth, "SignedHeaders").is_some_and(|l| l.contains("x-sdk-date") && l.contains("host"))
+                && {
+                    let list = auth_field(&auth, "SignedHeaders").unwrap();
+                    let s = sign::huawei(AK, SK, method.as_str(), uri.path(), query, &signed_headers(list), body);
+                    auth_field(&auth, "Signature") == Some(s.signature.as_str())
+                };
+            (!ok).then(|| {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(json!({"error_code": "APIGW.0301", "error_msg": "Incorrect IAM authentication information: verify aksk signature fail"})),
+                )
+                    .into_response()
+            })
+        }
+        Kind::Alibaba => {
+            let p: Vec<(String, String)> = query.to_vec();
+            let given = p.iter().find(|(k, _)| k == "Signature").map(|(_, v)| v.clone());
+            let s = sign::alibaba_rpc(SK, "GET", &p);
+            let ok = p.iter().any(|(k, v)| k == "AccessKeyId" && v == AK)
+                && p.iter().any(|(k, v)| k == "SignatureMethod" && v == "HMAC-SHA1")
+                && given.as_deref() == Some(s.signature.as_str());
+            (!ok).then(|| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(json!({"Code": "SignatureDoesNotMatch", "Message": "Specified signature is not matched with our calculation.", "RequestId": "r"})),
+                )
+                    .into_response()
+            })
+        }
+        Kind::Aws => {
+            let cred = auth_field(&auth, "Credential").unwrap_or("");
+            let parts: Vec<&str> = cred.split('/').collect();
+            let ok =
+                auth.starts_with("AWS4-HMAC-SHA256 ") && parts.len() == 5 && parts[0] == AK && parts[3] == "ec2" && {
+                    let list = auth_field(&auth, "SignedHeaders").unwrap_or("");
+                    let date = hdr.get("x-amz-date").cloned().unwrap_or_default();
+                    let s = sign::aws_v4(
+                        AK,
+                        SK,
+                        parts[2],
+                        "ec2",
+                        method.as_str(),
+                        uri.path(),
+                        query,
+                        &signed_headers(list),
+                        body,
+                        &date,
+                    );
+                    date.starts_with(parts[1]) && auth_field(&auth, "Signature") == Some(s.signature.as_str())
+                };
+            (!ok).then(|| {
+                aws_error(
+                    StatusCode::UNAUTHORIZED,
+                    "AuthFailure",
+                    "AWS was not able to validate the provided access credentials",
+                )
+            })
+        }
+    }
+}
+
+fn throttled(kind: Kind) -> Response {
+    match kind {
+        Kind::Huawei => (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(json!({"error_code": "APIG.0308", "error_msg": "The request is throttled."})),
+        )
+            .into_response(),
+        Kind::Alibaba => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"Code": "Throttling.User", "Message": "Request was denied due to user flow control.", "RequestId": "r"})),
+        )
+            .into_response(),
+        Kind::Aws => aws_error(StatusCode::SERVICE_UNAVAILABLE, "RequestLimitExceeded", "Request limit exceeded."),
+    }
+}
+
+// ---- Huawei IMS ----
+
+fn hw_err(status: StatusCode, code: &str, msg: &str) -> Response {
+    (status, axum::Json(json!({"error": {"code": code, "message": msg}}))).into_response()
+}
+
+fn hw_image(i: &Img) -> Value {
+    let mut v = json!({
+        "id": i.id, "name": i.name, "description": i.description,
+        "status": if i.ready() { "active" } else { "saving" },
+        "__imagetype": "private", "disk_format": "zvhd2", "visibility": "private",
+        "__image_size": (i.size_gib << 30).to_string(), "min_disk": i.size_gib,
+        "tags": i.tags.iter().map(|(k, v)| format!("{k}.{v}")).collect::<Vec<_>>(),
+    });
+    for (k, x) in i.extra.as_object().into_iter().flatten() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+fn project_region(pid: &str) -> Option<(String, String)> {
+    let name = pid.strip_prefix("p-")?;
+    Some((name.split('_').next().unwrap_or(name).to_string(), name.to_string()))
+}
+
+async fn huawei(
+    st: &State,
+    method: &Method,
+    path: &str,
+    params: &BTreeMap<String, String>,
+    body: &Value,
+    hdr: &BTreeMap<String, String>,
+) -> Response {
+    let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if method == Method::GET && path == "/v3/projects" {
+        let name = params.get("name").cloned().unwrap_or_default();
+        return axum::Json(json!({"projects": [{"id": format!("p-{name}"), "name": name}]})).into_response();
+    }
+    let Some((region, project)) = hdr.get("x-project-id").and_then(|p| project_region(p)) else {
+        return hw_err(StatusCode::BAD_REQUEST, "APIGW.0101", "X-Project-Id is required");
+    };
+    match (method.clone(), seg.as_slice()) {
+        (Method::GET, ["v2", "cloudimages"]) => {
+            let imgs = st.images.lock().unwrap();
+            let list: Vec<Value> = imgs
+                .iter()
+                .filter(|i| i.region == region && i.project == project)
+                .filter(|i| params.get("id").is_none_or(|x| *x == i.id))
+                .filter(|i| params.get("name").is_none_or(|x| *x == i.name))
+                .filter(|i| {
+                    params
+                        .get("tag")
+                        .is_none_or(|t| i.tags.iter().any(|(k, v)| format!("{k}.{v}") == *t))
+                })
+                .map(hw_image)
+                .collect();
+            axum::Json(json!({"images": list})).into_response()
+        }
+        (Method::POST, ["v1", "cloudimages", id, "cross_region_copy"]) => {
+            for f in ["name", "region", "project_name", "agency_name"] {
+                if body.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
+                    return hw_err(StatusCode::BAD_REQUEST, "IMG.0001", &format!("{f} is required"));
+                }
+            }
+            let src = st
+                .images
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|i| i.id == *id && i.region == region)
+                .cloned();
+            let Some(src) = src else {
+                return hw_err(StatusCode::NOT_FOUND, "IMG.0027", "The image does not exist");
+            };
+            let dest_region = body["region"].as_str().unwrap().to_string();
+            if dest_region == region {
+                return hw_err(
+                    StatusCode::BAD_REQUEST,
+                    "IMG.0204",
+                    "The destination region cannot be the source region",
+                );
+            }
+            let in_flight = st.images.lock().unwrap().iter().filter(|i| !i.ready()).count();
+            if in_flight >= 5 {
+                return hw_err(
+                    StatusCode::BAD_REQUEST,
+                    "IMG.0190",
+                    "The number of concurrent replications exceeds the quota (5)",
+                );
+            }
+            let n = st.seq.fetch_add(1, Ordering::SeqCst) + 1;
+            let new_id = format!("7e1c0d2a-0000-4000-8000-{n:012}");
+            let job = format!("ff8080814dbd65d7014dbe0d84db{n:04}");
+            st.images.lock().unwrap().push(Img {
+                id: new_id.clone(),
+                region: dest_region.clone(),
+                project: body["project_name"].as_str().unwrap().to_string(),
+                name: body["name"].as_str().unwrap().to_string(),
+                description: body
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                size_gib: src.size_gib,
+                extra: json!({}),
+                tags: BTreeMap::new(),
+                copy: Some((Instant::now(), copy_time(st, &dest_region))),
+                encrypted: false,
+                snapshots: vec![],
+            });
+            st.jobs.lock().unwrap().insert(job.clone(), new_id);
+            hold(st).await;
+            axum::Json(json!({"job_id": job})).into_response()
+        }
+        (Method::GET, ["v1", _pid, "jobs", job]) => {
+            let Some(img_id) = st.jobs.lock().unwrap().get(*job).cloned() else {
+                return hw_err(StatusCode::NOT_FOUND, "IMG.0005", "The job does not exist");
+            };
+            let img = st.images.lock().unwrap().iter().find(|i| i.id == img_id).cloned();
+            match img {
+                Some(i) if i.ready() => axum::Json(json!({"status": "SUCCESS", "job_id": job,
+                    "job_type": "imsCrossRegionCopyJob", "entities": {"image_id": i.id}}))
+                .into_response(),
+                Some(i) => axum::Json(json!({"status": "RUNNING", "job_id": job,
+                    "job_type": "imsCrossRegionCopyJob", "entities": {"process_percent": i.progress() as f64 / 100.0}}))
+                .into_response(),
+                None => axum::Json(
+                    json!({"status": "FAIL", "job_id": job, "fail_reason": "the destination image was deleted",
+                    "error_code": "IMG.0103", "entities": {}}),
+                )
+                .into_response(),
+            }
+        }
+        (Method::PUT, ["v2", _pid, "images", id, "tags"]) => {
+            let mut imgs = st.images.lock().unwrap();
+            let Some(i) = imgs.iter_mut().find(|i| i.id == *id && i.region == region) else {
+                return hw_err(StatusCode::NOT_FOUND, "IMG.0027", "The image does not exist");
+            };
+            let (Some(k), Some(v)) = (
+                body.pointer("/tag/key").and_then(Value::as_str),
+                body.pointer("/tag/value").and_then(Value::as_str),
+            ) else {
+                return hw_err(
+                    StatusCode::BAD_REQUEST,
+                    "IMG.0001",
+                    "tag.key and tag.value are required",
+                );
+            };
+            i.tags.insert(k.into(), v.into());
+            StatusCode::NO_CONTENT.into_response()
+        }
+        (Method::DELETE, ["v2", "images", id]) => {
+            let mut imgs = st.images.lock().unwrap();
+            let before = imgs.len();
+            imgs.retain(|i| !(i.id == *id && i.region == region));
+            if imgs.len() == before {
+                hw_err(StatusCode::NOT_FOUND, "IMG.0027", "The image does not exist")
+            } else {
+                StatusCode::NO_CONTENT.into_response()
+            }
+        }
+        _ => hw_err(StatusCode::NOT_FOUND, "APIGW.0101", "The API does not exist"),
+    }
+}
+
+async fn hold(st: &State) {
+    let d = st.hold_copy_answer.lock().unwrap().take();
+    if let Some(d) = d {
+        tokio::time::sleep(d).await;
+    }
+}
+
+// ---- Alibaba ECS ----
+
+fn ali_err(status: StatusCode, code: &str, msg: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"Code": code, "Message": msg, "RequestId": "req-1"})),
+    )
+        .into_response()
+}
+
+fn ali_image(i: &Img) -> Value {
+    let mut v = json!({
+        "ImageId": i.id, "ImageName": i.name, "Description": i.description, "Size": i.size_gib,
+        "Status": if i.ready() { "Available" } else { "Creating" },
+        "Progress": format!("{}%", i.progress()), "ImageOwnerAlias": "self", "IsCopied": i.copy.is_some(),
+        "DiskDeviceMappings": {"DiskDeviceMapping": [{"Encrypted": if i.encrypted { "true" } else { "false" }, "Size": i.size_gib.to_string()}]},
+        "Tags": {"Tag": i.tags.iter().map(|(k, v)| json!({"TagKey": k, "TagValue": v})).collect::<Vec<_>>()},
+    });
+    for (k, x) in i.extra.as_object().into_iter().flatten() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+async fn alibaba(st: &State, p: &BTreeMap<String, String>) -> Response {
+    let region = p.get("RegionId").cloned().unwrap_or_default();
+    if region.is_empty() {
+        return ali_err(
+            StatusCode::BAD_REQUEST,
+            "MissingRegionId",
+            "RegionId is mandatory for this action.",
+        );
+    }
+    let tags_of = |p: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+        (1..=20)
+            .filter_map(|n| {
+                Some((
+                    p.get(&format!("Tag.{n}.Key"))?.clone(),
+                    p.get(&format!("Tag.{n}.Value")).cloned().unwrap_or_default(),
+                ))
+            })
+            .collect()
+    };
+    match p.get("Action").map(String::as_str).unwrap_or("") {
+        "DescribeImages" => {
+            let want = tags_of(p);
+            let statuses: Vec<&str> = p
+                .get("Status")
+                .map(|s| s.split(',').collect())
+                .unwrap_or_else(|| vec!["Available"]);
+            let imgs = st.images.lock().unwrap();
+            let list: Vec<Value> = imgs
+                .iter()
+                .filter(|i| i.region == region)
+                .filter(|i| p.get("ImageId").is_none_or(|x| *x == i.id))
+                .filter(|i| p.get("ImageName").is_none_or(|x| *x == i.name))
+                .filter(|i| want.iter().all(|(k, v)| i.tags.get(k) == Some(v)))
+                .map(ali_image)
+                .filter(|v| statuses.contains(&v["Status"].as_str().unwrap_or("")))
+                .collect();
+            axum::Json(json!({"Images": {"Image": list}, "TotalCount": list.len(), "PageNumber": 1, "PageSize": 100, "RegionId": region, "RequestId": "req-1"})).into_response()
+        }
+        "CopyImage" => {
+            let Some(dest) = p.get("DestinationRegionId").cloned() else {
+                return ali_err(
+                    StatusCode::BAD_REQUEST,
+                    "MissingDestinationRegionId",
+                    "DestinationRegionId is mandatory",
+                );
+            };
+            let src = st
+                .images
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|i| Some(&i.id) == p.get("ImageId") && i.region == region)
+                .cloned();
+            let Some(src) = src else {
+                return ali_err(
+                    StatusCode::NOT_FOUND,
+                    "InvalidImageId.NotFound",
+                    "The specified ImageId does not exist.",
+                );
+            };
+            if !src.ready() {
+                return ali_err(
+                    StatusCode::FORBIDDEN,
+                    "IncorrectImageStatus",
+                    "The specified image is not available.",
+                );
+            }
+            let encrypted = p.get("Encrypted").map(String::as_str) == Some("true");
+            if dest == region && !encrypted {
+                return ali_err(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRegionId.Malformed",
+                    "The destination region must differ unless the copy is encrypted.",
+                );
+            }
+            let id = format!("m-{}", st.seq.fetch_add(1, Ordering::SeqCst) + 1000);
+            st.images.lock().unwrap().push(Img {
+                id: id.clone(),
+                region: dest.clone(),
+                project: dest.clone(),
+                name: p.get("DestinationImageName").cloned().unwrap_or_default(),
+                description: p.get("DestinationDescription").cloned().unwrap_or_default(),
+                size_gib: src.size_gib,
+                extra: json!({}),
+                tags: tags_of(p),
+                copy: Some((Instant::now(), copy_time(st, &dest))),
+                encrypted,
+                snapshots: vec![],
+            });
+            hold(st).await;
+            axum::Json(json!({"ImageId": id, "RequestId": "req-1"})).into_response()
+        }
+        "CancelCopyImage" => {
+            let mut imgs = st.images.lock().unwrap();
+            let Some(pos) = imgs
+                .iter()
+                .position(|i| Some(&i.id) == p.get("ImageId") && i.region == region)
+            else {
+                return ali_err(
+                    StatusCode::NOT_FOUND,
+                    "InvalidImageId.NotFound",
+                    "The specified ImageId does not exist.",
+                );
+            };
+            if imgs[pos].ready() {
+                return ali_err(
+                    StatusCode::FORBIDDEN,
+                    "IncorrectImageStatus",
+                    "The image is not being copied.",
+                );
+            }
+            imgs.remove(pos);
+            axum::Json(json!({"RequestId": "req-1"})).into_response()
+        }
+        "DeleteImage" => {
+            let mut imgs = st.images.lock().unwrap();
+            let Some(pos) = imgs
+                .iter()
+                .position(|i| Some(&i.id) == p.get("ImageId") && i.region == region)
+            else {
+                return ali_err(
+                    StatusCode::NOT_FOUND,
+                    "InvalidImageId.NotFound",
+                    "The specified ImageId does not exist.",
+                );
+            };
+            if !imgs[pos].ready() {
+                return ali_err(
+                    StatusCode::FORBIDDEN,
+                    "IncorrectImageStatus",
+                    "The image is being created.",
+                );
+            }
+            imgs.remove(pos);
+            axum::Json(json!({"RequestId": "req-1"})).into_response()
+        }
+        other => ali_err(
+            StatusCode::BAD_REQUEST,
+            "InvalidAction.NotFound",
+            &format!("{other} is not an action"),
+        ),
+    }
+}
+
+// ---- AWS EC2 ----
+
+fn aws_error(status: StatusCode, code: &str, msg: &str) -> Response {
+    (
+        status,
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{msg}</Message></Error></Errors><RequestID>r-1</RequestID></Response>"),
+    )
+        .into_response()
+}
+
+fn xml_ok(action: &str, inner: String) -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", "text/xml;charset=UTF-8")],
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<{action}Response xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r-1</requestId>{inner}</{action}Response>"),
+    )
+        .into_response()
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+fn aws_image(i: &Img) -> String {
+    let tags: String = i
+        .tags
+        .iter()
+        .map(|(k, v)| format!("<item><key>{}</key><value>{}</value></item>", esc(k), esc(v)))
+        .collect();
+    let bdm: String = i
+        .snapshots
+        .iter()
+        .map(|s| format!("<item><deviceName>/dev/xvda</deviceName><ebs><snapshotId>{s}</snapshotId><volumeSize>{}</volumeSize><encrypted>{}</encrypted></ebs></item>", i.size_gib, i.encrypted))
+        .collect();
+    format!(
+        "<item><imageId>{}</imageId><name>{}</name><description>{}</description><imageState>{}</imageState><isPublic>{}</isPublic><blockDeviceMapping>{bdm}</blockDeviceMapping><tagSet>{tags}</tagSet></item>",
+        i.id,
+        esc(&i.name),
+        esc(&i.description),
+        if i.ready() { "available" } else { "pending" },
+        i.extra.get("isPublic").and_then(Value::as_bool).unwrap_or(false),
+    )
+}
+
+async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap<String, String>) -> Response {
+    let region = hdr
+        .get("authorization")
+        .and_then(|a| auth_field(a, "Credential"))
+        .and_then(|c| c.split('/').nth(2))
+        .unwrap_or("")
+        .to_string();
+    let list = |prefix: &str| -> Vec<String> {
+        (1..=20)
+            .filter_map(|n| p.get(&format!("{prefix}.{n}")).cloned())
+            .collect()
+    };
+    match p.get("Action").map(String::as_str).unwrap_or("") {
+        "DescribeImages" => {
+            let ids = list("ImageId");
+            let mut filters: Vec<(String, String)> = Vec::new();
+            for n in 1..=10 {
+                if let (Some(name), Some(v)) = (
+                    p.get(&format!("Filter.{n}.Name")),
+                    p.get(&format!("Filter.{n}.Value.1")),
+                ) {
+                    filters.push((name.clone(), v.clone()));
+                }
+            }
+            let imgs = st.images.lock().unwrap();
+            let found: Vec<&Img> = imgs.iter().filter(|i| i.region == region).collect();
+            for id in &ids {
+                if !found.iter().any(|i| i.id == *id) {
+                    return aws_error(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidAMIID.NotFound",
+                        &format!("The image id '[{id}]' does not exist"),
+                    );
+                }
+            }
+            let items: String = found
+                .iter()
+                .filter(|i| ids.is_empty() || ids.contains(&i.id))
+                .filter(|i| {
+                    filters.iter().all(|(n, v)| match n.strip_prefix("tag:") {
+                        Some(k) => i.tags.get(k) == Some(v),
+                        None if n == "name" => i.name == *v,
+                        None => true,
+                    })
+                })
+                .map(|i| aws_image(i))
+                .collect();
+            xml_ok("DescribeImages", format!("<imagesSet>{items}</imagesSet>"))
+        }
+        "CopyImage" => {
+            let (Some(src_id), Some(src_region), Some(name)) =
+                (p.get("SourceImageId"), p.get("SourceRegion"), p.get("Name"))
+            else {
+                return aws_error(
+                    StatusCode::BAD_REQUEST,
+                    "MissingParameter",
+                    "SourceImageId, SourceRegion and Name are required",
+                );
+            };
+            if let Some(t) = p.get("ClientToken")
+                && let Some(id) = st.client_tokens.lock().unwrap().get(t).cloned()
+            {
+                return xml_ok("CopyImage", format!("<imageId>{id}</imageId>"));
+            }
+            let src = st
+                .images
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|i| i.id == *src_id && i.region == *src_region)
+                .cloned();
+            let Some(src) = src else {
+                return aws_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidAMIID.NotFound",
+                    &format!("The image id '[{src_id}]' does not exist"),
+                );
+            };
+            let mut tags = BTreeMap::new();
+            if p.get("TagSpecification.1.ResourceType").map(String::as_str) == Some("image") {
+                for n in 1..=20 {
+                    if let Some(k) = p.get(&format!("TagSpecification.1.Tag.{n}.Key")) {
+                        tags.insert(
+                            k.clone(),
+                            p.get(&format!("TagSpecification.1.Tag.{n}.Value"))
+                                .cloned()
+                                .unwrap_or_default(),
+                        );
+                    }
+                }
+            }
+            let id = format!("ami-0{:016x}", st.seq.fetch_add(1, Ordering::SeqCst) + 0xabc000);
+            let snap = format!("snap-0{:016x}", st.seq.fetch_add(1, Ordering::SeqCst) + 0xabc000);
+            st.images.lock().unwrap().push(Img {
+                id: id.clone(),
+                region: region.clone(),
+                project: region.clone(),
+                name: name.clone(),
+                description: p.get("Description").cloned().unwrap_or_default(),
+                size_gib: src.size_gib,
+                extra: json!({}),
+                tags,
+                copy: Some((Instant::now(), copy_time(st, &region))),
+                encrypted: p.get("Encrypted").map(String::as_str) == Some("true"),
+                snapshots: vec![snap],
+            });
+            if let Some(t) = p.get("ClientToken") {
+                st.client_tokens.lock().unwrap().insert(t.clone(), id.clone());
+            }
+            hold(st).await;
+            xml_ok("CopyImage", format!("<imageId>{id}</imageId>"))
+        }
+        "CreateTags" => {
+            let ids = list("ResourceId");
+            let mut imgs = st.images.lock().unwrap();
+            for id in &ids {
+                let Some(i) = imgs.iter_mut().find(|i| i.id == *id && i.region == region) else {
+                    return aws_error(StatusCode::BAD_REQUEST, "InvalidAMIID.NotFound", "not found");
+                };
+                for n in 1..=20 {
+                    if let Some(k) = p.get(&format!("Tag.{n}.Key")) {
+                        i.tags
+                            .insert(k.clone(), p.get(&format!("Tag.{n}.Value")).cloned().unwrap_or_default());
+                    }
+                }
+            }
+            xml_ok("CreateTags", "<return>true</return>".into())
+        }
+        "DeregisterImage" => {
+            let mut imgs = st.images.lock().unwrap();
+            let before = imgs.len();
+            imgs.retain(|i| !(Some(&i.id) == p.get("ImageId") && i.region == region));
+            if imgs.len() == before {
+                aws_error(StatusCode::BAD_REQUEST, "InvalidAMIID.NotFound", "not found")
+            } else {
+                xml_ok("DeregisterImage", "<return>true</return>".into())
+            }
+        }
+        "DeleteSnapshot" => xml_ok("DeleteSnapshot", "<return>true</return>".into()),
+        other => aws_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidAction",
+            &format!("The action {other} is not valid for this web service."),
+        ),
+    }
+}

@@ -1,0 +1,627 @@
+//! ImageReplication with the huawei, alibaba and aws providers, end to end: the operator process
+//! and the fake API server, against HTTP stand-ins of Huawei IMS, Alibaba ECS and AWS EC2 that
+//! check every request's signature (tests/support/clouds.rs); and the aws provider against moto.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use image_replication_operator::api::ImageReplication;
+use image_replication_operator::api::v1alpha1::{DestinationPhase, ImageReplicationStatus};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use support::clouds::{AK, Kind, SK, Stand};
+use support::operator::{Operator, eventually};
+
+const WAIT: Duration = Duration::from_secs(60);
+const TOKEN_TAG: &str = "imgrep_client_token";
+
+async fn secret(c: &Client, name: &str, data: &[(&str, &str)]) {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.clone(), "default");
+    let data: BTreeMap<String, String> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), base64::engine::general_purpose::STANDARD.encode(v)))
+        .collect();
+    let s = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": "default"}, "data": data}))
+    .unwrap();
+    api.create(&PostParams::default(), &s).await.unwrap();
+}
+
+fn object(name: &str, provider: Value, source: Value, dests: Value, policy: &str) -> ImageReplication {
+    serde_json::from_value(json!({
+        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"provider": provider, "source": source, "destinations": dests, "deletionPolicy": policy}
+    }))
+    .unwrap()
+}
+
+fn dest<'a>(
+    st: &'a ImageReplicationStatus,
+    region: &str,
+) -> &'a image_replication_operator::api::v1alpha1::DestinationStatus {
+    st.destinations.iter().find(|d| d.region == region).unwrap()
+}
+
+fn ready(st: &ImageReplicationStatus) -> bool {
+    st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+async fn wait_ready(api: &Api<ImageReplication>, name: &str) -> ImageReplicationStatus {
+    eventually(WAIT, &format!("{name} Ready"), || async {
+        let st = api.get(name).await.ok()?.status?;
+        ready(&st).then_some(st)
+    })
+    .await
+}
+
+async fn refused(api: &Api<ImageReplication>, name: &str) -> (String, String) {
+    eventually(WAIT, &format!("{name} Validated=False"), || async {
+        let st = api.get(name).await.ok()?.status?;
+        let c = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Validated" && c.status == "False")?;
+        Some((c.reason.clone(), c.message.clone()))
+    })
+    .await
+}
+
+fn op_args() -> Vec<&'static str> {
+    vec![
+        "--resync-seconds",
+        "2",
+        "--poll-min-seconds",
+        "1",
+        "--poll-max-seconds",
+        "1",
+    ]
+}
+
+/// Start a cluster, the credentials Secret and the operator.
+async fn setup(
+    dir: &std::path::Path,
+    secret_name: &str,
+    data: &[(&str, &str)],
+) -> (support::fake_apiserver::FakeApiServer, Client, Operator) {
+    let (s, c) = support::cluster().await;
+    secret(&c, secret_name, data).await;
+    let op = Operator::start(&s.write_kubeconfig(dir), dir, "op-a", &op_args());
+    (s, c, op)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn huawei_replicates_through_ims_jobs_with_signed_requests_and_backs_off_when_throttled() {
+    let ims = Stand::start(Kind::Huawei).await;
+    let src = ims.add("cn-north-4", "web", 40, json!({}));
+    let public = ims.add("cn-north-4", "ubuntu", 40, json!({"__imagetype": "gold"}));
+    ims.set_copy_time("cn-east-3", Duration::from_secs(4));
+    ims.state.throttle.store(2, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, c, op) = setup(dir.path(), "hw", &[("accessKey", AK), ("secretKey", SK)]).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let provider = json!({"kind": "huawei", "credentialsSecretRef": {"name": "hw"}, "endpoint": ims.url, "agency": "ims_admin_agency"});
+    api.create(
+        &PostParams::default(),
+        &object(
+            "web",
+            provider.clone(),
+            json!({"region": "cn-north-4", "imageId": src}),
+            json!([{"region": "cn-east-3", "project": "cn-east-3_team"}, {"region": "cn-south-1", "tags": {"team": "web"}}]),
+            "Retain",
+        ),
+    )
+    .await
+    .unwrap();
+    api.create(
+        &PostParams::default(),
+        &object(
+            "public",
+            provider,
+            json!({"region": "cn-north-4", "imageId": public}),
+            json!([{"region": "cn-east-3"}]),
+            "Retain",
+        ),
+    )
+    .await
+    .unwrap();
+
+    // The job's progress shows while it runs.
+    let seen = eventually(WAIT, "cn-east-3 Copying with progress", || async {
+        let st = api.get("web").await.ok()?.status?;
+        let d = dest(&st, "cn-east-3");
+        (d.phase == DestinationPhase::Copying && d.progress_percent.is_some_and(|p| p > 0 && p < 100))
+            .then_some(d.clone())
+    })
+    .await;
+    assert!(seen.task_id.is_some(), "the IMS job id is in status: {seen:?}");
+    let st = wait_ready(&api, "web").await;
+
+    let copies = ims.calls("/cross_region_copy");
+    let web_copies: Vec<_> = copies.iter().filter(|r| r.path.contains(&src)).collect();
+    assert_eq!(web_copies.len(), 2, "one copy per region: {copies:?}");
+    for r in &web_copies {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.body["name"], "copy_cn-north-4_web", "the IMS default name");
+        assert_eq!(r.body["agency_name"], "ims_admin_agency");
+        assert_eq!(
+            r.headers["x-project-id"], "p-cn-north-4",
+            "copies run in the source project"
+        );
+        assert!(r.headers["authorization"].starts_with(
+            "SDK-HMAC-SHA256 Access=AKTESTSTANDIN, SignedHeaders=content-type;host;x-project-id;x-sdk-date, Signature="
+        ));
+    }
+    let east = web_copies.iter().find(|r| r.body["region"] == "cn-east-3").unwrap();
+    assert_eq!(east.body["project_name"], "cn-east-3_team");
+    let south = web_copies.iter().find(|r| r.body["region"] == "cn-south-1").unwrap();
+    assert_eq!(south.body["project_name"], "cn-south-1");
+
+    for region in ["cn-east-3", "cn-south-1"] {
+        let imgs = ims.images_in(region);
+        assert_eq!(imgs.len(), 1, "exactly one image in {region}");
+        let d = dest(&st, region);
+        assert_eq!(d.image_id.as_deref(), Some(imgs[0].id.as_str()));
+        assert_eq!(
+            imgs[0].tags.get(TOKEN_TAG),
+            d.client_token.as_ref(),
+            "tagged with our token"
+        );
+    }
+    assert_eq!(
+        ims.images_in("cn-south-1")[0].tags.get("team").map(String::as_str),
+        Some("web")
+    );
+    assert_eq!(ims.images_in("cn-east-3")[0].project, "cn-east-3_team");
+
+    let reqs = ims.requests();
+    assert_eq!(
+        reqs.iter().filter(|r| r.throttled && r.status == 429).count(),
+        2,
+        "throttled twice, then backed off and went on"
+    );
+    assert!(
+        reqs.iter().all(|r| !r.bad_signature),
+        "every request was signed correctly"
+    );
+
+    // The public image is refused before any copy call for it.
+    let (reason, message) = refused(&api, "public").await;
+    assert_eq!(reason, "NotPrivateImage");
+    assert!(message.contains(&public), "{message}");
+    assert!(!ims.calls("/cross_region_copy").iter().any(|r| r.path.contains(&public)));
+    let logs = op.logs();
+    assert!(!logs.contains(SK), "the secret key never reaches the logs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn huawei_delete_mid_copy_waits_for_the_job_then_deletes() {
+    let ims = Stand::start(Kind::Huawei).await;
+    let src = ims.add("cn-north-4", "db", 20, json!({}));
+    ims.set_copy_time("cn-south-1", Duration::from_secs(5));
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, c, _op) = setup(dir.path(), "hw", &[("accessKey", AK), ("secretKey", SK)]).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let provider = json!({"kind": "huawei", "credentialsSecretRef": {"name": "hw"}, "endpoint": ims.url, "agency": "ims_admin_agency"});
+    api.create(
+        &PostParams::default(),
+        &object(
+            "db",
+            provider,
+            json!({"region": "cn-north-4", "imageId": src}),
+            json!([{"region": "cn-south-1"}]),
+            "Delete",
+        ),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "Copying", || async {
+        let st = api.get("db").await.ok()?.status?;
+        (dest(&st, "cn-south-1").phase == DestinationPhase::Copying).then_some(())
+    })
+    .await;
+    api.delete("db", &DeleteParams::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        api.get("db").await.is_ok(),
+        "IMS cannot cancel: the object waits for the job"
+    );
+    assert_eq!(ims.images_in("cn-south-1").len(), 1);
+    eventually(WAIT, "object gone", || async {
+        api.get("db").await.is_err().then_some(())
+    })
+    .await;
+    assert!(
+        ims.images_in("cn-south-1").is_empty(),
+        "deletionPolicy Delete removed the finished copy"
+    );
+    assert_eq!(ims.calls("DELETE /v2/images/").len(), 1);
+    let note = support::events_for(&c, "db")
+        .await
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("CleanupComplete"))
+        .and_then(|e| e.note.clone())
+        .unwrap_or_default();
+    assert!(note.contains("deleted the destination images in cn-south-1"), "{note}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alibaba_copies_and_encrypts_then_cancels_and_deletes_on_delete() {
+    let ecs = Stand::start(Kind::Alibaba).await;
+    let src = ecs.add("cn-hangzhou", "web", 40, json!({}));
+    let shared = ecs.add("cn-hangzhou", "partner", 40, json!({"ImageOwnerAlias": "others"}));
+    ecs.set_copy_time("cn-shanghai", Duration::from_millis(500));
+    ecs.set_copy_time("cn-hangzhou", Duration::from_secs(3600));
+    ecs.state.throttle.store(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, c, op) = setup(dir.path(), "ali", &[("accessKeyId", AK), ("accessKeySecret", SK)]).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let provider = json!({"kind": "alibaba", "credentialsSecretRef": {"name": "ali"}, "endpoint": ecs.url});
+    api.create(
+        &PostParams::default(),
+        &object(
+            "web",
+            provider.clone(),
+            json!({"region": "cn-hangzhou", "imageId": src}),
+            json!([
+                {"region": "cn-shanghai", "name": "web-golden", "description": "golden image for web",
+                 "resourceGroupId": "rg-acfmxazb4ph", "tags": {"team": "web"}},
+                {"region": "cn-hangzhou", "name": "web-golden-encrypted", "encryption": {"kmsKeyId": "0e478b7a-4262"}}
+            ]),
+            "Delete",
+        ),
+    )
+    .await
+    .unwrap();
+    api.create(
+        &PostParams::default(),
+        &object(
+            "shared",
+            provider,
+            json!({"region": "cn-hangzhou", "imageId": shared}),
+            json!([{"region": "cn-beijing"}]),
+            "Retain",
+        ),
+    )
+    .await
+    .unwrap();
+
+    let st = eventually(WAIT, "shanghai Available, hangzhou Copying", || async {
+        let st = api.get("web").await.ok()?.status?;
+        (dest(&st, "cn-shanghai").phase == DestinationPhase::Available
+            && dest(&st, "cn-hangzhou").phase == DestinationPhase::Copying
+            && dest(&st, "cn-hangzhou").progress_percent.is_some())
+        .then_some(st)
+    })
+    .await;
+    let copies = ecs.calls("CopyImage");
+    let ok: Vec<_> = copies.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(ok.len(), 2, "{copies:?}");
+    let sh = ok
+        .iter()
+        .find(|r| r.params["DestinationRegionId"] == "cn-shanghai")
+        .unwrap();
+    assert_eq!(sh.params["RegionId"], "cn-hangzhou");
+    assert_eq!(sh.params["ImageId"], src);
+    assert_eq!(sh.params["DestinationImageName"], "web-golden");
+    assert_eq!(sh.params["DestinationDescription"], "golden image for web");
+    assert_eq!(sh.params["ResourceGroupId"], "rg-acfmxazb4ph");
+    assert_eq!(sh.params["SignatureMethod"], "HMAC-SHA1");
+    assert_eq!(sh.params["Format"], "JSON");
+    assert!(!sh.params.contains_key("Encrypted"));
+    let img = &ecs.images_in("cn-shanghai")[0];
+    assert_eq!(img.tags.get("team").map(String::as_str), Some("web"));
+    assert_eq!(img.tags.get(TOKEN_TAG), dest(&st, "cn-shanghai").client_token.as_ref());
+    let hz = ok
+        .iter()
+        .find(|r| r.params["DestinationRegionId"] == "cn-hangzhou")
+        .unwrap();
+    assert_eq!(hz.params["Encrypted"], "true");
+    assert_eq!(hz.params["KMSKeyId"], "0e478b7a-4262");
+    let reqs = ecs.requests();
+    assert_eq!(
+        reqs.iter().filter(|r| r.throttled).count(),
+        1,
+        "one Throttling.User answer, backed off and retried"
+    );
+    assert!(
+        reqs.iter().all(|r| !r.bad_signature),
+        "every request was signed correctly"
+    );
+
+    let (reason, _) = refused(&api, "shared").await;
+    assert_eq!(reason, "SharedImageNotCopyable");
+    assert!(!ecs.calls("CopyImage").iter().any(|r| r.params["ImageId"] == shared));
+
+    api.delete("web", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "object gone", || async {
+        api.get("web").await.is_err().then_some(())
+    })
+    .await;
+    let cancels = ecs.calls("CancelCopyImage");
+    assert_eq!(cancels.len(), 1);
+    assert_eq!(cancels[0].params["RegionId"], "cn-hangzhou");
+    assert_eq!(
+        Some(&cancels[0].params["ImageId"]),
+        dest(&st, "cn-hangzhou").image_id.as_ref()
+    );
+    assert_eq!(ecs.calls("DeleteImage").iter().filter(|r| r.status == 200).count(), 1);
+    assert!(ecs.images_in("cn-shanghai").is_empty());
+    assert_eq!(
+        ecs.images_in("cn-hangzhou").len(),
+        2,
+        "the two source images stay; the encrypted copy was cancelled"
+    );
+    assert!(!op.logs().contains(SK));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_crash_between_copy_request_and_answer_never_copies_twice_then_drift_and_delete() {
+    let ec2 = Stand::start(Kind::Aws).await;
+    let src = ec2.add("us-east-1", "web", 8, json!({}));
+    *ec2.state.hold_copy_answer.lock().unwrap() = Some(Duration::from_secs(30));
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c, mut op) = setup(dir.path(), "aws", &[("accessKeyId", AK), ("secretAccessKey", SK)]).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let provider = json!({"kind": "aws", "credentialsSecretRef": {"name": "aws"}, "endpoint": ec2.url});
+    api.create(
+        &PostParams::default(),
+        &object(
+            "web",
+            provider,
+            json!({"region": "us-east-1", "imageId": src}),
+            json!([{"region": "eu-west-1", "name": "web-eu", "tags": {"team": "web"}, "encryption": {"kmsKeyId": "alias/ami-copies"}}]),
+            "Delete",
+        ),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "CopyImage sent", || async {
+        (!ec2.calls("CopyImage").is_empty() || !ec2.images_in("eu-west-1").is_empty()).then_some(())
+    })
+    .await;
+    let st = api.get("web").await.unwrap().status.unwrap();
+    let d = dest(&st, "eu-west-1");
+    assert_eq!(
+        d.phase,
+        DestinationPhase::Starting,
+        "the token was persisted before the call: {d:?}"
+    );
+    let token = d.client_token.clone().unwrap();
+    op.child.kill().unwrap(); // SIGKILL while the answer is held back
+    op.child.wait().unwrap();
+
+    let _op2 = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-b", &op_args());
+    let st = wait_ready(&api, "web").await;
+    let imgs = ec2.images_in("eu-west-1");
+    assert_eq!(imgs.len(), 1, "exactly one copy after the crash: {imgs:?}");
+    let d = dest(&st, "eu-west-1");
+    assert_eq!(d.image_id.as_deref(), Some(imgs[0].id.as_str()));
+    assert_eq!(d.attempts, 1, "found by its token, not started again");
+    assert_eq!(imgs[0].tags.get(TOKEN_TAG), Some(&token));
+    assert!(imgs[0].encrypted);
+    let first = ec2
+        .calls("CopyImage")
+        .into_iter()
+        .next()
+        .expect("the held CopyImage was logged on answer");
+    assert_eq!(first.params["ClientToken"], token);
+    assert_eq!(first.params["SourceRegion"], "us-east-1");
+    assert_eq!(first.params["SourceImageId"], src);
+    assert_eq!(first.params["Name"], "web-eu");
+    assert_eq!(first.params["Encrypted"], "true");
+    assert_eq!(first.params["KmsKeyId"], "alias/ami-copies");
+    assert_eq!(first.params["TagSpecification.1.ResourceType"], "image");
+    assert!(
+        first.headers["authorization"].contains("/eu-west-1/ec2/aws4_request"),
+        "signed for the destination region"
+    );
+
+    // Drift: the copy deregistered by hand is copied again.
+    ec2.state.images.lock().unwrap().retain(|i| i.region != "eu-west-1");
+    let again = eventually(WAIT, "copied again after drift", || async {
+        let st = api.get("web").await.ok()?.status?;
+        let d = dest(&st, "eu-west-1");
+        (ready(&st) && d.image_id.is_some() && d.image_id.as_deref() != Some(imgs[0].id.as_str())).then_some(d.clone())
+    })
+    .await;
+    assert_eq!(ec2.images_in("eu-west-1").len(), 1);
+    assert!(
+        support::event_reasons(&c, "web")
+            .await
+            .iter()
+            .any(|r| r == "DriftDetected")
+    );
+
+    api.delete("web", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "object gone", || async {
+        api.get("web").await.is_err().then_some(())
+    })
+    .await;
+    assert!(ec2.images_in("eu-west-1").is_empty());
+    let dereg = ec2.calls("DeregisterImage");
+    assert_eq!(dereg.last().unwrap().params["ImageId"], again.image_id.unwrap());
+    assert_eq!(ec2.calls("DeleteSnapshot").len(), 1, "the copy's snapshot went with it");
+}
+
+/// A moto server on a free loopback port, killed (by PID) when dropped.
+struct Moto {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn moto() -> Moto {
+    let ok = std::process::Command::new("sh")
+        .args(["-c", "command -v moto_server"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "moto_server is missing: `make tools` installs moto[server]");
+    let port = support::operator::free_port();
+    let child = std::process::Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let m = Moto {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    for _ in 0..150 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("moto_server did not start on port {port}");
+}
+
+fn boto(url: &str, code: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", &format!(
+            "import boto3\nec2 = lambda r: boto3.client('ec2', endpoint_url='{url}', region_name=r, aws_access_key_id='{AK}', aws_secret_access_key='{SK}')\n{code}"
+        )])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_provider_speaks_ec2_to_moto() {
+    let m = moto();
+    let url = m.url.clone();
+    let ami = boto(
+        &url,
+        "print(ec2('us-east-1').register_image(Name='web', RootDeviceName='/dev/sda1', \
+         BlockDeviceMappings=[{'DeviceName': '/dev/sda1', 'Ebs': {'VolumeSize': 8}}])['ImageId'])",
+    );
+    assert!(ami.starts_with("ami-"), "{ami}");
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: aws}}
+stringData: {{accessKeyId: {AK}, secretAccessKey: "{SK}"}}
+---
+apiVersion: replication.imageops.io/v1alpha1
+kind: ImageReplication
+metadata: {{name: web, namespace: default}}
+spec:
+  provider: {{kind: aws, credentialsSecretRef: {{name: aws}}, endpoint: "{url}"}}
+  source: {{region: us-east-1, imageName: web}}
+  destinations: [{{region: eu-west-1, description: web for europe, tags: {{team: web}}}}]
+"#
+    );
+    let path = dir.path().join("aws.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
+        .args(["replicate", "-f", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // moto ignores CopyImage's tags; the provider's CreateTags on success puts them on.
+    let found = boto(
+        &url,
+        "imgs = ec2('eu-west-1').describe_images(Owners=['self'])['Images']\n\
+         print(len(imgs), imgs[0]['Name'] if imgs else '', imgs[0].get('Description') if imgs else '', \
+         ','.join(sorted(t['Key'] for t in imgs[0].get('Tags', []))) if imgs else '')",
+    );
+    drop(m);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("ImageReplication web: Ready (1/1 available)"), "{text}");
+    assert!(!text.contains(SK));
+    assert_eq!(
+        found, "1 web web for europe imgrep_client_token,team",
+        "the copy in eu-west-1"
+    );
+}
+
+/// The operator is killed while the cloud holds back its answer to the copy request; the next
+/// operator finds the copy (Huawei: by name, untagged, then tags it; Alibaba: by the token tag
+/// set at creation) and never starts a second one.
+async fn crash_between_copy_request_and_answer(kind: Kind) {
+    let cloud = Stand::start(kind).await;
+    let (src_region, dst_region, secret_data, provider_kind, copy_call) = match kind {
+        Kind::Huawei => (
+            "cn-north-4",
+            "cn-east-3",
+            [("accessKey", AK), ("secretKey", SK)],
+            "huawei",
+            "/cross_region_copy",
+        ),
+        Kind::Alibaba => (
+            "cn-hangzhou",
+            "cn-shanghai",
+            [("accessKeyId", AK), ("accessKeySecret", SK)],
+            "alibaba",
+            "CopyImage",
+        ),
+        Kind::Aws => unreachable!("covered by its own test"),
+    };
+    let src = cloud.add(src_region, "app", 10, json!({}));
+    *cloud.state.hold_copy_answer.lock().unwrap() = Some(Duration::from_secs(30));
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c, mut op) = setup(dir.path(), "creds", &secret_data).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let provider = json!({"kind": provider_kind, "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url, "agency": "ims_admin_agency"});
+    let mut provider = provider;
+    if kind != Kind::Huawei {
+        provider.as_object_mut().unwrap().remove("agency");
+    }
+    api.create(
+        &PostParams::default(),
+        &object(
+            "app",
+            provider,
+            json!({"region": src_region, "imageId": src}),
+            json!([{"region": dst_region, "name": "app-copy"}]),
+            "Retain",
+        ),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "copy requested", || async {
+        (!cloud.calls(copy_call).is_empty()).then_some(())
+    })
+    .await;
+    op.child.kill().unwrap();
+    op.child.wait().unwrap();
+    let _op2 = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-b", &op_args());
+    let st = wait_ready(&api, "app").await;
+    let imgs = cloud.images_in(dst_region);
+    assert_eq!(imgs.len(), 1, "exactly one copy: {imgs:?}");
+    assert_eq!(cloud.calls(copy_call).len(), 1, "the copy was not requested again");
+    let d = dest(&st, dst_region);
+    assert_eq!(d.image_id.as_deref(), Some(imgs[0].id.as_str()));
+    assert_eq!(d.attempts, 1);
+    assert_eq!(
+        imgs[0].tags.get(TOKEN_TAG),
+        d.client_token.as_ref(),
+        "the copy carries our token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn huawei_crash_between_copy_request_and_answer_never_copies_twice() {
+    crash_between_copy_request_and_answer(Kind::Huawei).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alibaba_crash_between_copy_request_and_answer_never_copies_twice() {
+    crash_between_copy_request_and_answer(Kind::Alibaba).await;
+}
