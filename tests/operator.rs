@@ -46,12 +46,12 @@ async fn apply_adds_finalizer_honest_status_events_and_metrics() {
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
     api.create(
         &PostParams::default(),
-        &example(include_str!("../deploy/examples/huawei.yaml")),
+        &example(include_str!("../deploy/examples/tencent.yaml")),
     )
     .await
     .unwrap();
 
-    let o = settled(&api, "web-image-huawei").await;
+    let o = settled(&api, "web-image-tencent").await;
     assert_eq!(o.finalizers(), &[FINALIZER.to_string()]);
     let st = o.status.unwrap();
     assert_eq!(st.observed_generation, Some(1));
@@ -67,11 +67,11 @@ async fn apply_adds_finalizer_honest_status_events_and_metrics() {
     assert_eq!(st.summary.as_deref(), Some("0/2 available"));
     assert_eq!(
         st.destinations.iter().map(|d| d.region.as_str()).collect::<Vec<_>>(),
-        vec!["cn-east-3", "cn-south-1"]
+        vec!["ap-shanghai", "ap-beijing"]
     );
 
     let evs = eventually(WAIT, "an event", || async {
-        let e = support::events_for(&c, "web-image-huawei").await;
+        let e = support::events_for(&c, "web-image-tencent").await;
         (!e.is_empty()).then_some(e)
     })
     .await;
@@ -115,7 +115,7 @@ async fn apply_adds_finalizer_honest_status_events_and_metrics() {
         "{metrics}"
     );
     assert!(
-        !metrics.contains("web-image-huawei"),
+        !metrics.contains("web-image-tencent"),
         "object names never become labels"
     );
 }
@@ -171,7 +171,10 @@ async fn invalid_spec_is_reported_once_then_waits_for_a_change() {
     let st = o.status.unwrap();
     assert_eq!(st.observed_generation, Some(2));
     assert_eq!(cond(&st.conditions, "Validated").unwrap().status, "True");
-    assert_eq!(cond(&st.conditions, "Ready").unwrap().reason, "ProviderNotImplemented");
+    // Valid now: the copy waits for its credentials Secret, and says so.
+    let r = cond(&st.conditions, "Ready").unwrap();
+    assert_eq!((r.status.as_str(), r.reason.as_str()), ("False", "Progressing"));
+    assert!(r.message.contains("reading Secret huawei-credentials"), "{}", r.message);
 }
 
 #[tokio::test(flavor = "multi_thread")]

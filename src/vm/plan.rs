@@ -566,7 +566,12 @@ fn finish(
         standing_conditions(Standing::Stuck, "DestinationsFailed", with_fail(summary.clone()))
     };
     p.status.conditions = conditions::merge(&old.conditions, &desired, obj.metadata.generation, now);
-    p.status.summary = Some(summary);
+    // The printer column says why nothing moves, as for every other provider.
+    p.status.summary = Some(match (p.refused.first(), gate) {
+        (Some(v), _) => format!("Invalid: {}", v.reason),
+        (None, Gate::Invalid(v)) if !v.is_empty() => format!("Invalid: {}", v[0].reason),
+        _ => summary,
+    });
 }
 
 #[cfg(test)]
