@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use base64::Engine as _;
 use image_replication_operator::api::ImageReplication;
 use image_replication_operator::api::v1alpha1::{DestinationPhase, ImageReplicationStatus};
 use kube::api::{DeleteParams, PostParams};
@@ -18,17 +17,7 @@ use support::operator::{Operator, eventually};
 
 const WAIT: Duration = Duration::from_secs(120);
 
-async fn secret(c: &Client, name: &str, data: &[(&str, &str)]) {
-    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.clone(), "default");
-    let data: BTreeMap<String, String> = data
-        .iter()
-        .map(|(k, v)| (k.to_string(), base64::engine::general_purpose::STANDARD.encode(v)))
-        .collect();
-    let s = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": name, "namespace": "default"}, "data": data}))
-    .unwrap();
-    api.create(&PostParams::default(), &s).await.unwrap();
-}
+use support::secret;
 
 async fn password_secret(c: &Client, cloud: &Cloud) {
     secret(

@@ -279,18 +279,12 @@ impl ImageService for Alibaba {
                 ImageSelector::Name(n) => ("ImageName", "ImageName", n.as_str()),
             };
             let found = self.images(acct, region, &[(k, v.to_string())]).await?;
-            let exact: Vec<&Value> = found
-                .iter()
+            let exact = found
+                .into_iter()
                 .filter(|i| i.get(field).and_then(Value::as_str) == Some(v))
+                .map(|i| (i.get("ImageId").and_then(Value::as_str).unwrap_or("").to_string(), i))
                 .collect();
-            match exact.as_slice() {
-                [one] => Ok(parse_image(one)),
-                [] => Err(ProviderError::not_found(format!("ECS in {region} has no image {v}"))),
-                many => Err(ProviderError::permanent(format!(
-                    "image name {v} is ambiguous in {region}: {} images; use source.imageId",
-                    many.len()
-                ))),
-            }
+            cloud::exactly_one("ECS", region, v, exact).map(|i| parse_image(&i))
         })
     }
 
@@ -360,14 +354,7 @@ impl ImageService for Alibaba {
             let Some(id) = &handle.image_id else {
                 return Err(ProviderError::permanent("no destination image id to poll"));
             };
-            let mut state = TaskState {
-                phase: TaskPhase::Running,
-                image_id: Some(id.clone()),
-                progress_percent: None,
-                bytes_done: None,
-                bytes_total: req.source.size_bytes,
-                digest: None,
-            };
+            let mut state = TaskState::running(Some(id.clone()), req.source.size_bytes);
             let Some(img) = self.image(acct, &req.region, id).await? else {
                 state.phase = TaskPhase::Failed(format!("destination image {id} is gone (cancelled or deleted)"));
                 return Ok(state);
@@ -397,20 +384,18 @@ impl ImageService for Alibaba {
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(async move {
             let Some(id) = &handle.image_id else { return Ok(()) };
-            match self
+            let r = self
                 .call(
                     acct,
                     region,
                     "CancelCopyImage",
                     &[("RegionId", region.to_string()), ("ImageId", id.clone())],
                 )
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) if e.not_found => Ok(()),
-                // Finished meanwhile: nothing to cancel; the deletion policy decides.
+                .await;
+            match r {
+                // Finished meanwhile: a cancelled copy leaves no image, so it goes too.
                 Err(e) if e.message.contains("IncorrectImageStatus") => self.delete_image(acct, region, None, id).await,
-                Err(e) => Err(e),
+                r => cloud::gone_is_ok(r),
             }
         })
     }
@@ -423,19 +408,15 @@ impl ImageService for Alibaba {
         image_id: &'a str,
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(async move {
-            match self
-                .call(
+            cloud::gone_is_ok(
+                self.call(
                     acct,
                     region,
                     "DeleteImage",
                     &[("RegionId", region.to_string()), ("ImageId", image_id.to_string())],
                 )
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) if e.not_found => Ok(()),
-                Err(e) => Err(e),
-            }
+                .await,
+            )
         })
     }
 

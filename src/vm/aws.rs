@@ -314,18 +314,12 @@ impl ImageService for Aws {
                 ),
             };
             let found = self.images(acct, region, &params).await?;
-            let exact: Vec<&Node> = found
-                .iter()
+            let exact = found
+                .into_iter()
                 .filter(|i| i.text_at(field).as_deref() == Some(v))
+                .map(|i| (i.text_at("imageId").unwrap_or_default(), i))
                 .collect();
-            match exact.as_slice() {
-                [one] => Ok(parse_image(one)),
-                [] => Err(ProviderError::not_found(format!("EC2 in {region} has no image {v}"))),
-                many => Err(ProviderError::permanent(format!(
-                    "image name {v} is ambiguous in {region}: {} images; use source.imageId",
-                    many.len()
-                ))),
-            }
+            cloud::exactly_one("EC2", region, v, exact).map(|i| parse_image(&i))
         })
     }
 
@@ -382,14 +376,7 @@ impl ImageService for Aws {
             let Some(id) = &handle.image_id else {
                 return Err(ProviderError::permanent("no destination image id to poll"));
             };
-            let mut state = TaskState {
-                phase: TaskPhase::Running,
-                image_id: Some(id.clone()),
-                progress_percent: None,
-                bytes_done: None,
-                bytes_total: req.source.size_bytes,
-                digest: None,
-            };
+            let mut state = TaskState::running(Some(id.clone()), req.source.size_bytes);
             let Some(img) = self.image(acct, &req.region, id).await? else {
                 state.phase = TaskPhase::Failed(format!("destination image {id} is gone (deregistered)"));
                 return Ok(state);
@@ -443,23 +430,15 @@ impl ImageService for Aws {
                 Some(img) => snapshots(&img),
                 None => return Ok(()),
             };
-            match self
-                .call(acct, region, "DeregisterImage", &[("ImageId".into(), image_id.into())])
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.not_found => {}
-                Err(e) => return Err(e),
-            }
+            cloud::gone_is_ok(
+                self.call(acct, region, "DeregisterImage", &[("ImageId".into(), image_id.into())])
+                    .await,
+            )?;
             for s in snaps {
-                match self
-                    .call(acct, region, "DeleteSnapshot", &[("SnapshotId".into(), s.clone())])
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if e.not_found => {}
-                    Err(e) => return Err(e),
-                }
+                cloud::gone_is_ok(
+                    self.call(acct, region, "DeleteSnapshot", &[("SnapshotId".into(), s)])
+                        .await,
+                )?;
             }
             Ok(())
         })

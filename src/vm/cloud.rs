@@ -137,6 +137,33 @@ pub fn transport(op: &str, e: reqwest::Error) -> Attempt {
     ProviderError::transient(format!("{op}: {}", crate::oci::client::without_url(&e))).into()
 }
 
+/// The one image a describe matched: none is not found, several is ambiguous (their ids listed).
+pub fn exactly_one<T>(
+    service: &str,
+    region: &str,
+    wanted: &str,
+    mut found: Vec<(String, T)>,
+) -> Result<T, ProviderError> {
+    match found.len() {
+        1 => Ok(found.remove(0).1),
+        0 => Err(ProviderError::not_found(format!(
+            "{service} in {region} has no image {wanted}"
+        ))),
+        n => Err(ProviderError::permanent(format!(
+            "image name {wanted} is ambiguous in {region}: {n} images ({}); use source.imageId",
+            found.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// A delete or cancel: an absent target is success.
+pub fn gone_is_ok<T>(r: Result<T, ProviderError>) -> Result<(), ProviderError> {
+    match r {
+        Err(e) if !e.not_found => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// At most 300 characters of a provider's message.
 pub fn short(s: &str) -> String {
     let s = s.trim();

@@ -451,24 +451,12 @@ impl ImageService for Huawei {
                 ImageSelector::Name(n) => ("name", n.as_str()),
             };
             let found = self.list(acct, region, region, &[(k, v)]).await?;
-            let exact: Vec<&Value> = found
-                .iter()
+            let exact = found
+                .into_iter()
                 .filter(|i| i.get(k).and_then(Value::as_str) == Some(v))
+                .map(|i| (i.get("id").and_then(Value::as_str).unwrap_or("").to_string(), i))
                 .collect();
-            match exact.as_slice() {
-                [one] => Ok(parse_image(one)),
-                [] => Err(ProviderError::not_found(format!(
-                    "IMS in {region} has no image with {k} {v}"
-                ))),
-                many => Err(ProviderError::permanent(format!(
-                    "image name {v} is ambiguous in {region}: {} images ({}); use source.imageId",
-                    many.len(),
-                    many.iter()
-                        .filter_map(|i| i.get("id").and_then(Value::as_str))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))),
-            }
+            cloud::exactly_one("IMS", region, &format!("with {k} {v}"), exact).map(|i| parse_image(&i))
         })
     }
 
@@ -537,14 +525,7 @@ impl ImageService for Huawei {
         handle: &'a CopyHandle,
     ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
         Box::pin(async move {
-            let mut state = TaskState {
-                phase: TaskPhase::Running,
-                image_id: handle.image_id.clone(),
-                progress_percent: None,
-                bytes_done: None,
-                bytes_total: req.source.size_bytes,
-                digest: None,
-            };
+            let mut state = TaskState::running(handle.image_id.clone(), req.source.size_bytes);
             if let Some(job) = &handle.task_id {
                 let pid = self.project_id(acct, &req.source_region).await?;
                 let v = self
@@ -627,8 +608,8 @@ impl ImageService for Huawei {
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(async move {
             let pid = self.project_id(acct, project.unwrap_or(region)).await?;
-            match self
-                .call(
+            cloud::gone_is_ok(
+                self.call(
                     acct,
                     Call {
                         op: "delete image",
@@ -640,12 +621,8 @@ impl ImageService for Huawei {
                         body: None,
                     },
                 )
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) if e.not_found => Ok(()),
-                Err(e) => Err(e),
-            }
+                .await,
+            )
         })
     }
 

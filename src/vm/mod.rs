@@ -125,6 +125,20 @@ pub struct TaskState {
     pub digest: Option<String>,
 }
 
+impl TaskState {
+    /// A copy still running, nothing known yet but what it copies.
+    pub fn running(image_id: Option<String>, bytes_total: Option<u64>) -> Self {
+        Self {
+            phase: TaskPhase::Running,
+            image_id,
+            progress_percent: None,
+            bytes_done: None,
+            bytes_total,
+            digest: None,
+        }
+    }
+}
+
 /// A provider error. `retryable` errors (5xx, connection, throttling) are tried again with
 /// backoff; others fail the destination at once. Messages never carry secrets.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

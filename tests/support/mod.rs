@@ -47,3 +47,17 @@ pub async fn events_for(c: &Client, name: &str) -> Vec<Event> {
 pub async fn event_reasons(c: &Client, name: &str) -> Vec<String> {
     events_for(c, name).await.into_iter().filter_map(|e| e.reason).collect()
 }
+
+/// Create a Secret in `default` with these data keys.
+pub async fn secret(c: &Client, name: &str, data: &[(&str, &str)]) {
+    use base64::Engine as _;
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.clone(), "default");
+    let data: std::collections::BTreeMap<String, String> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), base64::engine::general_purpose::STANDARD.encode(v)))
+        .collect();
+    let s = serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": "default"}, "data": data}))
+    .unwrap();
+    api.create(&PostParams::default(), &s).await.unwrap();
+}
