@@ -40,6 +40,7 @@ impl Registry {
             .with_vm(Arc::new(crate::vm::huawei::Huawei::default()))
             .with_vm(Arc::new(crate::vm::alibaba::Alibaba::default()))
             .with_vm(Arc::new(crate::vm::aws::Aws::default()))
+            .with_vm(Arc::new(crate::vm::tencent::Tencent::default()))
     }
 
     /// Add a VM image service.

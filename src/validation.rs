@@ -187,6 +187,16 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
                 format!("provider {} cannot encrypt a copy; remove encryption", kind.as_str()),
             ));
         }
+        if kind == ProviderKind::Tencent && d.encryption.is_some() && d.region != src.region {
+            out.push(Violation::new(
+                f("encryption"),
+                "EncryptedSyncOnlyInSourceRegion",
+                format!(
+                    "Tencent CVM copies a custom image into an encrypted one only in the source region ({}), not {}",
+                    src.region, d.region
+                ),
+            ));
+        }
         let only = |out: &mut Vec<Violation>, set: bool, field: &str, owner: ProviderKind| {
             if set && kind != owner {
                 out.push(Violation::new(

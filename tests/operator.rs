@@ -55,29 +55,23 @@ async fn apply_adds_finalizer_honest_status_events_and_metrics() {
     assert_eq!(o.finalizers(), &[FINALIZER.to_string()]);
     let st = o.status.unwrap();
     assert_eq!(st.observed_generation, Some(1));
+    // Honest about what it waits for: the credentials Secret the example names does not exist.
     let ready = cond(&st.conditions, "Ready").unwrap();
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "ProviderNotImplemented")
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Progressing"));
+    assert!(
+        ready.message.contains("reading Secret tencent-credentials"),
+        "{}",
+        ready.message
     );
     assert_eq!(ready.observed_generation, Some(1));
-    assert_eq!(cond(&st.conditions, "Stalled").unwrap().status, "True");
+    assert_eq!(cond(&st.conditions, "Stalled").unwrap().status, "False");
     assert_eq!(cond(&st.conditions, "Validated").unwrap().status, "True");
-    assert_eq!(cond(&st.conditions, "Reconciling").unwrap().status, "False");
+    assert_eq!(cond(&st.conditions, "Reconciling").unwrap().status, "True");
     assert_eq!(st.summary.as_deref(), Some("0/2 available"));
     assert_eq!(
         st.destinations.iter().map(|d| d.region.as_str()).collect::<Vec<_>>(),
         vec!["ap-shanghai", "ap-beijing"]
     );
-
-    let evs = eventually(WAIT, "an event", || async {
-        let e = support::events_for(&c, "web-image-tencent").await;
-        (!e.is_empty()).then_some(e)
-    })
-    .await;
-    assert_eq!(evs[0].reason.as_deref(), Some("ProviderNotImplemented"));
-    assert_eq!(evs[0].type_.as_deref(), Some("Warning"));
-    assert_eq!(evs[0].reporting_instance.as_deref(), Some("op-a"));
 
     // ReplicaInstance goes through its own controller.
     let ri: Api<ReplicaInstance> = Api::namespaced(c.clone(), "default");
@@ -94,6 +88,14 @@ async fn apply_adds_finalizer_honest_status_events_and_metrics() {
     .await;
     assert_eq!(cond(&r.conditions, "Synced").unwrap().status, "False");
     assert_eq!(cond(&r.conditions, "Ready").unwrap().reason, "ProviderNotImplemented");
+    let evs = eventually(WAIT, "an event", || async {
+        let e = support::events_for(&c, "tcr-shanghai").await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(evs[0].reason.as_deref(), Some("ProviderNotImplemented"));
+    assert_eq!(evs[0].type_.as_deref(), Some("Warning"));
+    assert_eq!(evs[0].reporting_instance.as_deref(), Some("op-a"));
 
     let (code, body) = eventually(WAIT, "readyz", || async {
         op.http_get("/readyz").filter(|(c, _)| *c == 200)

@@ -559,7 +559,21 @@ async fn crash_between_copy_request_and_answer(kind: Kind) {
             "alibaba",
             "CopyImage",
         ),
+        Kind::Tencent => (
+            "ap-guangzhou",
+            "ap-shanghai",
+            [("secretId", AK), ("secretKey", SK)],
+            "tencent",
+            "SyncImages",
+        ),
         Kind::Aws => unreachable!("covered by its own test"),
+    };
+    // Copy requests that start work (Tencent's DryRun pre-flight does not).
+    let copies = |c: &Stand| {
+        c.calls(copy_call)
+            .into_iter()
+            .filter(|r| r.body.get("DryRun") != Some(&json!(true)))
+            .count()
     };
     let src = cloud.add(src_region, "app", 10, json!({}));
     *cloud.state.hold_copy_answer.lock().unwrap() = Some(Duration::from_secs(30));
@@ -593,15 +607,17 @@ async fn crash_between_copy_request_and_answer(kind: Kind) {
     let st = wait_ready(&api, "app").await;
     let imgs = cloud.images_in(dst_region);
     assert_eq!(imgs.len(), 1, "exactly one copy: {imgs:?}");
-    assert_eq!(cloud.calls(copy_call).len(), 1, "the copy was not requested again");
+    assert_eq!(copies(&cloud), 1, "the copy was not requested again");
     let d = dest(&st, dst_region);
     assert_eq!(d.image_id.as_deref(), Some(imgs[0].id.as_str()));
     assert_eq!(d.attempts, 1);
-    assert_eq!(
-        imgs[0].tags.get(TOKEN_TAG),
-        d.client_token.as_ref(),
-        "the copy carries our token"
-    );
+    if kind != Kind::Tencent {
+        assert_eq!(
+            imgs[0].tags.get(TOKEN_TAG),
+            d.client_token.as_ref(),
+            "the copy carries our token"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -612,4 +628,118 @@ async fn huawei_crash_between_copy_request_and_answer_never_copies_twice() {
 #[tokio::test(flavor = "multi_thread")]
 async fn alibaba_crash_between_copy_request_and_answer_never_copies_twice() {
     crash_between_copy_request_and_answer(Kind::Alibaba).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tencent_crash_between_copy_request_and_answer_never_copies_twice() {
+    crash_between_copy_request_and_answer(Kind::Tencent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tencent_syncs_images_with_a_dry_run_first_and_deletes_under_policy() {
+    let cvm = Stand::start(Kind::Tencent).await;
+    let src = cvm.add("ap-guangzhou", "web", 50, json!({}));
+    let public = cvm.add("ap-guangzhou", "tlinux", 20, json!({"ImageType": "PUBLIC_IMAGE"}));
+    cvm.set_copy_time("ap-shanghai", Duration::from_secs(3));
+    cvm.state.throttle.store(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, c, op) = setup(dir.path(), "tc", &[("secretId", AK), ("secretKey", SK)]).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let provider = json!({"kind": "tencent", "credentialsSecretRef": {"name": "tc"}, "endpoint": cvm.url});
+    api.create(
+        &PostParams::default(),
+        &object(
+            "web",
+            provider.clone(),
+            json!({"region": "ap-guangzhou", "imageId": src}),
+            json!([{"region": "ap-shanghai", "name": "web-sh"}, {"region": "ap-beijing"}, {"region": "ap-unsupported-1"}]),
+            "Delete",
+        ),
+    )
+    .await
+    .unwrap();
+    api.create(
+        &PostParams::default(),
+        &object(
+            "public",
+            provider,
+            json!({"region": "ap-guangzhou", "imageId": public}),
+            json!([{"region": "ap-beijing"}]),
+            "Retain",
+        ),
+    )
+    .await
+    .unwrap();
+
+    eventually(WAIT, "ap-shanghai syncing with progress", || async {
+        let st = api.get("web").await.ok()?.status?;
+        let d = dest(&st, "ap-shanghai");
+        (d.phase == DestinationPhase::Copying && d.progress_percent.is_some_and(|p| p < 100)).then_some(())
+    })
+    .await;
+    let st = eventually(WAIT, "two available, the unsupported region failed", || async {
+        let st = api.get("web").await.ok()?.status?;
+        (dest(&st, "ap-shanghai").phase == DestinationPhase::Available
+            && dest(&st, "ap-beijing").phase == DestinationPhase::Available
+            && dest(&st, "ap-unsupported-1").phase == DestinationPhase::Failed)
+            .then_some(st)
+    })
+    .await;
+    let failed = dest(&st, "ap-unsupported-1");
+    assert!(
+        failed
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("InvalidRegion.Unavailable"),
+        "the dry run's refusal is the message: {failed:?}"
+    );
+    let syncs = cvm.calls("SyncImages");
+    let real: Vec<_> = syncs.iter().filter(|r| r.body.get("DryRun").is_none()).collect();
+    assert_eq!(real.len(), 2, "no sync started for the refused region: {syncs:?}");
+    for r in &real {
+        assert_eq!(r.headers["x-tc-region"], "ap-guangzhou");
+        assert_eq!(r.headers["x-tc-version"], "2017-03-12");
+        assert!(r.headers["authorization"].starts_with("TC3-HMAC-SHA256 Credential=AKTESTSTANDIN/"));
+        assert_eq!(r.body["ImageIds"], json!([src]));
+        assert_eq!(r.body["ImageSetRequired"], json!(true));
+        let region = r.body["DestinationRegions"][0].as_str().unwrap();
+        assert!(
+            syncs
+                .iter()
+                .any(|d| d.body.get("DryRun") == Some(&json!(true)) && d.body["DestinationRegions"][0] == region),
+            "a dry run came first for {region}"
+        );
+    }
+    let sh = real
+        .iter()
+        .find(|r| r.body["DestinationRegions"][0] == "ap-shanghai")
+        .unwrap();
+    assert_eq!(sh.body["ImageName"], "web-sh");
+    assert_eq!(cvm.images_in("ap-shanghai")[0].name, "web-sh");
+    assert_eq!(cvm.images_in("ap-beijing")[0].name, "web", "the source name by default");
+    let reqs = cvm.requests();
+    assert_eq!(reqs.iter().filter(|r| r.throttled).count(), 1);
+    assert!(
+        reqs.iter().all(|r| !r.bad_signature),
+        "every request was signed correctly"
+    );
+
+    let (reason, _) = refused(&api, "public").await;
+    assert_eq!(reason, "NotCustomImage");
+    assert!(
+        !cvm.calls("SyncImages")
+            .iter()
+            .any(|r| r.body["ImageIds"] == json!([public]))
+    );
+
+    api.delete("web", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "object gone", || async {
+        api.get("web").await.is_err().then_some(())
+    })
+    .await;
+    assert!(cvm.images_in("ap-shanghai").is_empty() && cvm.images_in("ap-beijing").is_empty());
+    assert_eq!(cvm.calls("DeleteImages").len(), 2);
+    assert_eq!(cvm.images_in("ap-guangzhou").len(), 2, "the sources stay");
+    assert!(!op.logs().contains(SK));
 }

@@ -106,6 +106,12 @@ pub fn request_for(obj: &ImageReplication, region: &str, source: &ImageInfo, tok
         resource_group_id: d.resource_group_id.clone(),
         vault_id: d.vault_id.clone(),
         token: token.to_string(),
+        started_at: obj
+            .status
+            .as_ref()
+            .and_then(|st| st.destinations.iter().find(|s| s.region == region))
+            .and_then(|s| s.started_at.as_ref())
+            .map(|t| t.0.as_second()),
     })
 }
 
@@ -460,9 +466,10 @@ impl VmEngine {
             let (Some(src), Some(token)) = (&source, &s.client_token) else {
                 continue;
             };
-            let Some(req) = request_for(obj, region, src, token) else {
+            let Some(mut req) = request_for(obj, region, src, token) else {
                 continue;
             };
+            req.started_at = s.started_at.as_ref().map(|t| t.0.as_second());
             let t = Instant::now();
             let r = provider.start_copy(acct, &req).await;
             self.time(provider, "start_copy", t, &r);

@@ -8,7 +8,7 @@
 //! - [`quota`]: the per-account queue of copies in flight.
 //! - [`engine`]: the thin shell the controller and `replicate -f` share: observe, plan, act.
 //! - [`openstack`]: the OpenStack provider (Keystone v3 + Glance v2; the operator moves the bytes).
-//! - [`huawei`], [`alibaba`], [`aws`]: the clouds' own copy APIs ([`sign`] signs their requests,
+//! - [`huawei`], [`alibaba`], [`aws`], [`tencent`]: the clouds' own copy APIs ([`sign`] signs their requests,
 //!   [`cloud`] holds what they share).
 
 pub mod alibaba;
@@ -21,6 +21,7 @@ pub mod plan;
 pub mod quota;
 pub mod rules;
 pub mod sign;
+pub mod tencent;
 pub mod xml;
 
 use std::collections::BTreeMap;
@@ -95,6 +96,9 @@ pub struct CopyRequest {
     pub vault_id: Option<String>,
     /// Idempotency token: the same token never yields two copies.
     pub token: String,
+    /// When this attempt was first started (Unix seconds): a copy found by name must not be
+    /// older (providers without tags or client tokens on their copy call).
+    pub started_at: Option<i64>,
 }
 
 /// Where a started copy can be found again.

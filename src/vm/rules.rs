@@ -22,6 +22,9 @@ pub const HUAWEI_300GB_REGIONS: [&str; 4] = ["cn-south-1", "cn-east-3", "cn-east
 /// Alibaba ECS: images over 2 TiB must go through snapshot copy.
 pub const ALIBABA_MAX_BYTES: u64 = 2 * 1024 * GIB;
 
+/// Tencent CVM: the longest destination image name SyncImages accepts.
+pub const TENCENT_MAX_NAME: usize = 60;
+
 /// Limits that are configuration rather than seed facts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -246,7 +249,45 @@ pub fn check(kind: ProviderKind, spec: &ImageReplicationSpec, source: &ImageInfo
                 );
             }
         }
-        ProviderKind::Aws | ProviderKind::Tencent | ProviderKind::Oci => {}
+        ProviderKind::Tencent => {
+            if matches!(source.visibility.as_str(), "public" | "market") {
+                refuse(
+                    src_field.into(),
+                    "NotCustomImage",
+                    format!(
+                        "{img} is a {} image; SyncImages only syncs custom images (create an instance from it, then a custom image)",
+                        source.visibility
+                    ),
+                );
+            }
+            if source.visibility == "shared" {
+                for (i, d) in spec.destinations.iter().enumerate() {
+                    if d.region != spec.source.region {
+                        refuse(
+                            format!("spec.destinations[{i}].region"),
+                            "SharedImageNotSyncable",
+                            format!(
+                                "{img} is shared with this account; a shared image can only be copied into its own region ({}) as a custom image, then that custom image synced to {}",
+                                spec.source.region, d.region
+                            ),
+                        );
+                    }
+                }
+            }
+            for (i, d) in spec.destinations.iter().enumerate() {
+                let n = destination_name(kind, spec, d, source).chars().count();
+                if n > TENCENT_MAX_NAME {
+                    refuse(
+                        format!("spec.destinations[{i}].name"),
+                        "InvalidName",
+                        format!(
+                            "the destination image name would be {n} characters; Tencent CVM allows at most {TENCENT_MAX_NAME}, set destinations[{i}].name"
+                        ),
+                    );
+                }
+            }
+        }
+        ProviderKind::Aws | ProviderKind::Oci => {}
     }
     out
 }
@@ -423,6 +464,30 @@ mod tests {
         let mut img = image();
         img.visibility = "public".into();
         assert!(check(ProviderKind::Alibaba, &s, &img, &Limits::default()).is_empty());
+    }
+
+    #[test]
+    fn tencent_rules() {
+        let s = spec("tencent", "ap-guangzhou", &["ap-shanghai"]);
+        assert!(check(ProviderKind::Tencent, &s, &image(), &Limits::default()).is_empty());
+        for (vis, want) in [
+            ("public", "NotCustomImage"),
+            ("market", "NotCustomImage"),
+            ("shared", "SharedImageNotSyncable"),
+        ] {
+            let mut img = image();
+            img.visibility = vis.into();
+            assert_eq!(
+                reasons(&check(ProviderKind::Tencent, &s, &img, &Limits::default())),
+                vec![want],
+                "{vis}"
+            );
+        }
+        let mut img = image();
+        img.name = "n".repeat(61);
+        let got = check(ProviderKind::Tencent, &s, &img, &Limits::default());
+        assert_eq!(reasons(&got), vec!["InvalidName"]);
+        assert_eq!(got[0].field, "spec.destinations[0].name");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub enum Kind {
     Huawei,
     Alibaba,
     Aws,
+    Tencent,
 }
 
 pub const AK: &str = "AKTESTSTANDIN";
@@ -45,6 +46,8 @@ pub struct Img {
     pub copy: Option<(Instant, Duration)>,
     pub encrypted: bool,
     pub snapshots: Vec<String>,
+    /// Wall-clock creation time (Unix seconds).
+    pub created_unix: i64,
 }
 
 impl Img {
@@ -132,6 +135,7 @@ impl Stand {
             ),
             Kind::Alibaba => self.next_id("m-src"),
             Kind::Aws => self.next_id("ami-0src"),
+            Kind::Tencent => self.next_id("img-src"),
         };
         self.state.images.lock().unwrap().push(Img {
             id: id.clone(),
@@ -145,6 +149,7 @@ impl Stand {
             copy: None,
             encrypted: false,
             snapshots: vec![self.next_id("snap-")],
+            created_unix: now_unix(),
         });
         id
     }
@@ -175,6 +180,13 @@ impl Stand {
             .filter(|r| r.action() == what || format!("{} {}", r.method, r.path).contains(what))
             .collect()
     }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 fn copy_time(st: &State, region: &str) -> Duration {
@@ -233,6 +245,15 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
             serde_json::from_slice(&body).unwrap_or(Value::Null),
         ),
         Kind::Alibaba => (query.iter().cloned().collect(), Value::Null),
+        Kind::Tencent => (
+            [(
+                "Action".to_string(),
+                hdr.get("x-tc-action").cloned().unwrap_or_default(),
+            )]
+            .into_iter()
+            .collect(),
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        ),
         Kind::Aws => (
             parse_pairs(std::str::from_utf8(&body).unwrap_or(""))
                 .into_iter()
@@ -278,6 +299,7 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
             Kind::Huawei => huawei(st, &method, uri.path(), &params, &json_body, &hdr).await,
             Kind::Alibaba => alibaba(st, &params).await,
             Kind::Aws => aws(st, &params, &hdr).await,
+            Kind::Tencent => tencent(st, &json_body, &hdr).await,
         }
     };
     rec.status = resp.status().as_u16();
@@ -361,11 +383,37 @@ fn check_signature(
                 )
             })
         }
+        Kind::Tencent => {
+            // Canonical headers: names and values lower-cased (the API 3.0 signing rules).
+            let cred = auth_field(&auth, "Credential").unwrap_or("");
+            let parts: Vec<&str> = cred.split('/').collect();
+            let list = auth_field(&auth, "SignedHeaders").unwrap_or("");
+            let lowered: Vec<(String, String)> = signed_headers(list)
+                .into_iter()
+                .map(|(k, v)| (k, v.to_ascii_lowercase()))
+                .collect();
+            let ts: i64 = hdr.get("x-tc-timestamp").and_then(|t| t.parse().ok()).unwrap_or(0);
+            let s = sign::tencent_tc3(AK, SK, "cvm", &lowered, body, ts);
+            let ok = auth.starts_with("TC3-HMAC-SHA256 ")
+                && parts.len() == 4
+                && parts[0] == AK
+                && parts[2] == "cvm"
+                && list.contains("content-type")
+                && list.contains("host")
+                && auth_field(&auth, "Signature") == Some(s.signature.as_str());
+            (!ok).then(|| {
+                tc_err(
+                    "AuthFailure.SignatureFailure",
+                    "The provided credentials could not be validated.",
+                )
+            })
+        }
     }
 }
 
 fn throttled(kind: Kind) -> Response {
     match kind {
+        Kind::Tencent => tc_err("RequestLimitExceeded", "Your current request times exceed the limit."),
         Kind::Huawei => (
             StatusCode::TOO_MANY_REQUESTS,
             axum::Json(json!({"error_code": "APIG.0308", "error_msg": "The request is throttled."})),
@@ -489,6 +537,7 @@ async fn huawei(
                 copy: Some((Instant::now(), copy_time(st, &dest_region))),
                 encrypted: false,
                 snapshots: vec![],
+                created_unix: now_unix(),
             });
             st.jobs.lock().unwrap().insert(job.clone(), new_id);
             hold(st).await;
@@ -664,6 +713,7 @@ async fn alibaba(st: &State, p: &BTreeMap<String, String>) -> Response {
                 copy: Some((Instant::now(), copy_time(st, &dest))),
                 encrypted,
                 snapshots: vec![],
+                created_unix: now_unix(),
             });
             hold(st).await;
             axum::Json(json!({"ImageId": id, "RequestId": "req-1"})).into_response()
@@ -869,6 +919,7 @@ async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap<String, St
                 copy: Some((Instant::now(), copy_time(st, &region))),
                 encrypted: p.get("Encrypted").map(String::as_str) == Some("true"),
                 snapshots: vec![snap],
+                created_unix: now_unix(),
             });
             if let Some(t) = p.get("ClientToken") {
                 st.client_tokens.lock().unwrap().insert(t.clone(), id.clone());
@@ -908,5 +959,170 @@ async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap<String, St
             "InvalidAction",
             &format!("The action {other} is not valid for this web service."),
         ),
+    }
+}
+
+// ---- Tencent CVM ----
+
+fn tc_err(code: &str, msg: &str) -> Response {
+    axum::Json(json!({"Response": {"Error": {"Code": code, "Message": msg}, "RequestId": "r-1"}})).into_response()
+}
+
+fn tc_ok(mut v: Value) -> Response {
+    v["RequestId"] = json!("r-1");
+    axum::Json(json!({"Response": v})).into_response()
+}
+
+fn tc_image(i: &Img) -> Value {
+    let created = k8s_openapi::jiff::Timestamp::from_second(i.created_unix).unwrap();
+    let mut v = json!({
+        "ImageId": i.id, "ImageName": i.name, "ImageDescription": i.description,
+        "ImageState": if i.ready() { "NORMAL" } else { "SYNCING" },
+        "SyncPercent": i.progress(), "ImageType": "PRIVATE_IMAGE", "ImageSize": i.size_gib,
+        "CreatedTime": created.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(), "Encrypt": i.encrypted,
+    });
+    for (k, x) in i.extra.as_object().into_iter().flatten() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+async fn tencent(st: &State, b: &Value, hdr: &BTreeMap<String, String>) -> Response {
+    let region = hdr.get("x-tc-region").cloned().unwrap_or_default();
+    if hdr.get("x-tc-version").map(String::as_str) != Some("2017-03-12") {
+        return tc_err("InvalidParameter", "X-TC-Version must be 2017-03-12");
+    }
+    let strs = |k: &str| -> Vec<String> {
+        b.get(k)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect()
+    };
+    match hdr.get("x-tc-action").map(String::as_str).unwrap_or("") {
+        "DescribeImages" => {
+            let ids = strs("ImageIds");
+            let filter = |name: &str| -> Option<Vec<String>> {
+                b.get("Filters")?
+                    .as_array()?
+                    .iter()
+                    .find(|f| f["Name"] == name)
+                    .map(|f| {
+                        f["Values"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
+            };
+            let names = filter("image-name");
+            let imgs = st.images.lock().unwrap();
+            let here: Vec<&Img> = imgs.iter().filter(|i| i.region == region).collect();
+            for id in &ids {
+                if !here.iter().any(|i| i.id == *id) {
+                    return tc_err("InvalidImageId.NotFound", &format!("The image {id} does not exist."));
+                }
+            }
+            let list: Vec<Value> = here
+                .iter()
+                .filter(|i| ids.is_empty() || ids.contains(&i.id))
+                .filter(|i| names.as_ref().is_none_or(|n| n.contains(&i.name)))
+                .map(|i| tc_image(i))
+                .filter(|v| filter("image-type").is_none_or(|t| t.iter().any(|t| v["ImageType"] == t.as_str())))
+                .collect();
+            tc_ok(json!({"ImageSet": list, "TotalCount": list.len()}))
+        }
+        "SyncImages" => {
+            let ids = strs("ImageIds");
+            let dests = strs("DestinationRegions");
+            if ids.len() != 1 || dests.is_empty() {
+                return tc_err(
+                    "InvalidParameterValue",
+                    "one ImageIds and at least one DestinationRegions are required",
+                );
+            }
+            let src = st
+                .images
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|i| i.id == ids[0] && i.region == region)
+                .cloned();
+            let Some(src) = src else {
+                return tc_err("InvalidImageId.NotFound", "The image does not exist.");
+            };
+            if !src.ready() {
+                return tc_err("InvalidImageId.IncorrectState", "The image is not in the NORMAL state.");
+            }
+            let encrypt = b.get("Encrypt").and_then(Value::as_bool).unwrap_or(false);
+            for d in &dests {
+                if d.starts_with("ap-unsupported") {
+                    return tc_err(
+                        "InvalidRegion.Unavailable",
+                        &format!("The region {d} does not support image sync."),
+                    );
+                }
+                if (*d == region) != encrypt {
+                    return tc_err(
+                        "InvalidParameterValue.InvalidRegion",
+                        "custom images sync to other regions; encrypted copies stay in the source region",
+                    );
+                }
+            }
+            if b.get("DryRun").and_then(Value::as_bool) == Some(true) {
+                return tc_err(
+                    "DryRunOperation",
+                    "The request would have succeeded, but DryRun was set.",
+                );
+            }
+            let name = b
+                .get("ImageName")
+                .and_then(Value::as_str)
+                .unwrap_or(&src.name)
+                .to_string();
+            let mut set = Vec::new();
+            for d in &dests {
+                let id = format!("img-{:08x}", st.seq.fetch_add(1, Ordering::SeqCst) + 0x5e000);
+                st.images.lock().unwrap().push(Img {
+                    id: id.clone(),
+                    region: d.clone(),
+                    project: d.clone(),
+                    name: name.clone(),
+                    description: src.description.clone(),
+                    size_gib: src.size_gib,
+                    extra: json!({}),
+                    tags: BTreeMap::new(),
+                    copy: Some((Instant::now(), copy_time(st, d))),
+                    encrypted: encrypt,
+                    snapshots: vec![],
+                    created_unix: now_unix(),
+                });
+                set.push(json!({"ImageId": id, "Region": d}));
+            }
+            hold(st).await;
+            if b.get("ImageSetRequired").and_then(Value::as_bool) == Some(true) {
+                tc_ok(json!({"ImageSet": set}))
+            } else {
+                tc_ok(json!({}))
+            }
+        }
+        "DeleteImages" => {
+            let ids = strs("ImageIds");
+            let mut imgs = st.images.lock().unwrap();
+            for id in &ids {
+                match imgs.iter().find(|i| i.id == *id && i.region == region) {
+                    None => return tc_err("InvalidImageId.NotFound", "The image does not exist."),
+                    Some(i) if !i.ready() => {
+                        return tc_err("InvalidImageId.IncorrectState", "The image is being synced.");
+                    }
+                    _ => {}
+                }
+            }
+            imgs.retain(|i| !(ids.contains(&i.id) && i.region == region));
+            tc_ok(json!({}))
+        }
+        other => tc_err("InvalidAction", &format!("{other} is not an action")),
     }
 }

@@ -1,0 +1,417 @@
+//! The Tencent Cloud CVM provider: API 3.0 (JSON POST, `Version=2017-03-12`) signed with
+//! `TC3-HMAC-SHA256` (optional `X-TC-Token` for temporary credentials).
+//!
+//! `SyncImages` copies one custom image to the destination regions; a `DryRun` call checks first
+//! that the sync can start (region support, image state) so a refusal comes before any work.
+//! The destination image id comes back with `ImageSetRequired`; its state and `SyncPercent` come
+//! from `DescribeImages` in the destination region; `DeleteImages` removes it. SyncImages takes
+//! no client token or tags, so a copy whose answer was lost is found by its name in the
+//! destination region, created no earlier than the attempt started.
+
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+
+use super::cloud::{self, Attempt, Backoff};
+use super::{
+    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError, TaskPhase,
+    TaskState,
+};
+use crate::api::v1alpha1::ProviderKind;
+
+const CVM: &str = "https://cvm.tencentcloudapi.com";
+const VERSION: &str = "2017-03-12";
+const GIB: u64 = 1 << 30;
+/// Clock skew allowed between the operator and the cloud when matching a copy by creation time.
+const SKEW_SECONDS: i64 = 300;
+
+/// The Tencent Cloud CVM provider.
+#[derive(Clone)]
+pub struct Tencent {
+    http: reqwest::Client,
+    backoff: Backoff,
+}
+
+impl Default for Tencent {
+    fn default() -> Self {
+        Self::new(Backoff::default())
+    }
+}
+
+/// Classify an API 3.0 error (`Response.Error.Code`).
+fn error(action: &str, code: &str, message: &str) -> Attempt {
+    let text = format!("{action}: {code}: {message}");
+    let throttled = code == "RequestLimitExceeded" || code.starts_with("RequestLimitExceeded.");
+    let error = if code.ends_with(".NotFound") || code == "ResourceNotFound" {
+        ProviderError::not_found(text)
+    } else if throttled
+        || code.starts_with("InternalError")
+        || code.ends_with(".IncorrectState")
+        || code.starts_with("LimitExceeded")
+        || code == "ResourceInUse"
+    {
+        ProviderError::transient(text)
+    } else if code.starts_with("AuthFailure") || code.starts_with("UnauthorizedOperation") {
+        ProviderError::permanent(format!(
+            "{text} (check the SecretId/SecretKey and the CAM policy: cvm:DescribeImages, cvm:SyncImages, cvm:DeleteImages)"
+        ))
+    } else {
+        ProviderError::permanent(text)
+    };
+    Attempt {
+        error,
+        throttled,
+        retry_after: None,
+    }
+}
+
+fn image_state(state: &str) -> ImageState {
+    match state {
+        "NORMAL" | "USING" => ImageState::Available,
+        "CREATING" | "SYNCING" | "IMPORTING" => ImageState::Creating,
+        other => ImageState::Unusable(other.to_string()),
+    }
+}
+
+/// Parse one `DescribeImages` image. `ImageType`: PRIVATE_IMAGE (custom, reported as private),
+/// PUBLIC_IMAGE, SHARED_IMAGE, MARKET_IMAGE.
+pub fn parse_image(v: &Value) -> ImageInfo {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
+    let kind = s("ImageType").unwrap_or_default();
+    ImageInfo {
+        id: s("ImageId").unwrap_or_default(),
+        name: s("ImageName").unwrap_or_default(),
+        size_bytes: v.get("ImageSize").and_then(Value::as_u64).map(|g| g * GIB),
+        disk_format: None,
+        container_format: None,
+        visibility: match kind.as_str() {
+            "PRIVATE_IMAGE" => "private".into(),
+            "PUBLIC_IMAGE" => "public".into(),
+            "SHARED_IMAGE" => "shared".into(),
+            "MARKET_IMAGE" => "market".into(),
+            o => o.to_ascii_lowercase(),
+        },
+        encrypted: v.get("Encrypt").and_then(Value::as_bool).unwrap_or(false),
+        state: s("ImageState").map(|st| image_state(&st)),
+        whole_machine: false,
+        replicated_from_backup: false,
+        shared_from_other_account: kind == "SHARED_IMAGE",
+        digest: None,
+        checksum: None,
+        properties: Default::default(),
+    }
+}
+
+fn created(v: &Value) -> Option<i64> {
+    v.get("CreatedTime")
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(|t| t.as_second())
+}
+
+impl Tencent {
+    pub fn new(backoff: Backoff) -> Self {
+        Self {
+            http: cloud::client(),
+            backoff,
+        }
+    }
+
+    /// One signed API 3.0 call for `region`.
+    async fn call(&self, acct: &Account, region: &str, action: &str, body: Value) -> Result<Value, ProviderError> {
+        let (Some(id), Some(key)) = (acct.text("secretId"), acct.text("secretKey")) else {
+            return Err(ProviderError::permanent(
+                "the credentials Secret needs secretId and secretKey (and token for temporary credentials)",
+            ));
+        };
+        let token = acct.text("token");
+        let base = cloud::endpoint(acct.endpoint.as_deref(), CVM, region);
+        let body = body.to_string();
+        self.backoff
+            .run(action, || {
+                let (id, key, token, base, body) = (&id, &key, &token, &base, &body);
+                async move {
+                    let url = reqwest::Url::parse(&format!("{base}/"))
+                        .map_err(|e| ProviderError::permanent(format!("{action}: bad endpoint {base}: {e}")))?;
+                    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+                    let signed_headers = vec![
+                        (
+                            "Content-Type".to_string(),
+                            "application/json; charset=utf-8".to_string(),
+                        ),
+                        ("Host".to_string(), cloud::host_of(&url)),
+                        ("X-TC-Action".to_string(), action.to_ascii_lowercase()),
+                    ];
+                    let signed = super::sign::tencent_tc3(id, key, "cvm", &signed_headers, body.as_bytes(), now);
+                    let mut rb = self
+                        .http
+                        .post(url)
+                        .header("Content-Type", "application/json; charset=utf-8")
+                        .header("X-TC-Action", action)
+                        .header("X-TC-Version", VERSION)
+                        .header("X-TC-Region", region)
+                        .header("X-TC-Timestamp", now.to_string())
+                        .header("Authorization", signed.authorization);
+                    if let Some(t) = token {
+                        rb = rb.header("X-TC-Token", t.as_str());
+                    }
+                    let resp = rb
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .map_err(|e| cloud::transport(action, e))?;
+                    let status = resp.status().as_u16();
+                    let text = resp.text().await.map_err(|e| cloud::transport(action, e))?;
+                    let v: Value = serde_json::from_str(&text).map_err(|_| {
+                        Attempt::from(ProviderError::transient(format!(
+                            "{action}: HTTP {status}: {}",
+                            cloud::short(&text)
+                        )))
+                    })?;
+                    let r = v.get("Response").cloned().unwrap_or(Value::Null);
+                    if let Some(e) = r.get("Error") {
+                        let code = e.get("Code").and_then(Value::as_str).unwrap_or("");
+                        let msg = e.get("Message").and_then(Value::as_str).unwrap_or("");
+                        return Err(error(action, code, msg));
+                    }
+                    if !(200..300).contains(&status) {
+                        return Err(ProviderError::transient(format!("{action}: HTTP {status}")).into());
+                    }
+                    Ok(r)
+                }
+            })
+            .await
+    }
+
+    async fn images(&self, acct: &Account, region: &str, query: Value) -> Result<Vec<Value>, ProviderError> {
+        let mut q = query;
+        q["Limit"] = json!(100);
+        let v = self.call(acct, region, "DescribeImages", q).await?;
+        Ok(v.get("ImageSet").and_then(Value::as_array).cloned().unwrap_or_default())
+    }
+
+    async fn image(&self, acct: &Account, region: &str, id: &str) -> Result<Option<Value>, ProviderError> {
+        match self.images(acct, region, json!({"ImageIds": [id]})).await {
+            Ok(v) => Ok(v
+                .into_iter()
+                .find(|i| i.get("ImageId").and_then(Value::as_str) == Some(id))),
+            Err(e) if e.not_found => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn find(&self, acct: &Account, req: &CopyRequest) -> Result<Option<CopyHandle>, ProviderError> {
+        let Some(since) = req.started_at else { return Ok(None) };
+        let found = self
+            .images(
+                acct,
+                &req.region,
+                json!({"Filters": [
+                    {"Name": "image-name", "Values": [req.name]},
+                    {"Name": "image-type", "Values": ["PRIVATE_IMAGE"]}
+                ]}),
+            )
+            .await?;
+        let ours: Vec<&Value> = found
+            .iter()
+            .filter(|i| i.get("ImageName").and_then(Value::as_str) == Some(req.name.as_str()))
+            .filter(|i| created(i).is_some_and(|c| c >= since - SKEW_SECONDS))
+            .collect();
+        Ok(match ours.as_slice() {
+            [one] => one.get("ImageId").and_then(Value::as_str).map(|id| CopyHandle {
+                task_id: None,
+                image_id: Some(id.to_string()),
+            }),
+            _ => None,
+        })
+    }
+}
+
+impl ImageService for Tencent {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Tencent
+    }
+
+    fn can_cancel(&self) -> bool {
+        false
+    }
+
+    fn describe<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        image: &'a ImageSelector,
+    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>> {
+        Box::pin(async move {
+            let (query, field, v) = match image {
+                ImageSelector::Id(id) => (json!({"ImageIds": [id]}), "ImageId", id.as_str()),
+                ImageSelector::Name(n) => (
+                    json!({"Filters": [{"Name": "image-name", "Values": [n]}]}),
+                    "ImageName",
+                    n.as_str(),
+                ),
+            };
+            let found = match self.images(acct, region, query).await {
+                Err(e) if e.not_found => Vec::new(),
+                r => r?,
+            };
+            let exact = found
+                .into_iter()
+                .filter(|i| i.get(field).and_then(Value::as_str) == Some(v))
+                .map(|i| (i.get("ImageId").and_then(Value::as_str).unwrap_or("").to_string(), i))
+                .collect();
+            cloud::exactly_one("CVM", region, v, exact).map(|i| parse_image(&i))
+        })
+    }
+
+    fn start_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+    ) -> BoxFuture<'a, Result<CopyHandle, ProviderError>> {
+        Box::pin(async move {
+            if let Some(h) = self.find(acct, req).await? {
+                return Ok(h);
+            }
+            let mut body = json!({
+                "ImageIds": [req.source.id],
+                "DestinationRegions": [req.region],
+                "ImageName": req.name,
+                "ImageSetRequired": true,
+            });
+            if let Some(k) = &req.kms_key_id {
+                body["Encrypt"] = json!(true);
+                body["KmsKeyId"] = json!(k);
+            }
+            // Pre-flight: a refusal (region not supported, image state) comes before any work.
+            let mut dry = body.clone();
+            dry["DryRun"] = json!(true);
+            match self.call(acct, &req.source_region, "SyncImages", dry).await {
+                Ok(_) => {}
+                Err(e) if e.message.contains("DryRunOperation") => {}
+                Err(e) => return Err(e),
+            }
+            let v = self.call(acct, &req.source_region, "SyncImages", body).await?;
+            let id = v
+                .get("ImageSet")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|i| i.get("Region").and_then(Value::as_str) == Some(req.region.as_str()))
+                .and_then(|i| i.get("ImageId").and_then(Value::as_str))
+                .ok_or_else(|| ProviderError::transient("SyncImages: the answer has no image for the destination"))?;
+            Ok(CopyHandle {
+                task_id: None,
+                image_id: Some(id.to_string()),
+            })
+        })
+    }
+
+    fn find_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+    ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>> {
+        Box::pin(self.find(acct, req))
+    }
+
+    fn poll<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+        handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
+        Box::pin(async move {
+            let Some(id) = &handle.image_id else {
+                return Err(ProviderError::permanent("no destination image id to poll"));
+            };
+            let mut state = TaskState::running(Some(id.clone()), req.source.size_bytes);
+            let Some(img) = self.image(acct, &req.region, id).await? else {
+                state.phase = TaskPhase::Failed(format!("destination image {id} is gone (deleted)"));
+                return Ok(state);
+            };
+            state.progress_percent = img.get("SyncPercent").and_then(Value::as_i64).map(|p| p as i32);
+            if let (Some(p), Some(t)) = (state.progress_percent, req.source.size_bytes) {
+                state.bytes_done = Some(t * p.clamp(0, 100) as u64 / 100);
+            }
+            match img.get("ImageState").and_then(Value::as_str).unwrap_or("") {
+                "NORMAL" | "USING" => {
+                    state.phase = TaskPhase::Succeeded;
+                    state.progress_percent = Some(100);
+                    state.bytes_done = req.source.size_bytes;
+                }
+                "CREATING" | "SYNCING" | "IMPORTING" => {}
+                other => state.phase = TaskPhase::Failed(format!("destination image {id} is {other}")),
+            }
+            Ok(state)
+        })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        _acct: &'a Account,
+        _region: &'a str,
+        _handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async { Err(ProviderError::permanent("Tencent CVM cannot cancel an image sync")) })
+    }
+
+    fn delete_image<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        _project: Option<&'a str>,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            cloud::gone_is_ok(
+                self.call(acct, region, "DeleteImages", json!({"ImageIds": [image_id]}))
+                    .await,
+            )
+        })
+    }
+
+    fn image_exists<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        _project: Option<&'a str>,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ProviderError>> {
+        Box::pin(async move {
+            Ok(self.image(acct, region, image_id).await?.is_some_and(|i| {
+                matches!(
+                    i.get("ImageState").and_then(Value::as_str),
+                    Some("NORMAL" | "USING" | "CREATING" | "SYNCING")
+                )
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_images_and_errors() {
+        let i = parse_image(&json!({"ImageId": "img-1", "ImageName": "web", "ImageState": "SYNCING",
+            "ImageType": "SHARED_IMAGE", "ImageSize": 50, "CreatedTime": "2026-11-24T08:00:00Z"}));
+        assert_eq!(i.size_bytes, Some(50 * GIB));
+        assert_eq!(i.visibility, "shared");
+        assert!(i.shared_from_other_account);
+        assert_eq!(i.state, Some(ImageState::Creating));
+        assert_eq!(
+            created(&json!({"CreatedTime": "2026-11-24T08:00:00Z"})),
+            Some(1795507200)
+        );
+        assert!(error("SyncImages", "RequestLimitExceeded", "slow down").throttled);
+        assert!(error("DescribeImages", "InvalidImageId.NotFound", "x").error.not_found);
+        assert!(
+            error("SyncImages", "InvalidImageId.IncorrectState", "x")
+                .error
+                .retryable
+        );
+        assert!(!error("SyncImages", "AuthFailure.SignatureFailure", "x").error.retryable);
+        assert!(!error("SyncImages", "InvalidRegion.Unavailable", "x").error.retryable);
+    }
+}
