@@ -18,6 +18,7 @@ pub mod replica_oci;
 pub mod replicate;
 pub mod sync;
 pub mod tasks;
+pub mod tcr;
 pub mod telemetry;
 pub mod validation;
 

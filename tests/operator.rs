@@ -87,15 +87,19 @@ async fn apply_adds_finalizer_honest_status_events_and_metrics() {
     })
     .await;
     assert_eq!(cond(&r.conditions, "Synced").unwrap().status, "False");
-    assert_eq!(cond(&r.conditions, "Ready").unwrap().reason, "ProviderNotImplemented");
+    let ready = cond(&r.conditions, "Ready").unwrap();
+    assert_eq!(ready.reason, "Progressing");
+    assert!(
+        ready.message.contains("reading Secret tencent-credentials"),
+        "{}",
+        ready.message
+    );
     let evs = eventually(WAIT, "an event", || async {
         let e = support::events_for(&c, "tcr-shanghai").await;
         (!e.is_empty()).then_some(e)
     })
     .await;
-    assert_eq!(evs[0].reason.as_deref(), Some("ProviderNotImplemented"));
-    assert_eq!(evs[0].type_.as_deref(), Some("Warning"));
-    assert_eq!(evs[0].reporting_instance.as_deref(), Some("op-a"));
+    assert_eq!(evs[0].reporting_instance.as_deref(), Some("op-a"), "{evs:?}");
 
     let (code, body) = eventually(WAIT, "readyz", || async {
         op.http_get("/readyz").filter(|(c, _)| *c == 200)

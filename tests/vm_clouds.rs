@@ -566,7 +566,7 @@ async fn crash_between_copy_request_and_answer(kind: Kind) {
             "tencent",
             "SyncImages",
         ),
-        Kind::Aws => unreachable!("covered by its own test"),
+        Kind::Aws | Kind::Tcr => unreachable!("covered by their own tests"),
     };
     // Copy requests that start work (Tencent's DryRun pre-flight does not).
     let copies = |c: &Stand| {

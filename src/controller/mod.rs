@@ -56,8 +56,10 @@ pub struct Context {
     pub syncer: Arc<ReplicaSyncer>,
     pub sync_tasks: Arc<SyncTasks>,
     pub notifications: Arc<Notifications>,
-    /// VM image copies (huawei, alibaba, aws, openstack): engine, quota queue, polling.
+    /// VM image copies (huawei, alibaba, aws, tencent, openstack): engine, quota queue, polling.
     pub vm: Arc<crate::vm::engine::VmEngine>,
+    /// ReplicaInstance tencent: the TCR API client.
+    pub tcr: Arc<crate::tcr::Tcr>,
     /// Per ReplicaInstance (lag seconds, queued artifacts), for the gauges.
     replica_gauges: Mutex<HashMap<String, (i64, i64)>>,
     /// Keys (namespace/name) to reconcile at once: finished copies, finished syncs, notifications.
@@ -93,7 +95,11 @@ impl Context {
             Some(metrics.clone()),
         ));
         // The oci provider and replica backend are built in: registered like any provider.
-        let providers = providers.with_image(oci.clone()).with_replica(syncer.clone());
+        let tcr = Arc::new(crate::tcr::Tcr::default());
+        let providers = providers
+            .with_image(oci.clone())
+            .with_replica(syncer.clone())
+            .with_replica(tcr.clone());
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -110,6 +116,7 @@ impl Context {
             }))),
             notifications: Arc::new(Notifications::new(None)),
             vm,
+            tcr,
             replica_gauges: Mutex::new(HashMap::new()),
             ri_trigger: ri_tx,
             ir_trigger: ir_tx,
@@ -194,6 +201,8 @@ pub struct Planned<S> {
     pub sync: Option<SyncStart>,
     /// VM copies: the plan whose starts and cancels run once the status is written.
     pub vm: Option<crate::vm::plan::VmPlan>,
+    /// ReplicaInstance tencent: create the TCR replica once the status is written.
+    pub replica_create: bool,
 }
 
 impl<S> Planned<S> {
@@ -206,6 +215,7 @@ impl<S> Planned<S> {
             events: Vec::new(),
             sync: None,
             vm: None,
+            replica_create: false,
         }
     }
 }
@@ -323,11 +333,9 @@ impl Managed for ImageReplication {
             return Planned {
                 status: p.status,
                 start: p.start,
-                cancel: false,
                 requeue: p.requeue,
                 events: p.events,
-                sync: None,
-                vm: None,
+                ..Planned::settled(ImageReplicationStatus::default())
             };
         }
         let implemented = gate != Gate::ProviderNotImplemented(self.spec.provider.kind.as_str());
@@ -468,6 +476,25 @@ impl ReplicaInstance {
         secret_credentials(ctx, &self.namespace().unwrap_or_default(), r).await
     }
 
+    /// The TCR account: the primary's credentials Secret (`secretId`, `secretKey`, optional
+    /// `token`, optional `endpoint` override of `https://tcr.tencentcloudapi.com`).
+    async fn tencent_account(&self, ctx: &Context) -> Result<crate::vm::Account, String> {
+        let ns = self.namespace().unwrap_or_default();
+        let secret = match &self.spec.primary.credentials_secret_ref {
+            Some(r) => secret_data(ctx, &ns, &r.name).await?,
+            None => return Err("spec.primary.credentialsSecretRef is required for tencent".into()),
+        };
+        let endpoint = secret
+            .get("endpoint")
+            .map(|v| String::from_utf8_lossy(v).trim().to_string())
+            .filter(|e| !e.is_empty());
+        Ok(crate::vm::Account {
+            secret,
+            endpoint,
+            agency: None,
+        })
+    }
+
     fn primary_host(&self) -> Option<String> {
         crate::oci::RegistryAddr::parse(self.spec.primary.registry.as_deref()?)
             .ok()
@@ -487,6 +514,25 @@ impl Managed for ReplicaInstance {
     async fn plan(&self, ctx: &Context, now: &Time) -> Planned<Self::Status> {
         let (gate, open) = self.is_oci_open(&ctx.providers);
         let key = key_of(self);
+        if gate == Gate::Open && self.spec.primary.provider == ReplicaProvider::Tencent {
+            let seen = match self.tencent_account(ctx).await {
+                Ok(acct) => {
+                    let id = self.spec.primary.instance_id.clone().unwrap_or_default();
+                    ctx.tcr
+                        .observe(&acct, &id, &self.spec.primary.region, &self.spec.region)
+                        .await
+                }
+                Err(e) => Err(crate::vm::ProviderError::transient(e)),
+            };
+            let p = crate::tcr::plan(self, seen.as_ref(), now);
+            return Planned {
+                status: p.status,
+                requeue: p.requeue,
+                events: p.events,
+                replica_create: p.create,
+                ..Planned::settled(ReplicaInstanceStatus::default())
+            };
+        }
         if !open {
             let implemented = gate != Gate::ProviderNotImplemented(self.spec.primary.provider.as_str());
             let mut planned = Planned::settled(plan::replica_instance_status(self, implemented, now));
@@ -515,16 +561,27 @@ impl Managed for ReplicaInstance {
         ctx.set_replica_gauges(&key, p.status.lag_seconds.unwrap_or(0), p.status.pending.unwrap_or(0));
         Planned {
             status: p.status,
-            start: Vec::new(),
-            cancel: false,
             requeue: p.requeue,
             events: p.events,
             sync: p.start,
-            vm: None,
+            ..Planned::settled(ReplicaInstanceStatus::default())
         }
     }
     async fn act(&self, ctx: &Context, planned: &Planned<Self::Status>) -> Result<()> {
         let key = key_of(self);
+        if planned.replica_create {
+            let acct = self.tencent_account(ctx).await.map_err(Error::Provider)?;
+            let id = self.spec.primary.instance_id.clone().unwrap_or_default();
+            match ctx
+                .tcr
+                .create(&acct, &id, &self.spec.primary.region, &self.spec.region)
+                .await
+            {
+                Ok(r) => info!(replica = r, "TCR replica instance created"),
+                Err(e) => warn!(error = %e, "creating the TCR replica instance failed; will look again"),
+            }
+            return Ok(());
+        }
         if planned.cancel && ctx.sync_tasks.cancel(&key) {
             info!("suspended or invalid: cancelled the running sync");
         }
@@ -558,6 +615,22 @@ impl Managed for ReplicaInstance {
             note.push_str("; cancelled the running sync");
         }
         match (self.spec.primary.provider, self.spec.deletion_policy) {
+            (ReplicaProvider::Tencent, DeletionPolicy::Delete) => {
+                let acct = self.tencent_account(ctx).await.map_err(Error::Provider)?;
+                let id = self.spec.primary.instance_id.clone().unwrap_or_default();
+                let gone = ctx
+                    .tcr
+                    .delete(&acct, &id, &self.spec.primary.region, &self.spec.region)
+                    .await
+                    .map_err(|e| Error::Provider(format!("deleting the TCR replica instance: {e}")))?;
+                match gone {
+                    Some(r) => note.push_str(&format!(
+                        "; deleted replica instance {r} of {id} in {} (the primary is never touched)",
+                        self.spec.region
+                    )),
+                    None => note.push_str("; no replica instance to delete"),
+                }
+            }
             (ReplicaProvider::Oci, DeletionPolicy::Delete) => {
                 let rc = self.replica_credentials(ctx).await.map_err(Error::Provider)?;
                 let n = ctx
@@ -568,7 +641,6 @@ impl Managed for ReplicaInstance {
                 note.push_str(&format!("; removed {n} replicated artifacts from the replica"));
             }
             (_, DeletionPolicy::Retain) => note.push_str("; the replica's content is kept"),
-            (_, DeletionPolicy::Delete) => note.push_str("; nothing was created by this version, nothing removed"),
         }
         Ok(note)
     }

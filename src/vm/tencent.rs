@@ -37,8 +37,8 @@ impl Default for Tencent {
     }
 }
 
-/// Classify an API 3.0 error (`Response.Error.Code`).
-fn error(action: &str, code: &str, message: &str) -> Attempt {
+/// Classify an API 3.0 error (`Response.Error.Code`) of `service`.
+fn error(service: &str, action: &str, code: &str, message: &str) -> Attempt {
     let text = format!("{action}: {code}: {message}");
     let throttled = code == "RequestLimitExceeded" || code.starts_with("RequestLimitExceeded.");
     let error = if code.ends_with(".NotFound") || code == "ResourceNotFound" {
@@ -52,7 +52,7 @@ fn error(action: &str, code: &str, message: &str) -> Attempt {
         ProviderError::transient(text)
     } else if code.starts_with("AuthFailure") || code.starts_with("UnauthorizedOperation") {
         ProviderError::permanent(format!(
-            "{text} (check the SecretId/SecretKey and the CAM policy: cvm:DescribeImages, cvm:SyncImages, cvm:DeleteImages)"
+            "{text} (check the SecretId/SecretKey and that the CAM policy allows {service}:{action})"
         ))
     } else {
         ProviderError::permanent(text)
@@ -108,6 +108,93 @@ fn created(v: &Value) -> Option<i64> {
         .map(|t| t.as_second())
 }
 
+/// A Tencent Cloud API 3.0 service.
+pub struct Api3 {
+    pub service: &'static str,
+    pub version: &'static str,
+    pub endpoint: &'static str,
+}
+
+const CVM_API: Api3 = Api3 {
+    service: "cvm",
+    version: VERSION,
+    endpoint: CVM,
+};
+
+/// One signed API 3.0 call (JSON POST) for `region`: credentials `secretId`, `secretKey`,
+/// optional `token` from the account; the endpoint override from `acct.endpoint`.
+pub async fn api3_call(
+    http: &reqwest::Client,
+    backoff: &Backoff,
+    acct: &Account,
+    api: &Api3,
+    region: &str,
+    action: &str,
+    body: Value,
+) -> Result<Value, ProviderError> {
+    let (Some(id), Some(key)) = (acct.text("secretId"), acct.text("secretKey")) else {
+        return Err(ProviderError::permanent(
+            "the credentials Secret needs secretId and secretKey (and token for temporary credentials)",
+        ));
+    };
+    let token = acct.text("token");
+    let base = cloud::endpoint(acct.endpoint.as_deref(), api.endpoint, region);
+    let body = body.to_string();
+    backoff
+        .run(action, || {
+            let (id, key, token, base, body) = (&id, &key, &token, &base, &body);
+            async move {
+                let url = reqwest::Url::parse(&format!("{base}/"))
+                    .map_err(|e| ProviderError::permanent(format!("{action}: bad endpoint {base}: {e}")))?;
+                let now = k8s_openapi::jiff::Timestamp::now().as_second();
+                let signed_headers = vec![
+                    (
+                        "Content-Type".to_string(),
+                        "application/json; charset=utf-8".to_string(),
+                    ),
+                    ("Host".to_string(), cloud::host_of(&url)),
+                    ("X-TC-Action".to_string(), action.to_ascii_lowercase()),
+                ];
+                let signed = super::sign::tencent_tc3(id, key, api.service, &signed_headers, body.as_bytes(), now);
+                let mut rb = http
+                    .post(url)
+                    .header("Content-Type", "application/json; charset=utf-8")
+                    .header("X-TC-Action", action)
+                    .header("X-TC-Version", api.version)
+                    .header("X-TC-Region", region)
+                    .header("X-TC-Timestamp", now.to_string())
+                    .header("Authorization", signed.authorization);
+                if let Some(t) = token {
+                    rb = rb.header("X-TC-Token", t.as_str());
+                }
+                let resp = rb
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .map_err(|e| cloud::transport(action, e))?;
+                let status = resp.status().as_u16();
+                let text = resp.text().await.map_err(|e| cloud::transport(action, e))?;
+                let v: Value = serde_json::from_str(&text).map_err(|_| {
+                    Attempt::from(ProviderError::transient(format!(
+                        "{action}: HTTP {status}: {}",
+                        cloud::short(&text)
+                    )))
+                })?;
+                let r = v.get("Response").cloned().unwrap_or(Value::Null);
+                if let Some(e) = r.get("Error") {
+                    let code = e.get("Code").and_then(Value::as_str).unwrap_or("");
+                    let msg = e.get("Message").and_then(Value::as_str).unwrap_or("");
+                    return Err(error(api.service, action, code, msg));
+                }
+                if !(200..300).contains(&status) {
+                    return Err(ProviderError::transient(format!("{action}: HTTP {status}")).into());
+                }
+                Ok(r)
+            }
+        })
+        .await
+}
+
 impl Tencent {
     pub fn new(backoff: Backoff) -> Self {
         Self {
@@ -116,70 +203,8 @@ impl Tencent {
         }
     }
 
-    /// One signed API 3.0 call for `region`.
     async fn call(&self, acct: &Account, region: &str, action: &str, body: Value) -> Result<Value, ProviderError> {
-        let (Some(id), Some(key)) = (acct.text("secretId"), acct.text("secretKey")) else {
-            return Err(ProviderError::permanent(
-                "the credentials Secret needs secretId and secretKey (and token for temporary credentials)",
-            ));
-        };
-        let token = acct.text("token");
-        let base = cloud::endpoint(acct.endpoint.as_deref(), CVM, region);
-        let body = body.to_string();
-        self.backoff
-            .run(action, || {
-                let (id, key, token, base, body) = (&id, &key, &token, &base, &body);
-                async move {
-                    let url = reqwest::Url::parse(&format!("{base}/"))
-                        .map_err(|e| ProviderError::permanent(format!("{action}: bad endpoint {base}: {e}")))?;
-                    let now = k8s_openapi::jiff::Timestamp::now().as_second();
-                    let signed_headers = vec![
-                        (
-                            "Content-Type".to_string(),
-                            "application/json; charset=utf-8".to_string(),
-                        ),
-                        ("Host".to_string(), cloud::host_of(&url)),
-                        ("X-TC-Action".to_string(), action.to_ascii_lowercase()),
-                    ];
-                    let signed = super::sign::tencent_tc3(id, key, "cvm", &signed_headers, body.as_bytes(), now);
-                    let mut rb = self
-                        .http
-                        .post(url)
-                        .header("Content-Type", "application/json; charset=utf-8")
-                        .header("X-TC-Action", action)
-                        .header("X-TC-Version", VERSION)
-                        .header("X-TC-Region", region)
-                        .header("X-TC-Timestamp", now.to_string())
-                        .header("Authorization", signed.authorization);
-                    if let Some(t) = token {
-                        rb = rb.header("X-TC-Token", t.as_str());
-                    }
-                    let resp = rb
-                        .body(body.clone())
-                        .send()
-                        .await
-                        .map_err(|e| cloud::transport(action, e))?;
-                    let status = resp.status().as_u16();
-                    let text = resp.text().await.map_err(|e| cloud::transport(action, e))?;
-                    let v: Value = serde_json::from_str(&text).map_err(|_| {
-                        Attempt::from(ProviderError::transient(format!(
-                            "{action}: HTTP {status}: {}",
-                            cloud::short(&text)
-                        )))
-                    })?;
-                    let r = v.get("Response").cloned().unwrap_or(Value::Null);
-                    if let Some(e) = r.get("Error") {
-                        let code = e.get("Code").and_then(Value::as_str).unwrap_or("");
-                        let msg = e.get("Message").and_then(Value::as_str).unwrap_or("");
-                        return Err(error(action, code, msg));
-                    }
-                    if !(200..300).contains(&status) {
-                        return Err(ProviderError::transient(format!("{action}: HTTP {status}")).into());
-                    }
-                    Ok(r)
-                }
-            })
-            .await
+        api3_call(&self.http, &self.backoff, acct, &CVM_API, region, action, body).await
     }
 
     async fn images(&self, acct: &Account, region: &str, query: Value) -> Result<Vec<Value>, ProviderError> {
@@ -404,14 +429,26 @@ mod tests {
             created(&json!({"CreatedTime": "2026-11-24T08:00:00Z"})),
             Some(1795507200)
         );
-        assert!(error("SyncImages", "RequestLimitExceeded", "slow down").throttled);
-        assert!(error("DescribeImages", "InvalidImageId.NotFound", "x").error.not_found);
+        assert!(error("cvm", "SyncImages", "RequestLimitExceeded", "slow down").throttled);
         assert!(
-            error("SyncImages", "InvalidImageId.IncorrectState", "x")
+            error("cvm", "DescribeImages", "InvalidImageId.NotFound", "x")
+                .error
+                .not_found
+        );
+        assert!(
+            error("cvm", "SyncImages", "InvalidImageId.IncorrectState", "x")
                 .error
                 .retryable
         );
-        assert!(!error("SyncImages", "AuthFailure.SignatureFailure", "x").error.retryable);
-        assert!(!error("SyncImages", "InvalidRegion.Unavailable", "x").error.retryable);
+        assert!(
+            !error("cvm", "SyncImages", "AuthFailure.SignatureFailure", "x")
+                .error
+                .retryable
+        );
+        assert!(
+            !error("cvm", "SyncImages", "InvalidRegion.Unavailable", "x")
+                .error
+                .retryable
+        );
     }
 }

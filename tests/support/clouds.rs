@@ -25,6 +25,8 @@ pub enum Kind {
     Alibaba,
     Aws,
     Tencent,
+    /// Tencent Container Registry (API 3.0, service `tcr`).
+    Tcr,
 }
 
 pub const AK: &str = "AKTESTSTANDIN";
@@ -85,6 +87,9 @@ impl Req {
     }
 }
 
+/// A TCR replica: (primary id, replica id, region, region id, created).
+pub type TcrReplica = (String, String, String, i64, Instant);
+
 #[derive(Default)]
 pub struct State {
     pub images: Mutex<Vec<Img>>,
@@ -99,6 +104,14 @@ pub struct State {
     pub jobs: Mutex<HashMap<String, String>>,
     /// AWS: ClientToken -> image id.
     pub client_tokens: Mutex<HashMap<String, String>>,
+    /// TCR: instances (id, region, type).
+    pub tcr_instances: Mutex<Vec<(String, String, String)>>,
+    /// TCR: replicas (primary id, replica id, region, region id, created).
+    pub tcr_replicas: Mutex<Vec<TcrReplica>>,
+    /// TCR: the replication log entries returned by DescribeReplicationInstanceSyncStatus.
+    pub tcr_log: Mutex<Vec<Value>>,
+    /// TCR: when the last CreateReplicationInstance was accepted (1 request/s allowed).
+    pub tcr_last_create: Mutex<Option<Instant>>,
     seq: AtomicU32,
 }
 
@@ -135,7 +148,7 @@ impl Stand {
             ),
             Kind::Alibaba => self.next_id("m-src"),
             Kind::Aws => self.next_id("ami-0src"),
-            Kind::Tencent => self.next_id("img-src"),
+            Kind::Tencent | Kind::Tcr => self.next_id("img-src"),
         };
         self.state.images.lock().unwrap().push(Img {
             id: id.clone(),
@@ -245,7 +258,7 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
             serde_json::from_slice(&body).unwrap_or(Value::Null),
         ),
         Kind::Alibaba => (query.iter().cloned().collect(), Value::Null),
-        Kind::Tencent => (
+        Kind::Tencent | Kind::Tcr => (
             [(
                 "Action".to_string(),
                 hdr.get("x-tc-action").cloned().unwrap_or_default(),
@@ -300,6 +313,7 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
             Kind::Alibaba => alibaba(st, &params).await,
             Kind::Aws => aws(st, &params, &hdr).await,
             Kind::Tencent => tencent(st, &json_body, &hdr).await,
+            Kind::Tcr => tcr(st, &json_body, &hdr).await,
         }
     };
     rec.status = resp.status().as_u16();
@@ -383,7 +397,8 @@ fn check_signature(
                 )
             })
         }
-        Kind::Tencent => {
+        Kind::Tencent | Kind::Tcr => {
+            let service = if kind == Kind::Tcr { "tcr" } else { "cvm" };
             // Canonical headers: names and values lower-cased (the API 3.0 signing rules).
             let cred = auth_field(&auth, "Credential").unwrap_or("");
             let parts: Vec<&str> = cred.split('/').collect();
@@ -393,11 +408,11 @@ fn check_signature(
                 .map(|(k, v)| (k, v.to_ascii_lowercase()))
                 .collect();
             let ts: i64 = hdr.get("x-tc-timestamp").and_then(|t| t.parse().ok()).unwrap_or(0);
-            let s = sign::tencent_tc3(AK, SK, "cvm", &lowered, body, ts);
+            let s = sign::tencent_tc3(AK, SK, service, &lowered, body, ts);
             let ok = auth.starts_with("TC3-HMAC-SHA256 ")
                 && parts.len() == 4
                 && parts[0] == AK
-                && parts[2] == "cvm"
+                && parts[2] == service
                 && list.contains("content-type")
                 && list.contains("host")
                 && auth_field(&auth, "Signature") == Some(s.signature.as_str());
@@ -413,7 +428,7 @@ fn check_signature(
 
 fn throttled(kind: Kind) -> Response {
     match kind {
-        Kind::Tencent => tc_err("RequestLimitExceeded", "Your current request times exceed the limit."),
+        Kind::Tencent | Kind::Tcr => tc_err("RequestLimitExceeded", "Your current request times exceed the limit."),
         Kind::Huawei => (
             StatusCode::TOO_MANY_REQUESTS,
             axum::Json(json!({"error_code": "APIG.0308", "error_msg": "The request is throttled."})),
@@ -1122,6 +1137,154 @@ async fn tencent(st: &State, b: &Value, hdr: &BTreeMap<String, String>) -> Respo
             }
             imgs.retain(|i| !(ids.contains(&i.id) && i.region == region));
             tc_ok(json!({}))
+        }
+        other => tc_err("InvalidAction", &format!("{other} is not an action")),
+    }
+}
+
+// ---- Tencent TCR ----
+
+/// Region ids TCR reports for replicas (a few, as in Tencent's region list).
+fn tcr_region_id(r: &str) -> i64 {
+    match r {
+        "ap-guangzhou" => 1,
+        "ap-shanghai" => 4,
+        "ap-hongkong" => 5,
+        "ap-beijing" => 8,
+        "ap-singapore" => 9,
+        "ap-chengdu" => 16,
+        _ => 99,
+    }
+}
+
+async fn tcr(st: &State, b: &Value, hdr: &BTreeMap<String, String>) -> Response {
+    let region = hdr.get("x-tc-region").cloned().unwrap_or_default();
+    if hdr.get("x-tc-version").map(String::as_str) != Some("2019-09-24") {
+        return tc_err("InvalidParameter", "X-TC-Version must be 2019-09-24");
+    }
+    let registry = b.get("RegistryId").and_then(Value::as_str).unwrap_or("").to_string();
+    let instance = |id: &str| st.tcr_instances.lock().unwrap().iter().find(|i| i.0 == id).cloned();
+    // A replica is Creating for its first second, then Running.
+    let replica_json = |r: &TcrReplica| {
+        json!({"RegistryId": r.0, "ReplicationRegistryId": r.1, "ReplicationRegionName": r.2,
+               "ReplicationRegionId": r.3,
+               "Status": if r.4.elapsed() >= Duration::from_secs(1) { "Running" } else { "Creating" },
+               "CreatedAt": "2026-11-24T08:00:00Z"})
+    };
+    match hdr.get("x-tc-action").map(String::as_str).unwrap_or("") {
+        "DescribeInstances" => {
+            let ids: Vec<String> = b["Registryids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect();
+            let list: Vec<Value> = st
+                .tcr_instances
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|i| ids.contains(&i.0))
+                .map(|i| json!({"RegistryId": i.0, "RegistryName": i.0, "RegionName": i.1, "RegistryType": i.2, "Status": "Running"}))
+                .collect();
+            tc_ok(json!({"Registries": list, "TotalCount": list.len()}))
+        }
+        "DescribeReplicationInstances" => {
+            if instance(&registry).is_none() {
+                return tc_err("ResourceNotFound", "The instance does not exist.");
+            }
+            let list: Vec<Value> = st
+                .tcr_replicas
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.0 == registry)
+                .map(replica_json)
+                .collect();
+            tc_ok(json!({"ReplicationRegistries": list, "TotalCount": list.len()}))
+        }
+        "CreateReplicationInstance" => {
+            let Some(i) = instance(&registry) else {
+                return tc_err("ResourceNotFound", "The instance does not exist.");
+            };
+            if i.2 != "premium" {
+                return tc_err("UnsupportedOperation", "Only premium instances support replication.");
+            }
+            if i.1 != region {
+                return tc_err("InvalidParameter", "X-TC-Region must be the instance's region.");
+            }
+            {
+                let mut last = st.tcr_last_create.lock().unwrap();
+                if last.is_some_and(|t| t.elapsed() < Duration::from_millis(950)) {
+                    return tc_err(
+                        "RequestLimitExceeded",
+                        "CreateReplicationInstance allows 1 request per second.",
+                    );
+                }
+                *last = Some(Instant::now());
+            }
+            let name = b
+                .get("ReplicationRegionName")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if name.is_empty() || name == i.1 {
+                return tc_err(
+                    "InvalidParameterValue",
+                    "The replica region must differ from the instance's.",
+                );
+            }
+            let mut reps = st.tcr_replicas.lock().unwrap();
+            if reps.iter().any(|r| r.0 == registry && r.2 == name) {
+                return tc_err("ResourceInUse", "A replica already exists in this region.");
+            }
+            let id = format!("{registry}-{name}");
+            reps.push((
+                registry.clone(),
+                id.clone(),
+                name.clone(),
+                tcr_region_id(&name),
+                Instant::now(),
+            ));
+            tc_ok(json!({"ReplicationRegistryId": id}))
+        }
+        "DescribeReplicationInstanceSyncStatus" => {
+            let rid = b.get("ReplicationRegistryId").and_then(Value::as_str).unwrap_or("");
+            let rep = st
+                .tcr_replicas
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|r| r.0 == registry && r.1 == rid)
+                .cloned();
+            let Some(rep) = rep else {
+                return tc_err("ResourceNotFound", "The replica does not exist.");
+            };
+            if b.get("ReplicationRegionId").and_then(Value::as_i64) != Some(rep.3) {
+                return tc_err(
+                    "InvalidParameterValue",
+                    "ReplicationRegionId does not match the replica.",
+                );
+            }
+            let log: Vec<Value> = st.tcr_log.lock().unwrap().clone();
+            let failed = log.iter().any(|e| e["Status"] == "Failed");
+            tc_ok(json!({"ReplicationStatus": if failed { "Failed" } else { "Success" },
+                         "ReplicationTime": "2026-11-24 08:00:05", "ReplicationLog": log, "TotalCount": log.len()}))
+        }
+        "DeleteReplicationInstance" => {
+            let rid = b
+                .get("ReplicationRegistryId")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let mut reps = st.tcr_replicas.lock().unwrap();
+            let before = reps.len();
+            reps.retain(|r| !(r.0 == registry && r.1 == rid));
+            if reps.len() == before {
+                tc_err("ResourceNotFound", "The replica does not exist.")
+            } else {
+                tc_ok(json!({}))
+            }
         }
         other => tc_err("InvalidAction", &format!("{other} is not an action")),
     }

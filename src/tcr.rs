@@ -1,0 +1,574 @@
+//! ReplicaInstance with `primary.provider: tencent`: Tencent Container Registry (TCR) Enterprise
+//! instance replication, driven through the TCR API (`tcr.tencentcloudapi.com`, `2019-09-24`,
+//! TC3-HMAC-SHA256). The cloud keeps the replica in real-time sync with its premium primary; the
+//! operator creates the replica, reports its state and replication log, and deletes it under
+//! `deletionPolicy: Delete`.
+//!
+//! - [`Tcr`]: the API client (observe, create, delete), with the documented per-action rate
+//!   limits (CreateReplicationInstance 1/s, DescribeReplicationInstanceSyncStatus 5/s) kept per
+//!   process on top of the throttling backoff.
+//! - [`plan`]: pure, (object, what was observed, now) -> status, Events, whether to create.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{Value, json};
+
+use crate::api::conditions::{self, Desired, READY, RECONCILING, STALLED, SYNCED, VALIDATED, reason};
+use crate::api::v1alpha1::{ReplicaInstance, ReplicaInstanceStatus, ReplicaPhase, SyncFailure};
+use crate::plan::Announcement;
+use crate::vm::cloud::Backoff;
+use crate::vm::tencent::{Api3, api3_call};
+use crate::vm::{Account, ProviderError};
+
+const TCR_API: Api3 = Api3 {
+    service: "tcr",
+    version: "2019-09-24",
+    endpoint: "https://tcr.tencentcloudapi.com",
+};
+
+/// Minimum spacing of calls per action (the documented limits; others 20/s).
+fn min_interval(action: &str) -> Duration {
+    match action {
+        "CreateReplicationInstance" => Duration::from_millis(1000),
+        "DescribeReplicationInstanceSyncStatus" => Duration::from_millis(200),
+        _ => Duration::from_millis(50),
+    }
+}
+
+/// The primary instance as TCR describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Instance {
+    pub id: String,
+    pub region: String,
+    /// `premium`, `standard`, `basic`.
+    pub kind: String,
+    pub status: String,
+}
+
+/// A replica instance of the primary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Replica {
+    pub id: String,
+    pub region_id: i64,
+    pub region: String,
+    pub status: String,
+}
+
+/// One replication log entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogEntry {
+    pub resource_type: String,
+    pub source: String,
+    pub destination: String,
+    pub status: String,
+    pub end_time: Option<Time>,
+}
+
+/// What one reconcile saw.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    /// None: no such instance.
+    pub instance: Option<Instance>,
+    pub replica: Option<Replica>,
+    pub sync_status: Option<String>,
+    pub sync_time: Option<Time>,
+    pub log: Vec<LogEntry>,
+    pub log_total: i64,
+}
+
+/// The TCR API client.
+pub struct Tcr {
+    http: reqwest::Client,
+    backoff: Backoff,
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+impl Default for Tcr {
+    fn default() -> Self {
+        Self {
+            http: crate::vm::cloud::client(),
+            backoff: Backoff::default(),
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn time(v: &Value) -> Option<Time> {
+    let s = v.as_str()?;
+    s.parse::<Timestamp>()
+        .ok()
+        .or_else(|| format!("{}Z", s.replace(' ', "T")).parse::<Timestamp>().ok())
+        .map(Time)
+}
+
+fn text(v: &Value, k: &str) -> String {
+    v.get(k)
+        .map(|x| x.as_str().map(String::from).unwrap_or_else(|| x.to_string()))
+        .unwrap_or_default()
+}
+
+impl Tcr {
+    async fn call(&self, acct: &Account, region: &str, action: &str, body: Value) -> Result<Value, ProviderError> {
+        let wait = {
+            let mut last = self.last.lock().expect("rate limits");
+            let now = Instant::now();
+            let next = last
+                .get(action)
+                .map(|t| *t + min_interval(action))
+                .unwrap_or(now)
+                .max(now);
+            last.insert(action.to_string(), next);
+            next - now
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        api3_call(&self.http, &self.backoff, acct, &TCR_API, region, action, body).await
+    }
+
+    /// Describe the primary, its replica in `replica_region` and that replica's sync status.
+    pub async fn observe(
+        &self,
+        acct: &Account,
+        instance_id: &str,
+        primary_region: &str,
+        replica_region: &str,
+    ) -> Result<Observed, ProviderError> {
+        let mut o = Observed::default();
+        let v = self
+            .call(
+                acct,
+                primary_region,
+                "DescribeInstances",
+                json!({"Registryids": [instance_id], "AllRegion": true}),
+            )
+            .await?;
+        let Some(r) = v
+            .get("Registries")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().find(|r| text(r, "RegistryId") == instance_id))
+        else {
+            return Ok(o);
+        };
+        o.instance = Some(Instance {
+            id: instance_id.to_string(),
+            region: text(r, "RegionName"),
+            kind: text(r, "RegistryType"),
+            status: text(r, "Status"),
+        });
+        let v = self
+            .call(
+                acct,
+                primary_region,
+                "DescribeReplicationInstances",
+                json!({"RegistryId": instance_id, "Offset": 0, "Limit": 100}),
+            )
+            .await?;
+        o.replica = v
+            .get("ReplicationRegistries")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|r| text(r, "ReplicationRegionName") == replica_region)
+            .map(|r| Replica {
+                id: text(r, "ReplicationRegistryId"),
+                region_id: r.get("ReplicationRegionId").and_then(Value::as_i64).unwrap_or(0),
+                region: replica_region.to_string(),
+                status: text(r, "Status"),
+            });
+        let Some(rep) = o.replica.clone().filter(|r| r.status == "Running") else {
+            return Ok(o);
+        };
+        let v = self
+            .call(
+                acct,
+                primary_region,
+                "DescribeReplicationInstanceSyncStatus",
+                json!({"RegistryId": instance_id, "ReplicationRegistryId": rep.id,
+                       "ReplicationRegionId": rep.region_id, "ShowReplicationLog": true,
+                       "Offset": 0, "Limit": 20}),
+            )
+            .await?;
+        o.sync_status = v.get("ReplicationStatus").and_then(Value::as_str).map(String::from);
+        o.sync_time = v.get("ReplicationTime").and_then(time);
+        let log = match v.get("ReplicationLog") {
+            Some(Value::Array(a)) => a.clone(),
+            Some(x @ Value::Object(_)) => vec![x.clone()],
+            _ => Vec::new(),
+        };
+        o.log = log
+            .iter()
+            .map(|e| LogEntry {
+                resource_type: text(e, "ResourceType"),
+                source: text(e, "Source"),
+                destination: text(e, "Destination"),
+                status: text(e, "Status"),
+                end_time: e.get("EndTime").and_then(time),
+            })
+            .collect();
+        o.log_total = v
+            .get("TotalCount")
+            .and_then(Value::as_i64)
+            .unwrap_or(o.log.len() as i64);
+        Ok(o)
+    }
+
+    /// Create the replica in `replica_region` (by region name).
+    pub async fn create(
+        &self,
+        acct: &Account,
+        instance_id: &str,
+        primary_region: &str,
+        replica_region: &str,
+    ) -> Result<String, ProviderError> {
+        let v = self
+            .call(
+                acct,
+                primary_region,
+                "CreateReplicationInstance",
+                json!({"RegistryId": instance_id, "ReplicationRegionName": replica_region}),
+            )
+            .await?;
+        Ok(text(&v, "ReplicationRegistryId"))
+    }
+
+    /// Delete the replica (absent is success). Returns what was deleted.
+    pub async fn delete(
+        &self,
+        acct: &Account,
+        instance_id: &str,
+        primary_region: &str,
+        replica_region: &str,
+    ) -> Result<Option<String>, ProviderError> {
+        let o = self.observe(acct, instance_id, primary_region, replica_region).await?;
+        let Some(r) = o.replica else { return Ok(None) };
+        match self
+            .call(
+                acct,
+                primary_region,
+                "DeleteReplicationInstance",
+                json!({"RegistryId": instance_id, "ReplicationRegistryId": r.id,
+                       "ReplicationRegionId": r.region_id}),
+            )
+            .await
+        {
+            Ok(_) => Ok(Some(r.id)),
+            Err(e) if e.not_found => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl crate::provider::ReplicaBackend for Tcr {
+    fn kind(&self) -> crate::api::v1alpha1::ReplicaProvider {
+        crate::api::v1alpha1::ReplicaProvider::Tencent
+    }
+}
+
+/// What a reconcile of a tencent ReplicaInstance decides.
+#[derive(Clone, Debug, Default)]
+pub struct TcrPlan {
+    pub status: ReplicaInstanceStatus,
+    pub events: Vec<Announcement>,
+    pub requeue: Option<Duration>,
+    /// Create the replica once the status is written.
+    pub create: bool,
+}
+
+fn failed(e: &LogEntry) -> bool {
+    e.status.eq_ignore_ascii_case("failed") || e.status.eq_ignore_ascii_case("fail")
+}
+
+/// Pure: the status of a tencent ReplicaInstance from what was observed (or the error met).
+pub fn plan(obj: &ReplicaInstance, seen: Result<&Observed, &ProviderError>, now: &Time) -> TcrPlan {
+    let spec = &obj.spec;
+    let old = obj.status.clone().unwrap_or_default();
+    let id = spec.primary.instance_id.clone().unwrap_or_default();
+    let mut p = TcrPlan {
+        status: ReplicaInstanceStatus {
+            observed_generation: obj.metadata.generation,
+            phase: Some(old.phase.unwrap_or_default()),
+            ..old.clone()
+        },
+        ..Default::default()
+    };
+    let validated_ok = Desired::new(VALIDATED, true, reason::VALID, "");
+    let working = |r: &str, m: String| {
+        vec![
+            Desired::new(READY, false, r, m.clone()),
+            Desired::new(RECONCILING, true, r, m.clone()),
+            Desired::new(STALLED, false, r, ""),
+            validated_ok.clone(),
+            Desired::new(SYNCED, false, r, m),
+        ]
+    };
+    let stuck = |r: &str, m: String, valid: bool| {
+        vec![
+            Desired::new(READY, false, r, m.clone()),
+            Desired::new(RECONCILING, false, r, ""),
+            Desired::new(STALLED, true, r, m.clone()),
+            if valid {
+                validated_ok.clone()
+            } else {
+                Desired::new(VALIDATED, false, r, m.clone())
+            },
+            Desired::new(SYNCED, false, r, m),
+        ]
+    };
+    let desired = match seen {
+        Err(e) => {
+            p.requeue = Some(Duration::from_secs(if e.retryable { 15 } else { 60 }));
+            if e.retryable {
+                working(reason::PROGRESSING, format!("TCR (will retry): {}", e.message))
+            } else {
+                stuck("ProviderError", format!("TCR: {}", e.message), true)
+            }
+        }
+        Ok(o) => match &o.instance {
+            None => {
+                p.requeue = Some(Duration::from_secs(60));
+                stuck(
+                    "PrimaryNotFound",
+                    format!("TCR has no instance {id} in {}", spec.primary.region),
+                    true,
+                )
+            }
+            Some(i) if !i.kind.eq_ignore_ascii_case("premium") => stuck(
+                "NotPremiumInstance",
+                format!(
+                    "spec.primary.instanceId: {id} is a {} instance; replica instances need a TCR Enterprise instance of the premium specification (upgrade it first)",
+                    i.kind
+                ),
+                false,
+            ),
+            Some(i) if !i.region.is_empty() && i.region != spec.primary.region => stuck(
+                "PrimaryRegionMismatch",
+                format!(
+                    "spec.primary.region is {} but instance {id} is in {}",
+                    spec.primary.region, i.region
+                ),
+                false,
+            ),
+            Some(_) => match &o.replica {
+                None => {
+                    p.create = true;
+                    p.requeue = Some(Duration::from_secs(5));
+                    p.status.phase = Some(ReplicaPhase::Pending);
+                    working(
+                        "CreatingReplica",
+                        format!("creating the replica of {id} in {}", spec.region),
+                    )
+                }
+                Some(r) if r.status != "Running" => {
+                    p.requeue = Some(Duration::from_secs(5));
+                    p.status.phase = Some(ReplicaPhase::Syncing);
+                    working(
+                        reason::PROGRESSING,
+                        format!("replica {} in {} is {}", r.id, r.region, r.status),
+                    )
+                }
+                Some(r) => {
+                    p.requeue = Some(Duration::from_secs(30));
+                    let fails: Vec<&LogEntry> = o.log.iter().filter(|e| failed(e)).collect();
+                    p.status.last_full_sync_time = o.sync_time.clone().or(old.last_full_sync_time.clone());
+                    p.status.last_event_time = o
+                        .log
+                        .iter()
+                        .filter_map(|e| e.end_time.clone())
+                        .max_by_key(|t| t.0)
+                        .or(old.last_event_time.clone());
+                    p.status.artifacts = Some(o.log.iter().filter(|e| !failed(e)).count() as i64);
+                    p.status.failed = Some(fails.len() as i64);
+                    p.status.lag_seconds = Some(0);
+                    p.status.recent_failures = fails
+                        .iter()
+                        .take(10)
+                        .map(|e| SyncFailure {
+                            artifact: e.source.clone(),
+                            reason: "ReplicationFailed".into(),
+                            message: format!(
+                                "{} {} -> {} failed (replica {})",
+                                e.resource_type, e.source, e.destination, r.id
+                            ),
+                            time: e.end_time.clone().unwrap_or_else(|| now.clone()),
+                        })
+                        .collect();
+                    for f in &p.status.recent_failures {
+                        if !old
+                            .recent_failures
+                            .iter()
+                            .any(|o| o.artifact == f.artifact && o.time == f.time)
+                        {
+                            p.events.push(Announcement {
+                                warning: true,
+                                reason: "ReplicationFailed".into(),
+                                note: f.message.clone(),
+                            });
+                        }
+                    }
+                    let syncing = o.sync_status.as_deref().is_some_and(|s| {
+                        matches!(s.to_ascii_lowercase().as_str(), "syncing" | "running" | "inprogress")
+                    });
+                    if !fails.is_empty() {
+                        p.status.phase = Some(ReplicaPhase::Degraded);
+                        let m = format!("{} replication log entries failed; see recentFailures", fails.len());
+                        vec![
+                            Desired::new(READY, false, "SyncFailures", m.clone()),
+                            Desired::new(RECONCILING, false, "SyncFailures", ""),
+                            Desired::new(STALLED, false, "SyncFailures", ""),
+                            validated_ok.clone(),
+                            Desired::new(SYNCED, false, "SyncFailures", m),
+                        ]
+                    } else if syncing {
+                        p.status.phase = Some(ReplicaPhase::Syncing);
+                        working(
+                            reason::PROGRESSING,
+                            format!("replica {} in {} is replicating", r.id, r.region),
+                        )
+                    } else {
+                        if old.phase != Some(ReplicaPhase::InSync) {
+                            p.events.push(Announcement {
+                                warning: false,
+                                reason: "ReplicaInSync".into(),
+                                note: format!(
+                                    "replica {} of {id} in {} is running and in sync ({})",
+                                    r.id,
+                                    r.region,
+                                    o.sync_status.as_deref().unwrap_or("no replication yet")
+                                ),
+                            });
+                        }
+                        p.status.phase = Some(ReplicaPhase::InSync);
+                        let m = format!(
+                            "replica {} of {id} in {} is in sync ({} replication log entries)",
+                            r.id, r.region, o.log_total
+                        );
+                        vec![
+                            Desired::new(READY, true, reason::SUCCEEDED, m.clone()),
+                            Desired::new(RECONCILING, false, reason::IDLE, ""),
+                            Desired::new(STALLED, false, reason::IDLE, ""),
+                            validated_ok.clone(),
+                            Desired::new(SYNCED, true, "InSync", m),
+                        ]
+                    }
+                }
+            },
+        },
+    };
+    p.status.conditions = conditions::merge(&old.conditions, &desired, obj.metadata.generation, now);
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj() -> ReplicaInstance {
+        serde_json::from_value(json!({
+            "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ReplicaInstance",
+            "metadata": {"name": "r", "namespace": "default", "generation": 1},
+            "spec": {"primary": {"provider": "tencent", "region": "ap-guangzhou", "instanceId": "tcr-1"},
+                     "region": "ap-shanghai"}
+        }))
+        .unwrap()
+    }
+
+    fn now() -> Time {
+        Time(Timestamp::from_second(1_800_000_000).unwrap())
+    }
+
+    fn cond<'a>(
+        s: &'a ReplicaInstanceStatus,
+        t: &str,
+    ) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    fn premium() -> Option<Instance> {
+        Some(Instance {
+            id: "tcr-1".into(),
+            region: "ap-guangzhou".into(),
+            kind: "premium".into(),
+            status: "Running".into(),
+        })
+    }
+
+    #[test]
+    fn creates_then_waits_then_reports_in_sync_and_failures() {
+        let o = Observed {
+            instance: premium(),
+            ..Default::default()
+        };
+        let p = plan(&obj(), Ok(&o), &now());
+        assert!(p.create);
+        assert_eq!(cond(&p.status, "Ready").reason, "CreatingReplica");
+
+        let mut o = o;
+        o.replica = Some(Replica {
+            id: "tcr-1-shanghai".into(),
+            region_id: 4,
+            region: "ap-shanghai".into(),
+            status: "Creating".into(),
+        });
+        let p = plan(&obj(), Ok(&o), &now());
+        assert!(!p.create);
+        assert_eq!(p.status.phase, Some(ReplicaPhase::Syncing));
+
+        o.replica.as_mut().unwrap().status = "Running".into();
+        o.sync_status = Some("Success".into());
+        o.sync_time = Some(now());
+        o.log = vec![LogEntry {
+            resource_type: "image".into(),
+            source: "team/web:1".into(),
+            destination: "team/web:1".into(),
+            status: "Success".into(),
+            end_time: Some(now()),
+        }];
+        let p = plan(&obj(), Ok(&o), &now());
+        assert_eq!(p.status.phase, Some(ReplicaPhase::InSync));
+        assert_eq!(cond(&p.status, "Synced").status, "True");
+        assert_eq!(p.status.last_full_sync_time, Some(now()));
+        assert_eq!(
+            p.events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(),
+            vec!["ReplicaInSync"]
+        );
+
+        let mut o2 = o.clone();
+        o2.log.push(LogEntry {
+            status: "Failed".into(),
+            source: "team/api:2".into(),
+            ..o.log[0].clone()
+        });
+        let mut prev = obj();
+        prev.status = Some(p.status.clone());
+        let p2 = plan(&prev, Ok(&o2), &now());
+        assert_eq!(p2.status.phase, Some(ReplicaPhase::Degraded));
+        assert_eq!(p2.status.recent_failures.len(), 1);
+        assert_eq!(p2.events.len(), 1, "one Warning per new failure");
+        prev.status = Some(p2.status.clone());
+        assert!(plan(&prev, Ok(&o2), &now()).events.is_empty(), "not again");
+    }
+
+    #[test]
+    fn refuses_a_non_premium_or_missing_instance() {
+        let mut o = Observed {
+            instance: premium(),
+            ..Default::default()
+        };
+        o.instance.as_mut().unwrap().kind = "standard".into();
+        let p = plan(&obj(), Ok(&o), &now());
+        assert!(!p.create);
+        let v = cond(&p.status, "Validated");
+        assert_eq!((v.status.as_str(), v.reason.as_str()), ("False", "NotPremiumInstance"));
+        assert!(v.message.contains("premium"), "{}", v.message);
+        let p = plan(&obj(), Ok(&Observed::default()), &now());
+        assert_eq!(cond(&p.status, "Stalled").reason, "PrimaryNotFound");
+        let e = ProviderError::transient("RequestLimitExceeded");
+        let p = plan(&obj(), Err(&e), &now());
+        assert_eq!(cond(&p.status, "Reconciling").status, "True");
+    }
+}

@@ -1,0 +1,166 @@
+//! ReplicaInstance with `primary.provider: tencent`, end to end: the operator process and the
+//! fake API server against a TCR API stand-in (tests/support/clouds.rs) that checks every
+//! request's TC3-HMAC-SHA256 signature and CreateReplicationInstance's 1 request/s limit.
+
+mod support;
+
+use std::time::Duration;
+
+use image_replication_operator::api::ReplicaInstance;
+use image_replication_operator::api::v1alpha1::ReplicaPhase;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use serde_json::json;
+use support::clouds::{AK, Kind, SK, Stand};
+use support::operator::{Operator, eventually};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn replica(name: &str, instance: &str, region: &str, policy: &str) -> ReplicaInstance {
+    serde_json::from_value(json!({
+        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ReplicaInstance",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"primary": {"provider": "tencent", "region": "ap-guangzhou", "instanceId": instance,
+                             "credentialsSecretRef": {"name": "tcr"}},
+                 "region": region, "deletionPolicy": policy}
+    }))
+    .unwrap()
+}
+
+fn cond(r: &ReplicaInstance, t: &str) -> Option<(String, String, String)> {
+    let c = r.status.as_ref()?.conditions.iter().find(|c| c.type_ == t)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tcr_replicas_are_created_reported_and_deleted_under_policy() {
+    let tcr = Stand::start(Kind::Tcr).await;
+    tcr.state.tcr_instances.lock().unwrap().extend([
+        (
+            "tcr-prem".to_string(),
+            "ap-guangzhou".to_string(),
+            "premium".to_string(),
+        ),
+        (
+            "tcr-std".to_string(),
+            "ap-guangzhou".to_string(),
+            "standard".to_string(),
+        ),
+    ]);
+    tcr.state.tcr_log.lock().unwrap().push(json!({"ResourceType": "image",
+        "Source": "team/web:1", "Destination": "team/web:1", "Status": "Success",
+        "StartTime": "2026-11-24 08:00:01", "EndTime": "2026-11-24 08:00:04"}));
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c) = support::cluster().await;
+    support::secret(
+        &c,
+        "tcr",
+        &[("secretId", AK), ("secretKey", SK), ("endpoint", &tcr.url)],
+    )
+    .await;
+    let op = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-a", &[]);
+    let api: Api<ReplicaInstance> = Api::namespaced(c.clone(), "default");
+    for (name, inst, region, policy) in [
+        ("sh", "tcr-prem", "ap-shanghai", "Delete"),
+        ("bj", "tcr-prem", "ap-beijing", "Retain"),
+        ("std", "tcr-std", "ap-chengdu", "Delete"),
+    ] {
+        api.create(&PostParams::default(), &replica(name, inst, region, policy))
+            .await
+            .unwrap();
+    }
+
+    for name in ["sh", "bj"] {
+        eventually(WAIT, &format!("{name} in sync"), || async {
+            let r = api.get(name).await.ok()?;
+            (cond(&r, "Ready")?.0 == "True" && cond(&r, "Synced")?.0 == "True").then_some(())
+        })
+        .await;
+    }
+    let r = api.get("sh").await.unwrap();
+    let st = r.status.clone().unwrap();
+    assert_eq!(st.phase, Some(ReplicaPhase::InSync));
+    assert!(st.last_full_sync_time.is_some(), "ReplicationTime is lastFullSyncTime");
+    assert!(cond(&r, "Ready").unwrap().2.contains("tcr-prem-ap-shanghai"));
+
+    let creates: Vec<_> = tcr.calls("CreateReplicationInstance");
+    assert_eq!(creates.len(), 2, "one create per replica region: {creates:?}");
+    assert!(creates.iter().all(|r| !r.throttled && r.status == 200));
+    assert!(
+        creates.iter().all(
+            |r| r.body["ReplicationRegionName"] == "ap-shanghai" || r.body["ReplicationRegionName"] == "ap-beijing"
+        )
+    );
+    assert!(
+        tcr.requests().iter().all(|r| !r.bad_signature),
+        "every request was signed correctly"
+    );
+    assert!(
+        tcr.requests()
+            .iter()
+            .all(|r| r.headers["x-tc-region"] == "ap-guangzhou"),
+        "TCR calls go to the primary's region"
+    );
+
+    // The standard instance is refused with the seed's reason, and nothing is created for it.
+    let std = eventually(WAIT, "std refused", || async {
+        let r = api.get("std").await.ok()?;
+        let v = cond(&r, "Validated")?;
+        (v.0 == "False").then_some(v)
+    })
+    .await;
+    assert_eq!(std.1, "NotPremiumInstance");
+    assert!(std.2.contains("premium"), "{}", std.2);
+    assert!(
+        !tcr.calls("CreateReplicationInstance")
+            .iter()
+            .any(|r| r.body["RegistryId"] == "tcr-std")
+    );
+
+    // A failed replication shows in status and as a Warning Event.
+    tcr.state.tcr_log.lock().unwrap().push(json!({"ResourceType": "image",
+        "Source": "team/api:2", "Destination": "team/api:2", "Status": "Failed",
+        "StartTime": "2026-11-24 08:01:01", "EndTime": "2026-11-24 08:01:09"}));
+    let degraded = eventually(WAIT, "sh degraded", || async {
+        let r = api.get("sh").await.ok()?;
+        let st = r.status?;
+        (st.phase == Some(ReplicaPhase::Degraded)).then_some(st)
+    })
+    .await;
+    assert_eq!(degraded.recent_failures.len(), 1);
+    assert_eq!(degraded.recent_failures[0].artifact, "team/api:2");
+    eventually(WAIT, "ReplicationFailed event", || async {
+        support::event_reasons(&c, "sh")
+            .await
+            .iter()
+            .any(|r| r == "ReplicationFailed")
+            .then_some(())
+    })
+    .await;
+
+    // Delete: the Delete policy removes its replica; Retain keeps the other; the primary stays.
+    for name in ["sh", "bj"] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    for name in ["sh", "bj"] {
+        eventually(WAIT, "gone", || async { api.get(name).await.is_err().then_some(()) }).await;
+    }
+    let deletes = tcr.calls("DeleteReplicationInstance");
+    assert_eq!(deletes.len(), 1);
+    assert_eq!(deletes[0].body["ReplicationRegistryId"], "tcr-prem-ap-shanghai");
+    let left: Vec<String> = tcr
+        .state
+        .tcr_replicas
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.2.clone())
+        .collect();
+    assert_eq!(left, vec!["ap-beijing".to_string()]);
+    assert_eq!(
+        tcr.state.tcr_instances.lock().unwrap().len(),
+        2,
+        "primaries are never touched"
+    );
+    assert!(!op.logs().contains(SK));
+}
