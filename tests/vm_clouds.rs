@@ -28,6 +28,16 @@ fn object(name: &str, provider: Value, source: Value, dests: Value, policy: &str
     .unwrap()
 }
 
+/// Create an ImageReplication from its parts.
+async fn create(api: &Api<ImageReplication>, name: &str, provider: &Value, source: Value, dests: Value, policy: &str) {
+    api.create(
+        &PostParams::default(),
+        &object(name, provider.clone(), source, dests, policy),
+    )
+    .await
+    .unwrap();
+}
+
 fn dest<'a>(
     st: &'a ImageReplicationStatus,
     region: &str,
@@ -93,30 +103,16 @@ async fn huawei_replicates_through_ims_jobs_with_signed_requests_and_backs_off_w
     let (_s, c, op) = setup(dir.path(), "hw", &[("accessKey", AK), ("secretKey", SK)]).await;
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
     let provider = json!({"kind": "huawei", "credentialsSecretRef": {"name": "hw"}, "endpoint": ims.url, "agency": "ims_admin_agency"});
-    api.create(
-        &PostParams::default(),
-        &object(
-            "web",
-            provider.clone(),
-            json!({"region": "cn-north-4", "imageId": src}),
-            json!([{"region": "cn-east-3", "project": "cn-east-3_team"}, {"region": "cn-south-1", "tags": {"team": "web"}}]),
-            "Retain",
-        ),
+    create(&api, "web", &provider, json!({"region": "cn-north-4", "imageId": src}), json!([{"region": "cn-east-3", "project": "cn-east-3_team"}, {"region": "cn-south-1", "tags": {"team": "web"}}]), "Retain").await;
+    create(
+        &api,
+        "public",
+        &provider,
+        json!({"region": "cn-north-4", "imageId": public}),
+        json!([{"region": "cn-east-3"}]),
+        "Retain",
     )
-    .await
-    .unwrap();
-    api.create(
-        &PostParams::default(),
-        &object(
-            "public",
-            provider,
-            json!({"region": "cn-north-4", "imageId": public}),
-            json!([{"region": "cn-east-3"}]),
-            "Retain",
-        ),
-    )
-    .await
-    .unwrap();
+    .await;
 
     // The job's progress shows while it runs.
     let seen = eventually(WAIT, "cn-east-3 Copying with progress", || async {
@@ -195,18 +191,15 @@ async fn huawei_delete_mid_copy_waits_for_the_job_then_deletes() {
     let (_s, c, _op) = setup(dir.path(), "hw", &[("accessKey", AK), ("secretKey", SK)]).await;
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
     let provider = json!({"kind": "huawei", "credentialsSecretRef": {"name": "hw"}, "endpoint": ims.url, "agency": "ims_admin_agency"});
-    api.create(
-        &PostParams::default(),
-        &object(
-            "db",
-            provider,
-            json!({"region": "cn-north-4", "imageId": src}),
-            json!([{"region": "cn-south-1"}]),
-            "Delete",
-        ),
+    create(
+        &api,
+        "db",
+        &provider,
+        json!({"region": "cn-north-4", "imageId": src}),
+        json!([{"region": "cn-south-1"}]),
+        "Delete",
     )
-    .await
-    .unwrap();
+    .await;
     eventually(WAIT, "Copying", || async {
         let st = api.get("db").await.ok()?.status?;
         (dest(&st, "cn-south-1").phase == DestinationPhase::Copying).then_some(())
@@ -249,34 +242,28 @@ async fn alibaba_copies_and_encrypts_then_cancels_and_deletes_on_delete() {
     let (_s, c, op) = setup(dir.path(), "ali", &[("accessKeyId", AK), ("accessKeySecret", SK)]).await;
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
     let provider = json!({"kind": "alibaba", "credentialsSecretRef": {"name": "ali"}, "endpoint": ecs.url});
-    api.create(
-        &PostParams::default(),
-        &object(
-            "web",
-            provider.clone(),
-            json!({"region": "cn-hangzhou", "imageId": src}),
-            json!([
-                {"region": "cn-shanghai", "name": "web-golden", "description": "golden image for web",
-                 "resourceGroupId": "rg-acfmxazb4ph", "tags": {"team": "web"}},
-                {"region": "cn-hangzhou", "name": "web-golden-encrypted", "encryption": {"kmsKeyId": "0e478b7a-4262"}}
-            ]),
-            "Delete",
-        ),
+    create(
+        &api,
+        "web",
+        &provider,
+        json!({"region": "cn-hangzhou", "imageId": src}),
+        json!([
+            {"region": "cn-shanghai", "name": "web-golden", "description": "golden image for web",
+             "resourceGroupId": "rg-acfmxazb4ph", "tags": {"team": "web"}},
+            {"region": "cn-hangzhou", "name": "web-golden-encrypted", "encryption": {"kmsKeyId": "0e478b7a-4262"}}
+        ]),
+        "Delete",
     )
-    .await
-    .unwrap();
-    api.create(
-        &PostParams::default(),
-        &object(
-            "shared",
-            provider,
-            json!({"region": "cn-hangzhou", "imageId": shared}),
-            json!([{"region": "cn-beijing"}]),
-            "Retain",
-        ),
+    .await;
+    create(
+        &api,
+        "shared",
+        &provider,
+        json!({"region": "cn-hangzhou", "imageId": shared}),
+        json!([{"region": "cn-beijing"}]),
+        "Retain",
     )
-    .await
-    .unwrap();
+    .await;
 
     let st = eventually(WAIT, "shanghai Available, hangzhou Copying", || async {
         let st = api.get("web").await.ok()?.status?;
@@ -356,18 +343,7 @@ async fn aws_crash_between_copy_request_and_answer_never_copies_twice_then_drift
     let (s, c, mut op) = setup(dir.path(), "aws", &[("accessKeyId", AK), ("secretAccessKey", SK)]).await;
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
     let provider = json!({"kind": "aws", "credentialsSecretRef": {"name": "aws"}, "endpoint": ec2.url});
-    api.create(
-        &PostParams::default(),
-        &object(
-            "web",
-            provider,
-            json!({"region": "us-east-1", "imageId": src}),
-            json!([{"region": "eu-west-1", "name": "web-eu", "tags": {"team": "web"}, "encryption": {"kmsKeyId": "alias/ami-copies"}}]),
-            "Delete",
-        ),
-    )
-    .await
-    .unwrap();
+    create(&api, "web", &provider, json!({"region": "us-east-1", "imageId": src}), json!([{"region": "eu-west-1", "name": "web-eu", "tags": {"team": "web"}, "encryption": {"kmsKeyId": "alias/ami-copies"}}]), "Delete").await;
     eventually(WAIT, "CopyImage sent", || async {
         (!ec2.calls("CopyImage").is_empty() || !ec2.images_in("eu-west-1").is_empty()).then_some(())
     })
@@ -585,18 +561,15 @@ async fn crash_between_copy_request_and_answer(kind: Kind) {
     if kind != Kind::Huawei {
         provider.as_object_mut().unwrap().remove("agency");
     }
-    api.create(
-        &PostParams::default(),
-        &object(
-            "app",
-            provider,
-            json!({"region": src_region, "imageId": src}),
-            json!([{"region": dst_region, "name": "app-copy"}]),
-            "Retain",
-        ),
+    create(
+        &api,
+        "app",
+        &provider,
+        json!({"region": src_region, "imageId": src}),
+        json!([{"region": dst_region, "name": "app-copy"}]),
+        "Retain",
     )
-    .await
-    .unwrap();
+    .await;
     eventually(WAIT, "copy requested", || async {
         (!cloud.calls(copy_call).is_empty()).then_some(())
     })
@@ -646,30 +619,24 @@ async fn tencent_syncs_images_with_a_dry_run_first_and_deletes_under_policy() {
     let (_s, c, op) = setup(dir.path(), "tc", &[("secretId", AK), ("secretKey", SK)]).await;
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
     let provider = json!({"kind": "tencent", "credentialsSecretRef": {"name": "tc"}, "endpoint": cvm.url});
-    api.create(
-        &PostParams::default(),
-        &object(
-            "web",
-            provider.clone(),
-            json!({"region": "ap-guangzhou", "imageId": src}),
-            json!([{"region": "ap-shanghai", "name": "web-sh"}, {"region": "ap-beijing"}, {"region": "ap-unsupported-1"}]),
-            "Delete",
-        ),
+    create(
+        &api,
+        "web",
+        &provider,
+        json!({"region": "ap-guangzhou", "imageId": src}),
+        json!([{"region": "ap-shanghai", "name": "web-sh"}, {"region": "ap-beijing"}, {"region": "ap-unsupported-1"}]),
+        "Delete",
     )
-    .await
-    .unwrap();
-    api.create(
-        &PostParams::default(),
-        &object(
-            "public",
-            provider,
-            json!({"region": "ap-guangzhou", "imageId": public}),
-            json!([{"region": "ap-beijing"}]),
-            "Retain",
-        ),
+    .await;
+    create(
+        &api,
+        "public",
+        &provider,
+        json!({"region": "ap-guangzhou", "imageId": public}),
+        json!([{"region": "ap-beijing"}]),
+        "Retain",
     )
-    .await
-    .unwrap();
+    .await;
 
     eventually(WAIT, "ap-shanghai syncing with progress", || async {
         let st = api.get("web").await.ok()?.status?;
