@@ -64,6 +64,7 @@ async fn tcr_replicas_are_created_reported_and_deleted_under_policy() {
         ("sh", "tcr-prem", "ap-shanghai", "Delete"),
         ("bj", "tcr-prem", "ap-beijing", "Retain"),
         ("std", "tcr-std", "ap-chengdu", "Delete"),
+        ("nj", "tcr-prem", "ap-nanjing", "Delete"),
     ] {
         api.create(&PostParams::default(), &replica(name, inst, region, policy))
             .await
@@ -83,9 +84,16 @@ async fn tcr_replicas_are_created_reported_and_deleted_under_policy() {
     assert!(st.last_full_sync_time.is_some(), "ReplicationTime is lastFullSyncTime");
     assert!(cond(&r, "Ready").unwrap().2.contains("tcr-prem-ap-shanghai"));
 
-    let creates: Vec<_> = tcr.calls("CreateReplicationInstance");
+    let all_creates = tcr.calls("CreateReplicationInstance");
+    assert!(
+        all_creates.iter().all(|r| !r.throttled),
+        "creates kept to 1/s: {all_creates:?}"
+    );
+    let creates: Vec<_> = all_creates
+        .iter()
+        .filter(|r| r.body["ReplicationRegionName"] != "ap-nanjing")
+        .collect();
     assert_eq!(creates.len(), 2, "one create per replica region: {creates:?}");
-    assert!(creates.iter().all(|r| !r.throttled && r.status == 200));
     assert!(
         creates.iter().all(
             |r| r.body["ReplicationRegionName"] == "ap-shanghai" || r.body["ReplicationRegionName"] == "ap-beijing"
@@ -116,6 +124,20 @@ async fn tcr_replicas_are_created_reported_and_deleted_under_policy() {
             .iter()
             .any(|r| r.body["RegistryId"] == "tcr-std")
     );
+
+    // A create the cloud refuses is a Warning Event with its reason, and stays Reconciling.
+    let note = eventually(WAIT, "CreateReplicaFailed event", || async {
+        support::events_for(&c, "nj")
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("CreateReplicaFailed"))
+            .and_then(|e| e.note)
+    })
+    .await;
+    assert!(note.contains("UnsupportedOperation"), "{note}");
+    let nj = api.get("nj").await.unwrap();
+    assert_eq!(cond(&nj, "Reconciling").unwrap().0, "True");
+    api.delete("nj", &DeleteParams::default()).await.unwrap();
 
     // A failed replication shows in status and as a Warning Event.
     tcr.state.tcr_log.lock().unwrap().push(json!({"ResourceType": "image",

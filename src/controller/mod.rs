@@ -578,7 +578,11 @@ impl Managed for ReplicaInstance {
                 .await
             {
                 Ok(r) => info!(replica = r, "TCR replica instance created"),
-                Err(e) => warn!(error = %e, "creating the TCR replica instance failed; will look again"),
+                Err(e) => {
+                    warn!(error = %e, "creating the TCR replica instance failed; will look again");
+                    let note = format!("creating the replica in {}: {e}", self.spec.region);
+                    publish(ctx, self, true, "CreateReplicaFailed", note).await;
+                }
             }
             return Ok(());
         }

@@ -1228,6 +1228,12 @@ async fn tcr(st: &State, b: &Value, hdr: &BTreeMap<String, String>) -> Response 
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
+            if name == "ap-nanjing" {
+                return tc_err(
+                    "UnsupportedOperation",
+                    "Replication to this region is not supported for the instance.",
+                );
+            }
             if name.is_empty() || name == i.1 {
                 return tc_err(
                     "InvalidParameterValue",
