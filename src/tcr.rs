@@ -160,26 +160,7 @@ impl Tcr {
             kind: text(r, "RegistryType"),
             status: text(r, "Status"),
         });
-        let v = self
-            .call(
-                acct,
-                primary_region,
-                "DescribeReplicationInstances",
-                json!({"RegistryId": instance_id, "Offset": 0, "Limit": 100}),
-            )
-            .await?;
-        o.replica = v
-            .get("ReplicationRegistries")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .find(|r| text(r, "ReplicationRegionName") == replica_region)
-            .map(|r| Replica {
-                id: text(r, "ReplicationRegistryId"),
-                region_id: r.get("ReplicationRegionId").and_then(Value::as_i64).unwrap_or(0),
-                region: replica_region.to_string(),
-                status: text(r, "Status"),
-            });
+        o.replica = self.replica(acct, instance_id, primary_region, replica_region).await?;
         let Some(rep) = o.replica.clone().filter(|r| r.status == "Running") else {
             return Ok(o);
         };
@@ -217,6 +198,35 @@ impl Tcr {
         Ok(o)
     }
 
+    /// The primary's replica in `replica_region`, if there is one.
+    async fn replica(
+        &self,
+        acct: &Account,
+        instance_id: &str,
+        primary_region: &str,
+        replica_region: &str,
+    ) -> Result<Option<Replica>, ProviderError> {
+        let v = self
+            .call(
+                acct,
+                primary_region,
+                "DescribeReplicationInstances",
+                json!({"RegistryId": instance_id, "Offset": 0, "Limit": 100}),
+            )
+            .await?;
+        Ok(v.get("ReplicationRegistries")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|r| text(r, "ReplicationRegionName") == replica_region)
+            .map(|r| Replica {
+                id: text(r, "ReplicationRegistryId"),
+                region_id: r.get("ReplicationRegionId").and_then(Value::as_i64).unwrap_or(0),
+                region: replica_region.to_string(),
+                status: text(r, "Status"),
+            }))
+    }
+
     /// Create the replica in `replica_region` (by region name).
     pub async fn create(
         &self,
@@ -244,8 +254,11 @@ impl Tcr {
         primary_region: &str,
         replica_region: &str,
     ) -> Result<Option<String>, ProviderError> {
-        let o = self.observe(acct, instance_id, primary_region, replica_region).await?;
-        let Some(r) = o.replica else { return Ok(None) };
+        let found = match self.replica(acct, instance_id, primary_region, replica_region).await {
+            Err(e) if e.not_found => None, // the primary itself is gone
+            r => r?,
+        };
+        let Some(r) = found else { return Ok(None) };
         match self
             .call(
                 acct,

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::cloud::{self, Attempt, Backoff};
 use super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
-    TOKEN_PROPERTY, TaskPhase, TaskState,
+    TOKEN_PROPERTY, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
 use crate::oci::client::urlencode;
@@ -351,28 +351,13 @@ impl ImageService for Alibaba {
         handle: &'a CopyHandle,
     ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
         Box::pin(async move {
-            let Some(id) = &handle.image_id else {
-                return Err(ProviderError::permanent("no destination image id to poll"));
-            };
-            let mut state = TaskState::running(Some(id.clone()), req.source.size_bytes);
-            let Some(img) = self.image(acct, &req.region, id).await? else {
-                state.phase = TaskPhase::Failed(format!("destination image {id} is gone (cancelled or deleted)"));
-                return Ok(state);
-            };
-            state.progress_percent = progress(&img);
-            if let (Some(p), Some(t)) = (state.progress_percent, req.source.size_bytes) {
-                state.bytes_done = Some(t * p.clamp(0, 100) as u64 / 100);
-            }
-            match img.get("Status").and_then(Value::as_str).unwrap_or("") {
-                "Available" => {
-                    state.phase = TaskPhase::Succeeded;
-                    state.progress_percent = Some(100);
-                    state.bytes_done = req.source.size_bytes;
-                }
-                "Creating" | "Waiting" => {}
-                other => state.phase = TaskPhase::Failed(format!("destination image {id} is {other}")),
-            }
-            Ok(state)
+            let id = handle.image()?;
+            let img = self.image(acct, &req.region, id).await?;
+            let view = img.map(|i| {
+                let st = image_state(i.get("Status").and_then(Value::as_str).unwrap_or(""));
+                (st, progress(&i))
+            });
+            Ok(TaskState::of_image(id, req.source.size_bytes, view))
         })
     }
 

@@ -13,7 +13,7 @@ use super::cloud::{self, Attempt, Backoff};
 use super::xml::{self, Node};
 use super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
-    TOKEN_PROPERTY, TaskPhase, TaskState,
+    TOKEN_PROPERTY, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
 use crate::oci::client::urlencode;
@@ -373,34 +373,27 @@ impl ImageService for Aws {
         handle: &'a CopyHandle,
     ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
         Box::pin(async move {
-            let Some(id) = &handle.image_id else {
-                return Err(ProviderError::permanent("no destination image id to poll"));
-            };
-            let mut state = TaskState::running(Some(id.clone()), req.source.size_bytes);
-            let Some(img) = self.image(acct, &req.region, id).await? else {
-                state.phase = TaskPhase::Failed(format!("destination image {id} is gone (deregistered)"));
-                return Ok(state);
-            };
-            match img.text_at("imageState").unwrap_or_default().as_str() {
-                "available" => {
-                    // TagSpecification tags the copy at creation; make sure (some EC2-compatible
-                    // endpoints ignore it) before reporting success.
-                    if !tags(&img).iter().any(|(k, v)| k == TOKEN_PROPERTY && *v == req.token) {
-                        let mut p: Vec<(String, String)> = vec![("ResourceId.1".into(), id.clone())];
-                        p.extend(Self::tag_params(req, ""));
-                        self.call(acct, &req.region, "CreateTags", &p).await?;
+            let id = handle.image()?;
+            let img = self.image(acct, &req.region, id).await?;
+            let view = img.as_ref().map(|i| {
+                let st = match image_state(&i.text_at("imageState").unwrap_or_default()) {
+                    ImageState::Unusable(s) => {
+                        ImageState::Unusable(format!("{s}: {}", i.text_at("stateReason/message").unwrap_or_default()))
                     }
-                    state.phase = TaskPhase::Succeeded;
-                    state.progress_percent = Some(100);
-                    state.bytes_done = req.source.size_bytes;
-                }
-                "pending" | "transient" => {}
-                other => {
-                    let why = img.text_at("stateReason/message").unwrap_or_default();
-                    state.phase = TaskPhase::Failed(format!("destination image {id} is {other}: {why}"));
-                }
+                    st => st,
+                };
+                (st, None)
+            });
+            // TagSpecification tags the copy at creation; make sure (some EC2-compatible
+            // endpoints ignore it) before reporting success.
+            if let (Some((ImageState::Available, _)), Some(i)) = (&view, &img)
+                && !tags(i).iter().any(|(k, v)| k == TOKEN_PROPERTY && *v == req.token)
+            {
+                let mut p: Vec<(String, String)> = vec![("ResourceId.1".into(), id.to_string())];
+                p.extend(Self::tag_params(req, ""));
+                self.call(acct, &req.region, "CreateTags", &p).await?;
             }
-            Ok(state)
+            Ok(TaskState::of_image(id, req.source.size_bytes, view))
         })
     }
 

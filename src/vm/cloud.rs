@@ -10,7 +10,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::ProviderError;
-use crate::oci::client::{parse_retry_after, tls_config};
+use crate::oci::client::{RetryPolicy, parse_retry_after, tls_config};
 
 /// Total time of one API call.
 pub const API_TIMEOUT: Duration = Duration::from_secs(60);
@@ -34,36 +34,25 @@ impl From<ProviderError> for Attempt {
     }
 }
 
-/// How throttled calls are retried.
-#[derive(Clone, Copy, Debug)]
-pub struct Backoff {
-    /// Attempts in all (the first included).
-    pub attempts: u32,
-    pub base: Duration,
-    pub max: Duration,
-}
+/// How throttled calls are retried: the registry client's [`RetryPolicy`] (exponential with
+/// jitter), with the cloud APIs' attempts and bounds.
+#[derive(Clone, Debug)]
+pub struct Backoff(pub RetryPolicy);
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self {
-            attempts: 5,
+        Self(RetryPolicy {
+            max_attempts: 5,
             base: Duration::from_millis(500),
-            max: Duration::from_secs(8),
-        }
+            max_delay: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(30),
+        })
     }
 }
 
 impl Backoff {
     fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
-        if let Some(ra) = retry_after {
-            return ra.min(Duration::from_secs(30));
-        }
-        let exp = self.base.saturating_mul(1u32 << retry.min(16)).min(self.max);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        exp.mul_f64(0.5 + (nanos % 1000) as f64 / 2000.0)
+        retry_after.map_or_else(|| self.0.delay(retry), |ra| ra.min(self.0.max_retry_after))
     }
 
     /// Run `call` until it succeeds, fails without throttling, or the attempts are used up.
@@ -76,7 +65,7 @@ impl Backoff {
         loop {
             match call().await {
                 Ok(v) => return Ok(v),
-                Err(a) if a.throttled && retry + 1 < self.attempts => {
+                Err(a) if a.throttled && retry + 1 < self.0.max_attempts => {
                     let d = self.delay(retry, a.retry_after);
                     tracing::info!(op, delay_ms = d.as_millis() as u64, error = %a.error, "throttled; backing off");
                     tokio::time::sleep(d).await;
@@ -85,7 +74,7 @@ impl Backoff {
                 Err(a) if a.throttled => {
                     return Err(ProviderError::transient(format!(
                         "{} (still throttled after {} attempts)",
-                        a.error.message, self.attempts
+                        a.error.message, self.0.max_attempts
                     )));
                 }
                 Err(a) => return Err(a.error),
@@ -181,11 +170,12 @@ mod tests {
 
     #[tokio::test]
     async fn throttled_calls_back_off_then_give_up_as_retryable() {
-        let b = Backoff {
-            attempts: 3,
+        let b = Backoff(RetryPolicy {
+            max_attempts: 3,
             base: Duration::from_millis(1),
-            max: Duration::from_millis(2),
-        };
+            max_delay: Duration::from_millis(2),
+            max_retry_after: Duration::from_millis(5),
+        });
         let n = AtomicU32::new(0);
         let r: Result<(), _> = b
             .run("op", || async {

@@ -90,14 +90,15 @@ fn selector(obj: &ImageReplication) -> Option<ImageSelector> {
         .or_else(|| s.image_name.clone().map(ImageSelector::Name))
 }
 
-/// The copy request of a destination (its token from the status).
-pub fn request_for(obj: &ImageReplication, region: &str, source: &ImageInfo, token: &str) -> Option<CopyRequest> {
+/// The copy request of a destination: the spec's settings, the token and start time of the
+/// destination's status (None without a token: nothing was started).
+pub fn request_for(obj: &ImageReplication, s: &DestinationStatus, source: &ImageInfo) -> Option<CopyRequest> {
     let spec = &obj.spec;
-    let d = spec.destinations.iter().find(|d| d.region == region)?;
+    let d = spec.destinations.iter().find(|d| d.region == s.region)?;
     Some(CopyRequest {
         source_region: spec.source.region.clone(),
         source: source.clone(),
-        region: region.to_string(),
+        region: s.region.clone(),
         name: rules::destination_name(spec.provider.kind, spec, d, source),
         description: d.description.clone(),
         tags: d.tags.clone(),
@@ -105,13 +106,8 @@ pub fn request_for(obj: &ImageReplication, region: &str, source: &ImageInfo, tok
         kms_key_id: d.encryption.as_ref().and_then(|e| e.kms_key_id.clone()),
         resource_group_id: d.resource_group_id.clone(),
         vault_id: d.vault_id.clone(),
-        token: token.to_string(),
-        started_at: obj
-            .status
-            .as_ref()
-            .and_then(|st| st.destinations.iter().find(|s| s.region == region))
-            .and_then(|s| s.started_at.as_ref())
-            .map(|t| t.0.as_second()),
+        token: s.client_token.clone()?,
+        started_at: s.started_at.as_ref().map(|t| t.0.as_second()),
     })
 }
 
@@ -318,7 +314,7 @@ impl VmEngine {
     ) -> DestObs {
         let region = s.region.as_str();
         let token = s.client_token.clone().unwrap_or_default();
-        let req = source.and_then(|src| request_for(obj, region, src, &token));
+        let req = source.and_then(|src| request_for(obj, s, src));
         let req_ref = &req;
         let poll = |handle: CopyHandle| async move {
             let Some(req) = req_ref else { return DestObs::Unchecked };
@@ -463,19 +459,15 @@ impl VmEngine {
             let Some(s) = plan.status.destinations.iter().find(|d| &d.region == region) else {
                 continue;
             };
-            let (Some(src), Some(token)) = (&source, &s.client_token) else {
+            let Some(req) = source.as_ref().and_then(|src| request_for(obj, s, src)) else {
                 continue;
             };
-            let Some(mut req) = request_for(obj, region, src, token) else {
-                continue;
-            };
-            req.started_at = s.started_at.as_ref().map(|t| t.0.as_second());
             let t = Instant::now();
             let r = provider.start_copy(acct, &req).await;
             self.time(provider, "start_copy", t, &r);
             match &r {
-                Ok(h) => info!(region, token, image = ?h.image_id, "copy started"),
-                Err(e) => warn!(region, token, error = %e, "starting the copy failed"),
+                Ok(h) => info!(region, token = %req.token, image = ?h.image_id, "copy started"),
+                Err(e) => warn!(region, token = %req.token, error = %e, "starting the copy failed"),
             }
             self.with_mem(&key, |m| {
                 m.polls.remove(region);
@@ -546,8 +538,7 @@ impl VmEngine {
                 let mut h = handle_of(s);
                 if h.image_id.is_none()
                     && h.task_id.is_none()
-                    && let (Some(token), Some(src)) = (&s.client_token, &source)
-                    && let Some(req) = request_for(obj, region, src, token)
+                    && let Some(req) = source.as_ref().and_then(|src| request_for(obj, s, src))
                 {
                     h = provider
                         .find_copy(acct, &req)
@@ -566,10 +557,7 @@ impl VmEngine {
                     cancelled.push(region.to_string());
                     continue;
                 }
-                let (Some(src), Some(token)) = (&source, &s.client_token) else {
-                    continue;
-                };
-                let Some(req) = request_for(obj, region, src, token) else {
+                let Some(req) = source.as_ref().and_then(|src| request_for(obj, s, src)) else {
                     continue;
                 };
                 let state = provider

@@ -129,7 +129,38 @@ pub struct TaskState {
     pub digest: Option<String>,
 }
 
+impl CopyHandle {
+    /// The destination image id, for providers that track a copy by its image.
+    pub fn image(&self) -> Result<&str, ProviderError> {
+        self.image_id
+            .as_deref()
+            .ok_or_else(|| ProviderError::permanent("no destination image id to poll"))
+    }
+}
+
 impl TaskState {
+    /// The state of a copy tracked by its destination image: `None` when the image is gone,
+    /// else its state and the provider's progress percentage (bytes estimated from it).
+    pub fn of_image(id: &str, bytes_total: Option<u64>, image: Option<(ImageState, Option<i32>)>) -> Self {
+        let mut s = Self::running(Some(id.to_string()), bytes_total);
+        match image {
+            None => s.phase = TaskPhase::Failed(format!("destination image {id} is gone (cancelled or deleted)")),
+            Some((ImageState::Available, _)) => {
+                s.phase = TaskPhase::Succeeded;
+                s.progress_percent = Some(100);
+                s.bytes_done = bytes_total;
+            }
+            Some((ImageState::Creating | ImageState::Frozen, p)) => {
+                s.progress_percent = p;
+                s.bytes_done = p.zip(bytes_total).map(|(p, t)| t * p.clamp(0, 100) as u64 / 100);
+            }
+            Some((ImageState::Unusable(what), _)) => {
+                s.phase = TaskPhase::Failed(format!("destination image {id} is {what}"));
+            }
+        }
+        s
+    }
+
     /// A copy still running, nothing known yet but what it copies.
     pub fn running(image_id: Option<String>, bytes_total: Option<u64>) -> Self {
         Self {
@@ -265,4 +296,26 @@ pub trait ImageService: Send + Sync {
         project: Option<&'a str>,
         image_id: &'a str,
     ) -> BoxFuture<'a, Result<bool, ProviderError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_state_from_the_destination_image() {
+        let t = Some(1000);
+        let s = TaskState::of_image("i", t, Some((ImageState::Creating, Some(40))));
+        assert_eq!(
+            (s.phase, s.progress_percent, s.bytes_done),
+            (TaskPhase::Running, Some(40), Some(400))
+        );
+        let s = TaskState::of_image("i", t, Some((ImageState::Available, Some(90))));
+        assert_eq!((s.phase, s.bytes_done), (TaskPhase::Succeeded, t));
+        let s = TaskState::of_image("i", t, Some((ImageState::Unusable("CreateFailed".into()), None)));
+        assert_eq!(s.phase, TaskPhase::Failed("destination image i is CreateFailed".into()));
+        let s = TaskState::of_image("i", t, None);
+        assert!(matches!(s.phase, TaskPhase::Failed(m) if m.contains("gone")));
+        assert!(CopyHandle::default().image().is_err());
+    }
 }

@@ -113,8 +113,7 @@ fn http_err(op: &str, e: reqwest::Error) -> ProviderError {
 async fn status_err(op: &str, resp: reqwest::Response) -> ProviderError {
     let code = resp.status();
     let body = resp.text().await.unwrap_or_default();
-    let detail: String = body.chars().take(300).collect();
-    let msg = format!("{op}: HTTP {}: {}", code.as_u16(), detail.trim());
+    let msg = format!("{op}: HTTP {}: {}", code.as_u16(), super::cloud::short(&body));
     match code.as_u16() {
         404 => ProviderError::not_found(msg),
         408 | 409 | 429 | 500..=599 => ProviderError::transient(msg),

@@ -13,8 +13,7 @@ use serde_json::{Value, json};
 
 use super::cloud::{self, Attempt, Backoff};
 use super::{
-    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError, TaskPhase,
-    TaskState,
+    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
 
@@ -346,28 +345,13 @@ impl ImageService for Tencent {
         handle: &'a CopyHandle,
     ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
         Box::pin(async move {
-            let Some(id) = &handle.image_id else {
-                return Err(ProviderError::permanent("no destination image id to poll"));
-            };
-            let mut state = TaskState::running(Some(id.clone()), req.source.size_bytes);
-            let Some(img) = self.image(acct, &req.region, id).await? else {
-                state.phase = TaskPhase::Failed(format!("destination image {id} is gone (deleted)"));
-                return Ok(state);
-            };
-            state.progress_percent = img.get("SyncPercent").and_then(Value::as_i64).map(|p| p as i32);
-            if let (Some(p), Some(t)) = (state.progress_percent, req.source.size_bytes) {
-                state.bytes_done = Some(t * p.clamp(0, 100) as u64 / 100);
-            }
-            match img.get("ImageState").and_then(Value::as_str).unwrap_or("") {
-                "NORMAL" | "USING" => {
-                    state.phase = TaskPhase::Succeeded;
-                    state.progress_percent = Some(100);
-                    state.bytes_done = req.source.size_bytes;
-                }
-                "CREATING" | "SYNCING" | "IMPORTING" => {}
-                other => state.phase = TaskPhase::Failed(format!("destination image {id} is {other}")),
-            }
-            Ok(state)
+            let id = handle.image()?;
+            let img = self.image(acct, &req.region, id).await?;
+            let view = img.map(|i| {
+                let st = image_state(i.get("ImageState").and_then(Value::as_str).unwrap_or(""));
+                (st, i.get("SyncPercent").and_then(Value::as_i64).map(|p| p as i32))
+            });
+            Ok(TaskState::of_image(id, req.source.size_bytes, view))
         })
     }
 

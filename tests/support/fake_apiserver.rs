@@ -342,7 +342,8 @@ fn query_map(uri: &Uri) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decode `%XX` escapes and `+` (query strings and form bodies).
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
