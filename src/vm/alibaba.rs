@@ -189,20 +189,12 @@ impl Alibaba {
                         .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
                         .collect::<Vec<_>>()
                         .join("&");
-                    let resp = self
-                        .http
-                        .get(format!("{base}/?{query}"))
-                        .send()
-                        .await
-                        .map_err(|e| cloud::transport(action, e))?;
-                    let status = resp.status().as_u16();
-                    let ra = cloud::retry_after(&resp);
-                    let text = resp.text().await.map_err(|e| cloud::transport(action, e))?;
-                    if (200..300).contains(&status) {
-                        serde_json::from_str(&text)
+                    let a = cloud::exchange(action, self.http.get(format!("{base}/?{query}"))).await?;
+                    if a.ok() {
+                        serde_json::from_str(&a.text)
                             .map_err(|e| ProviderError::transient(format!("{action}: unreadable answer: {e}")).into())
                     } else {
-                        Err(error(action, status, &text, ra))
+                        Err(error(action, a.status, &a.text, a.retry_after))
                     }
                 }
             })
@@ -251,10 +243,7 @@ impl Alibaba {
             .into_iter()
             .find(|i| tags(i).iter().any(|(k, v)| k == TOKEN_PROPERTY && *v == req.token))
             .and_then(|i| i.get("ImageId").and_then(Value::as_str).map(String::from))
-            .map(|id| CopyHandle {
-                task_id: None,
-                image_id: Some(id),
-            }))
+            .map(CopyHandle::of_image))
     }
 }
 
@@ -329,10 +318,7 @@ impl ImageService for Alibaba {
                 .get("ImageId")
                 .and_then(Value::as_str)
                 .ok_or_else(|| ProviderError::transient("CopyImage: the answer has no ImageId"))?;
-            Ok(CopyHandle {
-                task_id: None,
-                image_id: Some(id.to_string()),
-            })
+            Ok(CopyHandle::of_image(id))
         })
     }
 

@@ -208,20 +208,13 @@ impl Aws {
                             rb = rb.header(k.as_str(), v.as_str());
                         }
                     }
-                    let resp = rb
-                        .header("Authorization", signed.authorization)
-                        .body(body.clone())
-                        .send()
-                        .await
-                        .map_err(|e| cloud::transport(action, e))?;
-                    let status = resp.status().as_u16();
-                    let ra = cloud::retry_after(&resp);
-                    let text = resp.text().await.map_err(|e| cloud::transport(action, e))?;
-                    if (200..300).contains(&status) {
-                        xml::parse(&text)
+                    let rb = rb.header("Authorization", signed.authorization).body(body.clone());
+                    let a = cloud::exchange(action, rb).await?;
+                    if a.ok() {
+                        xml::parse(&a.text)
                             .map_err(|e| ProviderError::transient(format!("{action}: unreadable answer: {e}")).into())
                     } else {
-                        Err(error(action, status, &text, ra))
+                        Err(error(action, a.status, &a.text, a.retry_after))
                     }
                 }
             })
@@ -265,10 +258,7 @@ impl Aws {
             .iter()
             .find(|i| tags(i).iter().any(|(k, v)| k == TOKEN_PROPERTY && *v == req.token))
             .and_then(|i| i.text_at("imageId"))
-            .map(|id| CopyHandle {
-                task_id: None,
-                image_id: Some(id),
-            }))
+            .map(CopyHandle::of_image))
     }
 
     fn tag_params(req: &CopyRequest, prefix: &str) -> Vec<(String, String)> {
@@ -351,10 +341,7 @@ impl ImageService for Aws {
             let id = doc
                 .text_at("imageId")
                 .ok_or_else(|| ProviderError::transient("CopyImage: the answer has no imageId"))?;
-            Ok(CopyHandle {
-                task_id: None,
-                image_id: Some(id),
-            })
+            Ok(CopyHandle::of_image(id))
         })
     }
 

@@ -94,8 +94,34 @@ pub fn client() -> reqwest::Client {
         .expect("HTTP client")
 }
 
+/// An HTTP answer: status, `Retry-After`, body.
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Send a request and read its whole (small) answer; transport failures are retryable.
+pub async fn exchange(op: &str, rb: reqwest::RequestBuilder) -> Result<Answer, Attempt> {
+    let resp = rb.send().await.map_err(|e| transport(op, e))?;
+    let status = resp.status().as_u16();
+    let retry_after = retry_after(&resp);
+    let text = resp.text().await.map_err(|e| transport(op, e))?;
+    Ok(Answer {
+        status,
+        retry_after,
+        text,
+    })
+}
+
 /// `Retry-After` of a response, if any.
-pub fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     resp.headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())

@@ -257,19 +257,17 @@ impl Huawei {
                     if !body.is_empty() {
                         rb = rb.body(body);
                     }
-                    let resp = rb.send().await.map_err(|e| cloud::transport(op, e))?;
-                    let status = resp.status().as_u16();
-                    let ra = cloud::retry_after(&resp);
-                    let text = resp.text().await.map_err(|e| cloud::transport(op, e))?;
-                    if (200..300).contains(&status) {
+                    let a = cloud::exchange(op, rb).await?;
+                    let text = &a.text;
+                    if a.ok() {
                         Ok(if text.trim().is_empty() {
                             Value::Null
                         } else {
-                            serde_json::from_str(&text)
+                            serde_json::from_str(text)
                                 .map_err(|e| ProviderError::transient(format!("{op}: unreadable answer: {e}")))?
                         })
                     } else {
-                        Err(error(op, status, &text, ra))
+                        Err(error(op, a.status, text, a.retry_after))
                     }
                 }
             })

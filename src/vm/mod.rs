@@ -130,6 +130,14 @@ pub struct TaskState {
 }
 
 impl CopyHandle {
+    /// A copy known by its destination image only.
+    pub fn of_image(id: impl Into<String>) -> Self {
+        Self {
+            task_id: None,
+            image_id: Some(id.into()),
+        }
+    }
+
     /// The destination image id, for providers that track a copy by its image.
     pub fn image(&self) -> Result<&str, ProviderError> {
         self.image_id

@@ -166,13 +166,8 @@ pub async fn api3_call(
                 if let Some(t) = token {
                     rb = rb.header("X-TC-Token", t.as_str());
                 }
-                let resp = rb
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .map_err(|e| cloud::transport(action, e))?;
-                let status = resp.status().as_u16();
-                let text = resp.text().await.map_err(|e| cloud::transport(action, e))?;
+                let a = cloud::exchange(action, rb.body(body.clone())).await?;
+                let (status, text) = (a.status, a.text);
                 let v: Value = serde_json::from_str(&text).map_err(|_| {
                     Attempt::from(ProviderError::transient(format!(
                         "{action}: HTTP {status}: {}",
@@ -241,10 +236,7 @@ impl Tencent {
             .filter(|i| created(i).is_some_and(|c| c >= since - SKEW_SECONDS))
             .collect();
         Ok(match ours.as_slice() {
-            [one] => one.get("ImageId").and_then(Value::as_str).map(|id| CopyHandle {
-                task_id: None,
-                image_id: Some(id.to_string()),
-            }),
+            [one] => one.get("ImageId").and_then(Value::as_str).map(CopyHandle::of_image),
             _ => None,
         })
     }
@@ -323,10 +315,7 @@ impl ImageService for Tencent {
                 .find(|i| i.get("Region").and_then(Value::as_str) == Some(req.region.as_str()))
                 .and_then(|i| i.get("ImageId").and_then(Value::as_str))
                 .ok_or_else(|| ProviderError::transient("SyncImages: the answer has no image for the destination"))?;
-            Ok(CopyHandle {
-                task_id: None,
-                image_id: Some(id.to_string()),
-            })
+            Ok(CopyHandle::of_image(id))
         })
     }
 
