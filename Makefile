@@ -14,7 +14,7 @@ help: ## Show the targets
 build: ## Build the operator binary
 	cargo build
 
-tools: ## Install helm (.tools/bin) and lua5.1 for the chart tests
+tools: ## Install what the tests need: helm (.tools/bin), moto, and Debian's registry, skopeo, glance-api, qemu-utils, lua5.1
 	./hack/install-tools.sh
 
 test: tools ## Run every test (unit, CEL, fake API server, controllers, chart)
