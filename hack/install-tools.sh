@@ -3,7 +3,8 @@
 # (the Lua that Argo CD's gopher-lua implements, for the health-check test), docker-registry
 # (the CNCF distribution registry, one per "region"), skopeo (seeding, and the peer to beat),
 # glance-api (OpenStack Glance, one per VM-image "region") and qemu-utils (test disk images);
-# from PyPI moto[server] (the EC2 API, for the aws provider's API-shape test; it brings boto3).
+# from PyPI moto[server] (the EC2 API, for the aws provider's API-shape test; it brings boto3) and,
+# into .tools/sdk, the clouds' official SDKs pinned in tests/conformance/requirements.txt.
 # Never `apt-get autoremove` after glance-api: it removes sudo and leaves dpkg half-configured.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -24,4 +25,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check 'moto[server]>=5,<6' >/dev/null
+# The clouds' official SDKs (pinned), the oracle of the conformance checks, in their own venv.
+sdk="$root/.tools/sdk"
+req="$root/tests/conformance/requirements.txt"
+if ! cmp -s "$req" "$sdk/requirements.txt" 2>/dev/null; then
+  [ -x "$sdk/bin/python" ] || python3 -m venv "$sdk"
+  "$sdk/bin/pip" install -q --disable-pip-version-check -r "$req" >/dev/null
+  cp "$req" "$sdk/requirements.txt"
+fi
 echo "tools ready: $("$root/.tools/bin/helm" version --short), $(lua5.1 -v 2>&1 | head -1), skopeo $(skopeo --version | awk '{print $3}')"

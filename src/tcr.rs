@@ -58,7 +58,8 @@ pub struct Replica {
     pub status: String,
 }
 
-/// One replication log entry.
+/// The replication log entry `DescribeReplicationInstanceSyncStatus` returns (the API gives
+/// one `ReplicationLog` object, the latest, and no count).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogEntry {
     pub resource_type: String,
@@ -76,8 +77,8 @@ pub struct Observed {
     pub replica: Option<Replica>,
     pub sync_status: Option<String>,
     pub sync_time: Option<Time>,
-    pub log: Vec<LogEntry>,
-    pub log_total: i64,
+    /// The latest replication log entry, if any.
+    pub log: Option<LogEntry>,
 }
 
 /// The TCR API client.
@@ -176,13 +177,9 @@ impl Tcr {
             .await?;
         o.sync_status = v.get("ReplicationStatus").and_then(Value::as_str).map(String::from);
         o.sync_time = v.get("ReplicationTime").and_then(time);
-        let log = match v.get("ReplicationLog") {
-            Some(Value::Array(a)) => a.clone(),
-            Some(x @ Value::Object(_)) => vec![x.clone()],
-            _ => Vec::new(),
-        };
-        o.log = log
-            .iter()
+        o.log = v
+            .get("ReplicationLog")
+            .filter(|e| e.is_object())
             .map(|e| LogEntry {
                 resource_type: text(e, "ResourceType"),
                 source: text(e, "Source"),
@@ -190,11 +187,7 @@ impl Tcr {
                 status: text(e, "Status"),
                 end_time: e.get("EndTime").and_then(time),
             })
-            .collect();
-        o.log_total = v
-            .get("TotalCount")
-            .and_then(Value::as_i64)
-            .unwrap_or(o.log.len() as i64);
+            .filter(|e| !e.status.is_empty() || !e.source.is_empty());
         Ok(o)
     }
 
@@ -386,21 +379,23 @@ pub fn plan(obj: &ReplicaInstance, seen: Result<&Observed, &ProviderError>, now:
                 }
                 Some(r) => {
                     p.requeue = Some(Duration::from_secs(30));
-                    let fails: Vec<&LogEntry> = o.log.iter().filter(|e| failed(e)).collect();
                     p.status.last_full_sync_time = o.sync_time.clone().or(old.last_full_sync_time.clone());
                     p.status.last_event_time = o
                         .log
-                        .iter()
-                        .filter_map(|e| e.end_time.clone())
-                        .max_by_key(|t| t.0)
+                        .as_ref()
+                        .and_then(|e| e.end_time.clone())
                         .or(old.last_event_time.clone());
-                    p.status.artifacts = Some(o.log.iter().filter(|e| !failed(e)).count() as i64);
-                    p.status.failed = Some(fails.len() as i64);
                     p.status.lag_seconds = Some(0);
-                    p.status.recent_failures = fails
+                    // The API reports only the latest log entry: failures seen are kept until a
+                    // later entry for the same artifact succeeds.
+                    let mut failures: Vec<SyncFailure> = old
+                        .recent_failures
                         .iter()
-                        .take(10)
-                        .map(|e| SyncFailure {
+                        .filter(|f| o.log.as_ref().is_none_or(|e| failed(e) || e.source != f.artifact))
+                        .cloned()
+                        .collect();
+                    if let Some(e) = o.log.as_ref().filter(|e| failed(e)) {
+                        let f = SyncFailure {
                             artifact: e.source.clone(),
                             reason: "ReplicationFailed".into(),
                             message: format!(
@@ -408,8 +403,14 @@ pub fn plan(obj: &ReplicaInstance, seen: Result<&Observed, &ProviderError>, now:
                                 e.resource_type, e.source, e.destination, r.id
                             ),
                             time: e.end_time.clone().unwrap_or_else(|| now.clone()),
-                        })
-                        .collect();
+                        };
+                        if !failures.iter().any(|x| x.artifact == f.artifact && x.time == f.time) {
+                            failures.insert(0, f);
+                        }
+                    }
+                    failures.truncate(10);
+                    p.status.failed = Some(failures.len() as i64);
+                    p.status.recent_failures = failures;
                     for f in &p.status.recent_failures {
                         if !old
                             .recent_failures
@@ -426,9 +427,12 @@ pub fn plan(obj: &ReplicaInstance, seen: Result<&Observed, &ProviderError>, now:
                     let syncing = o.sync_status.as_deref().is_some_and(|s| {
                         matches!(s.to_ascii_lowercase().as_str(), "syncing" | "running" | "inprogress")
                     });
-                    if !fails.is_empty() {
+                    if !p.status.recent_failures.is_empty() {
                         p.status.phase = Some(ReplicaPhase::Degraded);
-                        let m = format!("{} replication log entries failed; see recentFailures", fails.len());
+                        let m = format!(
+                            "{} replicated artifacts failed and have not succeeded since; see recentFailures",
+                            p.status.recent_failures.len()
+                        );
                         vec![
                             Desired::new(READY, false, "SyncFailures", m.clone()),
                             Desired::new(RECONCILING, false, "SyncFailures", ""),
@@ -456,10 +460,11 @@ pub fn plan(obj: &ReplicaInstance, seen: Result<&Observed, &ProviderError>, now:
                             });
                         }
                         p.status.phase = Some(ReplicaPhase::InSync);
-                        let m = format!(
-                            "replica {} of {id} in {} is in sync ({} replication log entries)",
-                            r.id, r.region, o.log_total
+                        let last = o.log.as_ref().map_or_else(
+                            || "nothing replicated yet".to_string(),
+                            |e| format!("last replicated {} {}", e.resource_type, e.source),
                         );
+                        let m = format!("replica {} of {id} in {} is in sync ({last})", r.id, r.region);
                         vec![
                             Desired::new(READY, true, reason::SUCCEEDED, m.clone()),
                             Desired::new(RECONCILING, false, reason::IDLE, ""),
@@ -534,13 +539,13 @@ mod tests {
         o.replica.as_mut().unwrap().status = "Running".into();
         o.sync_status = Some("Success".into());
         o.sync_time = Some(now());
-        o.log = vec![LogEntry {
+        o.log = Some(LogEntry {
             resource_type: "image".into(),
             source: "team/web:1".into(),
             destination: "team/web:1".into(),
             status: "Success".into(),
             end_time: Some(now()),
-        }];
+        });
         let p = plan(&obj(), Ok(&o), &now());
         assert_eq!(p.status.phase, Some(ReplicaPhase::InSync));
         assert_eq!(cond(&p.status, "Synced").status, "True");
@@ -551,10 +556,10 @@ mod tests {
         );
 
         let mut o2 = o.clone();
-        o2.log.push(LogEntry {
+        o2.log = Some(LogEntry {
             status: "Failed".into(),
             source: "team/api:2".into(),
-            ..o.log[0].clone()
+            ..o.log.clone().unwrap()
         });
         let mut prev = obj();
         prev.status = Some(p.status.clone());
@@ -564,6 +569,15 @@ mod tests {
         assert_eq!(p2.events.len(), 1, "one Warning per new failure");
         prev.status = Some(p2.status.clone());
         assert!(plan(&prev, Ok(&o2), &now()).events.is_empty(), "not again");
+        // Another artifact replicates: the failure stays until team/api:2 succeeds.
+        let p3 = plan(&prev, Ok(&o), &now());
+        assert_eq!(p3.status.phase, Some(ReplicaPhase::Degraded));
+        let mut o4 = o2.clone();
+        o4.log.as_mut().unwrap().status = "Success".into();
+        prev.status = Some(p3.status.clone());
+        let p4 = plan(&prev, Ok(&o4), &now());
+        assert_eq!(p4.status.phase, Some(ReplicaPhase::InSync));
+        assert!(p4.status.recent_failures.is_empty());
     }
 
     #[test]

@@ -70,6 +70,9 @@ fn check_region(out: &mut Vec<Violation>, field: &str, region: &str) {
 }
 
 /// Validate an ImageReplication spec.
+/// Tags an Alibaba ECS CopyImage request may carry (`Tag.N`, N <= 20).
+pub const ALIBABA_MAX_TAGS: usize = 20;
+
 pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
     let mut out = Vec::new();
     let kind = spec.provider.kind;
@@ -194,6 +197,18 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
                 format!(
                     "Tencent CVM copies a custom image into an encrypted one only in the source region ({}), not {}",
                     src.region, d.region
+                ),
+            ));
+        }
+        // ECS CopyImage takes Tag.1..Tag.20, and one of them carries our idempotency token.
+        if kind == ProviderKind::Alibaba && d.tags.len() > ALIBABA_MAX_TAGS - 1 {
+            out.push(Violation::new(
+                f("tags"),
+                "TooManyTags",
+                format!(
+                    "Alibaba CopyImage takes at most {ALIBABA_MAX_TAGS} tags and the operator uses one for its idempotency token; this destination has {}, at most {} are allowed",
+                    d.tags.len(),
+                    ALIBABA_MAX_TAGS - 1
                 ),
             ));
         }
@@ -520,6 +535,19 @@ mod tests {
             assert_eq!(reasons(&got), vec![want], "{name}: {got:?}");
             assert!(got[0].field.starts_with("spec."), "{name}");
         }
+    }
+
+    #[test]
+    fn alibaba_copies_carry_at_most_twenty_tags_with_the_token() {
+        let mut s = ir(ProviderKind::Alibaba);
+        s.provider.agency = None;
+        s.destinations[0].tags = (0..19).map(|i| (format!("k{i}"), "v".to_string())).collect();
+        assert_eq!(image_replication(&s), vec![]);
+        s.destinations[0].tags.insert("k19".into(), "v".into());
+        let got = image_replication(&s);
+        assert_eq!(reasons(&got), vec!["TooManyTags"]);
+        assert_eq!(got[0].field, "spec.destinations[0].tags");
+        assert!(got[0].message.contains("at most 19"), "{}", got[0].message);
     }
 
     #[test]

@@ -160,6 +160,32 @@ async fn tcr_replicas_are_created_reported_and_deleted_under_policy() {
     })
     .await;
 
+    // A replica whose primary is gone (TCR answers ResourceNotFound.TcrResourceNotFound): the
+    // object with the Delete policy goes, there is nothing left to delete.
+    tcr.state
+        .tcr_instances
+        .lock()
+        .unwrap()
+        .push(("tcr-gone".into(), "ap-guangzhou".into(), "premium".into()));
+    api.create(
+        &PostParams::default(),
+        &replica("orphan", "tcr-gone", "ap-chongqing", "Delete"),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "orphan's replica created", || async {
+        let reps = tcr.state.tcr_replicas.lock().unwrap().clone();
+        reps.iter().any(|r| r.0 == "tcr-gone").then_some(())
+    })
+    .await;
+    tcr.state.tcr_instances.lock().unwrap().retain(|i| i.0 != "tcr-gone");
+    tcr.state.tcr_replicas.lock().unwrap().retain(|r| r.0 != "tcr-gone");
+    api.delete("orphan", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "orphan gone", || async {
+        api.get("orphan").await.is_err().then_some(())
+    })
+    .await;
+
     // Delete: the Delete policy removes its replica; Retain keeps the other; the primary stays.
     for name in ["sh", "bj"] {
         api.delete(name, &DeleteParams::default()).await.unwrap();
@@ -185,4 +211,5 @@ async fn tcr_replicas_are_created_reported_and_deleted_under_policy() {
         "primaries are never touched"
     );
     assert!(!op.logs().contains(SK));
+    tcr.assert_conforms();
 }

@@ -100,7 +100,12 @@ async fn huawei_replicates_through_ims_jobs_with_signed_requests_and_backs_off_w
     ims.set_copy_time("cn-east-3", Duration::from_secs(4));
     ims.state.throttle.store(2, std::sync::atomic::Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
-    let (_s, c, op) = setup(dir.path(), "hw", &[("accessKey", AK), ("secretKey", SK)]).await;
+    let (_s, c, op) = setup(
+        dir.path(),
+        "hw",
+        &[("accessKey", AK), ("secretKey", SK), ("iamEndpoint", &ims.url)],
+    )
+    .await;
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
     let provider = json!({"kind": "huawei", "credentialsSecretRef": {"name": "hw"}, "endpoint": ims.url, "agency": "ims_admin_agency"});
     create(&api, "web", &provider, json!({"region": "cn-north-4", "imageId": src}), json!([{"region": "cn-east-3", "project": "cn-east-3_team"}, {"region": "cn-south-1", "tags": {"team": "web"}}]), "Retain").await;
@@ -180,6 +185,7 @@ async fn huawei_replicates_through_ims_jobs_with_signed_requests_and_backs_off_w
     assert!(!ims.calls("/cross_region_copy").iter().any(|r| r.path.contains(&public)));
     let logs = op.logs();
     assert!(!logs.contains(SK), "the secret key never reaches the logs");
+    ims.assert_conforms();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -188,7 +194,12 @@ async fn huawei_delete_mid_copy_waits_for_the_job_then_deletes() {
     let src = ims.add("cn-north-4", "db", 20, json!({}));
     ims.set_copy_time("cn-south-1", Duration::from_secs(5));
     let dir = tempfile::tempdir().unwrap();
-    let (_s, c, _op) = setup(dir.path(), "hw", &[("accessKey", AK), ("secretKey", SK)]).await;
+    let (_s, c, _op) = setup(
+        dir.path(),
+        "hw",
+        &[("accessKey", AK), ("secretKey", SK), ("iamEndpoint", &ims.url)],
+    )
+    .await;
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
     let provider = json!({"kind": "huawei", "credentialsSecretRef": {"name": "hw"}, "endpoint": ims.url, "agency": "ims_admin_agency"});
     create(
@@ -228,6 +239,7 @@ async fn huawei_delete_mid_copy_waits_for_the_job_then_deletes() {
         .and_then(|e| e.note.clone())
         .unwrap_or_default();
     assert!(note.contains("deleted the destination images in cn-south-1"), "{note}");
+    ims.assert_conforms();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -286,6 +298,11 @@ async fn alibaba_copies_and_encrypts_then_cancels_and_deletes_on_delete() {
     assert_eq!(sh.params["DestinationDescription"], "golden image for web");
     assert_eq!(sh.params["ResourceGroupId"], "rg-acfmxazb4ph");
     assert_eq!(sh.params["SignatureMethod"], "HMAC-SHA1");
+    assert_eq!(
+        Some(&sh.params["ClientToken"]),
+        dest(&st, "cn-shanghai").client_token.as_ref(),
+        "CopyImage carries our token as its ClientToken"
+    );
     assert_eq!(sh.params["Format"], "JSON");
     assert!(!sh.params.contains_key("Encrypted"));
     let img = &ecs.images_in("cn-shanghai")[0];
@@ -332,6 +349,7 @@ async fn alibaba_copies_and_encrypts_then_cancels_and_deletes_on_delete() {
         "the two source images stay; the encrypted copy was cancelled"
     );
     assert!(!op.logs().contains(SK));
+    ecs.assert_conforms();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -410,6 +428,7 @@ async fn aws_crash_between_copy_request_and_answer_never_copies_twice_then_drift
     let dereg = ec2.calls("DeregisterImage");
     assert_eq!(dereg.last().unwrap().params["ImageId"], again.image_id.unwrap());
     assert_eq!(ec2.calls("DeleteSnapshot").len(), 1, "the copy's snapshot went with it");
+    ec2.assert_conforms();
 }
 
 /// A moto server on a free loopback port, killed (by PID) when dropped.
@@ -524,21 +543,25 @@ async fn crash_between_copy_request_and_answer(kind: Kind) {
         Kind::Huawei => (
             "cn-north-4",
             "cn-east-3",
-            [("accessKey", AK), ("secretKey", SK)],
+            vec![
+                ("accessKey", AK),
+                ("secretKey", SK),
+                ("iamEndpoint", cloud.url.as_str()),
+            ],
             "huawei",
             "/cross_region_copy",
         ),
         Kind::Alibaba => (
             "cn-hangzhou",
             "cn-shanghai",
-            [("accessKeyId", AK), ("accessKeySecret", SK)],
+            vec![("accessKeyId", AK), ("accessKeySecret", SK)],
             "alibaba",
             "CopyImage",
         ),
         Kind::Tencent => (
             "ap-guangzhou",
             "ap-shanghai",
-            [("secretId", AK), ("secretKey", SK)],
+            vec![("secretId", AK), ("secretKey", SK)],
             "tencent",
             "SyncImages",
         ),
@@ -591,6 +614,7 @@ async fn crash_between_copy_request_and_answer(kind: Kind) {
             "the copy carries our token"
         );
     }
+    cloud.assert_conforms();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -700,13 +724,24 @@ async fn tencent_syncs_images_with_a_dry_run_first_and_deletes_under_policy() {
             .any(|r| r.body["ImageIds"] == json!([public]))
     );
 
+    let copy_snapshots: Vec<String> = ["ap-shanghai", "ap-beijing"]
+        .iter()
+        .flat_map(|r| cvm.images_in(r))
+        .flat_map(|i| i.snapshots)
+        .collect();
     api.delete("web", &DeleteParams::default()).await.unwrap();
     eventually(WAIT, "object gone", || async {
         api.get("web").await.is_err().then_some(())
     })
     .await;
     assert!(cvm.images_in("ap-shanghai").is_empty() && cvm.images_in("ap-beijing").is_empty());
+    let mut deleted = cvm.state.deleted_snapshots.lock().unwrap().clone();
+    deleted.sort();
+    let mut want = copy_snapshots;
+    want.sort();
+    assert_eq!(deleted, want, "the copies' snapshots went with them (DeleteBindedSnap)");
     assert_eq!(cvm.calls("DeleteImages").len(), 2);
     assert_eq!(cvm.images_in("ap-guangzhou").len(), 2, "the sources stay");
     assert!(!op.logs().contains(SK));
+    cvm.assert_conforms();
 }

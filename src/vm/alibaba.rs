@@ -10,7 +10,7 @@
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use super::cloud::{self, Attempt, Backoff};
+use super::cloud::{self, Attempt, Backoff, ErrorClass};
 use super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
     TOKEN_PROPERTY, TaskState,
@@ -47,29 +47,63 @@ fn error(op: &str, status: u16, body: &str, retry_after: Option<std::time::Durat
         .map(String::from)
         .unwrap_or_else(|| cloud::short(body));
     let text = format!("{op}: {code}: {msg}");
-    let throttled = status == 429 || code.starts_with("Throttling") || code == "ServiceUnavailable";
-    let error = if code.contains("NotFound") || status == 404 {
-        ProviderError::not_found(text)
-    } else if throttled
-        || code.starts_with("QuotaExceed")
-        || code.starts_with("IncorrectImageStatus")
-        || code == "InternalError"
-        || status >= 500
-    {
-        ProviderError::transient(text)
-    } else if code.starts_with("Forbidden") || code.starts_with("InvalidAccessKeyId") || code == "SignatureDoesNotMatch"
-    {
-        ProviderError::permanent(format!(
-            "{text} (check the AccessKey and the RAM policy: ecs:DescribeImages, ecs:CopyImage, ecs:CancelCopyImage, ecs:DeleteImage, ecs:TagResources)"
-        ))
-    } else {
-        ProviderError::permanent(text)
-    };
-    Attempt {
-        error,
-        throttled,
+    cloud::attempt(
+        classify(status, &code),
+        text,
+        "check the AccessKey and the RAM policy: ecs:DescribeImages, ecs:CopyImage, ecs:CancelCopyImage, ecs:DeleteImage, ecs:TagResources",
         retry_after,
-    }
+    )
+}
+
+/// The ECS error codes of the operations used (DescribeImages, CopyImage, CancelCopyImage,
+/// DeleteImage; the ECS API reference's error lists and the common errors), by exact code or
+/// `prefix*`. Not found is exact: `InvalidAccessKeyId.NotFound` is a wrong key, not a gone image.
+pub const ERROR_CODES: &[(&str, ErrorClass)] = &[
+    ("Throttling*", ErrorClass::Throttled),
+    ("ServiceUnavailable", ErrorClass::Throttled),
+    ("InvalidImageId.NotFound", ErrorClass::NotFound),
+    ("InvalidImageId.NotExist", ErrorClass::NotFound),
+    ("InvalidImage.NotFound", ErrorClass::NotFound),
+    ("InvalidImageId.Missing", ErrorClass::Permanent),
+    ("QuotaExceed*", ErrorClass::RetryLater),
+    ("IncorrectImageStatus", ErrorClass::RetryLater),
+    ("IncorrectImageStatus.*", ErrorClass::RetryLater),
+    ("InvalidOperation.ImageIsCopying", ErrorClass::RetryLater),
+    ("InternalError", ErrorClass::RetryLater),
+    ("UnknownError", ErrorClass::RetryLater),
+    ("OperationConflict", ErrorClass::RetryLater),
+    ("LastTokenProcessing", ErrorClass::RetryLater),
+    ("Forbidden*", ErrorClass::Auth),
+    ("InvalidAccessKeyId*", ErrorClass::Auth),
+    ("InvalidSecurityToken*", ErrorClass::Auth),
+    ("SignatureDoesNotMatch", ErrorClass::Auth),
+    ("IncompleteSignature", ErrorClass::Auth),
+    ("NoPermission", ErrorClass::Auth),
+    ("InvalidRegionId*", ErrorClass::Permanent),
+    ("InvalidParameter*", ErrorClass::Permanent),
+    ("MissingParameter", ErrorClass::Permanent),
+    ("IdempotentParameterMismatch", ErrorClass::Permanent),
+    ("InvalidImageName.*", ErrorClass::Permanent),
+    ("InvalidDescription.*", ErrorClass::Permanent),
+    ("InvalidKMSKeyId.*", ErrorClass::Permanent),
+    ("InvalidResourceGroup*", ErrorClass::Permanent),
+    ("InvalidTagKey.*", ErrorClass::Permanent),
+    ("InvalidTagValue.*", ErrorClass::Permanent),
+    ("InvalidTag.*", ErrorClass::Permanent),
+    ("Tags.*", ErrorClass::Permanent),
+    ("DryRunOperation", ErrorClass::Permanent),
+    ("OperationDenied*", ErrorClass::Permanent),
+];
+
+/// One classification for an ECS error: the code table, then the HTTP status.
+pub fn classify(status: u16, code: &str) -> ErrorClass {
+    cloud::lookup(ERROR_CODES, code).unwrap_or(match status {
+        429 => ErrorClass::Throttled,
+        404 if code.is_empty() => ErrorClass::NotFound,
+        401 | 403 => ErrorClass::Auth,
+        500..=599 => ErrorClass::RetryLater,
+        _ => ErrorClass::Permanent,
+    })
 }
 
 fn image_state(status: &str) -> ImageState {
@@ -128,7 +162,7 @@ pub fn parse_image(v: &Value) -> ImageInfo {
             "marketplace" => "market".into(),
             o => o.to_string(),
         },
-        encrypted,
+        encrypted: Some(encrypted),
         state: s("Status").map(|st| image_state(&st)),
         whole_machine: false,
         replicated_from_backup: false,
@@ -286,8 +320,11 @@ impl ImageService for Alibaba {
             if let Some(h) = self.find(acct, req).await? {
                 return Ok(h);
             }
+            // ClientToken: a retried request after a crash or a lost answer returns the same
+            // copy (the token is ASCII and at most 64 characters, as the API requires).
             let mut p: Vec<(&str, String)> = vec![
                 ("RegionId", req.source_region.clone()),
+                ("ClientToken", req.token.clone()),
                 ("ImageId", req.source.id.clone()),
                 ("DestinationRegionId", req.region.clone()),
                 ("DestinationImageName", req.name.clone()),
@@ -422,7 +459,7 @@ mod tests {
             "Tags": {"Tag": [{"TagKey": "team", "TagValue": "web"}, {"TagKey": TOKEN_PROPERTY, "TagValue": "t"}]}
         }));
         assert_eq!(i.size_bytes, Some(40 * GIB));
-        assert!(i.shared_from_other_account && i.encrypted);
+        assert!(i.shared_from_other_account && i.encrypted == Some(true));
         assert_eq!(i.visibility, "shared");
         assert_eq!(i.state, Some(ImageState::Creating));
         assert_eq!(i.properties.len(), 1);

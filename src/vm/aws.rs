@@ -9,7 +9,7 @@
 
 use futures::future::BoxFuture;
 
-use super::cloud::{self, Attempt, Backoff};
+use super::cloud::{self, Attempt, Backoff, ErrorClass};
 use super::xml::{self, Node};
 use super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
@@ -49,36 +49,66 @@ fn error(op: &str, status: u16, body: &str, retry_after: Option<std::time::Durat
         .map(|n| n.text.trim().to_string())
         .unwrap_or_else(|| cloud::short(body));
     let text = format!("{op}: {code}: {msg}");
-    let throttled = status == 429
-        || matches!(
-            code.as_str(),
-            "RequestLimitExceeded" | "Throttling" | "ThrottlingException"
-        );
-    let error = if code.ends_with(".NotFound") || status == 404 {
-        ProviderError::not_found(text)
-    } else if throttled
-        || matches!(
-            code.as_str(),
-            "ResourceLimitExceeded" | "IncorrectState" | "InternalError" | "ServiceUnavailable" | "Unavailable"
-        )
-        || status >= 500
-    {
-        ProviderError::transient(text)
-    } else if matches!(
-        code.as_str(),
-        "UnauthorizedOperation" | "AuthFailure" | "SignatureDoesNotMatch"
-    ) {
-        ProviderError::permanent(format!(
-            "{text} (check the keys and the IAM policy: ec2:DescribeImages, ec2:CopyImage, ec2:CreateTags, ec2:DeregisterImage, ec2:DeleteSnapshot)"
-        ))
-    } else {
-        ProviderError::permanent(text)
-    };
-    Attempt {
-        error,
-        throttled,
+    cloud::attempt(
+        classify(status, &code),
+        text,
+        "check the keys and the IAM policy: ec2:DescribeImages, ec2:CopyImage, ec2:CreateTags, ec2:DeregisterImage, ec2:DeleteSnapshot",
         retry_after,
-    }
+    )
+}
+
+/// The EC2 error codes of the operations used (EC2 API reference, "Error codes"), and every
+/// throttling code botocore retries as throttling (`EC2ThrottledException` among them).
+pub const ERROR_CODES: &[(&str, ErrorClass)] = &[
+    ("RequestLimitExceeded", ErrorClass::Throttled),
+    ("EC2ThrottledException", ErrorClass::Throttled),
+    ("Throttling", ErrorClass::Throttled),
+    ("ThrottlingException", ErrorClass::Throttled),
+    ("ThrottledException", ErrorClass::Throttled),
+    ("RequestThrottled", ErrorClass::Throttled),
+    ("RequestThrottledException", ErrorClass::Throttled),
+    ("TooManyRequestsException", ErrorClass::Throttled),
+    ("SlowDown", ErrorClass::Throttled),
+    ("BandwidthLimitExceeded", ErrorClass::Throttled),
+    ("LimitExceededException", ErrorClass::Throttled),
+    ("PriorRequestNotComplete", ErrorClass::Throttled),
+    ("TransactionInProgressException", ErrorClass::Throttled),
+    ("ProvisionedThroughputExceededException", ErrorClass::Throttled),
+    ("InvalidAMIID.NotFound", ErrorClass::NotFound),
+    ("InvalidAMIID.Unavailable", ErrorClass::NotFound),
+    ("InvalidSnapshot.NotFound", ErrorClass::NotFound),
+    ("InvalidAMIID.Malformed", ErrorClass::Permanent),
+    ("InvalidSnapshotID.Malformed", ErrorClass::Permanent),
+    ("ResourceLimitExceeded", ErrorClass::RetryLater),
+    ("IncorrectState", ErrorClass::RetryLater),
+    ("InvalidSnapshot.InUse", ErrorClass::RetryLater),
+    ("InternalError", ErrorClass::RetryLater),
+    ("InternalFailure", ErrorClass::RetryLater),
+    ("ServiceUnavailable", ErrorClass::RetryLater),
+    ("Unavailable", ErrorClass::RetryLater),
+    ("UnauthorizedOperation", ErrorClass::Auth),
+    ("AuthFailure", ErrorClass::Auth),
+    ("SignatureDoesNotMatch", ErrorClass::Auth),
+    ("InvalidClientTokenId", ErrorClass::Auth),
+    ("OptInRequired", ErrorClass::Auth),
+    ("Blocked", ErrorClass::Auth),
+    ("IdempotentParameterMismatch", ErrorClass::Permanent),
+    ("InvalidParameter*", ErrorClass::Permanent),
+    ("MissingParameter", ErrorClass::Permanent),
+    ("InvalidRegion", ErrorClass::Permanent),
+    ("InvalidAction", ErrorClass::Permanent),
+    ("DryRunOperation", ErrorClass::Permanent),
+];
+
+/// One classification for an EC2 error: the code table, then the HTTP status.
+pub fn classify(status: u16, code: &str) -> ErrorClass {
+    cloud::lookup(ERROR_CODES, code).unwrap_or(match status {
+        429 => ErrorClass::Throttled,
+        404 => ErrorClass::NotFound,
+        401 | 403 => ErrorClass::Auth,
+        500..=599 => ErrorClass::RetryLater,
+        _ => ErrorClass::Permanent,
+    })
 }
 
 fn image_state(state: &str) -> ImageState {
@@ -128,9 +158,11 @@ pub fn parse_image(item: &Node) -> ImageInfo {
         } else {
             "private".into()
         },
-        encrypted: volumes
-            .iter()
-            .any(|e| e.text_at("encrypted").as_deref() == Some("true")),
+        encrypted: Some(
+            volumes
+                .iter()
+                .any(|e| e.text_at("encrypted").as_deref() == Some("true")),
+        ),
         state: item.text_at("imageState").map(|s| image_state(&s)),
         whole_machine: false,
         replicated_from_backup: false,
@@ -459,7 +491,7 @@ mod tests {
         let item = doc.child("imagesSet").unwrap().child("item").unwrap();
         let i = parse_image(item);
         assert_eq!(i.size_bytes, Some(8 * GIB));
-        assert!(i.encrypted);
+        assert_eq!(i.encrypted, Some(true));
         assert_eq!(i.state, Some(ImageState::Creating));
         assert_eq!(i.properties.get("team").map(String::as_str), Some("web"));
         assert_eq!(snapshots(item), vec!["snap-1"]);

@@ -34,6 +34,52 @@ impl From<ProviderError> for Attempt {
     }
 }
 
+/// How a provider's error is handled: each provider's error codes map to one of these in one
+/// table (`ERROR_CODES` in its module), tested against the codes its SDK or reference lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The provider asks us to slow down: back off within the call, then retry later.
+    Throttled,
+    /// A passing condition (busy, quota in use, internal error, state in transition).
+    RetryLater,
+    /// The named resource does not exist (a delete or cancel of it is done).
+    NotFound,
+    /// Credentials or permissions: fails at once, with a hint about what to check.
+    Auth,
+    /// Anything else: the request itself is wrong; fails at once.
+    Permanent,
+}
+
+/// The class of `code` in a provider's table: its exact entry, else the longest `prefix*` entry.
+pub fn lookup(table: &[(&str, ErrorClass)], code: &str) -> Option<ErrorClass> {
+    if code.is_empty() {
+        return None;
+    }
+    table.iter().find(|(k, _)| *k == code).map(|(_, c)| *c).or_else(|| {
+        table
+            .iter()
+            .filter_map(|(k, c)| k.strip_suffix('*').map(|p| (p, *c)))
+            .filter(|(p, _)| code.starts_with(p))
+            .max_by_key(|(p, _)| p.len())
+            .map(|(_, c)| c)
+    })
+}
+
+/// A failed attempt of `class`; an authentication or permission error carries `auth_hint`.
+pub fn attempt(class: ErrorClass, text: String, auth_hint: &str, retry_after: Option<Duration>) -> Attempt {
+    let error = match class {
+        ErrorClass::NotFound => ProviderError::not_found(text),
+        ErrorClass::Throttled | ErrorClass::RetryLater => ProviderError::transient(text),
+        ErrorClass::Auth => ProviderError::permanent(format!("{text} ({auth_hint})")),
+        ErrorClass::Permanent => ProviderError::permanent(text),
+    };
+    Attempt {
+        error,
+        throttled: class == ErrorClass::Throttled,
+        retry_after,
+    }
+}
+
 /// How throttled calls are retried: the registry client's [`RetryPolicy`] (exponential with
 /// jitter), with the cloud APIs' attempts and bounds.
 #[derive(Clone, Debug)]

@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::cloud::{self, Attempt, Backoff};
+use super::cloud::{self, Attempt, Backoff, ErrorClass};
 use super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
     TOKEN_PROPERTY, TaskPhase, TaskState,
@@ -80,30 +80,60 @@ fn error(op: &str, status: u16, body: &str, retry_after: Option<std::time::Durat
     } else {
         format!("{op}: HTTP {status} {code}: {msg}")
     };
-    // APIG.0308: the request was throttled by API Gateway.
-    let throttled = status == 429 || code == "APIG.0308" || code == "APIGW.0308";
-    let quota = msg.to_ascii_lowercase().contains("quota");
-    let error = match status {
-        404 => ProviderError::not_found(text),
-        _ if throttled || quota => ProviderError::transient(text),
-        401 | 403 => ProviderError::permanent(format!(
-            "{text} (check the AK/SK and that the user has IMS FullAccess in both regions)"
-        )),
-        408 | 409 | 500..=599 => ProviderError::transient(text),
-        _ => ProviderError::permanent(text),
-    };
-    Attempt {
-        error,
-        throttled,
+    cloud::attempt(
+        classify(status, &code, &msg),
+        text,
+        "check the AK/SK and that the user has IMS FullAccess in both regions",
         retry_after,
+    )
+}
+
+/// The IMS and API Gateway error codes this provider treats specially (IMS API reference,
+/// "Error Codes"; API Gateway's throttling and authentication codes). Any other code is
+/// classified by its HTTP status.
+pub const ERROR_CODES: &[(&str, ErrorClass)] = &[
+    // API Gateway: the request was throttled.
+    ("APIG.0308", ErrorClass::Throttled),
+    ("APIGW.0308", ErrorClass::Throttled),
+    // IMS flow control ("the system is busy" / "too many requests"): back off and retry.
+    ("IMG.0149", ErrorClass::Throttled),
+    ("IMG.0060", ErrorClass::Throttled),
+    // Concurrent replication quota: retry later, when a running copy ends.
+    ("IMG.0190", ErrorClass::RetryLater),
+    // API Gateway authentication (signature, expired or unknown AK).
+    ("APIGW.0301", ErrorClass::Auth),
+    ("APIG.0301", ErrorClass::Auth),
+    ("APIGW.0101", ErrorClass::Permanent),
+    // The image or job does not exist.
+    ("IMG.0027", ErrorClass::NotFound),
+    ("IMG.0005", ErrorClass::NotFound),
+];
+
+/// One classification for an IMS error: the code table first, then the message's "quota"
+/// (IMS quota answers), then the HTTP status.
+pub fn classify(status: u16, code: &str, msg: &str) -> ErrorClass {
+    if let Some(c) = cloud::lookup(ERROR_CODES, code) {
+        return c;
+    }
+    if status == 429 {
+        return ErrorClass::Throttled;
+    }
+    if msg.to_ascii_lowercase().contains("quota") {
+        return ErrorClass::RetryLater;
+    }
+    match status {
+        404 => ErrorClass::NotFound,
+        401 | 403 => ErrorClass::Auth,
+        408 | 409 | 500..=599 => ErrorClass::RetryLater,
+        _ => ErrorClass::Permanent,
     }
 }
 
+/// IMS image `status`: queued, saving, deleted, killed, active (the API has no frozen state).
 fn image_state(status: &str) -> ImageState {
     match status {
         "active" => ImageState::Available,
         "queued" | "saving" => ImageState::Creating,
-        "frozen" => ImageState::Frozen,
         other => ImageState::Unusable(other.to_string()),
     }
 }
@@ -112,7 +142,8 @@ fn image_state(status: &str) -> ImageState {
 /// market (gold reported as public); encryption from `__system_encrypted` or a `__system__cmkid`;
 /// a full-ECS image has `__whole_image` "true"; a full-ECS image made from a CBR backup has a
 /// `__backup_id`, and one that is itself a cross-region replica has a `__data_origin` starting with
-/// `image,`.
+/// `image,`; a private image made from a KooGallery (marketplace) image carries its
+/// `__productcode`.
 pub fn parse_image(v: &Value) -> ImageInfo {
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
     let truthy = |k: &str| {
@@ -135,6 +166,9 @@ pub fn parse_image(v: &Value) -> ImageInfo {
         .or_else(|| v.get("size").and_then(Value::as_u64));
     let whole = truthy("__whole_image");
     let mut properties = std::collections::BTreeMap::new();
+    if s("__productcode").is_some_and(|c| !c.is_empty()) && visibility == "private" {
+        properties.insert("__productcode".to_string(), s("__productcode").unwrap_or_default());
+    }
     for k in ["__os_version", "__os_type", "__platform", "min_disk"] {
         if let Some(x) = v.get(k) {
             properties.insert(
@@ -150,7 +184,7 @@ pub fn parse_image(v: &Value) -> ImageInfo {
         disk_format: s("disk_format"),
         container_format: s("container_format"),
         visibility,
-        encrypted: truthy("__system_encrypted") || s("__system__cmkid").is_some_and(|k| !k.is_empty()),
+        encrypted: Some(truthy("__system_encrypted") || s("__system__cmkid").is_some_and(|k| !k.is_empty())),
         state: s("status").map(|st| image_state(&st)),
         whole_machine: whole,
         replicated_from_backup: whole
@@ -174,10 +208,12 @@ struct Call<'a> {
     body: Option<Value>,
 }
 
+/// The list API's tag filter: `tag=<key>=<value>`.
 fn token_tag(token: &str) -> String {
-    format!("{TOKEN_PROPERTY}.{token}")
+    format!("{TOKEN_PROPERTY}={token}")
 }
 
+/// Our token among an image's `tags` (listed as `key.value`, as IMS lists them).
 fn has_our_tag(v: &Value) -> Option<String> {
     v.get("tags")
         .and_then(Value::as_array)
@@ -293,10 +329,11 @@ impl Huawei {
         {
             return Ok(id.clone());
         }
+        // IAM is a global service of its own: `provider.endpoint` (IMS) never stands for it.
         let iam = acct
             .text("iamEndpoint")
             .map(|e| e.trim_end_matches('/').to_string())
-            .unwrap_or_else(|| cloud::endpoint(acct.endpoint.as_deref(), IAM, name));
+            .unwrap_or_else(|| IAM.to_string());
         let v = self
             .call(
                 acct,
@@ -368,7 +405,7 @@ impl Huawei {
                 acct,
                 Call {
                     op: "tag image",
-                    method: Method::PUT,
+                    method: Method::POST,
                     base: &Self::ims(acct, &req.region),
                     path: &format!("/v2/{pid}/images/{image_id}/tags"),
                     query: &[],
@@ -425,6 +462,26 @@ impl Huawei {
             }),
             _ => None,
         })
+    }
+}
+
+impl Huawei {
+    /// The copy a finished job made: the job's `entities.image_id` if that image is in the
+    /// destination region, else the one image there of our name (tagged with our token, or not
+    /// tagged yet).
+    async fn destination_image(
+        &self,
+        acct: &Account,
+        req: &CopyRequest,
+        named: Option<&str>,
+    ) -> Result<Option<String>, ProviderError> {
+        let project = Self::dest_project(req);
+        if let Some(id) = named
+            && self.image(acct, &req.region, &project, id).await?.is_some()
+        {
+            return Ok(Some(id.to_string()));
+        }
+        Ok(self.find(acct, req).await?.and_then(|h| h.image_id))
     }
 }
 
@@ -526,6 +583,7 @@ impl ImageService for Huawei {
             let mut state = TaskState::running(handle.image_id.clone(), req.source.size_bytes);
             if let Some(job) = &handle.task_id {
                 let pid = self.project_id(acct, &req.source_region).await?;
+                // ShowJobProgress (the SDK's replacement of the deprecated ShowJob).
                 let v = self
                     .call(
                         acct,
@@ -533,16 +591,13 @@ impl ImageService for Huawei {
                             op: "query job",
                             method: Method::GET,
                             base: &Self::ims(acct, &req.source_region),
-                            path: &format!("/v1/{pid}/jobs/{job}"),
+                            path: &format!("/v1/cloudimages/job/{job}"),
                             query: &[],
                             project: Some(&pid),
                             body: None,
                         },
                     )
                     .await?;
-                if let Some(id) = v.pointer("/entities/image_id").and_then(Value::as_str) {
-                    state.image_id = Some(id.to_string());
-                }
                 if let Some(p) = v.pointer("/entities/process_percent").and_then(Value::as_f64) {
                     let pct = if p <= 1.0 { p * 100.0 } else { p };
                     state.progress_percent = Some(pct.round().clamp(0.0, 100.0) as i32);
@@ -560,9 +615,15 @@ impl ImageService for Huawei {
                     }
                     _ => return Ok(state),
                 }
+                // Which image `entities.image_id` names in a cross-region job (source or copy) is
+                // not settled by the SDK or the reference: the copy is the image in the
+                // destination region, looked up there.
+                let named = v.pointer("/entities/image_id").and_then(Value::as_str);
+                state.image_id = self.destination_image(acct, req, named).await?;
             }
             let Some(id) = state.image_id.clone() else {
-                state.phase = TaskPhase::Failed("IMS job succeeded without a destination image id".into());
+                state.phase =
+                    TaskPhase::Failed("the IMS job succeeded but the destination region holds no copy".into());
                 return Ok(state);
             };
             match self.image(acct, &req.region, &Self::dest_project(req), &id).await? {
@@ -657,11 +718,11 @@ mod tests {
         }));
         assert_eq!(i.visibility, "private");
         assert_eq!(i.size_bytes, Some(2 << 30));
-        assert!(i.whole_machine && i.replicated_from_backup && !i.encrypted);
+        assert!(i.whole_machine && i.replicated_from_backup && i.encrypted == Some(false));
         assert_eq!(i.state, Some(ImageState::Available));
         let g = parse_image(&json!({"id": "g", "__imagetype": "gold", "status": "saving", "__system_encrypted": "1"}));
         assert_eq!(g.visibility, "public");
-        assert!(g.encrypted);
+        assert_eq!(g.encrypted, Some(true));
         assert_eq!(g.state, Some(ImageState::Creating));
     }
 
@@ -684,5 +745,39 @@ mod tests {
         );
         assert!(a.error.retryable && !a.throttled);
         assert!(error("op", 404, "", None).error.not_found);
+        // IMS flow control: HTTP 400 without the word "quota", still backed off and retried.
+        for code in ["IMG.0149", "IMG.0060"] {
+            let a = error(
+                "op",
+                400,
+                &format!(r#"{{"error":{{"code":"{code}","message":"The system is busy. Try again later."}}}}"#),
+                None,
+            );
+            assert!(a.throttled && a.error.retryable, "{code}: {a:?}");
+        }
+        let a = error("op", 400, r#"{"error":{"code":"IMG.0001","message":"bad"}}"#, None);
+        assert!(!a.error.retryable && !a.throttled);
+    }
+
+    #[test]
+    fn finds_copies_by_the_list_apis_tag_filter() {
+        // GET /v2/cloudimages?tag=<key>=<value>; images list their tags as `key.value`.
+        assert_eq!(token_tag("t-1"), "imgrep_client_token=t-1");
+        assert_eq!(
+            has_our_tag(&json!({"tags": ["team.web", "imgrep_client_token.t-1"]})).as_deref(),
+            Some("t-1")
+        );
+    }
+
+    #[test]
+    fn marketplace_derived_private_images_carry_their_product_code() {
+        let i =
+            parse_image(&json!({"id": "i", "__imagetype": "private", "status": "active", "__productcode": "00301-1"}));
+        assert_eq!(i.properties.get("__productcode").map(String::as_str), Some("00301-1"));
+        let i = parse_image(&json!({"id": "i", "__imagetype": "private", "status": "active", "__productcode": ""}));
+        assert!(!i.properties.contains_key("__productcode"));
+        // IMS has no frozen status: an unknown word is unusable, not waiting.
+        let i = parse_image(&json!({"id": "i", "status": "frozen"}));
+        assert_eq!(i.state, Some(ImageState::Unusable("frozen".into())));
     }
 }

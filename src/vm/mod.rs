@@ -40,8 +40,6 @@ pub enum ImageState {
     Available,
     /// Being created, uploaded or imported (Glance `queued`/`saving`/`importing`, ECS `Creating`).
     Creating,
-    /// Frozen by the provider (IMS `frozen`).
-    Frozen,
     /// Failed, killed, deactivated or being deleted; the provider's word for it.
     Unusable(String),
 }
@@ -57,7 +55,9 @@ pub struct ImageInfo {
     pub container_format: Option<String>,
     /// private, public, shared, community, market (provider words, lower case).
     pub visibility: String,
-    pub encrypted: bool,
+    /// Encrypted; `None` when the provider does not say (Tencent CVM's image model has no
+    /// encryption field).
+    pub encrypted: Option<bool>,
     pub state: Option<ImageState>,
     /// A full-ECS (whole-machine) image.
     pub whole_machine: bool,
@@ -158,7 +158,7 @@ impl TaskState {
                 s.progress_percent = Some(100);
                 s.bytes_done = bytes_total;
             }
-            Some((ImageState::Creating | ImageState::Frozen, p)) => {
+            Some((ImageState::Creating, p)) => {
                 s.progress_percent = p;
                 s.bytes_done = p.zip(bytes_total).map(|(p, t)| t * p.clamp(0, 100) as u64 / 100);
             }

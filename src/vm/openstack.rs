@@ -152,7 +152,7 @@ pub fn parse_image(v: &Value) -> ImageInfo {
         disk_format: s("disk_format"),
         container_format: s("container_format"),
         visibility: s("visibility").unwrap_or_default(),
-        encrypted,
+        encrypted: Some(encrypted),
         state: s("status").map(|st| image_state(&st)),
         whole_machine: false,
         replicated_from_backup: false,

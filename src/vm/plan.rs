@@ -77,11 +77,10 @@ fn source_status(i: &ImageInfo) -> SourceStatus {
         size_bytes: i.size_bytes.map(|b| b as i64),
         format: i.disk_format.clone(),
         visibility: Some(i.visibility.clone()),
-        encrypted: Some(i.encrypted),
+        encrypted: i.encrypted,
         state: i.state.as_ref().map(|s| match s {
             ImageState::Available => "available".to_string(),
             ImageState::Creating => "creating".to_string(),
-            ImageState::Frozen => "frozen".to_string(),
             ImageState::Unusable(s) => s.clone(),
         }),
         digest: i.digest.clone(),

@@ -2,7 +2,7 @@
 //!
 //! Rules that need only the spec live in [`crate::validation`] (and in the CRD's CEL); these need
 //! what the provider says about the source image. A broken rule refuses the copy before any call
-//! that starts work; an image that is still being created or is frozen waits instead.
+//! that starts work; an image that is still being created waits instead.
 
 use crate::api::v1alpha1::{DestinationSpec, ImageReplicationSpec, ProviderKind};
 use crate::validation::Violation;
@@ -84,10 +84,6 @@ pub fn wait_reason(source: &ImageInfo) -> Option<String> {
             "source image {} is still being created; the copy waits until it is ready",
             source.id
         )),
-        Some(ImageState::Frozen) => Some(format!(
-            "source image {} is frozen; the copy waits until it is unfrozen",
-            source.id
-        )),
         _ => None,
     }
 }
@@ -134,14 +130,36 @@ pub fn check(kind: ProviderKind, spec: &ImageReplicationSpec, source: &ImageInfo
                     format!("{img} is an ISO image; ISO images cannot be replicated across regions"),
                 );
             }
-            if source.encrypted {
+            if source.encrypted == Some(true) {
                 refuse(
                     src_field.into(),
                     "EncryptedImageNotReplicable",
                     format!("{img} is encrypted; encrypted images cannot be replicated across regions"),
                 );
             }
+            if source.properties.get("__productcode").is_some_and(|c| !c.is_empty()) {
+                refuse(
+                    src_field.into(),
+                    "MarketplaceDerivedImage",
+                    format!(
+                        "{img} was made from a KooGallery (marketplace) image (product {}); such private images cannot be replicated across regions",
+                        source.properties["__productcode"]
+                    ),
+                );
+            }
             if source.whole_machine {
+                for (i, d) in spec.destinations.iter().enumerate() {
+                    if d.vault_id.as_deref().is_none_or(str::is_empty) {
+                        refuse(
+                            format!("spec.destinations[{i}].vaultId"),
+                            "VaultRequired",
+                            format!(
+                                "{img} is a full-ECS image; replicating it to {} needs the CBR backup vault (vault ID, protection type Replication) in that region that will hold its backups",
+                                d.region
+                            ),
+                        );
+                    }
+                }
                 if source.replicated_from_backup {
                     refuse(
                         src_field.into(),
@@ -355,7 +373,7 @@ mod tests {
             ),
             (
                 "encrypted image",
-                |i| i.encrypted = true,
+                |i| i.encrypted = Some(true),
                 "cn-north-4",
                 "cn-east-3",
                 vec!["EncryptedImageNotReplicable"],
@@ -419,16 +437,31 @@ mod tests {
                 "cn-east-3",
                 vec!["SourceNotUsable"],
             ),
+            (
+                "full-ECS without a vault",
+                |i| i.whole_machine = true,
+                "cn-north-4",
+                "cn-south-1",
+                vec!["VaultRequired"],
+            ),
+            (
+                "a private image made from a KooGallery image",
+                |i| {
+                    i.properties.insert("__productcode".into(), "00301-xxxx".into());
+                },
+                "cn-north-4",
+                "cn-east-3",
+                vec!["MarketplaceDerivedImage"],
+            ),
         ];
         for (what, f, src, dst, want) in cases {
             let mut img = image();
             f(&mut img);
-            let got = check(
-                ProviderKind::Huawei,
-                &spec("huawei", src, &[dst]),
-                &img,
-                &Limits::default(),
-            );
+            let mut s = spec("huawei", src, &[dst]);
+            if !what.contains("without a vault") {
+                s.destinations[0].vault_id = Some("vault-1".into());
+            }
+            let got = check(ProviderKind::Huawei, &s, &img, &Limits::default());
             assert_eq!(reasons(&got), want, "{what}");
             for v in &got {
                 assert!(
@@ -518,13 +551,11 @@ mod tests {
     }
 
     #[test]
-    fn creating_and_frozen_images_wait() {
+    fn images_being_created_wait() {
         let mut img = image();
         assert_eq!(wait_reason(&img), None);
         img.state = Some(ImageState::Creating);
         assert!(wait_reason(&img).unwrap().contains("being created"));
-        img.state = Some(ImageState::Frozen);
-        assert!(wait_reason(&img).unwrap().contains("frozen"));
         // Waiting is not refusing.
         assert!(
             check(

@@ -11,7 +11,7 @@
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use super::cloud::{self, Attempt, Backoff};
+use super::cloud::{self, Attempt, Backoff, ErrorClass};
 use super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError, TaskState,
 };
@@ -38,29 +38,90 @@ impl Default for Tencent {
 
 /// Classify an API 3.0 error (`Response.Error.Code`) of `service`.
 fn error(service: &str, action: &str, code: &str, message: &str) -> Attempt {
-    let text = format!("{action}: {code}: {message}");
-    let throttled = code == "RequestLimitExceeded" || code.starts_with("RequestLimitExceeded.");
-    let error = if code.ends_with(".NotFound") || code == "ResourceNotFound" {
-        ProviderError::not_found(text)
-    } else if throttled
-        || code.starts_with("InternalError")
-        || code.ends_with(".IncorrectState")
-        || code.starts_with("LimitExceeded")
-        || code == "ResourceInUse"
-    {
-        ProviderError::transient(text)
-    } else if code.starts_with("AuthFailure") || code.starts_with("UnauthorizedOperation") {
-        ProviderError::permanent(format!(
-            "{text} (check the SecretId/SecretKey and that the CAM policy allows {service}:{action})"
-        ))
-    } else {
-        ProviderError::permanent(text)
-    };
-    Attempt {
-        error,
-        throttled,
-        retry_after: None,
-    }
+    cloud::attempt(
+        classify(code),
+        format!("{action}: {code}: {message}"),
+        &format!("check the SecretId/SecretKey and that the CAM policy allows {service}:{action}"),
+        None,
+    )
+}
+
+/// API 3.0 error codes of CVM and TCR (their SDKs' `errorcodes.py` and the common codes), by
+/// exact code or `prefix*`; every code the SDKs list falls under an entry (tested).
+pub const ERROR_CODES: &[(&str, ErrorClass)] = &[
+    ("RequestLimitExceeded", ErrorClass::Throttled),
+    ("RequestLimitExceeded*", ErrorClass::Throttled),
+    // Not found: the `.NotFound` family of ids and TCR's `ResourceNotFound.*`, `ErrNotExist`.
+    ("ResourceNotFound", ErrorClass::NotFound),
+    ("ResourceNotFound.*", ErrorClass::NotFound),
+    ("InternalError.ErrNotExist", ErrorClass::NotFound),
+    ("InvalidImageId.NotFound", ErrorClass::NotFound),
+    ("InvalidInstanceId.NotFound", ErrorClass::NotFound),
+    ("InvalidRegion.NotFound", ErrorClass::Permanent),
+    ("InternalError", ErrorClass::RetryLater),
+    ("InternalError.*", ErrorClass::RetryLater),
+    ("InternalServerError", ErrorClass::RetryLater),
+    ("ServiceUnavailable", ErrorClass::RetryLater),
+    ("ResourceInUse", ErrorClass::RetryLater),
+    ("ResourceInUse.*", ErrorClass::RetryLater),
+    ("ResourceUnavailable*", ErrorClass::RetryLater),
+    ("ResourceInsufficient*", ErrorClass::RetryLater),
+    ("MutexOperation*", ErrorClass::RetryLater),
+    ("InvalidImageId.IncorrectState", ErrorClass::RetryLater),
+    ("InvalidInstanceState*", ErrorClass::RetryLater),
+    ("LimitExceeded", ErrorClass::RetryLater),
+    ("LimitExceeded.*", ErrorClass::RetryLater),
+    ("ImageQuotaLimitExceeded", ErrorClass::RetryLater),
+    ("InstancesQuotaLimitExceeded", ErrorClass::RetryLater),
+    ("OverQuota", ErrorClass::RetryLater),
+    ("AuthFailure*", ErrorClass::Auth),
+    ("UnauthorizedOperation*", ErrorClass::Auth),
+    ("AccountQualificationRestrictions", ErrorClass::Auth),
+    ("InvalidAccount*", ErrorClass::Auth),
+    ("OperationDenied*", ErrorClass::Permanent),
+    ("FailedOperation*", ErrorClass::Permanent),
+    ("InvalidParameter*", ErrorClass::Permanent),
+    ("InvalidFilter*", ErrorClass::Permanent),
+    ("InvalidImage*", ErrorClass::Permanent),
+    ("InvalidInstance*", ErrorClass::Permanent),
+    ("InvalidRegion*", ErrorClass::Permanent),
+    ("InvalidZone*", ErrorClass::Permanent),
+    ("InvalidHost*", ErrorClass::Permanent),
+    ("InvalidKeyPair*", ErrorClass::Permanent),
+    ("InvalidClientToken*", ErrorClass::Permanent),
+    ("InvalidPassword*", ErrorClass::Permanent),
+    ("InvalidPeriod*", ErrorClass::Permanent),
+    ("InvalidPermission*", ErrorClass::Permanent),
+    ("InvalidProjectId*", ErrorClass::Permanent),
+    ("InvalidPublicKey*", ErrorClass::Permanent),
+    ("InvalidSecurityGroupId*", ErrorClass::Permanent),
+    ("InvalidSgId*", ErrorClass::Permanent),
+    ("InvalidAction", ErrorClass::Permanent),
+    ("InvalidRequest", ErrorClass::Permanent),
+    ("MissingParameter*", ErrorClass::Permanent),
+    ("UnknownParameter*", ErrorClass::Permanent),
+    ("UnsupportedOperation*", ErrorClass::Permanent),
+    ("UnsupportedRegion", ErrorClass::Permanent),
+    ("UnsupportedProtocol", ErrorClass::Permanent),
+    ("RegionAbilityLimit*", ErrorClass::Permanent),
+    ("ResourcesSoldOut*", ErrorClass::Permanent),
+    ("EniNotAllowedChangeSubnet", ErrorClass::Permanent),
+    ("SecGroupActionFailure", ErrorClass::Permanent),
+    ("VpcAddrNotInSubNet", ErrorClass::Permanent),
+    ("VpcIpIsUsed", ErrorClass::Permanent),
+    ("DryRunOperation", ErrorClass::Permanent),
+    ("ActionOffline", ErrorClass::Permanent),
+    ("NoSuchProduct", ErrorClass::Permanent),
+    ("NoSuchVersion", ErrorClass::Permanent),
+    ("IpInBlacklist", ErrorClass::Auth),
+    ("IpNotInWhitelist", ErrorClass::Auth),
+    ("RequestSizeLimitExceeded", ErrorClass::Permanent),
+    ("ResponseSizeLimitExceeded", ErrorClass::Permanent),
+];
+
+/// One classification for an API 3.0 error code (the answer is HTTP 200 whatever the error).
+pub fn classify(code: &str) -> ErrorClass {
+    cloud::lookup(ERROR_CODES, code).unwrap_or(ErrorClass::Permanent)
 }
 
 fn image_state(state: &str) -> ImageState {
@@ -89,7 +150,8 @@ pub fn parse_image(v: &Value) -> ImageInfo {
             "MARKET_IMAGE" => "market".into(),
             o => o.to_ascii_lowercase(),
         },
-        encrypted: v.get("Encrypt").and_then(Value::as_bool).unwrap_or(false),
+        // The CVM Image model has no encryption field (SDK `Image`): unknown.
+        encrypted: None,
         state: s("ImageState").map(|st| image_state(&st)),
         whole_machine: false,
         replicated_from_backup: false,
@@ -362,8 +424,14 @@ impl ImageService for Tencent {
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(async move {
             cloud::gone_is_ok(
-                self.call(acct, region, "DeleteImages", json!({"ImageIds": [image_id]}))
-                    .await,
+                // DeleteBindedSnap: the copy's snapshots go with it (deletionPolicy Delete).
+                self.call(
+                    acct,
+                    region,
+                    "DeleteImages",
+                    json!({"ImageIds": [image_id], "DeleteBindedSnap": true}),
+                )
+                .await,
             )
         })
     }

@@ -76,7 +76,12 @@ pub struct Req {
     pub params: BTreeMap<String, String>,
     pub body: Value,
     pub headers: BTreeMap<String, String>,
+    /// The query as sent (pairs, decoded) and the body as sent.
+    pub query: Vec<(String, String)>,
+    pub raw_body: String,
     pub status: u16,
+    /// The answer's body, as given.
+    pub response: String,
     /// Answered with the provider's throttling error.
     pub throttled: bool,
     /// Rejected for a bad signature.
@@ -102,15 +107,17 @@ pub struct State {
     pub copy_time: Mutex<HashMap<String, Duration>>,
     /// Hold the answer to the next copy request this long (after the copy was created).
     pub hold_copy_answer: Mutex<Option<Duration>>,
-    /// Huawei jobs: job id -> (source image, destination image id).
-    pub jobs: Mutex<HashMap<String, String>>,
-    /// AWS: ClientToken -> image id.
+    /// Huawei jobs: job id -> (source image id, destination image id).
+    pub jobs: Mutex<HashMap<String, (String, String)>>,
+    /// Tencent: snapshots deleted with their images (DeleteBindedSnap).
+    pub deleted_snapshots: Mutex<Vec<String>>,
+    /// AWS and Alibaba: ClientToken -> image id.
     pub client_tokens: Mutex<HashMap<String, String>>,
     /// TCR: instances (id, region, type).
     pub tcr_instances: Mutex<Vec<(String, String, String)>>,
     /// TCR: replicas (primary id, replica id, region, region id, created).
     pub tcr_replicas: Mutex<Vec<TcrReplica>>,
-    /// TCR: the replication log entries returned by DescribeReplicationInstanceSyncStatus.
+    /// TCR: the replication log; DescribeReplicationInstanceSyncStatus returns the last entry.
     pub tcr_log: Mutex<Vec<Value>>,
     /// TCR: when the last CreateReplicationInstance was accepted (1 request/s allowed).
     pub tcr_last_create: Mutex<Option<Instant>>,
@@ -186,6 +193,28 @@ impl Stand {
 
     pub fn requests(&self) -> Vec<Req> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Hold every request this stand-in received and every answer it gave to the cloud's
+    /// official SDK (`tests/conformance/sdk_check.py`): operations, parameters, body fields and
+    /// answer fields must be the API's own. Panics with the violations.
+    pub fn assert_conforms(&self) {
+        let kind = match self.kind {
+            Kind::Huawei => "huawei",
+            Kind::Alibaba => "alibaba",
+            Kind::Aws => "aws",
+            Kind::Tencent => "cvm",
+            Kind::Tcr => "tcr",
+        };
+        let exchanges: Vec<Value> = self
+            .requests()
+            .iter()
+            .map(|r| {
+                json!({"kind": kind, "method": r.method, "path": r.path, "query": r.query, "headers": r.headers,
+                    "body": r.raw_body, "status": r.status, "response": r.response, "bad_signature": r.bad_signature})
+            })
+            .collect();
+        super::conformance::check_exchanges(&exchanges);
     }
 
     /// Requests whose action (Alibaba, AWS) is `what`, or whose `METHOD path` (Huawei) contains it.
@@ -270,7 +299,10 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
         params: params.clone(),
         body: json_body.clone(),
         headers: hdr.clone(),
+        query: query.clone(),
+        raw_body: String::from_utf8_lossy(&body).into_owned(),
         status: 0,
+        response: String::new(),
         throttled: false,
         bad_signature: false,
     };
@@ -300,8 +332,11 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
         }
     };
     rec.status = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    rec.response = String::from_utf8_lossy(&bytes).into_owned();
     st.requests.lock().unwrap()[idx] = rec;
-    resp
+    Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 fn check_signature(
@@ -434,7 +469,7 @@ fn hw_err(status: StatusCode, code: &str, msg: &str) -> Response {
 
 fn hw_image(i: &Img) -> Value {
     let mut v = json!({
-        "id": i.id, "name": i.name, "description": i.description,
+        "id": i.id, "name": i.name, "__description": i.description,
         "status": if i.ready() { "active" } else { "saving" },
         "__imagetype": "private", "disk_format": "zvhd2", "visibility": "private",
         "__image_size": (i.size_gib << 30).to_string(), "min_disk": i.size_gib,
@@ -475,10 +510,11 @@ async fn huawei(
                 .filter(|i| i.region == region && i.project == project)
                 .filter(|i| params.get("id").is_none_or(|x| *x == i.id))
                 .filter(|i| params.get("name").is_none_or(|x| *x == i.name))
+                // The tag filter is `tag=<key>=<value>`.
                 .filter(|i| {
                     params
                         .get("tag")
-                        .is_none_or(|t| i.tags.iter().any(|(k, v)| format!("{k}.{v}") == *t))
+                        .is_none_or(|t| i.tags.iter().any(|(k, v)| format!("{k}={v}") == *t))
                 })
                 .map(hw_image)
                 .collect();
@@ -500,6 +536,16 @@ async fn huawei(
             let Some(src) = src else {
                 return hw_err(StatusCode::NOT_FOUND, "IMG.0027", "The image does not exist");
             };
+            // vault_id: required for full-ECS images (CopyImageCrossRegionRequestBody).
+            if src.extra.get("__whole_image").and_then(Value::as_str) == Some("true")
+                && body.get("vault_id").and_then(Value::as_str).is_none_or(str::is_empty)
+            {
+                return hw_err(
+                    StatusCode::BAD_REQUEST,
+                    "IMG.0001",
+                    "vault_id is required for a full-ECS image",
+                );
+            }
             let dest_region = body["region"].as_str().unwrap().to_string();
             if dest_region == region {
                 return hw_err(
@@ -537,30 +583,40 @@ async fn huawei(
                 snapshots: vec![],
                 created_unix: now_unix(),
             });
-            st.jobs.lock().unwrap().insert(job.clone(), new_id);
+            st.jobs.lock().unwrap().insert(job.clone(), (src.id.clone(), new_id));
             hold(st).await;
             axum::Json(json!({"job_id": job})).into_response()
         }
-        (Method::GET, ["v1", _pid, "jobs", job]) => {
-            let Some(img_id) = st.jobs.lock().unwrap().get(*job).cloned() else {
+        // ShowJobProgress. Which image `entities.image_id` names is not settled by the SDK: the
+        // stand-in names the source image, so the client must find the copy in the destination.
+        (Method::GET, ["v1", "cloudimages", "job", job]) => {
+            let Some((src_id, img_id)) = st.jobs.lock().unwrap().get(*job).cloned() else {
                 return hw_err(StatusCode::NOT_FOUND, "IMG.0005", "The job does not exist");
             };
             let img = st.images.lock().unwrap().iter().find(|i| i.id == img_id).cloned();
+            let job_json = |status: &str, entities: Value| {
+                json!({"status": status, "job_id": job, "job_type": "imsCrossRegionCopyJob",
+                    "begin_time": "2026-11-24T08:00:00.000Z", "end_time": "", "entities": entities})
+            };
             match img {
-                Some(i) if i.ready() => axum::Json(json!({"status": "SUCCESS", "job_id": job,
-                    "job_type": "imsCrossRegionCopyJob", "entities": {"image_id": i.id}}))
+                Some(i) if i.ready() => {
+                    axum::Json(job_json("SUCCESS", json!({"image_id": src_id, "process_percent": 1.0}))).into_response()
+                }
+                Some(i) => axum::Json(job_json(
+                    "RUNNING",
+                    json!({"image_id": src_id, "process_percent": i.progress() as f64 / 100.0}),
+                ))
                 .into_response(),
-                Some(i) => axum::Json(json!({"status": "RUNNING", "job_id": job,
-                    "job_type": "imsCrossRegionCopyJob", "entities": {"process_percent": i.progress() as f64 / 100.0}}))
-                .into_response(),
-                None => axum::Json(
-                    json!({"status": "FAIL", "job_id": job, "fail_reason": "the destination image was deleted",
-                    "error_code": "IMG.0103", "entities": {}}),
-                )
-                .into_response(),
+                None => {
+                    let mut v = job_json("FAIL", json!({"image_id": src_id}));
+                    v["fail_reason"] = json!("the destination image was deleted");
+                    v["error_code"] = json!("IMG.0103");
+                    axum::Json(v).into_response()
+                }
             }
         }
-        (Method::PUT, ["v2", _pid, "images", id, "tags"]) => {
+        // AddImageTag is POST (a PUT is answered as an unknown API, as the gateway does).
+        (Method::POST, ["v2", _pid, "images", id, "tags"]) => {
             let mut imgs = st.images.lock().unwrap();
             let Some(i) = imgs.iter_mut().find(|i| i.id == *id && i.region == region) else {
                 return hw_err(StatusCode::NOT_FOUND, "IMG.0027", "The image does not exist");
@@ -614,7 +670,7 @@ fn ali_image(i: &Img) -> Value {
         "ImageId": i.id, "ImageName": i.name, "Description": i.description, "Size": i.size_gib,
         "Status": if i.ready() { "Available" } else { "Creating" },
         "Progress": format!("{}%", i.progress()), "ImageOwnerAlias": "self", "IsCopied": i.copy.is_some(),
-        "DiskDeviceMappings": {"DiskDeviceMapping": [{"Encrypted": if i.encrypted { "true" } else { "false" }, "Size": i.size_gib.to_string()}]},
+        "DiskDeviceMappings": {"DiskDeviceMapping": [{"Encrypted": i.encrypted, "Size": i.size_gib.to_string()}]},
         "Tags": {"Tag": i.tags.iter().map(|(k, v)| json!({"TagKey": k, "TagValue": v})).collect::<Vec<_>>()},
     });
     for (k, x) in i.extra.as_object().into_iter().flatten() {
@@ -690,6 +746,20 @@ async fn alibaba(st: &State, p: &BTreeMap<String, String>) -> Response {
                     "The specified image is not available.",
                 );
             }
+            // ClientToken: the same token returns the same copy (idempotence).
+            if let Some(t) = p.get("ClientToken")
+                && let Some(id) = st.client_tokens.lock().unwrap().get(t).cloned()
+            {
+                return axum::Json(json!({"ImageId": id, "RequestId": "req-1"})).into_response();
+            }
+            let tags = tags_of(p);
+            if p.keys().any(|k| k.starts_with("Tag.21.")) {
+                return ali_err(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidTagKey.Malformed",
+                    "At most 20 tags are allowed.",
+                );
+            }
             let encrypted = p.get("Encrypted").map(String::as_str) == Some("true");
             if dest == region && !encrypted {
                 return ali_err(
@@ -707,12 +777,15 @@ async fn alibaba(st: &State, p: &BTreeMap<String, String>) -> Response {
                 description: p.get("DestinationDescription").cloned().unwrap_or_default(),
                 size_gib: src.size_gib,
                 extra: json!({}),
-                tags: tags_of(p),
+                tags,
                 copy: Some((Instant::now(), copy_time(st, &dest))),
                 encrypted,
                 snapshots: vec![],
                 created_unix: now_unix(),
             });
+            if let Some(t) = p.get("ClientToken") {
+                st.client_tokens.lock().unwrap().insert(t.clone(), id.clone());
+            }
             hold(st).await;
             axum::Json(json!({"ImageId": id, "RequestId": "req-1"})).into_response()
         }
@@ -977,7 +1050,8 @@ fn tc_image(i: &Img) -> Value {
         "ImageId": i.id, "ImageName": i.name, "ImageDescription": i.description,
         "ImageState": if i.ready() { "NORMAL" } else { "SYNCING" },
         "SyncPercent": i.progress(), "ImageType": "PRIVATE_IMAGE", "ImageSize": i.size_gib,
-        "CreatedTime": created.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(), "Encrypt": i.encrypted,
+        "CreatedTime": created.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "SnapshotSet": i.snapshots.iter().map(|s| json!({"SnapshotId": s, "DiskUsage": "SYSTEM_DISK", "DiskSize": i.size_gib})).collect::<Vec<_>>(),
     });
     for (k, x) in i.extra.as_object().into_iter().flatten() {
         v[k] = x.clone();
@@ -1094,7 +1168,7 @@ async fn tencent(st: &State, b: &Value, hdr: &BTreeMap<String, String>) -> Respo
                     tags: BTreeMap::new(),
                     copy: Some((Instant::now(), copy_time(st, d))),
                     encrypted: encrypt,
-                    snapshots: vec![],
+                    snapshots: vec![format!("snap-{id}")],
                     created_unix: now_unix(),
                 });
                 set.push(json!({"ImageId": id, "Region": d}));
@@ -1117,6 +1191,14 @@ async fn tencent(st: &State, b: &Value, hdr: &BTreeMap<String, String>) -> Respo
                     }
                     _ => {}
                 }
+            }
+            // DeleteBindedSnap: the images' snapshots are deleted with them.
+            if b.get("DeleteBindedSnap").and_then(Value::as_bool) == Some(true) {
+                let snaps = imgs
+                    .iter()
+                    .filter(|i| ids.contains(&i.id) && i.region == region)
+                    .flat_map(|i| i.snapshots.clone());
+                st.deleted_snapshots.lock().unwrap().extend(snaps);
             }
             imgs.retain(|i| !(ids.contains(&i.id) && i.region == region));
             tc_ok(json!({}))
@@ -1174,7 +1256,7 @@ async fn tcr(st: &State, b: &Value, hdr: &BTreeMap<String, String>) -> Response 
         }
         "DescribeReplicationInstances" => {
             if instance(&registry).is_none() {
-                return tc_err("ResourceNotFound", "The instance does not exist.");
+                return tc_err("ResourceNotFound.TcrResourceNotFound", "The instance does not exist.");
             }
             let list: Vec<Value> = st
                 .tcr_replicas
@@ -1188,7 +1270,7 @@ async fn tcr(st: &State, b: &Value, hdr: &BTreeMap<String, String>) -> Response 
         }
         "CreateReplicationInstance" => {
             let Some(i) = instance(&registry) else {
-                return tc_err("ResourceNotFound", "The instance does not exist.");
+                return tc_err("ResourceNotFound.TcrResourceNotFound", "The instance does not exist.");
             };
             if i.2 != "premium" {
                 return tc_err("UnsupportedOperation", "Only premium instances support replication.");
@@ -1255,10 +1337,15 @@ async fn tcr(st: &State, b: &Value, hdr: &BTreeMap<String, String>) -> Response 
                     "ReplicationRegionId does not match the replica.",
                 );
             }
-            let log: Vec<Value> = st.tcr_log.lock().unwrap().clone();
-            let failed = log.iter().any(|e| e["Status"] == "Failed");
-            tc_ok(json!({"ReplicationStatus": if failed { "Failed" } else { "Success" },
-                         "ReplicationTime": "2026-11-24 08:00:05", "ReplicationLog": log, "TotalCount": log.len()}))
+            // One ReplicationLog object (the latest entry) and no count, as the API answers.
+            let last = st.tcr_log.lock().unwrap().last().cloned();
+            let failed = last.as_ref().is_some_and(|e| e["Status"] == "Failed");
+            let mut v = json!({"ReplicationStatus": if failed { "Failed" } else { "Success" },
+                         "ReplicationTime": "2026-11-24 08:00:05"});
+            if let Some(e) = last {
+                v["ReplicationLog"] = e;
+            }
+            tc_ok(v)
         }
         "DeleteReplicationInstance" => {
             let rid = b

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod clouds;
+pub mod conformance;
 pub mod fake_apiserver;
 pub mod faulty;
 pub mod openstack;

@@ -1,0 +1,745 @@
+#!/usr/bin/env python3
+"""Conformance checks against the clouds' official SDKs (tests/conformance/requirements.txt).
+
+The SDKs are the definition of each API: their request models name every operation's method,
+path or Action, version, parameters and body fields; their response models name every field an
+answer has; their signers sign requests. This script holds what the operator sent and what the
+test stand-ins answered to those definitions, so that neither can drift from the real API.
+
+    sdk_check.py exchanges FILE   # FILE: JSON list of {kind, method, path, query, headers, body,
+                                  #   status, response}; prints each violation, exit 1 if any
+    sdk_check.py sign             # stdin: JSON list of requests to sign; stdout: the SDKs' signatures
+    sdk_check.py codes            # stdout: the error codes the SDKs list (Tencent's errorcodes.py
+                                  #   and common codes, botocore's throttling codes)
+
+Run with the interpreter of .tools/sdk (make tools).
+"""
+
+import base64
+import datetime
+import hashlib
+import importlib
+import inspect
+import json
+import re
+import sys
+import warnings
+import xml.etree.ElementTree as ET
+from urllib.parse import parse_qsl
+
+
+class Violations:
+    def __init__(self):
+        self.items = []
+
+    def add(self, ex, what):
+        self.items.append(f"{ex.get('kind')} {ex.get('method')} {ex.get('path')} {action_of(ex)}: {what}")
+
+
+def action_of(ex):
+    h = {k.lower(): v for k, v in (ex.get("headers") or {}).items()}
+    if h.get("x-tc-action"):
+        return h["x-tc-action"]
+    for k, v in ex.get("query") or []:
+        if k == "Action":
+            return v
+    if ex.get("kind") == "aws":
+        for k, v in parse_qsl(ex.get("body") or "", keep_blank_values=True):
+            if k == "Action":
+                return v
+    return ""
+
+
+def loads(text):
+    try:
+        return json.loads(text) if text and text.strip() else None
+    except ValueError:
+        return ValueError
+
+
+# ---------------------------------------------------------------- Huawei (IMS v2, IAM v3)
+
+def huawei_ops():
+    """(method, path regex, operation, client class, module) for every IMS and IAM operation."""
+    ops = []
+    for mod_name, cls_name in [
+        ("huaweicloudsdkims.v2", "ImsClient"),
+        ("huaweicloudsdkiam.v3", "IamClient"),
+    ]:
+        mod = importlib.import_module(mod_name)
+        client = getattr(mod, cls_name)
+        for attr in dir(client):
+            m = re.fullmatch(r"_(\w+)_http_info", attr)
+            if not m:
+                continue
+            op = "".join(p.capitalize() for p in m.group(1).split("_"))
+            req_cls = getattr(mod, op + "Request", None)
+            if req_cls is None:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                info = getattr(client, attr)(req_cls())
+            path = info["resource_path"]
+            rx = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path)) + "$"
+            ops.append((info["method"], rx, op, info, mod, path))
+    return ops
+
+
+_HW_OPS = None
+
+
+def huawei_check_model(v, model, mod, where, out):
+    """Check a JSON value against a Huawei model type name (openapi_types vocabulary)."""
+    if v is None:
+        return
+    if model in ("str",):
+        if not isinstance(v, str):
+            out.append(f"{where}: {json.dumps(v)} is not a string")
+        return
+    if model in ("int",):
+        if isinstance(v, bool) or not isinstance(v, int):
+            out.append(f"{where}: {json.dumps(v)} is not an integer")
+        return
+    if model in ("float",):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            out.append(f"{where}: {json.dumps(v)} is not a number")
+        return
+    if model == "bool":
+        if not isinstance(v, bool):
+            out.append(f"{where}: {json.dumps(v)} is not a boolean")
+        return
+    if model == "object":
+        return
+    m = re.fullmatch(r"list\[(.+)\]", model)
+    if m:
+        if not isinstance(v, list):
+            out.append(f"{where}: expected a list, got {json.dumps(v)[:80]}")
+            return
+        for i, x in enumerate(v):
+            huawei_check_model(x, m.group(1), mod, f"{where}[{i}]", out)
+        return
+    m = re.fullmatch(r"dict\((\w+), (.+)\)", model)
+    if m:
+        if not isinstance(v, dict):
+            out.append(f"{where}: expected an object")
+            return
+        for k, x in v.items():
+            huawei_check_model(x, m.group(2), mod, f"{where}.{k}", out)
+        return
+    cls = getattr(mod, model, None)
+    if cls is None:
+        out.append(f"{where}: the SDK has no model {model}")
+        return
+    if not isinstance(v, dict):
+        out.append(f"{where}: expected an object ({model}), got {json.dumps(v)[:80]}")
+        return
+    by_json = {j: a for a, j in cls.attribute_map.items()}
+    for k, x in v.items():
+        attr = by_json.get(k)
+        if attr is None:
+            out.append(f"{where}: field {k!r} is not in the SDK model {model}")
+            continue
+        huawei_check_model(x, cls.openapi_types[attr], mod, f"{where}.{k}", out)
+
+
+def check_huawei(ex, vio):
+    global _HW_OPS
+    if _HW_OPS is None:
+        _HW_OPS = huawei_ops()
+    method, path = ex["method"], ex["path"]
+    found = [o for o in _HW_OPS if o[0] == method and re.match(o[1], path)]
+    if not found:
+        vio.add(ex, "no SDK operation has this method and path")
+        return
+    # The most specific template (fewest placeholders) wins, as the router does.
+    _, _, op, info, mod, template = min(found, key=lambda o: o[5].count("{"))
+    public = re.sub(r"(?<!^)(?=[A-Z])", "_", op).lower()
+    for cname in ("ImsClient", "IamClient"):
+        c = getattr(mod, cname, None)
+        if c is not None and hasattr(c, public) and "is deprecated" in inspect.getsource(getattr(c, public)):
+            vio.add(ex, f"{op} is deprecated in the SDK")
+    names = {q[0] for q in info["query_params"]}
+    for k, _ in ex.get("query") or []:
+        if k not in names:
+            vio.add(ex, f"{op}: query parameter {k!r} is not in the SDK request ({sorted(names)[:8]}...)")
+    req_cls = getattr(mod, op + "Request")
+    body = loads(ex.get("body"))
+    if body is ValueError:
+        vio.add(ex, f"{op}: the body is not JSON")
+    elif body is not None:
+        if "body" not in req_cls.openapi_types:
+            vio.add(ex, f"{op}: the SDK request has no body")
+        else:
+            out = []
+            huawei_check_model(body, req_cls.openapi_types["body"], mod, "body", out)
+            for o in out:
+                vio.add(ex, f"{op}: {o}")
+    status = ex.get("status", 0)
+    resp = loads(ex.get("response"))
+    if 200 <= status < 300:
+        if resp is ValueError:
+            vio.add(ex, f"{op}: the answer is not JSON")
+        elif resp is not None:
+            out = []
+            # Response models carry header fields too; the JSON body holds the others.
+            huawei_check_model(resp, info["response_type"], mod, "answer", out)
+            for o in out:
+                vio.add(ex, f"{op}: {o}")
+    elif resp is not ValueError and resp is not None:
+        # The SDK reads error_code/error_msg, or error.code/error.message (huaweicloudsdkcore).
+        ok = ("error_code" in resp and "error_msg" in resp) or (
+            isinstance(resp.get("error"), dict) and "code" in resp["error"] and "message" in resp["error"]
+        )
+        if not ok:
+            vio.add(ex, f"{op}: error answer without error_code/error_msg: {ex.get('response')[:120]}")
+
+
+# ---------------------------------------------------------------- Alibaba (ECS 2014-05-26, RPC)
+
+ALI_COMMON = {
+    "Action", "Version", "Format", "AccessKeyId", "Signature", "SignatureMethod", "SignatureVersion",
+    "SignatureNonce", "Timestamp", "SecurityToken", "SignatureType",
+}
+
+
+def unflatten(pairs):
+    """RPC form (`Tag.1.Key=a`) back to a nested map ({"Tag": [{"Key": "a"}]})."""
+    root = {}
+    for k, v in pairs:
+        parts = k.split(".")
+        cur = root
+        for i, p in enumerate(parts):
+            last = i == len(parts) - 1
+            nxt_is_index = not last and parts[i + 1].isdigit()
+            if p.isdigit():
+                idx = int(p) - 1
+                while len(cur) <= idx:
+                    cur.append(None)
+                if last:
+                    cur[idx] = v
+                else:
+                    if cur[idx] is None:
+                        cur[idx] = [] if nxt_is_index else {}
+                    cur = cur[idx]
+            else:
+                if last:
+                    cur[p] = v
+                else:
+                    cur = cur.setdefault(p, [] if nxt_is_index else {})
+    return root
+
+
+def tea_required(cls):
+    """JSON names of the fields an Alibaba model marks `This parameter is required.`"""
+    src = inspect.getsource(cls.__init__)
+    required, comment = [], []
+    for line in src.splitlines():
+        s = line.strip()
+        if s.startswith("#"):
+            comment.append(s)
+            continue
+        m = re.match(r"self\.(\w+) = \1$", s)
+        if m:
+            if any("This parameter is required." in c for c in comment):
+                required.append(m.group(1))
+        comment = []
+    probe = cls()
+    names = {}
+    for attr in required:
+        setattr(probe, attr, "x")
+        before = set(cls().to_map() or {})
+        after = set(probe.to_map() or {})
+        setattr(probe, attr, None)
+        for n in after - before:
+            names[n] = attr
+    return set(names)
+
+
+def tea_unknown(model, data, where, out):
+    """Fields of `data` the Tea model does not have (a from_map/to_map round trip drops them)."""
+    back = model.from_map(data).to_map() if data is not None else {}
+    tea_diff(data, back, where, out)
+
+
+def tea_diff(data, back, where, out):
+    if isinstance(data, dict):
+        if not isinstance(back, dict):
+            out.append(f"{where}: not an object in the SDK model")
+            return
+        for k, v in data.items():
+            if k not in back:
+                out.append(f"{where}.{k}: not a field of the SDK model")
+            else:
+                tea_diff(v, back[k], f"{where}.{k}", out)
+    elif isinstance(data, list):
+        if not isinstance(back, list):
+            out.append(f"{where}: a list where the SDK model has {type(back).__name__}")
+            return
+        for i, (a, b) in enumerate(zip(data, back)):
+            tea_diff(a, b, f"{where}[{i}]", out)
+
+
+def tea_fields(model_cls):
+    """JSON name -> (attribute, annotation) of a Tea model, read from its to_map."""
+    params = inspect.signature(model_cls.__init__).parameters
+    fields, pending = {}, None
+    for line in inspect.getsource(model_cls.to_map).splitlines():
+        m = re.search(r"result\['(\w+)'\]\s*=\s*(.*)", line)
+        if m and m.group(2).strip() in ("[]", "{}"):
+            pending = m.group(1)
+            continue
+        a = re.search(r"self\.(\w+)", line)
+        if m and a:
+            fields[m.group(1)] = a.group(1)
+        elif pending and a:
+            fields[pending] = a.group(1)
+            pending = None
+    return {k: (a, str(params[a].annotation)) for k, a in fields.items() if a in params}
+
+
+def tea_types(model_cls, data, where, out):
+    """Primitive types against the model's annotations, and nested models, recursively."""
+    if not isinstance(data, dict):
+        return
+    from alibabacloud_ecs20140526 import models as m
+
+    fields = tea_fields(model_cls)
+    for k, v in data.items():
+        if k not in fields or v is None:
+            continue
+        _, ann = fields[k]
+        bad = (ann == "str" and not isinstance(v, str)) or (
+            ann == "int" and (isinstance(v, bool) or not isinstance(v, int))
+        ) or (ann == "bool" and not isinstance(v, bool)) or (
+            ann == "float" and (isinstance(v, bool) or not isinstance(v, (int, float)))
+        )
+        if bad:
+            out.append(f"{where}.{k}: {json.dumps(v)} is not of the SDK type {ann}")
+        sub = re.fullmatch(r"(List\[)?main_models\.(\w+)\]?", ann)
+        if sub:
+            cls = getattr(m, sub.group(2), None)
+            if cls is None:
+                continue
+            if sub.group(1) and not isinstance(v, list):
+                out.append(f"{where}.{k}: the SDK model has a list")
+                continue
+            for x in v if isinstance(v, list) else [v]:
+                tea_types(cls, x, f"{where}.{k}", out)
+
+
+def check_alibaba(ex, vio):
+    from alibabacloud_ecs20140526 import models as m
+    from alibabacloud_tea_openapi.utils import Utils
+
+    q = ex.get("query") or []
+    qd = dict(q)
+    action = qd.get("Action", "")
+    if qd.get("Version") != "2014-05-26":
+        vio.add(ex, f"Version {qd.get('Version')!r} is not the SDK's 2014-05-26")
+    req_cls = getattr(m, action + "Request", None)
+    if req_cls is None:
+        vio.add(ex, f"the SDK has no action {action!r}")
+        return
+    mine = [(k, v) for k, v in q if k not in ALI_COMMON]
+    data = unflatten(mine)
+    req = req_cls().from_map(data)
+    sdk_query = {k: v for k, v in Utils.query(req.to_map()).items() if v is not None}
+    for k, _ in mine:
+        if k not in sdk_query:
+            vio.add(ex, f"{action}: parameter {k!r} is not in the SDK request")
+    for r in tea_required(req_cls):
+        if r not in data:
+            vio.add(ex, f"{action}: required parameter {r!r} is missing")
+    tags = data.get("Tag") or []
+    if len(tags) > 20:
+        vio.add(ex, f"{action}: {len(tags)} Tag.N entries; the API allows 20")
+    resp = loads(ex.get("response"))
+    status = ex.get("status", 0)
+    if resp is ValueError:
+        vio.add(ex, f"{action}: the answer is not JSON")
+        return
+    if 200 <= status < 300:
+        body_cls = getattr(m, action + "ResponseBody")
+        out = []
+        tea_unknown(body_cls(), resp, "answer", out)
+        tea_types(body_cls, resp, "answer", out)
+        for o in out:
+            vio.add(ex, f"{action}: {o}")
+    elif resp is not None:
+        for k in ("Code", "Message", "RequestId"):
+            if k not in resp:
+                vio.add(ex, f"{action}: error answer without {k}")
+
+
+# ---------------------------------------------------------------- AWS (EC2 2016-11-15, query)
+
+_EC2 = None
+
+
+def ec2():
+    global _EC2
+    if _EC2 is None:
+        import botocore.session
+
+        _EC2 = botocore.session.get_session().get_service_model("ec2")
+    return _EC2
+
+
+def ec2_query_name(name, shape):
+    s = shape.serialization
+    if s.get("queryName"):
+        return s["queryName"]
+    if s.get("name"):
+        return s["name"][0].upper() + s["name"][1:]
+    return name
+
+
+def ec2_consume(shape, prefix, params, used, where, out):
+    """Rebuild the input value at `prefix` from the flattened query, marking keys used."""
+    t = shape.type_name
+    if t == "structure":
+        val = {}
+        for name, ms in shape.members.items():
+            key = f"{prefix}.{ec2_query_name(name, ms)}" if prefix else ec2_query_name(name, ms)
+            if key in params or any(k.startswith(key + ".") for k in params):
+                v = ec2_consume(ms, key, params, used, f"{where}.{name}", out)
+                if v is not None:
+                    val[name] = v
+        return val
+    if t == "list":
+        items = []
+        i = 1
+        while f"{prefix}.{i}" in params or any(k.startswith(f"{prefix}.{i}.") for k in params):
+            items.append(ec2_consume(shape.member, f"{prefix}.{i}", params, used, f"{where}[{i}]", out))
+            i += 1
+        return items
+    if prefix not in params:
+        return None
+    used.add(prefix)
+    raw = params[prefix]
+    if t == "boolean":
+        if raw not in ("true", "false"):
+            out.append(f"{where}: {raw!r} is not a boolean")
+        return raw == "true"
+    if t in ("integer", "long"):
+        try:
+            return int(raw)
+        except ValueError:
+            out.append(f"{where}: {raw!r} is not an integer")
+            return None
+    return raw
+
+
+def ec2_xml_walk(el, shape, where, out):
+    t = shape.type_name
+    if t == "structure":
+        by_name = {}
+        for name, ms in shape.members.items():
+            by_name[ms.serialization.get("name", name)] = ms
+        for child in el:
+            tag = child.tag.split("}")[-1]
+            ms = by_name.get(tag)
+            if ms is None:
+                out.append(f"{where}: element <{tag}> is not in the SDK shape {shape.name}")
+                continue
+            ec2_xml_walk(child, ms, f"{where}.{tag}", out)
+    elif t == "list":
+        item = shape.member.serialization.get("name", "item")
+        for child in el:
+            tag = child.tag.split("}")[-1]
+            if tag != item:
+                out.append(f"{where}: list element <{tag}>, the SDK expects <{item}>")
+                continue
+            ec2_xml_walk(child, shape.member, f"{where}[]", out)
+    else:
+        text = (el.text or "").strip()
+        if t == "boolean" and text not in ("true", "false"):
+            out.append(f"{where}: {text!r} is not a boolean")
+        if t in ("integer", "long") and not re.fullmatch(r"-?\d+", text):
+            out.append(f"{where}: {text!r} is not an integer")
+
+
+def check_aws(ex, vio):
+    import botocore.serialize
+    import botocore.validate
+
+    pairs = parse_qsl(ex.get("body") or "", keep_blank_values=True)
+    params = dict(pairs)
+    action = params.pop("Action", "")
+    version = params.pop("Version", "")
+    model = ec2()
+    if version != model.api_version:
+        vio.add(ex, f"Version {version!r} is not the SDK's {model.api_version}")
+    if action not in model.operation_names:
+        vio.add(ex, f"the SDK has no operation {action!r}")
+        return
+    op = model.operation_model(action)
+    used, out = set(), []
+    value = ec2_consume(op.input_shape, "", params, used, "input", out) if op.input_shape else {}
+    for k in params:
+        if k not in used:
+            out.append(f"parameter {k!r} is not in the SDK input shape")
+    report = botocore.validate.ParamValidator().validate(value, op.input_shape)
+    if report.has_errors():
+        out.append("SDK validation: " + report.generate_report().replace("\n", "; "))
+    else:
+        ser = botocore.serialize.create_serializer("ec2").serialize_to_request(value, op)
+        sdk = {k: str(v) for k, v in ser["body"].items() if k not in ("Action", "Version")}
+        for k, v in params.items():
+            if k in sdk and sdk[k] != v and not (v in ("true", "false") and sdk[k].lower() == v):
+                out.append(f"parameter {k}={v!r}; the SDK serializes {sdk[k]!r}")
+    for o in out:
+        vio.add(ex, f"{action}: {o}")
+    status, text = ex.get("status", 0), ex.get("response") or ""
+    try:
+        root = ET.fromstring(text.encode()) if text.strip() else None
+    except ET.ParseError:
+        vio.add(ex, f"{action}: the answer is not XML")
+        return
+    if root is None:
+        return
+    tag = root.tag.split("}")[-1]
+    if 200 <= status < 300:
+        if tag != f"{action}Response":
+            vio.add(ex, f"{action}: root element <{tag}>, expected <{action}Response>")
+        out = []
+        shape = op.output_shape
+        kids = [c for c in root if c.tag.split("}")[-1] != "requestId"]
+        if shape is None:
+            # EC2 answers `<return>true</return>` for operations botocore models without output.
+            kids = [c for c in kids if c.tag.split("}")[-1] != "return"]
+            if kids:
+                out.append("the SDK operation has no output, the answer has elements")
+        else:
+            fake = ET.Element("x")
+            fake.extend(kids)
+            ec2_xml_walk(fake, shape, "answer", out)
+        for o in out:
+            vio.add(ex, f"{action}: {o}")
+    else:
+        code = root.find("./Errors/Error/Code")
+        if tag != "Response" or code is None or root.find("./Errors/Error/Message") is None:
+            vio.add(ex, f"{action}: error answer is not <Response><Errors><Error><Code>/<Message>")
+
+
+# ---------------------------------------------------------------- Tencent (API 3.0: CVM, TCR)
+
+TC_SERVICES = {"cvm": ("tencentcloud.cvm.v20170312", "2017-03-12"), "tcr": ("tencentcloud.tcr.v20190924", "2019-09-24")}
+
+
+# API 3.0 common error codes (Tencent Cloud API reference, "Common Error Codes"; reference text,
+# not in the SDK's per-service errorcodes.py).
+TC_COMMON = {
+    "ActionOffline", "AuthFailure.InvalidAuthorization", "AuthFailure.InvalidSecretId",
+    "AuthFailure.MFAFailure", "AuthFailure.SecretIdNotFound", "AuthFailure.SignatureExpire",
+    "AuthFailure.SignatureFailure", "AuthFailure.TokenFailure", "AuthFailure.UnauthorizedOperation",
+    "DryRunOperation", "FailedOperation", "InternalError", "InvalidAction", "InvalidParameter",
+    "InvalidParameterValue", "InvalidRequest", "IpInBlacklist", "IpNotInWhitelist", "LimitExceeded",
+    "MissingParameter", "NoSuchProduct", "NoSuchVersion", "RequestLimitExceeded",
+    "RequestLimitExceeded.GlobalRegionUinLimitExceeded", "RequestLimitExceeded.IPLimitExceeded",
+    "RequestLimitExceeded.UinLimitExceeded", "RequestSizeLimitExceeded", "ResourceInUse",
+    "ResourceInsufficient", "ResourceNotFound", "ResourceUnavailable", "ResponseSizeLimitExceeded",
+    "ServiceUnavailable", "UnauthorizedOperation", "UnknownParameter", "UnsupportedOperation",
+    "UnsupportedProtocol", "UnsupportedRegion",
+}
+
+
+def tc_codes(service):
+    mod = importlib.import_module(TC_SERVICES[service][0] + ".errorcodes")
+    return {v for k, v in vars(mod).items() if k.isupper() and isinstance(v, str)}
+
+
+def tc_deserialize(cls, data, where, out):
+    """Deserialize through the SDK model; unknown fields (its own warning) and shape errors."""
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        try:
+            cls()._deserialize(data)
+        except Exception as e:  # the SDK cannot read this answer
+            out.append(f"{where}: the SDK cannot read it: {type(e).__name__}: {e}")
+        for x in w:
+            msg = str(x.message)
+            if "fileds are useless" in msg:
+                out.append(f"{where}: fields not in the SDK model {cls.__name__}: {msg.split(' fileds')[0]}")
+
+
+def tc_types(cls, data, where, out, mod):
+    """Walk the model's nested objects: a field the model reads as an object must be one."""
+    if not isinstance(data, dict):
+        return
+    src = inspect.getsource(cls._deserialize)
+    for field, sub in re.findall(r'params\.get\("(\w+)"\) is not None:\s*\n\s*self\._\w+ = (?:\[\]|(\w+)\(\))', src):
+        v = data.get(field)
+        if v is None:
+            continue
+        is_list = re.search(rf'for item in params\.get\("{field}"\)', src) is not None
+        if is_list and not isinstance(v, list):
+            out.append(f"{where}.{field}: the SDK model has a list, the answer has {type(v).__name__}")
+        elif not is_list and sub and not isinstance(v, dict):
+            out.append(f"{where}.{field}: the SDK model has one {sub} object, the answer has {type(v).__name__}")
+        m = re.search(rf'for item in params\.get\("{field}"\):\s*\n\s*obj = (\w+)\(\)', src)
+        name = m.group(1) if m else sub
+        if name and hasattr(mod, name):
+            for i, x in enumerate(v if isinstance(v, list) else [v]):
+                tc_types(getattr(mod, name), x, f"{where}.{field}", out, mod)
+
+
+def check_tencent(ex, vio):
+    h = {k.lower(): v for k, v in (ex.get("headers") or {}).items()}
+    service = ex["kind"]
+    modname, version = TC_SERVICES[service]
+    mod = importlib.import_module(modname + ".models")
+    action = h.get("x-tc-action", "")
+    if h.get("x-tc-version") != version:
+        vio.add(ex, f"X-TC-Version {h.get('x-tc-version')!r} is not the SDK's {version}")
+    if ex.get("method") != "POST" or ex.get("path") != "/":
+        vio.add(ex, "API 3.0 calls are POST /")
+    req_cls = getattr(mod, action + "Request", None)
+    if req_cls is None:
+        vio.add(ex, f"the SDK has no action {action!r}")
+        return
+    body = loads(ex.get("body"))
+    out = []
+    if body is ValueError or not isinstance(body, dict):
+        out.append("the body is not a JSON object")
+    else:
+        tc_deserialize(req_cls, body, "request", out)
+        tc_types(req_cls, body, "request", out, mod)
+    resp = loads(ex.get("response"))
+    if resp is ValueError or not isinstance(resp, dict) or not isinstance(resp.get("Response"), dict):
+        out.append("the answer has no Response object")
+    else:
+        r = resp["Response"]
+        if "Error" in r:
+            code = r["Error"].get("Code", "")
+            if code not in tc_codes(service) | TC_COMMON:
+                out.append(f"error code {code!r} is not in the SDK's {service} errorcodes")
+            if "RequestId" not in r:
+                out.append("error answer without RequestId")
+        else:
+            tc_deserialize(getattr(mod, action + "Response"), r, "answer", out)
+            tc_types(getattr(mod, action + "Response"), r, "answer", out, mod)
+    for o in out:
+        vio.add(ex, f"{action}: {o}")
+
+
+CHECKS = {"huawei": check_huawei, "alibaba": check_alibaba, "aws": check_aws, "tencent": check_tencent,
+          "cvm": check_tencent, "tcr": check_tencent}
+
+
+def exchanges(path):
+    data = json.load(open(path))
+    vio = Violations()
+    seen = {}
+    for ex in data:
+        if ex.get("kind") == "tencent":
+            ex["kind"] = "cvm"
+        if ex.get("bad_signature") or not ex.get("status"):
+            continue  # refused before the API, or not answered yet (a held answer)
+        CHECKS[ex["kind"]](ex, vio)
+        key = (ex["kind"], ex["method"], re.sub(r"[0-9a-f-]{8,}", "*", ex["path"]), action_of(ex))
+        seen[key] = seen.get(key, 0) + 1
+    for k, n in sorted(seen.items()):
+        print(f"checked {n:3} x {' '.join(x for x in k if x)}")
+    for v in dict.fromkeys(vio.items):
+        print("VIOLATION", v)
+    print(f"conformance: {len(data)} exchanges, {len(set(vio.items))} violations")
+    return 1 if vio.items else 0
+
+
+# ---------------------------------------------------------------- signers
+
+def sign_huawei(r):
+    from huaweicloudsdkcore.auth.credentials import BasicCredentials
+    from huaweicloudsdkcore.sdk_request import SdkRequest
+    from huaweicloudsdkcore.signer.signer import Signer
+
+    headers = dict(r["headers"])
+    req = SdkRequest(method=r["method"], schema="https", host=r["host"], resource_path=r["path"],
+                     query_params=[tuple(q) for q in r["query"]], header_params=headers,
+                     body=r["body"].encode() if r["body"] else "")
+    cred = BasicCredentials(r["ak"], r["sk"])
+    signed = Signer(cred).sign(req)
+    return {"authorization": signed.header_params["Authorization"]}
+
+
+def sign_alibaba(r):
+    from alibabacloud_tea_openapi.utils import Utils
+
+    return {"signature": Utils.get_rpcsignature(dict(r["query"]), r["method"], r["sk"])}
+
+
+def sign_aws(r):
+    import botocore.auth
+    import botocore.awsrequest
+    import botocore.credentials
+    from unittest import mock
+
+    creds = botocore.credentials.Credentials(r["ak"], r["sk"])
+    req = botocore.awsrequest.AWSRequest(method=r["method"], url=f"https://{r['host']}{r['path']}",
+                                         data=r["body"], headers=dict(r["headers"]))
+    t = datetime.datetime.strptime(r["amz_date"], "%Y%m%dT%H%M%SZ")
+    with mock.patch("botocore.auth.get_current_datetime", return_value=t):
+        botocore.auth.SigV4Auth(creds, r["service"], r["region"]).add_auth(req)
+    return {"authorization": req.headers["Authorization"]}
+
+
+def sign_tencent(r):
+    from tencentcloud.common.credential import Credential
+    from tencentcloud.common.abstract_client import AbstractClient
+    from tencentcloud.common.profile.client_profile import ClientProfile
+    from tencentcloud.common.profile.http_profile import HttpProfile
+    from tencentcloud.common.http.request import RequestInternal
+    from unittest import mock
+
+    hp = HttpProfile(endpoint=r["host"], reqMethod="POST")
+    client = AbstractClient(Credential(r["ak"], r["sk"]), r["region"], ClientProfile(httpProfile=hp))
+    client._apiVersion = r["version"]
+    client._service = r["service"]
+    req = RequestInternal(r["host"], "POST", "/")
+    with mock.patch("time.time", return_value=float(r["timestamp"])):
+        client._build_req_with_tc3_signature(r["action"], json.loads(r["body"]), req, {})
+    return {"authorization": req.header["Authorization"], "body": req.data}
+
+
+def sign(reqs):
+    fns = {"huawei": sign_huawei, "alibaba": sign_alibaba, "aws": sign_aws, "tencent": sign_tencent}
+    return [fns[r["kind"]](r) for r in reqs]
+
+
+# ---------------------------------------------------------------- error codes
+
+def codes():
+    import botocore
+    from botocore.retries.standard import ThrottledRetryableChecker
+
+    retry = json.load(open(botocore.__path__[0] + "/data/_retry.json"))
+    legacy = {
+        d["applies_when"]["response"]["service_error_code"]
+        for d in retry["definitions"].values()
+        if "service_error_code" in d.get("applies_when", {}).get("response", {})
+    }
+    throttling = sorted(set(ThrottledRetryableChecker._THROTTLED_ERROR_CODES) | legacy)
+    return {
+        "cvm": sorted(tc_codes("cvm") | TC_COMMON),
+        "tcr": sorted(tc_codes("tcr") | TC_COMMON),
+        "aws_throttling": throttling,
+    }
+
+
+def main():
+    cmd = sys.argv[1] if len(sys.argv) > 1 else ""
+    if cmd == "exchanges":
+        return exchanges(sys.argv[2])
+    if cmd == "sign":
+        json.dump(sign(json.load(sys.stdin)), sys.stdout)
+        return 0
+    if cmd == "codes":
+        json.dump(codes(), sys.stdout)
+        return 0
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
