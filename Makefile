@@ -14,7 +14,7 @@ help: ## Show the targets
 build: ## Build the operator binary
 	cargo build
 
-tools: ## Install what the tests need: helm (.tools/bin), moto, and Debian's registry, skopeo, glance-api, qemu-utils, lua5.1
+tools: ## Install what the tests need: helm (.tools/bin), moto, the clouds' SDKs (.tools/sdk), and Debian's registry, skopeo, glance-api, keystone, uwsgi, qemu-utils, lua5.1
 	./hack/install-tools.sh
 
 test: tools ## Run every test (unit, CEL, fake API server, controllers, chart)

@@ -59,12 +59,33 @@ fn valid_region(r: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
+/// An OpenStack region id: Keystone's are free-form and case-sensitive (the default is
+/// `RegionOne`), at most 255 characters, no control characters or '/'.
+fn valid_openstack_region(r: &str) -> bool {
+    !r.trim().is_empty() && r.len() <= 255 && !r.chars().any(|c| c.is_control() || c == '/')
+}
+
 fn check_region(out: &mut Vec<Violation>, field: &str, region: &str) {
     if !valid_region(region) {
         out.push(Violation::new(
             field,
             "InvalidRegion",
             format!("{region:?} is not a region id (lowercase letters, digits and '-', at most 63 characters)"),
+        ));
+    }
+}
+
+/// Region ids are the provider's: the clouds that define them (huawei, alibaba, aws, tencent,
+/// and oci's names) take lowercase ids; OpenStack takes Keystone's own ids as they are.
+fn check_region_of(out: &mut Vec<Violation>, kind: ProviderKind, field: &str, region: &str) {
+    if kind != ProviderKind::Openstack {
+        return check_region(out, field, region);
+    }
+    if !valid_openstack_region(region) {
+        out.push(Violation::new(
+            field,
+            "InvalidRegion",
+            format!("{region:?} is not an OpenStack region id (1 to 255 characters, no '/' or control characters)"),
         ));
     }
 }
@@ -78,7 +99,7 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
     let kind = spec.provider.kind;
     let src = &spec.source;
 
-    check_region(&mut out, "spec.source.region", &src.region);
+    check_region_of(&mut out, kind, "spec.source.region", &src.region);
     let set = [&src.image_id, &src.image_name, &src.reference]
         .iter()
         .filter(|o| o.as_deref().is_some_and(|s| !s.is_empty()))
@@ -151,7 +172,7 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
     let mut seen = HashSet::new();
     for (i, d) in spec.destinations.iter().enumerate() {
         let f = |name: &str| format!("spec.destinations[{i}].{name}");
-        check_region(&mut out, &f("region"), &d.region);
+        check_region_of(&mut out, kind, &f("region"), &d.region);
         if !seen.insert(d.region.as_str()) {
             out.push(Violation::new(
                 f("region"),
@@ -535,6 +556,24 @@ mod tests {
             assert_eq!(reasons(&got), vec![want], "{name}: {got:?}");
             assert!(got[0].field.starts_with("spec."), "{name}");
         }
+    }
+
+    #[test]
+    fn region_ids_are_the_providers() {
+        // Keystone's default region id is RegionOne: free-form and case-sensitive.
+        let mut s = ir(ProviderKind::Openstack);
+        s.provider.agency = None;
+        s.source.region = "RegionOne".into();
+        s.destinations[0].region = "RegionTwo".into();
+        assert_eq!(image_replication(&s), vec![]);
+        s.destinations[0].region = "Region/Two".into();
+        assert_eq!(reasons(&image_replication(&s)), vec!["InvalidRegion"]);
+        // The clouds that define their ids keep the strict pattern.
+        let mut s = ir(ProviderKind::Huawei);
+        s.destinations[0].region = "RegionOne".into();
+        let got = image_replication(&s);
+        assert_eq!(reasons(&got), vec!["InvalidRegion"]);
+        assert_eq!(got[0].field, "spec.destinations[0].region");
     }
 
     #[test]

@@ -145,7 +145,24 @@ fn bounded_integers_and_region_format() {
         image(|s| s["provider"]["maxConcurrentCopies"] = json!(5)),
         Vec::<String>::new()
     );
-    assert_one(image(|s| s["destinations"][0]["region"] = json!("East 3")), "region id");
+    assert_one(
+        image(|s| s["destinations"][0]["region"] = json!("East 3")),
+        "region ids",
+    );
+    // OpenStack region ids are Keystone's own: RegionOne is accepted there, and only there.
+    let openstack = |src: &str, dst: &str| {
+        image(|s| {
+            s["provider"] = json!({"kind": "openstack", "credentialsSecretRef": {"name": "os"}});
+            s["source"]["region"] = json!(src);
+            s["destinations"] = json!([{"region": dst}]);
+        })
+    };
+    assert_eq!(openstack("RegionOne", "RegionTwo"), Vec::<String>::new());
+    assert_one(openstack("RegionOne", "Region/Two"), "Keystone region id");
+    assert_one(
+        image(|s| s["source"]["region"] = json!("RegionOne")),
+        "only provider.kind openstack",
+    );
 }
 
 #[test]

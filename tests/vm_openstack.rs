@@ -1,9 +1,11 @@
 //! ImageReplication with provider openstack, end to end: the operator process and the fake API
-//! server, real Glance servers as regions behind a Keystone stand-in, images made with qemu-img.
+//! server, real Glance servers as regions behind a Keystone stand-in (and, in one test, a real
+//! Keystone), images made with qemu-img.
 
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -546,4 +548,119 @@ spec:
         // A second run finds the first run's copy by its token instead of copying again.
         assert_eq!(b.copies_in("region-two").await.len(), 1, "run {run}");
     }
+}
+
+/// Against a real Keystone (Debian, Zed): its default region id `RegionOne` and case-sensitive
+/// ids are accepted; a hidden source is found by name; min_disk, min_ram, os_hidden and tags
+/// travel with the copy; a region added to Keystone while the operator runs is used without a
+/// restart; a region Keystone does not have is named with the catalog's regions, each once.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_keystone_region_ids_catalog_changes_and_image_attributes() {
+    let ks = Arc::new(support::keystone::Keystone::start().await);
+    let (one, two, three) = (Glance::start(), Glance::start(), Glance::start());
+    let cloud = Cloud::with_keystone(
+        ks.clone(),
+        &[
+            ("RegionOne", one.url()),
+            ("RegionTwo", two.url()),
+            ("RegionThree", three.url()),
+        ],
+    )
+    .await;
+    ks.add_region("RegionTwo").await;
+    ks.add_region("RegionThree").await;
+    let glance = ks.add_image_service().await;
+    for iface in ["public", "internal", "admin"] {
+        ks.add_endpoint(&glance, "RegionOne", iface, &cloud.proxy_url("RegionOne"))
+            .await;
+    }
+    ks.add_endpoint(&glance, "RegionTwo", "public", &cloud.proxy_url("RegionTwo"))
+        .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_image(dir.path(), "base", "qcow2", 4);
+    let src = one
+        .upload(
+            "base",
+            "qcow2",
+            &file,
+            json!({"min_disk": 2, "min_ram": 512, "os_hidden": true, "tags": ["t1", "t2"], "os_distro": "debian"}),
+        )
+        .await;
+    let (s, c) = support::cluster().await;
+    secret(
+        &c,
+        "os-creds",
+        &[
+            ("authUrl", &cloud.auth_url()),
+            ("username", "admin"),
+            ("password", support::keystone::ADMIN_PASSWORD),
+            ("projectName", "admin"),
+        ],
+    )
+    .await;
+    let op = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-a", &op_args());
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let obj = object(
+        "base",
+        json!({"region": "RegionOne", "imageName": "base"}),
+        json!([{"region": "RegionTwo", "tags": {"team": "platform"}}]),
+        json!({}),
+    );
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    let st = wait_ready(&api, "base").await;
+    assert_eq!(
+        st.source.as_ref().and_then(|s| s.image_id.as_deref()),
+        Some(src.as_str()),
+        "the hidden source found by name"
+    );
+    let copies = two.copies_in("RegionTwo").await;
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let copy = &copies[0];
+    assert_eq!(copy["min_disk"], 2, "min_disk carried");
+    assert_eq!(copy["min_ram"], 512, "min_ram carried");
+    assert_eq!(copy["os_hidden"], true, "os_hidden carried");
+    let mut tags: Vec<&str> = copy["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    tags.sort();
+    assert_eq!(
+        tags,
+        vec!["t1", "t2", "team=platform"],
+        "the source's tags and the spec's"
+    );
+    assert_eq!(copy["os_distro"], "debian");
+
+    // A region Keystone does not have: the catalog's regions, each named once.
+    let nowhere = object(
+        "nowhere",
+        json!({"region": "RegionOne", "imageId": src}),
+        json!([{"region": "RegionNine"}]),
+        json!({}),
+    );
+    api.create(&PostParams::default(), &nowhere).await.unwrap();
+    let msg = eventually(WAIT, "RegionNine refused", || async {
+        let st = api.get("nowhere").await.ok()?.status?;
+        let d = st.destinations.iter().find(|d| d.region == "RegionNine")?;
+        d.message.clone().filter(|m| m.contains("no public image endpoint"))
+    })
+    .await;
+    assert!(msg.contains("(regions: RegionOne, RegionTwo)"), "{msg}");
+
+    // A region added to Keystone while the operator runs: used at once, no restart.
+    ks.add_endpoint(&glance, "RegionThree", "public", &cloud.proxy_url("RegionThree"))
+        .await;
+    let later = object(
+        "later",
+        json!({"region": "RegionOne", "imageId": src}),
+        json!([{"region": "RegionThree"}]),
+        json!({}),
+    );
+    api.create(&PostParams::default(), &later).await.unwrap();
+    wait_ready(&api, "later").await;
+    assert_eq!(three.copies_in("RegionThree").await.len(), 1);
+    assert!(!op.logs().contains(support::keystone::ADMIN_PASSWORD));
 }

@@ -170,6 +170,7 @@ pub fn parse_image(v: &Value) -> ImageInfo {
         digest: None,
         checksum: None,
         properties: tags(v).into_iter().filter(|(k, _)| k != TOKEN_PROPERTY).collect(),
+        carried: Default::default(),
     }
 }
 

@@ -170,6 +170,7 @@ pub fn parse_image(item: &Node) -> ImageInfo {
         digest: None,
         checksum: None,
         properties: tags(item).into_iter().filter(|(k, _)| k != TOKEN_PROPERTY).collect(),
+        carried: Default::default(),
     }
 }
 

@@ -194,6 +194,7 @@ pub fn parse_image(v: &Value) -> ImageInfo {
         digest: None,
         checksum: s("checksum").filter(|c| !c.is_empty()),
         properties,
+        carried: Default::default(),
     }
 }
 

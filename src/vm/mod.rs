@@ -71,6 +71,9 @@ pub struct ImageInfo {
     pub checksum: Option<String>,
     /// User properties carried over to copies.
     pub properties: BTreeMap<String, String>,
+    /// Provider attributes a copy carries as they are (OpenStack: `min_disk`, `min_ram`,
+    /// `os_hidden`, `tags`, and `visibility` unless public).
+    pub carried: BTreeMap<String, serde_json::Value>,
 }
 
 /// How the source image is named in the spec.

@@ -145,6 +145,18 @@ pub fn parse_image(v: &Value) -> ImageInfo {
     }
     let encrypted =
         properties.contains_key("cinder_encryption_key_id") || properties.contains_key("img_encryption_format");
+    // What a copy must keep for instances booted from it to fit and to be found as the
+    // source is. Not carried: `protected` (the operator must be able to replace and delete its
+    // copies) and `visibility: public` (Glance's publicize_image policy is admin-only).
+    let mut carried = BTreeMap::new();
+    for k in ["min_disk", "min_ram", "os_hidden", "tags"] {
+        if let Some(x) = v.get(k).filter(|x| !x.is_null()) {
+            carried.insert(k.to_string(), x.clone());
+        }
+    }
+    if let Some(vis) = s("visibility").filter(|v| v != "public") {
+        carried.insert("visibility".to_string(), json!(vis));
+    }
     ImageInfo {
         id: s("id").unwrap_or_default(),
         name: s("name").unwrap_or_default(),
@@ -163,6 +175,7 @@ pub fn parse_image(v: &Value) -> ImageInfo {
         },
         checksum: s("checksum"),
         properties,
+        carried,
     }
 }
 
@@ -321,9 +334,15 @@ impl OpenStack {
                 .find(|(r, i, _)| r == region && *i == iface)
                 .map(|(_, _, u)| u.clone())
                 .ok_or_else(|| {
+                    let mut regions: Vec<&str> = Vec::new();
+                    for (r, _, _) in &s.endpoints {
+                        if !regions.contains(&r.as_str()) {
+                            regions.push(r);
+                        }
+                    }
                     ProviderError::permanent(format!(
                         "the Keystone catalog has no {iface} image endpoint in region {region} (regions: {})",
-                        s.endpoints.iter().map(|e| e.0.clone()).collect::<Vec<_>>().join(", ")
+                        regions.join(", ")
                     ))
                 })?
         };
@@ -343,7 +362,17 @@ impl OpenStack {
     ) -> Result<reqwest::Response, ProviderError> {
         for attempt in 0..2 {
             let s = self.session(acct).await?;
-            let url = format!("{}{path}", self.endpoint(acct, &s, region)?);
+            let base = match self.endpoint(acct, &s, region) {
+                Ok(b) => b,
+                // A region or endpoint added to Keystone since the token was issued: the cached
+                // catalog is renewed once (a new token) before the miss counts.
+                Err(_) if attempt == 0 && acct.endpoint.is_none() => {
+                    self.forget_session();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let url = format!("{base}{path}");
             let mut req = self
                 .inner
                 .http
@@ -426,6 +455,18 @@ impl OpenStack {
         }
     }
 
+    /// Images matching `query`, hidden ones (`os_hidden`) included: Glance lists them only
+    /// when asked with `os_hidden=true`, and then only them.
+    async fn list_all(&self, acct: &Account, region: &str, query: &str) -> Result<Vec<ImageInfo>, ProviderError> {
+        let mut found = self.list(acct, region, query).await?;
+        for i in self.list(acct, region, &format!("{query}&os_hidden=true")).await? {
+            if !found.iter().any(|f| f.id == i.id) {
+                found.push(i);
+            }
+        }
+        Ok(found)
+    }
+
     async fn find_by_token(
         &self,
         acct: &Account,
@@ -433,7 +474,7 @@ impl OpenStack {
         token: &str,
     ) -> Result<Option<ImageInfo>, ProviderError> {
         let mut found = self
-            .list(acct, region, &format!("{TOKEN_PROPERTY}={}", urlencode(token)))
+            .list_all(acct, region, &format!("{TOKEN_PROPERTY}={}", urlencode(token)))
             .await?;
         found.retain(|i| i.properties.get(TOKEN_PROPERTY).map(String::as_str) == Some(token));
         Ok(found.into_iter().next())
@@ -474,11 +515,27 @@ impl OpenStack {
         if let Some(d) = &req.description {
             doc.insert("description".into(), json!(d));
         }
-        let tags: Vec<String> = req
+        for (k, v) in &src.carried {
+            doc.insert(k.clone(), v.clone());
+        }
+        // The source's tags, then the spec's (as key=value).
+        let mut tags: Vec<String> = src
+            .carried
+            .get("tags")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str().map(String::from))
+            .collect();
+        for t in req
             .tags
             .iter()
             .map(|(k, v)| if v.is_empty() { k.clone() } else { format!("{k}={v}") })
-            .collect();
+        {
+            if !tags.contains(&t) {
+                tags.push(t);
+            }
+        }
         doc.insert("tags".into(), json!(tags));
         doc.insert(TOKEN_PROPERTY.into(), json!(req.token));
         doc.insert("imgrep_source_region".into(), json!(req.source_region));
@@ -668,7 +725,9 @@ impl ImageService for OpenStack {
             match image {
                 ImageSelector::Id(id) => self.get_image(acct, region, id).await,
                 ImageSelector::Name(name) => {
-                    let found = self.list(acct, region, &format!("name={}", urlencode(name))).await?;
+                    let found = self
+                        .list_all(acct, region, &format!("name={}", urlencode(name)))
+                        .await?;
                     match found.len() {
                         0 => Err(ProviderError::not_found(format!("no image named {name:?} in {region}"))),
                         1 => Ok(found.into_iter().next().expect("one")),

@@ -159,6 +159,7 @@ pub fn parse_image(v: &Value) -> ImageInfo {
         digest: None,
         checksum: None,
         properties: Default::default(),
+        carried: Default::default(),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod clouds;
 pub mod conformance;
 pub mod fake_apiserver;
 pub mod faulty;
+pub mod keystone;
 pub mod openstack;
 pub mod operator;
 pub mod registry;

@@ -1,9 +1,11 @@
 //! Real OpenStack Glance servers (Debian `glance-api`, sqlite + file store) on loopback, a
 //! Keystone v3 stand-in that follows the published token API (password and application
-//! credential, service catalog), and per-region auth proxies that do what keystonemiddleware
-//! does in front of Glance: reject unknown tokens with 401 and pass the identity on as
-//! `X-Identity-Status`/`X-Project-Id`/`X-User-Id`/`X-Roles`. The proxies also count requests,
-//! measure concurrent uploads and can slow uploads down, so tests can see copies in flight.
+//! credential, service catalog) or a real Keystone ([`super::keystone`]), and per-region auth
+//! proxies that do what keystonemiddleware does in front of Glance: reject unknown tokens with
+//! 401 (checked against the stand-in's tokens, or validated by the real Keystone) and pass the
+//! identity on as `X-Identity-Status`/`X-Project-Id`/`X-User-Id`/`X-Roles`. The proxies also
+//! count requests, measure concurrent uploads and can slow uploads down, so tests can see copies
+//! in flight.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::process::CommandExt;
@@ -194,15 +196,19 @@ impl Glance {
         Some(r.json().await.unwrap())
     }
 
-    /// Every image on this server.
+    /// Every image on this server, hidden ones (`os_hidden`) included.
     pub async fn images(&self) -> Vec<Value> {
-        let r = self
-            .admin(reqwest::Method::GET, "/v2/images?limit=1000")
-            .send()
-            .await
-            .unwrap();
-        let v: Value = r.json().await.unwrap();
-        v["images"].as_array().cloned().unwrap_or_default()
+        let mut all = Vec::new();
+        for q in ["limit=1000", "limit=1000&os_hidden=true"] {
+            let r = self
+                .admin(reqwest::Method::GET, &format!("/v2/images?{q}"))
+                .send()
+                .await
+                .unwrap();
+            let v: Value = r.json().await.unwrap();
+            all.extend(v["images"].as_array().cloned().unwrap_or_default());
+        }
+        all
     }
 
     /// Images copied by the operator into `region` (they carry a token and their region).
@@ -235,7 +241,7 @@ impl Drop for Glance {
     }
 }
 
-fn client() -> reqwest::Client {
+pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .use_preconfigured_tls(
             rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -270,13 +276,32 @@ impl RegionStats {
     }
 }
 
-/// Keystone stand-in plus one auth proxy per region.
+/// How a proxy checks a token: the stand-in's issued tokens, or the real Keystone's answer.
+#[derive(Clone)]
+enum TokenCheck {
+    Issued(Arc<Mutex<HashSet<String>>>),
+    Keystone(Arc<super::keystone::Keystone>),
+}
+
+impl TokenCheck {
+    /// The project the token is scoped to, if the token is valid.
+    async fn project(&self, token: &str) -> Option<String> {
+        match self {
+            Self::Issued(t) => t.lock().unwrap().contains(token).then(|| PROJECT.to_string()),
+            Self::Keystone(k) => k.validate(token).await,
+        }
+    }
+}
+
+/// Keystone (stand-in or real) plus one auth proxy per region.
 pub struct Cloud {
     pub keystone_port: u16,
     pub regions: HashMap<String, Arc<RegionStats>>,
     /// Uploads across every region (concurrency high-water mark).
     pub all: Arc<RegionStats>,
     pub auth_requests: Arc<AtomicUsize>,
+    /// Region -> proxy URL.
+    proxies: HashMap<String, String>,
 }
 
 impl Cloud {
@@ -289,7 +314,8 @@ impl Cloud {
         for (region, upstream, rate) in regions {
             let s = Arc::new(RegionStats::default());
             s.upload_rate.store(*rate, Ordering::Relaxed);
-            let port = start_proxy(upstream.clone(), tokens.clone(), s.clone(), all.clone()).await;
+            let check = TokenCheck::Issued(tokens.clone());
+            let port = start_proxy(upstream.clone(), check, s.clone(), all.clone()).await;
             catalog.push(json!({"region_id": region, "region": region, "interface": "public",
                 "url": format!("http://127.0.0.1:{port}")}));
             stats.insert(region.to_string(), s);
@@ -352,7 +378,41 @@ impl Cloud {
             regions: stats,
             all,
             auth_requests,
+            proxies: HashMap::new(),
         }
+    }
+
+    /// A real Keystone's cloud: one proxy per region in front of its Glance, validating tokens
+    /// with Keystone. The regions and image endpoints are for the test to register
+    /// ([`Cloud::proxy_url`]), so it can add them while the operator runs.
+    pub async fn with_keystone(ks: Arc<super::keystone::Keystone>, regions: &[(&str, String)]) -> Self {
+        let all = Arc::new(RegionStats::default());
+        let mut stats = HashMap::new();
+        let mut urls = HashMap::new();
+        for (region, upstream) in regions {
+            let s = Arc::new(RegionStats::default());
+            let port = start_proxy(
+                upstream.clone(),
+                TokenCheck::Keystone(ks.clone()),
+                s.clone(),
+                all.clone(),
+            )
+            .await;
+            stats.insert(region.to_string(), s);
+            urls.insert(region.to_string(), format!("http://127.0.0.1:{port}"));
+        }
+        Self {
+            keystone_port: ks.port,
+            regions: stats,
+            all,
+            auth_requests: Arc::new(AtomicUsize::new(0)),
+            proxies: urls,
+        }
+    }
+
+    /// The URL of a region's proxy (what the catalog names as its image endpoint).
+    pub fn proxy_url(&self, region: &str) -> String {
+        self.proxies[region].clone()
     }
 
     pub fn auth_url(&self) -> String {
@@ -375,12 +435,7 @@ fn rand_hex() -> String {
     )
 }
 
-async fn start_proxy(
-    upstream: String,
-    tokens: Arc<Mutex<HashSet<String>>>,
-    stats: Arc<RegionStats>,
-    all: Arc<RegionStats>,
-) -> u16 {
+async fn start_proxy(upstream: String, tokens: TokenCheck, stats: Arc<RegionStats>, all: Arc<RegionStats>) -> u16 {
     let http = client();
     let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Body| {
         let (http, upstream, tokens, stats, all) = (
@@ -400,10 +455,10 @@ async fn start_proxy(
                     .push((method.to_string(), path.clone(), status))
             };
             let token = headers.get("x-auth-token").and_then(|v| v.to_str().ok()).unwrap_or("");
-            if !tokens.lock().unwrap().contains(token) {
+            let Some(project) = tokens.project(token).await else {
                 record(401);
                 return Response::builder().status(401).body(Body::empty()).unwrap();
-            }
+            };
             let is_upload = method == Method::PUT && path.ends_with("/file");
             let rate = stats.upload_rate.load(Ordering::Relaxed);
             let stream = body.into_data_stream().then(move |chunk| async move {
@@ -415,7 +470,7 @@ async fn start_proxy(
             let mut req = http
                 .request(method.clone(), format!("{upstream}{path}"))
                 .header("X-Identity-Status", "Confirmed")
-                .header("X-Project-Id", PROJECT)
+                .header("X-Project-Id", project)
                 .header("X-User-Id", "u-demo")
                 .header("X-Roles", "admin,member,reader")
                 .body(reqwest::Body::wrap_stream(stream));

@@ -39,6 +39,9 @@ use super::common::{DeletionPolicy, SecretRef, conditions_schema, is_false};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = kube::core::Rule::new(
+    "self.provider.kind == 'openstack' || (size(self.source.region) <= 63 && self.source.region.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && self.destinations.all(d, size(d.region) <= 63 && d.region.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')))"
+).message("regions must be region ids such as cn-north-4 (lowercase letters, digits and '-', at most 63); only provider.kind openstack takes Keystone's own region ids (e.g. RegionOne)"))]
+#[x_kube(validation = kube::core::Rule::new(
     "self.destinations.all(d, d.region != self.source.region || has(d.encryption))"
 ).message("destinations[].region must differ from source.region unless encryption is set (a same-region copy is only allowed as copy-and-encrypt)"))]
 #[x_kube(validation = kube::core::Rule::new(
@@ -133,9 +136,10 @@ pub struct ProviderSpec {
 ).message("exactly one of source.imageId, source.imageName or source.reference must be set"))]
 #[serde(rename_all = "camelCase")]
 pub struct SourceSpec {
-    /// Region that holds the source image, e.g. cn-north-4.
-    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("region must be a region id such as cn-north-4 (lowercase letters, digits and '-')"))]
-    #[schemars(length(max = 63))]
+    /// Region that holds the source image, e.g. cn-north-4 (openstack: the Keystone region id
+    /// as it is, e.g. RegionOne).
+    #[x_kube(validation = kube::core::Rule::new("size(self) >= 1 && !self.contains('/')").message("region must be a region id such as cn-north-4 (openstack: the Keystone region id, e.g. RegionOne)"))]
+    #[schemars(length(max = 255))]
     pub region: String,
     /// Id of the source image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,9 +159,9 @@ pub struct SourceSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DestinationSpec {
-    /// Destination region id.
-    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("region must be a region id such as cn-east-3 (lowercase letters, digits and '-')"))]
-    #[schemars(length(max = 63))]
+    /// Destination region id (openstack: the Keystone region id as it is).
+    #[x_kube(validation = kube::core::Rule::new("size(self) >= 1 && !self.contains('/')").message("region must be a region id such as cn-east-3 (openstack: the Keystone region id, e.g. RegionOne)"))]
+    #[schemars(length(max = 255))]
     pub region: String,
     /// Name of the copy (2 to 128 characters). Default: the provider's convention, e.g. huawei
     /// copy_<sourceRegion>_<sourceName>.
