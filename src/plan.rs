@@ -382,9 +382,13 @@ fn secs_since(t: &Option<Time>, now: &Time) -> Option<i64> {
 
 /// Plan an oci ImageReplication whose gate is open. A destination is tried `max_attempts`
 /// times (normally [`MAX_ATTEMPTS`]) before it is Failed for good, until the spec changes.
+/// `checked` holds when each destination's copy was last verified (kept in memory, not in
+/// status): a drift check that finds the copy intact changes nothing in status, so an object at
+/// rest is never written.
 pub fn oci_plan(
     obj: &ImageReplication,
     tasks: &std::collections::HashMap<String, TaskView>,
+    checked: &std::collections::HashMap<String, Time>,
     now: &Time,
     resync: std::time::Duration,
     max_attempts: i32,
@@ -429,18 +433,29 @@ pub fn oci_plan(
             }
             TaskView::Succeeded {
                 digest,
+                up_to_date: true,
+                resync: true,
+                ..
+            } if s.phase == DestinationPhase::Available && s.digest.as_ref() == Some(digest) => {
+                // A drift check that found the copy intact: nothing to say.
+                wake.push(resync_wait(last_check(&s, checked.get(&d.region)), now, resync));
+            }
+            TaskView::Succeeded {
+                digest,
                 bytes_total,
                 up_to_date,
-                resync: was_resync,
+                resync: _,
             } => {
                 let was = s.phase;
-                if !was_resync {
-                    s.attempts += 1;
-                }
+                // A first copy or a repair is an attempt; the byte counts are the copy's own (an
+                // up-to-date check reports none: the last real counts stay).
+                s.attempts += 1;
                 s.phase = DestinationPhase::Available;
                 s.digest = Some(digest.clone());
-                s.bytes_total = Some(*bytes_total as i64);
-                s.bytes_copied = Some(*bytes_total as i64);
+                if *bytes_total > 0 || s.bytes_total.is_none() {
+                    s.bytes_total = Some(*bytes_total as i64);
+                    s.bytes_copied = Some(*bytes_total as i64);
+                }
                 s.progress_percent = Some(100);
                 s.completed_at = Some(now.clone());
                 s.message = None;
@@ -457,7 +472,7 @@ pub fn oci_plan(
                         note: format!("{}: the copy had drifted and was restored to {digest}", d.region),
                     });
                 }
-                wake.push(resync_wait(&s, now, resync));
+                wake.push(resync_wait(s.completed_at.as_ref(), now, resync));
             }
             TaskView::Failed {
                 reason,
@@ -484,10 +499,11 @@ pub fn oci_plan(
             }
             TaskView::Idle => match s.phase {
                 DestinationPhase::Available => {
-                    if secs_since(&s.completed_at, now).is_none_or(|age| age >= resync.as_secs() as i64) {
+                    let last = last_check(&s, checked.get(&d.region));
+                    if secs_since(&last.cloned(), now).is_none_or(|age| age >= resync.as_secs() as i64) {
                         start.push((d.region.clone(), true));
                     } else {
-                        wake.push(resync_wait(&s, now, resync));
+                        wake.push(resync_wait(last, now, resync));
                     }
                 }
                 DestinationPhase::Failed if s.attempts >= max_attempts => {}
@@ -566,9 +582,29 @@ pub fn oci_plan(
     }
 }
 
-fn resync_wait(s: &DestinationStatus, now: &Time, resync: std::time::Duration) -> std::time::Duration {
-    let age = secs_since(&s.completed_at, now).unwrap_or(0).max(0) as u64;
+/// When a destination's copy was last known good: the later of its completion and the last
+/// drift check kept in memory.
+fn last_check<'a>(s: &'a DestinationStatus, checked: Option<&'a Time>) -> Option<&'a Time> {
+    match (s.completed_at.as_ref(), checked) {
+        (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+fn resync_wait(last: Option<&Time>, now: &Time, resync: std::time::Duration) -> std::time::Duration {
+    let age = secs_since(&last.cloned(), now).unwrap_or(0).max(0) as u64;
     std::time::Duration::from_secs(resync.as_secs().saturating_sub(age).max(1))
+}
+
+/// A point in the last `period` before `now`, fixed per `key`: where the first drift check of a
+/// copy is anchored when the operator starts, so that checks spread over the period instead of
+/// all falling due at once.
+pub fn spread_anchor(key: &str, now: &Time, period: std::time::Duration) -> Time {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    let back = h.finish() % period.as_secs().max(1);
+    Time(k8s_openapi::jiff::Timestamp::from_second(now.0.as_second() - back as i64).unwrap_or(now.0))
 }
 
 #[cfg(test)]
@@ -603,7 +639,7 @@ spec:
 
     fn step(o: &mut ImageReplication, tasks: &[(&str, TaskView)], now: i64) -> OciPlan {
         let t: HashMap<String, TaskView> = tasks.iter().map(|(r, v)| (r.to_string(), v.clone())).collect();
-        let p = oci_plan(o, &t, &at(now), RESYNC, MAX_ATTEMPTS);
+        let p = oci_plan(o, &t, &HashMap::new(), &at(now), RESYNC, MAX_ATTEMPTS);
         o.status = Some(p.status.clone());
         p
     }
@@ -725,10 +761,57 @@ spec:
         };
         let p = step(&mut o, &[("b", checking.clone()), ("c", checking)], 302);
         assert_eq!(cond(&p, READY).status, "True");
+        let before = o.status.clone().unwrap();
         let p = step(&mut o, &[("b", ok(true, true)), ("c", ok(true, false))], 303);
         assert_eq!(p.events.len(), 1);
         assert_eq!(p.events[0].reason, "DriftRepaired");
-        assert_eq!(p.status.destinations[0].attempts, 1, "drift checks are not attempts");
+        let (b, c) = (&p.status.destinations[0], &p.status.destinations[1]);
+        assert_eq!(b, &before.destinations[0], "an intact copy's status is left as it was");
+        assert_eq!(b.attempts, 1, "drift checks are not attempts");
+        assert_eq!((c.attempts, c.completed_at.clone()), (2, Some(at(303))), "a repair is");
+        assert_eq!(c.bytes_copied, before.destinations[1].bytes_copied);
+    }
+
+    #[test]
+    fn an_object_at_rest_plans_the_same_status() {
+        let mut o = obj();
+        step(&mut o, &[], 0);
+        step(&mut o, &[("b", ok(false, false)), ("c", ok(false, false))], 1);
+        let rest = o.status.clone().unwrap();
+        // Drift checks every period, each finding the copies intact, for ten periods.
+        let mut checked: HashMap<String, Time> = HashMap::new();
+        for period in 1..=10 {
+            let t = 1 + period * (RESYNC.as_secs() as i64 + 2);
+            let idle = oci_plan(&o, &HashMap::new(), &checked, &at(t), RESYNC, MAX_ATTEMPTS);
+            assert_eq!(idle.start.len(), 2, "both due at {t}");
+            assert_eq!(idle.status, rest, "starting a drift check changes nothing");
+            let done: HashMap<String, TaskView> =
+                [("b".to_string(), ok(true, true)), ("c".to_string(), ok(true, true))].into();
+            let p = oci_plan(&o, &done, &checked, &at(t + 1), RESYNC, MAX_ATTEMPTS);
+            assert_eq!(p.status, rest, "an intact copy changes nothing");
+            assert!(p.events.is_empty());
+            checked = [("b".to_string(), at(t + 1)), ("c".to_string(), at(t + 1))].into();
+            let next = oci_plan(&o, &HashMap::new(), &checked, &at(t + 2), RESYNC, MAX_ATTEMPTS);
+            assert!(next.start.is_empty(), "the next check waits a period from the last");
+            assert_eq!(next.requeue, Some(RESYNC - Duration::from_secs(1)));
+        }
+    }
+
+    #[test]
+    fn first_checks_after_a_start_spread_over_the_period() {
+        let now = at(10_000);
+        let anchors: std::collections::BTreeSet<i64> = (0..200)
+            .map(|i| spread_anchor(&format!("default/web-{i}/b"), &now, RESYNC).0.as_second())
+            .collect();
+        // 200 keys into 300 one-second slots: spread, not bunched (a few share a second).
+        assert!(anchors.len() > 120, "distinct anchors: {}", anchors.len());
+        assert!(
+            anchors
+                .iter()
+                .all(|a| *a <= now.0.as_second() && *a > now.0.as_second() - 300)
+        );
+        let span = anchors.last().unwrap() - anchors.first().unwrap();
+        assert!(span > 250, "anchors span {span} s of the 300 s period");
     }
 }
 
@@ -754,11 +837,14 @@ pub struct ReplicaPlan {
 }
 
 /// Plan an oci ReplicaInstance whose gate is open. `pending` holds repositories named by
-/// notifications not yet applied, with the time of the oldest.
+/// notifications not yet applied, with the time of the oldest. `last_full` is when the last full
+/// sync finished as the shell remembers it: a periodic full sync that finds the replica in sync
+/// changes nothing in status (no write, no Event), so an object at rest is never written.
 pub fn replica_plan(
     obj: &ReplicaInstance,
     view: &crate::replica_oci::SyncView,
     pending: Option<(&std::collections::BTreeSet<String>, &Time)>,
+    last_full: Option<&Time>,
     now: &Time,
     interval: std::time::Duration,
 ) -> ReplicaPlan {
@@ -767,8 +853,35 @@ pub fn replica_plan(
     let mut events = Vec::new();
     let mut start = None;
     let mut requeue = None;
+    let in_sync = st.phase == Some(ReplicaPhase::InSync);
+    let mut busy_start = true;
+    // A periodic check of a replica in sync, with nothing found to transfer (yet): quiet.
+    let quiet_check = in_sync
+        && matches!(
+            view,
+            SyncView::Running {
+                full: true,
+                done: 0,
+                total: 0
+            }
+        )
+        && pending.is_none_or(|(r, _)| r.is_empty());
     let running = matches!(view, SyncView::Running { .. });
     match view {
+        SyncView::Running { .. } if quiet_check => {
+            requeue = Some(std::time::Duration::from_secs(2));
+        }
+        SyncView::Finished(Ok(r))
+            if in_sync
+                && r.full
+                && r.copied + r.deleted == 0
+                && r.failures.is_empty()
+                && r.conflicts.is_empty()
+                && st.repositories == Some(r.repositories as i64)
+                && st.artifacts == Some(r.artifacts as i64) =>
+        {
+            // The replica was already in sync: nothing to say.
+        }
         SyncView::Running { done, total, .. } => {
             st.pending = Some(total.saturating_sub(*done) as i64);
             if st.phase.is_none_or(|p| p == ReplicaPhase::Pending) {
@@ -877,7 +990,11 @@ pub fn replica_plan(
             .and_then(|t| secs_since(&Some(t), now))
             .filter(|age| *age < SYNC_RETRY.as_secs() as i64)
             .map(|age| std::time::Duration::from_secs((SYNC_RETRY.as_secs() as i64 - age) as u64));
-        let full_age = secs_since(&st.last_full_sync_time, now);
+        let last = match (st.last_full_sync_time.as_ref(), last_full) {
+            (Some(a), Some(b)) => Some(if b.0 > a.0 { b.clone() } else { a.clone() }),
+            (a, b) => a.or(b).cloned(),
+        };
+        let full_age = secs_since(&last, now);
         let full_due = full_age.is_none_or(|a| a >= interval.as_secs() as i64);
         if let Some(w) =
             retry_wait.filter(|_| matches!(view, SyncView::Idle) || matches!(view, SyncView::Finished(Err(_))))
@@ -897,6 +1014,10 @@ pub fn replica_plan(
                 st.phase = Some(ReplicaPhase::Syncing);
             }
         }
+        // Starting a periodic full sync of a replica in sync is not work to report yet.
+        if in_sync && start == Some(SyncStart::Full) && pending.is_none_or(|(r, _)| r.is_empty()) {
+            busy_start = false;
+        }
     }
     st.lag_seconds = Some(
         pending
@@ -905,7 +1026,7 @@ pub fn replica_plan(
     );
 
     let phase = st.phase.unwrap_or_default();
-    let busy = running || start.is_some();
+    let busy = (running && !quiet_check) || (start.is_some() && busy_start);
     let fail_text = st
         .recent_failures
         .iter()
@@ -960,5 +1081,155 @@ pub fn replica_plan(
         start,
         requeue,
         events,
+    }
+}
+
+#[cfg(test)]
+mod replica_tests {
+    use super::*;
+    use crate::replica_oci::{Failure, SyncReport, SyncView};
+    use k8s_openapi::jiff::Timestamp;
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    const INTERVAL: Duration = Duration::from_secs(600);
+
+    fn at(s: i64) -> Time {
+        Time(Timestamp::from_second(1_800_000_000 + s).unwrap())
+    }
+
+    fn obj() -> ReplicaInstance {
+        let mut o: ReplicaInstance = serde_yaml::from_str(
+            r#"
+apiVersion: replication.imageops.io/v1alpha1
+kind: ReplicaInstance
+metadata: {name: gz-to-sh, namespace: default}
+spec:
+  primary: {provider: oci, region: ap-guangzhou, registry: "http://127.0.0.1:5000"}
+  region: ap-shanghai
+  replica: {registry: "http://127.0.0.1:5001"}
+"#,
+        )
+        .unwrap();
+        o.metadata.generation = Some(1);
+        o
+    }
+
+    fn report(copied: u64, failures: usize) -> SyncView {
+        SyncView::Finished(Ok(SyncReport {
+            full: true,
+            repositories: 2,
+            artifacts: 5,
+            copied,
+            deleted: 0,
+            bytes: copied * 100,
+            conflicts: vec![],
+            failures: (0..failures)
+                .map(|i| Failure {
+                    artifact: format!("team/app:{i}"),
+                    reason: "Unreachable".into(),
+                    message: "connection refused".into(),
+                })
+                .collect(),
+        }))
+    }
+
+    fn step(o: &mut ReplicaInstance, view: &SyncView, last_full: Option<i64>, now: i64) -> ReplicaPlan {
+        let lf = last_full.map(at);
+        let p = replica_plan(o, view, None, lf.as_ref(), &at(now), INTERVAL);
+        o.status = Some(p.status.clone());
+        p
+    }
+
+    #[test]
+    fn first_sync_then_rest_then_a_change() {
+        let mut o = obj();
+        // New: a full sync starts at once.
+        let p = step(&mut o, &SyncView::Idle, None, 0);
+        assert_eq!(p.start, Some(SyncStart::Full));
+        assert_eq!(p.status.phase, Some(ReplicaPhase::Syncing));
+        step(
+            &mut o,
+            &SyncView::Running {
+                done: 1,
+                total: 5,
+                full: true,
+            },
+            None,
+            1,
+        );
+        let p = step(&mut o, &report(5, 0), Some(2), 2);
+        assert_eq!(p.status.phase, Some(ReplicaPhase::InSync));
+        assert_eq!(p.status.last_full_sync_time, Some(at(2)));
+        assert_eq!(p.events[0].reason, "FullSyncCompleted");
+        let rest = o.status.clone().unwrap();
+
+        // Ten intervals at rest: each periodic full sync finds nothing to do and changes nothing.
+        for k in 1..=10 {
+            let t = 2 + k * (INTERVAL.as_secs() as i64 + 5);
+            let last = t - INTERVAL.as_secs() as i64 - 5;
+            let p = step(&mut o, &SyncView::Idle, Some(last), t);
+            assert_eq!(p.start, Some(SyncStart::Full), "due at {t}");
+            assert_eq!(p.status, rest, "starting it changes nothing");
+            let p = step(
+                &mut o,
+                &SyncView::Running {
+                    done: 0,
+                    total: 0,
+                    full: true,
+                },
+                Some(last),
+                t + 1,
+            );
+            assert_eq!(p.status, rest, "running it with nothing to transfer changes nothing");
+            let p = step(&mut o, &report(0, 0), Some(t + 2), t + 2);
+            assert_eq!(p.status, rest, "finding the replica in sync changes nothing");
+            assert!(p.events.is_empty(), "{:?}", p.events);
+            let p = step(&mut o, &SyncView::Idle, Some(t + 2), t + 3);
+            assert_eq!(p.start, None, "the next one waits an interval");
+            assert_eq!(p.status, rest);
+        }
+
+        // A full sync that copies something says so.
+        let t = 100_000;
+        step(
+            &mut o,
+            &SyncView::Running {
+                done: 0,
+                total: 2,
+                full: true,
+            },
+            Some(t - 700),
+            t,
+        );
+        let p = step(&mut o, &report(2, 0), Some(t + 1), t + 1);
+        assert_eq!(p.status.last_full_sync_time, Some(at(t + 1)));
+        assert_eq!(p.status.bytes_transferred, Some(700));
+        assert_eq!(p.events[0].reason, "FullSyncCompleted");
+
+        // A failure degrades it; the next clean sync brings it back in sync.
+        let p = step(&mut o, &report(0, 1), Some(t + 700), t + 700);
+        assert_eq!(p.status.phase, Some(ReplicaPhase::Degraded));
+        let p = step(&mut o, &report(1, 0), Some(t + 1400), t + 1400);
+        assert_eq!(p.status.phase, Some(ReplicaPhase::InSync));
+    }
+
+    #[test]
+    fn notifications_sync_their_repositories_between_full_syncs() {
+        let mut o = obj();
+        step(&mut o, &SyncView::Idle, None, 0);
+        step(&mut o, &report(5, 0), Some(1), 1);
+        let repos: BTreeSet<String> = ["team/web".to_string()].into();
+        let t5 = at(5);
+        let p = replica_plan(
+            &o,
+            &SyncView::Idle,
+            Some((&repos, &t5)),
+            Some(&at(1)),
+            &at(10),
+            INTERVAL,
+        );
+        assert_eq!(p.start, Some(SyncStart::Repositories(repos.clone())));
+        assert_eq!(p.status.lag_seconds, Some(5), "the oldest notification waits 5 s");
     }
 }

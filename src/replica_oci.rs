@@ -1,6 +1,7 @@
 //! ReplicaInstance with an oci primary: list both registries, diff (src/sync.rs), copy what is
 //! missing or changed, delete what the primary deleted (when asked), never write to the primary.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -301,6 +302,9 @@ pub enum SyncView {
 /// The running syncs of every ReplicaInstance.
 pub struct SyncTasks {
     map: Mutex<HashMap<String, SyncEntry>>,
+    /// When each object's last full sync finished (in memory: a full sync that finds the
+    /// replica in sync writes nothing to status).
+    last_full: Mutex<HashMap<String, Time>>,
     on_done: crate::tasks::OnDone,
 }
 
@@ -308,12 +312,14 @@ impl SyncTasks {
     pub fn new(on_done: crate::tasks::OnDone) -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
+            last_full: Mutex::new(HashMap::new()),
             on_done,
         }
     }
 
-    /// The view of an object's sync; a finished one is collected here.
-    pub fn collect(&self, key: &str) -> SyncView {
+    /// The view of an object's sync; a finished one is collected here (a full one that
+    /// succeeded marks the object's last full sync at `now`).
+    pub fn collect(&self, key: &str, now: &Time) -> SyncView {
         let mut map = self.map.lock().expect("sync lock");
         let Some(e) = map.get(key) else { return SyncView::Idle };
         let taken = e.result.lock().expect("result lock").take();
@@ -324,10 +330,36 @@ impl SyncTasks {
                 full: e.full,
             },
             Some(r) => {
+                if e.full && r.is_ok() {
+                    self.last_full
+                        .lock()
+                        .expect("last full lock")
+                        .insert(key.to_string(), now.clone());
+                }
                 map.remove(key);
                 SyncView::Finished(r)
             }
         }
+    }
+
+    /// When the object's last full sync finished, as this process knows it. An object that
+    /// synced before this process started (`synced_before`) is anchored at a fixed point of the
+    /// last `interval`, so that after a start the full syncs of many objects spread out.
+    pub fn last_full(&self, key: &str, synced_before: bool, now: &Time, interval: std::time::Duration) -> Option<Time> {
+        let mut m = self.last_full.lock().expect("last full lock");
+        if let Some(t) = m.get(key) {
+            return Some(t.clone());
+        }
+        synced_before.then(|| {
+            let t = crate::plan::spread_anchor(key, now, interval);
+            m.insert(key.to_string(), t.clone());
+            t
+        })
+    }
+
+    /// Forget an object that is gone.
+    pub fn forget(&self, key: &str) {
+        self.last_full.lock().expect("last full lock").remove(key);
     }
 
     pub fn start<F>(&self, key: &str, full: bool, progress: Arc<SyncProgress>, work: F)

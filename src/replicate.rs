@@ -158,9 +158,9 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
         for &i in &live {
             let o = &mut objects[i];
             let key = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
-            let view = tasks.collect(&key);
             let now = Time(Timestamp::now());
-            let p = plan::oci_plan(o, &view, &now, never, opts.attempts);
+            let view = tasks.collect(&key, &now);
+            let p = plan::oci_plan(o, &view, &HashMap::new(), &now, never, opts.attempts);
             o.status = Some(p.status.clone());
             let creds = o
                 .spec
@@ -265,6 +265,7 @@ async fn replica_once(
     let p = plan::replica_plan(
         &obj,
         &crate::replica_oci::SyncView::Finished(outcome),
+        None,
         None,
         &now,
         Duration::from_secs(3600),

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
 use crate::oci::{CopyReport, OciError, Progress};
 use crate::plan::TaskView;
 
@@ -23,6 +25,8 @@ pub type OnDone = Arc<dyn Fn(&str) + Send + Sync>;
 /// The running copy tasks of every object.
 pub struct Tasks {
     map: Mutex<HashMap<(String, String), Entry>>,
+    /// When each destination's copy was last found good (a copy or a drift check finished).
+    checked: Mutex<HashMap<(String, String), Time>>,
     on_done: OnDone,
 }
 
@@ -30,13 +34,37 @@ impl Tasks {
     pub fn new(on_done: OnDone) -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
+            checked: Mutex::new(HashMap::new()),
             on_done,
         }
     }
 
+    /// When each of `regions` was last checked. A region never checked by this process is
+    /// anchored at a fixed point of the last `period` (see [`crate::plan::spread_anchor`]), so
+    /// that after a start the drift checks of many objects spread over the period.
+    pub fn checked(
+        &self,
+        key: &str,
+        regions: &[String],
+        now: &Time,
+        period: std::time::Duration,
+    ) -> HashMap<String, Time> {
+        let mut c = self.checked.lock().expect("checked lock");
+        regions
+            .iter()
+            .map(|r| {
+                let t = c
+                    .entry((key.to_string(), r.clone()))
+                    .or_insert_with(|| crate::plan::spread_anchor(&format!("{key}/{r}"), now, period));
+                (r.clone(), t.clone())
+            })
+            .collect()
+    }
+
     /// What each destination's task is doing; finished tasks are collected (removed) here, so
-    /// the caller must record their results.
-    pub fn collect(&self, key: &str) -> HashMap<String, TaskView> {
+    /// the caller must record their results. A task that succeeded marks its destination checked
+    /// at `now`.
+    pub fn collect(&self, key: &str, now: &Time) -> HashMap<String, TaskView> {
         let mut map = self.map.lock().expect("tasks lock");
         let mut out = HashMap::new();
         let mut finished = Vec::new();
@@ -73,7 +101,11 @@ impl Tasks {
             };
             out.insert(region.clone(), view);
         }
+        let mut checked = self.checked.lock().expect("checked lock");
         for region in finished {
+            if matches!(out.get(&region), Some(TaskView::Succeeded { .. })) {
+                checked.insert((key.to_string(), region.clone()), now.clone());
+            }
             map.remove(&(key.to_string(), region));
         }
         out
@@ -106,6 +138,11 @@ impl Tasks {
                 handle,
             },
         );
+    }
+
+    /// Forget an object that is gone (its check times).
+    pub fn forget(&self, key: &str) {
+        self.checked.lock().expect("checked lock").retain(|(k, _), _| k != key);
     }
 
     /// Cancel every task of an object; returns how many were cancelled.

@@ -549,6 +549,13 @@ mod tests {
         let p = plan(&obj(), Ok(&o), &now());
         assert_eq!(p.status.phase, Some(ReplicaPhase::InSync));
         assert_eq!(cond(&p.status, "Synced").status, "True");
+        // At rest: the same observation later plans the same status and no Event (no write).
+        let mut rest = obj();
+        rest.status = Some(p.status.clone());
+        let later = Time(Timestamp::from_second(now().0.as_second() + 3600).unwrap());
+        let again = plan(&rest, Ok(&o), &later);
+        assert_eq!(again.status, p.status, "nothing changes at rest");
+        assert!(again.events.is_empty());
         assert_eq!(p.status.last_full_sync_time, Some(now()));
         assert_eq!(
             p.events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(),

@@ -112,6 +112,61 @@ async fn copies_reports_per_destination_repairs_drift_and_deletes() {
     );
 }
 
+/// At rest nothing is written: drift checks that find the copy intact (every 2 s here) change
+/// no status field, wake no watcher and record no Event, and the status keeps the real story
+/// (bytes copied, when the copy completed).
+#[tokio::test(flavor = "multi_thread")]
+async fn at_rest_drift_checks_write_nothing() {
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    let (digest, _) = a.seed("team/web", "1.4", &[]);
+    let (s, c) = support::cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let _op = Operator::start(
+        &s.write_kubeconfig(dir.path()),
+        dir.path(),
+        "op-a",
+        &["--resync-seconds", "2"],
+    );
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let obj: ImageReplication = serde_json::from_value(json!({
+        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
+        "metadata": {"name": "quiet", "namespace": "default"},
+        "spec": {
+            "provider": {"kind": "oci"},
+            "source": {"region": "region-a", "reference": format!("{}/team/web:1.4", a.host())},
+            "destinations": [{"region": "region-b", "registry": b.url()}]
+        }
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    let ready = eventually(WAIT, "quiet Ready", || async {
+        let st = api.get("quiet").await.ok()?.status?;
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(st)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let heads = || {
+        b.requests()
+            .iter()
+            .filter(|(m, u, _)| m == "HEAD" && u.contains("/manifests/"))
+            .count()
+    };
+    let checks_before = heads();
+    support::assert_quiet(&s, &c, "quiet", Duration::from_secs(7)).await;
+    assert!(heads() >= checks_before + 2, "the drift checks ran meanwhile");
+    let st = api.get("quiet").await.unwrap().status.unwrap();
+    assert_eq!(st, ready, "the status is the one written when the copy completed");
+    let d = &st.destinations[0];
+    assert_eq!(d.digest.as_deref(), Some(digest.as_str()));
+    assert!(
+        d.bytes_copied.unwrap_or(0) > 0 && d.bytes_copied == d.bytes_total,
+        "{d:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replicate_command_copies_without_a_cluster_and_reports_failures() {
     let (a, b) = (TestRegistry::start(), TestRegistry::start());

@@ -223,10 +223,16 @@ async fn a_connection_cut_mid_blob_resumes_where_it_broke() {
     assert_eq!(b.digest_of("big/img", "1"), Some(digest));
     let seen = proxy.seen.lock().unwrap().clone();
     let ranged: Vec<_> = seen.iter().filter_map(|r| r.2.clone()).collect();
-    assert_eq!(
-        ranged,
-        vec!["bytes=700000-".to_string()],
-        "resumed exactly where the cut happened, not from zero: {seen:?}"
+    // The proxy cuts after sending 700,000 bytes; what reached the copier before the reset may
+    // be less (bytes still buffered in the proxy are lost with the connection), and the copier
+    // resumes at the exact byte it holds.
+    let offsets: Vec<u64> = ranged
+        .iter()
+        .filter_map(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
+        .collect();
+    assert!(
+        offsets.len() == 1 && ranged.len() == 1 && offsets[0] > 0 && offsets[0] <= 700_000,
+        "resumed once where the cut happened, not from zero: {seen:?}"
     );
     assert_eq!(
         b.uploads_started(),

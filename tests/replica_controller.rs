@@ -150,3 +150,46 @@ async fn full_sync_with_filters_then_pushes_and_deletes_arrive_by_notification()
     assert!(m.contains("imgrep_replica_artifacts_total{result=\"copied\"}"), "{m}");
     assert!(m.contains("imgrep_replica_lag_seconds"), "{m}");
 }
+
+/// At rest nothing is written: the periodic full sync (every 30 s here) that finds the replica
+/// in sync changes no status field, wakes no watcher and records no Event.
+#[tokio::test(flavor = "multi_thread")]
+async fn at_rest_periodic_full_syncs_write_nothing() {
+    let (s, c) = support::cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let _op = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-a", &[]);
+    let (primary, replica) = (TestRegistry::start(), TestRegistry::start());
+    primary.seed("team/web", "v1", &["--platforms", "linux/amd64"]);
+    let ri: Api<ReplicaInstance> = Api::namespaced(c.clone(), "default");
+    let obj: ReplicaInstance = serde_json::from_value(json!({
+        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ReplicaInstance",
+        "metadata": {"name": "quiet", "namespace": "default"},
+        "spec": {
+            "primary": {"provider": "oci", "region": "ap-guangzhou", "registry": primary.url()},
+            "region": "ap-shanghai",
+            "replica": {"registry": replica.url()},
+            "sync": {"trigger": "Interval", "interval": "30s"}
+        }
+    }))
+    .unwrap();
+    ri.create(&PostParams::default(), &obj).await.unwrap();
+    let synced = eventually(WAIT, "InSync", || async {
+        let st = ri.get("quiet").await.ok()?.status?;
+        (st.phase == Some(ReplicaPhase::InSync)).then_some(st)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let catalogs = || {
+        primary
+            .requests()
+            .iter()
+            .filter(|(m, u, _)| m == "GET" && u.starts_with("/v2/_catalog"))
+            .count()
+    };
+    let before = catalogs();
+    support::assert_quiet(&s, &c, "quiet", Duration::from_secs(40)).await;
+    assert!(catalogs() > before, "a periodic full sync ran meanwhile");
+    let st = ri.get("quiet").await.unwrap().status.unwrap();
+    assert_eq!(st.last_full_sync_time, synced.last_full_sync_time);
+    assert_eq!(st.phase, Some(ReplicaPhase::InSync));
+}

@@ -745,3 +745,39 @@ async fn tencent_syncs_images_with_a_dry_run_first_and_deletes_under_policy() {
     assert!(!op.logs().contains(SK));
     cvm.assert_conforms();
 }
+
+/// At rest nothing is written: drift checks of an Available VM copy (every 2 s here) that find
+/// it in place change no status, wake no watcher, record no Event.
+#[tokio::test(flavor = "multi_thread")]
+async fn at_rest_vm_drift_checks_write_nothing() {
+    let ecs = Stand::start(Kind::Alibaba).await;
+    let src = ecs.add("cn-hangzhou", "web", 20, json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c, _op) = setup(dir.path(), "ali", &[("accessKeyId", AK), ("accessKeySecret", SK)]).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let provider = json!({"kind": "alibaba", "credentialsSecretRef": {"name": "ali"}, "endpoint": ecs.url});
+    create(
+        &api,
+        "quiet",
+        &provider,
+        json!({"region": "cn-hangzhou", "imageId": src}),
+        json!([{"region": "cn-shanghai"}, {"region": "cn-beijing"}]),
+        "Retain",
+    )
+    .await;
+    let ready = wait_ready(&api, "quiet").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ready_now = api.get("quiet").await.unwrap().status.unwrap();
+    let looks = || ecs.calls("DescribeImages").len();
+    let before = looks();
+    support::assert_quiet(&s, &c, "quiet", Duration::from_secs(7)).await;
+    assert!(looks() >= before + 2, "the drift checks ran meanwhile");
+    let st = api.get("quiet").await.unwrap().status.unwrap();
+    assert_eq!(st, ready_now);
+    assert_eq!(
+        dest(&st, "cn-shanghai").completed_at,
+        dest(&ready, "cn-shanghai").completed_at,
+        "completedAt is when the copy completed"
+    );
+    ecs.assert_conforms();
+}

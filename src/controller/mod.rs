@@ -318,7 +318,10 @@ impl Managed for ImageReplication {
             };
         }
         if gate == Gate::Open && self.spec.provider.kind == ProviderKind::Oci {
-            let view = ctx.tasks.collect(&key_of(self));
+            let key = key_of(self);
+            let view = ctx.tasks.collect(&key, now);
+            let regions: Vec<String> = self.spec.destinations.iter().map(|d| d.region.clone()).collect();
+            let checked = ctx.tasks.checked(&key, &regions, now, ctx.resync);
             for v in view.values() {
                 let outcome = match v {
                     plan::TaskView::Succeeded { up_to_date: true, .. } => "up_to_date",
@@ -329,7 +332,7 @@ impl Managed for ImageReplication {
                 ctx.metrics.copy_tasks.with_label_values(&["oci", outcome]).inc();
             }
             ctx.metrics.copy_tasks_running.set(ctx.tasks.len() as i64);
-            let p = plan::oci_plan(self, &view, now, ctx.resync, plan::MAX_ATTEMPTS);
+            let p = plan::oci_plan(self, &view, &checked, now, ctx.resync, plan::MAX_ATTEMPTS);
             return Planned {
                 status: p.status,
                 start: p.start,
@@ -386,6 +389,7 @@ impl Managed for ImageReplication {
             return ctx.vm.cleanup(self, p.as_ref(), acct).await.map_err(Error::Provider);
         }
         let cancelled = ctx.tasks.cancel_all(&key_of(self));
+        ctx.tasks.forget(&key_of(self));
         let mut note = format!("deletionPolicy {:?}", self.spec.deletion_policy);
         if cancelled > 0 {
             note.push_str(&format!("; cancelled {cancelled} copies in flight"));
@@ -542,7 +546,7 @@ impl Managed for ReplicaInstance {
         if let Some(host) = self.primary_host() {
             ctx.notifications.subscribe(&host, &key);
         }
-        let view = ctx.sync_tasks.collect(&key);
+        let view = ctx.sync_tasks.collect(&key, now);
         if let SyncView::Finished(Ok(r)) = &view {
             let m = &ctx.metrics;
             m.replica_artifacts.with_label_values(&["copied"]).inc_by(r.copied);
@@ -557,7 +561,16 @@ impl Managed for ReplicaInstance {
         }
         let pending = ctx.notifications.pending(&key);
         let interval = validation::parse_duration(&self.spec.sync.interval).unwrap_or(Duration::from_secs(600));
-        let p = plan::replica_plan(self, &view, pending.as_ref().map(|(r, t)| (r, t)), now, interval);
+        let synced_before = self.status.as_ref().is_some_and(|s| s.last_full_sync_time.is_some());
+        let last_full = ctx.sync_tasks.last_full(&key, synced_before, now, interval);
+        let p = plan::replica_plan(
+            self,
+            &view,
+            pending.as_ref().map(|(r, t)| (r, t)),
+            last_full.as_ref(),
+            now,
+            interval,
+        );
         ctx.set_replica_gauges(&key, p.status.lag_seconds.unwrap_or(0), p.status.pending.unwrap_or(0));
         Planned {
             status: p.status,
@@ -612,6 +625,7 @@ impl Managed for ReplicaInstance {
     async fn cleanup(&self, ctx: &Context) -> Result<String> {
         let key = key_of(self);
         let cancelled = ctx.sync_tasks.cancel(&key);
+        ctx.sync_tasks.forget(&key);
         ctx.notifications.unsubscribe(&key);
         ctx.set_replica_gauges(&key, 0, 0);
         let mut note = format!("deletionPolicy {:?}", self.spec.deletion_policy);

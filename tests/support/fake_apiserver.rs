@@ -430,6 +430,34 @@ impl FakeApiServer {
         self.store.lock().unwrap().requests.clone()
     }
 
+    /// Write requests (POST, PUT, PATCH, DELETE) whose path names the object `name` (the object
+    /// or its status subresource), as (method, path?query).
+    pub fn writes_to(&self, name: &str) -> Vec<(String, String)> {
+        let object = format!("/{name}");
+        let status = format!("/{name}/status");
+        self.requests()
+            .into_iter()
+            .filter(|(m, _)| matches!(m.as_str(), "POST" | "PUT" | "PATCH" | "DELETE"))
+            .filter(|(_, p)| {
+                let path = p.split('?').next().unwrap_or("");
+                path.ends_with(&object) || path.ends_with(&status)
+            })
+            .collect()
+    }
+
+    /// Watch events (what every watcher is woken with) about objects named `name`, of any
+    /// kind except Events, as (type, resourceVersion).
+    pub fn watch_events_of(&self, name: &str) -> Vec<(String, u64)> {
+        self.store
+            .lock()
+            .unwrap()
+            .history
+            .iter()
+            .filter(|e| e.object["metadata"]["name"] == name && e.object["kind"] != "Event")
+            .map(|e| (e.type_.to_string(), e.rv))
+            .collect()
+    }
+
     /// The current global resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.store.lock().unwrap().rv

@@ -50,6 +50,25 @@ pub async fn event_reasons(c: &Client, name: &str) -> Vec<String> {
     events_for(c, name).await.into_iter().filter_map(|e| e.reason).collect()
 }
 
+/// At rest: for `how_long` the object named `name` gets no write request (object or status), no
+/// watch event and no new Event.
+pub async fn assert_quiet(s: &fake_apiserver::FakeApiServer, c: &Client, name: &str, how_long: std::time::Duration) {
+    let writes = s.writes_to(name).len();
+    let watch = s.watch_events_of(name).len();
+    let events = events_for(c, name).await.len();
+    tokio::time::sleep(how_long).await;
+    let new_writes: Vec<_> = s.writes_to(name).into_iter().skip(writes).collect();
+    let new_watch: Vec<_> = s.watch_events_of(name).into_iter().skip(watch).collect();
+    let after = events_for(c, name).await;
+    assert!(
+        new_writes.is_empty() && new_watch.is_empty() && after.len() == events,
+        "{name} at rest for {how_long:?}: writes {new_writes:?}, watch events {new_watch:?}, Events {} -> {} ({:?})",
+        events,
+        after.len(),
+        after.iter().filter_map(|e| e.reason.clone()).collect::<Vec<_>>()
+    );
+}
+
 /// Create a Secret in `default` with these data keys.
 pub async fn secret(c: &Client, name: &str, data: &[(&str, &str)]) {
     use base64::Engine as _;
