@@ -38,7 +38,15 @@ command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q --disable-pi
 sdk="$root/.tools/sdk"
 req="$root/tests/conformance/requirements.txt"
 if ! cmp -s "$req" "$sdk/requirements.txt" 2>/dev/null; then
-  [ -x "$sdk/bin/python" ] || python3 -m venv "$sdk"
+  if [ ! -x "$sdk/bin/pip" ]; then
+    rm -rf "$sdk"
+    # Debian's python3 needs python3-venv for `python3 -m venv`.
+    python3 -m venv "$sdk" 2>/dev/null || {
+      rm -rf "$sdk"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+      python3 -m venv "$sdk"
+    }
+  fi
   "$sdk/bin/pip" install -q --disable-pip-version-check -r "$req" >/dev/null
   cp "$req" "$sdk/requirements.txt"
 fi
