@@ -43,7 +43,7 @@ if ! cmp -s "$req" "$sdk/requirements.txt" 2>/dev/null; then
     # Debian's python3 needs python3-venv for `python3 -m venv`.
     python3 -m venv "$sdk" 2>/dev/null || {
       rm -rf "$sdk"
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+      apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
       python3 -m venv "$sdk"
     }
   fi
