@@ -198,6 +198,14 @@ pub fn parse_image(v: &Value) -> ImageInfo {
     }
 }
 
+/// The IAM endpoint: the Secret's `iamEndpoint`, else the global IAM. IAM is a service of its
+/// own: `provider.endpoint` (the IMS endpoint) never stands for it.
+fn iam_endpoint(acct: &Account) -> String {
+    acct.text("iamEndpoint")
+        .map(|e| e.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| IAM.to_string())
+}
+
 /// One IMS or IAM request.
 struct Call<'a> {
     op: &'a str,
@@ -330,11 +338,7 @@ impl Huawei {
         {
             return Ok(id.clone());
         }
-        // IAM is a global service of its own: `provider.endpoint` (IMS) never stands for it.
-        let iam = acct
-            .text("iamEndpoint")
-            .map(|e| e.trim_end_matches('/').to_string())
-            .unwrap_or_else(|| IAM.to_string());
+        let iam = iam_endpoint(acct);
         let v = self
             .call(
                 acct,
@@ -758,6 +762,19 @@ mod tests {
         }
         let a = error("op", 400, r#"{"error":{"code":"IMG.0001","message":"bad"}}"#, None);
         assert!(!a.error.retryable && !a.throttled);
+    }
+
+    #[test]
+    fn the_ims_endpoint_never_stands_for_iam() {
+        let mut acct = Account {
+            secret: Default::default(),
+            endpoint: Some("https://ims.private.example.com".into()),
+            agency: None,
+        };
+        assert_eq!(iam_endpoint(&acct), "https://iam.myhuaweicloud.com");
+        acct.secret
+            .insert("iamEndpoint".into(), b"https://iam.private.example.com/".to_vec());
+        assert_eq!(iam_endpoint(&acct), "https://iam.private.example.com");
     }
 
     #[test]

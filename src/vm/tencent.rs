@@ -467,6 +467,9 @@ mod tests {
         assert_eq!(i.visibility, "shared");
         assert!(i.shared_from_other_account);
         assert_eq!(i.state, Some(ImageState::Creating));
+        // The CVM Image model has no encryption field: unknown, even if an answer carried one.
+        let e = parse_image(&json!({"ImageId": "img-2", "Encrypt": true}));
+        assert_eq!(e.encrypted, None);
         assert_eq!(
             created(&json!({"CreatedTime": "2026-11-24T08:00:00Z"})),
             Some(1795507200)
