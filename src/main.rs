@@ -24,7 +24,7 @@ use image_replication_operator::{crdgen, provider};
 #[derive(Parser)]
 #[command(
     name = "image-replication-operator",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GIT_REVISION"), ")"),
     about = "Keeps VM and container images present in every region where they are needed"
 )]
 struct Cli {

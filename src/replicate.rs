@@ -190,7 +190,15 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
                 busy = true;
             }
             for d in &p.status.destinations {
-                let line = progress_line(d);
+                let up_to_date = matches!(
+                    view.get(&d.region),
+                    Some(plan::TaskView::Succeeded { up_to_date: true, .. })
+                );
+                let line = if up_to_date {
+                    format!("up to date {}", d.digest.as_deref().unwrap_or(""))
+                } else {
+                    progress_line(d)
+                };
                 if last_line.get(&(i, d.region.clone())) != Some(&line) {
                     let _ = writeln!(out, "{}/{}: {line}", o.name_any(), d.region);
                     last_line.insert((i, d.region.clone()), line);
@@ -281,6 +289,8 @@ async fn replica_once(
 /// One destination's state as a progress line.
 fn progress_line(d: &crate::api::v1alpha1::DestinationStatus) -> String {
     match d.phase {
+        // Nothing known to move yet: the destination is being compared with the source.
+        DestinationPhase::Copying if d.bytes_total.unwrap_or(0) == 0 => "checking".into(),
         DestinationPhase::Copying => format!(
             "copying {} / {} ({}%)",
             human(d.bytes_copied.unwrap_or(0) as u64),

@@ -191,7 +191,17 @@ async fn replicate_command_copies_without_a_cluster_and_reports_failures() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("ImageReplication web: Ready (1/1 available)"), "{text}");
-    assert_eq!(b.digest_of("mirror/web", "1.4"), Some(digest));
+    assert_eq!(b.digest_of("mirror/web", "1.4"), Some(digest.clone()));
+    // Again: the copy is already there, and the output says so.
+    let out = std::process::Command::new(bin)
+        .args(["replicate", "-f"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("web/b: up to date {digest}")), "{text}");
+    assert!(!text.contains("copying 0 B"), "{text}");
 
     let bad = dir.path().join("bad.yaml");
     std::fs::write(

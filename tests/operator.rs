@@ -3,6 +3,8 @@
 
 mod support;
 
+use serde::Deserialize;
+
 use std::time::Duration;
 
 use image_replication_operator::api::{FINALIZER, ImageReplication, ReplicaInstance};
@@ -39,6 +41,38 @@ async fn settled(api: &Api<ImageReplication>, name: &str) -> ImageReplication {
     .await
 }
 
+#[test]
+fn version_names_the_git_revision() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rev = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    assert_eq!(text.trim(), format!("image-replication-operator 0.1.0 ({rev})"));
+}
+
+/// The examples name no namespace: `kubectl apply -n team-a -f deploy/examples/...` works.
+#[test]
+fn examples_name_no_namespace() {
+    for e in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples")).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = serde_yaml::Value::deserialize(doc).unwrap();
+            assert!(
+                v.get("metadata").and_then(|m| m.get("namespace")).is_none(),
+                "{} names a namespace",
+                p.display()
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_adds_finalizer_honest_status_events_and_metrics() {
     let (_s, c, dir) = cluster().await;
@@ -72,6 +106,10 @@ async fn apply_adds_finalizer_honest_status_events_and_metrics() {
         st.destinations.iter().map(|d| d.region.as_str()).collect::<Vec<_>>(),
         vec!["ap-shanghai", "ap-beijing"]
     );
+    // Text logs to a file carry no colour codes.
+    let logs = op.logs();
+    assert!(logs.contains("starting controllers"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "ANSI escapes in a log file: {logs}");
 
     // ReplicaInstance goes through its own controller.
     let ri: Api<ReplicaInstance> = Api::namespaced(c.clone(), "default");
