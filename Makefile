@@ -4,9 +4,12 @@ HELM ?= $(CURDIR)/.tools/bin/helm
 BIN := target/debug/image-replication-operator
 RELEASE_NS ?= image-replication-system
 CHART := charts/image-replication-operator
-IMAGE ?= ghcr.io/imageops/image-replication-operator:0.1.0
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+IMAGE ?= image-replication-operator:$(VERSION)
+IMAGE_DIR := target/image
+IMAGE_SOURCE ?= https://github.com/imageops/image-replication-operator
 
-.PHONY: help build test lint fmt crds render chart tools run image demo bench
+.PHONY: help build test lint fmt crds render chart tools run image image-push docker-image demo bench
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -17,7 +20,7 @@ build: ## Build the operator binary
 tools: ## Install what the tests need: helm (.tools/bin), moto, the clouds' SDKs (.tools/sdk), and Debian's registry, skopeo, glance-api, keystone, uwsgi, qemu-utils, lua5.1
 	./hack/install-tools.sh
 
-test: tools ## Run every test (unit, CEL, fake API server, controllers, chart)
+test: tools image ## Run every test (unit, CEL, fake API server, controllers, chart, image)
 	HELM=$(HELM) cargo test --no-fail-fast
 
 lint: ## cargo fmt --check and clippy with warnings as errors
@@ -39,8 +42,17 @@ chart: tools ## helm lint the chart
 run: build ## Run the operator against the current kubeconfig
 	$(BIN) run --http-addr 127.0.0.1:8080
 
-image: ## Build the container image (needs a Docker engine)
-	docker build -t $(IMAGE) .
+image: ## Build the OCI image without a container engine: target/image/oci (layout) and target/image/image-replication-operator-VERSION.tar
+	cargo build --release --locked
+	python3 hack/image.py --binary target/release/image-replication-operator --out $(IMAGE_DIR)/oci \
+	  --archive $(IMAGE_DIR)/image-replication-operator-$(VERSION).tar --version $(VERSION) \
+	  --revision "$$(git rev-parse HEAD 2>/dev/null || echo unknown)" --source $(IMAGE_SOURCE)
+
+image-push: image ## Push the image: make image-push IMAGE=registry.example.com/team/image-replication-operator:0.1.0
+	skopeo copy --all oci:$(IMAGE_DIR)/oci:$(VERSION) docker://$(IMAGE)
+
+docker-image: ## Build the equivalent image from the Dockerfile (needs a Docker engine)
+	docker build --build-arg REVISION="$$(git rev-parse HEAD)" --build-arg SOURCE=$(IMAGE_SOURCE) -t $(IMAGE) .
 
 demo: ## Replicate a multi-arch image between two loopback registries and compare digests
 	./hack/demo.sh

@@ -168,6 +168,29 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
+        // Counters start at zero for their known label values, so that dashboards and alerts
+        // (rate, increase, absent) see every series from the first scrape.
+        for controller in ["image_replication", "replica_instance"] {
+            reconciliations.with_label_values(&[controller]);
+            for category in ["kube", "finalizer", "provider", "timeout"] {
+                reconcile_errors.with_label_values(&[controller, category]);
+            }
+        }
+        for outcome in ["copied", "up_to_date", "failed"] {
+            copy_tasks.with_label_values(&["oci", outcome]);
+        }
+        for provider in ["oci", "oci_replica", "openstack"] {
+            bytes_transferred.with_label_values(&[provider]);
+        }
+        for result in ["copied", "deleted", "failed", "conflict"] {
+            replica_artifacts.with_label_values(&[result]);
+        }
+        for outcome in ["accepted", "not_configured", "standby", "unauthorized", "bad_payload"] {
+            notifications.with_label_values(&[outcome]);
+        }
+        for provider in ["huawei", "alibaba", "aws", "tencent", "openstack"] {
+            copy_duration.with_label_values(&[provider]);
+        }
         Self {
             registry,
             reconcile_duration,

@@ -4,8 +4,11 @@
 //! Needs `helm` (`make tools` installs it into .tools/bin) and `lua5.1` (Argo CD runs gopher-lua,
 //! a Lua 5.1); `HELM` and `LUA` override the paths.
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use image_replication_operator::api::v1alpha1::ImageReplication;
 use image_replication_operator::{crdgen, plan};
@@ -252,4 +255,164 @@ fn argocd_cm_embeds_the_same_lua_for_both_kinds() {
             "{key} differs from argocd-health.lua"
         );
     }
+}
+
+/// The chart with `dashboards.enabled` and `prometheusRule.enabled`.
+fn render_observability() -> Vec<Value> {
+    docs(&helm(&[
+        "template",
+        "iro",
+        CHART,
+        "--namespace",
+        "ops",
+        "--set",
+        "dashboards.enabled=true",
+        "--set",
+        "prometheusRule.enabled=true",
+    ]))
+}
+
+/// Metric names (`imgrep_*`, without the histogram suffixes) an expression names.
+fn metric_names(expr: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("imgrep_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        out.insert(base.to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// The dashboard ConfigMap (with the sidecar label) and the PrometheusRule render, off by
+/// default; returns every metric their queries and alerts name.
+fn observability_metrics() -> std::collections::BTreeSet<String> {
+    assert!(
+        !render().contains("kind: PrometheusRule") && !render().contains("grafana_dashboard"),
+        "both are off by default"
+    );
+    let docs = render_observability();
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "iro-image-replication-operator-dashboard")
+        .expect("dashboard ConfigMap");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dash: Value = serde_json::from_str(cm["data"]["image-replication-operator.json"].as_str().unwrap()).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    for p in panels {
+        for t in p["targets"].as_array().unwrap() {
+            names.extend(metric_names(t["expr"].as_str().unwrap()));
+        }
+    }
+    let rule = docs
+        .iter()
+        .find(|d| d["kind"] == "PrometheusRule")
+        .expect("PrometheusRule");
+    let alerts: Vec<&Value> = rule["spec"]["groups"][0]["rules"].as_array().unwrap().iter().collect();
+    let alert_names: Vec<&str> = alerts.iter().filter_map(|a| a["alert"].as_str()).collect();
+    for want in [
+        "ImageReplicationCopyNotProgressing",
+        "ImageReplicationVmCopyStuck",
+        "ImageReplicationReplicaLagHigh",
+        "ImageReplicationQuotaQueueGrowing",
+        "ImageReplicationReconcileErrors",
+        "ImageReplicationNoLeader",
+    ] {
+        assert!(alert_names.contains(&want), "{want}: {alert_names:?}");
+    }
+    for a in alerts {
+        names.extend(metric_names(a["expr"].as_str().unwrap()));
+    }
+    names
+}
+
+/// Every metric the dashboard and the alerts name is one the operator serves on /metrics: the
+/// operator runs a copy (oci), a cloud VM copy (the Alibaba stand-in) and a replica sync, and
+/// gets a notification, then its /metrics is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_and_alerts_name_only_metrics_the_operator_serves() {
+    use image_replication_operator::api::ReplicaInstance;
+    use kube::Api;
+    use kube::api::PostParams;
+    use support::clouds::{AK, Kind, SK, Stand};
+    use support::operator::{Operator, eventually};
+    use support::registry::TestRegistry;
+
+    let wanted = observability_metrics();
+    assert!(wanted.len() >= 12, "{wanted:?}");
+
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    a.seed("team/web", "1.4", &["--platforms", "linux/amd64"]);
+    let ecs = Stand::start(Kind::Alibaba).await;
+    let src = ecs.add("cn-hangzhou", "web", 20, json!({}));
+    let (s, c) = support::cluster().await;
+    support::secret(&c, "ali", &[("accessKeyId", AK), ("accessKeySecret", SK)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let op = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-a", &[]);
+    let ir: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    for spec in [
+        json!({"provider": {"kind": "oci"}, "source": {"region": "a", "reference": format!("{}/team/web:1.4", a.host())},
+               "destinations": [{"region": "b", "registry": b.url()}]}),
+        json!({"provider": {"kind": "alibaba", "credentialsSecretRef": {"name": "ali"}, "endpoint": ecs.url},
+               "source": {"region": "cn-hangzhou", "imageId": src}, "destinations": [{"region": "cn-shanghai"}]}),
+    ] {
+        let name = if spec["provider"]["kind"] == "oci" { "oci" } else { "vm" };
+        let o: ImageReplication = serde_json::from_value(json!({"apiVersion": "replication.imageops.io/v1alpha1",
+            "kind": "ImageReplication", "metadata": {"name": name, "namespace": "default"}, "spec": spec}))
+        .unwrap();
+        ir.create(&PostParams::default(), &o).await.unwrap();
+    }
+    let ri: Api<ReplicaInstance> = Api::namespaced(c.clone(), "default");
+    let r: ReplicaInstance = serde_json::from_value(json!({"apiVersion": "replication.imageops.io/v1alpha1",
+        "kind": "ReplicaInstance", "metadata": {"name": "rep", "namespace": "default"},
+        "spec": {"primary": {"provider": "oci", "region": "ap-guangzhou", "registry": a.url()},
+                 "region": "ap-shanghai", "replica": {"registry": b.url()}}}))
+    .unwrap();
+    ri.create(&PostParams::default(), &r).await.unwrap();
+    for name in ["oci", "vm"] {
+        eventually(Duration::from_secs(60), &format!("{name} Ready"), || async {
+            let st = ir.get(name).await.ok()?.status?;
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        })
+        .await;
+    }
+    let _ = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/notifications", op.http_port))
+        .body("{}")
+        .send()
+        .await;
+    // Families appear as their first sample is recorded: wait for them, then name what is missing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (text, missing) = loop {
+        let text = op.http_get("/metrics").map(|(_, t)| t).unwrap_or_default();
+        let served: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(String::from)
+            .collect();
+        let missing: Vec<String> = wanted.difference(&served).cloned().collect();
+        if missing.is_empty() || std::time::Instant::now() > deadline {
+            break (text, missing);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        missing.is_empty(),
+        "named by the dashboard or alerts, not on /metrics: {missing:?}"
+    );
+    assert!(text.contains("imgrep_leader 1"), "{text}");
 }
