@@ -16,6 +16,7 @@ for pair in lua5.1:lua5.1 docker-registry:docker-registry skopeo:skopeo htpasswd
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 [ -e /usr/lib/uwsgi/plugins/python3_plugin.so ] || missing+=(uwsgi-plugin-python3)
+[ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)  # the image's CA bundle
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

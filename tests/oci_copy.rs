@@ -192,6 +192,52 @@ async fn rate_limits_are_waited_out_with_retry_after() {
     assert_eq!(src.stats.retries.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
 
+/// A 503 on a blob's first PATCH: the registry holds nothing (distribution's status says
+/// `Range: 0-0`), so the upload resumes at byte 0 in the same session and the copy succeeds in
+/// its first attempt — not at byte 1 with the finishing PUT refused as DIGEST_INVALID.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_first_chunk_resumes_at_byte_zero() {
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    let (digest, _) = a.seed(
+        "big/img",
+        "1",
+        &[
+            "--platforms",
+            "linux/amd64",
+            "--layers",
+            "1",
+            "--layer-size",
+            "600000",
+            "--base-size",
+            "0",
+        ],
+    );
+    let proxy = FaultyProxy::start(b.url(), Fault::FailPatches(1)).await;
+    let budgets = Budgets::default();
+    let (src, dst) = (client(&a.url(), &budgets), client(&proxy.url(), &budgets));
+    let opts = CopyOptions {
+        chunk_size: 256 * 1024,
+        blob_concurrency: 1,
+        ..Default::default()
+    };
+    copy(&Engine::default(), &src, &dst, "big/img", "1", &opts)
+        .await
+        .unwrap();
+    assert_eq!(b.digest_of("big/img", "1"), Some(digest));
+    let seen = proxy.seen.lock().unwrap().clone();
+    assert_eq!(seen.iter().filter(|r| r.3 == 503).count(), 1, "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|r| r.0 == "GET" && r.1.contains("/blobs/uploads/") && r.3 == 204),
+        "the upload's status was asked: {seen:?}"
+    );
+    assert_eq!(
+        b.uploads_started(),
+        2,
+        "one session per blob (layer + config), none restarted"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_cut_mid_blob_resumes_where_it_broke() {
     let (a, b) = (TestRegistry::start(), TestRegistry::start());

@@ -19,6 +19,16 @@ pub fn sha256_digest(b: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(b)))
 }
 
+/// Bytes an upload holds from its status `Range: 0-<last byte>`. Distribution answers `0-0` for
+/// an upload that holds nothing (and would for one byte, which a chunked upload never holds):
+/// `0-0` is 0 bytes, so a resume after a failed first chunk starts at byte 0, not 1.
+pub fn held_bytes(range: Option<&str>) -> u64 {
+    match range.and_then(|r| r.trim().rsplit('-').next()?.parse::<u64>().ok()) {
+        Some(0) | None => 0,
+        Some(end) => end + 1,
+    }
+}
+
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -340,11 +350,7 @@ impl Registry {
             .await?;
         let resp = expect_status("upload status", resp, &[204]).await?;
         let loc = header(&resp, LOCATION).unwrap_or_else(|| location.to_string());
-        let held = header(&resp, RANGE)
-            .and_then(|r| r.rsplit('-').next().and_then(|e| e.parse::<u64>().ok()))
-            .map(|end| end + 1)
-            .unwrap_or(0);
-        Ok((held, loc))
+        Ok((held_bytes(header(&resp, RANGE).as_deref()), loc))
     }
 
     /// Finish an upload with its digest.
@@ -457,5 +463,20 @@ impl Registry {
             message: e.without_url().to_string(),
         })?;
         Ok(Some(body.manifests))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_bytes;
+
+    #[test]
+    fn upload_status_ranges() {
+        // Distribution's answer for an upload holding nothing: resume at byte 0.
+        assert_eq!(held_bytes(Some("0-0")), 0);
+        assert_eq!(held_bytes(None), 0);
+        assert_eq!(held_bytes(Some("0-1048575")), 1 << 20);
+        assert_eq!(held_bytes(Some("bytes=0-99")), 100);
+        assert_eq!(held_bytes(Some("garbage")), 0);
     }
 }

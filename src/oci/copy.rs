@@ -385,9 +385,22 @@ impl Engine {
         let mut confirmed: u64 = 0; // bytes the destination holds
         let mut snapshot = Sha256::new(); // hash of those bytes
         let mut failures = 0u32;
+        // Upload restarts from zero, never reset by accepted chunks: bounded per blob, so a
+        // registry that keeps cutting uploads cannot make us resend the blob without end.
+        let mut restarts = 0u32;
         let fail = |failures: &mut u32, e: OciError| -> Result<(), OciError> {
             *failures += 1;
-            if *failures >= job.opts.max_blob_failures || !e.is_retryable() {
+            // A resumed PATCH the registry refuses (404 BLOB_UPLOAD_INVALID/UNKNOWN, 416: it kept
+            // a cut chunk's partial bytes) is answered by restarting the upload.
+            let refused_resume = matches!(
+                e,
+                OciError::Http {
+                    op: "upload chunk",
+                    status: 404 | 416,
+                    ..
+                }
+            );
+            if *failures >= job.opts.max_blob_failures || !(e.is_retryable() || refused_resume) {
                 Err(e)
             } else {
                 Ok(())
@@ -513,15 +526,35 @@ impl Engine {
                             (Err(e), _) => e,
                             _ => unreachable!("both succeeded above"),
                         };
+                        let refused = matches!(err, OciError::Http { status: 404 | 416, .. });
+                        let why = err.to_string();
                         fail(&mut failures, err)?;
                         // How much did the registry keep?
-                        match dst.upload_status(job.dst_repo, &location).await {
-                            Ok((held, loc)) if held >= confirmed && held <= confirmed + len => {
+                        let status = if refused {
+                            None
+                        } else {
+                            dst.upload_status(job.dst_repo, &location).await.ok()
+                        };
+                        match status {
+                            Some((held, loc)) if held >= confirmed && held <= confirmed + len => {
                                 location = loc;
                                 held_ahead = held - confirmed;
                             }
                             _ => {
-                                // Unknown state: start this blob again from zero.
+                                // Unknown or refused state: start this blob again from zero,
+                                // a bounded number of times.
+                                restarts += 1;
+                                if restarts > job.opts.max_blob_failures {
+                                    dst.cancel_upload(job.dst_repo, &location).await;
+                                    return Err(OciError::Transport {
+                                        op: "upload blob",
+                                        message: format!(
+                                            "{digest}: gave up after {} upload restarts ({} of {size} bytes held at the last one): {why}",
+                                            restarts - 1,
+                                            confirmed
+                                        ),
+                                    });
+                                }
                                 dst.cancel_upload(job.dst_repo, &location).await;
                                 location = dst.start_upload(job.dst_repo).await?;
                                 confirmed = 0;

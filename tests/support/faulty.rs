@@ -1,5 +1,6 @@
 //! A proxy in front of a real registry that injects faults the engine must survive or report:
-//! corrupted blob bytes, 429 with Retry-After, and connections cut in the middle of a blob.
+//! corrupted blob bytes, 429 with Retry-After, connections cut in the middle of a blob, and
+//! refused upload chunks.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,9 @@ pub enum Fault {
     RateLimitManifests(usize),
     /// Cut the first `n` full blob GETs after `after` bytes.
     CutBlobs { n: usize, after: usize },
+    /// Answer the first `n` upload PATCHes with 503 without passing them on (the registry
+    /// holds nothing of them).
+    FailPatches(usize),
     /// A bearer-token gate: 401 with a Bearer challenge unless `Authorization: Bearer <token>`;
     /// `/token` hands the token out for basic credentials `user:pass`.
     RequireBearer {
@@ -89,6 +93,13 @@ impl FaultyProxy {
                             .body(Body::empty())
                             .unwrap();
                     }
+                }
+                if let Fault::FailPatches(n) = fault
+                    && method == Method::PATCH
+                    && counter.fetch_add(1, Ordering::SeqCst) < n
+                {
+                    record(503);
+                    return Response::builder().status(503).body(Body::empty()).unwrap();
                 }
                 if let Fault::RateLimitManifests(n) = fault
                     && path.contains("/manifests/")
