@@ -95,14 +95,12 @@ pub const ERROR_CODES: &[(&str, ErrorClass)] = &[
     ("OperationDenied*", ErrorClass::Permanent),
 ];
 
-/// One classification for an ECS error: the code table, then the HTTP status.
+/// One classification for an ECS error: the code table, then the HTTP status (a 404 with a
+/// code the table does not name is not taken for a gone image).
 pub fn classify(status: u16, code: &str) -> ErrorClass {
     cloud::lookup(ERROR_CODES, code).unwrap_or(match status {
-        429 => ErrorClass::Throttled,
-        404 if code.is_empty() => ErrorClass::NotFound,
-        401 | 403 => ErrorClass::Auth,
-        500..=599 => ErrorClass::RetryLater,
-        _ => ErrorClass::Permanent,
+        404 if !code.is_empty() => ErrorClass::Permanent,
+        s => cloud::by_status(s),
     })
 }
 

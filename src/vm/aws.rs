@@ -102,13 +102,7 @@ pub const ERROR_CODES: &[(&str, ErrorClass)] = &[
 
 /// One classification for an EC2 error: the code table, then the HTTP status.
 pub fn classify(status: u16, code: &str) -> ErrorClass {
-    cloud::lookup(ERROR_CODES, code).unwrap_or(match status {
-        429 => ErrorClass::Throttled,
-        404 => ErrorClass::NotFound,
-        401 | 403 => ErrorClass::Auth,
-        500..=599 => ErrorClass::RetryLater,
-        _ => ErrorClass::Permanent,
-    })
+    cloud::lookup(ERROR_CODES, code).unwrap_or_else(|| cloud::by_status(status))
 }
 
 fn image_state(state: &str) -> ImageState {

@@ -65,6 +65,17 @@ pub fn lookup(table: &[(&str, ErrorClass)], code: &str) -> Option<ErrorClass> {
     })
 }
 
+/// The class of an answer whose code no table names, by its HTTP status.
+pub fn by_status(status: u16) -> ErrorClass {
+    match status {
+        429 => ErrorClass::Throttled,
+        404 => ErrorClass::NotFound,
+        401 | 403 => ErrorClass::Auth,
+        408 | 409 | 500..=599 => ErrorClass::RetryLater,
+        _ => ErrorClass::Permanent,
+    }
+}
+
 /// A failed attempt of `class`; an authentication or permission error carries `auth_hint`.
 pub fn attempt(class: ErrorClass, text: String, auth_hint: &str, retry_after: Option<Duration>) -> Attempt {
     let error = match class {

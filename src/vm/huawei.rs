@@ -115,18 +115,10 @@ pub fn classify(status: u16, code: &str, msg: &str) -> ErrorClass {
     if let Some(c) = cloud::lookup(ERROR_CODES, code) {
         return c;
     }
-    if status == 429 {
-        return ErrorClass::Throttled;
-    }
-    if msg.to_ascii_lowercase().contains("quota") {
+    if status != 429 && msg.to_ascii_lowercase().contains("quota") {
         return ErrorClass::RetryLater;
     }
-    match status {
-        404 => ErrorClass::NotFound,
-        401 | 403 => ErrorClass::Auth,
-        408 | 409 | 500..=599 => ErrorClass::RetryLater,
-        _ => ErrorClass::Permanent,
-    }
+    cloud::by_status(status)
 }
 
 /// IMS image `status`: queued, saving, deleted, killed, active (the API has no frozen state).

@@ -12,19 +12,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::need;
 use super::operator::free_port;
 
 pub const ADMIN_PASSWORD: &str = "adm1n-s3cret";
-
-fn need(cmd: &str, pkg: &str) {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "{cmd} is missing: install {pkg} (make tools does)");
-}
 
 fn conf(dir: &Path) -> String {
     format!(

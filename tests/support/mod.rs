@@ -17,6 +17,17 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 
+/// Fail with what to install when a command the tests need is missing.
+pub fn need(cmd: &str, pkg: &str) {
+    let ok = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "{cmd} is missing: install {pkg} (make tools does)");
+}
+
 /// Create both CRDs.
 pub async fn install_crds(c: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(c.clone());

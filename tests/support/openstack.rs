@@ -21,19 +21,10 @@ use axum::response::Response;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use super::need;
 use super::operator::free_port;
 
 pub const PROJECT: &str = "0123456789abcdef0123456789abcdef";
-
-fn need(cmd: &str, pkg: &str) {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "{cmd} is missing: install {pkg} (make tools does)");
-}
 
 /// A migrated sqlite database, made once per test process and copied per server.
 fn template_db() -> &'static PathBuf {
