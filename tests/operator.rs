@@ -48,12 +48,19 @@ fn version_names_the_git_revision() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let rev = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    assert_eq!(text.trim(), format!("image-replication-operator 0.1.0 ({rev})"));
+    let rev = text
+        .trim()
+        .strip_prefix("image-replication-operator 0.1.0 (")
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(rev.len() == 12 && rev.chars().all(|c| c.is_ascii_hexdigit()), "{text}");
+    // A commit of this repository (the one the binary was built from).
+    let known = std::process::Command::new("git")
+        .args(["cat-file", "-e", &format!("{rev}^{{commit}}")])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(known.success(), "{rev} is not a commit here");
 }
 
 /// The examples name no namespace: `kubectl apply -n team-a -f deploy/examples/...` works.
