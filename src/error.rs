@@ -14,6 +14,10 @@ pub enum Error {
     Provider(String),
     #[error("timed out: {0}")]
     Timeout(&'static str),
+    /// The cleanup behind the finalizer cannot finish yet (a destination unreachable, a copy
+    /// that cannot be cancelled still running): status says so, and it is tried again.
+    #[error("cleanup blocked: {0}")]
+    CleanupBlocked(String),
 }
 
 impl From<kube::Error> for Error {
@@ -30,6 +34,7 @@ impl Error {
             Self::Finalizer(_) => "finalizer",
             Self::Provider(_) => "provider",
             Self::Timeout(_) => "timeout",
+            Self::CleanupBlocked(_) => "cleanup_blocked",
         }
     }
 }

@@ -12,6 +12,8 @@ pub struct Metrics {
     pub reconcile_duration: HistogramVec,
     pub reconciliations: IntCounterVec,
     pub reconcile_errors: IntCounterVec,
+    /// Cleanups (deletes) that could not finish yet, by controller.
+    pub cleanup_blocked: IntCounterVec,
     pub leader: IntGauge,
     pub registry_request_duration: HistogramVec,
     pub copy_tasks: IntCounterVec,
@@ -60,6 +62,14 @@ impl Metrics {
                 "Reconciles that failed, by controller and error category.",
             ),
             &["controller", "category"],
+        )
+        .expect("valid metric");
+        let cleanup_blocked = IntCounterVec::new(
+            Opts::new(
+                "cleanup_blocked_total",
+                "Deletes whose cleanup could not finish yet (retried with backoff), by controller.",
+            ),
+            &["controller"],
         )
         .expect("valid metric");
         let leader = IntGauge::new(
@@ -156,6 +166,7 @@ impl Metrics {
             Box::new(reconcile_duration.clone()),
             Box::new(reconciliations.clone()),
             Box::new(reconcile_errors.clone()),
+            Box::new(cleanup_blocked.clone()),
             Box::new(leader.clone()),
             Box::new(registry_request_duration.clone()),
             Box::new(copy_tasks.clone()),
@@ -172,6 +183,7 @@ impl Metrics {
         // (rate, increase, absent) see every series from the first scrape.
         for controller in ["image_replication", "replica_instance"] {
             reconciliations.with_label_values(&[controller]);
+            cleanup_blocked.with_label_values(&[controller]);
             for category in ["kube", "finalizer", "provider", "timeout"] {
                 reconcile_errors.with_label_values(&[controller, category]);
             }
@@ -196,6 +208,7 @@ impl Metrics {
             reconcile_duration,
             reconciliations,
             reconcile_errors,
+            cleanup_blocked,
             leader,
             registry_request_duration,
             copy_tasks,

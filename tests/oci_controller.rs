@@ -240,3 +240,93 @@ async fn replicate_command_copies_without_a_cluster_and_reports_failures() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text.contains("InvalidName"), "{text}");
 }
+
+/// A delete that cannot finish (`deletionPolicy: Delete`, the destination registry down) says
+/// so in status — Ready=False, DeletionBlocked, the destination's error and the remedy — is
+/// counted as blocked (not as a reconcile error) and tried again; switching to Retain lets the
+/// object go at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocked_delete_is_visible_and_retain_lets_it_go() {
+    let a = TestRegistry::start();
+    let b = TestRegistry::start();
+    a.seed("team/web", "1.4", &[]);
+    let (s, c) = support::cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let op = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-a", &[]);
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let obj: ImageReplication = serde_json::from_value(json!({
+        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
+        "metadata": {"name": "blocked", "namespace": "default"},
+        "spec": {
+            "provider": {"kind": "oci"},
+            "source": {"region": "region-a", "reference": format!("{}/team/web:1.4", a.host())},
+            "destinations": [{"region": "region-b", "registry": b.url()}],
+            "deletionPolicy": "Delete"
+        }
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    eventually(WAIT, "blocked Ready", || async {
+        let st = api.get("blocked").await.ok()?.status?;
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    drop(b); // the destination registry goes down
+    api.delete("blocked", &DeleteParams::default()).await.unwrap();
+    let st = eventually(WAIT, "DeletionBlocked in status", || async {
+        let st = api.get("blocked").await.ok()?.status?;
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "DeletionBlocked")
+            .then_some(st)
+    })
+    .await;
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(
+        ready.message.contains("region-b") && ready.message.contains("deletionPolicy: Retain"),
+        "{}",
+        ready.message
+    );
+    let d = &st.destinations[0];
+    assert!(
+        d.message.as_deref().unwrap_or("").starts_with("deletion blocked: "),
+        "{d:?}"
+    );
+    assert!(
+        support::event_reasons(&c, "blocked")
+            .await
+            .contains(&"DeletionBlocked".to_string())
+    );
+    let metrics = eventually(WAIT, "counted as blocked", || async {
+        let (_, m) = op.http_get("/metrics")?;
+        m.lines()
+            .any(|l| {
+                l.starts_with("imgrep_cleanup_blocked_total{controller=\"image_replication\"}") && !l.ends_with(" 0")
+            })
+            .then_some(m)
+    })
+    .await;
+    assert!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("imgrep_reconcile_errors_total{") && l.contains("image_replication"))
+            .all(|l| l.ends_with(" 0")),
+        "a blocked delete is not a reconcile error: {metrics}"
+    );
+
+    // Retain: nothing to remove, the object goes.
+    api.patch(
+        "blocked",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"deletionPolicy": "Retain"}})),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "object gone", || async {
+        api.get_opt("blocked").await.unwrap().is_none().then_some(())
+    })
+    .await;
+}

@@ -9,6 +9,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::api::conditions;
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Secret;
@@ -242,6 +243,22 @@ pub trait Managed:
     fn act(&self, ctx: &Context, planned: &Planned<Self::Status>) -> impl Future<Output = Result<()>> + Send;
     /// Cleanup before the finalizer goes; returns the note of the CleanupComplete Event.
     fn cleanup(&self, ctx: &Context) -> impl Future<Output = Result<String>> + Send;
+    /// The status while the cleanup cannot finish (`message` says why): Ready=False with
+    /// reason DeletionBlocked and the remedy.
+    fn blocked_status(&self, message: &str, now: &Time) -> Self::Status;
+}
+
+/// The conditions of an object whose delete cannot finish yet.
+fn blocked_conditions(old: &[Condition], message: &str, generation: Option<i64>, now: &Time) -> Vec<Condition> {
+    let m = format!(
+        "deleting: {message}; the object goes once the cleanup succeeds (fix the destination, or set deletionPolicy: Retain to let it go now)"
+    );
+    let desired = vec![
+        conditions::Desired::new(conditions::READY, false, "DeletionBlocked", m.clone()),
+        conditions::Desired::new(conditions::RECONCILING, true, "DeletionBlocked", m),
+        conditions::Desired::new(conditions::STALLED, false, "DeletionBlocked", ""),
+    ];
+    conditions::merge(old, &desired, generation, now)
 }
 
 fn key_of<K: Resource>(obj: &K) -> String {
@@ -382,6 +399,18 @@ impl Managed for ImageReplication {
             });
         }
         Ok(())
+    }
+    fn blocked_status(&self, message: &str, now: &Time) -> Self::Status {
+        let mut st = self.status.clone().unwrap_or_default();
+        // The destination the message is about (cleanup messages name their region first).
+        for d in st.destinations.iter_mut() {
+            let r = &d.region;
+            if message.starts_with(&format!("{r}: ")) || message.contains(&format!(" in {r}: ")) {
+                d.message = Some(format!("deletion blocked: {message}"));
+            }
+        }
+        st.conditions = blocked_conditions(&st.conditions, message, self.metadata.generation, now);
+        st
     }
     async fn cleanup(&self, ctx: &Context) -> Result<String> {
         if let Some(p) = ctx.providers.vm(self.spec.provider.kind) {
@@ -622,6 +651,11 @@ impl Managed for ReplicaInstance {
         });
         Ok(())
     }
+    fn blocked_status(&self, message: &str, now: &Time) -> Self::Status {
+        let mut st = self.status.clone().unwrap_or_default();
+        st.conditions = blocked_conditions(&st.conditions, message, self.metadata.generation, now);
+        st
+    }
     async fn cleanup(&self, ctx: &Context) -> Result<String> {
         let key = key_of(self);
         let cancelled = ctx.sync_tasks.cancel(&key);
@@ -687,26 +721,32 @@ async fn publish<K: Managed>(ctx: &Context, obj: &K, warning: bool, reason: &str
     }
 }
 
+/// Write an object's status (server-side apply on the status subresource).
+async fn write_status<K: Managed>(obj: &K, ctx: &Context, status: &K::Status) -> Result<()> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    timed(
+        "status patch",
+        api.patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
 async fn apply<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
     let now = Time(Timestamp::now());
     let planned = obj.plan(ctx, &now).await;
     let old = obj.current_status();
     if old != Some(&planned.status) {
-        let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-        let patch = serde_json::json!({
-            "apiVersion": K::api_version(&()),
-            "kind": K::kind(&()),
-            "status": planned.status,
-        });
-        timed(
-            "status patch",
-            api.patch_status(
-                &obj.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            ),
-        )
-        .await?;
+        write_status(obj.as_ref(), ctx, &planned.status).await?;
         let empty: &[Condition] = &[];
         let before = old.map(K::conditions_of).unwrap_or(empty);
         let headline = plan::announcement(before, K::conditions_of(&planned.status));
@@ -723,10 +763,31 @@ async fn apply<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
         .unwrap_or_else(Action::await_change))
 }
 
+/// Run the cleanup. One that cannot finish yet keeps the finalizer: the status says why and
+/// what to do (a Warning Event when the reason changes), and it is tried again with backoff.
 async fn cleanup<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
-    let note = obj.cleanup(ctx).await?;
-    publish(ctx, obj.as_ref(), false, "CleanupComplete", note).await;
-    Ok(Action::await_change())
+    match obj.cleanup(ctx).await {
+        Ok(note) => {
+            publish(ctx, obj.as_ref(), false, "CleanupComplete", note).await;
+            Ok(Action::await_change())
+        }
+        Err(Error::Provider(message) | Error::CleanupBlocked(message)) => {
+            let now = Time(Timestamp::now());
+            let status = obj.blocked_status(&message, &now);
+            if obj.current_status() != Some(&status) {
+                write_status(obj.as_ref(), ctx, &status).await?;
+                publish(ctx, obj.as_ref(), true, "DeletionBlocked", message.clone()).await;
+            }
+            Err(Error::CleanupBlocked(message))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a reconcile error is a cleanup that cannot finish yet (not a failure of ours).
+fn cleanup_blocked(err: &Error) -> bool {
+    matches!(err, Error::CleanupBlocked(_))
+        || matches!(err, Error::Finalizer(f) if matches!(f.as_ref(), kube::runtime::finalizer::Error::CleanupFailed(Error::CleanupBlocked(_))))
 }
 
 /// Reconcile one object: finalizer first, then apply or cleanup.
@@ -751,9 +812,14 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Act
 
 /// Failed reconciles back off per object; an invalid spec waits for a change.
 pub fn error_policy<K: Managed>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_failure(K::CONTROLLER, err.category());
     let key = key_of(obj.as_ref());
     let delay = ctx.next_backoff(&key);
+    if cleanup_blocked(err) {
+        ctx.metrics.cleanup_blocked.with_label_values(&[K::CONTROLLER]).inc();
+        info!(object = %key, error = %err, retry_in = ?delay, "delete waits for its cleanup");
+        return Action::requeue(delay);
+    }
+    ctx.metrics.reconcile_failure(K::CONTROLLER, err.category());
     warn!(object = %key, error = %err, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
