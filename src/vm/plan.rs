@@ -227,6 +227,7 @@ pub fn vm_plan(
                         s.phase = DestinationPhase::Cancelled;
                         s.completed_at = Some(now.clone());
                         s.message = Some("cancelled (suspend)".into());
+                        clear_progress(&mut s);
                     }
                     TaskPhase::Cancelled => fail(
                         &mut s,
@@ -242,6 +243,7 @@ pub fn vm_plan(
                 s.phase = DestinationPhase::Cancelled;
                 s.completed_at = Some(now.clone());
                 s.message = Some("cancelled (suspend)".into());
+                clear_progress(&mut s);
                 s.task_id = None;
                 s.image_id = None;
                 s.client_token = None;
@@ -377,6 +379,13 @@ pub fn vm_plan(
     p
 }
 
+/// Forget a stopped copy's progress and byte counts: they describe a copy that is not going on.
+fn clear_progress(s: &mut DestinationStatus) {
+    s.progress_percent = None;
+    s.bytes_copied = None;
+    s.bytes_total = None;
+}
+
 fn fail(
     s: &mut DestinationStatus,
     msg: &str,
@@ -391,6 +400,8 @@ fn fail(
     let retry = s.attempts < max_attempts;
     s.phase = DestinationPhase::Failed;
     s.completed_at = Some(now.clone());
+    // A copy that failed or stopped has no progress to show (not the 99% it had reached).
+    clear_progress(s);
     s.client_token = None;
     s.task_id = None;
     s.image_id = None;
@@ -815,6 +826,12 @@ spec:
             &[],
         );
         assert_eq!(dest(&p, "two").client_token, None);
+        let failed = dest(&p, "two");
+        assert_eq!(
+            (failed.progress_percent, failed.bytes_copied),
+            (None, None),
+            "a failed copy shows no progress"
+        );
         let p = step(&mut o, &Gate::Open, &observed(&[]), 40, &[("two", Admission::Granted)]);
         assert_eq!(dest(&p, "two").attempts, 3);
         assert_ne!(dest_token(&o, "two"), token);
@@ -900,6 +917,11 @@ spec:
             &[],
         );
         assert_eq!(dest(&p, "two").phase, DestinationPhase::Cancelled);
+        assert_eq!(
+            (dest(&p, "two").progress_percent, dest(&p, "two").bytes_copied),
+            (None, None),
+            "a cancelled copy keeps no stale counts"
+        );
         assert!(p.running.is_empty());
         let p = step(
             &mut o,
