@@ -112,6 +112,35 @@ async fn copies_reports_per_destination_repairs_drift_and_deletes() {
     );
 }
 
+/// `team/web:1.4` from registry `a` (region-a) to `b` (region-b).
+fn web_to(a: &TestRegistry, b: &TestRegistry, name: &str, policy: &str) -> ImageReplication {
+    serde_json::from_value(json!({
+        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "provider": {"kind": "oci"},
+            "source": {"region": "region-a", "reference": format!("{}/team/web:1.4", a.host())},
+            "destinations": [{"region": "region-b", "registry": b.url()}],
+            "deletionPolicy": policy
+        }
+    }))
+    .unwrap()
+}
+
+async fn wait_ready(
+    api: &Api<ImageReplication>,
+    name: &str,
+) -> image_replication_operator::api::v1alpha1::ImageReplicationStatus {
+    eventually(WAIT, &format!("{name} Ready"), || async {
+        let st = api.get(name).await.ok()?.status?;
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(st)
+    })
+    .await
+}
+
 /// At rest nothing is written: drift checks that find the copy intact (every 2 s here) change
 /// no status field, wake no watcher and record no Event, and the status keeps the real story
 /// (bytes copied, when the copy completed).
@@ -128,25 +157,10 @@ async fn at_rest_drift_checks_write_nothing() {
         &["--resync-seconds", "2"],
     );
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
-    let obj: ImageReplication = serde_json::from_value(json!({
-        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
-        "metadata": {"name": "quiet", "namespace": "default"},
-        "spec": {
-            "provider": {"kind": "oci"},
-            "source": {"region": "region-a", "reference": format!("{}/team/web:1.4", a.host())},
-            "destinations": [{"region": "region-b", "registry": b.url()}]
-        }
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &obj).await.unwrap();
-    let ready = eventually(WAIT, "quiet Ready", || async {
-        let st = api.get("quiet").await.ok()?.status?;
-        st.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(st)
-    })
-    .await;
+    api.create(&PostParams::default(), &web_to(&a, &b, "quiet", "Retain"))
+        .await
+        .unwrap();
+    let ready = wait_ready(&api, "quiet").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let heads = || {
         b.requests()
@@ -254,26 +268,10 @@ async fn a_blocked_delete_is_visible_and_retain_lets_it_go() {
     let dir = tempfile::tempdir().unwrap();
     let op = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-a", &[]);
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
-    let obj: ImageReplication = serde_json::from_value(json!({
-        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
-        "metadata": {"name": "blocked", "namespace": "default"},
-        "spec": {
-            "provider": {"kind": "oci"},
-            "source": {"region": "region-a", "reference": format!("{}/team/web:1.4", a.host())},
-            "destinations": [{"region": "region-b", "registry": b.url()}],
-            "deletionPolicy": "Delete"
-        }
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &obj).await.unwrap();
-    eventually(WAIT, "blocked Ready", || async {
-        let st = api.get("blocked").await.ok()?.status?;
-        st.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
-    })
-    .await;
+    api.create(&PostParams::default(), &web_to(&a, &b, "blocked", "Delete"))
+        .await
+        .unwrap();
+    wait_ready(&api, "blocked").await;
     drop(b); // the destination registry goes down
     api.delete("blocked", &DeleteParams::default()).await.unwrap();
     let st = eventually(WAIT, "DeletionBlocked in status", || async {

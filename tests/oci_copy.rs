@@ -126,23 +126,25 @@ async fn shared_layers_are_mounted_across_repositories_not_uploaded_again() {
     assert_eq!(b.uploads_started(), 7, "every blob crossed exactly once");
 }
 
+/// Seed `big/img:1`: one amd64 layer of `layer_size` bytes, no base layer; returns its digest.
+fn one_layer_image(reg: &TestRegistry, layer_size: &str) -> String {
+    let args = [
+        "--platforms",
+        "linux/amd64",
+        "--layers",
+        "1",
+        "--layer-size",
+        layer_size,
+        "--base-size",
+        "0",
+    ];
+    reg.seed("big/img", "1", &args).0
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn chunked_upload_sends_many_patches_and_verifies() {
     let (a, b) = (TestRegistry::start(), TestRegistry::start());
-    let (digest, _) = a.seed(
-        "big/img",
-        "1",
-        &[
-            "--platforms",
-            "linux/amd64",
-            "--layers",
-            "1",
-            "--layer-size",
-            "1000000",
-            "--base-size",
-            "0",
-        ],
-    );
+    let digest = one_layer_image(&a, "1000000");
     let budgets = Budgets::default();
     let (src, dst) = (client(&a.url(), &budgets), client(&b.url(), &budgets));
     let opts = CopyOptions {
@@ -198,20 +200,7 @@ async fn rate_limits_are_waited_out_with_retry_after() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_first_chunk_resumes_at_byte_zero() {
     let (a, b) = (TestRegistry::start(), TestRegistry::start());
-    let (digest, _) = a.seed(
-        "big/img",
-        "1",
-        &[
-            "--platforms",
-            "linux/amd64",
-            "--layers",
-            "1",
-            "--layer-size",
-            "600000",
-            "--base-size",
-            "0",
-        ],
-    );
+    let digest = one_layer_image(&a, "600000");
     let proxy = FaultyProxy::start(b.url(), Fault::FailPatches(1)).await;
     let budgets = Budgets::default();
     let (src, dst) = (client(&a.url(), &budgets), client(&proxy.url(), &budgets));
@@ -241,20 +230,7 @@ async fn a_refused_first_chunk_resumes_at_byte_zero() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_cut_mid_blob_resumes_where_it_broke() {
     let (a, b) = (TestRegistry::start(), TestRegistry::start());
-    let (digest, _) = a.seed(
-        "big/img",
-        "1",
-        &[
-            "--platforms",
-            "linux/amd64",
-            "--layers",
-            "1",
-            "--layer-size",
-            "1500000",
-            "--base-size",
-            "0",
-        ],
-    );
+    let digest = one_layer_image(&a, "1500000");
     let proxy = FaultyProxy::start(a.url(), Fault::CutBlobs { n: 1, after: 700_000 }).await;
     let budgets = Budgets::default();
     let (src, dst) = (client(&proxy.url(), &budgets), client(&b.url(), &budgets));
