@@ -257,13 +257,13 @@ async fn replicate_command_copies_without_a_cluster_and_reports_failures() {
 
 /// A delete that cannot finish (`deletionPolicy: Delete`, the destination registry down) says
 /// so in status — Ready=False, DeletionBlocked, the destination's error and the remedy — is
-/// counted as blocked (not as a reconcile error) and tried again; switching to Retain lets the
-/// object go at once.
+/// counted as blocked (not as a reconcile error) and tried again: once the registry is back the
+/// copy is removed and the object goes; switching to Retain lets a blocked object go at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_blocked_delete_is_visible_and_retain_lets_it_go() {
     let a = TestRegistry::start();
-    let b = TestRegistry::start();
-    a.seed("team/web", "1.4", &[]);
+    let mut b = TestRegistry::start();
+    let (digest, _) = a.seed("team/web", "1.4", &[]);
     let (s, c) = support::cluster().await;
     let dir = tempfile::tempdir().unwrap();
     let op = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-a", &[]);
@@ -272,7 +272,7 @@ async fn a_blocked_delete_is_visible_and_retain_lets_it_go() {
         .await
         .unwrap();
     wait_ready(&api, "blocked").await;
-    drop(b); // the destination registry goes down
+    b.stop(); // the destination registry goes down
     api.delete("blocked", &DeleteParams::default()).await.unwrap();
     let st = eventually(WAIT, "DeletionBlocked in status", || async {
         let st = api.get("blocked").await.ok()?.status?;
@@ -315,7 +315,34 @@ async fn a_blocked_delete_is_visible_and_retain_lets_it_go() {
         "a blocked delete is not a reconcile error: {metrics}"
     );
 
-    // Retain: nothing to remove, the object goes.
+    // The destination comes back: the copy is removed and the object goes.
+    b.restart();
+    eventually(WAIT, "object gone once the registry is back", || async {
+        api.get_opt("blocked").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert_eq!(b.digest_of("team/web", "1.4"), None, "the copy was removed");
+    assert_eq!(
+        a.digest_of("team/web", "1.4"),
+        Some(digest),
+        "the source is never touched"
+    );
+
+    // Blocked again, then Retain: nothing to remove, the object goes at once.
+    api.create(&PostParams::default(), &web_to(&a, &b, "blocked", "Delete"))
+        .await
+        .unwrap();
+    wait_ready(&api, "blocked").await;
+    b.stop();
+    api.delete("blocked", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "blocked again", || async {
+        let st = api.get("blocked").await.ok()?.status?;
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == "DeletionBlocked")
+            .then_some(())
+    })
+    .await;
     api.patch(
         "blocked",
         &kube::api::PatchParams::default(),

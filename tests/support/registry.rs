@@ -128,27 +128,52 @@ impl TestRegistry {
         let scheme = if opts.tls { "https" } else { "http" };
         let cfg = dir.path().join("config.yml");
         std::fs::write(&cfg, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start docker-registry");
+        let child = Self::spawn(dir.path());
         let r = Self {
             port,
             dir,
             child,
             scheme,
         };
+        r.wait_up();
+        r
+    }
+
+    fn spawn(dir: &std::path::Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("log"))
+            .unwrap();
+        Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start docker-registry")
+    }
+
+    fn wait_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "registry did not start:\n{}", r.log());
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "registry did not start:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
-        r
+    }
+
+    /// Take the registry down (its port refuses connections; its storage stays).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Bring a stopped registry back on the same port with the same storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(self.dir.path());
+        self.wait_up();
     }
 
     pub fn host(&self) -> String {
