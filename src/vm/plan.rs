@@ -431,7 +431,22 @@ fn phase_event(s: &DestinationStatus) -> Announcement {
             s.image_id.as_deref().unwrap_or("?"),
             s.task_id.as_deref().unwrap_or("?")
         ),
-        _ => s.message.clone().unwrap_or_default(),
+        // Every Event says something: the phase's own words when there is no message.
+        phase => s
+            .message
+            .clone()
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| match phase {
+                DestinationPhase::Pending => "waiting to be queued".to_string(),
+                DestinationPhase::Queued => format!(
+                    "waiting for a copy slot of the account (position {})",
+                    s.queue_position.map_or_else(|| "?".to_string(), |p| p.to_string())
+                ),
+                DestinationPhase::Cancelling => "cancelling the copy".to_string(),
+                DestinationPhase::Cancelled => "copy cancelled".to_string(),
+                DestinationPhase::Failed => "copy failed".to_string(),
+                other => format!("{other:?}").to_lowercase(),
+            }),
     };
     Announcement {
         warning: s.phase == DestinationPhase::Failed,
@@ -886,6 +901,26 @@ spec:
         assert_eq!(cond(&p, "Ready").reason, "SourceNotReady");
         assert_eq!(cond(&p, "Stalled").status, "False");
         assert_eq!(p.requeue, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn phase_events_always_say_something() {
+        for phase in [
+            DestinationPhase::Pending,
+            DestinationPhase::Queued,
+            DestinationPhase::Cancelling,
+            DestinationPhase::Cancelled,
+            DestinationPhase::Failed,
+        ] {
+            let s = DestinationStatus {
+                region: "regiontwo".into(),
+                phase,
+                ..Default::default()
+            };
+            let e = phase_event(&s);
+            let text = e.note.strip_prefix("regiontwo: ").unwrap();
+            assert!(!text.trim().is_empty(), "{phase:?}: {:?}", e.note);
+        }
     }
 
     #[test]
