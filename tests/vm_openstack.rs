@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -556,10 +555,10 @@ spec:
 /// restart; a region Keystone does not have is named with the catalog's regions, each once.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_keystone_region_ids_catalog_changes_and_image_attributes() {
-    let ks = Arc::new(support::keystone::Keystone::start().await);
+    let ks = support::keystone::Keystone::start().await;
     let (one, two, three) = (Glance::start(), Glance::start(), Glance::start());
     let cloud = Cloud::with_keystone(
-        ks.clone(),
+        ks.api.clone(),
         &[
             ("RegionOne", one.url()),
             ("RegionTwo", two.url()),

@@ -7,7 +7,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -105,13 +105,27 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// One Keystone server.
+/// One Keystone server. Its API client ([`KeystoneApi`], also what the Glance proxies validate
+/// tokens with) is shared; the server process is owned here alone, so it ends when the test's
+/// `Keystone` is dropped, whatever still holds the client.
 pub struct Keystone {
-    pub port: u16,
     child: Mutex<Child>,
     pub dir: tempfile::TempDir,
+    pub api: Arc<KeystoneApi>,
+}
+
+/// Keystone's API, as the test and keystonemiddleware use it.
+pub struct KeystoneApi {
+    pub port: u16,
     http: reqwest::Client,
     admin: Mutex<Option<String>>,
+}
+
+impl std::ops::Deref for Keystone {
+    type Target = KeystoneApi;
+    fn deref(&self) -> &KeystoneApi {
+        &self.api
+    }
 }
 
 impl Keystone {
@@ -151,11 +165,13 @@ impl Keystone {
             .spawn()
             .expect("start uwsgi");
         let ks = Self {
-            port,
             child: Mutex::new(child),
             dir,
-            http: super::openstack::client(),
-            admin: Mutex::new(None),
+            api: Arc::new(KeystoneApi {
+                port,
+                http: super::openstack::client(),
+                admin: Mutex::new(None),
+            }),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while ks.token("admin", ADMIN_PASSWORD, "admin").await.is_none() {
@@ -165,12 +181,14 @@ impl Keystone {
         ks
     }
 
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/v3", self.port)
-    }
-
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("uwsgi.log")).unwrap_or_default()
+    }
+}
+
+impl KeystoneApi {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v3", self.port)
     }
 
     /// A project-scoped token for a user of the Default domain.

@@ -271,7 +271,7 @@ impl RegionStats {
 #[derive(Clone)]
 enum TokenCheck {
     Issued(Arc<Mutex<HashSet<String>>>),
-    Keystone(Arc<super::keystone::Keystone>),
+    Keystone(Arc<super::keystone::KeystoneApi>),
 }
 
 impl TokenCheck {
@@ -376,7 +376,7 @@ impl Cloud {
     /// A real Keystone's cloud: one proxy per region in front of its Glance, validating tokens
     /// with Keystone. The regions and image endpoints are for the test to register
     /// ([`Cloud::proxy_url`]), so it can add them while the operator runs.
-    pub async fn with_keystone(ks: Arc<super::keystone::Keystone>, regions: &[(&str, String)]) -> Self {
+    pub async fn with_keystone(ks: Arc<super::keystone::KeystoneApi>, regions: &[(&str, String)]) -> Self {
         let all = Arc::new(RegionStats::default());
         let mut stats = HashMap::new();
         let mut urls = HashMap::new();
