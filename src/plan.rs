@@ -582,13 +582,18 @@ pub fn oci_plan(
     }
 }
 
-/// When a destination's copy was last known good: the later of its completion and the last
-/// drift check kept in memory.
-fn last_check<'a>(s: &'a DestinationStatus, checked: Option<&'a Time>) -> Option<&'a Time> {
-    match (s.completed_at.as_ref(), checked) {
+/// The later of two times, either of which may be unknown.
+fn later<'a>(a: Option<&'a Time>, b: Option<&'a Time>) -> Option<&'a Time> {
+    match (a, b) {
         (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
         (a, b) => a.or(b),
     }
+}
+
+/// When a destination's copy was last known good: the later of its completion and the last
+/// drift check kept in memory.
+fn last_check<'a>(s: &'a DestinationStatus, checked: Option<&'a Time>) -> Option<&'a Time> {
+    later(s.completed_at.as_ref(), checked)
 }
 
 fn resync_wait(last: Option<&Time>, now: &Time, resync: std::time::Duration) -> std::time::Duration {
@@ -607,16 +612,19 @@ pub fn spread_anchor(key: &str, now: &Time, period: std::time::Duration) -> Time
     Time(k8s_openapi::jiff::Timestamp::from_second(now.0.as_second() - back as i64).unwrap_or(now.0))
 }
 
+/// Tests' clock: `s` seconds after a fixed instant.
+#[cfg(test)]
+pub(crate) fn test_at(s: i64) -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + s).unwrap())
+}
+
 #[cfg(test)]
 mod oci_tests {
     use super::*;
-    use k8s_openapi::jiff::Timestamp;
     use std::collections::HashMap;
     use std::time::Duration;
 
-    fn at(s: i64) -> Time {
-        Time(Timestamp::from_second(1_800_000_000 + s).unwrap())
-    }
+    use super::test_at as at;
 
     fn obj() -> ImageReplication {
         let mut o: ImageReplication = serde_yaml::from_str(
@@ -990,11 +998,7 @@ pub fn replica_plan(
             .and_then(|t| secs_since(&Some(t), now))
             .filter(|age| *age < SYNC_RETRY.as_secs() as i64)
             .map(|age| std::time::Duration::from_secs((SYNC_RETRY.as_secs() as i64 - age) as u64));
-        let last = match (st.last_full_sync_time.as_ref(), last_full) {
-            (Some(a), Some(b)) => Some(if b.0 > a.0 { b.clone() } else { a.clone() }),
-            (a, b) => a.or(b).cloned(),
-        };
-        let full_age = secs_since(&last, now);
+        let full_age = secs_since(&later(st.last_full_sync_time.as_ref(), last_full).cloned(), now);
         let full_due = full_age.is_none_or(|a| a >= interval.as_secs() as i64);
         if let Some(w) =
             retry_wait.filter(|_| matches!(view, SyncView::Idle) || matches!(view, SyncView::Finished(Err(_))))
@@ -1088,15 +1092,12 @@ pub fn replica_plan(
 mod replica_tests {
     use super::*;
     use crate::replica_oci::{Failure, SyncReport, SyncView};
-    use k8s_openapi::jiff::Timestamp;
     use std::collections::BTreeSet;
     use std::time::Duration;
 
     const INTERVAL: Duration = Duration::from_secs(600);
 
-    fn at(s: i64) -> Time {
-        Time(Timestamp::from_second(1_800_000_000 + s).unwrap())
-    }
+    use super::test_at as at;
 
     fn obj() -> ReplicaInstance {
         let mut o: ReplicaInstance = serde_yaml::from_str(

@@ -456,9 +456,19 @@ impl OpenStack {
     }
 
     /// Images matching `query`, hidden ones (`os_hidden`) included: Glance lists them only
-    /// when asked with `os_hidden=true`, and then only them.
-    async fn list_all(&self, acct: &Account, region: &str, query: &str) -> Result<Vec<ImageInfo>, ProviderError> {
+    /// when asked with `os_hidden=true`, and then only them. `first_only`: the query names at
+    /// most one image (a token), so the hidden ones are asked for only when no visible matches.
+    async fn list_all(
+        &self,
+        acct: &Account,
+        region: &str,
+        query: &str,
+        first_only: bool,
+    ) -> Result<Vec<ImageInfo>, ProviderError> {
         let mut found = self.list(acct, region, query).await?;
+        if first_only && !found.is_empty() {
+            return Ok(found);
+        }
         for i in self.list(acct, region, &format!("{query}&os_hidden=true")).await? {
             if !found.iter().any(|f| f.id == i.id) {
                 found.push(i);
@@ -474,7 +484,7 @@ impl OpenStack {
         token: &str,
     ) -> Result<Option<ImageInfo>, ProviderError> {
         let mut found = self
-            .list_all(acct, region, &format!("{TOKEN_PROPERTY}={}", urlencode(token)))
+            .list_all(acct, region, &format!("{TOKEN_PROPERTY}={}", urlencode(token)), true)
             .await?;
         found.retain(|i| i.properties.get(TOKEN_PROPERTY).map(String::as_str) == Some(token));
         Ok(found.into_iter().next())
@@ -726,7 +736,7 @@ impl ImageService for OpenStack {
                 ImageSelector::Id(id) => self.get_image(acct, region, id).await,
                 ImageSelector::Name(name) => {
                     let found = self
-                        .list_all(acct, region, &format!("name={}", urlencode(name)))
+                        .list_all(acct, region, &format!("name={}", urlencode(name)), false)
                         .await?;
                     match found.len() {
                         0 => Err(ProviderError::not_found(format!("no image named {name:?} in {region}"))),

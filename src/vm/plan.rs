@@ -602,11 +602,8 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::jiff::Timestamp;
 
-    fn at(s: i64) -> Time {
-        Time(Timestamp::from_second(1_800_000_000 + s).unwrap())
-    }
+    use crate::plan::test_at as at;
 
     fn obj() -> ImageReplication {
         let mut o: ImageReplication = serde_yaml::from_str(
