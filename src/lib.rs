@@ -4,7 +4,10 @@
 pub mod api;
 pub mod controller;
 pub mod crdgen;
+pub mod egress;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod leader;
 pub mod metrics;
@@ -13,6 +16,7 @@ pub mod oci;
 pub mod plan;
 pub mod provider;
 pub mod providers_oci;
+pub mod redact;
 pub mod regions;
 pub mod replica_oci;
 pub mod replicate;

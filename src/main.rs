@@ -19,7 +19,7 @@ use image_replication_operator::http::{self, Health};
 use image_replication_operator::leader::{Elector, LeaseConfig, wait_true};
 use image_replication_operator::metrics::Metrics;
 use image_replication_operator::telemetry::{self, LogFormat};
-use image_replication_operator::{crdgen, provider};
+use image_replication_operator::{crdgen, egress, provider};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +44,21 @@ enum Command {
         /// Copy attempts per destination before giving up.
         #[arg(long, default_value_t = 3)]
         attempts: i32,
+        /// Apply an egress policy (by default `replicate` acts for whoever runs it and may
+        /// connect anywhere): allowed registry hosts, comma-separated rules.
+        #[arg(long)]
+        egress_registry_hosts: Option<String>,
+        /// With an egress policy: allowed cloud endpoint hosts.
+        #[arg(long)]
+        egress_cloud_hosts: Option<String>,
+        /// Where blob locations are kept between runs, so that a blob already in the
+        /// destination registry is mounted, not uploaded again (default:
+        /// $XDG_CACHE_HOME or ~/.cache, image-replication-operator/blob-locations.json).
+        #[arg(long, env = "IMGREP_BLOB_CACHE")]
+        blob_cache: Option<PathBuf>,
+        /// Keep no blob locations between runs.
+        #[arg(long, conflicts_with = "blob_cache")]
+        no_blob_cache: bool,
     },
     /// Print both CRDs as YAML, or write them as files into directories.
     Crdgen {
@@ -84,9 +99,26 @@ struct RunArgs {
     resync_seconds: u64,
     #[command(flatten)]
     vm: VmArgs,
+    #[command(flatten)]
+    egress: EgressArgs,
     /// Seconds to wait for the CRDs to be established before giving up.
     #[arg(long, default_value_t = 120)]
     crd_wait_seconds: u64,
+}
+
+/// Where the operator may connect (README, Security). Rules: `*`, `*.suffix` or an exact host,
+/// each with an optional `:port`. Loopback, link-local, metadata and the API server's addresses
+/// are refused unless a rule names them exactly.
+#[derive(Args, Clone)]
+struct EgressArgs {
+    /// Registry hosts specs may name (destinations, source references, primaries, replicas) and
+    /// registries may send the operator to (token realms, redirects).
+    #[arg(long, env = "EGRESS_REGISTRY_HOSTS", default_value = egress::DEFAULT_REGISTRY_HOSTS)]
+    egress_registry_hosts: String,
+    /// Cloud API endpoint hosts (provider.endpoint, OpenStack authUrl and catalog, Secrets'
+    /// endpoints). OpenStack deployments must be added here.
+    #[arg(long, env = "EGRESS_CLOUD_HOSTS", default_value = egress::DEFAULT_CLOUD_HOSTS)]
+    egress_cloud_hosts: String,
 }
 
 /// Tuning of VM image copies.
@@ -131,9 +163,31 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crdgen { out_dirs } => crdgen_cmd(out_dirs),
         Command::Run(args) => run(args).await,
-        Command::Replicate { files, attempts } => {
+        Command::Replicate {
+            files,
+            attempts,
+            egress_registry_hosts,
+            egress_cloud_hosts,
+            blob_cache,
+            no_blob_cache,
+        } => {
+            if egress_registry_hosts.is_some() || egress_cloud_hosts.is_some() {
+                let policy = egress::Policy::from_lists(
+                    egress_registry_hosts
+                        .as_deref()
+                        .unwrap_or(egress::DEFAULT_REGISTRY_HOSTS),
+                    egress_cloud_hosts.as_deref().unwrap_or(egress::DEFAULT_CLOUD_HOSTS),
+                )
+                .map_err(anyhow::Error::msg)?;
+                egress::install(policy);
+            }
             let manifests = image_replication_operator::replicate::load(&files).map_err(anyhow::Error::msg)?;
-            let opts = image_replication_operator::replicate::Options { attempts };
+            let blob_cache = if no_blob_cache {
+                None
+            } else {
+                blob_cache.or_else(image_replication_operator::replicate::default_blob_cache)
+            };
+            let opts = image_replication_operator::replicate::Options { attempts, blob_cache };
             if image_replication_operator::replicate::run(manifests, &opts, &mut std::io::stdout()).await {
                 Ok(())
             } else {
@@ -218,9 +272,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .into_future(),
     );
 
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .context("building the Kubernetes client (kubeconfig or in-cluster)")?;
+        .context("reading the Kubernetes client configuration (kubeconfig or in-cluster)")?;
+    let mut policy = egress::Policy::from_lists(&args.egress.egress_registry_hosts, &args.egress.egress_cloud_hosts)
+        .map_err(anyhow::Error::msg)?;
+    if let Some(host) = config.cluster_url.host() {
+        let port = config.cluster_url.port_u16().unwrap_or(443);
+        policy = policy.with_api_server(host, port);
+    }
+    if let (Ok(h), Ok(p)) = (
+        std::env::var("KUBERNETES_SERVICE_HOST"),
+        std::env::var("KUBERNETES_SERVICE_PORT").map(|p| p.parse::<u16>().unwrap_or(443)),
+    ) {
+        policy = policy.with_api_server(&h, p);
+    }
+    egress::install(policy);
+    let client = Client::try_from(config).context("building the Kubernetes client")?;
     let mut crd_stop = stop_rx.clone();
     tokio::select! {
         r = wait_for_crds(&client, Duration::from_secs(args.crd_wait_seconds)) => r?,

@@ -164,6 +164,23 @@ impl OciReplicator {
             .await
     }
 
+    /// Remember the repositories that hold this object's Available copies: mount candidates
+    /// for the blobs other copies need. Every object is reconciled at start-up, so after a
+    /// restart the engine knows again where the copies are.
+    pub fn note_copies(&self, obj: &crate::api::ImageReplication) {
+        let Some(st) = &obj.status else { return };
+        for d in &st.destinations {
+            if d.phase != crate::api::v1alpha1::DestinationPhase::Available {
+                continue;
+            }
+            if let Some(dest) = obj.spec.destinations.iter().find(|s| s.region == d.region)
+                && let Ok(t) = target(&obj.spec, dest)
+            {
+                self.engine.note_repository(&t.registry.host, &t.repository);
+            }
+        }
+    }
+
     /// Remove the copy (the manifest by digest, which removes its tags). False when absent.
     pub async fn delete_copy(
         &self,

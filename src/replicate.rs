@@ -28,6 +28,51 @@ use crate::vm::{Account, ImageService};
 pub struct Options {
     /// Copy attempts per destination before giving up.
     pub attempts: i32,
+    /// Where blob locations are kept between runs (the cross-repository mount candidates, as
+    /// skopeo keeps its blob-info cache); None: nothing is kept.
+    pub blob_cache: Option<std::path::PathBuf>,
+}
+
+/// Most blob locations kept in the cache file.
+const BLOB_CACHE_MAX: usize = 50_000;
+
+/// The default blob cache: `$XDG_CACHE_HOME` or `~/.cache`, `image-replication-operator/blob-locations.json`.
+pub fn default_blob_cache() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
+    Some(base.join("image-replication-operator").join("blob-locations.json"))
+}
+
+fn load_blob_cache(path: &std::path::Path, engines: &[&crate::oci::Engine]) {
+    let Ok(text) = std::fs::read(path) else { return };
+    // A damaged cache is only a missed shortcut: start without it.
+    if let Ok(l) = serde_json::from_slice::<crate::oci::copy::Locations>(&text) {
+        for e in engines {
+            e.learn(l.clone());
+        }
+    }
+}
+
+fn save_blob_cache(path: &std::path::Path, engines: &[&crate::oci::Engine], out: &mut (dyn Write + Send)) {
+    let mut all = crate::oci::copy::Locations::default();
+    for e in engines {
+        let l = e.locations();
+        all.blobs.extend(l.blobs);
+        all.repositories.extend(l.repositories);
+    }
+    all.blobs.sort();
+    all.blobs.dedup();
+    all.blobs.truncate(BLOB_CACHE_MAX);
+    let tmp = path.with_extension("json.tmp");
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|_| std::fs::write(&tmp, serde_json::to_vec(&all).unwrap_or_default()))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = writeln!(out, "note: blob cache {} not saved: {e}", path.display());
+    }
 }
 
 /// The manifests of the given files, by kind.
@@ -111,6 +156,9 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
     let providers = crate::provider::Registry::builtin()
         .with_image(replicator.clone())
         .with_replica(syncer.clone());
+    if let Some(p) = &opts.blob_cache {
+        load_blob_cache(p, &[&replicator.engine, &syncer.engine]);
+    }
     let wake = Arc::new(tokio::sync::Notify::new());
     let w2 = wake.clone();
     let tasks = Arc::new(Tasks::new(Arc::new(move |_| w2.notify_one())));
@@ -228,6 +276,9 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
         let st = o.status.clone().unwrap_or_default();
         let what = format!("ImageReplication {}", o.name_any());
         all_ready &= report(out, &what, &st.conditions, &st.summary.unwrap_or_default());
+    }
+    if let Some(p) = &opts.blob_cache {
+        save_blob_cache(p, &[&replicator.engine, &syncer.engine], out);
     }
     all_ready
 }

@@ -1,4 +1,5 @@
-//! Static validation of specs: pure functions of the spec, no client, no provider calls.
+//! Static validation of specs: pure functions of the spec (and of the egress policy installed
+//! at start-up, see [`crate::egress`]), no client, no provider calls.
 //!
 //! These repeat the CEL rules of the CRD schema (so the no-cluster `replicate` command and
 //! clusters that skip CEL get the same answers) and add the rules the schema cannot express.
@@ -9,7 +10,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::api::v1alpha1::{ImageReplicationSpec, ProviderKind, ReplicaInstanceSpec, ReplicaProvider};
-use crate::regions;
+use crate::{egress, regions};
 
 /// One broken rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -280,7 +281,53 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
     {
         out.push(Violation::new("spec.source.reference", "InvalidReference", e));
     }
+    egress_of_image_replication(&mut out, spec);
     out
+}
+
+/// The egress policy installed at start-up, applied to one URL the spec names.
+fn check_egress(out: &mut Vec<Violation>, field: &str, class: egress::Class, url: &str) {
+    if let Err(r) = egress::current().check_url(class, url) {
+        out.push(Violation::new(
+            field,
+            "EgressRefused",
+            format!("{r}; nothing was contacted (the cluster admin sets the policy: README, Security)"),
+        ));
+    }
+}
+
+fn check_registry_egress(out: &mut Vec<Violation>, field: &str, registry: &str) {
+    if let Ok(addr) = crate::oci::RegistryAddr::parse(registry) {
+        check_egress(out, field, egress::Class::Registry, &addr.url());
+    }
+}
+
+fn egress_of_image_replication(out: &mut Vec<Violation>, spec: &ImageReplicationSpec) {
+    if spec.provider.kind == ProviderKind::Oci {
+        if let Some(r) = &spec.source.reference
+            && let Ok(r) = crate::oci::ImageRef::parse(r)
+        {
+            check_egress(out, "spec.source.reference", egress::Class::Registry, &r.registry.url());
+        }
+        for (i, d) in spec.destinations.iter().enumerate() {
+            if let Some(reg) = &d.registry {
+                check_registry_egress(out, &format!("spec.destinations[{i}].registry"), reg);
+            }
+        }
+    } else if let Some(e) = &spec.provider.endpoint {
+        let regions = std::iter::once(&spec.source.region).chain(spec.destinations.iter().map(|d| &d.region));
+        let mut seen = std::collections::BTreeSet::new();
+        for region in regions {
+            let url = e.replace("{region}", region);
+            if reqwest::Url::parse(&url).is_ok() && seen.insert(url.clone()) {
+                let before = out.len();
+                check_egress(out, "spec.provider.endpoint", egress::Class::Cloud, &url);
+                if out.len() > before {
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Parse a duration such as `30s`, `10m` or `1h30m`.
@@ -442,6 +489,14 @@ pub fn replica_instance(spec: &ReplicaInstanceSpec) -> Vec<Violation> {
                 ));
             }
         }
+    }
+    if spec.primary.provider == ReplicaProvider::Oci
+        && let Some(r) = &spec.primary.registry
+    {
+        check_registry_egress(&mut out, "spec.primary.registry", r);
+    }
+    if let Some(r) = spec.replica.as_ref().and_then(|t| t.registry.as_ref()) {
+        check_registry_egress(&mut out, "spec.replica.registry", r);
     }
     out
 }

@@ -155,6 +155,94 @@ fn values_schema_rejects_bad_values() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("logFormat"));
 }
 
+/// The rules of the rendered RBAC object of `kind` named `name`, as (resource, verbs) pairs.
+fn rbac_rules(rendered: &[Value], kind: &str, name: &str) -> Option<Vec<(String, Vec<String>)>> {
+    let obj = rendered
+        .iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)?;
+    let mut out = Vec::new();
+    for rule in obj["rules"].as_array().unwrap() {
+        let verbs: Vec<String> = serde_json::from_value(rule["verbs"].clone()).unwrap();
+        for r in rule["resources"].as_array().unwrap() {
+            out.push((r.as_str().unwrap().to_string(), verbs.clone()));
+        }
+    }
+    Some(out)
+}
+
+#[test]
+fn rbac_is_a_namespace_role_when_one_namespace_is_watched() {
+    let name = "x-image-replication-operator";
+    let has = |rules: &[(String, Vec<String>)], res: &str| rules.iter().any(|(r, _)| r == res);
+    // All namespaces: Secrets and the kinds through the ClusterRole.
+    let all = docs(&helm(&["template", "x", CHART]));
+    let cluster = rbac_rules(&all, "ClusterRole", name).unwrap();
+    assert!(
+        has(&cluster, "secrets") && has(&cluster, "imagereplications"),
+        "{cluster:?}"
+    );
+    // Secrets are only ever read.
+    let secrets = cluster.iter().find(|(r, _)| r == "secrets").unwrap();
+    assert_eq!(secrets.1, vec!["get".to_string()]);
+    assert!(rbac_rules(&all, "Role", name).is_none());
+
+    // One namespace: the ClusterRole keeps only the CRDs; the rest is a Role bound there.
+    let one = docs(&helm(&["template", "x", CHART, "--set", "watchNamespace=team-a"]));
+    let cluster = rbac_rules(&one, "ClusterRole", name).unwrap();
+    assert_eq!(
+        cluster.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        vec!["customresourcedefinitions"],
+        "cluster-wide rights beyond the CRDs with watchNamespace set"
+    );
+    let role = rbac_rules(&one, "Role", name).unwrap();
+    for res in ["secrets", "imagereplications", "replicainstances/status", "events"] {
+        assert!(has(&role, res), "{res} missing from the Role: {role:?}");
+    }
+    let role_obj = one
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == name)
+        .unwrap();
+    assert_eq!(role_obj["metadata"]["namespace"], "team-a");
+    let binding = one
+        .iter()
+        .find(|d| d["kind"] == "RoleBinding" && d["metadata"]["name"] == name)
+        .unwrap();
+    assert_eq!(binding["metadata"]["namespace"], "team-a");
+    assert_eq!(binding["roleRef"]["name"], name);
+}
+
+#[test]
+fn egress_policy_values_reach_the_operator() {
+    let env_of = |rendered: &[Value]| -> Vec<(String, String)> {
+        let d = rendered.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        d["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
+            .collect()
+    };
+    let defaults = env_of(&docs(&render()));
+    let cloud = defaults.iter().find(|(k, _)| k == "EGRESS_CLOUD_HOSTS").unwrap();
+    // The chart's default is the operator's own default.
+    assert_eq!(cloud.1, image_replication_operator::egress::DEFAULT_CLOUD_HOSTS);
+    assert!(defaults.contains(&("EGRESS_REGISTRY_HOSTS".into(), "*".into())));
+    let set = env_of(&docs(&helm(&[
+        "template",
+        "x",
+        CHART,
+        "--set-string",
+        "egress.registryHosts=*.corp.example\\,registry.example.com:5000",
+    ])));
+    assert!(
+        set.contains(&(
+            "EGRESS_REGISTRY_HOSTS".into(),
+            "*.corp.example,registry.example.com:5000".into()
+        )),
+        "{set:?}"
+    );
+}
+
 // ---------- Argo CD health check ----------
 
 fn lua_literal(v: &Value) -> String {

@@ -355,3 +355,103 @@ async fn a_blocked_delete_is_visible_and_retain_lets_it_go() {
     })
     .await;
 }
+
+/// `team/web:1.4` from `a` into repository `repo` of `b`.
+fn web_into(a: &TestRegistry, b: &TestRegistry, name: &str, repo: &str) -> ImageReplication {
+    let mut o = web_to(a, b, name, "Retain");
+    o.spec.destinations[0].name = Some(repo.to_string());
+    o
+}
+
+/// Mount POSTs the registry answered 201 (mounted), and upload PATCHes, in its access log.
+fn mounts_and_patches(r: &TestRegistry) -> (usize, usize) {
+    let reqs = r.requests();
+    let mounted = reqs
+        .iter()
+        .filter(|(m, u, s)| m == "POST" && u.contains("mount=") && *s == 201)
+        .count();
+    let patches = reqs
+        .iter()
+        .filter(|(m, u, _)| m == "PATCH" && u.contains("/blobs/uploads/"))
+        .count();
+    (mounted, patches)
+}
+
+/// After a restart the operator knows again where its copies are (from the objects' statuses)
+/// and mounts the big blobs a new copy into the same registry needs instead of uploading them;
+/// `replicate -f` does the same across runs through its blob cache.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_copy_mounts_what_the_registry_holds_after_a_restart_and_across_replicate_runs() {
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    let mib2 = (2 << 20).to_string();
+    a.seed(
+        "team/web",
+        "1.4",
+        &[
+            "--platforms",
+            "linux/amd64",
+            "--layer-size",
+            &mib2,
+            "--base-size",
+            &mib2,
+        ],
+    );
+    let (s, c) = support::cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = s.write_kubeconfig(dir.path());
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    {
+        let _op = Operator::start(&kubeconfig, dir.path(), "op-a", &[]);
+        api.create(&PostParams::default(), &web_into(&a, &b, "one", "mirror/one"))
+            .await
+            .unwrap();
+        wait_ready(&api, "one").await;
+    } // the operator stops; what it remembered in memory is gone
+    let (mounted_before, _) = mounts_and_patches(&b);
+    let op = Operator::start(&kubeconfig, dir.path(), "op-b", &[]);
+    // Once it has reconciled what exists (object one among them), a new object comes.
+    eventually(WAIT, "op-b ready", || async {
+        (op.http_get("/readyz").map(|(c, _)| c) == Some(200)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    api.create(&PostParams::default(), &web_into(&a, &b, "two", "mirror/two"))
+        .await
+        .unwrap();
+    let st = wait_ready(&api, "two").await;
+    let (mounted, _) = mounts_and_patches(&b);
+    assert_eq!(
+        mounted - mounted_before,
+        3,
+        "base and both layers mounted from mirror/one"
+    );
+    let d = &st.destinations[0];
+    assert_eq!(
+        d.digest,
+        api.get("one").await.unwrap().status.unwrap().destinations[0].digest
+    );
+
+    // replicate -f: two runs into new repositories of a fresh registry, one blob cache.
+    let cache = dir.path().join("blob-cache.json");
+    let b2 = TestRegistry::start();
+    let into_b2 = |repo: &str| {
+        let name = repo.replace('/', "-");
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, serde_yaml::to_string(&web_into(&a, &b2, &name, repo)).unwrap()).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
+            .args(["replicate", "-f"])
+            .arg(&file)
+            .env("IMGREP_BLOB_CACHE", &cache)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    };
+    into_b2("cli/one");
+    let (m1, p1) = mounts_and_patches(&b2);
+    assert_eq!(m1, 0, "nothing to mount from in a fresh registry");
+    into_b2("cli/two");
+    let (m2, p2) = mounts_and_patches(&b2);
+    // The cache holds each blob's exact location, the small config's too.
+    assert_eq!(m2 - m1, 4, "the second run mounts every blob the first uploaded");
+    assert_eq!(p2, p1, "nothing uploaded again");
+}

@@ -126,6 +126,78 @@ async fn shared_layers_are_mounted_across_repositories_not_uploaded_again() {
     assert_eq!(b.uploads_started(), 7, "every blob crossed exactly once");
 }
 
+/// Copy `team/web:1` from `src` into `dst_repo` with `engine`.
+async fn copy_into(
+    engine: &Engine,
+    src: &Registry,
+    dst: &Registry,
+    dst_repo: &str,
+) -> image_replication_operator::oci::CopyReport {
+    engine
+        .copy(
+            src,
+            "team/web",
+            "1",
+            dst,
+            dst_repo,
+            Some("1"),
+            &CopyOptions::default(),
+            &Progress::default(),
+        )
+        .await
+        .unwrap()
+}
+
+/// What a restarted operator (a new engine) knows: only what the objects' statuses say. A blob
+/// the destination registry holds in another repository is mounted, not uploaded again.
+#[tokio::test(flavor = "multi_thread")]
+async fn blobs_the_destination_holds_elsewhere_are_mounted_after_a_restart() {
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    // Base and two layers of 2 MiB (worth a HEAD each), a small config.
+    let mib2 = (2 << 20).to_string();
+    a.seed(
+        "team/web",
+        "1",
+        &[
+            "--platforms",
+            "linux/amd64",
+            "--layer-size",
+            &mib2,
+            "--base-size",
+            &mib2,
+        ],
+    );
+    let budgets = Budgets::default();
+    let (src, dst) = (client(&a.url(), &budgets), client(&b.url(), &budgets));
+    let first = copy_into(&Engine::default(), &src, &dst, "mirror/one").await;
+    assert_eq!(first.blobs_uploaded, 4, "{first:?}");
+
+    // Restarted, told where the earlier copy is (the controller does this from each object's
+    // status as it reconciles at start-up): the big blobs are mounted from it.
+    let restarted = Engine::default();
+    restarted.note_repository(&b.host(), "mirror/one");
+    let second = copy_into(&restarted, &src, &dst, "mirror/two").await;
+    assert_eq!((second.blobs_mounted, second.blobs_uploaded), (3, 1), "{second:?}");
+    assert!(second.bytes_uploaded < 64 << 10, "only the config crossed: {second:?}");
+    assert_eq!(b.digest_of("mirror/two", "1"), b.digest_of("mirror/one", "1"));
+
+    // Knowing nothing, the blobs are uploaded again (what the fix is measured against).
+    let fresh = copy_into(&Engine::default(), &src, &dst, "mirror/three").await;
+    assert_eq!((fresh.blobs_mounted, fresh.blobs_uploaded), (0, 4), "{fresh:?}");
+
+    // A copy under the source repository's own name is a mount candidate with no knowledge at
+    // all (mirrors keep names), for small blobs too, at no extra request.
+    copy_into(&Engine::default(), &src, &dst, "team/web").await;
+    let requests_before = b.requests().len();
+    let by_name = copy_into(&Engine::default(), &src, &dst, "mirror/four").await;
+    assert_eq!((by_name.blobs_mounted, by_name.blobs_uploaded), (4, 0), "{by_name:?}");
+    let heads = b.requests()[requests_before..]
+        .iter()
+        .filter(|(m, u, _)| m == "HEAD" && u.contains("/blobs/") && !u.contains("mirror/four"))
+        .count();
+    assert_eq!(heads, 0, "no probes of other repositories were needed");
+}
+
 /// Seed `big/img:1`: one amd64 layer of `layer_size` bytes, no base layer; returns its digest.
 fn one_layer_image(reg: &TestRegistry, layer_size: &str) -> String {
     let args = [

@@ -86,9 +86,26 @@ async fn setup(
     secret_name: &str,
     data: &[(&str, &str)],
 ) -> (support::fake_apiserver::FakeApiServer, Client, Operator) {
+    setup_with(dir, secret_name, data, &[]).await
+}
+
+/// `setup` with extra environment for the operator (e.g. `LOG_FORMAT=json`).
+async fn setup_with(
+    dir: &std::path::Path,
+    secret_name: &str,
+    data: &[(&str, &str)],
+    envs: &[(&str, &str)],
+) -> (support::fake_apiserver::FakeApiServer, Client, Operator) {
     let (s, c) = support::cluster().await;
     secret(&c, secret_name, data).await;
-    let op = Operator::start(&s.write_kubeconfig(dir), dir, "op-a", &op_args());
+    let op = Operator::start_on(
+        support::operator::free_port(),
+        &s.write_kubeconfig(dir),
+        dir,
+        "op-a",
+        &op_args(),
+        envs,
+    );
     (s, c, op)
 }
 
@@ -100,10 +117,12 @@ async fn huawei_replicates_through_ims_jobs_with_signed_requests_and_backs_off_w
     ims.set_copy_time("cn-east-3", Duration::from_secs(4));
     ims.state.throttle.store(2, std::sync::atomic::Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
-    let (_s, c, op) = setup(
+    // JSON logs here (the other scenarios log text): the secrets check reads both formats.
+    let (s, c, op) = setup_with(
         dir.path(),
         "hw",
         &[("accessKey", AK), ("secretKey", SK), ("iamEndpoint", &ims.url)],
+        &[("LOG_FORMAT", "json")],
     )
     .await;
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
@@ -183,8 +202,14 @@ async fn huawei_replicates_through_ims_jobs_with_signed_requests_and_backs_off_w
     assert_eq!(reason, "NotPrivateImage");
     assert!(message.contains(&public), "{message}");
     assert!(!ims.calls("/cross_region_copy").iter().any(|r| r.path.contains(&public)));
-    let logs = op.logs();
-    assert!(!logs.contains(SK), "the secret key never reaches the logs");
+    assert!(
+        op.logs()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .all(|l| l.starts_with('{')),
+        "LOG_FORMAT=json logs JSON lines"
+    );
+    support::assert_secrets_kept(&s, &op, &[AK, SK]).await;
     ims.assert_conforms();
 }
 
@@ -251,7 +276,7 @@ async fn alibaba_copies_and_encrypts_then_cancels_and_deletes_on_delete() {
     ecs.set_copy_time("cn-hangzhou", Duration::from_secs(3600));
     ecs.state.throttle.store(1, std::sync::atomic::Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
-    let (_s, c, op) = setup(dir.path(), "ali", &[("accessKeyId", AK), ("accessKeySecret", SK)]).await;
+    let (s, c, op) = setup(dir.path(), "ali", &[("accessKeyId", AK), ("accessKeySecret", SK)]).await;
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
     let provider = json!({"kind": "alibaba", "credentialsSecretRef": {"name": "ali"}, "endpoint": ecs.url});
     create(
@@ -348,7 +373,7 @@ async fn alibaba_copies_and_encrypts_then_cancels_and_deletes_on_delete() {
         2,
         "the two source images stay; the encrypted copy was cancelled"
     );
-    assert!(!op.logs().contains(SK));
+    support::assert_secrets_kept(&s, &op, &[AK, SK]).await;
     ecs.assert_conforms();
 }
 
@@ -377,7 +402,7 @@ async fn aws_crash_between_copy_request_and_answer_never_copies_twice_then_drift
     op.child.kill().unwrap(); // SIGKILL while the answer is held back
     op.child.wait().unwrap();
 
-    let _op2 = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-b", &op_args());
+    let op2 = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-b", &op_args());
     let st = wait_ready(&api, "web").await;
     let imgs = ec2.images_in("eu-west-1");
     assert_eq!(imgs.len(), 1, "exactly one copy after the crash: {imgs:?}");
@@ -428,6 +453,11 @@ async fn aws_crash_between_copy_request_and_answer_never_copies_twice_then_drift
     let dereg = ec2.calls("DeregisterImage");
     assert_eq!(dereg.last().unwrap().params["ImageId"], again.image_id.unwrap());
     assert_eq!(ec2.calls("DeleteSnapshot").len(), 1, "the copy's snapshot went with it");
+    // Both instances: the one killed mid-call (its log) and the one that finished.
+    for o in [&op, &op2] {
+        assert!(!o.logs().contains(SK) && !o.logs().contains(AK), "{}", o.identity);
+    }
+    support::assert_secrets_kept(&s, &op2, &[AK, SK]).await;
     ec2.assert_conforms();
 }
 
@@ -640,7 +670,7 @@ async fn tencent_syncs_images_with_a_dry_run_first_and_deletes_under_policy() {
     cvm.set_copy_time("ap-shanghai", Duration::from_secs(3));
     cvm.state.throttle.store(1, std::sync::atomic::Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
-    let (_s, c, op) = setup(dir.path(), "tc", &[("secretId", AK), ("secretKey", SK)]).await;
+    let (s, c, op) = setup(dir.path(), "tc", &[("secretId", AK), ("secretKey", SK)]).await;
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
     let provider = json!({"kind": "tencent", "credentialsSecretRef": {"name": "tc"}, "endpoint": cvm.url});
     create(
@@ -742,7 +772,7 @@ async fn tencent_syncs_images_with_a_dry_run_first_and_deletes_under_policy() {
     assert_eq!(deleted, want, "the copies' snapshots went with them (DeleteBindedSnap)");
     assert_eq!(cvm.calls("DeleteImages").len(), 2);
     assert_eq!(cvm.images_in("ap-guangzhou").len(), 2, "the sources stay");
-    assert!(!op.logs().contains(SK));
+    support::assert_secrets_kept(&s, &op, &[AK, SK]).await;
     cvm.assert_conforms();
 }
 

@@ -27,7 +27,7 @@ async fn password_secret(c: &Client, cloud: &Cloud) {
         &[
             ("authUrl", &cloud.auth_url()),
             ("username", "demo"),
-            ("password", "s3cret"),
+            ("password", support::openstack::PASSWORD),
             ("projectName", "demo"),
         ],
     )
@@ -184,6 +184,7 @@ async fn copies_to_many_regions_verifies_checksums_and_repairs_drift() {
     assert_eq!(copies[0]["os_hash_value"], src_doc["os_hash_value"]);
     let evs = support::event_reasons(&c, "web").await;
     assert!(evs.iter().any(|e| e == "DriftDetected"), "{evs:?}");
+    support::assert_secrets_kept(&s, &op, &[support::openstack::PASSWORD]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -207,7 +208,7 @@ async fn quota_keeps_twelve_destinations_to_five_in_flight() {
         &[
             ("authUrl", &cloud.auth_url()),
             ("applicationCredentialId", "app-1"),
-            ("applicationCredentialSecret", "app-s3cret"),
+            ("applicationCredentialSecret", support::openstack::APP_SECRET),
         ],
     )
     .await;
@@ -517,7 +518,7 @@ async fn replicate_command_copies_vm_images_without_a_cluster() {
         r#"apiVersion: v1
 kind: Secret
 metadata: {{name: os-creds}}
-stringData: {{authUrl: "{}", username: demo, password: s3cret, projectName: demo}}
+stringData: {{authUrl: "{}", username: demo, password: {}, projectName: demo}}
 ---
 apiVersion: replication.imageops.io/v1alpha1
 kind: ImageReplication
@@ -527,7 +528,8 @@ spec:
   source: {{region: region-one, imageName: cli}}
   destinations: [{{region: region-two}}]
 "#,
-        cloud.auth_url()
+        cloud.auth_url(),
+        support::openstack::PASSWORD
     );
     let path = dir.path().join("vm.yaml");
     std::fs::write(&path, manifest).unwrap();
@@ -543,7 +545,7 @@ spec:
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(text.contains("ImageReplication cli: Ready (1/1 available)"), "{text}");
-        assert!(!text.contains("s3cret"), "no secret in the output");
+        assert!(!text.contains(support::openstack::PASSWORD), "no secret in the output");
         // A second run finds the first run's copy by its token instead of copying again.
         assert_eq!(b.copies_in("region-two").await.len(), 1, "run {run}");
     }
@@ -661,5 +663,5 @@ async fn real_keystone_region_ids_catalog_changes_and_image_attributes() {
     api.create(&PostParams::default(), &later).await.unwrap();
     wait_ready(&api, "later").await;
     assert_eq!(three.copies_in("RegionThree").await.len(), 1);
-    assert!(!op.logs().contains(support::keystone::ADMIN_PASSWORD));
+    support::assert_secrets_kept(&s, &op, &[support::keystone::ADMIN_PASSWORD]).await;
 }

@@ -232,7 +232,7 @@ pub trait Managed:
     + Sync
     + 'static
 {
-    type Status: Serialize + PartialEq + Clone + Send + Sync;
+    type Status: Serialize + DeserializeOwned + PartialEq + Clone + Send + Sync;
     /// Metric label and log name of the controller.
     const CONTROLLER: &'static str;
     fn current_status(&self) -> Option<&Self::Status>;
@@ -349,6 +349,7 @@ impl Managed for ImageReplication {
                 ctx.metrics.copy_tasks.with_label_values(&["oci", outcome]).inc();
             }
             ctx.metrics.copy_tasks_running.set(ctx.tasks.len() as i64);
+            ctx.oci.note_copies(self);
             let p = plan::oci_plan(self, &view, &checked, now, ctx.resync, plan::MAX_ATTEMPTS);
             return Planned {
                 status: p.status,
@@ -711,7 +712,7 @@ async fn publish<K: Managed>(ctx: &Context, obj: &K, warning: bool, reason: &str
     let ev = Event {
         type_: if warning { EventType::Warning } else { EventType::Normal },
         reason: reason.to_string(),
-        note: Some(note),
+        note: Some(crate::redact::message(&note)),
         action: "Reconcile".into(),
         secondary: None,
     };
@@ -743,7 +744,9 @@ async fn write_status<K: Managed>(obj: &K, ctx: &Context, status: &K::Status) ->
 
 async fn apply<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
     let now = Time(Timestamp::now());
-    let planned = obj.plan(ctx, &now).await;
+    let mut planned = obj.plan(ctx, &now).await;
+    // Remote text in messages: bounded and without credentials, before it is compared.
+    planned.status = crate::redact::status(planned.status);
     let old = obj.current_status();
     if old != Some(&planned.status) {
         write_status(obj.as_ref(), ctx, &planned.status).await?;
@@ -773,7 +776,7 @@ async fn cleanup<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
         }
         Err(Error::Provider(message) | Error::CleanupBlocked(message)) => {
             let now = Time(Timestamp::now());
-            let status = obj.blocked_status(&message, &now);
+            let status = crate::redact::status(obj.blocked_status(&message, &now));
             if obj.current_status() != Some(&status) {
                 write_status(obj.as_ref(), ctx, &status).await?;
                 publish(ctx, obj.as_ref(), true, "DeletionBlocked", message.clone()).await;

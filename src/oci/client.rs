@@ -15,6 +15,7 @@ use reqwest::{Method, Response, StatusCode};
 use tokio::sync::Semaphore;
 
 use super::reference::RegistryAddr;
+use crate::egress::{self, Class};
 
 /// Errors of registry operations. Messages never carry credentials.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,9 @@ pub enum OciError {
     Unsupported(String),
     #[error("authentication failed: {0}")]
     Auth(String),
+    /// The egress policy refused the URL; nothing was sent.
+    #[error("{0}")]
+    Refused(crate::egress::Refusal),
 }
 
 impl OciError {
@@ -58,6 +62,7 @@ impl OciError {
             Self::Transport { .. } => "ConnectionError",
             Self::DigestMismatch { .. } => "DigestMismatch",
             Self::Unsupported(_) => "Unsupported",
+            Self::Refused(_) => "EgressRefused",
         }
     }
 }
@@ -364,12 +369,12 @@ impl Registry {
     pub fn new(addr: RegistryAddr, creds: Credentials, budgets: &Budgets) -> Result<Self, OciError> {
         let tls = tls_config(creds.ca_pem.as_deref())
             .map_err(|e| OciError::Unsupported(format!("TLS setup for {addr}: {e}")))?;
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(32)
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .pool_max_idle_per_host(32);
+        let http = egress::guard(builder, Class::Registry, 5)
             .build()
             .map_err(|e| OciError::Unsupported(format!("HTTP client for {addr}: {e}")))?;
         Ok(Self {
@@ -413,14 +418,17 @@ impl Registry {
         if let Some(s) = ch.params.get("service") {
             url.push_str(&format!("&service={}", urlencode(s)));
         }
+        egress::current()
+            .check_url(Class::Registry, &url)
+            .map_err(OciError::Refused)?;
         let mut req = self.http.get(url);
         if let Some(b) = self.basic_header() {
             req = req.header(reqwest::header::AUTHORIZATION, b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| OciError::Auth(format!("token request to {realm}: {}", without_url(&e))))?;
+        let resp = req.send().await.map_err(|e| match egress::refusal_in(&e) {
+            Some(r) => OciError::Refused(r),
+            None => OciError::Auth(format!("token request to {realm}: {}", without_url(&e))),
+        })?;
         if !resp.status().is_success() {
             return Err(OciError::Auth(format!(
                 "token endpoint {realm} answered {}",
@@ -464,6 +472,9 @@ impl Registry {
         headers: HeaderMap,
         body: reqwest::Body,
     ) -> Result<Response, OciError> {
+        egress::current()
+            .check_url(Class::Registry, url)
+            .map_err(OciError::Refused)?;
         self.budget.wait_pause().await;
         let _permit = self.budget.permits.acquire().await.expect("semaphore never closed");
         let mut req = self.http.request(method, url).headers(headers).body(body);
@@ -476,9 +487,12 @@ impl Registry {
         if let Some(observe) = &self.observer {
             observe(op, outcome_of(&result), started.elapsed().as_secs_f64());
         }
-        result.map_err(|e| OciError::Transport {
-            op,
-            message: without_url(&e),
+        result.map_err(|e| match egress::refusal_in(&e) {
+            Some(r) => OciError::Refused(r),
+            None => OciError::Transport {
+                op,
+                message: without_url(&e),
+            },
         })
     }
 
@@ -494,6 +508,9 @@ impl Registry {
         headers: HeaderMap,
         body: Body,
     ) -> Result<Response, OciError> {
+        egress::current()
+            .check_url(Class::Registry, url)
+            .map_err(OciError::Refused)?;
         let mut attempt = 0;
         let mut authed_once = false;
         loop {
@@ -515,6 +532,9 @@ impl Registry {
             }
             let retry_in = match result {
                 Err(e) => {
+                    if let Some(r) = egress::refusal_in(&e) {
+                        return Err(OciError::Refused(r));
+                    }
                     let message = without_url(&e);
                     if attempt + 1 >= self.retry.max_attempts {
                         return Err(OciError::Transport { op, message });

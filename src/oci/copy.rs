@@ -123,7 +123,26 @@ struct Counters {
 #[derive(Default)]
 pub struct Engine {
     known: Mutex<HashMap<(String, String), String>>, // (registry host, digest) -> repository
+    /// Repositories per registry host that hold copies (most recent first): where a blob
+    /// nobody has seen yet is looked for before it is uploaded (after a restart, the statuses
+    /// of the objects say where their copies are).
+    repositories: Mutex<HashMap<String, std::collections::VecDeque<String>>>,
     inflight: Mutex<HashMap<(String, String), tokio::sync::watch::Receiver<bool>>>,
+}
+
+/// Repositories looked in (HEAD) per blob before it is uploaded.
+pub const MOUNT_CANDIDATES: usize = 4;
+/// Blobs smaller than this are uploaded without looking for them elsewhere first.
+pub const MOUNT_PROBE_MIN_BYTES: u64 = 1 << 20;
+/// Repositories remembered per registry host.
+const REPOSITORIES_PER_HOST: usize = 256;
+
+/// Where blobs were seen, as saved between runs (`replicate -f`): registry host, digest,
+/// repository.
+#[derive(serde::Serialize, serde::Deserialize, Default, Clone, Debug)]
+pub struct Locations {
+    pub blobs: Vec<(String, String, String)>,
+    pub repositories: Vec<(String, String)>,
 }
 
 /// Removes an in-flight marker and wakes the waiters when the upload ends, however it ends.
@@ -167,6 +186,84 @@ impl Engine {
             .cloned()
     }
 
+    /// Remember that `repo` on `host` holds a copy: its blobs are mount candidates.
+    pub fn note_repository(&self, host: &str, repo: &str) {
+        let mut all = self.repositories.lock().expect("repositories lock");
+        let list = all.entry(host.to_string()).or_default();
+        if list.front().is_some_and(|r| r == repo) {
+            return;
+        }
+        list.retain(|r| r != repo);
+        list.push_front(repo.to_string());
+        list.truncate(REPOSITORIES_PER_HOST);
+    }
+
+    /// Repositories of `host` that hold copies, worth a HEAD for a blob `dst_repo` needs.
+    fn candidates(&self, host: &str, dst_repo: &str, src_repo: &str) -> Vec<String> {
+        let all = self.repositories.lock().expect("repositories lock");
+        all.get(host)
+            .into_iter()
+            .flatten()
+            .filter(|r| r.as_str() != dst_repo && r.as_str() != src_repo)
+            .take(MOUNT_CANDIDATES)
+            .cloned()
+            .collect()
+    }
+
+    /// What this engine knows of blob locations, to save between runs.
+    pub fn locations(&self) -> Locations {
+        let blobs = self
+            .known
+            .lock()
+            .expect("known lock")
+            .iter()
+            .map(|((h, d), r)| (h.clone(), d.clone(), r.clone()))
+            .collect();
+        let repositories = self
+            .repositories
+            .lock()
+            .expect("repositories lock")
+            .iter()
+            .flat_map(|(h, rs)| rs.iter().rev().map(move |r| (h.clone(), r.clone())))
+            .collect();
+        Locations { blobs, repositories }
+    }
+
+    /// Learn saved locations (a saved location may be stale: a mount from it that fails is an
+    /// upload like any other).
+    pub fn learn(&self, l: Locations) {
+        for (h, d, r) in l.blobs {
+            self.remember(&h, &d, &r);
+        }
+        for (h, r) in l.repositories {
+            self.note_repository(&h, &r);
+        }
+    }
+
+    /// The repository to mount a blob from: the source repository on the same registry; else
+    /// where the blob is known to be; else, for a blob worth a round trip, a repository that
+    /// holds copies and answers a HEAD for it; else the source repository's name (mirrors keep
+    /// names), tried as the mount itself — a refused mount opens the upload session the blob
+    /// needed anyway, so that try costs nothing.
+    async fn mount_source(&self, job: &Job<'_>, digest: &str, size: u64) -> Option<String> {
+        let (dst, host) = (job.dst, job.dst.addr.host.as_str());
+        if job.src.addr == dst.addr {
+            return Some(job.src_repo.to_string());
+        }
+        if let Some(r) = self.known_elsewhere(host, digest, job.dst_repo) {
+            return Some(r);
+        }
+        if size >= MOUNT_PROBE_MIN_BYTES {
+            for cand in self.candidates(host, job.dst_repo, job.src_repo) {
+                // A repository we may not read, or that is gone, is simply not a holder.
+                if dst.head_blob(&cand, digest).await.unwrap_or(false) {
+                    return Some(cand);
+                }
+            }
+        }
+        (job.src_repo != job.dst_repo).then(|| job.src_repo.to_string())
+    }
+
     /// Copy `src_repo:reference` to `dst_repo` (under `dst_tag` when given, else by digest).
     #[allow(clippy::too_many_arguments)]
     pub async fn copy(
@@ -199,6 +296,7 @@ impl Engine {
                 message: format!("{}/{src_repo}:{reference} not found", src.addr.host),
             })?;
         let target = dst_tag.unwrap_or(&top.digest).to_string();
+        self.note_repository(&src.addr.host, src_repo);
         let current = dst.head_manifest(dst_repo, &target).await?;
         let up_to_date = current.as_deref() == Some(top.digest.as_str());
         if !up_to_date {
@@ -206,6 +304,7 @@ impl Engine {
             dst.put_manifest(dst_repo, &target, &top).await?;
             job.counters.manifests_written.fetch_add(1, Ordering::Relaxed);
         }
+        self.note_repository(&dst.addr.host, dst_repo);
         if opts.referrers {
             self.copy_referrers(&job, &top.digest).await?;
         }
@@ -324,21 +423,20 @@ impl Engine {
                 job.progress.bytes_done.fetch_add(size, Ordering::Relaxed);
                 return Ok(());
             }
-            // Same registry: mount from the source repository. Otherwise from where we saw it.
-            let from = if job.src.addr == dst.addr {
-                Some(job.src_repo.to_string())
-            } else {
-                self.known_elsewhere(dst_host, digest, job.dst_repo)
-            };
-            let location = match from {
-                Some(from) => match dst.mount_blob(job.dst_repo, digest, &from).await? {
-                    Mount::Mounted => {
+            // Same registry: mount from the source repository. Otherwise from where it is known
+            // or found to be.
+            let location = match self.mount_source(job, digest, size).await {
+                Some(from) => match dst.mount_blob(job.dst_repo, digest, &from).await {
+                    Ok(Mount::Mounted) => {
                         self.remember(dst_host, digest, job.dst_repo);
                         job.counters.blobs_mounted.fetch_add(1, Ordering::Relaxed);
                         job.progress.bytes_done.fetch_add(size, Ordering::Relaxed);
                         return Ok(());
                     }
-                    Mount::Upload(loc) => Some(loc),
+                    Ok(Mount::Upload(loc)) => Some(loc),
+                    // A mount the registry refuses outright (no rights on `from`): upload.
+                    Err(e) if !e.is_retryable() && !matches!(e, OciError::Refused(_)) => None,
+                    Err(e) => return Err(e),
                 },
                 None => None,
             };

@@ -38,7 +38,7 @@ impl Default for Alibaba {
 }
 
 /// Classify an ECS error (`{"Code": ..., "Message": ..., "RequestId": ...}`).
-fn error(op: &str, status: u16, body: &str, retry_after: Option<std::time::Duration>) -> Attempt {
+pub(crate) fn error(op: &str, status: u16, body: &str, retry_after: Option<std::time::Duration>) -> Attempt {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let code = v.get("Code").and_then(Value::as_str).unwrap_or("").to_string();
     let msg = v

@@ -36,7 +36,7 @@ impl Default for Aws {
 }
 
 /// Classify an EC2 error (`<Response><Errors><Error><Code>`).
-fn error(op: &str, status: u16, body: &str, retry_after: Option<std::time::Duration>) -> Attempt {
+pub(crate) fn error(op: &str, status: u16, body: &str, retry_after: Option<std::time::Duration>) -> Attempt {
     let doc = xml::parse(body).ok();
     let code = doc
         .as_ref()

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::ProviderError;
+use crate::egress::{self, Class};
 use crate::oci::client::{RetryPolicy, parse_retry_after, tls_config};
 
 /// Total time of one API call.
@@ -143,12 +144,11 @@ impl Backoff {
 /// The HTTP client the cloud providers use.
 pub fn client() -> reqwest::Client {
     let tls = tls_config(None).expect("TLS with the system roots");
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .connect_timeout(Duration::from_secs(10))
-        .timeout(API_TIMEOUT)
-        .build()
-        .expect("HTTP client")
+        .timeout(API_TIMEOUT);
+    egress::guard(builder, Class::Cloud, 5).build().expect("HTTP client")
 }
 
 /// An HTTP answer: status, `Retry-After`, body.
@@ -165,8 +165,14 @@ impl Answer {
 }
 
 /// Send a request and read its whole (small) answer; transport failures are retryable.
+/// The egress policy is asked first: a refused URL is a permanent error and nothing is sent.
 pub async fn exchange(op: &str, rb: reqwest::RequestBuilder) -> Result<Answer, Attempt> {
-    let resp = rb.send().await.map_err(|e| transport(op, e))?;
+    let (client, req) = rb.build_split();
+    let req = req.map_err(|e| transport(op, e))?;
+    egress::current()
+        .check_url(Class::Cloud, req.url().as_str())
+        .map_err(|r| Attempt::from(ProviderError::permanent(format!("{op}: {r}"))))?;
+    let resp = client.execute(req).await.map_err(|e| transport(op, e))?;
     let status = resp.status().as_u16();
     let retry_after = retry_after(&resp);
     let text = resp.text().await.map_err(|e| transport(op, e))?;
@@ -206,7 +212,10 @@ pub fn host_of(url: &reqwest::Url) -> String {
 
 /// A transport failure, without the URL (which may carry signed query parameters).
 pub fn transport(op: &str, e: reqwest::Error) -> Attempt {
-    ProviderError::transient(format!("{op}: {}", crate::oci::client::without_url(&e))).into()
+    match egress::refusal_in(&e) {
+        Some(r) => ProviderError::permanent(format!("{op}: {r}")).into(),
+        None => ProviderError::transient(format!("{op}: {}", crate::oci::client::without_url(&e))).into(),
+    }
 }
 
 /// The one image a describe matched: none is not found, several is ambiguous (their ids listed).

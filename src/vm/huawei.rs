@@ -61,7 +61,7 @@ fn creds(acct: &Account) -> Result<Creds, ProviderError> {
 }
 
 /// Classify an IMS / API Gateway error response.
-fn error(op: &str, status: u16, body: &str, retry_after: Option<std::time::Duration>) -> Attempt {
+pub(crate) fn error(op: &str, status: u16, body: &str, retry_after: Option<std::time::Duration>) -> Attempt {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let code = v
         .pointer("/error/code")

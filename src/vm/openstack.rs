@@ -25,6 +25,7 @@ use super::{
     TOKEN_PROPERTY, TaskPhase, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
+use crate::egress::{self, Class};
 use crate::oci::client::{tls_config, urlencode, without_url};
 
 /// Reports one request: (operation, outcome, seconds).
@@ -67,7 +68,7 @@ const CORE: [&str; 27] = [
     "os_glance_importing_to_stores",
 ];
 
-struct Session {
+pub(crate) struct Session {
     token: String,
     expires: Instant,
     /// (region, interface, url) of image endpoints.
@@ -107,7 +108,17 @@ impl Default for OpenStack {
 }
 
 fn http_err(op: &str, e: reqwest::Error) -> ProviderError {
-    ProviderError::transient(format!("{op}: {}", without_url(&e)))
+    match egress::refusal_in(&e) {
+        Some(r) => ProviderError::permanent(format!("{op}: {r}")),
+        None => ProviderError::transient(format!("{op}: {}", without_url(&e))),
+    }
+}
+
+/// The egress policy's verdict on a URL, as a permanent error.
+fn allowed(op: &str, url: &str) -> Result<(), ProviderError> {
+    egress::current()
+        .check_url(Class::Cloud, url)
+        .map_err(|r| ProviderError::permanent(format!("{op}: {r}")))
 }
 
 async fn status_err(op: &str, resp: reqwest::Response) -> ProviderError {
@@ -196,14 +207,13 @@ fn same_content(src: &ImageInfo, dst: &ImageInfo) -> Result<String, String> {
 impl OpenStack {
     pub fn new(observer: Option<Observer>) -> Self {
         let tls = tls_config(None).expect("TLS with the system roots");
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))
             // No read timeout: an upload of a large image waits minutes for its response. API
             // calls carry a total timeout; streams are watched for progress instead.
-            .tcp_keepalive(Duration::from_secs(30))
-            .build()
-            .expect("HTTP client");
+            .tcp_keepalive(Duration::from_secs(30));
+        let http = egress::guard(builder, Class::Cloud, 5).build().expect("HTTP client");
         Self {
             inner: Arc::new(Inner {
                 http,
@@ -273,6 +283,7 @@ impl OpenStack {
         } else {
             url.replace("/auth/tokens", "/v3/auth/tokens")
         };
+        allowed("Keystone authentication", &url)?;
         let started = Instant::now();
         let resp = self
             .inner
@@ -373,6 +384,7 @@ impl OpenStack {
                 Err(e) => return Err(e),
             };
             let url = format!("{base}{path}");
+            allowed(op, &url)?;
             let mut req = self
                 .inner
                 .http
@@ -604,6 +616,8 @@ impl OpenStack {
             self.endpoint(acct, &s, &req.region).map_err(|e| e.message)?,
             urlencode(dest_id)
         );
+        allowed("reading the source image", &src_url).map_err(|e| e.message)?;
+        allowed("writing the copy", &dst_url).map_err(|e| e.message)?;
         let started = Instant::now();
         let resp = self
             .inner
@@ -612,7 +626,7 @@ impl OpenStack {
             .header("X-Auth-Token", &s.token)
             .send()
             .await
-            .map_err(|e| format!("reading the source image: {}", without_url(&e)))?;
+            .map_err(|e| http_err("reading the source image", e).message)?;
         if !resp.status().is_success() {
             self.observe("download_image", started, "client_error");
             return Err(format!("reading the source image: HTTP {}", resp.status().as_u16()));
@@ -681,7 +695,7 @@ impl OpenStack {
     }
 }
 
-fn parse_token(token: &str, body: &Value) -> Session {
+pub(crate) fn parse_token(token: &str, body: &Value) -> Session {
     let expires = body
         .pointer("/token/expires_at")
         .and_then(Value::as_str)

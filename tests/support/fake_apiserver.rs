@@ -458,6 +458,21 @@ impl FakeApiServer {
             .collect()
     }
 
+    /// Every version of every object ever stored (each watch event's object: every status ever
+    /// written, every Event) except Secrets, as JSON text — what anyone with read rights on
+    /// anything but Secrets could have seen.
+    pub fn everything_but_secrets(&self) -> String {
+        let st = self.store.lock().unwrap();
+        st.history
+            .iter()
+            .map(|e| &e.object)
+            .chain(st.objects.values())
+            .filter(|o| o["kind"] != "Secret")
+            .map(|o| o.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The current global resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.store.lock().unwrap().rv

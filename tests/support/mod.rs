@@ -93,3 +93,54 @@ pub async fn secret(c: &Client, name: &str, data: &[(&str, &str)]) {
     .unwrap();
     api.create(&PostParams::default(), &s).await.unwrap();
 }
+
+/// The forms a credential value could leak in: as is, URL-encoded, and base64 (as in a Basic
+/// header or a Secret's data).
+fn leak_forms(v: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let url: String = v
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let mut forms = vec![v.to_string(), url, base64::engine::general_purpose::STANDARD.encode(v)];
+    forms.dedup();
+    forms
+}
+
+/// Credential values appear in no log line of the operator, no stored object but Secrets (every
+/// status ever written, every Event) and no metric (name, label or value). `creds` are the
+/// Secret values the scenario used; an access key id counts too.
+pub async fn assert_secrets_kept(s: &fake_apiserver::FakeApiServer, op: &operator::Operator, creds: &[&str]) {
+    let logs = op.logs();
+    assert!(
+        !logs.trim().is_empty(),
+        "the operator logged nothing: the check would prove nothing"
+    );
+    let stored = s.everything_but_secrets();
+    let metrics = op.http_get("/metrics").map(|(_, b)| b).unwrap_or_default();
+    assert!(
+        metrics.contains("imgrep_"),
+        "no metrics scraped: the check would prove nothing"
+    );
+    for c in creds {
+        for form in leak_forms(c) {
+            for (where_, text) in [
+                ("the operator's logs", &logs),
+                ("the API server's objects", &stored),
+                ("/metrics", &metrics),
+            ] {
+                if let Some(i) = text.find(&form) {
+                    let from = text[..i].char_indices().rev().nth(200).map(|(j, _)| j).unwrap_or(0);
+                    let to = (i + form.len() + 200).min(text.len());
+                    let to = (to..=text.len())
+                        .find(|j| text.is_char_boundary(*j))
+                        .unwrap_or(text.len());
+                    panic!("credential {form:?} found in {where_}: …{}…", &text[from..to]);
+                }
+            }
+        }
+    }
+}

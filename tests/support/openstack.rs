@@ -15,6 +15,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// The stand-in Keystone's password for user demo, and application credential app-1's
+/// secret: distinctive, so that the secrets checks can look for them.
+pub const PASSWORD: &str = "os-pw-7Hq2-distinct";
+pub const APP_SECRET: &str = "app-secret-Zk81-distinct";
+
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
@@ -327,14 +332,14 @@ impl Cloud {
                         Some("password") => {
                             let u = &id["password"]["user"];
                             u["name"] == "demo"
-                                && u["password"] == "s3cret"
+                                && u["password"] == PASSWORD
                                 && u["domain"]["name"] == "Default"
                                 && (v["auth"]["scope"]["project"]["name"] == "demo"
                                     || v["auth"]["scope"]["project"]["id"] == PROJECT)
                         }
                         Some("application_credential") => {
                             id["application_credential"]["id"] == "app-1"
-                                && id["application_credential"]["secret"] == "app-s3cret"
+                                && id["application_credential"]["secret"] == APP_SECRET
                         }
                         _ => false,
                     };

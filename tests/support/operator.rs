@@ -12,6 +12,10 @@ pub struct Operator {
     pub log: PathBuf,
 }
 
+/// Egress rules that let the operator reach the tests' loopback servers (but not the API server,
+/// whose port a rule must name).
+pub const LOOPBACK_ALLOWED: &str = "*,127.0.0.1,localhost";
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -52,6 +56,10 @@ impl Operator {
             .env("POD_NAMESPACE", "operators")
             .env("RUST_LOG", "info,image_replication_operator=debug")
             .env_remove("KUBERNETES_SERVICE_HOST")
+            // The test registries and stand-ins listen on loopback, which the default egress
+            // policy refuses; a test may override these.
+            .env("EGRESS_REGISTRY_HOSTS", LOOPBACK_ALLOWED)
+            .env("EGRESS_CLOUD_HOSTS", LOOPBACK_ALLOWED)
             .envs(envs.iter().copied())
             .stdout(out.try_clone().unwrap())
             .stderr(out)

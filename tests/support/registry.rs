@@ -251,8 +251,21 @@ impl TestRegistry {
 
     /// The digest skopeo sees for repo:tag (independent of the operator's client).
     pub fn digest_of(&self, repo: &str, tag: &str) -> Option<String> {
-        let out = Command::new("skopeo")
-            .args(["inspect", "--raw", "--tls-verify=false"])
+        self.digest_as(repo, tag, None)
+    }
+
+    /// `digest_of` with basic credentials `user:password`.
+    pub fn digest_of_as(&self, repo: &str, tag: &str, user: &str, password: &str) -> Option<String> {
+        self.digest_as(repo, tag, Some(format!("{user}:{password}")))
+    }
+
+    fn digest_as(&self, repo: &str, tag: &str, creds: Option<String>) -> Option<String> {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["inspect", "--raw", "--tls-verify=false"]);
+        if let Some(c) = creds {
+            cmd.arg("--creds").arg(c);
+        }
+        let out = cmd
             .arg(format!(
                 "docker://{}/{repo}{}{tag}",
                 self.host(),
