@@ -274,12 +274,20 @@ impl Policy {
         }
     }
 
+    /// What makes an address refused: a refused range, else being the API server's address
+    /// (at any port).
     fn refused_net(&self, ip: IpAddr) -> Option<&'static str> {
         let ip = canonical(ip);
-        if self.api_server.iter().any(|(a, _)| *a == ip) {
-            return Some("the Kubernetes API server");
-        }
-        self.refused.iter().find(|n| n.contains(ip)).map(|n| n.what)
+        self.refused
+            .iter()
+            .find(|n| n.contains(ip))
+            .map(|n| n.what)
+            .or_else(|| {
+                self.api_server
+                    .iter()
+                    .any(|(a, _)| *a == ip)
+                    .then_some("the Kubernetes API server's address")
+            })
     }
 
     /// Check an absolute `http`/`https` URL before any connection.
@@ -329,7 +337,10 @@ impl Policy {
                 {
                     return Err(Refusal {
                         host: shown,
-                        why: "it is the Kubernetes API server (allowed only by a rule naming its host and port)".into(),
+                        why: format!(
+                            "it is the Kubernetes API server (allowed only by a rule naming its host and port in the {})",
+                            class.list()
+                        ),
                     });
                 }
             } else if let Some(what) = self.refused_net(ip)
@@ -337,7 +348,10 @@ impl Policy {
             {
                 return Err(Refusal {
                     host: shown,
-                    why: format!("it is {what} (allowed only by a rule naming it exactly)"),
+                    why: format!(
+                        "it is {what} (allowed only by a rule naming it exactly in the {})",
+                        class.list()
+                    ),
                 });
             }
         }
@@ -553,6 +567,21 @@ mod tests {
     fn the_api_server_needs_its_host_and_port_named() {
         let p = policy("127.0.0.1", "*").with_api_server("127.0.0.1", 6443);
         assert!(p.check_url(Class::Registry, "http://127.0.0.1:5000/").is_ok());
+        // Another port of the API server's address is refused for what it is.
+        let m = refused(
+            &Policy::default().with_api_server("127.0.0.1", 6443),
+            Class::Registry,
+            "http://127.0.0.1:5000/",
+        )
+        .unwrap();
+        assert!(m.contains("loopback") && !m.contains("API server"), "{m}");
+        let m = refused(
+            &Policy::default().with_api_server("10.96.0.1", 443),
+            Class::Registry,
+            "https://10.96.0.1:8443/",
+        )
+        .unwrap();
+        assert!(m.contains("API server's address"), "{m}");
         let m = refused(&p, Class::Registry, "https://127.0.0.1:6443/api").unwrap();
         assert!(m.contains("Kubernetes API server"), "{m}");
         let p = policy("127.0.0.1:6443", "*").with_api_server("127.0.0.1", 6443);

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use image_replication_operator::api::ImageReplication;
 use image_replication_operator::api::v1alpha1::DestinationPhase;
+use image_replication_operator::api::{ImageReplication, ReplicaInstance};
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
@@ -87,7 +87,8 @@ async fn the_egress_policy_refuses_what_the_admin_did_not_allow_before_any_conne
         dir.path(),
         "op-egress",
         &[],
-        &[("EGRESS_REGISTRY_HOSTS", allowed.as_str())],
+        // Cloud endpoints: a wildcard, which never opens loopback.
+        &[("EGRESS_REGISTRY_HOSTS", allowed.as_str()), ("EGRESS_CLOUD_HOSTS", "*")],
     );
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
     let src = format!("{}/team/web:1.4", a.host());
@@ -146,6 +147,86 @@ async fn the_egress_policy_refuses_what_the_admin_did_not_allow_before_any_conne
         let evs = support::event_reasons(&c, name).await;
         assert!(evs.iter().any(|r| r == "EgressRefused"), "{name}: events {evs:?}");
     }
+
+    // The other URL fields: a ReplicaInstance's primary and replica registries, a cloud
+    // provider's endpoint.
+    let refused_url = format!("http://127.0.0.1:{refused}");
+    let ri: ReplicaInstance = serde_json::from_value(json!({
+        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ReplicaInstance",
+        "metadata": {"name": "ri", "namespace": "default"},
+        "spec": {
+            "primary": {"provider": "oci", "region": "region-a", "registry": refused_url},
+            "region": "region-b",
+            "replica": {"registry": "http://169.254.169.254"}
+        }
+    }))
+    .unwrap();
+    let ris: Api<ReplicaInstance> = Api::namespaced(c.clone(), "default");
+    ris.create(&PostParams::default(), &ri).await.unwrap();
+    let msg = eventually(WAIT, "ri Validated=False", || async {
+        let st = ris.get("ri").await.ok()?.status?;
+        let v = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Validated" && c.status == "False")?;
+        (v.reason == "EgressRefused").then(|| v.message.clone())
+    })
+    .await;
+    assert!(
+        msg.contains("spec.primary.registry") && msg.contains("spec.replica.registry"),
+        "{msg}"
+    );
+    let cloud: ImageReplication = serde_json::from_value(json!({
+        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
+        "metadata": {"name": "cloud", "namespace": "default"},
+        "spec": {
+            "provider": {"kind": "alibaba", "endpoint": refused_url, "credentialsSecretRef": {"name": "ali"}},
+            "source": {"region": "cn-hangzhou", "imageId": "m-1"},
+            "destinations": [{"region": "cn-shanghai"}]
+        }
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &cloud).await.unwrap();
+    let (_, reason, message) = eventually(WAIT, "cloud Validated=False", || async {
+        condition(&api.get("cloud").await.ok()?, "Validated").filter(|(s, _, _)| s == "False")
+    })
+    .await;
+    assert_eq!(reason, "EgressRefused", "{message}");
+    assert!(
+        message.contains("spec.provider.endpoint") && message.contains("--egress-cloud-hosts"),
+        "{message}"
+    );
+
+    // A URL from a Secret (OpenStack authUrl) is refused before the request.
+    support::secret(
+        &c,
+        "os",
+        &[
+            ("authUrl", &format!("{refused_url}/v3")),
+            ("username", "demo"),
+            ("password", "pw"),
+            ("projectName", "demo"),
+        ],
+    )
+    .await;
+    let os: ImageReplication = serde_json::from_value(json!({
+        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
+        "metadata": {"name": "os", "namespace": "default"},
+        "spec": {
+            "provider": {"kind": "openstack", "credentialsSecretRef": {"name": "os"}},
+            "source": {"region": "RegionOne", "imageId": "0b3c"},
+            "destinations": [{"region": "RegionTwo"}]
+        }
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &os).await.unwrap();
+    let text = eventually(WAIT, "the openstack source refused", || async {
+        let st = api.get("os").await.ok()?.status?;
+        let text = serde_json::to_string(&st).ok()?;
+        text.contains("egress policy refuses").then_some(text)
+    })
+    .await;
+    assert!(text.contains(&format!("127.0.0.1:{refused}")), "{text}");
 
     // A redirect from an allowed registry to a refused host is refused the same way.
     let msg = eventually(WAIT, "the redirected copy refused", || async {
