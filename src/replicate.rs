@@ -165,7 +165,7 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
     let mut all_ready = true;
 
     for r in &m.replica_instances {
-        if !replica_once(r, &providers, &syncer, &m.secrets, out).await {
+        if !replica_once(r, &providers, &syncer, &m.secrets, opts.attempts, out).await {
             all_ready = false;
         }
     }
@@ -289,6 +289,7 @@ async fn replica_once(
     providers: &crate::provider::Registry,
     syncer: &crate::replica_oci::ReplicaSyncer,
     secrets: &HashMap<String, SecretCredentials>,
+    attempts: i32,
     out: &mut (dyn Write + Send),
 ) -> bool {
     let spec = &r.spec;
@@ -314,10 +315,41 @@ async fn replica_once(
         spec.primary.registry.as_deref().unwrap_or(""),
         spec.replica.as_ref().and_then(|x| x.registry.as_deref()).unwrap_or("")
     );
-    let outcome = syncer
-        .sync(spec, None, &pc, &rc, &crate::replica_oci::SyncProgress::default())
-        .await
-        .map_err(|e| (e.reason().to_string(), e.to_string()));
+    // Up to `attempts` passes: a pass after failures copies only what is still missing (one
+    // HEAD per artifact already in sync), so transient failures converge within one run.
+    let mut earlier = crate::replica_oci::SyncReport::default();
+    let mut attempt = 1;
+    let outcome = loop {
+        let res = syncer
+            .sync(spec, None, &pc, &rc, &crate::replica_oci::SyncProgress::default())
+            .await;
+        let again = attempt < attempts.max(1)
+            && match &res {
+                Ok(rep) => !rep.failures.is_empty(),
+                Err(e) => e.is_retryable(),
+            };
+        if !again {
+            break res.map(|mut rep| {
+                rep.copied += earlier.copied;
+                rep.deleted += earlier.deleted;
+                rep.bytes += earlier.bytes;
+                rep
+            });
+        }
+        let why = match &res {
+            Ok(rep) => format!("{} of {} artifacts failed", rep.failures.len(), rep.artifacts),
+            Err(e) => e.to_string(),
+        };
+        if let Ok(rep) = res {
+            earlier.copied += rep.copied;
+            earlier.deleted += rep.deleted;
+            earlier.bytes += rep.bytes;
+        }
+        let _ = writeln!(out, "{}: pass {attempt}: {why}; syncing again", r.name_any());
+        tokio::time::sleep(Duration::from_secs(u64::from(attempt.unsigned_abs().min(5)))).await;
+        attempt += 1;
+    }
+    .map_err(|e| (e.reason().to_string(), e.to_string()));
     let mut obj = r.clone();
     obj.metadata.generation.get_or_insert(1);
     let now = Time(Timestamp::now());

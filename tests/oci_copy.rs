@@ -231,6 +231,64 @@ async fn chunked_upload_sends_many_patches_and_verifies() {
     assert!(patches >= 15, "a 1 MB layer in 64 KiB chunks: {patches} PATCHes");
 }
 
+/// By default each blob is one streaming PATCH (the registry opens its upload once), with
+/// progress while it streams; a source cut mid-blob is resumed inside the same PATCH.
+#[tokio::test(flavor = "multi_thread")]
+async fn by_default_a_blob_streams_in_one_patch_even_through_a_source_cut() {
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    let digest = one_layer_image(&a, "3000000");
+    let proxy = FaultyProxy::start(a.url(), Fault::CutBlobs { n: 1, after: 1_000_000 }).await;
+    let budgets = Budgets::default();
+    let (src, dst) = (client(&proxy.url(), &budgets), client(&b.url(), &budgets));
+    let progress = std::sync::Arc::new(Progress::default());
+    let p2 = progress.clone();
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    // Progress seen while the copy runs (sampled): it moves before the blob is done.
+    let sampler = tokio::spawn(async move {
+        let mut seen = std::collections::BTreeSet::new();
+        while !*stop_rx.borrow() {
+            seen.insert(p2.bytes_done.load(std::sync::atomic::Ordering::Relaxed));
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(2)) => {}
+                _ = stop_rx.changed() => {}
+            }
+        }
+        seen
+    });
+    let r = Engine::default()
+        .copy(
+            &src,
+            "big/img",
+            "1",
+            &dst,
+            "big/img",
+            Some("1"),
+            &CopyOptions::default(),
+            &progress,
+        )
+        .await
+        .unwrap();
+    let _ = stop_tx.send(true);
+    let seen = sampler.await.unwrap();
+    assert_eq!(b.digest_of("big/img", "1"), Some(digest));
+    let patches = b.requests().into_iter().filter(|(m, _, _)| m == "PATCH").count();
+    assert_eq!(patches, 2, "one PATCH per blob (layer and config)");
+    assert_eq!(
+        r.bytes_uploaded,
+        progress.bytes_total.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert_eq!(
+        progress.bytes_done.load(std::sync::atomic::Ordering::Relaxed),
+        r.bytes_total
+    );
+    let ranged = proxy.seen.lock().unwrap().iter().filter(|r| r.2.is_some()).count();
+    assert_eq!(ranged, 1, "the cut source was reopened once, at its offset");
+    assert!(
+        seen.iter().any(|n| *n > 0 && *n < r.bytes_total),
+        "progress moved during the stream: {seen:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupted_blob_is_an_error_and_nothing_is_tagged() {
     let (a, b) = (TestRegistry::start(), TestRegistry::start());

@@ -81,6 +81,70 @@ async fn replicate_command_syncs_a_replica_instance() {
     assert_eq!(r.digest_of("team/web", "v1"), Some(d));
 }
 
+/// Artifacts that fail in one pass are synced again within the same `replicate -f` run (up to
+/// `--attempts` passes), so a transient failure does not need a second run.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicate_retries_failed_artifacts_within_the_run() {
+    use support::faulty::{Fault, FaultyProxy};
+    let (p, r) = (TestRegistry::start(), TestRegistry::start());
+    let mut want = Vec::new();
+    for tag in ["v1", "v2", "v3"] {
+        want.push(
+            p.seed("team/web", tag, &["--platforms", "linux/amd64", "--seed", &tag[1..]])
+                .0,
+        );
+    }
+    let proxy = FaultyProxy::start(p.url(), Fault::FailManifestGets(2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("replica.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "apiVersion: replication.imageops.io/v1alpha1\nkind: ReplicaInstance\nmetadata: {{name: r1, namespace: default}}\nspec:\n  primary: {{provider: oci, region: region-a, registry: '{}'}}\n  region: region-b\n  replica: {{registry: '{}'}}\n",
+            proxy.url(),
+            r.url()
+        ),
+    )
+    .unwrap();
+    let run = |attempts: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
+            .args(["replicate", "--no-blob-cache", "--attempts", attempts, "-f"])
+            .arg(&f)
+            .output()
+            .unwrap()
+    };
+    let out = run("3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("pass 1: 2 of 3 artifacts failed; syncing again"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ReplicaInstance r1: Ready (3 artifacts in sync)"),
+        "{text}"
+    );
+    for (tag, d) in ["v1", "v2", "v3"].iter().zip(&want) {
+        assert_eq!(r.digest_of("team/web", tag).as_ref(), Some(d), "{tag}");
+    }
+    // With one attempt the same faults leave the run failed (what the retry is measured against).
+    let r2 = TestRegistry::start();
+    let proxy2 = FaultyProxy::start(p.url(), Fault::FailManifestGets(2)).await;
+    std::fs::write(
+        &f,
+        format!(
+            "apiVersion: replication.imageops.io/v1alpha1\nkind: ReplicaInstance\nmetadata: {{name: r1, namespace: default}}\nspec:\n  primary: {{provider: oci, region: region-a, registry: '{}'}}\n  region: region-b\n  replica: {{registry: '{}'}}\n",
+            proxy2.url(),
+            r2.url()
+        ),
+    )
+    .unwrap();
+    let out = run("1");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(!text.contains("syncing again"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_concurrent_fleet_sync_uploads_each_blob_once() {
     let (p, r) = (TestRegistry::start(), TestRegistry::start());

@@ -51,7 +51,9 @@ impl RateLimiter {
 /// Tuning of one copy.
 #[derive(Clone, Debug)]
 pub struct CopyOptions {
-    /// Bytes per PATCH of a chunked upload.
+    /// Bytes per PATCH. Default: the whole blob in one streaming PATCH, as skopeo sends it (a
+    /// registry reopens its upload for every PATCH, which costs throughput); a cut upload is
+    /// resumed from the offset the registry reports either way.
     pub chunk_size: usize,
     /// Blobs transferred at once within one image.
     pub blob_concurrency: usize,
@@ -66,7 +68,7 @@ pub struct CopyOptions {
 impl Default for CopyOptions {
     fn default() -> Self {
         Self {
-            chunk_size: 32 << 20,
+            chunk_size: usize::MAX,
             blob_concurrency: 4,
             referrers: true,
             max_blob_failures: 6,
@@ -541,15 +543,15 @@ impl Engine {
                 snapshot.update(&piece[..take]);
                 confirmed += take as u64;
                 held_ahead -= take as u64;
+                job.progress.bytes_done.fetch_add(take as u64, Ordering::Relaxed);
                 if take < piece.len() {
                     carry = Some(piece.slice(take..));
                 }
             }
             while confirmed < size {
                 let len = (job.opts.chunk_size as u64).min(size - confirmed);
-                if let Some(limit) = &job.opts.bandwidth {
-                    limit.take(len).await;
-                }
+                // Bytes of this PATCH sent so far: progress while it streams.
+                let chunk_sent = AtomicU64::new(0);
                 let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
                 let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
                     rx.recv().await.map(|x| (x, rx))
@@ -559,6 +561,7 @@ impl Engine {
                 let source_ref = &mut source;
                 let carry_in = carry.take();
                 let start = confirmed;
+                let chunk_sent_ref = &chunk_sent;
                 let pump = async move {
                     let mut carry = carry_in;
                     let mut sent = 0u64;
@@ -595,8 +598,14 @@ impl Engine {
                         } else {
                             piece
                         };
+                        // The rate limit, piece by piece: smooth whatever the PATCH size.
+                        if let Some(limit) = &job.opts.bandwidth {
+                            limit.take(now.len() as u64).await;
+                        }
                         hasher.update(&now);
                         sent += now.len() as u64;
+                        chunk_sent_ref.fetch_add(now.len() as u64, Ordering::Relaxed);
+                        job.progress.bytes_done.fetch_add(now.len() as u64, Ordering::Relaxed);
                         if tx.send(Ok(now)).await.is_err() {
                             return Err("the upload stopped taking data".to_string());
                         }
@@ -613,9 +622,12 @@ impl Engine {
                         failures = 0;
                         job.counters.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
                         dst.stats.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
-                        job.progress.bytes_done.fetch_add(len, Ordering::Relaxed);
                     }
                     (uploaded, pumped) => {
+                        // Not confirmed: out of the progress until the registry says it holds it.
+                        job.progress
+                            .bytes_done
+                            .fetch_sub(chunk_sent.load(Ordering::Relaxed), Ordering::Relaxed);
                         let err = match (uploaded, pumped) {
                             (_, Err(message)) => OciError::Transport {
                                 op: "read blob",
@@ -655,6 +667,7 @@ impl Engine {
                                 }
                                 dst.cancel_upload(job.dst_repo, &location).await;
                                 location = dst.start_upload(job.dst_repo).await?;
+                                job.progress.bytes_done.fetch_sub(confirmed, Ordering::Relaxed);
                                 confirmed = 0;
                                 held_ahead = 0;
                                 snapshot = Sha256::new();

@@ -21,6 +21,8 @@ pub enum Fault {
     /// Answer the first `n` upload PATCHes with 503 without passing them on (the registry
     /// holds nothing of them).
     FailPatches(usize),
+    /// Answer the first `n` manifest GETs with 400 (an error no retry of that request cures).
+    FailManifestGets(usize),
     /// A bearer-token gate: 401 with a Bearer challenge unless `Authorization: Bearer <token>`;
     /// `/token` hands the token out for basic credentials `user:pass`.
     RequireBearer {
@@ -100,6 +102,19 @@ impl FaultyProxy {
                 {
                     record(503);
                     return Response::builder().status(503).body(Body::empty()).unwrap();
+                }
+                if let Fault::FailManifestGets(n) = fault
+                    && method == Method::GET
+                    && path.contains("/manifests/")
+                    && counter.fetch_add(1, Ordering::SeqCst) < n
+                {
+                    record(400);
+                    return Response::builder()
+                        .status(400)
+                        .body(Body::from(
+                            r#"{"errors":[{"code":"UNKNOWN","message":"injected failure"}]}"#,
+                        ))
+                        .unwrap();
                 }
                 if let Fault::RateLimitManifests(n) = fault
                     && path.contains("/manifests/")
