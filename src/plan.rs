@@ -397,6 +397,13 @@ pub fn oci_plan(
     let old = obj.status.clone().unwrap_or_default();
     let retry = crate::vm::plan::retry_requested(obj);
     let spec_changed = old.observed_generation != obj.metadata.generation || retry.is_some();
+    // The phase of a destination's drift checks: the same key as its check history.
+    let object_key = format!(
+        "{}/{}",
+        obj.metadata.namespace.as_deref().unwrap_or_default(),
+        obj.metadata.name.as_deref().unwrap_or_default()
+    );
+    let check_key = |d: &DestinationSpec| format!("{object_key}/{}", d.region);
     let mut start = Vec::new();
     let mut events = Vec::new();
     let mut wake: Vec<std::time::Duration> = Vec::new();
@@ -438,7 +445,12 @@ pub fn oci_plan(
                 ..
             } if s.phase == DestinationPhase::Available && s.digest.as_ref() == Some(digest) => {
                 // A drift check that found the copy intact: nothing to say.
-                wake.push(resync_wait(last_check(&s, checked.get(&d.region)), now, resync));
+                wake.push(check_wait(
+                    &check_key(d),
+                    last_check(&s, checked.get(&d.region)),
+                    now,
+                    resync,
+                ));
             }
             TaskView::Succeeded {
                 digest,
@@ -472,7 +484,7 @@ pub fn oci_plan(
                         note: format!("{}: the copy had drifted and was restored to {digest}", d.region),
                     });
                 }
-                wake.push(resync_wait(s.completed_at.as_ref(), now, resync));
+                wake.push(check_wait(&check_key(d), s.completed_at.as_ref(), now, resync));
             }
             TaskView::Failed {
                 reason,
@@ -500,10 +512,11 @@ pub fn oci_plan(
             TaskView::Idle => match s.phase {
                 DestinationPhase::Available => {
                     let last = last_check(&s, checked.get(&d.region));
-                    if secs_since(&last.cloned(), now).is_none_or(|age| age >= resync.as_secs() as i64) {
+                    let due = last.map(|l| next_check(&check_key(d), l, resync));
+                    if due.is_none_or(|t| t.0.as_second() <= now.0.as_second()) {
                         start.push((d.region.clone(), true));
                     } else {
-                        wake.push(resync_wait(last, now, resync));
+                        wake.push(check_wait(&check_key(d), last, now, resync));
                     }
                 }
                 DestinationPhase::Failed if s.attempts >= max_attempts => {}
@@ -596,20 +609,41 @@ fn last_check<'a>(s: &'a DestinationStatus, checked: Option<&'a Time>) -> Option
     later(s.completed_at.as_ref(), checked)
 }
 
-fn resync_wait(last: Option<&Time>, now: &Time, resync: std::time::Duration) -> std::time::Duration {
-    let age = secs_since(&last.cloned(), now).unwrap_or(0).max(0) as u64;
-    std::time::Duration::from_secs(resync.as_secs().saturating_sub(age).max(1))
-}
-
-/// A point in the last `period` before `now`, fixed per `key`: where the first drift check of a
-/// copy is anchored when the operator starts, so that checks spread over the period instead of
-/// all falling due at once.
-pub fn spread_anchor(key: &str, now: &Time, period: std::time::Duration) -> Time {
+/// The phase of `key` within `period`: each key's drift checks fall at `phase + k * period`
+/// (absolute time), so the checks of many objects spread evenly over the period whenever the
+/// objects were created or copied.
+fn phase(key: &str, period: std::time::Duration) -> i64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
-    let back = h.finish() % period.as_secs().max(1);
-    Time(k8s_openapi::jiff::Timestamp::from_second(now.0.as_second() - back as i64).unwrap_or(now.0))
+    (h.finish() % period.as_secs().max(1)) as i64
+}
+
+/// The last phase point of `key` at or before `now`: where the check history of a copy this
+/// process has not checked yet is anchored when it starts, so its first check falls at the
+/// next phase point — after a restart the checks spread over the period instead of all falling
+/// due at once.
+pub fn spread_anchor(key: &str, now: &Time, period: std::time::Duration) -> Time {
+    let p = period.as_secs().max(1) as i64;
+    let t = now.0.as_second();
+    let back = (t - phase(key, period)).rem_euclid(p);
+    Time(k8s_openapi::jiff::Timestamp::from_second(t - back).unwrap_or(now.0))
+}
+
+/// When the next drift check of `key` is due after one at `last`: the first phase point at
+/// least half a period later. Checks lock onto the key's phase (one period apart) instead of
+/// following when each copy happened to complete.
+pub fn next_check(key: &str, last: &Time, period: std::time::Duration) -> Time {
+    let p = period.as_secs().max(1) as i64;
+    let earliest = last.0.as_second() + p / 2;
+    let ahead = (phase(key, period) - earliest).rem_euclid(p);
+    Time(k8s_openapi::jiff::Timestamp::from_second(earliest + ahead).unwrap_or(last.0))
+}
+
+/// How long until the check after `last` is due (at least a second).
+fn check_wait(key: &str, last: Option<&Time>, now: &Time, period: std::time::Duration) -> std::time::Duration {
+    let due = last.map_or(now.0.as_second(), |l| next_check(key, l, period).0.as_second());
+    std::time::Duration::from_secs((due - now.0.as_second()).max(1) as u64)
 }
 
 /// Tests' clock: `s` seconds after a fixed instant.
@@ -673,6 +707,11 @@ spec:
         conditions::find(&p.status.conditions, t).unwrap()
     }
 
+    /// When destination `r` of the test object is due for its next check after one at `last`.
+    fn due(r: &str, last: i64) -> i64 {
+        next_check(&format!("default/web/{r}"), &at(last), RESYNC).0.as_second() - at(0).0.as_second()
+    }
+
     #[test]
     fn fresh_object_starts_every_destination() {
         let mut o = obj();
@@ -710,7 +749,10 @@ spec:
             p.events.iter().filter(|e| e.reason == "DestinationAvailable").count(),
             2
         );
-        assert_eq!(p.requeue, Some(RESYNC));
+        // Woken for the first drift check due, half a period to a period and a half away.
+        let first = due("b", 2).min(due("c", 2));
+        assert_eq!(p.requeue, Some(Duration::from_secs((first - 2) as u64)));
+        assert!((2 + 150..2 + 450).contains(&first), "{first}");
         // Nothing new: no start, no event, same status.
         let again = step(&mut o, &[], 3);
         assert!(again.start.is_empty() && again.events.is_empty());
@@ -759,7 +801,8 @@ spec:
         let mut o = obj();
         step(&mut o, &[], 0);
         step(&mut o, &[("b", ok(false, false)), ("c", ok(false, false))], 1);
-        let p = step(&mut o, &[], 1 + RESYNC.as_secs() as i64);
+        let t = due("b", 1).max(due("c", 1));
+        let p = step(&mut o, &[], t);
         assert_eq!(p.start, vec![("b".to_string(), true), ("c".to_string(), true)]);
         assert_eq!(cond(&p, READY).status, "True", "a drift check does not flap Ready");
         let checking = TaskView::Running {
@@ -767,16 +810,20 @@ spec:
             total: 0,
             resync: true,
         };
-        let p = step(&mut o, &[("b", checking.clone()), ("c", checking)], 302);
+        let p = step(&mut o, &[("b", checking.clone()), ("c", checking)], t + 1);
         assert_eq!(cond(&p, READY).status, "True");
         let before = o.status.clone().unwrap();
-        let p = step(&mut o, &[("b", ok(true, true)), ("c", ok(true, false))], 303);
+        let p = step(&mut o, &[("b", ok(true, true)), ("c", ok(true, false))], t + 2);
         assert_eq!(p.events.len(), 1);
         assert_eq!(p.events[0].reason, "DriftRepaired");
         let (b, c) = (&p.status.destinations[0], &p.status.destinations[1]);
         assert_eq!(b, &before.destinations[0], "an intact copy's status is left as it was");
         assert_eq!(b.attempts, 1, "drift checks are not attempts");
-        assert_eq!((c.attempts, c.completed_at.clone()), (2, Some(at(303))), "a repair is");
+        assert_eq!(
+            (c.attempts, c.completed_at.clone()),
+            (2, Some(at(t + 2))),
+            "a repair is"
+        );
         assert_eq!(c.bytes_copied, before.destinations[1].bytes_copied);
     }
 
@@ -786,23 +833,54 @@ spec:
         step(&mut o, &[], 0);
         step(&mut o, &[("b", ok(false, false)), ("c", ok(false, false))], 1);
         let rest = o.status.clone().unwrap();
-        // Drift checks every period, each finding the copies intact, for ten periods.
+        // Drift checks at each destination's own phase, each finding the copy intact, for ten
+        // periods.
         let mut checked: HashMap<String, Time> = HashMap::new();
-        for period in 1..=10 {
-            let t = 1 + period * (RESYNC.as_secs() as i64 + 2);
+        let mut last: HashMap<&str, i64> = [("b", 1), ("c", 1)].into();
+        let mut previous: HashMap<&str, i64> = HashMap::new();
+        for _ in 0..20 {
+            let (r, t) = ["b", "c"]
+                .iter()
+                .map(|r| (*r, due(r, last[r])))
+                .min_by_key(|x| x.1)
+                .unwrap();
+            if let Some(p) = previous.get(r) {
+                assert_eq!(t - p, RESYNC.as_secs() as i64, "{r}: checks one period apart");
+            }
+            previous.insert(r, t);
+            let early = oci_plan(&o, &HashMap::new(), &checked, &at(t - 1), RESYNC, MAX_ATTEMPTS);
+            assert!(early.start.is_empty(), "nothing due before {t}");
             let idle = oci_plan(&o, &HashMap::new(), &checked, &at(t), RESYNC, MAX_ATTEMPTS);
-            assert_eq!(idle.start.len(), 2, "both due at {t}");
+            assert_eq!(idle.start, vec![(r.to_string(), true)], "{r} due at {t}");
             assert_eq!(idle.status, rest, "starting a drift check changes nothing");
-            let done: HashMap<String, TaskView> =
-                [("b".to_string(), ok(true, true)), ("c".to_string(), ok(true, true))].into();
+            let done: HashMap<String, TaskView> = [(r.to_string(), ok(true, true))].into();
             let p = oci_plan(&o, &done, &checked, &at(t + 1), RESYNC, MAX_ATTEMPTS);
             assert_eq!(p.status, rest, "an intact copy changes nothing");
             assert!(p.events.is_empty());
-            checked = [("b".to_string(), at(t + 1)), ("c".to_string(), at(t + 1))].into();
+            checked.insert(r.to_string(), at(t + 1));
+            last.insert(r, t + 1);
             let next = oci_plan(&o, &HashMap::new(), &checked, &at(t + 2), RESYNC, MAX_ATTEMPTS);
-            assert!(next.start.is_empty(), "the next check waits a period from the last");
-            assert_eq!(next.requeue, Some(RESYNC - Duration::from_secs(1)));
+            assert!(next.start.is_empty(), "the next check waits for its phase");
+            let wake = due("b", last["b"]).min(due("c", last["c"])) - (t + 2);
+            assert_eq!(next.requeue, Some(Duration::from_secs(wake as u64)));
         }
+    }
+
+    /// 300 copies completed in the same second (a fleet created at once): their drift checks
+    /// spread over the period, every period, instead of all falling due together.
+    #[test]
+    fn checks_of_copies_completed_together_spread_over_the_period() {
+        let mut buckets = [0usize; 10];
+        for i in 0..300 {
+            let key = format!("default/web-{i}/b");
+            let first = next_check(&key, &at(1000), RESYNC).0.as_second() - at(0).0.as_second();
+            assert!((1000 + 150..1000 + 450).contains(&first), "{first}");
+            let second = next_check(&key, &at(first + 3), RESYNC).0.as_second() - at(0).0.as_second();
+            assert_eq!(second - first, 300, "then one period apart");
+            buckets[((first - 1000 - 150) / 30) as usize] += 1;
+        }
+        // 30 per 30-second bucket on average; a herd would put most in one.
+        assert!(buckets.iter().all(|b| (10..=55).contains(b)), "{buckets:?}");
     }
 
     #[test]
