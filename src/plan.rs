@@ -1017,18 +1017,30 @@ pub fn replica_plan(
                 st.last_full_sync_time = Some(now.clone());
                 st.repositories = Some(r.repositories as i64);
                 st.artifacts = Some(r.artifacts as i64);
-                events.push(Announcement {
-                    warning: false,
-                    reason: "FullSyncCompleted".into(),
-                    note: format!(
-                        "{} artifacts in {} repositories; copied {}, deleted {}, {} failed, {} left alone",
-                        r.artifacts,
-                        r.repositories,
-                        r.copied,
-                        r.deleted,
-                        r.failures.len(),
-                        r.conflicts.len()
-                    ),
+                let summary = format!(
+                    "{} artifacts in {} repositories; copied {}, deleted {}, {} failed, {} left alone",
+                    r.artifacts,
+                    r.repositories,
+                    r.copied,
+                    r.deleted,
+                    r.failures.len(),
+                    r.conflicts.len()
+                );
+                // A sync with failures is not "completed": it says so, naming every failed
+                // artifact (the note is bounded; the status keeps the most recent ones).
+                events.push(if r.failures.is_empty() {
+                    Announcement {
+                        warning: false,
+                        reason: "FullSyncCompleted".into(),
+                        note: summary,
+                    }
+                } else {
+                    let names: Vec<&str> = r.failures.iter().map(|f| f.artifact.as_str()).collect();
+                    Announcement {
+                        warning: true,
+                        reason: "FullSyncIncomplete".into(),
+                        note: format!("{summary}: {}", names.join(", ")),
+                    }
                 });
             } else {
                 st.last_event_time = Some(now.clone());
@@ -1286,9 +1298,17 @@ spec:
         assert_eq!(p.status.bytes_transferred, Some(700));
         assert_eq!(p.events[0].reason, "FullSyncCompleted");
 
-        // A failure degrades it; the next clean sync brings it back in sync.
+        // A failure degrades it, and the sync is not called completed; the next clean sync
+        // brings it back in sync.
         let p = step(&mut o, &report(0, 1), Some(t + 700), t + 700);
         assert_eq!(p.status.phase, Some(ReplicaPhase::Degraded));
+        let e = p.events.iter().find(|e| e.reason.starts_with("FullSync")).unwrap();
+        assert_eq!((e.reason.as_str(), e.warning), ("FullSyncIncomplete", true));
+        let failed = match &report(0, 1) {
+            SyncView::Finished(Ok(r)) => r.failures[0].artifact.clone(),
+            _ => unreachable!(),
+        };
+        assert!(e.note.contains(&failed), "{}", e.note);
         let p = step(&mut o, &report(1, 0), Some(t + 1400), t + 1400);
         assert_eq!(p.status.phase, Some(ReplicaPhase::InSync));
     }

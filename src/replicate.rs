@@ -353,16 +353,24 @@ async fn replica_once(
     let mut obj = r.clone();
     obj.metadata.generation.get_or_insert(1);
     let now = Time(Timestamp::now());
-    let p = plan::replica_plan(
-        &obj,
-        &crate::replica_oci::SyncView::Finished(outcome),
-        None,
-        None,
-        &now,
-        Duration::from_secs(3600),
-    );
+    let view = crate::replica_oci::SyncView::Finished(outcome);
+    let p = plan::replica_plan(&obj, &view, None, None, &now, Duration::from_secs(3600));
     for e in &p.events {
         let _ = writeln!(out, "{}: {}: {}", r.name_any(), e.reason, e.note);
+    }
+    // Every failed artifact, with its reason and the registry's message (status keeps only the
+    // most recent ones).
+    if let crate::replica_oci::SyncView::Finished(Ok(rep)) = &view {
+        for f in &rep.failures {
+            let _ = writeln!(
+                out,
+                "{}: failed {}: {}: {}",
+                r.name_any(),
+                f.artifact,
+                f.reason,
+                f.message
+            );
+        }
     }
     let what = format!("ReplicaInstance {}", r.name_any());
     let detail = format!("{} artifacts in sync", p.status.artifacts.unwrap_or(0));

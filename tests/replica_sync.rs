@@ -143,6 +143,14 @@ async fn replicate_retries_failed_artifacts_within_the_run() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{text}");
     assert!(!text.contains("syncing again"), "{text}");
+    // Every failed artifact is named, with the registry's message, and the sync is not called
+    // completed.
+    assert_eq!(text.matches("r1: failed team/web:").count(), 2, "{text}");
+    assert!(text.contains("injected failure"), "{text}");
+    assert!(
+        text.contains("FullSyncIncomplete") && !text.contains("FullSyncCompleted"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
