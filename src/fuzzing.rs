@@ -79,7 +79,7 @@ fn www_authenticate(data: &[u8]) {
 fn ec2_xml(data: &[u8]) {
     let s = text(data);
     let _ = crate::vm::aws::error("DescribeImages", 400, &s, None);
-    if let Ok(doc) = crate::vm::xml::parse(&s) {
+    if let Ok(doc) = crate::cloud::xml::parse(&s) {
         if let Some(set) = doc.find("imagesSet") {
             for item in set.all("item") {
                 let _ = crate::vm::aws::parse_image(item);

@@ -2,15 +2,13 @@
 //! where they are needed, driven by the `ImageReplication` and `ReplicaInstance` custom resources.
 
 pub mod api;
+pub mod cloud;
 pub mod controller;
 pub mod crdgen;
 pub mod egress;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod http;
-pub mod leader;
-pub mod metrics;
 pub mod notify;
 pub mod oci;
 pub mod plan;
@@ -20,10 +18,10 @@ pub mod redact;
 pub mod regions;
 pub mod replica_oci;
 pub mod replicate;
+pub mod server;
 pub mod sync;
 pub mod tasks;
 pub mod tcr;
-pub mod telemetry;
 pub mod validation;
 
 pub use error::{Error, Result};

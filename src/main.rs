@@ -15,10 +15,10 @@ use tracing::{error, info, warn};
 
 use image_replication_operator::api::{ImageReplication, ReplicaInstance};
 use image_replication_operator::controller::{self, Context};
-use image_replication_operator::http::{self, Health};
-use image_replication_operator::leader::{Elector, LeaseConfig, wait_true};
-use image_replication_operator::metrics::Metrics;
-use image_replication_operator::telemetry::{self, LogFormat};
+use image_replication_operator::server::http::{self, Health};
+use image_replication_operator::server::leader::{Elector, LeaseConfig, wait_true};
+use image_replication_operator::server::metrics::Metrics;
+use image_replication_operator::server::telemetry::{self, LogFormat};
 use image_replication_operator::{crdgen, egress, provider};
 
 #[derive(Parser)]

@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 
 use crate::api::conditions::{self, Desired, READY, RECONCILING, STALLED, SYNCED, VALIDATED, reason};
 use crate::api::v1alpha1::{ReplicaInstance, ReplicaInstanceStatus, ReplicaPhase, SyncFailure};
+use crate::cloud::Backoff;
 use crate::plan::Announcement;
-use crate::vm::cloud::Backoff;
 use crate::vm::tencent::{Api3, api3_call};
 use crate::vm::{Account, ProviderError};
 
@@ -91,7 +91,7 @@ pub struct Tcr {
 impl Default for Tcr {
     fn default() -> Self {
         Self {
-            http: crate::vm::cloud::client(),
+            http: crate::cloud::client(),
             backoff: Backoff::default(),
             last: Mutex::new(HashMap::new()),
         }

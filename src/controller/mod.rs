@@ -30,14 +30,14 @@ use crate::api::v1alpha1::{
     ReplicaProvider,
 };
 use crate::api::{FIELD_MANAGER, FINALIZER};
-use crate::http::Health;
-use crate::metrics::Metrics;
 use crate::notify::Notifications;
 use crate::oci::{OciError, Progress};
 use crate::plan::SyncStart;
 use crate::plan::{Announcement, Gate};
 use crate::providers_oci::{OciReplicator, SecretCredentials};
 use crate::replica_oci::{ReplicaSyncer, SyncProgress, SyncTasks, SyncView};
+use crate::server::http::Health;
+use crate::server::metrics::Metrics;
 use crate::tasks::Tasks;
 use crate::{Error, Result, plan, provider, validation};
 
@@ -865,7 +865,7 @@ fn log<T, E: std::fmt::Display>(r: Result<T, E>) -> futures::future::Ready<()> {
 }
 
 async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
-    crate::leader::wait_true(&mut stop).await;
+    crate::server::leader::wait_true(&mut stop).await;
 }
 
 /// Run both controllers until `stop` turns true; marks `health` ready once both watches synced.

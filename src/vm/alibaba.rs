@@ -10,12 +10,12 @@
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use super::cloud::{self, Attempt, Backoff, ErrorClass};
 use super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
     TOKEN_PROPERTY, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
+use crate::cloud::{self, Attempt, Backoff, ErrorClass};
 use crate::oci::client::urlencode;
 
 const ECS: &str = "https://ecs.{region}.aliyuncs.com";
@@ -208,14 +208,14 @@ impl Alibaba {
                         ("AccessKeyId".into(), id.clone()),
                         ("SignatureMethod".into(), "HMAC-SHA1".into()),
                         ("SignatureVersion".into(), "1.0".into()),
-                        ("SignatureNonce".into(), super::sign::nonce()),
-                        ("Timestamp".into(), super::sign::iso_time(now)),
+                        ("SignatureNonce".into(), crate::cloud::sign::nonce()),
+                        ("Timestamp".into(), crate::cloud::sign::iso_time(now)),
                     ];
                     if let Some(t) = sts {
                         q.push(("SecurityToken".into(), t.clone()));
                     }
                     q.extend(params.iter().map(|(k, v)| (k.to_string(), v.clone())));
-                    let sig = super::sign::alibaba_rpc(secret, "GET", &q).signature;
+                    let sig = crate::cloud::sign::alibaba_rpc(secret, "GET", &q).signature;
                     q.push(("Signature".into(), sig));
                     let query = q
                         .iter()

@@ -9,13 +9,13 @@
 
 use futures::future::BoxFuture;
 
-use super::cloud::{self, Attempt, Backoff, ErrorClass};
-use super::xml::{self, Node};
 use super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
     TOKEN_PROPERTY, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
+use crate::cloud::xml::{self, Node};
+use crate::cloud::{self, Attempt, Backoff, ErrorClass};
 use crate::oci::client::urlencode;
 
 const EC2: &str = "https://ec2.{region}.amazonaws.com";
@@ -205,7 +205,7 @@ impl Aws {
                 async move {
                     let url = reqwest::Url::parse(&format!("{base}/"))
                         .map_err(|e| ProviderError::permanent(format!("{action}: bad endpoint {base}: {e}")))?;
-                    let date = super::sign::compact_time(k8s_openapi::jiff::Timestamp::now());
+                    let date = crate::cloud::sign::compact_time(k8s_openapi::jiff::Timestamp::now());
                     let mut headers = vec![
                         (
                             "Content-Type".to_string(),
@@ -217,7 +217,7 @@ impl Aws {
                     if let Some(t) = session {
                         headers.push(("X-Amz-Security-Token".into(), t.clone()));
                     }
-                    let signed = super::sign::aws_v4(
+                    let signed = crate::cloud::sign::aws_v4(
                         ak,
                         sk,
                         region,

@@ -14,8 +14,8 @@ use super::quota::{Quota, Wake};
 use super::rules::{self, Limits};
 use super::{Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ProviderError, TaskPhase};
 use crate::api::v1alpha1::{DeletionPolicy, DestinationPhase, DestinationStatus, ImageReplication};
-use crate::metrics::Metrics;
 use crate::plan::Gate;
+use crate::server::metrics::Metrics;
 
 /// Tuning of the engine.
 #[derive(Clone, Debug)]

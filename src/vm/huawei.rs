@@ -15,12 +15,12 @@ use futures::future::BoxFuture;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::cloud::{self, Attempt, Backoff, ErrorClass};
 use super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
     TOKEN_PROPERTY, TaskPhase, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
+use crate::cloud::{self, Attempt, Backoff, ErrorClass};
 use crate::oci::client::urlencode;
 
 const IMS: &str = "https://ims.{region}.myhuaweicloud.com";
@@ -266,7 +266,7 @@ impl Huawei {
                         ("Host".to_string(), cloud::host_of(&url)),
                         (
                             "X-Sdk-Date".to_string(),
-                            super::sign::compact_time(k8s_openapi::jiff::Timestamp::now()),
+                            crate::cloud::sign::compact_time(k8s_openapi::jiff::Timestamp::now()),
                         ),
                     ];
                     if let Some(p) = project {
@@ -275,7 +275,7 @@ impl Huawei {
                     if let Some(t) = &c.token {
                         headers.push(("X-Security-Token".into(), t.clone()));
                     }
-                    let signed = super::sign::huawei(
+                    let signed = crate::cloud::sign::huawei(
                         &c.ak,
                         &c.sk,
                         method.as_str(),

@@ -8,27 +8,25 @@
 //! - [`quota`]: the per-account queue of copies in flight.
 //! - [`engine`]: the thin shell the controller and `replicate -f` share: observe, plan, act.
 //! - [`openstack`]: the OpenStack provider (Keystone v3 + Glance v2; the operator moves the bytes).
-//! - [`huawei`], [`alibaba`], [`aws`], [`tencent`]: the clouds' own copy APIs ([`sign`] signs their requests,
-//!   [`cloud`] holds what they share).
+//! - [`huawei`], [`alibaba`], [`aws`], [`tencent`]: the clouds' own copy APIs, on the signed
+//!   HTTP plumbing of [`crate::cloud`] (signing, error classes, throttling backoff, EC2 XML).
 
 pub mod alibaba;
 pub mod aws;
-pub mod cloud;
 pub mod engine;
 pub mod huawei;
 pub mod openstack;
 pub mod plan;
 pub mod quota;
 pub mod rules;
-pub mod sign;
 pub mod tencent;
-pub mod xml;
 
 use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
 
 use crate::api::v1alpha1::ProviderKind;
+pub use crate::cloud::{Account, ProviderError};
 
 /// The image property (or tag) that carries our idempotency token on a destination image.
 pub const TOKEN_PROPERTY: &str = "imgrep_client_token";
@@ -182,69 +180,6 @@ impl TaskState {
             bytes_total,
             digest: None,
         }
-    }
-}
-
-/// A provider error. `retryable` errors (5xx, connection, throttling) are tried again with
-/// backoff; others fail the destination at once. Messages never carry secrets.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ProviderError {
-    pub retryable: bool,
-    pub not_found: bool,
-    pub message: String,
-}
-
-impl ProviderError {
-    pub fn transient(message: impl Into<String>) -> Self {
-        Self {
-            retryable: true,
-            not_found: false,
-            message: message.into(),
-        }
-    }
-    pub fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            retryable: false,
-            not_found: false,
-            message: message.into(),
-        }
-    }
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self {
-            retryable: false,
-            not_found: true,
-            message: message.into(),
-        }
-    }
-}
-
-/// The account a provider acts for: the referenced Secret's data, the endpoint override and
-/// provider extras. Debug output never shows the Secret's values.
-#[derive(Clone, Default)]
-pub struct Account {
-    pub secret: BTreeMap<String, Vec<u8>>,
-    pub endpoint: Option<String>,
-    pub agency: Option<String>,
-}
-
-impl std::fmt::Debug for Account {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Account")
-            .field("secret_keys", &self.secret.keys().collect::<Vec<_>>())
-            .field("endpoint", &self.endpoint)
-            .field("agency", &self.agency)
-            .finish()
-    }
-}
-
-impl Account {
-    /// A Secret value as text (trailing newline trimmed).
-    pub fn text(&self, key: &str) -> Option<String> {
-        self.secret
-            .get(key)
-            .map(|v| String::from_utf8_lossy(v).trim_end_matches('\n').to_string())
-            .filter(|s| !s.is_empty())
     }
 }
 

@@ -124,7 +124,7 @@ fn allowed(op: &str, url: &str) -> Result<(), ProviderError> {
 async fn status_err(op: &str, resp: reqwest::Response) -> ProviderError {
     let code = resp.status();
     let body = resp.text().await.unwrap_or_default();
-    let msg = format!("{op}: HTTP {}: {}", code.as_u16(), super::cloud::short(&body));
+    let msg = format!("{op}: HTTP {}: {}", code.as_u16(), crate::cloud::short(&body));
     match code.as_u16() {
         404 => ProviderError::not_found(msg),
         408 | 409 | 429 | 500..=599 => ProviderError::transient(msg),

@@ -11,11 +11,11 @@
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use super::cloud::{self, Attempt, Backoff, ErrorClass};
 use super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
+use crate::cloud::{self, Attempt, Backoff, ErrorClass};
 
 const CVM: &str = "https://cvm.tencentcloudapi.com";
 const VERSION: &str = "2017-03-12";
@@ -217,7 +217,8 @@ pub async fn api3_call(
                     ("Host".to_string(), cloud::host_of(&url)),
                     ("X-TC-Action".to_string(), action.to_ascii_lowercase()),
                 ];
-                let signed = super::sign::tencent_tc3(id, key, api.service, &signed_headers, body.as_bytes(), now);
+                let signed =
+                    crate::cloud::sign::tencent_tc3(id, key, api.service, &signed_headers, body.as_bytes(), now);
                 let mut rb = http
                     .post(url)
                     .header("Content-Type", "application/json; charset=utf-8")

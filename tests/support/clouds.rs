@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use image_replication_operator::vm::sign;
+use image_replication_operator::cloud::sign;
 use serde_json::{Value, json};
 
 use super::fake_apiserver::percent_decode;

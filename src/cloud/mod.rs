@@ -1,15 +1,22 @@
-//! What the cloud providers (huawei, alibaba, aws) share: one HTTP client with API timeouts,
-//! endpoint templates, and backoff on throttling.
+//! The signed-API clouds' shared plumbing (huawei, alibaba, aws, tencent CVM and TCR): one HTTP
+//! client with API timeouts and the egress policy, endpoint templates, error classes, backoff on
+//! throttling; [`sign`] signs their requests, [`xml`] reads EC2's answers, [`account`] holds the
+//! account a call acts for and the error it returns.
 //!
 //! A throttled call (HTTP 429, or the provider's throttling error code) is retried here with
 //! exponential backoff and jitter, honouring `Retry-After`, a few times within one provider
 //! call; if the provider still throttles, the call fails as retryable and the engine's own
 //! per-destination backoff takes over. Other errors are returned at once.
 
+pub mod account;
+pub mod sign;
+pub mod xml;
+
+pub use account::{Account, ProviderError};
+
 use std::future::Future;
 use std::time::Duration;
 
-use super::ProviderError;
 use crate::egress::{self, Class};
 use crate::oci::client::{RetryPolicy, parse_retry_after, tls_config};
 

@@ -1,0 +1,66 @@
+//! The account a cloud provider acts for, and the error every provider call returns.
+
+use std::collections::BTreeMap;
+
+/// A provider error. `retryable` errors (5xx, connection, throttling) are tried again with
+/// backoff; others fail the destination at once. Messages never carry secrets.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    pub retryable: bool,
+    pub not_found: bool,
+    pub message: String,
+}
+
+impl ProviderError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            retryable: true,
+            not_found: false,
+            message: message.into(),
+        }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            retryable: false,
+            not_found: false,
+            message: message.into(),
+        }
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            retryable: false,
+            not_found: true,
+            message: message.into(),
+        }
+    }
+}
+
+/// The account a provider acts for: the referenced Secret's data, the endpoint override and
+/// provider extras. Debug output never shows the Secret's values.
+#[derive(Clone, Default)]
+pub struct Account {
+    pub secret: BTreeMap<String, Vec<u8>>,
+    pub endpoint: Option<String>,
+    pub agency: Option<String>,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("secret_keys", &self.secret.keys().collect::<Vec<_>>())
+            .field("endpoint", &self.endpoint)
+            .field("agency", &self.agency)
+            .finish()
+    }
+}
+
+impl Account {
+    /// A Secret value as text (trailing newline trimmed).
+    pub fn text(&self, key: &str) -> Option<String> {
+        self.secret
+            .get(key)
+            .map(|v| String::from_utf8_lossy(v).trim_end_matches('\n').to_string())
+            .filter(|s| !s.is_empty())
+    }
+}
