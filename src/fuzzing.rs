@@ -35,7 +35,7 @@ fn json(data: &[u8]) -> Option<Value> {
 }
 
 fn notification_envelope(data: &[u8]) {
-    let n = crate::notify::Notifications::new(Some("fuzz-token".into()));
+    let n = crate::replica_instance::notify::Notifications::new(Some("fuzz-token".into()));
     n.set_active(true);
     n.subscribe("registry.example.com", "default/ri");
     n.subscribe("127.0.0.1:5000", "default/ri");
@@ -78,11 +78,11 @@ fn www_authenticate(data: &[u8]) {
 
 fn ec2_xml(data: &[u8]) {
     let s = text(data);
-    let _ = crate::vm::aws::error("DescribeImages", 400, &s, None);
+    let _ = crate::image_replication::vm::providers::aws::error("DescribeImages", 400, &s, None);
     if let Ok(doc) = crate::cloud::xml::parse(&s) {
         if let Some(set) = doc.find("imagesSet") {
             for item in set.all("item") {
-                let _ = crate::vm::aws::parse_image(item);
+                let _ = crate::image_replication::vm::providers::aws::parse_image(item);
             }
         }
         let _ = doc.text_at("Errors/Error/Code");
@@ -91,17 +91,17 @@ fn ec2_xml(data: &[u8]) {
 
 fn cloud_json(data: &[u8]) {
     let s = text(data);
-    let _ = crate::vm::huawei::error("ListImages", 400, &s, None);
-    let _ = crate::vm::alibaba::error("DescribeImages", 400, &s, None);
+    let _ = crate::image_replication::vm::providers::huawei::error("ListImages", 400, &s, None);
+    let _ = crate::image_replication::vm::providers::alibaba::error("DescribeImages", 400, &s, None);
     if let Some(v) = json(data) {
-        let _ = crate::vm::huawei::parse_image(&v);
-        let _ = crate::vm::alibaba::parse_image(&v);
-        let _ = crate::vm::tencent::parse_image(&v);
-        let _ = crate::vm::openstack::parse_image(&v);
+        let _ = crate::image_replication::vm::providers::huawei::parse_image(&v);
+        let _ = crate::image_replication::vm::providers::alibaba::parse_image(&v);
+        let _ = crate::image_replication::vm::providers::tencent::parse_image(&v);
+        let _ = crate::image_replication::vm::providers::openstack::parse_image(&v);
         for list in ["images", "Images", "ImageSet"] {
             for item in v.get(list).and_then(Value::as_array).into_iter().flatten() {
-                let _ = crate::vm::huawei::parse_image(item);
-                let _ = crate::vm::tencent::parse_image(item);
+                let _ = crate::image_replication::vm::providers::huawei::parse_image(item);
+                let _ = crate::image_replication::vm::providers::tencent::parse_image(item);
             }
         }
     }
@@ -109,13 +109,13 @@ fn cloud_json(data: &[u8]) {
 
 fn keystone_token(data: &[u8]) {
     if let Some(v) = json(data) {
-        let _ = crate::vm::openstack::parse_token("token", &v);
+        let _ = crate::image_replication::vm::providers::openstack::parse_token("token", &v);
     }
 }
 
 fn glob_filter(data: &[u8]) {
     let (pattern, subject) = two(data);
-    let _ = crate::sync::glob(&pattern, &subject);
+    let _ = crate::replica_instance::diff::glob(&pattern, &subject);
 }
 
 fn quantity_and_duration(data: &[u8]) {

@@ -9,20 +9,16 @@ pub mod egress;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod notify;
+pub mod image_replication;
 pub mod oci;
 pub mod plan;
 pub mod provider;
-pub mod providers_oci;
 pub mod redact;
 pub mod regions;
-pub mod replica_oci;
+pub mod replica_instance;
 pub mod replicate;
 pub mod server;
-pub mod sync;
 pub mod tasks;
-pub mod tcr;
 pub mod validation;
 
 pub use error::{Error, Result};
-pub mod vm;

@@ -139,9 +139,13 @@ struct VmArgs {
 }
 
 impl VmArgs {
-    fn settings(&self, resync: Duration, max_attempts: i32) -> image_replication_operator::vm::engine::Settings {
-        image_replication_operator::vm::engine::Settings {
-            limits: image_replication_operator::vm::rules::Limits {
+    fn settings(
+        &self,
+        resync: Duration,
+        max_attempts: i32,
+    ) -> image_replication_operator::image_replication::vm::engine::Settings {
+        image_replication_operator::image_replication::vm::engine::Settings {
+            limits: image_replication_operator::image_replication::vm::rules::Limits {
                 openstack_max_bytes: self.openstack_max_image_bytes,
                 openstack_refused_formats: self
                     .openstack_refused_disk_formats
@@ -250,9 +254,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("image-replication-operator-{}", std::process::id()));
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
-    let notifications = Arc::new(image_replication_operator::notify::Notifications::new(
-        std::env::var("NOTIFICATION_TOKEN").ok(),
-    ));
+    let notifications = Arc::new(
+        image_replication_operator::replica_instance::notify::Notifications::new(
+            std::env::var("NOTIFICATION_TOKEN").ok(),
+        ),
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(shutdown_signal(stop_tx.clone()));
 

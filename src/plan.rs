@@ -395,7 +395,7 @@ pub fn oci_plan(
 ) -> OciPlan {
     let spec = &obj.spec;
     let old = obj.status.clone().unwrap_or_default();
-    let retry = crate::vm::plan::retry_requested(obj);
+    let retry = crate::image_replication::vm::plan::retry_requested(obj);
     let spec_changed = old.observed_generation != obj.metadata.generation || retry.is_some();
     // The phase of a destination's drift checks: the same key as its check history.
     let object_key = format!(
@@ -928,13 +928,13 @@ pub struct ReplicaPlan {
 /// changes nothing in status (no write, no Event), so an object at rest is never written.
 pub fn replica_plan(
     obj: &ReplicaInstance,
-    view: &crate::replica_oci::SyncView,
+    view: &crate::replica_instance::oci::SyncView,
     pending: Option<(&std::collections::BTreeSet<String>, &Time)>,
     last_full: Option<&Time>,
     now: &Time,
     interval: std::time::Duration,
 ) -> ReplicaPlan {
-    use crate::replica_oci::SyncView;
+    use crate::replica_instance::oci::SyncView;
     let mut st = obj.status.clone().unwrap_or_default();
     let mut events = Vec::new();
     let mut start = None;
@@ -1181,7 +1181,7 @@ pub fn replica_plan(
 #[cfg(test)]
 mod replica_tests {
     use super::*;
-    use crate::replica_oci::{Failure, SyncReport, SyncView};
+    use crate::replica_instance::oci::{Failure, SyncReport, SyncView};
     use std::collections::BTreeSet;
     use std::time::Duration;
 

@@ -2,14 +2,14 @@
 //!
 //! Providers plug in here behind traits; the controllers look a provider up by the kind named in
 //! the spec and report `Stalled=True, reason ProviderNotImplemented` when it is absent. VM image
-//! services implement [`crate::vm::ImageService`] (describe, start copy, find by token, poll,
+//! services implement [`crate::image_replication::vm::ImageService`] (describe, start copy, find by token, poll,
 //! cancel, delete); the oci path registers its replicator and syncer here too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::api::v1alpha1::{ProviderKind, ReplicaProvider};
-use crate::vm::ImageService;
+use crate::image_replication::vm::ImageService;
 
 /// An image service that ImageReplication can copy between regions.
 pub trait ImageProvider: Send + Sync {
@@ -36,11 +36,19 @@ impl Registry {
     /// oci provider and replica backend (the ones whose budgets they own).
     pub fn builtin() -> Self {
         Self::default()
-            .with_vm(Arc::new(crate::vm::openstack::OpenStack::default()))
-            .with_vm(Arc::new(crate::vm::huawei::Huawei::default()))
-            .with_vm(Arc::new(crate::vm::alibaba::Alibaba::default()))
-            .with_vm(Arc::new(crate::vm::aws::Aws::default()))
-            .with_vm(Arc::new(crate::vm::tencent::Tencent::default()))
+            .with_vm(Arc::new(
+                crate::image_replication::vm::providers::openstack::OpenStack::default(),
+            ))
+            .with_vm(Arc::new(
+                crate::image_replication::vm::providers::huawei::Huawei::default(),
+            ))
+            .with_vm(Arc::new(
+                crate::image_replication::vm::providers::alibaba::Alibaba::default(),
+            ))
+            .with_vm(Arc::new(crate::image_replication::vm::providers::aws::Aws::default()))
+            .with_vm(Arc::new(
+                crate::image_replication::vm::providers::tencent::Tencent::default(),
+            ))
     }
 
     /// Add a VM image service.

@@ -15,13 +15,13 @@ use kube::ResourceExt;
 
 use crate::api::conditions::{self, READY};
 use crate::api::v1alpha1::{DestinationPhase, ImageReplication, ReplicaInstance};
+use crate::image_replication::oci::{OciReplicator, SecretCredentials};
+use crate::image_replication::vm::engine::{Settings, VmEngine};
+use crate::image_replication::vm::{Account, ImageService};
 use crate::oci::Progress;
 use crate::plan::{self, Gate};
-use crate::providers_oci::{OciReplicator, SecretCredentials};
 use crate::tasks::Tasks;
 use crate::validation;
-use crate::vm::engine::{Settings, VmEngine};
-use crate::vm::{Account, ImageService};
 
 /// Options of the command.
 #[derive(Clone, Debug)]
@@ -152,7 +152,7 @@ fn human(b: u64) -> String {
 /// Reconcile every object; true when all are Ready. Progress goes to `out`.
 pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> bool {
     let replicator = Arc::new(OciReplicator::default());
-    let syncer = Arc::new(crate::replica_oci::ReplicaSyncer::default());
+    let syncer = Arc::new(crate::replica_instance::oci::ReplicaSyncer::default());
     let providers = crate::provider::Registry::builtin()
         .with_image(replicator.clone())
         .with_replica(syncer.clone());
@@ -287,7 +287,7 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
 async fn replica_once(
     r: &ReplicaInstance,
     providers: &crate::provider::Registry,
-    syncer: &crate::replica_oci::ReplicaSyncer,
+    syncer: &crate::replica_instance::oci::ReplicaSyncer,
     secrets: &HashMap<String, SecretCredentials>,
     attempts: i32,
     out: &mut (dyn Write + Send),
@@ -317,11 +317,17 @@ async fn replica_once(
     );
     // Up to `attempts` passes: a pass after failures copies only what is still missing (one
     // HEAD per artifact already in sync), so transient failures converge within one run.
-    let mut earlier = crate::replica_oci::SyncReport::default();
+    let mut earlier = crate::replica_instance::oci::SyncReport::default();
     let mut attempt = 1;
     let outcome = loop {
         let res = syncer
-            .sync(spec, None, &pc, &rc, &crate::replica_oci::SyncProgress::default())
+            .sync(
+                spec,
+                None,
+                &pc,
+                &rc,
+                &crate::replica_instance::oci::SyncProgress::default(),
+            )
             .await;
         let again = attempt < attempts.max(1)
             && match &res {
@@ -353,14 +359,14 @@ async fn replica_once(
     let mut obj = r.clone();
     obj.metadata.generation.get_or_insert(1);
     let now = Time(Timestamp::now());
-    let view = crate::replica_oci::SyncView::Finished(outcome);
+    let view = crate::replica_instance::oci::SyncView::Finished(outcome);
     let p = plan::replica_plan(&obj, &view, None, None, &now, Duration::from_secs(3600));
     for e in &p.events {
         let _ = writeln!(out, "{}: {}: {}", r.name_any(), e.reason, e.note);
     }
     // Every failed artifact, with its reason and the registry's message (status keeps only the
     // most recent ones).
-    if let crate::replica_oci::SyncView::Finished(Ok(rep)) = &view {
+    if let crate::replica_instance::oci::SyncView::Finished(Ok(rep)) = &view {
         for f in &rep.failures {
             let _ = writeln!(
                 out,

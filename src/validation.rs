@@ -268,7 +268,7 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
             if let Err(e) = crate::oci::RegistryAddr::parse(r) {
                 out.push(Violation::new(f("registry"), "InvalidRegistry", e));
             } else if src.reference.is_some()
-                && let Err(e) = crate::providers_oci::target(spec, d)
+                && let Err(e) = crate::image_replication::oci::target(spec, d)
                 && e.contains(".name")
             {
                 out.push(Violation::new(f("name"), "InvalidName", e));

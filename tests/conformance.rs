@@ -6,7 +6,7 @@ mod support;
 
 use image_replication_operator::cloud::sign;
 use image_replication_operator::cloud::{self, ErrorClass};
-use image_replication_operator::vm::{alibaba, aws, huawei, tencent};
+use image_replication_operator::image_replication::vm::providers::{alibaba, aws, huawei, tencent};
 use serde_json::{Value, json};
 use support::conformance::{sdk_error_codes, sdk_signatures};
 

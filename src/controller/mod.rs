@@ -30,12 +30,12 @@ use crate::api::v1alpha1::{
     ReplicaProvider,
 };
 use crate::api::{FIELD_MANAGER, FINALIZER};
-use crate::notify::Notifications;
+use crate::image_replication::oci::{OciReplicator, SecretCredentials};
 use crate::oci::{OciError, Progress};
 use crate::plan::SyncStart;
 use crate::plan::{Announcement, Gate};
-use crate::providers_oci::{OciReplicator, SecretCredentials};
-use crate::replica_oci::{ReplicaSyncer, SyncProgress, SyncTasks, SyncView};
+use crate::replica_instance::notify::Notifications;
+use crate::replica_instance::oci::{ReplicaSyncer, SyncProgress, SyncTasks, SyncView};
 use crate::server::http::Health;
 use crate::server::metrics::Metrics;
 use crate::tasks::Tasks;
@@ -58,9 +58,9 @@ pub struct Context {
     pub sync_tasks: Arc<SyncTasks>,
     pub notifications: Arc<Notifications>,
     /// VM image copies (huawei, alibaba, aws, tencent, openstack): engine, quota queue, polling.
-    pub vm: Arc<crate::vm::engine::VmEngine>,
+    pub vm: Arc<crate::image_replication::vm::engine::VmEngine>,
     /// ReplicaInstance tencent: the TCR API client.
-    pub tcr: Arc<crate::tcr::Tcr>,
+    pub tcr: Arc<crate::replica_instance::tcr::Tcr>,
     /// Per ReplicaInstance (lag seconds, queued artifacts), for the gauges.
     replica_gauges: Mutex<HashMap<String, (i64, i64)>>,
     /// Keys (namespace/name) to reconcile at once: finished copies, finished syncs, notifications.
@@ -90,13 +90,13 @@ impl Context {
         let (ir_tx, ir_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (ri_tx, ri_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (t1, t2) = (ir_tx.clone(), ri_tx.clone());
-        let vm = Arc::new(crate::vm::engine::VmEngine::new(
+        let vm = Arc::new(crate::image_replication::vm::engine::VmEngine::new(
             Default::default(),
             vm_wake(ir_tx.clone()),
             Some(metrics.clone()),
         ));
         // The oci provider and replica backend are built in: registered like any provider.
-        let tcr = Arc::new(crate::tcr::Tcr::default());
+        let tcr = Arc::new(crate::replica_instance::tcr::Tcr::default());
         let providers = providers
             .with_image(oci.clone())
             .with_replica(syncer.clone())
@@ -155,8 +155,8 @@ impl Context {
     }
 
     /// Tune the VM copy engine (limits, polling, drift checks).
-    pub fn with_vm_settings(mut self, settings: crate::vm::engine::Settings) -> Self {
-        self.vm = Arc::new(crate::vm::engine::VmEngine::new(
+    pub fn with_vm_settings(mut self, settings: crate::image_replication::vm::engine::Settings) -> Self {
+        self.vm = Arc::new(crate::image_replication::vm::engine::VmEngine::new(
             settings,
             vm_wake(self.ir_trigger.clone()),
             Some(self.metrics.clone()),
@@ -177,7 +177,7 @@ impl Context {
     }
 }
 
-fn vm_wake(tx: tokio::sync::mpsc::UnboundedSender<String>) -> crate::vm::quota::Wake {
+fn vm_wake(tx: tokio::sync::mpsc::UnboundedSender<String>) -> crate::image_replication::vm::quota::Wake {
     Arc::new(move |k: &str| {
         let _ = tx.send(k.to_string());
     })
@@ -201,7 +201,7 @@ pub struct Planned<S> {
     /// ReplicaInstance: the sync to start once the status is written.
     pub sync: Option<SyncStart>,
     /// VM copies: the plan whose starts and cancels run once the status is written.
-    pub vm: Option<crate::vm::plan::VmPlan>,
+    pub vm: Option<crate::image_replication::vm::plan::VmPlan>,
     /// ReplicaInstance tencent: create the TCR replica once the status is written.
     pub replica_create: bool,
 }
@@ -282,13 +282,13 @@ impl ImageReplication {
     }
 
     /// The VM provider account: the referenced Secret's data and the endpoint override.
-    async fn account(&self, ctx: &Context) -> Result<crate::vm::Account, String> {
+    async fn account(&self, ctx: &Context) -> Result<crate::image_replication::vm::Account, String> {
         let ns = self.namespace().unwrap_or_default();
         let secret = match &self.spec.provider.credentials_secret_ref {
             Some(r) => secret_data(ctx, &ns, &r.name).await?,
             None => Default::default(),
         };
-        Ok(crate::vm::Account {
+        Ok(crate::image_replication::vm::Account {
             secret,
             endpoint: self.spec.provider.endpoint.clone(),
             agency: self.spec.provider.agency.clone(),
@@ -512,7 +512,7 @@ impl ReplicaInstance {
 
     /// The TCR account: the primary's credentials Secret (`secretId`, `secretKey`, optional
     /// `token`, optional `endpoint` override of `https://tcr.tencentcloudapi.com`).
-    async fn tencent_account(&self, ctx: &Context) -> Result<crate::vm::Account, String> {
+    async fn tencent_account(&self, ctx: &Context) -> Result<crate::image_replication::vm::Account, String> {
         let ns = self.namespace().unwrap_or_default();
         let secret = match &self.spec.primary.credentials_secret_ref {
             Some(r) => secret_data(ctx, &ns, &r.name).await?,
@@ -522,7 +522,7 @@ impl ReplicaInstance {
             .get("endpoint")
             .map(|v| String::from_utf8_lossy(v).trim().to_string())
             .filter(|e| !e.is_empty());
-        Ok(crate::vm::Account {
+        Ok(crate::image_replication::vm::Account {
             secret,
             endpoint,
             agency: None,
@@ -556,9 +556,9 @@ impl Managed for ReplicaInstance {
                         .observe(&acct, &id, &self.spec.primary.region, &self.spec.region)
                         .await
                 }
-                Err(e) => Err(crate::vm::ProviderError::transient(e)),
+                Err(e) => Err(crate::image_replication::vm::ProviderError::transient(e)),
             };
-            let p = crate::tcr::plan(self, seen.as_ref(), now);
+            let p = crate::replica_instance::tcr::plan(self, seen.as_ref(), now);
             return Planned {
                 status: p.status,
                 requeue: p.requeue,

@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 use crate::api::conditions::{self, Desired, READY, RECONCILING, STALLED, SYNCED, VALIDATED, reason};
 use crate::api::v1alpha1::{ReplicaInstance, ReplicaInstanceStatus, ReplicaPhase, SyncFailure};
 use crate::cloud::Backoff;
+use crate::cloud::{Account, ProviderError};
+use crate::image_replication::vm::providers::tencent::{Api3, api3_call};
 use crate::plan::Announcement;
-use crate::vm::tencent::{Api3, api3_call};
-use crate::vm::{Account, ProviderError};
 
 const TCR_API: Api3 = Api3 {
     service: "tcr",

@@ -1,4 +1,4 @@
-//! ReplicaInstance with an oci primary: list both registries, diff (src/sync.rs), copy what is
+//! ReplicaInstance with an oci primary: list both registries, diff ([`super::diff`]), copy what is
 //! missing or changed, delete what the primary deleted (when asked), never write to the primary.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 
 use crate::api::v1alpha1::ReplicaInstanceSpec;
+use crate::image_replication::oci::SecretCredentials;
 use crate::oci::{Budgets, CopyOptions, Engine, OciError, Progress, Registry, RegistryAddr};
-use crate::providers_oci::SecretCredentials;
-use crate::sync::{self, Inventory, Item};
+use crate::replica_instance::diff::{self, Inventory, Item};
 
 /// One artifact that failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub async fn inventory(
     };
     let names: Vec<String> = names
         .into_iter()
-        .filter(|r| sync::selects_repo(&spec.sync.filters, r))
+        .filter(|r| diff::selects_repo(&spec.sync.filters, r))
         .collect();
     let mut inv = Inventory::new();
     for repo in names {
@@ -64,7 +64,7 @@ pub async fn inventory(
             .tags(&repo)
             .await?
             .into_iter()
-            .filter(|t| sync::selects(&spec.sync.filters, &repo, t))
+            .filter(|t| diff::selects(&spec.sync.filters, &repo, t))
             .collect();
         let heads = futures::stream::iter(tags.into_iter().map(|t| {
             let repo = repo.clone();
@@ -181,7 +181,7 @@ impl ReplicaSyncer {
             (None, _) => pinv.keys().cloned().collect(),
         };
         let rinv = inventory(&replica, spec, Some(&replica_repos), n).await?;
-        let plan = sync::diff(&pinv, &rinv, &spec.sync);
+        let plan = diff::diff(&pinv, &rinv, &spec.sync);
         progress
             .total
             .store(plan.copy.len() as u64 + plan.delete.len() as u64, Ordering::Relaxed);

@@ -9,7 +9,7 @@
 
 use futures::future::BoxFuture;
 
-use super::{
+use super::super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
     TOKEN_PROPERTY, TaskState,
 };

@@ -11,7 +11,7 @@
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use super::{
+use super::super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;

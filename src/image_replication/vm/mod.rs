@@ -11,15 +11,11 @@
 //! - [`huawei`], [`alibaba`], [`aws`], [`tencent`]: the clouds' own copy APIs, on the signed
 //!   HTTP plumbing of [`crate::cloud`] (signing, error classes, throttling backoff, EC2 XML).
 
-pub mod alibaba;
-pub mod aws;
 pub mod engine;
-pub mod huawei;
-pub mod openstack;
 pub mod plan;
+pub mod providers;
 pub mod quota;
 pub mod rules;
-pub mod tencent;
 
 use std::collections::BTreeMap;
 

@@ -10,7 +10,7 @@
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use super::{
+use super::super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
     TOKEN_PROPERTY, TaskState,
 };
