@@ -33,8 +33,21 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn ready(conds: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
-    conds.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+/// How many objects of `api` are Ready.
+async fn ready_count<K>(
+    api: &Api<K>,
+    conditions: impl Fn(&K) -> Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>,
+) -> usize
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|o| conditions(o).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -116,22 +129,11 @@ async fn controller_scale() {
     let mut peak_rss = 0;
     let ready_s = loop {
         peak_rss = peak_rss.max(rss_kib(pid).0);
-        let ir_ready = irs
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter(|o| o.status.as_ref().is_some_and(|st| ready(&st.conditions)))
-            .count();
-        let ri_ready = ris
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter(|o| o.status.as_ref().is_some_and(|st| ready(&st.conditions)))
-            .count();
+        let ir_ready = ready_count(&irs, |o: &ImageReplication| {
+            o.status.as_ref().map(|s| &s.conditions[..])
+        })
+        .await;
+        let ri_ready = ready_count(&ris, |o: &ReplicaInstance| o.status.as_ref().map(|s| &s.conditions[..])).await;
         if ir_ready == n_ir && ri_ready == n_ri {
             break t0.elapsed().as_secs_f64();
         }

@@ -52,21 +52,20 @@ async fn overwrite_false_leaves_a_differing_tag_alone_and_reports_it() {
     assert_eq!((report.copied, report.artifacts), (0, 2));
 }
 
+/// A ReplicaInstance `r1` from `primary` to `replica`, as a manifest for `replicate -f`.
+fn replica_yaml(primary: &str, replica: &str) -> String {
+    format!(
+        "apiVersion: replication.imageops.io/v1alpha1\nkind: ReplicaInstance\nmetadata: {{name: r1, namespace: default}}\nspec:\n  primary: {{provider: oci, region: region-a, registry: '{primary}'}}\n  region: region-b\n  replica: {{registry: '{replica}'}}\n"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replicate_command_syncs_a_replica_instance() {
     let (p, r) = (TestRegistry::start(), TestRegistry::start());
     let (d, _) = p.seed("team/web", "v1", &["--platforms", "linux/amd64"]);
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("replica.yaml");
-    std::fs::write(
-        &f,
-        format!(
-            "apiVersion: replication.imageops.io/v1alpha1\nkind: ReplicaInstance\nmetadata: {{name: r1, namespace: default}}\nspec:\n  primary: {{provider: oci, region: region-a, registry: '{}'}}\n  region: region-b\n  replica: {{registry: '{}'}}\n",
-            p.url(),
-            r.url()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&f, replica_yaml(&p.url(), &r.url())).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
         .args(["replicate", "-f"])
         .arg(&f)
@@ -97,15 +96,7 @@ async fn replicate_retries_failed_artifacts_within_the_run() {
     let proxy = FaultyProxy::start(p.url(), Fault::FailManifestGets(2)).await;
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("replica.yaml");
-    std::fs::write(
-        &f,
-        format!(
-            "apiVersion: replication.imageops.io/v1alpha1\nkind: ReplicaInstance\nmetadata: {{name: r1, namespace: default}}\nspec:\n  primary: {{provider: oci, region: region-a, registry: '{}'}}\n  region: region-b\n  replica: {{registry: '{}'}}\n",
-            proxy.url(),
-            r.url()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&f, replica_yaml(&proxy.url(), &r.url())).unwrap();
     let run = |attempts: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
             .args(["replicate", "--no-blob-cache", "--attempts", attempts, "-f"])
@@ -130,15 +121,7 @@ async fn replicate_retries_failed_artifacts_within_the_run() {
     // With one attempt the same faults leave the run failed (what the retry is measured against).
     let r2 = TestRegistry::start();
     let proxy2 = FaultyProxy::start(p.url(), Fault::FailManifestGets(2)).await;
-    std::fs::write(
-        &f,
-        format!(
-            "apiVersion: replication.imageops.io/v1alpha1\nkind: ReplicaInstance\nmetadata: {{name: r1, namespace: default}}\nspec:\n  primary: {{provider: oci, region: region-a, registry: '{}'}}\n  region: region-b\n  replica: {{registry: '{}'}}\n",
-            proxy2.url(),
-            r2.url()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&f, replica_yaml(&proxy2.url(), &r2.url())).unwrap();
     let out = run("1");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{text}");
