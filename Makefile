@@ -57,5 +57,5 @@ docker-image: ## Build the equivalent image from the Dockerfile (needs a Docker 
 demo: ## Replicate a multi-arch image between two loopback registries and compare digests
 	./hack/demo.sh
 
-bench: ## Measure against skopeo on loopback registries; writes docs/BENCHMARKS.md (BENCH_REPOS, BENCH_BIG_BYTES, BENCH_BIG_RUNS, BENCH_NOOP_TAGS)
+bench: ## Measure against skopeo and the registries' limits on loopback registries, and the controller at scale; writes docs/BENCHMARKS.md (BENCH_REPOS, BENCH_BIG_BYTES, BENCH_BIG_RUNS, BENCH_LAYERED_RUNS, BENCH_NOOP_TAGS, BENCH_SCALE_IRS, BENCH_SCALE_RIS)
 	./hack/bench.sh

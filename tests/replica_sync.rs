@@ -142,7 +142,22 @@ async fn a_concurrent_fleet_sync_uploads_each_blob_once() {
     let mut unique = std::collections::BTreeSet::new();
     for repo in ["fleet/r1", "fleet/r2", "fleet/r3", "fleet/r4", "fleet/r5"] {
         for (tag, seed) in [("v1", "1"), ("v2", "2"), ("v3", "3")] {
-            p.seed(repo, tag, &["--platforms", "linux/amd64", "--seed", seed]);
+            // Layers of 1 MiB and more: the copies also look for them in other repositories
+            // (HEAD) before uploading, which widens the window two copies of one blob race in.
+            p.seed(
+                repo,
+                tag,
+                &[
+                    "--platforms",
+                    "linux/amd64",
+                    "--seed",
+                    seed,
+                    "--layer-size",
+                    "1048576",
+                    "--base-size",
+                    "2097152",
+                ],
+            );
         }
     }
     // Blobs: 1 shared base + per seed (2 layers + 1 config) = 10 unique.

@@ -427,7 +427,8 @@ impl Engine {
             }
             // Same registry: mount from the source repository. Otherwise from where it is known
             // or found to be.
-            let location = match self.mount_source(job, digest, size).await {
+            let tried = self.mount_source(job, digest, size).await;
+            let location = match tried.clone() {
                 Some(from) => match dst.mount_blob(job.dst_repo, digest, &from).await {
                     Ok(Mount::Mounted) => {
                         self.remember(dst_host, digest, job.dst_repo);
@@ -452,12 +453,23 @@ impl Engine {
                 continue;
             }
             let (tx, rx) = tokio::sync::watch::channel(false);
-            {
+            let look_again = {
                 let mut inflight = self.inflight.lock().expect("inflight lock");
-                if inflight.contains_key(&key) {
-                    continue; // lost the race to start it; wait on the winner
+                // Lost the race to start it (wait on the winner), or another copy finished it
+                // while we looked (an uploader remembers the blob before it leaves `inflight`):
+                // look again rather than upload it a second time.
+                let known_now = self.known_elsewhere(dst_host, digest, job.dst_repo);
+                let again = inflight.contains_key(&key) || (known_now.is_some() && known_now != tried);
+                if !again {
+                    inflight.insert(key.clone(), rx);
                 }
-                inflight.insert(key.clone(), rx);
+                again
+            };
+            if look_again {
+                if let Some(loc) = &location {
+                    dst.cancel_upload(job.dst_repo, loc).await;
+                }
+                continue;
             }
             let _guard = InflightGuard {
                 engine: self,

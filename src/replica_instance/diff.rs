@@ -8,23 +8,69 @@ use crate::api::v1alpha1::{DeletesPolicy, SyncFilter, SyncSpec};
 /// repository -> tag -> manifest digest.
 pub type Inventory = BTreeMap<String, BTreeMap<String, String>>;
 
-/// Glob match: `*` matches within one path segment, `**` across segments, `?` one character.
+/// Longest pattern and text [`glob`] compares; longer ones never match (no registry allows a
+/// repository or tag name near these sizes).
+pub const GLOB_MAX_PATTERN: usize = 1024;
+pub const GLOB_MAX_TEXT: usize = 4096;
+
+#[derive(Clone, Copy)]
+enum Tok {
+    /// `*`: any run of characters but `/`.
+    Star,
+    /// `**` (and a `/` right after it): any run of characters.
+    DoubleStar,
+    /// `?`: one character but `/`.
+    Any,
+    Lit(u8),
+}
+
+/// Glob match: `*` matches within one path segment, `**` across segments (`**/` also matches
+/// nothing), `?` one character. Time proportional to pattern x text (a table of suffix
+/// matches, two rows kept), never exponential: filters come from specs and names from
+/// registries, and neither may stall the operator.
 pub fn glob(pattern: &str, text: &str) -> bool {
-    fn rec(p: &[u8], t: &[u8]) -> bool {
-        match p {
-            [] => t.is_empty(),
-            [b'*', b'*', rest @ ..] => {
-                let rest = rest.strip_prefix(b"/").unwrap_or(rest);
-                (0..=t.len()).any(|i| rec(rest, &t[i..]))
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    if p.len() > GLOB_MAX_PATTERN || t.len() > GLOB_MAX_TEXT {
+        return false;
+    }
+    let mut toks = Vec::with_capacity(p.len());
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            b'*' if p.get(i + 1) == Some(&b'*') => {
+                toks.push(Tok::DoubleStar);
+                i += if p.get(i + 2) == Some(&b'/') { 3 } else { 2 };
             }
-            [b'*', rest @ ..] => (0..=t.len())
-                .take_while(|&i| i == 0 || t[i - 1] != b'/')
-                .any(|i| rec(rest, &t[i..])),
-            [b'?', rest @ ..] => !t.is_empty() && t[0] != b'/' && rec(rest, &t[1..]),
-            [c, rest @ ..] => !t.is_empty() && t[0] == *c && rec(rest, &t[1..]),
+            b'*' => {
+                toks.push(Tok::Star);
+                i += 1;
+            }
+            b'?' => {
+                toks.push(Tok::Any);
+                i += 1;
+            }
+            c => {
+                toks.push(Tok::Lit(c));
+                i += 1;
+            }
         }
     }
-    rec(pattern.as_bytes(), text.as_bytes())
+    let n = t.len();
+    // next[j]: tokens[k+1..] match t[j..]; row[j]: tokens[k..] match t[j..].
+    let mut next: Vec<bool> = (0..=n).map(|j| j == n).collect();
+    let mut row = vec![false; n + 1];
+    for tok in toks.iter().rev() {
+        for j in (0..=n).rev() {
+            row[j] = match *tok {
+                Tok::Lit(c) => j < n && t[j] == c && next[j + 1],
+                Tok::Any => j < n && t[j] != b'/' && next[j + 1],
+                Tok::Star => next[j] || (j < n && t[j] != b'/' && row[j + 1]),
+                Tok::DoubleStar => next[j] || (j < n && row[j + 1]),
+            };
+        }
+        std::mem::swap(&mut next, &mut row);
+    }
+    next[0]
 }
 
 fn any_or_all(globs: &[String], text: &str) -> bool {
@@ -144,6 +190,59 @@ pub fn diff(primary: &Inventory, replica: &Inventory, sync: &SyncSpec) -> SyncPl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The recursive matcher this replaced (exponential on patterns with many stars): the
+    /// same answers on every small pattern and text over a telling alphabet.
+    fn reference(pattern: &str, text: &str) -> bool {
+        fn rec(p: &[u8], t: &[u8]) -> bool {
+            match p {
+                [] => t.is_empty(),
+                [b'*', b'*', rest @ ..] => {
+                    let rest = rest.strip_prefix(b"/").unwrap_or(rest);
+                    (0..=t.len()).any(|i| rec(rest, &t[i..]))
+                }
+                [b'*', rest @ ..] => (0..=t.len())
+                    .take_while(|&i| i == 0 || t[i - 1] != b'/')
+                    .any(|i| rec(rest, &t[i..])),
+                [b'?', rest @ ..] => !t.is_empty() && t[0] != b'/' && rec(rest, &t[1..]),
+                [c, rest @ ..] => !t.is_empty() && t[0] == *c && rec(rest, &t[1..]),
+            }
+        }
+        rec(pattern.as_bytes(), text.as_bytes())
+    }
+
+    #[test]
+    fn glob_agrees_with_the_recursive_matcher_and_stays_fast() {
+        let (pa, ta) = (b"a*?/", b"ab/");
+        // Every word of up to `len` characters over `alpha`.
+        let words = |alpha: &[u8], len: usize| -> Vec<String> {
+            let mut all = vec![String::new()];
+            let mut frontier = vec![String::new()];
+            for _ in 0..len {
+                frontier = frontier
+                    .iter()
+                    .flat_map(|w| alpha.iter().map(move |c| format!("{w}{}", *c as char)))
+                    .collect();
+                all.extend(frontier.iter().cloned());
+            }
+            all
+        };
+        let (patterns, texts) = (words(pa, 5), words(ta, 5));
+        for p in &patterns {
+            for t in &texts {
+                assert_eq!(glob(p, t), reference(p, t), "{p:?} ~ {t:?}");
+            }
+        }
+        // What the fuzzer found: many stars before a literal that never comes. The recursive
+        // matcher takes exponential time on this; the table answers at once.
+        let p = format!("{}.", "*".repeat(16));
+        let t = "x".repeat(40);
+        assert!(!glob(&p, &t));
+        assert!(
+            !glob(&"a".repeat(GLOB_MAX_PATTERN + 1), "a"),
+            "oversized patterns never match"
+        );
+    }
 
     #[test]
     fn globs() {
