@@ -65,6 +65,18 @@ timed() { # timed OUTFILE cmd... -> "seconds maxrss_kb cpu_seconds" in OUTFILE
   /usr/bin/time -f '%e %M %U %S' -o "$o" "$@" > "$o.stdout" 2>&1 || { cat "$o.stdout" >&2; return 1; }
   awk '{printf "%s %s %.2f\n", $1, $2, $3 + $4}' "$o" > "$o.t" && mv "$o.t" "$o"
 }
+# ir_yaml NAME SOURCE-REFERENCE DESTINATION-REGISTRY: an oci ImageReplication for replicate -f
+ir_yaml() {
+  cat <<YAML
+apiVersion: replication.imageops.io/v1alpha1
+kind: ImageReplication
+metadata: {name: $1, namespace: default}
+spec:
+  provider: {kind: oci}
+  source: {region: region-a, reference: "$2"}
+  destinations: [{region: region-b, registry: "$3"}]
+YAML
+}
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 push() { skopeo copy --quiet --all --dest-tls-verify=false "oci:$1:$2" "docker://$3"; }
 
@@ -133,15 +145,7 @@ run_skopeo_big() { start_registry "BSK$1"; local p="PORT_BSK$1"
   timed "$work/b-skopeo-$1" skopeo copy --all --src-tls-verify=false --dest-tls-verify=false "docker://127.0.0.1:$PORT_B/big/img:1" "docker://127.0.0.1:${!p}/big/img:1"
   stop_registry "BSK$1"; }
 run_ours_big() { start_registry "BUS$1"; local p="PORT_BUS$1"
-  cat > "$work/big-ir-$1.yaml" <<YAML
-apiVersion: replication.imageops.io/v1alpha1
-kind: ImageReplication
-metadata: {name: big, namespace: default}
-spec:
-  provider: {kind: oci}
-  source: {region: region-a, reference: "127.0.0.1:$PORT_B/big/img:1"}
-  destinations: [{region: region-b, registry: "http://127.0.0.1:${!p}"}]
-YAML
+  ir_yaml big "127.0.0.1:$PORT_B/big/img:1" "http://127.0.0.1:${!p}" > "$work/big-ir-$1.yaml"
   timed "$work/b-ours-$1" "$bin" replicate --no-blob-cache -f "$work/big-ir-$1.yaml"
   stop_registry "BUS$1"; }
 for i in $(seq "$BIG_RUNS"); do
@@ -174,15 +178,7 @@ for i in $(seq "$LAYERED_RUNS"); do
     if [ "$who" = skopeo ]; then
       timed "$work/l-skopeo-$i" skopeo copy --all --src-tls-verify=false --dest-tls-verify=false "docker://127.0.0.1:$PORT_L/layered/img:1" "docker://127.0.0.1:${!p}/layered/img:1"
     else
-      cat > "$work/layered-ir-$i.yaml" <<YAML
-apiVersion: replication.imageops.io/v1alpha1
-kind: ImageReplication
-metadata: {name: layered, namespace: default}
-spec:
-  provider: {kind: oci}
-  source: {region: region-a, reference: "127.0.0.1:$PORT_L/layered/img:1"}
-  destinations: [{region: region-b, registry: "http://127.0.0.1:${!p}"}]
-YAML
+      ir_yaml layered "127.0.0.1:$PORT_L/layered/img:1" "http://127.0.0.1:${!p}" > "$work/layered-ir-$i.yaml"
       timed "$work/l-ours-$i" "$bin" replicate --no-blob-cache -f "$work/layered-ir-$i.yaml"
     fi
     stop_registry "L$who$i"
