@@ -323,12 +323,12 @@ impl Policy {
             format!("{host}:{port}")
         };
         let rules = self.rules(class);
-        let Some(rule) = rules.iter().find(|r| r.matches(&host, port)) else {
+        if !rules.iter().any(|r| r.matches(&host, port)) {
             return Err(Refusal {
                 host: shown,
                 why: format!("it is not in the allowed {}", class.list()),
             });
-        };
+        }
         if let Ok(ip) = host.parse::<IpAddr>() {
             if self.api_server.contains(&(ip, port)) {
                 if !rules
@@ -344,7 +344,7 @@ impl Policy {
                     });
                 }
             } else if let Some(what) = self.refused_net(ip)
-                && !(rule.exact() || rules.iter().any(|r| r.exact() && r.matches(&host, port)))
+                && !rules.iter().any(|r| r.exact() && r.matches(&host, port))
             {
                 return Err(Refusal {
                     host: shown,

@@ -176,9 +176,7 @@ impl Answer {
 pub async fn exchange(op: &str, rb: reqwest::RequestBuilder) -> Result<Answer, Attempt> {
     let (client, req) = rb.build_split();
     let req = req.map_err(|e| transport(op, e))?;
-    egress::current()
-        .check_url(Class::Cloud, req.url().as_str())
-        .map_err(|r| Attempt::from(ProviderError::permanent(format!("{op}: {r}"))))?;
+    allowed(op, req.url().as_str())?;
     let resp = client.execute(req).await.map_err(|e| transport(op, e))?;
     let status = resp.status().as_u16();
     let retry_after = retry_after(&resp);
@@ -219,10 +217,23 @@ pub fn host_of(url: &reqwest::Url) -> String {
 
 /// A transport failure, without the URL (which may carry signed query parameters).
 pub fn transport(op: &str, e: reqwest::Error) -> Attempt {
+    transport_error(op, e).into()
+}
+
+/// A failed exchange as a provider error: permanent when the egress policy refused it (a
+/// redirect or a resolved address), else retryable.
+pub fn transport_error(op: &str, e: reqwest::Error) -> ProviderError {
     match egress::refusal_in(&e) {
-        Some(r) => ProviderError::permanent(format!("{op}: {r}")).into(),
-        None => ProviderError::transient(format!("{op}: {}", crate::oci::client::without_url(&e))).into(),
+        Some(r) => ProviderError::permanent(format!("{op}: {r}")),
+        None => ProviderError::transient(format!("{op}: {}", crate::oci::client::without_url(&e))),
     }
+}
+
+/// The egress policy's verdict on a cloud URL, before anything is sent: a refusal is permanent.
+pub fn allowed(op: &str, url: &str) -> Result<(), ProviderError> {
+    egress::current()
+        .check_url(Class::Cloud, url)
+        .map_err(|r| ProviderError::permanent(format!("{op}: {r}")))
 }
 
 /// The one image a describe matched: none is not found, several is ambiguous (their ids listed).

@@ -25,6 +25,7 @@ use super::super::{
     TOKEN_PROPERTY, TaskPhase, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
+use crate::cloud::allowed;
 use crate::egress::{self, Class};
 use crate::oci::client::{tls_config, urlencode, without_url};
 
@@ -108,17 +109,7 @@ impl Default for OpenStack {
 }
 
 fn http_err(op: &str, e: reqwest::Error) -> ProviderError {
-    match egress::refusal_in(&e) {
-        Some(r) => ProviderError::permanent(format!("{op}: {r}")),
-        None => ProviderError::transient(format!("{op}: {}", without_url(&e))),
-    }
-}
-
-/// The egress policy's verdict on a URL, as a permanent error.
-fn allowed(op: &str, url: &str) -> Result<(), ProviderError> {
-    egress::current()
-        .check_url(Class::Cloud, url)
-        .map_err(|r| ProviderError::permanent(format!("{op}: {r}")))
+    crate::cloud::transport_error(op, e)
 }
 
 async fn status_err(op: &str, resp: reqwest::Response) -> ProviderError {
