@@ -8,6 +8,8 @@
 #   (c) a no-op resync of BENCH_NOOP_TAGS tags (default 1000): requests per tag, time
 #   (d) push-to-replica lag with event-driven sync (tests/bench_lag.rs)
 #   (e) controller scale: 5,000 ImageReplications, 100 ReplicaInstances (tests/bench_scale.rs)
+#   (f) a 30 x 3 fleet through fault-injecting proxies, vs the same fleet without faults
+#       (tests/replica_sync.rs), BENCH_FLAKY_RUNS runs
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -222,6 +224,20 @@ echo "== (e) controller scale: ${BENCH_SCALE_IRS:-5000} ImageReplications, ${BEN
 scale="$(cargo test --release --quiet --test bench_scale -- --ignored --nocapture 2>&1 | grep '^BENCH scale' || echo 'BENCH scale failed')"
 sv() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$scale"; }
 
+echo "== (f) fleet through flaky registries"
+flaky=""
+for _ in $(seq 1 "${BENCH_FLAKY_RUNS:-3}"); do
+  flaky+="$(cargo test --release --quiet --test replica_sync a_fleet_sync_converges -- --nocapture 2>&1 | grep '^BENCH flaky' || echo 'BENCH flaky failed')"$'\n'
+done
+# Median of a field over the runs, and the runs themselves.
+fv() { FLAKY="$flaky" python3 -c '
+import os, sys, statistics
+k = sys.argv[1]
+vals = [float(w.split("=", 1)[1]) for l in os.environ["FLAKY"].splitlines() for w in l.split() if w.startswith(k + "=")]
+print("%g [%s]" % (statistics.median(vals), " / ".join("%g" % v for v in vals)) if vals else "failed")
+' "$1"; }
+flaky_runs="$(grep -c '^BENCH flaky fault' <<<"$flaky" || true)"
+
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
 mem="$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
 mkdir -p "$(dirname "$OUT")"
@@ -320,6 +336,30 @@ Command: \`cargo test --release --test bench_scale -- --ignored --nocapture\` (s
 \`BENCH_SCALE_IRS\`, \`BENCH_SCALE_RIS\`, \`BENCH_SCALE_IDLE_SECS\`, \`BENCH_SCALE_RESYNC_SECS\`).
 The fake API server answers faster than a real one and has no etcd behind it; what it does
 count honestly is every request by verb and every watch event.
+
+## (f) A fleet through flaky registries: 30 repositories x 3 tags
+
+A ReplicaInstance of 90 distinct images (each a shared 1 MiB base and two 400 kB layers) synced
+by \`replicate -f --attempts 10\` through fault-injecting proxies in front of both registries:
+10 % of requests answered 503, 5 % 429 with \`Retry-After: 1\`, 3 % of answers and 3 % of upload
+PATCHes cut half-way (fixed seeds; which requests get them depends on the order requests
+arrive). Beside it, the same fleet without proxies. Medians of $flaky_runs runs (each run in brackets).
+
+| | measured | target |
+|---|---|---|
+| fault-free | $(fv fault_free_s) s | — |
+| with faults | $(fv faulty_s) s | within 5x fault-free |
+| passes of the run (1: no artifact failed) | $(fv passes) | one run converges |
+| bytes sent to the replica / blob bytes it stores | $(fv sent_bytes) / $(fv stored_bytes) | a small multiple |
+| upload sessions the registry kept (each reported) | $(fv sessions_left) | none silently |
+| injected: 503 / 429 / cut answers / cut uploads | $(fv injected_503) / $(fv injected_429) / $(fv cut_answers) / $(fv cut_uploads) | — |
+
+Every run checks each tag's digest at the replica with skopeo. distribution 2.8 refuses every
+request on a session whose PATCH was cut (404 \`BLOB_UPLOAD_INVALID\`: the offset in its upload
+state no longer matches what it stored) — the session cannot be resumed or cancelled by a client,
+so the blob starts again in a new session and the old one is reported and left to the registry's
+upload purging. Command: \`cargo test --release --test replica_sync a_fleet_sync_converges --
+--nocapture\` (\`FLAKY_RATES=p503,p429,cut_answer,cut_upload\` changes the rates).
 MD
 echo "wrote $OUT"
 cat "$OUT"

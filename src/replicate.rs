@@ -280,6 +280,25 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
     if let Some(p) = &opts.blob_cache {
         save_blob_cache(p, &[&replicator.engine, &syncer.engine], out);
     }
+    for (host, restarts, left) in replicator
+        .budgets
+        .upload_trouble()
+        .into_iter()
+        .chain(syncer.budgets.upload_trouble())
+    {
+        if restarts > 0 {
+            let _ = writeln!(
+                out,
+                "{host}: {restarts} blob upload(s) started again from byte 0 (the registry refused to resume them)"
+            );
+        }
+        if left > 0 {
+            let _ = writeln!(
+                out,
+                "warning: {host}: {left} upload session(s) given up could not be cancelled (the registry refused); it keeps their bytes until it purges old uploads (distribution: storage.maintenance.uploadpurging)"
+            );
+        }
+    }
     all_ready
 }
 
@@ -320,15 +339,7 @@ async fn replica_once(
     let mut earlier = crate::replica_instance::oci::SyncReport::default();
     let mut attempt = 1;
     let outcome = loop {
-        let res = syncer
-            .sync(
-                spec,
-                None,
-                &pc,
-                &rc,
-                &crate::replica_instance::oci::SyncProgress::default(),
-            )
-            .await;
+        let res = sync_printing_progress(syncer, r, &pc, &rc, out).await;
         let again = attempt < attempts.max(1)
             && match &res {
                 Ok(rep) => !rep.failures.is_empty(),
@@ -347,6 +358,16 @@ async fn replica_once(
             Err(e) => e.to_string(),
         };
         if let Ok(rep) = res {
+            for f in &rep.failures {
+                let _ = writeln!(
+                    out,
+                    "{}: pass {attempt}: failed {}: {}: {}",
+                    r.name_any(),
+                    f.artifact,
+                    f.reason,
+                    f.message
+                );
+            }
             earlier.copied += rep.copied;
             earlier.deleted += rep.deleted;
             earlier.bytes += rep.bytes;
@@ -381,6 +402,37 @@ async fn replica_once(
     let what = format!("ReplicaInstance {}", r.name_any());
     let detail = format!("{} artifacts in sync", p.status.artifacts.unwrap_or(0));
     report(out, &what, &p.status.conditions, &detail)
+}
+
+/// Seconds between progress lines of a ReplicaInstance sync.
+const SYNC_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// One sync pass, printing `name: done/total artifacts` every few seconds while it runs (when it
+/// moved).
+async fn sync_printing_progress(
+    syncer: &crate::replica_instance::oci::ReplicaSyncer,
+    r: &ReplicaInstance,
+    pc: &SecretCredentials,
+    rc: &SecretCredentials,
+    out: &mut (dyn Write + Send),
+) -> Result<crate::replica_instance::oci::SyncReport, crate::oci::OciError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let progress = crate::replica_instance::oci::SyncProgress::default();
+    let sync = syncer.sync(&r.spec, None, pc, rc, &progress);
+    tokio::pin!(sync);
+    let mut shown = (0, 0);
+    loop {
+        tokio::select! {
+            res = &mut sync => return res,
+            _ = tokio::time::sleep(SYNC_PROGRESS_EVERY) => {
+                let now = (progress.done.load(Relaxed), progress.total.load(Relaxed));
+                if now.1 > 0 && now != shown {
+                    let _ = writeln!(out, "{}: {} of {} artifacts done", r.name_any(), now.0, now.1);
+                    shown = now;
+                }
+            }
+        }
+    }
 }
 
 /// One destination's state as a progress line.

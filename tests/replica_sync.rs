@@ -186,3 +186,185 @@ async fn a_concurrent_fleet_sync_uploads_each_blob_once() {
         unique.len()
     );
 }
+
+/// The unique blob bytes a registry stores (its `blobs/` tree), and the upload sessions it
+/// still holds (`_uploads/` entries of every repository).
+fn stored(r: &TestRegistry) -> (u64, Vec<String>) {
+    fn walk(dir: &std::path::Path, blobs: &mut u64, sessions: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            if path.is_dir() {
+                if name == "_uploads" {
+                    for s in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                        sessions.push(s.path().display().to_string());
+                    }
+                } else {
+                    walk(&path, blobs, sessions);
+                }
+            } else if name == "data" && path.to_string_lossy().contains("/blobs/") {
+                *blobs += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+    }
+    let (mut blobs, mut sessions) = (0, Vec::new());
+    walk(&r.dir.path().join("data"), &mut blobs, &mut sessions);
+    (blobs, sessions)
+}
+
+/// #15: a fleet of 30 repositories x 3 tags through fault-injecting proxies in front of both
+/// registries (10 % 503, 5 % 429 with `Retry-After: 1`, 3 % answers and 3 % uploads cut
+/// half-way; fixed seeds) converges in one `replicate -f` run: every tag at
+/// the replica with the primary's digest, bytes sent to the replica a small multiple of what it
+/// stores, and every upload session the registry kept reported. Prints the times with faults
+/// and without (make bench reports them).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_sync_converges_in_one_run_through_flaky_registries() {
+    use support::faulty::{Fault, FaultyProxy};
+    let p = TestRegistry::start();
+    let repos: Vec<String> = (1..=30).map(|i| format!("fleet/app{i:02}")).collect();
+    let mut want = std::collections::BTreeMap::new();
+    std::thread::scope(|sc| {
+        let jobs: Vec<_> = repos
+            .chunks(8)
+            .map(|chunk| {
+                let p = &p;
+                sc.spawn(move || {
+                    let mut got = Vec::new();
+                    for repo in chunk {
+                        for tag in ["v1", "v2", "v3"] {
+                            let seed = format!("{}{}", repo.trim_start_matches("fleet/app"), &tag[1..]);
+                            let (d, _) = p.seed(
+                                repo,
+                                tag,
+                                &[
+                                    "--platforms",
+                                    "linux/amd64",
+                                    "--seed",
+                                    &seed,
+                                    "--layer-size",
+                                    "400000",
+                                    "--base-size",
+                                    "1048576",
+                                ],
+                            );
+                            got.push(((repo.clone(), tag), d));
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        for j in jobs {
+            want.extend(j.join().unwrap());
+        }
+    });
+    // FLAKY_RATES="p503,p429,cut_response,cut_upload" overrides the rates (to see what each
+    // costs); the assertions hold for any rates.
+    let rates: Vec<f64> = std::env::var("FLAKY_RATES")
+        .unwrap_or_else(|_| "0.10,0.05,0.03,0.03".into())
+        .split(',')
+        .map(|x| x.trim().parse().unwrap())
+        .collect();
+    let faults = |seed| Fault::Random {
+        seed,
+        p503: rates[0],
+        p429: rates[1],
+        cut_response: rates[2],
+        cut_upload: rates[3],
+    };
+    let run = |primary: String, replica: String| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("replica.yaml");
+        std::fs::write(&f, replica_yaml(&primary, &replica)).unwrap();
+        let started = std::time::Instant::now();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
+                .args(["replicate", "--no-blob-cache", "--attempts", "10", "-f"])
+                .arg(&f)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        (out, started.elapsed())
+    };
+    // Without faults, for the time it is measured against.
+    let clean = TestRegistry::start();
+    let (out, fault_free) = run(p.url(), clean.url()).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // With faults in front of both registries.
+    let r = TestRegistry::start();
+    let (pp, rp) = (
+        FaultyProxy::start(p.url(), faults(15)).await,
+        FaultyProxy::start(r.url(), faults(16)).await,
+    );
+    let (out, faulty) = run(pp.url(), rp.url()).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    std::fs::write(std::env::temp_dir().join("flaky-fleet.out"), text.as_bytes()).ok();
+    let seen = |proxy: &FaultyProxy, status: u16| proxy.seen.lock().unwrap().iter().filter(|s| s.3 == status).count();
+    println!(
+        "flaky fleet: 90 tags, fault-free {:.2} s, with faults {:.2} s ({:.1}x); injected at the primary 503 x{} 429 x{} cut answers x{}, at the replica 503 x{} 429 x{} cut answers x{} cut uploads x{}; passes: {}",
+        fault_free.as_secs_f64(),
+        faulty.as_secs_f64(),
+        faulty.as_secs_f64() / fault_free.as_secs_f64(),
+        seen(&pp, 503),
+        seen(&pp, 429),
+        seen(&pp, 1),
+        seen(&rp, 503),
+        seen(&rp, 429),
+        seen(&rp, 1),
+        seen(&rp, 0),
+        text.matches("syncing again").count() + 1
+    );
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("Ready (90 artifacts in sync)"), "{text}");
+    if std::env::var("FLAKY_RATES").is_err() {
+        assert!(
+            seen(&pp, 503) + seen(&rp, 503) > 0 && seen(&rp, 0) > 0,
+            "faults were injected"
+        );
+    }
+    for ((repo, tag), d) in &want {
+        assert_eq!(r.digest_of(repo, tag).as_ref(), Some(d), "{repo}:{tag}");
+    }
+    let (stored_bytes, sessions) = stored(&r);
+    let sent = rp.body_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    println!("flaky fleet: the replica stores {stored_bytes} blob bytes; {sent} bytes were sent to it");
+    assert!(
+        sent <= 3 * stored_bytes,
+        "resends bounded: sent {sent} bytes for {stored_bytes} stored"
+    );
+    // distribution refuses every request on a session whose PATCH was cut (404
+    // BLOB_UPLOAD_INVALID: its state names an offset the stored bytes no longer match) and keeps
+    // it until it purges old uploads: each such session is reported, none is left silently, and
+    // only cut uploads leave one.
+    let reported: u64 = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("warning: 127.0.0.1:{}: ", rp.port)))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    println!(
+        "flaky fleet: upload sessions left {} (reported {reported})",
+        sessions.len()
+    );
+
+    assert_eq!(sessions.len() as u64, reported, "{sessions:?}\n{text}");
+    // Restarts are counted and said.
+    assert!(
+        sessions.is_empty() || text.contains("blob upload(s) started again from byte 0"),
+        "{text}"
+    );
+    assert!(sessions.len() <= seen(&rp, 0), "{sessions:?}");
+    println!(
+        "BENCH flaky fault_free_s={:.2} faulty_s={:.2} passes={} sent_bytes={sent} stored_bytes={stored_bytes} sessions_left={} injected_503={} injected_429={} cut_answers={} cut_uploads={}",
+        fault_free.as_secs_f64(),
+        faulty.as_secs_f64(),
+        text.matches("syncing again").count() + 1,
+        sessions.len(),
+        seen(&pp, 503) + seen(&rp, 503),
+        seen(&pp, 429) + seen(&rp, 429),
+        seen(&pp, 1) + seen(&rp, 1),
+        seen(&rp, 0)
+    );
+}

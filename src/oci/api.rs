@@ -105,18 +105,32 @@ impl Registry {
         let mut h = HeaderMap::new();
         h.insert(ACCEPT, HeaderValue::from_static(ACCEPT_MANIFESTS));
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
-        let resp = self
-            .send("get manifest", Method::GET, &url, &scope(repo, false), h, None)
-            .await?;
-        if resp.status().as_u16() == 404 {
-            return Ok(None);
-        }
-        let resp = expect_status("get manifest", resp, &[200]).await?;
-        let ct = header(&resp, CONTENT_TYPE).unwrap_or_default();
-        let bytes = resp.bytes().await.map_err(|e| OciError::Transport {
-            op: "get manifest",
-            message: e.without_url().to_string(),
-        })?;
+        // An answer cut mid-body is asked for again, like a failed request.
+        let mut cuts = 0;
+        let (ct, bytes) = loop {
+            let resp = self
+                .send("get manifest", Method::GET, &url, &scope(repo, false), h.clone(), None)
+                .await?;
+            if resp.status().as_u16() == 404 {
+                return Ok(None);
+            }
+            let resp = expect_status("get manifest", resp, &[200]).await?;
+            let ct = header(&resp, CONTENT_TYPE).unwrap_or_default();
+            match resp.bytes().await {
+                Ok(b) => break (ct, b),
+                Err(e) if cuts + 1 < self.retry.max_attempts => {
+                    cuts += 1;
+                    tracing::debug!(error = %e.without_url(), "manifest answer cut; asking again");
+                    tokio::time::sleep(self.retry.delay(cuts)).await;
+                }
+                Err(e) => {
+                    return Err(OciError::Transport {
+                        op: "get manifest",
+                        message: e.without_url().to_string(),
+                    });
+                }
+            }
+        };
         let digest = sha256_digest(&bytes);
         if reference.starts_with("sha256:") && reference != digest {
             return Err(OciError::DigestMismatch {
@@ -189,7 +203,7 @@ impl Registry {
                     ref message,
                     ..
                 }) if attempt < 3
-                    && (message.starts_with("DIGEST_INVALID") || message.starts_with("MANIFEST_BLOB_UNKNOWN")) =>
+                    && (message.contains("DIGEST_INVALID") || message.contains("MANIFEST_BLOB_UNKNOWN")) =>
                 {
                     attempt += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(250 * attempt)).await;
@@ -383,9 +397,13 @@ impl Registry {
         Ok(())
     }
 
-    /// Cancel an upload session (best effort).
-    pub async fn cancel_upload(&self, repo: &str, location: &str) {
-        let _ = self
+    /// Cancel an upload session. `Ok(false)` when the registry no longer has it (404
+    /// `BLOB_UPLOAD_UNKNOWN`). Any other refusal is an error: distribution answers 404
+    /// `BLOB_UPLOAD_INVALID` to every request on a session whose PATCH was cut (its upload state
+    /// names an offset the stored bytes no longer match) and keeps the session until it purges
+    /// old uploads.
+    pub async fn cancel_upload(&self, repo: &str, location: &str) -> Result<bool, OciError> {
+        let resp = self
             .send(
                 "cancel upload",
                 Method::DELETE,
@@ -394,7 +412,16 @@ impl Registry {
                 HeaderMap::new(),
                 None,
             )
-            .await;
+            .await?;
+        match expect_status("cancel upload", resp, &[200, 202, 204]).await {
+            Ok(_) => Ok(true),
+            Err(OciError::Http {
+                status: 404,
+                ref message,
+                ..
+            }) if message.contains("BLOB_UPLOAD_UNKNOWN") => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     async fn paged(&self, op: &'static str, first: String, sc: &str, field: &str) -> Result<Vec<String>, OciError> {

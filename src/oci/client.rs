@@ -171,32 +171,19 @@ fn httpdate_to_unix(s: &str) -> Option<u64> {
 }
 
 /// The request budget of one registry host, shared by every object that talks to it.
+///
+/// A 429 makes the request that got it wait its `Retry-After` and try again; the others go on
+/// (a registry that limits a whole client answers them 429 too, and they wait in turn). Pausing
+/// every request to the host on each 429 made a fleet sync through a registry answering 5 % of
+/// requests 429 about 25 times slower.
 pub struct HostBudget {
     permits: Semaphore,
-    paused_until: Mutex<Option<Instant>>,
 }
 
 impl HostBudget {
     fn new(concurrent: usize) -> Self {
         Self {
             permits: Semaphore::new(concurrent.max(1)),
-            paused_until: Mutex::new(None),
-        }
-    }
-    async fn wait_pause(&self) {
-        loop {
-            let until = *self.paused_until.lock().expect("pause lock");
-            match until {
-                Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
-                _ => return,
-            }
-        }
-    }
-    fn pause(&self, d: Duration) {
-        let mut p = self.paused_until.lock().expect("pause lock");
-        let t = Instant::now() + d;
-        if p.is_none_or(|cur| cur < t) {
-            *p = Some(t);
         }
     }
 }
@@ -223,6 +210,24 @@ impl Budgets {
             observer: None,
             clients: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Per registry host with any: (blob uploads restarted from byte 0, upload sessions given
+    /// up that the registry would not cancel), over every client built on these budgets.
+    pub fn upload_trouble(&self) -> Vec<(String, u64, u64)> {
+        let mut by_host: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        for r in self.clients.lock().expect("clients lock").values() {
+            let (restarts, left) = (
+                r.stats.upload_restarts.load(Ordering::Relaxed),
+                r.stats.sessions_left.load(Ordering::Relaxed),
+            );
+            if restarts + left > 0 {
+                let e = by_host.entry(r.addr.host.clone()).or_default();
+                e.0 += restarts;
+                e.1 += left;
+            }
+        }
+        by_host.into_iter().map(|(h, (r, l))| (h, r, l)).collect()
     }
 
     /// The shared client for a registry and credentials (built on first use).
@@ -277,6 +282,10 @@ pub struct Stats {
     pub requests: AtomicU64,
     pub retries: AtomicU64,
     pub bytes_uploaded: AtomicU64,
+    /// Blob uploads started again from byte 0.
+    pub upload_restarts: AtomicU64,
+    /// Upload sessions given up that the registry would not cancel.
+    pub sessions_left: AtomicU64,
 }
 
 /// A client for one registry.
@@ -475,7 +484,6 @@ impl Registry {
         egress::current()
             .check_url(Class::Registry, url)
             .map_err(OciError::Refused)?;
-        self.budget.wait_pause().await;
         let _permit = self.budget.permits.acquire().await.expect("semaphore never closed");
         let mut req = self.http.request(method, url).headers(headers).body(body);
         if let Some(h) = self.auth_header(scope) {
@@ -514,7 +522,6 @@ impl Registry {
         let mut attempt = 0;
         let mut authed_once = false;
         loop {
-            self.budget.wait_pause().await;
             let permit = self.budget.permits.acquire().await.expect("semaphore never closed");
             let mut req = self.http.request(method.clone(), url).headers(headers.clone());
             if let Some(h) = self.auth_header(scope) {
@@ -570,9 +577,8 @@ impl Registry {
                     if attempt + 1 >= self.retry.max_attempts || wait > self.retry.max_retry_after {
                         return Ok(resp);
                     }
-                    // Everyone talking to this host waits.
-                    self.budget.pause(wait);
-                    Duration::ZERO
+                    // This request waits; the others to the host go on.
+                    wait
                 }
                 Ok(resp) if resp.status().is_server_error() && attempt + 1 < self.retry.max_attempts => {
                     self.retry.delay(attempt)
@@ -620,26 +626,45 @@ pub(crate) fn without_url(e: &reqwest::Error) -> String {
     s
 }
 
-/// Turn a non-success response into an error with the registry's message.
+/// Turn a non-success response into an error naming the registry host and carrying the
+/// registry's own message (its first `errors[]` entry, else the start of the body, else the
+/// status's reason phrase — never an empty "HTTP 401: ").
 pub async fn expect_status(op: &'static str, resp: Response, ok: &[u16]) -> Result<Response, OciError> {
-    let status = resp.status().as_u16();
-    if ok.contains(&status) {
+    let status = resp.status();
+    if ok.contains(&status.as_u16()) {
         return Ok(resp);
     }
+    let host = match (resp.url().host_str(), resp.url().port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => String::new(),
+    };
     let text = resp.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| {
-            v.get("errors")?.as_array()?.first().map(|e| {
-                format!(
-                    "{} {}",
-                    e.get("code").and_then(|c| c.as_str()).unwrap_or(""),
-                    e.get("message").and_then(|c| c.as_str()).unwrap_or("")
-                )
-            })
+    let said = registry_message(&text).unwrap_or_else(|| status.canonical_reason().unwrap_or("no message").to_string());
+    let message = if host.is_empty() {
+        said
+    } else {
+        format!("{host}: {said}")
+    };
+    Err(OciError::Http {
+        op,
+        status: status.as_u16(),
+        message,
+    })
+}
+
+/// The registry's message in an error body: `CODE message` of the first `errors[]` entry, else
+/// the first 200 characters of a non-empty body.
+fn registry_message(text: &str) -> Option<String> {
+    let from_json = serde_json::from_str::<serde_json::Value>(text).ok().and_then(|v| {
+        v.get("errors")?.as_array()?.first().map(|e| {
+            let part = |k: &str| e.get(k).and_then(|c| c.as_str()).unwrap_or("").to_string();
+            format!("{} {}", part("code"), part("message")).trim().to_string()
         })
-        .unwrap_or_else(|| text.chars().take(200).collect());
-    Err(OciError::Http { op, status, message })
+    });
+    from_json
+        .filter(|m| !m.is_empty())
+        .or_else(|| Some(text.trim().chars().take(200).collect::<String>()).filter(|m| !m.is_empty()))
 }
 
 #[cfg(test)]
@@ -664,6 +689,20 @@ mod tests {
         assert_eq!(httpdate_to_unix("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784111777));
         assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn error_messages_carry_what_the_registry_said() {
+        let said = |t: &str| registry_message(t);
+        assert_eq!(
+            said(r#"{"errors":[{"code":"BLOB_UPLOAD_INVALID","message":"blob upload invalid"}]}"#).as_deref(),
+            Some("BLOB_UPLOAD_INVALID blob upload invalid")
+        );
+        assert_eq!(said(r#"{"errors":[{"code":"DENIED"}]}"#).as_deref(), Some("DENIED"));
+        assert_eq!(said("upstream timed out\n").as_deref(), Some("upstream timed out"));
+        // Nothing said: the caller falls back to the status's reason phrase.
+        assert_eq!(said(""), None);
+        assert_eq!(said(r#"{"errors":[]}"#).as_deref(), Some(r#"{"errors":[]}"#));
     }
 
     #[test]

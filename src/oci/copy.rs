@@ -107,10 +107,13 @@ pub struct CopyReport {
     /// True when the destination already held the same digest under the tag.
     pub up_to_date: bool,
     pub referrers_copied: u64,
+    /// Blob uploads started again from byte 0 (the registry refused to resume them).
+    pub upload_restarts: u64,
 }
 
 #[derive(Default)]
 struct Counters {
+    upload_restarts: AtomicU64,
     bytes_uploaded: AtomicU64,
     blobs_uploaded: AtomicU64,
     blobs_mounted: AtomicU64,
@@ -321,6 +324,7 @@ impl Engine {
             manifests_written: c.manifests_written.load(Ordering::Relaxed),
             up_to_date,
             referrers_copied: c.referrers.load(Ordering::Relaxed),
+            upload_restarts: c.upload_restarts.load(Ordering::Relaxed),
         })
     }
 
@@ -447,7 +451,7 @@ impl Engine {
             let waiting = self.inflight.lock().expect("inflight lock").get(&key).cloned();
             if let Some(mut rx) = waiting {
                 if let Some(loc) = &location {
-                    dst.cancel_upload(job.dst_repo, loc).await;
+                    self.abandon(job, loc).await;
                 }
                 let _ = rx.wait_for(|done| *done).await;
                 continue;
@@ -467,7 +471,7 @@ impl Engine {
             };
             if look_again {
                 if let Some(loc) = &location {
-                    dst.cancel_upload(job.dst_repo, loc).await;
+                    self.abandon(job, loc).await;
                 }
                 continue;
             }
@@ -480,7 +484,13 @@ impl Engine {
                 Some(l) => l,
                 None => dst.start_upload(job.dst_repo).await?,
             };
-            self.stream_blob(job, digest, size, location).await?;
+            let mut location = location;
+            let streamed = self.stream_blob(job, digest, size, &mut location).await;
+            if streamed.is_err() {
+                // Whatever went wrong, the session it leaves is cancelled (or reported).
+                self.abandon(job, &location).await;
+            }
+            streamed?;
             self.remember(dst_host, digest, job.dst_repo);
             job.counters.blobs_uploaded.fetch_add(1, Ordering::Relaxed);
             return Ok(());
@@ -492,7 +502,9 @@ impl Engine {
     /// way. After a broken connection the registry says how much it holds; those bytes are read
     /// again from the source only to bring the hash up to that offset, and the upload resumes
     /// there.
-    async fn stream_blob(&self, job: &Job<'_>, digest: &str, size: u64, mut location: String) -> Result<(), OciError> {
+    ///
+    /// `location` is the session in use; on an error the caller cancels whatever it is then.
+    async fn stream_blob(&self, job: &Job<'_>, digest: &str, size: u64, location: &mut String) -> Result<(), OciError> {
         let (src, dst) = (job.src, job.dst);
         let mut confirmed: u64 = 0; // bytes the destination holds
         let mut snapshot = Sha256::new(); // hash of those bytes
@@ -568,7 +580,7 @@ impl Engine {
                 let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
                     rx.recv().await.map(|x| (x, rx))
                 }));
-                let upload = dst.patch_stream(job.dst_repo, &location, confirmed, len, body);
+                let upload = dst.patch_stream(job.dst_repo, location, confirmed, len, body);
                 let mut hasher = snapshot.clone();
                 let source_ref = &mut source;
                 let carry_in = carry.take();
@@ -627,7 +639,7 @@ impl Engine {
                 let (uploaded, pumped) = tokio::join!(upload, pump);
                 match (uploaded, pumped) {
                     (Ok(next), Ok((h, rest))) => {
-                        location = next;
+                        *location = next;
                         confirmed += len;
                         snapshot = h;
                         carry = rest;
@@ -655,11 +667,11 @@ impl Engine {
                         let status = if refused {
                             None
                         } else {
-                            dst.upload_status(job.dst_repo, &location).await.ok()
+                            dst.upload_status(job.dst_repo, location).await.ok()
                         };
                         match status {
                             Some((held, loc)) if held >= confirmed && held <= confirmed + len => {
-                                location = loc;
+                                *location = loc;
                                 held_ahead = held - confirmed;
                             }
                             _ => {
@@ -667,7 +679,6 @@ impl Engine {
                                 // a bounded number of times.
                                 restarts += 1;
                                 if restarts > job.opts.max_blob_failures {
-                                    dst.cancel_upload(job.dst_repo, &location).await;
                                     return Err(OciError::Transport {
                                         op: "upload blob",
                                         message: format!(
@@ -677,8 +688,10 @@ impl Engine {
                                         ),
                                     });
                                 }
-                                dst.cancel_upload(job.dst_repo, &location).await;
-                                location = dst.start_upload(job.dst_repo).await?;
+                                self.abandon(job, location).await;
+                                *location = dst.start_upload(job.dst_repo).await?;
+                                job.counters.upload_restarts.fetch_add(1, Ordering::Relaxed);
+                                dst.stats.upload_restarts.fetch_add(1, Ordering::Relaxed);
                                 job.progress.bytes_done.fetch_sub(confirmed, Ordering::Relaxed);
                                 confirmed = 0;
                                 held_ahead = 0;
@@ -693,7 +706,6 @@ impl Engine {
             let extra =
                 carry.is_some_and(|c| !c.is_empty()) || matches!(source.next().await, Some(Ok(b)) if !b.is_empty());
             if extra {
-                dst.cancel_upload(job.dst_repo, &location).await;
                 return Err(OciError::DigestMismatch {
                     what: format!("blob {digest} from {}", src.addr.host),
                     expected: format!("{size} bytes"),
@@ -704,14 +716,28 @@ impl Engine {
         }
         let got = format!("sha256:{}", hex(&snapshot.finalize()));
         if got != digest {
-            dst.cancel_upload(job.dst_repo, &location).await;
             return Err(OciError::DigestMismatch {
                 what: format!("blob read from {}/{}", src.addr.host, job.src_repo),
                 expected: digest.to_string(),
                 got,
             });
         }
-        dst.finish_upload(job.dst_repo, &location, digest).await
+        dst.finish_upload(job.dst_repo, location, digest).await
+    }
+
+    /// Cancel an upload session this copy gives up. One the registry no longer has is fine;
+    /// one it will not cancel is counted and logged (the registry purges it on its own
+    /// schedule — distribution's `storage.maintenance.uploadpurging`, a week by default).
+    async fn abandon(&self, job: &Job<'_>, location: &str) {
+        if let Err(e) = job.dst.cancel_upload(job.dst_repo, location).await {
+            job.dst.stats.sessions_left.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                registry = %job.dst.addr.host,
+                repository = job.dst_repo,
+                error = %e,
+                "an upload session given up could not be cancelled; the registry keeps its bytes until it purges it"
+            );
+        }
     }
 }
 

@@ -99,21 +99,6 @@ impl ReplicaSyncer {
         }
     }
 
-    async fn copy_repository(
-        &self,
-        primary: &Registry,
-        replica: &Registry,
-        items: Vec<Item>,
-        opts: &CopyOptions,
-        progress: &SyncProgress,
-    ) -> Vec<Result<u64, Failure>> {
-        let mut out = Vec::with_capacity(items.len());
-        for item in items {
-            out.push(self.copy_one(primary, replica, item, opts, progress).await);
-        }
-        out
-    }
-
     async fn copy_one(
         &self,
         primary: &Registry,
@@ -187,21 +172,16 @@ impl ReplicaSyncer {
             .store(plan.copy.len() as u64 + plan.delete.len() as u64, Ordering::Relaxed);
 
         let artifact = |i: &Item| format!("{}:{}", i.repository, i.tag);
-        // Repositories in parallel, the tags of one repository one after another: they share
-        // layers (later tags find them present) and registries handle concurrent writes into one
-        // repository poorly.
-        let mut by_repo: std::collections::BTreeMap<String, Vec<Item>> = std::collections::BTreeMap::new();
-        for item in plan.copy.clone() {
-            by_repo.entry(item.repository.clone()).or_default().push(item);
-        }
-        let results: Vec<Result<u64, Failure>> = futures::stream::iter(by_repo.into_values())
-            .map(|items| self.copy_repository(&primary, &replica, items, &opts, progress))
+        // Up to `maxConcurrentTransfers` artifacts at once, taken round-robin across the
+        // repositories (the first tag of every repository, then the second, ...), so a
+        // repository with many tags does not hold the others back. Tags of one repository that
+        // share layers may run together: the engine uploads a blob once and the others wait for
+        // it. Artifacts waiting out a 429 or a backoff do so side by side, not in a queue.
+        let results: Vec<Result<u64, Failure>> = futures::stream::iter(round_robin(plan.copy.clone()))
+            .map(|item| self.copy_one(&primary, &replica, item, &opts, progress))
             .buffer_unordered(n)
-            .collect::<Vec<Vec<_>>>()
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+            .collect()
+            .await;
         let (mut bytes, mut copied) = (0u64, 0u64);
         let mut failures = Vec::new();
         for r in results {
@@ -272,6 +252,25 @@ impl ReplicaSyncer {
         }
         Ok(n)
     }
+}
+
+/// Items reordered round-robin by repository: the first item of each repository (in order),
+/// then the second of each, and so on; within a repository the order is kept.
+fn round_robin(items: Vec<Item>) -> Vec<Item> {
+    let mut by_repo: std::collections::BTreeMap<String, std::collections::VecDeque<Item>> = Default::default();
+    for item in items {
+        by_repo.entry(item.repository.clone()).or_default().push_back(item);
+    }
+    let mut out = Vec::new();
+    while !by_repo.is_empty() {
+        by_repo.retain(|_, q| {
+            if let Some(i) = q.pop_front() {
+                out.push(i);
+            }
+            !q.is_empty()
+        });
+    }
+    out
 }
 
 /// A finished sync: the report, or (reason, message) of a failure of the whole sync.
@@ -397,5 +396,32 @@ impl SyncTasks {
             }
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifacts_are_taken_round_robin_across_repositories() {
+        let item = |r: &str, t: &str| Item {
+            repository: r.into(),
+            tag: t.into(),
+            digest: String::new(),
+        };
+        let order: Vec<String> = round_robin(vec![
+            item("a", "1"),
+            item("a", "2"),
+            item("a", "3"),
+            item("b", "1"),
+            item("c", "1"),
+            item("c", "2"),
+        ])
+        .into_iter()
+        .map(|i| format!("{}:{}", i.repository, i.tag))
+        .collect();
+        assert_eq!(order, ["a:1", "b:1", "c:1", "a:2", "c:2", "a:3"]);
+        assert!(round_robin(Vec::new()).is_empty());
     }
 }

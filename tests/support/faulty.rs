@@ -1,8 +1,8 @@
 //! A proxy in front of a real registry that injects faults the engine must survive or report:
 //! corrupted blob bytes, 429 with Retry-After, connections cut in the middle of a blob, and
-//! refused upload chunks.
+//! refused upload chunks; or, with `Fault::Random`, all of them at fixed rates from a seed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
@@ -30,14 +30,43 @@ pub enum Fault {
         pass: &'static str,
         token: &'static str,
     },
+    /// Per request, drawn from `seed` and the request's number: `p503` answered 503 and `p429`
+    /// 429 with `Retry-After: 1` (neither passed on); of the rest, `cut_upload` of PATCHes pass
+    /// half their body on and then lose the connection, and `cut_response` of GETs with a body
+    /// lose the connection half-way through the answer.
+    Random {
+        seed: u64,
+        p503: f64,
+        p429: f64,
+        cut_response: f64,
+        cut_upload: f64,
+    },
 }
 
-/// A request the proxy saw: method, uri, Range header, status answered.
+/// A number in [0, 1) from a seed, a request number and a salt (splitmix64).
+fn draw(seed: u64, n: u64, salt: u64) -> f64 {
+    let mut z = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Lose the client's connection now: the handler's task ends without an answer (no panic
+/// message: `resume_unwind` skips the hook).
+fn cut_connection() -> ! {
+    std::panic::resume_unwind(Box::new("connection cut by the test proxy"))
+}
+
+/// A request the proxy saw: method, uri, Range header, status answered (0: the connection was
+/// cut after half the request body was passed on; 1: the answer was cut half-way).
 pub type Seen = (String, String, Option<String>, u16);
 
 pub struct FaultyProxy {
     pub port: u16,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Request body bytes received (all methods): what crossed towards the registry.
+    pub body_bytes: Arc<AtomicU64>,
 }
 
 impl FaultyProxy {
@@ -51,9 +80,13 @@ impl FaultyProxy {
             .build()
             .unwrap();
         let s2 = seen.clone();
+        let body_bytes = Arc::new(AtomicU64::new(0));
+        let bb = body_bytes.clone();
         let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
             let (client, upstream, seen, counter) = (client.clone(), upstream.clone(), s2.clone(), counter.clone());
+            let body_bytes = bb.clone();
             async move {
+                body_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
                 let range = headers.get("range").and_then(|v| v.to_str().ok()).map(String::from);
                 let path = uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
                 let record = |status: u16| {
@@ -127,17 +160,57 @@ impl FaultyProxy {
                         .body(Body::empty())
                         .unwrap();
                 }
+                let mut cut_response = false;
+                let mut body = body;
+                let mut cut_after_upload = false;
+                if let Fault::Random {
+                    seed,
+                    p503,
+                    p429,
+                    cut_response: p_cut,
+                    cut_upload,
+                } = fault
+                {
+                    let n = counter.fetch_add(1, Ordering::SeqCst) as u64;
+                    let r = draw(seed, n, 1);
+                    if r < p503 {
+                        record(503);
+                        return Response::builder().status(503).body(Body::empty()).unwrap();
+                    }
+                    if r < p503 + p429 {
+                        record(429);
+                        return Response::builder()
+                            .status(429)
+                            .header("Retry-After", "1")
+                            .body(Body::empty())
+                            .unwrap();
+                    }
+                    if method == Method::PATCH && body.len() > 1 && draw(seed, n, 2) < cut_upload {
+                        body = body.slice(..body.len() / 2);
+                        cut_after_upload = true;
+                    }
+                    cut_response = method == Method::GET && draw(seed, n, 3) < p_cut;
+                }
                 let mut req = client
                     .request(method.clone(), format!("{upstream}{path}"))
                     .body(body.to_vec());
                 for (k, v) in headers.iter() {
-                    if k != "host" {
+                    let partial = cut_after_upload && (k == "content-length" || k == "content-range");
+                    if k != "host" && !partial {
                         req = req.header(k, v);
                     }
                 }
                 let resp = req.send().await.unwrap();
+                if cut_after_upload {
+                    // The registry got half the body; the client gets no answer.
+                    let _ = resp.bytes().await;
+                    record(0);
+                    cut_connection();
+                }
                 let status = resp.status().as_u16();
-                record(status);
+                let half = resp.content_length().map(|l| l as usize / 2).filter(|h| *h > 0);
+                // A cut answer is recorded as status 1.
+                record(if cut_response && half.is_some() { 1 } else { status });
                 let mut out = Response::builder().status(StatusCode::from_u16(status).unwrap());
                 for (k, v) in resp.headers().iter() {
                     if k == "location" {
@@ -150,6 +223,20 @@ impl FaultyProxy {
                 }
                 let is_blob_get = method == Method::GET && path.contains("/blobs/sha256:");
                 match fault {
+                    Fault::Random { .. } if cut_response && half.is_some() => {
+                        let after = half.unwrap_or_default();
+                        let mut sent = 0usize;
+                        let stream = resp.bytes_stream().map(move |chunk| {
+                            let chunk = chunk.map_err(std::io::Error::other)?;
+                            if sent >= after {
+                                return Err(std::io::Error::other("connection cut by the test proxy"));
+                            }
+                            let take = chunk.len().min(after - sent);
+                            sent += take;
+                            Ok(chunk.slice(..take))
+                        });
+                        out.body(Body::from_stream(stream)).unwrap()
+                    }
                     Fault::CorruptBlobs if is_blob_get => {
                         let mut b = resp.bytes().await.unwrap().to_vec();
                         let mid = b.len() / 2;
@@ -181,7 +268,7 @@ impl FaultyProxy {
             }
         });
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { port, seen }
+        Self { port, seen, body_bytes }
     }
 
     pub fn url(&self) -> String {
