@@ -88,6 +88,15 @@ struct RunArgs {
     /// Identity of this instance in the Lease and in Events (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Name of this installation, written on every object it reconciles (annotation
+    /// replication.imageops.io/installation); objects naming another installation are left
+    /// alone. Default: <lease namespace>/<lease name>.
+    #[arg(long, env = "INSTALLATION")]
+    installation: Option<String>,
+    /// Take over objects that name another installation (moving objects between
+    /// installations; the other one must be gone).
+    #[arg(long, env = "ADOPT_OBJECTS")]
+    adopt_objects: bool,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE")]
     namespace: Option<String>,
@@ -327,7 +336,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 Duration::from_secs(args.resync_seconds.max(1)),
                 image_replication_operator::plan::MAX_ATTEMPTS,
             ))
-            .with_notifications(notifications.clone()),
+            .with_notifications(notifications.clone())
+            .with_installation(
+                &args
+                    .installation
+                    .clone()
+                    .unwrap_or_else(|| format!("{}/{}", args.lease_namespace, args.lease_name)),
+                args.adopt_objects,
+            ),
     );
     notifications.set_active(true);
     let mut controllers = tokio::spawn(controller::run(

@@ -455,3 +455,67 @@ async fn a_new_copy_mounts_what_the_registry_holds_after_a_restart_and_across_re
     assert_eq!(m2 - m1, 4, "the second run mounts every blob the first uploaded");
     assert_eq!(p2, p1, "nothing uploaded again");
 }
+
+/// Two installations watching the same namespace: exactly one claims each object (annotation
+/// `replication.imageops.io/installation`) and reconciles it; the other leaves it alone, says so
+/// once in a Warning Event and a metric, and writes nothing else. An installation run with
+/// `--adopt-objects` takes objects over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_installation_leaves_the_first_ones_objects_alone() {
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    a.seed("team/web", "1.4", &[]);
+    let (s, c) = support::cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = s.write_kubeconfig(dir.path());
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let first = Operator::start(&kubeconfig, dir.path(), "op-a", &["--installation", "team-a/iro"]);
+    api.create(&PostParams::default(), &web_to(&a, &b, "shared", "Retain"))
+        .await
+        .unwrap();
+    wait_ready(&api, "shared").await;
+    let annotation = |o: &ImageReplication| {
+        o.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("replication.imageops.io/installation").cloned())
+    };
+    assert_eq!(
+        annotation(&api.get("shared").await.unwrap()).as_deref(),
+        Some("team-a/iro")
+    );
+    // A second installation starts on the same namespace.
+    let dir2 = tempfile::tempdir().unwrap();
+    let second = Operator::start(&kubeconfig, dir2.path(), "op-b", &["--installation", "team-b/iro"]);
+    let warned = eventually(WAIT, "the second installation's Warning", || async {
+        support::events_for(&c, "shared")
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("OwnedByAnotherInstallation"))
+    })
+    .await;
+    let note = warned.note.unwrap_or_default();
+    assert!(note.contains("team-a/iro") && note.contains("team-b/iro"), "{note}");
+    // Nothing else changes: the owner's status stands, no flapping, no more Events.
+    support::assert_quiet(&s, &c, "shared", Duration::from_secs(4)).await;
+    let metrics = second.http_get("/metrics").unwrap().1;
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("imgrep_objects_owned_elsewhere_total{controller=\"image_replication\"}")
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    // The first installation goes; one run with --adopt-objects takes the object over.
+    drop(first);
+    drop(second);
+    let _third = Operator::start(
+        &kubeconfig,
+        dir2.path(),
+        "op-c",
+        &["--installation", "team-b/iro", "--adopt-objects"],
+    );
+    eventually(WAIT, "adopted", || async {
+        (annotation(&api.get("shared").await.ok()?).as_deref() == Some("team-b/iro")).then_some(())
+    })
+    .await;
+    wait_ready(&api, "shared").await;
+}

@@ -22,6 +22,9 @@ pub const OWNED: [&str; 5] = [READY, RECONCILING, STALLED, VALIDATED, SYNCED];
 pub mod reason {
     /// The spec passed every rule.
     pub const VALID: &str = "Valid";
+    /// The spec passed every rule that can be checked without the source; the source image's
+    /// own rules wait until it can be read (`Validated=Unknown`).
+    pub const SOURCE_NOT_CHECKED: &str = "SourceNotChecked";
     /// The provider named in the spec is not built yet.
     pub const PROVIDER_NOT_IMPLEMENTED: &str = "ProviderNotImplemented";
     /// `suspend: true`.
@@ -41,6 +44,8 @@ pub mod reason {
 pub struct Desired {
     pub type_: &'static str,
     pub status: bool,
+    /// Status `Unknown` (then `status` is ignored): not yet known either way.
+    pub unknown: bool,
     pub reason: String,
     pub message: String,
 }
@@ -50,14 +55,27 @@ impl Desired {
         Self {
             type_,
             status,
+            unknown: false,
             reason: reason.to_string(),
             message: message.into(),
         }
     }
-}
 
-fn status_str(b: bool) -> &'static str {
-    if b { "True" } else { "False" }
+    /// A condition whose status is `Unknown`.
+    pub fn unknown(type_: &'static str, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            unknown: true,
+            ..Self::new(type_, false, reason, message)
+        }
+    }
+
+    fn status_str(&self) -> &'static str {
+        match (self.unknown, self.status) {
+            (true, _) => "Unknown",
+            (false, true) => "True",
+            (false, false) => "False",
+        }
+    }
 }
 
 /// Merge the desired conditions into the existing ones.
@@ -69,7 +87,7 @@ pub fn merge(existing: &[Condition], desired: &[Desired], generation: Option<i64
     let mut out: Vec<Condition> = desired
         .iter()
         .map(|d| {
-            let status = status_str(d.status).to_string();
+            let status = d.status_str().to_string();
             let last_transition_time = existing
                 .iter()
                 .find(|c| c.type_ == d.type_ && c.status == status)

@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 pub struct ProviderError {
     pub retryable: bool,
     pub not_found: bool,
+    /// The cloud refused the credentials (or their rights): trying again with the same Secret
+    /// cannot help and may lock the account, so the engine backs off far and waits for the
+    /// Secret to change.
+    pub auth: bool,
     pub message: String,
 }
 
@@ -17,6 +21,7 @@ impl ProviderError {
         Self {
             retryable: true,
             not_found: false,
+            auth: false,
             message: message.into(),
         }
     }
@@ -24,13 +29,21 @@ impl ProviderError {
         Self {
             retryable: false,
             not_found: false,
+            auth: false,
             message: message.into(),
+        }
+    }
+    pub fn auth(message: impl Into<String>) -> Self {
+        Self {
+            auth: true,
+            ..Self::permanent(message)
         }
     }
     pub fn not_found(message: impl Into<String>) -> Self {
         Self {
             retryable: false,
             not_found: true,
+            auth: false,
             message: message.into(),
         }
     }

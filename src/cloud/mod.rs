@@ -89,7 +89,7 @@ pub fn attempt(class: ErrorClass, text: String, auth_hint: &str, retry_after: Op
     let error = match class {
         ErrorClass::NotFound => ProviderError::not_found(text),
         ErrorClass::Throttled | ErrorClass::RetryLater => ProviderError::transient(text),
-        ErrorClass::Auth => ProviderError::permanent(format!("{text} ({auth_hint})")),
+        ErrorClass::Auth => ProviderError::auth(format!("{text} ({auth_hint})")),
         ErrorClass::Permanent => ProviderError::permanent(text),
     };
     Attempt {

@@ -4,7 +4,7 @@
 //! server-side apply (only when it changed), publish an Event when the headline changed. The
 //! finalizer guarantees the cleanup hook runs before an object goes away.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,6 +68,13 @@ pub struct Context {
     ir_trigger: tokio::sync::mpsc::UnboundedSender<String>,
     receivers: Mutex<Option<Triggers>>,
     backoff: Mutex<HashMap<String, u32>>,
+    /// This installation's name (`<namespace>/<lease name>`), written on every object it
+    /// reconciles; objects naming another installation are left to it.
+    pub installation: String,
+    /// Take over objects that name another installation (a move between installations).
+    pub adopt: bool,
+    /// Objects already reported as owned elsewhere (one Warning Event each per process).
+    elsewhere: Mutex<HashSet<String>>,
 }
 
 type Triggers = (
@@ -123,7 +130,17 @@ impl Context {
             ir_trigger: ir_tx,
             receivers: Mutex::new(Some((ir_rx, ri_rx))),
             backoff: Mutex::new(HashMap::new()),
+            installation: "default/image-replication-operator".into(),
+            adopt: false,
+            elsewhere: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Name this installation (`adopt`: take over objects another installation claimed).
+    pub fn with_installation(mut self, installation: &str, adopt: bool) -> Self {
+        self.installation = installation.to_string();
+        self.adopt = adopt;
+        self
     }
 
     /// Use this notification state (shared with the HTTP endpoint).
@@ -793,12 +810,70 @@ fn cleanup_blocked(err: &Error) -> bool {
         || matches!(err, Error::Finalizer(f) if matches!(f.as_ref(), kube::runtime::finalizer::Error::CleanupFailed(Error::CleanupBlocked(_))))
 }
 
-/// Reconcile one object: finalizer first, then apply or cleanup.
+/// The annotation naming the installation of the operator that reconciles an object.
+pub const INSTALLATION_ANNOTATION: &str = "replication.imageops.io/installation";
+
+/// Whose object this is.
+enum Claim {
+    Ours,
+    /// Another installation's (named).
+    Elsewhere(String),
+    /// The object changed while we claimed it: read it again.
+    Raced,
+}
+
+/// Claim an object for this installation, or find it claimed by another. The claim is a
+/// patch conditional on the resourceVersion it read, so of two installations racing for a new
+/// object exactly one wins; the other sees the winner's name on its next read. One write per
+/// object, ever (none at rest).
+async fn claim<K: Managed>(api: &Api<K>, obj: &K, ctx: &Context) -> Result<Claim> {
+    let ours = ctx.installation.as_str();
+    match obj.annotations().get(INSTALLATION_ANNOTATION) {
+        Some(o) if o == ours => return Ok(Claim::Ours),
+        Some(o) if !ctx.adopt && !o.is_empty() => return Ok(Claim::Elsewhere(o.clone())),
+        // Not claimed and already going: let the finalizer (if ours) run.
+        None if obj.meta().deletion_timestamp.is_some() => return Ok(Claim::Ours),
+        _ => {}
+    }
+    // A merge patch that carries the resourceVersion it read is refused (409) if the object
+    // changed since: the API server's own precondition.
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": obj.resource_version(),
+        "annotations": {INSTALLATION_ANNOTATION: ours},
+    }});
+    match api
+        .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(Claim::Ours),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Claim::Raced),
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+/// Reconcile one object: claim it for this installation, then finalizer, then apply or cleanup.
 #[instrument(skip(obj, ctx), fields(controller = K::CONTROLLER))]
 pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_timer(K::CONTROLLER);
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let key = key_of(obj.as_ref());
+    match claim(&api, obj.as_ref(), &ctx).await? {
+        Claim::Ours => {}
+        Claim::Raced => return Ok(Action::requeue(Duration::from_secs(1))),
+        Claim::Elsewhere(other) => {
+            ctx.metrics.owned_elsewhere.with_label_values(&[K::CONTROLLER]).inc();
+            let first = ctx.elsewhere.lock().expect("elsewhere lock").insert(key.clone());
+            if first {
+                let note = format!(
+                    "installation {other} reconciles this object, not {} (two installations watch this namespace); this one leaves it alone. To move it here, remove the annotation {INSTALLATION_ANNOTATION} or run this installation with --adopt-objects",
+                    ctx.installation
+                );
+                warn!(object = %key, owner = %other, "object owned by another installation; left alone");
+                publish(&ctx, obj.as_ref(), true, "OwnedByAnotherInstallation", note).await;
+            }
+            return Ok(Action::await_change());
+        }
+    }
     let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             FinalizerEvent::Apply(o) => apply(o, &ctx).await,

@@ -14,6 +14,8 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     /// Cleanups (deletes) that could not finish yet, by controller.
     pub cleanup_blocked: IntCounterVec,
+    /// Reconciles skipped because another installation of the operator owns the object.
+    pub owned_elsewhere: IntCounterVec,
     pub leader: IntGauge,
     pub registry_request_duration: HistogramVec,
     pub copy_tasks: IntCounterVec,
@@ -68,6 +70,14 @@ impl Metrics {
             Opts::new(
                 "cleanup_blocked_total",
                 "Deletes whose cleanup could not finish yet (retried with backoff), by controller.",
+            ),
+            &["controller"],
+        )
+        .expect("valid metric");
+        let owned_elsewhere = IntCounterVec::new(
+            Opts::new(
+                "objects_owned_elsewhere_total",
+                "Reconciles left alone because the object names another installation of the operator, by controller.",
             ),
             &["controller"],
         )
@@ -167,6 +177,7 @@ impl Metrics {
             Box::new(reconciliations.clone()),
             Box::new(reconcile_errors.clone()),
             Box::new(cleanup_blocked.clone()),
+            Box::new(owned_elsewhere.clone()),
             Box::new(leader.clone()),
             Box::new(registry_request_duration.clone()),
             Box::new(copy_tasks.clone()),
@@ -184,6 +195,7 @@ impl Metrics {
         for controller in ["image_replication", "replica_instance"] {
             reconciliations.with_label_values(&[controller]);
             cleanup_blocked.with_label_values(&[controller]);
+            owned_elsewhere.with_label_values(&[controller]);
             for category in ["kube", "finalizer", "provider", "timeout"] {
                 reconcile_errors.with_label_values(&[controller, category]);
             }
@@ -209,6 +221,7 @@ impl Metrics {
             reconciliations,
             reconcile_errors,
             cleanup_blocked,
+            owned_elsewhere,
             leader,
             registry_request_duration,
             copy_tasks,

@@ -17,6 +17,9 @@ use crate::api::v1alpha1::{DeletionPolicy, DestinationPhase, DestinationStatus, 
 use crate::plan::Gate;
 use crate::server::metrics::Metrics;
 
+/// The first poll of a new copy comes this soon.
+const POLL_FIRST: Duration = Duration::from_secs(1);
+
 /// Tuning of the engine.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -51,6 +54,38 @@ struct Memory {
     cancelled: HashSet<String>,
     phases: Vec<(&'static str, DestinationPhase)>,
     bytes: HashMap<String, i64>,
+    /// The cloud refused this Secret: no request with it before `until` unless it changes.
+    auth: Option<AuthHold>,
+}
+
+/// An authentication failure being waited out.
+struct AuthHold {
+    until: Instant,
+    failures: u32,
+    /// Fingerprint of the Secret's data and the endpoint that were refused.
+    account: String,
+    /// The error, with when the next try is, as the status shows it.
+    error: ProviderError,
+}
+
+/// How long the engine waits before it tries refused credentials again: 5 minutes, doubling to
+/// 1 hour (a wrong password tried once a minute would trip a lockout policy).
+pub fn auth_backoff(failures: u32) -> Duration {
+    (Duration::from_secs(300) * 2u32.saturating_pow(failures.saturating_sub(1).min(8))).min(Duration::from_secs(3600))
+}
+
+/// A fingerprint of what an account sends: a changed Secret (or endpoint) is a new account.
+fn fingerprint(a: &Account) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for (k, v) in &a.secret {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v);
+        h.update([0]);
+    }
+    h.update(a.endpoint.as_deref().unwrap_or("").as_bytes());
+    crate::oci::api::hex(&h.finalize())
 }
 
 /// The VM copy engine.
@@ -162,12 +197,22 @@ impl VmEngine {
         })
     }
 
+    /// Schedule the next poll of a copy: a new copy is polled after 1 s, then 2 s, 4 s, ... up
+    /// to `poll_min` while it moves (so a copy shorter than `poll_min` still shows progress),
+    /// doubling on to `poll_max` while nothing changes.
     fn polled(&self, key: &str, region: &str, bytes: Option<i64>) {
         let (min, max) = (self.settings.poll_min, self.settings.poll_max);
+        let first = POLL_FIRST.min(min);
         self.with_mem(key, |m| {
-            let e = m.polls.entry(region.to_string()).or_insert((Instant::now(), min, None));
-            e.1 = if bytes.is_some() && bytes != e.2 {
-                min
+            let fresh = !m.polls.contains_key(region);
+            let e = m
+                .polls
+                .entry(region.to_string())
+                .or_insert((Instant::now(), first, None));
+            e.1 = if fresh {
+                first
+            } else if bytes.is_some() && bytes != e.2 {
+                if e.1 < min { (e.1 * 2).min(min) } else { min }
             } else {
                 (e.1 * 2).min(max)
             };
@@ -209,6 +254,37 @@ impl VmEngine {
         }
     }
 
+    /// Remember refused credentials: the next try waits `auth_backoff`; the error says which
+    /// Secret, when, and that a change to the Secret is tried at once.
+    fn hold_auth(&self, obj: &ImageReplication, key: &str, a: &Account, e: ProviderError, now: &Time) -> ProviderError {
+        let secret = obj
+            .spec
+            .provider
+            .credentials_secret_ref
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
+        self.with_mem(key, |m| {
+            let failures = m.auth.as_ref().map_or(0, |h| h.failures) + 1;
+            let wait = auth_backoff(failures);
+            let at = k8s_openapi::jiff::Timestamp::from_second(now.0.as_second() + wait.as_secs() as i64).unwrap_or(now.0);
+            let error = ProviderError {
+                message: format!(
+                    "{}; the credentials in Secret {secret} were refused ({failures} time(s)): tried again at {at} or as soon as the Secret changes",
+                    e.message
+                ),
+                ..e
+            };
+            m.auth = Some(AuthHold {
+                until: Instant::now() + wait,
+                failures,
+                account: fingerprint(a),
+                error: error.clone(),
+            });
+            error
+        })
+    }
+
     /// Observe and plan one object. `acct` is the account, or why it could not be read.
     pub async fn reconcile(
         &self,
@@ -237,12 +313,39 @@ impl VmEngine {
                         .find(|s| s.region == d.region)
                         .is_none_or(|s| s.phase != DestinationPhase::Available)
                 }));
+        // Credentials the cloud refused are not tried again before their backoff ends, unless
+        // the Secret changed (read again every reconcile): then at once.
+        let held = acct.as_ref().and_then(|a| {
+            let fp = fingerprint(a);
+            self.with_mem(&key, |m| match &m.auth {
+                Some(h) if h.account == fp && h.until > Instant::now() => Some(h.error.clone()),
+                Some(_) if m.auth.as_ref().is_some_and(|h| h.account != fp) => {
+                    m.auth = None;
+                    None
+                }
+                _ => None,
+            })
+        });
+        let acct = match held {
+            Some(e) => {
+                obs.source = Some(Err(e));
+                None
+            }
+            None => acct,
+        };
         if let (Some(a), true, Some(sel)) = (&acct, needs_source, selector(obj)) {
             let t = Instant::now();
             let r = provider.describe(a, &obj.spec.source.region, &sel).await;
             self.time(provider, "describe", t, &r);
+            let r = match r {
+                Err(e) if e.auth => Err(self.hold_auth(obj, &key, a, e, now)),
+                other => other,
+            };
             if let Ok(i) = &r {
-                self.with_mem(&key, |m| m.source = Some(i.clone()));
+                self.with_mem(&key, |m| {
+                    m.source = Some(i.clone());
+                    m.auth = None;
+                });
             }
             obs.source = Some(r);
         }
@@ -601,5 +704,94 @@ impl VmEngine {
             self.refresh_gauges(p);
         }
         Ok(notes.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::conditions::{self, VALIDATED};
+    use crate::image_replication::vm::fake::FakeCloud;
+
+    fn obj() -> ImageReplication {
+        serde_yaml::from_str(
+            r#"
+apiVersion: replication.imageops.io/v1alpha1
+kind: ImageReplication
+metadata: {name: web, namespace: default, uid: 0f8e2a4c-1111-2222-3333-444455556666, generation: 1}
+spec:
+  provider: {kind: openstack, credentialsSecretRef: {name: cloud-creds}}
+  source: {region: one, imageId: img-1}
+  destinations: [{region: two}]
+"#,
+        )
+        .unwrap()
+    }
+
+    fn account(password: &str) -> Account {
+        Account {
+            secret: [("password".to_string(), password.as_bytes().to_vec())].into(),
+            ..Default::default()
+        }
+    }
+
+    fn engine() -> VmEngine {
+        VmEngine::new(Settings::default(), Arc::new(|_: &str| {}), None)
+    }
+
+    /// A new copy is polled after 1 s, 2 s, 4 s while it moves (a copy shorter than the 5 s
+    /// poll still shows progress), then every 5 s, backing off to 60 s while nothing moves.
+    #[test]
+    fn polls_start_soon_and_back_off_while_nothing_moves() {
+        let e = engine();
+        let mut seen = Vec::new();
+        for b in [0, 10, 20, 30, 40, 40, 40, 40, 40, 50] {
+            e.polled("k", "two", Some(b));
+            seen.push(e.with_mem("k", |m| m.polls["two"].1.as_secs()));
+        }
+        assert_eq!(seen, vec![1, 2, 4, 5, 5, 10, 20, 40, 60, 5]);
+    }
+
+    /// Refused credentials are not tried again on every reconcile (a lockout policy would lock
+    /// the account): the status names the Secret and when it is tried next, the spec is not yet
+    /// called valid (the source's rules never ran), and a changed Secret is tried at once.
+    #[tokio::test]
+    async fn refused_credentials_back_off_and_a_changed_secret_is_tried_at_once() {
+        let (e, cloud) = (engine(), FakeCloud::new("right"));
+        cloud.add_image("one", "img-1", 1 << 20);
+        let mut o = obj();
+        let now = crate::plan::test_at(0);
+        let p = e.reconcile(&o, &Gate::Open, &cloud, Ok(account("wrong")), &now).await;
+        assert_eq!(cloud.calls("describe"), 1);
+        let v = conditions::find(&p.status.conditions, VALIDATED).unwrap();
+        assert_eq!(
+            (v.status.as_str(), v.reason.as_str()),
+            ("Unknown", "SourceNotChecked"),
+            "{v:?}"
+        );
+        let ready = conditions::find(&p.status.conditions, "Ready").unwrap();
+        assert!(
+            ready.message.contains("Secret cloud-creds") && ready.message.contains("as soon as the Secret changes"),
+            "{}",
+            ready.message
+        );
+        o.status = Some(p.status.clone());
+        // The same Secret again, many times: no request reaches the cloud, and the status does
+        // not change (nothing to write).
+        for _ in 0..5 {
+            let again = e.reconcile(&o, &Gate::Open, &cloud, Ok(account("wrong")), &now).await;
+            assert_eq!(again.status, p.status);
+        }
+        assert_eq!(cloud.calls("describe"), 1, "backed off");
+        assert!(auth_backoff(1) >= Duration::from_secs(300) && auth_backoff(9) == Duration::from_secs(3600));
+        // The Secret is fixed: tried at once, and the copy is admitted.
+        let p = e.reconcile(&o, &Gate::Open, &cloud, Ok(account("right")), &now).await;
+        assert_eq!(cloud.calls("describe"), 2);
+        assert!(
+            conditions::is_true(&p.status.conditions, VALIDATED),
+            "{:?}",
+            p.status.conditions
+        );
+        assert_eq!(p.start, vec!["two".to_string()]);
     }
 }

@@ -12,6 +12,8 @@
 //!   HTTP plumbing of [`crate::cloud`] (signing, error classes, throttling backoff, EC2 XML).
 
 pub mod engine;
+#[cfg(test)]
+pub mod fake;
 pub mod plan;
 pub mod providers;
 pub mod quota;

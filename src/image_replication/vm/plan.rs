@@ -281,8 +281,12 @@ pub fn vm_plan(
                         s.image_id.as_deref().unwrap_or("?")
                     ),
                 });
+                // A fresh copy, but the attempt count goes on: the next copy's idempotency
+                // token (`...-<attempt>`) must differ from the deleted one's, or a provider that
+                // is idempotent per token hands back the deleted copy (and the Events name it).
                 s = DestinationStatus {
                     region: d.region.clone(),
+                    attempts: s.attempts,
                     ..Default::default()
                 };
             }
@@ -590,6 +594,21 @@ fn finish(
     } else {
         standing_conditions(Standing::Stuck, "DestinationsFailed", with_fail(summary.clone()))
     };
+    let mut desired = desired;
+    // The source's own rules (format, size, encryption, ...) ran only if it could be read: until
+    // then the spec is not called valid, only not yet refused.
+    if let (Some(e), true) = (source_error, p.refused.is_empty() && matches!(gate, Gate::Open)) {
+        for d in desired.iter_mut().filter(|d| d.type_ == VALIDATED && d.status) {
+            *d = Desired::unknown(
+                VALIDATED,
+                reason::SOURCE_NOT_CHECKED,
+                format!(
+                    "the spec passed every rule checked without the source; the source image's rules are not yet checked (it could not be read: {})",
+                    e.message
+                ),
+            );
+        }
+    }
     p.status.conditions = conditions::merge(&old.conditions, &desired, obj.metadata.generation, now);
     // The printer column says why nothing moves, as for every other provider.
     p.status.summary = Some(match (p.refused.first(), gate) {
@@ -969,7 +988,8 @@ spec:
     fn a_destination_deleted_by_hand_is_copied_again() {
         let mut o = obj();
         o.spec.destinations.truncate(1);
-        step(&mut o, &Gate::Open, &observed(&[]), 0, &[("two", Admission::Granted)]);
+        let first = step(&mut o, &Gate::Open, &observed(&[]), 0, &[("two", Admission::Granted)]);
+        let first_token = dest(&first, "two").client_token.clone();
         step(
             &mut o,
             &Gate::Open,
@@ -990,9 +1010,20 @@ spec:
                 .any(|e| e.reason == "DriftDetected" && e.note.contains("d-1"))
         );
         let two = dest(&p, "two");
+        // The repair is one more attempt, with a token of its own: a provider idempotent per
+        // token cannot hand back the deleted copy, and the Events name the new one.
         assert_eq!(
             (two.phase, two.attempts, two.image_id.clone()),
-            (DestinationPhase::Starting, 1, None)
+            (DestinationPhase::Starting, 2, None)
+        );
+        assert!(first_token.is_some() && two.client_token.is_some());
+        assert_ne!(two.client_token, first_token);
+        assert!(
+            p.events
+                .iter()
+                .any(|e| e.reason == "DestinationStarting" && e.note.contains(two.client_token.as_deref().unwrap())),
+            "{:?}",
+            p.events
         );
         assert_eq!(cond(&p, "Ready").status, "False");
     }

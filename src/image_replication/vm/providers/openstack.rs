@@ -296,7 +296,7 @@ impl OpenStack {
             let code = resp.status().as_u16();
             // Never echo Keystone's body: it may repeat what was sent.
             return Err(if code == 401 || code == 403 {
-                ProviderError::permanent(format!("Keystone refused the credentials (HTTP {code})"))
+                ProviderError::auth(format!("Keystone refused the credentials (HTTP {code})"))
             } else if code >= 500 {
                 ProviderError::transient(format!("Keystone authentication: HTTP {code}"))
             } else {

@@ -1,0 +1,218 @@
+//! An in-memory `ImageService` for in-process engine tests: no HTTP, no subprocess. Images live
+//! in a map per region; a copy becomes a `Creating` image that turns `Available` after
+//! `polls_to_finish` polls. Every call is counted, and the account's `password` must equal
+//! `password` (else the call fails as an authentication error, as a cloud refusing a key does).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+
+use super::{
+    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError, TaskState,
+};
+use crate::api::v1alpha1::ProviderKind;
+
+#[derive(Default)]
+pub struct FakeCloud {
+    pub password: String,
+    pub polls_to_finish: u32,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// (region, id) -> (image, polls so far while creating)
+    images: HashMap<(String, String), (ImageInfo, u32)>,
+    /// token -> (region, image id)
+    copies: HashMap<String, (String, String)>,
+    calls: HashMap<&'static str, u32>,
+    next: u32,
+}
+
+impl FakeCloud {
+    pub fn new(password: &str) -> Self {
+        Self {
+            password: password.into(),
+            polls_to_finish: 1,
+            ..Default::default()
+        }
+    }
+
+    /// Put an available image into a region.
+    pub fn add_image(&self, region: &str, id: &str, size: u64) {
+        let info = ImageInfo {
+            id: id.into(),
+            name: id.into(),
+            size_bytes: Some(size),
+            disk_format: Some("qcow2".into()),
+            container_format: Some("bare".into()),
+            visibility: "private".into(),
+            encrypted: Some(false),
+            state: Some(ImageState::Available),
+            ..Default::default()
+        };
+        let mut s = self.state.lock().unwrap();
+        s.images.insert((region.into(), id.into()), (info, 0));
+    }
+
+    /// How many times an operation was called.
+    pub fn calls(&self, op: &str) -> u32 {
+        self.state.lock().unwrap().calls.get(op).copied().unwrap_or(0)
+    }
+
+    /// Image ids in a region.
+    pub fn images_in(&self, region: &str) -> Vec<String> {
+        let s = self.state.lock().unwrap();
+        let mut v: Vec<String> = s
+            .images
+            .keys()
+            .filter(|(r, _)| r == region)
+            .map(|(_, i)| i.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn enter(&self, op: &'static str, acct: &Account) -> Result<std::sync::MutexGuard<'_, State>, ProviderError> {
+        let mut s = self.state.lock().unwrap();
+        *s.calls.entry(op).or_default() += 1;
+        if acct.text("password").as_deref() != Some(self.password.as_str()) {
+            return Err(ProviderError::auth(format!(
+                "{op}: the cloud refused the credentials (HTTP 401)"
+            )));
+        }
+        Ok(s)
+    }
+}
+
+impl ImageService for FakeCloud {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Openstack
+    }
+    fn can_cancel(&self) -> bool {
+        true
+    }
+    fn describe<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        image: &'a ImageSelector,
+    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>> {
+        Box::pin(async move {
+            let s = self.enter("describe", acct)?;
+            s.images
+                .iter()
+                .find(|((r, id), (i, _))| {
+                    r == region
+                        && match image {
+                            ImageSelector::Id(x) => id == x,
+                            ImageSelector::Name(n) => &i.name == n,
+                        }
+                })
+                .map(|(_, (i, _))| i.clone())
+                .ok_or_else(|| ProviderError::not_found(format!("image {image:?} not found in {region}")))
+        })
+    }
+    fn start_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+    ) -> BoxFuture<'a, Result<CopyHandle, ProviderError>> {
+        Box::pin(async move {
+            let mut s = self.enter("start_copy", acct)?;
+            if let Some((_, id)) = s.copies.get(&req.token) {
+                return Ok(CopyHandle {
+                    task_id: None,
+                    image_id: Some(id.clone()),
+                });
+            }
+            s.next += 1;
+            let id = format!("copy-{}", s.next);
+            let info = ImageInfo {
+                id: id.clone(),
+                name: req.name.clone(),
+                state: Some(ImageState::Creating),
+                ..req.source.clone()
+            };
+            s.images.insert((req.region.clone(), id.clone()), (info, 0));
+            s.copies.insert(req.token.clone(), (req.region.clone(), id.clone()));
+            Ok(CopyHandle {
+                task_id: None,
+                image_id: Some(id),
+            })
+        })
+    }
+    fn find_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+    ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>> {
+        Box::pin(async move {
+            let s = self.enter("find_copy", acct)?;
+            Ok(s.copies.get(&req.token).map(|(_, id)| CopyHandle {
+                task_id: None,
+                image_id: Some(id.clone()),
+            }))
+        })
+    }
+    fn poll<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+        handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
+        Box::pin(async move {
+            let mut s = self.enter("poll", acct)?;
+            let id = handle.image_id.clone().unwrap_or_default();
+            let finish = self.polls_to_finish;
+            let image = s.images.get_mut(&(req.region.clone(), id.clone())).map(|(i, polls)| {
+                *polls += 1;
+                if *polls >= finish {
+                    i.state = Some(ImageState::Available);
+                }
+                let percent = (*polls * 100 / finish.max(1)).min(100) as i32;
+                (i.state.clone().unwrap_or(ImageState::Creating), Some(percent))
+            });
+            Ok(TaskState::of_image(&id, req.source.size_bytes, image))
+        })
+    }
+    fn cancel<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let mut s = self.enter("cancel", acct)?;
+            let id = handle.image_id.clone().unwrap_or_default();
+            s.images.remove(&(region.to_string(), id));
+            Ok(())
+        })
+    }
+    fn delete_image<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        _project: Option<&'a str>,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let mut s = self.enter("delete_image", acct)?;
+            s.images.remove(&(region.to_string(), image_id.to_string()));
+            Ok(())
+        })
+    }
+    fn image_exists<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        _project: Option<&'a str>,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ProviderError>> {
+        Box::pin(async move {
+            let s = self.enter("image_exists", acct)?;
+            Ok(s.images.contains_key(&(region.to_string(), image_id.to_string())))
+        })
+    }
+}
