@@ -171,26 +171,8 @@ impl VmArgs {
     }
 }
 
-/// glibc gives each thread that contends for the allocator an arena of its own (up to 8 per
-/// core) and keeps what each arena once held; with the runtime's workers and blocking threads
-/// that is memory the operator never uses again. Two arenas are plenty for its allocation rate.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-fn main() -> anyhow::Result<()> {
-    limit_malloc_arenas();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(async_main())
-}
-
-async fn async_main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crdgen { out_dirs } => crdgen_cmd(out_dirs),
         Command::Run(args) => run(args).await,
