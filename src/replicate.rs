@@ -381,7 +381,7 @@ async fn replica_once(
     obj.metadata.generation.get_or_insert(1);
     let now = Time(Timestamp::now());
     let view = crate::replica_instance::oci::SyncView::Finished(outcome);
-    let p = plan::replica_plan(&obj, &view, None, None, &now, Duration::from_secs(3600));
+    let p = crate::replica_instance::plan::replica_plan(&obj, &view, None, None, &now, Duration::from_secs(3600));
     for e in &p.events {
         let _ = writeln!(out, "{}: {}: {}", r.name_any(), e.reason, e.note);
     }

@@ -32,10 +32,10 @@ use crate::api::v1alpha1::{
 use crate::api::{FIELD_MANAGER, FINALIZER};
 use crate::image_replication::oci::{OciReplicator, SecretCredentials};
 use crate::oci::{OciError, Progress};
-use crate::plan::SyncStart;
 use crate::plan::{Announcement, Gate};
 use crate::replica_instance::notify::Notifications;
 use crate::replica_instance::oci::{ReplicaSyncer, SyncProgress, SyncTasks, SyncView};
+use crate::replica_instance::plan::SyncStart;
 use crate::server::http::Health;
 use crate::server::metrics::Metrics;
 use crate::tasks::Tasks;
@@ -610,7 +610,7 @@ impl Managed for ReplicaInstance {
         let interval = validation::parse_duration(&self.spec.sync.interval).unwrap_or(Duration::from_secs(600));
         let synced_before = self.status.as_ref().is_some_and(|s| s.last_full_sync_time.is_some());
         let last_full = ctx.sync_tasks.last_full(&key, synced_before, now, interval);
-        let p = plan::replica_plan(
+        let p = crate::replica_instance::plan::replica_plan(
             self,
             &view,
             pending.as_ref().map(|(r, t)| (r, t)),

@@ -4,20 +4,15 @@ use bytes::Bytes;
 use reqwest::Method;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RANGE};
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
 use super::client::{OciError, Registry, expect_status};
+pub use super::digest::{hex, sha256_digest};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
-
-/// `sha256:<hex>` of some bytes.
-pub fn sha256_digest(b: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(b)))
-}
 
 /// Bytes an upload holds from its status `Range: 0-<last byte>`. Distribution answers `0-0` for
 /// an upload that holds nothing (and would for one byte, which a chunked upload never holds):
@@ -27,10 +22,6 @@ pub fn held_bytes(range: Option<&str>) -> u64 {
         Some(0) | None => 0,
         Some(end) => end + 1,
     }
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A manifest as stored: exact bytes, media type, digest of the bytes.

@@ -242,7 +242,7 @@ impl Budgets {
             h.update([0]);
         }
         h.update(creds.ca_pem.as_deref().unwrap_or(&[]));
-        let key = format!("{}|{}", addr.url(), super::api::hex(&h.finalize()));
+        let key = format!("{}|{}", addr.url(), super::digest::hex(&h.finalize()));
         if let Some(r) = self.clients.lock().expect("clients lock").get(&key) {
             return Ok(r.clone());
         }

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod client;
 pub mod copy;
+pub mod digest;
 pub mod reference;
 
 pub use client::{Budgets, Credentials, OciError, Registry};

@@ -16,10 +16,8 @@ use super::{CopyHandle, ImageInfo, ImageState, ProviderError, TaskPhase, TaskSta
 use crate::api::conditions::{self, Desired, VALIDATED, reason};
 use crate::api::v1alpha1::*;
 use crate::plan::{Announcement, Gate, Standing, gate_conditions, retry_delay, standing_conditions};
+pub use crate::plan::{RETRY_ANNOTATION, retry_requested};
 use crate::validation;
-
-/// Annotation whose new value re-drives Failed destinations without a spec change.
-pub const RETRY_ANNOTATION: &str = "replication.imageops.io/retry";
 
 /// What the engine observed about one destination this time.
 #[derive(Clone, Debug, PartialEq)]
@@ -85,13 +83,6 @@ fn source_status(i: &ImageInfo) -> SourceStatus {
         }),
         digest: i.digest.clone(),
     }
-}
-
-/// Whether a retry was requested with the annotation since the last one handled.
-pub fn retry_requested(obj: &ImageReplication) -> Option<String> {
-    let v = obj.metadata.annotations.as_ref()?.get(RETRY_ANNOTATION)?;
-    let handled = obj.status.as_ref().and_then(|s| s.last_handled_retry.as_ref());
-    (handled != Some(v)).then(|| v.clone())
 }
 
 /// The idempotency token of a destination's attempt: unique per object (uid, or namespace and
