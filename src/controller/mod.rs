@@ -814,38 +814,46 @@ fn cleanup_blocked(err: &Error) -> bool {
 pub const INSTALLATION_ANNOTATION: &str = "replication.imageops.io/installation";
 
 /// Whose object this is.
-enum Claim {
-    Ours,
+enum Claim<K> {
+    /// Ours; with the object as the claim left it, when this reconcile claimed it.
+    Ours(Option<K>),
     /// Another installation's (named).
     Elsewhere(String),
     /// The object changed while we claimed it: read it again.
     Raced,
 }
 
-/// Claim an object for this installation, or find it claimed by another. The claim is a
-/// patch conditional on the resourceVersion it read, so of two installations racing for a new
-/// object exactly one wins; the other sees the winner's name on its next read. One write per
-/// object, ever (none at rest).
-async fn claim<K: Managed>(api: &Api<K>, obj: &K, ctx: &Context) -> Result<Claim> {
+/// Claim an object for this installation, or find it claimed by another. The claim is one
+/// merge patch that names this installation and adds the finalizer together (the write the
+/// finalizer costs anyway), conditional on the resourceVersion it read: of two installations
+/// racing for a new object exactly one wins, and the other sees the winner's name on its next
+/// read. One write per object, ever (none at rest).
+async fn claim<K: Managed>(api: &Api<K>, obj: &K, ctx: &Context) -> Result<Claim<K>> {
     let ours = ctx.installation.as_str();
     match obj.annotations().get(INSTALLATION_ANNOTATION) {
-        Some(o) if o == ours => return Ok(Claim::Ours),
+        Some(o) if o == ours => return Ok(Claim::Ours(None)),
         Some(o) if !ctx.adopt && !o.is_empty() => return Ok(Claim::Elsewhere(o.clone())),
         // Not claimed and already going: let the finalizer (if ours) run.
-        None if obj.meta().deletion_timestamp.is_some() => return Ok(Claim::Ours),
+        None if obj.meta().deletion_timestamp.is_some() => return Ok(Claim::Ours(None)),
         _ => {}
     }
+    let mut finalizers = obj.finalizers().to_vec();
+    if obj.meta().deletion_timestamp.is_none() && !finalizers.iter().any(|f| f == FINALIZER) {
+        finalizers.push(FINALIZER.to_string());
+    }
     // A merge patch that carries the resourceVersion it read is refused (409) if the object
-    // changed since: the API server's own precondition.
+    // changed since: the API server's own precondition (and what makes replacing the
+    // finalizer list safe).
     let patch = serde_json::json!({"metadata": {
         "resourceVersion": obj.resource_version(),
         "annotations": {INSTALLATION_ANNOTATION: ours},
+        "finalizers": finalizers,
     }});
     match api
         .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => Ok(Claim::Ours),
+        Ok(claimed) => Ok(Claim::Ours(Some(claimed))),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(Claim::Raced),
         Err(e) => Err(Error::Kube(e)),
     }
@@ -857,8 +865,10 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Act
     let _timer = ctx.metrics.reconcile_timer(K::CONTROLLER);
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let key = key_of(obj.as_ref());
-    match claim(&api, obj.as_ref(), &ctx).await? {
-        Claim::Ours => {}
+    let obj = match claim(&api, obj.as_ref(), &ctx).await? {
+        Claim::Ours(None) => obj,
+        // Go on with the object as claimed (its finalizer is in place).
+        Claim::Ours(Some(claimed)) => Arc::new(claimed),
         Claim::Raced => return Ok(Action::requeue(Duration::from_secs(1))),
         Claim::Elsewhere(other) => {
             ctx.metrics.owned_elsewhere.with_label_values(&[K::CONTROLLER]).inc();
@@ -873,7 +883,7 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Act
             }
             return Ok(Action::await_change());
         }
-    }
+    };
     let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             FinalizerEvent::Apply(o) => apply(o, &ctx).await,
