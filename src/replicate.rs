@@ -153,9 +153,11 @@ fn human(b: u64) -> String {
 pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> bool {
     let replicator = Arc::new(OciReplicator::default());
     let syncer = Arc::new(crate::replica_instance::oci::ReplicaSyncer::default());
+    let tcr = Arc::new(crate::replica_instance::tcr::Tcr::default());
     let providers = crate::provider::Registry::builtin()
         .with_image(replicator.clone())
-        .with_replica(syncer.clone());
+        .with_replica(syncer.clone())
+        .with_replica(tcr.clone());
     if let Some(p) = &opts.blob_cache {
         load_blob_cache(p, &[&replicator.engine, &syncer.engine]);
     }
@@ -165,7 +167,14 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
     let mut all_ready = true;
 
     for r in &m.replica_instances {
-        if !replica_once(r, &providers, &syncer, &m.secrets, opts.attempts, out).await {
+        let ready = if !replica_gate(r, &providers, out) {
+            false
+        } else if r.spec.primary.provider == crate::api::v1alpha1::ReplicaProvider::Tencent {
+            tencent_once(r, &tcr, &m.secret_data, opts.attempts, out).await
+        } else {
+            replica_once(r, &syncer, &m.secrets, opts.attempts, out).await
+        };
+        if !ready {
             all_ready = false;
         }
     }
@@ -305,24 +314,12 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
 /// One full sync of a ReplicaInstance (oci), planned and reported like the controller does.
 async fn replica_once(
     r: &ReplicaInstance,
-    providers: &crate::provider::Registry,
     syncer: &crate::replica_instance::oci::ReplicaSyncer,
     secrets: &HashMap<String, SecretCredentials>,
     attempts: i32,
     out: &mut (dyn Write + Send),
 ) -> bool {
     let spec = &r.spec;
-    let g = plan::gate(
-        validation::replica_instance(spec),
-        spec.primary.provider.as_str(),
-        providers.replica(spec.primary.provider).is_some(),
-        spec.suspend,
-    );
-    if g != Gate::Open {
-        let (reason, msg) = describe_gate(&g);
-        let _ = writeln!(out, "ReplicaInstance {}: not Ready: {reason}: {msg}", r.name_any());
-        return false;
-    }
     let creds =
         |s: Option<&crate::api::v1alpha1::SecretRef>| s.and_then(|s| secrets.get(&s.name).cloned()).unwrap_or_default();
     let pc = creds(spec.primary.credentials_secret_ref.as_ref());
@@ -402,6 +399,94 @@ async fn replica_once(
     let what = format!("ReplicaInstance {}", r.name_any());
     let detail = format!("{} artifacts in sync", p.status.artifacts.unwrap_or(0));
     report(out, &what, &p.status.conditions, &detail)
+}
+
+/// Whether a ReplicaInstance may start (valid, provider built, not suspended); says why not.
+fn replica_gate(r: &ReplicaInstance, providers: &crate::provider::Registry, out: &mut (dyn Write + Send)) -> bool {
+    let spec = &r.spec;
+    let g = plan::gate(
+        validation::replica_instance(spec),
+        spec.primary.provider.as_str(),
+        providers.replica(spec.primary.provider).is_some(),
+        spec.suspend,
+    );
+    if g != Gate::Open {
+        let (reason, msg) = describe_gate(&g);
+        let _ = writeln!(out, "ReplicaInstance {}: not Ready: {reason}: {msg}", r.name_any());
+    }
+    g == Gate::Open
+}
+
+/// How long `replicate -f` waits for a TCR replica instance to be created and in sync.
+const TCR_WAIT: Duration = Duration::from_secs(15 * 60);
+
+/// A tencent ReplicaInstance without a cluster: the same observe, pure plan and create the
+/// controller runs, repeated until the replica is Ready, the plan is stalled, the cloud refused
+/// the create `attempts` times, or `TCR_WAIT` passed. Credentials from the Secret in the files.
+async fn tencent_once(
+    r: &ReplicaInstance,
+    tcr: &crate::replica_instance::tcr::Tcr,
+    secrets: &HashMap<String, BTreeMap<String, Vec<u8>>>,
+    attempts: i32,
+    out: &mut (dyn Write + Send),
+) -> bool {
+    let (spec, name, what) = (&r.spec, r.name_any(), format!("ReplicaInstance {}", r.name_any()));
+    let Some(secret) = spec
+        .primary
+        .credentials_secret_ref
+        .as_ref()
+        .and_then(|s| secrets.get(&s.name))
+    else {
+        let _ = writeln!(
+            out,
+            "{what}: not Ready: SecretNotFound: spec.primary.credentialsSecretRef names no Secret in the files"
+        );
+        return false;
+    };
+    let acct = crate::image_replication::vm::Account {
+        secret: secret.clone(),
+        endpoint: secret
+            .get("endpoint")
+            .map(|v| String::from_utf8_lossy(v).trim().to_string())
+            .filter(|e| !e.is_empty()),
+        agency: None,
+    };
+    let id = spec.primary.instance_id.clone().unwrap_or_default();
+    let mut obj = r.clone();
+    obj.metadata.generation.get_or_insert(1);
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    loop {
+        let now = Time(Timestamp::now());
+        let seen = tcr.observe(&acct, &id, &spec.primary.region, &spec.region).await;
+        let p = crate::replica_instance::tcr::plan(&obj, seen.as_ref(), &now);
+        for e in &p.events {
+            let _ = writeln!(out, "{name}: {}: {}", e.reason, e.note);
+        }
+        obj.status = Some(p.status.clone());
+        if p.create {
+            match tcr.create(&acct, &id, &spec.primary.region, &spec.region).await {
+                Ok(replica) => {
+                    let _ = writeln!(out, "{name}: created replica instance {replica} in {}", spec.region);
+                }
+                Err(e) => {
+                    refused += 1;
+                    let _ = writeln!(
+                        out,
+                        "{name}: CreateReplicaFailed: creating the replica in {}: {e}",
+                        spec.region
+                    );
+                }
+            }
+        }
+        let conds = &p.status.conditions;
+        let done = conditions::is_true(conds, READY) || conditions::is_true(conds, conditions::STALLED);
+        if done || refused >= attempts.max(1) || started.elapsed() > TCR_WAIT {
+            let detail = format!("replica of {id} in {}", spec.region);
+            return report(out, &what, conds, &detail);
+        }
+        tokio::time::sleep(p.requeue.unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5))).await;
+    }
 }
 
 /// Seconds between progress lines of a ReplicaInstance sync.

@@ -213,3 +213,47 @@ async fn tcr_replicas_are_created_reported_and_deleted_under_policy() {
     support::assert_secrets_kept(&s, &op, &[AK, SK]).await;
     tcr.assert_conforms();
 }
+
+/// `replicate -f` drives a tencent ReplicaInstance too (same observe, plan and create as the
+/// controller), with the credentials from a Secret in the files.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicate_command_creates_a_tcr_replica_without_a_cluster() {
+    let tcr = Stand::start(Kind::Tcr).await;
+    tcr.state.tcr_instances.lock().unwrap().push((
+        "tcr-prem".to_string(),
+        "ap-guangzhou".to_string(),
+        "premium".to_string(),
+    ));
+    tcr.state.tcr_log.lock().unwrap().push(json!({"ResourceType": "image",
+        "Source": "team/web:1", "Destination": "team/web:1", "Status": "Success",
+        "StartTime": "2026-11-24 08:00:01", "EndTime": "2026-11-24 08:00:04"}));
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("replica.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "{}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: tcr}}\nstringData: {{secretId: {AK}, secretKey: {SK}, endpoint: '{}'}}\n",
+            serde_yaml::to_string(&replica("sh", "tcr-prem", "ap-shanghai", "Retain")).unwrap(),
+            tcr.url
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
+            .args(["replicate", "-f"])
+            .arg(&f)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("ReplicaInstance sh: Ready"), "{text}");
+    assert!(text.contains("created replica instance"), "{text}");
+    let creates = tcr.calls("CreateReplicationInstance");
+    assert_eq!(creates.len(), 1, "{creates:?}");
+    assert_eq!(creates[0].body["ReplicationRegionName"], "ap-shanghai");
+    assert!(tcr.requests().iter().all(|r| !r.bad_signature));
+    assert!(!text.contains(SK), "the secret key is never printed");
+}
