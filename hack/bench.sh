@@ -234,7 +234,8 @@ fv() { FLAKY="$flaky" python3 -c '
 import os, sys, statistics
 k = sys.argv[1]
 vals = [float(w.split("=", 1)[1]) for l in os.environ["FLAKY"].splitlines() for w in l.split() if w.startswith(k + "=")]
-print("%g [%s]" % (statistics.median(vals), " / ".join("%g" % v for v in vals)) if vals else "failed")
+f = lambda v: "%d" % v if v == int(v) else "%.2f" % v
+print("%s [%s]" % (f(statistics.median(vals)), " / ".join(f(v) for v in vals)) if vals else "failed")
 ' "$1"; }
 flaky_runs="$(grep -c '^BENCH flaky fault' <<<"$flaky" || true)"
 
@@ -354,7 +355,10 @@ arrive). Beside it, the same fleet without proxies. Medians of $flaky_runs runs 
 | upload sessions the registry kept (each reported) | $(fv sessions_left) | none silently |
 | injected: 503 / 429 / cut answers / cut uploads | $(fv injected_503) / $(fv injected_429) / $(fv cut_answers) / $(fv cut_uploads) | — |
 
-Every run checks each tag's digest at the replica with skopeo. distribution 2.8 refuses every
+The time with faults has a floor the faults set: a 429 makes its request wait its
+\`Retry-After\` (1 s), and at most \`maxConcurrentTransfers\` (8) artifacts are in flight, so N
+429s on the way cost at least N/8 s on their own. Every run checks each tag's digest at the
+replica with skopeo. distribution 2.8 refuses every
 request on a session whose PATCH was cut (404 \`BLOB_UPLOAD_INVALID\`: the offset in its upload
 state no longer matches what it stored) — the session cannot be resumed or cancelled by a client,
 so the blob starts again in a new session and the old one is reported and left to the registry's
