@@ -317,13 +317,14 @@ impl VmEngine {
         // the Secret changed (read again every reconcile): then at once.
         let held = acct.as_ref().and_then(|a| {
             let fp = fingerprint(a);
-            self.with_mem(&key, |m| match &m.auth {
-                Some(h) if h.account == fp && h.until > Instant::now() => Some(h.error.clone()),
-                Some(_) if m.auth.as_ref().is_some_and(|h| h.account != fp) => {
-                    m.auth = None;
-                    None
+            self.with_mem(&key, |m| {
+                if m.auth.as_ref().is_some_and(|h| h.account != fp) {
+                    m.auth = None; // a new Secret: forget the old refusals
                 }
-                _ => None,
+                m.auth
+                    .as_ref()
+                    .filter(|h| h.until > Instant::now())
+                    .map(|h| h.error.clone())
             })
         });
         let acct = match held {
