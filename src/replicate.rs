@@ -355,16 +355,7 @@ async fn replica_once(
             Err(e) => e.to_string(),
         };
         if let Ok(rep) = res {
-            for f in &rep.failures {
-                let _ = writeln!(
-                    out,
-                    "{}: pass {attempt}: failed {}: {}: {}",
-                    r.name_any(),
-                    f.artifact,
-                    f.reason,
-                    f.message
-                );
-            }
+            print_failures(out, &format!("{}: pass {attempt}", r.name_any()), &rep.failures);
             earlier.copied += rep.copied;
             earlier.deleted += rep.deleted;
             earlier.bytes += rep.bytes;
@@ -385,16 +376,7 @@ async fn replica_once(
     // Every failed artifact, with its reason and the registry's message (status keeps only the
     // most recent ones).
     if let crate::replica_instance::oci::SyncView::Finished(Ok(rep)) = &view {
-        for f in &rep.failures {
-            let _ = writeln!(
-                out,
-                "{}: failed {}: {}: {}",
-                r.name_any(),
-                f.artifact,
-                f.reason,
-                f.message
-            );
-        }
+        print_failures(out, &r.name_any(), &rep.failures);
     }
     let what = format!("ReplicaInstance {}", r.name_any());
     let detail = format!("{} artifacts in sync", p.status.artifacts.unwrap_or(0));
@@ -486,6 +468,13 @@ async fn tencent_once(
             return report(out, &what, conds, &detail);
         }
         tokio::time::sleep(p.requeue.unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5))).await;
+    }
+}
+
+/// One line per failed artifact: `prefix: failed repo:tag: Reason: the registry's message`.
+fn print_failures(out: &mut (dyn Write + Send), prefix: &str, failures: &[crate::replica_instance::oci::Failure]) {
+    for f in failures {
+        let _ = writeln!(out, "{prefix}: failed {}: {}: {}", f.artifact, f.reason, f.message);
     }
 }
 

@@ -224,18 +224,7 @@ impl FaultyProxy {
                 let is_blob_get = method == Method::GET && path.contains("/blobs/sha256:");
                 match fault {
                     Fault::Random { .. } if cut_response && half.is_some() => {
-                        let after = half.unwrap_or_default();
-                        let mut sent = 0usize;
-                        let stream = resp.bytes_stream().map(move |chunk| {
-                            let chunk = chunk.map_err(std::io::Error::other)?;
-                            if sent >= after {
-                                return Err(std::io::Error::other("connection cut by the test proxy"));
-                            }
-                            let take = chunk.len().min(after - sent);
-                            sent += take;
-                            Ok(chunk.slice(..take))
-                        });
-                        out.body(Body::from_stream(stream)).unwrap()
+                        out.body(cut_after(resp, half.unwrap_or_default())).unwrap()
                     }
                     Fault::CorruptBlobs if is_blob_get => {
                         let mut b = resp.bytes().await.unwrap().to_vec();
@@ -251,17 +240,7 @@ impl FaultyProxy {
                             && resp.content_length().is_some_and(|l| l as usize > after)
                             && counter.fetch_add(1, Ordering::SeqCst) < n =>
                     {
-                        let mut sent = 0usize;
-                        let stream = resp.bytes_stream().map(move |chunk| {
-                            let chunk = chunk.map_err(std::io::Error::other)?;
-                            if sent >= after {
-                                return Err(std::io::Error::other("connection cut by the test proxy"));
-                            }
-                            let take = chunk.len().min(after - sent);
-                            sent += take;
-                            Ok(chunk.slice(..take))
-                        });
-                        out.body(Body::from_stream(stream)).unwrap()
+                        out.body(cut_after(resp, after)).unwrap()
                     }
                     _ => out.body(Body::from_stream(resp.bytes_stream())).unwrap(),
                 }
@@ -274,6 +253,20 @@ impl FaultyProxy {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+}
+
+/// The answer's body, ending in an error (a lost connection) after `after` bytes.
+fn cut_after(resp: reqwest::Response, after: usize) -> Body {
+    let mut sent = 0usize;
+    Body::from_stream(resp.bytes_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        if sent >= after {
+            return Err(std::io::Error::other("connection cut by the test proxy"));
+        }
+        let take = chunk.len().min(after - sent);
+        sent += take;
+        Ok(chunk.slice(..take))
+    }))
 }
 
 fn rustls_config() -> rustls::ClientConfig {
