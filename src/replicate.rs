@@ -217,7 +217,7 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
             let key = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
             let now = Time(Timestamp::now());
             let view = tasks.collect(&key, &now);
-            let p = plan::oci_plan(o, &view, &HashMap::new(), &now, never, opts.attempts);
+            let p = crate::image_replication::plan::oci_plan(o, &view, &HashMap::new(), &now, never, opts.attempts);
             o.status = Some(p.status.clone());
             let creds = o
                 .spec

@@ -367,7 +367,8 @@ impl Managed for ImageReplication {
             }
             ctx.metrics.copy_tasks_running.set(ctx.tasks.len() as i64);
             ctx.oci.note_copies(self);
-            let p = plan::oci_plan(self, &view, &checked, now, ctx.resync, plan::MAX_ATTEMPTS);
+            let p =
+                crate::image_replication::plan::oci_plan(self, &view, &checked, now, ctx.resync, plan::MAX_ATTEMPTS);
             return Planned {
                 status: p.status,
                 start: p.start,

@@ -1,6 +1,7 @@
 //! ImageReplication backends: [`oci`] (registry to registry through the copy engine of
-//! [`crate::oci`]) and [`vm`] (cloud image services: the pure rules and planner, the per-account
+//! [`crate::oci`], planned by the pure [`plan`]) and [`vm`] (cloud image services: the pure rules and planner, the per-account
 //! quota, the engine shell, and one module per cloud under [`vm::providers`]).
 
 pub mod oci;
+pub mod plan;
 pub mod vm;

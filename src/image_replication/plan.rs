@@ -1,0 +1,502 @@
+//! The pure planner of an oci ImageReplication: from the object, what each destination's copy
+//! task is doing and the time, the status to write, the copies and drift checks to start, when
+//! to look again and the Events to publish. No I/O; table-tested below.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::conditions::{self, reason};
+use crate::api::v1alpha1::*;
+use crate::plan::{
+    Announcement, Standing, TaskView, later, next_check, retry_delay, retry_requested, secs_since, standing_conditions,
+};
+
+/// What the shell should do after an oci planning step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OciPlan {
+    pub status: ImageReplicationStatus,
+    /// Destinations (region, resync?) whose copy task should start now.
+    pub start: Vec<(String, bool)>,
+    /// When to look again (None: only on change).
+    pub requeue: Option<std::time::Duration>,
+    /// Per-destination state changes to publish as Events.
+    pub events: Vec<Announcement>,
+}
+
+/// Plan an oci ImageReplication whose gate is open. A destination is tried `max_attempts`
+/// times (normally [`crate::plan::MAX_ATTEMPTS`]) before it is Failed for good, until the spec changes.
+/// `checked` holds when each destination's copy was last verified (kept in memory, not in
+/// status): a drift check that finds the copy intact changes nothing in status, so an object at
+/// rest is never written.
+pub fn oci_plan(
+    obj: &ImageReplication,
+    tasks: &std::collections::HashMap<String, TaskView>,
+    checked: &std::collections::HashMap<String, Time>,
+    now: &Time,
+    resync: std::time::Duration,
+    max_attempts: i32,
+) -> OciPlan {
+    let spec = &obj.spec;
+    let old = obj.status.clone().unwrap_or_default();
+    let retry = retry_requested(obj);
+    let spec_changed = old.observed_generation != obj.metadata.generation || retry.is_some();
+    // The phase of a destination's drift checks: the same key as its check history.
+    let object_key = format!(
+        "{}/{}",
+        obj.metadata.namespace.as_deref().unwrap_or_default(),
+        obj.metadata.name.as_deref().unwrap_or_default()
+    );
+    let check_key = |d: &DestinationSpec| format!("{object_key}/{}", d.region);
+    let mut start = Vec::new();
+    let mut events = Vec::new();
+    let mut wake: Vec<std::time::Duration> = Vec::new();
+    let mut destinations = Vec::new();
+    for d in &spec.destinations {
+        let mut s = old
+            .destinations
+            .iter()
+            .find(|s| s.region == d.region)
+            .cloned()
+            .unwrap_or_else(|| DestinationStatus {
+                region: d.region.clone(),
+                ..Default::default()
+            });
+        if spec_changed && s.phase == DestinationPhase::Failed {
+            s.attempts = 0; // a spec change re-drives failed destinations
+        }
+        let idle = TaskView::Idle;
+        match tasks.get(&d.region).unwrap_or(&idle) {
+            TaskView::Running { done, total, resync } => {
+                if !(*resync && s.phase == DestinationPhase::Available) {
+                    s.phase = DestinationPhase::Copying;
+                    s.started_at.get_or_insert_with(|| now.clone());
+                    s.bytes_copied = Some(*done as i64);
+                    s.bytes_total = Some(*total as i64);
+                    s.progress_percent = Some(if *total == 0 {
+                        0
+                    } else {
+                        (done * 100 / total).min(99) as i32
+                    });
+                    s.message = None;
+                }
+                wake.push(std::time::Duration::from_secs(2));
+            }
+            TaskView::Succeeded {
+                digest,
+                up_to_date: true,
+                resync: true,
+                ..
+            } if s.phase == DestinationPhase::Available && s.digest.as_ref() == Some(digest) => {
+                // A drift check that found the copy intact: nothing to say.
+                wake.push(check_wait(
+                    &check_key(d),
+                    last_check(&s, checked.get(&d.region)),
+                    now,
+                    resync,
+                ));
+            }
+            TaskView::Succeeded {
+                digest,
+                bytes_total,
+                up_to_date,
+                resync: _,
+            } => {
+                let was = s.phase;
+                // A first copy or a repair is an attempt; the byte counts are the copy's own (an
+                // up-to-date check reports none: the last real counts stay).
+                s.attempts += 1;
+                s.phase = DestinationPhase::Available;
+                s.digest = Some(digest.clone());
+                if *bytes_total > 0 || s.bytes_total.is_none() {
+                    s.bytes_total = Some(*bytes_total as i64);
+                    s.bytes_copied = Some(*bytes_total as i64);
+                }
+                s.progress_percent = Some(100);
+                s.completed_at = Some(now.clone());
+                s.message = None;
+                if was != DestinationPhase::Available {
+                    events.push(Announcement {
+                        warning: false,
+                        reason: "DestinationAvailable".into(),
+                        note: format!("{}: {digest} available", d.region),
+                    });
+                } else if !up_to_date {
+                    events.push(Announcement {
+                        warning: false,
+                        reason: "DriftRepaired".into(),
+                        note: format!("{}: the copy had drifted and was restored to {digest}", d.region),
+                    });
+                }
+                wake.push(check_wait(&check_key(d), s.completed_at.as_ref(), now, resync));
+            }
+            TaskView::Failed {
+                reason,
+                message,
+                resync: _,
+            } => {
+                s.attempts += 1;
+                s.phase = DestinationPhase::Failed;
+                s.completed_at = Some(now.clone());
+                let retry = s.attempts < max_attempts;
+                s.message = Some(format!(
+                    "{reason}: {message} (attempt {}/{max_attempts}{})",
+                    s.attempts,
+                    if retry { ", will retry" } else { "" }
+                ));
+                events.push(Announcement {
+                    warning: true,
+                    reason: "DestinationFailed".into(),
+                    note: format!("{}: {}", d.region, s.message.clone().unwrap_or_default()),
+                });
+                if retry {
+                    wake.push(retry_delay(s.attempts));
+                }
+            }
+            TaskView::Idle => match s.phase {
+                DestinationPhase::Available => {
+                    let last = last_check(&s, checked.get(&d.region));
+                    let due = last.map(|l| next_check(&check_key(d), l, resync));
+                    if due.is_none_or(|t| t.0.as_second() <= now.0.as_second()) {
+                        start.push((d.region.clone(), true));
+                    } else {
+                        wake.push(check_wait(&check_key(d), last, now, resync));
+                    }
+                }
+                DestinationPhase::Failed if s.attempts >= max_attempts => {}
+                DestinationPhase::Failed => {
+                    let due = retry_delay(s.attempts).as_secs() as i64;
+                    match secs_since(&s.completed_at, now) {
+                        Some(age) if age < due => wake.push(std::time::Duration::from_secs((due - age) as u64)),
+                        _ => start.push((d.region.clone(), false)),
+                    }
+                }
+                _ => start.push((d.region.clone(), false)),
+            },
+        }
+        if start.last().is_some_and(|(r, resync)| r == &d.region && !resync) {
+            s.phase = DestinationPhase::Copying;
+            s.started_at = Some(now.clone());
+            s.progress_percent = Some(0);
+            s.message = None;
+        }
+        destinations.push(s);
+    }
+    if !start.is_empty() {
+        wake.push(std::time::Duration::from_secs(2));
+    }
+
+    let n = destinations.len();
+    let available = destinations
+        .iter()
+        .filter(|d| d.phase == DestinationPhase::Available)
+        .count();
+    let failed: Vec<&DestinationStatus> = destinations
+        .iter()
+        .filter(|d| d.phase == DestinationPhase::Failed)
+        .collect();
+    let final_failed = failed.iter().filter(|d| d.attempts >= max_attempts).count();
+    let in_flight = destinations.iter().any(|d| d.phase == DestinationPhase::Copying) || failed.len() > final_failed;
+    let fail_text = failed
+        .iter()
+        .map(|d| format!("{}: {}", d.region, d.message.as_deref().unwrap_or("failed")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut summary = format!("{available}/{n} available");
+    if !failed.is_empty() {
+        summary.push_str(&format!(", {} failed", failed.len()));
+    }
+    let desired = if available == n {
+        standing_conditions(
+            Standing::Done,
+            reason::SUCCEEDED,
+            format!("{n}/{n} destinations hold the source digest"),
+        )
+    } else if in_flight {
+        let msg = if fail_text.is_empty() {
+            summary.clone()
+        } else {
+            format!("{summary}; {fail_text}")
+        };
+        standing_conditions(Standing::Working, reason::PROGRESSING, msg)
+    } else {
+        standing_conditions(Standing::Stuck, "DestinationsFailed", format!("{summary}; {fail_text}"))
+    };
+    let generation = obj.metadata.generation;
+    let status = ImageReplicationStatus {
+        observed_generation: generation,
+        conditions: conditions::merge(&old.conditions, &desired, generation, now),
+        source: old.source.clone(),
+        destinations,
+        summary: Some(summary),
+        last_handled_retry: retry.or(old.last_handled_retry.clone()),
+    };
+    OciPlan {
+        status,
+        start,
+        requeue: wake.into_iter().min(),
+        events,
+    }
+}
+
+/// When a destination's copy was last known good: the later of its completion and the last
+/// drift check kept in memory.
+fn last_check<'a>(s: &'a DestinationStatus, checked: Option<&'a Time>) -> Option<&'a Time> {
+    later(s.completed_at.as_ref(), checked)
+}
+
+/// How long until the check after `last` is due (at least a second).
+fn check_wait(key: &str, last: Option<&Time>, now: &Time, period: std::time::Duration) -> std::time::Duration {
+    let due = last.map_or(now.0.as_second(), |l| next_check(key, l, period).0.as_second());
+    std::time::Duration::from_secs((due - now.0.as_second()).max(1) as u64)
+}
+
+#[cfg(test)]
+mod oci_tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use crate::api::conditions::{READY, RECONCILING, STALLED};
+    use crate::plan::test_at as at;
+    use crate::plan::{MAX_ATTEMPTS, spread_anchor};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+    fn obj() -> ImageReplication {
+        let mut o: ImageReplication = serde_yaml::from_str(
+            r#"
+apiVersion: replication.imageops.io/v1alpha1
+kind: ImageReplication
+metadata: {name: web, namespace: default}
+spec:
+  provider: {kind: oci}
+  source: {region: a, reference: "127.0.0.1:5000/team/web:1.4"}
+  destinations: [{region: b, registry: "http://127.0.0.1:5001"}, {region: c, registry: "http://127.0.0.1:5002"}]
+"#,
+        )
+        .unwrap();
+        o.metadata.generation = Some(1);
+        o
+    }
+
+    const RESYNC: Duration = Duration::from_secs(300);
+
+    fn step(o: &mut ImageReplication, tasks: &[(&str, TaskView)], now: i64) -> OciPlan {
+        let t: HashMap<String, TaskView> = tasks.iter().map(|(r, v)| (r.to_string(), v.clone())).collect();
+        let p = oci_plan(o, &t, &HashMap::new(), &at(now), RESYNC, MAX_ATTEMPTS);
+        o.status = Some(p.status.clone());
+        p
+    }
+
+    fn ok(resync: bool, up_to_date: bool) -> TaskView {
+        TaskView::Succeeded {
+            digest: "sha256:abc".into(),
+            bytes_total: 10,
+            up_to_date,
+            resync,
+        }
+    }
+
+    fn fail() -> TaskView {
+        TaskView::Failed {
+            reason: "ConnectionError".into(),
+            message: "connection refused".into(),
+            resync: false,
+        }
+    }
+
+    fn cond<'a>(p: &'a OciPlan, t: &str) -> &'a Condition {
+        conditions::find(&p.status.conditions, t).unwrap()
+    }
+
+    /// When destination `r` of the test object is due for its next check after one at `last`.
+    fn due(r: &str, last: i64) -> i64 {
+        next_check(&format!("default/web/{r}"), &at(last), RESYNC).0.as_second() - at(0).0.as_second()
+    }
+
+    #[test]
+    fn fresh_object_starts_every_destination() {
+        let mut o = obj();
+        let p = step(&mut o, &[], 0);
+        assert_eq!(p.start, vec![("b".to_string(), false), ("c".to_string(), false)]);
+        assert!(
+            p.status
+                .destinations
+                .iter()
+                .all(|d| d.phase == DestinationPhase::Copying)
+        );
+        assert_eq!(
+            (cond(&p, READY).status.as_str(), cond(&p, RECONCILING).status.as_str()),
+            ("False", "True")
+        );
+        assert_eq!(p.requeue, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn all_available_is_ready_and_announced_once() {
+        let mut o = obj();
+        step(&mut o, &[], 0);
+        let running = TaskView::Running {
+            done: 5,
+            total: 10,
+            resync: false,
+        };
+        let p = step(&mut o, &[("b", running.clone()), ("c", running)], 1);
+        assert_eq!(p.status.destinations[0].progress_percent, Some(50));
+        assert!(p.start.is_empty());
+        let p = step(&mut o, &[("b", ok(false, false)), ("c", ok(false, false))], 2);
+        assert_eq!(cond(&p, READY).status, "True");
+        assert_eq!(p.status.summary.as_deref(), Some("2/2 available"));
+        assert_eq!(
+            p.events.iter().filter(|e| e.reason == "DestinationAvailable").count(),
+            2
+        );
+        // Woken for the first drift check due, half a period to a period and a half away.
+        let first = due("b", 2).min(due("c", 2));
+        assert_eq!(p.requeue, Some(Duration::from_secs((first - 2) as u64)));
+        assert!((2 + 150..2 + 450).contains(&first), "{first}");
+        // Nothing new: no start, no event, same status.
+        let again = step(&mut o, &[], 3);
+        assert!(again.start.is_empty() && again.events.is_empty());
+        assert_eq!(again.status, p.status);
+    }
+
+    #[test]
+    fn a_failed_destination_does_not_block_the_others_and_stalls_after_retries() {
+        let mut o = obj();
+        step(&mut o, &[], 0);
+        let p = step(&mut o, &[("b", ok(false, false)), ("c", fail())], 1);
+        assert_eq!(p.status.destinations[0].phase, DestinationPhase::Available);
+        assert_eq!(p.status.destinations[1].phase, DestinationPhase::Failed);
+        assert_eq!(cond(&p, READY).reason, "Progressing", "a retry is pending");
+        assert!(cond(&p, READY).message.contains("c: ConnectionError"));
+        assert!(p.events.iter().any(|e| e.warning && e.reason == "DestinationFailed"));
+        // Not due yet: no start, wake when due.
+        let p = step(&mut o, &[], 5);
+        assert!(p.start.is_empty());
+        assert_eq!(p.requeue, Some(retry_delay(1) - Duration::from_secs(4)));
+        let mut now = 5;
+        for _ in 1..MAX_ATTEMPTS {
+            now += 400;
+            let p = step(&mut o, &[], now);
+            assert!(p.start.contains(&("c".to_string(), false)), "{:?}", p.start);
+            step(&mut o, &[("b", ok(true, true)), ("c", fail())], now + 1);
+        }
+        let p = step(&mut o, &[], now + 1000);
+        assert!(
+            p.start.iter().all(|(r, _)| r != "c"),
+            "no more retries after {MAX_ATTEMPTS}"
+        );
+        assert_eq!(
+            (cond(&p, STALLED).status.as_str(), cond(&p, READY).reason.as_str()),
+            ("True", "DestinationsFailed")
+        );
+        assert_eq!(p.status.destinations[0].phase, DestinationPhase::Available);
+        // A spec change re-drives it.
+        o.metadata.generation = Some(2);
+        let p = step(&mut o, &[], now + 1001);
+        assert!(p.start.contains(&("c".to_string(), false)));
+    }
+
+    #[test]
+    fn drift_checks_keep_ready_and_announce_repairs() {
+        let mut o = obj();
+        step(&mut o, &[], 0);
+        step(&mut o, &[("b", ok(false, false)), ("c", ok(false, false))], 1);
+        let t = due("b", 1).max(due("c", 1));
+        let p = step(&mut o, &[], t);
+        assert_eq!(p.start, vec![("b".to_string(), true), ("c".to_string(), true)]);
+        assert_eq!(cond(&p, READY).status, "True", "a drift check does not flap Ready");
+        let checking = TaskView::Running {
+            done: 0,
+            total: 0,
+            resync: true,
+        };
+        let p = step(&mut o, &[("b", checking.clone()), ("c", checking)], t + 1);
+        assert_eq!(cond(&p, READY).status, "True");
+        let before = o.status.clone().unwrap();
+        let p = step(&mut o, &[("b", ok(true, true)), ("c", ok(true, false))], t + 2);
+        assert_eq!(p.events.len(), 1);
+        assert_eq!(p.events[0].reason, "DriftRepaired");
+        let (b, c) = (&p.status.destinations[0], &p.status.destinations[1]);
+        assert_eq!(b, &before.destinations[0], "an intact copy's status is left as it was");
+        assert_eq!(b.attempts, 1, "drift checks are not attempts");
+        assert_eq!(
+            (c.attempts, c.completed_at.clone()),
+            (2, Some(at(t + 2))),
+            "a repair is"
+        );
+        assert_eq!(c.bytes_copied, before.destinations[1].bytes_copied);
+    }
+
+    #[test]
+    fn an_object_at_rest_plans_the_same_status() {
+        let mut o = obj();
+        step(&mut o, &[], 0);
+        step(&mut o, &[("b", ok(false, false)), ("c", ok(false, false))], 1);
+        let rest = o.status.clone().unwrap();
+        // Drift checks at each destination's own phase, each finding the copy intact, for ten
+        // periods.
+        let mut checked: HashMap<String, Time> = HashMap::new();
+        let mut last: HashMap<&str, i64> = [("b", 1), ("c", 1)].into();
+        let mut previous: HashMap<&str, i64> = HashMap::new();
+        for _ in 0..20 {
+            let (r, t) = ["b", "c"]
+                .iter()
+                .map(|r| (*r, due(r, last[r])))
+                .min_by_key(|x| x.1)
+                .unwrap();
+            if let Some(p) = previous.get(r) {
+                assert_eq!(t - p, RESYNC.as_secs() as i64, "{r}: checks one period apart");
+            }
+            previous.insert(r, t);
+            let early = oci_plan(&o, &HashMap::new(), &checked, &at(t - 1), RESYNC, MAX_ATTEMPTS);
+            assert!(early.start.is_empty(), "nothing due before {t}");
+            let idle = oci_plan(&o, &HashMap::new(), &checked, &at(t), RESYNC, MAX_ATTEMPTS);
+            assert_eq!(idle.start, vec![(r.to_string(), true)], "{r} due at {t}");
+            assert_eq!(idle.status, rest, "starting a drift check changes nothing");
+            let done: HashMap<String, TaskView> = [(r.to_string(), ok(true, true))].into();
+            let p = oci_plan(&o, &done, &checked, &at(t + 1), RESYNC, MAX_ATTEMPTS);
+            assert_eq!(p.status, rest, "an intact copy changes nothing");
+            assert!(p.events.is_empty());
+            checked.insert(r.to_string(), at(t + 1));
+            last.insert(r, t + 1);
+            let next = oci_plan(&o, &HashMap::new(), &checked, &at(t + 2), RESYNC, MAX_ATTEMPTS);
+            assert!(next.start.is_empty(), "the next check waits for its phase");
+            let wake = due("b", last["b"]).min(due("c", last["c"])) - (t + 2);
+            assert_eq!(next.requeue, Some(Duration::from_secs(wake as u64)));
+        }
+    }
+
+    /// 300 copies completed in the same second (a fleet created at once): their drift checks
+    /// spread over the period, every period, instead of all falling due together.
+    #[test]
+    fn checks_of_copies_completed_together_spread_over_the_period() {
+        let mut buckets = [0usize; 10];
+        for i in 0..300 {
+            let key = format!("default/web-{i}/b");
+            let first = next_check(&key, &at(1000), RESYNC).0.as_second() - at(0).0.as_second();
+            assert!((1000 + 150..1000 + 450).contains(&first), "{first}");
+            let second = next_check(&key, &at(first + 3), RESYNC).0.as_second() - at(0).0.as_second();
+            assert_eq!(second - first, 300, "then one period apart");
+            buckets[((first - 1000 - 150) / 30) as usize] += 1;
+        }
+        // 30 per 30-second bucket on average; a herd would put most in one.
+        assert!(buckets.iter().all(|b| (10..=55).contains(b)), "{buckets:?}");
+    }
+
+    #[test]
+    fn first_checks_after_a_start_spread_over_the_period() {
+        let now = at(10_000);
+        let anchors: std::collections::BTreeSet<i64> = (0..200)
+            .map(|i| spread_anchor(&format!("default/web-{i}/b"), &now, RESYNC).0.as_second())
+            .collect();
+        // 200 keys into 300 one-second slots: spread, not bunched (a few share a second).
+        assert!(anchors.len() > 120, "distinct anchors: {}", anchors.len());
+        assert!(
+            anchors
+                .iter()
+                .all(|a| *a <= now.0.as_second() && *a > now.0.as_second() - 300)
+        );
+        let span = anchors.last().unwrap() - anchors.first().unwrap();
+        assert!(span > 250, "anchors span {span} s of the 300 s period");
+    }
+}
