@@ -109,16 +109,7 @@ pub fn image_replication_status(obj: &ImageReplication, implemented: bool, now: 
         _ => spec
             .destinations
             .iter()
-            .map(|d| {
-                old.destinations
-                    .iter()
-                    .find(|s| s.region == d.region)
-                    .cloned()
-                    .unwrap_or_else(|| DestinationStatus {
-                        region: d.region.clone(),
-                        ..Default::default()
-                    })
-            })
+            .map(|d| old.destination_or_new(&d.region))
             .collect(),
     };
     let available = destinations

@@ -293,11 +293,14 @@ async fn a_blocked_delete_is_visible_and_retain_lets_it_go() {
         d.message.as_deref().unwrap_or("").starts_with("deletion blocked: "),
         "{d:?}"
     );
-    assert!(
+    // The Event is published right after the status write: wait for it.
+    eventually(WAIT, "a DeletionBlocked Event", || async {
         support::event_reasons(&c, "blocked")
             .await
             .contains(&"DeletionBlocked".to_string())
-    );
+            .then_some(())
+    })
+    .await;
     let metrics = eventually(WAIT, "counted as blocked", || async {
         let (_, m) = op.http_get("/metrics")?;
         m.lines()

@@ -51,15 +51,7 @@ pub fn oci_plan(
     let mut wake: Vec<std::time::Duration> = Vec::new();
     let mut destinations = Vec::new();
     for d in &spec.destinations {
-        let mut s = old
-            .destinations
-            .iter()
-            .find(|s| s.region == d.region)
-            .cloned()
-            .unwrap_or_else(|| DestinationStatus {
-                region: d.region.clone(),
-                ..Default::default()
-            });
+        let mut s = old.destination_or_new(&d.region);
         if spec_changed && s.phase == DestinationPhase::Failed {
             s.attempts = 0; // a spec change re-drives failed destinations
         }

@@ -107,13 +107,10 @@ pub struct CopyReport {
     /// True when the destination already held the same digest under the tag.
     pub up_to_date: bool,
     pub referrers_copied: u64,
-    /// Blob uploads started again from byte 0 (the registry refused to resume them).
-    pub upload_restarts: u64,
 }
 
 #[derive(Default)]
 struct Counters {
-    upload_restarts: AtomicU64,
     bytes_uploaded: AtomicU64,
     blobs_uploaded: AtomicU64,
     blobs_mounted: AtomicU64,
@@ -324,7 +321,6 @@ impl Engine {
             manifests_written: c.manifests_written.load(Ordering::Relaxed),
             up_to_date,
             referrers_copied: c.referrers.load(Ordering::Relaxed),
-            upload_restarts: c.upload_restarts.load(Ordering::Relaxed),
         })
     }
 
@@ -690,7 +686,6 @@ impl Engine {
                                 }
                                 self.abandon(job, location).await;
                                 *location = dst.start_upload(job.dst_repo).await?;
-                                job.counters.upload_restarts.fetch_add(1, Ordering::Relaxed);
                                 dst.stats.upload_restarts.fetch_add(1, Ordering::Relaxed);
                                 job.progress.bytes_done.fetch_sub(confirmed, Ordering::Relaxed);
                                 confirmed = 0;

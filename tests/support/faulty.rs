@@ -154,11 +154,7 @@ impl FaultyProxy {
                     && counter.fetch_add(1, Ordering::SeqCst) < n
                 {
                     record(429);
-                    return Response::builder()
-                        .status(429)
-                        .header("Retry-After", "1")
-                        .body(Body::empty())
-                        .unwrap();
+                    return rate_limited();
                 }
                 let mut cut_response = false;
                 let mut body = body;
@@ -179,11 +175,7 @@ impl FaultyProxy {
                     }
                     if r < p503 + p429 {
                         record(429);
-                        return Response::builder()
-                            .status(429)
-                            .header("Retry-After", "1")
-                            .body(Body::empty())
-                            .unwrap();
+                        return rate_limited();
                     }
                     if method == Method::PATCH && body.len() > 1 && draw(seed, n, 2) < cut_upload {
                         body = body.slice(..body.len() / 2);
@@ -253,6 +245,15 @@ impl FaultyProxy {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+}
+
+/// 429 with `Retry-After: 1`, not passed on.
+fn rate_limited() -> Response {
+    Response::builder()
+        .status(429)
+        .header("Retry-After", "1")
+        .body(Body::empty())
+        .unwrap()
 }
 
 /// The answer's body, ending in an error (a lost connection) after `after` bytes.

@@ -232,6 +232,20 @@ pub struct ImageReplicationStatus {
     pub last_handled_retry: Option<String>,
 }
 
+impl ImageReplicationStatus {
+    /// The recorded status of the destination in `region`, or a fresh one for it.
+    pub fn destination_or_new(&self, region: &str) -> DestinationStatus {
+        self.destinations
+            .iter()
+            .find(|s| s.region == region)
+            .cloned()
+            .unwrap_or_else(|| DestinationStatus {
+                region: region.to_string(),
+                ..Default::default()
+            })
+    }
+}
+
 /// The source image as the provider describes it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -175,15 +175,7 @@ pub fn vm_plan(
     let mut wake: Vec<Duration> = Vec::new();
     let mut destinations = Vec::new();
     for (index, d) in spec.destinations.iter().enumerate() {
-        let mut s = old
-            .destinations
-            .iter()
-            .find(|s| s.region == d.region)
-            .cloned()
-            .unwrap_or_else(|| DestinationStatus {
-                region: d.region.clone(),
-                ..Default::default()
-            });
+        let mut s = old.destination_or_new(&d.region);
         let before = s.phase;
         let unchecked = DestObs::Unchecked;
         let o = obs.dests.get(&d.region).unwrap_or(&unchecked);
