@@ -522,3 +522,59 @@ async fn a_second_installation_leaves_the_first_ones_objects_alone() {
     .await;
     wait_ready(&api, "shared").await;
 }
+
+/// Events as kube's Recorder writes them: a repeat (same type, action, reason and object)
+/// counts in the first one's `series` and keeps its note; another reason is another Event. The
+/// publisher remembers one small entry per distinct event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_event_counts_in_the_first_ones_series() {
+    use image_replication_operator::controller::events::Events;
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use kube::runtime::events::{Event, EventType, Reporter};
+    let (_s, c) = support::cluster().await;
+    let reporter = Reporter {
+        controller: "image-replication-operator".into(),
+        instance: Some("op-a".into()),
+    };
+    let events = Events::new(c.clone(), reporter);
+    let regarding = ObjectReference {
+        api_version: Some("replication.imageops.io/v1alpha1".into()),
+        kind: Some("ImageReplication".into()),
+        namespace: Some("default".into()),
+        name: Some("web".into()),
+        uid: Some("uid-1".into()),
+        ..Default::default()
+    };
+    let ev = |reason: &str, n: u32| Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some(format!("{reason} {n}")),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    for n in 1..=3 {
+        events.publish(&ev("Copying", n), &regarding).await.unwrap();
+    }
+    events.publish(&ev("Available", 1), &regarding).await.unwrap();
+    let mut got: Vec<(String, String, Option<i32>, String)> = support::events_for(&c, "web")
+        .await
+        .into_iter()
+        .map(|e| {
+            (
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+                e.series.map(|s| s.count),
+                e.reporting_instance.unwrap_or_default(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("Available".into(), "Available 1".into(), None, "op-a".into()),
+            ("Copying".into(), "Copying 1".into(), Some(3), "op-a".into()),
+        ]
+    );
+    assert_eq!(events.remembered(), 2);
+}

@@ -4,6 +4,8 @@
 //! server-side apply (only when it changed), publish an Event when the headline changed. The
 //! finalizer guarantees the cleanup hook runs before an object goes away.
 
+pub mod events;
+
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
@@ -17,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -44,7 +46,7 @@ use crate::{Error, Result, plan, provider, validation};
 /// State shared by both controllers.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub events: events::Events,
     pub metrics: Metrics,
     pub providers: provider::Registry,
     /// The oci copy engine, shared by every object (one budget per registry host).
@@ -109,7 +111,7 @@ impl Context {
             .with_replica(syncer.clone())
             .with_replica(tcr.clone());
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: events::Events::new(client.clone(), reporter),
             client,
             metrics,
             providers,
@@ -735,7 +737,7 @@ async fn publish<K: Managed>(ctx: &Context, obj: &K, warning: bool, reason: &str
         secondary: None,
     };
     // An Event that cannot be written must not fail the reconcile.
-    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+    if let Err(e) = ctx.events.publish(&ev, &obj.object_ref(&())).await {
         warn!(error = %e, "could not publish event");
     }
 }

@@ -42,7 +42,18 @@ impl Operator {
     ) -> Self {
         let log = dir.join(format!("{identity}.log"));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
+        // A wrapper (for example `heaptrack -o /tmp/op`) to profile the operator under a test.
+        let wrapper = std::env::var("IMGREP_TEST_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(tool) => {
+                let mut c = Command::new(tool);
+                c.args(words).arg(env!("CARGO_BIN_EXE_image-replication-operator"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_image-replication-operator")),
+        };
+        let child = cmd
             .args([
                 "run",
                 "--http-addr",
