@@ -11,6 +11,7 @@
 //! - [`huawei`], [`alibaba`], [`aws`], [`tencent`]: the clouds' own copy APIs, on the signed
 //!   HTTP plumbing of [`crate::cloud`] (signing, error classes, throttling backoff, EC2 XML).
 
+pub mod catalog;
 pub mod engine;
 #[cfg(test)]
 pub mod fake;

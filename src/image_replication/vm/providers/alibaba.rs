@@ -7,12 +7,11 @@
 //! a copy whose answer was lost is found by that tag before anything is retried.
 //! `CancelCopyImage` stops a pending copy; `DeleteImage` removes a destination image.
 
-use futures::future::BoxFuture;
 use serde_json::Value;
 
+use super::super::catalog::Catalog;
 use super::super::{
-    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
-    TOKEN_PROPERTY, TaskState,
+    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, TOKEN_PROPERTY,
 };
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
@@ -252,6 +251,26 @@ impl Alibaba {
             .cloned()
             .unwrap_or_default())
     }
+}
+
+impl Catalog for Alibaba {
+    type Image = Value;
+    const KIND: ProviderKind = ProviderKind::Alibaba;
+    const SERVICE: &'static str = "ECS";
+    const CAN_CANCEL: bool = true;
+
+    async fn lookup(
+        &self,
+        acct: &Account,
+        region: &str,
+        selector: &ImageSelector,
+    ) -> Result<Vec<Value>, ProviderError> {
+        let (k, v) = match selector {
+            ImageSelector::Id(id) => ("ImageId", id),
+            ImageSelector::Name(n) => ("ImageName", n),
+        };
+        self.images(acct, region, &[(k, v.clone())]).await
+    }
 
     async fn image(&self, acct: &Account, region: &str, id: &str) -> Result<Option<Value>, ProviderError> {
         Ok(self
@@ -259,6 +278,25 @@ impl Alibaba {
             .await?
             .into_iter()
             .find(|i| i.get("ImageId").and_then(Value::as_str) == Some(id)))
+    }
+
+    fn id(image: &Value) -> String {
+        image.get("ImageId").and_then(Value::as_str).unwrap_or("").to_string()
+    }
+
+    fn name(image: &Value) -> String {
+        image.get("ImageName").and_then(Value::as_str).unwrap_or("").to_string()
+    }
+
+    fn parse(image: &Value) -> ImageInfo {
+        parse_image(image)
+    }
+
+    fn state(image: &Value) -> (ImageState, Option<i32>) {
+        (
+            image_state(image.get("Status").and_then(Value::as_str).unwrap_or("")),
+            progress(image),
+        )
     }
 
     async fn find(&self, acct: &Account, req: &CopyRequest) -> Result<Option<CopyHandle>, ProviderError> {
@@ -278,169 +316,73 @@ impl Alibaba {
             .and_then(|i| i.get("ImageId").and_then(Value::as_str).map(String::from))
             .map(CopyHandle::of_image))
     }
-}
 
-impl ImageService for Alibaba {
-    fn kind(&self) -> ProviderKind {
-        ProviderKind::Alibaba
+    async fn request_copy(&self, acct: &Account, req: &CopyRequest) -> Result<CopyHandle, ProviderError> {
+        // ClientToken: a retried request after a crash or a lost answer returns the same
+        // copy (the token is ASCII and at most 64 characters, as the API requires).
+        let mut p: Vec<(&str, String)> = vec![
+            ("RegionId", req.source_region.clone()),
+            ("ClientToken", req.token.clone()),
+            ("ImageId", req.source.id.clone()),
+            ("DestinationRegionId", req.region.clone()),
+            ("DestinationImageName", req.name.clone()),
+        ];
+        if let Some(d) = &req.description {
+            p.push(("DestinationDescription", d.clone()));
+        }
+        if let Some(k) = &req.kms_key_id {
+            p.push(("Encrypted", "true".into()));
+            p.push(("KMSKeyId", k.clone()));
+        }
+        if let Some(g) = &req.resource_group_id {
+            p.push(("ResourceGroupId", g.clone()));
+        }
+        let mut all: Vec<(String, String)> = req.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        all.push((TOKEN_PROPERTY.into(), req.token.clone()));
+        let keys: Vec<(String, String, String, String)> = all
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k, v))| (format!("Tag.{}.Key", i + 1), k, format!("Tag.{}.Value", i + 1), v))
+            .collect();
+        for (kk, k, vk, v) in &keys {
+            p.push((kk.as_str(), k.clone()));
+            p.push((vk.as_str(), v.clone()));
+        }
+        let v = self.call(acct, &req.source_region, "CopyImage", &p).await?;
+        let id = v
+            .get("ImageId")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ProviderError::transient("CopyImage: the answer has no ImageId"))?;
+        Ok(CopyHandle::of_image(id))
     }
 
-    fn can_cancel(&self) -> bool {
-        true
-    }
-
-    fn describe<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        image: &'a ImageSelector,
-    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>> {
-        Box::pin(async move {
-            let (k, field, v) = match image {
-                ImageSelector::Id(id) => ("ImageId", "ImageId", id.as_str()),
-                ImageSelector::Name(n) => ("ImageName", "ImageName", n.as_str()),
-            };
-            let found = self.images(acct, region, &[(k, v.to_string())]).await?;
-            let exact = found
-                .into_iter()
-                .filter(|i| i.get(field).and_then(Value::as_str) == Some(v))
-                .map(|i| (i.get("ImageId").and_then(Value::as_str).unwrap_or("").to_string(), i))
-                .collect();
-            cloud::exactly_one("ECS", region, v, exact).map(|i| parse_image(&i))
-        })
-    }
-
-    fn start_copy<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-    ) -> BoxFuture<'a, Result<CopyHandle, ProviderError>> {
-        Box::pin(async move {
-            if let Some(h) = self.find(acct, req).await? {
-                return Ok(h);
-            }
-            // ClientToken: a retried request after a crash or a lost answer returns the same
-            // copy (the token is ASCII and at most 64 characters, as the API requires).
-            let mut p: Vec<(&str, String)> = vec![
-                ("RegionId", req.source_region.clone()),
-                ("ClientToken", req.token.clone()),
-                ("ImageId", req.source.id.clone()),
-                ("DestinationRegionId", req.region.clone()),
-                ("DestinationImageName", req.name.clone()),
-            ];
-            if let Some(d) = &req.description {
-                p.push(("DestinationDescription", d.clone()));
-            }
-            if let Some(k) = &req.kms_key_id {
-                p.push(("Encrypted", "true".into()));
-                p.push(("KMSKeyId", k.clone()));
-            }
-            if let Some(g) = &req.resource_group_id {
-                p.push(("ResourceGroupId", g.clone()));
-            }
-            let mut all: Vec<(String, String)> = req.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            all.push((TOKEN_PROPERTY.into(), req.token.clone()));
-            let keys: Vec<(String, String, String, String)> = all
-                .into_iter()
-                .enumerate()
-                .map(|(i, (k, v))| (format!("Tag.{}.Key", i + 1), k, format!("Tag.{}.Value", i + 1), v))
-                .collect();
-            for (kk, k, vk, v) in &keys {
-                p.push((kk.as_str(), k.clone()));
-                p.push((vk.as_str(), v.clone()));
-            }
-            let v = self.call(acct, &req.source_region, "CopyImage", &p).await?;
-            let id = v
-                .get("ImageId")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ProviderError::transient("CopyImage: the answer has no ImageId"))?;
-            Ok(CopyHandle::of_image(id))
-        })
-    }
-
-    fn find_copy<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-    ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>> {
-        Box::pin(self.find(acct, req))
-    }
-
-    fn poll<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-        handle: &'a CopyHandle,
-    ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
-        Box::pin(async move {
-            let id = handle.image()?;
-            let img = self.image(acct, &req.region, id).await?;
-            let view = img.map(|i| {
-                let st = image_state(i.get("Status").and_then(Value::as_str).unwrap_or(""));
-                (st, progress(&i))
-            });
-            Ok(TaskState::of_image(id, req.source.size_bytes, view))
-        })
-    }
-
-    fn cancel<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        handle: &'a CopyHandle,
-    ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        Box::pin(async move {
-            let Some(id) = &handle.image_id else { return Ok(()) };
-            let r = self
-                .call(
-                    acct,
-                    region,
-                    "CancelCopyImage",
-                    &[("RegionId", region.to_string()), ("ImageId", id.clone())],
-                )
-                .await;
-            match r {
-                // Finished meanwhile: a cancelled copy leaves no image, so it goes too.
-                Err(e) if e.message.contains("IncorrectImageStatus") => self.delete_image(acct, region, None, id).await,
-                r => cloud::gone_is_ok(r),
-            }
-        })
-    }
-
-    fn delete_image<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        _project: Option<&'a str>,
-        image_id: &'a str,
-    ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        Box::pin(async move {
-            cloud::gone_is_ok(
-                self.call(
-                    acct,
-                    region,
-                    "DeleteImage",
-                    &[("RegionId", region.to_string()), ("ImageId", image_id.to_string())],
-                )
-                .await,
+    async fn cancel(&self, acct: &Account, region: &str, handle: &CopyHandle) -> Result<(), ProviderError> {
+        let Some(id) = &handle.image_id else { return Ok(()) };
+        let r = self
+            .call(
+                acct,
+                region,
+                "CancelCopyImage",
+                &[("RegionId", region.to_string()), ("ImageId", id.clone())],
             )
-        })
+            .await;
+        match r {
+            // Finished meanwhile: a cancelled copy leaves no image, so it goes too.
+            Err(e) if e.message.contains("IncorrectImageStatus") => self.delete(acct, region, id).await,
+            r => cloud::gone_is_ok(r),
+        }
     }
 
-    fn image_exists<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        _project: Option<&'a str>,
-        image_id: &'a str,
-    ) -> BoxFuture<'a, Result<bool, ProviderError>> {
-        Box::pin(async move {
-            Ok(self.image(acct, region, image_id).await?.is_some_and(|i| {
-                i.get("Status")
-                    .and_then(Value::as_str)
-                    .is_some_and(|s| matches!(s, "Available" | "Creating" | "Waiting"))
-            }))
-        })
+    async fn delete(&self, acct: &Account, region: &str, image_id: &str) -> Result<(), ProviderError> {
+        cloud::gone_is_ok(
+            self.call(
+                acct,
+                region,
+                "DeleteImage",
+                &[("RegionId", region.to_string()), ("ImageId", image_id.to_string())],
+            )
+            .await,
+        )
     }
 }
 

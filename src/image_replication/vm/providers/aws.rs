@@ -7,11 +7,9 @@
 //! (`pending` -> `available`). A pending copy is cancelled, and a copied image deleted, by
 //! `DeregisterImage`; deleting also removes the copy's EBS snapshots.
 
-use futures::future::BoxFuture;
-
+use super::super::catalog::Catalog;
 use super::super::{
-    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
-    TOKEN_PROPERTY, TaskState,
+    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, TOKEN_PROPERTY,
 };
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::xml::{self, Node};
@@ -261,6 +259,38 @@ impl Aws {
             .unwrap_or_default())
     }
 
+    fn tag_params(req: &CopyRequest, prefix: &str) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = req.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        all.push((TOKEN_PROPERTY.into(), req.token.clone()));
+        all.into_iter()
+            .enumerate()
+            .flat_map(|(i, (k, v))| {
+                [
+                    (format!("{prefix}Tag.{}.Key", i + 1), k),
+                    (format!("{prefix}Tag.{}.Value", i + 1), v),
+                ]
+            })
+            .collect()
+    }
+}
+
+impl Catalog for Aws {
+    type Image = Node;
+    const KIND: ProviderKind = ProviderKind::Aws;
+    const SERVICE: &'static str = "EC2";
+    const CAN_CANCEL: bool = true;
+
+    async fn lookup(&self, acct: &Account, region: &str, selector: &ImageSelector) -> Result<Vec<Node>, ProviderError> {
+        let params: Vec<(String, String)> = match selector {
+            ImageSelector::Id(id) => vec![("ImageId.1".into(), id.clone())],
+            ImageSelector::Name(n) => vec![
+                ("Filter.1.Name".into(), "name".into()),
+                ("Filter.1.Value.1".into(), n.clone()),
+            ],
+        };
+        self.images(acct, region, &params).await
+    }
+
     async fn image(&self, acct: &Account, region: &str, id: &str) -> Result<Option<Node>, ProviderError> {
         match self.images(acct, region, &[("ImageId.1".into(), id.into())]).await {
             Ok(v) => Ok(v.into_iter().find(|i| i.text_at("imageId").as_deref() == Some(id))),
@@ -288,184 +318,87 @@ impl Aws {
             .map(CopyHandle::of_image))
     }
 
-    fn tag_params(req: &CopyRequest, prefix: &str) -> Vec<(String, String)> {
-        let mut all: Vec<(String, String)> = req.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        all.push((TOKEN_PROPERTY.into(), req.token.clone()));
-        all.into_iter()
-            .enumerate()
-            .flat_map(|(i, (k, v))| {
-                [
-                    (format!("{prefix}Tag.{}.Key", i + 1), k),
-                    (format!("{prefix}Tag.{}.Value", i + 1), v),
-                ]
-            })
-            .collect()
-    }
-}
-
-impl ImageService for Aws {
-    fn kind(&self) -> ProviderKind {
-        ProviderKind::Aws
+    fn id(image: &Node) -> String {
+        image.text_at("imageId").unwrap_or_default()
     }
 
-    fn can_cancel(&self) -> bool {
-        true
+    fn name(image: &Node) -> String {
+        image.text_at("name").unwrap_or_default()
     }
 
-    fn describe<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        image: &'a ImageSelector,
-    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>> {
-        Box::pin(async move {
-            let (params, field, v): (Vec<(String, String)>, &str, &str) = match image {
-                ImageSelector::Id(id) => (vec![("ImageId.1".into(), id.clone())], "imageId", id.as_str()),
-                ImageSelector::Name(n) => (
-                    vec![
-                        ("Filter.1.Name".into(), "name".into()),
-                        ("Filter.1.Value.1".into(), n.clone()),
-                    ],
-                    "name",
-                    n.as_str(),
-                ),
-            };
-            let found = self.images(acct, region, &params).await?;
-            let exact = found
-                .into_iter()
-                .filter(|i| i.text_at(field).as_deref() == Some(v))
-                .map(|i| (i.text_at("imageId").unwrap_or_default(), i))
-                .collect();
-            cloud::exactly_one("EC2", region, v, exact).map(|i| parse_image(&i))
-        })
+    fn parse(image: &Node) -> ImageInfo {
+        parse_image(image)
     }
 
-    fn start_copy<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-    ) -> BoxFuture<'a, Result<CopyHandle, ProviderError>> {
-        Box::pin(async move {
-            if let Some(h) = self.find(acct, req).await? {
-                return Ok(h);
-            }
-            let mut p: Vec<(String, String)> = vec![
-                ("SourceImageId".into(), req.source.id.clone()),
-                ("SourceRegion".into(), req.source_region.clone()),
-                ("Name".into(), req.name.clone()),
-                ("ClientToken".into(), req.token.clone()),
-            ];
-            if let Some(d) = &req.description {
-                p.push(("Description".into(), d.clone()));
-            }
-            if let Some(k) = &req.kms_key_id {
-                p.push(("Encrypted".into(), "true".into()));
-                p.push(("KmsKeyId".into(), k.clone()));
-            }
-            p.push(("TagSpecification.1.ResourceType".into(), "image".into()));
-            p.extend(Self::tag_params(req, "TagSpecification.1."));
-            let doc = self.call(acct, &req.region, "CopyImage", &p).await?;
-            let id = doc
-                .text_at("imageId")
-                .ok_or_else(|| ProviderError::transient("CopyImage: the answer has no imageId"))?;
-            Ok(CopyHandle::of_image(id))
-        })
+    fn state(image: &Node) -> (ImageState, Option<i32>) {
+        let state = match image_state(&image.text_at("imageState").unwrap_or_default()) {
+            ImageState::Unusable(s) => ImageState::Unusable(format!(
+                "{s}: {}",
+                image.text_at("stateReason/message").unwrap_or_default()
+            )),
+            st => st,
+        };
+        (state, None)
     }
 
-    fn find_copy<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-    ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>> {
-        Box::pin(self.find(acct, req))
+    async fn request_copy(&self, acct: &Account, req: &CopyRequest) -> Result<CopyHandle, ProviderError> {
+        let mut p: Vec<(String, String)> = vec![
+            ("SourceImageId".into(), req.source.id.clone()),
+            ("SourceRegion".into(), req.source_region.clone()),
+            ("Name".into(), req.name.clone()),
+            ("ClientToken".into(), req.token.clone()),
+        ];
+        if let Some(d) = &req.description {
+            p.push(("Description".into(), d.clone()));
+        }
+        if let Some(k) = &req.kms_key_id {
+            p.push(("Encrypted".into(), "true".into()));
+            p.push(("KmsKeyId".into(), k.clone()));
+        }
+        p.push(("TagSpecification.1.ResourceType".into(), "image".into()));
+        p.extend(Self::tag_params(req, "TagSpecification.1."));
+        let doc = self.call(acct, &req.region, "CopyImage", &p).await?;
+        let id = doc
+            .text_at("imageId")
+            .ok_or_else(|| ProviderError::transient("CopyImage: the answer has no imageId"))?;
+        Ok(CopyHandle::of_image(id))
     }
 
-    fn poll<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-        handle: &'a CopyHandle,
-    ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
-        Box::pin(async move {
-            let id = handle.image()?;
-            let img = self.image(acct, &req.region, id).await?;
-            let view = img.as_ref().map(|i| {
-                let st = match image_state(&i.text_at("imageState").unwrap_or_default()) {
-                    ImageState::Unusable(s) => {
-                        ImageState::Unusable(format!("{s}: {}", i.text_at("stateReason/message").unwrap_or_default()))
-                    }
-                    st => st,
-                };
-                (st, None)
-            });
-            // TagSpecification tags the copy at creation; make sure (some EC2-compatible
-            // endpoints ignore it) before reporting success.
-            if let (Some((ImageState::Available, _)), Some(i)) = (&view, &img)
-                && !tags(i).iter().any(|(k, v)| k == TOKEN_PROPERTY && *v == req.token)
-            {
-                let mut p: Vec<(String, String)> = vec![("ResourceId.1".into(), id.to_string())];
-                p.extend(Self::tag_params(req, ""));
-                self.call(acct, &req.region, "CreateTags", &p).await?;
-            }
-            Ok(TaskState::of_image(id, req.source.size_bytes, view))
-        })
+    /// TagSpecification tags the copy at creation; make sure (some EC2-compatible endpoints
+    /// ignore it) before reporting success.
+    async fn settle(&self, acct: &Account, req: &CopyRequest, image: &Node) -> Result<(), ProviderError> {
+        if !tags(image).iter().any(|(k, v)| k == TOKEN_PROPERTY && *v == req.token) {
+            let mut p: Vec<(String, String)> = vec![("ResourceId.1".into(), Self::id(image))];
+            p.extend(Self::tag_params(req, ""));
+            self.call(acct, &req.region, "CreateTags", &p).await?;
+        }
+        Ok(())
     }
 
-    fn cancel<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        handle: &'a CopyHandle,
-    ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        Box::pin(async move {
-            match &handle.image_id {
-                Some(id) => self.delete_image(acct, region, None, id).await,
-                None => Ok(()),
-            }
-        })
+    /// A pending copy is cancelled by deregistering it.
+    async fn cancel(&self, acct: &Account, region: &str, handle: &CopyHandle) -> Result<(), ProviderError> {
+        match &handle.image_id {
+            Some(id) => self.delete(acct, region, id).await,
+            None => Ok(()),
+        }
     }
 
-    fn delete_image<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        _project: Option<&'a str>,
-        image_id: &'a str,
-    ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        Box::pin(async move {
-            let snaps = match self.image(acct, region, image_id).await? {
-                Some(img) => snapshots(&img),
-                None => return Ok(()),
-            };
+    async fn delete(&self, acct: &Account, region: &str, image_id: &str) -> Result<(), ProviderError> {
+        let snaps = match self.image(acct, region, image_id).await? {
+            Some(img) => snapshots(&img),
+            None => return Ok(()),
+        };
+        cloud::gone_is_ok(
+            self.call(acct, region, "DeregisterImage", &[("ImageId".into(), image_id.into())])
+                .await,
+        )?;
+        for s in snaps {
             cloud::gone_is_ok(
-                self.call(acct, region, "DeregisterImage", &[("ImageId".into(), image_id.into())])
+                self.call(acct, region, "DeleteSnapshot", &[("SnapshotId".into(), s)])
                     .await,
             )?;
-            for s in snaps {
-                cloud::gone_is_ok(
-                    self.call(acct, region, "DeleteSnapshot", &[("SnapshotId".into(), s)])
-                        .await,
-                )?;
-            }
-            Ok(())
-        })
-    }
-
-    fn image_exists<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        _project: Option<&'a str>,
-        image_id: &'a str,
-    ) -> BoxFuture<'a, Result<bool, ProviderError>> {
-        Box::pin(async move {
-            Ok(self.image(acct, region, image_id).await?.is_some_and(|i| {
-                matches!(
-                    i.text_at("imageState").as_deref(),
-                    Some("available" | "pending" | "transient")
-                )
-            }))
-        })
+        }
+        Ok(())
     }
 }
 

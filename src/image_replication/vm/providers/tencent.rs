@@ -8,12 +8,10 @@
 //! no client token or tags, so a copy whose answer was lost is found by its name in the
 //! destination region, created no earlier than the attempt started.
 
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use super::super::{
-    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError, TaskState,
-};
+use super::super::catalog::Catalog;
+use super::super::{Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError};
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
 
@@ -271,6 +269,29 @@ impl Tencent {
         let v = self.call(acct, region, "DescribeImages", q).await?;
         Ok(v.get("ImageSet").and_then(Value::as_array).cloned().unwrap_or_default())
     }
+}
+
+impl Catalog for Tencent {
+    type Image = Value;
+    const KIND: ProviderKind = ProviderKind::Tencent;
+    const SERVICE: &'static str = "CVM";
+    const CAN_CANCEL: bool = false;
+
+    async fn lookup(
+        &self,
+        acct: &Account,
+        region: &str,
+        selector: &ImageSelector,
+    ) -> Result<Vec<Value>, ProviderError> {
+        let query = match selector {
+            ImageSelector::Id(id) => json!({"ImageIds": [id]}),
+            ImageSelector::Name(n) => json!({"Filters": [{"Name": "image-name", "Values": [n]}]}),
+        };
+        match self.images(acct, region, query).await {
+            Err(e) if e.not_found => Ok(Vec::new()),
+            r => r,
+        }
+    }
 
     async fn image(&self, acct: &Account, region: &str, id: &str) -> Result<Option<Value>, ProviderError> {
         match self.images(acct, region, json!({"ImageIds": [id]})).await {
@@ -304,155 +325,65 @@ impl Tencent {
             _ => None,
         })
     }
-}
 
-impl ImageService for Tencent {
-    fn kind(&self) -> ProviderKind {
-        ProviderKind::Tencent
+    fn id(image: &Value) -> String {
+        image.get("ImageId").and_then(Value::as_str).unwrap_or("").to_string()
     }
 
-    fn can_cancel(&self) -> bool {
-        false
+    fn name(image: &Value) -> String {
+        image.get("ImageName").and_then(Value::as_str).unwrap_or("").to_string()
     }
 
-    fn describe<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        image: &'a ImageSelector,
-    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>> {
-        Box::pin(async move {
-            let (query, field, v) = match image {
-                ImageSelector::Id(id) => (json!({"ImageIds": [id]}), "ImageId", id.as_str()),
-                ImageSelector::Name(n) => (
-                    json!({"Filters": [{"Name": "image-name", "Values": [n]}]}),
-                    "ImageName",
-                    n.as_str(),
-                ),
-            };
-            let found = match self.images(acct, region, query).await {
-                Err(e) if e.not_found => Vec::new(),
-                r => r?,
-            };
-            let exact = found
-                .into_iter()
-                .filter(|i| i.get(field).and_then(Value::as_str) == Some(v))
-                .map(|i| (i.get("ImageId").and_then(Value::as_str).unwrap_or("").to_string(), i))
-                .collect();
-            cloud::exactly_one("CVM", region, v, exact).map(|i| parse_image(&i))
-        })
+    fn parse(image: &Value) -> ImageInfo {
+        parse_image(image)
     }
 
-    fn start_copy<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-    ) -> BoxFuture<'a, Result<CopyHandle, ProviderError>> {
-        Box::pin(async move {
-            if let Some(h) = self.find(acct, req).await? {
-                return Ok(h);
-            }
-            let mut body = json!({
-                "ImageIds": [req.source.id],
-                "DestinationRegions": [req.region],
-                "ImageName": req.name,
-                "ImageSetRequired": true,
-            });
-            if let Some(k) = &req.kms_key_id {
-                body["Encrypt"] = json!(true);
-                body["KmsKeyId"] = json!(k);
-            }
-            // Pre-flight: a refusal (region not supported, image state) comes before any work.
-            let mut dry = body.clone();
-            dry["DryRun"] = json!(true);
-            match self.call(acct, &req.source_region, "SyncImages", dry).await {
-                Ok(_) => {}
-                Err(e) if e.message.contains("DryRunOperation") => {}
-                Err(e) => return Err(e),
-            }
-            let v = self.call(acct, &req.source_region, "SyncImages", body).await?;
-            let id = v
-                .get("ImageSet")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .find(|i| i.get("Region").and_then(Value::as_str) == Some(req.region.as_str()))
-                .and_then(|i| i.get("ImageId").and_then(Value::as_str))
-                .ok_or_else(|| ProviderError::transient("SyncImages: the answer has no image for the destination"))?;
-            Ok(CopyHandle::of_image(id))
-        })
+    fn state(image: &Value) -> (ImageState, Option<i32>) {
+        (
+            image_state(image.get("ImageState").and_then(Value::as_str).unwrap_or("")),
+            image.get("SyncPercent").and_then(Value::as_i64).map(|p| p as i32),
+        )
     }
 
-    fn find_copy<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-    ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>> {
-        Box::pin(self.find(acct, req))
+    async fn request_copy(&self, acct: &Account, req: &CopyRequest) -> Result<CopyHandle, ProviderError> {
+        let mut body = json!({
+            "ImageIds": [req.source.id],
+            "DestinationRegions": [req.region],
+            "ImageName": req.name,
+            "ImageSetRequired": true,
+        });
+        if let Some(k) = &req.kms_key_id {
+            body["Encrypt"] = json!(true);
+            body["KmsKeyId"] = json!(k);
+        }
+        // Pre-flight: a refusal (region not supported, image state) comes before any work.
+        let mut dry = body.clone();
+        dry["DryRun"] = json!(true);
+        match self.call(acct, &req.source_region, "SyncImages", dry).await {
+            Ok(_) => {}
+            Err(e) if e.message.contains("DryRunOperation") => {}
+            Err(e) => return Err(e),
+        }
+        let v = self.call(acct, &req.source_region, "SyncImages", body).await?;
+        let id = v
+            .get("ImageSet")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|i| i.get("Region").and_then(Value::as_str) == Some(req.region.as_str()))
+            .and_then(|i| i.get("ImageId").and_then(Value::as_str))
+            .ok_or_else(|| ProviderError::transient("SyncImages: the answer has no image for the destination"))?;
+        Ok(CopyHandle::of_image(id))
     }
 
-    fn poll<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-        handle: &'a CopyHandle,
-    ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
-        Box::pin(async move {
-            let id = handle.image()?;
-            let img = self.image(acct, &req.region, id).await?;
-            let view = img.map(|i| {
-                let st = image_state(i.get("ImageState").and_then(Value::as_str).unwrap_or(""));
-                (st, i.get("SyncPercent").and_then(Value::as_i64).map(|p| p as i32))
-            });
-            Ok(TaskState::of_image(id, req.source.size_bytes, view))
-        })
+    async fn cancel(&self, _acct: &Account, _region: &str, _handle: &CopyHandle) -> Result<(), ProviderError> {
+        Err(ProviderError::permanent("Tencent CVM cannot cancel an image sync"))
     }
 
-    fn cancel<'a>(
-        &'a self,
-        _acct: &'a Account,
-        _region: &'a str,
-        _handle: &'a CopyHandle,
-    ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        Box::pin(async { Err(ProviderError::permanent("Tencent CVM cannot cancel an image sync")) })
-    }
-
-    fn delete_image<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        _project: Option<&'a str>,
-        image_id: &'a str,
-    ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        Box::pin(async move {
-            cloud::gone_is_ok(
-                // DeleteBindedSnap: the copy's snapshots go with it (deletionPolicy Delete).
-                self.call(
-                    acct,
-                    region,
-                    "DeleteImages",
-                    json!({"ImageIds": [image_id], "DeleteBindedSnap": true}),
-                )
-                .await,
-            )
-        })
-    }
-
-    fn image_exists<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        _project: Option<&'a str>,
-        image_id: &'a str,
-    ) -> BoxFuture<'a, Result<bool, ProviderError>> {
-        Box::pin(async move {
-            Ok(self.image(acct, region, image_id).await?.is_some_and(|i| {
-                matches!(
-                    i.get("ImageState").and_then(Value::as_str),
-                    Some("NORMAL" | "USING" | "CREATING" | "SYNCING")
-                )
-            }))
-        })
+    /// DeleteBindedSnap: the copy's snapshots go with it (deletionPolicy Delete).
+    async fn delete(&self, acct: &Account, region: &str, image_id: &str) -> Result<(), ProviderError> {
+        let body = json!({"ImageIds": [image_id], "DeleteBindedSnap": true});
+        cloud::gone_is_ok(self.call(acct, region, "DeleteImages", body).await)
     }
 }
 

@@ -1,0 +1,185 @@
+//! One shape for the clouds whose own API copies an image between regions and answers with the
+//! destination image at once (Alibaba ECS `CopyImage`, AWS EC2 `CopyImage`, Tencent CVM
+//! `SyncImages`): each says in a small [`Catalog`] how it lists and reads its images, asks for a
+//! copy, finds one by our token and removes one; the adapter below makes every `Catalog` an
+//! [`ImageService`] that describes, starts, finds, polls and checks copies the same way.
+//!
+//! Huawei IMS (copy jobs polled by job id, projects) and OpenStack (the operator moves the
+//! bytes itself) differ in what they do and implement [`ImageService`] themselves.
+
+use std::future::Future;
+
+use futures::future::BoxFuture;
+
+use super::{
+    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError, TaskState,
+};
+use crate::api::v1alpha1::ProviderKind;
+use crate::cloud;
+
+/// What one such cloud defines: its image record and the calls on it.
+pub trait Catalog: Send + Sync {
+    /// The cloud's image record (JSON for ECS and CVM, an XML node for EC2).
+    type Image: Send + Sync;
+    const KIND: ProviderKind;
+    /// The service's name in messages (`ECS`).
+    const SERVICE: &'static str;
+    /// Whether an in-flight copy can be cancelled.
+    const CAN_CANCEL: bool;
+
+    /// The images `selector` may name in `region`; the adapter keeps the exact matches.
+    fn lookup(
+        &self,
+        acct: &Account,
+        region: &str,
+        selector: &ImageSelector,
+    ) -> impl Future<Output = Result<Vec<Self::Image>, ProviderError>> + Send;
+    /// One image by id, if it exists.
+    fn image(
+        &self,
+        acct: &Account,
+        region: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<Self::Image>, ProviderError>> + Send;
+    fn id(image: &Self::Image) -> String;
+    fn name(image: &Self::Image) -> String;
+    fn parse(image: &Self::Image) -> ImageInfo;
+    /// The image's state, and the copy's progress percent where the cloud reports one.
+    fn state(image: &Self::Image) -> (ImageState, Option<i32>);
+    /// The copy started with `req.token` in `req.region`, if any.
+    fn find(
+        &self,
+        acct: &Account,
+        req: &CopyRequest,
+    ) -> impl Future<Output = Result<Option<CopyHandle>, ProviderError>> + Send;
+    /// Ask for a copy (`find` found none).
+    fn request_copy(
+        &self,
+        acct: &Account,
+        req: &CopyRequest,
+    ) -> impl Future<Output = Result<CopyHandle, ProviderError>> + Send;
+    /// Done before an available copy is reported (EC2 makes sure of our tag).
+    fn settle(
+        &self,
+        _acct: &Account,
+        _req: &CopyRequest,
+        _image: &Self::Image,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send {
+        async { Ok(()) }
+    }
+    /// Cancel a copy in flight; the partial destination image goes with it.
+    fn cancel(
+        &self,
+        acct: &Account,
+        region: &str,
+        handle: &CopyHandle,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    /// Delete a destination image; absent already is success.
+    fn delete(&self, acct: &Account, region: &str, id: &str) -> impl Future<Output = Result<(), ProviderError>> + Send;
+}
+
+impl<C: Catalog> ImageService for C {
+    fn kind(&self) -> ProviderKind {
+        C::KIND
+    }
+
+    fn can_cancel(&self) -> bool {
+        C::CAN_CANCEL
+    }
+
+    fn describe<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        image: &'a ImageSelector,
+    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>> {
+        Box::pin(async move {
+            let wanted = match image {
+                ImageSelector::Id(v) | ImageSelector::Name(v) => v.as_str(),
+            };
+            let exact = self
+                .lookup(acct, region, image)
+                .await?
+                .into_iter()
+                .filter(|i| match image {
+                    ImageSelector::Id(id) => C::id(i) == *id,
+                    ImageSelector::Name(n) => C::name(i) == *n,
+                })
+                .map(|i| (C::id(&i), i))
+                .collect();
+            cloud::exactly_one(C::SERVICE, region, wanted, exact).map(|i| C::parse(&i))
+        })
+    }
+
+    fn start_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+    ) -> BoxFuture<'a, Result<CopyHandle, ProviderError>> {
+        Box::pin(async move {
+            // A copy whose answer was lost is found by its token before another is asked for.
+            match self.find(acct, req).await? {
+                Some(h) => Ok(h),
+                None => self.request_copy(acct, req).await,
+            }
+        })
+    }
+
+    fn find_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+    ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>> {
+        Box::pin(self.find(acct, req))
+    }
+
+    fn poll<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+        handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
+        Box::pin(async move {
+            let id = handle.image()?;
+            let img = self.image(acct, &req.region, id).await?;
+            let view = img.as_ref().map(C::state);
+            if let (Some((ImageState::Available, _)), Some(i)) = (&view, &img) {
+                self.settle(acct, req, i).await?;
+            }
+            Ok(TaskState::of_image(id, req.source.size_bytes, view))
+        })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(Catalog::cancel(self, acct, region, handle))
+    }
+
+    fn delete_image<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        _project: Option<&'a str>,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(self.delete(acct, region, image_id))
+    }
+
+    /// Usable or still being made.
+    fn image_exists<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        _project: Option<&'a str>,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ProviderError>> {
+        Box::pin(async move {
+            let img = self.image(acct, region, image_id).await?;
+            Ok(img.is_some_and(|i| matches!(C::state(&i).0, ImageState::Available | ImageState::Creating)))
+        })
+    }
+}
