@@ -187,6 +187,34 @@ async fn a_concurrent_fleet_sync_uploads_each_blob_once() {
     );
 }
 
+/// `maxConcurrentTransfers` bounds the blobs whose bytes move at once across a sync (it let
+/// each of that many artifacts move its layers side by side: 2 artifacts, 4 blobs each).
+#[tokio::test(flavor = "multi_thread")]
+async fn max_concurrent_transfers_bounds_the_blobs_moving_at_once() {
+    use support::faulty::{Fault, FaultyProxy};
+    let (p, r) = (TestRegistry::start(), TestRegistry::start());
+    let mut want = Vec::new();
+    for (repo, seed) in [("fleet/a", "1"), ("fleet/b", "2"), ("fleet/c", "3")] {
+        let args = ["--platforms", "linux/amd64", "--seed", seed, "--layers", "3"];
+        want.push((repo, p.seed(repo, "v1", &args).0));
+    }
+    let proxy = FaultyProxy::start(r.url(), Fault::SlowPatches(300)).await;
+    let mut s = spec(&p, &r, true);
+    s.replica.as_mut().unwrap().registry = Some(proxy.url());
+    s.sync.max_concurrent_transfers = 2;
+    let none = SecretCredentials::default();
+    let report = ReplicaSyncer::default()
+        .sync(&s, None, &none, &none, &SyncProgress::default())
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    for (repo, digest) in want {
+        assert_eq!(r.digest_of(repo, "v1"), Some(digest), "{repo}");
+    }
+    let peak = proxy.patch_peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(peak, 2, "blob uploads at once with maxConcurrentTransfers: 2");
+}
+
 /// The unique blob bytes a registry stores (its `blobs/` tree), and the upload sessions it
 /// still holds (`_uploads/` entries of every repository).
 fn stored(r: &TestRegistry) -> (u64, Vec<String>) {

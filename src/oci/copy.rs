@@ -63,6 +63,10 @@ pub struct CopyOptions {
     pub max_blob_failures: u32,
     /// Optional upload rate limit, shared by the copies that share these options.
     pub bandwidth: Option<std::sync::Arc<RateLimiter>>,
+    /// Optional bound on the blobs whose bytes move at once, shared by the copies that share
+    /// these options. A slot is held while a blob streams and let go while its transfer waits
+    /// out a backoff, so copies waiting on a registry do not keep others from moving bytes.
+    pub transfer_slots: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 impl Default for CopyOptions {
@@ -73,6 +77,7 @@ impl Default for CopyOptions {
             referrers: true,
             max_blob_failures: 6,
             bandwidth: None,
+            transfer_slots: None,
         }
     }
 }
@@ -531,6 +536,11 @@ impl Engine {
             if failures > 0 {
                 tokio::time::sleep(src.retry.delay(failures)).await;
             }
+            // Held for this try; a `continue 'resume` lets it go before the backoff above.
+            let _slot = match &job.opts.transfer_slots {
+                Some(slots) => Some(slots.acquire().await.expect("transfer slots never closed")),
+                None => None,
+            };
             let resp = match src.get_blob(job.src_repo, digest, confirmed).await {
                 Ok(r) => r,
                 Err(e) => {

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::api::v1alpha1::ReplicaInstanceSpec;
 use crate::image_replication::oci::SecretCredentials;
@@ -58,26 +58,37 @@ pub async fn inventory(
         .into_iter()
         .filter(|r| diff::selects_repo(&spec.sync.filters, r))
         .collect();
-    let mut inv = Inventory::new();
-    for repo in names {
-        let tags: Vec<String> = reg
-            .tags(&repo)
-            .await?
+    // Every repository's tags, then every tag's digest, `concurrency` requests at a time
+    // across repositories: one after another, each request that waited out a 429 or a
+    // backoff held up the whole listing.
+    let tags: Vec<(String, Vec<String>)> = futures::stream::iter(names.into_iter().map(|repo| async move {
+        let tags = reg.tags(&repo).await?;
+        let tags = tags
             .into_iter()
             .filter(|t| diff::selects(&spec.sync.filters, &repo, t))
             .collect();
-        let heads = futures::stream::iter(tags.into_iter().map(|t| {
-            let repo = repo.clone();
-            async move { (reg.head_manifest(&repo, &t).await, t) }
+        Ok::<_, OciError>((repo, tags))
+    }))
+    .buffer_unordered(concurrency.max(1))
+    .try_collect()
+    .await?;
+    let mut inv = Inventory::new();
+    let mut wanted = Vec::new();
+    for (repo, tags) in tags {
+        inv.entry(repo.clone()).or_default();
+        wanted.extend(tags.into_iter().map(|t| (repo.clone(), t)));
+    }
+    let heads: Vec<(String, String, Option<String>)> =
+        futures::stream::iter(wanted.into_iter().map(|(repo, t)| async move {
+            let d = reg.head_manifest(&repo, &t).await?;
+            Ok::<_, OciError>((repo, t, d))
         }))
         .buffer_unordered(concurrency.max(1))
-        .collect::<Vec<_>>()
-        .await;
-        let entry = inv.entry(repo.clone()).or_default();
-        for (d, t) in heads {
-            if let Some(d) = d? {
-                entry.insert(t, d);
-            }
+        .try_collect()
+        .await?;
+    for (repo, t, d) in heads {
+        if let Some(d) = d {
+            inv.entry(repo).or_default().insert(t, d);
         }
     }
     Ok(inv)
@@ -155,7 +166,10 @@ impl ReplicaSyncer {
             .as_deref()
             .and_then(crate::validation::parse_quantity)
             .map(|b| std::sync::Arc::new(crate::oci::copy::RateLimiter::new(b)));
-        let pinv = inventory(&primary, spec, repos.as_ref(), n).await?;
+        // maxConcurrentTransfers: the blobs moving bytes at once across this sync.
+        opts.transfer_slots = Some(std::sync::Arc::new(tokio::sync::Semaphore::new(n)));
+        // Listing requests are light: as many at once as artifacts in progress.
+        let pinv = inventory(&primary, spec, repos.as_ref(), n * ARTIFACTS_PER_SLOT).await?;
         // The replica is listed only for the repositories the primary has, unless deletions
         // propagate (then a repository emptied on the primary matters too).
         let replica_repos: BTreeSet<String> = match (&repos, spec.sync.deletes) {
@@ -165,21 +179,23 @@ impl ReplicaSyncer {
             }
             (None, _) => pinv.keys().cloned().collect(),
         };
-        let rinv = inventory(&replica, spec, Some(&replica_repos), n).await?;
+        let rinv = inventory(&replica, spec, Some(&replica_repos), n * ARTIFACTS_PER_SLOT).await?;
         let plan = diff::diff(&pinv, &rinv, &spec.sync);
         progress
             .total
             .store(plan.copy.len() as u64 + plan.delete.len() as u64, Ordering::Relaxed);
 
         let artifact = |i: &Item| format!("{}:{}", i.repository, i.tag);
-        // Up to `maxConcurrentTransfers` artifacts at once, taken round-robin across the
-        // repositories (the first tag of every repository, then the second, ...), so a
-        // repository with many tags does not hold the others back. Tags of one repository that
-        // share layers may run together: the engine uploads a blob once and the others wait for
-        // it. Artifacts waiting out a 429 or a backoff do so side by side, not in a queue.
+        // `maxConcurrentTransfers` blobs move bytes at once (the transfer slots above); up to
+        // ARTIFACTS_PER_SLOT times as many artifacts are worked on, so those reading manifests,
+        // looking for blobs or waiting out a 429 or a backoff do not hold a slot while they
+        // wait. Artifacts are taken round-robin across the repositories (the first tag of every
+        // repository, then the second, ...), so a repository with many tags does not hold the
+        // others back. Tags of one repository that share layers may run together: the engine
+        // uploads a blob once and the others wait for it.
         let results: Vec<Result<u64, Failure>> = futures::stream::iter(round_robin(plan.copy.clone()))
             .map(|item| self.copy_one(&primary, &replica, item, &opts, progress))
-            .buffer_unordered(n)
+            .buffer_unordered(n * ARTIFACTS_PER_SLOT)
             .collect()
             .await;
         let (mut bytes, mut copied) = (0u64, 0u64);
@@ -256,6 +272,9 @@ impl ReplicaSyncer {
 
 /// Items reordered round-robin by repository: the first item of each repository (in order),
 /// then the second of each, and so on; within a repository the order is kept.
+/// Artifacts in progress per transfer slot of a ReplicaInstance sync (see `sync`).
+const ARTIFACTS_PER_SLOT: usize = 4;
+
 fn round_robin(items: Vec<Item>) -> Vec<Item> {
     let mut by_repo: std::collections::BTreeMap<String, std::collections::VecDeque<Item>> = Default::default();
     for item in items {

@@ -21,6 +21,9 @@ pub enum Fault {
     /// Answer the first `n` upload PATCHes with 503 without passing them on (the registry
     /// holds nothing of them).
     FailPatches(usize),
+    /// Hold every upload PATCH this many milliseconds before passing it on (so transfers
+    /// overlap and `FaultyProxy::patch_peak` shows how many ran at once).
+    SlowPatches(u64),
     /// Answer the first `n` manifest GETs with 400 (an error no retry of that request cures).
     FailManifestGets(usize),
     /// A bearer-token gate: 401 with a Bearer challenge unless `Authorization: Bearer <token>`;
@@ -67,6 +70,25 @@ pub struct FaultyProxy {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// Request body bytes received (all methods): what crossed towards the registry.
     pub body_bytes: Arc<AtomicU64>,
+    /// The most upload PATCHes the proxy was handling at one time.
+    pub patch_peak: Arc<AtomicUsize>,
+}
+
+/// Counts a PATCH in flight while it lives, raising the peak.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(now: &Arc<AtomicUsize>, peak: &AtomicUsize) -> Self {
+        let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+        peak.fetch_max(n, Ordering::SeqCst);
+        Self(now.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl FaultyProxy {
@@ -82,10 +104,19 @@ impl FaultyProxy {
         let s2 = seen.clone();
         let body_bytes = Arc::new(AtomicU64::new(0));
         let bb = body_bytes.clone();
+        let (patch_now, patch_peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (pn, pp) = (patch_now.clone(), patch_peak.clone());
         let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
             let (client, upstream, seen, counter) = (client.clone(), upstream.clone(), s2.clone(), counter.clone());
             let body_bytes = bb.clone();
+            let (patch_now, patch_peak) = (pn.clone(), pp.clone());
             async move {
+                let _in_flight = (method == Method::PATCH).then(|| InFlight::enter(&patch_now, &patch_peak));
+                if let Fault::SlowPatches(ms) = fault
+                    && method == Method::PATCH
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                }
                 body_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
                 let range = headers.get("range").and_then(|v| v.to_str().ok()).map(String::from);
                 let path = uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
@@ -239,7 +270,12 @@ impl FaultyProxy {
             }
         });
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { port, seen, body_bytes }
+        Self {
+            port,
+            seen,
+            body_bytes,
+            patch_peak,
+        }
     }
 
     pub fn url(&self) -> String {

@@ -167,7 +167,8 @@ pub struct SyncSpec {
     /// false: a replica tag that points at another digest is left alone and reported.
     #[serde(default = "default_true")]
     pub overwrite: bool,
-    /// Transfers in flight at once for this object (1 to 64).
+    /// Blob transfers moving bytes at once for this object (1 to 64); up to four times as many
+    /// artifacts are worked on, so those waiting on a registry do not hold a transfer.
     #[serde(default = "default_transfers")]
     #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 64").message("maxConcurrentTransfers must be between 1 and 64"))]
     pub max_concurrent_transfers: i32,
