@@ -255,6 +255,48 @@ async fn wait_for_crds(client: &Client, timeout: Duration) -> anyhow::Result<()>
     Ok(())
 }
 
+/// The controllers' context from the flags.
+fn context(
+    args: &RunArgs,
+    client: Client,
+    identity: &str,
+    metrics: &Metrics,
+    notifications: &Arc<image_replication_operator::replica_instance::notify::Notifications>,
+) -> Context {
+    Context::new(client, identity, metrics.clone(), provider::Registry::builtin())
+        .with_resync(Duration::from_secs(args.resync_seconds.max(1)))
+        .with_vm_settings(args.vm.settings(
+            Duration::from_secs(args.resync_seconds.max(1)),
+            image_replication_operator::plan::MAX_ATTEMPTS,
+        ))
+        .with_notifications(notifications.clone())
+        .with_installation(
+            &args
+                .installation
+                .clone()
+                .unwrap_or_else(|| format!("{}/{}", args.lease_namespace, args.lease_name)),
+            args.adopt_objects,
+        )
+}
+
+/// The egress policy: the allow lists, and the API server (the configured one and the
+/// in-cluster Service) always allowed.
+fn egress_policy(lists: &EgressArgs, config: &kube::Config) -> anyhow::Result<egress::Policy> {
+    let mut policy = egress::Policy::from_lists(&lists.egress_registry_hosts, &lists.egress_cloud_hosts)
+        .map_err(anyhow::Error::msg)?;
+    if let Some(host) = config.cluster_url.host() {
+        let port = config.cluster_url.port_u16().unwrap_or(443);
+        policy = policy.with_api_server(host, port);
+    }
+    if let (Ok(h), Ok(p)) = (
+        std::env::var("KUBERNETES_SERVICE_HOST"),
+        std::env::var("KUBERNETES_SERVICE_PORT").map(|p| p.parse::<u16>().unwrap_or(443)),
+    ) {
+        policy = policy.with_api_server(&h, p);
+    }
+    Ok(policy)
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let identity = args
@@ -290,19 +332,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = kube::Config::infer()
         .await
         .context("reading the Kubernetes client configuration (kubeconfig or in-cluster)")?;
-    let mut policy = egress::Policy::from_lists(&args.egress.egress_registry_hosts, &args.egress.egress_cloud_hosts)
-        .map_err(anyhow::Error::msg)?;
-    if let Some(host) = config.cluster_url.host() {
-        let port = config.cluster_url.port_u16().unwrap_or(443);
-        policy = policy.with_api_server(host, port);
-    }
-    if let (Ok(h), Ok(p)) = (
-        std::env::var("KUBERNETES_SERVICE_HOST"),
-        std::env::var("KUBERNETES_SERVICE_PORT").map(|p| p.parse::<u16>().unwrap_or(443)),
-    ) {
-        policy = policy.with_api_server(&h, p);
-    }
-    egress::install(policy);
+    egress::install(egress_policy(&args.egress, &config)?);
     let client = Client::try_from(config).context("building the Kubernetes client")?;
     let mut crd_stop = stop_rx.clone();
     tokio::select! {
@@ -329,22 +359,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     metrics.leader.set(1);
     info!(identity = %identity, "starting controllers");
 
-    let ctx = Arc::new(
-        Context::new(client, &identity, metrics.clone(), provider::Registry::builtin())
-            .with_resync(Duration::from_secs(args.resync_seconds.max(1)))
-            .with_vm_settings(args.vm.settings(
-                Duration::from_secs(args.resync_seconds.max(1)),
-                image_replication_operator::plan::MAX_ATTEMPTS,
-            ))
-            .with_notifications(notifications.clone())
-            .with_installation(
-                &args
-                    .installation
-                    .clone()
-                    .unwrap_or_else(|| format!("{}/{}", args.lease_namespace, args.lease_name)),
-                args.adopt_objects,
-            ),
-    );
+    let ctx = Arc::new(context(&args, client, &identity, &metrics, &notifications));
     notifications.set_active(true);
     let mut controllers = tokio::spawn(controller::run(
         ctx,

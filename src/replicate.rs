@@ -208,11 +208,46 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
         live.push(i);
     }
 
+    oci_run(&mut objects, &live, &replicator, &tasks, &wake, &m.secrets, opts, out).await;
+
+    if !vm_live.is_empty() {
+        let secrets = &m.secret_data;
+        let mut vm_objects: Vec<(ImageReplication, Arc<dyn ImageService>)> =
+            vm_live.into_iter().map(|(i, p)| (objects[i].clone(), p)).collect();
+        all_ready &= vm_run(&mut vm_objects, secrets, opts, out).await;
+    }
+
+    for &i in &live {
+        let o = &objects[i];
+        let st = o.status.clone().unwrap_or_default();
+        let what = format!("ImageReplication {}", o.name_any());
+        all_ready &= report(out, &what, &st.conditions, &st.summary.unwrap_or_default());
+    }
+    if let Some(p) = &opts.blob_cache {
+        save_blob_cache(p, &[&replicator.engine, &syncer.engine], out);
+    }
+    print_upload_trouble(&replicator.budgets, &syncer.budgets, out);
+    all_ready
+}
+
+/// Drive the oci ImageReplications (`live`: their indexes in `objects`) until none has work
+/// left: plan each, start its copies, print each destination's line when it changes.
+#[allow(clippy::too_many_arguments)]
+async fn oci_run(
+    objects: &mut [ImageReplication],
+    live: &[usize],
+    replicator: &Arc<OciReplicator>,
+    tasks: &Arc<Tasks>,
+    wake: &tokio::sync::Notify,
+    secrets: &HashMap<String, SecretCredentials>,
+    opts: &Options,
+    out: &mut (dyn Write + Send),
+) {
     let mut last_line: HashMap<(usize, String), String> = HashMap::new();
     let never = Duration::from_secs(365 * 24 * 3600);
     loop {
         let mut busy = false;
-        for &i in &live {
+        for &i in live {
             let o = &mut objects[i];
             let key = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
             let now = Time(Timestamp::now());
@@ -224,7 +259,7 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
                 .provider
                 .credentials_secret_ref
                 .as_ref()
-                .and_then(|s| m.secrets.get(&s.name).cloned())
+                .and_then(|s| secrets.get(&s.name).cloned())
                 .unwrap_or_default();
             for (region, _) in &p.start {
                 let st = p.status.destinations.iter().find(|d| &d.region == region);
@@ -272,29 +307,12 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
     }
+}
 
-    if !vm_live.is_empty() {
-        let secrets = &m.secret_data;
-        let mut vm_objects: Vec<(ImageReplication, Arc<dyn ImageService>)> =
-            vm_live.into_iter().map(|(i, p)| (objects[i].clone(), p)).collect();
-        all_ready &= vm_run(&mut vm_objects, secrets, opts, out).await;
-    }
-
-    for &i in &live {
-        let o = &objects[i];
-        let st = o.status.clone().unwrap_or_default();
-        let what = format!("ImageReplication {}", o.name_any());
-        all_ready &= report(out, &what, &st.conditions, &st.summary.unwrap_or_default());
-    }
-    if let Some(p) = &opts.blob_cache {
-        save_blob_cache(p, &[&replicator.engine, &syncer.engine], out);
-    }
-    for (host, restarts, left) in replicator
-        .budgets
-        .upload_trouble()
-        .into_iter()
-        .chain(syncer.budgets.upload_trouble())
-    {
+/// Per registry host: blob uploads restarted from byte 0, and sessions the registry refused to
+/// cancel.
+fn print_upload_trouble(image: &crate::oci::Budgets, replica: &crate::oci::Budgets, out: &mut (dyn Write + Send)) {
+    for (host, restarts, left) in image.upload_trouble().into_iter().chain(replica.upload_trouble()) {
         if restarts > 0 {
             let _ = writeln!(
                 out,
@@ -308,7 +326,6 @@ pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> 
             );
         }
     }
-    all_ready
 }
 
 /// One full sync of a ReplicaInstance (oci), planned and reported like the controller does.

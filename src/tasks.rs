@@ -3,6 +3,7 @@
 //! tasks as the plan says.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -10,32 +11,144 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use crate::oci::{CopyReport, OciError, Progress};
 use crate::plan::TaskView;
 
-type Outcome = Result<CopyReport, (String, String)>;
-
-struct Entry {
-    progress: Arc<Progress>,
-    resync: bool,
-    result: Arc<Mutex<Option<Outcome>>>,
-    handle: tokio::task::AbortHandle,
-}
+/// How a task ended: its result, or the reason and message of its error.
+pub type Outcome<R> = Result<R, (String, String)>;
 
 /// Called with the object key when one of its tasks finishes.
 pub type OnDone = Arc<dyn Fn(&str) + Send + Sync>;
 
+struct Entry<P, R> {
+    progress: Arc<P>,
+    /// What the owner marks a task with: a drift check, a full sync.
+    flag: bool,
+    result: Arc<Mutex<Option<Outcome<R>>>>,
+    handle: tokio::task::AbortHandle,
+}
+
+/// A task as its owner sees it.
+pub enum Seen<'a, P, R> {
+    Running {
+        progress: &'a P,
+        flag: bool,
+    },
+    /// Finished (and collected: gone from the set).
+    Finished {
+        outcome: Outcome<R>,
+        flag: bool,
+    },
+}
+
+/// Background tasks keyed by `K`, each with its progress `P`; one per key at a time. The one
+/// task registry of the operator: oci copies ([`Tasks`]) and ReplicaInstance syncs
+/// (`SyncTasks` of the ReplicaInstance oci backend) are built on it.
+pub struct TaskSet<K, P, R> {
+    map: Mutex<HashMap<K, Entry<P, R>>>,
+    on_done: OnDone,
+}
+
+impl<K: Eq + Hash + Clone, P: Send + Sync + 'static, R: Send + 'static> TaskSet<K, P, R> {
+    pub fn new(on_done: OnDone) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            on_done,
+        }
+    }
+
+    /// Start `work` unless a task runs under `key`; when it ends, `on_done` is called with
+    /// `object`. Returns whether it started.
+    pub fn start<F>(&self, key: K, object: &str, flag: bool, progress: Arc<P>, work: F) -> bool
+    where
+        F: Future<Output = Result<R, OciError>> + Send + 'static,
+    {
+        let mut map = self.map.lock().expect("tasks lock");
+        if map.contains_key(&key) {
+            return false;
+        }
+        let result = Arc::new(Mutex::new(None));
+        let (r2, on_done, object) = (result.clone(), self.on_done.clone(), object.to_string());
+        let handle = tokio::spawn(async move {
+            let outcome = work.await.map_err(|e| (e.reason().to_string(), e.to_string()));
+            *r2.lock().expect("result lock") = Some(outcome);
+            on_done(&object);
+        })
+        .abort_handle();
+        map.insert(
+            key,
+            Entry {
+                progress,
+                flag,
+                result,
+                handle,
+            },
+        );
+        true
+    }
+
+    /// What the tasks whose key `matches` are doing; the finished ones are collected (removed)
+    /// here, so the caller must record their results.
+    pub fn collect<V>(
+        &self,
+        matches: impl Fn(&K) -> bool,
+        mut see: impl FnMut(&K, Seen<'_, P, R>) -> V,
+    ) -> Vec<(K, V)> {
+        let mut map = self.map.lock().expect("tasks lock");
+        let mut out = Vec::new();
+        let mut finished = Vec::new();
+        for (k, e) in map.iter().filter(|(k, _)| matches(k)) {
+            let taken = e.result.lock().expect("result lock").take();
+            let seen = match taken {
+                None => Seen::Running {
+                    progress: e.progress.as_ref(),
+                    flag: e.flag,
+                },
+                Some(outcome) => {
+                    finished.push(k.clone());
+                    Seen::Finished { outcome, flag: e.flag }
+                }
+            };
+            out.push((k.clone(), see(k, seen)));
+        }
+        for k in finished {
+            map.remove(&k);
+        }
+        out
+    }
+
+    /// Cancel the tasks whose key `matches`; returns how many were cancelled.
+    pub fn cancel(&self, matches: impl Fn(&K) -> bool) -> usize {
+        let mut map = self.map.lock().expect("tasks lock");
+        let keys: Vec<K> = map.keys().filter(|k| matches(k)).cloned().collect();
+        for k in &keys {
+            if let Some(e) = map.remove(k) {
+                e.handle.abort();
+            }
+        }
+        keys.len()
+    }
+
+    /// Tasks running in all.
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("tasks lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The running copy tasks of every object.
 pub struct Tasks {
-    map: Mutex<HashMap<(String, String), Entry>>,
+    /// Keyed by (object, destination region); the flag marks a drift check.
+    set: TaskSet<(String, String), Progress, CopyReport>,
     /// When each destination's copy was last found good (a copy or a drift check finished).
     checked: Mutex<HashMap<(String, String), Time>>,
-    on_done: OnDone,
 }
 
 impl Tasks {
     pub fn new(on_done: OnDone) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            set: TaskSet::new(on_done),
             checked: Mutex::new(HashMap::new()),
-            on_done,
         }
     }
 
@@ -65,48 +178,40 @@ impl Tasks {
     /// the caller must record their results. A task that succeeded marks its destination checked
     /// at `now`.
     pub fn collect(&self, key: &str, now: &Time) -> HashMap<String, TaskView> {
-        let mut map = self.map.lock().expect("tasks lock");
-        let mut out = HashMap::new();
-        let mut finished = Vec::new();
-        for ((k, region), e) in map.iter() {
-            if k != key {
-                continue;
-            }
-            let view = match e.result.lock().expect("result lock").take() {
-                None => {
-                    let (done, total) = e.progress.snapshot();
+        let views = self.set.collect(
+            |(k, _)| k == key,
+            |_, seen| match seen {
+                Seen::Running { progress, flag } => {
+                    let (done, total) = progress.snapshot();
                     TaskView::Running {
                         done,
                         total,
-                        resync: e.resync,
+                        resync: flag,
                     }
                 }
-                Some(Ok(r)) => {
-                    finished.push(region.clone());
-                    TaskView::Succeeded {
-                        digest: r.digest,
-                        bytes_total: r.bytes_total,
-                        up_to_date: r.up_to_date,
-                        resync: e.resync,
-                    }
-                }
-                Some(Err((reason, message))) => {
-                    finished.push(region.clone());
-                    TaskView::Failed {
-                        reason,
-                        message,
-                        resync: e.resync,
-                    }
-                }
-            };
-            out.insert(region.clone(), view);
-        }
+                Seen::Finished { outcome: Ok(r), flag } => TaskView::Succeeded {
+                    digest: r.digest,
+                    bytes_total: r.bytes_total,
+                    up_to_date: r.up_to_date,
+                    resync: flag,
+                },
+                Seen::Finished {
+                    outcome: Err((reason, message)),
+                    flag,
+                } => TaskView::Failed {
+                    reason,
+                    message,
+                    resync: flag,
+                },
+            },
+        );
         let mut checked = self.checked.lock().expect("checked lock");
-        for region in finished {
-            if matches!(out.get(&region), Some(TaskView::Succeeded { .. })) {
+        let mut out = HashMap::new();
+        for ((_, region), view) in views {
+            if matches!(view, TaskView::Succeeded { .. }) {
                 checked.insert((key.to_string(), region.clone()), now.clone());
             }
-            map.remove(&(key.to_string(), region));
+            out.insert(region, view);
         }
         out
     }
@@ -116,28 +221,8 @@ impl Tasks {
     where
         F: Future<Output = Result<CopyReport, OciError>> + Send + 'static,
     {
-        let mut map = self.map.lock().expect("tasks lock");
-        let k = (key.to_string(), region.to_string());
-        if map.contains_key(&k) {
-            return;
-        }
-        let result = Arc::new(Mutex::new(None));
-        let (r2, on_done, key2) = (result.clone(), self.on_done.clone(), key.to_string());
-        let handle = tokio::spawn(async move {
-            let outcome = work.await.map_err(|e| (e.reason().to_string(), e.to_string()));
-            *r2.lock().expect("result lock") = Some(outcome);
-            on_done(&key2);
-        })
-        .abort_handle();
-        map.insert(
-            k,
-            Entry {
-                progress,
-                resync,
-                result,
-                handle,
-            },
-        );
+        self.set
+            .start((key.to_string(), region.to_string()), key, resync, progress, work);
     }
 
     /// Forget an object that is gone (its check times).
@@ -147,22 +232,15 @@ impl Tasks {
 
     /// Cancel every task of an object; returns how many were cancelled.
     pub fn cancel_all(&self, key: &str) -> usize {
-        let mut map = self.map.lock().expect("tasks lock");
-        let keys: Vec<_> = map.keys().filter(|(k, _)| k == key).cloned().collect();
-        for k in &keys {
-            if let Some(e) = map.remove(k) {
-                e.handle.abort();
-            }
-        }
-        keys.len()
+        self.set.cancel(|(k, _)| k == key)
     }
 
     /// Tasks running in all.
     pub fn len(&self) -> usize {
-        self.map.lock().expect("tasks lock").len()
+        self.set.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.set.is_empty()
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::api::v1alpha1::{ImageReplicationSpec, ProviderKind, ReplicaInstanceSpec, ReplicaProvider};
+use crate::api::v1alpha1::{DestinationSpec, ImageReplicationSpec, ProviderKind, ReplicaInstanceSpec, ReplicaProvider};
 use crate::{egress, regions};
 
 /// One broken rule.
@@ -91,16 +91,62 @@ fn check_region_of(out: &mut Vec<Violation>, kind: ProviderKind, field: &str, re
     }
 }
 
-/// Validate an ImageReplication spec.
 /// Tags an Alibaba ECS CopyImage request may carry (`Tag.N`, N <= 20).
 pub const ALIBABA_MAX_TAGS: usize = 20;
 
+/// Validate an ImageReplication spec: every rule it breaks, each naming its field.
 pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
     let mut out = Vec::new();
     let kind = spec.provider.kind;
     let src = &spec.source;
 
-    check_region_of(&mut out, kind, "spec.source.region", &src.region);
+    source_and_provider(&mut out, spec);
+
+    if spec.destinations.is_empty() {
+        out.push(Violation::new(
+            "spec.destinations",
+            "NoDestinations",
+            "at least one destination is required",
+        ));
+    }
+    if spec.destinations.len() > 64 {
+        out.push(Violation::new(
+            "spec.destinations",
+            "TooManyDestinations",
+            format!("at most 64 destinations are allowed, got {}", spec.destinations.len()),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, d) in spec.destinations.iter().enumerate() {
+        let f = |name: &str| format!("spec.destinations[{i}].{name}");
+        check_region_of(&mut out, kind, &f("region"), &d.region);
+        if !seen.insert(d.region.as_str()) {
+            out.push(Violation::new(
+                f("region"),
+                "DuplicateDestinationRegion",
+                format!(
+                    "region {} appears more than once; destination regions must be unique",
+                    d.region
+                ),
+            ));
+        }
+        destination(&mut out, spec, i, d);
+    }
+    if kind == ProviderKind::Oci
+        && let Some(r) = &src.reference
+        && let Err(e) = crate::oci::ImageRef::parse(r)
+    {
+        out.push(Violation::new("spec.source.reference", "InvalidReference", e));
+    }
+    egress_of_image_replication(&mut out, spec);
+    out
+}
+
+/// The rules of `spec.source` and `spec.provider`.
+fn source_and_provider(out: &mut Vec<Violation>, spec: &ImageReplicationSpec) {
+    let kind = spec.provider.kind;
+    let src = &spec.source;
+    check_region_of(out, kind, "spec.source.region", &src.region);
     let set = [&src.image_id, &src.image_name, &src.reference]
         .iter()
         .filter(|o| o.as_deref().is_some_and(|s| !s.is_empty()))
@@ -155,134 +201,102 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
             "Huawei IMS cross-region replication needs provider.agency: an IAM agency with IMS Administrator in both regions",
         ));
     }
+}
 
-    if spec.destinations.is_empty() {
+/// The rules of one destination (`spec.destinations[i]`) but the uniqueness of its region.
+fn destination(out: &mut Vec<Violation>, spec: &ImageReplicationSpec, i: usize, d: &DestinationSpec) {
+    let kind = spec.provider.kind;
+    let src = &spec.source;
+    let f = |name: &str| format!("spec.destinations[{i}].{name}");
+    if d.region == src.region && d.encryption.is_none() {
         out.push(Violation::new(
-            "spec.destinations",
-            "NoDestinations",
-            "at least one destination is required",
+            f("region"),
+            "SameRegionWithoutEncryption",
+            format!(
+                "destination region {} equals source.region; a same-region copy is only allowed with encryption (copy-and-encrypt)",
+                d.region
+            ),
         ));
     }
-    if spec.destinations.len() > 64 {
+    if let Some(name) = &d.name {
+        let n = name.chars().count();
+        if !(2..=128).contains(&n) {
+            out.push(Violation::new(
+                f("name"),
+                "InvalidName",
+                format!("name must be 2 to 128 characters long, got {n}"),
+            ));
+        }
+    }
+    if d.encryption.is_some() && matches!(kind, ProviderKind::Huawei | ProviderKind::Openstack | ProviderKind::Oci) {
         out.push(Violation::new(
-            "spec.destinations",
-            "TooManyDestinations",
-            format!("at most 64 destinations are allowed, got {}", spec.destinations.len()),
+            f("encryption"),
+            "EncryptionNotSupported",
+            format!("provider {} cannot encrypt a copy; remove encryption", kind.as_str()),
         ));
     }
-    let mut seen = HashSet::new();
-    for (i, d) in spec.destinations.iter().enumerate() {
-        let f = |name: &str| format!("spec.destinations[{i}].{name}");
-        check_region_of(&mut out, kind, &f("region"), &d.region);
-        if !seen.insert(d.region.as_str()) {
-            out.push(Violation::new(
-                f("region"),
-                "DuplicateDestinationRegion",
-                format!(
-                    "region {} appears more than once; destination regions must be unique",
-                    d.region
-                ),
-            ));
-        }
-        if d.region == src.region && d.encryption.is_none() {
-            out.push(Violation::new(
-                f("region"),
-                "SameRegionWithoutEncryption",
-                format!(
-                    "destination region {} equals source.region; a same-region copy is only allowed with encryption (copy-and-encrypt)",
-                    d.region
-                ),
-            ));
-        }
-        if let Some(name) = &d.name {
-            let n = name.chars().count();
-            if !(2..=128).contains(&n) {
-                out.push(Violation::new(
-                    f("name"),
-                    "InvalidName",
-                    format!("name must be 2 to 128 characters long, got {n}"),
-                ));
-            }
-        }
-        if d.encryption.is_some() && matches!(kind, ProviderKind::Huawei | ProviderKind::Openstack | ProviderKind::Oci)
-        {
-            out.push(Violation::new(
-                f("encryption"),
-                "EncryptionNotSupported",
-                format!("provider {} cannot encrypt a copy; remove encryption", kind.as_str()),
-            ));
-        }
-        if kind == ProviderKind::Tencent && d.encryption.is_some() && d.region != src.region {
-            out.push(Violation::new(
-                f("encryption"),
-                "EncryptedSyncOnlyInSourceRegion",
-                format!(
-                    "Tencent CVM copies a custom image into an encrypted one only in the source region ({}), not {}",
-                    src.region, d.region
-                ),
-            ));
-        }
-        // ECS CopyImage takes Tag.1..Tag.20, and one of them carries our idempotency token.
-        if kind == ProviderKind::Alibaba && d.tags.len() > ALIBABA_MAX_TAGS - 1 {
-            out.push(Violation::new(
-                f("tags"),
-                "TooManyTags",
-                format!(
-                    "Alibaba CopyImage takes at most {ALIBABA_MAX_TAGS} tags and the operator uses one for its idempotency token; this destination has {}, at most {} are allowed",
-                    d.tags.len(),
-                    ALIBABA_MAX_TAGS - 1
-                ),
-            ));
-        }
-        let only = |out: &mut Vec<Violation>, set: bool, field: &str, owner: ProviderKind| {
-            if set && kind != owner {
-                out.push(Violation::new(
-                    f(field),
-                    "FieldNotSupported",
-                    format!(
-                        "{field} is only used by provider {}, not {}",
-                        owner.as_str(),
-                        kind.as_str()
-                    ),
-                ));
-            }
-        };
-        only(
-            &mut out,
-            d.resource_group_id.is_some(),
-            "resourceGroupId",
-            ProviderKind::Alibaba,
-        );
-        only(&mut out, d.vault_id.is_some(), "vaultId", ProviderKind::Huawei);
-        only(&mut out, d.project.is_some(), "project", ProviderKind::Huawei);
-        only(&mut out, d.registry.is_some(), "registry", ProviderKind::Oci);
-        if kind == ProviderKind::Oci && d.registry.as_deref().is_none_or(str::is_empty) {
-            out.push(Violation::new(
-                f("registry"),
-                "RegistryRequired",
-                "every destination needs registry when provider.kind is oci",
-            ));
-        } else if kind == ProviderKind::Oci
-            && let Some(r) = d.registry.as_deref()
-        {
-            if let Err(e) = crate::oci::RegistryAddr::parse(r) {
-                out.push(Violation::new(f("registry"), "InvalidRegistry", e));
-            } else if src.reference.is_some()
-                && let Err(e) = crate::image_replication::oci::target(spec, d)
-                && e.contains(".name")
-            {
-                out.push(Violation::new(f("name"), "InvalidName", e));
-            }
-        }
+    if kind == ProviderKind::Tencent && d.encryption.is_some() && d.region != src.region {
+        out.push(Violation::new(
+            f("encryption"),
+            "EncryptedSyncOnlyInSourceRegion",
+            format!(
+                "Tencent CVM copies a custom image into an encrypted one only in the source region ({}), not {}",
+                src.region, d.region
+            ),
+        ));
     }
-    if kind == ProviderKind::Oci
-        && let Some(r) = &src.reference
-        && let Err(e) = crate::oci::ImageRef::parse(r)
+    // ECS CopyImage takes Tag.1..Tag.20, and one of them carries our idempotency token.
+    if kind == ProviderKind::Alibaba && d.tags.len() > ALIBABA_MAX_TAGS - 1 {
+        out.push(Violation::new(
+            f("tags"),
+            "TooManyTags",
+            format!(
+                "Alibaba CopyImage takes at most {ALIBABA_MAX_TAGS} tags and the operator uses one for its idempotency token; this destination has {}, at most {} are allowed",
+                d.tags.len(),
+                ALIBABA_MAX_TAGS - 1
+            ),
+        ));
+    }
+    let only = |out: &mut Vec<Violation>, set: bool, field: &str, owner: ProviderKind| {
+        if set && kind != owner {
+            out.push(Violation::new(
+                f(field),
+                "FieldNotSupported",
+                format!(
+                    "{field} is only used by provider {}, not {}",
+                    owner.as_str(),
+                    kind.as_str()
+                ),
+            ));
+        }
+    };
+    only(
+        out,
+        d.resource_group_id.is_some(),
+        "resourceGroupId",
+        ProviderKind::Alibaba,
+    );
+    only(out, d.vault_id.is_some(), "vaultId", ProviderKind::Huawei);
+    only(out, d.project.is_some(), "project", ProviderKind::Huawei);
+    only(out, d.registry.is_some(), "registry", ProviderKind::Oci);
+    if kind == ProviderKind::Oci && d.registry.as_deref().is_none_or(str::is_empty) {
+        out.push(Violation::new(
+            f("registry"),
+            "RegistryRequired",
+            "every destination needs registry when provider.kind is oci",
+        ));
+    } else if kind == ProviderKind::Oci
+        && let Some(r) = d.registry.as_deref()
     {
-        out.push(Violation::new("spec.source.reference", "InvalidReference", e));
+        if let Err(e) = crate::oci::RegistryAddr::parse(r) {
+            out.push(Violation::new(f("registry"), "InvalidRegistry", e));
+        } else if src.reference.is_some()
+            && let Err(e) = crate::image_replication::oci::target(spec, d)
+            && e.contains(".name")
+        {
+            out.push(Violation::new(f("name"), "InvalidName", e));
+        }
     }
-    egress_of_image_replication(&mut out, spec);
-    out
 }
 
 /// The egress policy installed at start-up, applied to one URL the spec names.
@@ -443,30 +457,44 @@ pub fn replica_instance(spec: &ReplicaInstanceSpec) -> Vec<Violation> {
             }
         }
     }
-    match parse_duration(&spec.sync.interval) {
+    sync_settings(&mut out, &spec.sync);
+    if spec.primary.provider == ReplicaProvider::Oci
+        && let Some(r) = &spec.primary.registry
+    {
+        check_registry_egress(&mut out, "spec.primary.registry", r);
+    }
+    if let Some(r) = spec.replica.as_ref().and_then(|t| t.registry.as_ref()) {
+        check_registry_egress(&mut out, "spec.replica.registry", r);
+    }
+    out
+}
+
+/// The rules of `spec.sync`: interval, transfers, bandwidth limit, filters.
+fn sync_settings(out: &mut Vec<Violation>, sync: &crate::api::v1alpha1::SyncSpec) {
+    match parse_duration(&sync.interval) {
         None => out.push(Violation::new(
             "spec.sync.interval",
             "InvalidInterval",
-            format!("{:?} is not a duration such as 30s, 10m or 1h30m", spec.sync.interval),
+            format!("{:?} is not a duration such as 30s, 10m or 1h30m", sync.interval),
         )),
         Some(d) if d < MIN_INTERVAL => out.push(Violation::new(
             "spec.sync.interval",
             "InvalidInterval",
-            format!("interval {} is shorter than the minimum of 30s", spec.sync.interval),
+            format!("interval {} is shorter than the minimum of 30s", sync.interval),
         )),
         Some(_) => {}
     }
-    if !(1..=64).contains(&spec.sync.max_concurrent_transfers) {
+    if !(1..=64).contains(&sync.max_concurrent_transfers) {
         out.push(Violation::new(
             "spec.sync.maxConcurrentTransfers",
             "InvalidConcurrency",
             format!(
                 "maxConcurrentTransfers must be between 1 and 64, got {}",
-                spec.sync.max_concurrent_transfers
+                sync.max_concurrent_transfers
             ),
         ));
     }
-    if let Some(b) = &spec.sync.bandwidth_limit
+    if let Some(b) = &sync.bandwidth_limit
         && parse_quantity(b).is_none_or(|n| n == 0)
     {
         out.push(Violation::new(
@@ -475,7 +503,7 @@ pub fn replica_instance(spec: &ReplicaInstanceSpec) -> Vec<Violation> {
             format!("{b:?} is not a positive quantity such as 200Mi or 50M"),
         ));
     }
-    for (i, filter) in spec.sync.filters.iter().enumerate() {
+    for (i, filter) in sync.filters.iter().enumerate() {
         for (name, list) in [
             ("repositories", &filter.repositories),
             ("tags", &filter.tags),
@@ -490,15 +518,6 @@ pub fn replica_instance(spec: &ReplicaInstanceSpec) -> Vec<Violation> {
             }
         }
     }
-    if spec.primary.provider == ReplicaProvider::Oci
-        && let Some(r) = &spec.primary.registry
-    {
-        check_registry_egress(&mut out, "spec.primary.registry", r);
-    }
-    if let Some(r) = spec.replica.as_ref().and_then(|t| t.registry.as_ref()) {
-        check_registry_egress(&mut out, "spec.replica.registry", r);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::conditions::{self, reason};
+use crate::api::conditions::{self, Desired, reason};
 use crate::api::v1alpha1::*;
 use crate::plan::{
     Announcement, Standing, TaskView, later, next_check, retry_delay, retry_requested, secs_since, standing_conditions,
@@ -58,17 +58,9 @@ pub fn oci_plan(
         let idle = TaskView::Idle;
         match tasks.get(&d.region).unwrap_or(&idle) {
             TaskView::Running { done, total, resync } => {
+                // A drift check of an Available copy shows nothing while it runs.
                 if !(*resync && s.phase == DestinationPhase::Available) {
-                    s.phase = DestinationPhase::Copying;
-                    s.started_at.get_or_insert_with(|| now.clone());
-                    s.bytes_copied = Some(*done as i64);
-                    s.bytes_total = Some(*total as i64);
-                    s.progress_percent = Some(if *total == 0 {
-                        0
-                    } else {
-                        (done * 100 / total).min(99) as i32
-                    });
-                    s.message = None;
+                    record_progress(&mut s, *done, *total, now);
                 }
                 wake.push(std::time::Duration::from_secs(2));
             }
@@ -92,77 +84,19 @@ pub fn oci_plan(
                 up_to_date,
                 resync: _,
             } => {
-                let was = s.phase;
-                // A first copy or a repair is an attempt; the byte counts are the copy's own (an
-                // up-to-date check reports none: the last real counts stay).
-                s.attempts += 1;
-                s.phase = DestinationPhase::Available;
-                s.digest = Some(digest.clone());
-                if *bytes_total > 0 || s.bytes_total.is_none() {
-                    s.bytes_total = Some(*bytes_total as i64);
-                    s.bytes_copied = Some(*bytes_total as i64);
-                }
-                s.progress_percent = Some(100);
-                s.completed_at = Some(now.clone());
-                s.message = None;
-                if was != DestinationPhase::Available {
-                    events.push(Announcement {
-                        warning: false,
-                        reason: "DestinationAvailable".into(),
-                        note: format!("{}: {digest} available", d.region),
-                    });
-                } else if !up_to_date {
-                    events.push(Announcement {
-                        warning: false,
-                        reason: "DriftRepaired".into(),
-                        note: format!("{}: the copy had drifted and was restored to {digest}", d.region),
-                    });
-                }
+                record_copied(&mut s, digest, *bytes_total, *up_to_date, now, &mut events);
                 wake.push(check_wait(&check_key(d), s.completed_at.as_ref(), now, resync));
             }
             TaskView::Failed {
                 reason,
                 message,
                 resync: _,
-            } => {
-                s.attempts += 1;
-                s.phase = DestinationPhase::Failed;
-                s.completed_at = Some(now.clone());
-                let retry = s.attempts < max_attempts;
-                s.message = Some(format!(
-                    "{reason}: {message} (attempt {}/{max_attempts}{})",
-                    s.attempts,
-                    if retry { ", will retry" } else { "" }
-                ));
-                events.push(Announcement {
-                    warning: true,
-                    reason: "DestinationFailed".into(),
-                    note: format!("{}: {}", d.region, s.message.clone().unwrap_or_default()),
-                });
-                if retry {
-                    wake.push(retry_delay(s.attempts));
-                }
+            } => record_failed(&mut s, reason, message, now, max_attempts, &mut events, &mut wake),
+            TaskView::Idle => {
+                let (go, wait) = idle_next(&s, &check_key(d), checked.get(&d.region), now, resync, max_attempts);
+                start.extend(go.map(|drift_check| (d.region.clone(), drift_check)));
+                wake.extend(wait);
             }
-            TaskView::Idle => match s.phase {
-                DestinationPhase::Available => {
-                    let last = last_check(&s, checked.get(&d.region));
-                    let due = last.map(|l| next_check(&check_key(d), l, resync));
-                    if due.is_none_or(|t| t.0.as_second() <= now.0.as_second()) {
-                        start.push((d.region.clone(), true));
-                    } else {
-                        wake.push(check_wait(&check_key(d), last, now, resync));
-                    }
-                }
-                DestinationPhase::Failed if s.attempts >= max_attempts => {}
-                DestinationPhase::Failed => {
-                    let due = retry_delay(s.attempts).as_secs() as i64;
-                    match secs_since(&s.completed_at, now) {
-                        Some(age) if age < due => wake.push(std::time::Duration::from_secs((due - age) as u64)),
-                        _ => start.push((d.region.clone(), false)),
-                    }
-                }
-                _ => start.push((d.region.clone(), false)),
-            },
         }
         if start.last().is_some_and(|(r, resync)| r == &d.region && !resync) {
             s.phase = DestinationPhase::Copying;
@@ -176,6 +110,137 @@ pub fn oci_plan(
         wake.push(std::time::Duration::from_secs(2));
     }
 
+    let (summary, desired) = oci_conditions(&destinations, max_attempts);
+    let generation = obj.metadata.generation;
+    OciPlan {
+        status: ImageReplicationStatus {
+            observed_generation: generation,
+            conditions: conditions::merge(&old.conditions, &desired, generation, now),
+            source: old.source.clone(),
+            destinations,
+            summary: Some(summary),
+            last_handled_retry: retry.or(old.last_handled_retry.clone()),
+        },
+        start,
+        requeue: wake.into_iter().min(),
+        events,
+    }
+}
+
+/// With no task running for a destination: a drift check when one is due, a failed copy
+/// again after its backoff, a copy for one that has none (`Some(drift_check)`); or how long
+/// until there is something to do.
+fn idle_next(
+    s: &DestinationStatus,
+    check_key: &str,
+    checked: Option<&Time>,
+    now: &Time,
+    resync: std::time::Duration,
+    max_attempts: i32,
+) -> (Option<bool>, Option<std::time::Duration>) {
+    match s.phase {
+        DestinationPhase::Available => {
+            let last = last_check(s, checked);
+            let due = last.map(|l| next_check(check_key, l, resync));
+            if due.is_none_or(|t| t.0.as_second() <= now.0.as_second()) {
+                (Some(true), None)
+            } else {
+                (None, Some(check_wait(check_key, last, now, resync)))
+            }
+        }
+        DestinationPhase::Failed if s.attempts >= max_attempts => (None, None),
+        DestinationPhase::Failed => {
+            let due = retry_delay(s.attempts).as_secs() as i64;
+            match secs_since(&s.completed_at, now) {
+                Some(age) if age < due => (None, Some(std::time::Duration::from_secs((due - age) as u64))),
+                _ => (Some(false), None),
+            }
+        }
+        _ => (Some(false), None),
+    }
+}
+
+/// A copy under way: Copying, with its byte counts (never 100 % before it has finished).
+fn record_progress(s: &mut DestinationStatus, done: u64, total: u64, now: &Time) {
+    s.phase = DestinationPhase::Copying;
+    s.started_at.get_or_insert_with(|| now.clone());
+    s.bytes_copied = Some(done as i64);
+    s.bytes_total = Some(total as i64);
+    s.progress_percent = Some((done * 100).checked_div(total).map_or(0, |p| p.min(99) as i32));
+    s.message = None;
+}
+
+/// A copy (first, repair or check) that succeeded: Available with the copy's digest and byte
+/// counts (an up-to-date check reports none: the last real counts stay), counted as an attempt.
+fn record_copied(
+    s: &mut DestinationStatus,
+    digest: &str,
+    bytes_total: u64,
+    up_to_date: bool,
+    now: &Time,
+    events: &mut Vec<Announcement>,
+) {
+    let was = s.phase;
+    // A first copy or a repair is an attempt; the byte counts are the copy's own (an
+    // up-to-date check reports none: the last real counts stay).
+    s.attempts += 1;
+    s.phase = DestinationPhase::Available;
+    s.digest = Some(digest.to_string());
+    if bytes_total > 0 || s.bytes_total.is_none() {
+        s.bytes_total = Some(bytes_total as i64);
+        s.bytes_copied = Some(bytes_total as i64);
+    }
+    s.progress_percent = Some(100);
+    s.completed_at = Some(now.clone());
+    s.message = None;
+    if was != DestinationPhase::Available {
+        events.push(Announcement {
+            warning: false,
+            reason: "DestinationAvailable".into(),
+            note: format!("{}: {digest} available", s.region),
+        });
+    } else if !up_to_date {
+        events.push(Announcement {
+            warning: false,
+            reason: "DriftRepaired".into(),
+            note: format!("{}: the copy had drifted and was restored to {digest}", s.region),
+        });
+    }
+}
+
+/// A copy that failed: Failed with the reason and the attempt count, retried after a backoff
+/// until `max_attempts`.
+fn record_failed(
+    s: &mut DestinationStatus,
+    reason: &str,
+    message: &str,
+    now: &Time,
+    max_attempts: i32,
+    events: &mut Vec<Announcement>,
+    wake: &mut Vec<std::time::Duration>,
+) {
+    s.attempts += 1;
+    s.phase = DestinationPhase::Failed;
+    s.completed_at = Some(now.clone());
+    let retry = s.attempts < max_attempts;
+    s.message = Some(format!(
+        "{reason}: {message} (attempt {}/{max_attempts}{})",
+        s.attempts,
+        if retry { ", will retry" } else { "" }
+    ));
+    events.push(Announcement {
+        warning: true,
+        reason: "DestinationFailed".into(),
+        note: format!("{}: {}", s.region, s.message.clone().unwrap_or_default()),
+    });
+    if retry {
+        wake.push(retry_delay(s.attempts));
+    }
+}
+
+/// The summary (`2/3 available, 1 failed`) and the conditions of an oci ImageReplication's
+/// destinations.
+fn oci_conditions(destinations: &[DestinationStatus], max_attempts: i32) -> (String, Vec<Desired>) {
     let n = destinations.len();
     let available = destinations
         .iter()
@@ -212,21 +277,7 @@ pub fn oci_plan(
     } else {
         standing_conditions(Standing::Stuck, "DestinationsFailed", format!("{summary}; {fail_text}"))
     };
-    let generation = obj.metadata.generation;
-    let status = ImageReplicationStatus {
-        observed_generation: generation,
-        conditions: conditions::merge(&old.conditions, &desired, generation, now),
-        source: old.source.clone(),
-        destinations,
-        summary: Some(summary),
-        last_handled_retry: retry.or(old.last_handled_retry.clone()),
-    };
-    OciPlan {
-        status,
-        start,
-        requeue: wake.into_iter().min(),
-        events,
-    }
+    (summary, desired)
 }
 
 /// When a destination's copy was last known good: the later of its completion and the last

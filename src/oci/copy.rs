@@ -505,6 +505,11 @@ impl Engine {
     /// there.
     ///
     /// `location` is the session in use; on an error the caller cancels whatever it is then.
+    ///
+    /// Long (about 220 lines) for a reason: one loop holds the state a resume needs — bytes
+    /// confirmed, the hash up to them, the bytes the registry holds ahead, failures and
+    /// restarts — and the source and upload halves of one PATCH run joined inside it; split
+    /// apart, that state would travel through every piece.
     async fn stream_blob(&self, job: &Job<'_>, digest: &str, size: u64, location: &mut String) -> Result<(), OciError> {
         let (src, dst) = (job.src, job.dst);
         let mut confirmed: u64 = 0; // bytes the destination holds

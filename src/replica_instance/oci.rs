@@ -293,20 +293,12 @@ fn round_robin(items: Vec<Item>) -> Vec<Item> {
 }
 
 /// A finished sync: the report, or (reason, message) of a failure of the whole sync.
-pub type SyncOutcome = Result<SyncReport, (String, String)>;
+pub type SyncOutcome = crate::tasks::Outcome<SyncReport>;
 
 impl crate::provider::ReplicaBackend for ReplicaSyncer {
     fn kind(&self) -> crate::api::v1alpha1::ReplicaProvider {
         crate::api::v1alpha1::ReplicaProvider::Oci
     }
-}
-
-/// A sync running in the background, one per object.
-struct SyncEntry {
-    progress: Arc<SyncProgress>,
-    full: bool,
-    result: Arc<Mutex<Option<SyncOutcome>>>,
-    handle: tokio::task::AbortHandle,
 }
 
 /// What a ReplicaInstance's sync is doing.
@@ -319,45 +311,45 @@ pub enum SyncView {
 
 /// The running syncs of every ReplicaInstance.
 pub struct SyncTasks {
-    map: Mutex<HashMap<String, SyncEntry>>,
+    /// Keyed by object; the flag marks a full sync.
+    set: crate::tasks::TaskSet<String, SyncProgress, SyncReport>,
     /// When each object's last full sync finished (in memory: a full sync that finds the
     /// replica in sync writes nothing to status).
     last_full: Mutex<HashMap<String, Time>>,
-    on_done: crate::tasks::OnDone,
 }
 
 impl SyncTasks {
     pub fn new(on_done: crate::tasks::OnDone) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            set: crate::tasks::TaskSet::new(on_done),
             last_full: Mutex::new(HashMap::new()),
-            on_done,
         }
     }
 
     /// The view of an object's sync; a finished one is collected here (a full one that
     /// succeeded marks the object's last full sync at `now`).
     pub fn collect(&self, key: &str, now: &Time) -> SyncView {
-        let mut map = self.map.lock().expect("sync lock");
-        let Some(e) = map.get(key) else { return SyncView::Idle };
-        let taken = e.result.lock().expect("result lock").take();
-        match taken {
-            None => SyncView::Running {
-                done: e.progress.done.load(Ordering::Relaxed),
-                total: e.progress.total.load(Ordering::Relaxed),
-                full: e.full,
-            },
-            Some(r) => {
-                if e.full && r.is_ok() {
-                    self.last_full
-                        .lock()
-                        .expect("last full lock")
-                        .insert(key.to_string(), now.clone());
+        use crate::tasks::Seen;
+        let seen = self.set.collect(
+            |k| k == key,
+            |_, seen| match seen {
+                Seen::Running { progress, flag } => SyncView::Running {
+                    done: progress.done.load(Ordering::Relaxed),
+                    total: progress.total.load(Ordering::Relaxed),
+                    full: flag,
+                },
+                Seen::Finished { outcome, flag } => {
+                    if flag && outcome.is_ok() {
+                        self.last_full
+                            .lock()
+                            .expect("last full lock")
+                            .insert(key.to_string(), now.clone());
+                    }
+                    SyncView::Finished(outcome)
                 }
-                map.remove(key);
-                SyncView::Finished(r)
-            }
-        }
+            },
+        );
+        seen.into_iter().next().map_or(SyncView::Idle, |(_, v)| v)
     }
 
     /// When the object's last full sync finished, as this process knows it. An object that
@@ -384,37 +376,11 @@ impl SyncTasks {
     where
         F: Future<Output = Result<SyncReport, OciError>> + Send + 'static,
     {
-        let mut map = self.map.lock().expect("sync lock");
-        if map.contains_key(key) {
-            return;
-        }
-        let result = Arc::new(Mutex::new(None));
-        let (r2, on_done, k2) = (result.clone(), self.on_done.clone(), key.to_string());
-        let handle = tokio::spawn(async move {
-            let out = work.await.map_err(|e| (e.reason().to_string(), e.to_string()));
-            *r2.lock().expect("result lock") = Some(out);
-            on_done(&k2);
-        })
-        .abort_handle();
-        map.insert(
-            key.to_string(),
-            SyncEntry {
-                progress,
-                full,
-                result,
-                handle,
-            },
-        );
+        self.set.start(key.to_string(), key, full, progress, work);
     }
 
     pub fn cancel(&self, key: &str) -> bool {
-        match self.map.lock().expect("sync lock").remove(key) {
-            Some(e) => {
-                e.handle.abort();
-                true
-            }
-            None => false,
-        }
+        self.set.cancel(|k| k == key) > 0
     }
 }
 

@@ -79,133 +79,12 @@ pub fn replica_plan(
             }
             requeue = Some(std::time::Duration::from_secs(2));
         }
-        SyncView::Finished(Ok(r)) => {
-            let mut fresh: Vec<SyncFailure> = r
-                .failures
-                .iter()
-                .map(|f| SyncFailure {
-                    artifact: f.artifact.clone(),
-                    reason: f.reason.clone(),
-                    message: f.message.clone(),
-                    time: now.clone(),
-                })
-                .collect();
-            fresh.extend(r.conflicts.iter().map(|(a, replica_d, primary_d)| SyncFailure {
-                artifact: a.clone(),
-                reason: "OverwriteDisabled".into(),
-                message: format!(
-                    "the replica holds {replica_d}, the primary {primary_d}; left alone because sync.overwrite is false"
-                ),
-                time: now.clone(),
-            }));
-            for f in fresh.iter().take(5) {
-                events.push(Announcement {
-                    warning: true,
-                    reason: if f.reason == "OverwriteDisabled" {
-                        "OverwriteDisabled".into()
-                    } else {
-                        "SyncFailed".into()
-                    },
-                    note: format!("{}: {}: {}", f.artifact, f.reason, f.message),
-                });
-            }
-            st.recent_failures = fresh
-                .into_iter()
-                .chain(st.recent_failures.drain(..))
-                .take(MAX_RECENT_FAILURES)
-                .collect();
-            st.bytes_transferred = Some(st.bytes_transferred.unwrap_or(0) + r.bytes as i64);
-            st.failed = Some(r.failures.len() as i64);
-            st.pending = Some(0);
-            if r.full {
-                st.last_full_sync_time = Some(now.clone());
-                st.repositories = Some(r.repositories as i64);
-                st.artifacts = Some(r.artifacts as i64);
-                let summary = format!(
-                    "{} artifacts in {} repositories; copied {}, deleted {}, {} failed, {} left alone",
-                    r.artifacts,
-                    r.repositories,
-                    r.copied,
-                    r.deleted,
-                    r.failures.len(),
-                    r.conflicts.len()
-                );
-                // A sync with failures is not "completed": it says so, naming every failed
-                // artifact (the note is bounded; the status keeps the most recent ones).
-                events.push(if r.failures.is_empty() {
-                    Announcement {
-                        warning: false,
-                        reason: "FullSyncCompleted".into(),
-                        note: summary,
-                    }
-                } else {
-                    let names: Vec<&str> = r.failures.iter().map(|f| f.artifact.as_str()).collect();
-                    Announcement {
-                        warning: true,
-                        reason: "FullSyncIncomplete".into(),
-                        note: format!("{summary}: {}", names.join(", ")),
-                    }
-                });
-            } else {
-                st.last_event_time = Some(now.clone());
-                if r.copied + r.deleted > 0 {
-                    events.push(Announcement {
-                        warning: false,
-                        reason: "EventSynced".into(),
-                        note: format!("push notifications applied: copied {}, deleted {}", r.copied, r.deleted),
-                    });
-                }
-            }
-            st.phase = Some(if r.failures.is_empty() {
-                ReplicaPhase::InSync
-            } else {
-                ReplicaPhase::Degraded
-            });
-        }
-        SyncView::Finished(Err((reason, message))) => {
-            st.recent_failures.insert(
-                0,
-                SyncFailure {
-                    artifact: "*".into(),
-                    reason: reason.clone(),
-                    message: message.clone(),
-                    time: now.clone(),
-                },
-            );
-            st.recent_failures.truncate(MAX_RECENT_FAILURES);
-            st.phase = Some(ReplicaPhase::Degraded);
-            events.push(Announcement {
-                warning: true,
-                reason: "SyncFailed".into(),
-                note: format!("{reason}: {message}"),
-            });
-        }
+        SyncView::Finished(Ok(r)) => record_sync(&mut st, r, now, &mut events),
+        SyncView::Finished(Err((reason, message))) => record_failed_sync(&mut st, reason, message, now, &mut events),
         SyncView::Idle => {}
     }
     if !running {
-        let whole_failed_at = st
-            .recent_failures
-            .first()
-            .filter(|f| f.artifact == "*")
-            .map(|f| f.time.clone());
-        let retry_wait = whole_failed_at
-            .and_then(|t| secs_since(&Some(t), now))
-            .filter(|age| *age < SYNC_RETRY.as_secs() as i64)
-            .map(|age| std::time::Duration::from_secs((SYNC_RETRY.as_secs() as i64 - age) as u64));
-        let full_age = secs_since(&later(st.last_full_sync_time.as_ref(), last_full).cloned(), now);
-        let full_due = full_age.is_none_or(|a| a >= interval.as_secs() as i64);
-        if let Some(w) =
-            retry_wait.filter(|_| matches!(view, SyncView::Idle) || matches!(view, SyncView::Finished(Err(_))))
-        {
-            requeue = Some(w);
-        } else if full_due {
-            start = Some(SyncStart::Full);
-        } else if let Some((repos, _)) = pending.filter(|(r, _)| !r.is_empty()) {
-            start = Some(SyncStart::Repositories(repos.clone()));
-        } else {
-            let left = interval.as_secs() as i64 - full_age.unwrap_or(0);
-            requeue = Some(std::time::Duration::from_secs(left.max(1) as u64));
-        }
+        (start, requeue) = next_sync(&st, view, pending, last_full, now, interval);
         if start.is_some() {
             requeue = Some(std::time::Duration::from_secs(2));
             if st.phase.is_none_or(|p| p == ReplicaPhase::Pending) {
@@ -232,8 +111,176 @@ pub fn replica_plan(
         .map(|f| format!("{}: {}", f.artifact, f.reason))
         .collect::<Vec<_>>()
         .join("; ");
+    let desired = replica_conditions(phase, busy, &fail_text);
+    let generation = obj.metadata.generation;
+    st.observed_generation = generation;
+    st.conditions = conditions::merge(&st.conditions, &desired, generation, now);
+    ReplicaPlan {
+        status: st,
+        start,
+        requeue,
+        events,
+    }
+}
+
+/// With no sync running: the sync to start (a full one when due, else the repositories
+/// notifications named), or when to look again (the rest of the wait after a sync that failed
+/// as a whole, else the time to the next full sync).
+fn next_sync(
+    st: &ReplicaInstanceStatus,
+    view: &crate::replica_instance::oci::SyncView,
+    pending: Option<(&std::collections::BTreeSet<String>, &Time)>,
+    last_full: Option<&Time>,
+    now: &Time,
+    interval: std::time::Duration,
+) -> (Option<SyncStart>, Option<std::time::Duration>) {
+    use crate::replica_instance::oci::SyncView;
+    let whole_failed_at = st
+        .recent_failures
+        .first()
+        .filter(|f| f.artifact == "*")
+        .map(|f| f.time.clone());
+    let retry_wait = whole_failed_at
+        .and_then(|t| secs_since(&Some(t), now))
+        .filter(|age| *age < SYNC_RETRY.as_secs() as i64)
+        .map(|age| std::time::Duration::from_secs((SYNC_RETRY.as_secs() as i64 - age) as u64));
+    let full_age = secs_since(&later(st.last_full_sync_time.as_ref(), last_full).cloned(), now);
+    let full_due = full_age.is_none_or(|a| a >= interval.as_secs() as i64);
+    if let Some(w) = retry_wait.filter(|_| matches!(view, SyncView::Idle) || matches!(view, SyncView::Finished(Err(_))))
+    {
+        (None, Some(w))
+    } else if full_due {
+        (Some(SyncStart::Full), None)
+    } else if let Some((repos, _)) = pending.filter(|(r, _)| !r.is_empty()) {
+        (Some(SyncStart::Repositories(repos.clone())), None)
+    } else {
+        let left = interval.as_secs() as i64 - full_age.unwrap_or(0);
+        (None, Some(std::time::Duration::from_secs(left.max(1) as u64)))
+    }
+}
+
+/// Record a finished sync in status: its failures and conflicts first in `recentFailures`
+/// (an Event for each of the first five), the bytes, the counts, the phase; a full sync also
+/// its time and a summary Event, a notification-driven one an Event if it changed anything.
+fn record_sync(
+    st: &mut ReplicaInstanceStatus,
+    r: &crate::replica_instance::oci::SyncReport,
+    now: &Time,
+    events: &mut Vec<Announcement>,
+) {
+    let mut fresh: Vec<SyncFailure> = r
+        .failures
+        .iter()
+        .map(|f| SyncFailure {
+            artifact: f.artifact.clone(),
+            reason: f.reason.clone(),
+            message: f.message.clone(),
+            time: now.clone(),
+        })
+        .collect();
+    fresh.extend(r.conflicts.iter().map(|(a, replica_d, primary_d)| SyncFailure {
+        artifact: a.clone(),
+        reason: "OverwriteDisabled".into(),
+        message: format!(
+            "the replica holds {replica_d}, the primary {primary_d}; left alone because sync.overwrite is false"
+        ),
+        time: now.clone(),
+    }));
+    for f in fresh.iter().take(5) {
+        events.push(Announcement {
+            warning: true,
+            reason: if f.reason == "OverwriteDisabled" {
+                "OverwriteDisabled".into()
+            } else {
+                "SyncFailed".into()
+            },
+            note: format!("{}: {}: {}", f.artifact, f.reason, f.message),
+        });
+    }
+    st.recent_failures = fresh
+        .into_iter()
+        .chain(st.recent_failures.drain(..))
+        .take(MAX_RECENT_FAILURES)
+        .collect();
+    st.bytes_transferred = Some(st.bytes_transferred.unwrap_or(0) + r.bytes as i64);
+    st.failed = Some(r.failures.len() as i64);
+    st.pending = Some(0);
+    if r.full {
+        st.last_full_sync_time = Some(now.clone());
+        st.repositories = Some(r.repositories as i64);
+        st.artifacts = Some(r.artifacts as i64);
+        let summary = format!(
+            "{} artifacts in {} repositories; copied {}, deleted {}, {} failed, {} left alone",
+            r.artifacts,
+            r.repositories,
+            r.copied,
+            r.deleted,
+            r.failures.len(),
+            r.conflicts.len()
+        );
+        // A sync with failures is not "completed": it says so, naming every failed
+        // artifact (the note is bounded; the status keeps the most recent ones).
+        events.push(if r.failures.is_empty() {
+            Announcement {
+                warning: false,
+                reason: "FullSyncCompleted".into(),
+                note: summary,
+            }
+        } else {
+            let names: Vec<&str> = r.failures.iter().map(|f| f.artifact.as_str()).collect();
+            Announcement {
+                warning: true,
+                reason: "FullSyncIncomplete".into(),
+                note: format!("{summary}: {}", names.join(", ")),
+            }
+        });
+    } else {
+        st.last_event_time = Some(now.clone());
+        if r.copied + r.deleted > 0 {
+            events.push(Announcement {
+                warning: false,
+                reason: "EventSynced".into(),
+                note: format!("push notifications applied: copied {}, deleted {}", r.copied, r.deleted),
+            });
+        }
+    }
+    st.phase = Some(if r.failures.is_empty() {
+        ReplicaPhase::InSync
+    } else {
+        ReplicaPhase::Degraded
+    });
+}
+
+/// Record a sync that failed as a whole (artifact `*`), for the retry wait to see.
+fn record_failed_sync(
+    st: &mut ReplicaInstanceStatus,
+    reason: &str,
+    message: &str,
+    now: &Time,
+    events: &mut Vec<Announcement>,
+) {
+    st.recent_failures.insert(
+        0,
+        SyncFailure {
+            artifact: "*".into(),
+            reason: reason.to_string(),
+            message: message.to_string(),
+            time: now.clone(),
+        },
+    );
+    st.recent_failures.truncate(MAX_RECENT_FAILURES);
+    st.phase = Some(ReplicaPhase::Degraded);
+    events.push(Announcement {
+        warning: true,
+        reason: "SyncFailed".into(),
+        note: format!("{reason}: {message}"),
+    });
+}
+
+/// The conditions of a ReplicaInstance in `phase`.
+fn replica_conditions(phase: ReplicaPhase, busy: bool, fail_text: &str) -> Vec<Desired> {
     let validated = Desired::new(VALIDATED, true, reason::VALID, "the spec passed every rule");
-    let desired = match phase {
+    match phase {
         ReplicaPhase::InSync => vec![
             Desired::new(
                 READY,
@@ -252,7 +299,7 @@ pub fn replica_plan(
             Desired::new(SYNCED, true, "InSync", "the last sync completed without failures"),
         ],
         ReplicaPhase::Degraded => vec![
-            Desired::new(READY, false, "SyncFailures", fail_text.clone()),
+            Desired::new(READY, false, "SyncFailures", fail_text),
             Desired::new(
                 RECONCILING,
                 busy,
@@ -270,15 +317,6 @@ pub fn replica_plan(
             validated,
             Desired::new(SYNCED, false, reason::PROGRESSING, "the first sync is under way"),
         ],
-    };
-    let generation = obj.metadata.generation;
-    st.observed_generation = generation;
-    st.conditions = conditions::merge(&st.conditions, &desired, generation, now);
-    ReplicaPlan {
-        status: st,
-        start,
-        requeue,
-        events,
     }
 }
 

@@ -289,6 +289,152 @@ fn failed(e: &LogEntry) -> bool {
     e.status.eq_ignore_ascii_case("failed") || e.status.eq_ignore_ascii_case("fail")
 }
 
+fn validated_ok() -> Desired {
+    Desired::new(VALIDATED, true, reason::VALID, "")
+}
+
+/// Conditions while work is under way (`r`: the reason, `m`: the message).
+fn working(r: &str, m: String) -> Vec<Desired> {
+    vec![
+        Desired::new(READY, false, r, m.clone()),
+        Desired::new(RECONCILING, true, r, m.clone()),
+        Desired::new(STALLED, false, r, ""),
+        validated_ok(),
+        Desired::new(SYNCED, false, r, m),
+    ]
+}
+
+/// Conditions of an object that cannot go on until something changes (`valid`: the spec is
+/// not at fault).
+fn stuck(r: &str, m: String, valid: bool) -> Vec<Desired> {
+    vec![
+        Desired::new(READY, false, r, m.clone()),
+        Desired::new(RECONCILING, false, r, ""),
+        Desired::new(STALLED, true, r, m.clone()),
+        if valid {
+            validated_ok()
+        } else {
+            Desired::new(VALIDATED, false, r, m.clone())
+        },
+        Desired::new(SYNCED, false, r, m),
+    ]
+}
+
+/// The replication failures to show: the API reports only the latest log entry, so failures
+/// seen are kept until a later entry for the same artifact succeeds; a failed latest entry is
+/// added once.
+fn replication_failures(old: &ReplicaInstanceStatus, o: &Observed, r: &Replica, now: &Time) -> Vec<SyncFailure> {
+    let mut failures: Vec<SyncFailure> = old
+        .recent_failures
+        .iter()
+        .filter(|f| o.log.as_ref().is_none_or(|e| failed(e) || e.source != f.artifact))
+        .cloned()
+        .collect();
+    if let Some(e) = o.log.as_ref().filter(|e| failed(e)) {
+        let f = SyncFailure {
+            artifact: e.source.clone(),
+            reason: "ReplicationFailed".into(),
+            message: format!(
+                "{} {} -> {} failed (replica {})",
+                e.resource_type, e.source, e.destination, r.id
+            ),
+            time: e.end_time.clone().unwrap_or_else(|| now.clone()),
+        };
+        if !failures.iter().any(|x| x.artifact == f.artifact && x.time == f.time) {
+            failures.insert(0, f);
+        }
+    }
+    failures
+}
+
+/// A running replica: its sync times, the replication failures seen (kept until a later
+/// entry for the same artifact succeeds, an Event for each new one), and in sync, replicating
+/// or degraded.
+fn running_replica(
+    p: &mut TcrPlan,
+    old: &ReplicaInstanceStatus,
+    o: &Observed,
+    r: &Replica,
+    id: &str,
+    now: &Time,
+) -> Vec<Desired> {
+    p.requeue = Some(Duration::from_secs(30));
+    p.status.last_full_sync_time = o.sync_time.clone().or(old.last_full_sync_time.clone());
+    p.status.last_event_time = o
+        .log
+        .as_ref()
+        .and_then(|e| e.end_time.clone())
+        .or(old.last_event_time.clone());
+    p.status.lag_seconds = Some(0);
+    let mut failures = replication_failures(old, o, r, now);
+    failures.truncate(10);
+    p.status.failed = Some(failures.len() as i64);
+    p.status.recent_failures = failures;
+    for f in &p.status.recent_failures {
+        if !old
+            .recent_failures
+            .iter()
+            .any(|o| o.artifact == f.artifact && o.time == f.time)
+        {
+            p.events.push(Announcement {
+                warning: true,
+                reason: "ReplicationFailed".into(),
+                note: f.message.clone(),
+            });
+        }
+    }
+    let syncing = o
+        .sync_status
+        .as_deref()
+        .is_some_and(|s| matches!(s.to_ascii_lowercase().as_str(), "syncing" | "running" | "inprogress"));
+    if !p.status.recent_failures.is_empty() {
+        p.status.phase = Some(ReplicaPhase::Degraded);
+        let m = format!(
+            "{} replicated artifacts failed and have not succeeded since; see recentFailures",
+            p.status.recent_failures.len()
+        );
+        vec![
+            Desired::new(READY, false, "SyncFailures", m.clone()),
+            Desired::new(RECONCILING, false, "SyncFailures", ""),
+            Desired::new(STALLED, false, "SyncFailures", ""),
+            validated_ok(),
+            Desired::new(SYNCED, false, "SyncFailures", m),
+        ]
+    } else if syncing {
+        p.status.phase = Some(ReplicaPhase::Syncing);
+        working(
+            reason::PROGRESSING,
+            format!("replica {} in {} is replicating", r.id, r.region),
+        )
+    } else {
+        if old.phase != Some(ReplicaPhase::InSync) {
+            p.events.push(Announcement {
+                warning: false,
+                reason: "ReplicaInSync".into(),
+                note: format!(
+                    "replica {} of {id} in {} is running and in sync ({})",
+                    r.id,
+                    r.region,
+                    o.sync_status.as_deref().unwrap_or("no replication yet")
+                ),
+            });
+        }
+        p.status.phase = Some(ReplicaPhase::InSync);
+        let last = o.log.as_ref().map_or_else(
+            || "nothing replicated yet".to_string(),
+            |e| format!("last replicated {} {}", e.resource_type, e.source),
+        );
+        let m = format!("replica {} of {id} in {} is in sync ({last})", r.id, r.region);
+        vec![
+            Desired::new(READY, true, reason::SUCCEEDED, m.clone()),
+            Desired::new(RECONCILING, false, reason::IDLE, ""),
+            Desired::new(STALLED, false, reason::IDLE, ""),
+            validated_ok(),
+            Desired::new(SYNCED, true, "InSync", m),
+        ]
+    }
+}
+
 /// Pure: the status of a tencent ReplicaInstance from what was observed (or the error met).
 pub fn plan(obj: &ReplicaInstance, seen: Result<&Observed, &ProviderError>, now: &Time) -> TcrPlan {
     let spec = &obj.spec;
@@ -301,29 +447,6 @@ pub fn plan(obj: &ReplicaInstance, seen: Result<&Observed, &ProviderError>, now:
             ..old.clone()
         },
         ..Default::default()
-    };
-    let validated_ok = Desired::new(VALIDATED, true, reason::VALID, "");
-    let working = |r: &str, m: String| {
-        vec![
-            Desired::new(READY, false, r, m.clone()),
-            Desired::new(RECONCILING, true, r, m.clone()),
-            Desired::new(STALLED, false, r, ""),
-            validated_ok.clone(),
-            Desired::new(SYNCED, false, r, m),
-        ]
-    };
-    let stuck = |r: &str, m: String, valid: bool| {
-        vec![
-            Desired::new(READY, false, r, m.clone()),
-            Desired::new(RECONCILING, false, r, ""),
-            Desired::new(STALLED, true, r, m.clone()),
-            if valid {
-                validated_ok.clone()
-            } else {
-                Desired::new(VALIDATED, false, r, m.clone())
-            },
-            Desired::new(SYNCED, false, r, m),
-        ]
     };
     let desired = match seen {
         Err(e) => {
@@ -377,103 +500,7 @@ pub fn plan(obj: &ReplicaInstance, seen: Result<&Observed, &ProviderError>, now:
                         format!("replica {} in {} is {}", r.id, r.region, r.status),
                     )
                 }
-                Some(r) => {
-                    p.requeue = Some(Duration::from_secs(30));
-                    p.status.last_full_sync_time = o.sync_time.clone().or(old.last_full_sync_time.clone());
-                    p.status.last_event_time = o
-                        .log
-                        .as_ref()
-                        .and_then(|e| e.end_time.clone())
-                        .or(old.last_event_time.clone());
-                    p.status.lag_seconds = Some(0);
-                    // The API reports only the latest log entry: failures seen are kept until a
-                    // later entry for the same artifact succeeds.
-                    let mut failures: Vec<SyncFailure> = old
-                        .recent_failures
-                        .iter()
-                        .filter(|f| o.log.as_ref().is_none_or(|e| failed(e) || e.source != f.artifact))
-                        .cloned()
-                        .collect();
-                    if let Some(e) = o.log.as_ref().filter(|e| failed(e)) {
-                        let f = SyncFailure {
-                            artifact: e.source.clone(),
-                            reason: "ReplicationFailed".into(),
-                            message: format!(
-                                "{} {} -> {} failed (replica {})",
-                                e.resource_type, e.source, e.destination, r.id
-                            ),
-                            time: e.end_time.clone().unwrap_or_else(|| now.clone()),
-                        };
-                        if !failures.iter().any(|x| x.artifact == f.artifact && x.time == f.time) {
-                            failures.insert(0, f);
-                        }
-                    }
-                    failures.truncate(10);
-                    p.status.failed = Some(failures.len() as i64);
-                    p.status.recent_failures = failures;
-                    for f in &p.status.recent_failures {
-                        if !old
-                            .recent_failures
-                            .iter()
-                            .any(|o| o.artifact == f.artifact && o.time == f.time)
-                        {
-                            p.events.push(Announcement {
-                                warning: true,
-                                reason: "ReplicationFailed".into(),
-                                note: f.message.clone(),
-                            });
-                        }
-                    }
-                    let syncing = o.sync_status.as_deref().is_some_and(|s| {
-                        matches!(s.to_ascii_lowercase().as_str(), "syncing" | "running" | "inprogress")
-                    });
-                    if !p.status.recent_failures.is_empty() {
-                        p.status.phase = Some(ReplicaPhase::Degraded);
-                        let m = format!(
-                            "{} replicated artifacts failed and have not succeeded since; see recentFailures",
-                            p.status.recent_failures.len()
-                        );
-                        vec![
-                            Desired::new(READY, false, "SyncFailures", m.clone()),
-                            Desired::new(RECONCILING, false, "SyncFailures", ""),
-                            Desired::new(STALLED, false, "SyncFailures", ""),
-                            validated_ok.clone(),
-                            Desired::new(SYNCED, false, "SyncFailures", m),
-                        ]
-                    } else if syncing {
-                        p.status.phase = Some(ReplicaPhase::Syncing);
-                        working(
-                            reason::PROGRESSING,
-                            format!("replica {} in {} is replicating", r.id, r.region),
-                        )
-                    } else {
-                        if old.phase != Some(ReplicaPhase::InSync) {
-                            p.events.push(Announcement {
-                                warning: false,
-                                reason: "ReplicaInSync".into(),
-                                note: format!(
-                                    "replica {} of {id} in {} is running and in sync ({})",
-                                    r.id,
-                                    r.region,
-                                    o.sync_status.as_deref().unwrap_or("no replication yet")
-                                ),
-                            });
-                        }
-                        p.status.phase = Some(ReplicaPhase::InSync);
-                        let last = o.log.as_ref().map_or_else(
-                            || "nothing replicated yet".to_string(),
-                            |e| format!("last replicated {} {}", e.resource_type, e.source),
-                        );
-                        let m = format!("replica {} of {id} in {} is in sync ({last})", r.id, r.region);
-                        vec![
-                            Desired::new(READY, true, reason::SUCCEEDED, m.clone()),
-                            Desired::new(RECONCILING, false, reason::IDLE, ""),
-                            Desired::new(STALLED, false, reason::IDLE, ""),
-                            validated_ok.clone(),
-                            Desired::new(SYNCED, true, "InSync", m),
-                        ]
-                    }
-                }
+                Some(r) => running_replica(&mut p, &old, o, r, &id, now),
             },
         },
     };

@@ -313,21 +313,7 @@ impl VmEngine {
                         .find(|s| s.region == d.region)
                         .is_none_or(|s| s.phase != DestinationPhase::Available)
                 }));
-        // Credentials the cloud refused are not tried again before their backoff ends, unless
-        // the Secret changed (read again every reconcile): then at once.
-        let held = acct.as_ref().and_then(|a| {
-            let fp = fingerprint(a);
-            self.with_mem(&key, |m| {
-                if m.auth.as_ref().is_some_and(|h| h.account != fp) {
-                    m.auth = None; // a new Secret: forget the old refusals
-                }
-                m.auth
-                    .as_ref()
-                    .filter(|h| h.until > Instant::now())
-                    .map(|h| h.error.clone())
-            })
-        });
-        let acct = match held {
+        let acct = match self.auth_held(&key, acct.as_ref()) {
             Some(e) => {
                 obs.source = Some(Err(e));
                 None
@@ -380,9 +366,32 @@ impl VmEngine {
             vplan::vm_admit(&mut plan, obj, &admissions, now, max);
         }
 
-        // Wake up for the next poll or drift check.
+        plan.requeue = self.next_wake(&key, &plan);
+        self.record_metrics(obj, &key, provider, &plan);
+        plan
+    }
+
+    /// The refusal to report while credentials the cloud refused wait out their backoff:
+    /// they are not tried again before it ends, unless the Secret changed (read again every
+    /// reconcile), then at once.
+    fn auth_held(&self, key: &str, acct: Option<&Account>) -> Option<ProviderError> {
+        let fp = fingerprint(acct?);
+        self.with_mem(key, |m| {
+            if m.auth.as_ref().is_some_and(|h| h.account != fp) {
+                m.auth = None; // a new Secret: forget the old refusals
+            }
+            m.auth
+                .as_ref()
+                .filter(|h| h.until > Instant::now())
+                .map(|h| h.error.clone())
+        })
+    }
+
+    /// When to look again: the plan's own wake-up, the next poll of a copy in flight, the next
+    /// drift check of an available one.
+    fn next_wake(&self, key: &str, plan: &VmPlan) -> Option<Duration> {
         let mut next: Vec<Duration> = plan.requeue.into_iter().collect();
-        self.with_mem(&key, |m| {
+        self.with_mem(key, |m| {
             let now_i = Instant::now();
             for s in &plan.status.destinations {
                 match s.phase {
@@ -402,9 +411,7 @@ impl VmEngine {
                 }
             }
         });
-        plan.requeue = next.into_iter().min();
-        self.record_metrics(obj, &key, provider, &plan);
-        plan
+        next.into_iter().min()
     }
 
     async fn observe_dest(

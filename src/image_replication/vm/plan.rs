@@ -184,154 +184,20 @@ pub fn vm_plan(
             s.phase = DestinationPhase::Pending;
             s.message = None;
         }
-        match (s.phase, o) {
-            (
-                DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling,
-                DestObs::Task { handle, state },
-            ) => {
-                apply_task(&mut s, handle, state, now);
-                match &state.phase {
-                    TaskPhase::Running => {
-                        if s.phase == DestinationPhase::Starting {
-                            s.phase = DestinationPhase::Copying;
-                        }
-                        s.message = None;
-                    }
-                    TaskPhase::Succeeded => {
-                        s.phase = DestinationPhase::Available;
-                        s.progress_percent = Some(100);
-                        s.bytes_copied = s.bytes_total.or(s.bytes_copied);
-                        s.digest = state.digest.clone();
-                        s.completed_at = Some(now.clone());
-                        s.message = None;
-                    }
-                    TaskPhase::Failed(msg) => fail(&mut s, msg, true, now, max_attempts, &mut wake),
-                    TaskPhase::Cancelled if before == DestinationPhase::Cancelling => {
-                        s.phase = DestinationPhase::Cancelled;
-                        s.completed_at = Some(now.clone());
-                        s.message = Some("cancelled (suspend)".into());
-                        clear_progress(&mut s);
-                    }
-                    TaskPhase::Cancelled => fail(
-                        &mut s,
-                        "the copy was cancelled outside the operator",
-                        true,
-                        now,
-                        max_attempts,
-                        &mut wake,
-                    ),
-                }
-            }
-            (DestinationPhase::Cancelling, DestObs::Cancelled) => {
-                s.phase = DestinationPhase::Cancelled;
-                s.completed_at = Some(now.clone());
-                s.message = Some("cancelled (suspend)".into());
-                clear_progress(&mut s);
-                s.task_id = None;
-                s.image_id = None;
-                s.client_token = None;
-            }
-            (DestinationPhase::Starting, DestObs::NotStarted) if *gate == Gate::Open && source.is_some() => {
-                p.start.push(d.region.clone());
-            }
-            (DestinationPhase::Starting, DestObs::StartFailed(e)) => {
-                // The token is kept: a start that failed late may still have created the copy,
-                // and the next attempt looks it up first.
-                let token = s.client_token.clone();
-                fail(&mut s, &e.message, e.retryable, now, max_attempts, &mut wake);
-                s.client_token = token;
-            }
-            (DestinationPhase::Starting | DestinationPhase::Copying, DestObs::Error(e)) if e.not_found => {
-                fail(
-                    &mut s,
-                    &format!("the copy disappeared: {}", e.message),
-                    true,
-                    now,
-                    max_attempts,
-                    &mut wake,
-                );
-            }
-            (_, DestObs::Error(e)) => {
-                s.message = Some(format!("provider error (will retry): {}", e.message));
-            }
-            (DestinationPhase::Available, DestObs::Gone) => {
-                p.events.push(Announcement {
-                    warning: true,
-                    reason: "DriftDetected".into(),
-                    note: format!(
-                        "{}: destination image {} was deleted outside the operator; copying it again",
-                        d.region,
-                        s.image_id.as_deref().unwrap_or("?")
-                    ),
-                });
-                // A fresh copy, but the attempt count goes on: the next copy's idempotency
-                // token (`...-<attempt>`) must differ from the deleted one's, or a provider that
-                // is idempotent per token hands back the deleted copy (and the Events name it).
-                s = DestinationStatus {
-                    region: d.region.clone(),
-                    attempts: s.attempts,
-                    ..Default::default()
-                };
-            }
-            _ => {}
-        }
+        let can_start = *gate == Gate::Open && source.is_some();
+        apply_observation(&mut p, &mut s, before, o, can_start, now, max_attempts, &mut wake);
 
-        // Suspend: stop what is in flight; nothing new starts.
-        if *gate == Gate::Suspended {
-            if matches!(
-                s.phase,
-                DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling
-            ) {
-                s.phase = DestinationPhase::Cancelling;
-                p.cancel.push(d.region.clone());
-            } else if s.phase == DestinationPhase::Queued {
-                s.phase = DestinationPhase::Pending;
-                s.queue_position = None;
-                s.message = Some("suspended".into());
-            }
-        }
-
-        // Candidates for a slot.
-        let retry_due = |s: &DestinationStatus, wake: &mut Vec<Duration>| {
-            if s.attempts >= max_attempts {
-                return false;
-            }
-            let due = retry_delay(s.attempts).as_secs() as i64;
-            match secs_since(&s.completed_at, now) {
-                Some(age) if age < due => {
-                    wake.push(Duration::from_secs((due - age) as u64));
-                    false
-                }
-                _ => true,
-            }
+        let order = Order {
+            created,
+            key: key.clone(),
+            index,
         };
-        let candidate = match s.phase {
-            DestinationPhase::Pending | DestinationPhase::Queued | DestinationPhase::Cancelled => true,
-            DestinationPhase::Failed => retry_due(&s, &mut wake),
-            _ => false,
+        let start_now = StartNow {
+            may_start,
+            waiting: waiting.as_deref(),
+            source_error: source_error.as_ref(),
         };
-        if candidate && *gate == Gate::Open {
-            if may_start {
-                s.phase = DestinationPhase::Queued;
-                s.message = None;
-                p.wants.push((
-                    Order {
-                        created,
-                        key: key.clone(),
-                        index,
-                    },
-                    d.region.clone(),
-                ));
-            } else if let Some(w) = &waiting {
-                s.phase = DestinationPhase::Queued;
-                s.queue_position = None;
-                s.message = Some(w.clone());
-                wake.push(Duration::from_secs(30));
-            } else if let Some(e) = &source_error {
-                s.message = Some(format!("source image: {}", e.message));
-                wake.push(Duration::from_secs(if e.retryable { 15 } else { 60 }));
-            }
-        }
+        queue_destination(&mut p, &mut s, gate, order, &start_now, now, max_attempts, &mut wake);
         if in_flight(s.phase) {
             p.running.push(d.region.clone());
             s.queue_position = None;
@@ -364,6 +230,193 @@ pub fn vm_plan(
         max_attempts,
     );
     p
+}
+
+/// Whether the copies of an object may start now, and if not why.
+struct StartNow<'a> {
+    may_start: bool,
+    /// The source image is not ready yet (the message says for what it waits).
+    waiting: Option<&'a str>,
+    /// The source image could not be read.
+    source_error: Option<&'a ProviderError>,
+}
+
+/// Suspend stops what is in flight; otherwise a destination that has no copy (or a failed one
+/// whose backoff has passed) asks for a slot (`p.wants`), or says why it cannot yet.
+#[allow(clippy::too_many_arguments)]
+fn queue_destination(
+    p: &mut VmPlan,
+    s: &mut DestinationStatus,
+    gate: &Gate,
+    order: Order,
+    start_now: &StartNow<'_>,
+    now: &Time,
+    max_attempts: i32,
+    wake: &mut Vec<Duration>,
+) {
+    let StartNow {
+        may_start,
+        waiting,
+        source_error,
+    } = *start_now;
+    // Suspend: stop what is in flight; nothing new starts.
+    if *gate == Gate::Suspended {
+        if matches!(
+            s.phase,
+            DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling
+        ) {
+            s.phase = DestinationPhase::Cancelling;
+            p.cancel.push(s.region.clone());
+        } else if s.phase == DestinationPhase::Queued {
+            s.phase = DestinationPhase::Pending;
+            s.queue_position = None;
+            s.message = Some("suspended".into());
+        }
+    }
+
+    // Candidates for a slot.
+    let retry_due = |s: &DestinationStatus, wake: &mut Vec<Duration>| {
+        if s.attempts >= max_attempts {
+            return false;
+        }
+        let due = retry_delay(s.attempts).as_secs() as i64;
+        match secs_since(&s.completed_at, now) {
+            Some(age) if age < due => {
+                wake.push(Duration::from_secs((due - age) as u64));
+                false
+            }
+            _ => true,
+        }
+    };
+    let candidate = match s.phase {
+        DestinationPhase::Pending | DestinationPhase::Queued | DestinationPhase::Cancelled => true,
+        DestinationPhase::Failed => retry_due(s, wake),
+        _ => false,
+    };
+    if candidate && *gate == Gate::Open {
+        if may_start {
+            s.phase = DestinationPhase::Queued;
+            s.message = None;
+            p.wants.push((order, s.region.clone()));
+        } else if let Some(w) = waiting {
+            s.phase = DestinationPhase::Queued;
+            s.queue_position = None;
+            s.message = Some(w.to_string());
+            wake.push(Duration::from_secs(30));
+        } else if let Some(e) = source_error {
+            s.message = Some(format!("source image: {}", e.message));
+            wake.push(Duration::from_secs(if e.retryable { 15 } else { 60 }));
+        }
+    }
+}
+
+/// Take what was observed of one destination's copy into its status: progress, success,
+/// failure (with retry backoff into `wake`), cancellation, drift (a deleted copy starts
+/// again, keeping the attempt count); a copy to start (`can_start`) goes into `p.start`.
+#[allow(clippy::too_many_arguments)]
+fn apply_observation(
+    p: &mut VmPlan,
+    s: &mut DestinationStatus,
+    before: DestinationPhase,
+    o: &DestObs,
+    can_start: bool,
+    now: &Time,
+    max_attempts: i32,
+    wake: &mut Vec<Duration>,
+) {
+    let region = s.region.clone();
+    let region = region.as_str();
+    match (s.phase, o) {
+        (
+            DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling,
+            DestObs::Task { handle, state },
+        ) => {
+            apply_task(s, handle, state, now);
+            match &state.phase {
+                TaskPhase::Running => {
+                    if s.phase == DestinationPhase::Starting {
+                        s.phase = DestinationPhase::Copying;
+                    }
+                    s.message = None;
+                }
+                TaskPhase::Succeeded => {
+                    s.phase = DestinationPhase::Available;
+                    s.progress_percent = Some(100);
+                    s.bytes_copied = s.bytes_total.or(s.bytes_copied);
+                    s.digest = state.digest.clone();
+                    s.completed_at = Some(now.clone());
+                    s.message = None;
+                }
+                TaskPhase::Failed(msg) => fail(s, msg, true, now, max_attempts, wake),
+                TaskPhase::Cancelled if before == DestinationPhase::Cancelling => {
+                    s.phase = DestinationPhase::Cancelled;
+                    s.completed_at = Some(now.clone());
+                    s.message = Some("cancelled (suspend)".into());
+                    clear_progress(s);
+                }
+                TaskPhase::Cancelled => fail(
+                    s,
+                    "the copy was cancelled outside the operator",
+                    true,
+                    now,
+                    max_attempts,
+                    wake,
+                ),
+            }
+        }
+        (DestinationPhase::Cancelling, DestObs::Cancelled) => {
+            s.phase = DestinationPhase::Cancelled;
+            s.completed_at = Some(now.clone());
+            s.message = Some("cancelled (suspend)".into());
+            clear_progress(s);
+            s.task_id = None;
+            s.image_id = None;
+            s.client_token = None;
+        }
+        (DestinationPhase::Starting, DestObs::NotStarted) if can_start => {
+            p.start.push(region.to_string());
+        }
+        (DestinationPhase::Starting, DestObs::StartFailed(e)) => {
+            // The token is kept: a start that failed late may still have created the copy,
+            // and the next attempt looks it up first.
+            let token = s.client_token.clone();
+            fail(s, &e.message, e.retryable, now, max_attempts, wake);
+            s.client_token = token;
+        }
+        (DestinationPhase::Starting | DestinationPhase::Copying, DestObs::Error(e)) if e.not_found => {
+            fail(
+                s,
+                &format!("the copy disappeared: {}", e.message),
+                true,
+                now,
+                max_attempts,
+                wake,
+            );
+        }
+        (_, DestObs::Error(e)) => {
+            s.message = Some(format!("provider error (will retry): {}", e.message));
+        }
+        (DestinationPhase::Available, DestObs::Gone) => {
+            p.events.push(Announcement {
+                warning: true,
+                reason: "DriftDetected".into(),
+                note: format!(
+                    "{}: destination image {} was deleted outside the operator; copying it again",
+                    region,
+                    s.image_id.as_deref().unwrap_or("?")
+                ),
+            });
+            // A fresh copy, but the attempt count goes on: the next copy's idempotency
+            // token (`...-<attempt>`) must differ from the deleted one's, or a provider that
+            // is idempotent per token hands back the deleted copy (and the Events name it).
+            *s = DestinationStatus {
+                region: region.to_string(),
+                attempts: s.attempts,
+                ..Default::default()
+            };
+        }
+        _ => {}
+    }
 }
 
 /// Forget a stopped copy's progress and byte counts: they describe a copy that is not going on.

@@ -90,224 +90,279 @@ pub fn wait_reason(source: &ImageInfo) -> Option<String> {
 
 /// Every rule the described source image breaks for this spec. Empty: the copy may start.
 pub fn check(kind: ProviderKind, spec: &ImageReplicationSpec, source: &ImageInfo, limits: &Limits) -> Vec<Violation> {
-    let mut out = Vec::new();
     let src_field = if spec.source.image_id.is_some() {
         "spec.source.imageId"
     } else {
         "spec.source.imageName"
     };
-    let img = format!("source image {} ({})", source.id, source.name);
-    let mut refuse =
-        |field: String, reason: &'static str, message: String| out.push(Violation::new(field, reason, message));
+    let mut c = Check {
+        spec,
+        source,
+        limits,
+        src_field,
+        img: format!("source image {} ({})", source.id, source.name),
+        size: source.size_bytes.unwrap_or(0),
+        iso: source
+            .disk_format
+            .as_deref()
+            .is_some_and(|f| f.eq_ignore_ascii_case("iso")),
+        out: Vec::new(),
+    };
     if let Some(ImageState::Unusable(s)) = &source.state {
-        refuse(
-            src_field.into(),
-            "SourceNotUsable",
-            format!("{img} is {s}; only usable images can be copied"),
-        );
+        let message = format!("{} is {s}; only usable images can be copied", c.img);
+        c.refuse(src_field.into(), "SourceNotUsable", message);
     }
-    let iso = source
-        .disk_format
-        .as_deref()
-        .is_some_and(|f| f.eq_ignore_ascii_case("iso"));
-    let size = source.size_bytes.unwrap_or(0);
     match kind {
-        ProviderKind::Huawei => {
-            if source.visibility != "private" {
-                refuse(
-                    src_field.into(),
-                    "NotPrivateImage",
-                    format!(
-                        "{img} is a {} image; only private images can be replicated across regions (create an ECS from it, then a private image from that ECS)",
-                        source.visibility
-                    ),
-                );
-            }
-            if iso {
-                refuse(
-                    src_field.into(),
-                    "IsoImageNotReplicable",
-                    format!("{img} is an ISO image; ISO images cannot be replicated across regions"),
-                );
-            }
-            if source.encrypted == Some(true) {
-                refuse(
-                    src_field.into(),
-                    "EncryptedImageNotReplicable",
-                    format!("{img} is encrypted; encrypted images cannot be replicated across regions"),
-                );
-            }
-            if source.properties.get("__productcode").is_some_and(|c| !c.is_empty()) {
-                refuse(
-                    src_field.into(),
-                    "MarketplaceDerivedImage",
-                    format!(
-                        "{img} was made from a KooGallery (marketplace) image (product {}); such private images cannot be replicated across regions",
-                        source.properties["__productcode"]
-                    ),
-                );
-            }
-            if source.whole_machine {
-                for (i, d) in spec.destinations.iter().enumerate() {
-                    if d.vault_id.as_deref().is_none_or(str::is_empty) {
-                        refuse(
-                            format!("spec.destinations[{i}].vaultId"),
-                            "VaultRequired",
-                            format!(
-                                "{img} is a full-ECS image; replicating it to {} needs the CBR backup vault (vault ID, protection type Replication) in that region that will hold its backups",
-                                d.region
-                            ),
-                        );
-                    }
-                }
-                if source.replicated_from_backup {
-                    refuse(
-                        src_field.into(),
-                        "FullEcsReplicaNotReplicable",
-                        format!(
-                            "{img} is a full-ECS image that was itself replicated from a backup; it cannot be replicated across regions again"
-                        ),
-                    );
-                }
-                if !HUAWEI_FULL_ECS_REGIONS.contains(&spec.source.region.as_str()) {
-                    refuse(
-                        "spec.source.region".into(),
-                        "FullEcsRegionNotSupported",
-                        format!(
-                            "{img} is a full-ECS image; full-ECS images can only be replicated between {}, not from {}",
-                            HUAWEI_FULL_ECS_REGIONS.join(", "),
-                            spec.source.region
-                        ),
-                    );
-                }
-                for (i, d) in spec.destinations.iter().enumerate() {
-                    if !HUAWEI_FULL_ECS_REGIONS.contains(&d.region.as_str()) {
-                        refuse(
-                            format!("spec.destinations[{i}].region"),
-                            "FullEcsRegionNotSupported",
-                            format!(
-                                "{img} is a full-ECS image; full-ECS images can only be replicated between {}, not to {}",
-                                HUAWEI_FULL_ECS_REGIONS.join(", "),
-                                d.region
-                            ),
-                        );
-                    }
-                }
-            }
-            let max = huawei_max_bytes(&spec.source.region);
-            if size > max {
-                refuse(
-                    src_field.into(),
-                    "ImageTooLarge",
-                    format!(
-                        "{img} is {}; images replicated from {} may be at most {}",
-                        gib(size),
-                        spec.source.region,
-                        gib(max)
-                    ),
-                );
-            }
-        }
-        ProviderKind::Alibaba => {
-            if source.shared_from_other_account {
-                refuse(
-                    src_field.into(),
-                    "SharedImageNotCopyable",
-                    format!("{img} is shared by another account; create a custom image from it first, then copy that"),
-                );
-            }
-            if size > ALIBABA_MAX_BYTES {
-                refuse(
-                    src_field.into(),
-                    "ImageTooLarge",
-                    format!(
-                        "{img} is {}; images over 2 TiB must be copied as snapshots and the image created from the snapshot copy in the destination region, which this version does not do",
-                        gib(size)
-                    ),
-                );
-            }
-            for (i, d) in spec.destinations.iter().enumerate() {
-                let n = destination_name(kind, spec, d, source).chars().count();
-                if !(2..=128).contains(&n) {
-                    refuse(
-                        format!("spec.destinations[{i}].name"),
-                        "InvalidName",
-                        format!(
-                            "the destination name would be {n} characters (from the source name); it must be 2 to 128, set destinations[{i}].name"
-                        ),
-                    );
-                }
-            }
-        }
-        ProviderKind::Openstack => {
-            if let Some(f) = source.disk_format.as_deref()
-                && limits
-                    .openstack_refused_formats
-                    .iter()
-                    .any(|r| r.eq_ignore_ascii_case(f))
-            {
-                refuse(
-                    src_field.into(),
-                    "DiskFormatNotReplicable",
-                    format!(
-                        "{img} has disk format {f}; this operator is configured to refuse {} images for cross-region copies (--openstack-refused-disk-formats)",
-                        f
-                    ),
-                );
-            }
-            if size > limits.openstack_max_bytes {
-                refuse(
-                    src_field.into(),
-                    "ImageTooLarge",
-                    format!(
-                        "{img} is {}; this operator copies OpenStack images up to {} (--openstack-max-image-bytes)",
-                        gib(size),
-                        gib(limits.openstack_max_bytes)
-                    ),
-                );
-            }
-        }
-        ProviderKind::Tencent => {
-            if matches!(source.visibility.as_str(), "public" | "market") {
-                refuse(
-                    src_field.into(),
-                    "NotCustomImage",
-                    format!(
-                        "{img} is a {} image; SyncImages only syncs custom images (create an instance from it, then a custom image)",
-                        source.visibility
-                    ),
-                );
-            }
-            if source.visibility == "shared" {
-                for (i, d) in spec.destinations.iter().enumerate() {
-                    if d.region != spec.source.region {
-                        refuse(
-                            format!("spec.destinations[{i}].region"),
-                            "SharedImageNotSyncable",
-                            format!(
-                                "{img} is shared with this account; a shared image can only be copied into its own region ({}) as a custom image, then that custom image synced to {}",
-                                spec.source.region, d.region
-                            ),
-                        );
-                    }
-                }
-            }
-            for (i, d) in spec.destinations.iter().enumerate() {
-                let n = destination_name(kind, spec, d, source).chars().count();
-                if n > TENCENT_MAX_NAME {
-                    refuse(
-                        format!("spec.destinations[{i}].name"),
-                        "InvalidName",
-                        format!(
-                            "the destination image name would be {n} characters; Tencent CVM allows at most {TENCENT_MAX_NAME}, set destinations[{i}].name"
-                        ),
-                    );
-                }
-            }
-        }
+        ProviderKind::Huawei => huawei(&mut c),
+        ProviderKind::Alibaba => alibaba(&mut c),
+        ProviderKind::Openstack => openstack(&mut c),
+        ProviderKind::Tencent => tencent(&mut c),
         ProviderKind::Aws | ProviderKind::Oci => {}
     }
-    out
+    c.out
+}
+
+/// What the rules of every provider look at, and the violations found.
+struct Check<'a> {
+    spec: &'a ImageReplicationSpec,
+    source: &'a ImageInfo,
+    limits: &'a Limits,
+    /// The spec field that names the source image.
+    src_field: &'static str,
+    /// `source image <id> (<name>)`, for messages.
+    img: String,
+    size: u64,
+    iso: bool,
+    out: Vec<Violation>,
+}
+
+impl Check<'_> {
+    fn refuse(&mut self, field: String, reason: &'static str, message: String) {
+        self.out.push(Violation::new(field, reason, message));
+    }
+}
+
+/// Huawei IMS: private images only, no ISO, encrypted or KooGallery-derived images; full-ECS images need a vault per destination, may not be replicas of backups and stay within the regions that support them; the size limit of the source region.
+fn huawei(c: &mut Check<'_>) {
+    let spec = c.spec;
+    let source = c.source;
+    let src_field = c.src_field;
+    let img = c.img.clone();
+    let size = c.size;
+    let iso = c.iso;
+    if source.visibility != "private" {
+        c.refuse(
+            src_field.into(),
+            "NotPrivateImage",
+            format!(
+                "{img} is a {} image; only private images can be replicated across regions (create an ECS from it, then a private image from that ECS)",
+                source.visibility
+            ),
+        );
+    }
+    if iso {
+        c.refuse(
+            src_field.into(),
+            "IsoImageNotReplicable",
+            format!("{img} is an ISO image; ISO images cannot be replicated across regions"),
+        );
+    }
+    if source.encrypted == Some(true) {
+        c.refuse(
+            src_field.into(),
+            "EncryptedImageNotReplicable",
+            format!("{img} is encrypted; encrypted images cannot be replicated across regions"),
+        );
+    }
+    if source.properties.get("__productcode").is_some_and(|c| !c.is_empty()) {
+        c.refuse(
+            src_field.into(),
+            "MarketplaceDerivedImage",
+            format!(
+                "{img} was made from a KooGallery (marketplace) image (product {}); such private images cannot be replicated across regions",
+                source.properties["__productcode"]
+            ),
+        );
+    }
+    if source.whole_machine {
+        for (i, d) in spec.destinations.iter().enumerate() {
+            if d.vault_id.as_deref().is_none_or(str::is_empty) {
+                c.refuse(
+                    format!("spec.destinations[{i}].vaultId"),
+                    "VaultRequired",
+                    format!(
+                        "{img} is a full-ECS image; replicating it to {} needs the CBR backup vault (vault ID, protection type Replication) in that region that will hold its backups",
+                        d.region
+                    ),
+                );
+            }
+        }
+        if source.replicated_from_backup {
+            c.refuse(
+                src_field.into(),
+                "FullEcsReplicaNotReplicable",
+                format!(
+                    "{img} is a full-ECS image that was itself replicated from a backup; it cannot be replicated across regions again"
+                ),
+            );
+        }
+        if !HUAWEI_FULL_ECS_REGIONS.contains(&spec.source.region.as_str()) {
+            c.refuse(
+                "spec.source.region".into(),
+                "FullEcsRegionNotSupported",
+                format!(
+                    "{img} is a full-ECS image; full-ECS images can only be replicated between {}, not from {}",
+                    HUAWEI_FULL_ECS_REGIONS.join(", "),
+                    spec.source.region
+                ),
+            );
+        }
+        for (i, d) in spec.destinations.iter().enumerate() {
+            if !HUAWEI_FULL_ECS_REGIONS.contains(&d.region.as_str()) {
+                c.refuse(
+                    format!("spec.destinations[{i}].region"),
+                    "FullEcsRegionNotSupported",
+                    format!(
+                        "{img} is a full-ECS image; full-ECS images can only be replicated between {}, not to {}",
+                        HUAWEI_FULL_ECS_REGIONS.join(", "),
+                        d.region
+                    ),
+                );
+            }
+        }
+    }
+    let max = huawei_max_bytes(&spec.source.region);
+    if size > max {
+        c.refuse(
+            src_field.into(),
+            "ImageTooLarge",
+            format!(
+                "{img} is {}; images replicated from {} may be at most {}",
+                gib(size),
+                spec.source.region,
+                gib(max)
+            ),
+        );
+    }
+}
+
+/// Alibaba ECS: no images shared by another account, at most 2 TiB, destination names of 2 to 128 characters.
+fn alibaba(c: &mut Check<'_>) {
+    let spec = c.spec;
+    let source = c.source;
+    let src_field = c.src_field;
+    let img = c.img.clone();
+    let size = c.size;
+    let kind = ProviderKind::Alibaba;
+    if source.shared_from_other_account {
+        c.refuse(
+            src_field.into(),
+            "SharedImageNotCopyable",
+            format!("{img} is shared by another account; create a custom image from it first, then copy that"),
+        );
+    }
+    if size > ALIBABA_MAX_BYTES {
+        c.refuse(
+            src_field.into(),
+            "ImageTooLarge",
+            format!(
+                "{img} is {}; images over 2 TiB must be copied as snapshots and the image created from the snapshot copy in the destination region, which this version does not do",
+                gib(size)
+            ),
+        );
+    }
+    for (i, d) in spec.destinations.iter().enumerate() {
+        let n = destination_name(kind, spec, d, source).chars().count();
+        if !(2..=128).contains(&n) {
+            c.refuse(
+                format!("spec.destinations[{i}].name"),
+                "InvalidName",
+                format!(
+                    "the destination name would be {n} characters (from the source name); it must be 2 to 128, set destinations[{i}].name"
+                ),
+            );
+        }
+    }
+}
+
+/// OpenStack: the disk formats and the size this operator is configured to refuse.
+fn openstack(c: &mut Check<'_>) {
+    let source = c.source;
+    let limits = c.limits;
+    let src_field = c.src_field;
+    let img = c.img.clone();
+    let size = c.size;
+    if let Some(f) = source.disk_format.as_deref()
+        && limits
+            .openstack_refused_formats
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(f))
+    {
+        c.refuse(
+            src_field.into(),
+            "DiskFormatNotReplicable",
+            format!(
+                "{img} has disk format {f}; this operator is configured to refuse {} images for cross-region copies (--openstack-refused-disk-formats)",
+                f
+            ),
+        );
+    }
+    if size > limits.openstack_max_bytes {
+        c.refuse(
+            src_field.into(),
+            "ImageTooLarge",
+            format!(
+                "{img} is {}; this operator copies OpenStack images up to {} (--openstack-max-image-bytes)",
+                gib(size),
+                gib(limits.openstack_max_bytes)
+            ),
+        );
+    }
+}
+
+/// Tencent CVM: custom images only, a shared image only within its own region, destination names within the limit.
+fn tencent(c: &mut Check<'_>) {
+    let spec = c.spec;
+    let source = c.source;
+    let src_field = c.src_field;
+    let img = c.img.clone();
+    let kind = ProviderKind::Tencent;
+    if matches!(source.visibility.as_str(), "public" | "market") {
+        c.refuse(
+            src_field.into(),
+            "NotCustomImage",
+            format!(
+                "{img} is a {} image; SyncImages only syncs custom images (create an instance from it, then a custom image)",
+                source.visibility
+            ),
+        );
+    }
+    if source.visibility == "shared" {
+        for (i, d) in spec.destinations.iter().enumerate() {
+            if d.region != spec.source.region {
+                c.refuse(
+                    format!("spec.destinations[{i}].region"),
+                    "SharedImageNotSyncable",
+                    format!(
+                        "{img} is shared with this account; a shared image can only be copied into its own region ({}) as a custom image, then that custom image synced to {}",
+                        spec.source.region, d.region
+                    ),
+                );
+            }
+        }
+    }
+    for (i, d) in spec.destinations.iter().enumerate() {
+        let n = destination_name(kind, spec, d, source).chars().count();
+        if n > TENCENT_MAX_NAME {
+            c.refuse(
+                format!("spec.destinations[{i}].name"),
+                "InvalidName",
+                format!(
+                    "the destination image name would be {n} characters; Tencent CVM allows at most {TENCENT_MAX_NAME}, set destinations[{i}].name"
+                ),
+            );
+        }
+    }
 }
 
 #[cfg(test)]
