@@ -24,6 +24,10 @@ OUT="${BENCH_OUT:-docs/BENCHMARKS.md}"
 command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
 cargo build --release --quiet
 bin="$root/target/release/image-replication-operator"
+# The test binaries of (d)-(f), built now: every section measures the tree as it was when the
+# bench started, even if the sources change while it runs.
+testbin() { cargo test --release --no-run --test "$1" 2>&1 | sed -n 's/.*Executable .* (\(.*\))$/\1/p' | tail -1; }
+lag_bin="$root/$(testbin bench_lag)"; scale_bin="$root/$(testbin bench_scale)"; sync_bin="$root/$(testbin replica_sync)"
 work="$(mktemp -d)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -216,18 +220,18 @@ read -r c_s _ < "$work/c-ours"
 c_p=$(( $(requests C) - c_before_p )); c_r=$(( $(requests CUS) - c_before_r ))
 
 echo "== (d) push-to-replica lag (event-driven)"
-lag="$(cargo test --release --quiet --test bench_lag -- --ignored --nocapture 2>/dev/null | grep '^BENCH lag' || echo 'BENCH lag failed')"
+lag="$("$lag_bin" --ignored --nocapture 2>/dev/null | grep '^BENCH lag' || echo 'BENCH lag failed')"
 p50="$(sed -n 's/.*p50_ms=\([0-9]*\).*/\1/p' <<<"$lag")"; p99="$(sed -n 's/.*p99_ms=\([0-9]*\).*/\1/p' <<<"$lag")"
 pushes="$(sed -n 's/.*pushes=\([0-9]*\).*/\1/p' <<<"$lag")"
 
 echo "== (e) controller scale: ${BENCH_SCALE_IRS:-5000} ImageReplications, ${BENCH_SCALE_RIS:-100} ReplicaInstances"
-scale="$(cargo test --release --quiet --test bench_scale -- --ignored --nocapture 2>&1 | grep '^BENCH scale' || echo 'BENCH scale failed')"
+scale="$("$scale_bin" --ignored --nocapture 2>&1 | grep '^BENCH scale' || echo 'BENCH scale failed')"
 sv() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$scale"; }
 
 echo "== (f) fleet through flaky registries"
 flaky=""
 for _ in $(seq 1 "${BENCH_FLAKY_RUNS:-3}"); do
-  flaky+="$(cargo test --release --quiet --test replica_sync a_fleet_sync_converges -- --nocapture 2>&1 | grep '^BENCH flaky' || echo 'BENCH flaky failed')"$'\n'
+  flaky+="$("$sync_bin" a_fleet_sync_converges --nocapture 2>&1 | grep '^BENCH flaky' || echo 'BENCH flaky failed')"$'\n'
 done
 # Median of a field over the runs, and the runs themselves.
 fv() { FLAKY="$flaky" python3 -c '
@@ -238,6 +242,13 @@ f = lambda v: "%d" % v if v == int(v) else "%.2f" % v
 print("%s [%s]" % (f(statistics.median(vals)), " / ".join(f(v) for v in vals)) if vals else "failed")
 ' "$1"; }
 flaky_runs="$(grep -c '^BENCH flaky fault' <<<"$flaky" || true)"
+
+# A section without results fails the bench rather than writing blanks into the record.
+if grep -q 'failed' <<<"$lag$scale$flaky"; then
+  echo "make bench: a section failed; docs/BENCHMARKS.md left as it was:" >&2
+  grep 'failed' <<<"$lag"$'\n'"$scale"$'\n'"$flaky" >&2
+  exit 1
+fi
 
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
 mem="$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
