@@ -366,9 +366,11 @@ arrive). Beside it, the same fleet without proxies. Medians of $flaky_runs runs 
 | upload sessions the registry kept (each reported) | $(fv sessions_left) | none silently |
 | injected: 503 / 429 / cut answers / cut uploads | $(fv injected_503) / $(fv injected_429) / $(fv cut_answers) / $(fv cut_uploads) | — |
 
-The time with faults has a floor the faults set: a 429 makes its request wait its
-\`Retry-After\` (1 s), and at most \`maxConcurrentTransfers\` (8) artifacts are in flight, so N
-429s on the way cost at least N/8 s on their own. Every run checks each tag's digest at the
+A 429 makes only the request that got it wait its \`Retry-After\` (1 s).
+\`maxConcurrentTransfers\` (8) bounds the blobs moving bytes; up to four times as many artifacts
+are worked on, so those waiting out a 429 or a backoff do not hold a transfer, and the listing
+of tags and digests runs across repositories side by side. (Before both, this run took 34 s
+against 4.8 s: 7x.) Every run checks each tag's digest at the
 replica with skopeo. distribution 2.8 refuses every
 request on a session whose PATCH was cut (404 \`BLOB_UPLOAD_INVALID\`: the offset in its upload
 state no longer matches what it stored) — the session cannot be resumed or cancelled by a client,

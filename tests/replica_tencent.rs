@@ -1,5 +1,5 @@
 //! ReplicaInstance with `primary.provider: tencent`, end to end: the operator process and the
-//! fake API server against a TCR API stand-in (tests/support/clouds.rs) that checks every
+//! fake API server against a TCR API stand-in (tests/support/clouds/) that checks every
 //! request's TC3-HMAC-SHA256 signature and CreateReplicationInstance's 1 request/s limit.
 
 mod support;

@@ -1,6 +1,6 @@
 //! ImageReplication with the huawei, alibaba and aws providers, end to end: the operator process
 //! and the fake API server, against HTTP stand-ins of Huawei IMS, Alibaba ECS and AWS EC2 that
-//! check every request's signature (tests/support/clouds.rs); and the aws provider against moto.
+//! check every request's signature (tests/support/clouds/); and the aws provider against moto.
 
 mod support;
 

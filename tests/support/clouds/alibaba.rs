@@ -1,0 +1,187 @@
+//! The Alibaba Cloud ECS stand-in (see the parent module).
+
+use super::*;
+
+fn ali_err(status: StatusCode, code: &str, msg: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"Code": code, "Message": msg, "RequestId": "req-1"})),
+    )
+        .into_response()
+}
+
+fn ali_image(i: &Img) -> Value {
+    let mut v = json!({
+        "ImageId": i.id, "ImageName": i.name, "Description": i.description, "Size": i.size_gib,
+        "Status": if i.ready() { "Available" } else { "Creating" },
+        "Progress": format!("{}%", i.progress()), "ImageOwnerAlias": "self", "IsCopied": i.copy.is_some(),
+        "DiskDeviceMappings": {"DiskDeviceMapping": [{"Encrypted": i.encrypted, "Size": i.size_gib.to_string()}]},
+        "Tags": {"Tag": i.tags.iter().map(|(k, v)| json!({"TagKey": k, "TagValue": v})).collect::<Vec<_>>()},
+    });
+    for (k, x) in i.extra.as_object().into_iter().flatten() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+pub(super) async fn alibaba(st: &State, p: &BTreeMap<String, String>) -> Response {
+    let region = p.get("RegionId").cloned().unwrap_or_default();
+    if region.is_empty() {
+        return ali_err(
+            StatusCode::BAD_REQUEST,
+            "MissingRegionId",
+            "RegionId is mandatory for this action.",
+        );
+    }
+    let tags_of = |p: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+        (1..=20)
+            .filter_map(|n| {
+                Some((
+                    p.get(&format!("Tag.{n}.Key"))?.clone(),
+                    p.get(&format!("Tag.{n}.Value")).cloned().unwrap_or_default(),
+                ))
+            })
+            .collect()
+    };
+    match p.get("Action").map(String::as_str).unwrap_or("") {
+        "DescribeImages" => {
+            let want = tags_of(p);
+            let statuses: Vec<&str> = p
+                .get("Status")
+                .map(|s| s.split(',').collect())
+                .unwrap_or_else(|| vec!["Available"]);
+            let imgs = st.images.lock().unwrap();
+            let list: Vec<Value> = imgs
+                .iter()
+                .filter(|i| i.region == region)
+                .filter(|i| p.get("ImageId").is_none_or(|x| *x == i.id))
+                .filter(|i| p.get("ImageName").is_none_or(|x| *x == i.name))
+                .filter(|i| want.iter().all(|(k, v)| i.tags.get(k) == Some(v)))
+                .map(ali_image)
+                .filter(|v| statuses.contains(&v["Status"].as_str().unwrap_or("")))
+                .collect();
+            axum::Json(json!({"Images": {"Image": list}, "TotalCount": list.len(), "PageNumber": 1, "PageSize": 100, "RegionId": region, "RequestId": "req-1"})).into_response()
+        }
+        "CopyImage" => {
+            let Some(dest) = p.get("DestinationRegionId").cloned() else {
+                return ali_err(
+                    StatusCode::BAD_REQUEST,
+                    "MissingDestinationRegionId",
+                    "DestinationRegionId is mandatory",
+                );
+            };
+            let src = st
+                .images
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|i| Some(&i.id) == p.get("ImageId") && i.region == region)
+                .cloned();
+            let Some(src) = src else {
+                return ali_err(
+                    StatusCode::NOT_FOUND,
+                    "InvalidImageId.NotFound",
+                    "The specified ImageId does not exist.",
+                );
+            };
+            if !src.ready() {
+                return ali_err(
+                    StatusCode::FORBIDDEN,
+                    "IncorrectImageStatus",
+                    "The specified image is not available.",
+                );
+            }
+            // ClientToken: the same token returns the same copy (idempotence).
+            if let Some(t) = p.get("ClientToken")
+                && let Some(id) = st.client_tokens.lock().unwrap().get(t).cloned()
+            {
+                return axum::Json(json!({"ImageId": id, "RequestId": "req-1"})).into_response();
+            }
+            let tags = tags_of(p);
+            if p.keys().any(|k| k.starts_with("Tag.21.")) {
+                return ali_err(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidTagKey.Malformed",
+                    "At most 20 tags are allowed.",
+                );
+            }
+            let encrypted = p.get("Encrypted").map(String::as_str) == Some("true");
+            if dest == region && !encrypted {
+                return ali_err(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRegionId.Malformed",
+                    "The destination region must differ unless the copy is encrypted.",
+                );
+            }
+            let id = format!("m-{}", st.seq.fetch_add(1, Ordering::SeqCst) + 1000);
+            st.images.lock().unwrap().push(Img {
+                id: id.clone(),
+                region: dest.clone(),
+                project: dest.clone(),
+                name: p.get("DestinationImageName").cloned().unwrap_or_default(),
+                description: p.get("DestinationDescription").cloned().unwrap_or_default(),
+                size_gib: src.size_gib,
+                extra: json!({}),
+                tags,
+                copy: Some((Instant::now(), copy_time(st, &dest))),
+                encrypted,
+                snapshots: vec![],
+                created_unix: now_unix(),
+            });
+            if let Some(t) = p.get("ClientToken") {
+                st.client_tokens.lock().unwrap().insert(t.clone(), id.clone());
+            }
+            hold(st).await;
+            axum::Json(json!({"ImageId": id, "RequestId": "req-1"})).into_response()
+        }
+        "CancelCopyImage" => {
+            let mut imgs = st.images.lock().unwrap();
+            let Some(pos) = imgs
+                .iter()
+                .position(|i| Some(&i.id) == p.get("ImageId") && i.region == region)
+            else {
+                return ali_err(
+                    StatusCode::NOT_FOUND,
+                    "InvalidImageId.NotFound",
+                    "The specified ImageId does not exist.",
+                );
+            };
+            if imgs[pos].ready() {
+                return ali_err(
+                    StatusCode::FORBIDDEN,
+                    "IncorrectImageStatus",
+                    "The image is not being copied.",
+                );
+            }
+            imgs.remove(pos);
+            axum::Json(json!({"RequestId": "req-1"})).into_response()
+        }
+        "DeleteImage" => {
+            let mut imgs = st.images.lock().unwrap();
+            let Some(pos) = imgs
+                .iter()
+                .position(|i| Some(&i.id) == p.get("ImageId") && i.region == region)
+            else {
+                return ali_err(
+                    StatusCode::NOT_FOUND,
+                    "InvalidImageId.NotFound",
+                    "The specified ImageId does not exist.",
+                );
+            };
+            if !imgs[pos].ready() {
+                return ali_err(
+                    StatusCode::FORBIDDEN,
+                    "IncorrectImageStatus",
+                    "The image is being created.",
+                );
+            }
+            imgs.remove(pos);
+            axum::Json(json!({"RequestId": "req-1"})).into_response()
+        }
+        other => ali_err(
+            StatusCode::BAD_REQUEST,
+            "InvalidAction.NotFound",
+            &format!("{other} is not an action"),
+        ),
+    }
+}

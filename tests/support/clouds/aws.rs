@@ -1,0 +1,193 @@
+//! The AWS EC2 stand-in (see the parent module).
+
+use super::*;
+
+pub(super) fn aws_error(status: StatusCode, code: &str, msg: &str) -> Response {
+    (
+        status,
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{msg}</Message></Error></Errors><RequestID>r-1</RequestID></Response>"),
+    )
+        .into_response()
+}
+
+fn xml_ok(action: &str, inner: String) -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", "text/xml;charset=UTF-8")],
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<{action}Response xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>r-1</requestId>{inner}</{action}Response>"),
+    )
+        .into_response()
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+fn aws_image(i: &Img) -> String {
+    let tags: String = i
+        .tags
+        .iter()
+        .map(|(k, v)| format!("<item><key>{}</key><value>{}</value></item>", esc(k), esc(v)))
+        .collect();
+    let bdm: String = i
+        .snapshots
+        .iter()
+        .map(|s| format!("<item><deviceName>/dev/xvda</deviceName><ebs><snapshotId>{s}</snapshotId><volumeSize>{}</volumeSize><encrypted>{}</encrypted></ebs></item>", i.size_gib, i.encrypted))
+        .collect();
+    format!(
+        "<item><imageId>{}</imageId><name>{}</name><description>{}</description><imageState>{}</imageState><isPublic>{}</isPublic><blockDeviceMapping>{bdm}</blockDeviceMapping><tagSet>{tags}</tagSet></item>",
+        i.id,
+        esc(&i.name),
+        esc(&i.description),
+        if i.ready() { "available" } else { "pending" },
+        i.extra.get("isPublic").and_then(Value::as_bool).unwrap_or(false),
+    )
+}
+
+pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap<String, String>) -> Response {
+    let region = hdr
+        .get("authorization")
+        .and_then(|a| auth_field(a, "Credential"))
+        .and_then(|c| c.split('/').nth(2))
+        .unwrap_or("")
+        .to_string();
+    let list = |prefix: &str| -> Vec<String> {
+        (1..=20)
+            .filter_map(|n| p.get(&format!("{prefix}.{n}")).cloned())
+            .collect()
+    };
+    match p.get("Action").map(String::as_str).unwrap_or("") {
+        "DescribeImages" => {
+            let ids = list("ImageId");
+            let mut filters: Vec<(String, String)> = Vec::new();
+            for n in 1..=10 {
+                if let (Some(name), Some(v)) = (
+                    p.get(&format!("Filter.{n}.Name")),
+                    p.get(&format!("Filter.{n}.Value.1")),
+                ) {
+                    filters.push((name.clone(), v.clone()));
+                }
+            }
+            let imgs = st.images.lock().unwrap();
+            let found: Vec<&Img> = imgs.iter().filter(|i| i.region == region).collect();
+            for id in &ids {
+                if !found.iter().any(|i| i.id == *id) {
+                    return aws_error(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidAMIID.NotFound",
+                        &format!("The image id '[{id}]' does not exist"),
+                    );
+                }
+            }
+            let items: String = found
+                .iter()
+                .filter(|i| ids.is_empty() || ids.contains(&i.id))
+                .filter(|i| {
+                    filters.iter().all(|(n, v)| match n.strip_prefix("tag:") {
+                        Some(k) => i.tags.get(k) == Some(v),
+                        None if n == "name" => i.name == *v,
+                        None => true,
+                    })
+                })
+                .map(|i| aws_image(i))
+                .collect();
+            xml_ok("DescribeImages", format!("<imagesSet>{items}</imagesSet>"))
+        }
+        "CopyImage" => {
+            let (Some(src_id), Some(src_region), Some(name)) =
+                (p.get("SourceImageId"), p.get("SourceRegion"), p.get("Name"))
+            else {
+                return aws_error(
+                    StatusCode::BAD_REQUEST,
+                    "MissingParameter",
+                    "SourceImageId, SourceRegion and Name are required",
+                );
+            };
+            if let Some(t) = p.get("ClientToken")
+                && let Some(id) = st.client_tokens.lock().unwrap().get(t).cloned()
+            {
+                return xml_ok("CopyImage", format!("<imageId>{id}</imageId>"));
+            }
+            let src = st
+                .images
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|i| i.id == *src_id && i.region == *src_region)
+                .cloned();
+            let Some(src) = src else {
+                return aws_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidAMIID.NotFound",
+                    &format!("The image id '[{src_id}]' does not exist"),
+                );
+            };
+            let mut tags = BTreeMap::new();
+            if p.get("TagSpecification.1.ResourceType").map(String::as_str) == Some("image") {
+                for n in 1..=20 {
+                    if let Some(k) = p.get(&format!("TagSpecification.1.Tag.{n}.Key")) {
+                        tags.insert(
+                            k.clone(),
+                            p.get(&format!("TagSpecification.1.Tag.{n}.Value"))
+                                .cloned()
+                                .unwrap_or_default(),
+                        );
+                    }
+                }
+            }
+            let id = format!("ami-0{:016x}", st.seq.fetch_add(1, Ordering::SeqCst) + 0xabc000);
+            let snap = format!("snap-0{:016x}", st.seq.fetch_add(1, Ordering::SeqCst) + 0xabc000);
+            st.images.lock().unwrap().push(Img {
+                id: id.clone(),
+                region: region.clone(),
+                project: region.clone(),
+                name: name.clone(),
+                description: p.get("Description").cloned().unwrap_or_default(),
+                size_gib: src.size_gib,
+                extra: json!({}),
+                tags,
+                copy: Some((Instant::now(), copy_time(st, &region))),
+                encrypted: p.get("Encrypted").map(String::as_str) == Some("true"),
+                snapshots: vec![snap],
+                created_unix: now_unix(),
+            });
+            if let Some(t) = p.get("ClientToken") {
+                st.client_tokens.lock().unwrap().insert(t.clone(), id.clone());
+            }
+            hold(st).await;
+            xml_ok("CopyImage", format!("<imageId>{id}</imageId>"))
+        }
+        "CreateTags" => {
+            let ids = list("ResourceId");
+            let mut imgs = st.images.lock().unwrap();
+            for id in &ids {
+                let Some(i) = imgs.iter_mut().find(|i| i.id == *id && i.region == region) else {
+                    return aws_error(StatusCode::BAD_REQUEST, "InvalidAMIID.NotFound", "not found");
+                };
+                for n in 1..=20 {
+                    if let Some(k) = p.get(&format!("Tag.{n}.Key")) {
+                        i.tags
+                            .insert(k.clone(), p.get(&format!("Tag.{n}.Value")).cloned().unwrap_or_default());
+                    }
+                }
+            }
+            xml_ok("CreateTags", "<return>true</return>".into())
+        }
+        "DeregisterImage" => {
+            let mut imgs = st.images.lock().unwrap();
+            let before = imgs.len();
+            imgs.retain(|i| !(Some(&i.id) == p.get("ImageId") && i.region == region));
+            if imgs.len() == before {
+                aws_error(StatusCode::BAD_REQUEST, "InvalidAMIID.NotFound", "not found")
+            } else {
+                xml_ok("DeregisterImage", "<return>true</return>".into())
+            }
+        }
+        "DeleteSnapshot" => xml_ok("DeleteSnapshot", "<return>true</return>".into()),
+        other => aws_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidAction",
+            &format!("The action {other} is not valid for this web service."),
+        ),
+    }
+}

@@ -1,0 +1,188 @@
+//! The Huawei Cloud IMS stand-in (see the parent module).
+
+use super::*;
+
+fn hw_err(status: StatusCode, code: &str, msg: &str) -> Response {
+    (status, axum::Json(json!({"error": {"code": code, "message": msg}}))).into_response()
+}
+
+fn hw_image(i: &Img) -> Value {
+    let mut v = json!({
+        "id": i.id, "name": i.name, "__description": i.description,
+        "status": if i.ready() { "active" } else { "saving" },
+        "__imagetype": "private", "disk_format": "zvhd2", "visibility": "private",
+        "__image_size": (i.size_gib << 30).to_string(), "min_disk": i.size_gib,
+        "tags": i.tags.iter().map(|(k, v)| format!("{k}.{v}")).collect::<Vec<_>>(),
+    });
+    for (k, x) in i.extra.as_object().into_iter().flatten() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+fn project_region(pid: &str) -> Option<(String, String)> {
+    let name = pid.strip_prefix("p-")?;
+    Some((name.split('_').next().unwrap_or(name).to_string(), name.to_string()))
+}
+
+pub(super) async fn huawei(
+    st: &State,
+    method: &Method,
+    path: &str,
+    params: &BTreeMap<String, String>,
+    body: &Value,
+    hdr: &BTreeMap<String, String>,
+) -> Response {
+    let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if method == Method::GET && path == "/v3/projects" {
+        let name = params.get("name").cloned().unwrap_or_default();
+        return axum::Json(json!({"projects": [{"id": format!("p-{name}"), "name": name}]})).into_response();
+    }
+    let Some((region, project)) = hdr.get("x-project-id").and_then(|p| project_region(p)) else {
+        return hw_err(StatusCode::BAD_REQUEST, "APIGW.0101", "X-Project-Id is required");
+    };
+    match (method.clone(), seg.as_slice()) {
+        (Method::GET, ["v2", "cloudimages"]) => {
+            let imgs = st.images.lock().unwrap();
+            let list: Vec<Value> = imgs
+                .iter()
+                .filter(|i| i.region == region && i.project == project)
+                .filter(|i| params.get("id").is_none_or(|x| *x == i.id))
+                .filter(|i| params.get("name").is_none_or(|x| *x == i.name))
+                // The tag filter is `tag=<key>=<value>`.
+                .filter(|i| {
+                    params
+                        .get("tag")
+                        .is_none_or(|t| i.tags.iter().any(|(k, v)| format!("{k}={v}") == *t))
+                })
+                .map(hw_image)
+                .collect();
+            axum::Json(json!({"images": list})).into_response()
+        }
+        (Method::POST, ["v1", "cloudimages", id, "cross_region_copy"]) => {
+            for f in ["name", "region", "project_name", "agency_name"] {
+                if body.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
+                    return hw_err(StatusCode::BAD_REQUEST, "IMG.0001", &format!("{f} is required"));
+                }
+            }
+            let src = st
+                .images
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|i| i.id == *id && i.region == region)
+                .cloned();
+            let Some(src) = src else {
+                return hw_err(StatusCode::NOT_FOUND, "IMG.0027", "The image does not exist");
+            };
+            // vault_id: required for full-ECS images (CopyImageCrossRegionRequestBody).
+            if src.extra.get("__whole_image").and_then(Value::as_str) == Some("true")
+                && body.get("vault_id").and_then(Value::as_str).is_none_or(str::is_empty)
+            {
+                return hw_err(
+                    StatusCode::BAD_REQUEST,
+                    "IMG.0001",
+                    "vault_id is required for a full-ECS image",
+                );
+            }
+            let dest_region = body["region"].as_str().unwrap().to_string();
+            if dest_region == region {
+                return hw_err(
+                    StatusCode::BAD_REQUEST,
+                    "IMG.0204",
+                    "The destination region cannot be the source region",
+                );
+            }
+            let in_flight = st.images.lock().unwrap().iter().filter(|i| !i.ready()).count();
+            if in_flight >= 5 {
+                return hw_err(
+                    StatusCode::BAD_REQUEST,
+                    "IMG.0190",
+                    "The number of concurrent replications exceeds the quota (5)",
+                );
+            }
+            let n = st.seq.fetch_add(1, Ordering::SeqCst) + 1;
+            let new_id = format!("7e1c0d2a-0000-4000-8000-{n:012}");
+            let job = format!("ff8080814dbd65d7014dbe0d84db{n:04}");
+            st.images.lock().unwrap().push(Img {
+                id: new_id.clone(),
+                region: dest_region.clone(),
+                project: body["project_name"].as_str().unwrap().to_string(),
+                name: body["name"].as_str().unwrap().to_string(),
+                description: body
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                size_gib: src.size_gib,
+                extra: json!({}),
+                tags: BTreeMap::new(),
+                copy: Some((Instant::now(), copy_time(st, &dest_region))),
+                encrypted: false,
+                snapshots: vec![],
+                created_unix: now_unix(),
+            });
+            st.jobs.lock().unwrap().insert(job.clone(), (src.id.clone(), new_id));
+            hold(st).await;
+            axum::Json(json!({"job_id": job})).into_response()
+        }
+        // ShowJobProgress. Which image `entities.image_id` names is not settled by the SDK: the
+        // stand-in names the source image, so the client must find the copy in the destination.
+        (Method::GET, ["v1", "cloudimages", "job", job]) => {
+            let Some((src_id, img_id)) = st.jobs.lock().unwrap().get(*job).cloned() else {
+                return hw_err(StatusCode::NOT_FOUND, "IMG.0005", "The job does not exist");
+            };
+            let img = st.images.lock().unwrap().iter().find(|i| i.id == img_id).cloned();
+            let job_json = |status: &str, entities: Value| {
+                json!({"status": status, "job_id": job, "job_type": "imsCrossRegionCopyJob",
+                    "begin_time": "2026-11-24T08:00:00.000Z", "end_time": "", "entities": entities})
+            };
+            match img {
+                Some(i) if i.ready() => {
+                    axum::Json(job_json("SUCCESS", json!({"image_id": src_id, "process_percent": 1.0}))).into_response()
+                }
+                Some(i) => axum::Json(job_json(
+                    "RUNNING",
+                    json!({"image_id": src_id, "process_percent": i.progress() as f64 / 100.0}),
+                ))
+                .into_response(),
+                None => {
+                    let mut v = job_json("FAIL", json!({"image_id": src_id}));
+                    v["fail_reason"] = json!("the destination image was deleted");
+                    v["error_code"] = json!("IMG.0103");
+                    axum::Json(v).into_response()
+                }
+            }
+        }
+        // AddImageTag is POST (a PUT is answered as an unknown API, as the gateway does).
+        (Method::POST, ["v2", _pid, "images", id, "tags"]) => {
+            let mut imgs = st.images.lock().unwrap();
+            let Some(i) = imgs.iter_mut().find(|i| i.id == *id && i.region == region) else {
+                return hw_err(StatusCode::NOT_FOUND, "IMG.0027", "The image does not exist");
+            };
+            let (Some(k), Some(v)) = (
+                body.pointer("/tag/key").and_then(Value::as_str),
+                body.pointer("/tag/value").and_then(Value::as_str),
+            ) else {
+                return hw_err(
+                    StatusCode::BAD_REQUEST,
+                    "IMG.0001",
+                    "tag.key and tag.value are required",
+                );
+            };
+            i.tags.insert(k.into(), v.into());
+            StatusCode::NO_CONTENT.into_response()
+        }
+        (Method::DELETE, ["v2", "images", id]) => {
+            let mut imgs = st.images.lock().unwrap();
+            let before = imgs.len();
+            imgs.retain(|i| !(i.id == *id && i.region == region));
+            if imgs.len() == before {
+                hw_err(StatusCode::NOT_FOUND, "IMG.0027", "The image does not exist")
+            } else {
+                StatusCode::NO_CONTENT.into_response()
+            }
+        }
+        _ => hw_err(StatusCode::NOT_FOUND, "APIGW.0101", "The API does not exist"),
+    }
+}

@@ -1,0 +1,487 @@
+//! HTTP stand-ins for the Huawei Cloud IMS, Alibaba Cloud ECS, AWS EC2 and Tencent CVM image APIs
+//! and the TCR API, one module per cloud on this shared harness (state, routing, signature
+//! checks, throttling), following their published request and response shapes: paths and
+//! actions, bodies, error codes, and the asynchronous copy lifecycle with progress. Every request's signature is checked (a bad one is
+//! answered as the cloud does: 401 / SignatureDoesNotMatch / AuthFailure) after recomputing it
+//! from the request as received, and every request is logged for the tests to inspect.
+//!
+//! One stand-in serves all regions of a provider (the endpoint override has no `{region}`); the
+//! region comes from where the provider carries it: Huawei's `X-Project-Id` (project `p-<name>`,
+//! region = the project name up to `_`), Alibaba's `RegionId`, AWS's credential scope.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use image_replication_operator::cloud::sign;
+use serde_json::{Value, json};
+
+use super::fake_apiserver::percent_decode;
+
+mod alibaba;
+mod aws;
+mod huawei;
+mod tcr;
+mod tencent;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Huawei,
+    Alibaba,
+    Aws,
+    Tencent,
+    /// Tencent Container Registry (API 3.0, service `tcr`).
+    Tcr,
+}
+
+pub const AK: &str = "AKTESTSTANDIN";
+pub const SK: &str = "sk/test+standin=";
+
+/// An image held by the stand-in.
+#[derive(Clone, Debug)]
+pub struct Img {
+    pub id: String,
+    pub region: String,
+    pub project: String,
+    pub name: String,
+    pub description: String,
+    pub size_gib: u64,
+    /// Provider fields (visibility, disk format, ...), in the provider's own words.
+    pub extra: Value,
+    pub tags: BTreeMap<String, String>,
+    /// A copy: ready `copy_for` after `created`; `None`: ready now.
+    pub copy: Option<(Instant, Duration)>,
+    pub encrypted: bool,
+    pub snapshots: Vec<String>,
+    /// Wall-clock creation time (Unix seconds).
+    pub created_unix: i64,
+}
+
+impl Img {
+    /// 0..=100 while a copy runs, 100 when ready.
+    pub fn progress(&self) -> u32 {
+        match self.copy {
+            None => 100,
+            Some((t, d)) => ((t.elapsed().as_secs_f64() / d.as_secs_f64().max(0.001)) * 100.0).min(100.0) as u32,
+        }
+    }
+    pub fn ready(&self) -> bool {
+        self.progress() >= 100
+    }
+}
+
+/// One request as received.
+#[derive(Clone, Debug)]
+pub struct Req {
+    pub method: String,
+    pub path: String,
+    /// Query or form parameters (Alibaba, AWS) or the JSON body's fields (Huawei), flattened.
+    pub params: BTreeMap<String, String>,
+    pub body: Value,
+    pub headers: BTreeMap<String, String>,
+    /// The query as sent (pairs, decoded) and the body as sent.
+    pub query: Vec<(String, String)>,
+    pub raw_body: String,
+    pub status: u16,
+    /// The answer's body, as given.
+    pub response: String,
+    /// Answered with the provider's throttling error.
+    pub throttled: bool,
+    /// Rejected for a bad signature.
+    pub bad_signature: bool,
+}
+
+impl Req {
+    pub fn action(&self) -> &str {
+        self.params.get("Action").map(String::as_str).unwrap_or("")
+    }
+}
+
+/// A TCR replica: (primary id, replica id, region, region id, created).
+pub type TcrReplica = (String, String, String, i64, Instant);
+
+#[derive(Default)]
+pub struct State {
+    pub images: Mutex<Vec<Img>>,
+    pub requests: Mutex<Vec<Req>>,
+    /// Answer this many next requests as throttled.
+    pub throttle: AtomicU32,
+    /// How long a copy into a region takes (default 1 s).
+    pub copy_time: Mutex<HashMap<String, Duration>>,
+    /// Hold the answer to the next copy request this long (after the copy was created).
+    pub hold_copy_answer: Mutex<Option<Duration>>,
+    /// Huawei jobs: job id -> (source image id, destination image id).
+    pub jobs: Mutex<HashMap<String, (String, String)>>,
+    /// Tencent: snapshots deleted with their images (DeleteBindedSnap).
+    pub deleted_snapshots: Mutex<Vec<String>>,
+    /// AWS and Alibaba: ClientToken -> image id.
+    pub client_tokens: Mutex<HashMap<String, String>>,
+    /// TCR: instances (id, region, type).
+    pub tcr_instances: Mutex<Vec<(String, String, String)>>,
+    /// TCR: replicas (primary id, replica id, region, region id, created).
+    pub tcr_replicas: Mutex<Vec<TcrReplica>>,
+    /// TCR: the replication log; DescribeReplicationInstanceSyncStatus returns the last entry.
+    pub tcr_log: Mutex<Vec<Value>>,
+    /// TCR: when the last CreateReplicationInstance was accepted (1 request/s allowed).
+    pub tcr_last_create: Mutex<Option<Instant>>,
+    seq: AtomicU32,
+}
+
+pub struct Stand {
+    pub kind: Kind,
+    pub url: String,
+    pub state: Arc<State>,
+}
+
+impl Stand {
+    pub async fn start(kind: Kind) -> Self {
+        let state = Arc::new(State::default());
+        let st = state.clone();
+        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let st = st.clone();
+            async move { handle(kind, &st, method, uri, headers, body).await }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { kind, url, state }
+    }
+
+    pub fn next_id(&self, prefix: &str) -> String {
+        format!("{prefix}{:04}", self.state.seq.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    /// Add a ready image.
+    pub fn add(&self, region: &str, name: &str, size_gib: u64, extra: Value) -> String {
+        let id = match self.kind {
+            Kind::Huawei => format!(
+                "4f3b5c2e-0000-4000-8000-{:012}",
+                self.state.seq.fetch_add(1, Ordering::SeqCst) + 1
+            ),
+            Kind::Alibaba => self.next_id("m-src"),
+            Kind::Aws => self.next_id("ami-0src"),
+            Kind::Tencent | Kind::Tcr => self.next_id("img-src"),
+        };
+        self.state.images.lock().unwrap().push(Img {
+            id: id.clone(),
+            region: region.into(),
+            project: region.into(),
+            name: name.into(),
+            description: String::new(),
+            size_gib,
+            extra,
+            tags: BTreeMap::new(),
+            copy: None,
+            encrypted: false,
+            snapshots: vec![self.next_id("snap-")],
+            created_unix: now_unix(),
+        });
+        id
+    }
+
+    pub fn set_copy_time(&self, region: &str, d: Duration) {
+        self.state.copy_time.lock().unwrap().insert(region.into(), d);
+    }
+
+    pub fn images_in(&self, region: &str) -> Vec<Img> {
+        self.state
+            .images
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|i| i.region == region)
+            .cloned()
+            .collect()
+    }
+
+    pub fn requests(&self) -> Vec<Req> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Hold every request this stand-in received and every answer it gave to the cloud's
+    /// official SDK (`tests/conformance/sdk_check.py`): operations, parameters, body fields and
+    /// answer fields must be the API's own. Panics with the violations.
+    pub fn assert_conforms(&self) {
+        let kind = match self.kind {
+            Kind::Huawei => "huawei",
+            Kind::Alibaba => "alibaba",
+            Kind::Aws => "aws",
+            Kind::Tencent => "cvm",
+            Kind::Tcr => "tcr",
+        };
+        let exchanges: Vec<Value> = self
+            .requests()
+            .iter()
+            .map(|r| {
+                json!({"kind": kind, "method": r.method, "path": r.path, "query": r.query, "headers": r.headers,
+                    "body": r.raw_body, "status": r.status, "response": r.response, "bad_signature": r.bad_signature})
+            })
+            .collect();
+        super::conformance::check_exchanges(&exchanges);
+    }
+
+    /// Requests whose action (Alibaba, AWS) is `what`, or whose `METHOD path` (Huawei) contains it.
+    pub fn calls(&self, what: &str) -> Vec<Req> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.action() == what || format!("{} {}", r.method, r.path).contains(what))
+            .collect()
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn copy_time(st: &State, region: &str) -> Duration {
+    st.copy_time
+        .lock()
+        .unwrap()
+        .get(region)
+        .copied()
+        .unwrap_or(Duration::from_secs(1))
+}
+
+fn parse_pairs(s: &str) -> Vec<(String, String)> {
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn auth_field<'a>(auth: &'a str, name: &str) -> Option<&'a str> {
+    auth.split([' ', ','])
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(&format!("{name}=")))
+}
+
+async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let query = parse_pairs(uri.query().unwrap_or(""));
+    let hdr: BTreeMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let (mut params, json_body): (BTreeMap<String, String>, Value) = match kind {
+        Kind::Huawei => (
+            query.iter().cloned().collect(),
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        ),
+        Kind::Alibaba => (query.iter().cloned().collect(), Value::Null),
+        Kind::Tencent | Kind::Tcr => (
+            [(
+                "Action".to_string(),
+                hdr.get("x-tc-action").cloned().unwrap_or_default(),
+            )]
+            .into_iter()
+            .collect(),
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        ),
+        Kind::Aws => (
+            parse_pairs(std::str::from_utf8(&body).unwrap_or(""))
+                .into_iter()
+                .collect(),
+            Value::Null,
+        ),
+    };
+    if let Some(o) = json_body.as_object() {
+        for (k, v) in o {
+            params
+                .entry(k.clone())
+                .or_insert_with(|| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
+        }
+    }
+    let mut rec = Req {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        params: params.clone(),
+        body: json_body.clone(),
+        headers: hdr.clone(),
+        query: query.clone(),
+        raw_body: String::from_utf8_lossy(&body).into_owned(),
+        status: 0,
+        response: String::new(),
+        throttled: false,
+        bad_signature: false,
+    };
+    // Logged on arrival (a held answer is still seen), completed with the outcome.
+    let idx = {
+        let mut r = st.requests.lock().unwrap();
+        r.push(rec.clone());
+        r.len() - 1
+    };
+    let resp = if let Some(bad) = check_signature(kind, &method, &uri, &query, &hdr, &body) {
+        rec.bad_signature = true;
+        bad
+    } else if st
+        .throttle
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        rec.throttled = true;
+        throttled(kind)
+    } else {
+        match kind {
+            Kind::Huawei => huawei::huawei(st, &method, uri.path(), &params, &json_body, &hdr).await,
+            Kind::Alibaba => alibaba::alibaba(st, &params).await,
+            Kind::Aws => aws::aws(st, &params, &hdr).await,
+            Kind::Tencent => tencent::tencent(st, &json_body, &hdr).await,
+            Kind::Tcr => tcr::tcr(st, &json_body, &hdr).await,
+        }
+    };
+    rec.status = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    rec.response = String::from_utf8_lossy(&bytes).into_owned();
+    st.requests.lock().unwrap()[idx] = rec;
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+fn check_signature(
+    kind: Kind,
+    method: &Method,
+    uri: &Uri,
+    query: &[(String, String)],
+    hdr: &BTreeMap<String, String>,
+    body: &[u8],
+) -> Option<Response> {
+    let auth = hdr.get("authorization").cloned().unwrap_or_default();
+    let signed_headers = |list: &str| -> Vec<(String, String)> {
+        list.split(';')
+            .map(|h| (h.to_string(), hdr.get(h).cloned().unwrap_or_default()))
+            .collect()
+    };
+    match kind {
+        Kind::Huawei => {
+            let ok = auth.starts_with("SDK-HMAC-SHA256 ")
+                && auth_field(&auth, "Access") == Some(AK)
+                && auth_field(&auth, "SignedHeaders").is_some_and(|l| l.contains("x-sdk-date") && l.contains("host"))
+                && {
+                    let list = auth_field(&auth, "SignedHeaders").unwrap();
+                    let s = sign::huawei(AK, SK, method.as_str(), uri.path(), query, &signed_headers(list), body);
+                    auth_field(&auth, "Signature") == Some(s.signature.as_str())
+                };
+            (!ok).then(|| {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(json!({"error_code": "APIGW.0301", "error_msg": "Incorrect IAM authentication information: verify aksk signature fail"})),
+                )
+                    .into_response()
+            })
+        }
+        Kind::Alibaba => {
+            let p: Vec<(String, String)> = query.to_vec();
+            let given = p.iter().find(|(k, _)| k == "Signature").map(|(_, v)| v.clone());
+            let s = sign::alibaba_rpc(SK, "GET", &p);
+            let ok = p.iter().any(|(k, v)| k == "AccessKeyId" && v == AK)
+                && p.iter().any(|(k, v)| k == "SignatureMethod" && v == "HMAC-SHA1")
+                && given.as_deref() == Some(s.signature.as_str());
+            (!ok).then(|| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(json!({"Code": "SignatureDoesNotMatch", "Message": "Specified signature is not matched with our calculation.", "RequestId": "r"})),
+                )
+                    .into_response()
+            })
+        }
+        Kind::Aws => {
+            let cred = auth_field(&auth, "Credential").unwrap_or("");
+            let parts: Vec<&str> = cred.split('/').collect();
+            let ok =
+                auth.starts_with("AWS4-HMAC-SHA256 ") && parts.len() == 5 && parts[0] == AK && parts[3] == "ec2" && {
+                    let list = auth_field(&auth, "SignedHeaders").unwrap_or("");
+                    let date = hdr.get("x-amz-date").cloned().unwrap_or_default();
+                    let s = sign::aws_v4(
+                        AK,
+                        SK,
+                        parts[2],
+                        "ec2",
+                        method.as_str(),
+                        uri.path(),
+                        query,
+                        &signed_headers(list),
+                        body,
+                        &date,
+                    );
+                    date.starts_with(parts[1]) && auth_field(&auth, "Signature") == Some(s.signature.as_str())
+                };
+            (!ok).then(|| {
+                aws::aws_error(
+                    StatusCode::UNAUTHORIZED,
+                    "AuthFailure",
+                    "AWS was not able to validate the provided access credentials",
+                )
+            })
+        }
+        Kind::Tencent | Kind::Tcr => {
+            let service = if kind == Kind::Tcr { "tcr" } else { "cvm" };
+            // Canonical headers: names and values lower-cased (the API 3.0 signing rules).
+            let cred = auth_field(&auth, "Credential").unwrap_or("");
+            let parts: Vec<&str> = cred.split('/').collect();
+            let list = auth_field(&auth, "SignedHeaders").unwrap_or("");
+            let lowered: Vec<(String, String)> = signed_headers(list)
+                .into_iter()
+                .map(|(k, v)| (k, v.to_ascii_lowercase()))
+                .collect();
+            let ts: i64 = hdr.get("x-tc-timestamp").and_then(|t| t.parse().ok()).unwrap_or(0);
+            let s = sign::tencent_tc3(AK, SK, service, &lowered, body, ts);
+            let ok = auth.starts_with("TC3-HMAC-SHA256 ")
+                && parts.len() == 4
+                && parts[0] == AK
+                && parts[2] == service
+                && list.contains("content-type")
+                && list.contains("host")
+                && auth_field(&auth, "Signature") == Some(s.signature.as_str());
+            (!ok).then(|| {
+                tc_err(
+                    "AuthFailure.SignatureFailure",
+                    "The provided credentials could not be validated.",
+                )
+            })
+        }
+    }
+}
+
+fn throttled(kind: Kind) -> Response {
+    match kind {
+        Kind::Tencent | Kind::Tcr => tc_err("RequestLimitExceeded", "Your current request times exceed the limit."),
+        Kind::Huawei => (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(json!({"error_code": "APIG.0308", "error_msg": "The request is throttled."})),
+        )
+            .into_response(),
+        Kind::Alibaba => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"Code": "Throttling.User", "Message": "Request was denied due to user flow control.", "RequestId": "r"})),
+        )
+            .into_response(),
+        Kind::Aws => aws::aws_error(StatusCode::SERVICE_UNAVAILABLE, "RequestLimitExceeded", "Request limit exceeded."),
+    }
+}
+
+async fn hold(st: &State) {
+    let d = st.hold_copy_answer.lock().unwrap().take();
+    if let Some(d) = d {
+        tokio::time::sleep(d).await;
+    }
+}
+
+/// A Tencent API 3.0 error answer (CVM and TCR).
+fn tc_err(code: &str, msg: &str) -> Response {
+    axum::Json(json!({"Response": {"Error": {"Code": code, "Message": msg}, "RequestId": "r-1"}})).into_response()
+}
+
+/// A Tencent API 3.0 answer (CVM and TCR).
+fn tc_ok(mut v: Value) -> Response {
+    v["RequestId"] = json!("r-1");
+    axum::Json(json!({"Response": v})).into_response()
+}

@@ -1,0 +1,166 @@
+//! The Tencent Cloud CVM stand-in (see the parent module).
+
+use super::*;
+
+fn tc_image(i: &Img) -> Value {
+    let created = k8s_openapi::jiff::Timestamp::from_second(i.created_unix).unwrap();
+    let mut v = json!({
+        "ImageId": i.id, "ImageName": i.name, "ImageDescription": i.description,
+        "ImageState": if i.ready() { "NORMAL" } else { "SYNCING" },
+        "SyncPercent": i.progress(), "ImageType": "PRIVATE_IMAGE", "ImageSize": i.size_gib,
+        "CreatedTime": created.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "SnapshotSet": i.snapshots.iter().map(|s| json!({"SnapshotId": s, "DiskUsage": "SYSTEM_DISK", "DiskSize": i.size_gib})).collect::<Vec<_>>(),
+    });
+    for (k, x) in i.extra.as_object().into_iter().flatten() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+pub(super) async fn tencent(st: &State, b: &Value, hdr: &BTreeMap<String, String>) -> Response {
+    let region = hdr.get("x-tc-region").cloned().unwrap_or_default();
+    if hdr.get("x-tc-version").map(String::as_str) != Some("2017-03-12") {
+        return tc_err("InvalidParameter", "X-TC-Version must be 2017-03-12");
+    }
+    let strs = |k: &str| -> Vec<String> {
+        b.get(k)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect()
+    };
+    match hdr.get("x-tc-action").map(String::as_str).unwrap_or("") {
+        "DescribeImages" => {
+            let ids = strs("ImageIds");
+            let filter = |name: &str| -> Option<Vec<String>> {
+                b.get("Filters")?
+                    .as_array()?
+                    .iter()
+                    .find(|f| f["Name"] == name)
+                    .map(|f| {
+                        f["Values"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
+            };
+            let names = filter("image-name");
+            let imgs = st.images.lock().unwrap();
+            let here: Vec<&Img> = imgs.iter().filter(|i| i.region == region).collect();
+            for id in &ids {
+                if !here.iter().any(|i| i.id == *id) {
+                    return tc_err("InvalidImageId.NotFound", &format!("The image {id} does not exist."));
+                }
+            }
+            let list: Vec<Value> = here
+                .iter()
+                .filter(|i| ids.is_empty() || ids.contains(&i.id))
+                .filter(|i| names.as_ref().is_none_or(|n| n.contains(&i.name)))
+                .map(|i| tc_image(i))
+                .filter(|v| filter("image-type").is_none_or(|t| t.iter().any(|t| v["ImageType"] == t.as_str())))
+                .collect();
+            tc_ok(json!({"ImageSet": list, "TotalCount": list.len()}))
+        }
+        "SyncImages" => {
+            let ids = strs("ImageIds");
+            let dests = strs("DestinationRegions");
+            if ids.len() != 1 || dests.is_empty() {
+                return tc_err(
+                    "InvalidParameterValue",
+                    "one ImageIds and at least one DestinationRegions are required",
+                );
+            }
+            let src = st
+                .images
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|i| i.id == ids[0] && i.region == region)
+                .cloned();
+            let Some(src) = src else {
+                return tc_err("InvalidImageId.NotFound", "The image does not exist.");
+            };
+            if !src.ready() {
+                return tc_err("InvalidImageId.IncorrectState", "The image is not in the NORMAL state.");
+            }
+            let encrypt = b.get("Encrypt").and_then(Value::as_bool).unwrap_or(false);
+            for d in &dests {
+                if d.starts_with("ap-unsupported") {
+                    return tc_err(
+                        "InvalidRegion.Unavailable",
+                        &format!("The region {d} does not support image sync."),
+                    );
+                }
+                if (*d == region) != encrypt {
+                    return tc_err(
+                        "InvalidParameterValue.InvalidRegion",
+                        "custom images sync to other regions; encrypted copies stay in the source region",
+                    );
+                }
+            }
+            if b.get("DryRun").and_then(Value::as_bool) == Some(true) {
+                return tc_err(
+                    "DryRunOperation",
+                    "The request would have succeeded, but DryRun was set.",
+                );
+            }
+            let name = b
+                .get("ImageName")
+                .and_then(Value::as_str)
+                .unwrap_or(&src.name)
+                .to_string();
+            let mut set = Vec::new();
+            for d in &dests {
+                let id = format!("img-{:08x}", st.seq.fetch_add(1, Ordering::SeqCst) + 0x5e000);
+                st.images.lock().unwrap().push(Img {
+                    id: id.clone(),
+                    region: d.clone(),
+                    project: d.clone(),
+                    name: name.clone(),
+                    description: src.description.clone(),
+                    size_gib: src.size_gib,
+                    extra: json!({}),
+                    tags: BTreeMap::new(),
+                    copy: Some((Instant::now(), copy_time(st, d))),
+                    encrypted: encrypt,
+                    snapshots: vec![format!("snap-{id}")],
+                    created_unix: now_unix(),
+                });
+                set.push(json!({"ImageId": id, "Region": d}));
+            }
+            hold(st).await;
+            if b.get("ImageSetRequired").and_then(Value::as_bool) == Some(true) {
+                tc_ok(json!({"ImageSet": set}))
+            } else {
+                tc_ok(json!({}))
+            }
+        }
+        "DeleteImages" => {
+            let ids = strs("ImageIds");
+            let mut imgs = st.images.lock().unwrap();
+            for id in &ids {
+                match imgs.iter().find(|i| i.id == *id && i.region == region) {
+                    None => return tc_err("InvalidImageId.NotFound", "The image does not exist."),
+                    Some(i) if !i.ready() => {
+                        return tc_err("InvalidImageId.IncorrectState", "The image is being synced.");
+                    }
+                    _ => {}
+                }
+            }
+            // DeleteBindedSnap: the images' snapshots are deleted with them.
+            if b.get("DeleteBindedSnap").and_then(Value::as_bool) == Some(true) {
+                let snaps = imgs
+                    .iter()
+                    .filter(|i| ids.contains(&i.id) && i.region == region)
+                    .flat_map(|i| i.snapshots.clone());
+                st.deleted_snapshots.lock().unwrap().extend(snaps);
+            }
+            imgs.retain(|i| !(ids.contains(&i.id) && i.region == region));
+            tc_ok(json!({}))
+        }
+        other => tc_err("InvalidAction", &format!("{other} is not an action")),
+    }
+}
