@@ -270,11 +270,11 @@ impl ReplicaSyncer {
     }
 }
 
-/// Items reordered round-robin by repository: the first item of each repository (in order),
-/// then the second of each, and so on; within a repository the order is kept.
 /// Artifacts in progress per transfer slot of a ReplicaInstance sync (see `sync`).
 const ARTIFACTS_PER_SLOT: usize = 4;
 
+/// Items reordered round-robin by repository: the first item of each repository (in order),
+/// then the second of each, and so on; within a repository the order is kept.
 fn round_robin(items: Vec<Item>) -> Vec<Item> {
     let mut by_repo: std::collections::BTreeMap<String, std::collections::VecDeque<Item>> = Default::default();
     for item in items {
