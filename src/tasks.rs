@@ -1,6 +1,7 @@
-//! Copy tasks running in the background, keyed by object and destination region. Reconciles
-//! never await a copy: they read each task's view, collect finished results, and start or cancel
-//! tasks as the plan says.
+//! Work running in the background: the one task registry ([`TaskSet`]) and, on it, the oci
+//! copy tasks keyed by object and destination region ([`Tasks`]). Reconciles never await a
+//! copy: they read each task's view, collect finished results, and start or cancel tasks as the
+//! plan says.
 
 use std::collections::HashMap;
 use std::hash::Hash;
