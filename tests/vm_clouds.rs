@@ -811,3 +811,72 @@ async fn at_rest_vm_drift_checks_write_nothing() {
     );
     ecs.assert_conforms();
 }
+
+/// #11: the credentials Secret is read once per reconcile: `act`, starting the copies, uses
+/// the account the plan read (it read the Secret again). Counted at rest (the next drift check
+/// is an hour away), so no reconcile is in flight when the counts are taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_credentials_secret_is_read_once_per_reconcile() {
+    let ecs = Stand::start(Kind::Alibaba).await;
+    let src = ecs.add("cn-hangzhou", "web", 40, json!({}));
+    ecs.set_copy_time("cn-shanghai", Duration::from_millis(500));
+    ecs.set_copy_time("cn-beijing", Duration::from_millis(500));
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c) = support::cluster().await;
+    secret(&c, "ali", &[("accessKeyId", AK), ("accessKeySecret", SK)]).await;
+    let op = Operator::start_on(
+        support::operator::free_port(),
+        &s.write_kubeconfig(dir.path()),
+        dir.path(),
+        "op-a",
+        &[
+            "--resync-seconds",
+            "3600",
+            "--poll-min-seconds",
+            "1",
+            "--poll-max-seconds",
+            "1",
+        ],
+        &[],
+    );
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let provider = json!({"kind": "alibaba", "credentialsSecretRef": {"name": "ali"}, "endpoint": ecs.url});
+    create(
+        &api,
+        "web",
+        &provider,
+        json!({"region": "cn-hangzhou", "imageId": src}),
+        json!([{"region": "cn-shanghai"}, {"region": "cn-beijing"}]),
+        "Retain",
+    )
+    .await;
+    wait_ready(&api, "web").await;
+    let metric = "imgrep_reconcile_duration_seconds_count{controller=\"image_replication\"} ";
+    let count = || -> usize {
+        let (_, text) = op.http_get("/metrics").unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(metric))
+            .unwrap_or_default()
+            .to_string();
+        line.trim_start_matches(metric).trim().parse().unwrap_or(0)
+    };
+    // At rest once no reconcile has finished for 3 s (the one after the last status write).
+    let mut reconciles = count();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = count();
+        if now == reconciles {
+            break;
+        }
+        reconciles = now;
+    }
+    let reads = s
+        .requests()
+        .iter()
+        .filter(|(m, p)| m == "GET" && p.split('?').next().unwrap_or("").ends_with("/secrets/ali"))
+        .count();
+    assert_eq!(count(), reconciles, "at rest: no reconcile ran while counting");
+    assert!(reconciles >= 2, "{reconciles} reconciles");
+    assert_eq!(reads, reconciles, "Secret reads per reconcile of web");
+}

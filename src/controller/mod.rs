@@ -223,6 +223,9 @@ pub struct Planned<S> {
     pub vm: Option<crate::image_replication::vm::plan::VmPlan>,
     /// ReplicaInstance tencent: create the TCR replica once the status is written.
     pub replica_create: bool,
+    /// VM copies: the account read while planning, for `act` (each Secret is read once per
+    /// reconcile).
+    pub account: Option<crate::image_replication::vm::Account>,
 }
 
 impl<S> Planned<S> {
@@ -236,6 +239,7 @@ impl<S> Planned<S> {
             sync: None,
             vm: None,
             replica_create: false,
+            account: None,
         }
     }
 }
@@ -344,12 +348,13 @@ impl Managed for ImageReplication {
         let gate = self.gate(&ctx.providers);
         if let Some(p) = ctx.providers.vm(self.spec.provider.kind) {
             let acct = self.account(ctx).await;
-            let vm = ctx.vm.reconcile(self, &gate, p.as_ref(), acct, now).await;
+            let vm = ctx.vm.reconcile(self, &gate, p.as_ref(), acct.clone(), now).await;
             return Planned {
                 status: vm.status.clone(),
                 requeue: vm.requeue,
                 events: vm.events.clone(),
                 vm: Some(vm),
+                account: acct.ok(),
                 ..Planned::settled(ImageReplicationStatus::default())
             };
         }
@@ -389,7 +394,10 @@ impl Managed for ImageReplication {
         let key = key_of(self);
         if let (Some(vm), Some(p)) = (&planned.vm, ctx.providers.vm(self.spec.provider.kind)) {
             if !vm.start.is_empty() || !vm.cancel.is_empty() {
-                let acct = self.account(ctx).await.map_err(Error::Provider)?;
+                let acct = match &planned.account {
+                    Some(a) => a.clone(),
+                    None => self.account(ctx).await.map_err(Error::Provider)?,
+                };
                 ctx.vm.act(self, p.as_ref(), &acct, vm).await;
             }
             return Ok(());
