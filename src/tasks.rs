@@ -96,23 +96,41 @@ impl<K: Eq + Hash + Clone, P: Send + Sync + 'static, R: Send + 'static> TaskSet<
         let mut out = Vec::new();
         let mut finished = Vec::new();
         for (k, e) in map.iter().filter(|(k, _)| matches(k)) {
-            let taken = e.result.lock().expect("result lock").take();
-            let seen = match taken {
-                None => Seen::Running {
-                    progress: e.progress.as_ref(),
-                    flag: e.flag,
-                },
-                Some(outcome) => {
-                    finished.push(k.clone());
-                    Seen::Finished { outcome, flag: e.flag }
-                }
-            };
+            let seen = Self::seen(e);
+            if matches!(seen, Seen::Finished { .. }) {
+                finished.push(k.clone());
+            }
             out.push((k.clone(), see(k, seen)));
         }
         for k in finished {
             map.remove(&k);
         }
         out
+    }
+
+    /// What the task under `key` is doing, if there is one (collected if finished): one lookup,
+    /// for owners with one task per object.
+    pub fn collect_one<V>(&self, key: &K, see: impl FnOnce(Seen<'_, P, R>) -> V) -> Option<V> {
+        let mut map = self.map.lock().expect("tasks lock");
+        let e = map.get(key)?;
+        let seen = Self::seen(e);
+        let finished = matches!(seen, Seen::Finished { .. });
+        let v = see(seen);
+        if finished {
+            map.remove(key);
+        }
+        Some(v)
+    }
+
+    /// A task as its owner sees it; a finished one's result is taken.
+    fn seen(e: &Entry<P, R>) -> Seen<'_, P, R> {
+        match e.result.lock().expect("result lock").take() {
+            None => Seen::Running {
+                progress: e.progress.as_ref(),
+                flag: e.flag,
+            },
+            Some(outcome) => Seen::Finished { outcome, flag: e.flag },
+        }
     }
 
     /// Cancel the tasks whose key `matches`; returns how many were cancelled.

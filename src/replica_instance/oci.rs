@@ -330,9 +330,8 @@ impl SyncTasks {
     /// succeeded marks the object's last full sync at `now`).
     pub fn collect(&self, key: &str, now: &Time) -> SyncView {
         use crate::tasks::Seen;
-        let seen = self.set.collect(
-            |k| k == key,
-            |_, seen| match seen {
+        self.set
+            .collect_one(&key.to_string(), |seen| match seen {
                 Seen::Running { progress, flag } => SyncView::Running {
                     done: progress.done.load(Ordering::Relaxed),
                     total: progress.total.load(Ordering::Relaxed),
@@ -347,9 +346,8 @@ impl SyncTasks {
                     }
                     SyncView::Finished(outcome)
                 }
-            },
-        );
-        seen.into_iter().next().map_or(SyncView::Idle, |(_, v)| v)
+            })
+            .unwrap_or(SyncView::Idle)
     }
 
     /// When the object's last full sync finished, as this process knows it. An object that

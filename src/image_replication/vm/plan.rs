@@ -187,17 +187,14 @@ pub fn vm_plan(
         let can_start = *gate == Gate::Open && source.is_some();
         apply_observation(&mut p, &mut s, before, o, can_start, now, max_attempts, &mut wake);
 
-        let order = Order {
-            created,
-            key: key.clone(),
-            index,
-        };
         let start_now = StartNow {
             may_start,
             waiting: waiting.as_deref(),
             source_error: source_error.as_ref(),
+            created,
+            key: &key,
         };
-        queue_destination(&mut p, &mut s, gate, order, &start_now, now, max_attempts, &mut wake);
+        queue_destination(&mut p, &mut s, gate, index, &start_now, now, max_attempts, &mut wake);
         if in_flight(s.phase) {
             p.running.push(d.region.clone());
             s.queue_position = None;
@@ -239,6 +236,9 @@ struct StartNow<'a> {
     waiting: Option<&'a str>,
     /// The source image could not be read.
     source_error: Option<&'a ProviderError>,
+    /// The object's creation time and key: its place in the account's queue.
+    created: i64,
+    key: &'a str,
 }
 
 /// Suspend stops what is in flight; otherwise a destination that has no copy (or a failed one
@@ -248,7 +248,7 @@ fn queue_destination(
     p: &mut VmPlan,
     s: &mut DestinationStatus,
     gate: &Gate,
-    order: Order,
+    index: usize,
     start_now: &StartNow<'_>,
     now: &Time,
     max_attempts: i32,
@@ -258,6 +258,8 @@ fn queue_destination(
         may_start,
         waiting,
         source_error,
+        created,
+        key,
     } = *start_now;
     // Suspend: stop what is in flight; nothing new starts.
     if *gate == Gate::Suspended {
@@ -297,6 +299,11 @@ fn queue_destination(
         if may_start {
             s.phase = DestinationPhase::Queued;
             s.message = None;
+            let order = Order {
+                created,
+                key: key.to_string(),
+                index,
+            };
             p.wants.push((order, s.region.clone()));
         } else if let Some(w) = waiting {
             s.phase = DestinationPhase::Queued;
