@@ -17,6 +17,15 @@ use super::{
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud;
 
+/// A text field of a JSON image record (ECS, CVM), empty when absent.
+pub fn json_text(image: &serde_json::Value, key: &str) -> String {
+    image
+        .get(key)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
 /// What one such cloud defines: its image record and the calls on it.
 pub trait Catalog: Send + Sync {
     /// The cloud's image record (JSON for ECS and CVM, an XML node for EC2).

@@ -9,7 +9,7 @@
 
 use serde_json::Value;
 
-use super::super::catalog::Catalog;
+use super::super::catalog::{Catalog, json_text};
 use super::super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, TOKEN_PROPERTY,
 };
@@ -281,11 +281,11 @@ impl Catalog for Alibaba {
     }
 
     fn id(image: &Value) -> String {
-        image.get("ImageId").and_then(Value::as_str).unwrap_or("").to_string()
+        json_text(image, "ImageId")
     }
 
     fn name(image: &Value) -> String {
-        image.get("ImageName").and_then(Value::as_str).unwrap_or("").to_string()
+        json_text(image, "ImageName")
     }
 
     fn parse(image: &Value) -> ImageInfo {

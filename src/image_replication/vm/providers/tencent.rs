@@ -10,7 +10,7 @@
 
 use serde_json::{Value, json};
 
-use super::super::catalog::Catalog;
+use super::super::catalog::{Catalog, json_text};
 use super::super::{Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError};
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
@@ -327,11 +327,11 @@ impl Catalog for Tencent {
     }
 
     fn id(image: &Value) -> String {
-        image.get("ImageId").and_then(Value::as_str).unwrap_or("").to_string()
+        json_text(image, "ImageId")
     }
 
     fn name(image: &Value) -> String {
-        image.get("ImageName").and_then(Value::as_str).unwrap_or("").to_string()
+        json_text(image, "ImageName")
     }
 
     fn parse(image: &Value) -> ImageInfo {
