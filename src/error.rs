@@ -8,14 +8,13 @@ use thiserror::Error;
 pub enum Error {
     #[error("Kubernetes API error: {0}")]
     Kube(#[source] kube::Error),
-    #[error("finalizer error: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("provider error: {0}")]
     Provider(String),
     #[error("timed out: {0}")]
     Timeout(&'static str),
     /// The cleanup behind the finalizer cannot finish yet (a destination unreachable, a copy
-    /// that cannot be cancelled still running): status says so, and it is tried again.
+    /// that cannot be cancelled still running): not a failure; status says so, and the object
+    /// is looked at again (a requeue, not a reconcile error).
     #[error("cleanup blocked: {0}")]
     CleanupBlocked(String),
 }
@@ -31,7 +30,6 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Self::Kube(_) => "kube",
-            Self::Finalizer(_) => "finalizer",
             Self::Provider(_) => "provider",
             Self::Timeout(_) => "timeout",
             Self::CleanupBlocked(_) => "cleanup_blocked",

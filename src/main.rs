@@ -297,6 +297,25 @@ fn egress_policy(lists: &EgressArgs, config: &kube::Config) -> anyhow::Result<eg
     Ok(policy)
 }
 
+/// Serve /metrics, /healthz, /readyz (and the notification endpoint) until `stop` turns true.
+async fn serve_http(
+    addr: std::net::SocketAddr,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    Ok(tokio::spawn(
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                wait_true(&mut stop).await;
+            })
+            .into_future(),
+    ))
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let identity = args
@@ -313,21 +332,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(shutdown_signal(stop_tx.clone()));
 
-    let listener = tokio::net::TcpListener::bind(args.http_addr)
-        .await
-        .with_context(|| format!("binding {}", args.http_addr))?;
-    info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    let mut http_stop = stop_rx.clone();
-    let server = tokio::spawn(
-        axum::serve(
-            listener,
-            http::router(metrics.clone(), health.clone(), notifications.clone()),
-        )
-        .with_graceful_shutdown(async move {
-            wait_true(&mut http_stop).await;
-        })
-        .into_future(),
-    );
+    let router = http::router(metrics.clone(), health.clone(), notifications.clone());
+    let server = serve_http(args.http_addr, router, stop_rx.clone()).await?;
 
     let config = kube::Config::infer()
         .await

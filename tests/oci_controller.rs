@@ -257,7 +257,7 @@ async fn replicate_command_copies_without_a_cluster_and_reports_failures() {
 
 /// A delete that cannot finish (`deletionPolicy: Delete`, the destination registry down) says
 /// so in status — Ready=False, DeletionBlocked, the destination's error and the remedy — is
-/// counted as blocked (not as a reconcile error) and tried again: once the registry is back the
+/// counted and logged as blocked (not as a reconcile error) and tried again: once the registry is back the
 /// copy is removed and the object goes; switching to Retain lets a blocked object go at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_blocked_delete_is_visible_and_retain_lets_it_go() {
@@ -316,6 +316,11 @@ async fn a_blocked_delete_is_visible_and_retain_lets_it_go() {
             .filter(|l| l.starts_with("imgrep_reconcile_errors_total{") && l.contains("image_replication"))
             .all(|l| l.ends_with(" 0")),
         "a blocked delete is not a reconcile error: {metrics}"
+    );
+    let logs = op.logs();
+    assert!(
+        !logs.contains("controller stream error") && !logs.contains("reconcile failed"),
+        "a blocked delete is not logged as a failure: {logs}"
     );
 
     // The destination comes back: the copy is removed and the object goes.

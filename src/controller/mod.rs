@@ -5,6 +5,7 @@
 //! finalizer guarantees the cleanup hook runs before an object goes away.
 
 pub mod events;
+pub mod secrets;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
@@ -14,34 +15,27 @@ use std::time::Duration;
 use crate::api::conditions;
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Reporter};
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use crate::api::v1alpha1::{
-    DeletionPolicy, ImageReplication, ImageReplicationStatus, ProviderKind, ReplicaInstance, ReplicaInstanceStatus,
-    ReplicaProvider,
-};
+use crate::api::v1alpha1::{ImageReplication, ReplicaInstance};
 use crate::api::{FIELD_MANAGER, FINALIZER};
-use crate::image_replication::oci::{OciReplicator, SecretCredentials};
-use crate::oci::{OciError, Progress};
-use crate::plan::{Announcement, Gate};
+use crate::image_replication::oci::OciReplicator;
+use crate::plan::Announcement;
 use crate::replica_instance::notify::Notifications;
-use crate::replica_instance::oci::{ReplicaSyncer, SyncProgress, SyncTasks, SyncView};
-use crate::replica_instance::plan::SyncStart;
+use crate::replica_instance::oci::{ReplicaSyncer, SyncTasks};
 use crate::server::http::Health;
 use crate::server::metrics::Metrics;
 use crate::tasks::Tasks;
-use crate::{Error, Result, plan, provider, validation};
+use crate::{Error, Result, plan, provider};
 
 /// State shared by both controllers.
 pub struct Context {
@@ -154,7 +148,7 @@ impl Context {
         }
     }
 
-    fn set_replica_gauges(&self, key: &str, lag: i64, queued: i64) {
+    pub(crate) fn set_replica_gauges(&self, key: &str, lag: i64, queued: i64) {
         let mut g = self.replica_gauges.lock().expect("gauges lock");
         if lag == 0 && queued == 0 {
             g.remove(key);
@@ -207,44 +201,31 @@ pub fn backoff_delay(n: u32) -> Duration {
     Duration::from_secs((5u64 << n.saturating_sub(1).min(6)).min(300))
 }
 
-/// The outcome of planning one object.
-pub struct Planned<S> {
+/// The outcome of planning one object: the status to write, when to look again, the Events
+/// besides the headline one, and the work `act` starts once the status is written.
+pub struct Planned<S, W> {
     pub status: S,
-    /// Destinations (region, resync?) whose copy should start once the status is written.
-    pub start: Vec<(String, bool)>,
-    /// Cancel every running copy of the object (suspend).
-    pub cancel: bool,
     pub requeue: Option<Duration>,
     /// Per-destination Events, besides the headline one.
     pub events: Vec<Announcement>,
-    /// ReplicaInstance: the sync to start once the status is written.
-    pub sync: Option<SyncStart>,
-    /// VM copies: the plan whose starts and cancels run once the status is written.
-    pub vm: Option<crate::image_replication::vm::plan::VmPlan>,
-    /// ReplicaInstance tencent: create the TCR replica once the status is written.
-    pub replica_create: bool,
-    /// VM copies: the account read while planning, for `act` (each Secret is read once per
-    /// reconcile).
-    pub account: Option<crate::image_replication::vm::Account>,
+    pub work: W,
 }
 
-impl<S> Planned<S> {
-    fn settled(status: S) -> Self {
+impl<S, W> Planned<S, W> {
+    /// A plan with nothing to announce and no wake-up of its own.
+    pub fn new(status: S, work: W) -> Self {
         Self {
             status,
-            start: Vec::new(),
-            cancel: false,
             requeue: None,
             events: Vec::new(),
-            sync: None,
-            vm: None,
-            replica_create: false,
-            account: None,
+            work,
         }
     }
 }
 
-/// What the generic reconcile needs from each kind.
+/// What the generic reconcile needs from each kind: three steps, `observe` (all I/O, one
+/// snapshot), a pure `plan` of the snapshot and the time, and `act` (start the planned work
+/// once its status is written); then the cleanup behind the finalizer.
 pub trait Managed:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
     + Clone
@@ -256,15 +237,28 @@ pub trait Managed:
     + 'static
 {
     type Status: Serialize + DeserializeOwned + PartialEq + Clone + Send + Sync;
+    /// What one reconcile observed.
+    type Snapshot: Send + Sync;
+    /// What `act` starts or cancels.
+    type Work: Send + Sync;
     /// Metric label and log name of the controller.
     const CONTROLLER: &'static str;
     fn current_status(&self) -> Option<&Self::Status>;
     fn conditions_of(status: &Self::Status) -> &[Condition];
-    /// Observe the background tasks and plan (pure apart from collecting finished tasks).
-    fn plan(&self, ctx: &Context, now: &Time) -> impl Future<Output = Planned<Self::Status>> + Send;
+    /// All the I/O of one reconcile: background tasks (finished ones are collected here),
+    /// the provider, each Secret read once.
+    fn observe(&self, ctx: &Context, now: &Time) -> impl Future<Output = Self::Snapshot> + Send;
+    /// Pure: the same snapshot and time give the same plan.
+    fn plan(&self, snapshot: &Self::Snapshot, now: &Time) -> Planned<Self::Status, Self::Work>;
     /// Start or cancel work after the planned status is written.
-    fn act(&self, ctx: &Context, planned: &Planned<Self::Status>) -> impl Future<Output = Result<()>> + Send;
+    fn act(
+        &self,
+        ctx: &Context,
+        snapshot: &Self::Snapshot,
+        planned: &Planned<Self::Status, Self::Work>,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Cleanup before the finalizer goes; returns the note of the CleanupComplete Event.
+    /// `Error::Provider` or `Error::CleanupBlocked`: it cannot finish yet (looked at again).
     fn cleanup(&self, ctx: &Context) -> impl Future<Output = Result<String>> + Send;
     /// The status while the cleanup cannot finish (`message` says why): Ready=False with
     /// reason DeletionBlocked and the remedy.
@@ -272,7 +266,12 @@ pub trait Managed:
 }
 
 /// The conditions of an object whose delete cannot finish yet.
-fn blocked_conditions(old: &[Condition], message: &str, generation: Option<i64>, now: &Time) -> Vec<Condition> {
+pub(crate) fn blocked_conditions(
+    old: &[Condition],
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
     let m = format!(
         "deleting: {message}; the object goes once the cleanup succeeds (fix the destination, or set deletionPolicy: Retain to let it go now)"
     );
@@ -284,447 +283,12 @@ fn blocked_conditions(old: &[Condition], message: &str, generation: Option<i64>,
     conditions::merge(old, &desired, generation, now)
 }
 
-fn key_of<K: Resource>(obj: &K) -> String {
+pub(crate) fn key_of<K: Resource>(obj: &K) -> String {
     format!(
         "{}/{}",
         obj.meta().namespace.clone().unwrap_or_default(),
         obj.meta().name.clone().unwrap_or_default()
     )
-}
-
-impl ImageReplication {
-    fn gate(&self, providers: &provider::Registry) -> Gate {
-        let kind = self.spec.provider.kind;
-        let implemented = providers.has_image(kind);
-        plan::gate(
-            validation::image_replication(&self.spec),
-            kind.as_str(),
-            implemented,
-            self.spec.suspend,
-        )
-    }
-
-    /// The VM provider account: the referenced Secret's data and the endpoint override.
-    async fn account(&self, ctx: &Context) -> Result<crate::image_replication::vm::Account, String> {
-        let ns = self.namespace().unwrap_or_default();
-        let secret = match &self.spec.provider.credentials_secret_ref {
-            Some(r) => secret_data(ctx, &ns, &r.name).await?,
-            None => Default::default(),
-        };
-        Ok(crate::image_replication::vm::Account {
-            secret,
-            endpoint: self.spec.provider.endpoint.clone(),
-            agency: self.spec.provider.agency.clone(),
-        })
-    }
-
-    async fn credentials(&self, ctx: &Context) -> Result<SecretCredentials, String> {
-        secret_credentials(
-            ctx,
-            &self.namespace().unwrap_or_default(),
-            self.spec.provider.credentials_secret_ref.as_ref(),
-        )
-        .await
-    }
-}
-
-fn kube_reason(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("{} ({})", s.reason, s.code),
-        other => other.to_string(),
-    }
-}
-
-impl Managed for ImageReplication {
-    type Status = ImageReplicationStatus;
-    const CONTROLLER: &'static str = "image_replication";
-    fn current_status(&self) -> Option<&Self::Status> {
-        self.status.as_ref()
-    }
-    fn conditions_of(status: &Self::Status) -> &[Condition] {
-        &status.conditions
-    }
-    async fn plan(&self, ctx: &Context, now: &Time) -> Planned<Self::Status> {
-        let gate = self.gate(&ctx.providers);
-        if let Some(p) = ctx.providers.vm(self.spec.provider.kind) {
-            let acct = self.account(ctx).await;
-            let vm = ctx.vm.reconcile(self, &gate, p.as_ref(), acct.clone(), now).await;
-            return Planned {
-                status: vm.status.clone(),
-                requeue: vm.requeue,
-                events: vm.events.clone(),
-                vm: Some(vm),
-                account: acct.ok(),
-                ..Planned::settled(ImageReplicationStatus::default())
-            };
-        }
-        if gate == Gate::Open && self.spec.provider.kind == ProviderKind::Oci {
-            let key = key_of(self);
-            let view = ctx.tasks.collect(&key, now);
-            let regions: Vec<String> = self.spec.destinations.iter().map(|d| d.region.clone()).collect();
-            let checked = ctx.tasks.checked(&key, &regions, now, ctx.resync);
-            for v in view.values() {
-                let outcome = match v {
-                    plan::TaskView::Succeeded { up_to_date: true, .. } => "up_to_date",
-                    plan::TaskView::Succeeded { .. } => "copied",
-                    plan::TaskView::Failed { .. } => "failed",
-                    plan::TaskView::Running { .. } | plan::TaskView::Idle => continue,
-                };
-                ctx.metrics.copy_tasks.with_label_values(&["oci", outcome]).inc();
-            }
-            ctx.metrics.copy_tasks_running.set(ctx.tasks.len() as i64);
-            ctx.oci.note_copies(self);
-            let p =
-                crate::image_replication::plan::oci_plan(self, &view, &checked, now, ctx.resync, plan::MAX_ATTEMPTS);
-            return Planned {
-                status: p.status,
-                start: p.start,
-                requeue: p.requeue,
-                events: p.events,
-                ..Planned::settled(ImageReplicationStatus::default())
-            };
-        }
-        let implemented = gate != Gate::ProviderNotImplemented(self.spec.provider.kind.as_str());
-        let mut planned = Planned::settled(plan::image_replication_status(self, implemented, now));
-        // Suspended, or the spec became invalid: stop what runs.
-        planned.cancel = matches!(gate, Gate::Suspended | Gate::Invalid(_));
-        planned
-    }
-    async fn act(&self, ctx: &Context, planned: &Planned<Self::Status>) -> Result<()> {
-        let key = key_of(self);
-        if let (Some(vm), Some(p)) = (&planned.vm, ctx.providers.vm(self.spec.provider.kind)) {
-            if !vm.start.is_empty() || !vm.cancel.is_empty() {
-                let acct = match &planned.account {
-                    Some(a) => a.clone(),
-                    None => self.account(ctx).await.map_err(Error::Provider)?,
-                };
-                ctx.vm.act(self, p.as_ref(), &acct, vm).await;
-            }
-            return Ok(());
-        }
-        if planned.cancel && ctx.tasks.cancel_all(&key) > 0 {
-            info!("suspended or invalid: cancelled running copies");
-        }
-        if planned.start.is_empty() {
-            return Ok(());
-        }
-        let creds = self.credentials(ctx).await;
-        for (region, resync) in &planned.start {
-            let Some(dest) = self.spec.destinations.iter().find(|d| &d.region == region).cloned() else {
-                continue;
-            };
-            let progress = Arc::new(Progress::default());
-            let (oci, spec, creds, pr) = (ctx.oci.clone(), self.spec.clone(), creds.clone(), progress.clone());
-            let bytes = ctx.metrics.bytes_transferred.with_label_values(&["oci"]);
-            ctx.tasks.start(&key, region, *resync, progress, async move {
-                let r = match creds {
-                    Ok(c) => oci.copy_to(&spec, &dest, &c, &pr).await,
-                    Err(e) => Err(OciError::Auth(e)),
-                };
-                if let Ok(report) = &r {
-                    bytes.inc_by(report.bytes_uploaded);
-                }
-                r
-            });
-        }
-        Ok(())
-    }
-    fn blocked_status(&self, message: &str, now: &Time) -> Self::Status {
-        let mut st = self.status.clone().unwrap_or_default();
-        // The destination the message is about (cleanup messages name their region first).
-        for d in st.destinations.iter_mut() {
-            let r = &d.region;
-            if message.starts_with(&format!("{r}: ")) || message.contains(&format!(" in {r}: ")) {
-                d.message = Some(format!("deletion blocked: {message}"));
-            }
-        }
-        st.conditions = blocked_conditions(&st.conditions, message, self.metadata.generation, now);
-        st
-    }
-    async fn cleanup(&self, ctx: &Context) -> Result<String> {
-        if let Some(p) = ctx.providers.vm(self.spec.provider.kind) {
-            let acct = self.account(ctx).await;
-            return ctx.vm.cleanup(self, p.as_ref(), acct).await.map_err(Error::Provider);
-        }
-        let cancelled = ctx.tasks.cancel_all(&key_of(self));
-        ctx.tasks.forget(&key_of(self));
-        let mut note = format!("deletionPolicy {:?}", self.spec.deletion_policy);
-        if cancelled > 0 {
-            note.push_str(&format!("; cancelled {cancelled} copies in flight"));
-        }
-        if self.spec.deletion_policy == DeletionPolicy::Delete && self.spec.provider.kind == ProviderKind::Oci {
-            let creds = self.credentials(ctx).await.map_err(Error::Provider)?;
-            let mut removed = Vec::new();
-            for st in self.status.iter().flat_map(|s| s.destinations.iter()) {
-                let (Some(digest), Some(dest)) = (
-                    &st.digest,
-                    self.spec.destinations.iter().find(|d| d.region == st.region),
-                ) else {
-                    continue;
-                };
-                match ctx.oci.delete_copy(&self.spec, dest, digest, &creds).await {
-                    Ok(_) => removed.push(st.region.clone()),
-                    Err(OciError::Http {
-                        status: 405 | 403 | 401,
-                        ..
-                    }) => {
-                        note.push_str(&format!(
-                            "; {}: the registry does not allow deletes, copy kept",
-                            st.region
-                        ));
-                    }
-                    Err(e) => return Err(Error::Provider(format!("removing the copy in {}: {e}", st.region))),
-                }
-            }
-            if !removed.is_empty() {
-                note.push_str(&format!("; removed the copies in {}", removed.join(", ")));
-            }
-        } else if self.spec.deletion_policy == DeletionPolicy::Retain {
-            note.push_str("; destination copies kept");
-        }
-        Ok(note)
-    }
-}
-
-async fn secret_credentials(
-    ctx: &Context,
-    ns: &str,
-    r: Option<&crate::api::v1alpha1::SecretRef>,
-) -> Result<SecretCredentials, String> {
-    let Some(r) = r else {
-        return Ok(SecretCredentials::default());
-    };
-    let data = secret_data(ctx, ns, &r.name).await?;
-    SecretCredentials::from_data(&data).map_err(|e| format!("Secret {}: {e}", r.name))
-}
-
-async fn secret_data(
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-) -> Result<std::collections::BTreeMap<String, Vec<u8>>, String> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let secret = api
-        .get(name)
-        .await
-        .map_err(|e| format!("reading Secret {name}: {}", kube_reason(&e)))?;
-    Ok(secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect())
-}
-
-impl ReplicaInstance {
-    fn is_oci_open(&self, providers: &provider::Registry) -> (Gate, bool) {
-        let kind = self.spec.primary.provider;
-        let implemented = providers.replica(kind).is_some();
-        let gate = plan::gate(
-            validation::replica_instance(&self.spec),
-            kind.as_str(),
-            implemented,
-            self.spec.suspend,
-        );
-        let open = gate == Gate::Open && kind == ReplicaProvider::Oci;
-        (gate, open)
-    }
-    async fn replica_credentials(&self, ctx: &Context) -> Result<SecretCredentials, String> {
-        let r = self
-            .spec
-            .replica
-            .as_ref()
-            .and_then(|r| r.credentials_secret_ref.as_ref());
-        secret_credentials(ctx, &self.namespace().unwrap_or_default(), r).await
-    }
-
-    /// The TCR account: the primary's credentials Secret (`secretId`, `secretKey`, optional
-    /// `token`, optional `endpoint` override of `https://tcr.tencentcloudapi.com`).
-    async fn tencent_account(&self, ctx: &Context) -> Result<crate::image_replication::vm::Account, String> {
-        let ns = self.namespace().unwrap_or_default();
-        let secret = match &self.spec.primary.credentials_secret_ref {
-            Some(r) => secret_data(ctx, &ns, &r.name).await?,
-            None => return Err("spec.primary.credentialsSecretRef is required for tencent".into()),
-        };
-        let endpoint = secret
-            .get("endpoint")
-            .map(|v| String::from_utf8_lossy(v).trim().to_string())
-            .filter(|e| !e.is_empty());
-        Ok(crate::image_replication::vm::Account {
-            secret,
-            endpoint,
-            agency: None,
-        })
-    }
-
-    fn primary_host(&self) -> Option<String> {
-        crate::oci::RegistryAddr::parse(self.spec.primary.registry.as_deref()?)
-            .ok()
-            .map(|a| a.host)
-    }
-}
-
-impl Managed for ReplicaInstance {
-    type Status = ReplicaInstanceStatus;
-    const CONTROLLER: &'static str = "replica_instance";
-    fn current_status(&self) -> Option<&Self::Status> {
-        self.status.as_ref()
-    }
-    fn conditions_of(status: &Self::Status) -> &[Condition] {
-        &status.conditions
-    }
-    async fn plan(&self, ctx: &Context, now: &Time) -> Planned<Self::Status> {
-        let (gate, open) = self.is_oci_open(&ctx.providers);
-        let key = key_of(self);
-        if gate == Gate::Open && self.spec.primary.provider == ReplicaProvider::Tencent {
-            let seen = match self.tencent_account(ctx).await {
-                Ok(acct) => {
-                    let id = self.spec.primary.instance_id.clone().unwrap_or_default();
-                    ctx.tcr
-                        .observe(&acct, &id, &self.spec.primary.region, &self.spec.region)
-                        .await
-                }
-                Err(e) => Err(crate::image_replication::vm::ProviderError::transient(e)),
-            };
-            let p = crate::replica_instance::tcr::plan(self, seen.as_ref(), now);
-            return Planned {
-                status: p.status,
-                requeue: p.requeue,
-                events: p.events,
-                replica_create: p.create,
-                ..Planned::settled(ReplicaInstanceStatus::default())
-            };
-        }
-        if !open {
-            let implemented = gate != Gate::ProviderNotImplemented(self.spec.primary.provider.as_str());
-            let mut planned = Planned::settled(plan::replica_instance_status(self, implemented, now));
-            planned.cancel = matches!(gate, Gate::Suspended | Gate::Invalid(_));
-            return planned;
-        }
-        if let Some(host) = self.primary_host() {
-            ctx.notifications.subscribe(&host, &key);
-        }
-        let view = ctx.sync_tasks.collect(&key, now);
-        if let SyncView::Finished(Ok(r)) = &view {
-            let m = &ctx.metrics;
-            m.replica_artifacts.with_label_values(&["copied"]).inc_by(r.copied);
-            m.replica_artifacts.with_label_values(&["deleted"]).inc_by(r.deleted);
-            m.replica_artifacts
-                .with_label_values(&["failed"])
-                .inc_by(r.failures.len() as u64);
-            m.replica_artifacts
-                .with_label_values(&["conflict"])
-                .inc_by(r.conflicts.len() as u64);
-            m.bytes_transferred.with_label_values(&["oci_replica"]).inc_by(r.bytes);
-        }
-        let pending = ctx.notifications.pending(&key);
-        let interval = validation::parse_duration(&self.spec.sync.interval).unwrap_or(Duration::from_secs(600));
-        let synced_before = self.status.as_ref().is_some_and(|s| s.last_full_sync_time.is_some());
-        let last_full = ctx.sync_tasks.last_full(&key, synced_before, now, interval);
-        let p = crate::replica_instance::plan::replica_plan(
-            self,
-            &view,
-            pending.as_ref().map(|(r, t)| (r, t)),
-            last_full.as_ref(),
-            now,
-            interval,
-        );
-        ctx.set_replica_gauges(&key, p.status.lag_seconds.unwrap_or(0), p.status.pending.unwrap_or(0));
-        Planned {
-            status: p.status,
-            requeue: p.requeue,
-            events: p.events,
-            sync: p.start,
-            ..Planned::settled(ReplicaInstanceStatus::default())
-        }
-    }
-    async fn act(&self, ctx: &Context, planned: &Planned<Self::Status>) -> Result<()> {
-        let key = key_of(self);
-        if planned.replica_create {
-            let acct = self.tencent_account(ctx).await.map_err(Error::Provider)?;
-            let id = self.spec.primary.instance_id.clone().unwrap_or_default();
-            match ctx
-                .tcr
-                .create(&acct, &id, &self.spec.primary.region, &self.spec.region)
-                .await
-            {
-                Ok(r) => info!(replica = r, "TCR replica instance created"),
-                Err(e) => {
-                    warn!(error = %e, "creating the TCR replica instance failed; will look again");
-                    let note = format!("creating the replica in {}: {e}", self.spec.region);
-                    publish(ctx, self, true, "CreateReplicaFailed", note).await;
-                }
-            }
-            return Ok(());
-        }
-        if planned.cancel && ctx.sync_tasks.cancel(&key) {
-            info!("suspended or invalid: cancelled the running sync");
-        }
-        let Some(start) = &planned.sync else { return Ok(()) };
-        let repos = match start {
-            SyncStart::Full => {
-                ctx.notifications.take(&key); // a full sync covers them
-                None
-            }
-            SyncStart::Repositories(_) => ctx.notifications.take(&key).map(|(r, _)| r),
-        };
-        let ns = self.namespace().unwrap_or_default();
-        let pc = secret_credentials(ctx, &ns, self.spec.primary.credentials_secret_ref.as_ref()).await;
-        let rc = self.replica_credentials(ctx).await;
-        let progress = Arc::new(SyncProgress::default());
-        let (syncer, spec, pr) = (ctx.syncer.clone(), self.spec.clone(), progress.clone());
-        let full = repos.is_none();
-        ctx.sync_tasks.start(&key, full, progress, async move {
-            let (pc, rc) = (pc.map_err(OciError::Auth)?, rc.map_err(OciError::Auth)?);
-            syncer.sync(&spec, repos, &pc, &rc, &pr).await
-        });
-        Ok(())
-    }
-    fn blocked_status(&self, message: &str, now: &Time) -> Self::Status {
-        let mut st = self.status.clone().unwrap_or_default();
-        st.conditions = blocked_conditions(&st.conditions, message, self.metadata.generation, now);
-        st
-    }
-    async fn cleanup(&self, ctx: &Context) -> Result<String> {
-        let key = key_of(self);
-        let cancelled = ctx.sync_tasks.cancel(&key);
-        ctx.sync_tasks.forget(&key);
-        ctx.notifications.unsubscribe(&key);
-        ctx.set_replica_gauges(&key, 0, 0);
-        let mut note = format!("deletionPolicy {:?}", self.spec.deletion_policy);
-        if cancelled {
-            note.push_str("; cancelled the running sync");
-        }
-        match (self.spec.primary.provider, self.spec.deletion_policy) {
-            (ReplicaProvider::Tencent, DeletionPolicy::Delete) => {
-                let acct = self.tencent_account(ctx).await.map_err(Error::Provider)?;
-                let id = self.spec.primary.instance_id.clone().unwrap_or_default();
-                let gone = ctx
-                    .tcr
-                    .delete(&acct, &id, &self.spec.primary.region, &self.spec.region)
-                    .await
-                    .map_err(|e| Error::Provider(format!("deleting the TCR replica instance: {e}")))?;
-                match gone {
-                    Some(r) => note.push_str(&format!(
-                        "; deleted replica instance {r} of {id} in {} (the primary is never touched)",
-                        self.spec.region
-                    )),
-                    None => note.push_str("; no replica instance to delete"),
-                }
-            }
-            (ReplicaProvider::Oci, DeletionPolicy::Delete) => {
-                let rc = self.replica_credentials(ctx).await.map_err(Error::Provider)?;
-                let n = ctx
-                    .syncer
-                    .remove_replicated(&self.spec, &rc)
-                    .await
-                    .map_err(|e| Error::Provider(format!("removing replicated content: {e}")))?;
-                note.push_str(&format!("; removed {n} replicated artifacts from the replica"));
-            }
-            (_, DeletionPolicy::Retain) => note.push_str("; the replica's content is kept"),
-        }
-        Ok(note)
-    }
 }
 
 const API_TIMEOUT: Duration = Duration::from_secs(30);
@@ -736,7 +300,13 @@ async fn timed<T>(what: &'static str, f: impl Future<Output = Result<T, kube::Er
     }
 }
 
-async fn publish<K: Managed>(ctx: &Context, obj: &K, warning: bool, reason: &str, note: String) {
+pub(crate) async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
     let ev = Event {
         type_: if warning { EventType::Warning } else { EventType::Normal },
         reason: reason.to_string(),
@@ -772,7 +342,8 @@ async fn write_status<K: Managed>(obj: &K, ctx: &Context, status: &K::Status) ->
 
 async fn apply<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
     let now = Time(Timestamp::now());
-    let mut planned = obj.plan(ctx, &now).await;
+    let snapshot = obj.observe(ctx, &now).await;
+    let mut planned = obj.plan(&snapshot, &now);
     // Remote text in messages: bounded and without credentials, before it is compared.
     planned.status = crate::redact::status(planned.status);
     let old = obj.current_status();
@@ -787,18 +358,26 @@ async fn apply<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
         }
     }
     // Only now that the status says what is under way does the work start.
-    obj.act(ctx, &planned).await?;
+    obj.act(ctx, &snapshot, &planned).await?;
     Ok(planned
         .requeue
         .map(Action::requeue)
         .unwrap_or_else(Action::await_change))
 }
 
-/// Run the cleanup. One that cannot finish yet keeps the finalizer: the status says why and
-/// what to do (a Warning Event when the reason changes), and it is tried again with backoff.
-async fn cleanup<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
+/// Run the cleanup. Done: the finalizer goes (a merge patch conditional on the resourceVersion
+/// read). One that cannot finish yet keeps the finalizer and is not an error: the status says
+/// why and what to do (a Warning Event when the reason changes), it is counted as blocked and
+/// looked at again with the object's backoff.
+async fn cleanup<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result<Action> {
+    let key = key_of(obj.as_ref());
     match obj.cleanup(ctx).await {
         Ok(note) => {
+            let rest = obj.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+            if !set_finalizers(api, obj.as_ref(), rest).await? {
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            ctx.reset_backoff(&key);
             publish(ctx, obj.as_ref(), false, "CleanupComplete", note).await;
             Ok(Action::await_change())
         }
@@ -809,16 +388,56 @@ async fn cleanup<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
                 write_status(obj.as_ref(), ctx, &status).await?;
                 publish(ctx, obj.as_ref(), true, "DeletionBlocked", message.clone()).await;
             }
-            Err(Error::CleanupBlocked(message))
+            let delay = ctx.next_backoff(&key);
+            ctx.metrics.cleanup_blocked.with_label_values(&[K::CONTROLLER]).inc();
+            info!(object = %key, reason = %crate::redact::message(&message), retry_in = ?delay, "delete waits for its cleanup");
+            Ok(Action::requeue(delay))
         }
         Err(e) => Err(e),
     }
 }
 
-/// Whether a reconcile error is a cleanup that cannot finish yet (not a failure of ours).
-fn cleanup_blocked(err: &Error) -> bool {
-    matches!(err, Error::CleanupBlocked(_))
-        || matches!(err, Error::Finalizer(f) if matches!(f.as_ref(), kube::runtime::finalizer::Error::CleanupFailed(Error::CleanupBlocked(_))))
+/// Replace the object's finalizers with a merge patch conditional on the resourceVersion read.
+/// `false`: the object changed meanwhile (409), look again; an object already gone is done.
+async fn set_finalizers<K: Managed>(api: &Api<K>, obj: &K, finalizers: Vec<String>) -> Result<bool> {
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": obj.resource_version(),
+        "finalizers": finalizers,
+    }});
+    match api
+        .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The finalizer: the claim adds it; one removed by hand while the object lives is added back
+/// (conditional on the resourceVersion read, as the claim). A deleted object whose finalizer
+/// is ours is cleaned up; one without it is left to go.
+async fn finalize<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result<Action> {
+    let ours = obj.finalizers().iter().any(|f| f == FINALIZER);
+    match (obj.meta().deletion_timestamp.is_some(), ours) {
+        (false, true) => {
+            let action = apply(obj.clone(), ctx).await?;
+            ctx.reset_backoff(&key_of(obj.as_ref()));
+            Ok(action)
+        }
+        (false, false) => {
+            let mut finalizers = obj.finalizers().to_vec();
+            finalizers.push(FINALIZER.to_string());
+            // The patch is a change: its watch event reconciles the object again.
+            Ok(match set_finalizers(api, obj.as_ref(), finalizers).await? {
+                true => Action::await_change(),
+                false => Action::requeue(Duration::from_secs(1)),
+            })
+        }
+        (true, true) => cleanup(api, obj, ctx).await,
+        (true, false) => Ok(Action::await_change()),
+    }
 }
 
 /// The annotation naming the installation of the operator that reconciles an object.
@@ -895,29 +514,13 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Act
             return Ok(Action::await_change());
         }
     };
-    let result = finalizer(&api, FINALIZER, obj, |event| async {
-        match event {
-            FinalizerEvent::Apply(o) => apply(o, &ctx).await,
-            FinalizerEvent::Cleanup(o) => cleanup(o, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    if result.is_ok() {
-        ctx.reset_backoff(&key);
-    }
-    result
+    finalize(&api, obj, &ctx).await
 }
 
 /// Failed reconciles back off per object; an invalid spec waits for a change.
 pub fn error_policy<K: Managed>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
     let key = key_of(obj.as_ref());
     let delay = ctx.next_backoff(&key);
-    if cleanup_blocked(err) {
-        ctx.metrics.cleanup_blocked.with_label_values(&[K::CONTROLLER]).inc();
-        info!(object = %key, error = %err, retry_in = ?delay, "delete waits for its cleanup");
-        return Action::requeue(delay);
-    }
     ctx.metrics.reconcile_failure(K::CONTROLLER, err.category());
     warn!(object = %key, error = %err, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)

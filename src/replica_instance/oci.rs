@@ -140,6 +140,20 @@ impl ReplicaSyncer {
         })
     }
 
+    /// The copy options of one sync: `sync.bandwidthLimit` is one limiter for all its
+    /// transfers; `maxConcurrentTransfers` (`n`) bounds the blobs moving bytes at once across it.
+    fn sync_options(&self, spec: &ReplicaInstanceSpec, n: usize) -> CopyOptions {
+        let mut opts = self.opts.clone();
+        opts.bandwidth = spec
+            .sync
+            .bandwidth_limit
+            .as_deref()
+            .and_then(crate::validation::parse_quantity)
+            .map(|b| std::sync::Arc::new(crate::oci::copy::RateLimiter::new(b)));
+        opts.transfer_slots = Some(std::sync::Arc::new(tokio::sync::Semaphore::new(n)));
+        opts
+    }
+
     /// Sync the replica from the primary: everything (`repos` None) or only some repositories
     /// (push notifications).
     pub async fn sync(
@@ -158,16 +172,7 @@ impl ReplicaSyncer {
         let replica = self.budgets.registry(&raddr, replica_creds.for_host(&raddr.host))?;
         let n = spec.sync.max_concurrent_transfers.max(1) as usize;
         let full = repos.is_none();
-        // sync.bandwidthLimit: one limiter for all transfers of this sync.
-        let mut opts = self.opts.clone();
-        opts.bandwidth = spec
-            .sync
-            .bandwidth_limit
-            .as_deref()
-            .and_then(crate::validation::parse_quantity)
-            .map(|b| std::sync::Arc::new(crate::oci::copy::RateLimiter::new(b)));
-        // maxConcurrentTransfers: the blobs moving bytes at once across this sync.
-        opts.transfer_slots = Some(std::sync::Arc::new(tokio::sync::Semaphore::new(n)));
+        let opts = self.sync_options(spec, n);
         // Listing requests are light: as many at once as artifacts in progress.
         let pinv = inventory(&primary, spec, repos.as_ref(), n * ARTIFACTS_PER_SLOT).await?;
         // The replica is listed only for the repositories the primary has, unless deletions

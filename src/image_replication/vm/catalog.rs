@@ -2,17 +2,15 @@
 //! destination image at once (Alibaba ECS `CopyImage`, AWS EC2 `CopyImage`, Tencent CVM
 //! `SyncImages`): each says in a small [`Catalog`] how it lists and reads its images, asks for a
 //! copy, finds one by our token and removes one; the adapter below makes every `Catalog` an
-//! [`ImageService`] that describes, starts, finds, polls and checks copies the same way.
+//! [`Service`] (so an `ImageService`) that describes, starts, finds, polls and checks copies the same way.
 //!
 //! Huawei IMS (copy jobs polled by job id, projects) and OpenStack (the operator moves the
-//! bytes itself) differ in what they do and implement [`ImageService`] themselves.
+//! bytes itself) differ in what they do and implement [`Service`] themselves.
 
 use std::future::Future;
 
-use futures::future::BoxFuture;
-
 use super::{
-    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError, TaskState,
+    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, Service, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud;
@@ -87,7 +85,7 @@ pub trait Catalog: Send + Sync {
     fn delete(&self, acct: &Account, region: &str, id: &str) -> impl Future<Output = Result<(), ProviderError>> + Send;
 }
 
-impl<C: Catalog> ImageService for C {
+impl<C: Catalog> Service for C {
     fn kind(&self) -> ProviderKind {
         C::KIND
     }
@@ -96,99 +94,68 @@ impl<C: Catalog> ImageService for C {
         C::CAN_CANCEL
     }
 
-    fn describe<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        image: &'a ImageSelector,
-    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>> {
-        Box::pin(async move {
-            let wanted = match image {
-                ImageSelector::Id(v) | ImageSelector::Name(v) => v.as_str(),
-            };
-            let exact = self
-                .lookup(acct, region, image)
-                .await?
-                .into_iter()
-                .filter(|i| match image {
-                    ImageSelector::Id(id) => C::id(i) == *id,
-                    ImageSelector::Name(n) => C::name(i) == *n,
-                })
-                .map(|i| (C::id(&i), i))
-                .collect();
-            cloud::exactly_one(C::SERVICE, region, wanted, exact).map(|i| C::parse(&i))
-        })
+    async fn describe(&self, acct: &Account, region: &str, image: &ImageSelector) -> Result<ImageInfo, ProviderError> {
+        let wanted = match image {
+            ImageSelector::Id(v) | ImageSelector::Name(v) => v.as_str(),
+        };
+        let exact = self
+            .lookup(acct, region, image)
+            .await?
+            .into_iter()
+            .filter(|i| match image {
+                ImageSelector::Id(id) => C::id(i) == *id,
+                ImageSelector::Name(n) => C::name(i) == *n,
+            })
+            .map(|i| (C::id(&i), i))
+            .collect();
+        cloud::exactly_one(C::SERVICE, region, wanted, exact).map(|i| C::parse(&i))
     }
 
-    fn start_copy<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-    ) -> BoxFuture<'a, Result<CopyHandle, ProviderError>> {
-        Box::pin(async move {
-            // A copy whose answer was lost is found by its token before another is asked for.
-            match self.find(acct, req).await? {
-                Some(h) => Ok(h),
-                None => self.request_copy(acct, req).await,
-            }
-        })
+    async fn start_copy(&self, acct: &Account, req: &CopyRequest) -> Result<CopyHandle, ProviderError> {
+        // A copy whose answer was lost is found by its token before another is asked for.
+        match self.find(acct, req).await? {
+            Some(h) => Ok(h),
+            None => self.request_copy(acct, req).await,
+        }
     }
 
-    fn find_copy<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-    ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>> {
-        Box::pin(self.find(acct, req))
+    async fn find_copy(&self, acct: &Account, req: &CopyRequest) -> Result<Option<CopyHandle>, ProviderError> {
+        self.find(acct, req).await
     }
 
-    fn poll<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-        handle: &'a CopyHandle,
-    ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
-        Box::pin(async move {
-            let id = handle.image()?;
-            let img = self.image(acct, &req.region, id).await?;
-            let view = img.as_ref().map(C::state);
-            if let (Some((ImageState::Available, _)), Some(i)) = (&view, &img) {
-                self.settle(acct, req, i).await?;
-            }
-            Ok(TaskState::of_image(id, req.source.size_bytes, view))
-        })
+    async fn poll(&self, acct: &Account, req: &CopyRequest, handle: &CopyHandle) -> Result<TaskState, ProviderError> {
+        let id = handle.image()?;
+        let img = self.image(acct, &req.region, id).await?;
+        let view = img.as_ref().map(C::state);
+        if let (Some((ImageState::Available, _)), Some(i)) = (&view, &img) {
+            self.settle(acct, req, i).await?;
+        }
+        Ok(TaskState::of_image(id, req.source.size_bytes, view))
     }
 
-    fn cancel<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        handle: &'a CopyHandle,
-    ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        Box::pin(Catalog::cancel(self, acct, region, handle))
+    async fn cancel(&self, acct: &Account, region: &str, handle: &CopyHandle) -> Result<(), ProviderError> {
+        Catalog::cancel(self, acct, region, handle).await
     }
 
-    fn delete_image<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        _project: Option<&'a str>,
-        image_id: &'a str,
-    ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        Box::pin(self.delete(acct, region, image_id))
+    async fn delete_image(
+        &self,
+        acct: &Account,
+        region: &str,
+        _project: Option<&str>,
+        image_id: &str,
+    ) -> Result<(), ProviderError> {
+        self.delete(acct, region, image_id).await
     }
 
     /// Usable or still being made.
-    fn image_exists<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        _project: Option<&'a str>,
-        image_id: &'a str,
-    ) -> BoxFuture<'a, Result<bool, ProviderError>> {
-        Box::pin(async move {
-            let img = self.image(acct, region, image_id).await?;
-            Ok(img.is_some_and(|i| matches!(C::state(&i).0, ImageState::Available | ImageState::Creating)))
-        })
+    async fn image_exists(
+        &self,
+        acct: &Account,
+        region: &str,
+        _project: Option<&str>,
+        image_id: &str,
+    ) -> Result<bool, ProviderError> {
+        let img = self.image(acct, region, image_id).await?;
+        Ok(img.is_some_and(|i| matches!(C::state(&i).0, ImageState::Available | ImageState::Creating)))
     }
 }

@@ -168,6 +168,32 @@ fn project_of<'a>(obj: &'a ImageReplication, region: &str) -> Option<&'a str> {
         .and_then(|d| d.project.as_deref())
 }
 
+/// The account is needed for a cleanup only when there is something to cancel or delete (a
+/// Secret deleted together with the object must not hold the object forever).
+fn cleanup_needs_account(obj: &ImageReplication, st: &crate::api::v1alpha1::ImageReplicationStatus) -> bool {
+    st.destinations.iter().any(|d| {
+        matches!(
+            d.phase,
+            DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling
+        ) || (d.phase == DestinationPhase::Available && obj.spec.deletion_policy == DeletionPolicy::Delete)
+    })
+}
+
+/// Whether the source is described this time: the gate is open and the spec changed or a
+/// destination is not Available yet.
+fn needs_source(obj: &ImageReplication, gate: &Gate) -> bool {
+    let st = obj.status.clone().unwrap_or_default();
+    let spec_changed = st.observed_generation != obj.metadata.generation;
+    matches!(gate, Gate::Open)
+        && (spec_changed
+            || obj.spec.destinations.iter().any(|d| {
+                st.destinations
+                    .iter()
+                    .find(|s| s.region == d.region)
+                    .is_none_or(|s| s.phase != DestinationPhase::Available)
+            }))
+}
+
 fn handle_of(s: &DestinationStatus) -> CopyHandle {
     CopyHandle {
         task_id: s.task_id.clone(),
@@ -285,7 +311,8 @@ impl VmEngine {
         })
     }
 
-    /// Observe and plan one object. `acct` is the account, or why it could not be read.
+    /// Observe and plan one object (`replicate -f` and the engine's tests; the controller
+    /// runs the two steps itself).
     pub async fn reconcile(
         &self,
         obj: &ImageReplication,
@@ -294,6 +321,22 @@ impl VmEngine {
         acct: Result<Account, String>,
         now: &Time,
     ) -> VmPlan {
+        let snap = self.observe(obj, gate, provider, acct, now).await;
+        vplan::plan(obj, gate, &snap, now)
+    }
+
+    /// Observe one object: all its I/O (describe the source when needed, find copies by
+    /// token, poll what is due, check for drift), the quota's answers to the destinations that
+    /// ask for a slot, and when the next polls and drift checks are due. `acct` is the
+    /// account, or why it could not be read.
+    pub async fn observe(
+        &self,
+        obj: &ImageReplication,
+        gate: &Gate,
+        provider: &dyn ImageService,
+        acct: Result<Account, String>,
+        now: &Time,
+    ) -> vplan::Snapshot {
         let key = key_of(obj);
         let st = obj.status.clone().unwrap_or_default();
         let mut obs = Observed::default();
@@ -304,15 +347,6 @@ impl VmEngine {
                 None
             }
         };
-        let spec_changed = st.observed_generation != obj.metadata.generation;
-        let needs_source = matches!(gate, Gate::Open)
-            && (spec_changed
-                || obj.spec.destinations.iter().any(|d| {
-                    st.destinations
-                        .iter()
-                        .find(|s| s.region == d.region)
-                        .is_none_or(|s| s.phase != DestinationPhase::Available)
-                }));
         let acct = match self.auth_held(&key, acct.as_ref()) {
             Some(e) => {
                 obs.source = Some(Err(e));
@@ -320,21 +354,8 @@ impl VmEngine {
             }
             None => acct,
         };
-        if let (Some(a), true, Some(sel)) = (&acct, needs_source, selector(obj)) {
-            let t = Instant::now();
-            let r = provider.describe(a, &obj.spec.source.region, &sel).await;
-            self.time(provider, "describe", t, &r);
-            let r = match r {
-                Err(e) if e.auth => Err(self.hold_auth(obj, &key, a, e, now)),
-                other => other,
-            };
-            if let Ok(i) = &r {
-                self.with_mem(&key, |m| {
-                    m.source = Some(i.clone());
-                    m.auth = None;
-                });
-            }
-            obs.source = Some(r);
+        if let (Some(a), true, Some(sel)) = (&acct, needs_source(obj, gate), selector(obj)) {
+            obs.source = Some(self.describe(obj, &key, provider, a, &sel, now).await);
         }
         let source = match &obs.source {
             Some(Ok(i)) => Some(i.clone()),
@@ -348,27 +369,82 @@ impl VmEngine {
                 obs.dests.insert(s.region.clone(), o);
             }
         }
+        let mut snap = vplan::Snapshot {
+            observed: obs,
+            resync: self.settings.resync,
+            limits: self.settings.limits.clone(),
+            max_attempts: self.settings.max_attempts,
+            ..Default::default()
+        };
+        snap.admissions = self.admit(obj, &key, gate, provider, &snap, now);
+        self.schedule(&key, &mut snap);
+        snap
+    }
 
-        let max = self.settings.max_attempts;
-        let mut plan = vplan::vm_plan(obj, gate, &obs, &self.settings.limits, now, max);
+    /// Describe the source image; a refusal of the credentials is held (see `hold_auth`).
+    async fn describe(
+        &self,
+        obj: &ImageReplication,
+        key: &str,
+        provider: &dyn ImageService,
+        a: &Account,
+        sel: &ImageSelector,
+        now: &Time,
+    ) -> Result<ImageInfo, ProviderError> {
+        let t = Instant::now();
+        let r = provider.describe(a, &obj.spec.source.region, sel).await;
+        self.time(provider, "describe", t, &r);
+        let r = match r {
+            Err(e) if e.auth => Err(self.hold_auth(obj, key, a, e, now)),
+            other => other,
+        };
+        if let Ok(i) = &r {
+            self.with_mem(key, |m| {
+                m.source = Some(i.clone());
+                m.auth = None;
+            });
+        }
+        r
+    }
+
+    /// Ask the quota for the slots the plan of this snapshot wants (the quota's ledger is
+    /// shared by every object of the account, so its answer is part of what is observed).
+    fn admit(
+        &self,
+        obj: &ImageReplication,
+        key: &str,
+        gate: &Gate,
+        provider: &dyn ImageService,
+        snap: &vplan::Snapshot,
+        now: &Time,
+    ) -> HashMap<String, super::quota::Admission> {
+        let p = vplan::vm_plan(obj, gate, &snap.observed, &snap.limits, now, snap.max_attempts);
         let limit = obj
             .spec
             .provider
             .max_concurrent_copies
             .unwrap_or_else(|| provider.default_max_concurrent());
         let wants = if matches!(gate, Gate::Open) {
-            plan.wants.clone()
+            p.wants
         } else {
             Vec::new()
         };
-        let admissions = self.quota.admit(&account_key(obj), &key, limit, &plan.running, &wants);
-        if !wants.is_empty() {
-            vplan::vm_admit(&mut plan, obj, &admissions, now, max);
-        }
+        self.quota.admit(&account_key(obj), key, limit, &p.running, &wants)
+    }
 
-        plan.requeue = self.next_wake(&key, &plan);
-        self.record_metrics(obj, &key, provider, &plan);
-        plan
+    /// How long until each destination's next poll and drift check.
+    fn schedule(&self, key: &str, snap: &mut vplan::Snapshot) {
+        let now_i = Instant::now();
+        self.with_mem(key, |m| {
+            for (region, p) in &m.polls {
+                snap.poll_in
+                    .insert(region.clone(), p.0.saturating_duration_since(now_i));
+            }
+            for (region, last) in &m.drift {
+                let due = (*last + self.settings.resync).saturating_duration_since(now_i);
+                snap.drift_in.insert(region.clone(), due);
+            }
+        });
     }
 
     /// The refusal to report while credentials the cloud refused wait out their backoff:
@@ -385,33 +461,6 @@ impl VmEngine {
                 .filter(|h| h.until > Instant::now())
                 .map(|h| h.error.clone())
         })
-    }
-
-    /// When to look again: the plan's own wake-up, the next poll of a copy in flight, the next
-    /// drift check of an available one.
-    fn next_wake(&self, key: &str, plan: &VmPlan) -> Option<Duration> {
-        let mut next: Vec<Duration> = plan.requeue.into_iter().collect();
-        self.with_mem(key, |m| {
-            let now_i = Instant::now();
-            for s in &plan.status.destinations {
-                match s.phase {
-                    DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling => {
-                        let at = m.polls.get(&s.region).map(|p| p.0).unwrap_or(now_i);
-                        next.push(at.saturating_duration_since(now_i).max(Duration::from_millis(500)));
-                    }
-                    DestinationPhase::Available => {
-                        let last = *m.drift.entry(s.region.clone()).or_insert(now_i);
-                        next.push(
-                            (last + self.settings.resync)
-                                .saturating_duration_since(now_i)
-                                .max(Duration::from_secs(1)),
-                        );
-                    }
-                    _ => {}
-                }
-            }
-        });
-        next.into_iter().min()
     }
 
     async fn observe_dest(
@@ -559,9 +608,19 @@ impl VmEngine {
         m.copy_queue_depth.set(self.quota.waiting_total() as i64);
     }
 
-    /// Start and cancel what the plan says, after its status was written.
+    /// After the plan's status was written: record its metrics, start the drift clocks of
+    /// Available destinations, then start and cancel what it says.
     pub async fn act(&self, obj: &ImageReplication, provider: &dyn ImageService, acct: &Account, plan: &VmPlan) {
         let key = key_of(obj);
+        self.record_metrics(obj, &key, provider, plan);
+        // An Available destination's drift clock starts when it is first planned Available.
+        self.with_mem(&key, |m| {
+            for s in plan.status.destinations.iter() {
+                if s.phase == DestinationPhase::Available {
+                    m.drift.entry(s.region.clone()).or_insert_with(Instant::now);
+                }
+            }
+        });
         if plan.start.is_empty() && plan.cancel.is_empty() {
             return;
         }
@@ -620,17 +679,9 @@ impl VmEngine {
     ) -> Result<String, String> {
         let key = key_of(obj);
         let st = obj.status.clone().unwrap_or_default();
-        // The account is needed only when there is something to cancel or delete (a Secret
-        // deleted together with the object must not hold the object forever).
-        let needed = st.destinations.iter().any(|d| {
-            matches!(
-                d.phase,
-                DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling
-            ) || (d.phase == DestinationPhase::Available && obj.spec.deletion_policy == DeletionPolicy::Delete)
-        });
         let acct = match acct {
             Ok(a) => a,
-            Err(e) if needed => return Err(e),
+            Err(e) if cleanup_needs_account(obj, &st) => return Err(e),
             Err(_) => Account::default(),
         };
         let acct = &acct;
@@ -638,7 +689,7 @@ impl VmEngine {
             .with_mem(&key, |m| m.source.clone())
             .or_else(|| source_from_status(obj));
         let mut notes = vec![format!("deletionPolicy {:?}", obj.spec.deletion_policy)];
-        let (mut cancelled, mut removed, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut cancelled, mut removed, mut kept): (Vec<String>, Vec<String>, Vec<String>) = Default::default();
         for s in &st.destinations {
             let region = s.region.as_str();
             let mut image = s.image_id.clone().filter(|_| s.phase == DestinationPhase::Available);
@@ -697,14 +748,14 @@ impl VmEngine {
                 DeletionPolicy::Retain => kept.push(format!("{region} ({id})")),
             }
         }
-        if !cancelled.is_empty() {
-            notes.push(format!("cancelled the copies in flight to {}", cancelled.join(", ")));
-        }
-        if !removed.is_empty() {
-            notes.push(format!("deleted the destination images in {}", removed.join(", ")));
-        }
-        if !kept.is_empty() {
-            notes.push(format!("kept the destination images in {}", kept.join(", ")));
+        for (done, what) in [
+            (cancelled, "cancelled the copies in flight to"),
+            (removed, "deleted the destination images in"),
+            (kept, "kept the destination images in"),
+        ] {
+            if !done.is_empty() {
+                notes.push(format!("{what} {}", done.join(", ")));
+            }
         }
         self.quota.release(&key);
         self.memory.lock().expect("vm memory").remove(&key);

@@ -6,10 +6,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use futures::future::BoxFuture;
-
 use super::{
-    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError, TaskState,
+    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, Service, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
 
@@ -86,133 +84,96 @@ impl FakeCloud {
     }
 }
 
-impl ImageService for FakeCloud {
+impl Service for FakeCloud {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Openstack
     }
     fn can_cancel(&self) -> bool {
         true
     }
-    fn describe<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        image: &'a ImageSelector,
-    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>> {
-        Box::pin(async move {
-            let s = self.enter("describe", acct)?;
-            s.images
-                .iter()
-                .find(|((r, id), (i, _))| {
-                    r == region
-                        && match image {
-                            ImageSelector::Id(x) => id == x,
-                            ImageSelector::Name(n) => &i.name == n,
-                        }
-                })
-                .map(|(_, (i, _))| i.clone())
-                .ok_or_else(|| ProviderError::not_found(format!("image {image:?} not found in {region}")))
-        })
-    }
-    fn start_copy<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-    ) -> BoxFuture<'a, Result<CopyHandle, ProviderError>> {
-        Box::pin(async move {
-            let mut s = self.enter("start_copy", acct)?;
-            if let Some((_, id)) = s.copies.get(&req.token) {
-                return Ok(CopyHandle {
-                    task_id: None,
-                    image_id: Some(id.clone()),
-                });
-            }
-            s.next += 1;
-            let id = format!("copy-{}", s.next);
-            let info = ImageInfo {
-                id: id.clone(),
-                name: req.name.clone(),
-                state: Some(ImageState::Creating),
-                ..req.source.clone()
-            };
-            s.images.insert((req.region.clone(), id.clone()), (info, 0));
-            s.copies.insert(req.token.clone(), (req.region.clone(), id.clone()));
-            Ok(CopyHandle {
-                task_id: None,
-                image_id: Some(id),
+    async fn describe(&self, acct: &Account, region: &str, image: &ImageSelector) -> Result<ImageInfo, ProviderError> {
+        let s = self.enter("describe", acct)?;
+        s.images
+            .iter()
+            .find(|((r, id), (i, _))| {
+                r == region
+                    && match image {
+                        ImageSelector::Id(x) => id == x,
+                        ImageSelector::Name(n) => &i.name == n,
+                    }
             })
-        })
+            .map(|(_, (i, _))| i.clone())
+            .ok_or_else(|| ProviderError::not_found(format!("image {image:?} not found in {region}")))
     }
-    fn find_copy<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-    ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>> {
-        Box::pin(async move {
-            let s = self.enter("find_copy", acct)?;
-            Ok(s.copies.get(&req.token).map(|(_, id)| CopyHandle {
+    async fn start_copy(&self, acct: &Account, req: &CopyRequest) -> Result<CopyHandle, ProviderError> {
+        let mut s = self.enter("start_copy", acct)?;
+        if let Some((_, id)) = s.copies.get(&req.token) {
+            return Ok(CopyHandle {
                 task_id: None,
                 image_id: Some(id.clone()),
-            }))
-        })
-    }
-    fn poll<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-        handle: &'a CopyHandle,
-    ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
-        Box::pin(async move {
-            let mut s = self.enter("poll", acct)?;
-            let id = handle.image_id.clone().unwrap_or_default();
-            let finish = self.polls_to_finish;
-            let image = s.images.get_mut(&(req.region.clone(), id.clone())).map(|(i, polls)| {
-                *polls += 1;
-                if *polls >= finish {
-                    i.state = Some(ImageState::Available);
-                }
-                let percent = (*polls * 100 / finish.max(1)).min(100) as i32;
-                (i.state.clone().unwrap_or(ImageState::Creating), Some(percent))
             });
-            Ok(TaskState::of_image(&id, req.source.size_bytes, image))
+        }
+        s.next += 1;
+        let id = format!("copy-{}", s.next);
+        let info = ImageInfo {
+            id: id.clone(),
+            name: req.name.clone(),
+            state: Some(ImageState::Creating),
+            ..req.source.clone()
+        };
+        s.images.insert((req.region.clone(), id.clone()), (info, 0));
+        s.copies.insert(req.token.clone(), (req.region.clone(), id.clone()));
+        Ok(CopyHandle {
+            task_id: None,
+            image_id: Some(id),
         })
     }
-    fn cancel<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        handle: &'a CopyHandle,
-    ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        Box::pin(async move {
-            let mut s = self.enter("cancel", acct)?;
-            let id = handle.image_id.clone().unwrap_or_default();
-            s.images.remove(&(region.to_string(), id));
-            Ok(())
-        })
+    async fn find_copy(&self, acct: &Account, req: &CopyRequest) -> Result<Option<CopyHandle>, ProviderError> {
+        let s = self.enter("find_copy", acct)?;
+        Ok(s.copies.get(&req.token).map(|(_, id)| CopyHandle {
+            task_id: None,
+            image_id: Some(id.clone()),
+        }))
     }
-    fn delete_image<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        _project: Option<&'a str>,
-        image_id: &'a str,
-    ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        Box::pin(async move {
-            let mut s = self.enter("delete_image", acct)?;
-            s.images.remove(&(region.to_string(), image_id.to_string()));
-            Ok(())
-        })
+    async fn poll(&self, acct: &Account, req: &CopyRequest, handle: &CopyHandle) -> Result<TaskState, ProviderError> {
+        let mut s = self.enter("poll", acct)?;
+        let id = handle.image_id.clone().unwrap_or_default();
+        let finish = self.polls_to_finish;
+        let image = s.images.get_mut(&(req.region.clone(), id.clone())).map(|(i, polls)| {
+            *polls += 1;
+            if *polls >= finish {
+                i.state = Some(ImageState::Available);
+            }
+            let percent = (*polls * 100 / finish.max(1)).min(100) as i32;
+            (i.state.clone().unwrap_or(ImageState::Creating), Some(percent))
+        });
+        Ok(TaskState::of_image(&id, req.source.size_bytes, image))
     }
-    fn image_exists<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        _project: Option<&'a str>,
-        image_id: &'a str,
-    ) -> BoxFuture<'a, Result<bool, ProviderError>> {
-        Box::pin(async move {
-            let s = self.enter("image_exists", acct)?;
-            Ok(s.images.contains_key(&(region.to_string(), image_id.to_string())))
-        })
+    async fn cancel(&self, acct: &Account, region: &str, handle: &CopyHandle) -> Result<(), ProviderError> {
+        let mut s = self.enter("cancel", acct)?;
+        let id = handle.image_id.clone().unwrap_or_default();
+        s.images.remove(&(region.to_string(), id));
+        Ok(())
+    }
+    async fn delete_image(
+        &self,
+        acct: &Account,
+        region: &str,
+        _project: Option<&str>,
+        image_id: &str,
+    ) -> Result<(), ProviderError> {
+        let mut s = self.enter("delete_image", acct)?;
+        s.images.remove(&(region.to_string(), image_id.to_string()));
+        Ok(())
+    }
+    async fn image_exists(
+        &self,
+        acct: &Account,
+        region: &str,
+        _project: Option<&str>,
+        image_id: &str,
+    ) -> Result<bool, ProviderError> {
+        let s = self.enter("image_exists", acct)?;
+        Ok(s.images.contains_key(&(region.to_string(), image_id.to_string())))
     }
 }

@@ -182,7 +182,8 @@ impl TaskState {
     }
 }
 
-/// A cloud image service. Every method is one provider interaction; none waits for a copy.
+/// A cloud image service, object-safe (the engine holds `dyn ImageService`). Every method is
+/// one provider interaction; none waits for a copy. Providers implement [`Service`].
 pub trait ImageService: Send + Sync {
     fn kind(&self) -> ProviderKind;
     /// Copies in flight per account when the spec does not say (the provider's documented quota).
@@ -241,6 +242,137 @@ pub trait ImageService: Send + Sync {
         project: Option<&'a str>,
         image_id: &'a str,
     ) -> BoxFuture<'a, Result<bool, ProviderError>>;
+}
+
+/// What a provider implements: the calls of [`ImageService`] as native async fns. The one
+/// adapter below boxes them into the object-safe [`ImageService`] the engine and the provider
+/// registry hold, so no provider writes the boxing itself.
+pub trait Service: Send + Sync {
+    fn kind(&self) -> ProviderKind;
+    /// Copies in flight per account when the spec does not say (the provider's documented quota).
+    fn default_max_concurrent(&self) -> i32 {
+        5
+    }
+    /// Whether an in-flight copy can be cancelled.
+    fn can_cancel(&self) -> bool;
+    fn describe(
+        &self,
+        acct: &Account,
+        region: &str,
+        image: &ImageSelector,
+    ) -> impl Future<Output = Result<ImageInfo, ProviderError>> + Send;
+    /// Start a copy. Must be idempotent per `req.token`.
+    fn start_copy(
+        &self,
+        acct: &Account,
+        req: &CopyRequest,
+    ) -> impl Future<Output = Result<CopyHandle, ProviderError>> + Send;
+    /// Find the copy started with `req.token` in `req.region`, if any.
+    fn find_copy(
+        &self,
+        acct: &Account,
+        req: &CopyRequest,
+    ) -> impl Future<Output = Result<Option<CopyHandle>, ProviderError>> + Send;
+    /// Poll a copy. `req` is the request the copy was started with (providers that move the
+    /// bytes themselves resume from it after a restart).
+    fn poll(
+        &self,
+        acct: &Account,
+        req: &CopyRequest,
+        handle: &CopyHandle,
+    ) -> impl Future<Output = Result<TaskState, ProviderError>> + Send;
+    /// Cancel a copy in flight; the partial destination image goes with it.
+    fn cancel(
+        &self,
+        acct: &Account,
+        region: &str,
+        handle: &CopyHandle,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    /// Delete a destination image (absent already is success). `project` is the destination's
+    /// project where the provider has them (huawei).
+    fn delete_image(
+        &self,
+        acct: &Account,
+        region: &str,
+        project: Option<&str>,
+        image_id: &str,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    /// Whether a destination image still exists and is usable (drift check).
+    fn image_exists(
+        &self,
+        acct: &Account,
+        region: &str,
+        project: Option<&str>,
+        image_id: &str,
+    ) -> impl Future<Output = Result<bool, ProviderError>> + Send;
+}
+
+impl<T: Service> ImageService for T {
+    fn kind(&self) -> ProviderKind {
+        Service::kind(self)
+    }
+    fn default_max_concurrent(&self) -> i32 {
+        Service::default_max_concurrent(self)
+    }
+    fn can_cancel(&self) -> bool {
+        Service::can_cancel(self)
+    }
+    fn describe<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        image: &'a ImageSelector,
+    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>> {
+        Box::pin(Service::describe(self, acct, region, image))
+    }
+    fn start_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+    ) -> BoxFuture<'a, Result<CopyHandle, ProviderError>> {
+        Box::pin(Service::start_copy(self, acct, req))
+    }
+    fn find_copy<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+    ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>> {
+        Box::pin(Service::find_copy(self, acct, req))
+    }
+    fn poll<'a>(
+        &'a self,
+        acct: &'a Account,
+        req: &'a CopyRequest,
+        handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
+        Box::pin(Service::poll(self, acct, req, handle))
+    }
+    fn cancel<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        handle: &'a CopyHandle,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(Service::cancel(self, acct, region, handle))
+    }
+    fn delete_image<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        project: Option<&'a str>,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(Service::delete_image(self, acct, region, project, image_id))
+    }
+    fn image_exists<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        project: Option<&'a str>,
+        image_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ProviderError>> {
+        Box::pin(Service::image_exists(self, acct, region, project, image_id))
+    }
 }
 
 #[cfg(test)]

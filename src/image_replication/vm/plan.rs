@@ -46,6 +46,55 @@ pub struct Observed {
     pub dests: HashMap<String, DestObs>,
 }
 
+/// One reconcile's snapshot of a VM ImageReplication, read by the engine's observe: what the
+/// cloud said, the quota's answers to the destinations that asked for a slot, and how long
+/// until each destination's next poll and drift check. [`plan`] is a pure function of it.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub observed: Observed,
+    /// The quota's answer per destination that asked for a slot.
+    pub admissions: HashMap<String, Admission>,
+    /// Region -> time until its next poll (absent: due now).
+    pub poll_in: HashMap<String, Duration>,
+    /// Region -> time until its next drift check (absent: a full `resync`).
+    pub drift_in: HashMap<String, Duration>,
+    pub resync: Duration,
+    pub limits: Limits,
+    pub max_attempts: i32,
+}
+
+/// Plan from one snapshot: the state machine ([`vm_plan`]), the quota's answers
+/// ([`vm_admit`]) and when to look again. Pure: the same snapshot and time give the same plan.
+pub fn plan(obj: &ImageReplication, gate: &Gate, snap: &Snapshot, now: &Time) -> VmPlan {
+    let mut p = vm_plan(obj, gate, &snap.observed, &snap.limits, now, snap.max_attempts);
+    if matches!(gate, Gate::Open) && !p.wants.is_empty() {
+        vm_admit(&mut p, obj, &snap.admissions, now, snap.max_attempts);
+    }
+    p.requeue = next_wake(&p, snap);
+    p
+}
+
+/// When to look again: the plan's own wake-up, the next poll of a copy in flight, the next
+/// drift check of an available one.
+fn next_wake(p: &VmPlan, snap: &Snapshot) -> Option<Duration> {
+    let mut next: Vec<Duration> = p.requeue.into_iter().collect();
+    for s in &p.status.destinations {
+        let region = &s.region;
+        match s.phase {
+            DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling => {
+                let poll = snap.poll_in.get(region).copied().unwrap_or_default();
+                next.push(poll.max(Duration::from_millis(500)));
+            }
+            DestinationPhase::Available => {
+                let drift = snap.drift_in.get(region).copied().unwrap_or(snap.resync);
+                next.push(drift.max(Duration::from_secs(1)));
+            }
+            _ => {}
+        }
+    }
+    next.into_iter().min()
+}
+
 /// The outcome of planning.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VmPlan {
@@ -135,31 +184,24 @@ pub fn vm_plan(
     let old = obj.status.clone().unwrap_or_default();
     let retry = retry_requested(obj);
     let redrive = old.observed_generation != obj.metadata.generation || retry.is_some();
-    let created = obj
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| t.0.as_second())
-        .unwrap_or(0);
+    let created = obj.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second());
     let key = format!(
         "{}/{}",
-        obj.metadata.namespace.clone().unwrap_or_default(),
-        obj.metadata.name.clone().unwrap_or_default()
+        obj.metadata.namespace.as_deref().unwrap_or_default(),
+        obj.metadata.name.as_deref().unwrap_or_default()
     );
 
-    let source = match &obs.source {
-        Some(Ok(i)) => Some(i.clone()),
-        _ => None,
+    let (source, source_error) = match &obs.source {
+        Some(Ok(i)) => (Some(i.clone()), None),
+        Some(Err(e)) => (None, Some(e.clone())),
+        None => (None, None),
     };
+    // The seed rules the source breaks, and what a source not ready yet waits for.
     let refused = source
         .as_ref()
         .map(|s| rules::check(kind, spec, s, limits))
         .unwrap_or_default();
     let waiting = source.as_ref().and_then(rules::wait_reason);
-    let source_error = match &obs.source {
-        Some(Err(e)) => Some(e.clone()),
-        _ => None,
-    };
     let may_start = *gate == Gate::Open && source.is_some() && refused.is_empty() && waiting.is_none();
 
     let mut p = VmPlan {
@@ -317,6 +359,51 @@ fn queue_destination(
     }
 }
 
+/// A copy in flight was polled: progress, success, failure (with retry backoff into `wake`),
+/// cancellation.
+fn apply_polled(
+    s: &mut DestinationStatus,
+    before: DestinationPhase,
+    handle: &CopyHandle,
+    state: &TaskState,
+    now: &Time,
+    max_attempts: i32,
+    wake: &mut Vec<Duration>,
+) {
+    apply_task(s, handle, state, now);
+    match &state.phase {
+        TaskPhase::Running => {
+            if s.phase == DestinationPhase::Starting {
+                s.phase = DestinationPhase::Copying;
+            }
+            s.message = None;
+        }
+        TaskPhase::Succeeded => {
+            s.phase = DestinationPhase::Available;
+            s.progress_percent = Some(100);
+            s.bytes_copied = s.bytes_total.or(s.bytes_copied);
+            s.digest = state.digest.clone();
+            s.completed_at = Some(now.clone());
+            s.message = None;
+        }
+        TaskPhase::Failed(msg) => fail(s, msg, true, now, max_attempts, wake),
+        TaskPhase::Cancelled if before == DestinationPhase::Cancelling => {
+            s.phase = DestinationPhase::Cancelled;
+            s.completed_at = Some(now.clone());
+            s.message = Some("cancelled (suspend)".into());
+            clear_progress(s);
+        }
+        TaskPhase::Cancelled => fail(
+            s,
+            "the copy was cancelled outside the operator",
+            true,
+            now,
+            max_attempts,
+            wake,
+        ),
+    }
+}
+
 /// Take what was observed of one destination's copy into its status: progress, success,
 /// failure (with retry backoff into `wake`), cancellation, drift (a deleted copy starts
 /// again, keeping the attempt count); a copy to start (`can_start`) goes into `p.start`.
@@ -337,40 +424,7 @@ fn apply_observation(
         (
             DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling,
             DestObs::Task { handle, state },
-        ) => {
-            apply_task(s, handle, state, now);
-            match &state.phase {
-                TaskPhase::Running => {
-                    if s.phase == DestinationPhase::Starting {
-                        s.phase = DestinationPhase::Copying;
-                    }
-                    s.message = None;
-                }
-                TaskPhase::Succeeded => {
-                    s.phase = DestinationPhase::Available;
-                    s.progress_percent = Some(100);
-                    s.bytes_copied = s.bytes_total.or(s.bytes_copied);
-                    s.digest = state.digest.clone();
-                    s.completed_at = Some(now.clone());
-                    s.message = None;
-                }
-                TaskPhase::Failed(msg) => fail(s, msg, true, now, max_attempts, wake),
-                TaskPhase::Cancelled if before == DestinationPhase::Cancelling => {
-                    s.phase = DestinationPhase::Cancelled;
-                    s.completed_at = Some(now.clone());
-                    s.message = Some("cancelled (suspend)".into());
-                    clear_progress(s);
-                }
-                TaskPhase::Cancelled => fail(
-                    s,
-                    "the copy was cancelled outside the operator",
-                    true,
-                    now,
-                    max_attempts,
-                    wake,
-                ),
-            }
-        }
+        ) => apply_polled(s, before, handle, state, now, max_attempts, wake),
         (DestinationPhase::Cancelling, DestObs::Cancelled) => {
             s.phase = DestinationPhase::Cancelled;
             s.completed_at = Some(now.clone());
@@ -558,6 +612,22 @@ pub fn vm_admit(
     finish(p, obj, &gate, None, None, now, max_attempts);
 }
 
+/// The source's own rules (format, size, encryption, ...) ran only if it could be read: until
+/// then the spec is not called valid, only not yet refused.
+fn source_unchecked(desired: &mut [Desired], source_error: Option<&ProviderError>) {
+    let Some(e) = source_error else { return };
+    for d in desired.iter_mut().filter(|d| d.type_ == VALIDATED && d.status) {
+        *d = Desired::unknown(
+            VALIDATED,
+            reason::SOURCE_NOT_CHECKED,
+            format!(
+                "the spec passed every rule checked without the source; the source image's rules are not yet checked (it could not be read: {})",
+                e.message
+            ),
+        );
+    }
+}
+
 /// Summary and conditions from the destinations.
 fn finish(
     p: &mut VmPlan,
@@ -638,19 +708,8 @@ fn finish(
         standing_conditions(Standing::Stuck, "DestinationsFailed", with_fail(summary.clone()))
     };
     let mut desired = desired;
-    // The source's own rules (format, size, encryption, ...) ran only if it could be read: until
-    // then the spec is not called valid, only not yet refused.
-    if let (Some(e), true) = (source_error, p.refused.is_empty() && matches!(gate, Gate::Open)) {
-        for d in desired.iter_mut().filter(|d| d.type_ == VALIDATED && d.status) {
-            *d = Desired::unknown(
-                VALIDATED,
-                reason::SOURCE_NOT_CHECKED,
-                format!(
-                    "the spec passed every rule checked without the source; the source image's rules are not yet checked (it could not be read: {})",
-                    e.message
-                ),
-            );
-        }
+    if p.refused.is_empty() && matches!(gate, Gate::Open) {
+        source_unchecked(&mut desired, source_error);
     }
     p.status.conditions = conditions::merge(&old.conditions, &desired, obj.metadata.generation, now);
     // The printer column says why nothing moves, as for every other provider.

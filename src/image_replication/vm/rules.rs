@@ -142,6 +142,60 @@ impl Check<'_> {
     }
 }
 
+/// Huawei IMS full-ECS images: a CBR vault per destination, not themselves replicated from
+/// a backup, only between the regions that support them.
+fn huawei_full_ecs(c: &mut Check<'_>) {
+    let spec = c.spec;
+    let source = c.source;
+    let src_field = c.src_field;
+    let img = c.img.clone();
+    for (i, d) in spec.destinations.iter().enumerate() {
+        if d.vault_id.as_deref().is_none_or(str::is_empty) {
+            c.refuse(
+                format!("spec.destinations[{i}].vaultId"),
+                "VaultRequired",
+                format!(
+                    "{img} is a full-ECS image; replicating it to {} needs the CBR backup vault (vault ID, protection type Replication) in that region that will hold its backups",
+                    d.region
+                ),
+            );
+        }
+    }
+    if source.replicated_from_backup {
+        c.refuse(
+            src_field.into(),
+            "FullEcsReplicaNotReplicable",
+            format!(
+                "{img} is a full-ECS image that was itself replicated from a backup; it cannot be replicated across regions again"
+            ),
+        );
+    }
+    if !HUAWEI_FULL_ECS_REGIONS.contains(&spec.source.region.as_str()) {
+        c.refuse(
+            "spec.source.region".into(),
+            "FullEcsRegionNotSupported",
+            format!(
+                "{img} is a full-ECS image; full-ECS images can only be replicated between {}, not from {}",
+                HUAWEI_FULL_ECS_REGIONS.join(", "),
+                spec.source.region
+            ),
+        );
+    }
+    for (i, d) in spec.destinations.iter().enumerate() {
+        if !HUAWEI_FULL_ECS_REGIONS.contains(&d.region.as_str()) {
+            c.refuse(
+                format!("spec.destinations[{i}].region"),
+                "FullEcsRegionNotSupported",
+                format!(
+                    "{img} is a full-ECS image; full-ECS images can only be replicated between {}, not to {}",
+                    HUAWEI_FULL_ECS_REGIONS.join(", "),
+                    d.region
+                ),
+            );
+        }
+    }
+}
+
 /// Huawei IMS: private images only, no ISO, encrypted or KooGallery-derived images; full-ECS images need a vault per destination, may not be replicas of backups and stay within the regions that support them; the size limit of the source region.
 fn huawei(c: &mut Check<'_>) {
     let spec = c.spec;
@@ -185,51 +239,7 @@ fn huawei(c: &mut Check<'_>) {
         );
     }
     if source.whole_machine {
-        for (i, d) in spec.destinations.iter().enumerate() {
-            if d.vault_id.as_deref().is_none_or(str::is_empty) {
-                c.refuse(
-                    format!("spec.destinations[{i}].vaultId"),
-                    "VaultRequired",
-                    format!(
-                        "{img} is a full-ECS image; replicating it to {} needs the CBR backup vault (vault ID, protection type Replication) in that region that will hold its backups",
-                        d.region
-                    ),
-                );
-            }
-        }
-        if source.replicated_from_backup {
-            c.refuse(
-                src_field.into(),
-                "FullEcsReplicaNotReplicable",
-                format!(
-                    "{img} is a full-ECS image that was itself replicated from a backup; it cannot be replicated across regions again"
-                ),
-            );
-        }
-        if !HUAWEI_FULL_ECS_REGIONS.contains(&spec.source.region.as_str()) {
-            c.refuse(
-                "spec.source.region".into(),
-                "FullEcsRegionNotSupported",
-                format!(
-                    "{img} is a full-ECS image; full-ECS images can only be replicated between {}, not from {}",
-                    HUAWEI_FULL_ECS_REGIONS.join(", "),
-                    spec.source.region
-                ),
-            );
-        }
-        for (i, d) in spec.destinations.iter().enumerate() {
-            if !HUAWEI_FULL_ECS_REGIONS.contains(&d.region.as_str()) {
-                c.refuse(
-                    format!("spec.destinations[{i}].region"),
-                    "FullEcsRegionNotSupported",
-                    format!(
-                        "{img} is a full-ECS image; full-ECS images can only be replicated between {}, not to {}",
-                        HUAWEI_FULL_ECS_REGIONS.join(", "),
-                        d.region
-                    ),
-                );
-            }
-        }
+        huawei_full_ecs(c);
     }
     let max = huawei_max_bytes(&spec.source.region);
     if size > max {

@@ -11,13 +11,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use futures::future::BoxFuture;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::super::{
-    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
-    TOKEN_PROPERTY, TaskPhase, TaskState,
+    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, Service, TOKEN_PROPERTY,
+    TaskPhase, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
@@ -482,7 +481,7 @@ impl Huawei {
     }
 }
 
-impl ImageService for Huawei {
+impl Service for Huawei {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Huawei
     }
@@ -491,214 +490,180 @@ impl ImageService for Huawei {
         false
     }
 
-    fn describe<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        image: &'a ImageSelector,
-    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>> {
-        Box::pin(async move {
-            let (k, v) = match image {
-                ImageSelector::Id(id) => ("id", id.as_str()),
-                ImageSelector::Name(n) => ("name", n.as_str()),
-            };
-            let found = self.list(acct, region, region, &[(k, v)]).await?;
-            let exact = found
-                .into_iter()
-                .filter(|i| i.get(k).and_then(Value::as_str) == Some(v))
-                .map(|i| (i.get("id").and_then(Value::as_str).unwrap_or("").to_string(), i))
-                .collect();
-            cloud::exactly_one("IMS", region, &format!("with {k} {v}"), exact).map(|i| parse_image(&i))
+    async fn describe(&self, acct: &Account, region: &str, image: &ImageSelector) -> Result<ImageInfo, ProviderError> {
+        let (k, v) = match image {
+            ImageSelector::Id(id) => ("id", id.as_str()),
+            ImageSelector::Name(n) => ("name", n.as_str()),
+        };
+        let found = self.list(acct, region, region, &[(k, v)]).await?;
+        let exact = found
+            .into_iter()
+            .filter(|i| i.get(k).and_then(Value::as_str) == Some(v))
+            .map(|i| (i.get("id").and_then(Value::as_str).unwrap_or("").to_string(), i))
+            .collect();
+        cloud::exactly_one("IMS", region, &format!("with {k} {v}"), exact).map(|i| parse_image(&i))
+    }
+
+    async fn start_copy(&self, acct: &Account, req: &CopyRequest) -> Result<CopyHandle, ProviderError> {
+        if let Some(h) = self.find(acct, req).await? {
+            return Ok(h);
+        }
+        let agency = acct.agency.clone().ok_or_else(|| {
+            ProviderError::permanent("Huawei IMS cross-region replication needs provider.agency".to_string())
+        })?;
+        let src_pid = self.project_id(acct, &req.source_region).await?;
+        let mut body = json!({
+            "name": req.name,
+            "region": req.region,
+            "project_name": Self::dest_project(req),
+            "agency_name": agency,
+        });
+        if let Some(d) = &req.description {
+            body["description"] = json!(d);
+        }
+        if let Some(v) = &req.vault_id {
+            body["vault_id"] = json!(v);
+        }
+        let v = self
+            .call(
+                acct,
+                Call {
+                    op: "cross-region copy",
+                    method: Method::POST,
+                    base: &Self::ims(acct, &req.source_region),
+                    path: &format!("/v1/cloudimages/{}/cross_region_copy", req.source.id),
+                    query: &[],
+                    project: Some(&src_pid),
+                    body: Some(body),
+                },
+            )
+            .await?;
+        let job = v
+            .get("job_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ProviderError::transient("cross-region copy: the answer has no job_id"))?;
+        Ok(CopyHandle {
+            task_id: Some(job.to_string()),
+            image_id: None,
         })
     }
 
-    fn start_copy<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-    ) -> BoxFuture<'a, Result<CopyHandle, ProviderError>> {
-        Box::pin(async move {
-            if let Some(h) = self.find(acct, req).await? {
-                return Ok(h);
-            }
-            let agency = acct.agency.clone().ok_or_else(|| {
-                ProviderError::permanent("Huawei IMS cross-region replication needs provider.agency".to_string())
-            })?;
-            let src_pid = self.project_id(acct, &req.source_region).await?;
-            let mut body = json!({
-                "name": req.name,
-                "region": req.region,
-                "project_name": Self::dest_project(req),
-                "agency_name": agency,
-            });
-            if let Some(d) = &req.description {
-                body["description"] = json!(d);
-            }
-            if let Some(v) = &req.vault_id {
-                body["vault_id"] = json!(v);
-            }
+    async fn find_copy(&self, acct: &Account, req: &CopyRequest) -> Result<Option<CopyHandle>, ProviderError> {
+        self.find(acct, req).await
+    }
+
+    async fn poll(&self, acct: &Account, req: &CopyRequest, handle: &CopyHandle) -> Result<TaskState, ProviderError> {
+        let mut state = TaskState::running(handle.image_id.clone(), req.source.size_bytes);
+        if let Some(job) = &handle.task_id {
+            let pid = self.project_id(acct, &req.source_region).await?;
+            // ShowJobProgress (the SDK's replacement of the deprecated ShowJob).
             let v = self
                 .call(
                     acct,
                     Call {
-                        op: "cross-region copy",
-                        method: Method::POST,
+                        op: "query job",
+                        method: Method::GET,
                         base: &Self::ims(acct, &req.source_region),
-                        path: &format!("/v1/cloudimages/{}/cross_region_copy", req.source.id),
-                        query: &[],
-                        project: Some(&src_pid),
-                        body: Some(body),
-                    },
-                )
-                .await?;
-            let job = v
-                .get("job_id")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ProviderError::transient("cross-region copy: the answer has no job_id"))?;
-            Ok(CopyHandle {
-                task_id: Some(job.to_string()),
-                image_id: None,
-            })
-        })
-    }
-
-    fn find_copy<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-    ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>> {
-        Box::pin(self.find(acct, req))
-    }
-
-    fn poll<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-        handle: &'a CopyHandle,
-    ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
-        Box::pin(async move {
-            let mut state = TaskState::running(handle.image_id.clone(), req.source.size_bytes);
-            if let Some(job) = &handle.task_id {
-                let pid = self.project_id(acct, &req.source_region).await?;
-                // ShowJobProgress (the SDK's replacement of the deprecated ShowJob).
-                let v = self
-                    .call(
-                        acct,
-                        Call {
-                            op: "query job",
-                            method: Method::GET,
-                            base: &Self::ims(acct, &req.source_region),
-                            path: &format!("/v1/cloudimages/job/{job}"),
-                            query: &[],
-                            project: Some(&pid),
-                            body: None,
-                        },
-                    )
-                    .await?;
-                if let Some(p) = v.pointer("/entities/process_percent").and_then(Value::as_f64) {
-                    let pct = if p <= 1.0 { p * 100.0 } else { p };
-                    state.progress_percent = Some(pct.round().clamp(0.0, 100.0) as i32);
-                }
-                match v.get("status").and_then(Value::as_str).unwrap_or("") {
-                    "SUCCESS" => {}
-                    "FAIL" => {
-                        let reason = v
-                            .get("fail_reason")
-                            .and_then(Value::as_str)
-                            .or_else(|| v.get("error_code").and_then(Value::as_str))
-                            .unwrap_or("no reason given");
-                        state.phase = TaskPhase::Failed(format!("IMS job {job} failed: {}", cloud::short(reason)));
-                        return Ok(state);
-                    }
-                    _ => return Ok(state),
-                }
-                // Which image `entities.image_id` names in a cross-region job (source or copy) is
-                // not settled by the SDK or the reference: the copy is the image in the
-                // destination region, looked up there.
-                let named = v.pointer("/entities/image_id").and_then(Value::as_str);
-                state.image_id = self.destination_image(acct, req, named).await?;
-            }
-            let Some(id) = state.image_id.clone() else {
-                state.phase =
-                    TaskPhase::Failed("the IMS job succeeded but the destination region holds no copy".into());
-                return Ok(state);
-            };
-            match self.image(acct, &req.region, &Self::dest_project(req), &id).await? {
-                None => {
-                    state.phase = TaskPhase::Failed(format!("destination image {id} is gone"));
-                }
-                Some(img) => match img.get("status").and_then(Value::as_str).unwrap_or("") {
-                    "active" => {
-                        if has_our_tag(&img).as_deref() != Some(req.token.as_str()) {
-                            self.tag(acct, req, &id).await?;
-                        }
-                        state.phase = TaskPhase::Succeeded;
-                        state.progress_percent = Some(100);
-                        state.bytes_done = req.source.size_bytes;
-                    }
-                    "queued" | "saving" => {}
-                    other => {
-                        state.phase = TaskPhase::Failed(format!("destination image {id} is {other}"));
-                    }
-                },
-            }
-            Ok(state)
-        })
-    }
-
-    fn cancel<'a>(
-        &'a self,
-        _acct: &'a Account,
-        _region: &'a str,
-        _handle: &'a CopyHandle,
-    ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        Box::pin(async { Err(ProviderError::permanent("Huawei IMS cannot cancel a cross-region copy")) })
-    }
-
-    fn delete_image<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        project: Option<&'a str>,
-        image_id: &'a str,
-    ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        Box::pin(async move {
-            let pid = self.project_id(acct, project.unwrap_or(region)).await?;
-            cloud::gone_is_ok(
-                self.call(
-                    acct,
-                    Call {
-                        op: "delete image",
-                        method: Method::DELETE,
-                        base: &Self::ims(acct, region),
-                        path: &format!("/v2/images/{image_id}"),
+                        path: &format!("/v1/cloudimages/job/{job}"),
                         query: &[],
                         project: Some(&pid),
                         body: None,
                     },
                 )
-                .await,
-            )
-        })
+                .await?;
+            if let Some(p) = v.pointer("/entities/process_percent").and_then(Value::as_f64) {
+                let pct = if p <= 1.0 { p * 100.0 } else { p };
+                state.progress_percent = Some(pct.round().clamp(0.0, 100.0) as i32);
+            }
+            match v.get("status").and_then(Value::as_str).unwrap_or("") {
+                "SUCCESS" => {}
+                "FAIL" => {
+                    let reason = v
+                        .get("fail_reason")
+                        .and_then(Value::as_str)
+                        .or_else(|| v.get("error_code").and_then(Value::as_str))
+                        .unwrap_or("no reason given");
+                    state.phase = TaskPhase::Failed(format!("IMS job {job} failed: {}", cloud::short(reason)));
+                    return Ok(state);
+                }
+                _ => return Ok(state),
+            }
+            // Which image `entities.image_id` names in a cross-region job (source or copy) is
+            // not settled by the SDK or the reference: the copy is the image in the
+            // destination region, looked up there.
+            let named = v.pointer("/entities/image_id").and_then(Value::as_str);
+            state.image_id = self.destination_image(acct, req, named).await?;
+        }
+        let Some(id) = state.image_id.clone() else {
+            state.phase = TaskPhase::Failed("the IMS job succeeded but the destination region holds no copy".into());
+            return Ok(state);
+        };
+        match self.image(acct, &req.region, &Self::dest_project(req), &id).await? {
+            None => {
+                state.phase = TaskPhase::Failed(format!("destination image {id} is gone"));
+            }
+            Some(img) => match img.get("status").and_then(Value::as_str).unwrap_or("") {
+                "active" => {
+                    if has_our_tag(&img).as_deref() != Some(req.token.as_str()) {
+                        self.tag(acct, req, &id).await?;
+                    }
+                    state.phase = TaskPhase::Succeeded;
+                    state.progress_percent = Some(100);
+                    state.bytes_done = req.source.size_bytes;
+                }
+                "queued" | "saving" => {}
+                other => {
+                    state.phase = TaskPhase::Failed(format!("destination image {id} is {other}"));
+                }
+            },
+        }
+        Ok(state)
     }
 
-    fn image_exists<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        project: Option<&'a str>,
-        image_id: &'a str,
-    ) -> BoxFuture<'a, Result<bool, ProviderError>> {
-        Box::pin(async move {
-            Ok(self
-                .image(acct, region, project.unwrap_or(region), image_id)
-                .await?
-                .is_some_and(|v| {
-                    v.get("status")
-                        .and_then(Value::as_str)
-                        .is_some_and(|s| matches!(s, "active" | "queued" | "saving"))
-                }))
-        })
+    async fn cancel(&self, _acct: &Account, _region: &str, _handle: &CopyHandle) -> Result<(), ProviderError> {
+        Err(ProviderError::permanent("Huawei IMS cannot cancel a cross-region copy"))
+    }
+
+    async fn delete_image(
+        &self,
+        acct: &Account,
+        region: &str,
+        project: Option<&str>,
+        image_id: &str,
+    ) -> Result<(), ProviderError> {
+        let pid = self.project_id(acct, project.unwrap_or(region)).await?;
+        cloud::gone_is_ok(
+            self.call(
+                acct,
+                Call {
+                    op: "delete image",
+                    method: Method::DELETE,
+                    base: &Self::ims(acct, region),
+                    path: &format!("/v2/images/{image_id}"),
+                    query: &[],
+                    project: Some(&pid),
+                    body: None,
+                },
+            )
+            .await,
+        )
+    }
+
+    async fn image_exists(
+        &self,
+        acct: &Account,
+        region: &str,
+        project: Option<&str>,
+        image_id: &str,
+    ) -> Result<bool, ProviderError> {
+        Ok(self
+            .image(acct, region, project.unwrap_or(region), image_id)
+            .await?
+            .is_some_and(|v| {
+                v.get("status")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| matches!(s, "active" | "queued" | "saving"))
+            }))
     }
 }
 

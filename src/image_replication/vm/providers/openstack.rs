@@ -15,14 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use futures::future::BoxFuture;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::Digest;
 
 use super::super::{
-    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ImageState, ProviderError,
-    TOKEN_PROPERTY, TaskPhase, TaskState,
+    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, Service, TOKEN_PROPERTY,
+    TaskPhase, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::allowed;
@@ -721,7 +720,7 @@ pub(crate) fn parse_token(token: &str, body: &Value) -> Session {
     }
 }
 
-impl ImageService for OpenStack {
+impl Service for OpenStack {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Openstack
     }
@@ -730,191 +729,156 @@ impl ImageService for OpenStack {
         true
     }
 
-    fn describe<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        image: &'a ImageSelector,
-    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>> {
-        Box::pin(async move {
-            match image {
-                ImageSelector::Id(id) => self.get_image(acct, region, id).await,
-                ImageSelector::Name(name) => {
-                    let found = self
-                        .list_all(acct, region, &format!("name={}", urlencode(name)), false)
-                        .await?;
-                    match found.len() {
-                        0 => Err(ProviderError::not_found(format!("no image named {name:?} in {region}"))),
-                        1 => Ok(found.into_iter().next().expect("one")),
-                        n => Err(ProviderError::permanent(format!(
-                            "{n} images are named {name:?} in {region} ({}); use source.imageId",
-                            found.iter().map(|i| i.id.as_str()).collect::<Vec<_>>().join(", ")
-                        ))),
-                    }
+    async fn describe(&self, acct: &Account, region: &str, image: &ImageSelector) -> Result<ImageInfo, ProviderError> {
+        match image {
+            ImageSelector::Id(id) => self.get_image(acct, region, id).await,
+            ImageSelector::Name(name) => {
+                let found = self
+                    .list_all(acct, region, &format!("name={}", urlencode(name)), false)
+                    .await?;
+                match found.len() {
+                    0 => Err(ProviderError::not_found(format!("no image named {name:?} in {region}"))),
+                    1 => Ok(found.into_iter().next().expect("one")),
+                    n => Err(ProviderError::permanent(format!(
+                        "{n} images are named {name:?} in {region} ({}); use source.imageId",
+                        found.iter().map(|i| i.id.as_str()).collect::<Vec<_>>().join(", ")
+                    ))),
                 }
             }
+        }
+    }
+
+    async fn start_copy(&self, acct: &Account, req: &CopyRequest) -> Result<CopyHandle, ProviderError> {
+        let id = match self.find_by_token(acct, &req.region, &req.token).await? {
+            Some(existing) => existing.id,
+            None => self.create(acct, req).await?,
+        };
+        self.spawn_worker(acct, req, &id);
+        Ok(CopyHandle {
+            task_id: Some(req.token.clone()),
+            image_id: Some(id),
         })
     }
 
-    fn start_copy<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-    ) -> BoxFuture<'a, Result<CopyHandle, ProviderError>> {
-        Box::pin(async move {
-            let id = match self.find_by_token(acct, &req.region, &req.token).await? {
-                Some(existing) => existing.id,
-                None => self.create(acct, req).await?,
-            };
-            self.spawn_worker(acct, req, &id);
-            Ok(CopyHandle {
+    async fn find_copy(&self, acct: &Account, req: &CopyRequest) -> Result<Option<CopyHandle>, ProviderError> {
+        Ok(self
+            .find_by_token(acct, &req.region, &req.token)
+            .await?
+            .map(|i| CopyHandle {
                 task_id: Some(req.token.clone()),
-                image_id: Some(id),
-            })
-        })
+                image_id: Some(i.id),
+            }))
     }
 
-    fn find_copy<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-    ) -> BoxFuture<'a, Result<Option<CopyHandle>, ProviderError>> {
-        Box::pin(async move {
-            Ok(self
-                .find_by_token(acct, &req.region, &req.token)
-                .await?
-                .map(|i| CopyHandle {
-                    task_id: Some(req.token.clone()),
-                    image_id: Some(i.id),
-                }))
-        })
-    }
-
-    fn poll<'a>(
-        &'a self,
-        acct: &'a Account,
-        req: &'a CopyRequest,
-        handle: &'a CopyHandle,
-    ) -> BoxFuture<'a, Result<TaskState, ProviderError>> {
-        Box::pin(async move {
-            let Some(dest_id) = handle.image_id.clone() else {
-                return Err(ProviderError::not_found("the copy has no destination image"));
-            };
-            let state = |phase, done: Option<u64>, total: Option<u64>, digest| TaskState {
-                phase,
-                image_id: Some(dest_id.clone()),
-                progress_percent: match (done, total) {
-                    (Some(d), Some(t)) if t > 0 => Some((d * 100 / t).min(99) as i32),
-                    _ => None,
-                },
-                bytes_done: done,
-                bytes_total: total,
-                digest,
-            };
-            let worker = self.inner.workers.lock().expect("workers").get(&req.token).cloned();
-            if let Some(w) = worker {
-                let (done, total) = (w.done.load(Ordering::Relaxed), w.total.load(Ordering::Relaxed));
-                let result = w.result.lock().expect("result").clone();
-                return Ok(match result {
-                    None => state(TaskPhase::Running, Some(done), Some(total), None),
-                    Some(r) => {
-                        self.inner.workers.lock().expect("workers").remove(&req.token);
-                        match r {
-                            Ok(digest) => TaskState {
-                                progress_percent: Some(100),
-                                ..state(TaskPhase::Succeeded, Some(total), Some(total), Some(digest))
-                            },
-                            Err(m) => state(TaskPhase::Failed(m), Some(done), Some(total), None),
-                        }
-                    }
-                });
-            }
-            // No stream in this process (the operator restarted): ask Glance.
-            let raw = self.get_raw(acct, &req.region, &dest_id).await?;
-            let dst = parse_image(&raw);
-            let status = raw.get("status").and_then(Value::as_str).unwrap_or("");
-            Ok(match dst.state {
-                Some(ImageState::Available) => match same_content(&req.source, &dst) {
-                    Ok(d) => state(TaskPhase::Succeeded, dst.size_bytes, dst.size_bytes, Some(d)),
-                    Err(e) => state(TaskPhase::Failed(format!("verification failed: {e}")), None, None, None),
-                },
-                Some(ImageState::Creating) if status == "queued" => {
-                    // `queued`: nothing is uploading; start the stream again into the same image.
-                    let w = self.spawn_worker(acct, req, &dest_id);
-                    state(
-                        TaskPhase::Running,
-                        Some(w.done.load(Ordering::Relaxed)),
-                        req.source.size_bytes,
-                        None,
-                    )
-                }
-                Some(ImageState::Creating) => {
-                    // Glance is still taking an upload (one this process no longer drives); an
-                    // interrupted upload turns the image back to `queued`.
-                    state(TaskPhase::Running, None, req.source.size_bytes, None)
-                }
-                other => state(
-                    TaskPhase::Failed(format!("destination image is {other:?}")),
-                    None,
-                    None,
-                    None,
-                ),
-            })
-        })
-    }
-
-    fn cancel<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        handle: &'a CopyHandle,
-    ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        Box::pin(async move {
-            if let Some(token) = &handle.task_id
-                && let Some(w) = self.inner.workers.lock().expect("workers").remove(token)
-            {
-                tracing::info!(region, token = %token, "stopping the upload stream");
-                w.cancelled.store(true, Ordering::Relaxed);
-                if let Some(a) = w.abort.lock().expect("abort").take() {
-                    a.abort();
-                }
-            }
-            let id = match (&handle.image_id, &handle.task_id) {
-                (Some(id), _) => Some(id.clone()),
-                (None, Some(token)) => self.find_by_token(acct, region, token).await?.map(|i| i.id),
+    async fn poll(&self, acct: &Account, req: &CopyRequest, handle: &CopyHandle) -> Result<TaskState, ProviderError> {
+        let Some(dest_id) = handle.image_id.clone() else {
+            return Err(ProviderError::not_found("the copy has no destination image"));
+        };
+        let state = |phase, done: Option<u64>, total: Option<u64>, digest| TaskState {
+            phase,
+            image_id: Some(dest_id.clone()),
+            progress_percent: match (done, total) {
+                (Some(d), Some(t)) if t > 0 => Some((d * 100 / t).min(99) as i32),
                 _ => None,
-            };
-            match id {
-                Some(id) => self.delete(acct, region, &id).await,
-                None => Ok(()),
+            },
+            bytes_done: done,
+            bytes_total: total,
+            digest,
+        };
+        let worker = self.inner.workers.lock().expect("workers").get(&req.token).cloned();
+        if let Some(w) = worker {
+            let (done, total) = (w.done.load(Ordering::Relaxed), w.total.load(Ordering::Relaxed));
+            let result = w.result.lock().expect("result").clone();
+            return Ok(match result {
+                None => state(TaskPhase::Running, Some(done), Some(total), None),
+                Some(r) => {
+                    self.inner.workers.lock().expect("workers").remove(&req.token);
+                    match r {
+                        Ok(digest) => TaskState {
+                            progress_percent: Some(100),
+                            ..state(TaskPhase::Succeeded, Some(total), Some(total), Some(digest))
+                        },
+                        Err(m) => state(TaskPhase::Failed(m), Some(done), Some(total), None),
+                    }
+                }
+            });
+        }
+        // No stream in this process (the operator restarted): ask Glance.
+        let raw = self.get_raw(acct, &req.region, &dest_id).await?;
+        let dst = parse_image(&raw);
+        let status = raw.get("status").and_then(Value::as_str).unwrap_or("");
+        Ok(match dst.state {
+            Some(ImageState::Available) => match same_content(&req.source, &dst) {
+                Ok(d) => state(TaskPhase::Succeeded, dst.size_bytes, dst.size_bytes, Some(d)),
+                Err(e) => state(TaskPhase::Failed(format!("verification failed: {e}")), None, None, None),
+            },
+            Some(ImageState::Creating) if status == "queued" => {
+                // `queued`: nothing is uploading; start the stream again into the same image.
+                let w = self.spawn_worker(acct, req, &dest_id);
+                state(
+                    TaskPhase::Running,
+                    Some(w.done.load(Ordering::Relaxed)),
+                    req.source.size_bytes,
+                    None,
+                )
             }
+            Some(ImageState::Creating) => {
+                // Glance is still taking an upload (one this process no longer drives); an
+                // interrupted upload turns the image back to `queued`.
+                state(TaskPhase::Running, None, req.source.size_bytes, None)
+            }
+            other => state(
+                TaskPhase::Failed(format!("destination image is {other:?}")),
+                None,
+                None,
+                None,
+            ),
         })
     }
 
-    fn delete_image<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        _project: Option<&'a str>,
-        image_id: &'a str,
-    ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        Box::pin(self.delete(acct, region, image_id))
+    async fn cancel(&self, acct: &Account, region: &str, handle: &CopyHandle) -> Result<(), ProviderError> {
+        if let Some(token) = &handle.task_id
+            && let Some(w) = self.inner.workers.lock().expect("workers").remove(token)
+        {
+            tracing::info!(region, token = %token, "stopping the upload stream");
+            w.cancelled.store(true, Ordering::Relaxed);
+            if let Some(a) = w.abort.lock().expect("abort").take() {
+                a.abort();
+            }
+        }
+        let id = match (&handle.image_id, &handle.task_id) {
+            (Some(id), _) => Some(id.clone()),
+            (None, Some(token)) => self.find_by_token(acct, region, token).await?.map(|i| i.id),
+            _ => None,
+        };
+        match id {
+            Some(id) => self.delete(acct, region, &id).await,
+            None => Ok(()),
+        }
     }
 
-    fn image_exists<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        _project: Option<&'a str>,
-        image_id: &'a str,
-    ) -> BoxFuture<'a, Result<bool, ProviderError>> {
-        Box::pin(async move {
-            match self.get_image(acct, region, image_id).await {
-                Ok(i) => Ok(!matches!(i.state, Some(ImageState::Unusable(_)))),
-                Err(e) if e.not_found => Ok(false),
-                Err(e) => Err(e),
-            }
-        })
+    async fn delete_image(
+        &self,
+        acct: &Account,
+        region: &str,
+        _project: Option<&str>,
+        image_id: &str,
+    ) -> Result<(), ProviderError> {
+        self.delete(acct, region, image_id).await
+    }
+
+    async fn image_exists(
+        &self,
+        acct: &Account,
+        region: &str,
+        _project: Option<&str>,
+        image_id: &str,
+    ) -> Result<bool, ProviderError> {
+        match self.get_image(acct, region, image_id).await {
+            Ok(i) => Ok(!matches!(i.state, Some(ImageState::Unusable(_)))),
+            Err(e) if e.not_found => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 
