@@ -257,9 +257,11 @@ impl Managed for ImageReplication {
             }
             (Work::Copy(starts), _) => start_copies(self, ctx, starts).await,
             (Work::Vm(p), Snapshot::Vm { provider, account, .. }) => {
-                // Without an account nothing was observed, so nothing is started or cancelled.
-                let acct = account.clone().unwrap_or_default();
-                ctx.vm.act(self, provider.as_ref(), &acct, p).await;
+                // Without an account nothing was observed, so nothing is started or cancelled
+                // (act still records the plan's metrics).
+                let none = Account::default();
+                let acct = account.as_ref().unwrap_or(&none);
+                ctx.vm.act(self, provider.as_ref(), acct, p).await;
             }
             (Work::Vm(_), _) => {}
         }

@@ -13,7 +13,9 @@ use super::plan::{self as vplan, DestObs, Observed, VmPlan};
 use super::quota::{Quota, Wake};
 use super::rules::{self, Limits};
 use super::{Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ProviderError, TaskPhase};
-use crate::api::v1alpha1::{DeletionPolicy, DestinationPhase, DestinationStatus, ImageReplication};
+use crate::api::v1alpha1::{
+    DeletionPolicy, DestinationPhase, DestinationStatus, ImageReplication, ImageReplicationStatus,
+};
 use crate::plan::Gate;
 use crate::server::metrics::Metrics;
 
@@ -170,7 +172,7 @@ fn project_of<'a>(obj: &'a ImageReplication, region: &str) -> Option<&'a str> {
 
 /// The account is needed for a cleanup only when there is something to cancel or delete (a
 /// Secret deleted together with the object must not hold the object forever).
-fn cleanup_needs_account(obj: &ImageReplication, st: &crate::api::v1alpha1::ImageReplicationStatus) -> bool {
+fn cleanup_needs_account(obj: &ImageReplication, st: &ImageReplicationStatus) -> bool {
     st.destinations.iter().any(|d| {
         matches!(
             d.phase,
@@ -181,8 +183,7 @@ fn cleanup_needs_account(obj: &ImageReplication, st: &crate::api::v1alpha1::Imag
 
 /// Whether the source is described this time: the gate is open and the spec changed or a
 /// destination is not Available yet.
-fn needs_source(obj: &ImageReplication, gate: &Gate) -> bool {
-    let st = obj.status.clone().unwrap_or_default();
+fn needs_source(obj: &ImageReplication, st: &ImageReplicationStatus, gate: &Gate) -> bool {
     let spec_changed = st.observed_generation != obj.metadata.generation;
     matches!(gate, Gate::Open)
         && (spec_changed
@@ -354,7 +355,7 @@ impl VmEngine {
             }
             None => acct,
         };
-        if let (Some(a), true, Some(sel)) = (&acct, needs_source(obj, gate), selector(obj)) {
+        if let (Some(a), true, Some(sel)) = (&acct, needs_source(obj, &st, gate), selector(obj)) {
             obs.source = Some(self.describe(obj, &key, provider, a, &sel, now).await);
         }
         let source = match &obs.source {
