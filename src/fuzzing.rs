@@ -35,7 +35,7 @@ fn json(data: &[u8]) -> Option<Value> {
 }
 
 fn notification_envelope(data: &[u8]) {
-    let n = crate::replica_instance::notify::Notifications::new(Some("fuzz-token".into()));
+    let n = crate::replica_instance::oci::notify::Notifications::new(Some("fuzz-token".into()));
     n.set_active(true);
     n.subscribe("registry.example.com", "default/ri");
     n.subscribe("127.0.0.1:5000", "default/ri");
@@ -115,7 +115,7 @@ fn keystone_token(data: &[u8]) {
 
 fn glob_filter(data: &[u8]) {
     let (pattern, subject) = two(data);
-    let _ = crate::replica_instance::diff::glob(&pattern, &subject);
+    let _ = crate::replica_instance::oci::diff::glob(&pattern, &subject);
 }
 
 fn quantity_and_duration(data: &[u8]) {

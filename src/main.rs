@@ -19,7 +19,7 @@ use image_replication_operator::server::http::{self, Health};
 use image_replication_operator::server::leader::{Elector, LeaseConfig, wait_true};
 use image_replication_operator::server::metrics::Metrics;
 use image_replication_operator::server::telemetry::{self, LogFormat};
-use image_replication_operator::{crdgen, egress, provider};
+use image_replication_operator::{crdgen, egress};
 
 #[derive(Parser)]
 #[command(
@@ -261,22 +261,21 @@ fn context(
     client: Client,
     identity: &str,
     metrics: &Metrics,
-    notifications: &Arc<image_replication_operator::replica_instance::notify::Notifications>,
+    notifications: &Arc<image_replication_operator::replica_instance::oci::notify::Notifications>,
 ) -> Context {
-    Context::new(client, identity, metrics.clone(), provider::Registry::builtin())
-        .with_resync(Duration::from_secs(args.resync_seconds.max(1)))
-        .with_vm_settings(args.vm.settings(
-            Duration::from_secs(args.resync_seconds.max(1)),
-            image_replication_operator::plan::MAX_ATTEMPTS,
-        ))
-        .with_notifications(notifications.clone())
-        .with_installation(
-            &args
-                .installation
-                .clone()
-                .unwrap_or_else(|| format!("{}/{}", args.lease_namespace, args.lease_name)),
-            args.adopt_objects,
-        )
+    let resync = Duration::from_secs(args.resync_seconds.max(1));
+    let settings = image_replication_operator::controller::Settings {
+        resync,
+        vm: args.vm.settings(resync, image_replication_operator::plan::MAX_ATTEMPTS),
+        notifications: notifications.clone(),
+    };
+    Context::new(client, identity, metrics.clone(), settings).with_installation(
+        &args
+            .installation
+            .clone()
+            .unwrap_or_else(|| format!("{}/{}", args.lease_namespace, args.lease_name)),
+        args.adopt_objects,
+    )
 }
 
 /// The egress policy: the allow lists, and the API server (the configured one and the
@@ -325,7 +324,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
     let notifications = Arc::new(
-        image_replication_operator::replica_instance::notify::Notifications::new(
+        image_replication_operator::replica_instance::oci::notify::Notifications::new(
             std::env::var("NOTIFICATION_TOKEN").ok(),
         ),
     );

@@ -1,6 +1,8 @@
 //! `image-replication-operator replicate -f FILE...`: reconcile manifests with no Kubernetes API,
-//! for CI pipelines and first tries. Uses the same validation, planning and copy engine as the
-//! controllers; prints live progress; succeeds only when every object is Ready.
+//! for CI pipelines and first tries. Runs each kind's own observe, pure plan and act
+//! ([`Managed`]) through the same provider registry as the controllers, with the Secrets from
+//! the files and status kept in memory; prints live progress and every Event; succeeds only
+//! when every object is Ready.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -14,14 +16,19 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::api::conditions::{self, READY};
-use crate::api::v1alpha1::{DestinationPhase, ImageReplication, ReplicaInstance};
-use crate::image_replication::oci::{OciReplicator, SecretCredentials};
-use crate::image_replication::vm::engine::{Settings, VmEngine};
-use crate::image_replication::vm::{Account, ImageService};
-use crate::oci::Progress;
-use crate::plan::{self, Gate};
-use crate::tasks::Tasks;
-use crate::validation;
+use crate::api::v1alpha1::{
+    DestinationPhase, ImageReplication, ImageReplicationStatus, ReplicaInstance, ReplicaInstanceStatus,
+};
+use crate::controller::secrets::FileSecrets;
+use crate::controller::{Env, Managed};
+use crate::image_replication::provider::Snapshot as IrSnapshot;
+use crate::image_replication::vm::engine::Settings;
+use crate::oci::SecretCredentials;
+use crate::plan::{self, TaskView};
+use crate::provider::{Registry, Wiring};
+use crate::replica_instance::oci::sync::SyncView;
+use crate::replica_instance::provider::Snapshot as RiSnapshot;
+use crate::server::metrics::Metrics;
 
 /// Options of the command.
 #[derive(Clone, Debug)]
@@ -80,8 +87,7 @@ fn save_blob_cache(path: &std::path::Path, engines: &[&crate::oci::Engine], out:
 pub struct Manifests {
     pub image_replications: Vec<ImageReplication>,
     pub replica_instances: Vec<ReplicaInstance>,
-    pub secrets: HashMap<String, SecretCredentials>,
-    /// The Secrets' raw data (VM providers read their own keys).
+    /// The Secrets' data, by name (each provider reads its own keys).
     pub secret_data: HashMap<String, BTreeMap<String, Vec<u8>>>,
 }
 
@@ -117,8 +123,8 @@ pub fn load(files: &[PathBuf]) -> Result<Manifests, String> {
                     for (k, val) in v.get("stringData").and_then(|d| d.as_object()).into_iter().flatten() {
                         data.insert(k.clone(), val.as_str().unwrap_or("").as_bytes().to_vec());
                     }
-                    let creds = SecretCredentials::from_data(&data).map_err(|e| format!("Secret {name}: {e}"))?;
-                    m.secrets.insert(name.clone(), creds);
+                    // Registry credentials that cannot be parsed are an error now, not mid-run.
+                    SecretCredentials::from_data(&data).map_err(|e| format!("Secret {name}: {e}"))?;
                     m.secret_data.insert(name, data);
                 }
                 other => {
@@ -149,347 +155,299 @@ fn human(b: u64) -> String {
     }
 }
 
-/// Reconcile every object; true when all are Ready. Progress goes to `out`.
+/// Reconcile every object with the controllers' own observe, pure plan and act (through the
+/// same provider registry; Secrets from the files, status kept in memory), printing what
+/// changes, until nothing more will happen in this run; true when all are Ready.
 pub async fn run(m: Manifests, opts: &Options, out: &mut (dyn Write + Send)) -> bool {
-    let replicator = Arc::new(OciReplicator::default());
-    let syncer = Arc::new(crate::replica_instance::oci::ReplicaSyncer::default());
-    let tcr = Arc::new(crate::replica_instance::tcr::Tcr::default());
-    let providers = crate::provider::Registry::builtin()
-        .with_image(replicator.clone())
-        .with_replica(syncer.clone())
-        .with_replica(tcr.clone());
-    if let Some(p) = &opts.blob_cache {
-        load_blob_cache(p, &[&replicator.engine, &syncer.engine]);
-    }
     let wake = Arc::new(tokio::sync::Notify::new());
-    let w2 = wake.clone();
-    let tasks = Arc::new(Tasks::new(Arc::new(move |_| w2.notify_one())));
-    let mut all_ready = true;
-
-    for r in &m.replica_instances {
-        let ready = if !replica_gate(r, &providers, out) {
-            false
-        } else if r.spec.primary.provider == crate::api::v1alpha1::ReplicaProvider::Tencent {
-            tencent_once(r, &tcr, &m.secret_data, opts.attempts, out).await
-        } else {
-            replica_once(r, &syncer, &m.secrets, opts.attempts, out).await
-        };
-        if !ready {
-            all_ready = false;
-        }
-    }
-
-    let mut objects: Vec<ImageReplication> = m.image_replications;
-    for o in objects.iter_mut() {
-        o.metadata.generation.get_or_insert(1);
-    }
-    let mut live: Vec<usize> = Vec::new();
-    let mut vm_live = Vec::new();
-    for (i, o) in objects.iter().enumerate() {
-        let spec = &o.spec;
-        let g = plan::gate(
-            validation::image_replication(spec),
-            spec.provider.kind.as_str(),
-            providers.has_image(spec.provider.kind),
-            spec.suspend,
-        );
-        if let Some(p) = providers.vm(spec.provider.kind)
-            && g == Gate::Open
-        {
-            vm_live.push((i, p));
-            continue;
-        }
-        if g != Gate::Open {
-            let (reason, msg) = describe_gate(&g);
-            let _ = writeln!(out, "ImageReplication {}: not Ready: {reason}: {msg}", o.name_any());
-            all_ready = false;
-            continue;
-        }
-        live.push(i);
-    }
-
-    oci_run(&mut objects, &live, &replicator, &tasks, &wake, &m.secrets, opts, out).await;
-
-    if !vm_live.is_empty() {
-        let secrets = &m.secret_data;
-        let mut vm_objects: Vec<(ImageReplication, Arc<dyn ImageService>)> =
-            vm_live.into_iter().map(|(i, p)| (objects[i].clone(), p)).collect();
-        all_ready &= vm_run(&mut vm_objects, secrets, opts, out).await;
-    }
-
-    for &i in &live {
-        let o = &objects[i];
-        let st = o.status.clone().unwrap_or_default();
-        let what = format!("ImageReplication {}", o.name_any());
-        all_ready &= report(out, &what, &st.conditions, &st.summary.unwrap_or_default());
-    }
+    let w = wake.clone();
+    let on_done: crate::tasks::OnDone = Arc::new(move |_: &str| w.notify_one());
+    let never = Duration::from_secs(365 * 24 * 3600);
+    let wiring = Wiring {
+        resync: never,
+        vm: Settings {
+            max_attempts: opts.attempts,
+            poll_min: Duration::from_secs(1),
+            poll_max: Duration::from_secs(10),
+            resync: never,
+            ..Default::default()
+        },
+        // A full sync again as soon as one ends, until one is clean (or the attempts are spent).
+        sync_interval: Some(Duration::ZERO),
+        ..Wiring::new(Metrics::new(), on_done.clone(), on_done)
+    };
+    let engines = [&wiring.oci.engine, &wiring.syncer.engine];
     if let Some(p) = &opts.blob_cache {
-        save_blob_cache(p, &[&replicator.engine, &syncer.engine], out);
+        load_blob_cache(p, &engines);
     }
-    print_upload_trouble(&replicator.budgets, &syncer.budgets, out);
+    let env = Env::new(
+        Registry::builtin(&wiring),
+        Arc::new(FileSecrets(m.secret_data)),
+        wiring.metrics.clone(),
+    );
+    let mut all_ready = true;
+    for r in m.replica_instances {
+        all_ready &= drive(vec![r], &env, &wake, opts.attempts, out).await;
+    }
+    all_ready &= drive(m.image_replications, &env, &wake, opts.attempts, out).await;
+    if let Some(p) = &opts.blob_cache {
+        save_blob_cache(p, &engines, out);
+    }
+    print_upload_trouble(&wiring.oci.budgets, &wiring.syncer.budgets, out);
     all_ready
 }
 
-/// Drive the oci ImageReplications (`live`: their indexes in `objects`) until none has work
-/// left: plan each, start its copies, print each destination's line when it changes.
-#[allow(clippy::too_many_arguments)]
-async fn oci_run(
-    objects: &mut [ImageReplication],
-    live: &[usize],
-    replicator: &Arc<OciReplicator>,
-    tasks: &Arc<Tasks>,
+/// What `drive` remembers of one object between its reconciles.
+struct Run {
+    started: std::time::Instant,
+    /// The line last printed per topic (a destination, the sync's progress).
+    shown: HashMap<String, String>,
+    /// When the sync's progress was last printed.
+    progress_at: Option<std::time::Instant>,
+    /// Syncs finished (ReplicaInstance oci).
+    passes: i32,
+    /// Events `act` reported, by reason.
+    reported: HashMap<String, i32>,
+    done: bool,
+}
+
+impl Run {
+    fn new() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            shown: HashMap::new(),
+            progress_at: None,
+            passes: 0,
+            reported: HashMap::new(),
+            done: false,
+        }
+    }
+
+    /// Print `line` under `topic` when it differs from the last one.
+    fn show(&mut self, out: &mut (dyn Write + Send), topic: &str, line: String) {
+        if self.shown.get(topic) != Some(&line) {
+            let _ = writeln!(out, "{topic}: {line}");
+            self.shown.insert(topic.to_string(), line);
+        }
+    }
+}
+
+/// How `replicate -f` shows a kind and decides that nothing more will happen in this run.
+trait Driven: Managed {
+    fn set_status(&mut self, status: Self::Status);
+    /// `Ready (detail)`.
+    fn detail(status: &Self::Status) -> String;
+    /// Print what this reconcile changed, and say whether the object is settled: Ready,
+    /// stalled, or failed for good within this run's `attempts`.
+    fn round(
+        &self,
+        snap: &Self::Snapshot,
+        status: &Self::Status,
+        run: &mut Run,
+        attempts: i32,
+        out: &mut (dyn Write + Send),
+    ) -> bool;
+}
+
+/// Reconcile the objects (together) until each is settled; print each one's outcome. True when
+/// all are Ready.
+async fn drive<K: Driven>(
+    mut objects: Vec<K>,
+    env: &Env,
     wake: &tokio::sync::Notify,
-    secrets: &HashMap<String, SecretCredentials>,
-    opts: &Options,
-    out: &mut (dyn Write + Send),
-) {
-    let mut last_line: HashMap<(usize, String), String> = HashMap::new();
-    let never = Duration::from_secs(365 * 24 * 3600);
-    loop {
-        let mut busy = false;
-        for &i in live {
-            let o = &mut objects[i];
-            let key = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
-            let now = Time(Timestamp::now());
-            let view = tasks.collect(&key, &now);
-            let p = crate::image_replication::plan::oci_plan(o, &view, &HashMap::new(), &now, never, opts.attempts);
-            o.status = Some(p.status.clone());
-            let creds = o
-                .spec
-                .provider
-                .credentials_secret_ref
-                .as_ref()
-                .and_then(|s| secrets.get(&s.name).cloned())
-                .unwrap_or_default();
-            for (region, _) in &p.start {
-                let st = p.status.destinations.iter().find(|d| &d.region == region);
-                if st.is_some_and(|d| d.attempts >= opts.attempts) {
-                    continue;
-                }
-                let Some(dest) = o.spec.destinations.iter().find(|d| &d.region == region).cloned() else {
-                    continue;
-                };
-                let (rep, spec, creds, progress) = (
-                    replicator.clone(),
-                    o.spec.clone(),
-                    creds.clone(),
-                    Arc::new(Progress::default()),
-                );
-                let pr = progress.clone();
-                tasks.start(&key, region, false, progress, async move {
-                    rep.copy_to(&spec, &dest, &creds, &pr).await
-                });
-                busy = true;
-            }
-            for d in &p.status.destinations {
-                let up_to_date = matches!(
-                    view.get(&d.region),
-                    Some(plan::TaskView::Succeeded { up_to_date: true, .. })
-                );
-                let line = if up_to_date {
-                    format!("up to date {}", d.digest.as_deref().unwrap_or(""))
-                } else {
-                    progress_line(d)
-                };
-                if last_line.get(&(i, d.region.clone())) != Some(&line) {
-                    let _ = writeln!(out, "{}/{}: {line}", o.name_any(), d.region);
-                    last_line.insert((i, d.region.clone()), line);
-                }
-                if d.phase == DestinationPhase::Copying
-                    || (d.phase == DestinationPhase::Failed && d.attempts < opts.attempts)
-                {
-                    busy = true;
-                }
-            }
-        }
-        if !busy && tasks.is_empty() {
-            break;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
-    }
-}
-
-/// Per registry host: blob uploads restarted from byte 0, and sessions the registry refused to
-/// cancel.
-fn print_upload_trouble(image: &crate::oci::Budgets, replica: &crate::oci::Budgets, out: &mut (dyn Write + Send)) {
-    for (host, restarts, left) in image.upload_trouble().into_iter().chain(replica.upload_trouble()) {
-        if restarts > 0 {
-            let _ = writeln!(
-                out,
-                "{host}: {restarts} blob upload(s) started again from byte 0 (the registry refused to resume them)"
-            );
-        }
-        if left > 0 {
-            let _ = writeln!(
-                out,
-                "warning: {host}: {left} upload session(s) given up could not be cancelled (the registry refused); it keeps their bytes until it purges old uploads (distribution: storage.maintenance.uploadpurging)"
-            );
-        }
-    }
-}
-
-/// One full sync of a ReplicaInstance (oci), planned and reported like the controller does.
-async fn replica_once(
-    r: &ReplicaInstance,
-    syncer: &crate::replica_instance::oci::ReplicaSyncer,
-    secrets: &HashMap<String, SecretCredentials>,
     attempts: i32,
     out: &mut (dyn Write + Send),
 ) -> bool {
-    let spec = &r.spec;
-    let creds =
-        |s: Option<&crate::api::v1alpha1::SecretRef>| s.and_then(|s| secrets.get(&s.name).cloned()).unwrap_or_default();
-    let pc = creds(spec.primary.credentials_secret_ref.as_ref());
-    let rc = creds(spec.replica.as_ref().and_then(|x| x.credentials_secret_ref.as_ref()));
-    let _ = writeln!(
-        out,
-        "{}: full sync from {} to {}",
-        r.name_any(),
-        spec.primary.registry.as_deref().unwrap_or(""),
-        spec.replica.as_ref().and_then(|x| x.registry.as_deref()).unwrap_or("")
-    );
-    // Up to `attempts` passes: a pass after failures copies only what is still missing (one
-    // HEAD per artifact already in sync), so transient failures converge within one run.
-    let mut earlier = crate::replica_instance::oci::SyncReport::default();
-    let mut attempt = 1;
-    let outcome = loop {
-        let res = sync_printing_progress(syncer, r, &pc, &rc, out).await;
-        let again = attempt < attempts.max(1)
-            && match &res {
-                Ok(rep) => !rep.failures.is_empty(),
-                Err(e) => e.is_retryable(),
-            };
-        if !again {
-            break res.map(|mut rep| {
-                rep.copied += earlier.copied;
-                rep.deleted += earlier.deleted;
-                rep.bytes += earlier.bytes;
-                rep
-            });
+    let mut runs: Vec<Run> = objects.iter().map(|_| Run::new()).collect();
+    for o in objects.iter_mut() {
+        o.meta_mut().generation.get_or_insert(1);
+    }
+    while runs.iter().any(|r| !r.done) {
+        let mut wait = Duration::from_secs(2);
+        for (o, run) in objects.iter_mut().zip(runs.iter_mut()).filter(|(_, r)| !r.done) {
+            let now = Time(Timestamp::now());
+            let snap = o.observe(env, &now).await;
+            let mut planned = o.plan(&snap, &now);
+            planned.status = crate::redact::status(planned.status);
+            let name = o.name_any();
+            let before: &[Condition] = o.current_status().map(K::conditions_of).unwrap_or(&[]);
+            let headline = plan::announcement(before, K::conditions_of(&planned.status));
+            for a in planned.events.iter().chain(headline.iter()) {
+                let _ = writeln!(out, "{name}: {}: {}", a.reason, a.note);
+            }
+            run.done = o.round(&snap, &planned.status, run, attempts, out);
+            o.set_status(planned.status.clone());
+            if run.done {
+                continue;
+            }
+            for a in o.act(env, &snap, &planned).await {
+                *run.reported.entry(a.reason.clone()).or_default() += 1;
+                let _ = writeln!(out, "{name}: {}: {}", a.reason, crate::redact::message(&a.note));
+            }
+            wait = wait.min(planned.requeue.unwrap_or(wait));
         }
-        let why = match &res {
-            Ok(rep) => format!("{} of {} artifacts failed", rep.failures.len(), rep.artifacts),
-            Err(e) => e.to_string(),
+        if runs.iter().any(|r| !r.done) {
+            let _ = tokio::time::timeout(wait.max(Duration::from_millis(100)), wake.notified()).await;
+        }
+    }
+    let mut all = true;
+    for o in &objects {
+        let what = format!("{} {}", K::kind(&()), o.name_any());
+        all &= match o.current_status() {
+            Some(st) => report(out, &what, K::conditions_of(st), &K::detail(st)),
+            None => report(out, &what, &[], ""),
         };
-        if let Ok(rep) = res {
-            print_failures(out, &format!("{}: pass {attempt}", r.name_any()), &rep.failures);
-            earlier.copied += rep.copied;
-            earlier.deleted += rep.deleted;
-            earlier.bytes += rep.bytes;
-        }
-        let _ = writeln!(out, "{}: pass {attempt}: {why}; syncing again", r.name_any());
-        tokio::time::sleep(Duration::from_secs(u64::from(attempt.unsigned_abs().min(5)))).await;
-        attempt += 1;
     }
-    .map_err(|e| (e.reason().to_string(), e.to_string()));
-    let mut obj = r.clone();
-    obj.metadata.generation.get_or_insert(1);
-    let now = Time(Timestamp::now());
-    let view = crate::replica_instance::oci::SyncView::Finished(outcome);
-    let p = crate::replica_instance::plan::replica_plan(&obj, &view, None, None, &now, Duration::from_secs(3600));
-    for e in &p.events {
-        let _ = writeln!(out, "{}: {}: {}", r.name_any(), e.reason, e.note);
-    }
-    // Every failed artifact, with its reason and the registry's message (status keeps only the
-    // most recent ones).
-    if let crate::replica_instance::oci::SyncView::Finished(Ok(rep)) = &view {
-        print_failures(out, &r.name_any(), &rep.failures);
-    }
-    let what = format!("ReplicaInstance {}", r.name_any());
-    let detail = format!("{} artifacts in sync", p.status.artifacts.unwrap_or(0));
-    report(out, &what, &p.status.conditions, &detail)
+    all
 }
 
-/// Whether a ReplicaInstance may start (valid, provider built, not suspended); says why not.
-fn replica_gate(r: &ReplicaInstance, providers: &crate::provider::Registry, out: &mut (dyn Write + Send)) -> bool {
-    let spec = &r.spec;
-    let g = plan::gate(
-        validation::replica_instance(spec),
-        spec.primary.provider.as_str(),
-        providers.replica(spec.primary.provider).is_some(),
-        spec.suspend,
-    );
-    if g != Gate::Open {
-        let (reason, msg) = describe_gate(&g);
-        let _ = writeln!(out, "ReplicaInstance {}: not Ready: {reason}: {msg}", r.name_any());
+impl Driven for ImageReplication {
+    fn set_status(&mut self, status: ImageReplicationStatus) {
+        self.status = Some(status);
     }
-    g == Gate::Open
+    fn detail(status: &ImageReplicationStatus) -> String {
+        status.summary.clone().unwrap_or_default()
+    }
+    /// A line per destination when it changes; settled when every destination is Available or
+    /// failed `attempts` times, or the object is gated or stalled.
+    fn round(
+        &self,
+        snap: &IrSnapshot,
+        st: &ImageReplicationStatus,
+        run: &mut Run,
+        attempts: i32,
+        out: &mut (dyn Write + Send),
+    ) -> bool {
+        let name = self.name_any();
+        for d in &st.destinations {
+            let up_to_date = match snap {
+                IrSnapshot::Oci { tasks, .. } => {
+                    matches!(tasks.get(&d.region), Some(TaskView::Succeeded { up_to_date: true, .. }))
+                }
+                _ => false,
+            };
+            let line = if up_to_date {
+                format!("up to date {}", d.digest.as_deref().unwrap_or(""))
+            } else {
+                progress_line(d)
+            };
+            run.show(out, &format!("{name}/{}", d.region), line);
+        }
+        matches!(snap, IrSnapshot::Gated(_))
+            || conditions::is_true(&st.conditions, conditions::STALLED)
+            || st.destinations.iter().all(|d| {
+                d.phase == DestinationPhase::Available
+                    || (d.phase == DestinationPhase::Failed && d.attempts >= attempts)
+            })
+    }
+}
+
+impl Driven for ReplicaInstance {
+    fn set_status(&mut self, status: ReplicaInstanceStatus) {
+        self.status = Some(status);
+    }
+    fn detail(status: &ReplicaInstanceStatus) -> String {
+        match status.artifacts {
+            Some(n) => format!("{n} artifacts in sync"),
+            None => status.phase.map(|p| format!("{p:?}")).unwrap_or_default(),
+        }
+    }
+    fn round(
+        &self,
+        snap: &RiSnapshot,
+        st: &ReplicaInstanceStatus,
+        run: &mut Run,
+        attempts: i32,
+        out: &mut (dyn Write + Send),
+    ) -> bool {
+        let settled =
+            conditions::is_true(&st.conditions, READY) || conditions::is_true(&st.conditions, conditions::STALLED);
+        match snap {
+            RiSnapshot::Gated(_) => true,
+            RiSnapshot::Oci { sync, .. } => settled || sync_round(self, sync, run, attempts, out),
+            // Without the account nothing will change in this run; a create the cloud refused
+            // `attempts` times is not tried again.
+            RiSnapshot::Tencent { account, .. } => {
+                settled
+                    || account.is_none()
+                    || run.reported.get("CreateReplicaFailed").copied().unwrap_or(0) >= attempts.max(1)
+                    || run.started.elapsed() > TCR_WAIT
+            }
+        }
+    }
+}
+
+/// An oci ReplicaInstance's sync as this run sees it: the first line, progress every few
+/// seconds, each finished pass. Settled after a clean pass, a failure that another pass will
+/// not mend, or `attempts` passes.
+fn sync_round(
+    r: &ReplicaInstance,
+    sync: &SyncView,
+    run: &mut Run,
+    attempts: i32,
+    out: &mut (dyn Write + Send),
+) -> bool {
+    let name = r.name_any();
+    if run.shown.is_empty() {
+        let (primary, replica) = (
+            r.spec.primary.registry.as_deref().unwrap_or(""),
+            r.spec
+                .replica
+                .as_ref()
+                .and_then(|x| x.registry.as_deref())
+                .unwrap_or(""),
+        );
+        run.show(out, &name, format!("full sync from {primary} to {replica}"));
+    }
+    let last = run.passes + 1 >= attempts.max(1);
+    match sync {
+        SyncView::Running { done, total, .. } => {
+            if *total > 0 && run.progress_at.is_none_or(|t| t.elapsed() >= SYNC_PROGRESS_EVERY) {
+                run.show(
+                    out,
+                    &format!("{name} progress"),
+                    format!("{done} of {total} artifacts done"),
+                );
+                run.progress_at = Some(std::time::Instant::now());
+            }
+            false
+        }
+        SyncView::Idle => false,
+        SyncView::Finished(outcome) => {
+            run.passes += 1;
+            let why = match outcome {
+                Ok(rep) if rep.failures.is_empty() => return true,
+                Ok(rep) => {
+                    let prefix = if last {
+                        name.clone()
+                    } else {
+                        format!("{name}: pass {}", run.passes)
+                    };
+                    print_failures(out, &prefix, &rep.failures);
+                    format!("{} of {} artifacts failed", rep.failures.len(), rep.artifacts)
+                }
+                Err((reason, _)) if !matches!(reason.as_str(), "RateLimited" | "RegistryError" | "ConnectionError") => {
+                    return true;
+                }
+                Err((_, message)) => message.clone(),
+            };
+            if !last {
+                let _ = writeln!(out, "{name}: pass {}: {why}; syncing again", run.passes);
+            }
+            last
+        }
+    }
 }
 
 /// How long `replicate -f` waits for a TCR replica instance to be created and in sync.
 const TCR_WAIT: Duration = Duration::from_secs(15 * 60);
 
-/// A tencent ReplicaInstance without a cluster: the same observe, pure plan and create the
-/// controller runs, repeated until the replica is Ready, the plan is stalled, the cloud refused
-/// the create `attempts` times, or `TCR_WAIT` passed. Credentials from the Secret in the files.
-async fn tencent_once(
-    r: &ReplicaInstance,
-    tcr: &crate::replica_instance::tcr::Tcr,
-    secrets: &HashMap<String, BTreeMap<String, Vec<u8>>>,
-    attempts: i32,
-    out: &mut (dyn Write + Send),
-) -> bool {
-    let (spec, name, what) = (&r.spec, r.name_any(), format!("ReplicaInstance {}", r.name_any()));
-    let Some(secret) = spec
-        .primary
-        .credentials_secret_ref
-        .as_ref()
-        .and_then(|s| secrets.get(&s.name))
-    else {
-        let _ = writeln!(
-            out,
-            "{what}: not Ready: SecretNotFound: spec.primary.credentialsSecretRef names no Secret in the files"
-        );
-        return false;
-    };
-    let acct = crate::image_replication::vm::Account {
-        secret: secret.clone(),
-        endpoint: secret
-            .get("endpoint")
-            .map(|v| String::from_utf8_lossy(v).trim().to_string())
-            .filter(|e| !e.is_empty()),
-        agency: None,
-    };
-    let id = spec.primary.instance_id.clone().unwrap_or_default();
-    let mut obj = r.clone();
-    obj.metadata.generation.get_or_insert(1);
-    let started = std::time::Instant::now();
-    let mut refused = 0;
-    loop {
-        let now = Time(Timestamp::now());
-        let seen = tcr.observe(&acct, &id, &spec.primary.region, &spec.region).await;
-        let p = crate::replica_instance::tcr::plan(&obj, seen.as_ref(), &now);
-        for e in &p.events {
-            let _ = writeln!(out, "{name}: {}: {}", e.reason, e.note);
-        }
-        obj.status = Some(p.status.clone());
-        if p.create {
-            match tcr.create(&acct, &id, &spec.primary.region, &spec.region).await {
-                Ok(replica) => {
-                    let _ = writeln!(out, "{name}: created replica instance {replica} in {}", spec.region);
-                }
-                Err(e) => {
-                    refused += 1;
-                    let _ = writeln!(
-                        out,
-                        "{name}: CreateReplicaFailed: creating the replica in {}: {e}",
-                        spec.region
-                    );
-                }
-            }
-        }
-        let conds = &p.status.conditions;
-        let done = conditions::is_true(conds, READY) || conditions::is_true(conds, conditions::STALLED);
-        if done || refused >= attempts.max(1) || started.elapsed() > TCR_WAIT {
-            let detail = format!("replica of {id} in {}", spec.region);
-            return report(out, &what, conds, &detail);
-        }
-        tokio::time::sleep(p.requeue.unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5))).await;
-    }
-}
-
 /// One line per failed artifact: `prefix: failed repo:tag: Reason: the registry's message`.
-fn print_failures(out: &mut (dyn Write + Send), prefix: &str, failures: &[crate::replica_instance::oci::Failure]) {
+fn print_failures(
+    out: &mut (dyn Write + Send),
+    prefix: &str,
+    failures: &[crate::replica_instance::oci::sync::Failure],
+) {
     for f in failures {
         let _ = writeln!(out, "{prefix}: failed {}: {}: {}", f.artifact, f.reason, f.message);
     }
@@ -497,34 +455,6 @@ fn print_failures(out: &mut (dyn Write + Send), prefix: &str, failures: &[crate:
 
 /// Seconds between progress lines of a ReplicaInstance sync.
 const SYNC_PROGRESS_EVERY: Duration = Duration::from_secs(5);
-
-/// One sync pass, printing `name: done/total artifacts` every few seconds while it runs (when it
-/// moved).
-async fn sync_printing_progress(
-    syncer: &crate::replica_instance::oci::ReplicaSyncer,
-    r: &ReplicaInstance,
-    pc: &SecretCredentials,
-    rc: &SecretCredentials,
-    out: &mut (dyn Write + Send),
-) -> Result<crate::replica_instance::oci::SyncReport, crate::oci::OciError> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let progress = crate::replica_instance::oci::SyncProgress::default();
-    let sync = syncer.sync(&r.spec, None, pc, rc, &progress);
-    tokio::pin!(sync);
-    let mut shown = (0, 0);
-    loop {
-        tokio::select! {
-            res = &mut sync => return res,
-            _ = tokio::time::sleep(SYNC_PROGRESS_EVERY) => {
-                let now = (progress.done.load(Relaxed), progress.total.load(Relaxed));
-                if now.1 > 0 && now != shown {
-                    let _ = writeln!(out, "{}: {} of {} artifacts done", r.name_any(), now.0, now.1);
-                    shown = now;
-                }
-            }
-        }
-    }
-}
 
 /// One destination's state as a progress line.
 fn progress_line(d: &crate::api::v1alpha1::DestinationStatus) -> String {
@@ -550,84 +480,23 @@ fn progress_line(d: &crate::api::v1alpha1::DestinationStatus) -> String {
     }
 }
 
-/// Drive VM image copies to the end (every destination Available or Failed for good), printing
-/// each destination's changes.
-async fn vm_run(
-    objects: &mut [(ImageReplication, Arc<dyn ImageService>)],
-    secrets: &HashMap<String, BTreeMap<String, Vec<u8>>>,
-    opts: &Options,
-    out: &mut (dyn Write + Send),
-) -> bool {
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let w2 = wake.clone();
-    let settings = Settings {
-        max_attempts: opts.attempts,
-        poll_min: Duration::from_secs(1),
-        poll_max: Duration::from_secs(10),
-        resync: Duration::from_secs(365 * 24 * 3600),
-        ..Default::default()
-    };
-    let engine = VmEngine::new(settings, Arc::new(move |_: &str| w2.notify_one()), None);
-    let mut last_line: HashMap<(usize, String), String> = HashMap::new();
-    let mut done = vec![false; objects.len()];
-    while done.iter().any(|d| !d) {
-        let mut wait = Duration::from_secs(5);
-        for (i, (o, p)) in objects.iter_mut().enumerate() {
-            if done[i] {
-                continue;
-            }
-            let acct = Account {
-                secret: o
-                    .spec
-                    .provider
-                    .credentials_secret_ref
-                    .as_ref()
-                    .and_then(|r| secrets.get(&r.name).cloned())
-                    .unwrap_or_default(),
-                endpoint: o.spec.provider.endpoint.clone(),
-                agency: o.spec.provider.agency.clone(),
-            };
-            let now = Time(Timestamp::now());
-            let plan = engine
-                .reconcile(o, &Gate::Open, p.as_ref(), Ok(acct.clone()), &now)
-                .await;
-            o.status = Some(plan.status.clone());
-            for e in &plan.events {
-                let _ = writeln!(out, "{}: {}: {}", o.name_any(), e.reason, e.note);
-            }
-            for d in &plan.status.destinations {
-                let line = progress_line(d);
-                if last_line.get(&(i, d.region.clone())) != Some(&line) {
-                    let _ = writeln!(out, "{}/{}: {line}", o.name_any(), d.region);
-                    last_line.insert((i, d.region.clone()), line);
-                }
-            }
-            engine.act(o, p.as_ref(), &acct, &plan).await;
-            let settled = plan.status.destinations.iter().all(|d| {
-                d.phase == DestinationPhase::Available
-                    || (d.phase == DestinationPhase::Failed && d.attempts >= opts.attempts)
-            });
-            if settled || conditions::is_true(&plan.status.conditions, conditions::STALLED) {
-                done[i] = true;
-            } else if let Some(r) = plan.requeue {
-                wait = wait.min(r);
-            }
+/// Per registry host: blob uploads restarted from byte 0, and sessions the registry refused to
+/// cancel.
+fn print_upload_trouble(image: &crate::oci::Budgets, replica: &crate::oci::Budgets, out: &mut (dyn Write + Send)) {
+    for (host, restarts, left) in image.upload_trouble().into_iter().chain(replica.upload_trouble()) {
+        if restarts > 0 {
+            let _ = writeln!(
+                out,
+                "{host}: {restarts} blob upload(s) started again from byte 0 (the registry refused to resume them)"
+            );
         }
-        if done.iter().any(|d| !d) {
-            let _ = tokio::time::timeout(wait, wake.notified()).await;
+        if left > 0 {
+            let _ = writeln!(
+                out,
+                "warning: {host}: {left} upload session(s) given up could not be cancelled (the registry refused); it keeps their bytes until it purges old uploads (distribution: storage.maintenance.uploadpurging)"
+            );
         }
     }
-    let mut all = true;
-    for (o, _) in objects.iter() {
-        let st = o.status.clone().unwrap_or_default();
-        all &= report(
-            out,
-            &format!("ImageReplication {}", o.name_any()),
-            &st.conditions,
-            &st.summary.unwrap_or_default(),
-        );
-    }
-    all
 }
 
 /// Print whether an object is Ready (with `detail`) or why not; true when Ready.
@@ -644,16 +513,4 @@ fn report(out: &mut (dyn Write + Send), what: &str, conds: &[Condition], detail:
         ready.map(|c| c.message.as_str()).unwrap_or("")
     );
     false
-}
-
-fn describe_gate(g: &Gate) -> (&'static str, String) {
-    match g {
-        Gate::Invalid(v) => validation::summarize(v),
-        Gate::ProviderNotImplemented(p) => (
-            "ProviderNotImplemented",
-            format!("provider {p} is not implemented in this version"),
-        ),
-        Gate::Suspended => ("Suspended", "spec.suspend is true".into()),
-        Gate::Open => ("Open", String::new()),
-    }
 }

@@ -291,7 +291,7 @@ fn destination(out: &mut Vec<Violation>, spec: &ImageReplicationSpec, i: usize, 
         if let Err(e) = crate::oci::RegistryAddr::parse(r) {
             out.push(Violation::new(f("registry"), "InvalidRegistry", e));
         } else if src.reference.is_some()
-            && let Err(e) = crate::image_replication::oci::target(spec, d)
+            && let Err(e) = crate::image_replication::oci::replicator::target(spec, d)
             && e.contains(".name")
         {
             out.push(Violation::new(f("name"), "InvalidName", e));

@@ -4,8 +4,8 @@
 mod support;
 
 use image_replication_operator::api::v1alpha1::ReplicaInstanceSpec;
-use image_replication_operator::image_replication::oci::SecretCredentials;
-use image_replication_operator::replica_instance::oci::{ReplicaSyncer, SyncProgress};
+use image_replication_operator::oci::SecretCredentials;
+use image_replication_operator::replica_instance::oci::sync::{ReplicaSyncer, SyncProgress};
 use support::registry::TestRegistry;
 
 fn spec(primary: &TestRegistry, replica: &TestRegistry, overwrite: bool) -> ReplicaInstanceSpec {

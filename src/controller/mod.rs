@@ -28,40 +28,64 @@ use tracing::{info, instrument, warn};
 
 use crate::api::v1alpha1::{ImageReplication, ReplicaInstance};
 use crate::api::{FIELD_MANAGER, FINALIZER};
-use crate::image_replication::oci::OciReplicator;
 use crate::plan::Announcement;
-use crate::replica_instance::notify::Notifications;
-use crate::replica_instance::oci::{ReplicaSyncer, SyncTasks};
+use crate::replica_instance::oci::notify::Notifications;
 use crate::server::http::Health;
 use crate::server::metrics::Metrics;
-use crate::tasks::Tasks;
 use crate::{Error, Result, plan, provider};
+use secrets::Secrets;
+
+/// What a kind's observe and act reach: the providers, where Secrets are read, the metrics.
+/// The controllers' [`Context`] holds one; `replicate -f` builds its own (Secrets from the
+/// files) and runs the same observe, plan and act.
+pub struct Env {
+    pub providers: provider::Registry,
+    pub secrets: Arc<dyn Secrets>,
+    pub metrics: Metrics,
+    /// Per ReplicaInstance (lag seconds, queued artifacts), for the gauges.
+    replica_gauges: Mutex<HashMap<String, (i64, i64)>>,
+}
+
+impl Env {
+    pub fn new(providers: provider::Registry, secrets: Arc<dyn Secrets>, metrics: Metrics) -> Self {
+        Self {
+            providers,
+            secrets,
+            metrics,
+            replica_gauges: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn set_replica_gauges(&self, key: &str, lag: i64, queued: i64) {
+        let mut g = self.replica_gauges.lock().expect("gauges lock");
+        if lag == 0 && queued == 0 {
+            g.remove(key);
+        } else {
+            g.insert(key.to_string(), (lag, queued));
+        }
+        self.metrics
+            .replica_lag
+            .set(g.values().map(|v| v.0).max().unwrap_or(0) as f64);
+        self.metrics.sync_queue_depth.set(g.values().map(|v| v.1).sum());
+    }
+}
+
+/// How the controllers' providers are tuned (`run`'s flags).
+pub struct Settings {
+    /// How often an Available copy is checked for drift.
+    pub resync: Duration,
+    /// The VM copy engine (limits, polling, drift checks, attempts).
+    pub vm: crate::image_replication::vm::engine::Settings,
+    /// The notification state (shared with the HTTP endpoint).
+    pub notifications: Arc<Notifications>,
+}
 
 /// State shared by both controllers.
 pub struct Context {
     pub client: Client,
     pub events: events::Events,
-    pub metrics: Metrics,
-    pub providers: provider::Registry,
-    /// The oci copy engine, shared by every object (one budget per registry host).
-    pub oci: Arc<OciReplicator>,
-    /// Copy tasks running in the background.
-    pub tasks: Arc<Tasks>,
-    /// How often an Available copy is checked for drift.
-    pub resync: Duration,
-    /// ReplicaInstance syncs (oci).
-    pub syncer: Arc<ReplicaSyncer>,
-    pub sync_tasks: Arc<SyncTasks>,
-    pub notifications: Arc<Notifications>,
-    /// VM image copies (huawei, alibaba, aws, tencent, openstack): engine, quota queue, polling.
-    pub vm: Arc<crate::image_replication::vm::engine::VmEngine>,
-    /// ReplicaInstance tencent: the TCR API client.
-    pub tcr: Arc<crate::replica_instance::tcr::Tcr>,
-    /// Per ReplicaInstance (lag seconds, queued artifacts), for the gauges.
-    replica_gauges: Mutex<HashMap<String, (i64, i64)>>,
+    pub env: Env,
     /// Keys (namespace/name) to reconcile at once: finished copies, finished syncs, notifications.
-    ri_trigger: tokio::sync::mpsc::UnboundedSender<String>,
-    ir_trigger: tokio::sync::mpsc::UnboundedSender<String>,
     receivers: Mutex<Option<Triggers>>,
     backoff: Mutex<HashMap<String, u32>>,
     /// This installation's name (`<namespace>/<lease name>`), written on every object it
@@ -78,52 +102,33 @@ type Triggers = (
     tokio::sync::mpsc::UnboundedReceiver<String>,
 );
 
+/// Called with a key: sends it to the controller's trigger stream.
+fn trigger(tx: tokio::sync::mpsc::UnboundedSender<String>) -> crate::tasks::OnDone {
+    Arc::new(move |k: &str| {
+        let _ = tx.send(k.to_string());
+    })
+}
+
 impl Context {
-    pub fn new(client: Client, identity: &str, metrics: Metrics, providers: provider::Registry) -> Self {
+    pub fn new(client: Client, identity: &str, metrics: Metrics, settings: Settings) -> Self {
         let reporter = Reporter {
             controller: "image-replication-operator".into(),
             instance: Some(identity.to_string()),
         };
-        let oci = Arc::new(OciReplicator::with_budgets(
-            crate::oci::Budgets::default().with_observer(metrics.registry_observer()),
-        ));
-        let syncer = Arc::new(ReplicaSyncer::with_budgets(
-            crate::oci::Budgets::default().with_observer(metrics.registry_observer()),
-        ));
         let (ir_tx, ir_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (ri_tx, ri_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let (t1, t2) = (ir_tx.clone(), ri_tx.clone());
-        let vm = Arc::new(crate::image_replication::vm::engine::VmEngine::new(
-            Default::default(),
-            vm_wake(ir_tx.clone()),
-            Some(metrics.clone()),
-        ));
-        // The oci provider and replica backend are built in: registered like any provider.
-        let tcr = Arc::new(crate::replica_instance::tcr::Tcr::default());
-        let providers = providers
-            .with_image(oci.clone())
-            .with_replica(syncer.clone())
-            .with_replica(tcr.clone());
+        settings.notifications.set_trigger(ri_tx.clone());
+        let wiring = provider::Wiring {
+            resync: settings.resync,
+            vm: settings.vm,
+            notifications: settings.notifications,
+            ..provider::Wiring::new(metrics.clone(), trigger(ir_tx), trigger(ri_tx))
+        };
+        let secrets = Arc::new(secrets::KubeSecrets(client.clone()));
         Self {
             events: events::Events::new(client.clone(), reporter),
+            env: Env::new(provider::Registry::builtin(&wiring), secrets, metrics),
             client,
-            metrics,
-            providers,
-            oci,
-            tasks: Arc::new(Tasks::new(Arc::new(move |k: &str| {
-                let _ = t1.send(k.to_string());
-            }))),
-            resync: Duration::from_secs(300),
-            syncer,
-            sync_tasks: Arc::new(SyncTasks::new(Arc::new(move |k: &str| {
-                let _ = t2.send(k.to_string());
-            }))),
-            notifications: Arc::new(Notifications::new(None)),
-            vm,
-            tcr,
-            replica_gauges: Mutex::new(HashMap::new()),
-            ri_trigger: ri_tx,
-            ir_trigger: ir_tx,
             receivers: Mutex::new(Some((ir_rx, ri_rx))),
             backoff: Mutex::new(HashMap::new()),
             installation: "default/image-replication-operator".into(),
@@ -139,44 +144,6 @@ impl Context {
         self
     }
 
-    /// Use this notification state (shared with the HTTP endpoint).
-    pub fn with_notifications(self, n: Arc<Notifications>) -> Self {
-        n.set_trigger(self.ri_trigger.clone());
-        Self {
-            notifications: n,
-            ..self
-        }
-    }
-
-    pub(crate) fn set_replica_gauges(&self, key: &str, lag: i64, queued: i64) {
-        let mut g = self.replica_gauges.lock().expect("gauges lock");
-        if lag == 0 && queued == 0 {
-            g.remove(key);
-        } else {
-            g.insert(key.to_string(), (lag, queued));
-        }
-        self.metrics
-            .replica_lag
-            .set(g.values().map(|v| v.0).max().unwrap_or(0) as f64);
-        self.metrics.sync_queue_depth.set(g.values().map(|v| v.1).sum());
-    }
-
-    /// Check Available copies for drift this often.
-    pub fn with_resync(mut self, resync: Duration) -> Self {
-        self.resync = resync;
-        self
-    }
-
-    /// Tune the VM copy engine (limits, polling, drift checks).
-    pub fn with_vm_settings(mut self, settings: crate::image_replication::vm::engine::Settings) -> Self {
-        self.vm = Arc::new(crate::image_replication::vm::engine::VmEngine::new(
-            settings,
-            vm_wake(self.ir_trigger.clone()),
-            Some(self.metrics.clone()),
-        ));
-        self
-    }
-
     /// Next delay for an object that failed again: 5 s doubling to 5 min.
     fn next_backoff(&self, key: &str) -> Duration {
         let mut map = self.backoff.lock().expect("backoff lock");
@@ -188,12 +155,6 @@ impl Context {
     fn reset_backoff(&self, key: &str) {
         self.backoff.lock().expect("backoff lock").remove(key);
     }
-}
-
-fn vm_wake(tx: tokio::sync::mpsc::UnboundedSender<String>) -> crate::image_replication::vm::quota::Wake {
-    Arc::new(move |k: &str| {
-        let _ = tx.send(k.to_string());
-    })
 }
 
 /// Delay after the n-th consecutive failure (n >= 1): 5 s, 10 s, 20 s, ... capped at 300 s.
@@ -247,19 +208,20 @@ pub trait Managed:
     fn conditions_of(status: &Self::Status) -> &[Condition];
     /// All the I/O of one reconcile: background tasks (finished ones are collected here),
     /// the provider, each Secret read once.
-    fn observe(&self, ctx: &Context, now: &Time) -> impl Future<Output = Self::Snapshot> + Send;
+    fn observe(&self, env: &Env, now: &Time) -> impl Future<Output = Self::Snapshot> + Send;
     /// Pure: the same snapshot and time give the same plan.
     fn plan(&self, snapshot: &Self::Snapshot, now: &Time) -> Planned<Self::Status, Self::Work>;
-    /// Start or cancel work after the planned status is written.
+    /// Start or cancel work after the planned status is written; returns the Events the work
+    /// has to announce (a create the cloud refused).
     fn act(
         &self,
-        ctx: &Context,
+        env: &Env,
         snapshot: &Self::Snapshot,
         planned: &Planned<Self::Status, Self::Work>,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Vec<Announcement>> + Send;
     /// Cleanup before the finalizer goes; returns the note of the CleanupComplete Event.
     /// `Error::Provider` or `Error::CleanupBlocked`: it cannot finish yet (looked at again).
-    fn cleanup(&self, ctx: &Context) -> impl Future<Output = Result<String>> + Send;
+    fn cleanup(&self, env: &Env) -> impl Future<Output = Result<String>> + Send;
     /// The status while the cleanup cannot finish (`message` says why): Ready=False with
     /// reason DeletionBlocked and the remedy.
     fn blocked_status(&self, message: &str, now: &Time) -> Self::Status;
@@ -342,7 +304,7 @@ async fn write_status<K: Managed>(obj: &K, ctx: &Context, status: &K::Status) ->
 
 async fn apply<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
     let now = Time(Timestamp::now());
-    let snapshot = obj.observe(ctx, &now).await;
+    let snapshot = obj.observe(&ctx.env, &now).await;
     let mut planned = obj.plan(&snapshot, &now);
     // Remote text in messages: bounded and without credentials, before it is compared.
     planned.status = crate::redact::status(planned.status);
@@ -358,7 +320,10 @@ async fn apply<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
         }
     }
     // Only now that the status says what is under way does the work start.
-    obj.act(ctx, &snapshot, &planned).await?;
+    for a in obj.act(&ctx.env, &snapshot, &planned).await {
+        info!(reason = %a.reason, warning = a.warning, "work reported");
+        publish(ctx, obj.as_ref(), a.warning, &a.reason, a.note).await;
+    }
     Ok(planned
         .requeue
         .map(Action::requeue)
@@ -371,7 +336,7 @@ async fn apply<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
 /// looked at again with the object's backoff.
 async fn cleanup<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result<Action> {
     let key = key_of(obj.as_ref());
-    match obj.cleanup(ctx).await {
+    match obj.cleanup(&ctx.env).await {
         Ok(note) => {
             let rest = obj.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
             if !set_finalizers(api, obj.as_ref(), rest).await? {
@@ -389,7 +354,11 @@ async fn cleanup<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result
                 publish(ctx, obj.as_ref(), true, "DeletionBlocked", message.clone()).await;
             }
             let delay = ctx.next_backoff(&key);
-            ctx.metrics.cleanup_blocked.with_label_values(&[K::CONTROLLER]).inc();
+            ctx.env
+                .metrics
+                .cleanup_blocked
+                .with_label_values(&[K::CONTROLLER])
+                .inc();
             info!(object = %key, reason = %crate::redact::message(&message), retry_in = ?delay, "delete waits for its cleanup");
             Ok(Action::requeue(delay))
         }
@@ -492,7 +461,7 @@ async fn claim<K: Managed>(api: &Api<K>, obj: &K, ctx: &Context) -> Result<Claim
 /// Reconcile one object: claim it for this installation, then finalizer, then apply or cleanup.
 #[instrument(skip(obj, ctx), fields(controller = K::CONTROLLER))]
 pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
-    let _timer = ctx.metrics.reconcile_timer(K::CONTROLLER);
+    let _timer = ctx.env.metrics.reconcile_timer(K::CONTROLLER);
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let key = key_of(obj.as_ref());
     let obj = match claim(&api, obj.as_ref(), &ctx).await? {
@@ -501,7 +470,11 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Act
         Claim::Ours(Some(claimed)) => Arc::new(claimed),
         Claim::Raced => return Ok(Action::requeue(Duration::from_secs(1))),
         Claim::Elsewhere(other) => {
-            ctx.metrics.owned_elsewhere.with_label_values(&[K::CONTROLLER]).inc();
+            ctx.env
+                .metrics
+                .owned_elsewhere
+                .with_label_values(&[K::CONTROLLER])
+                .inc();
             let first = ctx.elsewhere.lock().expect("elsewhere lock").insert(key.clone());
             if first {
                 let note = format!(
@@ -521,7 +494,7 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Act
 pub fn error_policy<K: Managed>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
     let key = key_of(obj.as_ref());
     let delay = ctx.next_backoff(&key);
-    ctx.metrics.reconcile_failure(K::CONTROLLER, err.category());
+    ctx.env.metrics.reconcile_failure(K::CONTROLLER, err.category());
     warn!(object = %key, error = %err, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -603,7 +576,11 @@ pub async fn run(
         .list(&Default::default())
         .await
     {
-        Ok(list) => list.items.iter().for_each(|o| ctx.vm.seed(o)),
+        Ok(list) => list.items.iter().for_each(|o| {
+            if let Some(p) = ctx.env.providers.image(o.spec.provider.kind) {
+                p.seed(o);
+            }
+        }),
         Err(e) => warn!(error = %e, "could not list ImageReplications to seed the copy quota"),
     }
     let ir = trimmed_controller(api_for::<ImageReplication>(&ctx.client, ns))

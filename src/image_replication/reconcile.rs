@@ -1,117 +1,29 @@
 //! The ImageReplication reconcile, in three steps for the generic shell of
-//! [`crate::controller`]: [`observe`](Managed::observe) does all the I/O (the copy tasks of the
-//! oci path, or the cloud and the credentials Secret, read once, of the VM path) and returns
-//! one [`Snapshot`]; [`plan`] is a pure function of the snapshot and the time (table-tested
-//! below); [`act`](Managed::act) starts or cancels the [`Work`] once the status is written.
-
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+//! [`crate::controller`] and for `replicate -f`: [`observe`](Managed::observe) gates the object
+//! and hands the I/O to its provider from the registry (the copy tasks of the oci provider, or
+//! the cloud and the credentials Secret, read once, of a VM provider), which returns one
+//! [`Snapshot`]; [`plan()`] is a pure function of the snapshot and the time (table-tested below);
+//! [`act`](Managed::act) has the provider start or cancel the [`Work`] once the status is
+//! written.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::ResourceExt;
-use tracing::info;
 
 use crate::api::v1alpha1::*;
-use crate::controller::{Context, Managed, Planned, blocked_conditions, key_of, secrets};
-use crate::image_replication::oci::SecretCredentials;
-use crate::image_replication::vm::plan::{self as vplan, VmPlan};
-use crate::image_replication::vm::{Account, ImageService};
-use crate::oci::{OciError, Progress};
-use crate::plan::{self, Gate, TaskView};
+use crate::controller::{Env, Managed, Planned, blocked_conditions};
+use crate::image_replication::provider::{Snapshot, Work};
+use crate::image_replication::vm::plan as vplan;
+use crate::plan::{self, Announcement, Gate};
 use crate::{Error, Result, validation};
 
-/// What one reconcile of an ImageReplication saw.
-// One snapshot lives per reconcile, for its duration: the size of its largest variant costs nothing.
-#[allow(clippy::large_enum_variant)]
-pub enum Snapshot {
-    /// Nothing to observe: the gate is closed before any provider (invalid, suspended, the
-    /// provider not built).
-    Gated(Gate),
-    /// oci: what each destination's copy task is doing, and when each was last verified.
-    Oci {
-        tasks: HashMap<String, TaskView>,
-        checked: HashMap<String, Time>,
-        resync: Duration,
-    },
-    /// A VM image service: what the cloud and the quota said, and the account read for it.
-    Vm {
-        gate: Gate,
-        provider: Arc<dyn ImageService>,
-        seen: vplan::Snapshot,
-        account: Result<Account, String>,
-    },
-}
-
-/// What `act` does once the planned status is written.
-#[derive(Clone, Debug, PartialEq, Default)]
-pub enum Work {
-    #[default]
-    Nothing,
-    /// Cancel the object's running copies (suspended, or the spec became invalid).
-    CancelAll,
-    /// oci: start the copy tasks of these destinations (region, drift check?).
-    Copy(Vec<(String, bool)>),
-    /// VM: the plan whose metrics, starts and cancels `act` carries out.
-    Vm(Box<VmPlan>),
-}
-
 /// The gate of an ImageReplication: its rules, whether its provider is built, suspend.
-fn gate(obj: &ImageReplication, ctx: &Context) -> Gate {
+fn gate(obj: &ImageReplication, env: &Env) -> Gate {
     let kind = obj.spec.provider.kind;
     plan::gate(
         validation::image_replication(&obj.spec),
         kind.as_str(),
-        ctx.providers.has_image(kind),
+        env.providers.image(kind).is_some(),
         obj.spec.suspend,
     )
-}
-
-/// The VM provider account: the referenced Secret's data and the endpoint override.
-async fn account(obj: &ImageReplication, ctx: &Context) -> Result<Account, String> {
-    let ns = obj.namespace().unwrap_or_default();
-    let secret = match &obj.spec.provider.credentials_secret_ref {
-        Some(r) => secrets::data(&ctx.client, &ns, &r.name).await?,
-        None => Default::default(),
-    };
-    Ok(Account {
-        secret,
-        endpoint: obj.spec.provider.endpoint.clone(),
-        agency: obj.spec.provider.agency.clone(),
-    })
-}
-
-async fn credentials(obj: &ImageReplication, ctx: &Context) -> Result<SecretCredentials, String> {
-    secrets::credentials(
-        &ctx.client,
-        &obj.namespace().unwrap_or_default(),
-        obj.spec.provider.credentials_secret_ref.as_ref(),
-    )
-    .await
-}
-
-/// oci: collect the finished copy tasks (counted in the metrics) and the drift-check history.
-fn observe_oci(obj: &ImageReplication, ctx: &Context, now: &Time) -> Snapshot {
-    let key = key_of(obj);
-    let tasks = ctx.tasks.collect(&key, now);
-    let regions: Vec<String> = obj.spec.destinations.iter().map(|d| d.region.clone()).collect();
-    let checked = ctx.tasks.checked(&key, &regions, now, ctx.resync);
-    for v in tasks.values() {
-        let outcome = match v {
-            TaskView::Succeeded { up_to_date: true, .. } => "up_to_date",
-            TaskView::Succeeded { .. } => "copied",
-            TaskView::Failed { .. } => "failed",
-            TaskView::Running { .. } | TaskView::Idle => continue,
-        };
-        ctx.metrics.copy_tasks.with_label_values(&["oci", outcome]).inc();
-    }
-    ctx.metrics.copy_tasks_running.set(ctx.tasks.len() as i64);
-    ctx.oci.note_copies(obj);
-    Snapshot::Oci {
-        tasks,
-        checked,
-        resync: ctx.resync,
-    }
 }
 
 /// Plan an ImageReplication from what one reconcile saw. Pure.
@@ -126,8 +38,13 @@ pub fn plan(obj: &ImageReplication, snap: &Snapshot, now: &Time) -> Planned<Imag
             };
             Planned::new(plan::image_replication_status(obj, implemented, now), work)
         }
-        Snapshot::Oci { tasks, checked, resync } => {
-            let p = crate::image_replication::plan::oci_plan(obj, tasks, checked, now, *resync, plan::MAX_ATTEMPTS);
+        Snapshot::Oci {
+            tasks,
+            checked,
+            resync,
+            max_attempts,
+        } => {
+            let p = crate::image_replication::plan::oci_plan(obj, tasks, checked, now, *resync, *max_attempts);
             let work = if p.start.is_empty() {
                 Work::Nothing
             } else {
@@ -150,69 +67,6 @@ pub fn plan(obj: &ImageReplication, snap: &Snapshot, now: &Time) -> Planned<Imag
     }
 }
 
-/// oci: start a background copy task per destination (the Secret read once for all).
-async fn start_copies(obj: &ImageReplication, ctx: &Context, starts: &[(String, bool)]) {
-    let key = key_of(obj);
-    let creds = credentials(obj, ctx).await;
-    for (region, resync) in starts {
-        let Some(dest) = obj.spec.destinations.iter().find(|d| &d.region == region).cloned() else {
-            continue;
-        };
-        let progress = Arc::new(Progress::default());
-        let (oci, spec, creds, pr) = (ctx.oci.clone(), obj.spec.clone(), creds.clone(), progress.clone());
-        let bytes = ctx.metrics.bytes_transferred.with_label_values(&["oci"]);
-        ctx.tasks.start(&key, region, *resync, progress, async move {
-            let r = match creds {
-                Ok(c) => oci.copy_to(&spec, &dest, &c, &pr).await,
-                Err(e) => Err(OciError::Auth(e)),
-            };
-            if let Ok(report) = &r {
-                bytes.inc_by(report.bytes_uploaded);
-            }
-            r
-        });
-    }
-}
-
-/// oci cleanup: cancel the copies in flight, then remove the copies (`Delete`) or keep them.
-async fn cleanup_oci(obj: &ImageReplication, ctx: &Context) -> Result<String> {
-    let cancelled = ctx.tasks.cancel_all(&key_of(obj));
-    ctx.tasks.forget(&key_of(obj));
-    let mut note = format!("deletionPolicy {:?}", obj.spec.deletion_policy);
-    if cancelled > 0 {
-        note.push_str(&format!("; cancelled {cancelled} copies in flight"));
-    }
-    if obj.spec.deletion_policy == DeletionPolicy::Delete && obj.spec.provider.kind == ProviderKind::Oci {
-        let creds = credentials(obj, ctx).await.map_err(Error::Provider)?;
-        let mut removed = Vec::new();
-        for st in obj.status.iter().flat_map(|s| s.destinations.iter()) {
-            let (Some(digest), Some(dest)) = (&st.digest, obj.spec.destinations.iter().find(|d| d.region == st.region))
-            else {
-                continue;
-            };
-            match ctx.oci.delete_copy(&obj.spec, dest, digest, &creds).await {
-                Ok(_) => removed.push(st.region.clone()),
-                Err(OciError::Http {
-                    status: 405 | 403 | 401,
-                    ..
-                }) => {
-                    note.push_str(&format!(
-                        "; {}: the registry does not allow deletes, copy kept",
-                        st.region
-                    ));
-                }
-                Err(e) => return Err(Error::Provider(format!("removing the copy in {}: {e}", st.region))),
-            }
-        }
-        if !removed.is_empty() {
-            note.push_str(&format!("; removed the copies in {}", removed.join(", ")));
-        }
-    } else if obj.spec.deletion_policy == DeletionPolicy::Retain {
-        note.push_str("; destination copies kept");
-    }
-    Ok(note)
-}
-
 impl Managed for ImageReplication {
     type Status = ImageReplicationStatus;
     type Snapshot = Snapshot;
@@ -224,48 +78,23 @@ impl Managed for ImageReplication {
     fn conditions_of(status: &Self::Status) -> &[Condition] {
         &status.conditions
     }
-    async fn observe(&self, ctx: &Context, now: &Time) -> Snapshot {
-        let gate = gate(self, ctx);
-        if let Some(provider) = ctx.providers.vm(self.spec.provider.kind) {
-            let account = account(self, ctx).await;
-            let seen = ctx
-                .vm
-                .observe(self, &gate, provider.as_ref(), account.clone(), now)
-                .await;
-            return Snapshot::Vm {
-                gate,
-                provider,
-                seen,
-                account,
-            };
+    async fn observe(&self, env: &Env, now: &Time) -> Snapshot {
+        let gate = gate(self, env);
+        match env.providers.image(self.spec.provider.kind) {
+            Some(p) => p.observe(self, gate, env.secrets.as_ref(), now).await,
+            None => Snapshot::Gated(gate),
         }
-        if gate == Gate::Open && self.spec.provider.kind == ProviderKind::Oci {
-            return observe_oci(self, ctx, now);
-        }
-        Snapshot::Gated(gate)
     }
     fn plan(&self, snap: &Snapshot, now: &Time) -> Planned<Self::Status, Work> {
         plan(self, snap, now)
     }
-    async fn act(&self, ctx: &Context, snap: &Snapshot, planned: &Planned<Self::Status, Work>) -> Result<()> {
-        match (&planned.work, snap) {
-            (Work::Nothing, _) => {}
-            (Work::CancelAll, _) => {
-                if ctx.tasks.cancel_all(&key_of(self)) > 0 {
-                    info!("suspended or invalid: cancelled running copies");
-                }
-            }
-            (Work::Copy(starts), _) => start_copies(self, ctx, starts).await,
-            (Work::Vm(p), Snapshot::Vm { provider, account, .. }) => {
-                // Without an account nothing was observed, so nothing is started or cancelled
-                // (act still records the plan's metrics).
-                let none = Account::default();
-                let acct = account.as_ref().unwrap_or(&none);
-                ctx.vm.act(self, provider.as_ref(), acct, p).await;
-            }
-            (Work::Vm(_), _) => {}
+    async fn act(&self, env: &Env, snap: &Snapshot, planned: &Planned<Self::Status, Work>) -> Vec<Announcement> {
+        if !matches!(planned.work, Work::Nothing)
+            && let Some(p) = env.providers.image(self.spec.provider.kind)
+        {
+            p.act(self, env.secrets.as_ref(), snap, &planned.work).await;
         }
-        Ok(())
+        Vec::new()
     }
     fn blocked_status(&self, message: &str, now: &Time) -> Self::Status {
         let mut st = self.status.clone().unwrap_or_default();
@@ -279,23 +108,23 @@ impl Managed for ImageReplication {
         st.conditions = blocked_conditions(&st.conditions, message, self.metadata.generation, now);
         st
     }
-    async fn cleanup(&self, ctx: &Context) -> Result<String> {
-        if let Some(p) = ctx.providers.vm(self.spec.provider.kind) {
-            let acct = account(self, ctx).await;
-            return ctx
-                .vm
-                .cleanup(self, p.as_ref(), acct)
+    async fn cleanup(&self, env: &Env) -> Result<String> {
+        match env.providers.image(self.spec.provider.kind) {
+            Some(p) => p
+                .cleanup(self, env.secrets.as_ref())
                 .await
-                .map_err(Error::CleanupBlocked);
+                .map_err(Error::CleanupBlocked),
+            None => Ok(format!("deletionPolicy {:?}", self.spec.deletion_policy)),
         }
-        cleanup_oci(self, ctx).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::test_at as at;
+    use crate::plan::{TaskView, test_at as at};
+    use std::collections::HashMap;
+    use std::time::Duration;
 
     fn obj(kind: &str, suspend: bool) -> ImageReplication {
         let mut o: ImageReplication = serde_yaml::from_str(&format!(
@@ -320,6 +149,7 @@ spec:
             tasks: tasks.iter().map(|(r, v)| (r.to_string(), v.clone())).collect(),
             checked: HashMap::new(),
             resync: Duration::from_secs(300),
+            max_attempts: plan::MAX_ATTEMPTS,
         }
     }
 

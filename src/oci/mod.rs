@@ -8,9 +8,11 @@
 pub mod api;
 pub mod client;
 pub mod copy;
+pub mod credentials;
 pub mod digest;
 pub mod reference;
 
 pub use client::{Budgets, Credentials, OciError, Registry};
 pub use copy::{CopyOptions, CopyReport, Engine, Progress};
+pub use credentials::SecretCredentials;
 pub use reference::{ImageRef, RegistryAddr};

@@ -32,13 +32,13 @@ pub struct ReplicaPlan {
 /// changes nothing in status (no write, no Event), so an object at rest is never written.
 pub fn replica_plan(
     obj: &ReplicaInstance,
-    view: &crate::replica_instance::oci::SyncView,
+    view: &crate::replica_instance::oci::sync::SyncView,
     pending: Option<(&std::collections::BTreeSet<String>, &Time)>,
     last_full: Option<&Time>,
     now: &Time,
     interval: std::time::Duration,
 ) -> ReplicaPlan {
-    use crate::replica_instance::oci::SyncView;
+    use crate::replica_instance::oci::sync::SyncView;
     let mut st = obj.status.clone().unwrap_or_default();
     let mut events = Vec::new();
     let mut start = None;
@@ -128,13 +128,13 @@ pub fn replica_plan(
 /// as a whole, else the time to the next full sync).
 fn next_sync(
     st: &ReplicaInstanceStatus,
-    view: &crate::replica_instance::oci::SyncView,
+    view: &crate::replica_instance::oci::sync::SyncView,
     pending: Option<(&std::collections::BTreeSet<String>, &Time)>,
     last_full: Option<&Time>,
     now: &Time,
     interval: std::time::Duration,
 ) -> (Option<SyncStart>, Option<std::time::Duration>) {
-    use crate::replica_instance::oci::SyncView;
+    use crate::replica_instance::oci::sync::SyncView;
     let whole_failed_at = st
         .recent_failures
         .first()
@@ -164,7 +164,7 @@ fn next_sync(
 /// its time and a summary Event, a notification-driven one an Event if it changed anything.
 fn record_sync(
     st: &mut ReplicaInstanceStatus,
-    r: &crate::replica_instance::oci::SyncReport,
+    r: &crate::replica_instance::oci::sync::SyncReport,
     now: &Time,
     events: &mut Vec<Announcement>,
 ) {
@@ -323,7 +323,7 @@ fn replica_conditions(phase: ReplicaPhase, busy: bool, fail_text: &str) -> Vec<D
 #[cfg(test)]
 mod replica_tests {
     use super::*;
-    use crate::replica_instance::oci::{Failure, SyncReport, SyncView};
+    use crate::replica_instance::oci::sync::{Failure, SyncReport, SyncView};
     use std::collections::BTreeSet;
     use std::time::Duration;
 

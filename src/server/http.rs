@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
 
-use crate::replica_instance::notify::{MAX_BODY, Notifications, Rejected};
+use crate::replica_instance::oci::notify::{MAX_BODY, Notifications, Rejected};
 use crate::server::metrics::Metrics;
 
 /// What `/readyz` reports.

@@ -1,21 +1,25 @@
 //! VM image copy tasks: the provider-independent engine for ImageReplication with a cloud image
-//! service (huawei, alibaba, aws, openstack).
+//! service (huawei, alibaba, aws, tencent, openstack).
 //!
-//! - [`ImageService`]: what a provider offers (describe, start a copy, find a copy by its
-//!   idempotency token, poll, cancel, delete).
+//! - [`ImageService`]: what a cloud offers (describe, start a copy, find a copy by its
+//!   idempotency token, poll, cancel, delete); [`Service`] is the shape each cloud implements.
 //! - [`rules`]: the seeds' rules as pure functions of (spec, described source image).
 //! - [`plan`]: the pure per-destination state machine.
 //! - [`quota`]: the per-account queue of copies in flight.
-//! - [`engine`]: the thin shell the controller and `replicate -f` share: observe, plan, act.
-//! - [`openstack`]: the OpenStack provider (Keystone v3 + Glance v2; the operator moves the bytes).
-//! - [`huawei`], [`alibaba`], [`aws`], [`tencent`]: the clouds' own copy APIs, on the signed
-//!   HTTP plumbing of [`crate::cloud`] (signing, error classes, throttling backoff, EC2 XML).
+//! - [`engine`]: the thin shell: observe, plan, act, cleanup.
+//! - [`provider`]: one cloud on the shared engine, as the ImageReplication provider the
+//!   registry holds.
+//! - [`providers`]: one module per cloud: `openstack` (Keystone v3 + Glance v2; the operator
+//!   moves the bytes), `huawei`, `alibaba`, `aws`, `tencent` (the clouds' own copy APIs, on the
+//!   signed HTTP plumbing of [`crate::cloud`]: signing, error classes, throttling backoff, EC2
+//!   XML), the signed-API ones through [`catalog`].
 
 pub mod catalog;
 pub mod engine;
 #[cfg(test)]
 pub mod fake;
 pub mod plan;
+pub mod provider;
 pub mod providers;
 pub mod quota;
 pub mod rules;

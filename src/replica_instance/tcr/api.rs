@@ -4,7 +4,7 @@
 //! operator creates the replica, reports its state and replication log, and deletes it under
 //! `deletionPolicy: Delete`.
 //!
-//! - [`Tcr`]: the API client (observe, create, delete), with the documented per-action rate
+//! - [`Tcr`]: the API client (describe, create, delete), with the documented per-action rate
 //!   limits (CreateReplicationInstance 1/s, DescribeReplicationInstanceSyncStatus 5/s) kept per
 //!   process on top of the throttling backoff.
 //! - [`plan`]: pure, (object, what was observed, now) -> status, Events, whether to create.
@@ -132,7 +132,7 @@ impl Tcr {
     }
 
     /// Describe the primary, its replica in `replica_region` and that replica's sync status.
-    pub async fn observe(
+    pub async fn describe(
         &self,
         acct: &Account,
         instance_id: &str,
@@ -266,12 +266,6 @@ impl Tcr {
             Err(e) if e.not_found => Ok(None),
             Err(e) => Err(e),
         }
-    }
-}
-
-impl crate::provider::ReplicaBackend for Tcr {
-    fn kind(&self) -> crate::api::v1alpha1::ReplicaProvider {
-        crate::api::v1alpha1::ReplicaProvider::Tencent
     }
 }
 

@@ -1,5 +1,6 @@
-//! ReplicaInstance with an oci primary: list both registries, diff ([`super::diff`]), copy what is
-//! missing or changed, delete what the primary deleted (when asked), never write to the primary.
+//! The sync of an oci ReplicaInstance: list both registries, diff ([`super::diff`]), copy what
+//! is missing or changed, delete what the primary deleted (when asked), never write to the
+//! primary; and the background syncs ([`SyncTasks`]) with what each is doing ([`SyncView`]).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::{BTreeSet, HashMap};
@@ -9,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::api::v1alpha1::ReplicaInstanceSpec;
-use crate::image_replication::oci::SecretCredentials;
+use crate::oci::SecretCredentials;
 use crate::oci::{Budgets, CopyOptions, Engine, OciError, Progress, Registry, RegistryAddr};
-use crate::replica_instance::diff::{self, Inventory, Item};
+use crate::replica_instance::oci::diff::{self, Inventory, Item};
 
 /// One artifact that failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -299,12 +300,6 @@ fn round_robin(items: Vec<Item>) -> Vec<Item> {
 
 /// A finished sync: the report, or (reason, message) of a failure of the whole sync.
 pub type SyncOutcome = crate::tasks::Outcome<SyncReport>;
-
-impl crate::provider::ReplicaBackend for ReplicaSyncer {
-    fn kind(&self) -> crate::api::v1alpha1::ReplicaProvider {
-        crate::api::v1alpha1::ReplicaProvider::Oci
-    }
-}
 
 /// What a ReplicaInstance's sync is doing.
 #[derive(Clone, Debug, PartialEq, Eq)]

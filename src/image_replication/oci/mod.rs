@@ -1,0 +1,207 @@
+//! The `oci` provider of ImageReplication ([`Oci`]): the copy tasks, one per object and
+//! destination, of the registry-to-registry copy engine in [`replicator`]. Shared by the
+//! controller and the no-cluster `replicate` command.
+
+pub mod replicator;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use tracing::info;
+
+use crate::api::v1alpha1::{DeletionPolicy, ImageReplication, ProviderKind};
+use crate::controller::secrets::{self, Secrets};
+use crate::image_replication::oci::replicator::OciReplicator;
+use crate::image_replication::provider::{ImageProvider, Snapshot, Work};
+use crate::oci::{OciError, Progress, SecretCredentials};
+use crate::plan::{Gate, TaskView};
+use crate::server::metrics::Metrics;
+use crate::tasks::{OnDone, Tasks};
+
+/// The `oci` provider: the copy engine, the background copy tasks (one per object and
+/// destination) and the drift-check period.
+pub struct Oci {
+    pub replicator: Arc<OciReplicator>,
+    tasks: Tasks,
+    resync: Duration,
+    max_attempts: i32,
+    metrics: Metrics,
+}
+
+impl Oci {
+    /// `wake` is called with the object's key when one of its copies ends.
+    pub fn new(
+        replicator: Arc<OciReplicator>,
+        wake: OnDone,
+        resync: Duration,
+        max_attempts: i32,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            replicator,
+            tasks: Tasks::new(wake),
+            resync,
+            max_attempts,
+            metrics,
+        }
+    }
+
+    /// Copies running now.
+    pub fn running(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Collect the finished copy tasks (counted in the metrics) and the drift-check history.
+    fn observe_open(&self, obj: &ImageReplication, now: &Time) -> Snapshot {
+        let key = key_of(obj);
+        let tasks = self.tasks.collect(&key, now);
+        let regions: Vec<String> = obj.spec.destinations.iter().map(|d| d.region.clone()).collect();
+        let checked = self.tasks.checked(&key, &regions, now, self.resync);
+        for v in tasks.values() {
+            let outcome = match v {
+                TaskView::Succeeded { up_to_date: true, .. } => "up_to_date",
+                TaskView::Succeeded { .. } => "copied",
+                TaskView::Failed { .. } => "failed",
+                TaskView::Running { .. } | TaskView::Idle => continue,
+            };
+            self.metrics.copy_tasks.with_label_values(&["oci", outcome]).inc();
+        }
+        self.metrics.copy_tasks_running.set(self.tasks.len() as i64);
+        self.replicator.note_copies(obj);
+        Snapshot::Oci {
+            tasks,
+            checked,
+            resync: self.resync,
+            max_attempts: self.max_attempts,
+        }
+    }
+
+    /// Start a background copy task per destination (the Secret read once for all).
+    async fn start_copies(&self, obj: &ImageReplication, secrets: &dyn Secrets, starts: &[(String, bool)]) {
+        let key = key_of(obj);
+        let creds = credentials(obj, secrets).await;
+        for (region, resync) in starts {
+            let Some(dest) = obj.spec.destinations.iter().find(|d| &d.region == region).cloned() else {
+                continue;
+            };
+            let progress = Arc::new(Progress::default());
+            let (oci, spec, creds, pr) = (
+                self.replicator.clone(),
+                obj.spec.clone(),
+                creds.clone(),
+                progress.clone(),
+            );
+            let bytes = self.metrics.bytes_transferred.with_label_values(&["oci"]);
+            self.tasks.start(&key, region, *resync, progress, async move {
+                let r = match creds {
+                    Ok(c) => oci.copy_to(&spec, &dest, &c, &pr).await,
+                    Err(e) => Err(OciError::Auth(e)),
+                };
+                if let Ok(report) = &r {
+                    bytes.inc_by(report.bytes_uploaded);
+                }
+                r
+            });
+        }
+    }
+
+    /// Cancel the copies in flight, then remove the copies (`Delete`) or keep them.
+    async fn remove(&self, obj: &ImageReplication, secrets: &dyn Secrets) -> Result<String, String> {
+        let cancelled = self.tasks.cancel_all(&key_of(obj));
+        self.tasks.forget(&key_of(obj));
+        let mut note = format!("deletionPolicy {:?}", obj.spec.deletion_policy);
+        if cancelled > 0 {
+            note.push_str(&format!("; cancelled {cancelled} copies in flight"));
+        }
+        if obj.spec.deletion_policy == DeletionPolicy::Retain {
+            note.push_str("; destination copies kept");
+            return Ok(note);
+        }
+        let creds = credentials(obj, secrets).await?;
+        let mut removed = Vec::new();
+        for st in obj.status.iter().flat_map(|s| s.destinations.iter()) {
+            let (Some(digest), Some(dest)) = (&st.digest, obj.spec.destinations.iter().find(|d| d.region == st.region))
+            else {
+                continue;
+            };
+            match self.replicator.delete_copy(&obj.spec, dest, digest, &creds).await {
+                Ok(_) => removed.push(st.region.clone()),
+                Err(OciError::Http {
+                    status: 405 | 403 | 401,
+                    ..
+                }) => {
+                    note.push_str(&format!(
+                        "; {}: the registry does not allow deletes, copy kept",
+                        st.region
+                    ));
+                }
+                Err(e) => return Err(format!("removing the copy in {}: {e}", st.region)),
+            }
+        }
+        if !removed.is_empty() {
+            note.push_str(&format!("; removed the copies in {}", removed.join(", ")));
+        }
+        Ok(note)
+    }
+}
+
+async fn credentials(obj: &ImageReplication, secrets: &dyn Secrets) -> Result<SecretCredentials, String> {
+    let ns = obj.metadata.namespace.clone().unwrap_or_default();
+    secrets::credentials(secrets, &ns, obj.spec.provider.credentials_secret_ref.as_ref()).await
+}
+
+fn key_of(obj: &ImageReplication) -> String {
+    let m = &obj.metadata;
+    format!(
+        "{}/{}",
+        m.namespace.as_deref().unwrap_or(""),
+        m.name.as_deref().unwrap_or("")
+    )
+}
+
+impl ImageProvider for Oci {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Oci
+    }
+    fn observe<'a>(
+        &'a self,
+        obj: &'a ImageReplication,
+        gate: Gate,
+        _secrets: &'a dyn Secrets,
+        now: &'a Time,
+    ) -> BoxFuture<'a, Snapshot> {
+        let snap = match gate {
+            Gate::Open => self.observe_open(obj, now),
+            gate => Snapshot::Gated(gate),
+        };
+        Box::pin(std::future::ready(snap))
+    }
+    fn act<'a>(
+        &'a self,
+        obj: &'a ImageReplication,
+        secrets: &'a dyn Secrets,
+        _snapshot: &'a Snapshot,
+        work: &'a Work,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            match work {
+                Work::CancelAll => {
+                    if self.tasks.cancel_all(&key_of(obj)) > 0 {
+                        info!("suspended or invalid: cancelled running copies");
+                    }
+                }
+                Work::Copy(starts) => self.start_copies(obj, secrets, starts).await,
+                Work::Nothing | Work::Vm(_) => {}
+            }
+        })
+    }
+    fn cleanup<'a>(
+        &'a self,
+        obj: &'a ImageReplication,
+        secrets: &'a dyn Secrets,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(self.remove(obj, secrets))
+    }
+}
