@@ -333,7 +333,8 @@ impl Driven for ImageReplication {
             };
             run.show(out, &format!("{name}/{}", d.region), line);
         }
-        matches!(snap, IrSnapshot::Gated(_))
+        // An account that cannot be read from the files will not change within the run.
+        matches!(snap, IrSnapshot::Gated(_) | IrSnapshot::Vm { account: Err(_), .. })
             || conditions::is_true(&st.conditions, conditions::STALLED)
             || st.destinations.iter().all(|d| {
                 d.phase == DestinationPhase::Available
@@ -513,4 +514,72 @@ fn report(out: &mut (dyn Write + Send), what: &str, conds: &[Condition], detail:
         ready.map(|c| c.message.as_str()).unwrap_or("")
     );
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image_replication::vm::engine::VmEngine;
+    use crate::image_replication::vm::fake::FakeCloud;
+    use crate::image_replication::vm::provider::Vm;
+
+    fn manifest(secret: &str) -> ImageReplication {
+        serde_yaml::from_str(&format!(
+            r#"
+apiVersion: replication.imageops.io/v1alpha1
+kind: ImageReplication
+metadata: {{name: web, namespace: default}}
+spec:
+  provider: {{kind: openstack, credentialsSecretRef: {{name: {secret}}}}}
+  source: {{region: one, imageId: img-1}}
+  destinations: [{{region: two}}]
+"#
+        ))
+        .unwrap()
+    }
+
+    /// `replicate -f` reconciles through the provider the registry holds (here an in-memory
+    /// cloud: no HTTP), with the credentials Secret from the files: the copy is started once,
+    /// polled to Available and reported Ready. A Secret the files do not have is named, the run
+    /// ends not Ready, and the cloud is never called.
+    #[tokio::test]
+    async fn a_vm_copy_runs_through_the_registry_with_the_files_secret() {
+        let run = |secret: &'static str| async move {
+            let cloud = Arc::new(FakeCloud::new("right"));
+            cloud.add_image("one", "img-1", 1 << 20);
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let w = wake.clone();
+            let settings = Settings {
+                poll_min: Duration::from_millis(20),
+                poll_max: Duration::from_millis(40),
+                ..Default::default()
+            };
+            let engine = Arc::new(VmEngine::new(settings, Arc::new(move |_: &str| w.notify_one()), None));
+            let registry = Registry::default().with_image(Arc::new(Vm::new(engine, cloud.clone())));
+            let files = [(
+                "cloud-creds".to_string(),
+                [("password".to_string(), b"right".to_vec())].into(),
+            )];
+            let env = Env::new(registry, Arc::new(FileSecrets(files.into())), Metrics::new());
+            let mut out = Vec::new();
+            let ready = tokio::time::timeout(
+                Duration::from_secs(20),
+                drive(vec![manifest(secret)], &env, &wake, 3, &mut out),
+            )
+            .await
+            .expect("the run ends");
+            (ready, String::from_utf8(out).unwrap(), cloud)
+        };
+        let (ready, text, cloud) = run("cloud-creds").await;
+        assert!(ready, "{text}");
+        assert!(text.contains("ImageReplication web: Ready (1/1 available)"), "{text}");
+        assert!(text.contains("web/two: available"), "{text}");
+        assert_eq!(cloud.calls("start_copy"), 1, "{text}");
+        assert_eq!(cloud.images_in("two").len(), 1);
+
+        let (ready, text, cloud) = run("missing").await;
+        assert!(!ready, "{text}");
+        assert!(text.contains("Secret missing is not in the files"), "{text}");
+        assert_eq!(cloud.calls("describe") + cloud.calls("start_copy"), 0, "{text}");
+    }
 }

@@ -13,3 +13,13 @@ pub const FINALIZER: &str = "replication.imageops.io/cleanup";
 pub const FIELD_MANAGER: &str = "image-replication-operator";
 
 pub use v1alpha1::{ImageReplication, ReplicaInstance};
+
+/// An object's key, `namespace/name`: what background work, memory and wake-ups are kept by.
+pub fn key_of<K: kube::Resource>(obj: &K) -> String {
+    let m = obj.meta();
+    format!(
+        "{}/{}",
+        m.namespace.as_deref().unwrap_or_default(),
+        m.name.as_deref().unwrap_or_default()
+    )
+}

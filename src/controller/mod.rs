@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
 use crate::api::v1alpha1::{ImageReplication, ReplicaInstance};
-use crate::api::{FIELD_MANAGER, FINALIZER};
+use crate::api::{FIELD_MANAGER, FINALIZER, key_of};
 use crate::plan::Announcement;
 use crate::replica_instance::oci::notify::Notifications;
 use crate::server::http::Health;
@@ -243,14 +243,6 @@ pub(crate) fn blocked_conditions(
         conditions::Desired::new(conditions::STALLED, false, "DeletionBlocked", ""),
     ];
     conditions::merge(old, &desired, generation, now)
-}
-
-pub(crate) fn key_of<K: Resource>(obj: &K) -> String {
-    format!(
-        "{}/{}",
-        obj.meta().namespace.clone().unwrap_or_default(),
-        obj.meta().name.clone().unwrap_or_default()
-    )
 }
 
 const API_TIMEOUT: Duration = Duration::from_secs(30);

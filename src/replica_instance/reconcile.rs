@@ -7,8 +7,9 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::api::key_of;
 use crate::api::v1alpha1::*;
-use crate::controller::{Env, Managed, Planned, blocked_conditions, key_of};
+use crate::controller::{Env, Managed, Planned, blocked_conditions};
 use crate::plan::{self, Announcement, Gate};
 use crate::replica_instance::provider::{Snapshot, Work};
 use crate::replica_instance::tcr::api as tcr;

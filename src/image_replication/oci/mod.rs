@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tracing::info;
 
+use crate::api::key_of;
 use crate::api::v1alpha1::{DeletionPolicy, ImageReplication, ProviderKind};
 use crate::controller::secrets::{self, Secrets};
 use crate::image_replication::oci::replicator::OciReplicator;
@@ -150,15 +151,6 @@ impl Oci {
 async fn credentials(obj: &ImageReplication, secrets: &dyn Secrets) -> Result<SecretCredentials, String> {
     let ns = obj.metadata.namespace.clone().unwrap_or_default();
     secrets::credentials(secrets, &ns, obj.spec.provider.credentials_secret_ref.as_ref()).await
-}
-
-fn key_of(obj: &ImageReplication) -> String {
-    let m = &obj.metadata;
-    format!(
-        "{}/{}",
-        m.namespace.as_deref().unwrap_or(""),
-        m.name.as_deref().unwrap_or("")
-    )
 }
 
 impl ImageProvider for Oci {

@@ -13,6 +13,7 @@ use super::plan::{self as vplan, DestObs, Observed, VmPlan};
 use super::quota::{Quota, Wake};
 use super::rules::{self, Limits};
 use super::{Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ProviderError, TaskPhase};
+use crate::api::key_of;
 use crate::api::v1alpha1::{
     DeletionPolicy, DestinationPhase, DestinationStatus, ImageReplication, ImageReplicationStatus,
 };
@@ -97,14 +98,6 @@ pub struct VmEngine {
     wake: Wake,
     memory: Mutex<HashMap<String, Memory>>,
     metrics: Option<Metrics>,
-}
-
-fn key_of(obj: &ImageReplication) -> String {
-    format!(
-        "{}/{}",
-        obj.metadata.namespace.clone().unwrap_or_default(),
-        obj.metadata.name.clone().unwrap_or_default()
-    )
 }
 
 /// The account a copy's quota is counted against: provider, Secret and endpoint.
@@ -312,8 +305,9 @@ impl VmEngine {
         })
     }
 
-    /// Observe and plan one object (`replicate -f` and the engine's tests; the controller
-    /// runs the two steps itself).
+    /// Observe and plan one object (the engine's tests; the controller and `replicate -f` run
+    /// the steps through the ImageReplication provider).
+    #[cfg(test)]
     pub async fn reconcile(
         &self,
         obj: &ImageReplication,

@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tracing::info;
 
+use crate::api::key_of;
 use crate::api::v1alpha1::{DeletionPolicy, ReplicaInstance, ReplicaProvider};
 use crate::controller::secrets::{Secrets, credentials};
 use crate::oci::{OciError, RegistryAddr, SecretCredentials};
@@ -138,15 +139,6 @@ impl Oci {
         note.push_str(&format!("; removed {n} replicated artifacts from the replica"));
         Ok(note)
     }
-}
-
-fn key_of(obj: &ReplicaInstance) -> String {
-    let m = &obj.metadata;
-    format!(
-        "{}/{}",
-        m.namespace.as_deref().unwrap_or(""),
-        m.name.as_deref().unwrap_or("")
-    )
 }
 
 fn primary_host(obj: &ReplicaInstance) -> Option<String> {
