@@ -32,6 +32,14 @@ pub enum Gate {
     Open,
 }
 
+impl Gate {
+    /// Whether work already running must stop (suspended, or the spec became invalid); a
+    /// provider that is not built has nothing running.
+    pub fn stops_work(&self) -> bool {
+        matches!(self, Gate::Suspended | Gate::Invalid(_))
+    }
+}
+
 /// Decide the gate. Order: invalid, then a missing provider, then suspend.
 pub fn gate(violations: Vec<Violation>, provider: &'static str, implemented: bool, suspend: bool) -> Gate {
     if !violations.is_empty() {
@@ -92,19 +100,13 @@ pub fn gate_conditions(gate: &Gate, with_synced: bool) -> Vec<Desired> {
     out
 }
 
-/// Plan the status of an ImageReplication.
-pub fn image_replication_status(obj: &ImageReplication, implemented: bool, now: &Time) -> ImageReplicationStatus {
+/// Plan the status of an ImageReplication its gate `g` holds back.
+pub fn image_replication_status(obj: &ImageReplication, g: &Gate, now: &Time) -> ImageReplicationStatus {
     let spec = &obj.spec;
     let old = obj.status.clone().unwrap_or_default();
-    let g = gate(
-        validation::image_replication(spec),
-        spec.provider.kind.as_str(),
-        implemented,
-        spec.suspend,
-    );
-    let desired = gate_conditions(&g, false);
+    let desired = gate_conditions(g, false);
     let generation = obj.metadata.generation;
-    let destinations: Vec<DestinationStatus> = match &g {
+    let destinations: Vec<DestinationStatus> = match g {
         Gate::Invalid(_) => Vec::new(),
         _ => spec
             .destinations
@@ -116,7 +118,7 @@ pub fn image_replication_status(obj: &ImageReplication, implemented: bool, now: 
         .iter()
         .filter(|d| d.phase == DestinationPhase::Available)
         .count();
-    let summary = match &g {
+    let summary = match g {
         Gate::Invalid(v) => format!("Invalid: {}", v[0].reason),
         _ => format!("{available}/{} available", spec.destinations.len()),
     };
@@ -130,17 +132,10 @@ pub fn image_replication_status(obj: &ImageReplication, implemented: bool, now: 
     }
 }
 
-/// Plan the status of a ReplicaInstance.
-pub fn replica_instance_status(obj: &ReplicaInstance, implemented: bool, now: &Time) -> ReplicaInstanceStatus {
-    let spec = &obj.spec;
+/// Plan the status of a ReplicaInstance its gate `g` holds back.
+pub fn replica_instance_status(obj: &ReplicaInstance, g: &Gate, now: &Time) -> ReplicaInstanceStatus {
     let old = obj.status.clone().unwrap_or_default();
-    let g = gate(
-        validation::replica_instance(spec),
-        spec.primary.provider.as_str(),
-        implemented,
-        spec.suspend,
-    );
-    let desired = gate_conditions(&g, true);
+    let desired = gate_conditions(g, true);
     let generation = obj.metadata.generation;
     ReplicaInstanceStatus {
         observed_generation: generation,
@@ -236,6 +231,11 @@ mod tests {
         o
     }
 
+    /// The gate of an object whose provider is not built.
+    fn closed(o: &ImageReplication) -> Gate {
+        gate(validation::image_replication(&o.spec), "huawei", false, o.spec.suspend)
+    }
+
     const HUAWEI: &str = r#"
 apiVersion: replication.imageops.io/v1alpha1
 kind: ImageReplication
@@ -249,7 +249,7 @@ spec:
     #[test]
     fn unimplemented_provider_is_stalled_not_ready() {
         let o = obj(HUAWEI);
-        let s = image_replication_status(&o, false, &now(10));
+        let s = image_replication_status(&o, &closed(&o), &now(10));
         let c = |t| conditions::find(&s.conditions, t).unwrap();
         assert_eq!(c(READY).status, "False");
         assert_eq!(c(READY).reason, "ProviderNotImplemented");
@@ -265,9 +265,9 @@ spec:
     #[test]
     fn replanning_a_settled_object_changes_nothing() {
         let mut o = obj(HUAWEI);
-        let first = image_replication_status(&o, false, &now(10));
+        let first = image_replication_status(&o, &closed(&o), &now(10));
         o.status = Some(first.clone());
-        let second = image_replication_status(&o, false, &now(99));
+        let second = image_replication_status(&o, &closed(&o), &now(99));
         assert_eq!(first, second, "no status write when nothing changed");
         assert_eq!(announcement(&first.conditions, &second.conditions), None);
     }
@@ -276,7 +276,7 @@ spec:
     fn invalid_spec_names_the_rule_and_warns() {
         let mut o = obj(HUAWEI);
         o.spec.destinations[1].region = "cn-east-3".into();
-        let s = image_replication_status(&o, false, &now(10));
+        let s = image_replication_status(&o, &closed(&o), &now(10));
         let v = conditions::find(&s.conditions, VALIDATED).unwrap();
         assert_eq!(v.status, "False");
         assert_eq!(v.reason, "DuplicateDestinationRegion");
@@ -291,11 +291,11 @@ spec:
     fn fixing_the_spec_flips_validated_and_announces_it() {
         let mut o = obj(HUAWEI);
         o.spec.provider.agency = None;
-        let bad = image_replication_status(&o, false, &now(10));
+        let bad = image_replication_status(&o, &closed(&o), &now(10));
         o.status = Some(bad.clone());
         o.spec.provider.agency = Some("ims_admin".into());
         o.metadata.generation = Some(2);
-        let good = image_replication_status(&o, false, &now(20));
+        let good = image_replication_status(&o, &closed(&o), &now(20));
         let v = conditions::find(&good.conditions, VALIDATED).unwrap();
         assert_eq!((v.status.as_str(), v.observed_generation), ("True", Some(2)));
         assert_eq!(v.last_transition_time, now(20));
@@ -324,7 +324,7 @@ spec:
 "#,
         )
         .unwrap();
-        let s = replica_instance_status(&o, false, &now(1));
+        let s = replica_instance_status(&o, &gate(vec![], "oci", false, false), &now(1));
         assert_eq!(conditions::find(&s.conditions, SYNCED).unwrap().status, "False");
         assert_eq!(s.phase, Some(ReplicaPhase::Pending));
         let suspended = gate(vec![], "oci", true, true);

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use image_replication_operator::api::v1alpha1::ImageReplication;
-use image_replication_operator::{crdgen, plan};
+use image_replication_operator::{crdgen, plan, validation};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
@@ -290,7 +290,13 @@ fn planned(mutate: impl FnOnce(&mut ImageReplication), implemented: bool) -> Val
     o.metadata.generation = Some(1);
     mutate(&mut o);
     let now = Time(Timestamp::now());
-    o.status = Some(plan::image_replication_status(&o, implemented, &now));
+    let gate = plan::gate(
+        validation::image_replication(&o.spec),
+        o.spec.provider.kind.as_str(),
+        implemented,
+        o.spec.suspend,
+    );
+    o.status = Some(plan::image_replication_status(&o, &gate, &now));
     serde_json::to_value(&o).unwrap()
 }
 

@@ -30,13 +30,12 @@ fn gate(obj: &ImageReplication, env: &Env) -> Gate {
 pub fn plan(obj: &ImageReplication, snap: &Snapshot, now: &Time) -> Planned<ImageReplicationStatus, Work> {
     match snap {
         Snapshot::Gated(gate) => {
-            let implemented = *gate != Gate::ProviderNotImplemented(obj.spec.provider.kind.as_str());
-            let work = if matches!(gate, Gate::Suspended | Gate::Invalid(_)) {
+            let work = if gate.stops_work() {
                 Work::CancelAll
             } else {
                 Work::Nothing
             };
-            Planned::new(plan::image_replication_status(obj, implemented, now), work)
+            Planned::new(plan::image_replication_status(obj, gate, now), work)
         }
         Snapshot::Oci {
             tasks,

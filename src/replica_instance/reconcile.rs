@@ -29,13 +29,12 @@ fn gate(obj: &ReplicaInstance, env: &Env) -> Gate {
 pub fn plan(obj: &ReplicaInstance, snap: &Snapshot, now: &Time) -> Planned<ReplicaInstanceStatus, Work> {
     match snap {
         Snapshot::Gated(gate) => {
-            let implemented = *gate != Gate::ProviderNotImplemented(obj.spec.primary.provider.as_str());
-            let work = if matches!(gate, Gate::Suspended | Gate::Invalid(_)) {
+            let work = if gate.stops_work() {
                 Work::CancelSync
             } else {
                 Work::Nothing
             };
-            Planned::new(plan::replica_instance_status(obj, implemented, now), work)
+            Planned::new(plan::replica_instance_status(obj, gate, now), work)
         }
         Snapshot::Tencent { seen, .. } => {
             let p = tcr::plan(obj, seen.as_ref(), now);
