@@ -1,7 +1,7 @@
 //! Work running in the background: the one task registry ([`TaskSet`]) and, on it, the oci
-//! copy tasks keyed by object and destination region ([`Tasks`]). Reconciles never await a
-//! copy: they read each task's view, collect finished results, and start or cancel tasks as the
-//! plan says.
+//! copy tasks keyed by object and destination region ([`Tasks`]); the ReplicaInstance syncs and
+//! the OpenStack upload streams run on it too. Reconciles never await a copy: they read each
+//! task's view, collect finished results, and start or cancel tasks as the plan says.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -14,6 +14,11 @@ use crate::plan::TaskView;
 
 /// How a task ended: its result, or the reason and message of its error.
 pub type Outcome<R> = Result<R, (String, String)>;
+
+/// An oci error as a task's outcome: its reason and message.
+pub fn failed(e: OciError) -> (String, String) {
+    (e.reason().to_string(), e.to_string())
+}
 
 /// Called with the object key when one of its tasks finishes.
 pub type OnDone = Arc<dyn Fn(&str) + Send + Sync>;
@@ -59,7 +64,7 @@ impl<K: Eq + Hash + Clone, P: Send + Sync + 'static, R: Send + 'static> TaskSet<
     /// `object`. Returns whether it started.
     pub fn start<F>(&self, key: K, object: &str, flag: bool, progress: Arc<P>, work: F) -> bool
     where
-        F: Future<Output = Result<R, OciError>> + Send + 'static,
+        F: Future<Output = Outcome<R>> + Send + 'static,
     {
         let mut map = self.map.lock().expect("tasks lock");
         if map.contains_key(&key) {
@@ -68,7 +73,7 @@ impl<K: Eq + Hash + Clone, P: Send + Sync + 'static, R: Send + 'static> TaskSet<
         let result = Arc::new(Mutex::new(None));
         let (r2, on_done, object) = (result.clone(), self.on_done.clone(), object.to_string());
         let handle = tokio::spawn(async move {
-            let outcome = work.await.map_err(|e| (e.reason().to_string(), e.to_string()));
+            let outcome = work.await;
             *r2.lock().expect("result lock") = Some(outcome);
             on_done(&object);
         })
@@ -131,6 +136,26 @@ impl<K: Eq + Hash + Clone, P: Send + Sync + 'static, R: Send + 'static> TaskSet<
             },
             Some(outcome) => Seen::Finished { outcome, flag: e.flag },
         }
+    }
+
+    /// The progress of the task under `key` (running, or finished and not yet collected).
+    pub fn progress(&self, key: &K) -> Option<Arc<P>> {
+        self.map
+            .lock()
+            .expect("tasks lock")
+            .get(key)
+            .map(|e| e.progress.clone())
+    }
+
+    /// Cancel the task under `key`, after `before` saw its progress (to tell what it feeds
+    /// to stop); false when there was none.
+    pub fn cancel_one(&self, key: &K, before: impl FnOnce(&P)) -> bool {
+        let Some(e) = self.map.lock().expect("tasks lock").remove(key) else {
+            return false;
+        };
+        before(&e.progress);
+        e.handle.abort();
+        true
     }
 
     /// Cancel the tasks whose key `matches`; returns how many were cancelled.
@@ -240,6 +265,7 @@ impl Tasks {
     where
         F: Future<Output = Result<CopyReport, OciError>> + Send + 'static,
     {
+        let work = async move { work.await.map_err(failed) };
         self.set
             .start((key.to_string(), region.to_string()), key, resync, progress, work);
     }

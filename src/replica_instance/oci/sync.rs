@@ -374,6 +374,7 @@ impl SyncTasks {
     where
         F: Future<Output = Result<SyncReport, OciError>> + Send + 'static,
     {
+        let work = async move { work.await.map_err(crate::tasks::failed) };
         self.set.start(key.to_string(), key, full, progress, work);
     }
 

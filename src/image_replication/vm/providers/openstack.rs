@@ -27,6 +27,7 @@ use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::allowed;
 use crate::egress::{self, Class};
 use crate::oci::client::{tls_config, urlencode, without_url};
+use crate::tasks::{Seen, TaskSet};
 
 /// Reports one request: (operation, outcome, seconds).
 pub type Observer = Arc<dyn Fn(&'static str, &'static str, f64) + Send + Sync>;
@@ -75,13 +76,12 @@ pub(crate) struct Session {
     endpoints: Vec<(String, String, String)>,
 }
 
+/// How far an upload stream is (the progress of its task in the operator's one task registry,
+/// [`TaskSet`], keyed by the copy's token; its outcome is the verified digest).
 #[derive(Default)]
-struct Worker {
+struct Stream {
     done: AtomicU64,
     total: AtomicU64,
-    /// None while running; then Ok(digest) or Err(message).
-    result: Mutex<Option<Result<String, String>>>,
-    abort: Mutex<Option<tokio::task::AbortHandle>>,
     /// Set on cancel: the upload body fails its next chunk, so the HTTP connection (which owns
     /// the body and outlives the aborted task) stops streaming and Glance sees a broken upload
     /// rather than a short, complete one.
@@ -91,7 +91,7 @@ struct Worker {
 struct Inner {
     http: reqwest::Client,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
-    workers: Mutex<HashMap<String, Arc<Worker>>>,
+    streams: TaskSet<String, Stream, String>,
     observer: Option<Observer>,
 }
 
@@ -208,7 +208,8 @@ impl OpenStack {
             inner: Arc::new(Inner {
                 http,
                 sessions: Mutex::new(HashMap::new()),
-                workers: Mutex::new(HashMap::new()),
+                // The engine polls a stream; its end needs no wake-up.
+                streams: TaskSet::new(Arc::new(|_: &str| {})),
                 observer,
             }),
         }
@@ -572,28 +573,34 @@ impl OpenStack {
     }
 
     /// Start (or restart) the background stream of `req` into destination image `dest_id`.
-    fn spawn_worker(&self, acct: &Account, req: &CopyRequest, dest_id: &str) -> Arc<Worker> {
-        let mut workers = self.inner.workers.lock().expect("workers");
-        if let Some(w) = workers.get(&req.token) {
-            return w.clone();
+    fn spawn_worker(&self, acct: &Account, req: &CopyRequest, dest_id: &str) -> Arc<Stream> {
+        if let Some(w) = self.inner.streams.progress(&req.token) {
+            return w;
         }
-        let w = Arc::new(Worker::default());
+        let w = Arc::new(Stream::default());
         w.total.store(req.source.size_bytes.unwrap_or(0), Ordering::Relaxed);
-        workers.insert(req.token.clone(), w.clone());
-        let (me, acct, req, dest_id, w2) = (self.clone(), acct.clone(), req.clone(), dest_id.to_string(), w.clone());
-        let handle = tokio::spawn(async move {
-            let r = me.stream(&acct, &req, &dest_id, &w2).await;
-            if r.is_err() {
+        let (me, acct, r, dest_id, w2) = (self.clone(), acct.clone(), req.clone(), dest_id.to_string(), w.clone());
+        let work = async move {
+            let out = me.stream(&acct, &r, &dest_id, &w2).await;
+            if out.is_err() {
                 // A failed stream leaves nothing behind: the next attempt makes a new image.
-                let _ = me.delete(&acct, &req.region, &dest_id).await;
+                let _ = me.delete(&acct, &r.region, &dest_id).await;
             }
-            *w2.result.lock().expect("result") = Some(r);
-        });
-        *w.abort.lock().expect("abort") = Some(handle.abort_handle());
-        w
+            out.map_err(|m| ("StreamFailed".to_string(), m))
+        };
+        if self
+            .inner
+            .streams
+            .start(req.token.clone(), &req.token, false, w.clone(), work)
+        {
+            w
+        } else {
+            // Started meanwhile by another reconcile: that one's progress.
+            self.inner.streams.progress(&req.token).unwrap_or(w)
+        }
     }
 
-    async fn stream(&self, acct: &Account, req: &CopyRequest, dest_id: &str, w: &Worker) -> Result<String, String> {
+    async fn stream(&self, acct: &Account, req: &CopyRequest, dest_id: &str, w: &Stream) -> Result<String, String> {
         let src = &req.source;
         let s = self.session(acct).await.map_err(|e| e.message)?;
         let src_url = format!(
@@ -785,23 +792,23 @@ impl Service for OpenStack {
             bytes_total: total,
             digest,
         };
-        let worker = self.inner.workers.lock().expect("workers").get(&req.token).cloned();
-        if let Some(w) = worker {
+        if let Some(w) = self.inner.streams.progress(&req.token) {
             let (done, total) = (w.done.load(Ordering::Relaxed), w.total.load(Ordering::Relaxed));
-            let result = w.result.lock().expect("result").clone();
-            return Ok(match result {
-                None => state(TaskPhase::Running, Some(done), Some(total), None),
-                Some(r) => {
-                    self.inner.workers.lock().expect("workers").remove(&req.token);
-                    match r {
-                        Ok(digest) => TaskState {
-                            progress_percent: Some(100),
-                            ..state(TaskPhase::Succeeded, Some(total), Some(total), Some(digest))
-                        },
-                        Err(m) => state(TaskPhase::Failed(m), Some(done), Some(total), None),
-                    }
-                }
+            let seen = self.inner.streams.collect_one(&req.token, |seen| match seen {
+                Seen::Running { .. } => state(TaskPhase::Running, Some(done), Some(total), None),
+                Seen::Finished {
+                    outcome: Ok(digest), ..
+                } => TaskState {
+                    progress_percent: Some(100),
+                    ..state(TaskPhase::Succeeded, Some(total), Some(total), Some(digest))
+                },
+                Seen::Finished {
+                    outcome: Err((_, m)), ..
+                } => state(TaskPhase::Failed(m), Some(done), Some(total), None),
             });
+            if let Some(s) = seen {
+                return Ok(s);
+            }
         }
         // No stream in this process (the operator restarted): ask Glance.
         let raw = self.get_raw(acct, &req.region, &dest_id).await?;
@@ -838,13 +845,12 @@ impl Service for OpenStack {
 
     async fn cancel(&self, acct: &Account, region: &str, handle: &CopyHandle) -> Result<(), ProviderError> {
         if let Some(token) = &handle.task_id
-            && let Some(w) = self.inner.workers.lock().expect("workers").remove(token)
+            && self
+                .inner
+                .streams
+                .cancel_one(token, |w| w.cancelled.store(true, Ordering::Relaxed))
         {
-            tracing::info!(region, token = %token, "stopping the upload stream");
-            w.cancelled.store(true, Ordering::Relaxed);
-            if let Some(a) = w.abort.lock().expect("abort").take() {
-                a.abort();
-            }
+            tracing::info!(region, token = %token, "stopped the upload stream");
         }
         let id = match (&handle.image_id, &handle.task_id) {
             (Some(id), _) => Some(id.clone()),
