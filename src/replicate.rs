@@ -273,7 +273,7 @@ async fn drive<K: Driven>(
             let before: &[Condition] = o.current_status().map(K::conditions_of).unwrap_or(&[]);
             let headline = plan::announcement(before, K::conditions_of(&planned.status));
             for a in planned.events.iter().chain(headline.iter()) {
-                let _ = writeln!(out, "{name}: {}: {}", a.reason, a.note);
+                let _ = writeln!(out, "{name}: {}: {}", a.reason, crate::redact::message(&a.note));
             }
             run.done = o.round(&snap, &planned.status, run, attempts, out);
             o.set_status(planned.status.clone());

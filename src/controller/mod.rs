@@ -1,8 +1,11 @@
 //! The two controllers and the context they share.
 //!
-//! Each reconcile is a thin shell: observe the object, call the pure planner, write status with
-//! server-side apply (only when it changed), publish an Event when the headline changed. The
-//! finalizer guarantees the cleanup hook runs before an object goes away.
+//! Each reconcile is a thin shell: claim the object, keep its finalizer, then the kind's
+//! [`Managed`] steps — observe (through the providers of the [`Env`]), the pure plan, write
+//! status with server-side apply (only when it changed), publish an Event when the headline
+//! changed, act — or, for an object being deleted, its cleanup (a cleanup that cannot finish
+//! yet is a requeue with the reason in status, not an error). [`Env`] is what the kinds' steps
+//! reach (the provider registry, Secrets, metrics); `replicate -f` builds one of its own.
 
 pub mod events;
 pub mod secrets;

@@ -405,6 +405,9 @@ mod tests {
         v.iter().map(|v| v.reason).collect()
     }
 
+    /// The Huawei seed's rules, one table row per rule (what the source image is, the
+    /// destination, the reasons expected). Long because it is the table: a row per rule reads
+    /// better than the rules split over several tests.
     #[test]
     fn huawei_rules() {
         type Case = (
