@@ -49,11 +49,6 @@ impl Oci {
         }
     }
 
-    /// Copies running now.
-    pub fn running(&self) -> usize {
-        self.tasks.len()
-    }
-
     /// Collect the finished copy tasks (counted in the metrics) and the drift-check history.
     fn observe_open(&self, obj: &ImageReplication, now: &Time) -> Snapshot {
         let key = key_of(obj);

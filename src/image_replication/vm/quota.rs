@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 /// Called with an object key when one of its waiting copies may now start.
-pub type Wake = Arc<dyn Fn(&str) + Send + Sync>;
+pub type Wake = crate::tasks::OnDone;
 
 /// The order of waiting copies: older objects first, then destination order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
