@@ -250,12 +250,23 @@ async fn delete_runs_cleanup_then_the_object_goes() {
         api.get_opt("web-ami").await.unwrap().is_none().then_some(())
     })
     .await;
-    let evs = support::events_for(&c, "web-ami").await;
-    assert!(
-        evs.iter().any(|e| e.reason.as_deref() == Some("CleanupComplete")),
-        "{:?}",
-        evs.iter().map(|e| &e.reason).collect::<Vec<_>>()
-    );
+    // The CleanupComplete Event is written before the finalizer goes: whoever sees the object
+    // gone finds it already (and an operator stopped between the two cannot lose it).
+    eventually(WAIT, "a CleanupComplete Event", || async {
+        let evs = support::events_for(&c, "web-ami").await;
+        evs.iter().any(|e| e.reason.as_deref() == Some("CleanupComplete")).then_some(())
+    })
+    .await;
+    let requests = s.requests();
+    let finalizer_gone = requests
+        .iter()
+        .rposition(|(m, p)| m == "PATCH" && p.split('?').next().unwrap_or("").ends_with("/web-ami"))
+        .expect("the finalizer is removed by a patch");
+    let events_after: Vec<_> = requests[finalizer_gone..]
+        .iter()
+        .filter(|(m, p)| m != "GET" && p.contains("/events"))
+        .collect();
+    assert!(events_after.is_empty(), "Event writes after the finalizer went: {events_after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

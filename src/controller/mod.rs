@@ -325,20 +325,22 @@ async fn apply<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
         .unwrap_or_else(Action::await_change))
 }
 
-/// Run the cleanup. Done: the finalizer goes (a merge patch conditional on the resourceVersion
-/// read). One that cannot finish yet keeps the finalizer and is not an error: the status says
+/// Run the cleanup. Done: the CleanupComplete Event is written, then the finalizer goes (a
+/// merge patch conditional on the resourceVersion read). One that cannot finish yet keeps the finalizer and is not an error: the status says
 /// why and what to do (a Warning Event when the reason changes), it is counted as blocked and
 /// looked at again with the object's backoff.
 async fn cleanup<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result<Action> {
     let key = key_of(obj.as_ref());
     match obj.cleanup(&ctx.env).await {
         Ok(note) => {
+            // The Event first: whoever sees the object gone finds it, and an operator stopped
+            // between the two writes cannot lose it (a 409 below repeats it as a series).
+            publish(ctx, obj.as_ref(), false, "CleanupComplete", note).await;
             let rest = obj.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
             if !set_finalizers(api, obj.as_ref(), rest).await? {
                 return Ok(Action::requeue(Duration::from_secs(1)));
             }
             ctx.reset_backoff(&key);
-            publish(ctx, obj.as_ref(), false, "CleanupComplete", note).await;
             Ok(Action::await_change())
         }
         Err(Error::Provider(message) | Error::CleanupBlocked(message)) => {
