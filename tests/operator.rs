@@ -254,7 +254,9 @@ async fn delete_runs_cleanup_then_the_object_goes() {
     // gone finds it already (and an operator stopped between the two cannot lose it).
     eventually(WAIT, "a CleanupComplete Event", || async {
         let evs = support::events_for(&c, "web-ami").await;
-        evs.iter().any(|e| e.reason.as_deref() == Some("CleanupComplete")).then_some(())
+        evs.iter()
+            .any(|e| e.reason.as_deref() == Some("CleanupComplete"))
+            .then_some(())
     })
     .await;
     let requests = s.requests();
@@ -266,7 +268,10 @@ async fn delete_runs_cleanup_then_the_object_goes() {
         .iter()
         .filter(|(m, p)| m != "GET" && p.contains("/events"))
         .collect();
-    assert!(events_after.is_empty(), "Event writes after the finalizer went: {events_after:?}");
+    assert!(
+        events_after.is_empty(),
+        "Event writes after the finalizer went: {events_after:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -27,7 +27,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::need;
-use super::operator::free_port;
+use super::operator::{free_port, wait_listening};
 
 pub const PROJECT: &str = "0123456789abcdef0123456789abcdef";
 
@@ -78,33 +78,32 @@ impl Glance {
             "\n[pipeline:glance-api-trusted]\npipeline = cors healthcheck http_proxy_to_wsgi versionnegotiation osprofiler context rootapp\n",
         );
         std::fs::write(d.join("paste.ini"), paste).unwrap();
-        let port = free_port();
-        let conf = format!(
-            "[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = {port}\nenabled_backends = fs:file\nworkers = 1\nlog_file = {d}/api.log\n\
-             [database]\nconnection = sqlite:///{d}/glance.sqlite\n[paste_deploy]\nflavor = trusted\nconfig_file = {d}/paste.ini\n\
-             [glance_store]\ndefault_backend = fs\n[fs]\nfilesystem_store_datadir = {d}/images\n\
-             [os_glance_staging_store]\nfilesystem_store_datadir = {d}/staging\n[os_glance_tasks_store]\nfilesystem_store_datadir = {d}/tasks\n\
-             [oslo_policy]\nenforce_new_defaults = false\n",
-            d = d.display()
-        );
-        std::fs::write(d.join("glance-api.conf"), conf).unwrap();
-        let child = Command::new("glance-api")
-            .args(["--config-file", d.join("glance-api.conf").to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("stderr.log")).unwrap())
-            .process_group(0)
-            .spawn()
-            .expect("start glance-api");
-        let g = Self { port, child, dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
+        // The port is the last thing chosen, and glance-api must be seen holding it (see
+        // `wait_listening`); a port taken meanwhile is given up for another.
+        for _ in 0..3 {
+            let port = free_port();
+            let conf = format!(
+                "[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = {port}\nenabled_backends = fs:file\nworkers = 1\nlog_file = {d}/api.log\n\
+                 [database]\nconnection = sqlite:///{d}/glance.sqlite\n[paste_deploy]\nflavor = trusted\nconfig_file = {d}/paste.ini\n\
+                 [glance_store]\ndefault_backend = fs\n[fs]\nfilesystem_store_datadir = {d}/images\n\
+                 [os_glance_staging_store]\nfilesystem_store_datadir = {d}/staging\n[os_glance_tasks_store]\nfilesystem_store_datadir = {d}/tasks\n\
+                 [oslo_policy]\nenforce_new_defaults = false\n",
+                d = d.display()
+            );
+            std::fs::write(d.join("glance-api.conf"), conf).unwrap();
+            let mut child = Command::new("glance-api")
+                .args(["--config-file", d.join("glance-api.conf").to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(d.join("stderr.log")).unwrap())
+                .process_group(0)
+                .spawn()
+                .expect("start glance-api");
+            if wait_listening(&mut child, port, Duration::from_secs(60)) {
+                return Self { port, child, dir };
             }
-            assert!(Instant::now() < deadline, "glance-api did not start: {}", g.log());
-            std::thread::sleep(Duration::from_millis(200));
+            end_group(&mut child);
         }
-        g
+        panic!("glance-api did not start: {}", log_of(dir.path()));
     }
 
     pub fn url(&self) -> String {
@@ -112,12 +111,7 @@ impl Glance {
     }
 
     pub fn log(&self) -> String {
-        let d = self.dir.path();
-        format!(
-            "{}\n{}",
-            std::fs::read_to_string(d.join("api.log")).unwrap_or_default(),
-            std::fs::read_to_string(d.join("stderr.log")).unwrap_or_default()
-        )
+        log_of(self.dir.path())
     }
 
     fn admin(&self, m: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -228,13 +222,26 @@ impl Glance {
 
 impl Drop for Glance {
     fn drop(&mut self) {
-        // glance-api forks workers: end the whole process group.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        end_group(&mut self.child);
     }
+}
+
+/// glance-api forks workers: end the whole process group.
+fn end_group(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// glance-api's log and stderr in its directory.
+fn log_of(d: &Path) -> String {
+    format!(
+        "{}\n{}",
+        std::fs::read_to_string(d.join("api.log")).unwrap_or_default(),
+        std::fs::read_to_string(d.join("stderr.log")).unwrap_or_default()
+    )
 }
 
 pub fn client() -> reqwest::Client {

@@ -25,6 +25,43 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Wait until `child` holds a listening socket on 127.0.0.1:`port`: a server started on a port
+/// from [`free_port`] may find it taken by another test's server meanwhile, and a plain connect
+/// would then reach the wrong one. `false`: it exited (the port was taken) or did not listen
+/// within `within`.
+pub fn wait_listening(child: &mut std::process::Child, port: u16, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        if listens(child.id(), port) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Whether process `pid` owns the listening TCP socket on 127.0.0.1:`port` (from
+/// /proc/net/tcp and the process's file descriptors).
+fn listens(pid: u32, port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let Some(inode) = table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| f[9].to_string())
+    }) else {
+        return false;
+    };
+    let socket = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == socket))
+}
+
 impl Operator {
     /// Start `image-replication-operator run` with the kubeconfig; `extra` args are appended.
     pub fn start(kubeconfig: &Path, dir: &Path, identity: &str, extra: &[&str]) -> Self {

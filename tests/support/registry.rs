@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::operator::free_port;
+use super::operator::{free_port, wait_listening};
 
 pub struct TestRegistry {
     pub port: u16,
@@ -44,6 +44,9 @@ fn run(cmd: &mut Command) {
     );
 }
 
+/// The port's place in the registry's config, filled in when it is started.
+const PORT: &str = "{PORT}";
+
 impl TestRegistry {
     pub fn start() -> Self {
         Self::start_with(Options::default())
@@ -52,10 +55,9 @@ impl TestRegistry {
     pub fn start_with(opts: Options) -> Self {
         need("docker-registry");
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let d = dir.path();
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{{PORT}}\n",
             d.join("data").display()
         );
         if opts.tls {
@@ -126,17 +128,29 @@ impl TestRegistry {
             ));
         }
         let scheme = if opts.tls { "https" } else { "http" };
+        // The port is chosen last, right before the registry binds it, and the registry must be
+        // seen holding it: a port another test's server took between `free_port` and the bind
+        // would otherwise pass for this registry (the TLS set-up above takes a second or two).
         let cfg = dir.path().join("config.yml");
-        std::fs::write(&cfg, config).unwrap();
-        let child = Self::spawn(dir.path());
-        let r = Self {
-            port,
-            dir,
-            child,
-            scheme,
-        };
-        r.wait_up();
-        r
+        for _ in 0..5 {
+            let port = free_port();
+            std::fs::write(&cfg, config.replace(PORT, &port.to_string())).unwrap();
+            let mut child = Self::spawn(dir.path());
+            if wait_listening(&mut child, port, Duration::from_secs(15)) {
+                return Self {
+                    port,
+                    dir,
+                    child,
+                    scheme,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "registry did not start:\n{}",
+            std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+        );
     }
 
     fn spawn(dir: &std::path::Path) -> Child {
@@ -155,14 +169,6 @@ impl TestRegistry {
             .expect("start docker-registry")
     }
 
-    fn wait_up(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "registry did not start:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Take the registry down (its port refuses connections; its storage stays).
     pub fn stop(&mut self) {
         let _ = self.child.kill();
@@ -173,7 +179,12 @@ impl TestRegistry {
     pub fn restart(&mut self) {
         self.stop();
         self.child = Self::spawn(self.dir.path());
-        self.wait_up();
+        assert!(
+            wait_listening(&mut self.child, self.port, Duration::from_secs(15)),
+            "registry did not start again on port {}:\n{}",
+            self.port,
+            self.log()
+        );
     }
 
     pub fn host(&self) -> String {
