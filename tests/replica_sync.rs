@@ -179,10 +179,32 @@ async fn a_concurrent_fleet_sync_uploads_each_blob_once() {
         .unwrap();
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     assert_eq!((report.copied, report.artifacts), (15, 15));
+    let sessions: Vec<_> = r
+        .requests()
+        .into_iter()
+        .filter(|(m, u, _)| m != "GET" && m != "HEAD" && u.contains("/blobs/"))
+        .collect();
+    // Nor is a blob mounted twice into one repository: three tags of a repository need its
+    // base layer at once, and one lands it while the others wait. (Mounts of one blob into one
+    // repository at once rewrite its link file in place, and a mount *from* that repository
+    // meanwhile can read it empty, fail, and send the blob again.)
+    let mut mounts = std::collections::BTreeMap::new();
+    for (_, u, _) in sessions.iter().filter(|(m, u, _)| m == "POST" && u.contains("mount=")) {
+        let repo = u
+            .trim_start_matches("/v2/")
+            .split("/blobs/")
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let digest = u.split("mount=").nth(1).unwrap().split('&').next().unwrap().to_string();
+        *mounts.entry((repo, digest)).or_insert(0) += 1;
+    }
+    let twice: Vec<_> = mounts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "mounted more than once: {twice:?}");
     assert_eq!(
         r.uploads_started(),
         unique.len(),
-        "every blob crossed exactly once ({} unique)",
+        "every blob crossed exactly once ({} unique); blob writes: {sessions:#?}",
         unique.len()
     );
 }

@@ -134,7 +134,14 @@ pub struct Engine {
     /// nobody has seen yet is looked for before it is uploaded (after a restart, the statuses
     /// of the objects say where their copies are).
     repositories: Mutex<HashMap<String, std::collections::VecDeque<String>>>,
-    inflight: Mutex<HashMap<(String, String), tokio::sync::watch::Receiver<bool>>>,
+    /// Blobs being uploaded to a registry host right now: (host, digest).
+    uploading: Claims<(String, String)>,
+    /// Blobs being put into one repository right now (by HEAD, mount or upload): (host,
+    /// repository, digest). The other copies that need the same blob there wait and then find it
+    /// with a HEAD: no second mount. (Two mounts of one blob into one repository rewrite its link
+    /// file in place, and a mount *from* that repository meanwhile can read it empty, fail, and
+    /// send the whole blob again.)
+    landing: Claims<(String, String, String)>,
 }
 
 /// Repositories looked in (HEAD) per blob before it is uploaded.
@@ -152,16 +159,60 @@ pub struct Locations {
     pub repositories: Vec<(String, String)>,
 }
 
-/// Removes an in-flight marker and wakes the waiters when the upload ends, however it ends.
-struct InflightGuard<'a> {
-    engine: &'a Engine,
-    key: (String, String),
+/// Keys of work one task at a time does: whoever claims a key holds it until its [`Claim`] is
+/// dropped (however the work ends); the others wait for that and look again.
+struct Claims<K>(Mutex<HashMap<K, tokio::sync::watch::Receiver<bool>>>);
+
+impl<K> Default for Claims<K> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Claims<K> {
+    /// Who holds `key` now: wait on it with `wait_for(|done| *done)`.
+    fn holder(&self, key: &K) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.0.lock().expect("claims lock").get(key).cloned()
+    }
+
+    /// Claim `key` unless it is held or `unless()` (asked under the lock) says not to.
+    fn claim_unless(&self, key: &K, unless: impl FnOnce() -> bool) -> Option<Claim<'_, K>> {
+        let mut held = self.0.lock().expect("claims lock");
+        if held.contains_key(key) || unless() {
+            return None;
+        }
+        let (done, rx) = tokio::sync::watch::channel(false);
+        held.insert(key.clone(), rx);
+        Some(Claim {
+            claims: self,
+            key: key.clone(),
+            done,
+        })
+    }
+
+    /// Claim `key`, first waiting for whoever holds it.
+    async fn claim(&self, key: &K) -> Claim<'_, K> {
+        loop {
+            if let Some(c) = self.claim_unless(key, || false) {
+                return c;
+            }
+            if let Some(mut rx) = self.holder(key) {
+                let _ = rx.wait_for(|done| *done).await;
+            }
+        }
+    }
+}
+
+/// A held key of [`Claims`]; dropping it lets the key go and wakes the waiters.
+struct Claim<'a, K: std::hash::Hash + Eq> {
+    claims: &'a Claims<K>,
+    key: K,
     done: tokio::sync::watch::Sender<bool>,
 }
 
-impl Drop for InflightGuard<'_> {
+impl<K: std::hash::Hash + Eq> Drop for Claim<'_, K> {
     fn drop(&mut self) {
-        self.engine.inflight.lock().expect("inflight lock").remove(&self.key);
+        self.claims.0.lock().expect("claims lock").remove(&self.key);
         let _ = self.done.send(true);
     }
 }
@@ -423,6 +474,10 @@ impl Engine {
     async fn copy_blob(&self, job: &Job<'_>, digest: &str, size: u64) -> Result<(), OciError> {
         let (dst, dst_host) = (job.dst, job.dst.addr.host.as_str());
         let key = (dst_host.to_string(), digest.to_string());
+        let _landing = self
+            .landing
+            .claim(&(dst_host.to_string(), job.dst_repo.to_string(), digest.to_string()))
+            .await;
         loop {
             if dst.head_blob(job.dst_repo, digest).await? {
                 self.remember(dst_host, digest, job.dst_repo);
@@ -449,37 +504,25 @@ impl Engine {
                 None => None,
             };
             // Someone else uploading it to this registry? Wait, then look again.
-            let waiting = self.inflight.lock().expect("inflight lock").get(&key).cloned();
-            if let Some(mut rx) = waiting {
+            if let Some(mut rx) = self.uploading.holder(&key) {
                 if let Some(loc) = &location {
                     self.abandon(job, loc).await;
                 }
                 let _ = rx.wait_for(|done| *done).await;
                 continue;
             }
-            let (tx, rx) = tokio::sync::watch::channel(false);
-            let look_again = {
-                let mut inflight = self.inflight.lock().expect("inflight lock");
-                // Lost the race to start it (wait on the winner), or another copy finished it
-                // while we looked (an uploader remembers the blob before it leaves `inflight`):
-                // look again rather than upload it a second time.
+            // Lost the race to start it (wait on the winner), or another copy finished it
+            // while we looked (an uploader remembers the blob before its claim goes): look
+            // again rather than upload it a second time.
+            let claimed = self.uploading.claim_unless(&key, || {
                 let known_now = self.known_elsewhere(dst_host, digest, job.dst_repo);
-                let again = inflight.contains_key(&key) || (known_now.is_some() && known_now != tried);
-                if !again {
-                    inflight.insert(key.clone(), rx);
-                }
-                again
-            };
-            if look_again {
+                known_now.is_some() && known_now != tried
+            });
+            let Some(_uploading) = claimed else {
                 if let Some(loc) = &location {
                     self.abandon(job, loc).await;
                 }
                 continue;
-            }
-            let _guard = InflightGuard {
-                engine: self,
-                key: key.clone(),
-                done: tx,
             };
             let location = match location {
                 Some(l) => l,
@@ -754,7 +797,28 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn a_claimed_key_waits_its_second_claimant_until_the_first_lets_go() {
+        let claims: Arc<Claims<&str>> = Arc::default();
+        let first = claims.claim(&"blob").await;
+        assert!(claims.claim_unless(&"blob", || false).is_none(), "held");
+        assert!(claims.claim_unless(&"other", || true).is_none(), "`unless` says no");
+        let c = claims.clone();
+        let second = tokio::spawn(async move {
+            let _held = c.claim(&"blob").await;
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!second.is_finished(), "the second claimant waits");
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("woken when the first claim goes")
+            .unwrap();
+        assert!(claims.claim_unless(&"blob", || false).is_some(), "free again");
+    }
 
     #[test]
     fn rate_limiter_spaces_reservations_at_the_rate() {
