@@ -186,8 +186,8 @@ async fn a_concurrent_fleet_sync_uploads_each_blob_once() {
         .collect();
     // Nor is a blob mounted twice into one repository: three tags of a repository need its
     // base layer at once, and one lands it while the others wait. (Mounts of one blob into one
-    // repository at once rewrite its link file in place, and a mount *from* that repository
-    // meanwhile can read it empty, fail, and send the blob again.)
+    // repository at once rewrite its link file, in place on distribution 2.8, and a mount *from*
+    // that repository meanwhile can read it empty, fail, and send the blob again.)
     let mut mounts = std::collections::BTreeMap::new();
     for (_, u, _) in sessions.iter().filter(|(m, u, _)| m == "POST" && u.contains("mount=")) {
         let repo = u

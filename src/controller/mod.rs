@@ -326,9 +326,9 @@ async fn apply<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
 }
 
 /// Run the cleanup. Done: the CleanupComplete Event is written, then the finalizer goes (a
-/// merge patch conditional on the resourceVersion read). One that cannot finish yet keeps the finalizer and is not an error: the status says
-/// why and what to do (a Warning Event when the reason changes), it is counted as blocked and
-/// looked at again with the object's backoff.
+/// merge patch conditional on the resourceVersion read). One that cannot finish yet keeps the
+/// finalizer and is not an error: the status says why and what to do (a Warning Event when the
+/// reason changes), it is counted as blocked and looked at again with the object's backoff.
 async fn cleanup<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result<Action> {
     let key = key_of(obj.as_ref());
     match obj.cleanup(&ctx.env).await {

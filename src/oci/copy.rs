@@ -139,8 +139,8 @@ pub struct Engine {
     /// Blobs being put into one repository right now (by HEAD, mount or upload): (host,
     /// repository, digest). The other copies that need the same blob there wait and then find it
     /// with a HEAD: no second mount. (Two mounts of one blob into one repository rewrite its link
-    /// file in place, and a mount *from* that repository meanwhile can read it empty, fail, and
-    /// send the whole blob again.)
+    /// file, in place on distribution 2.8's filesystem driver, and a mount *from* that
+    /// repository meanwhile can read it empty, fail, and send the whole blob again.)
     landing: Claims<(String, String, String)>,
 }
 
