@@ -170,20 +170,23 @@ impl<K> Default for Claims<K> {
 }
 
 impl<K: std::hash::Hash + Eq + Clone> Claims<K> {
-    /// Who holds `key` now: wait on it with `wait_for(|done| *done)`.
-    fn holder(&self, key: &K) -> Option<tokio::sync::watch::Receiver<bool>> {
-        self.0.lock().expect("claims lock").get(key).cloned()
-    }
-
-    /// Claim `key` unless it is held or `unless()` (asked under the lock) says not to.
-    fn claim_unless(&self, key: &K, unless: impl FnOnce() -> bool) -> Option<Claim<'_, K>> {
+    /// Claim `key` unless it is held (`Err(Some(holder))`: wait on it with
+    /// `wait_for(|done| *done)`) or `unless()`, asked under the lock, says not to (`Err(None)`).
+    fn try_claim(
+        &self,
+        key: &K,
+        unless: impl FnOnce() -> bool,
+    ) -> Result<Claim<'_, K>, Option<tokio::sync::watch::Receiver<bool>>> {
         let mut held = self.0.lock().expect("claims lock");
-        if held.contains_key(key) || unless() {
-            return None;
+        if let Some(holder) = held.get(key) {
+            return Err(Some(holder.clone()));
+        }
+        if unless() {
+            return Err(None);
         }
         let (done, rx) = tokio::sync::watch::channel(false);
         held.insert(key.clone(), rx);
-        Some(Claim {
+        Ok(Claim {
             claims: self,
             key: key.clone(),
             done,
@@ -193,11 +196,12 @@ impl<K: std::hash::Hash + Eq + Clone> Claims<K> {
     /// Claim `key`, first waiting for whoever holds it.
     async fn claim(&self, key: &K) -> Claim<'_, K> {
         loop {
-            if let Some(c) = self.claim_unless(key, || false) {
-                return c;
-            }
-            if let Some(mut rx) = self.holder(key) {
-                let _ = rx.wait_for(|done| *done).await;
+            match self.try_claim(key, || false) {
+                Ok(c) => return c,
+                Err(Some(mut holder)) => {
+                    let _ = holder.wait_for(|done| *done).await;
+                }
+                Err(None) => {}
             }
         }
     }
@@ -503,26 +507,24 @@ impl Engine {
                 },
                 None => None,
             };
-            // Someone else uploading it to this registry? Wait, then look again.
-            if let Some(mut rx) = self.uploading.holder(&key) {
-                if let Some(loc) = &location {
-                    self.abandon(job, loc).await;
-                }
-                let _ = rx.wait_for(|done| *done).await;
-                continue;
-            }
-            // Lost the race to start it (wait on the winner), or another copy finished it
-            // while we looked (an uploader remembers the blob before its claim goes): look
-            // again rather than upload it a second time.
-            let claimed = self.uploading.claim_unless(&key, || {
+            // Someone else uploading it to this registry (wait, then look again), or another
+            // copy finished it while we looked (an uploader remembers the blob before its claim
+            // goes): look again rather than upload it a second time.
+            let claimed = self.uploading.try_claim(&key, || {
                 let known_now = self.known_elsewhere(dst_host, digest, job.dst_repo);
                 known_now.is_some() && known_now != tried
             });
-            let Some(_uploading) = claimed else {
-                if let Some(loc) = &location {
-                    self.abandon(job, loc).await;
+            let _uploading = match claimed {
+                Ok(claim) => claim,
+                Err(holder) => {
+                    if let Some(loc) = &location {
+                        self.abandon(job, loc).await;
+                    }
+                    if let Some(mut holder) = holder {
+                        let _ = holder.wait_for(|done| *done).await;
+                    }
+                    continue;
                 }
-                continue;
             };
             let location = match location {
                 Some(l) => l,
@@ -804,8 +806,11 @@ mod tests {
     async fn a_claimed_key_waits_its_second_claimant_until_the_first_lets_go() {
         let claims: Arc<Claims<&str>> = Arc::default();
         let first = claims.claim(&"blob").await;
-        assert!(claims.claim_unless(&"blob", || false).is_none(), "held");
-        assert!(claims.claim_unless(&"other", || true).is_none(), "`unless` says no");
+        assert!(matches!(claims.try_claim(&"blob", || false), Err(Some(_))), "held");
+        assert!(
+            matches!(claims.try_claim(&"other", || true), Err(None)),
+            "`unless` says no"
+        );
         let c = claims.clone();
         let second = tokio::spawn(async move {
             let _held = c.claim(&"blob").await;
@@ -817,7 +822,7 @@ mod tests {
             .await
             .expect("woken when the first claim goes")
             .unwrap();
-        assert!(claims.claim_unless(&"blob", || false).is_some(), "free again");
+        assert!(claims.try_claim(&"blob", || false).is_ok(), "free again");
     }
 
     #[test]

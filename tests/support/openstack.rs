@@ -27,7 +27,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::need;
-use super::operator::{free_port, wait_listening};
+use super::operator::spawn_on_free_port;
 
 pub const PROJECT: &str = "0123456789abcdef0123456789abcdef";
 
@@ -78,32 +78,33 @@ impl Glance {
             "\n[pipeline:glance-api-trusted]\npipeline = cors healthcheck http_proxy_to_wsgi versionnegotiation osprofiler context rootapp\n",
         );
         std::fs::write(d.join("paste.ini"), paste).unwrap();
-        // The port is the last thing chosen, and glance-api must be seen holding it (see
-        // `wait_listening`); a port taken meanwhile is given up for another.
-        for _ in 0..3 {
-            let port = free_port();
-            let conf = format!(
-                "[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = {port}\nenabled_backends = fs:file\nworkers = 1\nlog_file = {d}/api.log\n\
-                 [database]\nconnection = sqlite:///{d}/glance.sqlite\n[paste_deploy]\nflavor = trusted\nconfig_file = {d}/paste.ini\n\
-                 [glance_store]\ndefault_backend = fs\n[fs]\nfilesystem_store_datadir = {d}/images\n\
-                 [os_glance_staging_store]\nfilesystem_store_datadir = {d}/staging\n[os_glance_tasks_store]\nfilesystem_store_datadir = {d}/tasks\n\
-                 [oslo_policy]\nenforce_new_defaults = false\n",
-                d = d.display()
-            );
-            std::fs::write(d.join("glance-api.conf"), conf).unwrap();
-            let mut child = Command::new("glance-api")
-                .args(["--config-file", d.join("glance-api.conf").to_str().unwrap()])
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(d.join("stderr.log")).unwrap())
-                .process_group(0)
-                .spawn()
-                .expect("start glance-api");
-            if wait_listening(&mut child, port, Duration::from_secs(60)) {
-                return Self { port, child, dir };
-            }
-            end_group(&mut child);
-        }
-        panic!("glance-api did not start: {}", log_of(dir.path()));
+        // The port is the last thing chosen, and glance-api must be seen holding it.
+        let started = spawn_on_free_port(
+            Duration::from_secs(60),
+            |port| {
+                let conf = format!(
+                    "[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = {port}\nenabled_backends = fs:file\nworkers = 1\nlog_file = {d}/api.log\n\
+                     [database]\nconnection = sqlite:///{d}/glance.sqlite\n[paste_deploy]\nflavor = trusted\nconfig_file = {d}/paste.ini\n\
+                     [glance_store]\ndefault_backend = fs\n[fs]\nfilesystem_store_datadir = {d}/images\n\
+                     [os_glance_staging_store]\nfilesystem_store_datadir = {d}/staging\n[os_glance_tasks_store]\nfilesystem_store_datadir = {d}/tasks\n\
+                     [oslo_policy]\nenforce_new_defaults = false\n",
+                    d = d.display()
+                );
+                std::fs::write(d.join("glance-api.conf"), conf).unwrap();
+                Command::new("glance-api")
+                    .args(["--config-file", d.join("glance-api.conf").to_str().unwrap()])
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(d.join("stderr.log")).unwrap())
+                    .process_group(0)
+                    .spawn()
+                    .expect("start glance-api")
+            },
+            end_group,
+        );
+        let Some((port, child)) = started else {
+            panic!("glance-api did not start: {}", log_of(dir.path()));
+        };
+        Self { port, child, dir }
     }
 
     pub fn url(&self) -> String {

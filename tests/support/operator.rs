@@ -29,7 +29,7 @@ pub fn free_port() -> u16 {
 /// from [`free_port`] may find it taken by another test's server meanwhile, and a plain connect
 /// would then reach the wrong one. `false`: it exited (the port was taken) or did not listen
 /// within `within`.
-pub fn wait_listening(child: &mut std::process::Child, port: u16, within: Duration) -> bool {
+pub fn wait_listening(child: &mut Child, port: u16, within: Duration) -> bool {
     let deadline = std::time::Instant::now() + within;
     while std::time::Instant::now() < deadline {
         if child.try_wait().ok().flatten().is_some() {
@@ -41,6 +41,25 @@ pub fn wait_listening(child: &mut std::process::Child, port: u16, within: Durati
         std::thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+/// Start a server on a free port: `spawn(port)` starts it, and it must be seen holding the port
+/// within `within` (see [`wait_listening`]); one that is not is ended with `end` and started
+/// again on another port. `None` after five tries.
+pub fn spawn_on_free_port(
+    within: Duration,
+    mut spawn: impl FnMut(u16) -> Child,
+    end: impl Fn(&mut Child),
+) -> Option<(u16, Child)> {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = spawn(port);
+        if wait_listening(&mut child, port, within) {
+            return Some((port, child));
+        }
+        end(&mut child);
+    }
+    None
 }
 
 /// Whether process `pid` owns the listening TCP socket on 127.0.0.1:`port` (from

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::operator::{free_port, wait_listening};
+use super::operator::{spawn_on_free_port, wait_listening};
 
 pub struct TestRegistry {
     pub port: u16,
@@ -132,25 +132,29 @@ impl TestRegistry {
         // seen holding it: a port another test's server took between `free_port` and the bind
         // would otherwise pass for this registry (the TLS set-up above takes a second or two).
         let cfg = dir.path().join("config.yml");
-        for _ in 0..5 {
-            let port = free_port();
-            std::fs::write(&cfg, config.replace(PORT, &port.to_string())).unwrap();
-            let mut child = Self::spawn(dir.path());
-            if wait_listening(&mut child, port, Duration::from_secs(15)) {
-                return Self {
-                    port,
-                    dir,
-                    child,
-                    scheme,
-                };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!(
-            "registry did not start:\n{}",
-            std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+        let started = spawn_on_free_port(
+            Duration::from_secs(15),
+            |port| {
+                std::fs::write(&cfg, config.replace(PORT, &port.to_string())).unwrap();
+                Self::spawn(dir.path())
+            },
+            |child| {
+                let _ = child.kill();
+                let _ = child.wait();
+            },
         );
+        let Some((port, child)) = started else {
+            panic!(
+                "registry did not start:\n{}",
+                std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+            );
+        };
+        Self {
+            port,
+            dir,
+            child,
+            scheme,
+        }
     }
 
     fn spawn(dir: &std::path::Path) -> Child {
