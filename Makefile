@@ -17,10 +17,11 @@ help: ## Show the targets
 build: ## Build the operator binary
 	cargo build
 
-tools: ## Install what the tests need: helm (.tools/bin), moto, the clouds' SDKs (.tools/sdk), and Debian's registry, skopeo, glance-api, keystone, uwsgi, qemu-utils, lua5.1
+tools: ## Install what the tests need: helm (.tools/bin), envtest's etcd and kube-apiserver (.tools/envtest), moto, the clouds' SDKs (.tools/sdk), and Debian's registry, skopeo, glance-api, keystone, uwsgi, qemu-utils, lua5.1
 	./hack/install-tools.sh
+	./hack/install-envtest.sh
 
-test: tools image ## Run every test (unit, CEL, fake API server, controllers, chart, image)
+test: tools image ## Run every test (unit, CEL, fake and real API server, controllers, chart, image)
 	HELM=$(HELM) cargo test --no-fail-fast
 
 lint: ## cargo fmt --check and clippy with warnings as errors

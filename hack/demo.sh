@@ -5,7 +5,16 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-./hack/install-tools.sh >/dev/null
+# The demo needs only a registry and skopeo (make tools installs what the tests need).
+missing=()
+for pair in docker-registry:docker-registry skopeo:skopeo; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "missing: ${missing[*]}: sudo apt-get install ${missing[*]}" >&2; exit 1; }
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 cargo build --quiet
 bin="$root/target/debug/image-replication-operator"
 

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,38 +18,9 @@ use serde_json::{Value, json};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CHART: &str = "charts/image-replication-operator";
 
-fn tool(env: &str, local: &str, name: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(env) {
-        return p.into();
-    }
-    let p = PathBuf::from(ROOT).join(local);
-    if p.exists() {
-        return p;
-    }
-    if Command::new(name).arg("-v").output().is_ok() {
-        return name.into();
-    }
-    panic!("{name} not found: run `make tools` (or set {env})");
-}
-
-fn helm(args: &[&str]) -> String {
-    let out = Command::new(tool("HELM", ".tools/bin/helm", "helm"))
-        .args(args)
-        .current_dir(ROOT)
-        .output()
-        .expect("run helm");
-    assert!(
-        out.status.success(),
-        "helm {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// The exact command `make render` runs.
 fn render() -> String {
-    helm(&[
+    support::helm(&[
         "template",
         "image-replication-operator",
         CHART,
@@ -70,7 +40,7 @@ fn docs(yaml: &str) -> Vec<Value> {
 
 #[test]
 fn chart_lints() {
-    let out = helm(&["lint", "--strict", CHART]);
+    let out = support::helm(&["lint", "--strict", CHART]);
     assert!(out.contains("0 chart(s) failed"), "{out}");
 }
 
@@ -99,7 +69,7 @@ fn crds_come_through_helm_unchanged_and_are_kept() {
         );
     }
     // crds.install=false leaves them out.
-    let without = helm(&["template", "x", CHART, "--set", "crds.install=false"]);
+    let without = support::helm(&["template", "x", CHART, "--set", "crds.install=false"]);
     assert!(!without.contains("kind: CustomResourceDefinition"));
 }
 
@@ -120,7 +90,7 @@ fn deployment_runs_locked_down_with_probes_and_leader_election() {
     let role = rendered.iter().find(|d| d["kind"] == "Role").unwrap();
     assert_eq!(role["rules"][0]["resources"], json!(["leases"]));
     // The notification token comes from a Secret when one is named.
-    let with_token = docs(&helm(&[
+    let with_token = docs(&support::helm(&[
         "template",
         "x",
         CHART,
@@ -141,12 +111,15 @@ fn deployment_runs_locked_down_with_probes_and_leader_election() {
     );
     // ServiceMonitor only when asked for.
     assert!(!render().contains("kind: ServiceMonitor"));
-    assert!(helm(&["template", "x", CHART, "--set", "serviceMonitor.enabled=true"]).contains("kind: ServiceMonitor"));
+    assert!(
+        support::helm(&["template", "x", CHART, "--set", "serviceMonitor.enabled=true"])
+            .contains("kind: ServiceMonitor")
+    );
 }
 
 #[test]
 fn values_schema_rejects_bad_values() {
-    let out = Command::new(tool("HELM", ".tools/bin/helm", "helm"))
+    let out = Command::new(support::tool("HELM", ".tools/bin/helm", "helm"))
         .args(["template", "x", CHART, "--set", "logFormat=xml"])
         .current_dir(ROOT)
         .output()
@@ -175,7 +148,7 @@ fn rbac_is_a_namespace_role_when_one_namespace_is_watched() {
     let name = "x-image-replication-operator";
     let has = |rules: &[(String, Vec<String>)], res: &str| rules.iter().any(|(r, _)| r == res);
     // All namespaces: Secrets and the kinds through the ClusterRole.
-    let all = docs(&helm(&["template", "x", CHART]));
+    let all = docs(&support::helm(&["template", "x", CHART]));
     let cluster = rbac_rules(&all, "ClusterRole", name).unwrap();
     assert!(
         has(&cluster, "secrets") && has(&cluster, "imagereplications"),
@@ -187,7 +160,13 @@ fn rbac_is_a_namespace_role_when_one_namespace_is_watched() {
     assert!(rbac_rules(&all, "Role", name).is_none());
 
     // One namespace: the ClusterRole keeps only the CRDs; the rest is a Role bound there.
-    let one = docs(&helm(&["template", "x", CHART, "--set", "watchNamespace=team-a"]));
+    let one = docs(&support::helm(&[
+        "template",
+        "x",
+        CHART,
+        "--set",
+        "watchNamespace=team-a",
+    ]));
     let cluster = rbac_rules(&one, "ClusterRole", name).unwrap();
     assert_eq!(
         cluster.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
@@ -227,7 +206,7 @@ fn egress_policy_values_reach_the_operator() {
     // The chart's default is the operator's own default.
     assert_eq!(cloud.1, image_replication_operator::egress::DEFAULT_CLOUD_HOSTS);
     assert!(defaults.contains(&("EGRESS_REGISTRY_HOSTS".into(), "*".into())));
-    let set = env_of(&docs(&helm(&[
+    let set = env_of(&docs(&support::helm(&[
         "template",
         "x",
         CHART,
@@ -275,7 +254,7 @@ fn argocd_health(obj: &Value) -> (String, String) {
         ),
     )
     .unwrap();
-    let out = Command::new(tool("LUA", ".tools/bin/lua5.1", "lua5.1"))
+    let out = Command::new(support::tool("LUA", ".tools/bin/lua5.1", "lua5.1"))
         .arg(&harness)
         .output()
         .expect("run lua5.1");
@@ -353,7 +332,7 @@ fn argocd_cm_embeds_the_same_lua_for_both_kinds() {
 
 /// The chart with `dashboards.enabled` and `prometheusRule.enabled`.
 fn render_observability() -> Vec<Value> {
-    docs(&helm(&[
+    docs(&support::helm(&[
         "template",
         "iro",
         CHART,

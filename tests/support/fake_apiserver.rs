@@ -1,5 +1,21 @@
-//! A small, stateful fake Kubernetes API server for tests (no kube-apiserver can be installed on
-//! these machines). The real kube-runtime controllers talk to it over HTTP on 127.0.0.1.
+//! A small, stateful fake Kubernetes API server for tests. The real kube-runtime controllers
+//! talk to it over HTTP on 127.0.0.1.
+//!
+//! Two tiers of controller tests (README, Development):
+//! - **Real server** (`tests/support/envtest.rs`: envtest's etcd + kube-apiserver): what only a
+//!   real server can tell — server-side apply and managed fields, CEL with the real cost
+//!   estimator, printer columns, status subresource rules, real Leases, RBAC with the chart's
+//!   roles, and `apiserver_request_total` at rest. `tests/envtest.rs`, `tests/envtest_at_rest.rs`,
+//!   and `make bench`'s controller-scale run.
+//! - **This fake**, for what a real server cannot be made to do on demand, or cannot show:
+//!   its request log per object (`writes_to`, `watch_events_of`: "which write came after which",
+//!   e.g. no Event after the finalizer-removing PATCH in `operator.rs`, no write at rest per
+//!   object in `oci_controller.rs` and `replica_controller.rs`), a dump of every stored object
+//!   but Secrets (`everything_but_secrets`, the credential-leak checks in `security.rs`,
+//!   `vm_clouds.rs`, `vm_openstack.rs`), CRDs that are not Established yet
+//!   (`operator.rs::waits_for_crds_before_starting`), watch bookmarks on a short period, and a
+//!   server in-process that starts in milliseconds for the many small scenarios (`vm_clouds.rs`,
+//!   `replica_tencent.rs`, `oci_copy.rs`, `bench_lag.rs`).
 //!
 //! It behaves like the real server where the operator depends on it:
 //! - server-set metadata: uid, creationTimestamp, one global increasing resourceVersion,

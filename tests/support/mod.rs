@@ -4,6 +4,7 @@
 
 pub mod clouds;
 pub mod conformance;
+pub mod envtest;
 pub mod fake_apiserver;
 pub mod faulty;
 pub mod keystone;
@@ -16,6 +17,8 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
+use std::path::PathBuf;
+use std::process::Command;
 
 /// Fail with what to install when a command the tests need is missing.
 pub fn need(cmd: &str, pkg: &str) {
@@ -46,7 +49,12 @@ pub async fn cluster() -> (fake_apiserver::FakeApiServer, Client) {
 
 /// The Events about an object in namespace default.
 pub async fn events_for(c: &Client, name: &str) -> Vec<Event> {
-    let api: Api<Event> = Api::namespaced(c.clone(), "default");
+    events_in(c, "default", name).await
+}
+
+/// The Events about an object in namespace `ns`.
+pub async fn events_in(c: &Client, ns: &str, name: &str) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(c.clone(), ns);
     api.list(&ListParams::default())
         .await
         .unwrap()
@@ -82,14 +90,19 @@ pub async fn assert_quiet(s: &fake_apiserver::FakeApiServer, c: &Client, name: &
 
 /// Create a Secret in `default` with these data keys.
 pub async fn secret(c: &Client, name: &str, data: &[(&str, &str)]) {
+    secret_in(c, "default", name, data).await
+}
+
+/// Create a Secret in namespace `ns` with these data keys.
+pub async fn secret_in(c: &Client, ns: &str, name: &str, data: &[(&str, &str)]) {
     use base64::Engine as _;
-    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.clone(), "default");
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.clone(), ns);
     let data: std::collections::BTreeMap<String, String> = data
         .iter()
         .map(|(k, v)| (k.to_string(), base64::engine::general_purpose::STANDARD.encode(v)))
         .collect();
     let s = serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": name, "namespace": "default"}, "data": data}))
+        "metadata": {"name": name, "namespace": ns}, "data": data}))
     .unwrap();
     api.create(&PostParams::default(), &s).await.unwrap();
 }
@@ -143,4 +156,35 @@ pub async fn assert_secrets_kept(s: &fake_apiserver::FakeApiServer, op: &operato
             }
         }
     }
+}
+
+/// A tool: `$env`, else `local` in this checkout, else `name` on the PATH.
+pub fn tool(env: &str, local: &str, name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return p.into();
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(local);
+    if p.exists() {
+        return p;
+    }
+    if Command::new(name).arg("-v").output().is_ok() {
+        return name.into();
+    }
+    panic!("{name} not found: run `make tools` (or set {env})");
+}
+
+/// Run helm (see [`tool`]) in the checkout; its stdout.
+pub fn helm(args: &[&str]) -> String {
+    let out = Command::new(tool("HELM", ".tools/bin/helm", "helm"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }

@@ -1,0 +1,846 @@
+//! The operator against a real `kube-apiserver` and `etcd` (envtest, `tests/support/envtest.rs`):
+//! the CRDs applied server-side from `crds/` and from the chart, every CEL rule refused by the
+//! real server with its message, an oci copy to Ready with Events and printer columns,
+//! finalizers and `deletionPolicy`, a ReplicaInstance sync, an OpenStack copy on the real
+//! Keystone and Glance, leader election and fencing on real Leases, and the operator run as the
+//! chart's ServiceAccount under its RBAC. One control plane for this binary; every test has its
+//! own namespace and its own operator (`--namespace`, its Lease in that namespace too).
+//! "Nothing written at rest" counted by the server itself is `tests/envtest_at_rest.rs` (its own
+//! binary, so no other test's requests are counted).
+
+mod support;
+
+use std::time::Duration;
+
+use image_replication_operator::api::v1alpha1::{DestinationPhase, ReplicaPhase};
+use image_replication_operator::api::{ImageReplication, ReplicaInstance};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+use support::envtest::{self, ControlPlane};
+use support::operator::{Operator, eventually, free_port};
+use support::registry::TestRegistry;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// One test's share of the control plane: an admin client, a namespace, a scratch directory.
+struct Scene {
+    cp: &'static ControlPlane,
+    c: Client,
+    ns: String,
+    dir: tempfile::TempDir,
+}
+
+impl Scene {
+    async fn new(prefix: &str) -> Option<Self> {
+        let cp = envtest::control_plane()?;
+        let c = cp.client().await;
+        let ns = cp.namespace(&c, prefix).await;
+        Some(Self {
+            cp,
+            c,
+            ns,
+            dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    /// The operator, as admin, watching only this namespace, its Lease here too.
+    fn operator(&self, identity: &str, extra: &[&str]) -> Operator {
+        let kc = self.cp.write_kubeconfig(self.dir.path());
+        self.operator_as(&kc, identity, extra)
+    }
+
+    fn operator_as(&self, kubeconfig: &std::path::Path, identity: &str, extra: &[&str]) -> Operator {
+        let mut args = vec!["--namespace", self.ns.as_str()];
+        args.extend_from_slice(extra);
+        Operator::start_on(
+            free_port(),
+            kubeconfig,
+            self.dir.path(),
+            identity,
+            &args,
+            &[("POD_NAMESPACE", self.ns.as_str())],
+        )
+    }
+
+    fn irs(&self) -> Api<ImageReplication> {
+        Api::namespaced(self.c.clone(), &self.ns)
+    }
+
+    async fn reasons(&self, name: &str) -> Vec<String> {
+        support::events_in(&self.c, &self.ns, name)
+            .await
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
+    async fn wait_event(&self, name: &str, reason: &str) {
+        eventually(WAIT, &format!("Event {reason} for {name}"), || async {
+            self.reasons(name).await.iter().any(|r| r == reason).then_some(())
+        })
+        .await
+    }
+}
+
+fn is_ready(conds: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
+    conds.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+async fn wait_ready(api: &Api<ImageReplication>, name: &str) -> ImageReplication {
+    eventually(WAIT, &format!("{name} Ready"), || async {
+        let o = api.get(name).await.ok()?;
+        is_ready(&o.status.as_ref()?.conditions).then_some(o)
+    })
+    .await
+}
+
+/// An oci ImageReplication of `team/web:1.4` from `a` into `repo` of `b`.
+fn oci_object(ns: &str, name: &str, a: &TestRegistry, b: &TestRegistry, repo: &str, policy: &str) -> ImageReplication {
+    serde_json::from_value(json!({
+        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "provider": {"kind": "oci"},
+            "source": {"region": "region-a", "reference": format!("{}/team/web:1.4", a.host())},
+            "destinations": [{"region": "region-b", "registry": b.url(), "name": repo}],
+            "deletionPolicy": policy
+        }
+    }))
+    .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// CRDs and CEL
+
+/// Every CEL rule message in the generated CRDs, by kind.
+fn cel_messages() -> Vec<(String, String)> {
+    fn walk(v: &serde_yaml::Value, kind: &str, out: &mut Vec<(String, String)>) {
+        match v {
+            serde_yaml::Value::Mapping(m) => {
+                if let Some(serde_yaml::Value::Sequence(rules)) = m.get("x-kubernetes-validations") {
+                    for r in rules {
+                        out.push((kind.to_string(), r["message"].as_str().unwrap().to_string()));
+                    }
+                }
+                m.values().for_each(|x| walk(x, kind, out));
+            }
+            serde_yaml::Value::Sequence(s) => s.iter().for_each(|x| walk(x, kind, out)),
+            _ => {}
+        }
+    }
+    let mut out = vec![];
+    for f in ["imagereplications", "replicainstances"] {
+        let path = format!("{}/crds/{f}.replication.imageops.io.yaml", env!("CARGO_MANIFEST_DIR"));
+        let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let kind = doc["spec"]["names"]["kind"].as_str().unwrap().to_string();
+        walk(&doc["spec"]["versions"][0]["schema"], &kind, &mut out);
+    }
+    out
+}
+
+fn image_spec(patch: impl FnOnce(&mut Value)) -> Value {
+    let mut s = json!({
+        "provider": {"kind": "huawei", "agency": "ims_admin", "credentialsSecretRef": {"name": "hw"}},
+        "source": {"region": "cn-north-4", "imageId": "img-1"},
+        "destinations": [{"region": "cn-east-3"}, {"region": "cn-south-1", "name": "web-copy"}]
+    });
+    patch(&mut s);
+    s
+}
+
+fn replica_spec(patch: impl FnOnce(&mut Value)) -> Value {
+    let mut s = json!({
+        "primary": {"provider": "oci", "region": "ap-guangzhou", "registry": "https://gz.example.com"},
+        "region": "ap-shanghai",
+        "replica": {"registry": "https://sh.example.com"},
+        "sync": {"interval": "10m", "bandwidthLimit": "200Mi", "maxConcurrentTransfers": 4}
+    });
+    patch(&mut s);
+    s
+}
+
+/// (kind, the start of the rule's message, a spec that breaks only that rule).
+fn cel_cases() -> Vec<(&'static str, &'static str, Value)> {
+    let openstack = json!({"kind": "openstack", "credentialsSecretRef": {"name": "os"}});
+    let os = openstack.clone();
+    let os2 = openstack.clone();
+    vec![
+        (
+            "ImageReplication",
+            "regions must be region ids such as cn-north-4",
+            image_spec(|s| s["source"]["region"] = json!("CN_North_4")),
+        ),
+        (
+            "ImageReplication",
+            "destinations[].region must differ from source.region",
+            image_spec(|s| s["destinations"] = json!([{"region": "cn-north-4"}])),
+        ),
+        (
+            "ImageReplication",
+            "source.reference is required when provider.kind is oci",
+            image_spec(|s| {
+                s["provider"] = json!({"kind": "oci"});
+                s["destinations"] = json!([{"region": "cn-east-3", "registry": "https://r.example.com"}]);
+            }),
+        ),
+        (
+            "ImageReplication",
+            "source.reference is only for provider.kind oci",
+            image_spec(|s| s["source"] = json!({"region": "cn-north-4", "reference": "r.example.com/a:1"})),
+        ),
+        (
+            "ImageReplication",
+            "every destination needs registry when provider.kind is oci",
+            image_spec(|s| {
+                s["provider"] = json!({"kind": "oci"});
+                s["source"] = json!({"region": "cn-north-4", "reference": "r.example.com/a:1"});
+            }),
+        ),
+        (
+            "ImageReplication",
+            "at least one destination is required",
+            image_spec(|s| s["destinations"] = json!([])),
+        ),
+        (
+            "ImageReplication",
+            "destination regions must be unique",
+            image_spec(|s| s["destinations"] = json!([{"region": "cn-east-3"}, {"region": "cn-east-3"}])),
+        ),
+        (
+            "ImageReplication",
+            "name must be 2 to 128 characters long",
+            image_spec(|s| s["destinations"] = json!([{"region": "cn-east-3", "name": "x"}])),
+        ),
+        (
+            "ImageReplication",
+            "region must be a region id such as cn-east-3",
+            image_spec(|s| {
+                s["provider"] = os;
+                s["source"] = json!({"region": "RegionOne", "imageId": "img-1"});
+                s["destinations"] = json!([{"region": "Region/Two"}]);
+            }),
+        ),
+        (
+            "ImageReplication",
+            "maxConcurrentCopies must be between 1 and 100",
+            image_spec(|s| s["provider"]["maxConcurrentCopies"] = json!(0)),
+        ),
+        (
+            "ImageReplication",
+            "exactly one of source.imageId, source.imageName or source.reference",
+            image_spec(|s| s["source"]["imageName"] = json!("web")),
+        ),
+        (
+            "ImageReplication",
+            "region must be a region id such as cn-north-4",
+            image_spec(|s| {
+                s["provider"] = os2;
+                s["source"] = json!({"region": "Region/One", "imageId": "img-1"});
+                s["destinations"] = json!([{"region": "RegionTwo"}]);
+            }),
+        ),
+        (
+            "ReplicaInstance",
+            "region (the replica region) must differ from primary.region",
+            replica_spec(|s| s["region"] = json!("ap-guangzhou")),
+        ),
+        (
+            "ReplicaInstance",
+            "primary.registry and replica.registry are required",
+            replica_spec(|s| {
+                s.as_object_mut().unwrap().remove("replica");
+            }),
+        ),
+        (
+            "ReplicaInstance",
+            "primary.instanceId is required when primary.provider is tencent",
+            replica_spec(|s| s["primary"]["provider"] = json!("tencent")),
+        ),
+        (
+            "ReplicaInstance",
+            "primary.region must be a region id",
+            replica_spec(|s| s["primary"]["region"] = json!("AP_GZ")),
+        ),
+        (
+            "ReplicaInstance",
+            "region must be a region id such as ap-shanghai",
+            replica_spec(|s| s["region"] = json!("AP_SH")),
+        ),
+        (
+            "ReplicaInstance",
+            "bandwidthLimit must be a quantity",
+            replica_spec(|s| s["sync"]["bandwidthLimit"] = json!("fast")),
+        ),
+        (
+            "ReplicaInstance",
+            "interval must be a duration",
+            replica_spec(|s| s["sync"]["interval"] = json!("often")),
+        ),
+        (
+            "ReplicaInstance",
+            "maxConcurrentTransfers must be between 1 and 64",
+            replica_spec(|s| s["sync"]["maxConcurrentTransfers"] = json!(0)),
+        ),
+    ]
+}
+
+/// A server-side dry-run create of `spec` as `kind`: the refusal's (code, message), or None.
+async fn dry_run(c: &Client, ns: &str, kind: &str, spec: Value) -> Option<(u16, String)> {
+    let obj = json!({
+        "apiVersion": "replication.imageops.io/v1alpha1", "kind": kind,
+        "metadata": {"name": "cel-case", "namespace": ns}, "spec": spec
+    });
+    let pp = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let r = match kind {
+        "ImageReplication" => Api::<ImageReplication>::namespaced(c.clone(), ns)
+            .create(&pp, &serde_json::from_value(obj).unwrap())
+            .await
+            .map(|_| ()),
+        _ => Api::<ReplicaInstance>::namespaced(c.clone(), ns)
+            .create(&pp, &serde_json::from_value(obj).unwrap())
+            .await
+            .map(|_| ()),
+    };
+    match r {
+        Ok(()) => None,
+        Err(kube::Error::Api(e)) => Some((e.code, e.message)),
+        Err(e) => panic!("{kind}: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_cel_rule_is_refused_by_the_real_server_with_its_message() {
+    let Some(sc) = Scene::new("cel").await else { return };
+    let cases = cel_cases();
+    let rules = cel_messages();
+    // Every rule the CRDs carry has a case here: a new rule without one fails this test.
+    for (kind, msg) in &rules {
+        assert!(
+            cases.iter().any(|(k, start, _)| k == kind && msg.starts_with(start)),
+            "no real-server case for the {kind} rule {msg:?}"
+        );
+    }
+    for kind in ["ImageReplication", "ReplicaInstance"] {
+        let valid = if kind == "ImageReplication" {
+            image_spec(|_| {})
+        } else {
+            replica_spec(|_| {})
+        };
+        assert_eq!(
+            dry_run(&sc.c, &sc.ns, kind, valid).await,
+            None,
+            "the valid {kind} is accepted"
+        );
+    }
+    for (kind, start, spec) in cases {
+        let (code, message) = dry_run(&sc.c, &sc.ns, kind, spec.clone())
+            .await
+            .unwrap_or_else(|| panic!("{kind} accepted, expected {start:?}: {spec}"));
+        assert_eq!(code, 422, "{message}");
+        let full = rules
+            .iter()
+            .find(|(k, m)| k == kind && m.starts_with(start))
+            .map(|(_, m)| m.clone())
+            .unwrap();
+        assert!(message.contains(&full), "{kind}: {message:?} lacks {full:?}");
+        let others: Vec<_> = rules
+            .iter()
+            .filter(|(k, m)| k == kind && *m != full && message.contains(m.as_str()))
+            .collect();
+        assert!(
+            others.is_empty(),
+            "{kind} {start:?}: other rules failed too: {others:?}"
+        );
+    }
+}
+
+/// The whole chart, rendered for a release in `ns` that watches only `ns`, as YAML documents.
+fn chart_docs(release: &str, ns: &str) -> Vec<Value> {
+    let yaml = support::helm(&[
+        "template",
+        release,
+        "charts/image-replication-operator",
+        "--namespace",
+        ns,
+        "--set",
+        &format!("watchNamespace={ns}"),
+    ]);
+    yaml.split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<Value>(d).ok())
+        .filter(|v| v.is_object())
+        .collect()
+}
+
+fn apply_docs(cp: &ControlPlane, docs: &[&Value], manager: &str) {
+    let text: Vec<String> = docs.iter().map(|d| serde_yaml::to_string(d).unwrap()).collect();
+    let out = cp.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            &format!("--field-manager={manager}"),
+            "-f",
+            "-",
+        ],
+        &text.join("---\n"),
+    );
+    assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chart_and_its_crds_apply_server_side_beside_crds_dir() {
+    let Some(sc) = Scene::new("chart").await else { return };
+    let crds = || {
+        let out = sc.cp.kubectl_ok(&["get", "crd", "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["spec"]["group"] == "replication.imageops.io")
+            .map(|c| {
+                (
+                    c["metadata"]["name"].clone(),
+                    c["metadata"]["generation"].clone(),
+                    c["spec"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = crds();
+    assert_eq!(before.len(), 2, "crds/ applied at start");
+    // The whole chart (CRDs from its templates, RBAC, Deployment, Service…), server-side, as a
+    // second field manager: no conflict with crds/, and the CRDs' specs do not change.
+    let docs = chart_docs("chart-rel", &sc.ns);
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert!(
+        kinds.contains(&"CustomResourceDefinition") && kinds.contains(&"Deployment"),
+        "{kinds:?}"
+    );
+    apply_docs(sc.cp, &docs.iter().collect::<Vec<_>>(), "helm");
+    let after = crds();
+    assert_eq!(
+        before, after,
+        "the chart's CRDs are the same as crds/ (same spec, same generation)"
+    );
+    let crd = sc.cp.kubectl_ok(&[
+        "get",
+        "crd",
+        "imagereplications.replication.imageops.io",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]);
+    let crd: Value = serde_json::from_str(&crd).unwrap();
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+        "the chart's keep annotation"
+    );
+    let managers: Vec<&str> = crd["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert!(
+        managers.contains(&"envtest") && managers.contains(&"helm"),
+        "{managers:?}"
+    );
+    let established = crd["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "Established" && c["status"] == "True");
+    assert!(established);
+}
+
+// ---------------------------------------------------------------------------------------------
+// oci copy, printer columns, finalizers and deletionPolicy
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oci_copy_is_ready_with_events_columns_and_each_deletion_policy() {
+    let Some(sc) = Scene::new("oci").await else { return };
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    let (digest, _) = a.seed("team/web", "1.4", &["--sign"]);
+    let _op = sc.operator("op-a", &["--resync-seconds", "2"]);
+    let api = sc.irs();
+    api.create(
+        &PostParams::default(),
+        &oci_object(&sc.ns, "web", &a, &b, "team/web", "Delete"),
+    )
+    .await
+    .unwrap();
+    api.create(
+        &PostParams::default(),
+        &oci_object(&sc.ns, "kept", &a, &b, "kept/web", "Retain"),
+    )
+    .await
+    .unwrap();
+    let web = wait_ready(&api, "web").await;
+    wait_ready(&api, "kept").await;
+    assert_eq!(web.finalizers(), &["replication.imageops.io/cleanup".to_string()]);
+    let st = web.status.unwrap();
+    assert_eq!(st.summary.as_deref(), Some("1/1 available"));
+    assert_eq!(st.observed_generation, Some(1));
+    let d = &st.destinations[0];
+    assert_eq!(
+        (d.phase, d.digest.as_deref()),
+        (DestinationPhase::Available, Some(digest.as_str()))
+    );
+    assert_eq!(
+        b.digest_of("team/web", "1.4"),
+        Some(digest.clone()),
+        "skopeo sees the copy"
+    );
+    assert_eq!(b.digest_of("kept/web", "1.4"), Some(digest.clone()));
+    sc.wait_event("web", "DestinationAvailable").await;
+
+    // Printer columns as kubectl shows them (the server's Table rendering).
+    // Reason has priority 1: only `-o wide` shows it.
+    let table = sc.cp.kubectl_ok(&["get", "imagereplications", "-n", &sc.ns]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "SUMMARY", "AGE"], "{table}");
+    let row = table.lines().find(|l| l.starts_with("web ")).unwrap();
+    assert!(row.contains(" True ") && row.contains("1/1 available"), "{table}");
+    let wide = sc
+        .cp
+        .kubectl_ok(&["get", "imagereplications", "-n", &sc.ns, "-o", "wide"]);
+    let header: Vec<&str> = wide.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "SUMMARY", "REASON", "AGE"], "{wide}");
+    let row = wide.lines().find(|l| l.starts_with("web ")).unwrap();
+    assert!(row.contains(" Succeeded "), "{wide}");
+    let short = sc.cp.kubectl_ok(&["get", "imgrep", "-n", &sc.ns, "-o", "name"]);
+    assert!(
+        short.contains("imagereplication.replication.imageops.io/web"),
+        "short name: {short}"
+    );
+
+    // Delete: the copy goes first, then the object; Retain: the copy stays.
+    api.delete("web", &DeleteParams::default()).await.unwrap();
+    api.delete("kept", &DeleteParams::default()).await.unwrap();
+    for name in ["web", "kept"] {
+        eventually(WAIT, &format!("{name} gone"), || async {
+            api.get_opt(name).await.unwrap().is_none().then_some(())
+        })
+        .await;
+    }
+    assert_eq!(
+        b.digest_of("team/web", "1.4"),
+        None,
+        "deletionPolicy Delete removed the copy"
+    );
+    assert_eq!(b.digest_of("kept/web", "1.4"), Some(digest.clone()), "Retain kept it");
+    assert_eq!(a.digest_of("team/web", "1.4"), Some(digest), "the source untouched");
+    let reasons = sc.reasons("web").await;
+    assert!(reasons.iter().any(|r| r == "CleanupComplete"), "{reasons:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// ReplicaInstance
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_instance_syncs_and_is_in_sync() {
+    let Some(sc) = Scene::new("replica").await else { return };
+    let (primary, replica) = (TestRegistry::start(), TestRegistry::start());
+    let one = ["--platforms", "linux/amd64"];
+    primary.seed("team-a/web", "v1", &one);
+    primary.seed("team-a/api", "v1", &["--platforms", "linux/amd64", "--seed", "3"]);
+    primary.seed("team-b/x", "v1", &one);
+    let _op = sc.operator("op-a", &[]);
+    let ri: Api<ReplicaInstance> = Api::namespaced(sc.c.clone(), &sc.ns);
+    let obj: ReplicaInstance = serde_json::from_value(json!({
+        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ReplicaInstance",
+        "metadata": {"name": "gz-to-sh", "namespace": sc.ns},
+        "spec": {
+            "primary": {"provider": "oci", "region": "ap-guangzhou", "registry": primary.url()},
+            "region": "ap-shanghai",
+            "replica": {"registry": replica.url()},
+            "sync": {"interval": "1h", "filters": [{"repositories": ["team-a/**"]}]}
+        }
+    }))
+    .unwrap();
+    ri.create(&PostParams::default(), &obj).await.unwrap();
+    let st = eventually(WAIT, "InSync", || async {
+        let st = ri.get("gz-to-sh").await.ok()?.status?;
+        (st.phase == Some(ReplicaPhase::InSync)).then_some(st)
+    })
+    .await;
+    assert_eq!((st.repositories, st.artifacts, st.failed), (Some(2), Some(2), Some(0)));
+    assert!(is_ready(&st.conditions));
+    for repo in ["team-a/web", "team-a/api"] {
+        assert_eq!(replica.digest_of(repo, "v1"), primary.digest_of(repo, "v1"), "{repo}");
+    }
+    assert_eq!(replica.digest_of("team-b/x", "v1"), None, "filtered out");
+    let table = sc.cp.kubectl_ok(&["get", "replicainstances", "-n", &sc.ns]);
+    assert!(table.contains("gz-to-sh") && table.contains("InSync"), "{table}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenStack on the real Keystone and Glance
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_openstack_copy_on_real_keystone_and_glance() {
+    use support::openstack::{Cloud, Glance, make_image};
+    let Some(sc) = Scene::new("openstack").await else {
+        return;
+    };
+    let ks = support::keystone::Keystone::start().await;
+    let (one, two) = (Glance::start(), Glance::start());
+    let cloud = Cloud::with_keystone(ks.api.clone(), &[("RegionOne", one.url()), ("RegionTwo", two.url())]).await;
+    ks.add_region("RegionTwo").await;
+    let glance = ks.add_image_service().await;
+    for iface in ["public", "internal", "admin"] {
+        ks.add_endpoint(&glance, "RegionOne", iface, &cloud.proxy_url("RegionOne"))
+            .await;
+    }
+    ks.add_endpoint(&glance, "RegionTwo", "public", &cloud.proxy_url("RegionTwo"))
+        .await;
+    let file = make_image(sc.dir.path(), "base", "qcow2", 4);
+    let src = one.upload("base", "qcow2", &file, json!({"os_distro": "debian"})).await;
+    support::secret_in(
+        &sc.c,
+        &sc.ns,
+        "os-creds",
+        &[
+            ("authUrl", &cloud.auth_url()),
+            ("username", "admin"),
+            ("password", support::keystone::ADMIN_PASSWORD),
+            ("projectName", "admin"),
+        ],
+    )
+    .await;
+    let _op = sc.operator(
+        "op-a",
+        &[
+            "--resync-seconds",
+            "2",
+            "--poll-min-seconds",
+            "1",
+            "--poll-max-seconds",
+            "2",
+        ],
+    );
+    let api = sc.irs();
+    let obj: ImageReplication = serde_json::from_value(json!({
+        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
+        "metadata": {"name": "base", "namespace": sc.ns},
+        "spec": {
+            "provider": {"kind": "openstack", "credentialsSecretRef": {"name": "os-creds"}},
+            "source": {"region": "RegionOne", "imageName": "base"},
+            "destinations": [{"region": "RegionTwo"}],
+            "deletionPolicy": "Delete"
+        }
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    let st = wait_ready(&api, "base").await.status.unwrap();
+    assert_eq!(
+        st.source.as_ref().and_then(|s| s.image_id.as_deref()),
+        Some(src.as_str())
+    );
+    let copies = two.copies_in("RegionTwo").await;
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(copies[0]["os_distro"], "debian");
+    assert_eq!(copies[0]["id"].as_str(), st.destinations[0].image_id.as_deref());
+    sc.wait_event("base", "DestinationAvailable").await;
+    api.delete("base", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "base gone", || async {
+        api.get_opt("base").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(
+        two.copies_in("RegionTwo").await.is_empty(),
+        "deletionPolicy Delete removed the copy"
+    );
+    assert!(one.image(&src).await.is_some(), "the source untouched");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leader election and fencing on real Leases
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_operators_elect_one_leader_and_a_fenced_one_stops() {
+    let Some(sc) = Scene::new("leader").await else { return };
+    let (a_reg, b_reg) = (TestRegistry::start(), TestRegistry::start());
+    a_reg.seed("team/web", "1.4", &[]);
+    let leases: Api<Lease> = Api::namespaced(sc.c.clone(), &sc.ns);
+    let holder = || async {
+        leases
+            .get_opt("image-replication-operator")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    let mut a = sc.operator("op-a", &["--leader-elect"]);
+    eventually(WAIT, "op-a leads", || async { holder().await.filter(|h| h == "op-a") }).await;
+    let mut b = sc.operator("op-b", &["--leader-elect"]);
+    eventually(WAIT, "op-b is a ready standby", || async {
+        b.http_get("/readyz").filter(|(c, body)| *c == 200 && body == "standby")
+    })
+    .await;
+    let api = sc.irs();
+    api.create(
+        &PostParams::default(),
+        &oci_object(&sc.ns, "one", &a_reg, &b_reg, "one/web", "Retain"),
+    )
+    .await
+    .unwrap();
+    wait_ready(&api, "one").await;
+    let reporters: Vec<_> = support::events_in(&sc.c, &sc.ns, "one")
+        .await
+        .into_iter()
+        .filter_map(|e| e.reporting_instance)
+        .collect();
+    assert!(
+        !reporters.is_empty() && reporters.iter().all(|r| r == "op-a"),
+        "{reporters:?}"
+    );
+
+    // Fencing: another holder writes the Lease (as a partitioned peer that won would). The
+    // leader sees it at its next renewal and stops; nothing else writes meanwhile.
+    let lease = leases.get("image-replication-operator").await.unwrap();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut spec = lease.spec.clone().unwrap();
+    spec.holder_identity = Some("intruder".into());
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(now));
+    spec.lease_duration_seconds = Some(6);
+    let mut taken = lease.clone();
+    taken.spec = Some(spec);
+    leases
+        .replace("image-replication-operator", &PostParams::default(), &taken)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Ok(Some(st)) = a.child.try_wait() {
+            break st.code();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "op-a kept running after losing its Lease:\n{}",
+            a.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(code, Some(1), "{}", a.logs());
+    assert!(a.logs().contains("leader lease lost"), "{}", a.logs());
+    // The standby takes over once the intruder's lease expires, and reconciles.
+    eventually(WAIT, "op-b leads", || async { holder().await.filter(|h| h == "op-b") }).await;
+    api.create(
+        &PostParams::default(),
+        &oci_object(&sc.ns, "two", &a_reg, &b_reg, "two/web", "Retain"),
+    )
+    .await
+    .unwrap();
+    wait_ready(&api, "two").await;
+    let reporters: Vec<_> = support::events_in(&sc.c, &sc.ns, "two")
+        .await
+        .into_iter()
+        .filter_map(|e| e.reporting_instance)
+        .collect();
+    assert!(
+        !reporters.is_empty() && reporters.iter().all(|r| r == "op-b"),
+        "{reporters:?}"
+    );
+    assert_eq!(b.terminate(Duration::from_secs(20)), Some(0));
+    assert_eq!(holder().await, None, "released on SIGTERM");
+}
+
+// ---------------------------------------------------------------------------------------------
+// RBAC: the operator as the chart's ServiceAccount
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_charts_rbac_is_enough_and_each_rule_is_needed() {
+    let Some(sc) = Scene::new("rbac").await else { return };
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    a.seed("team/web", "1.4", &[]);
+    let release = format!("{}-iro", sc.ns);
+    let docs = chart_docs(&release, &sc.ns);
+    let rbac: Vec<&Value> = docs
+        .iter()
+        .filter(|d| {
+            let k = d["kind"].as_str().unwrap_or("");
+            matches!(
+                k,
+                "ServiceAccount" | "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding"
+            )
+        })
+        .collect();
+    apply_docs(sc.cp, &rbac, "helm");
+    let sa = rbac
+        .iter()
+        .find(|d| d["kind"] == "ServiceAccount")
+        .and_then(|d| d["metadata"]["name"].as_str())
+        .unwrap()
+        .to_string();
+    let kc = sc.cp.service_account_kubeconfig(sc.dir.path(), &sc.ns, &sa);
+    support::secret_in(&sc.c, &sc.ns, "unused", &[("k", "v")]).await;
+
+    // A full scenario as the ServiceAccount, with leader election: no Forbidden anywhere.
+    let mut op = sc.operator_as(&kc, "op-sa", &["--leader-elect"]);
+    let api = sc.irs();
+    api.create(
+        &PostParams::default(),
+        &oci_object(&sc.ns, "web", &a, &b, "team/web", "Delete"),
+    )
+    .await
+    .unwrap();
+    wait_ready(&api, "web").await;
+    sc.wait_event("web", "DestinationAvailable").await;
+    api.delete("web", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "web gone", || async {
+        api.get_opt("web").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let logs = op.logs();
+    assert!(logs.contains("starting controllers"), "{logs}");
+    assert!(
+        !logs.to_lowercase().contains("forbidden"),
+        "Forbidden with the chart's RBAC:\n{logs}"
+    );
+    assert_eq!(op.terminate(Duration::from_secs(20)), Some(0));
+
+    // Take one rule away (status patches): the operator is refused, says so, and writes nothing.
+    let role = rbac
+        .iter()
+        .find(|d| {
+            d["kind"] == "Role"
+                && d["metadata"]["namespace"] == json!(sc.ns)
+                && !d["metadata"]["name"].as_str().unwrap().ends_with("leader-election")
+        })
+        .unwrap();
+    let mut cut = (*role).clone();
+    let rules: Vec<Value> = cut["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            !r["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x == "imagereplications/status")
+        })
+        .cloned()
+        .collect();
+    assert_eq!(rules.len() + 1, cut["rules"].as_array().unwrap().len());
+    cut["rules"] = json!(rules);
+    apply_docs(sc.cp, &[&cut], "helm");
+    let op = sc.operator_as(&kc, "op-cut", &["--leader-elect"]);
+    api.create(
+        &PostParams::default(),
+        &oci_object(&sc.ns, "cut", &a, &b, "cut/web", "Retain"),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "a Forbidden in the operator's log", || async {
+        op.logs().to_lowercase().contains("forbidden").then_some(())
+    })
+    .await;
+    let o = api.get("cut").await.unwrap();
+    assert!(o.status.is_none(), "no status can be written: {:?}", o.status);
+}
