@@ -340,8 +340,14 @@ spec:
 pub enum TaskView {
     /// No task in memory (never started, finished and collected, or the operator restarted).
     Idle,
-    /// A task runs. `resync` marks a periodic drift check of an Available copy.
-    Running { done: u64, total: u64, resync: bool },
+    /// A task runs. `resync` marks a periodic drift check of an Available copy; `started` is
+    /// when the task began.
+    Running {
+        done: u64,
+        total: u64,
+        resync: bool,
+        started: Time,
+    },
     /// The task finished.
     Succeeded {
         digest: String,
@@ -355,6 +361,17 @@ pub enum TaskView {
         message: String,
         resync: bool,
     },
+}
+
+/// How long a copy's first status may wait: a status that differs only by copies started less
+/// than this long ago is not written yet (the shell looks again when the copies end, or when
+/// this has passed). A copy that ends sooner (every blob mounted, nothing to upload) costs one
+/// status write, its final one, instead of "Copying 0 %", a progress write and the final one.
+pub const QUIET_START: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long ago `started` was, at `now` (zero if it lies ahead).
+pub fn age(started: &Time, now: &Time) -> std::time::Duration {
+    std::time::Duration::from_millis((now.0.as_millisecond() - started.0.as_millisecond()).max(0) as u64)
 }
 
 /// Copies of one destination are tried this many times before it is Failed for good (until the

@@ -25,6 +25,8 @@ pub type OnDone = Arc<dyn Fn(&str) + Send + Sync>;
 
 struct Entry<P, R> {
     progress: Arc<P>,
+    /// When the task started.
+    started: Time,
     /// What the owner marks a task with: a drift check, a full sync.
     flag: bool,
     result: Arc<Mutex<Option<Outcome<R>>>>,
@@ -36,12 +38,10 @@ pub enum Seen<'a, P, R> {
     Running {
         progress: &'a P,
         flag: bool,
+        started: &'a Time,
     },
     /// Finished (and collected: gone from the set).
-    Finished {
-        outcome: Outcome<R>,
-        flag: bool,
-    },
+    Finished { outcome: Outcome<R>, flag: bool },
 }
 
 /// Background tasks keyed by `K`, each with its progress `P`; one per key at a time. The one
@@ -82,6 +82,7 @@ impl<K: Eq + Hash + Clone, P: Send + Sync + 'static, R: Send + 'static> TaskSet<
             key,
             Entry {
                 progress,
+                started: Time(k8s_openapi::jiff::Timestamp::now()),
                 flag,
                 result,
                 handle,
@@ -133,6 +134,7 @@ impl<K: Eq + Hash + Clone, P: Send + Sync + 'static, R: Send + 'static> TaskSet<
             None => Seen::Running {
                 progress: e.progress.as_ref(),
                 flag: e.flag,
+                started: &e.started,
             },
             Some(outcome) => Seen::Finished { outcome, flag: e.flag },
         }
@@ -225,12 +227,17 @@ impl Tasks {
         let views = self.set.collect(
             |(k, _)| k == key,
             |_, seen| match seen {
-                Seen::Running { progress, flag } => {
+                Seen::Running {
+                    progress,
+                    flag,
+                    started,
+                } => {
                     let (done, total) = progress.snapshot();
                     TaskView::Running {
                         done,
                         total,
                         resync: flag,
+                        started: started.clone(),
                     }
                 }
                 Seen::Finished { outcome: Ok(r), flag } => TaskView::Succeeded {

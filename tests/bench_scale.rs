@@ -1,8 +1,9 @@
 //! Benchmark harness (not a test: ignored, prints measurements, asserts nothing about time).
 //! Controller scale: BENCH_SCALE_IRS oci ImageReplications (default 5,000; distinct destination
 //! repositories of one registry, so the blobs are mounted) and BENCH_SCALE_RIS ReplicaInstances
-//! (default 100) against the fake API server and real registries. `make bench` runs
-//! `cargo test --release --test bench_scale -- --ignored --nocapture`.
+//! (default 100) against real registries and a real kube-apiserver with etcd (envtest,
+//! `controller_scale`) or the fake API server (`controller_scale_fake`). `make bench` runs
+//! `cargo test --release --test bench_scale -- --ignored --nocapture --test-threads 1`.
 
 mod support;
 
@@ -50,9 +51,98 @@ where
         .count()
 }
 
+/// The API server under the bench: what it is, and how its requests are counted.
+enum Server {
+    Real(&'static support::envtest::ControlPlane),
+    Fake(support::fake_apiserver::FakeApiServer),
+}
+
+/// Requests counted so far by (verb, resource or resource/subresource) for our two kinds,
+/// Events and Secrets (the real server: its own counters; the fake: its request log).
+type Counts = BTreeMap<(String, String), u64>;
+
+impl Server {
+    fn counts(&self) -> Counts {
+        match self {
+            Server::Real(cp) => {
+                let empty = BTreeMap::new();
+                support::envtest::request_delta(&empty, &cp.request_totals(RESOURCES))
+            }
+            Server::Fake(s) => {
+                let mut out = Counts::new();
+                for (m, p) in s.requests() {
+                    let path = p.split('?').next().unwrap_or("");
+                    let parts: Vec<&str> = path.split('/').collect();
+                    let Some(i) = parts.iter().position(|x| RESOURCES.contains(x)) else {
+                        continue;
+                    };
+                    // .../<resource>[/<name>[/<subresource>]]
+                    let res = match parts.get(i + 2) {
+                        Some(sub) => format!("{}/{sub}", parts[i]),
+                        None => parts[i].to_string(),
+                    };
+                    let watch = p.contains("watch=true") || p.contains("watch=1");
+                    let verb = match m.as_str() {
+                        _ if watch => "WATCH".to_string(),
+                        "GET" if parts.len() == i + 1 => "LIST".to_string(),
+                        "PATCH" if p.contains("fieldManager") && p.contains("force") => "APPLY".to_string(),
+                        _ => m,
+                    };
+                    *out.entry((verb, res)).or_default() += 1;
+                }
+                out
+            }
+        }
+    }
+}
+
+const RESOURCES: &[&str] = &["imagereplications", "replicainstances", "events", "secrets"];
+const READS: &[&str] = &["GET", "LIST", "WATCH"];
+
+fn minus(after: &Counts, before: &Counts) -> Counts {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v - before.get(k).copied().unwrap_or(0);
+            (d > 0).then(|| (k.clone(), d))
+        })
+        .collect()
+}
+
+/// `verb:resource:count` words, for the BENCH line; each count divided by `per(resource)`.
+fn words(c: &Counts, per: impl Fn(&str) -> f64) -> String {
+    if c.is_empty() {
+        return "none".into();
+    }
+    c.iter()
+        .map(|((v, r), n)| format!("{v}:{r}:{}", fmt_num(*n as f64 / per(r))))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn fmt_num(v: f64) -> String {
+    if v == v.round() {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "benchmark: run by make bench"]
 async fn controller_scale() {
+    let cp = support::envtest::control_plane().expect("make bench needs envtest assets (make tools)");
+    scale(Server::Real(cp)).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: run by make bench"]
+async fn controller_scale_fake() {
+    let (s, _) = support::cluster().await;
+    scale(Server::Fake(s)).await
+}
+
+async fn scale(server: Server) {
     let n_ir = env("BENCH_SCALE_IRS", 5000);
     let n_ri = env("BENCH_SCALE_RIS", 100);
     let idle = Duration::from_secs(env("BENCH_SCALE_IDLE_SECS", 60) as u64);
@@ -73,29 +163,42 @@ async fn controller_scale() {
         }
     });
 
-    let (s, c) = support::cluster().await;
     let dir = tempfile::tempdir().unwrap();
+    let (c, kubeconfig, ns, kind) = match &server {
+        Server::Real(cp) => {
+            let c = cp.client().await;
+            let ns = cp.namespace(&c, "bench").await;
+            (c, cp.write_kubeconfig(dir.path()), ns, "real")
+        }
+        Server::Fake(s) => (
+            s.client().await,
+            s.write_kubeconfig(dir.path()),
+            "default".to_string(),
+            "fake",
+        ),
+    };
     let op = Operator::start_on(
         free_port(),
-        &s.write_kubeconfig(dir.path()),
+        &kubeconfig,
         dir.path(),
         "scale",
         &["--resync-seconds", &resync.to_string()],
         &[("RUST_LOG", "warn")],
     );
     let pid = op.child.id();
-    let irs: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
-    let ris: Api<ReplicaInstance> = Api::namespaced(c.clone(), "default");
+    let irs: Api<ImageReplication> = Api::namespaced(c.clone(), &ns);
+    let ris: Api<ReplicaInstance> = Api::namespaced(c.clone(), &ns);
 
+    let counts0 = server.counts();
     let t0 = Instant::now();
     let source = format!("{}/team/web:1", src.host());
     let creates = futures::stream::iter(0..n_ir)
         .map(|i| {
-            let (irs, source, dst_url) = (irs.clone(), source.clone(), dst.url());
+            let (irs, source, dst_url, ns) = (irs.clone(), source.clone(), dst.url(), ns.clone());
             async move {
                 let o: ImageReplication = serde_json::from_value(json!({
                     "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
-                    "metadata": {"name": format!("ir-{i:05}"), "namespace": "default"},
+                    "metadata": {"name": format!("ir-{i:05}"), "namespace": ns},
                     "spec": {
                         "provider": {"kind": "oci"},
                         "source": {"region": "region-a", "reference": source},
@@ -112,7 +215,7 @@ async fn controller_scale() {
     for (i, repo) in repos.iter().enumerate() {
         let o: ReplicaInstance = serde_json::from_value(json!({
             "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ReplicaInstance",
-            "metadata": {"name": format!("ri-{i:03}"), "namespace": "default"},
+            "metadata": {"name": format!("ri-{i:03}"), "namespace": ns},
             "spec": {
                 "primary": {"provider": "oci", "region": "region-a", "registry": primary.url()},
                 "region": "region-b",
@@ -143,6 +246,14 @@ async fn controller_scale() {
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
+    // Writes on the way to Ready, per object, by verb and resource (the bench's own creates
+    // are the POSTs; the rest is the operator's).
+    let to_ready = minus(&server.counts(), &counts0);
+    let to_ready_writes: Counts = to_ready
+        .iter()
+        .filter(|((v, _), _)| !READS.contains(&v.as_str()))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
     let mounted = dst
         .requests()
         .iter()
@@ -157,7 +268,7 @@ async fn controller_scale() {
     // Idle: nothing of ours talks to the API server; count what the operator sends, and the
     // drift checks the registry sees, per 10 s.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let api_before = s.requests().len();
+    let api_before = server.counts();
     let mut buckets = Vec::new();
     let mut last = dst.requests().len();
     let started = Instant::now();
@@ -169,18 +280,12 @@ async fn controller_scale() {
         last = now;
     }
     let minutes = started.elapsed().as_secs_f64() / 60.0;
-    let idle_reqs: Vec<(String, String)> = s.requests().into_iter().skip(api_before).collect();
-    let mut by_verb: BTreeMap<String, usize> = BTreeMap::new();
-    for (m, p) in &idle_reqs {
-        let watch = p.contains("watch=true") || p.contains("watch=1");
-        *by_verb
-            .entry(if watch { "WATCH".into() } else { m.clone() })
-            .or_default() += 1;
-    }
-    let writes = idle_reqs
+    let idle_counts = minus(&server.counts(), &api_before);
+    let writes: u64 = idle_counts
         .iter()
-        .filter(|(m, _)| matches!(m.as_str(), "POST" | "PUT" | "PATCH" | "DELETE"))
-        .count();
+        .filter(|((v, _), _)| !READS.contains(&v.as_str()))
+        .map(|(_, n)| n)
+        .sum();
     let registry_idle: usize = buckets.iter().sum();
     let hwm = rss_kib(pid).1.max(peak_rss);
 
@@ -214,16 +319,19 @@ async fn controller_scale() {
     };
 
     let per_min = |n: usize| (n as f64 / minutes).round() as usize;
-    let verbs: Vec<String> = by_verb.iter().map(|(k, v)| format!("{k}:{}", per_min(*v))).collect();
     println!(
-        "BENCH scale irs={n_ir} ris={n_ri} resync_s={resync} created_s={created_s:.1} ready_s={ready_s:.1} peak_rss_mib={} uploaded={uploaded} mounted={mounted} idle_s={:.0} idle_api_per_min={} idle_writes={writes} idle_registry_per_min={} registry_per_10s={} delete_s={delete_s:.1}",
+        "BENCH scale server={kind} irs={n_ir} ris={n_ri} resync_s={resync} created_s={created_s:.1} ready_s={ready_s:.1} peak_rss_mib={} uploaded={uploaded} mounted={mounted} writes_per_object={} idle_s={:.0} idle_api_per_min={} idle_writes={writes} idle_registry_per_min={} registry_per_10s={} delete_s={delete_s:.1}",
         hwm / 1024,
-        minutes * 60.0,
-        if verbs.is_empty() {
-            "none".to_string()
+        // Per object of the kind the resource is (Events: per object of either kind).
+        words(&to_ready_writes, |r| if r.starts_with("imagereplications") {
+            n_ir as f64
+        } else if r.starts_with("replicainstances") {
+            n_ri as f64
         } else {
-            verbs.join(",")
-        },
+            (n_ir + n_ri) as f64
+        }),
+        minutes * 60.0,
+        words(&idle_counts, |_| minutes),
         per_min(registry_idle),
         buckets.iter().map(|b| b.to_string()).collect::<Vec<_>>().join("/"),
     );

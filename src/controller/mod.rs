@@ -173,6 +173,12 @@ pub struct Planned<S, W> {
     /// Per-destination Events, besides the headline one.
     pub events: Vec<Announcement>,
     pub work: W,
+    /// The status differs from the one written only by work that this plan starts or that
+    /// started moments ago, and the work is safe to run before its status says so (oci copies:
+    /// content-addressed, a restart finds what landed): the shell need not write it yet, and
+    /// looks again after this long at the latest (or when the work ends). A copy that ends
+    /// within it is written once, finished. None: write now.
+    pub status_may_wait: Option<Duration>,
 }
 
 impl<S, W> Planned<S, W> {
@@ -183,6 +189,7 @@ impl<S, W> Planned<S, W> {
             requeue: None,
             events: Vec::new(),
             work,
+            status_may_wait: None,
         }
     }
 }
@@ -304,7 +311,8 @@ async fn apply<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
     // Remote text in messages: bounded and without credentials, before it is compared.
     planned.status = crate::redact::status(planned.status);
     let old = obj.current_status();
-    if old != Some(&planned.status) {
+    let wait = planned.status_may_wait.filter(|_| old != Some(&planned.status));
+    if old != Some(&planned.status) && wait.is_none() {
         write_status(obj.as_ref(), ctx, &planned.status).await?;
         let empty: &[Condition] = &[];
         let before = old.map(K::conditions_of).unwrap_or(empty);
@@ -314,15 +322,17 @@ async fn apply<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
             publish(ctx, obj.as_ref(), a.warning, &a.reason, a.note.clone()).await;
         }
     }
-    // Only now that the status says what is under way does the work start.
+    // Only now that the status says what is under way does the work start (or, where the plan
+    // lets the status wait, before it: see `Planned::status_may_wait`).
     for a in obj.act(&ctx.env, &snapshot, &planned).await {
         info!(reason = %a.reason, warning = a.warning, "work reported");
         publish(ctx, obj.as_ref(), a.warning, &a.reason, a.note).await;
     }
-    Ok(planned
-        .requeue
-        .map(Action::requeue)
-        .unwrap_or_else(Action::await_change))
+    let requeue = match (planned.requeue, wait) {
+        (Some(r), Some(w)) => Some(r.min(w)),
+        (r, w) => r.or(w),
+    };
+    Ok(requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
 }
 
 /// Run the cleanup. Done: the CleanupComplete Event is written, then the finalizer goes (a

@@ -7,7 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use crate::api::conditions::{self, Desired, reason};
 use crate::api::v1alpha1::*;
 use crate::plan::{
-    Announcement, Standing, TaskView, later, next_check, retry_delay, retry_requested, secs_since, standing_conditions,
+    Announcement, QUIET_START, Standing, TaskView, age, later, next_check, retry_delay, retry_requested, secs_since,
+    standing_conditions,
 };
 
 /// What the shell should do after an oci planning step.
@@ -20,6 +21,10 @@ pub struct OciPlan {
     pub requeue: Option<std::time::Duration>,
     /// Per-destination state changes to publish as Events.
     pub events: Vec<Announcement>,
+    /// The status differs from the one written only by copies younger than
+    /// [`QUIET_START`]: it need not be written before this has passed (see
+    /// [`crate::controller::Planned::status_may_wait`]).
+    pub status_may_wait: Option<std::time::Duration>,
 }
 
 /// Plan an oci ImageReplication whose gate is open. A destination is tried `max_attempts`
@@ -50,19 +55,36 @@ pub fn oci_plan(
     let mut events = Vec::new();
     let mut wake: Vec<std::time::Duration> = Vec::new();
     let mut destinations = Vec::new();
+    // Whether every destination whose status changes is a young copy, and how long until the
+    // youngest-but-oldest of them is no longer young.
+    let mut only_young_changes = true;
+    let mut quiet_left: Option<std::time::Duration> = None;
     for d in &spec.destinations {
         let mut s = old.destination_or_new(&d.region);
+        let before = old.destinations.iter().find(|x| x.region == d.region).cloned();
+        let mut young: Option<std::time::Duration> = None;
         if spec_changed && s.phase == DestinationPhase::Failed {
             s.attempts = 0; // a spec change re-drives failed destinations
         }
         let idle = TaskView::Idle;
         match tasks.get(&d.region).unwrap_or(&idle) {
-            TaskView::Running { done, total, resync } => {
+            TaskView::Running {
+                done,
+                total,
+                resync,
+                started,
+            } => {
                 // A drift check of an Available copy shows nothing while it runs.
                 if !(*resync && s.phase == DestinationPhase::Available) {
                     record_progress(&mut s, *done, *total, now);
                 }
-                wake.push(std::time::Duration::from_secs(2));
+                let left = QUIET_START.saturating_sub(age(started, now));
+                if !*resync && !left.is_zero() {
+                    young = Some(left);
+                    wake.push(left);
+                } else {
+                    wake.push(std::time::Duration::from_secs(2));
+                }
             }
             TaskView::Succeeded {
                 digest,
@@ -103,6 +125,13 @@ pub fn oci_plan(
             s.started_at = Some(now.clone());
             s.progress_percent = Some(0);
             s.message = None;
+            young = Some(QUIET_START);
+        }
+        if before.as_ref() != Some(&s) {
+            match young {
+                Some(left) => quiet_left = Some(quiet_left.map_or(left, |q| q.min(left))),
+                None => only_young_changes = false,
+            }
         }
         destinations.push(s);
     }
@@ -110,6 +139,7 @@ pub fn oci_plan(
         wake.push(std::time::Duration::from_secs(2));
     }
 
+    let retried = retry.is_some();
     let (summary, desired) = oci_conditions(&destinations, max_attempts);
     let generation = obj.metadata.generation;
     OciPlan {
@@ -123,6 +153,7 @@ pub fn oci_plan(
         },
         start,
         requeue: wake.into_iter().min(),
+        status_may_wait: quiet_left.filter(|_| only_young_changes && events.is_empty() && !retried),
         events,
     }
 }
@@ -373,6 +404,62 @@ spec:
         assert_eq!(p.requeue, Some(Duration::from_secs(2)));
     }
 
+    /// A copy's first status waits [`QUIET_START`]: a copy that ends sooner is written once,
+    /// finished; one still running then is written as Copying; anything else (a failure, an
+    /// Event, an older copy's progress) is written at once.
+    #[test]
+    fn a_young_copys_status_waits_until_it_ends_or_is_quiet_no_more() {
+        let fresh = obj();
+        let plan_at = |o: &ImageReplication, tasks: &[(&str, TaskView)], now: i64| {
+            let t: HashMap<String, TaskView> = tasks.iter().map(|(r, v)| (r.to_string(), v.clone())).collect();
+            oci_plan(o, &t, &HashMap::new(), &at(now), RESYNC, MAX_ATTEMPTS)
+        };
+        let running = |started: i64| TaskView::Running {
+            done: 1,
+            total: 10,
+            resync: false,
+            started: at(started),
+        };
+        // Both destinations start: the status may wait the whole quiet period.
+        let p = plan_at(&fresh, &[], 0);
+        assert_eq!(p.start.len(), 2);
+        assert_eq!(p.status_may_wait, Some(QUIET_START));
+        assert!(p.requeue.unwrap() <= QUIET_START);
+        // A second later, still running (not written yet: the object has no status): wait on.
+        let p = plan_at(&fresh, &[("b", running(0)), ("c", running(0))], 1);
+        assert_eq!(p.status_may_wait, Some(QUIET_START - Duration::from_secs(1)));
+        assert_eq!(p.requeue, Some(QUIET_START - Duration::from_secs(1)));
+        // Both end within it: the first status written is the final one, Ready.
+        let p = plan_at(&fresh, &[("b", ok(false, false)), ("c", ok(false, false))], 1);
+        assert_eq!(p.status_may_wait, None);
+        assert_eq!(cond(&p, READY).status, "True");
+        assert_eq!(p.events.len(), 2, "DestinationAvailable twice");
+        // Still running when the quiet period is over: written now, as Copying.
+        let p = plan_at(&fresh, &[("b", running(0)), ("c", running(0))], 2);
+        assert_eq!(p.status_may_wait, None);
+        assert!(
+            p.status
+                .destinations
+                .iter()
+                .all(|d| d.phase == DestinationPhase::Copying)
+        );
+        // One ends (an Event) while the other is young: written now.
+        let p = plan_at(&fresh, &[("b", ok(false, false)), ("c", running(0))], 1);
+        assert_eq!(p.status_may_wait, None);
+        // One fails while the other is young: written now.
+        let p = plan_at(&fresh, &[("b", fail()), ("c", running(0))], 1);
+        assert_eq!(p.status_may_wait, None);
+        // An older copy's progress beside a young one: written now.
+        let p = plan_at(&fresh, &[("b", running(-10)), ("c", running(0))], 1);
+        assert_eq!(p.status_may_wait, None);
+        // Nothing changes (a young copy already shown as Copying): nothing to wait for.
+        let mut shown = fresh.clone();
+        shown.status = Some(plan_at(&fresh, &[("b", running(-10)), ("c", running(-10))], 1).status);
+        let p = plan_at(&shown, &[("b", running(-10)), ("c", running(-10))], 1);
+        assert_eq!(Some(&p.status), shown.status.as_ref());
+        assert_eq!(p.status_may_wait, None);
+    }
+
     #[test]
     fn all_available_is_ready_and_announced_once() {
         let mut o = obj();
@@ -381,6 +468,7 @@ spec:
             done: 5,
             total: 10,
             resync: false,
+            started: at(-1000),
         };
         let p = step(&mut o, &[("b", running.clone()), ("c", running)], 1);
         assert_eq!(p.status.destinations[0].progress_percent, Some(50));
@@ -452,6 +540,7 @@ spec:
             done: 0,
             total: 0,
             resync: true,
+            started: at(-1000),
         };
         let p = step(&mut o, &[("b", checking.clone()), ("c", checking)], t + 1);
         assert_eq!(cond(&p, READY).status, "True");

@@ -52,6 +52,7 @@ pub fn plan(obj: &ImageReplication, snap: &Snapshot, now: &Time) -> Planned<Imag
             Planned {
                 requeue: p.requeue,
                 events: p.events,
+                status_may_wait: p.status_may_wait,
                 ..Planned::new(p.status, work)
             }
         }
@@ -166,6 +167,7 @@ spec:
             done: 1,
             total: 4,
             resync: false,
+            started: at(-1000),
         };
         let failed = TaskView::Failed {
             reason: "ManifestUnknown".into(),

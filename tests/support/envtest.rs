@@ -383,11 +383,13 @@ impl ControlPlane {
     }
 
     /// The server's `apiserver_request_total` counters: (verb, resource, code) -> count, for
-    /// resources whose name is in `resources` (all if empty).
+    /// resources whose name is in `resources` (all if empty); a subresource is named after its
+    /// resource (`imagereplications/status`). Server-wide: every client's requests count.
     pub fn request_totals(&self, resources: &[&str]) -> std::collections::BTreeMap<(String, String, String), u64> {
         let text = self.kubectl_ok(&["get", "--raw", "/metrics"]);
         let label = |line: &str, key: &str| {
-            let pat = format!("{key}=\"");
+            let pat = format!(",{key}=\"");
+            let line = line.replacen('{', ",", 1);
             line.find(&pat).map(|i| {
                 let rest = &line[i + pat.len()..];
                 rest[..rest.find('"').unwrap_or(0)].to_string()
@@ -403,11 +405,30 @@ impl ControlPlane {
             if !resources.is_empty() && !resources.contains(&res.as_str()) {
                 continue;
             }
+            let res = match label(line, "subresource").filter(|s| !s.is_empty()) {
+                Some(sub) => format!("{res}/{sub}"),
+                None => res,
+            };
             let n: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
             *out.entry((verb, res, code)).or_insert(0) += n as u64;
         }
         out
     }
+}
+
+/// (verb, resource) -> requests between two readings of [`ControlPlane::request_totals`].
+pub fn request_delta(
+    before: &std::collections::BTreeMap<(String, String, String), u64>,
+    after: &std::collections::BTreeMap<(String, String, String), u64>,
+) -> std::collections::BTreeMap<(String, String), u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in after {
+        let d = v - before.get(k).copied().unwrap_or(0);
+        if d > 0 {
+            *out.entry((k.0.clone(), k.1.clone())).or_insert(0) += d;
+        }
+    }
+    out
 }
 
 /// A kubeconfig for `url` trusting `ca_pem`, with the `user` fields given (indented 4).

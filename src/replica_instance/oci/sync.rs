@@ -332,7 +332,7 @@ impl SyncTasks {
         use crate::tasks::Seen;
         self.set
             .collect_one(&key.to_string(), |seen| match seen {
-                Seen::Running { progress, flag } => SyncView::Running {
+                Seen::Running { progress, flag, .. } => SyncView::Running {
                     done: progress.done.load(Ordering::Relaxed),
                     total: progress.total.load(Ordering::Relaxed),
                     full: flag,
