@@ -583,3 +583,78 @@ async fn a_repeated_event_counts_in_the_first_ones_series() {
     );
     assert_eq!(events.remembered(), 2);
 }
+
+/// What a real API server cannot be made to do on demand, the fake does: status writes answered
+/// 500 and 429, the claim answered 409, Events refused, slow lists, and every watch dropped.
+/// The copy still reaches Ready, each blob crosses once, the failures are counted, and a change
+/// made after the watches were dropped is still seen.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_server_faults_delay_but_neither_break_nor_duplicate_a_copy() {
+    use support::fake_apiserver::FaultKind;
+    let (a, b) = (TestRegistry::start(), TestRegistry::start());
+    let (digest, _) = a.seed("team/web", "1.4", &[]);
+    let (s, c) = support::cluster().await;
+    s.inject("PATCH", "/imagereplications/web/status", FaultKind::Status(500), 2);
+    s.inject("PATCH", "/imagereplications/web/status", FaultKind::Status(429), 1);
+    s.inject("PATCH", "/imagereplications/web?", FaultKind::Status(409), 1);
+    s.inject("POST", "/events", FaultKind::Status(500), 2);
+    s.inject(
+        "GET",
+        "/imagereplications?",
+        FaultKind::Delay(Duration::from_secs(2)),
+        1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let op = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-a", &[]);
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    api.create(&PostParams::default(), &web_to(&a, &b, "web", "Retain"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.drop_watches();
+    let st = wait_ready(&api, "web").await;
+    assert_eq!(st.destinations[0].digest.as_deref(), Some(digest.as_str()));
+    // (The Events follow the status write: their faults may be met just after Ready.)
+    eventually(WAIT, "every injected fault met", || async {
+        (s.faults_left() == 0).then_some(())
+    })
+    .await;
+    assert_eq!(b.digest_of("team/web", "1.4"), Some(digest));
+    // Each blob crossed once: as many finished uploads as distinct blobs.
+    let puts: Vec<String> = b
+        .requests()
+        .into_iter()
+        .filter(|(m, u, st)| m == "PUT" && u.contains("/blobs/uploads/") && *st == 201)
+        .filter_map(|(_, u, _)| {
+            u.split("digest=")
+                .nth(1)
+                .map(|d| d.split('&').next().unwrap().to_string())
+        })
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = puts.iter().collect();
+    assert!(!puts.is_empty());
+    assert_eq!(puts.len(), distinct.len(), "a blob uploaded twice: {puts:?}");
+    let metrics = op.http_get("/metrics").unwrap().1;
+    let errors: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("imgrep_reconcile_errors_total{") && l.contains("image_replication"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    // The two 500s fail their reconciles (counted, backed off); kube's client waits out the
+    // 429's Retry-After and sends again; the claim's 409 is a race, read again, not an error.
+    assert!(errors >= 2.0, "the refused status writes are counted: {metrics}");
+
+    // Every watch dropped again: a change made afterwards is still seen (the watches resume).
+    s.drop_watches();
+    let mut o = api.get("web").await.unwrap();
+    o.spec.suspend = true;
+    api.replace("web", &PostParams::default(), &o).await.unwrap();
+    eventually(WAIT, "Suspended after the watches were dropped", || async {
+        let st = api.get("web").await.ok()?.status?;
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == "Suspended")
+            .then_some(())
+    })
+    .await;
+}

@@ -15,7 +15,9 @@
 //!   `vm_clouds.rs`, `vm_openstack.rs`), CRDs that are not Established yet
 //!   (`operator.rs::waits_for_crds_before_starting`), watch bookmarks on a short period, and a
 //!   server in-process that starts in milliseconds for the many small scenarios (`vm_clouds.rs`,
-//!   `replica_tencent.rs`, `oci_copy.rs`, `bench_lag.rs`).
+//!   `replica_tencent.rs`, `oci_copy.rs`, `bench_lag.rs`); and faults on demand
+//!   ([`FakeApiServer::inject`]: 409/429/500/503 answers or slow ones; [`FakeApiServer::drop_watches`]),
+//!   used by `oci_controller.rs::api_server_faults_delay_but_neither_break_nor_duplicate_a_copy`.
 //!
 //! It behaves like the real server where the operator depends on it:
 //! - server-set metadata: uid, creationTimestamp, one global increasing resourceVersion,
@@ -87,6 +89,30 @@ struct Store {
     resources: HashMap<ResKey, ResInfo>,
     applied: HashMap<(ObjKey, String, bool), Value>, // (object, manager, status?) -> last applied config
     requests: Vec<(String, String)>,                 // (method, path?query)
+    faults: Vec<Fault>,
+    /// Bumped by `drop_watches`: every watch opened before it ends.
+    watch_epoch: u64,
+}
+
+/// A fault injected into the answers of requests that match.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    /// The HTTP method ("PATCH", "GET", ...; "WATCH" for watch requests).
+    pub method: String,
+    /// A substring of the path and query (`/status`, `imagereplications`).
+    pub path_contains: String,
+    /// What to do.
+    pub kind: FaultKind,
+    /// How many matching requests get it.
+    pub times: usize,
+}
+
+#[derive(Clone, Debug)]
+pub enum FaultKind {
+    /// Answer with this status and a Status body (429 with `Retry-After: 1`; 409 as a Conflict).
+    Status(u16),
+    /// Answer normally after this long.
+    Delay(Duration),
 }
 
 /// Shared state of a running fake server.
@@ -441,6 +467,28 @@ impl FakeApiServer {
         kube::Client::try_from(cfg).unwrap()
     }
 
+    /// Inject a fault into the next `times` requests with `method` ("WATCH" for watches) whose
+    /// path and query contain `path_contains`.
+    pub fn inject(&self, method: &str, path_contains: &str, kind: FaultKind, times: usize) {
+        self.store.lock().unwrap().faults.push(Fault {
+            method: method.to_string(),
+            path_contains: path_contains.to_string(),
+            kind,
+            times,
+        });
+    }
+
+    /// How many injected faults are still to be served.
+    pub fn faults_left(&self) -> usize {
+        self.store.lock().unwrap().faults.iter().map(|f| f.times).sum()
+    }
+
+    /// End every open watch stream (the clients must watch again).
+    pub fn drop_watches(&self) {
+        self.store.lock().unwrap().watch_epoch += 1;
+        self.notify.notify_waiters();
+    }
+
     /// Requests seen so far, as (method, path?query).
     pub fn requests(&self) -> Vec<(String, String)> {
         self.store.lock().unwrap().requests.clone()
@@ -495,10 +543,26 @@ impl FakeApiServer {
     }
 
     async fn handle(self, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-        self.store.lock().unwrap().requests.push((
-            method.to_string(),
-            uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
-        ));
+        let pq = uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+        let fault = {
+            let mut st = self.store.lock().unwrap();
+            st.requests.push((method.to_string(), pq.clone()));
+            let watch = pq.contains("watch=true") || pq.contains("watch=1");
+            let m = if watch { "WATCH".to_string() } else { method.to_string() };
+            let hit = st
+                .faults
+                .iter_mut()
+                .find(|f| f.times > 0 && f.method == m && pq.contains(&f.path_contains));
+            hit.map(|f| {
+                f.times -= 1;
+                f.kind.clone()
+            })
+        };
+        match fault {
+            Some(FaultKind::Status(code)) => return injected(code),
+            Some(FaultKind::Delay(d)) => tokio::time::sleep(d).await,
+            None => {}
+        }
         if uri.path() == "/version" {
             return ok(200, json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake"}));
         }
@@ -595,6 +659,7 @@ impl FakeApiServer {
             .get("resourceVersion")
             .and_then(|s| s.parse().ok())
             .filter(|rv| *rv != 0);
+        let epoch = self.store.lock().unwrap().watch_epoch;
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
             let matches = |e: &WatchEvent| {
@@ -633,6 +698,9 @@ impl FakeApiServer {
                 let notified = this.notify.notified();
                 let (events, rv): (Vec<WatchEvent>, u64) = {
                     let st = this.store.lock().unwrap();
+                    if st.watch_epoch != epoch {
+                        return; // dropped: the stream ends, as when an API server restarts
+                    }
                     (
                         st.history
                             .iter()
@@ -1068,4 +1136,29 @@ fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The answer of an injected fault.
+fn injected(code: u16) -> Response {
+    let (reason, message) = match code {
+        409 => (
+            "Conflict",
+            "injected: the object has been modified; please apply your changes to the latest version and try again",
+        ),
+        429 => ("TooManyRequests", "injected: too many requests, please try again later"),
+        500 => (
+            "InternalError",
+            "injected: an error on the server has prevented the request from succeeding",
+        ),
+        503 => (
+            "ServiceUnavailable",
+            "injected: the server is currently unable to handle the request",
+        ),
+        _ => ("InternalError", "injected"),
+    };
+    let mut r = status_error(code, reason, message.to_string());
+    if code == 429 {
+        r.headers_mut().insert("retry-after", "1".parse().unwrap());
+    }
+    r
 }
