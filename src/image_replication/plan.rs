@@ -56,7 +56,7 @@ pub fn oci_plan(
     let mut wake: Vec<std::time::Duration> = Vec::new();
     let mut destinations = Vec::new();
     // Whether every destination whose status changes is a young copy, and how long until the
-    // youngest-but-oldest of them is no longer young.
+    // first of them is young no more.
     let mut only_young_changes = true;
     let mut quiet_left: Option<std::time::Duration> = None;
     for d in &spec.destinations {
