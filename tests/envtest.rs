@@ -662,6 +662,26 @@ async fn an_openstack_copy_on_real_keystone_and_glance() {
 // ---------------------------------------------------------------------------------------------
 // Leader election and fencing on real Leases
 
+/// Copy `team/web:1.4` from `a` into `name/web` of `b` as object `name`: Ready, and every
+/// Event about it written by operator `identity` (the leader) alone.
+async fn copied_by(sc: &Scene, name: &str, a: &TestRegistry, b: &TestRegistry, identity: &str) {
+    let api = sc.irs();
+    let repo = format!("{name}/web");
+    api.create(&PostParams::default(), &oci_object(&sc.ns, name, a, b, &repo, "Retain"))
+        .await
+        .unwrap();
+    wait_ready(&api, name).await;
+    let reporters: Vec<_> = support::events_in(&sc.c, &sc.ns, name)
+        .await
+        .into_iter()
+        .filter_map(|e| e.reporting_instance)
+        .collect();
+    assert!(
+        !reporters.is_empty() && reporters.iter().all(|r| r == identity),
+        "{name}: {reporters:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_operators_elect_one_leader_and_a_fenced_one_stops() {
     let Some(sc) = Scene::new("leader").await else { return };
@@ -682,23 +702,7 @@ async fn two_operators_elect_one_leader_and_a_fenced_one_stops() {
         b.http_get("/readyz").filter(|(c, body)| *c == 200 && body == "standby")
     })
     .await;
-    let api = sc.irs();
-    api.create(
-        &PostParams::default(),
-        &oci_object(&sc.ns, "one", &a_reg, &b_reg, "one/web", "Retain"),
-    )
-    .await
-    .unwrap();
-    wait_ready(&api, "one").await;
-    let reporters: Vec<_> = support::events_in(&sc.c, &sc.ns, "one")
-        .await
-        .into_iter()
-        .filter_map(|e| e.reporting_instance)
-        .collect();
-    assert!(
-        !reporters.is_empty() && reporters.iter().all(|r| r == "op-a"),
-        "{reporters:?}"
-    );
+    copied_by(&sc, "one", &a_reg, &b_reg, "op-a").await;
 
     // Fencing: another holder writes the Lease (as a partitioned peer that won would). The
     // leader sees it at its next renewal and stops; nothing else writes meanwhile.
@@ -730,22 +734,7 @@ async fn two_operators_elect_one_leader_and_a_fenced_one_stops() {
     assert!(a.logs().contains("leader lease lost"), "{}", a.logs());
     // The standby takes over once the intruder's lease expires, and reconciles.
     eventually(WAIT, "op-b leads", || async { holder().await.filter(|h| h == "op-b") }).await;
-    api.create(
-        &PostParams::default(),
-        &oci_object(&sc.ns, "two", &a_reg, &b_reg, "two/web", "Retain"),
-    )
-    .await
-    .unwrap();
-    wait_ready(&api, "two").await;
-    let reporters: Vec<_> = support::events_in(&sc.c, &sc.ns, "two")
-        .await
-        .into_iter()
-        .filter_map(|e| e.reporting_instance)
-        .collect();
-    assert!(
-        !reporters.is_empty() && reporters.iter().all(|r| r == "op-b"),
-        "{reporters:?}"
-    );
+    copied_by(&sc, "two", &a_reg, &b_reg, "op-b").await;
     assert_eq!(b.terminate(Duration::from_secs(20)), Some(0));
     assert_eq!(holder().await, None, "released on SIGTERM");
 }
