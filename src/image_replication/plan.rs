@@ -45,20 +45,13 @@ pub fn oci_plan(
     let retry = retry_requested(obj);
     let spec_changed = old.observed_generation != obj.metadata.generation || retry.is_some();
     // The phase of a destination's drift checks: the same key as its check history.
-    let object_key = format!(
-        "{}/{}",
-        obj.metadata.namespace.as_deref().unwrap_or_default(),
-        obj.metadata.name.as_deref().unwrap_or_default()
-    );
+    let object_key = crate::api::key_of(obj);
     let check_key = |d: &DestinationSpec| format!("{object_key}/{}", d.region);
     let mut start = Vec::new();
     let mut events = Vec::new();
     let mut wake: Vec<std::time::Duration> = Vec::new();
     let mut destinations = Vec::new();
-    // Whether every destination whose status changes is a young copy, and how long until the
-    // first of them is young no more.
-    let mut only_young_changes = true;
-    let mut quiet_left: Option<std::time::Duration> = None;
+    let mut quiet = Quiet::default();
     for d in &spec.destinations {
         let mut s = old.destination_or_new(&d.region);
         let before = old.destinations.iter().find(|x| x.region == d.region).cloned();
@@ -66,25 +59,15 @@ pub fn oci_plan(
         if spec_changed && s.phase == DestinationPhase::Failed {
             s.attempts = 0; // a spec change re-drives failed destinations
         }
-        let idle = TaskView::Idle;
-        match tasks.get(&d.region).unwrap_or(&idle) {
+        match tasks.get(&d.region).unwrap_or(&TaskView::Idle) {
             TaskView::Running {
                 done,
                 total,
                 resync,
                 started,
             } => {
-                // A drift check of an Available copy shows nothing while it runs.
-                if !(*resync && s.phase == DestinationPhase::Available) {
-                    record_progress(&mut s, *done, *total, now);
-                }
-                let left = QUIET_START.saturating_sub(age(started, now));
-                if !*resync && !left.is_zero() {
-                    young = Some(left);
-                    wake.push(left);
-                } else {
-                    wake.push(std::time::Duration::from_secs(2));
-                }
+                young = record_running(&mut s, *done, *total, *resync, started, now);
+                wake.push(young.unwrap_or(std::time::Duration::from_secs(2)));
             }
             TaskView::Succeeded {
                 digest,
@@ -121,25 +104,17 @@ pub fn oci_plan(
             }
         }
         if start.last().is_some_and(|(r, resync)| r == &d.region && !resync) {
-            s.phase = DestinationPhase::Copying;
-            s.started_at = Some(now.clone());
-            s.progress_percent = Some(0);
-            s.message = None;
+            record_started(&mut s, now);
             young = Some(QUIET_START);
         }
-        if before.as_ref() != Some(&s) {
-            match young {
-                Some(left) => quiet_left = Some(quiet_left.map_or(left, |q| q.min(left))),
-                None => only_young_changes = false,
-            }
-        }
+        quiet.note(before.as_ref() != Some(&s), young);
         destinations.push(s);
     }
     if !start.is_empty() {
         wake.push(std::time::Duration::from_secs(2));
     }
 
-    let retried = retry.is_some();
+    let status_may_wait = quiet.may_wait(events.is_empty() && retry.is_none());
     let (summary, desired) = oci_conditions(&destinations, max_attempts);
     let generation = obj.metadata.generation;
     OciPlan {
@@ -153,7 +128,7 @@ pub fn oci_plan(
         },
         start,
         requeue: wake.into_iter().min(),
-        status_may_wait: quiet_left.filter(|_| only_young_changes && events.is_empty() && !retried),
+        status_may_wait,
         events,
     }
 }
@@ -189,6 +164,63 @@ fn idle_next(
         }
         _ => (Some(false), None),
     }
+}
+
+/// Whether an oci status may wait ([`OciPlan::status_may_wait`]): every destination whose
+/// status changes is a young copy (`young`: how long it stays young), and how long until the
+/// first of them is young no more.
+struct Quiet {
+    only_young_changes: bool,
+    left: Option<std::time::Duration>,
+}
+
+impl Default for Quiet {
+    fn default() -> Self {
+        Self {
+            only_young_changes: true,
+            left: None,
+        }
+    }
+}
+
+impl Quiet {
+    fn note(&mut self, changed: bool, young: Option<std::time::Duration>) {
+        match (changed, young) {
+            (false, _) => {}
+            (true, Some(left)) => self.left = Some(self.left.map_or(left, |q| q.min(left))),
+            (true, None) => self.only_young_changes = false,
+        }
+    }
+
+    /// How long the status may wait, if nothing else (`otherwise_quiet`: no Event, no retry)
+    /// asks for a write.
+    fn may_wait(&self, otherwise_quiet: bool) -> Option<std::time::Duration> {
+        self.left.filter(|_| self.only_young_changes && otherwise_quiet)
+    }
+}
+
+/// A copy just started: Copying from 0 %.
+fn record_started(s: &mut DestinationStatus, now: &Time) {
+    s.phase = DestinationPhase::Copying;
+    s.started_at = Some(now.clone());
+    s.progress_percent = Some(0);
+    s.message = None;
+}
+
+/// A task running: a copy shows its progress (a drift check of an Available copy shows
+/// nothing). A copy younger than [`QUIET_START`]: how long it stays young.
+fn record_running(
+    s: &mut DestinationStatus,
+    done: u64,
+    total: u64,
+    drift_check: bool,
+    started: &Time,
+    now: &Time,
+) -> Option<std::time::Duration> {
+    if !(drift_check && s.phase == DestinationPhase::Available) {
+        record_progress(s, done, total, now);
+    }
+    Some(QUIET_START.saturating_sub(age(started, now))).filter(|left| !drift_check && !left.is_zero())
 }
 
 /// A copy under way: Copying, with its byte counts (never 100 % before it has finished).
