@@ -203,12 +203,81 @@ fn source_and_provider(out: &mut Vec<Violation>, spec: &ImageReplicationSpec) {
     }
 }
 
+/// The rules of `spec.destinations[i].shareWith`: the cloud can share, each account id has the
+/// cloud's form and appears once, at most the cloud's members per image, `acceptWith` only where
+/// members accept.
+fn shares(out: &mut Vec<Violation>, kind: ProviderKind, i: usize, d: &DestinationSpec) {
+    if d.share_with.is_empty() {
+        return;
+    }
+    let f = |name: String| format!("spec.destinations[{i}].shareWith{name}");
+    let Some(rules) = crate::image_replication::vm::providers::sharing(kind) else {
+        out.push(Violation::new(
+            f(String::new()),
+            "FieldNotSupported",
+            format!(
+                "provider {} cannot share images with other accounts; remove shareWith",
+                kind.as_str()
+            ),
+        ));
+        return;
+    };
+    if d.share_with.len() > rules.member_limit {
+        out.push(Violation::new(
+            f(String::new()),
+            "TooManyShares",
+            format!(
+                "{} accounts, but a {} image can be shared with at most {} ({})",
+                d.share_with.len(),
+                kind.as_str(),
+                rules.member_limit,
+                rules.limit_source
+            ),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (j, w) in d.share_with.iter().enumerate() {
+        if !(rules.valid_account)(&w.account) {
+            out.push(Violation::new(
+                f(format!("[{j}].account")),
+                "InvalidShareAccount",
+                format!("{:?} is not {}", crate::cloud::short(&w.account), rules.account_rule),
+            ));
+        }
+        if !seen.insert(w.account.as_str()) {
+            out.push(Violation::new(
+                f(format!("[{j}].account")),
+                "DuplicateShareAccount",
+                format!("account {} appears more than once in shareWith", w.account),
+            ));
+        }
+        if w.accept_with.is_some() && !rules.needs_accept {
+            out.push(Violation::new(
+                f(format!("[{j}].acceptWith")),
+                "FieldNotSupported",
+                format!(
+                    "a {} share needs no acceptance; acceptWith is only used by huawei and openstack",
+                    kind.as_str()
+                ),
+            ));
+        }
+        if w.accept_with.as_ref().is_some_and(|r| r.name.is_empty()) {
+            out.push(Violation::new(
+                f(format!("[{j}].acceptWith.name")),
+                "InvalidSecretRef",
+                "acceptWith.name must name a Secret",
+            ));
+        }
+    }
+}
+
 /// The rules of one destination (`spec.destinations[i]`) but the uniqueness of its region.
 fn destination(out: &mut Vec<Violation>, spec: &ImageReplicationSpec, i: usize, d: &DestinationSpec) {
     let kind = spec.provider.kind;
     let src = &spec.source;
     let f = |name: &str| format!("spec.destinations[{i}].{name}");
-    if d.region == src.region && d.encryption.is_none() {
+    shares(out, kind, i, d);
+    if d.region == src.region && d.encryption.is_none() && d.share_with.is_empty() {
         out.push(Violation::new(
             f("region"),
             "SameRegionWithoutEncryption",
@@ -630,6 +699,69 @@ mod tests {
             assert_eq!(reasons(&got), vec![want], "{name}: {got:?}");
             assert!(got[0].field.starts_with("spec."), "{name}");
         }
+    }
+
+    /// shareWith: each cloud's account form and member limit, acceptWith only where members
+    /// accept, no sharing on oci; a same-region destination that only shares is valid.
+    #[test]
+    fn share_with_follows_each_clouds_rules() {
+        let share = |kind: ProviderKind, accounts: &[&str], accept: bool| {
+            let mut s = ir(kind);
+            if kind == ProviderKind::Oci {
+                s.source = SourceSpec {
+                    region: "cn-north-4".into(),
+                    reference: Some("r.example.com/a/b:1".into()),
+                    ..Default::default()
+                };
+                s.destinations[0].registry = Some("https://r2.example.com".into());
+            }
+            s.destinations[0].share_with = accounts
+                .iter()
+                .map(|a| ShareSpec {
+                    account: a.to_string(),
+                    accept_with: accept.then(|| SecretRef { name: "m".into() }),
+                })
+                .collect();
+            let v = image_replication(&s);
+            (reasons(&v), v.iter().map(|v| v.field.clone()).collect::<Vec<_>>(), v)
+        };
+        let project = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+        assert_eq!(share(ProviderKind::Huawei, &[project], true).0, Vec::<&str>::new());
+        assert_eq!(share(ProviderKind::Aws, &["123456789012"], false).0, Vec::<&str>::new());
+        let (r, f, v) = share(ProviderKind::Aws, &["12345"], false);
+        assert_eq!(r, vec!["InvalidShareAccount"]);
+        assert_eq!(f, vec!["spec.destinations[0].shareWith[0].account"]);
+        assert!(v[0].message.contains("12-digit"), "{v:?}");
+        assert_eq!(
+            share(ProviderKind::Huawei, &["Project-B"], false).0,
+            vec!["InvalidShareAccount"]
+        );
+        let (r, f, _) = share(ProviderKind::Alibaba, &["1234567890123456"], true);
+        assert_eq!(
+            (r, f),
+            (
+                vec!["FieldNotSupported"],
+                vec!["spec.destinations[0].shareWith[0].acceptWith".to_string()]
+            )
+        );
+        let many: Vec<String> = (0..51).map(|i| format!("12345678901234{i:02}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let (r, _, v) = share(ProviderKind::Alibaba, &many, false);
+        assert_eq!(r, vec!["TooManyShares"]);
+        assert!(v[0].message.contains("at most 50"), "{v:?}");
+        assert_eq!(
+            share(ProviderKind::Tencent, &["100000000001", "100000000001"], false).0,
+            vec!["DuplicateShareAccount"]
+        );
+        assert_eq!(share(ProviderKind::Oci, &["x"], false).0, vec!["FieldNotSupported"]);
+        // The seeds' "same region, cross-account": the source itself is shared.
+        let mut s = ir(ProviderKind::Huawei);
+        s.destinations[0].region = "cn-north-4".into();
+        s.destinations[0].share_with = vec![ShareSpec {
+            account: project.into(),
+            accept_with: None,
+        }];
+        assert_eq!(image_replication(&s), vec![]);
     }
 
     #[test]

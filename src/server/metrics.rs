@@ -27,6 +27,8 @@ pub struct Metrics {
     pub sync_queue_depth: IntGauge,
     /// VM copy tasks now, by provider and phase.
     pub vm_copies: prometheus::IntGaugeVec,
+    /// VM image shares now, by provider and state.
+    pub vm_shares: prometheus::IntGaugeVec,
     /// VM copies waiting for a quota slot.
     pub copy_queue_depth: IntGauge,
     /// VM copy task duration (start to Available), by provider.
@@ -146,6 +148,14 @@ impl Metrics {
             &["provider", "phase"],
         )
         .expect("valid metric");
+        let vm_shares = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "vm_shares",
+                "VM image shares with other accounts by provider and state.",
+            ),
+            &["provider", "state"],
+        )
+        .expect("valid metric");
         let copy_queue_depth = IntGauge::new(
             "copy_queue_depth",
             "VM image copies waiting for a per-account quota slot.",
@@ -173,6 +183,7 @@ impl Metrics {
         .expect("valid metric");
         for c in [
             Box::new(vm_copies.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(vm_shares.clone()),
             Box::new(copy_queue_depth.clone()),
             Box::new(copy_duration.clone()),
             Box::new(provider_request_duration.clone()),
@@ -235,6 +246,7 @@ impl Metrics {
             replica_lag,
             sync_queue_depth,
             vm_copies,
+            vm_shares,
             copy_queue_depth,
             copy_duration,
             provider_request_duration,

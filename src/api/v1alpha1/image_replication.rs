@@ -42,8 +42,8 @@ use super::common::{DeletionPolicy, SecretRef, conditions_schema, is_false};
     "self.provider.kind == 'openstack' || (size(self.source.region) <= 63 && self.source.region.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && self.destinations.all(d, size(d.region) <= 63 && d.region.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')))"
 ).message("regions must be region ids such as cn-north-4 (lowercase letters, digits and '-', at most 63); only provider.kind openstack takes Keystone's own region ids (e.g. RegionOne)"))]
 #[x_kube(validation = kube::core::Rule::new(
-    "self.destinations.all(d, d.region != self.source.region || has(d.encryption))"
-).message("destinations[].region must differ from source.region unless encryption is set (a same-region copy is only allowed as copy-and-encrypt)"))]
+    "self.destinations.all(d, d.region != self.source.region || has(d.encryption) || (has(d.shareWith) && size(d.shareWith) > 0))"
+).message("destinations[].region must differ from source.region unless encryption is set (a same-region copy is only allowed as copy-and-encrypt) or shareWith is (the source itself is shared, not copied)"))]
 #[x_kube(validation = kube::core::Rule::new(
     "self.provider.kind != 'oci' || has(self.source.reference)"
 ).message("source.reference is required when provider.kind is oci"))]
@@ -194,6 +194,26 @@ pub struct DestinationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
     pub registry: Option<String>,
+    /// VM clouds: accounts (huawei, openstack: projects) the image in this region is shared with
+    /// once it is available. A destination in the source region with only shareWith shares the
+    /// source image itself (no copy). Removing an account withdraws its share.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = kube::core::Rule::new("self.all(s, self.exists_one(t, t.account == s.account))").message("shareWith accounts must be unique"))]
+    #[schemars(length(max = 1000))]
+    pub share_with: Vec<ShareSpec>,
+}
+
+/// One account an image is shared with.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShareSpec {
+    /// huawei, openstack: the member's project id; alibaba, aws, tencent: the account id.
+    #[schemars(length(min = 1, max = 64))]
+    pub account: String,
+    /// huawei, openstack: a Secret of the member account (the provider's keys), used to accept
+    /// the share as the member. Without it the member accepts in its own account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_with: Option<SecretRef>,
 }
 
 /// Copy-and-encrypt settings.
@@ -342,4 +362,47 @@ pub struct DestinationStatus {
     /// Human-readable detail of the phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The shares of this region's image, one per account of shareWith (and per account still
+    /// being withdrawn).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<ShareStatus>,
+}
+
+/// State of one share.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum SharePhase {
+    /// Not in place yet: the image is not available, the share call is under way, or (huawei,
+    /// openstack) the member has not accepted; the message says which.
+    #[default]
+    Pending,
+    /// The account can use the image (clouds where a share needs no acceptance).
+    Shared,
+    /// The member accepted the share (huawei, openstack).
+    Accepted,
+    /// Sharing failed; the message says why and whether it is retried.
+    Failed,
+    /// Being withdrawn (the account left shareWith).
+    Withdrawing,
+}
+
+/// Observed state of one share.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShareStatus {
+    /// The account or project shared with.
+    pub account: String,
+    pub state: SharePhase,
+    /// Failed share calls so far (reset when the share is in place).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: i32,
+    /// When the state last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }

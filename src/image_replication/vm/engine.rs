@@ -12,10 +12,13 @@ use tracing::{info, warn};
 use super::plan::{self as vplan, DestObs, Observed, VmPlan};
 use super::quota::{Quota, Wake};
 use super::rules::{self, Limits};
-use super::{Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageService, ProviderError, TaskPhase};
+use super::share::{self, ShareCall, ShareObs};
+use super::{
+    Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageService, ProviderError, TaskPhase,
+};
 use crate::api::key_of;
 use crate::api::v1alpha1::{
-    DeletionPolicy, DestinationPhase, DestinationStatus, ImageReplication, ImageReplicationStatus,
+    DeletionPolicy, DestinationPhase, DestinationStatus, ImageReplication, ImageReplicationStatus, SharePhase,
 };
 use crate::plan::Gate;
 use crate::server::metrics::Metrics;
@@ -59,6 +62,12 @@ struct Memory {
     bytes: HashMap<String, i64>,
     /// The cloud refused this Secret: no request with it before `until` unless it changes.
     auth: Option<AuthHold>,
+    /// region -> when its image's members were last read.
+    share_checked: HashMap<String, Instant>,
+    /// region -> account -> the share call of the last act that failed.
+    share_failed: HashMap<String, HashMap<String, (ShareCall, ProviderError)>>,
+    /// (provider, state) of every share, for the gauge.
+    share_states: Vec<(&'static str, SharePhase)>,
 }
 
 /// An authentication failure being waited out.
@@ -170,7 +179,8 @@ fn cleanup_needs_account(obj: &ImageReplication, st: &ImageReplicationStatus) ->
         matches!(
             d.phase,
             DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling
-        ) || (d.phase == DestinationPhase::Available && obj.spec.deletion_policy == DeletionPolicy::Delete)
+        ) || (obj.spec.deletion_policy == DeletionPolicy::Delete
+            && (d.phase == DestinationPhase::Available || !d.shares.is_empty()))
     })
 }
 
@@ -362,6 +372,9 @@ impl VmEngine {
             for s in &st.destinations {
                 let o = self.observe_dest(obj, &key, s, provider, a, source.as_ref()).await;
                 obs.dests.insert(s.region.clone(), o);
+                if let Some(o) = self.observe_shares(obj, &key, s, provider, a).await {
+                    obs.shares.insert(s.region.clone(), o);
+                }
             }
         }
         let mut snap = vplan::Snapshot {
@@ -458,6 +471,61 @@ impl VmEngine {
         })
     }
 
+    /// The shares of one destination: the failures of the last act's share calls, and the
+    /// image's members when they are due (soon while a share is not in place, once per drift
+    /// check when all are).
+    async fn observe_shares(
+        &self,
+        obj: &ImageReplication,
+        key: &str,
+        s: &DestinationStatus,
+        provider: &dyn ImageService,
+        acct: &Account,
+    ) -> Option<ShareObs> {
+        let region = s.region.as_str();
+        let failed = self
+            .with_mem(key, |m| m.share_failed.remove(region))
+            .unwrap_or_default();
+        let wanted: Vec<&str> = obj
+            .spec
+            .destinations
+            .iter()
+            .find(|d| d.region == region)
+            .map(|d| d.share_with.iter().map(|w| w.account.as_str()).collect())
+            .unwrap_or_default();
+        let image = s.image_id.clone().filter(|_| s.phase == DestinationPhase::Available);
+        let Some(image_id) = image.filter(|_| !wanted.is_empty() || !s.shares.is_empty()) else {
+            return (!failed.is_empty()).then_some(ShareObs { members: None, failed });
+        };
+        let settled = s.shares.len() == wanted.len()
+            && s.shares
+                .iter()
+                .all(|x| share::done(x) && wanted.contains(&x.account.as_str()));
+        // Read again every `poll_min` while a share is not in place, once per drift check after.
+        let every = if settled {
+            self.settings.resync
+        } else {
+            self.settings.poll_min
+        };
+        let due = self.with_mem(key, |m| {
+            m.share_checked.get(region).is_none_or(|t| t.elapsed() >= every)
+        });
+        let mut o = ShareObs { members: None, failed };
+        if due {
+            let at = ImageAt {
+                region: region.to_string(),
+                project: project_of(obj, region).map(String::from),
+                image_id,
+            };
+            let t = Instant::now();
+            let r = provider.members(acct, &at).await;
+            self.time(provider, "members", t, &r);
+            self.with_mem(key, |m| m.share_checked.insert(region.to_string(), Instant::now()));
+            o.members = Some(r);
+        }
+        Some(o)
+    }
+
     async fn observe_dest(
         &self,
         obj: &ImageReplication,
@@ -522,6 +590,14 @@ impl VmEngine {
                 let Some(id) = &s.image_id else {
                     return DestObs::Unchecked;
                 };
+                let in_place = obj
+                    .spec
+                    .destinations
+                    .iter()
+                    .any(|d| d.region == region && share::share_only(&obj.spec.source.region, d));
+                if in_place {
+                    return DestObs::Unchecked; // the source itself: described, not copied
+                }
                 let due = self.with_mem(key, |m| {
                     let last = *m.drift.entry(region.to_string()).or_insert_with(Instant::now);
                     last + self.settings.resync <= Instant::now()
@@ -572,19 +648,45 @@ impl VmEngine {
             }
         }
         let phases = plan.status.destinations.iter().map(|d| (kind, d.phase)).collect();
-        self.with_mem(key, |mem| mem.phases = phases);
+        let shares = plan
+            .status
+            .destinations
+            .iter()
+            .flat_map(|d| d.shares.iter().map(|x| (kind, x.state)))
+            .collect();
+        self.with_mem(key, |mem| {
+            mem.phases = phases;
+            mem.share_states = shares;
+        });
         self.refresh_gauges(kind);
     }
 
     fn refresh_gauges(&self, kind: &str) {
         let Some(m) = &self.metrics else { return };
         let mut counts: HashMap<DestinationPhase, i64> = HashMap::new();
+        let mut shares: HashMap<SharePhase, i64> = HashMap::new();
         for mem in self.memory.lock().expect("vm memory").values() {
             for (k, p) in &mem.phases {
                 if *k == kind {
                     *counts.entry(*p).or_default() += 1;
                 }
             }
+            for (k, p) in &mem.share_states {
+                if *k == kind {
+                    *shares.entry(*p).or_default() += 1;
+                }
+            }
+        }
+        for p in [
+            SharePhase::Pending,
+            SharePhase::Shared,
+            SharePhase::Accepted,
+            SharePhase::Failed,
+            SharePhase::Withdrawing,
+        ] {
+            m.vm_shares
+                .with_label_values(&[kind, &format!("{p:?}")])
+                .set(shares.get(&p).copied().unwrap_or(0));
         }
         for p in [
             DestinationPhase::Pending,
@@ -605,7 +707,14 @@ impl VmEngine {
 
     /// After the plan's status was written: record its metrics, start the drift clocks of
     /// Available destinations, then start and cancel what it says.
-    pub async fn act(&self, obj: &ImageReplication, provider: &dyn ImageService, acct: &Account, plan: &VmPlan) {
+    pub async fn act(
+        &self,
+        obj: &ImageReplication,
+        provider: &dyn ImageService,
+        acct: &Account,
+        members: &HashMap<String, Result<Account, String>>,
+        plan: &VmPlan,
+    ) {
         let key = key_of(obj);
         self.record_metrics(obj, &key, provider, plan);
         // An Available destination's drift clock starts when it is first planned Available.
@@ -616,6 +725,7 @@ impl VmEngine {
                 }
             }
         });
+        self.act_shares(obj, &key, provider, acct, members, plan).await;
         if plan.start.is_empty() && plan.cancel.is_empty() {
             return;
         }
@@ -664,6 +774,60 @@ impl VmEngine {
         (self.wake)(&key);
     }
 
+    /// Make the plan's share calls; a failure is remembered for the next observe (the plan
+    /// counts it and backs off), a success makes the next observe read the members at once.
+    async fn act_shares(
+        &self,
+        obj: &ImageReplication,
+        key: &str,
+        provider: &dyn ImageService,
+        acct: &Account,
+        members: &HashMap<String, Result<Account, String>>,
+        plan: &VmPlan,
+    ) {
+        for w in &plan.shares {
+            let at = ImageAt {
+                region: w.region.clone(),
+                project: project_of(obj, &w.region).map(String::from),
+                image_id: w.image_id.clone(),
+            };
+            let (region, account) = (w.region.as_str(), w.account.as_str());
+            let t = Instant::now();
+            let (op, r) = match w.call {
+                ShareCall::Share => ("share", provider.share(acct, &at, account).await),
+                ShareCall::Unshare => ("unshare", provider.unshare(acct, &at, account).await),
+                ShareCall::Accept => {
+                    let name = w.secret.clone().unwrap_or_default();
+                    let r = match members.get(&name) {
+                        Some(Ok(m)) => provider.accept(m, &at, account).await,
+                        Some(Err(e)) => Err(ProviderError::transient(format!("acceptWith Secret {name}: {e}"))),
+                        None => Err(ProviderError::transient(format!(
+                            "acceptWith Secret {name} was not read"
+                        ))),
+                    };
+                    ("accept", r)
+                }
+            };
+            self.time(provider, op, t, &r);
+            match r {
+                Ok(()) => info!(region, account, image = %w.image_id, op, "share call done"),
+                Err(e) => {
+                    warn!(region, account, image = %w.image_id, op, error = %e, "share call failed");
+                    self.with_mem(key, |m| {
+                        m.share_failed
+                            .entry(region.to_string())
+                            .or_default()
+                            .insert(account.to_string(), (w.call, e))
+                    });
+                }
+            }
+            self.with_mem(key, |m| m.share_checked.remove(region));
+        }
+        if !plan.shares.is_empty() {
+            (self.wake)(key);
+        }
+    }
+
     /// Before the finalizer goes: cancel copies in flight where the provider can (otherwise
     /// wait for them), then apply the deletion policy. `Err` means "not yet": try again later.
     pub async fn cleanup(
@@ -685,6 +849,7 @@ impl VmEngine {
             .or_else(|| source_from_status(obj));
         let mut notes = vec![format!("deletionPolicy {:?}", obj.spec.deletion_policy)];
         let (mut cancelled, mut removed, mut kept): (Vec<String>, Vec<String>, Vec<String>) = Default::default();
+        let mut withdrawn: Vec<String> = Vec::new();
         for s in &st.destinations {
             let region = s.region.as_str();
             let mut image = s.image_id.clone().filter(|_| s.phase == DestinationPhase::Available);
@@ -732,8 +897,26 @@ impl VmEngine {
                 }
             }
             let Some(id) = image else { continue };
+            let source_id = st.source.as_ref().and_then(|x| x.image_id.as_deref());
             match obj.spec.deletion_policy {
                 DeletionPolicy::Delete => {
+                    // Every share this object made goes first, then the copy (never the source,
+                    // which a same-region destination shares in place).
+                    let at = ImageAt {
+                        region: region.to_string(),
+                        project: project_of(obj, region).map(String::from),
+                        image_id: id.clone(),
+                    };
+                    for x in &s.shares {
+                        provider
+                            .unshare(acct, &at, &x.account)
+                            .await
+                            .map_err(|e| format!("{region}: withdrawing the share with {}: {e}", x.account))?;
+                        withdrawn.push(format!("{region} ({id}) from {}", x.account));
+                    }
+                    if source_id == Some(id.as_str()) {
+                        continue;
+                    }
                     provider
                         .delete_image(acct, region, project_of(obj, region), &id)
                         .await
@@ -744,6 +927,7 @@ impl VmEngine {
             }
         }
         for (done, what) in [
+            (withdrawn, "withdrew the shares of"),
             (cancelled, "cancelled the copies in flight to"),
             (removed, "deleted the destination images in"),
             (kept, "kept the destination images in"),
@@ -847,5 +1031,123 @@ spec:
             p.status.conditions
         );
         assert_eq!(p.start, vec!["two".to_string()]);
+    }
+
+    fn shared(accounts: &str, policy: &str) -> ImageReplication {
+        let mut o = obj();
+        o.spec = serde_yaml::from_str(&format!(
+            r#"
+provider: {{kind: openstack, credentialsSecretRef: {{name: cloud-creds}}}}
+source: {{region: one, imageId: img-1}}
+deletionPolicy: {policy}
+destinations:
+- region: two
+  shareWith: {accounts}
+- region: one
+  shareWith: [{{account: p3}}]
+"#
+        ))
+        .unwrap();
+        o
+    }
+
+    /// Reconcile and act until nothing is left to do (at most `n` rounds), as the controller does.
+    async fn settle(
+        e: &VmEngine,
+        o: &mut ImageReplication,
+        cloud: &FakeCloud,
+        members: &HashMap<String, Result<Account, String>>,
+        t: &mut i64,
+    ) -> VmPlan {
+        let mut last = None;
+        for _ in 0..12 {
+            *t += 20;
+            let now = crate::plan::test_at(*t);
+            let p = e.reconcile(o, &Gate::Open, cloud, Ok(account("right")), &now).await;
+            o.status = Some(p.status.clone());
+            e.act(o, cloud, &account("right"), members, &p).await;
+            last = Some(p);
+        }
+        last.unwrap()
+    }
+
+    /// One object copies to a region and shares the copy with two projects (one accepted with
+    /// its Secret, one left to its owner, with why), shares the source itself in its own region
+    /// (no copy), withdraws an account that leaves the list, and on delete withdraws every share
+    /// before it deletes the copy, and never deletes the source.
+    #[tokio::test]
+    async fn shares_follow_the_copy_and_go_before_it_on_delete() {
+        let settings = Settings {
+            poll_min: Duration::ZERO,
+            ..Settings::default()
+        };
+        let e = VmEngine::new(settings, Arc::new(|_: &str| {}), None);
+        let cloud = FakeCloud::new("right");
+        cloud.add_image("one", "img-1", 1 << 20);
+        let members: HashMap<String, Result<Account, String>> =
+            [("p1-creds".to_string(), Ok(account("member:p1")))].into();
+        let mut o = shared("[{account: p1, acceptWith: {name: p1-creds}}, {account: p2}]", "Delete");
+        o.metadata.generation = Some(1);
+        let mut t = 0;
+        let p = settle(&e, &mut o, &cloud, &members, &mut t).await;
+        let two = p.status.destinations.iter().find(|d| d.region == "two").unwrap();
+        let copy = two.image_id.clone().unwrap();
+        assert_eq!(two.phase, DestinationPhase::Available);
+        let states: Vec<_> = two.shares.iter().map(|x| (x.account.as_str(), x.state)).collect();
+        assert_eq!(states, vec![("p1", SharePhase::Accepted), ("p2", SharePhase::Pending)]);
+        assert!(
+            two.shares[1]
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("accept it in account p2")
+        );
+        let one = p.status.destinations.iter().find(|d| d.region == "one").unwrap();
+        assert_eq!(
+            (one.phase, one.image_id.as_deref()),
+            (DestinationPhase::Available, Some("img-1"))
+        );
+        assert_eq!(
+            cloud.members_of("one", "img-1"),
+            vec![super::super::Member::new("p3", super::super::MemberStatus::Pending)]
+        );
+        assert_eq!(
+            cloud.images_in("one"),
+            vec!["img-1".to_string()],
+            "the source is shared, not copied"
+        );
+        assert_eq!(p.status.summary.as_deref(), Some("2/2 available, 1/3 shares"));
+        let ready = conditions::find(&p.status.conditions, "Ready").unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "SharesPending")
+        );
+
+        // p2 leaves the list: withdrawn; p3 accepts in its own account: the object is Ready.
+        o.spec.destinations[0].share_with.truncate(1);
+        o.metadata.generation = Some(2);
+        let member = account("member:p3");
+        let at = ImageAt {
+            region: "one".into(),
+            project: None,
+            image_id: "img-1".into(),
+        };
+        super::super::Service::accept(&cloud, &member, &at, "p3").await.unwrap();
+        let p = settle(&e, &mut o, &cloud, &members, &mut t).await;
+        assert_eq!(cloud.members_of("two", &copy).len(), 1);
+        assert_eq!(p.status.summary.as_deref(), Some("2/2 available, 2/2 shares"));
+        assert!(
+            conditions::is_true(&p.status.conditions, "Ready"),
+            "{:?}",
+            p.status.conditions
+        );
+
+        // Delete: the shares go, then the copy; the source stays.
+        let notes = e.cleanup(&o, &cloud, Ok(account("right"))).await.unwrap();
+        assert!(cloud.members_of("two", &copy).is_empty(), "{notes}");
+        assert!(cloud.members_of("one", "img-1").is_empty(), "{notes}");
+        assert!(cloud.images_in("two").is_empty(), "{notes}");
+        assert_eq!(cloud.images_in("one"), vec!["img-1".to_string()], "{notes}");
+        assert!(notes.contains("withdrew the shares of two"), "{notes}");
     }
 }

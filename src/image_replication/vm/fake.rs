@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::{
-    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, Service, TaskState,
+    Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageState, Member, MemberStatus,
+    ProviderError, Service, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
 
@@ -26,6 +27,9 @@ struct State {
     copies: HashMap<String, (String, String)>,
     calls: HashMap<&'static str, u32>,
     next: u32,
+    /// (region, image id) -> members (openstack rules: shared members are pending until they
+    /// accept with their own credentials, whose password is `member:<account>`).
+    members: HashMap<(String, String), Vec<Member>>,
 }
 
 impl FakeCloud {
@@ -52,6 +56,15 @@ impl FakeCloud {
         };
         let mut s = self.state.lock().unwrap();
         s.images.insert((region.into(), id.into()), (info, 0));
+    }
+
+    /// The members of an image, as the cloud lists them.
+    pub fn members_of(&self, region: &str, image: &str) -> Vec<Member> {
+        let s = self.state.lock().unwrap();
+        s.members
+            .get(&(region.into(), image.into()))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// How many times an operation was called.
@@ -175,5 +188,45 @@ impl Service for FakeCloud {
     ) -> Result<bool, ProviderError> {
         let s = self.enter("image_exists", acct)?;
         Ok(s.images.contains_key(&(region.to_string(), image_id.to_string())))
+    }
+    async fn members(&self, acct: &Account, at: &ImageAt) -> Result<Vec<Member>, ProviderError> {
+        let s = self.enter("members", acct)?;
+        Ok(s.members
+            .get(&(at.region.clone(), at.image_id.clone()))
+            .cloned()
+            .unwrap_or_default())
+    }
+    async fn share(&self, acct: &Account, at: &ImageAt, account: &str) -> Result<(), ProviderError> {
+        let mut s = self.enter("share", acct)?;
+        let list = s.members.entry((at.region.clone(), at.image_id.clone())).or_default();
+        if !list.iter().any(|m| m.account == account) {
+            list.push(Member::new(account, MemberStatus::Pending));
+        }
+        Ok(())
+    }
+    async fn unshare(&self, acct: &Account, at: &ImageAt, account: &str) -> Result<(), ProviderError> {
+        let mut s = self.enter("unshare", acct)?;
+        if let Some(list) = s.members.get_mut(&(at.region.clone(), at.image_id.clone())) {
+            list.retain(|m| m.account != account);
+        }
+        Ok(())
+    }
+    async fn accept(&self, member: &Account, at: &ImageAt, account: &str) -> Result<(), ProviderError> {
+        let mut s = self.state.lock().unwrap();
+        *s.calls.entry("accept").or_default() += 1;
+        if member.text("password") != Some(format!("member:{account}")) {
+            return Err(ProviderError::auth(
+                "accept: the cloud refused the member's credentials (HTTP 401)",
+            ));
+        }
+        let m = s
+            .members
+            .get_mut(&(at.region.clone(), at.image_id.clone()))
+            .and_then(|l| l.iter_mut().find(|m| m.account == account))
+            .ok_or_else(|| {
+                ProviderError::not_found(format!("accept: image {} is not shared with {account}", at.image_id))
+            })?;
+        m.status = MemberStatus::Accepted;
+        Ok(())
     }
 }

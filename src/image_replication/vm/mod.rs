@@ -23,6 +23,8 @@ pub mod provider;
 pub mod providers;
 pub mod quota;
 pub mod rules;
+pub mod share;
+pub mod sharing;
 
 use std::collections::BTreeMap;
 
@@ -30,6 +32,7 @@ use futures::future::BoxFuture;
 
 use crate::api::v1alpha1::ProviderKind;
 pub use crate::cloud::{Account, ProviderError};
+pub use sharing::{Member, MemberStatus};
 
 /// The image property (or tag) that carries our idempotency token on a destination image.
 pub const TOKEN_PROPERTY: &str = "imgrep_client_token";
@@ -75,6 +78,15 @@ pub struct ImageInfo {
     /// Provider attributes a copy carries as they are (OpenStack: `min_disk`, `min_ram`,
     /// `os_hidden`, `tags`, and `visibility` unless public).
     pub carried: BTreeMap<String, serde_json::Value>,
+}
+
+/// An image a share call is about: its region, the destination's project where the cloud has
+/// them (huawei), and its id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageAt {
+    pub region: String,
+    pub project: Option<String>,
+    pub image_id: String,
 }
 
 /// How the source image is named in the spec.
@@ -246,6 +258,29 @@ pub trait ImageService: Send + Sync {
         project: Option<&'a str>,
         image_id: &'a str,
     ) -> BoxFuture<'a, Result<bool, ProviderError>>;
+    /// Who the image is shared with, as the cloud lists its members.
+    fn members<'a>(&'a self, acct: &'a Account, at: &'a ImageAt) -> BoxFuture<'a, Result<Vec<Member>, ProviderError>>;
+    /// Share the image with `account` (already shared is success).
+    fn share<'a>(
+        &'a self,
+        acct: &'a Account,
+        at: &'a ImageAt,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>>;
+    /// Withdraw the share with `account` (not shared is success).
+    fn unshare<'a>(
+        &'a self,
+        acct: &'a Account,
+        at: &'a ImageAt,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>>;
+    /// Accept the share as the member `account`, with the member's own credentials.
+    fn accept<'a>(
+        &'a self,
+        member: &'a Account,
+        at: &'a ImageAt,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>>;
 }
 
 /// What a provider implements: the calls of [`ImageService`] as native async fns. The one
@@ -309,6 +344,46 @@ pub trait Service: Send + Sync {
         project: Option<&str>,
         image_id: &str,
     ) -> impl Future<Output = Result<bool, ProviderError>> + Send;
+    /// Who the image is shared with, as the cloud lists its members.
+    fn members(&self, acct: &Account, at: &ImageAt) -> impl Future<Output = Result<Vec<Member>, ProviderError>> + Send {
+        let _ = (acct, at);
+        async { Err(self.cannot_share()) }
+    }
+    /// Share the image with `account` (already shared is success).
+    fn share(
+        &self,
+        acct: &Account,
+        at: &ImageAt,
+        account: &str,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send {
+        let _ = (acct, at, account);
+        async { Err(self.cannot_share()) }
+    }
+    /// Withdraw the share with `account` (not shared is success).
+    fn unshare(
+        &self,
+        acct: &Account,
+        at: &ImageAt,
+        account: &str,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send {
+        let _ = (acct, at, account);
+        async { Err(self.cannot_share()) }
+    }
+    /// Accept the share as the member `account`, with the member's own credentials (clouds
+    /// whose shares need no acceptance: nothing to do).
+    fn accept(
+        &self,
+        member: &Account,
+        at: &ImageAt,
+        account: &str,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send {
+        let _ = (member, at, account);
+        async { Ok(()) }
+    }
+    /// The error of a share call on a cloud that cannot share.
+    fn cannot_share(&self) -> ProviderError {
+        ProviderError::permanent(format!("provider {} cannot share images", self.kind().as_str()))
+    }
 }
 
 impl<T: Service> ImageService for T {
@@ -376,6 +451,33 @@ impl<T: Service> ImageService for T {
         image_id: &'a str,
     ) -> BoxFuture<'a, Result<bool, ProviderError>> {
         Box::pin(Service::image_exists(self, acct, region, project, image_id))
+    }
+    fn members<'a>(&'a self, acct: &'a Account, at: &'a ImageAt) -> BoxFuture<'a, Result<Vec<Member>, ProviderError>> {
+        Box::pin(Service::members(self, acct, at))
+    }
+    fn share<'a>(
+        &'a self,
+        acct: &'a Account,
+        at: &'a ImageAt,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(Service::share(self, acct, at, account))
+    }
+    fn unshare<'a>(
+        &'a self,
+        acct: &'a Account,
+        at: &'a ImageAt,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(Service::unshare(self, acct, at, account))
+    }
+    fn accept<'a>(
+        &'a self,
+        member: &'a Account,
+        at: &'a ImageAt,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(Service::accept(self, member, at, account))
     }
 }
 

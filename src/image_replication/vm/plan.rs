@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::quota::{Admission, Order};
 use super::rules::{self, Limits};
+use super::share::{self, ShareObs, SharePlan, ShareWork};
 use super::{CopyHandle, ImageInfo, ImageState, ProviderError, TaskPhase, TaskState};
 use crate::api::conditions::{self, Desired, VALIDATED, reason};
 use crate::api::v1alpha1::*;
@@ -44,6 +45,8 @@ pub struct Observed {
     /// The source image, when it was described this time.
     pub source: Option<Result<ImageInfo, ProviderError>>,
     pub dests: HashMap<String, DestObs>,
+    /// Region -> what was observed of its image's shares.
+    pub shares: HashMap<String, ShareObs>,
 }
 
 /// One reconcile's snapshot of a VM ImageReplication, read by the engine's observe: what the
@@ -111,6 +114,8 @@ pub struct VmPlan {
     pub events: Vec<Announcement>,
     /// The seed rules the source breaks (empty when none).
     pub refused: Vec<validation::Violation>,
+    /// Share calls to make (after the status is written).
+    pub shares: Vec<ShareWork>,
 }
 
 fn secs_since(t: &Option<Time>, now: &Time) -> Option<i64> {
@@ -213,7 +218,9 @@ pub fn vm_plan(
         requeue: None,
         events: Vec::new(),
         refused: refused.clone(),
+        shares: Vec::new(),
     };
+    let sharing = super::providers::sharing(kind);
     let mut wake: Vec<Duration> = Vec::new();
     let mut destinations = Vec::new();
     for (index, d) in spec.destinations.iter().enumerate() {
@@ -226,8 +233,17 @@ pub fn vm_plan(
             s.phase = DestinationPhase::Pending;
             s.message = None;
         }
-        let can_start = *gate == Gate::Open && source.is_some();
-        apply_observation(&mut p, &mut s, before, o, can_start, now, max_attempts, &mut wake);
+        if share::share_only(&spec.source.region, d) {
+            // Nothing to copy: the source itself is what is shared.
+            if let Some(src) = source.as_ref().filter(|_| may_start) {
+                s.phase = DestinationPhase::Available;
+                s.image_id = Some(src.id.clone());
+                s.message = Some("the source image itself (same region: shared, not copied)".into());
+            }
+        } else {
+            let can_start = *gate == Gate::Open && source.is_some();
+            apply_observation(&mut p, &mut s, before, o, can_start, now, max_attempts, &mut wake);
+        }
 
         let start_now = StartNow {
             may_start,
@@ -236,7 +252,17 @@ pub fn vm_plan(
             created,
             key: &key,
         };
-        queue_destination(&mut p, &mut s, gate, index, &start_now, now, max_attempts, &mut wake);
+        if !share::share_only(&spec.source.region, d) {
+            queue_destination(&mut p, &mut s, gate, index, &start_now, now, max_attempts, &mut wake);
+        }
+        let sp = SharePlan {
+            sharing,
+            obs: obs.shares.get(&d.region),
+            redrive,
+            may_act: *gate == Gate::Open,
+            max_attempts,
+        };
+        share::plan_shares(d, &mut s, &sp, now, &mut p.shares, &mut p.events, &mut wake);
         if in_flight(s.phase) {
             p.running.push(d.region.clone());
             s.queue_position = None;
@@ -648,6 +674,10 @@ fn finish(
     let failed: Vec<&DestinationStatus> = ds.iter().filter(|d| d.phase == DestinationPhase::Failed).collect();
     let final_failed = failed.iter().filter(|d| d.attempts >= max_attempts).count();
     let mut summary = format!("{available}/{n} available");
+    let (shares_ok, shares_n) = share::count(ds);
+    if shares_n > 0 {
+        summary.push_str(&format!(", {shares_ok}/{shares_n} shares"));
+    }
     for (k, label) in [(copying, "copying"), (queued, "queued"), (failed.len(), "failed")] {
         if k > 0 {
             summary.push_str(&format!(", {k} {label}"));
@@ -672,12 +702,38 @@ fn finish(
         d
     } else if !matches!(gate, Gate::Open) {
         gate_conditions(gate, false)
-    } else if available == n {
+    } else if available == n && shares_ok == shares_n {
+        let shared = if shares_n > 0 {
+            format!(" and shared with {shares_n}/{shares_n} accounts")
+        } else {
+            String::new()
+        };
         standing_conditions(
             Standing::Done,
             reason::SUCCEEDED,
-            format!("{n}/{n} destination images available and verified"),
+            format!("{n}/{n} destination images available and verified{shared}"),
         )
+    } else if available == n {
+        let pending: Vec<String> = ds
+            .iter()
+            .flat_map(|d| d.shares.iter().map(move |x| (d, x)))
+            .filter(|(_, x)| !share::done(x))
+            .map(|(d, x)| {
+                format!(
+                    "{} share with {}: {}",
+                    d.region,
+                    x.account,
+                    x.message.as_deref().unwrap_or("pending")
+                )
+            })
+            .collect();
+        let finals = share::final_failures(ds, max_attempts);
+        let m = format!("{summary}; {}", pending.join("; "));
+        if finals.len() == pending.len() {
+            standing_conditions(Standing::Stuck, "SharesFailed", m)
+        } else {
+            standing_conditions(Standing::Working, "SharesPending", m)
+        }
     } else if let Some(e) = source_error.filter(|e| !e.retryable) {
         standing_conditions(
             Standing::Stuck,
@@ -759,6 +815,7 @@ spec:
         Observed {
             source: Some(Ok(image())),
             dests: dests.iter().map(|(r, o)| (r.to_string(), o.clone())).collect(),
+            ..Default::default()
         }
     }
 

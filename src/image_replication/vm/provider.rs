@@ -3,6 +3,7 @@
 //! polling and drift clocks), and reads the account from the credentials Secret once per
 //! reconcile.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -41,6 +42,29 @@ async fn account(obj: &ImageReplication, secrets: &dyn Secrets) -> Result<Accoun
     })
 }
 
+/// The member accounts the plan's accept calls use: each `acceptWith` Secret named, read once,
+/// with the provider's endpoint (the member is on the same cloud).
+async fn member_accounts(
+    obj: &ImageReplication,
+    secrets: &dyn Secrets,
+    plan: &crate::image_replication::vm::plan::VmPlan,
+) -> HashMap<String, Result<Account, String>> {
+    let ns = obj.metadata.namespace.clone().unwrap_or_default();
+    let mut out = HashMap::new();
+    for name in plan.shares.iter().filter_map(|w| w.secret.as_ref()) {
+        if out.contains_key(name) {
+            continue;
+        }
+        let r = secrets.data(&ns, name).await.map(|secret| Account {
+            secret,
+            endpoint: obj.spec.provider.endpoint.clone(),
+            agency: None,
+        });
+        out.insert(name.clone(), r);
+    }
+    out
+}
+
 impl ImageProvider for Vm {
     fn kind(&self) -> ProviderKind {
         self.service.kind()
@@ -67,7 +91,7 @@ impl ImageProvider for Vm {
     fn act<'a>(
         &'a self,
         obj: &'a ImageReplication,
-        _secrets: &'a dyn Secrets,
+        secrets: &'a dyn Secrets,
         snapshot: &'a Snapshot,
         work: &'a Work,
     ) -> BoxFuture<'a, ()> {
@@ -77,7 +101,8 @@ impl ImageProvider for Vm {
                 // (act still records the plan's metrics).
                 let none = Account::default();
                 let acct = account.as_ref().unwrap_or(&none);
-                self.engine.act(obj, self.service.as_ref(), acct, p).await;
+                let members = member_accounts(obj, secrets, p).await;
+                self.engine.act(obj, self.service.as_ref(), acct, &members, p).await;
             }
         })
     }

@@ -119,7 +119,46 @@ pub fn check(kind: ProviderKind, spec: &ImageReplicationSpec, source: &ImageInfo
         ProviderKind::Tencent => tencent(&mut c),
         ProviderKind::Aws | ProviderKind::Oci => {}
     }
+    shares(&mut c, kind);
     c.out
+}
+
+/// What the clouds refuse to share: an image another account shared (only your own images can
+/// be shared), an encrypted source shared in place (IMS and EC2 refuse images encrypted with
+/// the default key, and the operator cannot tell the key), more members than a Huawei full-ECS
+/// image takes (10).
+fn shares(c: &mut Check<'_>, kind: ProviderKind) {
+    let (spec, source) = (c.spec, c.source);
+    for (i, d) in spec.destinations.iter().enumerate() {
+        if d.share_with.is_empty() {
+            continue;
+        }
+        let field = format!("spec.destinations[{i}].shareWith");
+        if source.shared_from_other_account {
+            let message = format!(
+                "{} is shared with this account by another one; only your own images can be shared: create a custom image from it first",
+                c.img
+            );
+            c.refuse(field.clone(), "SharedImageNotShareable", message);
+        }
+        let in_place = super::share::share_only(&spec.source.region, d);
+        if in_place && source.encrypted == Some(true) && matches!(kind, ProviderKind::Huawei | ProviderKind::Aws) {
+            let message = format!(
+                "{} is encrypted; {} refuses to share an image encrypted with the default key: share a copy encrypted with a customer key instead",
+                c.img,
+                kind.as_str()
+            );
+            c.refuse(field.clone(), "EncryptedImageNotShareable", message);
+        }
+        if kind == ProviderKind::Huawei && source.whole_machine && d.share_with.len() > 10 {
+            let message = format!(
+                "{} is a full-ECS image; IMS shares one with at most 10 tenants, {} are listed",
+                c.img,
+                d.share_with.len()
+            );
+            c.refuse(field, "TooManyShares", message);
+        }
+    }
 }
 
 /// What the rules of every provider look at, and the violations found.
@@ -264,7 +303,11 @@ fn alibaba(c: &mut Check<'_>) {
     let img = c.img.clone();
     let size = c.size;
     let kind = ProviderKind::Alibaba;
-    if source.shared_from_other_account {
+    let copies = spec
+        .destinations
+        .iter()
+        .any(|d| !super::share::share_only(&spec.source.region, d));
+    if source.shared_from_other_account && copies {
         c.refuse(
             src_field.into(),
             "SharedImageNotCopyable",
@@ -403,6 +446,45 @@ mod tests {
 
     fn reasons(v: &[Violation]) -> Vec<&'static str> {
         v.iter().map(|v| v.reason).collect()
+    }
+
+    /// What the clouds refuse to share: another account's image, an encrypted image shared in
+    /// place (IMS, EC2), more than 10 tenants for a Huawei full-ECS image.
+    #[test]
+    fn share_rules() {
+        let with_shares = |kind: &str, src: &str, dest: &str, n: usize| {
+            let mut s = spec(kind, src, &[dest]);
+            s.destinations[0].share_with = (0..n)
+                .map(|i| crate::api::v1alpha1::ShareSpec {
+                    account: format!("{i:032x}"),
+                    accept_with: None,
+                })
+                .collect();
+            s
+        };
+        let mut shared = image();
+        shared.shared_from_other_account = true;
+        let s = with_shares("alibaba", "cn-hangzhou", "cn-hangzhou", 1);
+        let got = check(ProviderKind::Alibaba, &s, &shared, &Limits::default());
+        assert_eq!(reasons(&got), vec!["SharedImageNotShareable"]);
+        assert_eq!(got[0].field, "spec.destinations[0].shareWith");
+        let mut enc = image();
+        enc.encrypted = Some(true);
+        let s = with_shares("aws", "us-east-1", "us-east-1", 1);
+        assert_eq!(
+            reasons(&check(ProviderKind::Aws, &s, &enc, &Limits::default())),
+            vec!["EncryptedImageNotShareable"]
+        );
+        // A copy to another region is shared, not the encrypted source: not refused here.
+        let s = with_shares("aws", "us-east-1", "us-west-2", 1);
+        assert!(check(ProviderKind::Aws, &s, &enc, &Limits::default()).is_empty());
+        let mut full = image();
+        full.whole_machine = true;
+        let mut s = with_shares("huawei", "cn-north-4", "cn-north-4", 11);
+        s.destinations[0].vault_id = Some("v".into());
+        assert!(reasons(&check(ProviderKind::Huawei, &s, &full, &Limits::default())).contains(&"TooManyShares"));
+        s.destinations[0].share_with.truncate(10);
+        assert!(!reasons(&check(ProviderKind::Huawei, &s, &full, &Limits::default())).contains(&"TooManyShares"));
     }
 
     /// The Huawei seed's rules, one table row per rule (what the source image is, the

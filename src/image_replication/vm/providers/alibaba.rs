@@ -10,12 +10,23 @@
 use serde_json::Value;
 
 use super::super::catalog::{Catalog, json_text};
+use super::super::sharing::Sharing;
 use super::super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, TOKEN_PROPERTY,
 };
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
 use crate::oci::client::urlencode;
+
+/// ECS sharing (`ModifyImageSharePermission`): a custom image with at most 50 Alibaba Cloud
+/// accounts (10 per call); no acceptance step.
+pub const SHARING: Sharing = Sharing {
+    account_rule: "an Alibaba Cloud account id (digits only, e.g. 1234567890123456)",
+    valid_account: |a| (5..=20).contains(&a.len()) && a.bytes().all(|b| b.is_ascii_digit()),
+    member_limit: 50,
+    limit_source: "ECS API reference, ModifyImageSharePermission",
+    needs_accept: false,
+};
 
 const ECS: &str = "https://ecs.{region}.aliyuncs.com";
 const VERSION: &str = "2014-05-26";

@@ -8,6 +8,7 @@
 //! `DeregisterImage`; deleting also removes the copy's EBS snapshots.
 
 use super::super::catalog::Catalog;
+use super::super::sharing::Sharing;
 use super::super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, TOKEN_PROPERTY,
 };
@@ -15,6 +16,17 @@ use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::xml::{self, Node};
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
 use crate::oci::client::urlencode;
+
+/// EC2 sharing (`ModifyImageAttribute` launchPermission, with `ModifySnapshotAttribute`
+/// createVolumePermission on the AMI's snapshots so the account can copy it): 12-digit account
+/// ids, no acceptance step; at most 1,000 accounts per AMI (EC2 service quota "AMI sharing").
+pub const SHARING: Sharing = Sharing {
+    account_rule: "a 12-digit AWS account id",
+    valid_account: |a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()),
+    member_limit: 1000,
+    limit_source: "EC2 service quotas, AMI sharing",
+    needs_accept: false,
+};
 
 const EC2: &str = "https://ec2.{region}.amazonaws.com";
 const VERSION: &str = "2016-11-15";

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use super::super::sharing::Sharing;
 use super::super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, Service, TOKEN_PROPERTY,
     TaskPhase, TaskState,
@@ -21,6 +22,17 @@ use super::super::{
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
 use crate::oci::client::urlencode;
+
+/// IMS sharing ("Restrictions on Image Sharing", IMS API reference): within a region, with
+/// project ids, at most 256 tenants per system or data disk image (10 per full-ECS image); the
+/// member accepts (`BatchUpdateMembers status=accepted`) before it can use the image.
+pub const SHARING: Sharing = Sharing {
+    account_rule: "a Huawei Cloud project id (32 lowercase hex characters)",
+    valid_account: |a| a.len() == 32 && a.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+    member_limit: 256,
+    limit_source: "IMS API reference, Restrictions on Image Sharing",
+    needs_accept: true,
+};
 
 const IMS: &str = "https://ims.{region}.myhuaweicloud.com";
 const IAM: &str = "https://iam.myhuaweicloud.com";

@@ -7,3 +7,18 @@ pub mod aws;
 pub mod huawei;
 pub mod openstack;
 pub mod tencent;
+
+use super::sharing::Sharing;
+use crate::api::v1alpha1::ProviderKind;
+
+/// What each cloud states about sharing an image (its module's `SHARING`); `None`: it cannot.
+pub fn sharing(kind: ProviderKind) -> Option<&'static Sharing> {
+    match kind {
+        ProviderKind::Huawei => Some(&huawei::SHARING),
+        ProviderKind::Alibaba => Some(&alibaba::SHARING),
+        ProviderKind::Aws => Some(&aws::SHARING),
+        ProviderKind::Tencent => Some(&tencent::SHARING),
+        ProviderKind::Openstack => Some(&openstack::SHARING),
+        ProviderKind::Oci => None,
+    }
+}

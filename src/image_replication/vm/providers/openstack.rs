@@ -19,6 +19,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::Digest;
 
+use super::super::sharing::Sharing;
 use super::super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, Service, TOKEN_PROPERTY,
     TaskPhase, TaskState,
@@ -28,6 +29,19 @@ use crate::cloud::allowed;
 use crate::egress::{self, Class};
 use crate::oci::client::{tls_config, urlencode, without_url};
 use crate::tasks::{Seen, TaskSet};
+
+/// Glance image members: the image's visibility becomes `shared`, each member is a project
+/// id that accepts the share with its own token; at most 128 members per image (Glance's
+/// default `image_member_quota`).
+pub const SHARING: Sharing = Sharing {
+    account_rule: "a Keystone project id (letters, digits, '-' and '_', at most 64)",
+    valid_account: |a| {
+        (1..=64).contains(&a.len()) && a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    },
+    member_limit: 128,
+    limit_source: "Glance's default image_member_quota",
+    needs_accept: true,
+};
 
 /// Reports one request: (operation, outcome, seconds).
 pub type Observer = Arc<dyn Fn(&'static str, &'static str, f64) + Send + Sync>;

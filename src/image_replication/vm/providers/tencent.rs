@@ -11,9 +11,20 @@
 use serde_json::{Value, json};
 
 use super::super::catalog::{Catalog, json_text};
+use super::super::sharing::Sharing;
 use super::super::{Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError};
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
+
+/// CVM sharing (`ModifyImageSharePermission` SHARE/CANCEL): a custom image with at most 500
+/// accounts in the same region; no acceptance step.
+pub const SHARING: Sharing = Sharing {
+    account_rule: "a Tencent Cloud account id (digits only, e.g. 100000000001)",
+    valid_account: |a| (5..=20).contains(&a.len()) && a.bytes().all(|b| b.is_ascii_digit()),
+    member_limit: 500,
+    limit_source: "CVM API reference, ModifyImageSharePermission",
+    needs_accept: false,
+};
 
 const CVM: &str = "https://cvm.tencentcloudapi.com";
 const VERSION: &str = "2017-03-12";

@@ -1,0 +1,657 @@
+//! Sharing a destination's image with other accounts (`destinations[].shareWith`): the facts
+//! each cloud states about sharing ([`Sharing`], held by each provider module), what the cloud
+//! lists as members of an image ([`Member`]), and the pure per-destination plan of shares:
+//! share once the image is available, accept as the member where the cloud needs it and a
+//! member Secret is given, withdraw what left the list, retry failures with backoff.
+//!
+//! Per account: `Pending` (the image is not available yet, the share call is under way, or the
+//! member has not accepted) -> `Shared` (clouds without acceptance) or `Accepted`; `Failed`
+//! (retried with backoff up to the attempt bound, or final); `Withdrawing` until the cloud no
+//! longer lists an account that left `shareWith`. Only accounts this object shared are ever
+//! withdrawn: members added by hand are not in its status and are left alone.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::ProviderError;
+pub use super::sharing::{Member, MemberStatus, Sharing};
+use crate::api::v1alpha1::{DestinationPhase, DestinationSpec, DestinationStatus, SharePhase, ShareStatus};
+use crate::plan::{Announcement, retry_delay, secs_since};
+
+/// A share call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShareCall {
+    Share,
+    /// As the member, with its Secret.
+    Accept,
+    Unshare,
+}
+
+impl ShareCall {
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Share => "sharing",
+            Self::Accept => "accepting as the member",
+            Self::Unshare => "withdrawing the share",
+        }
+    }
+}
+
+/// What was observed of one destination's shares.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShareObs {
+    /// The members the cloud lists for the image, when they were read this time.
+    pub members: Option<Result<Vec<Member>, ProviderError>>,
+    /// The share calls of the last act that failed, per account.
+    pub failed: HashMap<String, (ShareCall, ProviderError)>,
+}
+
+/// One share call to make.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShareWork {
+    pub region: String,
+    pub image_id: String,
+    pub account: String,
+    pub call: ShareCall,
+    /// The member's Secret (Accept).
+    pub secret: Option<String>,
+}
+
+/// The message of a share that waits for the member, while the cloud lists it as pending.
+const AWAITING: &str = "shared; waiting for the member to accept";
+
+/// Whether a share is in place for its account.
+pub fn done(s: &ShareStatus) -> bool {
+    matches!(s.state, SharePhase::Shared | SharePhase::Accepted)
+}
+
+/// A destination in the source region that only shares: the source itself is shared, nothing
+/// is copied (the seeds' "cross-account replication in the same region").
+pub fn share_only(source_region: &str, d: &DestinationSpec) -> bool {
+    d.region == source_region && d.encryption.is_none() && !d.share_with.is_empty()
+}
+
+/// The shares of one destination: everything the plan needs besides the destination itself.
+pub struct SharePlan<'a> {
+    pub sharing: Option<&'a Sharing>,
+    pub obs: Option<&'a ShareObs>,
+    /// The spec changed or a retry was asked for: failed shares start over.
+    pub redrive: bool,
+    /// New share calls may be made (the gate is open).
+    pub may_act: bool,
+    pub max_attempts: i32,
+}
+
+/// Plan the shares of one destination into its status; calls to make go into `work`, Events
+/// into `events`, when to look again into `wake`.
+pub fn plan_shares(
+    d: &DestinationSpec,
+    s: &mut DestinationStatus,
+    sp: &SharePlan<'_>,
+    now: &Time,
+    work: &mut Vec<ShareWork>,
+    events: &mut Vec<Announcement>,
+    wake: &mut Vec<Duration>,
+) {
+    let old = std::mem::take(&mut s.shares);
+    let image = s.image_id.clone().filter(|_| s.phase == DestinationPhase::Available);
+    let Some(image) = image else {
+        // No image to share (yet, or any more: a copy made again carries no share).
+        s.shares = d
+            .share_with
+            .iter()
+            .map(|w| {
+                let prev = old.iter().find(|o| o.account == w.account);
+                set(
+                    prev,
+                    &w.account,
+                    SharePhase::Pending,
+                    0,
+                    Some("waits for the image in this region to be available"),
+                    now,
+                )
+            })
+            .collect();
+        return;
+    };
+    let needs_accept = sp.sharing.is_some_and(|x| x.needs_accept);
+    let members = sp.obs.and_then(|o| o.members.as_ref());
+    let failed = |a: &str| sp.obs.and_then(|o| o.failed.get(a));
+    let region = s.region.clone();
+    let mut call = |account: &str, c: ShareCall, secret: Option<String>| {
+        if sp.may_act {
+            work.push(ShareWork {
+                region: region.clone(),
+                image_id: image.clone(),
+                account: account.to_string(),
+                call: c,
+                secret,
+            });
+        }
+    };
+    let mut shares = Vec::new();
+    for w in &d.share_with {
+        let a = w.account.as_str();
+        let mut prev = old.iter().find(|o| o.account == a).cloned();
+        if sp.redrive
+            && let Some(p) = prev.as_mut().filter(|p| p.state == SharePhase::Failed)
+        {
+            p.attempts = 0;
+        }
+        let attempts = prev.as_ref().map_or(0, |p| p.attempts);
+        let next = if let Some((c, e)) = failed(a) {
+            failure(prev.as_ref(), a, *c, e, sp.max_attempts, now, wake)
+        } else {
+            match members {
+                Some(Ok(list)) => {
+                    let seen = list.iter().find(|m| m.account == a).map(|m| m.status);
+                    let retry_ok = retry_due(prev.as_ref(), sp.max_attempts, now, wake);
+                    match (seen, w.accept_with.as_ref()) {
+                        (Some(MemberStatus::Accepted), _) => set(prev.as_ref(), a, SharePhase::Accepted, 0, None, now),
+                        (Some(MemberStatus::Shared), _) => set(prev.as_ref(), a, SharePhase::Shared, 0, None, now),
+                        (Some(MemberStatus::Pending | MemberStatus::Rejected), Some(secret)) if needs_accept => {
+                            if retry_ok {
+                                call(a, ShareCall::Accept, Some(secret.name.clone()));
+                            }
+                            let m = format!("{AWAITING}; accepting with Secret {}", secret.name);
+                            keep_failed(prev.as_ref(), a, attempts, m, retry_ok, now)
+                        }
+                        (Some(MemberStatus::Pending), _) => {
+                            let m = format!(
+                                "{AWAITING}: accept it in account {a}, or set acceptWith to a Secret of that account"
+                            );
+                            set(prev.as_ref(), a, SharePhase::Pending, 0, Some(&m), now)
+                        }
+                        (Some(MemberStatus::Rejected), _) => set(
+                            prev.as_ref(),
+                            a,
+                            SharePhase::Failed,
+                            sp.max_attempts,
+                            Some("the member rejected the share; it can accept it again in its own account"),
+                            now,
+                        ),
+                        (None, _) => {
+                            if retry_ok {
+                                call(a, ShareCall::Share, None);
+                            }
+                            let m = if prev.as_ref().is_some_and(done) {
+                                "the share was removed outside the operator; sharing again"
+                            } else {
+                                "sharing"
+                            };
+                            keep_failed(prev.as_ref(), a, attempts, m.to_string(), retry_ok, now)
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    let mut p = prev.unwrap_or_else(|| new(a, now));
+                    if !done(&p) {
+                        p.message = Some(format!(
+                            "reading the image's members failed (will retry): {}",
+                            e.message
+                        ));
+                    }
+                    p
+                }
+                None => prev.unwrap_or_else(|| {
+                    let mut p = new(a, now);
+                    p.message = Some("sharing".into());
+                    p
+                }),
+            }
+        };
+        announce(&region, &image, old.iter().find(|o| o.account == a), &next, events);
+        shares.push(next);
+    }
+    // Accounts that left shareWith: withdrawn, then forgotten once the cloud no longer lists them.
+    for o in old
+        .iter()
+        .filter(|o| !d.share_with.iter().any(|w| w.account == o.account))
+    {
+        let listed = match members {
+            Some(Ok(list)) => Some(list.iter().any(|m| m.account == o.account)),
+            _ => None,
+        };
+        if listed == Some(false) {
+            if o.state == SharePhase::Withdrawing || was_listed(o) {
+                events.push(Announcement {
+                    warning: false,
+                    reason: "ShareWithdrawn".into(),
+                    note: format!("{region}: image {image} is no longer shared with account {}", o.account),
+                });
+            }
+            continue;
+        }
+        let mut w = o.clone();
+        if let Some((c, e)) = failed(&o.account) {
+            w = failure(Some(o), &o.account, *c, e, sp.max_attempts, now, wake);
+            w.state = SharePhase::Withdrawing;
+        } else {
+            if w.state != SharePhase::Withdrawing {
+                w.since = Some(now.clone());
+            }
+            w.state = SharePhase::Withdrawing;
+            w.message = Some("the account left shareWith; withdrawing the share".into());
+            if listed == Some(true) {
+                call(&o.account, ShareCall::Unshare, None);
+            }
+        }
+        shares.push(w);
+    }
+    if shares.iter().any(|x| !done(x) && x.state != SharePhase::Failed) {
+        wake.push(Duration::from_secs(15));
+    }
+    s.shares = shares;
+}
+
+fn new(account: &str, now: &Time) -> ShareStatus {
+    ShareStatus {
+        account: account.to_string(),
+        state: SharePhase::Pending,
+        attempts: 0,
+        since: Some(now.clone()),
+        message: None,
+    }
+}
+
+/// The share in `state`, keeping `since` when the state did not change.
+fn set(
+    prev: Option<&ShareStatus>,
+    account: &str,
+    state: SharePhase,
+    attempts: i32,
+    message: Option<&str>,
+    now: &Time,
+) -> ShareStatus {
+    let since = prev
+        .filter(|p| p.state == state)
+        .and_then(|p| p.since.clone())
+        .unwrap_or_else(|| now.clone());
+    ShareStatus {
+        account: account.to_string(),
+        state,
+        attempts,
+        since: Some(since),
+        message: message.map(String::from),
+    }
+}
+
+/// A share waiting for a call: Pending with `message`, or still Failed (with its message)
+/// while its retry is not due.
+fn keep_failed(
+    prev: Option<&ShareStatus>,
+    account: &str,
+    attempts: i32,
+    message: String,
+    retry_ok: bool,
+    now: &Time,
+) -> ShareStatus {
+    match prev {
+        Some(p) if p.state == SharePhase::Failed && !retry_ok => p.clone(),
+        _ => set(prev, account, SharePhase::Pending, attempts, Some(&message), now),
+    }
+}
+
+/// Whether a call for this share may be made now: not after a final failure, not before a
+/// failed one's backoff has passed (its end goes into `wake`).
+fn retry_due(prev: Option<&ShareStatus>, max_attempts: i32, now: &Time, wake: &mut Vec<Duration>) -> bool {
+    let Some(p) = prev.filter(|p| p.state == SharePhase::Failed) else {
+        return true;
+    };
+    if p.attempts >= max_attempts {
+        return false;
+    }
+    let due = retry_delay(p.attempts).as_secs() as i64;
+    match secs_since(&p.since, now) {
+        Some(age) if age < due => {
+            wake.push(Duration::from_secs((due - age) as u64));
+            false
+        }
+        _ => true,
+    }
+}
+
+/// A failed call: Failed, its attempt counted (a permanent error is final), retried after
+/// the backoff.
+fn failure(
+    prev: Option<&ShareStatus>,
+    account: &str,
+    call: ShareCall,
+    e: &ProviderError,
+    max_attempts: i32,
+    now: &Time,
+    wake: &mut Vec<Duration>,
+) -> ShareStatus {
+    let mut attempts = prev.map_or(0, |p| p.attempts) + 1;
+    if !e.retryable {
+        attempts = attempts.max(max_attempts);
+    }
+    let retry = attempts < max_attempts;
+    if retry {
+        wake.push(retry_delay(attempts));
+    }
+    let m = format!(
+        "{}: {} (attempt {}/{max_attempts}{})",
+        call.verb(),
+        e.message,
+        attempts.min(max_attempts),
+        if retry { ", will retry" } else { "" }
+    );
+    ShareStatus {
+        account: account.to_string(),
+        state: SharePhase::Failed,
+        attempts,
+        since: Some(now.clone()),
+        message: Some(m),
+    }
+}
+
+/// Whether the cloud listed the account as a member when this status was planned.
+fn was_listed(s: &ShareStatus) -> bool {
+    done(s) || s.message.as_deref().is_some_and(|m| m.starts_with(AWAITING))
+}
+
+/// The Event of a share's change: Shared (listed by the cloud), ShareAccepted, ShareFailed.
+fn announce(region: &str, image: &str, old: Option<&ShareStatus>, new: &ShareStatus, events: &mut Vec<Announcement>) {
+    let a = &new.account;
+    let was_listed = old.is_some_and(was_listed);
+    let listed = self::was_listed(new);
+    let changed = old.is_none_or(|o| o.state != new.state);
+    let (warning, reason, note) = match new.state {
+        SharePhase::Accepted if changed => (false, "ShareAccepted", format!("account {a} accepted image {image}")),
+        SharePhase::Failed if old.is_none_or(|o| o.attempts != new.attempts || o.state != new.state) => (
+            true,
+            "ShareFailed",
+            format!(
+                "image {image} with account {a}: {}",
+                new.message.as_deref().unwrap_or("failed")
+            ),
+        ),
+        _ if listed && !was_listed => (false, "Shared", format!("image {image} shared with account {a}")),
+        _ => return,
+    };
+    events.push(Announcement {
+        warning,
+        reason: reason.into(),
+        note: format!("{region}: {note}"),
+    });
+}
+
+/// "n/m shares": shares in place of those asked for, over every destination.
+pub fn count(destinations: &[DestinationStatus]) -> (usize, usize) {
+    let all = destinations
+        .iter()
+        .flat_map(|d| d.shares.iter())
+        .filter(|s| s.state != SharePhase::Withdrawing);
+    let (mut ok, mut n) = (0, 0);
+    for s in all {
+        n += 1;
+        ok += usize::from(done(s));
+    }
+    (ok, n)
+}
+
+/// Whether every share that failed has failed for good.
+pub fn final_failures(destinations: &[DestinationStatus], max_attempts: i32) -> Vec<String> {
+    destinations
+        .iter()
+        .flat_map(|d| d.shares.iter().map(move |s| (d, s)))
+        .filter(|(_, s)| s.state == SharePhase::Failed && s.attempts >= max_attempts)
+        .map(|(d, s)| {
+            format!(
+                "{} share with {}: {}",
+                d.region,
+                s.account,
+                s.message.as_deref().unwrap_or("failed")
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::v1alpha1::{SecretRef, ShareSpec};
+    use crate::image_replication::vm::providers::{aws, openstack};
+    use crate::plan::test_at as at;
+
+    fn dest(accounts: &[(&str, Option<&str>)]) -> DestinationSpec {
+        DestinationSpec {
+            region: "two".into(),
+            share_with: accounts
+                .iter()
+                .map(|(a, s)| ShareSpec {
+                    account: a.to_string(),
+                    accept_with: s.map(|n| SecretRef { name: n.into() }),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn available() -> DestinationStatus {
+        DestinationStatus {
+            region: "two".into(),
+            phase: DestinationPhase::Available,
+            image_id: Some("img-2".into()),
+            ..Default::default()
+        }
+    }
+
+    fn listed(members: &[(&str, MemberStatus)]) -> ShareObs {
+        ShareObs {
+            members: Some(Ok(members.iter().map(|(a, s)| Member::new(*a, *s)).collect())),
+            failed: HashMap::new(),
+        }
+    }
+
+    struct Step {
+        work: Vec<ShareWork>,
+        events: Vec<Announcement>,
+        wake: Vec<Duration>,
+    }
+
+    fn step(
+        d: &DestinationSpec,
+        s: &mut DestinationStatus,
+        sharing: &Sharing,
+        obs: Option<&ShareObs>,
+        redrive: bool,
+        now: i64,
+    ) -> Step {
+        let sp = SharePlan {
+            sharing: Some(sharing),
+            obs,
+            redrive,
+            may_act: true,
+            max_attempts: 3,
+        };
+        let mut st = Step {
+            work: Vec::new(),
+            events: Vec::new(),
+            wake: Vec::new(),
+        };
+        plan_shares(d, s, &sp, &at(now), &mut st.work, &mut st.events, &mut st.wake);
+        st
+    }
+
+    fn states(s: &DestinationStatus) -> Vec<(&str, SharePhase)> {
+        s.shares.iter().map(|x| (x.account.as_str(), x.state)).collect()
+    }
+
+    fn calls(st: &Step) -> Vec<(&str, ShareCall)> {
+        st.work.iter().map(|w| (w.account.as_str(), w.call)).collect()
+    }
+
+    fn reasons(st: &Step) -> Vec<&str> {
+        st.events.iter().map(|e| e.reason.as_str()).collect()
+    }
+
+    #[test]
+    fn nothing_is_shared_before_the_image_is_available() {
+        let d = dest(&[("p1", None)]);
+        let mut s = DestinationStatus {
+            region: "two".into(),
+            phase: DestinationPhase::Copying,
+            image_id: Some("img-2".into()),
+            ..Default::default()
+        };
+        let st = step(&d, &mut s, &openstack::SHARING, Some(&listed(&[])), false, 0);
+        assert!(st.work.is_empty());
+        assert_eq!(states(&s), vec![("p1", SharePhase::Pending)]);
+        assert!(s.shares[0].message.as_deref().unwrap().contains("available"));
+    }
+
+    /// A cloud whose members accept (openstack, huawei): shared, pending with the reason while
+    /// no member Secret is given; with one, accepted as the member; Events say each step.
+    #[test]
+    fn share_then_accept_as_the_member_or_say_who_must_accept() {
+        let d = dest(&[("p1", Some("p1-creds")), ("p2", None)]);
+        let mut s = available();
+        let st = step(&d, &mut s, &openstack::SHARING, Some(&listed(&[])), false, 0);
+        assert_eq!(calls(&st), vec![("p1", ShareCall::Share), ("p2", ShareCall::Share)]);
+        assert_eq!(
+            states(&s),
+            vec![("p1", SharePhase::Pending), ("p2", SharePhase::Pending)]
+        );
+        assert!(st.wake.contains(&Duration::from_secs(15)));
+
+        // Listed as pending: p1 is accepted with its Secret, p2 waits for its owner.
+        let obs = listed(&[("p1", MemberStatus::Pending), ("p2", MemberStatus::Pending)]);
+        let st = step(&d, &mut s, &openstack::SHARING, Some(&obs), false, 5);
+        assert_eq!(calls(&st), vec![("p1", ShareCall::Accept)]);
+        assert_eq!(st.work[0].secret.as_deref(), Some("p1-creds"));
+        assert_eq!(reasons(&st), vec!["Shared", "Shared"]);
+        let why = s.shares[1].message.clone().unwrap();
+        assert!(
+            why.contains("accept it in account p2") && why.contains("acceptWith"),
+            "{why}"
+        );
+        assert_eq!(s.shares[1].state, SharePhase::Pending);
+
+        let obs = listed(&[("p1", MemberStatus::Accepted), ("p2", MemberStatus::Pending)]);
+        let st = step(&d, &mut s, &openstack::SHARING, Some(&obs), false, 10);
+        assert!(st.work.is_empty());
+        assert_eq!(
+            states(&s),
+            vec![("p1", SharePhase::Accepted), ("p2", SharePhase::Pending)]
+        );
+        assert_eq!(reasons(&st), vec!["ShareAccepted"]);
+        // Nothing changes: no Event, no call, the same status.
+        let before = s.clone();
+        let st = step(&d, &mut s, &openstack::SHARING, Some(&obs), false, 20);
+        assert!(st.work.is_empty() && st.events.is_empty());
+        assert_eq!(s, before);
+        // Not read this time: the status stays as it is.
+        let st = step(&d, &mut s, &openstack::SHARING, None, false, 25);
+        assert!(st.work.is_empty() && st.events.is_empty());
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn clouds_without_acceptance_are_shared_once_listed() {
+        let d = dest(&[("123456789012", None)]);
+        let mut s = available();
+        let st = step(&d, &mut s, &aws::SHARING, Some(&listed(&[])), false, 0);
+        assert_eq!(calls(&st), vec![("123456789012", ShareCall::Share)]);
+        let st = step(
+            &d,
+            &mut s,
+            &aws::SHARING,
+            Some(&listed(&[("123456789012", MemberStatus::Shared)])),
+            false,
+            5,
+        );
+        assert_eq!(states(&s), vec![("123456789012", SharePhase::Shared)]);
+        assert_eq!(reasons(&st), vec!["Shared"]);
+        // Removed outside the operator: shared again, and the status says so.
+        let st = step(&d, &mut s, &aws::SHARING, Some(&listed(&[])), false, 400);
+        assert_eq!(calls(&st), vec![("123456789012", ShareCall::Share)]);
+        assert!(s.shares[0].message.as_deref().unwrap().contains("removed outside"));
+    }
+
+    /// An account removed from shareWith is withdrawn, and forgotten once the cloud no longer
+    /// lists it; a member added by hand (never in the status) is left alone.
+    #[test]
+    fn an_account_that_leaves_share_with_is_withdrawn() {
+        let mut s = available();
+        let both = dest(&[("p1", None), ("p2", None)]);
+        let obs = listed(&[
+            ("p1", MemberStatus::Accepted),
+            ("p2", MemberStatus::Accepted),
+            ("by-hand", MemberStatus::Accepted),
+        ]);
+        step(&both, &mut s, &openstack::SHARING, Some(&obs), false, 0);
+        let one = dest(&[("p1", None)]);
+        let st = step(&one, &mut s, &openstack::SHARING, Some(&obs), false, 10);
+        assert_eq!(calls(&st), vec![("p2", ShareCall::Unshare)]);
+        assert_eq!(
+            states(&s),
+            vec![("p1", SharePhase::Accepted), ("p2", SharePhase::Withdrawing)]
+        );
+        let gone = listed(&[("p1", MemberStatus::Accepted), ("by-hand", MemberStatus::Accepted)]);
+        let st = step(&one, &mut s, &openstack::SHARING, Some(&gone), false, 15);
+        assert!(st.work.is_empty());
+        assert_eq!(states(&s), vec![("p1", SharePhase::Accepted)]);
+        assert_eq!(reasons(&st), vec!["ShareWithdrawn"]);
+    }
+
+    /// A failed call is counted, backed off, retried; a permanent one is final until the spec
+    /// changes (or the retry annotation).
+    #[test]
+    fn failures_back_off_and_permanent_ones_wait_for_a_change() {
+        let d = dest(&[("p1", None)]);
+        let mut s = available();
+        step(&d, &mut s, &openstack::SHARING, Some(&listed(&[])), false, 0);
+        let mut obs = listed(&[]);
+        obs.failed
+            .insert("p1".into(), (ShareCall::Share, ProviderError::transient("HTTP 503")));
+        let st = step(&d, &mut s, &openstack::SHARING, Some(&obs), false, 5);
+        assert_eq!(states(&s), vec![("p1", SharePhase::Failed)]);
+        assert_eq!(reasons(&st), vec!["ShareFailed"]);
+        assert!(
+            s.shares[0]
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("HTTP 503 (attempt 1/3, will retry)")
+        );
+        // Within the backoff: no call; after it: shared again.
+        let st = step(&d, &mut s, &openstack::SHARING, Some(&listed(&[])), false, 8);
+        assert!(st.work.is_empty() && st.events.is_empty());
+        assert_eq!(s.shares[0].state, SharePhase::Failed);
+        let st = step(&d, &mut s, &openstack::SHARING, Some(&listed(&[])), false, 16);
+        assert_eq!(calls(&st), vec![("p1", ShareCall::Share)]);
+        assert_eq!(s.shares[0].attempts, 1);
+
+        let mut obs = listed(&[]);
+        obs.failed.insert(
+            "p1".into(),
+            (ShareCall::Share, ProviderError::permanent("HTTP 403 Forbidden")),
+        );
+        step(&d, &mut s, &openstack::SHARING, Some(&obs), false, 20);
+        assert_eq!(s.shares[0].attempts, 3);
+        let st = step(&d, &mut s, &openstack::SHARING, Some(&listed(&[])), false, 4000);
+        assert!(st.work.is_empty(), "a permanent failure is not retried");
+        let st = step(&d, &mut s, &openstack::SHARING, Some(&listed(&[])), true, 4001);
+        assert_eq!(calls(&st), vec![("p1", ShareCall::Share)], "a spec change starts over");
+    }
+
+    #[test]
+    fn same_region_destinations_share_the_source_itself() {
+        let mut d = dest(&[("p1", None)]);
+        d.region = "one".into();
+        assert!(share_only("one", &d));
+        d.encryption = Some(Default::default());
+        assert!(!share_only("one", &d), "copy-and-encrypt is a copy");
+        assert!(!share_only(
+            "one",
+            &DestinationSpec {
+                region: "one".into(),
+                ..Default::default()
+            }
+        ));
+    }
+}
