@@ -337,7 +337,10 @@ impl Driven for ImageReplication {
         matches!(snap, IrSnapshot::Gated(_) | IrSnapshot::Vm { account: Err(_), .. })
             || conditions::is_true(&st.conditions, conditions::STALLED)
             || st.destinations.iter().all(|d| {
-                d.phase == DestinationPhase::Available
+                (d.phase == DestinationPhase::Available
+                    && d.shares
+                        .iter()
+                        .all(|s| crate::image_replication::vm::share::settled(s, attempts)))
                     || (d.phase == DestinationPhase::Failed && d.attempts >= attempts)
             })
     }

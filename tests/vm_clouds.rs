@@ -880,3 +880,78 @@ async fn the_credentials_secret_is_read_once_per_reconcile() {
     assert!(reconciles >= 2, "{reconciles} reconciles");
     assert_eq!(reads, reconciles, "Secret reads per reconcile of web");
 }
+
+/// AWS sharing on moto: the copy in eu-west-1 and the source itself in us-east-1 are shared
+/// with another account, launch permission AND createVolumePermission on every snapshot (the
+/// step users forget, without which the account cannot copy the AMI). The source had been
+/// shared by hand with the launch permission only: the operator adds the snapshot's.
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_shares_amis_and_their_snapshots_on_moto() {
+    let m = moto();
+    let url = m.url.clone();
+    let ami = boto(
+        &url,
+        "c = ec2('us-east-1')\n\
+         i = c.register_image(Name='golden', RootDeviceName='/dev/sda1', \
+             BlockDeviceMappings=[{'DeviceName': '/dev/sda1', 'Ebs': {'VolumeSize': 8}}])['ImageId']\n\
+         c.modify_image_attribute(ImageId=i, LaunchPermission={'Add': [{'UserId': '210987654321'}]})\n\
+         print(i)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: aws}}
+stringData: {{accessKeyId: {AK}, secretAccessKey: "{SK}"}}
+---
+apiVersion: replication.imageops.io/v1alpha1
+kind: ImageReplication
+metadata: {{name: golden, namespace: default}}
+spec:
+  provider: {{kind: aws, credentialsSecretRef: {{name: aws}}, endpoint: "{url}"}}
+  source: {{region: us-east-1, imageId: {ami}}}
+  destinations:
+  - {{region: eu-west-1, shareWith: [{{account: "210987654321"}}, {{account: "123456789013"}}]}}
+  - {{region: us-east-1, shareWith: [{{account: "210987654321"}}]}}
+"#
+    );
+    let path = dir.path().join("aws.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
+        .args(["replicate", "-f", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let check = |region: &str, image: &str| {
+        boto(
+            &url,
+            &format!(
+                "c = ec2('{region}')\n\
+                 img = c.describe_images(ImageIds=['{image}'])['Images'][0]\n\
+                 lp = sorted(p['UserId'] for p in c.describe_image_attribute(ImageId='{image}', Attribute='launchPermission')['LaunchPermissions'])\n\
+                 snaps = [b['Ebs']['SnapshotId'] for b in img['BlockDeviceMappings'] if 'Ebs' in b]\n\
+                 cv = [sorted(p['UserId'] for p in c.describe_snapshot_attribute(SnapshotId=s, Attribute='createVolumePermission')['CreateVolumePermissions']) for s in snaps]\n\
+                 print(','.join(lp), len(snaps), cv)"
+            ),
+        )
+    };
+    let copy = boto(
+        &url,
+        "imgs = ec2('eu-west-1').describe_images(Owners=['self'])['Images']\nprint(imgs[0]['ImageId'] if imgs else '')",
+    );
+    let (copy_shares, source_shares) = (check("eu-west-1", &copy), check("us-east-1", &ami));
+    drop(m);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("ImageReplication golden: Ready (2/2 available, 3/3 shares)"),
+        "{text}"
+    );
+    assert_eq!(
+        copy_shares, "123456789013,210987654321 1 [['123456789013', '210987654321']]",
+        "the copy and its snapshot"
+    );
+    assert_eq!(
+        source_shares, "210987654321 1 [['210987654321']]",
+        "the source's snapshot permission, which the hand-made share lacked"
+    );
+}

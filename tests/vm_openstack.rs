@@ -665,3 +665,173 @@ async fn real_keystone_region_ids_catalog_changes_and_image_attributes() {
     assert_eq!(three.copies_in("RegionThree").await.len(), 1);
     support::assert_secrets_kept(&s, &op, &[support::keystone::ADMIN_PASSWORD]).await;
 }
+
+/// A Glance GET with a tenant's own token, through the region's keystonemiddleware proxy.
+async fn get_as(cloud: &Cloud, region: &str, token: &str, path: &str) -> u16 {
+    support::openstack::client()
+        .get(format!("{}{path}", cloud.proxy_url(region)))
+        .header("X-Auth-Token", token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The seeds' cross-account distribution on a real Keystone and real Glance: a copy in
+/// RegionTwo shared with two other projects (one accepted by the operator with that project's
+/// own credentials, one left to its owner and shown Pending with why, until it accepts), the
+/// source itself shared in its own region (no copy); the member's token sees the image; an
+/// account removed from shareWith loses it; deletion withdraws every share before it deletes the
+/// copy, and never deletes the source.
+#[tokio::test(flavor = "multi_thread")]
+async fn shares_copies_with_other_projects_on_real_keystone_and_glance() {
+    let ks = support::keystone::Keystone::start().await;
+    let (one, two) = (Glance::start(), Glance::start());
+    let cloud = Cloud::with_keystone(ks.api.clone(), &[("RegionOne", one.url()), ("RegionTwo", two.url())]).await;
+    ks.add_region("RegionTwo").await;
+    let glance = ks.add_image_service().await;
+    for r in ["RegionOne", "RegionTwo"] {
+        ks.add_endpoint(&glance, r, "public", &cloud.proxy_url(r)).await;
+    }
+    let team_b = ks.add_tenant("team-b", "bob", "bob-pw-Q1").await;
+    let team_c = ks.add_tenant("team-c", "carol", "carol-pw-Q2").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_image(dir.path(), "golden", "qcow2", 4);
+    let src = one.upload("golden", "qcow2", &file, json!({})).await;
+    let (s, c) = support::cluster().await;
+    let creds = |user: &'static str, pw: &'static str, project: &'static str| {
+        let url = cloud.auth_url();
+        let c = c.clone();
+        async move {
+            let name = format!("{user}-creds");
+            let data = [
+                ("authUrl", url.as_str()),
+                ("username", user),
+                ("password", pw),
+                ("projectName", project),
+            ];
+            secret(&c, &name, &data).await;
+        }
+    };
+    creds("admin", support::keystone::ADMIN_PASSWORD, "admin").await;
+    creds("bob", "bob-pw-Q1", "team-b").await;
+    let op = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-a", &op_args());
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let mut obj = object(
+        "golden",
+        json!({"region": "RegionOne", "imageId": src}),
+        json!([
+            {"region": "RegionTwo", "shareWith": [
+                {"account": team_b, "acceptWith": {"name": "bob-creds"}},
+                {"account": team_c}]},
+            {"region": "RegionOne", "shareWith": [{"account": team_b, "acceptWith": {"name": "bob-creds"}}]}
+        ]),
+        json!({"deletionPolicy": "Delete"}),
+    );
+    obj.spec.provider.credentials_secret_ref = Some(image_replication_operator::api::v1alpha1::SecretRef {
+        name: "admin-creds".into(),
+    });
+    api.create(&PostParams::default(), &obj).await.unwrap();
+
+    // team-b is accepted by the operator; team-c waits for its owner, and says so.
+    let st = eventually(WAIT, "team-b accepted, team-c pending", || async {
+        let st = api.get("golden").await.ok()?.status?;
+        (st.summary.as_deref() == Some("2/2 available, 2/3 shares")).then_some(st)
+    })
+    .await;
+    let d2 = st.destinations.iter().find(|d| d.region == "RegionTwo").unwrap();
+    let copy = d2.image_id.clone().unwrap();
+    let c_share = d2.shares.iter().find(|x| x.account == team_c).unwrap();
+    assert_eq!(format!("{:?}", c_share.state), "Pending");
+    assert!(
+        c_share
+            .message
+            .as_deref()
+            .unwrap()
+            .contains(&format!("accept it in account {team_c}")),
+        "{c_share:?}"
+    );
+    let r = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((r.status.as_str(), r.reason.as_str()), ("False", "SharesPending"));
+    let d1 = st.destinations.iter().find(|d| d.region == "RegionOne").unwrap();
+    assert_eq!(
+        d1.image_id.as_deref(),
+        Some(src.as_str()),
+        "the source itself is shared"
+    );
+    assert_eq!(one.images().await.len(), 1, "nothing copied into the source's region");
+    assert_eq!(two.image(&copy).await.unwrap()["visibility"], "shared");
+
+    // The member's own token sees the copy and the source.
+    let bob = ks.token("bob", "bob-pw-Q1", "team-b").await.unwrap();
+    assert_eq!(
+        get_as(&cloud, "RegionTwo", &bob, &format!("/v2/images/{copy}")).await,
+        200
+    );
+    assert_eq!(
+        get_as(&cloud, "RegionOne", &bob, &format!("/v2/images/{src}")).await,
+        200
+    );
+
+    // carol accepts in her own account: the object is Ready.
+    let carol = ks.token("carol", "carol-pw-Q2", "team-c").await.unwrap();
+    let r = support::openstack::client()
+        .put(format!(
+            "{}/v2/images/{copy}/members/{team_c}",
+            cloud.proxy_url("RegionTwo")
+        ))
+        .header("X-Auth-Token", &carol)
+        .json(&json!({"status": "accepted"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "carol accepts: {}", r.status());
+    let st = wait_ready(&api, "golden").await;
+    assert_eq!(st.summary.as_deref(), Some("2/2 available, 3/3 shares"));
+    let reasons: Vec<String> = support::events_in(&c, "default", "golden")
+        .await
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for r in ["Shared", "ShareAccepted"] {
+        assert!(reasons.iter().any(|x| x == r), "{r} in {reasons:?}");
+    }
+
+    // team-b leaves RegionTwo's list: its share is withdrawn, bob no longer sees the copy.
+    let patch = json!({"spec": {"destinations": [
+        {"region": "RegionTwo", "shareWith": [{"account": team_c}]},
+        {"region": "RegionOne", "shareWith": [{"account": team_b, "acceptWith": {"name": "bob-creds"}}]}
+    ]}});
+    api.patch(
+        "golden",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "team-b withdrawn", || async {
+        let st = api.get("golden").await.ok()?.status?;
+        (st.summary.as_deref() == Some("2/2 available, 2/2 shares") && ready(&st)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        get_as(&cloud, "RegionTwo", &bob, &format!("/v2/images/{copy}")).await,
+        404
+    );
+
+    // Delete: every share withdrawn, the copy deleted, the source kept.
+    api.delete("golden", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "golden gone", || async {
+        api.get_opt("golden").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(two.image(&copy).await.is_none(), "the copy is deleted");
+    assert!(one.image(&src).await.is_some(), "the source is kept");
+    assert_eq!(
+        get_as(&cloud, "RegionOne", &bob, &format!("/v2/images/{src}")).await,
+        404
+    );
+    support::assert_secrets_kept(&s, &op, &[support::keystone::ADMIN_PASSWORD, "bob-pw-Q1"]).await;
+}

@@ -263,9 +263,42 @@ pub fn gone_is_ok<T>(r: Result<T, ProviderError>) -> Result<(), ProviderError> {
     }
 }
 
-/// At most 300 characters of a provider's message.
+/// A remote error body as one line of text: an HTML page (Glance's and many proxies' error
+/// pages) loses its head and tags, and whitespace runs become one space; other text is kept.
+pub fn plain(body: &str) -> String {
+    let t = body.trim();
+    let html = t.starts_with('<') || t.contains("<html") || t.contains("<body");
+    if !html {
+        return t.to_string();
+    }
+    let lower = t.to_ascii_lowercase();
+    let mut text = String::with_capacity(t.len());
+    // Drop <head>...</head> (its title repeats the body's heading).
+    let mut src = String::new();
+    if let (Some(a), Some(b)) = (lower.find("<head"), lower.find("</head>")) {
+        src.push_str(&t[..a]);
+        src.push_str(&t[b + "</head>".len()..]);
+    } else {
+        src.push_str(t);
+    }
+    let mut in_tag = false;
+    for c in src.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => {
+                in_tag = false;
+                text.push(' ');
+            }
+            _ if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Remote text for a message: [`plain`], at most 300 characters.
 pub fn short(s: &str) -> String {
-    let s = s.trim();
+    let s = plain(s);
     let mut out: String = s.chars().take(300).collect();
     if out.len() < s.len() {
         out.push('…');
@@ -275,6 +308,18 @@ pub fn short(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// Glance's 403 page, as a delete of a protected image answers it: one clean line.
+    #[test]
+    fn html_error_pages_become_one_line() {
+        let page = "<html>\n <head>\n  <title>403 Forbidden</title>\n </head>\n <body>\n  <h1>403 Forbidden</h1>\n  Image abc is protected and cannot be deleted.<br /><br />\n\n\n\n </body>\n</html>";
+        assert_eq!(
+            short(page),
+            "403 Forbidden Image abc is protected and cannot be deleted."
+        );
+        assert_eq!(short("  {\"code\": 1}\n"), "{\"code\": 1}");
+        assert_eq!(short(&"x".repeat(400)).chars().count(), 301);
+    }
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -114,6 +114,13 @@ pub struct Keystone {
     pub api: Arc<KeystoneApi>,
 }
 
+/// Who a token speaks for.
+pub struct Identity {
+    pub project: String,
+    pub user: String,
+    pub roles: Vec<String>,
+}
+
 /// Keystone's API, as the test and keystonemiddleware use it.
 pub struct KeystoneApi {
     pub port: u16,
@@ -220,6 +227,11 @@ impl KeystoneApi {
 
     /// What keystonemiddleware asks: the project a token is scoped to, if it is valid.
     pub async fn validate(&self, token: &str) -> Option<String> {
+        self.identity(token).await.map(|i| i.project)
+    }
+
+    /// What keystonemiddleware passes on to Glance: the token's project, user and roles.
+    pub async fn identity(&self, token: &str) -> Option<Identity> {
         if token.is_empty() {
             return None;
         }
@@ -236,7 +248,66 @@ impl KeystoneApi {
             return None;
         }
         let v: Value = r.json().await.ok()?;
-        v.pointer("/token/project/id").and_then(Value::as_str).map(String::from)
+        let s = |p: &str| v.pointer(p).and_then(Value::as_str).map(String::from);
+        Some(Identity {
+            project: s("/token/project/id")?,
+            user: s("/token/user/id").unwrap_or_default(),
+            roles: v
+                .pointer("/token/roles")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.get("name")?.as_str().map(String::from))
+                .collect(),
+        })
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let admin = self.admin_token().await;
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url()))
+            .header("X-Auth-Token", admin)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// Create a project of the Default domain and a user with the `member` role in it (not
+    /// admin): another tenant. Returns the project id.
+    pub async fn add_tenant(&self, project: &str, user: &str, password: &str) -> String {
+        let p = self
+            .post(
+                "/projects",
+                json!({"project": {"name": project, "domain_id": "default"}}),
+            )
+            .await;
+        let pid = p.pointer("/project/id").and_then(Value::as_str).unwrap().to_string();
+        let u = self
+            .post(
+                "/users",
+                json!({"user": {"name": user, "password": password, "domain_id": "default", "default_project_id": pid}}),
+            )
+            .await;
+        let uid = u.pointer("/user/id").and_then(Value::as_str).unwrap().to_string();
+        let roles = self.get("/roles?name=member").await;
+        let rid = roles
+            .pointer("/roles/0/id")
+            .and_then(Value::as_str)
+            .expect("role member")
+            .to_string();
+        let admin = self.admin_token().await;
+        let r = self
+            .http
+            .put(format!("{}/projects/{pid}/users/{uid}/roles/{rid}", self.url()))
+            .header("X-Auth-Token", admin)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "role assignment: {}", r.status());
+        pid
     }
 
     async fn post(&self, path: &str, body: Value) -> Value {

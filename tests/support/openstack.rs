@@ -288,11 +288,18 @@ enum TokenCheck {
 }
 
 impl TokenCheck {
-    /// The project the token is scoped to, if the token is valid.
-    async fn project(&self, token: &str) -> Option<String> {
+    /// The project, user and roles of the token, if it is valid (the stand-in's tokens are
+    /// all user demo's, with every role).
+    async fn identity(&self, token: &str) -> Option<(String, String, String)> {
         match self {
-            Self::Issued(t) => t.lock().unwrap().contains(token).then(|| PROJECT.to_string()),
-            Self::Keystone(k) => k.validate(token).await,
+            Self::Issued(t) => t.lock().unwrap().contains(token).then(|| {
+                (
+                    PROJECT.to_string(),
+                    "u-demo".to_string(),
+                    "admin,member,reader".to_string(),
+                )
+            }),
+            Self::Keystone(k) => k.identity(token).await.map(|i| (i.project, i.user, i.roles.join(","))),
         }
     }
 }
@@ -459,7 +466,7 @@ async fn start_proxy(upstream: String, tokens: TokenCheck, stats: Arc<RegionStat
                     .push((method.to_string(), path.clone(), status))
             };
             let token = headers.get("x-auth-token").and_then(|v| v.to_str().ok()).unwrap_or("");
-            let Some(project) = tokens.project(token).await else {
+            let Some((project, user, roles)) = tokens.identity(token).await else {
                 record(401);
                 return Response::builder().status(401).body(Body::empty()).unwrap();
             };
@@ -475,8 +482,8 @@ async fn start_proxy(upstream: String, tokens: TokenCheck, stats: Arc<RegionStat
                 .request(method.clone(), format!("{upstream}{path}"))
                 .header("X-Identity-Status", "Confirmed")
                 .header("X-Project-Id", project)
-                .header("X-User-Id", "u-demo")
-                .header("X-Roles", "admin,member,reader")
+                .header("X-User-Id", user)
+                .header("X-Roles", roles)
                 .body(reqwest::Body::wrap_stream(stream));
             for (k, v) in headers.iter() {
                 if k != "host" && k != "x-auth-token" && k != "content-length" {

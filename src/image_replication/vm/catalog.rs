@@ -10,7 +10,8 @@
 use std::future::Future;
 
 use super::{
-    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, Service, TaskState,
+    Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageState, Member, MemberStatus,
+    ProviderError, Service, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud;
@@ -33,6 +34,9 @@ pub trait Catalog: Send + Sync {
     const SERVICE: &'static str;
     /// Whether an in-flight copy can be cancelled.
     const CAN_CANCEL: bool;
+    /// Whether withdrawing a share the image does not have is answered as success (EC2), so
+    /// no list is read first.
+    const UNSHARE_IS_IDEMPOTENT: bool = false;
 
     /// The images `selector` may name in `region`; the adapter keeps the exact matches.
     fn lookup(
@@ -83,6 +87,22 @@ pub trait Catalog: Send + Sync {
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
     /// Delete a destination image; absent already is success.
     fn delete(&self, acct: &Account, region: &str, id: &str) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    /// The accounts image `id` is shared with (these clouds have no acceptance step).
+    fn shared_with(
+        &self,
+        acct: &Account,
+        region: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Vec<String>, ProviderError>> + Send;
+    /// Share image `id` with `account`, or withdraw the share (`add` false); idempotent.
+    fn set_share(
+        &self,
+        acct: &Account,
+        region: &str,
+        id: &str,
+        account: &str,
+        add: bool,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 }
 
 impl<C: Catalog> Service for C {
@@ -145,6 +165,35 @@ impl<C: Catalog> Service for C {
         image_id: &str,
     ) -> Result<(), ProviderError> {
         self.delete(acct, region, image_id).await
+    }
+
+    async fn members(&self, acct: &Account, at: &ImageAt) -> Result<Vec<Member>, ProviderError> {
+        let accounts = self.shared_with(acct, &at.region, &at.image_id).await?;
+        Ok(accounts
+            .into_iter()
+            .map(|a| Member::new(a, MemberStatus::Shared))
+            .collect())
+    }
+
+    async fn share(&self, acct: &Account, at: &ImageAt, account: &str) -> Result<(), ProviderError> {
+        self.set_share(acct, &at.region, &at.image_id, account, true).await
+    }
+
+    /// Only an account the image is shared with is removed (the clouds differ in how they
+    /// answer the removal of one it is not): not shared, or no image, is success.
+    async fn unshare(&self, acct: &Account, at: &ImageAt, account: &str) -> Result<(), ProviderError> {
+        if C::UNSHARE_IS_IDEMPOTENT {
+            return cloud::gone_is_ok(self.set_share(acct, &at.region, &at.image_id, account, false).await);
+        }
+        let listed = match self.shared_with(acct, &at.region, &at.image_id).await {
+            Ok(l) => l,
+            Err(e) if e.not_found => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if !listed.iter().any(|a| a == account) {
+            return Ok(());
+        }
+        cloud::gone_is_ok(self.set_share(acct, &at.region, &at.image_id, account, false).await)
     }
 
     /// Usable or still being made.

@@ -674,7 +674,7 @@ fn finish(
     let failed: Vec<&DestinationStatus> = ds.iter().filter(|d| d.phase == DestinationPhase::Failed).collect();
     let final_failed = failed.iter().filter(|d| d.attempts >= max_attempts).count();
     let mut summary = format!("{available}/{n} available");
-    let (shares_ok, shares_n) = share::count(ds);
+    let (shares_ok, shares_n, withdrawing) = share::count(ds);
     if shares_n > 0 {
         summary.push_str(&format!(", {shares_ok}/{shares_n} shares"));
     }
@@ -702,7 +702,7 @@ fn finish(
         d
     } else if !matches!(gate, Gate::Open) {
         gate_conditions(gate, false)
-    } else if available == n && shares_ok == shares_n {
+    } else if available == n && shares_ok == shares_n && withdrawing == 0 {
         let shared = if shares_n > 0 {
             format!(" and shared with {shares_n}/{shares_n} accounts")
         } else {
@@ -729,7 +729,7 @@ fn finish(
             .collect();
         let finals = share::final_failures(ds, max_attempts);
         let m = format!("{summary}; {}", pending.join("; "));
-        if finals.len() == pending.len() {
+        if finals.len() == pending.len() && withdrawing == 0 {
             standing_conditions(Standing::Stuck, "SharesFailed", m)
         } else {
             standing_conditions(Standing::Working, "SharesPending", m)

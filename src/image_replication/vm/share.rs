@@ -61,10 +61,24 @@ pub struct ShareWork {
 
 /// The message of a share that waits for the member, while the cloud lists it as pending.
 const AWAITING: &str = "shared; waiting for the member to accept";
+/// ... and the operator accepts with the member's Secret.
+const ACCEPTING: &str = "accepting with Secret";
 
 /// Whether a share is in place for its account.
 pub fn done(s: &ShareStatus) -> bool {
     matches!(s.state, SharePhase::Shared | SharePhase::Accepted)
+}
+
+/// Whether a share will not change without someone else: in place, failed for good within
+/// `attempts`, or waiting for a member who accepts in its own account (`replicate -f` stops
+/// there).
+pub fn settled(s: &ShareStatus, attempts: i32) -> bool {
+    done(s)
+        || (s.state == SharePhase::Failed && s.attempts >= attempts)
+        || (s.state == SharePhase::Pending
+            && s.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with(AWAITING) && !m.contains(ACCEPTING)))
 }
 
 /// A destination in the source region that only shares: the source itself is shared, nothing
@@ -155,7 +169,7 @@ pub fn plan_shares(
                             if retry_ok {
                                 call(a, ShareCall::Accept, Some(secret.name.clone()));
                             }
-                            let m = format!("{AWAITING}; accepting with Secret {}", secret.name);
+                            let m = format!("{AWAITING}; {ACCEPTING} {}", secret.name);
                             keep_failed(prev.as_ref(), a, attempts, m, retry_ok, now)
                         }
                         (Some(MemberStatus::Pending), _) => {
@@ -379,18 +393,19 @@ fn announce(region: &str, image: &str, old: Option<&ShareStatus>, new: &ShareSta
     });
 }
 
-/// "n/m shares": shares in place of those asked for, over every destination.
-pub fn count(destinations: &[DestinationStatus]) -> (usize, usize) {
-    let all = destinations
-        .iter()
-        .flat_map(|d| d.shares.iter())
-        .filter(|s| s.state != SharePhase::Withdrawing);
-    let (mut ok, mut n) = (0, 0);
-    for s in all {
-        n += 1;
-        ok += usize::from(done(s));
+/// Shares in place and shares asked for ("n/m shares"), over every destination, and shares
+/// still being withdrawn.
+pub fn count(destinations: &[DestinationStatus]) -> (usize, usize, usize) {
+    let (mut ok, mut n, mut withdrawing) = (0, 0, 0);
+    for s in destinations.iter().flat_map(|d| d.shares.iter()) {
+        if s.state == SharePhase::Withdrawing {
+            withdrawing += 1;
+        } else {
+            n += 1;
+            ok += usize::from(done(s));
+        }
     }
-    (ok, n)
+    (ok, n, withdrawing)
 }
 
 /// Whether every share that failed has failed for good.

@@ -384,6 +384,64 @@ impl Catalog for Alibaba {
         }
     }
 
+    /// `DescribeImageSharePermission`: `Accounts.Account[].AliyunId`, page by page.
+    async fn shared_with(&self, acct: &Account, region: &str, id: &str) -> Result<Vec<String>, ProviderError> {
+        let mut out = Vec::new();
+        for page in 1..=20 {
+            let v = self
+                .call(
+                    acct,
+                    region,
+                    "DescribeImageSharePermission",
+                    &[
+                        ("RegionId", region.to_string()),
+                        ("ImageId", id.to_string()),
+                        ("PageNumber", page.to_string()),
+                        ("PageSize", "100".to_string()),
+                    ],
+                )
+                .await?;
+            let got: Vec<String> = v
+                .pointer("/Accounts/Account")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.get("AliyunId").and_then(Value::as_str).map(String::from))
+                .collect();
+            let n = got.len();
+            out.extend(got);
+            let total = v.get("TotalCount").and_then(Value::as_u64).unwrap_or(0) as usize;
+            if n < 100 || out.len() >= total {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// `ModifyImageSharePermission` with `AddAccount.1` or `RemoveAccount.1`.
+    async fn set_share(
+        &self,
+        acct: &Account,
+        region: &str,
+        id: &str,
+        account: &str,
+        add: bool,
+    ) -> Result<(), ProviderError> {
+        let key = if add { "AddAccount.1" } else { "RemoveAccount.1" };
+        self.call(
+            acct,
+            region,
+            "ModifyImageSharePermission",
+            &[
+                ("RegionId", region.to_string()),
+                ("ImageId", id.to_string()),
+                (key, account.to_string()),
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
     async fn delete(&self, acct: &Account, region: &str, image_id: &str) -> Result<(), ProviderError> {
         cloud::gone_is_ok(
             self.call(

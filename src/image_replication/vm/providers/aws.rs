@@ -139,6 +139,15 @@ fn snapshots(item: &Node) -> Vec<String> {
         .collect()
 }
 
+/// The `userId`s of a `Describe{Image,Snapshot}Attribute` answer's permission list.
+fn user_ids(doc: &Node, list: &str) -> Vec<String> {
+    doc.child(list)
+        .into_iter()
+        .flat_map(|l| l.all("item"))
+        .filter_map(|i| i.text_at("userId"))
+        .collect()
+}
+
 /// Parse one `DescribeImages` item.
 pub fn parse_image(item: &Node) -> ImageInfo {
     let volumes: Vec<&Node> = item
@@ -291,6 +300,9 @@ impl Catalog for Aws {
     const KIND: ProviderKind = ProviderKind::Aws;
     const SERVICE: &'static str = "EC2";
     const CAN_CANCEL: bool = true;
+    // A launch permission or snapshot permission withdrawn twice is no error, and an AMI with
+    // only one of them (a share made by hand) must lose both.
+    const UNSHARE_IS_IDEMPOTENT: bool = true;
 
     async fn lookup(&self, acct: &Account, region: &str, selector: &ImageSelector) -> Result<Vec<Node>, ProviderError> {
         let params: Vec<(String, String)> = match selector {
@@ -393,6 +405,88 @@ impl Catalog for Aws {
             Some(id) => self.delete(acct, region, id).await,
             None => Ok(()),
         }
+    }
+
+    /// The accounts that may launch the AMI (`DescribeImageAttribute launchPermission`) and
+    /// may create volumes from every one of its snapshots (`DescribeSnapshotAttribute
+    /// createVolumePermission`): without the second, the account can launch but not copy it, so
+    /// an account missing it is not counted as shared (and is shared again, both).
+    async fn shared_with(&self, acct: &Account, region: &str, id: &str) -> Result<Vec<String>, ProviderError> {
+        let img = self
+            .image(acct, region, id)
+            .await?
+            .ok_or_else(|| ProviderError::not_found(format!("AMI {id} in {region} is gone")))?;
+        let doc = self
+            .call(
+                acct,
+                region,
+                "DescribeImageAttribute",
+                &[
+                    ("ImageId".into(), id.into()),
+                    ("Attribute".into(), "launchPermission".into()),
+                ],
+            )
+            .await?;
+        let mut accounts = user_ids(&doc, "launchPermission");
+        for snap in snapshots(&img) {
+            let doc = self
+                .call(
+                    acct,
+                    region,
+                    "DescribeSnapshotAttribute",
+                    &[
+                        ("SnapshotId".into(), snap),
+                        ("Attribute".into(), "createVolumePermission".into()),
+                    ],
+                )
+                .await?;
+            let can = user_ids(&doc, "createVolumePermission");
+            accounts.retain(|a| can.contains(a));
+        }
+        Ok(accounts)
+    }
+
+    /// `ModifyImageAttribute` launchPermission and `ModifySnapshotAttribute`
+    /// createVolumePermission on each of the AMI's snapshots (the step users forget: without it
+    /// the account cannot copy the AMI), added or removed.
+    async fn set_share(
+        &self,
+        acct: &Account,
+        region: &str,
+        id: &str,
+        account: &str,
+        add: bool,
+    ) -> Result<(), ProviderError> {
+        let img = self
+            .image(acct, region, id)
+            .await?
+            .ok_or_else(|| ProviderError::not_found(format!("AMI {id} in {region} is gone")))?;
+        let op = if add { "Add" } else { "Remove" };
+        self.call(
+            acct,
+            region,
+            "ModifyImageAttribute",
+            &[
+                ("ImageId".into(), id.into()),
+                (format!("LaunchPermission.{op}.1.UserId"), account.into()),
+            ],
+        )
+        .await?;
+        for snap in snapshots(&img) {
+            self.call(
+                acct,
+                region,
+                "ModifySnapshotAttribute",
+                &[
+                    ("SnapshotId".into(), snap),
+                    ("Attribute".into(), "createVolumePermission".into()),
+                    ("OperationType".into(), op.to_ascii_lowercase()),
+                    ("UserId.1".into(), account.into()),
+                ],
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn delete(&self, acct: &Account, region: &str, image_id: &str) -> Result<(), ProviderError> {

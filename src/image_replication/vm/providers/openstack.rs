@@ -21,8 +21,8 @@ use sha2::Digest;
 
 use super::super::sharing::Sharing;
 use super::super::{
-    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, Service, TOKEN_PROPERTY,
-    TaskPhase, TaskState,
+    Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageState, Member, MemberStatus,
+    ProviderError, Service, TOKEN_PROPERTY, TaskPhase, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::allowed;
@@ -520,8 +520,31 @@ impl OpenStack {
             .await?;
         match r.status().as_u16() {
             200..=299 | 404 => Ok(()),
-            _ => Err(status_err(&format!("deleting image {id} in {region}"), r).await),
+            _ => Err(status_err("Glance", r).await),
         }
+    }
+
+    /// A Glance JSON request with the account's token; the answer's status is checked
+    /// (`ok`: also accepted, e.g. 409 for a member that exists).
+    async fn call(
+        &self,
+        op: &'static str,
+        acct: &Account,
+        region: &str,
+        (method, path): (Method, &str),
+        body: Option<(&'static str, Value)>,
+        ok: &[u16],
+    ) -> Result<Option<Value>, ProviderError> {
+        let body = body.map(|(ct, v)| (ct, serde_json::to_vec(&v).expect("json")));
+        let r = self.glance(op, acct, region, method, path, body).await?;
+        let code = r.status().as_u16();
+        if ok.contains(&code) {
+            return Ok(None);
+        }
+        if !r.status().is_success() {
+            return Err(status_err(&format!("{op} in {region}"), r).await);
+        }
+        Ok(r.json().await.ok())
     }
 
     async fn create(&self, acct: &Account, req: &CopyRequest) -> Result<String, ProviderError> {
@@ -545,6 +568,9 @@ impl OpenStack {
         for (k, v) in &src.carried {
             doc.insert(k.clone(), v.clone());
         }
+        // Glance makes a new image `shared` unless told; a copy of a public source (whose
+        // visibility is not carried) is private. Sharing it makes it `shared`.
+        doc.entry("visibility").or_insert(json!("private"));
         // The source's tags, then the spec's (as key=value).
         let mut tags: Vec<String> = src
             .carried
@@ -900,11 +926,115 @@ impl Service for OpenStack {
             Err(e) => Err(e),
         }
     }
+
+    /// `GET /v2/images/{id}/members`: each member project and its status.
+    async fn members(&self, acct: &Account, at: &ImageAt) -> Result<Vec<Member>, ProviderError> {
+        let path = format!("/v2/images/{}/members", urlencode(&at.image_id));
+        let v = self
+            .call("list_members", acct, &at.region, (Method::GET, &path), None, &[])
+            .await?
+            .unwrap_or_default();
+        Ok(parse_members(&v))
+    }
+
+    /// Make the image `shared` if it is private (members are only for shared images), then
+    /// `POST /v2/images/{id}/members` (409: already a member).
+    async fn share(&self, acct: &Account, at: &ImageAt, account: &str) -> Result<(), ProviderError> {
+        let (region, id) = (at.region.as_str(), urlencode(&at.image_id));
+        let image = self.get_image(acct, region, &at.image_id).await?;
+        if image.visibility == "private" {
+            let patch = json!([{"op": "replace", "path": "/visibility", "value": "shared"}]);
+            self.call(
+                "share_image",
+                acct,
+                region,
+                (Method::PATCH, &format!("/v2/images/{id}")),
+                Some(("application/openstack-images-v2.1-json-patch", patch)),
+                &[],
+            )
+            .await?;
+        } else if image.visibility != "shared" {
+            return Err(ProviderError::permanent(format!(
+                "image {} is {}; Glance adds members only to shared (or private) images",
+                at.image_id, image.visibility
+            )));
+        }
+        let body = json!({"member": account});
+        let path = format!("/v2/images/{id}/members");
+        self.call(
+            "add_member",
+            acct,
+            region,
+            (Method::POST, &path),
+            Some(("application/json", body)),
+            &[409],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `DELETE /v2/images/{id}/members/{member}` (404: not a member, or no image).
+    async fn unshare(&self, acct: &Account, at: &ImageAt, account: &str) -> Result<(), ProviderError> {
+        let path = format!("/v2/images/{}/members/{}", urlencode(&at.image_id), urlencode(account));
+        self.call("remove_member", acct, &at.region, (Method::DELETE, &path), None, &[404])
+            .await
+            .map(|_| ())
+    }
+
+    /// As the member, with its own token: `PUT /v2/images/{id}/members/{member}` accepted.
+    async fn accept(&self, member: &Account, at: &ImageAt, account: &str) -> Result<(), ProviderError> {
+        let path = format!("/v2/images/{}/members/{}", urlencode(&at.image_id), urlencode(account));
+        let body = json!({"status": "accepted"});
+        self.call(
+            "accept_member",
+            member,
+            &at.region,
+            (Method::PUT, &path),
+            Some(("application/json", body)),
+            &[],
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// Glance's member list: `{"members": [{"member_id", "status": pending|accepted|rejected}]}`.
+fn parse_members(v: &Value) -> Vec<Member> {
+    v.get("members")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let id = m.get("member_id")?.as_str()?;
+            let status = match m.get("status").and_then(Value::as_str) {
+                Some("accepted") => MemberStatus::Accepted,
+                Some("rejected") => MemberStatus::Rejected,
+                _ => MemberStatus::Pending,
+            };
+            Some(Member::new(id, status))
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_glance_members() {
+        let v = json!({"members": [
+            {"member_id": "p1", "image_id": "i", "status": "accepted", "created_at": "x", "updated_at": "x", "schema": "/v2/schemas/member"},
+            {"member_id": "p2", "status": "pending"}, {"member_id": "p3", "status": "rejected"}, {"status": "accepted"}],
+            "schema": "/v2/schemas/members"});
+        assert_eq!(
+            parse_members(&v),
+            vec![
+                Member::new("p1", MemberStatus::Accepted),
+                Member::new("p2", MemberStatus::Pending),
+                Member::new("p3", MemberStatus::Rejected),
+            ]
+        );
+    }
 
     #[test]
     fn parses_glance_images() {

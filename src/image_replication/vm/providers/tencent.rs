@@ -396,6 +396,36 @@ impl Catalog for Tencent {
         let body = json!({"ImageIds": [image_id], "DeleteBindedSnap": true});
         cloud::gone_is_ok(self.call(acct, region, "DeleteImages", body).await)
     }
+
+    /// `DescribeImageSharePermission`: `SharePermissionSet[].AccountId`.
+    async fn shared_with(&self, acct: &Account, region: &str, id: &str) -> Result<Vec<String>, ProviderError> {
+        let v = self
+            .call(acct, region, "DescribeImageSharePermission", json!({"ImageId": id}))
+            .await?;
+        Ok(v.get("SharePermissionSet")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("AccountId").and_then(Value::as_str).map(String::from))
+            .collect())
+    }
+
+    /// `ModifyImageSharePermission` SHARE or CANCEL (API 3.0's successor of the old
+    /// `ShareImage`).
+    async fn set_share(
+        &self,
+        acct: &Account,
+        region: &str,
+        id: &str,
+        account: &str,
+        add: bool,
+    ) -> Result<(), ProviderError> {
+        let permission = if add { "SHARE" } else { "CANCEL" };
+        let body = json!({"ImageId": id, "AccountIds": [account], "Permission": permission});
+        self.call(acct, region, "ModifyImageSharePermission", body)
+            .await
+            .map(|_| ())
+    }
 }
 
 #[cfg(test)]
