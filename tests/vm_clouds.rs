@@ -955,3 +955,125 @@ spec:
         "the source's snapshot permission, which the hand-made share lacked"
     );
 }
+
+/// Sharing on the signed-API clouds' stand-ins, through the operator: a copy shared with two
+/// accounts and the source itself shared in its own region; on Huawei one member is accepted
+/// with its own keys (`acceptWith`) and the other waits, saying why; deletion withdraws every
+/// share, deletes the copy, keeps the source; every call holds to the official SDK's model.
+async fn shares_through_the_operator(kind: Kind) {
+    let cloud = Stand::start(kind).await;
+    let (a, b) = match kind {
+        Kind::Huawei => ("0a1b2c3d4e5f60718293a4b5c6d7e8f9", "1a1b2c3d4e5f60718293a4b5c6d7e8f9"),
+        Kind::Alibaba => ("1234567890123456", "2234567890123456"),
+        _ => ("100000000001", "100000000002"),
+    };
+    let (src_region, dst_region, data, provider) = match kind {
+        Kind::Huawei => (
+            "cn-north-4",
+            "cn-east-3",
+            vec![
+                ("accessKey", AK),
+                ("secretKey", SK),
+                ("iamEndpoint", cloud.url.as_str()),
+            ],
+            json!({"kind": "huawei", "agency": "ims_admin", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url}),
+        ),
+        Kind::Alibaba => (
+            "cn-hangzhou",
+            "cn-shanghai",
+            vec![("accessKeyId", AK), ("accessKeySecret", SK)],
+            json!({"kind": "alibaba", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url}),
+        ),
+        _ => (
+            "ap-guangzhou",
+            "ap-shanghai",
+            vec![("secretId", AK), ("secretKey", SK)],
+            json!({"kind": "tencent", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url}),
+        ),
+    };
+    let src = cloud.add(src_region, "golden", 40, json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c, op) = setup(dir.path(), "creds", &data).await;
+    let accepts = kind == Kind::Huawei;
+    let first = if accepts {
+        secret(&c, "member-a", &[("accessKey", AK), ("secretKey", SK)]).await;
+        json!({"account": a, "acceptWith": {"name": "member-a"}})
+    } else {
+        json!({"account": a})
+    };
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    create(
+        &api,
+        "golden",
+        &provider,
+        json!({"region": src_region, "imageId": src}),
+        json!([{"region": dst_region, "shareWith": [first, {"account": b}]},
+               {"region": src_region, "shareWith": [{"account": a}]}]),
+        "Delete",
+    )
+    .await;
+    let st = if accepts {
+        eventually(WAIT, "a accepted, b pending", || async {
+            let st = api.get("golden").await.ok()?.status?;
+            (st.summary.as_deref() == Some("2/2 available, 1/3 shares")
+                && dest(&st, dst_region)
+                    .shares
+                    .iter()
+                    .any(|x| format!("{:?}", x.state) == "Accepted"))
+            .then_some(st)
+        })
+        .await
+    } else {
+        wait_ready(&api, "golden").await
+    };
+    let copy = dest(&st, dst_region).image_id.clone().unwrap();
+    assert_ne!(copy, src);
+    assert_eq!(dest(&st, src_region).image_id.as_deref(), Some(src.as_str()));
+    let want = |status: &str| {
+        if accepts {
+            vec![
+                (a.to_string(), "accepted".to_string()),
+                (b.to_string(), status.to_string()),
+            ]
+        } else {
+            vec![
+                (a.to_string(), "shared".to_string()),
+                (b.to_string(), "shared".to_string()),
+            ]
+        }
+    };
+    assert_eq!(cloud.members_of(&copy), want("pending"));
+    if accepts {
+        let why = dest(&st, dst_region).shares[1].message.clone().unwrap();
+        assert!(why.contains(&format!("accept it in account {b}")), "{why}");
+    } else {
+        assert_eq!(st.summary.as_deref(), Some("2/2 available, 3/3 shares"));
+    }
+
+    api.delete("golden", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "golden gone", || async {
+        api.get_opt("golden").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(cloud.members_of(&copy).is_empty(), "the copy's shares withdrawn");
+    assert!(cloud.members_of(&src).is_empty(), "the source's share withdrawn");
+    assert!(cloud.images_in(dst_region).is_empty(), "the copy deleted");
+    assert_eq!(cloud.images_in(src_region).len(), 1, "the source kept");
+    support::assert_secrets_kept(&s, &op, &[SK]).await;
+    cloud.assert_conforms();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn huawei_shares_and_accepts_as_the_member() {
+    shares_through_the_operator(Kind::Huawei).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alibaba_shares_with_accounts() {
+    shares_through_the_operator(Kind::Alibaba).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tencent_shares_with_accounts() {
+    shares_through_the_operator(Kind::Tencent).await;
+}

@@ -156,6 +156,72 @@ pub(super) async fn alibaba(st: &State, p: &BTreeMap<String, String>) -> Respons
             imgs.remove(pos);
             axum::Json(json!({"RequestId": "req-1"})).into_response()
         }
+        "DescribeImageSharePermission" => {
+            let id = p.get("ImageId").cloned().unwrap_or_default();
+            if !st
+                .images
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|i| i.id == id && i.region == region)
+            {
+                return ali_err(
+                    StatusCode::NOT_FOUND,
+                    "InvalidImageId.NotFound",
+                    "The specified ImageId does not exist.",
+                );
+            }
+            let list: Vec<Value> = st
+                .members
+                .lock()
+                .unwrap()
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .map(|(a, _)| json!({"AliyunId": a, "SharedTime": "2026-12-03T00:00:00Z"}))
+                .collect();
+            axum::Json(
+                json!({"ImageId": id, "RegionId": region, "RequestId": "req-1", "TotalCount": list.len(),
+                "PageNumber": 1, "PageSize": 100, "Accounts": {"Account": list}, "ShareGroups": {"ShareGroup": []}}),
+            )
+            .into_response()
+        }
+        "ModifyImageSharePermission" => {
+            let id = p.get("ImageId").cloned().unwrap_or_default();
+            if !st
+                .images
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|i| i.id == id && i.region == region)
+            {
+                return ali_err(
+                    StatusCode::NOT_FOUND,
+                    "InvalidImageId.NotFound",
+                    "The specified ImageId does not exist.",
+                );
+            }
+            let mut all = st.members.lock().unwrap();
+            let list = all.entry(id).or_default();
+            for n in 1..=10 {
+                if let Some(a) = p.get(&format!("AddAccount.{n}")) {
+                    if list.len() >= 50 {
+                        return ali_err(
+                            StatusCode::FORBIDDEN,
+                            "QuotaExceed.ShareImageUser",
+                            "The image is shared with too many accounts.",
+                        );
+                    }
+                    if !list.iter().any(|(m, _)| m == a) {
+                        list.push((a.clone(), "shared".into()));
+                    }
+                }
+                if let Some(a) = p.get(&format!("RemoveAccount.{n}")) {
+                    list.retain(|(m, _)| m != a);
+                }
+            }
+            axum::Json(json!({"RequestId": "req-1"})).into_response()
+        }
         "DeleteImage" => {
             let mut imgs = st.images.lock().unwrap();
             let Some(pos) = imgs

@@ -38,6 +38,9 @@ pub(super) async fn huawei(
         let name = params.get("name").cloned().unwrap_or_default();
         return axum::Json(json!({"projects": [{"id": format!("p-{name}"), "name": name}]})).into_response();
     }
+    if let Some(r) = members(st, method, &seg, body, hdr) {
+        return r;
+    }
     let Some((region, project)) = hdr.get("x-project-id").and_then(|p| project_region(p)) else {
         return hw_err(StatusCode::BAD_REQUEST, "APIGW.0101", "X-Project-Id is required");
     };
@@ -184,5 +187,106 @@ pub(super) async fn huawei(
             }
         }
         _ => hw_err(StatusCode::NOT_FOUND, "APIGW.0101", "The API does not exist"),
+    }
+}
+
+/// Image members: GlanceListImageMembers, and BatchAddMembers / BatchUpdateMembers (only the
+/// member itself, by its X-Project-Id, may accept) / BatchDeleteMembers, each answering a job id.
+fn members(
+    st: &State,
+    method: &Method,
+    seg: &[&str],
+    body: &Value,
+    hdr: &BTreeMap<String, String>,
+) -> Option<Response> {
+    let strs = |k: &str| -> Vec<String> {
+        body.get(k)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect()
+    };
+    let known = |id: &str| st.images.lock().unwrap().iter().any(|i| i.id == id);
+    let job = || {
+        let id = format!("job-share-{}", st.requests.lock().unwrap().len());
+        axum::Json(json!({"job_id": id})).into_response()
+    };
+    let mut all = st.members.lock().unwrap();
+    match (method.clone(), seg) {
+        (Method::GET, ["v2", "images", image, "members"]) => {
+            if !known(image) {
+                return Some(hw_err(StatusCode::NOT_FOUND, "IMG.0027", "The image does not exist."));
+            }
+            let list: Vec<Value> = all
+                .get(*image)
+                .into_iter()
+                .flatten()
+                .map(|(m, status)| {
+                    json!({"member_id": m, "image_id": image, "status": status, "created_at": "2026-12-03T00:00:00Z",
+                           "updated_at": "2026-12-03T00:00:00Z", "schema": "/v2/schemas/member"})
+                })
+                .collect();
+            Some(axum::Json(json!({"members": list, "schema": "/v2/schemas/members"})).into_response())
+        }
+        (Method::POST, ["v1", "cloudimages", "members"]) => {
+            for image in strs("images") {
+                if !known(&image) {
+                    return Some(hw_err(StatusCode::BAD_REQUEST, "IMG.0027", "The image does not exist."));
+                }
+                let list = all.entry(image).or_default();
+                for p in strs("projects") {
+                    if !list.iter().any(|(m, _)| *m == p) {
+                        list.push((p, "pending".into()));
+                    }
+                }
+            }
+            Some(job())
+        }
+        (Method::PUT, ["v1", "cloudimages", "members"]) => {
+            let member = body
+                .get("project_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if hdr.get("x-project-id") != Some(&member) {
+                return Some(hw_err(
+                    StatusCode::FORBIDDEN,
+                    "IMG.0101",
+                    "Only the member itself can accept or reject a shared image.",
+                ));
+            }
+            let status = body
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            for image in strs("images") {
+                match all
+                    .get_mut(&image)
+                    .and_then(|l| l.iter_mut().find(|(m, _)| *m == member))
+                {
+                    Some(entry) => entry.1 = status.clone(),
+                    None => {
+                        return Some(hw_err(
+                            StatusCode::BAD_REQUEST,
+                            "IMG.0106",
+                            "The image is not shared with the project.",
+                        ));
+                    }
+                }
+            }
+            Some(job())
+        }
+        (Method::DELETE, ["v1", "cloudimages", "members"]) => {
+            let projects = strs("projects");
+            for image in strs("images") {
+                if let Some(l) = all.get_mut(&image) {
+                    l.retain(|(m, _)| !projects.contains(m));
+                }
+            }
+            Some(job())
+        }
+        _ => None,
     }
 }

@@ -120,6 +120,9 @@ pub struct State {
     pub deleted_snapshots: Mutex<Vec<String>>,
     /// AWS and Alibaba: ClientToken -> image id.
     pub client_tokens: Mutex<HashMap<String, String>>,
+    /// Image id -> (account, status): who the image is shared with (status `pending` or
+    /// `accepted` on Huawei; `shared` on the clouds without acceptance).
+    pub members: Mutex<HashMap<String, Vec<(String, String)>>>,
     /// TCR: instances (id, region, type).
     pub tcr_instances: Mutex<Vec<(String, String, String)>>,
     /// TCR: replicas (primary id, replica id, region, region id, created).
@@ -196,6 +199,20 @@ impl Stand {
             .filter(|i| i.region == region)
             .cloned()
             .collect()
+    }
+
+    /// Who an image is shared with: (account, status), sorted.
+    pub fn members_of(&self, image: &str) -> Vec<(String, String)> {
+        let mut v = self
+            .state
+            .members
+            .lock()
+            .unwrap()
+            .get(image)
+            .cloned()
+            .unwrap_or_default();
+        v.sort();
+        v
     }
 
     pub fn requests(&self) -> Vec<Req> {

@@ -161,6 +161,48 @@ pub(super) async fn tencent(st: &State, b: &Value, hdr: &BTreeMap<String, String
             imgs.retain(|i| !(ids.contains(&i.id) && i.region == region));
             tc_ok(json!({}))
         }
+        "DescribeImageSharePermission" | "ModifyImageSharePermission" => {
+            let id = b.get("ImageId").and_then(Value::as_str).unwrap_or_default().to_string();
+            if !st
+                .images
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|i| i.id == id && i.region == region)
+            {
+                return tc_err("InvalidImageId.NotFound", "The image does not exist.");
+            }
+            let mut all = st.members.lock().unwrap();
+            let list = all.entry(id).or_default();
+            if hdr.get("x-tc-action").map(String::as_str) == Some("DescribeImageSharePermission") {
+                let set: Vec<Value> = list
+                    .iter()
+                    .map(|(a, _)| json!({"AccountId": a, "CreatedTime": "2026-12-03T00:00:00Z"}))
+                    .collect();
+                return tc_ok(json!({"SharePermissionSet": set}));
+            }
+            let accounts = strs("AccountIds");
+            match b.get("Permission").and_then(Value::as_str) {
+                Some("SHARE") => {
+                    for a in accounts {
+                        if !list.iter().any(|(m, _)| *m == a) {
+                            list.push((a, "shared".into()));
+                        }
+                    }
+                }
+                Some("CANCEL") => {
+                    if let Some(a) = accounts.iter().find(|a| !list.iter().any(|(m, _)| m == *a)) {
+                        return tc_err(
+                            "InvalidParameterValue.InvalidImageId",
+                            &format!("The image is not shared with {a}."),
+                        );
+                    }
+                    list.retain(|(m, _)| !accounts.contains(m));
+                }
+                _ => return tc_err("InvalidParameterValue", "Permission must be SHARE or CANCEL."),
+            }
+            tc_ok(json!({}))
+        }
         other => tc_err("InvalidAction", &format!("{other} is not an action")),
     }
 }

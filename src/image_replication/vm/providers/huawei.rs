@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use super::super::sharing::Sharing;
 use super::super::{
-    Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, Service, TOKEN_PROPERTY,
-    TaskPhase, TaskState,
+    Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageState, Member, MemberStatus,
+    ProviderError, Service, TOKEN_PROPERTY, TaskPhase, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
@@ -676,6 +676,121 @@ impl Service for Huawei {
                     .and_then(Value::as_str)
                     .is_some_and(|s| matches!(s, "active" | "queued" | "saving"))
             }))
+    }
+
+    /// `GET /v2/images/{image_id}/members` (GlanceListImageMembers): member projects and status.
+    async fn members(&self, acct: &Account, at: &ImageAt) -> Result<Vec<Member>, ProviderError> {
+        let pid = self
+            .project_id(acct, at.project.as_deref().unwrap_or(&at.region))
+            .await?;
+        let v = self
+            .call(
+                acct,
+                Call {
+                    op: "list image members",
+                    method: Method::GET,
+                    base: &Self::ims(acct, &at.region),
+                    path: &format!("/v2/images/{}/members", urlencode(&at.image_id)),
+                    query: &[],
+                    project: Some(&pid),
+                    body: None,
+                },
+            )
+            .await?;
+        Ok(parse_members(&v))
+    }
+
+    /// `BatchAddMembers` (`POST /v1/cloudimages/members`): an asynchronous job; the member
+    /// shows in the list when it is done.
+    async fn share(&self, acct: &Account, at: &ImageAt, account: &str) -> Result<(), ProviderError> {
+        let body = json!({"images": [at.image_id], "projects": [account]});
+        self.members_call(acct, at, "share image (BatchAddMembers)", Method::POST, body, None)
+            .await
+    }
+
+    /// `BatchDeleteMembers` (`DELETE /v1/cloudimages/members`).
+    async fn unshare(&self, acct: &Account, at: &ImageAt, account: &str) -> Result<(), ProviderError> {
+        let body = json!({"images": [at.image_id], "projects": [account]});
+        cloud::gone_is_ok(
+            self.members_call(
+                acct,
+                at,
+                "withdraw share (BatchDeleteMembers)",
+                Method::DELETE,
+                body,
+                None,
+            )
+            .await,
+        )
+    }
+
+    /// As the member (its own keys, its project): `BatchUpdateMembers` status accepted.
+    async fn accept(&self, member: &Account, at: &ImageAt, account: &str) -> Result<(), ProviderError> {
+        let body = json!({"images": [at.image_id], "project_id": account, "status": "accepted"});
+        self.members_call(
+            member,
+            at,
+            "accept share (BatchUpdateMembers)",
+            Method::PUT,
+            body,
+            Some(account),
+        )
+        .await
+    }
+}
+
+/// IMS's member list (GlanceListImageMembers): `members[].member_id` and `status`.
+fn parse_members(v: &Value) -> Vec<Member> {
+    v.get("members")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let id = m.get("member_id")?.as_str()?;
+            let status = match m.get("status").and_then(Value::as_str) {
+                Some("accepted") => MemberStatus::Accepted,
+                Some("rejected") => MemberStatus::Rejected,
+                _ => MemberStatus::Pending,
+            };
+            Some(Member::new(id, status))
+        })
+        .collect()
+}
+
+impl Huawei {
+    /// One `/v1/cloudimages/members` call (BatchAddMembers, BatchUpdateMembers,
+    /// BatchDeleteMembers): the answer is a job id, the change shows in the member list when
+    /// the job is done. `project`: the caller's project (the member's, to accept).
+    async fn members_call(
+        &self,
+        acct: &Account,
+        at: &ImageAt,
+        op: &str,
+        method: Method,
+        body: Value,
+        project: Option<&str>,
+    ) -> Result<(), ProviderError> {
+        let pid = match project {
+            Some(p) => p.to_string(),
+            None => {
+                self.project_id(acct, at.project.as_deref().unwrap_or(&at.region))
+                    .await?
+            }
+        };
+        self.call(
+            acct,
+            Call {
+                op,
+                method,
+                base: &Self::ims(acct, &at.region),
+                path: "/v1/cloudimages/members",
+                query: &[],
+                project: Some(&pid),
+                body: Some(body),
+            },
+        )
+        .await
+        .map(|_| ())
     }
 }
 
