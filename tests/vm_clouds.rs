@@ -201,6 +201,21 @@ async fn huawei_replicates_through_ims_jobs_with_signed_requests_and_backs_off_w
     let (reason, message) = refused(&api, "public").await;
     assert_eq!(reason, "NotPrivateImage");
     assert!(message.contains(&public), "{message}");
+    // A full-ECS image (found by the list API's __whole_image filter: the answer has no such
+    // field) needs a CBR vault per destination: refused before any copy call without one.
+    let whole = ims.add("cn-north-4", "server", 40, json!({"__whole_image": "true"}));
+    create(
+        &api,
+        "whole",
+        &provider,
+        json!({"region": "cn-north-4", "imageId": whole}),
+        json!([{"region": "cn-east-3"}]),
+        "Retain",
+    )
+    .await;
+    let (reason, _) = refused(&api, "whole").await;
+    assert_eq!(reason, "VaultRequired");
+    assert!(!ims.calls("/cross_region_copy").iter().any(|r| r.path.contains(&whole)));
     assert!(!ims.calls("/cross_region_copy").iter().any(|r| r.path.contains(&public)));
     assert!(
         op.logs()

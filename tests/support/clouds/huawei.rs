@@ -12,12 +12,21 @@ fn hw_image(i: &Img) -> Value {
         "status": if i.ready() { "active" } else { "saving" },
         "__imagetype": "private", "disk_format": "zvhd2", "visibility": "private",
         "__image_size": (i.size_gib << 30).to_string(), "min_disk": i.size_gib,
-        "tags": i.tags.iter().map(|(k, v)| format!("{k}.{v}")).collect::<Vec<_>>(),
+        // The list API's filter form; the operator also reads `key.value`.
+        "tags": i.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
     });
+    // What the SDK's ImageInfo has; `__whole_image` is not a field of the answer (only the
+    // list API's filter).
     for (k, x) in i.extra.as_object().into_iter().flatten() {
-        v[k] = x.clone();
+        if k != "__whole_image" {
+            v[k] = x.clone();
+        }
     }
     v
+}
+
+fn whole_image(i: &Img) -> bool {
+    i.extra.get("__whole_image").and_then(Value::as_str) == Some("true")
 }
 
 fn project_region(pid: &str) -> Option<(String, String)> {
@@ -52,6 +61,7 @@ pub(super) async fn huawei(
                 .filter(|i| i.region == region && i.project == project)
                 .filter(|i| params.get("id").is_none_or(|x| *x == i.id))
                 .filter(|i| params.get("name").is_none_or(|x| *x == i.name))
+                .filter(|i| params.get("__whole_image").is_none_or(|x| (x == "true") == whole_image(i)))
                 // The tag filter is `tag=<key>=<value>`.
                 .filter(|i| {
                     params
@@ -79,7 +89,7 @@ pub(super) async fn huawei(
                 return hw_err(StatusCode::NOT_FOUND, "IMG.0027", "The image does not exist");
             };
             // vault_id: required for full-ECS images (CopyImageCrossRegionRequestBody).
-            if src.extra.get("__whole_image").and_then(Value::as_str) == Some("true")
+            if whole_image(&src)
                 && body.get("vault_id").and_then(Value::as_str).is_none_or(str::is_empty)
             {
                 return hw_err(

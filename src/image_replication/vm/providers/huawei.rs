@@ -141,23 +141,13 @@ fn image_state(status: &str) -> ImageState {
     }
 }
 
-/// Parse an IMS image (`GET /v2/cloudimages`). Field mapping: `__imagetype` gold/private/shared/
-/// market (gold reported as public); encryption from `__system_encrypted` or a `__system__cmkid`;
-/// a full-ECS image has `__whole_image` "true"; a full-ECS image made from a CBR backup has a
-/// `__backup_id`, and one that is itself a cross-region replica has a `__data_origin` starting with
-/// `image,`; a private image made from a KooGallery (marketplace) image carries its
-/// `__productcode`.
+/// Parse an IMS image (`GET /v2/cloudimages`), from the fields of the SDK's `ImageInfo` only.
+/// Field mapping: `__imagetype` gold/private/shared/market (gold reported as public); encrypted
+/// when it has a `__system__cmkid`; a private image made from a KooGallery (marketplace) image
+/// carries its `__productcode`. Whether it is a full-ECS image is not a field of the answer:
+/// [`full_ecs`] marks it from the list API's `__whole_image` filter.
 pub fn parse_image(v: &Value) -> ImageInfo {
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
-    let truthy = |k: &str| {
-        v.get(k)
-            .map(|x| {
-                x.as_str()
-                    .map(|t| t == "true" || t == "1")
-                    .unwrap_or(x.as_bool() == Some(true))
-            })
-            .unwrap_or(false)
-    };
     let visibility = match s("__imagetype").as_deref() {
         Some("gold") => "public".to_string(),
         Some(t) => t.to_string(),
@@ -167,7 +157,6 @@ pub fn parse_image(v: &Value) -> ImageInfo {
         .and_then(|t| t.parse::<u64>().ok())
         .or_else(|| v.get("__image_size").and_then(Value::as_u64))
         .or_else(|| v.get("size").and_then(Value::as_u64));
-    let whole = truthy("__whole_image");
     let mut properties = std::collections::BTreeMap::new();
     if s("__productcode").is_some_and(|c| !c.is_empty()) && visibility == "private" {
         properties.insert("__productcode".to_string(), s("__productcode").unwrap_or_default());
@@ -187,18 +176,26 @@ pub fn parse_image(v: &Value) -> ImageInfo {
         disk_format: s("disk_format"),
         container_format: s("container_format"),
         visibility,
-        encrypted: Some(truthy("__system_encrypted") || s("__system__cmkid").is_some_and(|k| !k.is_empty())),
+        encrypted: Some(s("__system__cmkid").is_some_and(|k| !k.is_empty())),
         state: s("status").map(|st| image_state(&st)),
-        whole_machine: whole,
-        replicated_from_backup: whole
-            && s("__backup_id").is_some_and(|b| !b.is_empty())
-            && s("__data_origin").is_some_and(|o| o.starts_with("image,")),
+        whole_machine: false,
+        replicated_from_backup: false,
         shared_from_other_account: false,
         digest: None,
         checksum: s("checksum").filter(|c| !c.is_empty()),
         properties,
         carried: Default::default(),
     }
+}
+
+/// Mark a full-ECS image (the list API found it with `__whole_image=true`, a filter of the IMS
+/// reference's "Querying Images" that the SDK's request model lacks): one made from a CBR backup
+/// has a `__backup_id`, and one that is itself a cross-region replica has a `__data_origin`
+/// starting with `image,`.
+pub fn full_ecs(info: &mut ImageInfo, v: &Value) {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    info.whole_machine = true;
+    info.replicated_from_backup = !s("__backup_id").is_empty() && s("__data_origin").starts_with("image,");
 }
 
 /// The IAM endpoint: the Secret's `iamEndpoint`, else the global IAM. IAM is a service of its
@@ -225,14 +222,19 @@ fn token_tag(token: &str) -> String {
     format!("{TOKEN_PROPERTY}={token}")
 }
 
-/// Our token among an image's `tags` (listed as `key.value`, as IMS lists them).
+/// Our token among an image's `tags`. The SDK types them as plain strings; the list API's
+/// filter writes a tag `key=value`, and image listings have shown `key.value`: both are read.
 fn has_our_tag(v: &Value) -> Option<String> {
     v.get("tags")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
-        .find_map(|t| t.strip_prefix(&format!("{TOKEN_PROPERTY}.")).map(String::from))
+        .find_map(|t| {
+            t.strip_prefix(TOKEN_PROPERTY)
+                .and_then(|rest| rest.strip_prefix('=').or_else(|| rest.strip_prefix('.')))
+                .map(String::from)
+        })
 }
 
 impl Huawei {
@@ -513,7 +515,15 @@ impl Service for Huawei {
             .filter(|i| i.get(k).and_then(Value::as_str) == Some(v))
             .map(|i| (i.get("id").and_then(Value::as_str).unwrap_or("").to_string(), i))
             .collect();
-        cloud::exactly_one("IMS", region, &format!("with {k} {v}"), exact).map(|i| parse_image(&i))
+        let raw = cloud::exactly_one("IMS", region, &format!("with {k} {v}"), exact)?;
+        let mut info = parse_image(&raw);
+        let whole = self
+            .list(acct, region, region, &[("id", &info.id), ("__whole_image", "true")])
+            .await?;
+        if whole.iter().any(|i| i.get("id").and_then(Value::as_str) == Some(info.id.as_str())) {
+            full_ecs(&mut info, &raw);
+        }
+        Ok(info)
     }
 
     async fn start_copy(&self, acct: &Account, req: &CopyRequest) -> Result<CopyHandle, ProviderError> {
@@ -800,16 +810,20 @@ mod tests {
 
     #[test]
     fn parses_ims_images() {
-        let i = parse_image(&json!({
+        let raw = json!({
             "id": "i1", "name": "web", "status": "active", "__imagetype": "private", "disk_format": "zvhd2",
-            "__image_size": "2147483648", "__whole_image": "true", "__backup_id": "b1",
+            "__image_size": "2147483648", "__backup_id": "b1",
             "__data_origin": "image,cn-north-4,i0", "__system__cmkid": "", "__os_version": "Ubuntu 22.04"
-        }));
+        });
+        let mut i = parse_image(&raw);
         assert_eq!(i.visibility, "private");
         assert_eq!(i.size_bytes, Some(2 << 30));
-        assert!(i.whole_machine && i.replicated_from_backup && i.encrypted == Some(false));
+        assert!(!i.whole_machine && i.encrypted == Some(false));
         assert_eq!(i.state, Some(ImageState::Available));
-        let g = parse_image(&json!({"id": "g", "__imagetype": "gold", "status": "saving", "__system_encrypted": "1"}));
+        // Found with the list API's __whole_image filter: a full-ECS replica of a backup.
+        full_ecs(&mut i, &raw);
+        assert!(i.whole_machine && i.replicated_from_backup);
+        let g = parse_image(&json!({"id": "g", "__imagetype": "gold", "status": "saving", "__system__cmkid": "k-1"}));
         assert_eq!(g.visibility, "public");
         assert_eq!(g.encrypted, Some(true));
         assert_eq!(g.state, Some(ImageState::Creating));
@@ -863,12 +877,15 @@ mod tests {
 
     #[test]
     fn finds_copies_by_the_list_apis_tag_filter() {
-        // GET /v2/cloudimages?tag=<key>=<value>; images list their tags as `key.value`.
+        // GET /v2/cloudimages?tag=<key>=<value>; an image's tags read as `key=value` or `key.value`.
         assert_eq!(token_tag("t-1"), "imgrep_client_token=t-1");
-        assert_eq!(
-            has_our_tag(&json!({"tags": ["team.web", "imgrep_client_token.t-1"]})).as_deref(),
-            Some("t-1")
-        );
+        for tags in [
+            json!(["team.web", "imgrep_client_token.t-1"]),
+            json!(["team=web", "imgrep_client_token=t-1"]),
+        ] {
+            assert_eq!(has_our_tag(&json!({ "tags": tags })).as_deref(), Some("t-1"));
+        }
+        assert_eq!(has_our_tag(&json!({"tags": ["imgrep_client_tokenX=t-1"]})), None);
     }
 
     #[test]
