@@ -650,6 +650,9 @@ async fn real_keystone_region_ids_catalog_changes_and_image_attributes() {
     })
     .await;
     assert!(msg.contains("(regions: RegionOne, RegionTwo)"), "{msg}");
+    assert!(msg.contains("no attempt counted"), "not a failed copy: {msg}");
+    let st = api.get("nowhere").await.unwrap().status.unwrap();
+    assert_eq!(st.destinations[0].attempts, 0, "no attempt counted");
 
     // A region added to Keystone while the operator runs: used at once, no restart.
     ks.add_endpoint(&glance, "RegionThree", "public", &cloud.proxy_url("RegionThree"))
@@ -663,6 +666,13 @@ async fn real_keystone_region_ids_catalog_changes_and_image_attributes() {
     api.create(&PostParams::default(), &later).await.unwrap();
     wait_ready(&api, "later").await;
     assert_eq!(three.copies_in("RegionThree").await.len(), 1);
+    // The admin adds the missing region: the waiting destination goes on by itself (no
+    // retry annotation, no restart), with a truthful attempt count.
+    ks.add_region("RegionNine").await;
+    ks.add_endpoint(&glance, "RegionNine", "public", &cloud.proxy_url("RegionThree"))
+        .await;
+    let st = wait_ready(&api, "nowhere").await;
+    assert_eq!(st.destinations[0].attempts, 1, "{:?}", st.destinations[0]);
     support::assert_secrets_kept(&s, &op, &[support::keystone::ADMIN_PASSWORD]).await;
 }
 

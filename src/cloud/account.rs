@@ -13,6 +13,9 @@ pub struct ProviderError {
     /// cannot help and may lock the account, so the engine backs off far and waits for the
     /// Secret to change.
     pub auth: bool,
+    /// The cloud is not set up for this yet in a way its admin can fix (OpenStack: a region
+    /// the Keystone catalog does not have): tried again on a slow schedule, no attempt counted.
+    pub setup: bool,
     pub message: String,
 }
 
@@ -22,6 +25,7 @@ impl ProviderError {
             retryable: true,
             not_found: false,
             auth: false,
+            setup: false,
             message: message.into(),
         }
     }
@@ -30,6 +34,7 @@ impl ProviderError {
             retryable: false,
             not_found: false,
             auth: false,
+            setup: false,
             message: message.into(),
         }
     }
@@ -39,11 +44,18 @@ impl ProviderError {
             ..Self::permanent(message)
         }
     }
+    pub fn setup(message: impl Into<String>) -> Self {
+        Self {
+            setup: true,
+            ..Self::transient(message)
+        }
+    }
     pub fn not_found(message: impl Into<String>) -> Self {
         Self {
             retryable: false,
             not_found: true,
             auth: false,
+            setup: false,
             message: message.into(),
         }
     }

@@ -20,6 +20,13 @@ use crate::plan::{Announcement, Gate, Standing, gate_conditions, retry_delay, st
 pub use crate::plan::{RETRY_ANNOTATION, retry_requested};
 use crate::validation;
 
+/// A start the cloud's setup prevents (a region the catalog lacks) is tried again this often,
+/// without counting attempts.
+pub const SETUP_RETRY: Duration = Duration::from_secs(60);
+
+/// How a destination's message says so.
+const SETUP_NOTE: &str = "the cloud's admin can fix this; no attempt counted, tried again every";
+
 /// What the engine observed about one destination this time.
 #[derive(Clone, Debug, PartialEq)]
 pub enum DestObs {
@@ -349,7 +356,8 @@ fn queue_destination(
         if s.attempts >= max_attempts {
             return false;
         }
-        let due = retry_delay(s.attempts).as_secs() as i64;
+        let setup = s.message.as_deref().is_some_and(|m| m.contains(SETUP_NOTE));
+        let due = if setup { SETUP_RETRY } else { retry_delay(s.attempts) }.as_secs() as i64;
         match secs_since(&s.completed_at, now) {
             Some(age) if age < due => {
                 wake.push(Duration::from_secs((due - age) as u64));
@@ -462,6 +470,23 @@ fn apply_observation(
         }
         (DestinationPhase::Starting, DestObs::NotStarted) if can_start => {
             p.start.push(region.to_string());
+        }
+        (DestinationPhase::Starting, DestObs::StartFailed(e)) if e.setup => {
+            // Nothing was started: the attempt is given back, and the start is tried again on
+            // a slow schedule for as long as the cloud's admin has not set it up.
+            s.attempts = (s.attempts - 1).max(0);
+            s.phase = DestinationPhase::Failed;
+            s.completed_at = Some(now.clone());
+            clear_progress(s);
+            s.client_token = None;
+            s.task_id = None;
+            s.image_id = None;
+            s.message = Some(format!(
+                "{} ({SETUP_NOTE} {}s)",
+                e.message,
+                SETUP_RETRY.as_secs()
+            ));
+            wake.push(SETUP_RETRY);
         }
         (DestinationPhase::Starting, DestObs::StartFailed(e)) => {
             // The token is kept: a start that failed late may still have created the copy,
@@ -1141,6 +1166,34 @@ spec:
             &[("two", Admission::Granted), ("three", Admission::Granted)],
         );
         assert_eq!(p.start.len(), 2);
+    }
+
+    /// A region the cloud is not set up for (OpenStack: missing from the Keystone catalog) is
+    /// not a failed copy: no attempt is counted, the start is tried again every minute for as
+    /// long as it takes, and it goes on once the admin fixes it.
+    #[test]
+    fn a_region_the_cloud_is_not_set_up_for_is_retried_without_counting() {
+        let mut o = obj();
+        let grant = [("two", Admission::Granted), ("three", Admission::Granted)];
+        step(&mut o, &Gate::Open, &observed(&[]), 0, &grant);
+        let missing = ProviderError::setup("the Keystone catalog has no public image endpoint in region two");
+        let p = step(&mut o, &Gate::Open, &observed(&[("two", DestObs::StartFailed(missing))]), 1, &[]);
+        let d = dest(&p, "two");
+        assert_eq!((d.phase, d.attempts), (DestinationPhase::Failed, 0));
+        let m = d.message.clone().unwrap();
+        assert!(m.contains("no attempt counted") && !m.contains("attempt 1/"), "{m}");
+        assert!(p.requeue.unwrap() <= SETUP_RETRY);
+        let p = step(&mut o, &Gate::Open, &observed(&[]), 31, &[("two", Admission::Granted)]);
+        assert_eq!(dest(&p, "two").phase, DestinationPhase::Failed, "not before a minute");
+        for t in [62, 200, 400, 800] {
+            // Many minutes, many tries: never final.
+            let p = step(&mut o, &Gate::Open, &observed(&[]), t, &[("two", Admission::Granted)]);
+            assert_eq!(dest(&p, "two").phase, DestinationPhase::Starting, "at {t}");
+            let e = ProviderError::setup("the Keystone catalog has no public image endpoint in region two");
+            step(&mut o, &Gate::Open, &observed(&[("two", DestObs::StartFailed(e))]), t + 1, &[]);
+        }
+        let p = step(&mut o, &Gate::Open, &observed(&[]), 900, &[("two", Admission::Granted)]);
+        assert_eq!((dest(&p, "two").phase, dest(&p, "two").attempts), (DestinationPhase::Starting, 1));
     }
 
     #[test]

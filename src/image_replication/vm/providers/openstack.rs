@@ -49,6 +49,9 @@ pub type Observer = Arc<dyn Fn(&'static str, &'static str, f64) + Send + Sync>;
 /// Total time of one API call (not of an image stream).
 const API_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A region missing from the cached catalog renews the token (and catalog) at most this often.
+const CATALOG_REFRESH: Duration = Duration::from_secs(30);
+
 /// A stream that moves no byte for this long is broken off and the copy fails (and is retried).
 const STALL: Duration = Duration::from_secs(300);
 
@@ -86,6 +89,7 @@ const CORE: [&str; 27] = [
 pub(crate) struct Session {
     token: String,
     expires: Instant,
+    issued: Instant,
     /// (region, interface, url) of image endpoints.
     endpoints: Vec<(String, String, String)>,
 }
@@ -356,7 +360,7 @@ impl OpenStack {
                             regions.push(r);
                         }
                     }
-                    ProviderError::permanent(format!(
+                    ProviderError::setup(format!(
                         "the Keystone catalog has no {iface} image endpoint in region {region} (regions: {})",
                         regions.join(", ")
                     ))
@@ -381,8 +385,8 @@ impl OpenStack {
             let base = match self.endpoint(acct, &s, region) {
                 Ok(b) => b,
                 // A region or endpoint added to Keystone since the token was issued: the cached
-                // catalog is renewed once (a new token) before the miss counts.
-                Err(_) if attempt == 0 && acct.endpoint.is_none() => {
+                // catalog is renewed once (a new token, at most every 30 s) before the miss counts.
+                Err(_) if attempt == 0 && acct.endpoint.is_none() && s.issued.elapsed() > CATALOG_REFRESH => {
                     self.forget_session();
                     continue;
                 }
@@ -761,6 +765,7 @@ pub(crate) fn parse_token(token: &str, body: &Value) -> Session {
         }
     }
     Session {
+        issued: Instant::now(),
         token: token.to_string(),
         expires: Instant::now() + expires,
         endpoints,
