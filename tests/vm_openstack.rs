@@ -315,6 +315,29 @@ async fn sigkill_mid_copy_then_restart_leaves_exactly_one_image_per_region() {
         2,
         "nothing else left behind in the destination service"
     );
+    // Glance cannot resume an upload: a restart says so (an Event, whose repeats within six
+    // minutes count in its series, as kube's Recorder does), with the bytes sent again; the
+    // log names each one.
+    let restarted: Vec<String> = support::events_in(&c, "default", "big")
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("UploadRestarted"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        restarted
+            .iter()
+            .any(|n| n.contains("bytes already sent are sent again")),
+        "{restarted:?}"
+    );
+    let logs = op2.logs();
+    for r in ["region-two", "region-three"] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("restarted the upload from the start") && l.contains(r)),
+            "{r}: {logs}"
+        );
+    }
     drop(op2);
 }
 

@@ -143,6 +143,9 @@ pub struct TaskState {
     pub bytes_total: Option<u64>,
     /// The destination's digest once verified.
     pub digest: Option<String>,
+    /// The provider started moving the bytes again from the start (OpenStack after a restart:
+    /// Glance cannot resume an upload).
+    pub restarted: bool,
 }
 
 impl CopyHandle {
@@ -194,6 +197,7 @@ impl TaskState {
             bytes_done: None,
             bytes_total,
             digest: None,
+            restarted: false,
         }
     }
 }

@@ -458,7 +458,20 @@ fn apply_observation(
         (
             DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling,
             DestObs::Task { handle, state },
-        ) => apply_polled(s, before, handle, state, now, max_attempts, wake),
+        ) => {
+            if state.restarted {
+                let lost = s.bytes_copied.unwrap_or(0);
+                p.events.push(Announcement {
+                    warning: true,
+                    reason: "UploadRestarted".into(),
+                    note: format!(
+                        "{region}: the upload into image {} starts again from the beginning (the provider cannot resume it after the operator restarted); {lost} bytes already sent are sent again",
+                        handle.image_id.as_deref().unwrap_or("?")
+                    ),
+                });
+            }
+            apply_polled(s, before, handle, state, now, max_attempts, wake)
+        }
         (DestinationPhase::Cancelling, DestObs::Cancelled) => {
             s.phase = DestinationPhase::Cancelled;
             s.completed_at = Some(now.clone());
@@ -481,11 +494,7 @@ fn apply_observation(
             s.client_token = None;
             s.task_id = None;
             s.image_id = None;
-            s.message = Some(format!(
-                "{} ({SETUP_NOTE} {}s)",
-                e.message,
-                SETUP_RETRY.as_secs()
-            ));
+            s.message = Some(format!("{} ({SETUP_NOTE} {}s)", e.message, SETUP_RETRY.as_secs()));
             wake.push(SETUP_RETRY);
         }
         (DestinationPhase::Starting, DestObs::StartFailed(e)) => {
@@ -875,6 +884,7 @@ spec:
                 bytes_done: Some(done),
                 bytes_total: Some(100),
                 digest: None,
+                restarted: false,
             },
         }
     }
@@ -892,6 +902,7 @@ spec:
                 bytes_done: Some(100),
                 bytes_total: Some(100),
                 digest: Some("sha512:aa".into()),
+                restarted: false,
             },
         }
     }
@@ -1168,6 +1179,28 @@ spec:
         assert_eq!(p.start.len(), 2);
     }
 
+    /// An upload the provider had to start again (OpenStack after a kill -9) says so, with the
+    /// bytes sent twice.
+    #[test]
+    fn an_upload_started_again_says_so() {
+        let mut o = obj();
+        let grant = [("two", Admission::Granted), ("three", Admission::Granted)];
+        step(&mut o, &Gate::Open, &observed(&[]), 0, &grant);
+        step(&mut o, &Gate::Open, &observed(&[("two", running("i2", 40))]), 5, &[]);
+        let mut again = running("i2", 0);
+        if let DestObs::Task { state, .. } = &mut again {
+            state.restarted = true;
+        }
+        let p = step(&mut o, &Gate::Open, &observed(&[("two", again)]), 10, &[]);
+        let e = p
+            .events
+            .iter()
+            .find(|e| e.reason == "UploadRestarted")
+            .expect("an Event");
+        assert!(e.warning && e.note.contains("40 bytes already sent"), "{e:?}");
+        assert_eq!(dest(&p, "two").bytes_copied, Some(0));
+    }
+
     /// A region the cloud is not set up for (OpenStack: missing from the Keystone catalog) is
     /// not a failed copy: no attempt is counted, the start is tried again every minute for as
     /// long as it takes, and it goes on once the admin fixes it.
@@ -1177,7 +1210,13 @@ spec:
         let grant = [("two", Admission::Granted), ("three", Admission::Granted)];
         step(&mut o, &Gate::Open, &observed(&[]), 0, &grant);
         let missing = ProviderError::setup("the Keystone catalog has no public image endpoint in region two");
-        let p = step(&mut o, &Gate::Open, &observed(&[("two", DestObs::StartFailed(missing))]), 1, &[]);
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[("two", DestObs::StartFailed(missing))]),
+            1,
+            &[],
+        );
         let d = dest(&p, "two");
         assert_eq!((d.phase, d.attempts), (DestinationPhase::Failed, 0));
         let m = d.message.clone().unwrap();
@@ -1190,10 +1229,19 @@ spec:
             let p = step(&mut o, &Gate::Open, &observed(&[]), t, &[("two", Admission::Granted)]);
             assert_eq!(dest(&p, "two").phase, DestinationPhase::Starting, "at {t}");
             let e = ProviderError::setup("the Keystone catalog has no public image endpoint in region two");
-            step(&mut o, &Gate::Open, &observed(&[("two", DestObs::StartFailed(e))]), t + 1, &[]);
+            step(
+                &mut o,
+                &Gate::Open,
+                &observed(&[("two", DestObs::StartFailed(e))]),
+                t + 1,
+                &[],
+            );
         }
         let p = step(&mut o, &Gate::Open, &observed(&[]), 900, &[("two", Admission::Granted)]);
-        assert_eq!((dest(&p, "two").phase, dest(&p, "two").attempts), (DestinationPhase::Starting, 1));
+        assert_eq!(
+            (dest(&p, "two").phase, dest(&p, "two").attempts),
+            (DestinationPhase::Starting, 1)
+        );
     }
 
     #[test]

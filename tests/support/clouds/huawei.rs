@@ -61,7 +61,11 @@ pub(super) async fn huawei(
                 .filter(|i| i.region == region && i.project == project)
                 .filter(|i| params.get("id").is_none_or(|x| *x == i.id))
                 .filter(|i| params.get("name").is_none_or(|x| *x == i.name))
-                .filter(|i| params.get("__whole_image").is_none_or(|x| (x == "true") == whole_image(i)))
+                .filter(|i| {
+                    params
+                        .get("__whole_image")
+                        .is_none_or(|x| (x == "true") == whole_image(i))
+                })
                 // The tag filter is `tag=<key>=<value>`.
                 .filter(|i| {
                     params
@@ -89,9 +93,7 @@ pub(super) async fn huawei(
                 return hw_err(StatusCode::NOT_FOUND, "IMG.0027", "The image does not exist");
             };
             // vault_id: required for full-ECS images (CopyImageCrossRegionRequestBody).
-            if whole_image(&src)
-                && body.get("vault_id").and_then(Value::as_str).is_none_or(str::is_empty)
-            {
+            if whole_image(&src) && body.get("vault_id").and_then(Value::as_str).is_none_or(str::is_empty) {
                 return hw_err(
                     StatusCode::BAD_REQUEST,
                     "IMG.0001",

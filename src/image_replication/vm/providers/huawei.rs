@@ -520,7 +520,10 @@ impl Service for Huawei {
         let whole = self
             .list(acct, region, region, &[("id", &info.id), ("__whole_image", "true")])
             .await?;
-        if whole.iter().any(|i| i.get("id").and_then(Value::as_str) == Some(info.id.as_str())) {
+        if whole
+            .iter()
+            .any(|i| i.get("id").and_then(Value::as_str) == Some(info.id.as_str()))
+        {
             full_ecs(&mut info, &raw);
         }
         Ok(info)

@@ -836,6 +836,7 @@ impl Service for OpenStack {
             bytes_done: done,
             bytes_total: total,
             digest,
+            restarted: false,
         };
         if let Some(w) = self.inner.streams.progress(&req.token) {
             let (done, total) = (w.done.load(Ordering::Relaxed), w.total.load(Ordering::Relaxed));
@@ -867,12 +868,16 @@ impl Service for OpenStack {
             Some(ImageState::Creating) if status == "queued" => {
                 // `queued`: nothing is uploading; start the stream again into the same image.
                 let w = self.spawn_worker(acct, req, &dest_id);
-                state(
-                    TaskPhase::Running,
-                    Some(w.done.load(Ordering::Relaxed)),
-                    req.source.size_bytes,
-                    None,
-                )
+                tracing::info!(region = %req.region, image = %dest_id, "restarted the upload from the start (Glance cannot resume one)");
+                TaskState {
+                    restarted: true,
+                    ..state(
+                        TaskPhase::Running,
+                        Some(w.done.load(Ordering::Relaxed)),
+                        req.source.size_bytes,
+                        None,
+                    )
+                }
             }
             Some(ImageState::Creating) => {
                 // Glance is still taking an upload (one this process no longer drives); an
