@@ -854,8 +854,37 @@ async fn shares_copies_with_other_projects_on_real_keystone_and_glance() {
         404
     );
 
-    // Delete: every share withdrawn, the copy deleted, the source kept.
+    // A protected copy blocks the delete: the message says so in one clean line (not Glance's
+    // HTML page), naming the image once. Unprotected, the delete goes on.
+    let admin = ks.token("admin", support::keystone::ADMIN_PASSWORD, "admin").await.unwrap();
+    let protect = |on: bool| {
+        let (url, admin) = (format!("{}/v2/images/{copy}", cloud.proxy_url("RegionTwo")), admin.clone());
+        async move {
+            let r = support::openstack::client()
+                .patch(url)
+                .header("X-Auth-Token", admin)
+                .header("Content-Type", "application/openstack-images-v2.1-json-patch")
+                .body(json!([{"op": "replace", "path": "/protected", "value": on}]).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "protect {on}: {}", r.status());
+        }
+    };
+    protect(true).await;
     api.delete("golden", &DeleteParams::default()).await.unwrap();
+    let msg = eventually(WAIT, "the delete blocked", || async {
+        let st = api.get("golden").await.ok()?.status?;
+        let c = st.conditions.iter().find(|c| c.type_ == "Ready")?;
+        c.message.contains("protected").then(|| c.message.clone())
+    })
+    .await;
+    assert!(!msg.contains('<') && !msg.contains('\n'), "{msg}");
+    assert_eq!(msg.matches("deleting image").count(), 1, "{msg}");
+    assert!(msg.contains(&format!("RegionTwo: deleting image {copy}: Glance: HTTP 403")), "{msg}");
+    protect(false).await;
+
+    // Delete: every share withdrawn, the copy deleted, the source kept.
     eventually(WAIT, "golden gone", || async {
         api.get_opt("golden").await.ok()?.is_none().then_some(())
     })
