@@ -88,8 +88,12 @@ async fn copies_to_many_regions_verifies_checksums_and_repairs_drift() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let file = make_image(dir.path(), "web", "qcow2", 8);
-    let src = a.upload("web", "qcow2", &file, json!({"os_distro": "debian"})).await;
+    // A public source (Glance makes a new image `shared` unless told: its copies must be private).
+    let src = a
+        .upload("web", "qcow2", &file, json!({"os_distro": "debian", "visibility": "public"}))
+        .await;
     let src_doc = a.image(&src).await.unwrap();
+    assert_eq!(src_doc["visibility"], "public");
 
     let (s, c) = support::cluster().await;
     password_secret(&c, &cloud).await;
@@ -126,6 +130,7 @@ async fn copies_to_many_regions_verifies_checksums_and_repairs_drift() {
         assert_eq!(img["disk_format"], "qcow2");
         assert_eq!(img["os_distro"], "debian", "user properties carried over");
         assert_eq!(img["imgrep_source_image"].as_str(), Some(src.as_str()));
+        assert_eq!(img["visibility"], "private", "a copy of a public image is private");
     }
     let three = &cc.copies_in("region-three").await[0];
     assert_eq!(three["description"], "golden");
