@@ -980,6 +980,7 @@ async fn shares_through_the_operator(kind: Kind) {
     let (a, b) = match kind {
         Kind::Huawei => ("0a1b2c3d4e5f60718293a4b5c6d7e8f9", "1a1b2c3d4e5f60718293a4b5c6d7e8f9"),
         Kind::Alibaba => ("1234567890123456", "2234567890123456"),
+        Kind::Aws => ("111122223333", "444455556666"),
         _ => ("100000000001", "100000000002"),
     };
     let (src_region, dst_region, data, provider) = match kind {
@@ -998,6 +999,12 @@ async fn shares_through_the_operator(kind: Kind) {
             "cn-shanghai",
             vec![("accessKeyId", AK), ("accessKeySecret", SK)],
             json!({"kind": "alibaba", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url}),
+        ),
+        Kind::Aws => (
+            "us-east-1",
+            "eu-west-1",
+            vec![("accessKeyId", AK), ("secretAccessKey", SK)],
+            json!({"kind": "aws", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url}),
         ),
         _ => (
             "ap-guangzhou",
@@ -1058,6 +1065,19 @@ async fn shares_through_the_operator(kind: Kind) {
         }
     };
     assert_eq!(cloud.members_of(&copy), want("pending"));
+    if kind == Kind::Aws {
+        // Every snapshot of the copy and of the source: createVolumePermission, so the
+        // accounts can copy the AMI, not only launch it.
+        let src_snaps = cloud.images_in(src_region)[0].snapshots.clone();
+        let copy_snaps = cloud.images_in(dst_region)[0].snapshots.clone();
+        assert!(!copy_snaps.is_empty() && !src_snaps.is_empty());
+        for snap in &copy_snaps {
+            assert_eq!(cloud.members_of(snap), want("shared"), "{snap}");
+        }
+        for snap in &src_snaps {
+            assert_eq!(cloud.members_of(snap), vec![(a.to_string(), "shared".to_string())]);
+        }
+    }
     if accepts {
         let why = dest(&st, dst_region).shares[1].message.clone().unwrap();
         assert!(why.contains(&format!("accept it in account {b}")), "{why}");
@@ -1072,6 +1092,9 @@ async fn shares_through_the_operator(kind: Kind) {
     .await;
     assert!(cloud.members_of(&copy).is_empty(), "the copy's shares withdrawn");
     assert!(cloud.members_of(&src).is_empty(), "the source's share withdrawn");
+    for snap in cloud.images_in(src_region)[0].snapshots.clone() {
+        assert!(cloud.members_of(&snap).is_empty(), "the source snapshot's permission withdrawn");
+    }
     assert!(cloud.images_in(dst_region).is_empty(), "the copy deleted");
     assert_eq!(cloud.images_in(src_region).len(), 1, "the source kept");
     support::assert_secrets_kept(&s, &op, &[SK]).await;
@@ -1086,6 +1109,11 @@ async fn huawei_shares_and_accepts_as_the_member() {
 #[tokio::test(flavor = "multi_thread")]
 async fn alibaba_shares_with_accounts() {
     shares_through_the_operator(Kind::Alibaba).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_shares_with_accounts_through_the_stand_in() {
+    shares_through_the_operator(Kind::Aws).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -184,6 +184,59 @@ pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap
             }
         }
         "DeleteSnapshot" => xml_ok("DeleteSnapshot", "<return>true</return>".into()),
+        // Launch permissions are kept per AMI id, createVolumePermission per snapshot id.
+        "DescribeImageAttribute" | "DescribeSnapshotAttribute" => {
+            let image = p.get("Action").map(String::as_str) == Some("DescribeImageAttribute");
+            let (id_key, attr, list_el) = if image {
+                ("ImageId", "launchPermission", "launchPermission")
+            } else {
+                ("SnapshotId", "createVolumePermission", "createVolumePermission")
+            };
+            if p.get("Attribute").map(String::as_str) != Some(attr) {
+                return aws_error(StatusCode::BAD_REQUEST, "InvalidParameterValue", "unsupported attribute");
+            }
+            let id = p.get(id_key).cloned().unwrap_or_default();
+            let items: String = st
+                .members
+                .lock()
+                .unwrap()
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .map(|(a, _)| format!("<item><userId>{a}</userId></item>"))
+                .collect();
+            let id_el = if image { "imageId" } else { "snapshotId" };
+            xml_ok(
+                p["Action"].as_str(),
+                format!("<{id_el}>{id}</{id_el}><{list_el}>{items}</{list_el}>"),
+            )
+        }
+        "ModifyImageAttribute" | "ModifySnapshotAttribute" => {
+            let image = p.get("Action").map(String::as_str) == Some("ModifyImageAttribute");
+            let (id, add, remove) = if image {
+                (
+                    p.get("ImageId").cloned().unwrap_or_default(),
+                    (1..=20).filter_map(|n| p.get(&format!("LaunchPermission.Add.{n}.UserId")).cloned()).collect::<Vec<_>>(),
+                    (1..=20).filter_map(|n| p.get(&format!("LaunchPermission.Remove.{n}.UserId")).cloned()).collect::<Vec<_>>(),
+                )
+            } else {
+                let users = list("UserId");
+                match p.get("OperationType").map(String::as_str) {
+                    Some("add") => (p.get("SnapshotId").cloned().unwrap_or_default(), users, vec![]),
+                    Some("remove") => (p.get("SnapshotId").cloned().unwrap_or_default(), vec![], users),
+                    _ => return aws_error(StatusCode::BAD_REQUEST, "InvalidParameterValue", "OperationType"),
+                }
+            };
+            let mut all = st.members.lock().unwrap();
+            let l = all.entry(id).or_default();
+            for a in add {
+                if !l.iter().any(|(m, _)| *m == a) {
+                    l.push((a, "shared".into()));
+                }
+            }
+            l.retain(|(m, _)| !remove.contains(m));
+            xml_ok(p["Action"].as_str(), "<return>true</return>".into())
+        }
         other => aws_error(
             StatusCode::BAD_REQUEST,
             "InvalidAction",
