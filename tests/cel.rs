@@ -111,6 +111,27 @@ fn same_region_only_with_encryption() {
     );
 }
 
+/// The seeds' "same region, cross-account": a same-region destination that only shares the
+/// source; an empty shareWith does not count. (Unique accounts: a list keyed by account, which
+/// the real API server enforces: tests/envtest.rs.)
+#[test]
+fn same_region_with_share_with_and_unique_accounts() {
+    assert_eq!(
+        image(|s| {
+            s["destinations"][0]["region"] = json!("cn-north-4");
+            s["destinations"][0]["shareWith"] = json!([{"account": "0a1b2c3d4e5f60718293a4b5c6d7e8f9"}]);
+        }),
+        Vec::<String>::new()
+    );
+    assert_one(
+        image(|s| {
+            s["destinations"][0]["region"] = json!("cn-north-4");
+            s["destinations"][0]["shareWith"] = json!([]);
+        }),
+        "must differ from source.region",
+    );
+}
+
 #[test]
 fn name_length_two_to_128() {
     assert_one(

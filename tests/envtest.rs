@@ -833,3 +833,23 @@ async fn the_charts_rbac_is_enough_and_each_rule_is_needed() {
     let o = api.get("cut").await.unwrap();
     assert!(o.status.is_none(), "no status can be written: {:?}", o.status);
 }
+
+/// The CRD with shareWith installs on the real API server (within its CEL cost budget), the
+/// sharing example applies (a same-region destination that only shares), and a duplicate account
+/// is refused there (a list keyed by account), before the operator sees it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sharing_example_applies_and_duplicate_accounts_are_refused() {
+    let Some(sc) = Scene::new("share").await else { return };
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples/shared-golden-image.yaml");
+    sc.cp.kubectl_ok(&["apply", "-n", &sc.ns, "-f", example]);
+    let obj = sc.irs().get("golden-ami").await.unwrap();
+    assert_eq!(obj.spec.destinations[1].share_with.len(), 1);
+    let dup = std::fs::read_to_string(example)
+        .unwrap()
+        .replace("name: golden-ami", "name: dup")
+        .replace("\"444455556666\"", "\"111122223333\"");
+    let out = sc.cp.kubectl_stdin(&["apply", "-n", &sc.ns, "-f", "-"], &dup);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Duplicate value") && err.contains("111122223333"), "{err}");
+}

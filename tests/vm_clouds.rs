@@ -1093,7 +1093,10 @@ async fn shares_through_the_operator(kind: Kind) {
     assert!(cloud.members_of(&copy).is_empty(), "the copy's shares withdrawn");
     assert!(cloud.members_of(&src).is_empty(), "the source's share withdrawn");
     for snap in cloud.images_in(src_region)[0].snapshots.clone() {
-        assert!(cloud.members_of(&snap).is_empty(), "the source snapshot's permission withdrawn");
+        assert!(
+            cloud.members_of(&snap).is_empty(),
+            "the source snapshot's permission withdrawn"
+        );
     }
     assert!(cloud.images_in(dst_region).is_empty(), "the copy deleted");
     assert_eq!(cloud.images_in(src_region).len(), 1, "the source kept");

@@ -90,7 +90,12 @@ async fn copies_to_many_regions_verifies_checksums_and_repairs_drift() {
     let file = make_image(dir.path(), "web", "qcow2", 8);
     // A public source (Glance makes a new image `shared` unless told: its copies must be private).
     let src = a
-        .upload("web", "qcow2", &file, json!({"os_distro": "debian", "visibility": "public"}))
+        .upload(
+            "web",
+            "qcow2",
+            &file,
+            json!({"os_distro": "debian", "visibility": "public"}),
+        )
         .await;
     let src_doc = a.image(&src).await.unwrap();
     assert_eq!(src_doc["visibility"], "public");
@@ -861,9 +866,15 @@ async fn shares_copies_with_other_projects_on_real_keystone_and_glance() {
 
     // A protected copy blocks the delete: the message says so in one clean line (not Glance's
     // HTML page), naming the image once. Unprotected, the delete goes on.
-    let admin = ks.token("admin", support::keystone::ADMIN_PASSWORD, "admin").await.unwrap();
+    let admin = ks
+        .token("admin", support::keystone::ADMIN_PASSWORD, "admin")
+        .await
+        .unwrap();
     let protect = |on: bool| {
-        let (url, admin) = (format!("{}/v2/images/{copy}", cloud.proxy_url("RegionTwo")), admin.clone());
+        let (url, admin) = (
+            format!("{}/v2/images/{copy}", cloud.proxy_url("RegionTwo")),
+            admin.clone(),
+        );
         async move {
             let r = support::openstack::client()
                 .patch(url)
@@ -886,7 +897,10 @@ async fn shares_copies_with_other_projects_on_real_keystone_and_glance() {
     .await;
     assert!(!msg.contains('<') && !msg.contains('\n'), "{msg}");
     assert_eq!(msg.matches("deleting image").count(), 1, "{msg}");
-    assert!(msg.contains(&format!("RegionTwo: deleting image {copy}: Glance: HTTP 403")), "{msg}");
+    assert!(
+        msg.contains(&format!("RegionTwo: deleting image {copy}: Glance: HTTP 403")),
+        "{msg}"
+    );
     protect(false).await;
 
     // Delete: every share withdrawn, the copy deleted, the source kept.

@@ -193,7 +193,11 @@ pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap
                 ("SnapshotId", "createVolumePermission", "createVolumePermission")
             };
             if p.get("Attribute").map(String::as_str) != Some(attr) {
-                return aws_error(StatusCode::BAD_REQUEST, "InvalidParameterValue", "unsupported attribute");
+                return aws_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidParameterValue",
+                    "unsupported attribute",
+                );
             }
             let id = p.get(id_key).cloned().unwrap_or_default();
             let items: String = st
@@ -216,8 +220,12 @@ pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap
             let (id, add, remove) = if image {
                 (
                     p.get("ImageId").cloned().unwrap_or_default(),
-                    (1..=20).filter_map(|n| p.get(&format!("LaunchPermission.Add.{n}.UserId")).cloned()).collect::<Vec<_>>(),
-                    (1..=20).filter_map(|n| p.get(&format!("LaunchPermission.Remove.{n}.UserId")).cloned()).collect::<Vec<_>>(),
+                    (1..=20)
+                        .filter_map(|n| p.get(&format!("LaunchPermission.Add.{n}.UserId")).cloned())
+                        .collect::<Vec<_>>(),
+                    (1..=20)
+                        .filter_map(|n| p.get(&format!("LaunchPermission.Remove.{n}.UserId")).cloned())
+                        .collect::<Vec<_>>(),
                 )
             } else {
                 let users = list("UserId");
