@@ -584,33 +584,11 @@ spec:
 /// set at creation) and never starts a second one.
 async fn crash_between_copy_request_and_answer(kind: Kind) {
     let cloud = Stand::start(kind).await;
-    let (src_region, dst_region, secret_data, provider_kind, copy_call) = match kind {
-        Kind::Huawei => (
-            "cn-north-4",
-            "cn-east-3",
-            vec![
-                ("accessKey", AK),
-                ("secretKey", SK),
-                ("iamEndpoint", cloud.url.as_str()),
-            ],
-            "huawei",
-            "/cross_region_copy",
-        ),
-        Kind::Alibaba => (
-            "cn-hangzhou",
-            "cn-shanghai",
-            vec![("accessKeyId", AK), ("accessKeySecret", SK)],
-            "alibaba",
-            "CopyImage",
-        ),
-        Kind::Tencent => (
-            "ap-guangzhou",
-            "ap-shanghai",
-            vec![("secretId", AK), ("secretKey", SK)],
-            "tencent",
-            "SyncImages",
-        ),
-        Kind::Aws | Kind::Tcr => unreachable!("covered by their own tests"),
+    let (src_region, dst_region, secret_data, provider_kind) = cloud.account();
+    let copy_call = match kind {
+        Kind::Huawei => "/cross_region_copy",
+        Kind::Tencent => "SyncImages",
+        _ => "CopyImage",
     };
     // Copy requests that start work (Tencent's DryRun pre-flight does not).
     let copies = |c: &Stand| {
@@ -983,36 +961,8 @@ async fn shares_through_the_operator(kind: Kind) {
         Kind::Aws => ("111122223333", "444455556666"),
         _ => ("100000000001", "100000000002"),
     };
-    let (src_region, dst_region, data, provider) = match kind {
-        Kind::Huawei => (
-            "cn-north-4",
-            "cn-east-3",
-            vec![
-                ("accessKey", AK),
-                ("secretKey", SK),
-                ("iamEndpoint", cloud.url.as_str()),
-            ],
-            json!({"kind": "huawei", "agency": "ims_admin", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url}),
-        ),
-        Kind::Alibaba => (
-            "cn-hangzhou",
-            "cn-shanghai",
-            vec![("accessKeyId", AK), ("accessKeySecret", SK)],
-            json!({"kind": "alibaba", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url}),
-        ),
-        Kind::Aws => (
-            "us-east-1",
-            "eu-west-1",
-            vec![("accessKeyId", AK), ("secretAccessKey", SK)],
-            json!({"kind": "aws", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url}),
-        ),
-        _ => (
-            "ap-guangzhou",
-            "ap-shanghai",
-            vec![("secretId", AK), ("secretKey", SK)],
-            json!({"kind": "tencent", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url}),
-        ),
-    };
+    let (src_region, dst_region, data, kind_name) = cloud.account();
+    let provider = json!({"kind": kind_name, "agency": "ims_admin", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url});
     let src = cloud.add(src_region, "golden", 40, json!({}));
     let dir = tempfile::tempdir().unwrap();
     let (s, c, op) = setup(dir.path(), "creds", &data).await;

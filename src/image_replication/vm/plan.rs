@@ -488,12 +488,7 @@ fn apply_observation(
             // Nothing was started: the attempt is given back, and the start is tried again on
             // a slow schedule for as long as the cloud's admin has not set it up.
             s.attempts = (s.attempts - 1).max(0);
-            s.phase = DestinationPhase::Failed;
-            s.completed_at = Some(now.clone());
-            clear_progress(s);
-            s.client_token = None;
-            s.task_id = None;
-            s.image_id = None;
+            stop_failed(s, now);
             s.message = Some(format!("{} ({SETUP_NOTE} {}s)", e.message, SETUP_RETRY.as_secs()));
             wake.push(SETUP_RETRY);
         }
@@ -547,6 +542,17 @@ fn clear_progress(s: &mut DestinationStatus) {
     s.bytes_total = None;
 }
 
+/// `Failed` now, with no copy behind it: no progress to show (not the 99% it had reached), no
+/// token, task or image.
+fn stop_failed(s: &mut DestinationStatus, now: &Time) {
+    s.phase = DestinationPhase::Failed;
+    s.completed_at = Some(now.clone());
+    clear_progress(s);
+    s.client_token = None;
+    s.task_id = None;
+    s.image_id = None;
+}
+
 fn fail(
     s: &mut DestinationStatus,
     msg: &str,
@@ -559,13 +565,7 @@ fn fail(
         s.attempts = s.attempts.max(max_attempts);
     }
     let retry = s.attempts < max_attempts;
-    s.phase = DestinationPhase::Failed;
-    s.completed_at = Some(now.clone());
-    // A copy that failed or stopped has no progress to show (not the 99% it had reached).
-    clear_progress(s);
-    s.client_token = None;
-    s.task_id = None;
-    s.image_id = None;
+    stop_failed(s, now);
     s.message = Some(format!(
         "{msg} (attempt {}/{max_attempts}{})",
         s.attempts.min(max_attempts),

@@ -201,6 +201,37 @@ impl Stand {
             .collect()
     }
 
+    /// A source region, a destination region, the credentials Secret's data and the provider
+    /// kind of this stand-in's cloud, as the tests use them.
+    pub fn account(&self) -> (&'static str, &'static str, Vec<(&'static str, &str)>, &'static str) {
+        match self.kind {
+            Kind::Huawei => (
+                "cn-north-4",
+                "cn-east-3",
+                vec![("accessKey", AK), ("secretKey", SK), ("iamEndpoint", self.url.as_str())],
+                "huawei",
+            ),
+            Kind::Alibaba => (
+                "cn-hangzhou",
+                "cn-shanghai",
+                vec![("accessKeyId", AK), ("accessKeySecret", SK)],
+                "alibaba",
+            ),
+            Kind::Aws => (
+                "us-east-1",
+                "eu-west-1",
+                vec![("accessKeyId", AK), ("secretAccessKey", SK)],
+                "aws",
+            ),
+            Kind::Tencent | Kind::Tcr => (
+                "ap-guangzhou",
+                "ap-shanghai",
+                vec![("secretId", AK), ("secretKey", SK)],
+                "tencent",
+            ),
+        }
+    }
+
     /// Who an image is shared with: (account, status), sorted.
     pub fn members_of(&self, image: &str) -> Vec<(String, String)> {
         let mut v = self

@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::super::sharing::Sharing;
+use super::super::sharing::{Sharing, glance_members};
 use super::super::{
-    Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageState, Member, MemberStatus,
-    ProviderError, Service, TOKEN_PROPERTY, TaskPhase, TaskState,
+    Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageState, Member, ProviderError, Service,
+    TOKEN_PROPERTY, TaskPhase, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
@@ -710,7 +710,7 @@ impl Service for Huawei {
                 },
             )
             .await?;
-        Ok(parse_members(&v))
+        Ok(glance_members(&v))
     }
 
     /// `BatchAddMembers` (`POST /v1/cloudimages/members`): an asynchronous job; the member
@@ -750,24 +750,6 @@ impl Service for Huawei {
         )
         .await
     }
-}
-
-/// IMS's member list (GlanceListImageMembers): `members[].member_id` and `status`.
-fn parse_members(v: &Value) -> Vec<Member> {
-    v.get("members")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|m| {
-            let id = m.get("member_id")?.as_str()?;
-            let status = match m.get("status").and_then(Value::as_str) {
-                Some("accepted") => MemberStatus::Accepted,
-                Some("rejected") => MemberStatus::Rejected,
-                _ => MemberStatus::Pending,
-            };
-            Some(Member::new(id, status))
-        })
-        .collect()
 }
 
 impl Huawei {

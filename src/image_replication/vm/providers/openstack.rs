@@ -19,10 +19,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::Digest;
 
-use super::super::sharing::Sharing;
+use super::super::sharing::{Sharing, glance_members};
 use super::super::{
-    Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageState, Member, MemberStatus,
-    ProviderError, Service, TOKEN_PROPERTY, TaskPhase, TaskState,
+    Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageState, Member, ProviderError, Service,
+    TOKEN_PROPERTY, TaskPhase, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::allowed;
@@ -944,7 +944,7 @@ impl Service for OpenStack {
             .call("list_members", acct, &at.region, (Method::GET, &path), None, &[])
             .await?
             .unwrap_or_default();
-        Ok(parse_members(&v))
+        Ok(glance_members(&v))
     }
 
     /// Make the image `shared` if it is private (members are only for shared images), then
@@ -1008,43 +1008,9 @@ impl Service for OpenStack {
     }
 }
 
-/// Glance's member list: `{"members": [{"member_id", "status": pending|accepted|rejected}]}`.
-fn parse_members(v: &Value) -> Vec<Member> {
-    v.get("members")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|m| {
-            let id = m.get("member_id")?.as_str()?;
-            let status = match m.get("status").and_then(Value::as_str) {
-                Some("accepted") => MemberStatus::Accepted,
-                Some("rejected") => MemberStatus::Rejected,
-                _ => MemberStatus::Pending,
-            };
-            Some(Member::new(id, status))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_glance_members() {
-        let v = json!({"members": [
-            {"member_id": "p1", "image_id": "i", "status": "accepted", "created_at": "x", "updated_at": "x", "schema": "/v2/schemas/member"},
-            {"member_id": "p2", "status": "pending"}, {"member_id": "p3", "status": "rejected"}, {"status": "accepted"}],
-            "schema": "/v2/schemas/members"});
-        assert_eq!(
-            parse_members(&v),
-            vec![
-                Member::new("p1", MemberStatus::Accepted),
-                Member::new("p2", MemberStatus::Pending),
-                Member::new("p3", MemberStatus::Rejected),
-            ]
-        );
-    }
 
     #[test]
     fn parses_glance_images() {
