@@ -271,12 +271,54 @@ fn shares(out: &mut Vec<Violation>, kind: ProviderKind, i: usize, d: &Destinatio
     }
 }
 
+/// The rules of `spec.destinations[i].account` (a copy owned by another account): where the
+/// cloud allows it, with that cloud's account id form; elsewhere what to do instead.
+fn owner(out: &mut Vec<Violation>, kind: ProviderKind, i: usize, d: &DestinationSpec) {
+    let Some(a) = &d.account else { return };
+    let f = |name: &str| format!("spec.destinations[{i}].account{name}");
+    let instead = match kind {
+        ProviderKind::Aws => None,
+        ProviderKind::Huawei => Some(
+            "an IMS copy stays with the tenant that replicates it; the seed's cross-account way is to replicate, share and accept: use shareWith with acceptWith",
+        ),
+        ProviderKind::Alibaba => Some(
+            "ECS cannot copy an image shared by another account to another region (the seed: create a custom image from it first, then copy that); share the copy with shareWith instead",
+        ),
+        _ => Some("this cloud's copies belong to the provider's account; share them with shareWith instead"),
+    };
+    if let Some(why) = instead {
+        out.push(Violation::new(
+            f(""),
+            "FieldNotSupported",
+            format!("provider {}: {why}", kind.as_str()),
+        ));
+        return;
+    }
+    if let Some(rules) = crate::image_replication::vm::providers::sharing(kind)
+        && !(rules.valid_account)(&a.id)
+    {
+        out.push(Violation::new(
+            f(".id"),
+            "InvalidShareAccount",
+            format!("{:?} is not {}", crate::cloud::short(&a.id), rules.account_rule),
+        ));
+    }
+    if a.credentials_secret_ref.name.is_empty() {
+        out.push(Violation::new(
+            f(".credentialsSecretRef.name"),
+            "InvalidSecretRef",
+            "account.credentialsSecretRef.name must name a Secret",
+        ));
+    }
+}
+
 /// The rules of one destination (`spec.destinations[i]`) but the uniqueness of its region.
 fn destination(out: &mut Vec<Violation>, spec: &ImageReplicationSpec, i: usize, d: &DestinationSpec) {
     let kind = spec.provider.kind;
     let src = &spec.source;
     let f = |name: &str| format!("spec.destinations[{i}].{name}");
     shares(out, kind, i, d);
+    owner(out, kind, i, d);
     if d.region == src.region && d.encryption.is_none() && d.share_with.is_empty() {
         out.push(Violation::new(
             f("region"),
@@ -754,6 +796,25 @@ mod tests {
             vec!["DuplicateShareAccount"]
         );
         assert_eq!(share(ProviderKind::Oci, &["x"], false).0, vec!["FieldNotSupported"]);
+        // A copy owned by another account: AWS only; elsewhere what to do instead.
+        let owned = |kind: ProviderKind, id: &str| {
+            let mut s = ir(kind);
+            s.destinations[0].account = Some(OwnerSpec {
+                id: id.into(),
+                credentials_secret_ref: SecretRef { name: "team-b".into() },
+            });
+            image_replication(&s)
+        };
+        assert_eq!(owned(ProviderKind::Aws, "210987654321"), vec![]);
+        assert_eq!(
+            reasons(&owned(ProviderKind::Aws, "team-b")),
+            vec!["InvalidShareAccount"]
+        );
+        let v = owned(ProviderKind::Huawei, project);
+        assert_eq!(reasons(&v), vec!["FieldNotSupported"]);
+        assert!(v[0].message.contains("shareWith with acceptWith"), "{v:?}");
+        let v = owned(ProviderKind::Alibaba, "1234567890123456");
+        assert!(v[0].message.contains("custom image"), "{v:?}");
         // The seeds' "same region, cross-account": the source itself is shared.
         let mut s = ir(ProviderKind::Huawei);
         s.destinations[0].region = "cn-north-4".into();

@@ -1073,3 +1073,63 @@ async fn aws_shares_with_accounts_through_the_stand_in() {
 async fn tencent_shares_with_accounts() {
     shares_through_the_operator(Kind::Tencent).await;
 }
+
+/// A copy owned by another AWS account (`destinations[].account`): the source AMI and its
+/// snapshot are shared with that account, which copies it with its own keys; once the copy is
+/// available the source's share is withdrawn; on delete the owner's keys deregister it. Without
+/// the snapshot's createVolumePermission the stand-in refuses the other account's CopyImage, as
+/// EC2 does ("You do not have permission to access the storage of this ami").
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_copy_owned_by_another_account() {
+    use support::clouds::{AK2, AWS_OTHER_ACCOUNT, SK2};
+    let cloud = Stand::start(Kind::Aws).await;
+    let (src_region, dst_region, data, _) = cloud.account();
+    let src = cloud.add(src_region, "golden", 8, json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c, op) = setup(dir.path(), "creds", &data).await;
+    secret(&c, "team-b", &[("accessKeyId", AK2), ("secretAccessKey", SK2)]).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let provider = json!({"kind": "aws", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url});
+    create(
+        &api,
+        "owned",
+        &provider,
+        json!({"region": src_region, "imageId": src}),
+        json!([{"region": dst_region, "account": {"id": AWS_OTHER_ACCOUNT, "credentialsSecretRef": {"name": "team-b"}}}]),
+        "Delete",
+    )
+    .await;
+    let st = wait_ready(&api, "owned").await;
+    let d = dest(&st, dst_region);
+    assert_eq!(d.owner.as_deref(), Some(AWS_OTHER_ACCOUNT));
+    let copies = cloud.images_in(dst_region);
+    assert_eq!(copies.len(), 1);
+    assert_eq!(
+        copies[0].extra["ownerId"], AWS_OTHER_ACCOUNT,
+        "the other account owns the copy"
+    );
+    assert_eq!(d.image_id.as_deref(), Some(copies[0].id.as_str()));
+    let copy_calls = cloud.calls("CopyImage");
+    assert!(
+        copy_calls
+            .iter()
+            .all(|r| r.headers["authorization"].contains(&format!("Credential={AK2}/"))),
+        "copied with the owner's keys"
+    );
+    // The source's share with the owner is withdrawn once the copy is available.
+    eventually(WAIT, "the source's share withdrawn", || async {
+        let snaps = cloud.images_in(src_region)[0].snapshots.clone();
+        (cloud.members_of(&src).is_empty() && snaps.iter().all(|x| cloud.members_of(x).is_empty())).then_some(())
+    })
+    .await;
+
+    api.delete("owned", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "owned gone", || async {
+        api.get_opt("owned").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(cloud.images_in(dst_region).is_empty(), "the owner's copy deregistered");
+    assert_eq!(cloud.images_in(src_region).len(), 1, "the source kept");
+    support::assert_secrets_kept(&s, &op, &[SK, SK2]).await;
+    cloud.assert_conforms();
+}

@@ -36,6 +36,8 @@ pub enum Snapshot {
         gate: Gate,
         seen: vplan::Snapshot,
         account: Result<Account, String>,
+        /// The accounts that own destinations' copies (`account`), by Secret name.
+        owners: crate::image_replication::vm::engine::Others,
     },
 }
 

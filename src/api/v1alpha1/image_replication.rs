@@ -200,6 +200,23 @@ pub struct DestinationSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "share_with_schema")]
     pub share_with: Vec<ShareSpec>,
+    /// aws: the copy in this region is made by and belongs to another account: the source and
+    /// its snapshots are shared with it, it copies them with its own credentials, and the share
+    /// of the source is withdrawn once the copy is available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<OwnerSpec>,
+}
+
+/// The account that owns a destination's copy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerSpec {
+    /// The account's id (aws: 12 digits), to share the source with.
+    #[schemars(length(min = 1, max = 64))]
+    pub id: String,
+    /// A Secret with the account's credentials (the provider's keys), used to copy, poll,
+    /// share and delete its copy.
+    pub credentials_secret_ref: SecretRef,
 }
 
 /// `shareWith`: a list keyed by `account` (the API server refuses a duplicate account, at no
@@ -377,6 +394,9 @@ pub struct DestinationStatus {
     /// Human-readable detail of the phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The account that owns this region's copy, when it is not the provider's (`account`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// The shares of this region's image, one per account of shareWith (and per account still
     /// being withdrawn).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -66,6 +66,8 @@ struct Memory {
     share_checked: HashMap<String, Instant>,
     /// region -> account -> the share call of the last act that failed.
     share_failed: HashMap<String, HashMap<String, (ShareCall, ProviderError)>>,
+    /// Destinations owned by another account whose source share was withdrawn by this process.
+    source_unshared: HashSet<String>,
     /// (provider, state) of every share, for the gauge.
     share_states: Vec<(&'static str, SharePhase)>,
 }
@@ -107,6 +109,47 @@ pub struct VmEngine {
     wake: Wake,
     memory: Mutex<HashMap<String, Memory>>,
     metrics: Option<Metrics>,
+}
+
+/// Accounts read from Secrets other than the provider's, by Secret name: the owners of
+/// destinations with `account`, the members of `acceptWith`.
+pub type Others = HashMap<String, Result<Account, String>>;
+
+/// The account a destination's copy belongs to: its `account`'s (read from its Secret into
+/// `others`), else the provider's.
+fn account_for<'a>(
+    obj: &ImageReplication,
+    region: &str,
+    main: &'a Account,
+    others: &'a Others,
+) -> Result<&'a Account, ProviderError> {
+    let Some(owner) = owner_of(obj, region) else {
+        return Ok(main);
+    };
+    let name = &owner.credentials_secret_ref.name;
+    match others.get(name) {
+        Some(Ok(a)) => Ok(a),
+        Some(Err(e)) => Err(ProviderError::transient(format!("account Secret {name}: {e}"))),
+        None => Err(ProviderError::transient(format!("account Secret {name} was not read"))),
+    }
+}
+
+/// The destination's `account`, where it has one.
+fn owner_of<'a>(obj: &'a ImageReplication, region: &str) -> Option<&'a crate::api::v1alpha1::OwnerSpec> {
+    obj.spec
+        .destinations
+        .iter()
+        .find(|d| d.region == region)
+        .and_then(|d| d.account.as_ref())
+}
+
+/// Where the source image is, as a share call names it.
+fn source_at(obj: &ImageReplication, source_id: &str) -> ImageAt {
+    ImageAt {
+        region: obj.spec.source.region.clone(),
+        project: None,
+        image_id: source_id.to_string(),
+    }
 }
 
 /// The account a copy's quota is counted against: provider, Secret and endpoint.
@@ -326,7 +369,7 @@ impl VmEngine {
         acct: Result<Account, String>,
         now: &Time,
     ) -> VmPlan {
-        let snap = self.observe(obj, gate, provider, acct, now).await;
+        let snap = self.observe(obj, gate, provider, acct, &Others::new(), now).await;
         vplan::plan(obj, gate, &snap, now)
     }
 
@@ -340,6 +383,7 @@ impl VmEngine {
         gate: &Gate,
         provider: &dyn ImageService,
         acct: Result<Account, String>,
+        others: &Others,
         now: &Time,
     ) -> vplan::Snapshot {
         let key = key_of(obj);
@@ -368,8 +412,15 @@ impl VmEngine {
                 .with_mem(&key, |m| m.source.clone())
                 .or_else(|| source_from_status(obj)),
         };
-        if let Some(a) = &acct {
+        if let Some(main) = &acct {
             for s in &st.destinations {
+                let a = match account_for(obj, &s.region, main, others) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        obs.dests.insert(s.region.clone(), DestObs::Error(e));
+                        continue;
+                    }
+                };
                 let o = self.observe_dest(obj, &key, s, provider, a, source.as_ref()).await;
                 obs.dests.insert(s.region.clone(), o);
                 if let Some(o) = self.observe_shares(obj, &key, s, provider, a).await {
@@ -711,8 +762,8 @@ impl VmEngine {
         &self,
         obj: &ImageReplication,
         provider: &dyn ImageService,
-        acct: &Account,
-        members: &HashMap<String, Result<Account, String>>,
+        main: &Account,
+        others: &Others,
         plan: &VmPlan,
     ) {
         let key = key_of(obj);
@@ -725,7 +776,8 @@ impl VmEngine {
                 }
             }
         });
-        self.act_shares(obj, &key, provider, acct, members, plan).await;
+        self.act_shares(obj, &key, provider, main, others, plan).await;
+        self.withdraw_source_shares(obj, &key, provider, main, plan).await;
         if plan.start.is_empty() && plan.cancel.is_empty() {
             return;
         }
@@ -738,7 +790,19 @@ impl VmEngine {
                 continue;
             };
             let t = Instant::now();
-            let r = provider.start_copy(acct, &req).await;
+            let r = match (account_for(obj, region, main, others), owner_of(obj, region)) {
+                (Err(e), _) => Err(e),
+                // A copy owned by another account: the source (and, on AWS, its snapshots)
+                // is shared with it first, then it copies with its own credentials.
+                (Ok(owner), Some(o)) => match provider.share(main, &source_at(obj, &req.source.id), &o.id).await {
+                    Ok(()) => provider.start_copy(owner, &req).await,
+                    Err(e) => Err(ProviderError {
+                        message: format!("sharing the source with account {}: {}", o.id, e.message),
+                        ..e
+                    }),
+                },
+                (Ok(a), None) => provider.start_copy(a, &req).await,
+            };
             self.time(provider, "start_copy", t, &r);
             match &r {
                 Ok(h) => info!(region, token = %req.token, image = ?h.image_id, "copy started"),
@@ -761,7 +825,10 @@ impl VmEngine {
                 h.task_id = s.client_token.clone();
             }
             let t = Instant::now();
-            let r = provider.cancel(acct, region, &h).await;
+            let r = match account_for(obj, region, main, others) {
+                Ok(a) => provider.cancel(a, region, &h).await,
+                Err(e) => Err(e),
+            };
             self.time(provider, "cancel", t, &r);
             match r {
                 Ok(()) => {
@@ -781,8 +848,8 @@ impl VmEngine {
         obj: &ImageReplication,
         key: &str,
         provider: &dyn ImageService,
-        acct: &Account,
-        members: &HashMap<String, Result<Account, String>>,
+        main: &Account,
+        others: &Others,
         plan: &VmPlan,
     ) {
         for w in &plan.shares {
@@ -793,12 +860,16 @@ impl VmEngine {
             };
             let (region, account) = (w.region.as_str(), w.account.as_str());
             let t = Instant::now();
+            let acct = match account_for(obj, region, main, others) {
+                Ok(a) => a,
+                Err(_) => main,
+            };
             let (op, r) = match w.call {
                 ShareCall::Share => ("share", provider.share(acct, &at, account).await),
                 ShareCall::Unshare => ("unshare", provider.unshare(acct, &at, account).await),
                 ShareCall::Accept => {
                     let name = w.secret.clone().unwrap_or_default();
-                    let r = match members.get(&name) {
+                    let r = match others.get(&name) {
                         Some(Ok(m)) => provider.accept(m, &at, account).await,
                         Some(Err(e)) => Err(ProviderError::transient(format!("acceptWith Secret {name}: {e}"))),
                         None => Err(ProviderError::transient(format!(
@@ -828,6 +899,48 @@ impl VmEngine {
         }
     }
 
+    /// Once a copy owned by another account is Available, the share of the source with that
+    /// account is withdrawn — unless another destination of that account still copies, or a
+    /// same-region destination shares the source with it. Done once per process for each such
+    /// destination (idempotent), so a crash between the status write and the withdrawal
+    /// withdraws at the next start.
+    async fn withdraw_source_shares(
+        &self,
+        obj: &ImageReplication,
+        key: &str,
+        provider: &dyn ImageService,
+        main: &Account,
+        plan: &VmPlan,
+    ) {
+        let Some(source_id) = plan.status.source.as_ref().and_then(|x| x.image_id.clone()) else {
+            return;
+        };
+        let ds = &plan.status.destinations;
+        for d in ds.iter().filter(|d| d.phase == DestinationPhase::Available) {
+            let Some(o) = owner_of(obj, &d.region) else { continue };
+            if self.with_mem(key, |m| m.source_unshared.contains(&d.region)) {
+                continue;
+            }
+            let still_needed = ds.iter().any(|x| {
+                x.phase != DestinationPhase::Available && owner_of(obj, &x.region).is_some_and(|y| y.id == o.id)
+            }) || obj.spec.destinations.iter().any(|x| {
+                share::share_only(&obj.spec.source.region, x) && x.share_with.iter().any(|w| w.account == o.id)
+            });
+            if still_needed {
+                continue;
+            }
+            match provider.unshare(main, &source_at(obj, &source_id), &o.id).await {
+                Ok(()) => {
+                    info!(region = %d.region, account = %o.id, "withdrew the source's share with the copy's owner");
+                    self.with_mem(key, |m| m.source_unshared.insert(d.region.clone()));
+                }
+                Err(e) => {
+                    warn!(region = %d.region, account = %o.id, error = %e, "withdrawing the source's share failed; will try again")
+                }
+            }
+        }
+    }
+
     /// Before the finalizer goes: cancel copies in flight where the provider can (otherwise
     /// wait for them), then apply the deletion policy. `Err` means "not yet": try again later.
     pub async fn cleanup(
@@ -835,15 +948,16 @@ impl VmEngine {
         obj: &ImageReplication,
         provider: &dyn ImageService,
         acct: Result<Account, String>,
+        others: &Others,
     ) -> Result<String, String> {
         let key = key_of(obj);
         let st = obj.status.clone().unwrap_or_default();
-        let acct = match acct {
+        let main = match acct {
             Ok(a) => a,
             Err(e) if cleanup_needs_account(obj, &st) => return Err(e),
             Err(_) => Account::default(),
         };
-        let acct = &acct;
+        let main = &main;
         let source = self
             .with_mem(&key, |m| m.source.clone())
             .or_else(|| source_from_status(obj));
@@ -853,6 +967,24 @@ impl VmEngine {
         for s in &st.destinations {
             let region = s.region.as_str();
             let mut image = s.image_id.clone().filter(|_| s.phase == DestinationPhase::Available);
+            let needs = image.is_some() || s.phase != DestinationPhase::Available;
+            let acct = match account_for(obj, region, main, others) {
+                Ok(a) => a,
+                Err(e) if needs && obj.spec.deletion_policy == DeletionPolicy::Delete => {
+                    return Err(format!("{region}: {}", e.message));
+                }
+                Err(_) => main,
+            };
+            // A copy owned by another account: the source's share with it goes too.
+            if let (Some(o), Some(src)) = (
+                owner_of(obj, region),
+                st.source.as_ref().and_then(|x| x.image_id.as_deref()),
+            ) {
+                provider
+                    .unshare(main, &source_at(obj, src), &o.id)
+                    .await
+                    .map_err(|e| format!("{region}: withdrawing the source's share with account {}: {e}", o.id))?;
+            }
             if matches!(
                 s.phase,
                 DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling
@@ -1143,7 +1275,10 @@ destinations:
         );
 
         // Delete: the shares go, then the copy; the source stays.
-        let notes = e.cleanup(&o, &cloud, Ok(account("right"))).await.unwrap();
+        let notes = e
+            .cleanup(&o, &cloud, Ok(account("right")), &Others::new())
+            .await
+            .unwrap();
         assert!(cloud.members_of("two", &copy).is_empty(), "{notes}");
         assert!(cloud.members_of("one", "img-1").is_empty(), "{notes}");
         assert!(cloud.images_in("two").is_empty(), "{notes}");

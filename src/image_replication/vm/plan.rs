@@ -232,6 +232,7 @@ pub fn vm_plan(
     let mut destinations = Vec::new();
     for (index, d) in spec.destinations.iter().enumerate() {
         let mut s = old.destination_or_new(&d.region);
+        s.owner = d.account.as_ref().map(|a| a.id.clone());
         let before = s.phase;
         let unchecked = DestObs::Unchecked;
         let o = obs.dests.get(&d.region).unwrap_or(&unchecked);

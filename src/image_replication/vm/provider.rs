@@ -3,7 +3,6 @@
 //! polling and drift clocks), and reads the account from the credentials Secret once per
 //! reconcile.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -12,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use crate::api::v1alpha1::{ImageReplication, ProviderKind};
 use crate::controller::secrets::Secrets;
 use crate::image_replication::provider::{ImageProvider, Snapshot, Work};
-use crate::image_replication::vm::engine::VmEngine;
+use crate::image_replication::vm::engine::{Others, VmEngine};
 use crate::image_replication::vm::{Account, ImageService};
 use crate::plan::Gate;
 
@@ -42,17 +41,17 @@ async fn account(obj: &ImageReplication, secrets: &dyn Secrets) -> Result<Accoun
     })
 }
 
-/// The member accounts the plan's accept calls use: each `acceptWith` Secret named, read once,
-/// with the provider's endpoint (the member is on the same cloud).
-async fn member_accounts(
+/// Accounts read from other Secrets of the object's namespace (each read once), with the
+/// provider's endpoint (they are on the same cloud).
+async fn others<'n>(
     obj: &ImageReplication,
     secrets: &dyn Secrets,
-    plan: &crate::image_replication::vm::plan::VmPlan,
-) -> HashMap<String, Result<Account, String>> {
+    names: impl Iterator<Item = &'n String>,
+    into: &mut Others,
+) {
     let ns = obj.metadata.namespace.clone().unwrap_or_default();
-    let mut out = HashMap::new();
-    for name in plan.shares.iter().filter_map(|w| w.secret.as_ref()) {
-        if out.contains_key(name) {
+    for name in names {
+        if into.contains_key(name) {
             continue;
         }
         let r = secrets.data(&ns, name).await.map(|secret| Account {
@@ -60,9 +59,16 @@ async fn member_accounts(
             endpoint: obj.spec.provider.endpoint.clone(),
             agency: None,
         });
-        out.insert(name.clone(), r);
+        into.insert(name.clone(), r);
     }
-    out
+}
+
+/// The Secrets of the destinations' owners (`account`).
+fn owner_secrets(obj: &ImageReplication) -> impl Iterator<Item = &String> {
+    obj.spec
+        .destinations
+        .iter()
+        .filter_map(|d| d.account.as_ref().map(|a| &a.credentials_secret_ref.name))
 }
 
 impl ImageProvider for Vm {
@@ -81,11 +87,18 @@ impl ImageProvider for Vm {
     ) -> BoxFuture<'a, Snapshot> {
         Box::pin(async move {
             let account = account(obj, secrets).await;
+            let mut owners = Others::new();
+            others(obj, secrets, owner_secrets(obj), &mut owners).await;
             let seen = self
                 .engine
-                .observe(obj, &gate, self.service.as_ref(), account.clone(), now)
+                .observe(obj, &gate, self.service.as_ref(), account.clone(), &owners, now)
                 .await;
-            Snapshot::Vm { gate, seen, account }
+            Snapshot::Vm {
+                gate,
+                seen,
+                account,
+                owners,
+            }
         })
     }
     fn act<'a>(
@@ -96,13 +109,21 @@ impl ImageProvider for Vm {
         work: &'a Work,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            if let (Work::Vm(p), Snapshot::Vm { account, .. }) = (work, snapshot) {
+            if let (Work::Vm(p), Snapshot::Vm { account, owners, .. }) = (work, snapshot) {
                 // Without an account nothing was observed, so nothing is started or cancelled
                 // (act still records the plan's metrics).
                 let none = Account::default();
                 let acct = account.as_ref().unwrap_or(&none);
-                let members = member_accounts(obj, secrets, p).await;
-                self.engine.act(obj, self.service.as_ref(), acct, &members, p).await;
+                // The owners read by observe, and the members whose shares are accepted now.
+                let mut all = owners.clone();
+                others(
+                    obj,
+                    secrets,
+                    p.shares.iter().filter_map(|w| w.secret.as_ref()),
+                    &mut all,
+                )
+                .await;
+                self.engine.act(obj, self.service.as_ref(), acct, &all, p).await;
             }
         })
     }
@@ -113,7 +134,9 @@ impl ImageProvider for Vm {
     ) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
             let acct = account(obj, secrets).await;
-            self.engine.cleanup(obj, self.service.as_ref(), acct).await
+            let mut owners = Others::new();
+            others(obj, secrets, owner_secrets(obj), &mut owners).await;
+            self.engine.cleanup(obj, self.service.as_ref(), acct, &owners).await
         })
     }
 }

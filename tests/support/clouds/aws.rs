@@ -23,6 +23,11 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
+/// Who owns an image: `extra.ownerId`, else the first account.
+fn owner(i: &Img) -> &str {
+    i.extra.get("ownerId").and_then(Value::as_str).unwrap_or(AWS_ACCOUNT)
+}
+
 fn aws_image(i: &Img) -> String {
     let tags: String = i
         .tags
@@ -56,6 +61,32 @@ pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap
             .filter_map(|n| p.get(&format!("{prefix}.{n}")).cloned())
             .collect()
     };
+    // The caller's account, by its access key; an image's owner (`extra.ownerId`, else the
+    // first account); what the caller may see and launch: its own, and what is shared with it.
+    let caller = match hdr
+        .get("authorization")
+        .and_then(|a| auth_field(a, "Credential"))
+        .and_then(|c| c.split('/').next())
+    {
+        Some(AK2) => AWS_OTHER_ACCOUNT,
+        _ => AWS_ACCOUNT,
+    };
+    let launchable = |i: &Img| {
+        owner(i) == caller
+            || st
+                .members
+                .lock()
+                .unwrap()
+                .get(&i.id)
+                .is_some_and(|l| l.iter().any(|(a, _)| a == caller))
+    };
+    let owned = |id: &str| {
+        st.images
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|i| i.id == id && owner(i) == caller)
+    };
     match p.get("Action").map(String::as_str).unwrap_or("") {
         "DescribeImages" => {
             let ids = list("ImageId");
@@ -68,8 +99,12 @@ pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap
                     filters.push((name.clone(), v.clone()));
                 }
             }
-            let imgs = st.images.lock().unwrap();
-            let found: Vec<&Img> = imgs.iter().filter(|i| i.region == region).collect();
+            let imgs: Vec<Img> = st.images.lock().unwrap().clone();
+            let own_only = p.get("Owner.1").map(String::as_str) == Some("self");
+            let found: Vec<&Img> = imgs
+                .iter()
+                .filter(|i| i.region == region && launchable(i) && (!own_only || owner(i) == caller))
+                .collect();
             for id in &ids {
                 if !found.iter().any(|i| i.id == *id) {
                     return aws_error(
@@ -115,13 +150,28 @@ pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap
                 .iter()
                 .find(|i| i.id == *src_id && i.region == *src_region)
                 .cloned();
-            let Some(src) = src else {
+            let Some(src) = src.filter(|i| launchable(i)) else {
                 return aws_error(
                     StatusCode::BAD_REQUEST,
                     "InvalidAMIID.NotFound",
                     &format!("The image id '[{src_id}]' does not exist"),
                 );
             };
+            // Another account's AMI: its snapshots must let the caller create volumes.
+            if owner(&src) != caller {
+                let m = st.members.lock().unwrap();
+                let readable = src
+                    .snapshots
+                    .iter()
+                    .all(|s| m.get(s).is_some_and(|l| l.iter().any(|(a, _)| a == caller)));
+                if !readable {
+                    return aws_error(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidRequest",
+                        "You do not have permission to access the storage of this ami",
+                    );
+                }
+            }
             let mut tags = BTreeMap::new();
             if p.get("TagSpecification.1.ResourceType").map(String::as_str) == Some("image") {
                 for n in 1..=20 {
@@ -144,7 +194,7 @@ pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap
                 name: name.clone(),
                 description: p.get("Description").cloned().unwrap_or_default(),
                 size_gib: src.size_gib,
-                extra: json!({}),
+                extra: json!({"ownerId": caller}),
                 tags,
                 copy: Some((Instant::now(), copy_time(st, &region))),
                 encrypted: p.get("Encrypted").map(String::as_str) == Some("true"),
@@ -174,6 +224,9 @@ pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap
             xml_ok("CreateTags", "<return>true</return>".into())
         }
         "DeregisterImage" => {
+            if p.get("ImageId").is_some_and(|id| !owned(id)) {
+                return aws_error(StatusCode::BAD_REQUEST, "InvalidAMIID.NotFound", "not found");
+            }
             let mut imgs = st.images.lock().unwrap();
             let before = imgs.len();
             imgs.retain(|i| !(Some(&i.id) == p.get("ImageId") && i.region == region));
@@ -217,6 +270,9 @@ pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap
         }
         "ModifyImageAttribute" | "ModifySnapshotAttribute" => {
             let image = p.get("Action").map(String::as_str) == Some("ModifyImageAttribute");
+            if image && p.get("ImageId").is_some_and(|id| !owned(id)) {
+                return aws_error(StatusCode::FORBIDDEN, "AuthFailure", "Not authorized for image");
+            }
             let (id, add, remove) = if image {
                 (
                     p.get("ImageId").cloned().unwrap_or_default(),

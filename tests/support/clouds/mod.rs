@@ -40,6 +40,11 @@ pub enum Kind {
 
 pub const AK: &str = "AKTESTSTANDIN";
 pub const SK: &str = "sk/test+standin=";
+/// AWS only: a second account's keys, and the two accounts' ids.
+pub const AK2: &str = "AKTESTOTHERACCT";
+pub const SK2: &str = "sk/test+other=";
+pub const AWS_ACCOUNT: &str = "123456789012";
+pub const AWS_OTHER_ACCOUNT: &str = "210987654321";
 
 /// An image held by the stand-in.
 #[derive(Clone, Debug)]
@@ -444,13 +449,18 @@ fn check_signature(
         Kind::Aws => {
             let cred = auth_field(&auth, "Credential").unwrap_or("");
             let parts: Vec<&str> = cred.split('/').collect();
+            let sk = match parts.first().copied() {
+                Some(AK) => SK,
+                Some(AK2) => SK2,
+                _ => "",
+            };
             let ok =
-                auth.starts_with("AWS4-HMAC-SHA256 ") && parts.len() == 5 && parts[0] == AK && parts[3] == "ec2" && {
+                auth.starts_with("AWS4-HMAC-SHA256 ") && parts.len() == 5 && !sk.is_empty() && parts[3] == "ec2" && {
                     let list = auth_field(&auth, "SignedHeaders").unwrap_or("");
                     let date = hdr.get("x-amz-date").cloned().unwrap_or_default();
                     let s = sign::aws_v4(
-                        AK,
-                        SK,
+                        parts[0],
+                        sk,
                         parts[2],
                         "ec2",
                         method.as_str(),
