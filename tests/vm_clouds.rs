@@ -784,17 +784,20 @@ async fn at_rest_vm_drift_checks_write_nothing() {
         "quiet",
         &provider,
         json!({"region": "cn-hangzhou", "imageId": src}),
-        json!([{"region": "cn-shanghai"}, {"region": "cn-beijing"}]),
+        json!([{"region": "cn-shanghai", "shareWith": [{"account": "1234567890123456"}]}, {"region": "cn-beijing"}]),
         "Retain",
     )
     .await;
     let ready = wait_ready(&api, "quiet").await;
+    assert_eq!(ready.summary.as_deref(), Some("2/2 available, 1/1 shares"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ready_now = api.get("quiet").await.unwrap().status.unwrap();
     let looks = || ecs.calls("DescribeImages").len();
-    let before = looks();
+    let members = || ecs.calls("DescribeImageSharePermission").len();
+    let (before, shares_before) = (looks(), members());
     support::assert_quiet(&s, &c, "quiet", Duration::from_secs(7)).await;
     assert!(looks() >= before + 2, "the drift checks ran meanwhile");
+    assert!(members() >= shares_before + 1, "the shares were read again meanwhile");
     let st = api.get("quiet").await.unwrap().status.unwrap();
     assert_eq!(st, ready_now);
     assert_eq!(
@@ -1015,6 +1018,16 @@ async fn shares_through_the_operator(kind: Kind) {
         }
     };
     assert_eq!(cloud.members_of(&copy), want("pending"));
+    let metrics = op.http_get("/metrics").unwrap().1;
+    let gauge = |state: &str, n: u32| format!("imgrep_vm_shares{{provider=\"{kind_name}\",state=\"{state}\"}} {n}");
+    let expected = if accepts {
+        vec![gauge("Accepted", 1), gauge("Pending", 2)]
+    } else {
+        vec![gauge("Shared", 3)]
+    };
+    for g in expected {
+        assert!(metrics.contains(&g), "{g} in {metrics}");
+    }
     if kind == Kind::Aws {
         // Every snapshot of the copy and of the source: createVolumePermission, so the
         // accounts can copy the AMI, not only launch it.
