@@ -548,15 +548,16 @@ impl VmEngine {
         let Some(image_id) = image.filter(|_| !wanted.is_empty() || !s.shares.is_empty()) else {
             return (!failed.is_empty()).then_some(ShareObs { members: None, failed });
         };
-        let settled = s.shares.len() == wanted.len()
-            && s.shares
-                .iter()
-                .all(|x| share::done(x) && wanted.contains(&x.account.as_str()));
-        // Read again every `poll_min` while a share is not in place, once per drift check after.
-        let every = if settled {
-            self.settings.resync
-        } else {
-            self.settings.poll_min
+        // Read every `poll_min` while a call of ours is under way; every minute at most while
+        // only members who accept in their own account are awaited (the operator has nothing to
+        // do); once per drift check when every share is in place or failed for good.
+        let listed = s.shares.len() == wanted.len() && s.shares.iter().all(|x| wanted.contains(&x.account.as_str()));
+        let settled = listed && s.shares.iter().all(|x| share::settled(x, self.settings.max_attempts));
+        let awaiting = s.shares.iter().any(|x| !share::done(x));
+        let every = match (settled, awaiting) {
+            (true, false) => self.settings.resync,
+            (true, true) => self.settings.resync.min(share::MEMBER_WAIT),
+            (false, _) => self.settings.poll_min,
         };
         let due = self.with_mem(key, |m| {
             m.share_checked.get(region).is_none_or(|t| t.elapsed() >= every)
@@ -1211,6 +1212,7 @@ destinations:
     async fn shares_follow_the_copy_and_go_before_it_on_delete() {
         let settings = Settings {
             poll_min: Duration::ZERO,
+            resync: Duration::ZERO,
             ..Settings::default()
         };
         let e = VmEngine::new(settings, Arc::new(|_: &str| {}), None);

@@ -64,6 +64,10 @@ const AWAITING: &str = "shared; waiting for the member to accept";
 /// ... and the operator accepts with the member's Secret.
 const ACCEPTING: &str = "accepting with Secret";
 
+/// How often the members are read while only a member who accepts in its own account is
+/// awaited.
+pub const MEMBER_WAIT: Duration = Duration::from_secs(60);
+
 /// Whether a share is in place for its account.
 pub fn done(s: &ShareStatus) -> bool {
     matches!(s.state, SharePhase::Shared | SharePhase::Accepted)
@@ -254,8 +258,15 @@ pub fn plan_shares(
         }
         shares.push(w);
     }
-    if shares.iter().any(|x| !done(x) && x.state != SharePhase::Failed) {
+    // Soon again while a call of ours is under way; within a minute for a member that accepts
+    // in its own account.
+    if shares
+        .iter()
+        .any(|x| !settled(x, sp.max_attempts) && x.state != SharePhase::Failed)
+    {
         wake.push(Duration::from_secs(15));
+    } else if shares.iter().any(|x| x.state == SharePhase::Pending) {
+        wake.push(MEMBER_WAIT);
     }
     s.shares = shares;
 }
