@@ -98,6 +98,25 @@ async fn copies_reports_per_destination_repairs_drift_and_deletes() {
     })
     .await;
 
+    // The source's tag is pushed again with other content: the copy follows it at the next
+    // check, and the Event says the source moved (with both digests), not that the copy drifted.
+    let (moved, _) = a.seed("team/web", "1.4", &["--seed", "7"]);
+    assert_ne!(moved, digest);
+    eventually(WAIT, "the copy follows the moved tag", || async {
+        (b.digest_of("team/web", "1.4") == Some(moved.clone())).then_some(())
+    })
+    .await;
+    let note = eventually(WAIT, "a SourceChanged event", || async {
+        support::events_in(&c, "default", "web")
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("SourceChanged"))
+            .and_then(|e| e.note)
+    })
+    .await;
+    assert!(note.contains(&format!("from {digest} to {moved}")), "{note}");
+    let digest = moved;
+
     // deletionPolicy Delete: the copy goes with the object.
     api.delete("web", &DeleteParams::default()).await.unwrap();
     eventually(WAIT, "object removed", || async {

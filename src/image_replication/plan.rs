@@ -244,6 +244,7 @@ fn record_copied(
     events: &mut Vec<Announcement>,
 ) {
     let was = s.phase;
+    let held = s.digest.clone();
     // A first copy or a repair is an attempt; the byte counts are the copy's own (an
     // up-to-date check reports none: the last real counts stay).
     s.attempts += 1;
@@ -263,11 +264,24 @@ fn record_copied(
             note: format!("{}: {digest} available", s.region),
         });
     } else if !up_to_date {
-        events.push(Announcement {
-            warning: false,
-            reason: "DriftRepaired".into(),
-            note: format!("{}: the copy had drifted and was restored to {digest}", s.region),
-        });
+        // The copy now holds another digest than before: the source moved (a mutable tag was
+        // pushed again); the same digest again: the copy itself had drifted.
+        let event = match held.as_deref().filter(|h| *h != digest) {
+            Some(old) => Announcement {
+                warning: false,
+                reason: "SourceChanged".into(),
+                note: format!(
+                    "{}: the source moved from {old} to {digest}; the copy follows it",
+                    s.region
+                ),
+            },
+            None => Announcement {
+                warning: false,
+                reason: "DriftRepaired".into(),
+                note: format!("{}: the copy had drifted and was restored to {digest}", s.region),
+            },
+        };
+        events.push(event);
     }
 }
 
@@ -589,6 +603,25 @@ spec:
             "a repair is"
         );
         assert_eq!(c.bytes_copied, before.destinations[1].bytes_copied);
+
+        // The source tag now names another digest: the copy follows it, and the Event says the
+        // source moved (not that the copy drifted), with both digests.
+        let t2 = due("c", t + 2);
+        step(&mut o, &[], t2);
+        let moved = TaskView::Succeeded {
+            digest: "sha256:def".into(),
+            bytes_total: 10,
+            up_to_date: false,
+            resync: true,
+        };
+        let p = step(&mut o, &[("c", moved)], t2 + 1);
+        let e = p
+            .events
+            .iter()
+            .find(|e| e.reason == "SourceChanged")
+            .expect("SourceChanged");
+        assert!(e.note.contains("from sha256:abc to sha256:def"), "{}", e.note);
+        assert!(!p.events.iter().any(|e| e.reason == "DriftRepaired"));
     }
 
     #[test]

@@ -565,7 +565,11 @@ mod tests {
             vec![("p1", SharePhase::Accepted), ("p2", SharePhase::Pending)]
         );
         assert_eq!(reasons(&st), vec!["ShareAccepted"]);
-        assert_eq!(st.wake, vec![MEMBER_WAIT], "only p2's owner can act: looked at each minute");
+        assert_eq!(
+            st.wake,
+            vec![MEMBER_WAIT],
+            "only p2's owner can act: looked at each minute"
+        );
         // Nothing changes: no Event, no call, the same status.
         let before = s.clone();
         let st = step(&d, &mut s, &openstack::SHARING, Some(&obs), false, 20);
