@@ -138,8 +138,32 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
     {
         out.push(Violation::new("spec.source.reference", "InvalidReference", e));
     }
+    if let Some(p) = &spec.publish
+        && !valid_subdomain(&p.config_map_name)
+    {
+        out.push(Violation::new(
+            "spec.publish.configMapName",
+            "InvalidName",
+            format!(
+                "{:?} is not a ConfigMap name (a DNS subdomain: lowercase letters, digits, '-' and '.', at most 253)",
+                crate::cloud::short(&p.config_map_name)
+            ),
+        ));
+    }
     egress_of_image_replication(&mut out, spec);
     out
+}
+
+/// A Kubernetes object name of the DNS subdomain form (RFC 1123).
+fn valid_subdomain(s: &str) -> bool {
+    (1..=253).contains(&s.len())
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
 }
 
 /// The rules of `spec.source` and `spec.provider`.
@@ -656,6 +680,7 @@ mod tests {
             }],
             deletion_policy: DeletionPolicy::Retain,
             suspend: false,
+            publish: None,
         }
     }
 
@@ -732,6 +757,15 @@ mod tests {
                 "alibaba field",
                 |s| s.destinations[0].resource_group_id = Some("rg".into()),
                 "FieldNotSupported",
+            ),
+            (
+                "publish name",
+                |s| {
+                    s.publish = Some(PublishSpec {
+                        config_map_name: "Golden_Images".into(),
+                    })
+                },
+                "InvalidName",
             ),
         ];
         for (name, mutate, want) in cases {

@@ -769,17 +769,28 @@ async fn the_charts_rbac_is_enough_and_each_rule_is_needed() {
     let kc = sc.cp.service_account_kubeconfig(sc.dir.path(), &sc.ns, &sa);
     support::secret_in(&sc.c, &sc.ns, "unused", &[("k", "v")]).await;
 
-    // A full scenario as the ServiceAccount, with leader election: no Forbidden anywhere.
+    // A full scenario as the ServiceAccount, with leader election: no Forbidden anywhere. The
+    // object publishes its copy in a ConfigMap it owns (spec.publish).
     let mut op = sc.operator_as(&kc, "op-sa", &["--leader-elect"]);
     let api = sc.irs();
-    api.create(
-        &PostParams::default(),
-        &oci_object(&sc.ns, "web", &a, &b, "team/web", "Delete"),
-    )
-    .await
-    .unwrap();
-    wait_ready(&api, "web").await;
+    let mut web = oci_object(&sc.ns, "web", &a, &b, "team/web", "Delete");
+    web.spec.publish = Some(image_replication_operator::api::v1alpha1::PublishSpec {
+        config_map_name: "web-images".into(),
+    });
+    api.create(&PostParams::default(), &web).await.unwrap();
+    let st = wait_ready(&api, "web").await.status.unwrap();
     sc.wait_event("web", "DestinationAvailable").await;
+    sc.wait_event("web", "Published").await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(sc.c.clone(), &sc.ns);
+    let cm = cms.get("web-images").await.unwrap();
+    let digest = st.destinations[0].digest.clone().unwrap();
+    assert_eq!(
+        cm.data.unwrap_or_default().get("region-b"),
+        Some(&format!("{}/team/web@{digest}", b.host())),
+        "the ConfigMap names the copy by digest"
+    );
+    let owner = &cm.metadata.owner_references.unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("ImageReplication", "web"));
     api.delete("web", &DeleteParams::default()).await.unwrap();
     eventually(WAIT, "web gone", || async {
         api.get_opt("web").await.unwrap().is_none().then_some(())

@@ -17,7 +17,14 @@ use support::registry::TestRegistry;
 
 const WAIT: Duration = Duration::from_secs(90);
 /// What the operator's objects and their neighbours are called in the server's counters.
-const RESOURCES: &[&str] = &["imagereplications", "replicainstances", "events", "secrets", "leases"];
+const RESOURCES: &[&str] = &[
+    "imagereplications",
+    "replicainstances",
+    "events",
+    "secrets",
+    "leases",
+    "configmaps",
+];
 const READS: &[&str] = &["GET", "LIST", "WATCH"];
 
 #[tokio::test(flavor = "multi_thread")]
@@ -46,7 +53,8 @@ async fn at_rest_the_real_server_counts_no_write_for_either_kind() {
         "spec": {
             "provider": {"kind": "oci"},
             "source": {"region": "region-a", "reference": format!("{}/team/web:1.4", a.host())},
-            "destinations": [{"region": "region-b", "registry": b.url()}]
+            "destinations": [{"region": "region-b", "registry": b.url()}],
+            "publish": {"configMapName": "web-images"}
         }
     }))
     .unwrap();
@@ -78,6 +86,10 @@ async fn at_rest_the_real_server_counts_no_write_for_either_kind() {
     .await;
     // The last Events of the way to Ready may still be on their way.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // The published ConfigMap is there (written once, on the way to Ready).
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(c.clone(), &ns);
+    let cm = cms.get("web-images").await.unwrap();
+    assert!(cm.data.unwrap_or_default()["region-b"].contains("/team/web@sha256:"));
 
     let rv = |o: Option<String>| o.unwrap_or_default();
     let ir_rv = rv(irs.get("web").await.unwrap().metadata.resource_version);

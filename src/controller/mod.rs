@@ -7,6 +7,7 @@
 //! yet is a requeue with the reason in status, not an error). [`Env`] is what the kinds' steps
 //! reach (the provider registry, Secrets, metrics); `replicate -f` builds one of its own.
 
+pub mod config_maps;
 pub mod events;
 pub mod secrets;
 
@@ -45,6 +46,10 @@ pub struct Env {
     pub providers: provider::Registry,
     pub secrets: Arc<dyn Secrets>,
     pub metrics: Metrics,
+    /// Where `spec.publish` ConfigMaps are written (none without a cluster).
+    pub config_maps: Arc<dyn config_maps::ConfigMaps>,
+    /// Per object key: what its ConfigMap holds (read once, then what was written).
+    pub published: Mutex<HashMap<String, config_maps::Data>>,
     /// Per ReplicaInstance (lag seconds, queued artifacts), for the gauges.
     replica_gauges: Mutex<HashMap<String, (i64, i64)>>,
 }
@@ -55,6 +60,8 @@ impl Env {
             providers,
             secrets,
             metrics,
+            config_maps: Arc::new(config_maps::NoConfigMaps),
+            published: Mutex::new(HashMap::new()),
             replica_gauges: Mutex::new(HashMap::new()),
         }
     }
@@ -130,7 +137,10 @@ impl Context {
         let secrets = Arc::new(secrets::KubeSecrets(client.clone()));
         Self {
             events: events::Events::new(client.clone(), reporter),
-            env: Env::new(provider::Registry::builtin(&wiring), secrets, metrics),
+            env: Env {
+                config_maps: Arc::new(config_maps::KubeConfigMaps(client.clone())),
+                ..Env::new(provider::Registry::builtin(&wiring), secrets, metrics)
+            },
             client,
             receivers: Mutex::new(Some((ir_rx, ri_rx))),
             backoff: Mutex::new(HashMap::new()),

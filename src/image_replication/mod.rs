@@ -8,5 +8,6 @@
 pub mod oci;
 pub mod plan;
 pub mod provider;
+pub mod publish;
 pub mod reconcile;
 pub mod vm;

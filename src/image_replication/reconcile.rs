@@ -67,6 +67,66 @@ pub fn plan(obj: &ImageReplication, snap: &Snapshot, now: &Time) -> Planned<Imag
     }
 }
 
+/// Write `spec.publish`'s ConfigMap when what it is to hold ([`crate::image_replication::publish::data`])
+/// differs from what it holds (read once per object after a start, then remembered): one write
+/// per change, none at rest, nothing before a region is Available. The Event says what changed.
+async fn publish(obj: &ImageReplication, env: &Env, status: &ImageReplicationStatus) -> Option<Announcement> {
+    let name = &obj.spec.publish.as_ref()?.config_map_name;
+    let ns = obj.metadata.namespace.clone().unwrap_or_default();
+    let key = crate::api::key_of(obj);
+    let want = crate::image_replication::publish::data(obj, status);
+    let known = env.published.lock().expect("published").get(&key).cloned();
+    let have = match known {
+        Some(h) => Some(h),
+        None => match env.config_maps.get(&ns, name).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(configmap = %name, error = %e, "reading the published ConfigMap failed; will try again");
+                return None;
+            }
+        },
+    };
+    if have.as_ref() == Some(&want) || (have.is_none() && want.is_empty()) {
+        if let Some(h) = have {
+            env.published.lock().expect("published").insert(key, h);
+        }
+        return None;
+    }
+    let owner = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "replication.imageops.io/v1alpha1".into(),
+        kind: "ImageReplication".into(),
+        name: obj.metadata.name.clone().unwrap_or_default(),
+        uid: obj.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    };
+    let entries = want
+        .iter()
+        .map(|(r, v)| format!("{r}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match env.config_maps.apply(&ns, name, owner, &want).await {
+        Ok(()) => {
+            env.published.lock().expect("published").insert(key, want);
+            let how = if env.config_maps.writes() {
+                ""
+            } else {
+                " (no cluster: not written)"
+            };
+            Some(Announcement {
+                warning: false,
+                reason: "Published".into(),
+                note: format!("ConfigMap {name}{how}: {entries}"),
+            })
+        }
+        Err(e) => Some(Announcement {
+            warning: true,
+            reason: "PublishFailed".into(),
+            note: format!("ConfigMap {name}: {e}; will try again"),
+        }),
+    }
+}
+
 impl Managed for ImageReplication {
     type Status = ImageReplicationStatus;
     type Snapshot = Snapshot;
@@ -94,7 +154,7 @@ impl Managed for ImageReplication {
         {
             p.act(self, env.secrets.as_ref(), snap, &planned.work).await;
         }
-        Vec::new()
+        publish(self, env, &planned.status).await.into_iter().collect()
     }
     fn blocked_status(&self, message: &str, now: &Time) -> Self::Status {
         let mut st = self.status.clone().unwrap_or_default();
@@ -109,6 +169,11 @@ impl Managed for ImageReplication {
         st
     }
     async fn cleanup(&self, env: &Env) -> Result<String> {
+        // Its ConfigMap goes with it (owner reference); so does what was remembered of it.
+        env.published
+            .lock()
+            .expect("published")
+            .remove(&crate::api::key_of(self));
         match env.providers.image(self.spec.provider.kind) {
             Some(p) => p
                 .cleanup(self, env.secrets.as_ref())

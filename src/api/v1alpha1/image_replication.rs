@@ -71,6 +71,21 @@ pub struct ImageReplicationSpec {
     /// Stop starting new work; copies in flight are cancelled where the provider can.
     #[serde(default, skip_serializing_if = "is_false")]
     pub suspend: bool,
+    /// Tell consumers which image is current in each region: a ConfigMap in the object's
+    /// namespace, owned by it, with one key per region whose copy is Available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<PublishSpec>,
+}
+
+/// Where the current image of each region is published.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishSpec {
+    /// The ConfigMap's name (a DNS subdomain). Data: `<region>: <imageId>` (oci:
+    /// `<region>: <registry>/<repository>@<digest>`), written when a region's copy becomes
+    /// Available and only then; a region whose copy is not Available has no key.
+    #[schemars(length(min = 1, max = 253))]
+    pub config_map_name: String,
 }
 
 /// The image service that holds the source image.
