@@ -1146,3 +1146,46 @@ async fn aws_copy_owned_by_another_account() {
     support::assert_secrets_kept(&s, &op, &[SK, SK2]).await;
     cloud.assert_conforms();
 }
+
+/// A line deleted from `spec.destinations` (as Argo CD or Flux apply it): under `deletionPolicy:
+/// Delete` that region's copy is deleted and the destination forgotten, with an Event; the other
+/// region is untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_removed_from_the_spec_is_pruned() {
+    let ecs = Stand::start(Kind::Alibaba).await;
+    let (src_region, _, data, _) = ecs.account();
+    let src = ecs.add(src_region, "web", 20, json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, c, _op) = setup(dir.path(), "ali", &data).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let provider = json!({"kind": "alibaba", "credentialsSecretRef": {"name": "ali"}, "endpoint": ecs.url});
+    create(
+        &api,
+        "web",
+        &provider,
+        json!({"region": src_region, "imageId": src}),
+        json!([{"region": "cn-shanghai"}, {"region": "cn-beijing"}]),
+        "Delete",
+    )
+    .await;
+    wait_ready(&api, "web").await;
+    let patch = json!({"spec": {"destinations": [{"region": "cn-shanghai"}]}});
+    api.patch(
+        "web",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    let st = eventually(WAIT, "cn-beijing pruned", || async {
+        let st = api.get("web").await.ok()?.status?;
+        (st.destinations.len() == 1 && ecs.images_in("cn-beijing").is_empty()).then_some(st)
+    })
+    .await;
+    assert_eq!(st.destinations[0].region, "cn-shanghai");
+    assert_eq!(ecs.images_in("cn-shanghai").len(), 1, "the other region's copy stays");
+    assert!(ready(&st));
+    let evs = support::event_reasons(&c, "web").await;
+    assert!(evs.iter().any(|e| e == "DestinationRemoved"), "{evs:?}");
+    ecs.assert_conforms();
+}

@@ -66,6 +66,8 @@ struct Memory {
     share_checked: HashMap<String, Instant>,
     /// region -> account -> the share call of the last act that failed.
     share_failed: HashMap<String, HashMap<String, (ShareCall, ProviderError)>>,
+    /// Destinations removed from the spec whose copy was deleted (the next plan forgets them).
+    pruned: HashSet<String>,
     /// Destinations owned by another account whose source share was withdrawn by this process.
     source_unshared: HashSet<String>,
     /// (provider, state) of every share, for the gauge.
@@ -588,6 +590,9 @@ impl VmEngine {
         source: Option<&ImageInfo>,
     ) -> DestObs {
         let region = s.region.as_str();
+        if self.with_mem(key, |m| m.pruned.remove(region)) {
+            return DestObs::Pruned;
+        }
         let token = s.client_token.clone().unwrap_or_default();
         let req = source.and_then(|src| request_for(obj, s, src));
         let req_ref = &req;
@@ -779,6 +784,7 @@ impl VmEngine {
         });
         self.act_shares(obj, &key, provider, main, others, plan).await;
         self.withdraw_source_shares(obj, &key, provider, main, plan).await;
+        self.prune(&key, provider, main, plan).await;
         if plan.start.is_empty() && plan.cancel.is_empty() {
             return;
         }
@@ -819,6 +825,11 @@ impl VmEngine {
                 continue;
             };
             if !provider.can_cancel() {
+                // A destination removed from the spec whose copy cannot be cancelled (IMS): the
+                // copy finishes on its own, untracked; the destination is forgotten.
+                if !obj.spec.destinations.iter().any(|d| &d.region == region) {
+                    self.with_mem(&key, |m| m.cancelled.insert(region.clone()));
+                }
                 continue;
             }
             let mut h = handle_of(s);
@@ -937,6 +948,44 @@ impl VmEngine {
                 }
                 Err(e) => {
                     warn!(region = %d.region, account = %o.id, error = %e, "withdrawing the source's share failed; will try again")
+                }
+            }
+        }
+    }
+
+    /// Delete the copies of destinations removed from the spec (`deletionPolicy: Delete`): their
+    /// shares withdrawn first; never the source (a same-region destination shared it in place).
+    /// A failure is retried at the next reconcile.
+    async fn prune(&self, key: &str, provider: &dyn ImageService, main: &Account, plan: &VmPlan) {
+        let source_id = plan.status.source.as_ref().and_then(|x| x.image_id.clone());
+        for region in &plan.prune {
+            let Some(s) = plan.status.destinations.iter().find(|d| &d.region == region) else {
+                continue;
+            };
+            let Some(id) = s.image_id.clone() else { continue };
+            let at = ImageAt {
+                region: region.clone(),
+                project: None,
+                image_id: id.clone(),
+            };
+            let mut r = Ok(());
+            for x in &s.shares {
+                r = r.and(provider.unshare(main, &at, &x.account).await);
+            }
+            if r.is_ok() && source_id.as_deref() != Some(id.as_str()) {
+                let t = Instant::now();
+                r = provider.delete_image(main, region, None, &id).await;
+                self.time(provider, "delete_image", t, &r);
+            }
+            match r {
+                Ok(()) => {
+                    info!(region, image = %id, "deleted the copy of a destination removed from the spec");
+                    self.with_mem(key, |m| m.pruned.insert(region.clone()));
+                    (self.wake)(key);
+                }
+                // Tried again at the next reconcile (the drift check's at the latest).
+                Err(e) => {
+                    warn!(region, image = %id, error = %e, "deleting a removed destination's copy failed; will try again")
                 }
             }
         }
@@ -1286,5 +1335,55 @@ destinations:
         assert!(cloud.images_in("two").is_empty(), "{notes}");
         assert_eq!(cloud.images_in("one"), vec!["img-1".to_string()], "{notes}");
         assert!(notes.contains("withdrew the shares of two"), "{notes}");
+    }
+
+    /// A destination removed from the spec (a line deleted in Git): under `deletionPolicy:
+    /// Delete` its copy is deleted (its shares withdrawn first) and it is forgotten with an
+    /// Event; under `Retain` its copy stays and it is forgotten; a copy in flight is cancelled.
+    #[tokio::test]
+    async fn destinations_removed_from_the_spec_are_pruned_per_policy() {
+        let settings = Settings {
+            poll_min: Duration::ZERO,
+            resync: Duration::ZERO,
+            ..Settings::default()
+        };
+        for policy in ["Delete", "Retain"] {
+            let e = VmEngine::new(settings.clone(), Arc::new(|_: &str| {}), None);
+            let cloud = FakeCloud::new("right");
+            cloud.add_image("one", "img-1", 1 << 20);
+            let mut o = shared("[{account: p1}]", policy);
+            o.metadata.generation = Some(1);
+            let mut t = 0;
+            let p = settle(&e, &mut o, &cloud, &Others::new(), &mut t).await;
+            let copy = p.status.destinations[0].image_id.clone().unwrap();
+            assert_eq!(cloud.members_of("two", &copy).len(), 1);
+            // Region two leaves the spec.
+            o.spec.destinations.remove(0);
+            o.metadata.generation = Some(2);
+            let mut events = Vec::new();
+            for _ in 0..4 {
+                t += 20;
+                let now = crate::plan::test_at(t);
+                let p = e.reconcile(&o, &Gate::Open, &cloud, Ok(account("right")), &now).await;
+                events.extend(p.events.iter().map(|a| (a.reason.clone(), a.note.clone())));
+                o.status = Some(p.status.clone());
+                e.act(&o, &cloud, &account("right"), &Others::new(), &p).await;
+            }
+            let st = o.status.clone().unwrap();
+            assert!(st.destinations.iter().all(|d| d.region != "two"), "{policy}: forgotten");
+            let removed = events
+                .iter()
+                .find(|(r, _)| r == "DestinationRemoved")
+                .expect("an Event");
+            if policy == "Delete" {
+                assert!(cloud.images_in("two").is_empty(), "the copy is deleted");
+                assert!(cloud.members_of("two", &copy).is_empty(), "its share withdrawn");
+                assert!(removed.1.contains("was deleted"), "{removed:?}");
+            } else {
+                assert_eq!(cloud.images_in("two"), vec![copy.clone()], "the copy is kept");
+                assert!(removed.1.contains("is kept"), "{removed:?}");
+            }
+            assert_eq!(cloud.images_in("one"), vec!["img-1".to_string()], "never the source");
+        }
     }
 }

@@ -44,6 +44,8 @@ pub enum DestObs {
     Gone,
     /// The copy was cancelled (suspend).
     Cancelled,
+    /// The copy of a destination removed from the spec was deleted.
+    Pruned,
 }
 
 /// Everything observed for one object.
@@ -117,6 +119,9 @@ pub struct VmPlan {
     pub start: Vec<String>,
     /// Destinations whose copy is to be cancelled.
     pub cancel: Vec<String>,
+    /// Destinations removed from the spec whose copy is to be deleted (`deletionPolicy:
+    /// Delete`), its shares withdrawn first.
+    pub prune: Vec<String>,
     pub requeue: Option<Duration>,
     pub events: Vec<Announcement>,
     /// The seed rules the source breaks (empty when none).
@@ -226,6 +231,7 @@ pub fn vm_plan(
         events: Vec::new(),
         refused: refused.clone(),
         shares: Vec::new(),
+        prune: Vec::new(),
     };
     let sharing = super::providers::sharing(kind);
     let mut wake: Vec<Duration> = Vec::new();
@@ -283,6 +289,16 @@ pub fn vm_plan(
         }
         destinations.push(s);
     }
+    for s in old
+        .destinations
+        .iter()
+        .filter(|s| !spec.destinations.iter().any(|d| d.region == s.region))
+    {
+        let o = obs.dests.get(&s.region).unwrap_or(&DestObs::Unchecked);
+        if let Some(kept) = removed_destination(&mut p, s, o, spec.deletion_policy, gate) {
+            destinations.push(kept);
+        }
+    }
 
     p.status = ImageReplicationStatus {
         observed_generation: obj.metadata.generation,
@@ -303,6 +319,61 @@ pub fn vm_plan(
         max_attempts,
     );
     p
+}
+
+/// A destination removed from the spec (what Argo CD and Flux users expect when they delete a
+/// line): a copy in flight is cancelled; then under `deletionPolicy: Delete` its copy is deleted
+/// (shares withdrawn first) and under `Retain` kept; then it is forgotten, with an Event.
+/// `Some`: the status it keeps meanwhile.
+fn removed_destination(
+    p: &mut VmPlan,
+    s: &DestinationStatus,
+    o: &DestObs,
+    policy: DeletionPolicy,
+    gate: &Gate,
+) -> Option<DestinationStatus> {
+    let region = &s.region;
+    let image = s.image_id.clone().unwrap_or_else(|| "?".into());
+    let forget = |p: &mut VmPlan, what: String| {
+        p.events.push(Announcement {
+            warning: false,
+            reason: "DestinationRemoved".into(),
+            note: format!("{region}: removed from spec.destinations; {what}"),
+        });
+        None
+    };
+    let mut kept = s.clone();
+    match (s.phase, o) {
+        (_, DestObs::Pruned) => forget(p, format!("its copy {image} was deleted (deletionPolicy Delete)")),
+        (DestinationPhase::Cancelling, DestObs::Cancelled) => forget(
+            p,
+            "its copy in flight was cancelled (where the cloud cannot cancel, it finishes untracked)".into(),
+        ),
+        (DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling, _) => {
+            if *gate == Gate::Open || *gate == Gate::Suspended {
+                kept.phase = DestinationPhase::Cancelling;
+                kept.message = Some("removed from spec.destinations: cancelling the copy in flight".into());
+                p.cancel.push(region.clone());
+            }
+            Some(kept)
+        }
+        (DestinationPhase::Available, _) if policy == DeletionPolicy::Delete && s.image_id.is_some() => {
+            if *gate == Gate::Open {
+                p.prune.push(region.clone());
+            }
+            let m = match o {
+                DestObs::Error(e) => format!(
+                    "removed from spec.destinations: deleting image {image} failed (will retry): {}",
+                    e.message
+                ),
+                _ => format!("removed from spec.destinations: deleting image {image} (deletionPolicy Delete)"),
+            };
+            kept.message = Some(m);
+            Some(kept)
+        }
+        (DestinationPhase::Available, _) => forget(p, format!("its copy {image} is kept (deletionPolicy Retain)")),
+        _ => forget(p, "it had no copy".into()),
+    }
 }
 
 /// Whether the copies of an object may start now, and if not why.
@@ -1178,6 +1249,29 @@ spec:
             &[("two", Admission::Granted), ("three", Admission::Granted)],
         );
         assert_eq!(p.start.len(), 2);
+    }
+
+    /// A destination removed from the spec while its copy runs: the copy is cancelled, then the
+    /// destination is forgotten with an Event; the other destination goes on.
+    #[test]
+    fn a_destination_removed_mid_copy_is_cancelled_then_forgotten() {
+        let mut o = obj();
+        let grant = [("two", Admission::Granted), ("three", Admission::Granted)];
+        step(&mut o, &Gate::Open, &observed(&[]), 0, &grant);
+        step(&mut o, &Gate::Open, &observed(&[("two", running("i2", 40))]), 5, &[]);
+        o.spec.destinations.retain(|d| d.region != "two");
+        o.metadata.generation = Some(2);
+        let p = step(&mut o, &Gate::Open, &observed(&[]), 10, &[]);
+        assert_eq!(p.cancel, vec!["two".to_string()]);
+        assert_eq!(dest(&p, "two").phase, DestinationPhase::Cancelling);
+        let p = step(&mut o, &Gate::Open, &observed(&[("two", DestObs::Cancelled)]), 15, &[]);
+        assert!(p.status.destinations.iter().all(|d| d.region != "two"));
+        assert!(
+            p.events
+                .iter()
+                .any(|e| e.reason == "DestinationRemoved" && e.note.starts_with("two:"))
+        );
+        assert_eq!(p.status.destinations.len(), 1);
     }
 
     /// An upload the provider had to start again (OpenStack after a kill -9) says so, with the
