@@ -136,13 +136,14 @@ fn account_for<'a>(
     }
 }
 
+/// The spec of the destination in `region`, if the spec still has it.
+fn dest_of<'a>(obj: &'a ImageReplication, region: &str) -> Option<&'a crate::api::v1alpha1::DestinationSpec> {
+    obj.spec.destinations.iter().find(|d| d.region == region)
+}
+
 /// The destination's `account`, where it has one.
 fn owner_of<'a>(obj: &'a ImageReplication, region: &str) -> Option<&'a crate::api::v1alpha1::OwnerSpec> {
-    obj.spec
-        .destinations
-        .iter()
-        .find(|d| d.region == region)
-        .and_then(|d| d.account.as_ref())
+    dest_of(obj, region).and_then(|d| d.account.as_ref())
 }
 
 /// Where the source image is, as a share call names it.
@@ -210,11 +211,7 @@ fn source_from_status(obj: &ImageReplication) -> Option<ImageInfo> {
 
 /// The destination's project, where the spec names one (huawei).
 fn project_of<'a>(obj: &'a ImageReplication, region: &str) -> Option<&'a str> {
-    obj.spec
-        .destinations
-        .iter()
-        .find(|d| d.region == region)
-        .and_then(|d| d.project.as_deref())
+    dest_of(obj, region).and_then(|d| d.project.as_deref())
 }
 
 /// The account is needed for a cleanup only when there is something to cancel or delete (a
@@ -539,11 +536,7 @@ impl VmEngine {
         let failed = self
             .with_mem(key, |m| m.share_failed.remove(region))
             .unwrap_or_default();
-        let wanted: Vec<&str> = obj
-            .spec
-            .destinations
-            .iter()
-            .find(|d| d.region == region)
+        let wanted: Vec<&str> = dest_of(obj, region)
             .map(|d| d.share_with.iter().map(|w| w.account.as_str()).collect())
             .unwrap_or_default();
         let image = s.image_id.clone().filter(|_| s.phase == DestinationPhase::Available);
@@ -647,11 +640,7 @@ impl VmEngine {
                 let Some(id) = &s.image_id else {
                     return DestObs::Unchecked;
                 };
-                let in_place = obj
-                    .spec
-                    .destinations
-                    .iter()
-                    .any(|d| d.region == region && share::share_only(&obj.spec.source.region, d));
+                let in_place = dest_of(obj, region).is_some_and(|d| share::share_only(&obj.spec.source.region, d));
                 if in_place {
                     return DestObs::Unchecked; // the source itself: described, not copied
                 }
