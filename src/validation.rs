@@ -138,6 +138,21 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
     {
         out.push(Violation::new("spec.source.reference", "InvalidReference", e));
     }
+    if let Some(w) = spec.schedule.as_ref().and_then(|x| x.window.as_ref()) {
+        if kind == ProviderKind::Oci {
+            out.push(Violation::new(
+                "spec.schedule.window",
+                "FieldNotSupported",
+                "copy windows are built for the VM clouds only; oci copies start at once",
+            ));
+        } else if let Err((field, m)) = crate::image_replication::window::parse(w) {
+            out.push(Violation::new(
+                format!("spec.schedule.window.{field}"),
+                "InvalidCopyWindow",
+                m,
+            ));
+        }
+    }
     if let Some(p) = &spec.publish
         && !valid_subdomain(&p.config_map_name)
     {
@@ -681,6 +696,7 @@ mod tests {
             deletion_policy: DeletionPolicy::Retain,
             suspend: false,
             publish: None,
+            schedule: None,
         }
     }
 
@@ -757,6 +773,19 @@ mod tests {
                 "alibaba field",
                 |s| s.destinations[0].resource_group_id = Some("rg".into()),
                 "FieldNotSupported",
+            ),
+            (
+                "copy window",
+                |s| {
+                    s.schedule = Some(ScheduleSpec {
+                        window: Some(WindowSpec {
+                            start: "22:00".into(),
+                            end: "06:00".into(),
+                            time_zone: Some("Asia/Shangai".into()),
+                        }),
+                    })
+                },
+                "InvalidCopyWindow",
             ),
             (
                 "publish name",

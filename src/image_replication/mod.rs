@@ -11,3 +11,4 @@ pub mod provider;
 pub mod publish;
 pub mod reconcile;
 pub mod vm;
+pub mod window;

@@ -75,6 +75,35 @@ pub struct ImageReplicationSpec {
     /// namespace, owned by it, with one key per region whose copy is Available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish: Option<PublishSpec>,
+    /// When work may start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
+}
+
+/// When work may start.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleSpec {
+    /// VM clouds: new copies start only inside this daily window (the Alibaba seed: copy at
+    /// off-peak hours); running copies continue, drift repairs and shares are not held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSpec>,
+}
+
+/// A daily window, e.g. 22:00 to 06:00 in Asia/Shanghai (across midnight when end < start).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowSpec {
+    /// Opening time, HH:MM (24 h).
+    #[schemars(length(max = 5))]
+    pub start: String,
+    /// Closing time, HH:MM (24 h); equal to start: always open.
+    #[schemars(length(max = 5))]
+    pub end: String,
+    /// IANA time zone of start and end (default UTC), e.g. Asia/Shanghai.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub time_zone: Option<String>,
 }
 
 /// Where the current image of each region is published.

@@ -20,6 +20,12 @@ use crate::plan::{Announcement, Gate, Standing, gate_conditions, retry_delay, st
 pub use crate::plan::{RETRY_ANNOTATION, retry_requested};
 use crate::validation;
 
+/// How a destination copied again after its copy was deleted outside the operator says so.
+const DRIFT_NOTE: &str = "the copy was deleted outside the operator; copying it again";
+
+/// How a destination held by a closed copy window says so.
+const WINDOW_NOTE: &str = "outside the copy window";
+
 /// A start the cloud's setup prevents (a region the catalog lacks) is tried again this often,
 /// without counting attempts.
 pub const SETUP_RETRY: Duration = Duration::from_secs(60);
@@ -219,6 +225,16 @@ pub fn vm_plan(
         .map(|s| rules::check(kind, spec, s, limits))
         .unwrap_or_default();
     let waiting = source.as_ref().and_then(rules::wait_reason);
+    let window = spec
+        .schedule
+        .as_ref()
+        .and_then(|x| x.window.as_ref())
+        .and_then(|w| crate::image_replication::window::parse(w).ok());
+    let held = window.as_ref().and_then(|w| {
+        let opens = w.closed_until(now.0)?;
+        let wait = Duration::from_secs((opens.as_second() - now.0.as_second()).max(1) as u64);
+        Some((format!("{WINDOW_NOTE} ({}); new copies start at {opens}", w.text), wait))
+    });
     let may_start = *gate == Gate::Open && source.is_some() && refused.is_empty() && waiting.is_none();
 
     let mut p = VmPlan {
@@ -265,6 +281,7 @@ pub fn vm_plan(
             source_error: source_error.as_ref(),
             created,
             key: &key,
+            window: held.as_ref().map(|(m, d)| (m.as_str(), *d)),
         };
         if !share::share_only(&spec.source.region, d) {
             queue_destination(&mut p, &mut s, gate, index, &start_now, now, max_attempts, &mut wake);
@@ -386,6 +403,8 @@ struct StartNow<'a> {
     /// The object's creation time and key: its place in the account's queue.
     created: i64,
     key: &'a str,
+    /// The copy window is closed: why, and for how long (drift repairs are not held).
+    window: Option<(&'a str, Duration)>,
 }
 
 /// Suspend stops what is in flight; otherwise a destination that has no copy (or a failed one
@@ -407,6 +426,7 @@ fn queue_destination(
         source_error,
         created,
         key,
+        window,
     } = *start_now;
     // Suspend: stop what is in flight; nothing new starts.
     if *gate == Gate::Suspended {
@@ -444,7 +464,15 @@ fn queue_destination(
         _ => false,
     };
     if candidate && *gate == Gate::Open {
-        if may_start {
+        // A drift repair (copied before, its copy deleted outside the operator: attempts made,
+        // no failure recorded) is not held by the window.
+        let repair = s.attempts > 0 && s.completed_at.is_none();
+        if let (true, Some((why, until)), false) = (may_start, window, repair) {
+            s.phase = DestinationPhase::Queued;
+            s.queue_position = None;
+            s.message = Some(why.to_string());
+            wake.push(until.max(Duration::from_secs(1)));
+        } else if may_start {
             s.phase = DestinationPhase::Queued;
             s.message = None;
             let order = Order {
@@ -600,6 +628,7 @@ fn apply_observation(
             *s = DestinationStatus {
                 region: region.to_string(),
                 attempts: s.attempts,
+                message: Some(DRIFT_NOTE.into()),
                 ..Default::default()
             };
         }
@@ -855,8 +884,13 @@ fn finish(
             )
         })
     {
+        let held = ds
+            .iter()
+            .any(|d| d.message.as_deref().is_some_and(|m| m.starts_with(WINDOW_NOTE)));
         let r = if waiting.is_some() && copying == 0 {
             "SourceNotReady"
+        } else if held && copying == 0 {
+            "OutsideCopyWindow"
         } else {
             reason::PROGRESSING
         };
@@ -1272,6 +1306,50 @@ spec:
                 .any(|e| e.reason == "DestinationRemoved" && e.note.starts_with("two:"))
         );
         assert_eq!(p.status.destinations.len(), 1);
+    }
+
+    /// A closed copy window (22:00-06:00 UTC; the test clock starts at 08:00) holds new copies
+    /// Queued with the next opening and reason OutsideCopyWindow; they start when it opens; a
+    /// drift repair in the closed hours is not held.
+    #[test]
+    fn a_closed_copy_window_holds_new_copies_but_not_drift_repairs() {
+        let mut o = obj();
+        o.spec.schedule = Some(ScheduleSpec {
+            window: Some(WindowSpec {
+                start: "22:00".into(),
+                end: "06:00".into(),
+                time_zone: None,
+            }),
+        });
+        let grant = [("two", Admission::Granted), ("three", Admission::Granted)];
+        let p = step(&mut o, &Gate::Open, &observed(&[]), 0, &grant);
+        assert!(p.wants.is_empty() && p.start.is_empty());
+        let d = dest(&p, "two");
+        assert_eq!(d.phase, DestinationPhase::Queued);
+        let m = d.message.clone().unwrap();
+        assert!(
+            m.contains("(22:00-06:00 UTC); new copies start at 2027-01-15T22:00:00Z"),
+            "{m}"
+        );
+        assert_eq!(cond(&p, "Ready").reason, "OutsideCopyWindow");
+        assert_eq!(p.requeue, Some(Duration::from_secs(14 * 3600)));
+        let p = step(&mut o, &Gate::Open, &observed(&[]), 14 * 3600, &grant);
+        assert_eq!(p.start.len(), 2, "the window opened");
+        let done = [
+            ("two", finished("i2", TaskPhase::Succeeded)),
+            ("three", finished("i3", TaskPhase::Succeeded)),
+        ];
+        let p = step(&mut o, &Gate::Open, &observed(&done), 14 * 3600 + 5, &[]);
+        assert!(conditions::is_true(&p.status.conditions, "Ready"));
+        // Next morning, 10:00: the copy in two is deleted by hand; its repair starts at once.
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[("two", DestObs::Gone)]),
+            26 * 3600,
+            &[("two", Admission::Granted)],
+        );
+        assert_eq!(p.start, vec!["two".to_string()], "a drift repair is not held");
     }
 
     /// An upload the provider had to start again (OpenStack after a kill -9) says so, with the
