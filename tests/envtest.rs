@@ -864,3 +864,21 @@ async fn the_sharing_example_applies_and_duplicate_accounts_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Duplicate value") && err.contains("111122223333"), "{err}");
 }
+
+/// The golden-image example (publish, a copy window, a share) applies on the real API server.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_golden_image_example_applies() {
+    let Some(sc) = Scene::new("golden").await else { return };
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/examples/golden-image-openstack.yaml"
+    );
+    sc.cp.kubectl_ok(&["apply", "-n", &sc.ns, "-f", example]);
+    let obj = sc.irs().get("golden-base").await.unwrap();
+    assert_eq!(
+        obj.spec.publish.as_ref().map(|p| p.config_map_name.as_str()),
+        Some("golden-base-images")
+    );
+    let violations = image_replication_operator::validation::image_replication(&obj.spec);
+    assert!(violations.is_empty(), "{violations:?}");
+}
