@@ -225,16 +225,7 @@ pub fn vm_plan(
         .map(|s| rules::check(kind, spec, s, limits))
         .unwrap_or_default();
     let waiting = source.as_ref().and_then(rules::wait_reason);
-    let window = spec
-        .schedule
-        .as_ref()
-        .and_then(|x| x.window.as_ref())
-        .and_then(|w| crate::image_replication::window::parse(w).ok());
-    let held = window.as_ref().and_then(|w| {
-        let opens = w.closed_until(now.0)?;
-        let wait = Duration::from_secs((opens.as_second() - now.0.as_second()).max(1) as u64);
-        Some((format!("{WINDOW_NOTE} ({}); new copies start at {opens}", w.text), wait))
-    });
+    let held = window_hold(spec, now);
     let may_start = *gate == Gate::Open && source.is_some() && refused.is_empty() && waiting.is_none();
 
     let mut p = VmPlan {
@@ -312,9 +303,7 @@ pub fn vm_plan(
         .filter(|s| !spec.destinations.iter().any(|d| d.region == s.region))
     {
         let o = obs.dests.get(&s.region).unwrap_or(&DestObs::Unchecked);
-        if let Some(kept) = removed_destination(&mut p, s, o, spec.deletion_policy, gate) {
-            destinations.push(kept);
-        }
+        destinations.extend(removed_destination(&mut p, s, o, spec.deletion_policy, gate));
     }
 
     p.status = ImageReplicationStatus {
@@ -326,16 +315,23 @@ pub fn vm_plan(
         last_handled_retry: retry.or(old.last_handled_retry.clone()),
     };
     p.requeue = wake.into_iter().min();
-    finish(
-        &mut p,
-        obj,
-        gate,
-        source_error.as_ref(),
-        waiting.as_deref(),
-        now,
-        max_attempts,
-    );
+    // What the destinations that do not start wait for: the source, else the copy window.
+    let waits = waiting
+        .as_deref()
+        .map(|w| ("SourceNotReady", w))
+        .or(held.as_ref().map(|(m, _)| ("OutsideCopyWindow", m.as_str())));
+    finish(&mut p, obj, gate, source_error.as_ref(), waits, now, max_attempts);
     p
+}
+
+/// The copy window of the spec, if it is closed now: what a held destination says, and how
+/// long until it opens.
+fn window_hold(spec: &ImageReplicationSpec, now: &Time) -> Option<(String, Duration)> {
+    let w = spec.schedule.as_ref()?.window.as_ref()?;
+    let w = crate::image_replication::window::parse(w).ok()?;
+    let opens = w.closed_until(now.0)?;
+    let wait = Duration::from_secs((opens.as_second() - now.0.as_second()).max(1) as u64);
+    Some((format!("{WINDOW_NOTE} ({}); new copies start at {opens}", w.text), wait))
 }
 
 /// A destination removed from the spec (what Argo CD and Flux users expect when they delete a
@@ -795,7 +791,7 @@ fn finish(
     obj: &ImageReplication,
     gate: &Gate,
     source_error: Option<&ProviderError>,
-    waiting: Option<&str>,
+    waiting: Option<(&'static str, &str)>,
     now: &Time,
     max_attempts: i32,
 ) {
@@ -849,26 +845,7 @@ fn finish(
             format!("{n}/{n} destination images available and verified{shared}"),
         )
     } else if available == n {
-        let pending: Vec<String> = ds
-            .iter()
-            .flat_map(|d| d.shares.iter().map(move |x| (d, x)))
-            .filter(|(_, x)| !share::done(x))
-            .map(|(d, x)| {
-                format!(
-                    "{} share with {}: {}",
-                    d.region,
-                    x.account,
-                    x.message.as_deref().unwrap_or("pending")
-                )
-            })
-            .collect();
-        let finals = share::final_failures(ds, max_attempts);
-        let m = format!("{summary}; {}", pending.join("; "));
-        if finals.len() == pending.len() && withdrawing == 0 {
-            standing_conditions(Standing::Stuck, "SharesFailed", m)
-        } else {
-            standing_conditions(Standing::Working, "SharesPending", m)
-        }
+        share::conditions(ds, &summary, max_attempts)
     } else if let Some(e) = source_error.filter(|e| !e.retryable) {
         standing_conditions(
             Standing::Stuck,
@@ -884,18 +861,12 @@ fn finish(
             )
         })
     {
-        let held = ds
-            .iter()
-            .any(|d| d.message.as_deref().is_some_and(|m| m.starts_with(WINDOW_NOTE)));
-        let r = if waiting.is_some() && copying == 0 {
-            "SourceNotReady"
-        } else if held && copying == 0 {
-            "OutsideCopyWindow"
-        } else {
-            reason::PROGRESSING
+        let r = match waiting {
+            Some((why, _)) if copying == 0 => why,
+            _ => reason::PROGRESSING,
         };
         let m = with_fail(match (waiting, source_error) {
-            (Some(w), _) => format!("{summary}; {w}"),
+            (Some((_, w)), _) => format!("{summary}; {w}"),
             (None, Some(e)) => format!("{summary}; source image (will retry): {}", e.message),
             (None, None) => summary.clone(),
         });

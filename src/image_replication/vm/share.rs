@@ -17,8 +17,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::ProviderError;
 pub use super::sharing::{Member, MemberStatus, Sharing};
+use crate::api::conditions::Desired;
 use crate::api::v1alpha1::{DestinationPhase, DestinationSpec, DestinationStatus, SharePhase, ShareStatus};
-use crate::plan::{Announcement, retry_delay, secs_since};
+use crate::plan::{Announcement, Standing, retry_delay, secs_since, standing_conditions};
 
 /// A share call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -419,21 +420,25 @@ pub fn count(destinations: &[DestinationStatus]) -> (usize, usize, usize) {
     (ok, n, withdrawing)
 }
 
-/// Whether every share that failed has failed for good.
-pub fn final_failures(destinations: &[DestinationStatus], max_attempts: i32) -> Vec<String> {
-    destinations
-        .iter()
-        .flat_map(|d| d.shares.iter().map(move |s| (d, s)))
-        .filter(|(_, s)| s.state == SharePhase::Failed && s.attempts >= max_attempts)
-        .map(|(d, s)| {
-            format!(
-                "{} share with {}: {}",
-                d.region,
-                s.account,
-                s.message.as_deref().unwrap_or("failed")
-            )
-        })
-        .collect()
+/// The conditions of an object whose copies are all Available but whose shares are not all
+/// in place: `SharesFailed` (stalled) when every one not in place failed for good, else
+/// `SharesPending`, each naming the shares and why.
+pub fn conditions(destinations: &[DestinationStatus], summary: &str, max_attempts: i32) -> Vec<Desired> {
+    let (mut pending, mut finals) = (Vec::new(), 0);
+    for (d, x) in destinations.iter().flat_map(|d| d.shares.iter().map(move |x| (d, x))) {
+        if done(x) {
+            continue;
+        }
+        finals += usize::from(x.state == SharePhase::Failed && x.attempts >= max_attempts);
+        let why = x.message.as_deref().unwrap_or("pending");
+        pending.push(format!("{} share with {}: {why}", d.region, x.account));
+    }
+    let m = format!("{summary}; {}", pending.join("; "));
+    if finals == pending.len() {
+        standing_conditions(Standing::Stuck, "SharesFailed", m)
+    } else {
+        standing_conditions(Standing::Working, "SharesPending", m)
+    }
 }
 
 #[cfg(test)]
