@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::ProviderError;
 pub use super::sharing::{Member, MemberStatus, Sharing};
 use crate::api::conditions::Desired;
-use crate::api::v1alpha1::{DestinationPhase, DestinationSpec, DestinationStatus, SharePhase, ShareStatus};
+use crate::api::v1alpha1::{DestinationPhase, DestinationSpec, DestinationStatus, SharePhase, ShareSpec, ShareStatus};
 use crate::plan::{Announcement, Standing, retry_delay, secs_since, standing_conditions};
 
 /// A share call.
@@ -135,93 +135,19 @@ pub fn plan_shares(
             .collect();
         return;
     };
-    let needs_accept = sp.sharing.is_some_and(|x| x.needs_accept);
-    let members = sp.obs.and_then(|o| o.members.as_ref());
-    let failed = |a: &str| sp.obs.and_then(|o| o.failed.get(a));
-    let region = s.region.clone();
-    let mut call = |account: &str, c: ShareCall, secret: Option<String>| {
-        if sp.may_act {
-            work.push(ShareWork {
-                region: region.clone(),
-                image_id: image.clone(),
-                account: account.to_string(),
-                call: c,
-                secret,
-            });
-        }
+    let mut pass = Pass {
+        region: s.region.clone(),
+        image,
+        sp,
+        now,
+        work,
+        wake,
     };
     let mut shares = Vec::new();
     for w in &d.share_with {
-        let a = w.account.as_str();
-        let mut prev = old.iter().find(|o| o.account == a).cloned();
-        if sp.redrive
-            && let Some(p) = prev.as_mut().filter(|p| p.state == SharePhase::Failed)
-        {
-            p.attempts = 0;
-        }
-        let attempts = prev.as_ref().map_or(0, |p| p.attempts);
-        let next = if let Some((c, e)) = failed(a) {
-            failure(prev.as_ref(), a, *c, e, sp.max_attempts, now, wake)
-        } else {
-            match members {
-                Some(Ok(list)) => {
-                    let seen = list.iter().find(|m| m.account == a).map(|m| m.status);
-                    let retry_ok = retry_due(prev.as_ref(), sp.max_attempts, now, wake);
-                    match (seen, w.accept_with.as_ref()) {
-                        (Some(MemberStatus::Accepted), _) => set(prev.as_ref(), a, SharePhase::Accepted, 0, None, now),
-                        (Some(MemberStatus::Shared), _) => set(prev.as_ref(), a, SharePhase::Shared, 0, None, now),
-                        (Some(MemberStatus::Pending | MemberStatus::Rejected), Some(secret)) if needs_accept => {
-                            if retry_ok {
-                                call(a, ShareCall::Accept, Some(secret.name.clone()));
-                            }
-                            let m = format!("{AWAITING}; {ACCEPTING} {}", secret.name);
-                            keep_failed(prev.as_ref(), a, attempts, m, retry_ok, now)
-                        }
-                        (Some(MemberStatus::Pending), _) => {
-                            let m = format!(
-                                "{AWAITING}: accept it in account {a}, or set acceptWith to a Secret of that account"
-                            );
-                            set(prev.as_ref(), a, SharePhase::Pending, 0, Some(&m), now)
-                        }
-                        (Some(MemberStatus::Rejected), _) => set(
-                            prev.as_ref(),
-                            a,
-                            SharePhase::Failed,
-                            sp.max_attempts,
-                            Some("the member rejected the share; it can accept it again in its own account"),
-                            now,
-                        ),
-                        (None, _) => {
-                            if retry_ok {
-                                call(a, ShareCall::Share, None);
-                            }
-                            let m = if prev.as_ref().is_some_and(done) {
-                                "the share was removed outside the operator; sharing again"
-                            } else {
-                                "sharing"
-                            };
-                            keep_failed(prev.as_ref(), a, attempts, m.to_string(), retry_ok, now)
-                        }
-                    }
-                }
-                Some(Err(e)) => {
-                    let mut p = prev.unwrap_or_else(|| new(a, now));
-                    if !done(&p) {
-                        p.message = Some(format!(
-                            "reading the image's members failed (will retry): {}",
-                            e.message
-                        ));
-                    }
-                    p
-                }
-                None => prev.unwrap_or_else(|| {
-                    let mut p = new(a, now);
-                    p.message = Some("sharing".into());
-                    p
-                }),
-            }
-        };
-        announce(&region, &image, old.iter().find(|o| o.account == a), &next, events);
+        let prev = old.iter().find(|o| o.account == w.account);
+        let next = pass.wanted(w, prev.cloned());
+        announce(&pass.region, &pass.image, prev, &next, events);
         shares.push(next);
     }
     // Accounts that left shareWith: withdrawn, then forgotten once the cloud no longer lists them.
@@ -229,7 +155,125 @@ pub fn plan_shares(
         .iter()
         .filter(|o| !d.share_with.iter().any(|w| w.account == o.account))
     {
-        let listed = match members {
+        shares.extend(pass.withdrawn(o, events));
+    }
+    // Soon again while a call of ours is under way; within a minute for a member that accepts
+    // in its own account.
+    if shares
+        .iter()
+        .any(|x| !settled(x, sp.max_attempts) && x.state != SharePhase::Failed)
+    {
+        pass.wake.push(Duration::from_secs(15));
+    } else if shares.iter().any(|x| x.state == SharePhase::Pending) {
+        pass.wake.push(MEMBER_WAIT);
+    }
+    s.shares = shares;
+}
+
+/// One destination's shares being planned: its Available image, what was observed, and where
+/// the calls and wake-ups go.
+struct Pass<'a, 'b> {
+    region: String,
+    image: String,
+    sp: &'a SharePlan<'b>,
+    now: &'a Time,
+    work: &'a mut Vec<ShareWork>,
+    wake: &'a mut Vec<Duration>,
+}
+
+impl<'b> Pass<'_, 'b> {
+    fn members(&self) -> Option<&'b Result<Vec<Member>, ProviderError>> {
+        self.sp.obs.and_then(|o| o.members.as_ref())
+    }
+
+    fn failed(&self, account: &str) -> Option<&'b (ShareCall, ProviderError)> {
+        self.sp.obs.and_then(|o| o.failed.get(account))
+    }
+
+    /// A call to make, when calls may be made.
+    fn call(&mut self, account: &str, call: ShareCall, secret: Option<String>) {
+        if self.sp.may_act {
+            self.work.push(ShareWork {
+                region: self.region.clone(),
+                image_id: self.image.clone(),
+                account: account.to_string(),
+                call,
+                secret,
+            });
+        }
+    }
+
+    /// The share with an account of shareWith, from what the cloud lists.
+    fn wanted(&mut self, w: &ShareSpec, mut prev: Option<ShareStatus>) -> ShareStatus {
+        let (a, now, max) = (w.account.as_str(), self.now, self.sp.max_attempts);
+        if self.sp.redrive
+            && let Some(p) = prev.as_mut().filter(|p| p.state == SharePhase::Failed)
+        {
+            p.attempts = 0;
+        }
+        let attempts = prev.as_ref().map_or(0, |p| p.attempts);
+        if let Some((c, e)) = self.failed(a) {
+            return failure(prev.as_ref(), a, *c, e, max, now, self.wake);
+        }
+        let list = match self.members() {
+            Some(Ok(list)) => list,
+            Some(Err(e)) => {
+                let mut p = prev.unwrap_or_else(|| new(a, now));
+                if !done(&p) {
+                    p.message = Some(format!(
+                        "reading the image's members failed (will retry): {}",
+                        e.message
+                    ));
+                }
+                return p;
+            }
+            None => {
+                return prev.unwrap_or_else(|| {
+                    let mut p = new(a, now);
+                    p.message = Some("sharing".into());
+                    p
+                });
+            }
+        };
+        let seen = list.iter().find(|m| m.account == a).map(|m| m.status);
+        let retry_ok = retry_due(prev.as_ref(), max, now, self.wake);
+        let needs_accept = self.sp.sharing.is_some_and(|x| x.needs_accept);
+        match (seen, w.accept_with.as_ref()) {
+            (Some(MemberStatus::Accepted), _) => set(prev.as_ref(), a, SharePhase::Accepted, 0, None, now),
+            (Some(MemberStatus::Shared), _) => set(prev.as_ref(), a, SharePhase::Shared, 0, None, now),
+            (Some(MemberStatus::Pending | MemberStatus::Rejected), Some(secret)) if needs_accept => {
+                if retry_ok {
+                    self.call(a, ShareCall::Accept, Some(secret.name.clone()));
+                }
+                let m = format!("{AWAITING}; {ACCEPTING} {}", secret.name);
+                keep_failed(prev.as_ref(), a, attempts, m, retry_ok, now)
+            }
+            (Some(MemberStatus::Pending), _) => {
+                let m = format!("{AWAITING}: accept it in account {a}, or set acceptWith to a Secret of that account");
+                set(prev.as_ref(), a, SharePhase::Pending, 0, Some(&m), now)
+            }
+            (Some(MemberStatus::Rejected), _) => {
+                let m = "the member rejected the share; it can accept it again in its own account";
+                set(prev.as_ref(), a, SharePhase::Failed, max, Some(m), now)
+            }
+            (None, _) => {
+                if retry_ok {
+                    self.call(a, ShareCall::Share, None);
+                }
+                let m = if prev.as_ref().is_some_and(done) {
+                    "the share was removed outside the operator; sharing again"
+                } else {
+                    "sharing"
+                };
+                keep_failed(prev.as_ref(), a, attempts, m.to_string(), retry_ok, now)
+            }
+        }
+    }
+
+    /// An account that left shareWith: withdrawn while the cloud lists it, then forgotten
+    /// (`None`) with an Event.
+    fn withdrawn(&mut self, o: &ShareStatus, events: &mut Vec<Announcement>) -> Option<ShareStatus> {
+        let listed = match self.members() {
             Some(Ok(list)) => Some(list.iter().any(|m| m.account == o.account)),
             _ => None,
         };
@@ -238,38 +282,30 @@ pub fn plan_shares(
                 events.push(Announcement {
                     warning: false,
                     reason: "ShareWithdrawn".into(),
-                    note: format!("{region}: image {image} is no longer shared with account {}", o.account),
+                    note: format!(
+                        "{}: image {} is no longer shared with account {}",
+                        self.region, self.image, o.account
+                    ),
                 });
             }
-            continue;
+            return None;
+        }
+        if let Some((c, e)) = self.failed(&o.account) {
+            let mut w = failure(Some(o), &o.account, *c, e, self.sp.max_attempts, self.now, self.wake);
+            w.state = SharePhase::Withdrawing;
+            return Some(w);
         }
         let mut w = o.clone();
-        if let Some((c, e)) = failed(&o.account) {
-            w = failure(Some(o), &o.account, *c, e, sp.max_attempts, now, wake);
-            w.state = SharePhase::Withdrawing;
-        } else {
-            if w.state != SharePhase::Withdrawing {
-                w.since = Some(now.clone());
-            }
-            w.state = SharePhase::Withdrawing;
-            w.message = Some("the account left shareWith; withdrawing the share".into());
-            if listed == Some(true) {
-                call(&o.account, ShareCall::Unshare, None);
-            }
+        if w.state != SharePhase::Withdrawing {
+            w.since = Some(self.now.clone());
         }
-        shares.push(w);
+        w.state = SharePhase::Withdrawing;
+        w.message = Some("the account left shareWith; withdrawing the share".into());
+        if listed == Some(true) {
+            self.call(&o.account, ShareCall::Unshare, None);
+        }
+        Some(w)
     }
-    // Soon again while a call of ours is under way; within a minute for a member that accepts
-    // in its own account.
-    if shares
-        .iter()
-        .any(|x| !settled(x, sp.max_attempts) && x.state != SharePhase::Failed)
-    {
-        wake.push(Duration::from_secs(15));
-    } else if shares.iter().any(|x| x.state == SharePhase::Pending) {
-        wake.push(MEMBER_WAIT);
-    }
-    s.shares = shares;
 }
 
 fn new(account: &str, now: &Time) -> ShareStatus {
