@@ -1018,16 +1018,18 @@ async fn shares_through_the_operator(kind: Kind) {
         }
     };
     assert_eq!(cloud.members_of(&copy), want("pending"));
-    let metrics = op.http_get("/metrics").unwrap().1;
     let gauge = |state: &str, n: u32| format!("imgrep_vm_shares{{provider=\"{kind_name}\",state=\"{state}\"}} {n}");
     let expected = if accepts {
         vec![gauge("Accepted", 1), gauge("Pending", 2)]
     } else {
         vec![gauge("Shared", 3)]
     };
-    for g in expected {
-        assert!(metrics.contains(&g), "{g} in {metrics}");
-    }
+    // The gauges are set when the status is acted on, just after it is written.
+    eventually(WAIT, "the share gauges", || async {
+        let metrics = op.http_get("/metrics")?.1;
+        expected.iter().all(|g| metrics.contains(g)).then_some(())
+    })
+    .await;
     if kind == Kind::Aws {
         // Every snapshot of the copy and of the source: createVolumePermission, so the
         // accounts can copy the AMI, not only launch it.

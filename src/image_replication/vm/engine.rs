@@ -146,6 +146,47 @@ fn owner_of<'a>(obj: &'a ImageReplication, region: &str) -> Option<&'a crate::ap
     dest_of(obj, region).and_then(|d| d.account.as_ref())
 }
 
+/// What became of a copy in flight when its object goes.
+enum Stopped {
+    Cancelled,
+    /// Finished (or not found): its image, if it has one, for the deletion policy.
+    Finished(Option<String>),
+}
+
+/// Delete a destination's copy (`deletionPolicy: Delete`, on delete or when the destination
+/// left the spec): every share this object made is withdrawn first, then the image — never the
+/// source, which a same-region destination shares in place. Returns the accounts withdrawn.
+async fn delete_copy(
+    provider: &dyn ImageService,
+    acct: &Account,
+    s: &DestinationStatus,
+    project: Option<&str>,
+    id: &str,
+    source_id: Option<&str>,
+) -> Result<Vec<String>, String> {
+    let region = s.region.as_str();
+    let at = ImageAt {
+        region: region.to_string(),
+        project: project.map(String::from),
+        image_id: id.to_string(),
+    };
+    let mut withdrawn = Vec::new();
+    for x in &s.shares {
+        provider
+            .unshare(acct, &at, &x.account)
+            .await
+            .map_err(|e| format!("{region}: withdrawing the share with {}: {e}", x.account))?;
+        withdrawn.push(x.account.clone());
+    }
+    if source_id != Some(id) {
+        provider
+            .delete_image(acct, region, project, id)
+            .await
+            .map_err(|e| format!("{region}: deleting image {id}: {e}"))?;
+    }
+    Ok(withdrawn)
+}
+
 /// Where the source image is, as a share call names it.
 fn source_at(obj: &ImageReplication, source_id: &str) -> ImageAt {
     ImageAt {
@@ -218,11 +259,9 @@ fn project_of<'a>(obj: &'a ImageReplication, region: &str) -> Option<&'a str> {
 /// Secret deleted together with the object must not hold the object forever).
 fn cleanup_needs_account(obj: &ImageReplication, st: &ImageReplicationStatus) -> bool {
     st.destinations.iter().any(|d| {
-        matches!(
-            d.phase,
-            DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling
-        ) || (obj.spec.deletion_policy == DeletionPolicy::Delete
-            && (d.phase == DestinationPhase::Available || !d.shares.is_empty()))
+        vplan::in_flight(d.phase)
+            || (obj.spec.deletion_policy == DeletionPolicy::Delete
+                && (d.phase == DestinationPhase::Available || !d.shares.is_empty()))
     })
 }
 
@@ -299,12 +338,7 @@ impl VmEngine {
             .status
             .iter()
             .flat_map(|s| s.destinations.iter())
-            .filter(|d| {
-                matches!(
-                    d.phase,
-                    DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling
-                )
-            })
+            .filter(|d| vplan::in_flight(d.phase))
             .map(|d| d.region.clone())
             .collect();
         if !running.is_empty() {
@@ -952,22 +986,8 @@ impl VmEngine {
                 continue;
             };
             let Some(id) = s.image_id.clone() else { continue };
-            let at = ImageAt {
-                region: region.clone(),
-                project: None,
-                image_id: id.clone(),
-            };
-            let mut r = Ok(());
-            for x in &s.shares {
-                r = r.and(provider.unshare(main, &at, &x.account).await);
-            }
-            if r.is_ok() && source_id.as_deref() != Some(id.as_str()) {
-                let t = Instant::now();
-                r = provider.delete_image(main, region, None, &id).await;
-                self.time(provider, "delete_image", t, &r);
-            }
-            match r {
-                Ok(()) => {
+            match delete_copy(provider, main, s, None, &id, source_id.as_deref()).await {
+                Ok(_) => {
                     info!(region, image = %id, "deleted the copy of a destination removed from the spec");
                     self.with_mem(key, |m| m.pruned.insert(region.clone()));
                     (self.wake)(key);
@@ -977,6 +997,56 @@ impl VmEngine {
                     warn!(region, image = %id, error = %e, "deleting a removed destination's copy failed; will try again")
                 }
             }
+        }
+    }
+
+    /// A copy in flight when the object goes: cancelled where the provider can; otherwise
+    /// waited for (`Err`: not yet) and, once finished, its image handed back for the deletion
+    /// policy. A copy that cannot be found or ended otherwise leaves nothing.
+    async fn stop_in_flight(
+        &self,
+        obj: &ImageReplication,
+        provider: &dyn ImageService,
+        acct: &Account,
+        s: &DestinationStatus,
+        source: Option<&ImageInfo>,
+    ) -> Result<Stopped, String> {
+        let region = s.region.as_str();
+        let req = source.and_then(|src| request_for(obj, s, src));
+        let mut h = handle_of(s);
+        if h.image_id.is_none()
+            && h.task_id.is_none()
+            && let Some(req) = &req
+        {
+            h = provider
+                .find_copy(acct, req)
+                .await
+                .map_err(|e| format!("{region}: looking up the copy: {e}"))?
+                .unwrap_or_default();
+        }
+        if h.image_id.is_none() && h.task_id.is_none() {
+            return Ok(Stopped::Finished(None));
+        }
+        if provider.can_cancel() {
+            provider
+                .cancel(acct, region, &h)
+                .await
+                .map_err(|e| format!("{region}: cancelling the copy: {e}"))?;
+            return Ok(Stopped::Cancelled);
+        }
+        let Some(req) = req else {
+            return Ok(Stopped::Finished(None));
+        };
+        let state = provider
+            .poll(acct, &req, &h)
+            .await
+            .map_err(|e| format!("{region}: polling the copy: {e}"))?;
+        match state.phase {
+            TaskPhase::Running => Err(format!(
+                "{region}: the copy cannot be cancelled; waiting for it to finish"
+            )),
+            TaskPhase::Succeeded => Ok(Stopped::Finished(state.image_id.or(h.image_id))),
+            _ => Ok(Stopped::Finished(None)),
         }
     }
 
@@ -1024,75 +1094,24 @@ impl VmEngine {
                     .await
                     .map_err(|e| format!("{region}: withdrawing the source's share with account {}: {e}", o.id))?;
             }
-            if matches!(
-                s.phase,
-                DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling
-            ) {
-                let mut h = handle_of(s);
-                if h.image_id.is_none()
-                    && h.task_id.is_none()
-                    && let Some(req) = source.as_ref().and_then(|src| request_for(obj, s, src))
-                {
-                    h = provider
-                        .find_copy(acct, &req)
-                        .await
-                        .map_err(|e| format!("{region}: looking up the copy: {e}"))?
-                        .unwrap_or_default();
-                }
-                if h.image_id.is_none() && h.task_id.is_none() {
-                    continue;
-                }
-                if provider.can_cancel() {
-                    provider
-                        .cancel(acct, region, &h)
-                        .await
-                        .map_err(|e| format!("{region}: cancelling the copy: {e}"))?;
-                    cancelled.push(region.to_string());
-                    continue;
-                }
-                let Some(req) = source.as_ref().and_then(|src| request_for(obj, s, src)) else {
-                    continue;
-                };
-                let state = provider
-                    .poll(acct, &req, &h)
-                    .await
-                    .map_err(|e| format!("{region}: polling the copy: {e}"))?;
-                match state.phase {
-                    TaskPhase::Running => {
-                        return Err(format!(
-                            "{region}: the copy cannot be cancelled; waiting for it to finish"
-                        ));
+            if vplan::in_flight(s.phase) {
+                match self.stop_in_flight(obj, provider, acct, s, source.as_ref()).await? {
+                    Stopped::Cancelled => {
+                        cancelled.push(region.to_string());
+                        continue;
                     }
-                    TaskPhase::Succeeded => image = state.image_id.or(h.image_id),
-                    _ => continue,
+                    Stopped::Finished(id) => image = id,
                 }
             }
             let Some(id) = image else { continue };
             let source_id = st.source.as_ref().and_then(|x| x.image_id.as_deref());
             match obj.spec.deletion_policy {
                 DeletionPolicy::Delete => {
-                    // Every share this object made goes first, then the copy (never the source,
-                    // which a same-region destination shares in place).
-                    let at = ImageAt {
-                        region: region.to_string(),
-                        project: project_of(obj, region).map(String::from),
-                        image_id: id.clone(),
-                    };
-                    for x in &s.shares {
-                        provider
-                            .unshare(acct, &at, &x.account)
-                            .await
-                            .map_err(|e| format!("{region}: withdrawing the share with {}: {e}", x.account))?;
-                        withdrawn.push(format!("{region} ({id}) from {}", x.account));
+                    let from = delete_copy(provider, acct, s, project_of(obj, region), &id, source_id).await?;
+                    withdrawn.extend(from.iter().map(|a| format!("{region} ({id}) from {a}")));
+                    if source_id != Some(id.as_str()) {
+                        removed.push(format!("{region} ({id})"));
                     }
-                    if source_id == Some(id.as_str()) {
-                        continue;
-                    }
-                    provider
-                        .delete_image(acct, region, project_of(obj, region), &id)
-                        .await
-                        .map_err(|e| format!("{region}: deleting image {id}: {e}"))?;
-                    removed.push(format!("{region} ({id})"));
                 }
                 DeletionPolicy::Retain => kept.push(format!("{region} ({id})")),
             }

@@ -173,7 +173,8 @@ pub fn token_for(obj: &ImageReplication, region: &str, attempt: i32) -> String {
     format!("imgrep-{}-{attempt}", &crate::oci::api::hex(&h)[..32])
 }
 
-fn in_flight(p: DestinationPhase) -> bool {
+/// A copy holds a quota slot: starting, copying or being cancelled.
+pub(crate) fn in_flight(p: DestinationPhase) -> bool {
     matches!(
         p,
         DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling
