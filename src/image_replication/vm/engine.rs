@@ -757,31 +757,37 @@ impl VmEngine {
                 }
             }
         }
-        for p in [
-            SharePhase::Pending,
-            SharePhase::Shared,
-            SharePhase::Accepted,
-            SharePhase::Failed,
-            SharePhase::Withdrawing,
-        ] {
-            m.vm_shares
-                .with_label_values(&[kind, &format!("{p:?}")])
-                .set(shares.get(&p).copied().unwrap_or(0));
+        /// One gauge per state of `all`, 0 for the states nothing is in.
+        fn set<S: std::hash::Hash + Eq + std::fmt::Debug>(
+            g: &prometheus::IntGaugeVec,
+            kind: &str,
+            all: &[S],
+            counts: &HashMap<S, i64>,
+        ) {
+            for p in all {
+                g.with_label_values(&[kind, &format!("{p:?}")])
+                    .set(counts.get(p).copied().unwrap_or(0));
+            }
         }
-        for p in [
-            DestinationPhase::Pending,
-            DestinationPhase::Queued,
-            DestinationPhase::Starting,
-            DestinationPhase::Copying,
-            DestinationPhase::Available,
-            DestinationPhase::Failed,
-            DestinationPhase::Cancelling,
-            DestinationPhase::Cancelled,
-        ] {
-            m.vm_copies
-                .with_label_values(&[kind, &format!("{p:?}")])
-                .set(counts.get(&p).copied().unwrap_or(0));
-        }
+        use DestinationPhase as D;
+        use SharePhase as S;
+        let phases = [
+            D::Pending,
+            D::Queued,
+            D::Starting,
+            D::Copying,
+            D::Available,
+            D::Failed,
+            D::Cancelling,
+            D::Cancelled,
+        ];
+        set(&m.vm_copies, kind, &phases, &counts);
+        set(
+            &m.vm_shares,
+            kind,
+            &[S::Pending, S::Shared, S::Accepted, S::Failed, S::Withdrawing],
+            &shares,
+        );
         m.copy_queue_depth.set(self.quota.waiting_total() as i64);
     }
 

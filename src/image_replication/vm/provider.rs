@@ -114,16 +114,16 @@ impl ImageProvider for Vm {
                 // (act still records the plan's metrics).
                 let none = Account::default();
                 let acct = account.as_ref().unwrap_or(&none);
-                // The owners read by observe, and the members whose shares are accepted now.
-                let mut all = owners.clone();
-                others(
-                    obj,
-                    secrets,
-                    p.shares.iter().filter_map(|w| w.secret.as_ref()),
-                    &mut all,
-                )
-                .await;
-                self.engine.act(obj, self.service.as_ref(), acct, &all, p).await;
+                // The owners read by observe, and the members whose shares are accepted now
+                // (read only when there are such).
+                let accepting: Vec<&String> = p.shares.iter().filter_map(|w| w.secret.as_ref()).collect();
+                if accepting.is_empty() {
+                    self.engine.act(obj, self.service.as_ref(), acct, owners, p).await;
+                } else {
+                    let mut all = owners.clone();
+                    others(obj, secrets, accepting.into_iter(), &mut all).await;
+                    self.engine.act(obj, self.service.as_ref(), acct, &all, p).await;
+                }
             }
         })
     }

@@ -158,13 +158,7 @@ pub(super) async fn alibaba(st: &State, p: &BTreeMap<String, String>) -> Respons
         }
         "DescribeImageSharePermission" => {
             let id = p.get("ImageId").cloned().unwrap_or_default();
-            if !st
-                .images
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|i| i.id == id && i.region == region)
-            {
+            if !st.has_image(&id, &region) {
                 return ali_err(
                     StatusCode::NOT_FOUND,
                     "InvalidImageId.NotFound",
@@ -188,13 +182,7 @@ pub(super) async fn alibaba(st: &State, p: &BTreeMap<String, String>) -> Respons
         }
         "ModifyImageSharePermission" => {
             let id = p.get("ImageId").cloned().unwrap_or_default();
-            if !st
-                .images
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|i| i.id == id && i.region == region)
-            {
+            if !st.has_image(&id, &region) {
                 return ali_err(
                     StatusCode::NOT_FOUND,
                     "InvalidImageId.NotFound",

@@ -139,6 +139,17 @@ pub struct State {
     seq: AtomicU32,
 }
 
+impl State {
+    /// Whether image `id` is in `region`.
+    pub fn has_image(&self, id: &str, region: &str) -> bool {
+        self.images
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|i| i.id == id && i.region == region)
+    }
+}
+
 pub struct Stand {
     pub kind: Kind,
     pub url: String,

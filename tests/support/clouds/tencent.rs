@@ -163,13 +163,7 @@ pub(super) async fn tencent(st: &State, b: &Value, hdr: &BTreeMap<String, String
         }
         "DescribeImageSharePermission" | "ModifyImageSharePermission" => {
             let id = b.get("ImageId").and_then(Value::as_str).unwrap_or_default().to_string();
-            if !st
-                .images
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|i| i.id == id && i.region == region)
-            {
+            if !st.has_image(&id, &region) {
                 return tc_err("InvalidImageId.NotFound", "The image does not exist.");
             }
             let mut all = st.members.lock().unwrap();
