@@ -242,40 +242,31 @@ pub fn vm_plan(
         prune: Vec::new(),
     };
     let sharing = super::providers::sharing(kind);
+    let start_now = StartNow {
+        may_start,
+        waiting: waiting.as_deref(),
+        source_error: source_error.as_ref(),
+        created,
+        key: &key,
+        window: held.as_ref().map(|(m, d)| (m.as_str(), *d)),
+    };
     let mut wake: Vec<Duration> = Vec::new();
     let mut destinations = Vec::new();
     for (index, d) in spec.destinations.iter().enumerate() {
         let mut s = old.destination_or_new(&d.region);
         s.owner = d.account.as_ref().map(|a| a.id.clone());
         let before = s.phase;
-        let unchecked = DestObs::Unchecked;
-        let o = obs.dests.get(&d.region).unwrap_or(&unchecked);
+        let o = obs.dests.get(&d.region).unwrap_or(&DestObs::Unchecked);
         if redrive && matches!(s.phase, DestinationPhase::Failed) {
             s.attempts = 0;
             s.phase = DestinationPhase::Pending;
             s.message = None;
         }
         if share::share_only(&spec.source.region, d) {
-            // Nothing to copy: the source itself is what is shared.
-            if let Some(src) = source.as_ref().filter(|_| may_start) {
-                s.phase = DestinationPhase::Available;
-                s.image_id = Some(src.id.clone());
-                s.message = Some("the source image itself (same region: shared, not copied)".into());
-            }
+            shared_in_place(&mut s, source.as_ref().filter(|_| may_start));
         } else {
             let can_start = *gate == Gate::Open && source.is_some();
             apply_observation(&mut p, &mut s, before, o, can_start, now, max_attempts, &mut wake);
-        }
-
-        let start_now = StartNow {
-            may_start,
-            waiting: waiting.as_deref(),
-            source_error: source_error.as_ref(),
-            created,
-            key: &key,
-            window: held.as_ref().map(|(m, d)| (m.as_str(), *d)),
-        };
-        if !share::share_only(&spec.source.region, d) {
             queue_destination(&mut p, &mut s, gate, index, &start_now, now, max_attempts, &mut wake);
         }
         let sp = SharePlan {
@@ -288,7 +279,6 @@ pub fn vm_plan(
         share::plan_shares(d, &mut s, &sp, now, &mut p.shares, &mut p.events, &mut wake);
         if in_flight(s.phase) {
             p.running.push(d.region.clone());
-            s.queue_position = None;
         }
         if s.phase != DestinationPhase::Queued {
             s.queue_position = None;
@@ -323,6 +313,16 @@ pub fn vm_plan(
         .or(held.as_ref().map(|(m, _)| ("OutsideCopyWindow", m.as_str())));
     finish(&mut p, obj, gate, source_error.as_ref(), waits, now, max_attempts);
     p
+}
+
+/// A same-region destination that only shares: nothing is copied, the source itself (once
+/// described and allowed to start) is its image.
+fn shared_in_place(s: &mut DestinationStatus, source: Option<&ImageInfo>) {
+    if let Some(src) = source {
+        s.phase = DestinationPhase::Available;
+        s.image_id = Some(src.id.clone());
+        s.message = Some("the source image itself (same region: shared, not copied)".into());
+    }
 }
 
 /// The copy window of the spec, if it is closed now: what a held destination says, and how
