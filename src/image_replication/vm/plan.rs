@@ -114,7 +114,7 @@ fn next_wake(p: &VmPlan, snap: &Snapshot) -> Option<Duration> {
 }
 
 /// The outcome of planning.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct VmPlan {
     pub status: ImageReplicationStatus,
     /// Destinations that hold a quota slot (Starting, Copying, Cancelling).
@@ -209,11 +209,7 @@ pub fn vm_plan(
     let retry = retry_requested(obj);
     let redrive = old.observed_generation != obj.metadata.generation || retry.is_some();
     let created = obj.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second());
-    let key = format!(
-        "{}/{}",
-        obj.metadata.namespace.as_deref().unwrap_or_default(),
-        obj.metadata.name.as_deref().unwrap_or_default()
-    );
+    let key = crate::api::key_of(obj);
 
     let (source, source_error) = match &obs.source {
         Some(Ok(i)) => (Some(i.clone()), None),
@@ -230,16 +226,8 @@ pub fn vm_plan(
     let may_start = *gate == Gate::Open && source.is_some() && refused.is_empty() && waiting.is_none();
 
     let mut p = VmPlan {
-        status: ImageReplicationStatus::default(),
-        running: Vec::new(),
-        wants: Vec::new(),
-        start: Vec::new(),
-        cancel: Vec::new(),
-        requeue: None,
-        events: Vec::new(),
         refused: refused.clone(),
-        shares: Vec::new(),
-        prune: Vec::new(),
+        ..Default::default()
     };
     let sharing = super::providers::sharing(kind);
     let start_now = StartNow {
