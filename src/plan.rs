@@ -129,6 +129,8 @@ pub fn image_replication_status(obj: &ImageReplication, g: &Gate, now: &Time) ->
         destinations,
         summary: Some(summary),
         last_handled_retry: old.last_handled_retry.clone(),
+        // Kept copies of earlier sources stay listed whatever holds the object back.
+        previous: old.previous.clone(),
     }
 }
 

@@ -165,8 +165,61 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
             ),
         ));
     }
+    follow_and_retention(&mut out, spec);
     egress_of_image_replication(&mut out, spec);
     out
+}
+
+/// The rules of `source.follow`, `source.checkInterval` and `retention`.
+fn follow_and_retention(out: &mut Vec<Violation>, spec: &ImageReplicationSpec) {
+    use crate::image_replication::vm::follow;
+    let src = &spec.source;
+    let glob = src.image_name.as_deref().is_some_and(|n| n.contains(['*', '?']));
+    let following = follow::following(src);
+    if following && spec.provider.kind == ProviderKind::Oci {
+        out.push(Violation::new(
+            "spec.source.follow",
+            "FollowNotSupported",
+            "source.follow is for the VM clouds; an oci source.reference with a tag is followed at every drift check already",
+        ));
+    } else if following && src.image_name.is_none() {
+        out.push(Violation::new(
+            "spec.source.follow",
+            "FollowNeedsName",
+            "source.follow: Newest needs source.imageName (a name or a glob such as golden-*), not source.imageId",
+        ));
+    }
+    if glob && !following {
+        out.push(Violation::new(
+            "spec.source.imageName",
+            "PatternNeedsFollow",
+            "source.imageName with '*' or '?' is a pattern: set source.follow: Newest to copy the newest image matching it",
+        ));
+    }
+    if src.check_interval.is_some() && !following {
+        out.push(Violation::new(
+            "spec.source.checkInterval",
+            "CheckIntervalNeedsFollow",
+            "source.checkInterval applies only with source.follow",
+        ));
+    } else if let Err(m) = follow::check_interval(src) {
+        out.push(Violation::new("spec.source.checkInterval", "InvalidCheckInterval", m));
+    }
+    if let Some(keep) = spec.retention.as_ref().and_then(|r| r.keep) {
+        if !following {
+            out.push(Violation::new(
+                "spec.retention.keep",
+                "RetentionNeedsFollow",
+                "retention.keep applies only with source.follow (a fixed source has one copy per destination)",
+            ));
+        } else if !(1..=100).contains(&keep) {
+            out.push(Violation::new(
+                "spec.retention.keep",
+                "InvalidRetention",
+                format!("retention.keep must be between 1 and 100, got {keep}"),
+            ));
+        }
+    }
 }
 
 /// A Kubernetes object name of the DNS subdomain form (RFC 1123).
@@ -694,6 +747,7 @@ mod tests {
                 ..Default::default()
             }],
             deletion_policy: DeletionPolicy::Retain,
+            retention: None,
             suspend: false,
             publish: None,
             schedule: None,
@@ -786,6 +840,36 @@ mod tests {
                     })
                 },
                 "InvalidCopyWindow",
+            ),
+            (
+                "follow by id",
+                |s| {
+                    s.source.follow = Some(Follow::Newest);
+                },
+                "FollowNeedsName",
+            ),
+            (
+                "a pattern without follow",
+                |s| {
+                    s.source.image_id = None;
+                    s.source.image_name = Some("golden-*".into());
+                },
+                "PatternNeedsFollow",
+            ),
+            (
+                "check interval",
+                |s| {
+                    s.source.image_id = None;
+                    s.source.image_name = Some("golden-*".into());
+                    s.source.follow = Some(Follow::Newest);
+                    s.source.check_interval = Some("5s".into());
+                },
+                "InvalidCheckInterval",
+            ),
+            (
+                "retention without follow",
+                |s| s.retention = Some(RetentionSpec { keep: Some(2) }),
+                "RetentionNeedsFollow",
             ),
             (
                 "publish name",

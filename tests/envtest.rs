@@ -224,6 +224,11 @@ fn cel_cases() -> Vec<(&'static str, &'static str, Value)> {
         ),
         (
             "ImageReplication",
+            "retention.keep must be between 1 and 100",
+            image_spec(|s| s["retention"] = json!({"keep": 0})),
+        ),
+        (
+            "ImageReplication",
             "maxConcurrentCopies must be between 1 and 100",
             image_spec(|s| s["provider"]["maxConcurrentCopies"] = json!(0)),
         ),
@@ -503,14 +508,18 @@ async fn an_oci_copy_is_ready_with_events_columns_and_each_deletion_policy() {
     // Reason has priority 1: only `-o wide` shows it.
     let table = sc.cp.kubectl_ok(&["get", "imagereplications", "-n", &sc.ns]);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "READY", "SUMMARY", "AGE"], "{table}");
+    assert_eq!(header, ["NAME", "READY", "SOURCE", "SUMMARY", "AGE"], "{table}");
     let row = table.lines().find(|l| l.starts_with("web ")).unwrap();
     assert!(row.contains(" True ") && row.contains("1/1 available"), "{table}");
     let wide = sc
         .cp
         .kubectl_ok(&["get", "imagereplications", "-n", &sc.ns, "-o", "wide"]);
     let header: Vec<&str> = wide.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "READY", "SUMMARY", "REASON", "AGE"], "{wide}");
+    assert_eq!(
+        header,
+        ["NAME", "READY", "SOURCE", "SUMMARY", "REASON", "AGE"],
+        "{wide}"
+    );
     let row = wide.lines().find(|l| l.starts_with("web ")).unwrap();
     assert!(row.contains(" Succeeded "), "{wide}");
     let short = sc.cp.kubectl_ok(&["get", "imgrep", "-n", &sc.ns, "-o", "name"]);

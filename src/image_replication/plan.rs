@@ -125,6 +125,7 @@ pub fn oci_plan(
             destinations,
             summary: Some(summary),
             last_handled_retry: retry.or(old.last_handled_retry.clone()),
+            previous: old.previous.clone(),
         },
         start,
         requeue: wake.into_iter().min(),

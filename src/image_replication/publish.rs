@@ -1,6 +1,7 @@
 //! `spec.publish`: which image is current in each region, for consumers (Cluster API machine
 //! templates, Karpenter, Terraform, Kustomize replacements, Helm `lookup`) to read from a
-//! ConfigMap the object owns. [`data`] is pure: only regions whose copy is Available have a key,
+//! ConfigMap the object owns. [`data`] is pure: only regions whose copy is Available have a key
+//! (or, while a newer followed source is copied, the newest earlier copy, which is Available),
 //! so the ConfigMap never points at a copy that is not; the shell writes it when it differs from
 //! what is there ([`crate::controller::config_maps`]), never at rest.
 
@@ -32,13 +33,20 @@ pub fn data(obj: &ImageReplication, status: &ImageReplicationStatus) -> BTreeMap
         };
         out.insert(s.region.clone(), value);
     }
+    // `source.follow`: while a region copies a newer source, its consumers keep the newest
+    // earlier copy (Available when it was kept, and kept until the new one is).
+    for c in &status.previous {
+        if spec.destinations.iter().any(|d| d.region == c.region) && !out.contains_key(&c.region) {
+            out.insert(c.region.clone(), c.image_id.clone());
+        }
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::v1alpha1::DestinationStatus;
+    use crate::api::v1alpha1::{DestinationStatus, PreviousCopy};
 
     fn obj(kind: &str) -> ImageReplication {
         serde_yaml::from_str(&format!(
@@ -86,6 +94,27 @@ spec:
         };
         let vm = data(&obj("openstack"), &st);
         assert_eq!(vm, BTreeMap::from([("two".to_string(), "img-two".to_string())]));
+        // A newer source being copied to two: its consumers keep the newest earlier copy
+        // until the new one is Available; then it flips.
+        let mut st = ImageReplicationStatus {
+            destinations: vec![dest("two", DestinationPhase::Copying)],
+            previous: vec![
+                PreviousCopy {
+                    region: "two".into(),
+                    image_id: "img-two-v2".into(),
+                    ..Default::default()
+                },
+                PreviousCopy {
+                    region: "two".into(),
+                    image_id: "img-two-v1".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(data(&obj("openstack"), &st)["two"], "img-two-v2");
+        st.destinations[0].phase = DestinationPhase::Available;
+        assert_eq!(data(&obj("openstack"), &st)["two"], "img-two");
         let st = ImageReplicationStatus {
             destinations: vec![
                 dest("two", DestinationPhase::Available),

@@ -29,6 +29,11 @@ pub struct Metrics {
     pub vm_copies: prometheus::IntGaugeVec,
     /// VM image shares now, by provider and state.
     pub vm_shares: prometheus::IntGaugeVec,
+    /// 1 while a region has no Available copy of its object's current source, else 0.
+    pub destination_outdated: prometheus::IntGaugeVec,
+    /// While a region is outdated: when its current source was found (Unix seconds); 0 when
+    /// it is up to date.
+    pub destination_outdated_since: prometheus::GaugeVec,
     /// VM copies waiting for a quota slot.
     pub copy_queue_depth: IntGauge,
     /// VM copy task duration (start to Available), by provider.
@@ -156,6 +161,22 @@ impl Metrics {
             &["provider", "state"],
         )
         .expect("valid metric");
+        let destination_outdated = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "destination_outdated",
+                "1 while a destination region has no Available copy of its ImageReplication's current source (a followed source moved on, or the first copy is not done), else 0.",
+            ),
+            &["imagereplication", "region"],
+        )
+        .expect("valid metric");
+        let destination_outdated_since = prometheus::GaugeVec::new(
+            Opts::new(
+                "destination_outdated_since_timestamp_seconds",
+                "While a destination region is outdated: when its current source was found (Unix seconds; time() minus it is the age); 0 while it is up to date.",
+            ),
+            &["imagereplication", "region"],
+        )
+        .expect("valid metric");
         let copy_queue_depth = IntGauge::new(
             "copy_queue_depth",
             "VM image copies waiting for a per-account quota slot.",
@@ -184,6 +205,8 @@ impl Metrics {
         for c in [
             Box::new(vm_copies.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(vm_shares.clone()),
+            Box::new(destination_outdated.clone()),
+            Box::new(destination_outdated_since.clone()),
             Box::new(copy_queue_depth.clone()),
             Box::new(copy_duration.clone()),
             Box::new(provider_request_duration.clone()),
@@ -247,6 +270,8 @@ impl Metrics {
             sync_queue_depth,
             vm_copies,
             vm_shares,
+            destination_outdated,
+            destination_outdated_since,
             copy_queue_depth,
             copy_duration,
             provider_request_duration,

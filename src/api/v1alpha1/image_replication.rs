@@ -29,6 +29,7 @@ use super::common::{DeletionPolicy, SecretRef, conditions_schema, is_false};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
+    printcolumn(name = "Source", type_ = "string", json_path = ".status.source.name"),
     printcolumn(name = "Summary", type_ = "string", json_path = ".status.summary"),
     printcolumn(
         name = "Reason",
@@ -78,6 +79,29 @@ pub struct ImageReplicationSpec {
     /// When work may start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleSpec>,
+    /// How many copies per destination to keep when the source moves on (`source.follow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
+}
+
+/// Copies of earlier sources kept per destination.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    /// Copies kept per destination, the current one included (at least 1; default: all).
+    /// Beyond it the oldest copies of earlier sources that this object made are deleted, their
+    /// shares withdrawn first; never the current copy, never one still copying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 100").message("retention.keep must be between 1 and 100"))]
+    pub keep: Option<i32>,
+}
+
+/// Which image of a name pattern the source is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Follow {
+    /// The newest image (by the cloud's creation time) whose name matches `source.imageName`
+    /// (a glob: `*`, `?`), looked up again every `source.checkInterval`.
+    Newest,
 }
 
 /// When work may start.
@@ -190,9 +214,19 @@ pub struct SourceSpec {
     #[schemars(length(max = 256))]
     pub image_id: Option<String>,
     /// Name of the source image; resolved to an id. An ambiguous name is an error, not a guess.
+    /// With `follow: Newest`, a glob (`golden-*`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub image_name: Option<String>,
+    /// VM clouds: follow the newest image whose name matches `imageName`; a newer one starts a
+    /// new set of copies to every destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<Follow>,
+    /// With `follow`: how often the source is looked up again, e.g. 10m (default), 1h; 1m at
+    /// least.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub check_interval: Option<String>,
     /// oci only: image reference with a tag or a digest, e.g. registry.example.com/team/web:1.4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
@@ -326,6 +360,34 @@ pub struct ImageReplicationStatus {
     /// The last value of the `replication.imageops.io/retry` annotation acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_retry: Option<String>,
+    /// Copies of earlier sources that are kept (`source.follow`), newest first per region,
+    /// at most `retention.keep - 1` per region once the current copy is Available.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<PreviousCopy>,
+}
+
+/// A kept copy of an earlier source.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousCopy {
+    pub region: String,
+    /// The copy's image id.
+    pub image_id: String,
+    /// The source image it is a copy of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_image_id: Option<String>,
+    /// When the copy became Available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// The account that owns the copy, where not the provider's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The accounts it is shared with (withdrawn before it is deleted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<String>,
+    /// Why it is still listed (a delete that failed and is retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl ImageReplicationStatus {
@@ -370,6 +432,12 @@ pub struct SourceStatus {
     /// oci: manifest digest of the source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// When this image became the source (`follow`: when it was found to be the newest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<Time>,
+    /// The cloud's creation time of the source image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
 }
 
 /// Phase of one destination copy.
@@ -441,6 +509,9 @@ pub struct DestinationStatus {
     /// The account that owns this region's copy, when it is not the provider's (`account`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// `source.follow`: the source image this region's copy is (being) made of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_image_id: Option<String>,
     /// The shares of this region's image, one per account of shareWith (and per account still
     /// being withdrawn).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

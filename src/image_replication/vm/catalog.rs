@@ -45,6 +45,14 @@ pub trait Catalog: Send + Sync {
         region: &str,
         selector: &ImageSelector,
     ) -> impl Future<Output = Result<Vec<Self::Image>, ProviderError>> + Send;
+    /// The account's own images in `region` (`pattern`, a glob, may narrow the listing where
+    /// the cloud filters by wildcard; the adapter matches the names).
+    fn own_images(
+        &self,
+        acct: &Account,
+        region: &str,
+        pattern: &str,
+    ) -> impl Future<Output = Result<Vec<Self::Image>, ProviderError>> + Send;
     /// One image by id, if it exists.
     fn image(
         &self,
@@ -129,6 +137,17 @@ impl<C: Catalog> Service for C {
             .map(|i| (C::id(&i), i))
             .collect();
         cloud::exactly_one(C::SERVICE, region, wanted, exact).map(|i| C::parse(&i))
+    }
+
+    async fn candidates(&self, acct: &Account, region: &str, pattern: &str) -> Result<Vec<ImageInfo>, ProviderError> {
+        let listed = self.own_images(acct, region, pattern).await?;
+        Ok(listed
+            .iter()
+            .map(|i| ImageInfo {
+                state: Some(C::state(i).0),
+                ..C::parse(i)
+            })
+            .collect())
     }
 
     async fn start_copy(&self, acct: &Account, req: &CopyRequest) -> Result<CopyHandle, ProviderError> {

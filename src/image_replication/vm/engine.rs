@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tracing::{info, warn};
 
+use super::follow;
 use super::plan::{self as vplan, DestObs, Observed, VmPlan};
 use super::quota::{Quota, Wake};
 use super::rules::{self, Limits};
@@ -18,7 +19,8 @@ use super::{
 };
 use crate::api::key_of;
 use crate::api::v1alpha1::{
-    DeletionPolicy, DestinationPhase, DestinationStatus, ImageReplication, ImageReplicationStatus, SharePhase,
+    DeletionPolicy, DestinationPhase, DestinationStatus, ImageReplication, ImageReplicationStatus, PreviousCopy,
+    SharePhase,
 };
 use crate::plan::Gate;
 use crate::server::metrics::Metrics;
@@ -72,6 +74,12 @@ struct Memory {
     source_unshared: HashSet<String>,
     /// (provider, state) of every share, for the gauge.
     share_states: Vec<(&'static str, SharePhase)>,
+    /// `source.follow`: when the source was last looked up, and what was found.
+    follow: Option<(i64, Result<ImageInfo, ProviderError>)>,
+    /// The regions whose freshness series this object has.
+    fresh_regions: HashSet<String>,
+    /// Copies of earlier sources deleted by the last act (image id -> outcome).
+    retired: HashMap<String, Result<(), ProviderError>>,
 }
 
 /// An authentication failure being waited out.
@@ -159,24 +167,18 @@ enum Stopped {
 async fn delete_copy(
     provider: &dyn ImageService,
     acct: &Account,
-    s: &DestinationStatus,
-    project: Option<&str>,
-    id: &str,
+    at: &ImageAt,
+    shared_with: &[String],
     source_id: Option<&str>,
 ) -> Result<Vec<String>, String> {
-    let region = s.region.as_str();
-    let at = ImageAt {
-        region: region.to_string(),
-        project: project.map(String::from),
-        image_id: id.to_string(),
-    };
+    let (region, project, id) = (at.region.as_str(), at.project.as_deref(), at.image_id.as_str());
     let mut withdrawn = Vec::new();
-    for x in &s.shares {
+    for account in shared_with {
         provider
-            .unshare(acct, &at, &x.account)
+            .unshare(acct, at, account)
             .await
-            .map_err(|e| format!("{region}: withdrawing the share with {}: {e}", x.account))?;
-        withdrawn.push(x.account.clone());
+            .map_err(|e| format!("{region}: withdrawing the share with {account}: {e}"))?;
+        withdrawn.push(account.clone());
     }
     if source_id != Some(id) {
         provider
@@ -185,6 +187,25 @@ async fn delete_copy(
             .map_err(|e| format!("{region}: deleting image {id}: {e}"))?;
     }
     Ok(withdrawn)
+}
+
+/// A destination's copy as a share or delete call names it, and the accounts it is shared with.
+fn copy_at(obj: &ImageReplication, s: &DestinationStatus, id: &str) -> (ImageAt, Vec<String>) {
+    let at = ImageAt {
+        region: s.region.clone(),
+        project: project_of(obj, &s.region).map(String::from),
+        image_id: id.to_string(),
+    };
+    (at, s.shares.iter().map(|x| x.account.clone()).collect())
+}
+
+/// An earlier source's copy as a delete call names it.
+fn previous_at(obj: &ImageReplication, c: &PreviousCopy) -> ImageAt {
+    ImageAt {
+        region: c.region.clone(),
+        project: project_of(obj, &c.region).map(String::from),
+        image_id: c.image_id.clone(),
+    }
 }
 
 /// Where the source image is, as a share call names it.
@@ -258,11 +279,13 @@ fn project_of<'a>(obj: &'a ImageReplication, region: &str) -> Option<&'a str> {
 /// The account is needed for a cleanup only when there is something to cancel or delete (a
 /// Secret deleted together with the object must not hold the object forever).
 fn cleanup_needs_account(obj: &ImageReplication, st: &ImageReplicationStatus) -> bool {
-    st.destinations.iter().any(|d| {
-        vplan::in_flight(d.phase)
-            || (obj.spec.deletion_policy == DeletionPolicy::Delete
-                && (d.phase == DestinationPhase::Available || !d.shares.is_empty()))
-    })
+    let deletes = obj.spec.deletion_policy == DeletionPolicy::Delete;
+    (deletes && !st.previous.is_empty())
+        || st.destinations.iter().any(|d| {
+            vplan::in_flight(d.phase)
+                || (obj.spec.deletion_policy == DeletionPolicy::Delete
+                    && (d.phase == DestinationPhase::Available || !d.shares.is_empty()))
+        })
 }
 
 /// Whether the source is described this time: the gate is open and the spec changed or a
@@ -436,9 +459,18 @@ impl VmEngine {
             }
             None => acct,
         };
-        if let (Some(a), true, Some(sel)) = (&acct, needs_source(obj, &st, gate), selector(obj)) {
+        let mut check_in = None;
+        if follow::following(&obj.spec.source) {
+            if let (Some(a), Gate::Open) = (&acct, gate) {
+                let (found, next) = self.resolve(obj, &key, provider, a, now).await;
+                obs.source = Some(found);
+                check_in = Some(next);
+            }
+        } else if let (Some(a), true, Some(sel)) = (&acct, needs_source(obj, &st, gate), selector(obj)) {
             obs.source = Some(self.describe(obj, &key, provider, a, &sel, now).await);
         }
+        obs.can_cancel = provider.can_cancel();
+        obs.retired = self.with_mem(&key, |m| std::mem::take(&mut m.retired));
         let source = match &obs.source {
             Some(Ok(i)) => Some(i.clone()),
             _ => self
@@ -463,6 +495,7 @@ impl VmEngine {
         }
         let mut snap = vplan::Snapshot {
             observed: obs,
+            check_in,
             resync: self.settings.resync,
             limits: self.settings.limits.clone(),
             max_attempts: self.settings.max_attempts,
@@ -497,6 +530,48 @@ impl VmEngine {
             });
         }
         r
+    }
+
+    /// `source.follow`: the newest image matching the pattern, looked up when the last look is
+    /// `checkInterval` old (or the spec changed), else what the last look found; and how long
+    /// until the next look.
+    async fn resolve(
+        &self,
+        obj: &ImageReplication,
+        key: &str,
+        provider: &dyn ImageService,
+        a: &Account,
+        now: &Time,
+    ) -> (Result<ImageInfo, ProviderError>, Duration) {
+        let src = &obj.spec.source;
+        let every = follow::check_interval(src).unwrap_or(follow::DEFAULT_CHECK);
+        let changed = obj.status.as_ref().and_then(|s| s.observed_generation) != obj.metadata.generation;
+        // Timed by the reconcile's clock (`now`), as the plan is.
+        let secs = now.0.as_second();
+        let age = |at: i64| Duration::from_secs((secs - at).max(0) as u64);
+        let last = self.with_mem(key, |m| m.follow.clone());
+        if let Some((at, found)) = last.filter(|(at, _)| !changed && age(*at) < every) {
+            return (found, every.saturating_sub(age(at)));
+        }
+        let pattern = src.image_name.clone().unwrap_or_default();
+        let t = Instant::now();
+        let listed = provider.candidates(a, &src.region, &pattern).await;
+        self.time(provider, "candidates", t, &listed);
+        let found = match listed.and_then(|l| follow::newest(&pattern, &src.region, l)) {
+            Ok(newest) => {
+                let sel = ImageSelector::Id(newest.id.clone());
+                self.describe(obj, key, provider, a, &sel, now)
+                    .await
+                    .map(|i| ImageInfo {
+                        created_at: i.created_at.or(newest.created_at),
+                        ..i
+                    })
+            }
+            Err(e) if e.auth => Err(self.hold_auth(obj, key, a, e, now)),
+            Err(e) => Err(e),
+        };
+        self.with_mem(key, |m| m.follow = Some((secs, found.clone())));
+        (found, every)
     }
 
     /// Ask the quota for the slots the plan of this snapshot wants (the quota's ledger is
@@ -739,6 +814,28 @@ impl VmEngine {
             mem.share_states = shares;
         });
         self.refresh_gauges(kind);
+        self.record_freshness(key, &plan.status);
+    }
+
+    /// `imgrep_destination_outdated` and its since-timestamp for each region of the object;
+    /// the series of regions it no longer has go.
+    fn record_freshness(&self, key: &str, status: &ImageReplicationStatus) {
+        let Some(m) = &self.metrics else { return };
+        let now: Vec<(String, Option<i64>)> = follow::outdated(status);
+        let regions: HashSet<String> = now.iter().map(|(r, _)| r.clone()).collect();
+        let gone = self.with_mem(key, |mem| std::mem::replace(&mut mem.fresh_regions, regions.clone()));
+        for r in gone.difference(&regions) {
+            let _ = m.destination_outdated.remove_label_values(&[key, r]);
+            let _ = m.destination_outdated_since.remove_label_values(&[key, r]);
+        }
+        for (region, since) in now {
+            m.destination_outdated
+                .with_label_values(&[key, &region])
+                .set(i64::from(since.is_some()));
+            m.destination_outdated_since
+                .with_label_values(&[key, &region])
+                .set(since.unwrap_or(0) as f64);
+        }
     }
 
     fn refresh_gauges(&self, kind: &str) {
@@ -813,7 +910,8 @@ impl VmEngine {
         });
         self.act_shares(obj, &key, provider, main, others, plan).await;
         self.withdraw_source_shares(obj, &key, provider, main, plan).await;
-        self.prune(&key, provider, main, plan).await;
+        self.prune(obj, &key, provider, main, plan).await;
+        self.retire(obj, &key, provider, main, others, plan).await;
         if plan.start.is_empty() && plan.cancel.is_empty() {
             return;
         }
@@ -985,14 +1083,23 @@ impl VmEngine {
     /// Delete the copies of destinations removed from the spec (`deletionPolicy: Delete`): their
     /// shares withdrawn first; never the source (a same-region destination shared it in place).
     /// A failure is retried at the next reconcile.
-    async fn prune(&self, key: &str, provider: &dyn ImageService, main: &Account, plan: &VmPlan) {
+    async fn prune(
+        &self,
+        obj: &ImageReplication,
+        key: &str,
+        provider: &dyn ImageService,
+        main: &Account,
+        plan: &VmPlan,
+    ) {
         let source_id = plan.status.source.as_ref().and_then(|x| x.image_id.clone());
         for region in &plan.prune {
             let Some(s) = plan.status.destinations.iter().find(|d| &d.region == region) else {
                 continue;
             };
             let Some(id) = s.image_id.clone() else { continue };
-            match delete_copy(provider, main, s, None, &id, source_id.as_deref()).await {
+            let (mut at, shared) = copy_at(obj, s, &id);
+            at.project = None;
+            match delete_copy(provider, main, &at, &shared, source_id.as_deref()).await {
                 Ok(_) => {
                     info!(region, image = %id, "deleted the copy of a destination removed from the spec");
                     self.with_mem(key, |m| m.pruned.insert(region.clone()));
@@ -1003,6 +1110,40 @@ impl VmEngine {
                     warn!(region, image = %id, error = %e, "deleting a removed destination's copy failed; will try again")
                 }
             }
+        }
+    }
+
+    /// Delete the copies of earlier sources the plan retires (`retention.keep`, or a removed
+    /// destination's under `deletionPolicy: Delete`): shares withdrawn first, then the image,
+    /// with the account that owns it. The outcome goes to the next plan.
+    async fn retire(
+        &self,
+        obj: &ImageReplication,
+        key: &str,
+        provider: &dyn ImageService,
+        main: &Account,
+        others: &Others,
+        plan: &VmPlan,
+    ) {
+        let source_id = plan.status.source.as_ref().and_then(|x| x.image_id.clone());
+        for c in &plan.retire {
+            let r = match account_for(obj, &c.region, main, others) {
+                Ok(a) => delete_copy(provider, a, &previous_at(obj, c), &c.shared_with, source_id.as_deref())
+                    .await
+                    .map(|_| ())
+                    .map_err(ProviderError::transient),
+                Err(e) => Err(e),
+            };
+            match &r {
+                Ok(()) => info!(region = %c.region, image = %c.image_id, "deleted an earlier source's copy"),
+                Err(e) => {
+                    warn!(region = %c.region, image = %c.image_id, error = %e, "deleting an earlier copy failed; will try again")
+                }
+            }
+            self.with_mem(key, |m| m.retired.insert(c.image_id.clone(), r));
+        }
+        if !plan.retire.is_empty() {
+            (self.wake)(key);
         }
     }
 
@@ -1113,7 +1254,8 @@ impl VmEngine {
             let source_id = st.source.as_ref().and_then(|x| x.image_id.as_deref());
             match obj.spec.deletion_policy {
                 DeletionPolicy::Delete => {
-                    let from = delete_copy(provider, acct, s, project_of(obj, region), &id, source_id).await?;
+                    let (at, shared) = copy_at(obj, s, &id);
+                    let from = delete_copy(provider, acct, &at, &shared, source_id).await?;
                     withdrawn.extend(from.iter().map(|a| format!("{region} ({id}) from {a}")));
                     if source_id != Some(id.as_str()) {
                         removed.push(format!("{region} ({id})"));
@@ -1121,6 +1263,17 @@ impl VmEngine {
                 }
                 DeletionPolicy::Retain => kept.push(format!("{region} ({id})")),
             }
+        }
+        for c in &st.previous {
+            let label = format!("{} ({}, an earlier copy)", c.region, c.image_id);
+            if obj.spec.deletion_policy == DeletionPolicy::Retain {
+                kept.push(label);
+                continue;
+            }
+            let acct = account_for(obj, &c.region, main, others).map_err(|e| format!("{}: {}", c.region, e.message))?;
+            let source_id = st.source.as_ref().and_then(|x| x.image_id.as_deref());
+            delete_copy(provider, acct, &previous_at(obj, c), &c.shared_with, source_id).await?;
+            removed.push(label);
         }
         for (done, what) in [
             (withdrawn, "withdrew the shares of"),
@@ -1133,6 +1286,7 @@ impl VmEngine {
             }
         }
         self.quota.release(&key);
+        self.record_freshness(&key, &ImageReplicationStatus::default());
         self.memory.lock().expect("vm memory").remove(&key);
         if let Some(p) = self.metrics.as_ref().map(|_| provider.kind().as_str()) {
             self.refresh_gauges(p);
@@ -1399,5 +1553,115 @@ destinations:
             }
             assert_eq!(cloud.images_in("one"), vec!["img-1".to_string()], "never the source");
         }
+    }
+
+    /// Twelve reconcile-and-act rounds, 20 s apart; the Events they published.
+    async fn rounds(e: &VmEngine, o: &mut ImageReplication, cloud: &FakeCloud, t: &mut i64) -> Vec<(String, String)> {
+        let mut seen = Vec::new();
+        for _ in 0..12 {
+            *t += 20;
+            let now = crate::plan::test_at(*t);
+            let p = e.reconcile(o, &Gate::Open, cloud, Ok(account("right")), &now).await;
+            seen.extend(p.events.iter().map(|a| (a.reason.clone(), a.note.clone())));
+            o.status = Some(p.status.clone());
+            e.act(o, cloud, &account("right"), &Others::new(), &p).await;
+        }
+        seen
+    }
+
+    /// `source.follow: Newest` with `retention.keep: 2`: each newer image matching the pattern
+    /// starts new copies (an Event says which replaced which), the copy it replaces is kept as
+    /// an earlier copy, the oldest beyond two per region is deleted, and deleting the object
+    /// deletes every copy it kept — never a source.
+    #[tokio::test]
+    async fn a_followed_source_moves_on_and_old_copies_go_beyond_keep() {
+        let settings = Settings {
+            poll_min: Duration::ZERO,
+            resync: Duration::ZERO,
+            ..Settings::default()
+        };
+        let e = VmEngine::new(settings, Arc::new(|_: &str| {}), None);
+        let cloud = FakeCloud::new("right");
+        cloud.add_image_created("one", "golden-1", 1 << 20, "2026-12-01T00:00:00Z");
+        cloud.add_image_created("one", "other-9", 1 << 20, "2026-12-09T00:00:00Z");
+        let mut o = obj();
+        o.spec = serde_yaml::from_str(
+            r#"
+provider: {kind: openstack, credentialsSecretRef: {name: cloud-creds}}
+source: {region: one, imageName: golden-*, follow: Newest, checkInterval: 1m}
+retention: {keep: 2}
+deletionPolicy: Delete
+destinations: [{region: two}, {region: three}]
+"#,
+        )
+        .unwrap();
+        let mut t = 0;
+        let mut events: Vec<(String, String)> = Vec::new();
+        events.extend(rounds(&e, &mut o, &cloud, &mut t).await);
+        let st = o.status.clone().unwrap();
+        assert_eq!(st.source.as_ref().unwrap().image_id.as_deref(), Some("golden-1"));
+        assert!(st.source.as_ref().unwrap().resolved_at.is_some());
+        let first: Vec<String> = st.destinations.iter().map(|d| d.image_id.clone().unwrap()).collect();
+        assert!(st.destinations.iter().all(|d| d.phase == DestinationPhase::Available));
+        assert!(st.previous.is_empty());
+
+        cloud.add_image_created("one", "golden-2", 1 << 20, "2026-12-02T00:00:00Z");
+        events.extend(rounds(&e, &mut o, &cloud, &mut t).await);
+        let st = o.status.clone().unwrap();
+        assert_eq!(st.source.as_ref().unwrap().image_id.as_deref(), Some("golden-2"));
+        let changed = events
+            .iter()
+            .find(|(r, _)| r == "SourceChanged")
+            .expect("SourceChanged");
+        assert!(
+            changed.1.contains("is now golden-2") && changed.1.contains("replacing golden-1"),
+            "{changed:?}"
+        );
+        assert!(st.destinations.iter().all(|d| d.phase == DestinationPhase::Available
+            && d.source_image_id.as_deref() == Some("golden-2")
+            && !first.contains(d.image_id.as_ref().unwrap())));
+        let kept: Vec<&str> = st.previous.iter().map(|c| c.image_id.as_str()).collect();
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert!(first.iter().all(|f| kept.contains(&f.as_str())));
+        assert_eq!(
+            cloud.images_in("two").len(),
+            2,
+            "keep 2: the current copy and golden-1's"
+        );
+
+        cloud.add_image_created("one", "golden-3", 1 << 20, "2026-12-03T00:00:00Z");
+        events.extend(rounds(&e, &mut o, &cloud, &mut t).await);
+        let st = o.status.clone().unwrap();
+        assert_eq!(st.previous.len(), 2, "one earlier copy per region: {:?}", st.previous);
+        assert!(
+            st.previous
+                .iter()
+                .all(|c| c.source_image_id.as_deref() == Some("golden-2"))
+        );
+        for region in ["two", "three"] {
+            let images = cloud.images_in(region);
+            assert_eq!(images.len(), 2, "{region}: {images:?}");
+            assert!(
+                first.iter().all(|f| !images.contains(f)),
+                "golden-1's copies are deleted"
+            );
+        }
+        let retired: Vec<_> = events.iter().filter(|(r, _)| r == "PreviousCopyDeleted").collect();
+        assert_eq!(retired.len(), 2, "{retired:?}");
+        assert!(retired[0].1.contains("retention.keep is 2"), "{retired:?}");
+
+        // At rest: nothing changes.
+        let before = o.status.clone();
+        let quiet = rounds(&e, &mut o, &cloud, &mut t).await;
+        assert_eq!(o.status, before);
+        assert!(quiet.is_empty(), "{quiet:?}");
+
+        let note = e
+            .cleanup(&o, &cloud, Ok(account("right")), &Others::new())
+            .await
+            .unwrap();
+        assert!(note.contains("an earlier copy"), "{note}");
+        assert!(cloud.images_in("two").is_empty() && cloud.images_in("three").is_empty());
+        assert_eq!(cloud.images_in("one").len(), 4, "never a source");
     }
 }

@@ -43,6 +43,11 @@ impl FakeCloud {
 
     /// Put an available image into a region.
     pub fn add_image(&self, region: &str, id: &str, size: u64) {
+        self.add_image_created(region, id, size, "2026-01-01T00:00:00Z");
+    }
+
+    /// Put an available image created at `created` (RFC 3339) into a region.
+    pub fn add_image_created(&self, region: &str, id: &str, size: u64, created: &str) {
         let info = ImageInfo {
             id: id.into(),
             name: id.into(),
@@ -52,6 +57,7 @@ impl FakeCloud {
             visibility: "private".into(),
             encrypted: Some(false),
             state: Some(ImageState::Available),
+            created_at: Some(created.into()),
             ..Default::default()
         };
         let mut s = self.state.lock().unwrap();
@@ -117,6 +123,14 @@ impl Service for FakeCloud {
             })
             .map(|(_, (i, _))| i.clone())
             .ok_or_else(|| ProviderError::not_found(format!("image {image:?} not found in {region}")))
+    }
+    async fn candidates(&self, acct: &Account, region: &str, _pattern: &str) -> Result<Vec<ImageInfo>, ProviderError> {
+        let s = self.enter("candidates", acct)?;
+        Ok(s.images
+            .iter()
+            .filter(|((r, _), _)| r == region)
+            .map(|(_, (i, _))| i.clone())
+            .collect())
     }
     async fn start_copy(&self, acct: &Account, req: &CopyRequest) -> Result<CopyHandle, ProviderError> {
         let mut s = self.enter("start_copy", acct)?;

@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod engine;
 #[cfg(test)]
 pub mod fake;
+pub mod follow;
 pub mod plan;
 pub mod provider;
 pub mod providers;
@@ -75,6 +76,9 @@ pub struct ImageInfo {
     pub checksum: Option<String>,
     /// User properties carried over to copies.
     pub properties: BTreeMap<String, String>,
+    /// The cloud's creation time, as it writes it (RFC 3339 mostly): `source.follow` picks the
+    /// newest.
+    pub created_at: Option<String>,
     /// Provider attributes a copy carries as they are (OpenStack: `min_disk`, `min_ram`,
     /// `os_hidden`, `tags`, and `visibility` unless public).
     pub carried: BTreeMap<String, serde_json::Value>,
@@ -218,6 +222,15 @@ pub trait ImageService: Send + Sync {
         region: &'a str,
         image: &'a ImageSelector,
     ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>>;
+    /// The account's own images in `region` that `source.follow` picks from (the caller
+    /// matches their names against `pattern`, which may narrow the listing where the cloud
+    /// filters by wildcard).
+    fn candidates<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        pattern: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ImageInfo>, ProviderError>>;
     /// Start a copy. Must be idempotent per `req.token`.
     fn start_copy<'a>(
         &'a self,
@@ -305,6 +318,13 @@ pub trait Service: Send + Sync {
         image: &ImageSelector,
     ) -> impl Future<Output = Result<ImageInfo, ProviderError>> + Send;
     /// Start a copy. Must be idempotent per `req.token`.
+    /// See [`ImageService::candidates`].
+    fn candidates(
+        &self,
+        acct: &Account,
+        region: &str,
+        pattern: &str,
+    ) -> impl Future<Output = Result<Vec<ImageInfo>, ProviderError>> + Send;
     fn start_copy(
         &self,
         acct: &Account,
@@ -407,6 +427,14 @@ impl<T: Service> ImageService for T {
         image: &'a ImageSelector,
     ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>> {
         Box::pin(Service::describe(self, acct, region, image))
+    }
+    fn candidates<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        pattern: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ImageInfo>, ProviderError>> {
+        Box::pin(Service::candidates(self, acct, region, pattern))
     }
     fn start_copy<'a>(
         &'a self,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::follow;
 use super::quota::{Admission, Order};
 use super::rules::{self, Limits};
 use super::share::{self, ShareObs, SharePlan, ShareWork};
@@ -62,6 +63,12 @@ pub struct Observed {
     pub dests: HashMap<String, DestObs>,
     /// Region -> what was observed of its image's shares.
     pub shares: HashMap<String, ShareObs>,
+    /// Whether the provider can cancel a copy in flight (a copy of a source that a newer one
+    /// replaced is cancelled where it can).
+    pub can_cancel: bool,
+    /// Copies of earlier sources deleted under `retention.keep` since the last plan (image id ->
+    /// the outcome).
+    pub retired: HashMap<String, Result<(), ProviderError>>,
 }
 
 /// One reconcile's snapshot of a VM ImageReplication, read by the engine's observe: what the
@@ -77,6 +84,8 @@ pub struct Snapshot {
     /// Region -> time until its next drift check (absent: a full `resync`).
     pub drift_in: HashMap<String, Duration>,
     pub resync: Duration,
+    /// `source.follow`: time until the source is looked up again.
+    pub check_in: Option<Duration>,
     pub limits: Limits,
     pub max_attempts: i32,
 }
@@ -95,7 +104,7 @@ pub fn plan(obj: &ImageReplication, gate: &Gate, snap: &Snapshot, now: &Time) ->
 /// When to look again: the plan's own wake-up, the next poll of a copy in flight, the next
 /// drift check of an available one.
 fn next_wake(p: &VmPlan, snap: &Snapshot) -> Option<Duration> {
-    let mut next: Vec<Duration> = p.requeue.into_iter().collect();
+    let mut next: Vec<Duration> = p.requeue.into_iter().chain(snap.check_in).collect();
     for s in &p.status.destinations {
         let region = &s.region;
         match s.phase {
@@ -134,6 +143,9 @@ pub struct VmPlan {
     pub refused: Vec<validation::Violation>,
     /// Share calls to make (after the status is written).
     pub shares: Vec<ShareWork>,
+    /// Copies of earlier sources to delete (`retention.keep`, or their destination removed
+    /// under `deletionPolicy: Delete`), their shares withdrawn first.
+    pub retire: Vec<PreviousCopy>,
 }
 
 fn secs_since(t: &Option<Time>, now: &Time) -> Option<i64> {
@@ -154,13 +166,16 @@ fn source_status(i: &ImageInfo) -> SourceStatus {
             ImageState::Unusable(s) => s.clone(),
         }),
         digest: i.digest.clone(),
+        resolved_at: None,
+        created_at: i.created_at.clone(),
     }
 }
 
 /// The idempotency token of a destination's attempt: unique per object (uid, or namespace and
-/// name without a cluster), region and attempt, and at most 64 ASCII characters (the limit of
-/// Alibaba's and AWS's `ClientToken`).
-pub fn token_for(obj: &ImageReplication, region: &str, attempt: i32) -> String {
+/// name without a cluster), region, source (`follow`: each new source's copies have their own)
+/// and attempt, and at most 64 ASCII characters (the limit of Alibaba's and AWS's
+/// `ClientToken`).
+pub fn token_for(obj: &ImageReplication, region: &str, source: Option<&str>, attempt: i32) -> String {
     use sha2::Digest;
     let id = obj.metadata.uid.clone().unwrap_or_else(|| {
         format!(
@@ -169,7 +184,11 @@ pub fn token_for(obj: &ImageReplication, region: &str, attempt: i32) -> String {
             obj.metadata.name.clone().unwrap_or_default()
         )
     });
-    let h = sha2::Sha256::digest(format!("{id}|{region}").as_bytes());
+    let key = match source {
+        Some(s) => format!("{id}|{region}|{s}"),
+        None => format!("{id}|{region}"),
+    };
+    let h = sha2::Sha256::digest(key.as_bytes());
     format!("imgrep-{}-{attempt}", &crate::oci::api::hex(&h)[..32])
 }
 
@@ -240,6 +259,13 @@ pub fn vm_plan(
     };
     let mut wake: Vec<Duration> = Vec::new();
     let mut destinations = Vec::new();
+    let old_source = old.source.as_ref().and_then(|s| s.image_id.as_deref());
+    // `follow`: the source this plan copies, when it was looked up this time.
+    let newer = source
+        .as_ref()
+        .filter(|_| follow::following(&spec.source))
+        .map(|s| s.id.clone());
+    let mut previous = old.previous.clone();
     for (index, d) in spec.destinations.iter().enumerate() {
         let mut s = old.destination_or_new(&d.region);
         s.owner = d.account.as_ref().map(|a| a.id.clone());
@@ -255,6 +281,10 @@ pub fn vm_plan(
         } else {
             let can_start = *gate == Gate::Open && source.is_some();
             apply_observation(&mut p, &mut s, before, o, can_start, now, max_attempts, &mut wake);
+            if let Some(current) = newer.as_deref().filter(|_| *gate == Gate::Open) {
+                let cancel = follow::supersede(&mut s, current, old_source, obs.can_cancel, &mut previous);
+                p.cancel.extend(cancel);
+            }
             queue_destination(&mut p, &mut s, gate, index, &start_now, now, max_attempts, &mut wake);
         }
         let sp = SharePlan {
@@ -285,13 +315,24 @@ pub fn vm_plan(
         destinations.extend(removed_destination(&mut p, s, o, spec.deletion_policy, gate));
     }
 
+    let source_now = source.as_ref().map(|i| SourceStatus {
+        resolved_at: follow::resolved_at(old.source.as_ref(), &i.id, now),
+        ..source_status(i)
+    });
+    if let (Some(new), Some(was)) = (&newer, old_source)
+        && new != was
+    {
+        p.events.push(follow::source_changed(spec, source.as_ref(), was));
+    }
+    previous = keep_previous(&mut p, obj, &destinations, previous, &obs.retired, gate);
     p.status = ImageReplicationStatus {
         observed_generation: obj.metadata.generation,
         conditions: Vec::new(),
-        source: source.as_ref().map(source_status).or(old.source.clone()),
+        source: source_now.or(old.source.clone()),
         destinations,
         summary: None,
         last_handled_retry: retry.or(old.last_handled_retry.clone()),
+        previous,
     };
     p.requeue = wake.into_iter().min();
     // What the destinations that do not start wait for: the source, else the copy window.
@@ -301,6 +342,37 @@ pub fn vm_plan(
         .or(held.as_ref().map(|(m, _)| ("OutsideCopyWindow", m.as_str())));
     finish(&mut p, obj, gate, source_error.as_ref(), waits, now, max_attempts);
     p
+}
+
+/// The copies of earlier sources after this plan: those deleted since the last one forgotten
+/// (with an Event), a failed delete said on its entry, the listing bounded without
+/// `retention.keep`, and those to delete now into `p.retire`.
+fn keep_previous(
+    p: &mut VmPlan,
+    obj: &ImageReplication,
+    destinations: &[DestinationStatus],
+    mut previous: Vec<PreviousCopy>,
+    retired: &HashMap<String, Result<(), ProviderError>>,
+    gate: &Gate,
+) -> Vec<PreviousCopy> {
+    let spec = &obj.spec;
+    previous.retain_mut(|c| match retired.get(&c.image_id) {
+        Some(Ok(())) => {
+            p.events.push(follow::retired_event(spec, c));
+            false
+        }
+        Some(Err(e)) => {
+            c.message = Some(format!("deleting it failed (will retry): {}", e.message));
+            true
+        }
+        None => true,
+    });
+    follow::forget_removed(spec, &mut previous, &mut p.events);
+    follow::forget_beyond_listing(spec, &mut previous, &mut p.events);
+    if *gate == Gate::Open {
+        p.retire = follow::retire(spec, destinations, &previous);
+    }
+    previous
 }
 
 /// A same-region destination that only shares: nothing is copied, the source itself (once
@@ -711,15 +783,19 @@ pub fn vm_admit(
     now: &Time,
     max_attempts: i32,
 ) {
+    let current = p.status.source.as_ref().and_then(|s| s.image_id.clone());
     for s in p.status.destinations.iter_mut() {
         match admissions.get(&s.region) {
             Some(Admission::Granted) => {
                 s.attempts += 1;
                 s.phase = DestinationPhase::Starting;
+                if follow::following(&obj.spec.source) {
+                    s.source_image_id = current.clone();
+                }
                 let token = s
                     .client_token
                     .clone()
-                    .unwrap_or_else(|| token_for(obj, &s.region, s.attempts));
+                    .unwrap_or_else(|| token_for(obj, &s.region, s.source_image_id.as_deref(), s.attempts));
                 s.client_token = Some(token);
                 s.task_id = None;
                 s.image_id = None;
@@ -828,10 +904,18 @@ fn finish(
         } else {
             String::new()
         };
+        // A followed source that cannot be found again: the copies stay, and Ready says so.
+        let kept = match source_error.filter(|_| follow::following(&obj.spec.source)) {
+            Some(e) => format!(
+                "; looking up the source again failed, so these copies are kept: {}",
+                e.message
+            ),
+            None => String::new(),
+        };
         standing_conditions(
             Standing::Done,
             reason::SUCCEEDED,
-            format!("{n}/{n} destination images available and verified{shared}"),
+            format!("{n}/{n} destination images available and verified{shared}{kept}"),
         )
     } else if available == n {
         share::conditions(ds, &summary, max_attempts)
@@ -995,8 +1079,13 @@ spec:
         // Unique per object and region.
         let mut other = o.clone();
         other.metadata.uid = Some("another-uid".into());
-        assert_ne!(token_for(&other, "two", 1), token);
-        assert_ne!(token_for(&o, "three", 1), token);
+        assert_ne!(token_for(&other, "two", None, 1), token);
+        assert_ne!(token_for(&o, "three", None, 1), token);
+        assert_ne!(
+            token_for(&o, "two", Some("src-2"), 1),
+            token,
+            "a followed source's copies have their own tokens"
+        );
         assert_eq!(two.attempts, 1);
         let three = dest(&p, "three");
         assert_eq!((three.phase, three.queue_position), (DestinationPhase::Queued, Some(1)));
@@ -1266,6 +1355,95 @@ spec:
                 .any(|e| e.reason == "DestinationRemoved" && e.note.starts_with("two:"))
         );
         assert_eq!(p.status.destinations.len(), 1);
+    }
+
+    fn following(o: &mut ImageReplication) {
+        o.spec.source.image_id = None;
+        o.spec.source.image_name = Some("web-*".into());
+        o.spec.source.follow = Some(Follow::Newest);
+    }
+
+    fn newer(id: &str, can_cancel: bool, dests: &[(&str, DestObs)]) -> Observed {
+        let mut obs = observed(dests);
+        obs.source = Some(Ok(ImageInfo {
+            id: id.into(),
+            ..image()
+        }));
+        obs.can_cancel = can_cancel;
+        obs
+    }
+
+    /// A newer source while copies of the older one run: where the cloud can cancel, the
+    /// copy is cancelled and the newer source starts with its own token; where it cannot
+    /// (IMS), the copy finishes, becomes an earlier copy, and then the newer source starts.
+    /// An Available copy becomes an earlier copy at once.
+    #[test]
+    fn a_newer_source_cancels_or_outlives_copies_of_the_older_one() {
+        for can_cancel in [true, false] {
+            let mut o = obj();
+            following(&mut o);
+            let grant = [("two", Admission::Granted), ("three", Admission::Granted)];
+            step(&mut o, &Gate::Open, &newer("img-1", can_cancel, &[]), 0, &grant);
+            let first = dest_token(&o, "two");
+            let obs = newer(
+                "img-1",
+                can_cancel,
+                &[
+                    ("two", finished("c2", TaskPhase::Succeeded)),
+                    ("three", running("c3", 40)),
+                ],
+            );
+            let p = step(&mut o, &Gate::Open, &obs, 5, &[]);
+            assert_eq!(dest(&p, "two").source_image_id.as_deref(), Some("img-1"));
+
+            let p = step(&mut o, &Gate::Open, &newer("img-2", can_cancel, &[]), 10, &grant[..1]);
+            assert!(
+                p.events
+                    .iter()
+                    .any(|e| e.reason == "SourceChanged" && e.note.contains("replacing img-1"))
+            );
+            assert_eq!(p.status.source.as_ref().unwrap().image_id.as_deref(), Some("img-2"));
+            assert_eq!(p.status.previous.len(), 1, "two's copy of img-1 is kept");
+            assert_eq!(p.status.previous[0].image_id, "c2");
+            let two = dest(&p, "two");
+            assert_eq!(two.phase, DestinationPhase::Starting);
+            assert_ne!(
+                two.client_token.as_deref(),
+                Some(first.as_str()),
+                "a new token for the new source"
+            );
+            assert_eq!(two.source_image_id.as_deref(), Some("img-2"));
+            let three = dest(&p, "three");
+            if can_cancel {
+                assert_eq!(p.cancel, vec!["three".to_string()]);
+                assert_eq!(three.phase, DestinationPhase::Cancelling);
+                let p = step(
+                    &mut o,
+                    &Gate::Open,
+                    &newer("img-2", true, &[("three", DestObs::Cancelled)]),
+                    15,
+                    &[("three", Admission::Granted)],
+                );
+                let three = dest(&p, "three");
+                assert_eq!(
+                    (three.phase, three.source_image_id.as_deref()),
+                    (DestinationPhase::Starting, Some("img-2"))
+                );
+                assert_eq!(p.status.previous.len(), 1, "a cancelled copy is not kept");
+            } else {
+                assert!(p.cancel.is_empty());
+                assert_eq!(three.phase, DestinationPhase::Copying);
+                assert!(
+                    three.message.as_deref().unwrap().contains("cannot be cancelled"),
+                    "{three:?}"
+                );
+                let obs = newer("img-2", false, &[("three", finished("c3", TaskPhase::Succeeded))]);
+                let p = step(&mut o, &Gate::Open, &obs, 15, &[("three", Admission::Granted)]);
+                assert_eq!(dest(&p, "three").phase, DestinationPhase::Starting);
+                let kept: Vec<_> = p.status.previous.iter().map(|c| c.image_id.as_str()).collect();
+                assert_eq!(kept, vec!["c3", "c2"], "the finished copy of img-1 is kept");
+            }
+        }
     }
 
     /// A closed copy window (22:00-06:00 UTC; the test clock starts at 08:00) holds new copies

@@ -178,6 +178,7 @@ pub fn parse_image(v: &Value) -> ImageInfo {
         digest: None,
         checksum: None,
         properties: tags(v).into_iter().filter(|(k, _)| k != TOKEN_PROPERTY).collect(),
+        created_at: s("CreationTime"),
         carried: Default::default(),
     }
 }
@@ -281,6 +282,11 @@ impl Catalog for Alibaba {
             ImageSelector::Name(n) => ("ImageName", n),
         };
         self.images(acct, region, &[(k, v.clone())]).await
+    }
+
+    async fn own_images(&self, acct: &Account, region: &str, _pattern: &str) -> Result<Vec<Value>, ProviderError> {
+        self.images(acct, region, &[("ImageOwnerAlias", "self".to_string())])
+            .await
     }
 
     async fn image(&self, acct: &Account, region: &str, id: &str) -> Result<Option<Value>, ProviderError> {

@@ -183,6 +183,7 @@ pub fn parse_image(item: &Node) -> ImageInfo {
         digest: None,
         checksum: None,
         properties: tags(item).into_iter().filter(|(k, _)| k != TOKEN_PROPERTY).collect(),
+        created_at: item.text_at("creationDate"),
         carried: Default::default(),
     }
 }
@@ -312,6 +313,16 @@ impl Catalog for Aws {
                 ("Filter.1.Value.1".into(), n.clone()),
             ],
         };
+        self.images(acct, region, &params).await
+    }
+
+    /// EC2's `name` filter takes the same wildcards (`*`, `?`) as `source.imageName`.
+    async fn own_images(&self, acct: &Account, region: &str, pattern: &str) -> Result<Vec<Node>, ProviderError> {
+        let params: Vec<(String, String)> = vec![
+            ("Owner.1".into(), "self".into()),
+            ("Filter.1.Name".into(), "name".into()),
+            ("Filter.1.Value.1".into(), pattern.to_string()),
+        ];
         self.images(acct, region, &params).await
     }
 

@@ -184,6 +184,7 @@ pub fn parse_image(v: &Value) -> ImageInfo {
         digest: None,
         checksum: s("checksum").filter(|c| !c.is_empty()),
         properties,
+        created_at: s("created_at"),
         carried: Default::default(),
     }
 }
@@ -527,6 +528,11 @@ impl Service for Huawei {
             full_ecs(&mut info, &raw);
         }
         Ok(info)
+    }
+
+    async fn candidates(&self, acct: &Account, region: &str, _pattern: &str) -> Result<Vec<ImageInfo>, ProviderError> {
+        let listed = self.list(acct, region, region, &[("__imagetype", "private")]).await?;
+        Ok(listed.iter().map(parse_image).collect())
     }
 
     async fn start_copy(&self, acct: &Account, req: &CopyRequest) -> Result<CopyHandle, ProviderError> {

@@ -194,6 +194,7 @@ pub fn parse_image(v: &Value) -> ImageInfo {
         },
         checksum: s("checksum"),
         properties,
+        created_at: s("created_at"),
         carried,
     }
 }
@@ -798,6 +799,11 @@ impl Service for OpenStack {
                 }
             }
         }
+    }
+
+    /// Every active image the token's project sees (its own, shared with it, public).
+    async fn candidates(&self, acct: &Account, region: &str, _pattern: &str) -> Result<Vec<ImageInfo>, ProviderError> {
+        self.list_all(acct, region, "status=active", false).await
     }
 
     async fn start_copy(&self, acct: &Account, req: &CopyRequest) -> Result<CopyHandle, ProviderError> {

@@ -168,6 +168,7 @@ pub fn parse_image(v: &Value) -> ImageInfo {
         digest: None,
         checksum: None,
         properties: Default::default(),
+        created_at: s("CreatedTime"),
         carried: Default::default(),
     }
 }
@@ -298,6 +299,14 @@ impl Catalog for Tencent {
             ImageSelector::Id(id) => json!({"ImageIds": [id]}),
             ImageSelector::Name(n) => json!({"Filters": [{"Name": "image-name", "Values": [n]}]}),
         };
+        match self.images(acct, region, query).await {
+            Err(e) if e.not_found => Ok(Vec::new()),
+            r => r,
+        }
+    }
+
+    async fn own_images(&self, acct: &Account, region: &str, _pattern: &str) -> Result<Vec<Value>, ProviderError> {
+        let query = json!({"Filters": [{"Name": "image-type", "Values": ["PRIVATE_IMAGE"]}]});
         match self.images(acct, region, query).await {
             Err(e) if e.not_found => Ok(Vec::new()),
             r => r,
