@@ -891,3 +891,154 @@ async fn the_golden_image_example_applies() {
     let violations = image_replication_operator::validation::image_replication(&obj.spec);
     assert!(violations.is_empty(), "{violations:?}");
 }
+
+/// Ask for a look at once (the retry annotation): what a pipeline does after it pushes.
+async fn poke(api: &Api<ImageReplication>, name: &str, value: &str) {
+    let patch = json!({"metadata": {"annotations": {"replication.imageops.io/retry": value}}});
+    api.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+}
+
+/// Images over time on real Glance, through the real API server: an ImageReplication follows
+/// the newest `golden-*` image. Each newer upload starts new copies in every region; the
+/// published ConfigMap only ever names a copy that is active in Glance, and flips when the new
+/// one is; `retention.keep: 2` deletes the oldest copies; deleting the object deletes every copy
+/// it kept, never a source.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_golden_image_pipeline_on_real_glance() {
+    use support::openstack::{Cloud, Glance, make_image};
+    let Some(sc) = Scene::new("follow").await else { return };
+    let (one, two, three) = (Glance::start(), Glance::start(), Glance::start());
+    let cloud = Cloud::start(&[
+        ("region-one", one.url(), 0),
+        ("region-two", two.url(), 0),
+        ("region-three", three.url(), 0),
+    ])
+    .await;
+    let file = make_image(sc.dir.path(), "golden", "qcow2", 2);
+    one.upload("golden-1", "qcow2", &file, json!({})).await;
+    one.upload("base-9", "qcow2", &file, json!({})).await;
+    let url = cloud.auth_url();
+    let creds = [
+        ("authUrl", url.as_str()),
+        ("username", "demo"),
+        ("password", support::openstack::PASSWORD),
+        ("projectName", "demo"),
+    ];
+    support::secret_in(&sc.c, &sc.ns, "os-creds", &creds).await;
+    let _op = sc.operator(
+        "op-a",
+        &[
+            "--resync-seconds",
+            "2",
+            "--poll-min-seconds",
+            "1",
+            "--poll-max-seconds",
+            "2",
+        ],
+    );
+    let api = sc.irs();
+    let obj: ImageReplication = serde_json::from_value(json!({
+        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
+        "metadata": {"name": "golden", "namespace": sc.ns},
+        "spec": {
+            "provider": {"kind": "openstack", "credentialsSecretRef": {"name": "os-creds"}},
+            "source": {"region": "region-one", "imageName": "golden-*", "follow": "Newest", "checkInterval": "10m"},
+            "destinations": [{"region": "region-two"}, {"region": "region-three"}],
+            "retention": {"keep": 2},
+            "publish": {"configMapName": "golden-images"},
+            "deletionPolicy": "Delete"
+        }
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(sc.c.clone(), &sc.ns);
+    let glances = [("region-two", &two), ("region-three", &three)];
+
+    // Wait for `name` to be the source and every region to have its copy, checking all the way
+    // that the ConfigMap names only active images.
+    let settle = |name: &'static str| {
+        let (api, cms) = (api.clone(), cms.clone());
+        async move {
+            eventually(WAIT, &format!("{name} copied everywhere"), || async {
+                if let Ok(cm) = cms.get("golden-images").await {
+                    for (region, g) in glances {
+                        if let Some(id) = cm.data.clone().unwrap_or_default().get(region) {
+                            let doc = g.image(id).await.expect("a published image exists");
+                            assert_eq!(doc["status"], "active", "published {id} in {region}: {doc}");
+                        }
+                    }
+                }
+                let o = api.get("golden").await.ok()?;
+                let st = o.status.clone()?;
+                (st.source.as_ref()?.name.as_deref() == Some(name)
+                    && is_ready(&st.conditions)
+                    && st.destinations.iter().all(|d| d.phase == DestinationPhase::Available))
+                .then_some(st)
+            })
+            .await
+        }
+    };
+    let st = settle("golden-1").await;
+    let v1: Vec<String> = st.destinations.iter().map(|d| d.image_id.clone().unwrap()).collect();
+    let cm = cms.get("golden-images").await.unwrap().data.unwrap();
+    assert_eq!(cm.get("region-two"), Some(&v1[0]));
+    assert!(st.source.as_ref().unwrap().resolved_at.is_some());
+
+    // The pipeline pushes golden-2 (a second later: Glance's created_at has whole seconds).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    one.upload("golden-2", "qcow2", &file, json!({})).await;
+    poke(&api, "golden", "pushed-golden-2").await;
+    let st = settle("golden-2").await;
+    let v2: Vec<String> = st.destinations.iter().map(|d| d.image_id.clone().unwrap()).collect();
+    assert!(v2.iter().all(|id| !v1.contains(id)), "new copies");
+    let cm = cms.get("golden-images").await.unwrap().data.unwrap();
+    assert_eq!(cm.get("region-two"), Some(&v2[0]), "the ConfigMap flipped");
+    let kept: Vec<&str> = st.previous.iter().map(|c| c.image_id.as_str()).collect();
+    assert!(v1.iter().all(|id| kept.contains(&id.as_str())), "{kept:?}");
+    assert_eq!(two.copies_in("region-two").await.len(), 2);
+    sc.wait_event("golden", "SourceChanged").await;
+
+    // golden-3: keep 2 deletes golden-1's copies.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    one.upload("golden-3", "qcow2", &file, json!({})).await;
+    poke(&api, "golden", "pushed-golden-3").await;
+    settle("golden-3").await;
+    let st = eventually(WAIT, "golden-1's copies deleted", || async {
+        let st = api.get("golden").await.ok()?.status?;
+        (st.previous.len() == 2).then_some(st)
+    })
+    .await;
+    assert!(
+        st.previous.iter().all(|c| v2.contains(&c.image_id)),
+        "{:?}",
+        st.previous
+    );
+    for (region, g) in glances {
+        let ids: Vec<String> = g
+            .copies_in(region)
+            .await
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids.len(), 2, "{region}: {ids:?}");
+        assert!(v1.iter().all(|id| !ids.contains(id)), "{region}: {ids:?}");
+    }
+    sc.wait_event("golden", "PreviousCopyDeleted").await;
+
+    // Delete: every copy goes, current and earlier; the sources stay.
+    api.delete("golden", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "golden gone", || async {
+        api.get_opt("golden").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    for (region, g) in glances {
+        assert!(g.copies_in(region).await.is_empty(), "{region}");
+    }
+    assert_eq!(one.images().await.len(), 4, "the sources stay");
+}

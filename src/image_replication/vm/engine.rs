@@ -545,7 +545,10 @@ impl VmEngine {
     ) -> (Result<ImageInfo, ProviderError>, Duration) {
         let src = &obj.spec.source;
         let every = follow::check_interval(src).unwrap_or(follow::DEFAULT_CHECK);
-        let changed = obj.status.as_ref().and_then(|s| s.observed_generation) != obj.metadata.generation;
+        // A changed spec, or the retry annotation (a pipeline that just pushed an image and
+        // does not want to wait), looks again at once.
+        let changed = obj.status.as_ref().and_then(|s| s.observed_generation) != obj.metadata.generation
+            || vplan::retry_requested(obj).is_some();
         // Timed by the reconcile's clock (`now`), as the plan is.
         let secs = now.0.as_second();
         let age = |at: i64| Duration::from_secs((secs - at).max(0) as u64);
