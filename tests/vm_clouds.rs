@@ -1191,3 +1191,77 @@ async fn a_destination_removed_from_the_spec_is_pruned() {
     assert!(evs.iter().any(|e| e == "DestinationRemoved"), "{evs:?}");
     ecs.assert_conforms();
 }
+
+/// Images over time on a copy-API cloud (the ECS stand-in, held to the SDK's model), through
+/// the operator: the object follows the newest `golden-*` image; a newer one (the pipeline
+/// pokes the object with the retry annotation instead of waiting for `checkInterval`) is
+/// copied, the replaced copy is deleted at `retention.keep: 1` once the new one is Available,
+/// and the source images stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn follows_the_newest_source_on_ecs() {
+    let cloud = Stand::start(Kind::Alibaba).await;
+    let (src_region, dst_region, data, kind_name) = cloud.account();
+    let provider = json!({"kind": kind_name, "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url});
+    let old = cloud.add(
+        src_region,
+        "golden-1",
+        20,
+        json!({"CreationTime": "2026-12-01T00:00:00Z"}),
+    );
+    cloud.add(
+        src_region,
+        "other-2",
+        20,
+        json!({"CreationTime": "2026-12-09T00:00:00Z"}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, c, _op) = setup(dir.path(), "creds", &data).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let mut obj = object(
+        "golden",
+        provider,
+        json!({"region": src_region, "imageName": "golden-*", "follow": "Newest", "checkInterval": "1h"}),
+        json!([{"region": dst_region}]),
+        "Delete",
+    );
+    obj.spec.retention = Some(image_replication_operator::api::v1alpha1::RetentionSpec { keep: Some(1) });
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    let st = wait_ready(&api, "golden").await;
+    assert_eq!(st.source.as_ref().unwrap().image_id.as_deref(), Some(old.as_str()));
+    let first = dest(&st, dst_region).image_id.clone().unwrap();
+
+    let new = cloud.add(
+        src_region,
+        "golden-2",
+        20,
+        json!({"CreationTime": "2026-12-02T00:00:00Z"}),
+    );
+    let patch = json!({"metadata": {"annotations": {"replication.imageops.io/retry": "pushed-golden-2"}}});
+    api.patch(
+        "golden",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    let st = eventually(WAIT, "golden-2 copied, golden-1's copy deleted", || async {
+        let st = api.get("golden").await.ok()?.status?;
+        (st.source.as_ref()?.image_id.as_deref() == Some(new.as_str()) && ready(&st) && st.previous.is_empty())
+            .then_some(st)
+    })
+    .await;
+    let second = dest(&st, dst_region).image_id.clone().unwrap();
+    assert_ne!(second, first);
+    let ids: Vec<String> = cloud.images_in(dst_region).iter().map(|i| i.id.clone()).collect();
+    assert_eq!(ids, vec![second.clone()], "keep 1: only the current copy");
+    assert_eq!(cloud.images_in(src_region).len(), 3, "sources stay");
+    let reasons: Vec<String> = support::events_in(&c, "default", "golden")
+        .await
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for r in ["SourceChanged", "PreviousCopyDeleted"] {
+        assert!(reasons.iter().any(|x| x == r), "{r}: {reasons:?}");
+    }
+    cloud.assert_conforms();
+}
