@@ -11,6 +11,7 @@ use image_replication_operator::api::{ImageReplication, ReplicaInstance};
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
+use support::clouds::{Kind, Stand};
 use support::envtest;
 use support::operator::{Operator, eventually, free_port};
 use support::registry::TestRegistry;
@@ -69,16 +70,37 @@ async fn at_rest_the_real_server_counts_no_write_for_either_kind() {
         }
     }))
     .unwrap();
+    // A VM object that follows the newest `golden-*` image on the ECS stand-in: its source is
+    // looked up again every minute, and a look that finds the same image writes nothing.
+    let ecs = Stand::start(Kind::Alibaba).await;
+    let (src_region, dst_region, data, _) = ecs.account();
+    ecs.add(src_region, "golden-1", 20, json!({}));
+    support::secret_in(&c, &ns, "ali", &data).await;
+    let golden: ImageReplication = serde_json::from_value(json!({
+        "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
+        "metadata": {"name": "golden", "namespace": ns},
+        "spec": {
+            "provider": {"kind": "alibaba", "credentialsSecretRef": {"name": "ali"}, "endpoint": ecs.url},
+            "source": {"region": src_region, "imageName": "golden-*", "follow": "Newest", "checkInterval": "1m"},
+            "destinations": [{"region": dst_region}],
+            "retention": {"keep": 2},
+            "publish": {"configMapName": "golden-images"}
+        }
+    }))
+    .unwrap();
     irs.create(&PostParams::default(), &ir).await.unwrap();
+    irs.create(&PostParams::default(), &golden).await.unwrap();
     ris.create(&PostParams::default(), &ri).await.unwrap();
-    eventually(WAIT, "web Ready", || async {
-        let st = irs.get("web").await.ok()?.status?;
-        st.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
-    })
-    .await;
+    for name in ["web", "golden"] {
+        eventually(WAIT, &format!("{name} Ready"), || async {
+            let st = irs.get(name).await.ok()?.status?;
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        })
+        .await;
+    }
     eventually(WAIT, "gz-to-sh InSync", || async {
         let st = ris.get("gz-to-sh").await.ok()?.status?;
         (st.phase == Some(ReplicaPhase::InSync)).then_some(())
@@ -94,12 +116,24 @@ async fn at_rest_the_real_server_counts_no_write_for_either_kind() {
     let rv = |o: Option<String>| o.unwrap_or_default();
     let ir_rv = rv(irs.get("web").await.unwrap().metadata.resource_version);
     let ri_rv = rv(ris.get("gz-to-sh").await.unwrap().metadata.resource_version);
-    let checks_before = b.requests().len() + replica.requests().len();
+    let golden_rv = rv(irs.get("golden").await.unwrap().metadata.resource_version);
+    let looks = || {
+        ecs.calls("DescribeImages")
+            .iter()
+            .filter(|r| r.params.contains_key("ImageOwnerAlias"))
+            .count()
+    };
+    let (checks_before, looks_before) = (b.requests().len() + replica.requests().len(), looks());
     let before = cp.request_totals(RESOURCES);
-    let quiet = Duration::from_secs(35);
+    // Longer than the followed source's checkInterval (1m): it is looked up again meanwhile.
+    let quiet = Duration::from_secs(65);
     tokio::time::sleep(quiet).await;
     let after = cp.request_totals(RESOURCES);
     let checks = b.requests().len() + replica.requests().len() - checks_before;
+    assert!(
+        looks() > looks_before,
+        "the followed source was not looked up again while we counted"
+    );
 
     let d = envtest::request_delta(&before, &after);
     eprintln!("requests to the API server in {quiet:?} at rest (verb, resource): {d:?}");
@@ -126,6 +160,10 @@ async fn at_rest_the_real_server_counts_no_write_for_either_kind() {
     );
     assert_eq!(rv(irs.get("web").await.unwrap().metadata.resource_version), ir_rv);
     assert_eq!(rv(ris.get("gz-to-sh").await.unwrap().metadata.resource_version), ri_rv);
+    assert_eq!(
+        rv(irs.get("golden").await.unwrap().metadata.resource_version),
+        golden_rv
+    );
     // And the counters do count this kind's writes: a spec change is a write the server sees.
     let before = cp.request_totals(&["imagereplications"]);
     let mut changed = irs.get("web").await.unwrap();
