@@ -8,54 +8,19 @@
 //! newer source starts at once. Where the cloud cannot cancel (Huawei IMS) it finishes and is
 //! then kept as a previous copy, subject to `retention.keep` like any other.
 
-use std::time::Duration;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{ImageInfo, ImageState, ProviderError};
 use crate::api::v1alpha1::{
     DeletionPolicy, DestinationPhase, DestinationStatus, ImageReplicationSpec, ImageReplicationStatus, PreviousCopy,
-    SharePhase, SourceSpec,
+    SharePhase,
 };
+pub use crate::image_replication::interval::{DEFAULT_CHECK, MIN_CHECK, check_interval, following};
 use crate::plan::Announcement;
 
-/// `source.checkInterval` when the spec does not say.
-pub const DEFAULT_CHECK: Duration = Duration::from_secs(600);
-/// The shortest `source.checkInterval`: listing a cloud's images more often buys nothing and
-/// costs request budget.
-pub const MIN_CHECK: Duration = Duration::from_secs(60);
 /// Without `retention.keep`, at most this many earlier copies per region are listed in
 /// `status.previous` (older ones are kept in the cloud but no longer listed, with an Event).
 pub const LISTED_WITHOUT_KEEP: usize = 10;
-
-/// Whether the source follows a name pattern.
-pub fn following(spec: &SourceSpec) -> bool {
-    spec.follow.is_some()
-}
-
-/// `source.checkInterval` as a duration: `<n>s`, `<n>m` or `<n>h`, at least [`MIN_CHECK`].
-pub fn check_interval(spec: &SourceSpec) -> Result<Duration, String> {
-    let Some(text) = spec.check_interval.as_deref() else {
-        return Ok(DEFAULT_CHECK);
-    };
-    let bad = || format!("source.checkInterval {text:?} must be a duration such as 90s, 10m or 1h");
-    let (n, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60).ok_or_else(bad)?,
-        "h" => n.checked_mul(3600).ok_or_else(bad)?,
-        _ => return Err(bad()),
-    };
-    let d = Duration::from_secs(secs);
-    if d < MIN_CHECK {
-        return Err(format!(
-            "source.checkInterval {text:?} is shorter than the minimum of {}s",
-            MIN_CHECK.as_secs()
-        ));
-    }
-    Ok(d)
-}
 
 /// A shell-style glob: `*` any run of characters, `?` one character, everything else itself.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
@@ -319,7 +284,11 @@ pub fn forget_beyond_listing(
 /// Whether `s` is a copy in flight of another source than `current` that cannot be cancelled:
 /// it goes on, and says so.
 pub fn superseded_in_flight(s: &DestinationStatus, current: &str, old_source: Option<&str>) -> bool {
-    crate::image_replication::vm::plan::in_flight(s.phase) && copy_source(s, old_source).is_some_and(|of| of != current)
+    let in_flight = matches!(
+        s.phase,
+        DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling
+    );
+    in_flight && copy_source(s, old_source).is_some_and(|of| of != current)
 }
 
 /// Per destination: whether it is outdated (no Available copy of the current source) and,
@@ -380,21 +349,6 @@ mod tests {
             ("*", "", true),
         ] {
             assert_eq!(glob_match(p, n), want, "{p} ~ {n}");
-        }
-    }
-
-    #[test]
-    fn check_intervals_parse_with_a_floor() {
-        let mut s = SourceSpec::default();
-        assert_eq!(check_interval(&s), Ok(DEFAULT_CHECK));
-        for (t, want) in [("90s", 90), ("10m", 600), ("2h", 7200)] {
-            s.check_interval = Some(t.into());
-            assert_eq!(check_interval(&s), Ok(Duration::from_secs(want)));
-        }
-        for t in ["30s", "ten", "5d", "", "m"] {
-            s.check_interval = Some(t.into());
-            let e = check_interval(&s).unwrap_err();
-            assert!(e.contains("source.checkInterval"), "{e}");
         }
     }
 
