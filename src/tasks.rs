@@ -287,6 +287,21 @@ impl Tasks {
         self.set.cancel(|(k, _)| k == key)
     }
 
+    /// Cancel the task of one destination of an object (a destination removed from the spec),
+    /// and forget when it was last checked.
+    pub fn cancel_one(&self, key: &str, region: &str) -> usize {
+        self.checked
+            .lock()
+            .expect("checked lock")
+            .remove(&(key.to_string(), region.to_string()));
+        self.set.cancel(|(k, r)| k == key && r == region)
+    }
+
+    /// Call the wake-up of `key` (what a finished task does), to reconcile the object again.
+    pub fn wake(&self, key: &str) {
+        (self.set.on_done)(key);
+    }
+
     /// Tasks running in all.
     pub fn len(&self) -> usize {
         self.set.len()

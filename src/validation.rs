@@ -138,20 +138,14 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
     {
         out.push(Violation::new("spec.source.reference", "InvalidReference", e));
     }
-    if let Some(w) = spec.schedule.as_ref().and_then(|x| x.window.as_ref()) {
-        if kind == ProviderKind::Oci {
-            out.push(Violation::new(
-                "spec.schedule.window",
-                "FieldNotSupported",
-                "copy windows are built for the VM clouds only; oci copies start at once",
-            ));
-        } else if let Err((field, m)) = crate::image_replication::window::parse(w) {
-            out.push(Violation::new(
-                format!("spec.schedule.window.{field}"),
-                "InvalidCopyWindow",
-                m,
-            ));
-        }
+    if let Some(w) = spec.schedule.as_ref().and_then(|x| x.window.as_ref())
+        && let Err((field, m)) = crate::image_replication::window::parse(w)
+    {
+        out.push(Violation::new(
+            format!("spec.schedule.window.{field}"),
+            "InvalidCopyWindow",
+            m,
+        ));
     }
     if let Some(p) = &spec.publish
         && !valid_subdomain(&p.config_map_name)
@@ -196,11 +190,11 @@ fn follow_and_retention(out: &mut Vec<Violation>, spec: &ImageReplicationSpec) {
             "source.imageName with '*' or '?' is a pattern: set source.follow: Newest to copy the newest image matching it",
         ));
     }
-    if src.check_interval.is_some() && !following {
+    if src.check_interval.is_some() && !following && spec.provider.kind != ProviderKind::Oci {
         out.push(Violation::new(
             "spec.source.checkInterval",
             "CheckIntervalNeedsFollow",
-            "source.checkInterval applies only with source.follow",
+            "source.checkInterval applies only with source.follow (or to an oci source tag)",
         ));
     } else if let Err(m) = follow::check_interval(src) {
         out.push(Violation::new("spec.source.checkInterval", "InvalidCheckInterval", m));

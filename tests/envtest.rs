@@ -1042,3 +1042,73 @@ async fn a_golden_image_pipeline_on_real_glance() {
     }
     assert_eq!(one.images().await.len(), 4, "the sources stay");
 }
+
+/// A moving oci tag on real registries, through the real API server: the copies follow a new
+/// digest within `source.checkInterval` (the operator's own drift period is an hour here), the
+/// published digest changes, and a destination removed from the spec has its copy deleted
+/// (`deletionPolicy: Delete`) and is forgotten with an Event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_moving_tag_is_followed_published_and_a_removed_destination_pruned() {
+    let Some(sc) = Scene::new("tag").await else { return };
+    let (a, b, cc) = (TestRegistry::start(), TestRegistry::start(), TestRegistry::start());
+    let (first, _) = a.seed("team/web", "1.4", &[]);
+    let _op = sc.operator("op-a", &["--resync-seconds", "3600"]);
+    let api = sc.irs();
+    let mut obj = oci_object(&sc.ns, "web", &a, &b, "team/web", "Delete");
+    obj.spec.source.check_interval = Some("1m".into());
+    obj.spec
+        .destinations
+        .push(image_replication_operator::api::v1alpha1::DestinationSpec {
+            region: "region-c".into(),
+            registry: Some(cc.url()),
+            ..Default::default()
+        });
+    obj.spec.publish = Some(image_replication_operator::api::v1alpha1::PublishSpec {
+        config_map_name: "web-images".into(),
+    });
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    wait_ready(&api, "web").await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(sc.c.clone(), &sc.ns);
+    let published = || async {
+        cms.get("web-images")
+            .await
+            .ok()
+            .and_then(|cm| cm.data)
+            .unwrap_or_default()
+            .get("region-b")
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(published().await.ends_with(&format!("@{first}")));
+    assert_eq!(cc.digest_of("team/web", "1.4"), Some(first.clone()));
+
+    // The tag moves: followed within the minute of checkInterval (not the operator's hour).
+    let (moved, _) = a.seed("team/web", "1.4", &["--seed", "5"]);
+    assert_ne!(moved, first);
+    eventually(Duration::from_secs(150), "the copy follows the moved tag", || async {
+        (b.digest_of("team/web", "1.4") == Some(moved.clone())).then_some(())
+    })
+    .await;
+    eventually(WAIT, "the published digest changes", || async {
+        published().await.ends_with(&format!("@{moved}")).then_some(())
+    })
+    .await;
+    sc.wait_event("web", "SourceChanged").await;
+
+    // region-c leaves the spec: its copy is deleted, the destination forgotten.
+    let mut o = api.get("web").await.unwrap();
+    o.spec.destinations.retain(|d| d.region != "region-c");
+    api.replace("web", &PostParams::default(), &o).await.unwrap();
+    eventually(WAIT, "region-c forgotten", || async {
+        let st = api.get("web").await.ok()?.status?;
+        st.destinations.iter().all(|d| d.region != "region-c").then_some(())
+    })
+    .await;
+    assert_eq!(
+        cc.digest_of("team/web", "1.4"),
+        None,
+        "the removed region's copy is deleted"
+    );
+    assert_eq!(b.digest_of("team/web", "1.4"), Some(moved.clone()), "the other stays");
+    sc.wait_event("web", "DestinationRemoved").await;
+}

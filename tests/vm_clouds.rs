@@ -1192,28 +1192,21 @@ async fn a_destination_removed_from_the_spec_is_pruned() {
     ecs.assert_conforms();
 }
 
-/// Images over time on a copy-API cloud (the ECS stand-in, held to the SDK's model), through
-/// the operator: the object follows the newest `golden-*` image; a newer one (the pipeline
-/// pokes the object with the retry annotation instead of waiting for `checkInterval`) is
-/// copied, the replaced copy is deleted at `retention.keep: 1` once the new one is Available,
-/// and the source images stay.
-#[tokio::test(flavor = "multi_thread")]
-async fn follows_the_newest_source_on_ecs() {
-    let cloud = Stand::start(Kind::Alibaba).await;
+/// Images over time on each signed-API cloud's stand-in (held to the SDK's model), through the
+/// operator: the object follows the newest `golden-*` image of the account; a newer one (the
+/// pipeline pokes the object with the retry annotation instead of waiting for
+/// `checkInterval`) is copied, the replaced copy is deleted at `retention.keep: 1` once the new
+/// one is Available (Huawei and Tencent, which cannot cancel, also once it is), and the source
+/// images stay.
+async fn follows_the_newest_source(kind: Kind) {
+    let cloud = Stand::start(kind).await;
     let (src_region, dst_region, data, kind_name) = cloud.account();
-    let provider = json!({"kind": kind_name, "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url});
-    let old = cloud.add(
-        src_region,
-        "golden-1",
-        20,
-        json!({"CreationTime": "2026-12-01T00:00:00Z"}),
-    );
-    cloud.add(
-        src_region,
-        "other-2",
-        20,
-        json!({"CreationTime": "2026-12-09T00:00:00Z"}),
-    );
+    let provider = json!({"kind": kind_name, "agency": "ims_admin", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url});
+    let day = 1_796_000_000; // 2026-11-30
+    let old = cloud.add(src_region, "golden-1", 20, json!({}));
+    cloud.set_created(&old, day);
+    let other = cloud.add(src_region, "other-2", 20, json!({}));
+    cloud.set_created(&other, day + 9 * 86400);
     let dir = tempfile::tempdir().unwrap();
     let (_s, c, _op) = setup(dir.path(), "creds", &data).await;
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
@@ -1227,15 +1220,15 @@ async fn follows_the_newest_source_on_ecs() {
     obj.spec.retention = Some(image_replication_operator::api::v1alpha1::RetentionSpec { keep: Some(1) });
     api.create(&PostParams::default(), &obj).await.unwrap();
     let st = wait_ready(&api, "golden").await;
-    assert_eq!(st.source.as_ref().unwrap().image_id.as_deref(), Some(old.as_str()));
+    assert_eq!(
+        st.source.as_ref().unwrap().image_id.as_deref(),
+        Some(old.as_str()),
+        "{kind_name}"
+    );
     let first = dest(&st, dst_region).image_id.clone().unwrap();
 
-    let new = cloud.add(
-        src_region,
-        "golden-2",
-        20,
-        json!({"CreationTime": "2026-12-02T00:00:00Z"}),
-    );
+    let new = cloud.add(src_region, "golden-2", 20, json!({}));
+    cloud.set_created(&new, day + 86400);
     let patch = json!({"metadata": {"annotations": {"replication.imageops.io/retry": "pushed-golden-2"}}});
     api.patch(
         "golden",
@@ -1253,7 +1246,7 @@ async fn follows_the_newest_source_on_ecs() {
     let second = dest(&st, dst_region).image_id.clone().unwrap();
     assert_ne!(second, first);
     let ids: Vec<String> = cloud.images_in(dst_region).iter().map(|i| i.id.clone()).collect();
-    assert_eq!(ids, vec![second.clone()], "keep 1: only the current copy");
+    assert_eq!(ids, vec![second.clone()], "{kind_name}: keep 1, only the current copy");
     assert_eq!(cloud.images_in(src_region).len(), 3, "sources stay");
     let reasons: Vec<String> = support::events_in(&c, "default", "golden")
         .await
@@ -1261,7 +1254,27 @@ async fn follows_the_newest_source_on_ecs() {
         .filter_map(|e| e.reason)
         .collect();
     for r in ["SourceChanged", "PreviousCopyDeleted"] {
-        assert!(reasons.iter().any(|x| x == r), "{r}: {reasons:?}");
+        assert!(reasons.iter().any(|x| x == r), "{kind_name} {r}: {reasons:?}");
     }
     cloud.assert_conforms();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn follows_the_newest_source_on_ecs() {
+    follows_the_newest_source(Kind::Alibaba).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn follows_the_newest_source_on_ec2() {
+    follows_the_newest_source(Kind::Aws).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn follows_the_newest_source_on_cvm() {
+    follows_the_newest_source(Kind::Tencent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn follows_the_newest_source_on_ims() {
+    follows_the_newest_source(Kind::Huawei).await;
 }

@@ -21,6 +21,9 @@ pub struct OciPlan {
     pub requeue: Option<std::time::Duration>,
     /// Per-destination state changes to publish as Events.
     pub events: Vec<Announcement>,
+    /// Destinations removed from the spec to stop: their copy task cancelled, and under
+    /// `deletionPolicy: Delete` their copy deleted.
+    pub prune: Vec<String>,
     /// The status differs from the one written only by copies younger than
     /// [`QUIET_START`]: it need not be written before this has passed (see
     /// [`crate::controller::Planned::status_may_wait`]).
@@ -36,6 +39,7 @@ pub fn oci_plan(
     obj: &ImageReplication,
     tasks: &std::collections::HashMap<String, TaskView>,
     checked: &std::collections::HashMap<String, Time>,
+    pruned: &std::collections::HashMap<String, Result<(), String>>,
     now: &Time,
     resync: std::time::Duration,
     max_attempts: i32,
@@ -52,6 +56,7 @@ pub fn oci_plan(
     let mut wake: Vec<std::time::Duration> = Vec::new();
     let mut destinations = Vec::new();
     let mut quiet = Quiet::default();
+    let held = crate::image_replication::window::hold(spec, now);
     for d in &spec.destinations {
         let mut s = old.destination_or_new(&d.region);
         let before = old.destinations.iter().find(|x| x.region == d.region).cloned();
@@ -99,16 +104,46 @@ pub fn oci_plan(
             } => record_failed(&mut s, reason, message, now, max_attempts, &mut events, &mut wake),
             TaskView::Idle => {
                 let (go, wait) = idle_next(&s, &check_key(d), checked.get(&d.region), now, resync, max_attempts);
-                start.extend(go.map(|drift_check| (d.region.clone(), drift_check)));
-                wake.extend(wait);
+                match (go, &held) {
+                    // A new copy (not a drift check) waits for the copy window to open.
+                    (Some(false), Some((why, until))) => {
+                        s.phase = DestinationPhase::Queued;
+                        s.message = Some(why.clone());
+                        wake.push(*until);
+                    }
+                    _ => {
+                        start.extend(go.map(|drift_check| (d.region.clone(), drift_check)));
+                        wake.extend(wait);
+                    }
+                }
             }
         }
         if start.last().is_some_and(|(r, resync)| r == &d.region && !resync) {
             record_started(&mut s, now);
             young = Some(QUIET_START);
         }
+        if s.digest.is_some()
+            && let Ok(t) = crate::image_replication::oci::replicator::target(spec, d)
+        {
+            s.registry = d.registry.clone();
+            s.repository = Some(t.repository);
+        }
         quiet.note(before.as_ref() != Some(&s), young);
         destinations.push(s);
+    }
+    let mut prune = Vec::new();
+    for s in old
+        .destinations
+        .iter()
+        .filter(|s| !spec.destinations.iter().any(|d| d.region == s.region))
+    {
+        let task = tasks.get(&s.region);
+        let kept = removed_oci(s, task, pruned.get(&s.region), spec.deletion_policy, &mut events);
+        quiet.note(kept.as_ref() != Some(s), None);
+        if let Some(kept) = kept {
+            prune.push(s.region.clone());
+            destinations.push(kept);
+        }
     }
     if !start.is_empty() {
         wake.push(std::time::Duration::from_secs(2));
@@ -131,6 +166,69 @@ pub fn oci_plan(
         requeue: wake.into_iter().min(),
         status_may_wait,
         events,
+        prune,
+    }
+}
+
+/// A destination removed from the spec (what Argo CD and Flux users expect when they delete a
+/// line): a copy in flight is cancelled; under `deletionPolicy: Delete` its copy is deleted
+/// from the registry, under `Retain` kept; then it is forgotten, with an Event. `Some`: the
+/// status it keeps meanwhile (and the shell stops it: `OciPlan::prune`).
+fn removed_oci(
+    s: &DestinationStatus,
+    task: Option<&TaskView>,
+    pruned: Option<&Result<(), String>>,
+    policy: DeletionPolicy,
+    events: &mut Vec<Announcement>,
+) -> Option<DestinationStatus> {
+    let copy = match (&s.registry, &s.repository, &s.digest) {
+        (Some(r), Some(repo), Some(d)) => Some(format!(
+            "{}/{repo}@{d}",
+            r.trim_start_matches("http://").trim_start_matches("https://")
+        )),
+        _ => None,
+    };
+    let deletes = policy == DeletionPolicy::Delete && copy.is_some();
+    let running = matches!(task, Some(TaskView::Running { .. }));
+    let forget = |events: &mut Vec<Announcement>, what: String| {
+        events.push(Announcement {
+            warning: false,
+            reason: "DestinationRemoved".into(),
+            note: format!("{}: removed from spec.destinations; {what}", s.region),
+        });
+        None
+    };
+    let mut kept = s.clone();
+    match pruned {
+        Some(Ok(())) if deletes => forget(
+            events,
+            format!(
+                "its copy {} was deleted (deletionPolicy Delete)",
+                copy.unwrap_or_default()
+            ),
+        ),
+        Some(Ok(())) => forget(events, "its copy in flight was cancelled".into()),
+        Some(Err(e)) => {
+            kept.message = Some(format!(
+                "removed from spec.destinations: deleting its copy failed (will retry): {e}"
+            ));
+            Some(kept)
+        }
+        None if running || deletes => {
+            kept.message = Some(if deletes {
+                format!(
+                    "removed from spec.destinations: deleting its copy {} (deletionPolicy Delete)",
+                    copy.unwrap_or_default()
+                )
+            } else {
+                "removed from spec.destinations: cancelling its copy in flight".into()
+            });
+            Some(kept)
+        }
+        None => match copy {
+            Some(c) => forget(events, format!("its copy {c} is kept (deletionPolicy Retain)")),
+            None => forget(events, "it had no copy".into()),
+        },
     }
 }
 
@@ -339,13 +437,17 @@ fn oci_conditions(destinations: &[DestinationStatus], max_attempts: i32) -> (Str
     if !failed.is_empty() {
         summary.push_str(&format!(", {} failed", failed.len()));
     }
+    let held = destinations.iter().find(|d| d.phase == DestinationPhase::Queued);
     let desired = if available == n {
         standing_conditions(
             Standing::Done,
             reason::SUCCEEDED,
             format!("{n}/{n} destinations hold the source digest"),
         )
-    } else if in_flight {
+    } else if let (Some(h), false) = (held, in_flight) {
+        let why = h.message.as_deref().unwrap_or("outside the copy window");
+        standing_conditions(Standing::Working, "OutsideCopyWindow", format!("{summary}; {why}"))
+    } else if in_flight || held.is_some() {
         let msg = if fail_text.is_empty() {
             summary.clone()
         } else {
@@ -402,7 +504,7 @@ spec:
 
     fn step(o: &mut ImageReplication, tasks: &[(&str, TaskView)], now: i64) -> OciPlan {
         let t: HashMap<String, TaskView> = tasks.iter().map(|(r, v)| (r.to_string(), v.clone())).collect();
-        let p = oci_plan(o, &t, &HashMap::new(), &at(now), RESYNC, MAX_ATTEMPTS);
+        let p = oci_plan(o, &t, &HashMap::new(), &HashMap::new(), &at(now), RESYNC, MAX_ATTEMPTS);
         o.status = Some(p.status.clone());
         p
     }
@@ -426,6 +528,142 @@ spec:
 
     fn cond<'a>(p: &'a OciPlan, t: &str) -> &'a Condition {
         conditions::find(&p.status.conditions, t).unwrap()
+    }
+
+    /// A closed copy window (22:00-06:00 UTC; the test clock starts at 08:00) holds new copies
+    /// Queued, saying when it opens; they start when it does; drift checks (which follow a
+    /// moved tag) are not held.
+    #[test]
+    fn a_closed_copy_window_holds_new_oci_copies_but_not_drift_checks() {
+        let mut o = obj();
+        o.spec.schedule = Some(ScheduleSpec {
+            window: Some(WindowSpec {
+                start: "22:00".into(),
+                end: "06:00".into(),
+                time_zone: None,
+            }),
+        });
+        let p = step(&mut o, &[], 0);
+        assert!(p.start.is_empty());
+        let b = &p.status.destinations[0];
+        assert_eq!(b.phase, DestinationPhase::Queued);
+        assert!(
+            b.message
+                .as_deref()
+                .unwrap()
+                .starts_with("outside the copy window (22:00-06:00"),
+            "{b:?}"
+        );
+        let ready = cond(&p, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "OutsideCopyWindow")
+        );
+        assert_eq!(p.requeue, Some(Duration::from_secs(14 * 3600)));
+        // 22:00: the window opens and both start.
+        let p = step(&mut o, &[], 14 * 3600);
+        assert_eq!(p.start, vec![("b".to_string(), false), ("c".to_string(), false)]);
+        step(
+            &mut o,
+            &[("b", ok(false, false)), ("c", ok(false, false))],
+            14 * 3600 + 60,
+        );
+        // The next day at 08:00 (closed): a drift check that is due still runs.
+        let later = due("b", 14 * 3600 + 60).max(24 * 3600);
+        let p = step(&mut o, &[], later);
+        assert!(p.start.contains(&("b".to_string(), true)), "{:?}", p.start);
+    }
+
+    /// A destination removed from the spec: under Delete its copy (named by the status: the
+    /// spec no longer has it) is deleted, then it is forgotten with an Event; a delete that
+    /// failed is tried again; a copy in flight is cancelled; under Retain it is kept and
+    /// forgotten at once.
+    #[test]
+    fn destinations_removed_from_the_spec_are_pruned_per_policy() {
+        for policy in [DeletionPolicy::Delete, DeletionPolicy::Retain] {
+            let mut o = obj();
+            o.spec.deletion_policy = policy;
+            step(&mut o, &[], 0);
+            let p = step(&mut o, &[("b", ok(false, false)), ("c", ok(false, false))], 10);
+            let c = &p.status.destinations[1];
+            assert_eq!(
+                (c.registry.as_deref(), c.repository.as_deref()),
+                (Some("http://127.0.0.1:5002"), Some("team/web"))
+            );
+            o.spec.destinations.truncate(1);
+            o.metadata.generation = Some(2);
+            let p = step(&mut o, &[], 20);
+            let removed = |p: &OciPlan| {
+                p.events
+                    .iter()
+                    .find(|e| e.reason == "DestinationRemoved")
+                    .map(|e| e.note.clone())
+            };
+            if policy == DeletionPolicy::Retain {
+                assert!(p.prune.is_empty());
+                assert_eq!(p.status.destinations.len(), 1);
+                assert!(
+                    removed(&p)
+                        .unwrap()
+                        .contains("its copy 127.0.0.1:5002/team/web@sha256:abc is kept"),
+                    "{:?}",
+                    p.events
+                );
+                continue;
+            }
+            assert_eq!(p.prune, vec!["c".to_string()]);
+            assert!(
+                p.status.destinations[1]
+                    .message
+                    .as_deref()
+                    .unwrap()
+                    .contains("deleting its copy")
+            );
+            let t: HashMap<String, TaskView> = HashMap::new();
+            let failed = HashMap::from([("c".to_string(), Err("HTTP 500".to_string()))]);
+            let p = oci_plan(&o, &t, &HashMap::new(), &failed, &at(30), RESYNC, MAX_ATTEMPTS);
+            assert_eq!(p.prune, vec!["c".to_string()], "tried again");
+            assert!(
+                p.status.destinations[1]
+                    .message
+                    .as_deref()
+                    .unwrap()
+                    .contains("failed (will retry): HTTP 500")
+            );
+            let done = HashMap::from([("c".to_string(), Ok(()))]);
+            let p = oci_plan(&o, &t, &HashMap::new(), &done, &at(40), RESYNC, MAX_ATTEMPTS);
+            assert!(p.prune.is_empty());
+            assert_eq!(p.status.destinations.len(), 1);
+            assert!(removed(&p).unwrap().contains("was deleted (deletionPolicy Delete)"));
+        }
+        // A copy in flight (no copy yet) under Retain: cancelled, then forgotten.
+        let mut o = obj();
+        step(&mut o, &[], 0);
+        o.spec.destinations.truncate(1);
+        let running = TaskView::Running {
+            done: 1,
+            total: 10,
+            resync: false,
+            started: at(0),
+        };
+        let p = step(&mut o, &[("c", running)], 5);
+        assert_eq!(p.prune, vec!["c".to_string()]);
+        let done = HashMap::from([("c".to_string(), Ok(()))]);
+        let p = oci_plan(
+            &o,
+            &HashMap::new(),
+            &HashMap::new(),
+            &done,
+            &at(6),
+            RESYNC,
+            MAX_ATTEMPTS,
+        );
+        assert_eq!(p.status.destinations.len(), 1);
+        assert!(
+            p.events
+                .iter()
+                .any(|e| e.note.contains("its copy in flight was cancelled"))
+        );
     }
 
     /// When destination `r` of the test object is due for its next check after one at `last`.
@@ -459,7 +697,7 @@ spec:
         let fresh = obj();
         let plan_at = |o: &ImageReplication, tasks: &[(&str, TaskView)], now: i64| {
             let t: HashMap<String, TaskView> = tasks.iter().map(|(r, v)| (r.to_string(), v.clone())).collect();
-            oci_plan(o, &t, &HashMap::new(), &at(now), RESYNC, MAX_ATTEMPTS)
+            oci_plan(o, &t, &HashMap::new(), &HashMap::new(), &at(now), RESYNC, MAX_ATTEMPTS)
         };
         let running = |started: i64| TaskView::Running {
             done: 1,
@@ -646,18 +884,42 @@ spec:
                 assert_eq!(t - p, RESYNC.as_secs() as i64, "{r}: checks one period apart");
             }
             previous.insert(r, t);
-            let early = oci_plan(&o, &HashMap::new(), &checked, &at(t - 1), RESYNC, MAX_ATTEMPTS);
+            let early = oci_plan(
+                &o,
+                &HashMap::new(),
+                &checked,
+                &HashMap::new(),
+                &at(t - 1),
+                RESYNC,
+                MAX_ATTEMPTS,
+            );
             assert!(early.start.is_empty(), "nothing due before {t}");
-            let idle = oci_plan(&o, &HashMap::new(), &checked, &at(t), RESYNC, MAX_ATTEMPTS);
+            let idle = oci_plan(
+                &o,
+                &HashMap::new(),
+                &checked,
+                &HashMap::new(),
+                &at(t),
+                RESYNC,
+                MAX_ATTEMPTS,
+            );
             assert_eq!(idle.start, vec![(r.to_string(), true)], "{r} due at {t}");
             assert_eq!(idle.status, rest, "starting a drift check changes nothing");
             let done: HashMap<String, TaskView> = [(r.to_string(), ok(true, true))].into();
-            let p = oci_plan(&o, &done, &checked, &at(t + 1), RESYNC, MAX_ATTEMPTS);
+            let p = oci_plan(&o, &done, &checked, &HashMap::new(), &at(t + 1), RESYNC, MAX_ATTEMPTS);
             assert_eq!(p.status, rest, "an intact copy changes nothing");
             assert!(p.events.is_empty());
             checked.insert(r.to_string(), at(t + 1));
             last.insert(r, t + 1);
-            let next = oci_plan(&o, &HashMap::new(), &checked, &at(t + 2), RESYNC, MAX_ATTEMPTS);
+            let next = oci_plan(
+                &o,
+                &HashMap::new(),
+                &checked,
+                &HashMap::new(),
+                &at(t + 2),
+                RESYNC,
+                MAX_ATTEMPTS,
+            );
             assert!(next.start.is_empty(), "the next check waits for its phase");
             let wake = due("b", last["b"]).min(due("c", last["c"])) - (t + 2);
             assert_eq!(next.requeue, Some(Duration::from_secs(wake as u64)));

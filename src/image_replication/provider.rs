@@ -27,6 +27,9 @@ pub enum Snapshot {
     Oci {
         tasks: HashMap<String, TaskView>,
         checked: HashMap<String, Time>,
+        /// Destinations removed from the spec that were stopped (and deleted) since the last
+        /// reconcile: region -> the outcome.
+        pruned: HashMap<String, Result<(), String>>,
         resync: Duration,
         /// Copy attempts per destination before it is Failed for good.
         max_attempts: i32,
@@ -48,8 +51,13 @@ pub enum Work {
     Nothing,
     /// Cancel the object's running copies (suspended, or the spec became invalid).
     CancelAll,
-    /// oci: start the copy tasks of these destinations (region, drift check?).
-    Copy(Vec<(String, bool)>),
+    /// oci: start the copy tasks of these destinations (region, drift check?), and stop those
+    /// removed from the spec (`prune`: cancel, and delete the copy under `deletionPolicy:
+    /// Delete`).
+    Oci {
+        start: Vec<(String, bool)>,
+        prune: Vec<String>,
+    },
     /// VM: the plan whose metrics, starts and cancels `act` carries out.
     Vm(Box<VmPlan>),
 }

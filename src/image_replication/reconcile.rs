@@ -40,14 +40,18 @@ pub fn plan(obj: &ImageReplication, snap: &Snapshot, now: &Time) -> Planned<Imag
         Snapshot::Oci {
             tasks,
             checked,
+            pruned,
             resync,
             max_attempts,
         } => {
-            let p = crate::image_replication::plan::oci_plan(obj, tasks, checked, now, *resync, *max_attempts);
-            let work = if p.start.is_empty() {
+            let p = crate::image_replication::plan::oci_plan(obj, tasks, checked, pruned, now, *resync, *max_attempts);
+            let work = if p.start.is_empty() && p.prune.is_empty() {
                 Work::Nothing
             } else {
-                Work::Copy(p.start)
+                Work::Oci {
+                    start: p.start,
+                    prune: p.prune,
+                }
             };
             Planned {
                 requeue: p.requeue,
@@ -213,6 +217,7 @@ spec:
         Snapshot::Oci {
             tasks: tasks.iter().map(|(r, v)| (r.to_string(), v.clone())).collect(),
             checked: HashMap::new(),
+            pruned: HashMap::new(),
             resync: Duration::from_secs(300),
             max_attempts: plan::MAX_ATTEMPTS,
         }
@@ -259,7 +264,10 @@ spec:
                 obj("oci", false),
                 oci(&[]),
                 "False/Progressing",
-                Work::Copy(vec![("two".into(), false)]),
+                Work::Oci {
+                    start: vec![("two".into(), false)],
+                    prune: vec![],
+                },
             ),
             (
                 "oci, a copy running: nothing new starts",

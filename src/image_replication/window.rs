@@ -6,7 +6,23 @@ use jiff::civil::Time;
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
 
-use crate::api::v1alpha1::WindowSpec;
+use crate::api::v1alpha1::{ImageReplicationSpec, WindowSpec};
+
+/// How a destination held by a closed copy window says so.
+pub const NOTE: &str = "outside the copy window";
+
+/// The copy window of the spec, if it is closed at `now`: what a held destination says, and how
+/// long until it opens.
+pub fn hold(
+    spec: &ImageReplicationSpec,
+    now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> Option<(String, std::time::Duration)> {
+    let w = spec.schedule.as_ref()?.window.as_ref()?;
+    let w = parse(w).ok()?;
+    let opens = w.closed_until(now.0)?;
+    let wait = std::time::Duration::from_secs((opens.as_second() - now.0.as_second()).max(1) as u64);
+    Some((format!("{NOTE} ({}); new copies start at {opens}", w.text), wait))
+}
 
 /// A parsed daily window.
 #[derive(Clone, Debug)]

@@ -108,8 +108,9 @@ pub enum Follow {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleSpec {
-    /// VM clouds: new copies start only inside this daily window (the Alibaba seed: copy at
-    /// off-peak hours); running copies continue, drift repairs and shares are not held.
+    /// New copies (and retries) start only inside this daily window (the Alibaba seed: copy at
+    /// off-peak hours); running copies continue; drift repairs, an oci tag that moved, and
+    /// shares are not held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<WindowSpec>,
 }
@@ -223,7 +224,8 @@ pub struct SourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follow: Option<Follow>,
     /// With `follow`: how often the source is looked up again, e.g. 10m (default), 1h; 1m at
-    /// least.
+    /// least. oci: how often the source tag is looked up and the copies checked (default: the
+    /// operator's --resync-seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16))]
     pub check_interval: Option<String>,
@@ -509,6 +511,12 @@ pub struct DestinationStatus {
     /// The account that owns this region's copy, when it is not the provider's (`account`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// oci: the destination registry as the spec named it, and the copy's repository (kept so
+    /// that a destination removed from the spec can still be pruned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
     /// `source.follow`: the source image this region's copy is (being) made of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_image_id: Option<String>,

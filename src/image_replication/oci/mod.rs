@@ -40,7 +40,13 @@ pub struct Oci {
     resync: Duration,
     max_attempts: i32,
     metrics: Metrics,
+    /// Object key -> region -> how stopping a destination removed from the spec went (taken
+    /// by the next observe).
+    pruned: std::sync::Mutex<std::collections::HashMap<String, Pruned>>,
 }
+
+/// Region -> how stopping a removed destination went.
+type Pruned = std::collections::HashMap<String, Result<(), String>>;
 
 impl Oci {
     /// `wake` is called with the object's key when one of its copies ends.
@@ -58,6 +64,7 @@ impl Oci {
             resync,
             max_attempts,
             metrics,
+            pruned: Default::default(),
         }
     }
 
@@ -66,7 +73,12 @@ impl Oci {
         let key = key_of(obj);
         let tasks = self.tasks.collect(&key, now);
         let regions: Vec<String> = obj.spec.destinations.iter().map(|d| d.region.clone()).collect();
-        let checked = self.tasks.checked(&key, &regions, now, self.resync);
+        // `source.checkInterval`: how often this object's tag is looked up (its drift check).
+        let resync = match obj.spec.source.check_interval {
+            Some(_) => crate::image_replication::interval::check_interval(&obj.spec.source).unwrap_or(self.resync),
+            None => self.resync,
+        };
+        let checked = self.tasks.checked(&key, &regions, now, resync);
         for v in tasks.values() {
             let outcome = match v {
                 TaskView::Succeeded { up_to_date: true, .. } => "up_to_date",
@@ -78,10 +90,17 @@ impl Oci {
         }
         self.metrics.copy_tasks_running.set(self.tasks.len() as i64);
         self.replicator.note_copies(obj);
+        let pruned = self
+            .pruned
+            .lock()
+            .expect("pruned lock")
+            .remove(&key)
+            .unwrap_or_default();
         Snapshot::Oci {
             tasks,
             checked,
-            resync: self.resync,
+            pruned,
+            resync,
             max_attempts: self.max_attempts,
         }
     }
@@ -116,6 +135,72 @@ impl Oci {
                 }
                 r
             });
+        }
+    }
+
+    /// Stop destinations removed from the spec: the copy task cancelled; under `Delete` the copy
+    /// deleted from its registry (where the status recorded it). The outcome goes to the next
+    /// observe, and the object is woken for it.
+    async fn prune(&self, obj: &ImageReplication, secrets: &dyn Secrets, regions: &[String]) {
+        if regions.is_empty() {
+            return;
+        }
+        let key = key_of(obj);
+        let creds = credentials(obj, secrets).await;
+        for region in regions {
+            self.tasks.cancel_one(&key, region);
+            let st = obj
+                .status
+                .iter()
+                .flat_map(|s| s.destinations.iter())
+                .find(|s| &s.region == region);
+            let r = match st {
+                Some(s) if obj.spec.deletion_policy == DeletionPolicy::Delete => {
+                    self.delete_removed(obj, s, &creds).await
+                }
+                _ => Ok(()),
+            };
+            match &r {
+                Ok(()) => info!(region, "stopped a destination removed from the spec"),
+                Err(e) => {
+                    tracing::warn!(region, error = %e, "deleting a removed destination's copy failed; will try again")
+                }
+            }
+            self.pruned
+                .lock()
+                .expect("pruned lock")
+                .entry(key.clone())
+                .or_default()
+                .insert(region.clone(), r);
+        }
+        self.tasks.wake(&key);
+    }
+
+    /// Delete the copy of a removed destination, named by its status (the spec no longer has
+    /// it); a registry that refuses deletes keeps it.
+    async fn delete_removed(
+        &self,
+        obj: &ImageReplication,
+        s: &crate::api::v1alpha1::DestinationStatus,
+        creds: &Result<SecretCredentials, String>,
+    ) -> Result<(), String> {
+        let (Some(registry), Some(repository), Some(digest)) = (&s.registry, &s.repository, &s.digest) else {
+            return Ok(());
+        };
+        let creds = creds.as_ref().map_err(Clone::clone)?;
+        let dest = crate::api::v1alpha1::DestinationSpec {
+            region: s.region.clone(),
+            registry: Some(registry.clone()),
+            name: Some(repository.clone()),
+            ..Default::default()
+        };
+        match self.replicator.delete_copy(&obj.spec, &dest, digest, creds).await {
+            Ok(_)
+            | Err(OciError::Http {
+                status: 405 | 403 | 401,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -195,7 +280,10 @@ impl ImageProvider for Oci {
                         info!("suspended or invalid: cancelled running copies");
                     }
                 }
-                Work::Copy(starts) => self.start_copies(obj, secrets, starts).await,
+                Work::Oci { start, prune } => {
+                    self.prune(obj, secrets, prune).await;
+                    self.start_copies(obj, secrets, start).await;
+                }
                 Work::Nothing | Work::Vm(_) => {}
             }
         })

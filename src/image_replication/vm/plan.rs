@@ -24,9 +24,6 @@ use crate::validation;
 /// How a destination copied again after its copy was deleted outside the operator says so.
 const DRIFT_NOTE: &str = "the copy was deleted outside the operator; copying it again";
 
-/// How a destination held by a closed copy window says so.
-const WINDOW_NOTE: &str = "outside the copy window";
-
 /// A start the cloud's setup prevents (a region the catalog lacks) is tried again this often,
 /// without counting attempts.
 pub const SETUP_RETRY: Duration = Duration::from_secs(60);
@@ -241,7 +238,7 @@ pub fn vm_plan(
         .map(|s| rules::check(kind, spec, s, limits))
         .unwrap_or_default();
     let waiting = source.as_ref().and_then(rules::wait_reason);
-    let held = window_hold(spec, now);
+    let held = crate::image_replication::window::hold(spec, now);
     let may_start = *gate == Gate::Open && source.is_some() && refused.is_empty() && waiting.is_none();
 
     let mut p = VmPlan {
@@ -383,16 +380,6 @@ fn shared_in_place(s: &mut DestinationStatus, source: Option<&ImageInfo>) {
         s.image_id = Some(src.id.clone());
         s.message = Some("the source image itself (same region: shared, not copied)".into());
     }
-}
-
-/// The copy window of the spec, if it is closed now: what a held destination says, and how
-/// long until it opens.
-fn window_hold(spec: &ImageReplicationSpec, now: &Time) -> Option<(String, Duration)> {
-    let w = spec.schedule.as_ref()?.window.as_ref()?;
-    let w = crate::image_replication::window::parse(w).ok()?;
-    let opens = w.closed_until(now.0)?;
-    let wait = Duration::from_secs((opens.as_second() - now.0.as_second()).max(1) as u64);
-    Some((format!("{WINDOW_NOTE} ({}); new copies start at {opens}", w.text), wait))
 }
 
 /// A destination removed from the spec (what Argo CD and Flux users expect when they delete a

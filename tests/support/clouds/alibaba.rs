@@ -15,7 +15,7 @@ fn ali_image(i: &Img) -> Value {
         "ImageId": i.id, "ImageName": i.name, "Description": i.description, "Size": i.size_gib,
         "Status": if i.ready() { "Available" } else { "Creating" },
         "Progress": format!("{}%", i.progress()), "ImageOwnerAlias": "self", "IsCopied": i.copy.is_some(),
-        "CreationTime": k8s_openapi::jiff::Timestamp::from_second(i.created_unix).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default(),
+        "CreationTime": created_text(i.created_unix, "%Y-%m-%dT%H:%M:%SZ"),
         "DiskDeviceMappings": {"DiskDeviceMapping": [{"Encrypted": i.encrypted, "Size": i.size_gib.to_string()}]},
         "Tags": {"Tag": i.tags.iter().map(|(k, v)| json!({"TagKey": k, "TagValue": v})).collect::<Vec<_>>()},
     });

@@ -40,12 +40,13 @@ fn aws_image(i: &Img) -> String {
         .map(|s| format!("<item><deviceName>/dev/xvda</deviceName><ebs><snapshotId>{s}</snapshotId><volumeSize>{}</volumeSize><encrypted>{}</encrypted></ebs></item>", i.size_gib, i.encrypted))
         .collect();
     format!(
-        "<item><imageId>{}</imageId><name>{}</name><description>{}</description><imageState>{}</imageState><isPublic>{}</isPublic><blockDeviceMapping>{bdm}</blockDeviceMapping><tagSet>{tags}</tagSet></item>",
+        "<item><imageId>{}</imageId><name>{}</name><description>{}</description><imageState>{}</imageState><isPublic>{}</isPublic><creationDate>{}</creationDate><blockDeviceMapping>{bdm}</blockDeviceMapping><tagSet>{tags}</tagSet></item>",
         i.id,
         esc(&i.name),
         esc(&i.description),
         if i.ready() { "available" } else { "pending" },
         i.extra.get("isPublic").and_then(Value::as_bool).unwrap_or(false),
+        created_text(i.created_unix, "%Y-%m-%dT%H:%M:%S.000Z"),
     )
 }
 
@@ -120,7 +121,8 @@ pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap
                 .filter(|i| {
                     filters.iter().all(|(n, v)| match n.strip_prefix("tag:") {
                         Some(k) => i.tags.get(k) == Some(v),
-                        None if n == "name" => i.name == *v,
+                        // EC2 filter values take `*` and `?` wildcards.
+                        None if n == "name" => wildcard(v, &i.name),
                         None => true,
                     })
                 })

@@ -12,6 +12,7 @@ fn hw_image(i: &Img) -> Value {
         "status": if i.ready() { "active" } else { "saving" },
         "__imagetype": "private", "disk_format": "zvhd2", "visibility": "private",
         "__image_size": (i.size_gib << 30).to_string(), "min_disk": i.size_gib,
+        "created_at": created_text(i.created_unix, "%Y-%m-%dT%H:%M:%SZ"),
         // The list API's filter form; the operator also reads `key.value`.
         "tags": i.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
     });

@@ -202,6 +202,13 @@ impl Stand {
         id
     }
 
+    /// Set an image's creation time (Unix seconds).
+    pub fn set_created(&self, id: &str, unix: i64) {
+        for i in self.state.images.lock().unwrap().iter_mut().filter(|i| i.id == id) {
+            i.created_unix = unix;
+        }
+    }
+
     pub fn set_copy_time(&self, region: &str, d: Duration) {
         self.state.copy_time.lock().unwrap().insert(region.into(), d);
     }
@@ -294,6 +301,27 @@ impl Stand {
             .into_iter()
             .filter(|r| r.action() == what || format!("{} {}", r.method, r.path).contains(what))
             .collect()
+    }
+}
+
+/// A creation time as a cloud writes it.
+fn created_text(unix: i64, format: &str) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(unix)
+        .map(|t| t.strftime(format).to_string())
+        .unwrap_or_default()
+}
+
+/// A `*`/`?` wildcard match, as EC2's filters take.
+fn wildcard(pattern: &str, s: &str) -> bool {
+    match (pattern.chars().next(), s.chars().next()) {
+        (None, None) => true,
+        (Some('*'), _) => {
+            wildcard(&pattern[1..], s)
+                || (!s.is_empty() && wildcard(pattern, &s[s.chars().next().unwrap().len_utf8()..]))
+        }
+        (Some('?'), Some(c)) => wildcard(&pattern[1..], &s[c.len_utf8()..]),
+        (Some(p), Some(c)) if p == c => wildcard(&pattern[p.len_utf8()..], &s[c.len_utf8()..]),
+        _ => false,
     }
 }
 
