@@ -166,7 +166,7 @@ pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
 
 /// The rules of `source.follow`, `source.checkInterval` and `retention`.
 fn follow_and_retention(out: &mut Vec<Violation>, spec: &ImageReplicationSpec) {
-    use crate::image_replication::interval as follow;
+    use crate::image_replication::over_time as follow;
     let src = &spec.source;
     let glob = src.image_name.as_deref().is_some_and(|n| n.contains(['*', '?']));
     let following = follow::following(src);

@@ -1052,7 +1052,7 @@ async fn a_moving_tag_is_followed_published_and_a_removed_destination_pruned() {
     let Some(sc) = Scene::new("tag").await else { return };
     let (a, b, cc) = (TestRegistry::start(), TestRegistry::start(), TestRegistry::start());
     let (first, _) = a.seed("team/web", "1.4", &[]);
-    let _op = sc.operator("op-a", &["--resync-seconds", "3600"]);
+    let op = sc.operator("op-a", &["--resync-seconds", "3600"]);
     let api = sc.irs();
     let mut obj = oci_object(&sc.ns, "web", &a, &b, "team/web", "Delete");
     obj.spec.source.check_interval = Some("1m".into());
@@ -1094,6 +1094,18 @@ async fn a_moving_tag_is_followed_published_and_a_removed_destination_pruned() {
     })
     .await;
     sc.wait_event("web", "SourceChanged").await;
+    // The status names the source and the digest its tag now resolves to; the freshness
+    // metric reads 0 for a region once it holds that digest.
+    let st = api.get("web").await.unwrap().status.unwrap();
+    assert_eq!(st.source.as_ref().unwrap().digest.as_deref(), Some(moved.as_str()));
+    let series = format!(
+        "imgrep_destination_outdated{{imagereplication=\"{}/web\",region=\"region-b\"}} 0",
+        sc.ns
+    );
+    eventually(WAIT, "region-b up to date in the metrics", || async {
+        op.http_get("/metrics")?.1.contains(&series).then_some(())
+    })
+    .await;
 
     // region-c leaves the spec: its copy is deleted, the destination forgotten.
     let mut o = api.get("web").await.unwrap();

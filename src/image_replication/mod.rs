@@ -5,8 +5,8 @@
 //! pure rules and planner, the per-account quota, the engine shell, one provider per cloud on
 //! it, and one module per cloud under [`vm::providers`]).
 
-pub mod interval;
 pub mod oci;
+pub mod over_time;
 pub mod plan;
 pub mod provider;
 pub mod publish;

@@ -156,7 +156,7 @@ pub fn oci_plan(
         status: ImageReplicationStatus {
             observed_generation: generation,
             conditions: conditions::merge(&old.conditions, &desired, generation, now),
-            source: old.source.clone(),
+            source: oci_source(spec, old.source.as_ref(), &destinations, now),
             destinations,
             summary: Some(summary),
             last_handled_retry: retry.or(old.last_handled_retry.clone()),
@@ -168,6 +168,35 @@ pub fn oci_plan(
         events,
         prune,
     }
+}
+
+/// The source as the status shows it: the reference, and the digest its tag last resolved to —
+/// that of the most recent copy or repair — with when it became that (`resolvedAt`), so that a
+/// region still holding an earlier digest reads as outdated.
+fn oci_source(
+    spec: &ImageReplicationSpec,
+    old: Option<&SourceStatus>,
+    destinations: &[DestinationStatus],
+    now: &Time,
+) -> Option<SourceStatus> {
+    let newest = destinations
+        .iter()
+        .filter(|d| d.phase == DestinationPhase::Available && spec.destinations.iter().any(|s| s.region == d.region))
+        .filter(|d| d.digest.is_some())
+        .max_by_key(|d| d.completed_at.as_ref().map(|t| t.0.as_second()));
+    let Some(digest) = newest.and_then(|d| d.digest.clone()) else {
+        return old.cloned();
+    };
+    let resolved_at = match old {
+        Some(o) if o.digest.as_deref() == Some(digest.as_str()) => o.resolved_at.clone().or_else(|| Some(now.clone())),
+        _ => Some(now.clone()),
+    };
+    Some(SourceStatus {
+        name: spec.source.reference.clone(),
+        digest: Some(digest),
+        resolved_at,
+        ..Default::default()
+    })
 }
 
 /// A destination removed from the spec (what Argo CD and Flux users expect when they delete a

@@ -340,3 +340,42 @@ mod tests {
         assert!(text.contains("imgrep_reconcile_errors_total{category=\"kube\",controller=\"image_replication\"} 1"));
     }
 }
+
+/// The freshness series (`imgrep_destination_outdated` and its since-timestamp) of each
+/// ImageReplication an engine reconciles, and which regions each has, so that the series of a
+/// region the object no longer has go.
+#[derive(Default)]
+pub struct Freshness {
+    regions: std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<String>>>,
+}
+
+impl Freshness {
+    /// Set the object's series: per region, since when it is outdated (`None`: up to date).
+    pub fn record(&self, m: &Metrics, key: &str, now: Vec<(String, Option<i64>)>) {
+        let regions: std::collections::HashSet<String> = now.iter().map(|(r, _)| r.clone()).collect();
+        let gone = self
+            .regions
+            .lock()
+            .expect("freshness lock")
+            .insert(key.to_string(), regions.clone())
+            .unwrap_or_default();
+        for r in gone.difference(&regions) {
+            let _ = m.destination_outdated.remove_label_values(&[key, r]);
+            let _ = m.destination_outdated_since.remove_label_values(&[key, r]);
+        }
+        for (region, since) in now {
+            m.destination_outdated
+                .with_label_values(&[key, &region])
+                .set(i64::from(since.is_some()));
+            m.destination_outdated_since
+                .with_label_values(&[key, &region])
+                .set(since.unwrap_or(0) as f64);
+        }
+    }
+
+    /// The object is gone: its series go.
+    pub fn forget(&self, m: &Metrics, key: &str) {
+        self.record(m, key, Vec::new());
+        self.regions.lock().expect("freshness lock").remove(key);
+    }
+}

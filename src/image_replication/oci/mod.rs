@@ -43,6 +43,7 @@ pub struct Oci {
     /// Object key -> region -> how stopping a destination removed from the spec went (taken
     /// by the next observe).
     pruned: std::sync::Mutex<std::collections::HashMap<String, Pruned>>,
+    freshness: crate::server::metrics::Freshness,
 }
 
 /// Region -> how stopping a removed destination went.
@@ -65,6 +66,7 @@ impl Oci {
             max_attempts,
             metrics,
             pruned: Default::default(),
+            freshness: Default::default(),
         }
     }
 
@@ -75,7 +77,7 @@ impl Oci {
         let regions: Vec<String> = obj.spec.destinations.iter().map(|d| d.region.clone()).collect();
         // `source.checkInterval`: how often this object's tag is looked up (its drift check).
         let resync = match obj.spec.source.check_interval {
-            Some(_) => crate::image_replication::interval::check_interval(&obj.spec.source).unwrap_or(self.resync),
+            Some(_) => crate::image_replication::over_time::check_interval(&obj.spec.source).unwrap_or(self.resync),
             None => self.resync,
         };
         let checked = self.tasks.checked(&key, &regions, now, resync);
@@ -89,6 +91,10 @@ impl Oci {
             self.metrics.copy_tasks.with_label_values(&["oci", outcome]).inc();
         }
         self.metrics.copy_tasks_running.set(self.tasks.len() as i64);
+        if let Some(st) = &obj.status {
+            let outdated = crate::image_replication::over_time::outdated(st);
+            self.freshness.record(&self.metrics, &key, outdated);
+        }
         self.replicator.note_copies(obj);
         let pruned = self
             .pruned
@@ -208,6 +214,7 @@ impl Oci {
     async fn remove(&self, obj: &ImageReplication, secrets: &dyn Secrets) -> Result<String, String> {
         let cancelled = self.tasks.cancel_all(&key_of(obj));
         self.tasks.forget(&key_of(obj));
+        self.freshness.forget(&self.metrics, &key_of(obj));
         let mut note = format!("deletionPolicy {:?}", obj.spec.deletion_policy);
         if cancelled > 0 {
             note.push_str(&format!("; cancelled {cancelled} copies in flight"));

@@ -76,8 +76,6 @@ struct Memory {
     share_states: Vec<(&'static str, SharePhase)>,
     /// `source.follow`: when the source was last looked up, and what was found.
     follow: Option<(i64, Result<ImageInfo, ProviderError>)>,
-    /// The regions whose freshness series this object has.
-    fresh_regions: HashSet<String>,
     /// Copies of earlier sources deleted by the last act (image id -> outcome).
     retired: HashMap<String, Result<(), ProviderError>>,
 }
@@ -119,6 +117,7 @@ pub struct VmEngine {
     wake: Wake,
     memory: Mutex<HashMap<String, Memory>>,
     metrics: Option<Metrics>,
+    freshness: crate::server::metrics::Freshness,
 }
 
 /// Accounts read from Secrets other than the provider's, by Secret name: the owners of
@@ -317,6 +316,7 @@ impl VmEngine {
             wake,
             memory: Mutex::new(HashMap::new()),
             metrics,
+            freshness: Default::default(),
         }
     }
 
@@ -817,28 +817,7 @@ impl VmEngine {
             mem.share_states = shares;
         });
         self.refresh_gauges(kind);
-        self.record_freshness(key, &plan.status);
-    }
-
-    /// `imgrep_destination_outdated` and its since-timestamp for each region of the object;
-    /// the series of regions it no longer has go.
-    fn record_freshness(&self, key: &str, status: &ImageReplicationStatus) {
-        let Some(m) = &self.metrics else { return };
-        let now: Vec<(String, Option<i64>)> = follow::outdated(status);
-        let regions: HashSet<String> = now.iter().map(|(r, _)| r.clone()).collect();
-        let gone = self.with_mem(key, |mem| std::mem::replace(&mut mem.fresh_regions, regions.clone()));
-        for r in gone.difference(&regions) {
-            let _ = m.destination_outdated.remove_label_values(&[key, r]);
-            let _ = m.destination_outdated_since.remove_label_values(&[key, r]);
-        }
-        for (region, since) in now {
-            m.destination_outdated
-                .with_label_values(&[key, &region])
-                .set(i64::from(since.is_some()));
-            m.destination_outdated_since
-                .with_label_values(&[key, &region])
-                .set(since.unwrap_or(0) as f64);
-        }
+        self.freshness.record(m, key, follow::outdated(&plan.status));
     }
 
     fn refresh_gauges(&self, kind: &str) {
@@ -1289,7 +1268,9 @@ impl VmEngine {
             }
         }
         self.quota.release(&key);
-        self.record_freshness(&key, &ImageReplicationStatus::default());
+        if let Some(m) = &self.metrics {
+            self.freshness.forget(m, &key);
+        }
         self.memory.lock().expect("vm memory").remove(&key);
         if let Some(p) = self.metrics.as_ref().map(|_| provider.kind().as_str()) {
             self.refresh_gauges(p);

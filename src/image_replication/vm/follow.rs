@@ -12,10 +12,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{ImageInfo, ImageState, ProviderError};
 use crate::api::v1alpha1::{
-    DeletionPolicy, DestinationPhase, DestinationStatus, ImageReplicationSpec, ImageReplicationStatus, PreviousCopy,
-    SharePhase,
+    DeletionPolicy, DestinationPhase, DestinationStatus, ImageReplicationSpec, PreviousCopy, SharePhase,
 };
-pub use crate::image_replication::interval::{DEFAULT_CHECK, MIN_CHECK, check_interval, following};
+pub use crate::image_replication::over_time::{DEFAULT_CHECK, MIN_CHECK, check_interval, following, outdated};
 use crate::plan::Announcement;
 
 /// Without `retention.keep`, at most this many earlier copies per region are listed in
@@ -291,25 +290,6 @@ pub fn superseded_in_flight(s: &DestinationStatus, current: &str, old_source: Op
     in_flight && copy_source(s, old_source).is_some_and(|of| of != current)
 }
 
-/// Per destination: whether it is outdated (no Available copy of the current source) and,
-/// if so, since when (the current source's `resolvedAt`, Unix seconds).
-pub fn outdated(status: &ImageReplicationStatus) -> Vec<(String, Option<i64>)> {
-    let current = status.source.as_ref().and_then(|s| s.image_id.as_deref());
-    let since = status
-        .source
-        .as_ref()
-        .and_then(|s| s.resolved_at.as_ref())
-        .map(|t| t.0.as_second());
-    status
-        .destinations
-        .iter()
-        .map(|d| {
-            let fresh = d.phase == DestinationPhase::Available && copy_source(d, current) == current;
-            (d.region.clone(), if fresh { None } else { Some(since.unwrap_or(0)) })
-        })
-        .collect()
-}
-
 /// The source status of a newly resolved image: `resolvedAt` is now when the image changed,
 /// else what it was.
 pub fn resolved_at(old: Option<&crate::api::v1alpha1::SourceStatus>, id: &str, now: &Time) -> Option<Time> {
@@ -495,33 +475,6 @@ mod tests {
             .map(|p| p.image_id)
             .collect();
         assert_eq!(ids, vec!["d1", "c3", "c2", "c1"]);
-    }
-
-    #[test]
-    fn a_region_is_outdated_until_it_has_an_available_copy_of_the_current_source() {
-        let mut st = ImageReplicationStatus {
-            source: Some(crate::api::v1alpha1::SourceStatus {
-                image_id: Some("s2".into()),
-                resolved_at: Some(crate::plan::test_at(100)),
-                ..Default::default()
-            }),
-            destinations: vec![
-                dest(DestinationPhase::Available, "s2"),
-                dest(DestinationPhase::Available, "s1"),
-            ],
-            ..Default::default()
-        };
-        st.destinations[1].region = "r3".into();
-        let since = crate::plan::test_at(100).0.as_second();
-        assert_eq!(
-            outdated(&st),
-            vec![("r2".to_string(), None), ("r3".to_string(), Some(since))]
-        );
-        st.destinations[0].phase = DestinationPhase::Copying;
-        assert_eq!(outdated(&st)[0], ("r2".to_string(), Some(since)));
-        // A fixed source (no copy source recorded): the status's source.
-        st.destinations[1].source_image_id = None;
-        assert_eq!(outdated(&st)[1], ("r3".to_string(), None));
     }
 
     #[test]
