@@ -1433,6 +1433,43 @@ spec:
         }
     }
 
+    /// A followed source that can no longer be found (every image of the pattern deleted):
+    /// the copies stay Available, nothing is deleted or restarted, and Ready says so.
+    #[test]
+    fn a_followed_source_that_vanishes_keeps_its_copies_and_says_so() {
+        let mut o = obj();
+        following(&mut o);
+        let grant = [("two", Admission::Granted), ("three", Admission::Granted)];
+        step(&mut o, &Gate::Open, &newer("img-1", true, &[]), 0, &grant);
+        let done = [
+            ("two", finished("c2", TaskPhase::Succeeded)),
+            ("three", finished("c3", TaskPhase::Succeeded)),
+        ];
+        step(&mut o, &Gate::Open, &newer("img-1", true, &done), 5, &[]);
+        let mut gone = observed(&[]);
+        gone.source = Some(Err(ProviderError::not_found(
+            "no available image matches \"web-*\" in one",
+        )));
+        let p = step(&mut o, &Gate::Open, &gone, 10, &[]);
+        assert!(p.start.is_empty() && p.cancel.is_empty() && p.retire.is_empty());
+        assert!(
+            p.status
+                .destinations
+                .iter()
+                .all(|d| d.phase == DestinationPhase::Available)
+        );
+        let ready = cond(&p, "Ready");
+        assert_eq!(ready.status, "True");
+        assert!(
+            ready
+                .message
+                .contains("these copies are kept: no available image matches"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(p.status.source.as_ref().unwrap().image_id.as_deref(), Some("img-1"));
+    }
+
     /// A closed copy window (22:00-06:00 UTC; the test clock starts at 08:00) holds new copies
     /// Queued with the next opening and reason OutsideCopyWindow; they start when it opens; a
     /// drift repair in the closed hours is not held.
