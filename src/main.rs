@@ -100,6 +100,12 @@ struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE")]
     namespace: Option<String>,
+    /// Reconcile only the objects (of both kinds) with these labels, e.g.
+    /// `replication.imageops.io/shard in (a)` (a shard; README: Shards). An object whose labels
+    /// stop matching is let go: its copies in the clouds go on, the process's oci copies of it
+    /// are cancelled, and the process that now matches takes it over.
+    #[arg(long, env = "WATCH_LABEL_SELECTOR")]
+    watch_label_selector: Option<String>,
     /// Objects reconciled at once per controller.
     #[arg(long, default_value_t = 8)]
     concurrency: u16,
@@ -368,7 +374,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     notifications.set_active(true);
     let mut controllers = tokio::spawn(controller::run(
         ctx,
-        args.namespace.clone(),
+        controller::Scope {
+            namespace: args.namespace.clone(),
+            labels: args.watch_label_selector.clone(),
+        },
         args.concurrency,
         health.clone(),
         stop_rx.clone(),

@@ -222,6 +222,109 @@ fn egress_policy_values_reach_the_operator() {
     );
 }
 
+/// `shards: [a, b]`: the main Deployment takes the objects of no shard, one Deployment per
+/// shard takes its own; each has its own Lease and Service, none selects another's pods, all
+/// are one installation with one ServiceAccount. A bad shard name is refused.
+#[test]
+fn shards_render_one_deployment_each_with_disjoint_selectors() {
+    let rendered = docs(&support::helm(&[
+        "template",
+        "r",
+        CHART,
+        "--set",
+        "shards={a,b}",
+        "--set",
+        "networkPolicy.enabled=true",
+    ]));
+    let deployments: Vec<&Value> = rendered.iter().filter(|d| d["kind"] == "Deployment").collect();
+    assert_eq!(deployments.len(), 3);
+    let arg = |d: &Value, flag: &str| -> Option<String> {
+        d["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_str)
+            .find_map(|a| a.strip_prefix(&format!("{flag}=")).map(String::from))
+    };
+    let env = |d: &Value, name: &str| -> Option<String> {
+        d["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()?
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str().map(String::from))
+    };
+    let mut selectors: Vec<String> = deployments
+        .iter()
+        .map(|d| arg(d, "--watch-label-selector").unwrap())
+        .collect();
+    selectors.sort();
+    assert_eq!(
+        selectors,
+        [
+            "replication.imageops.io/shard in (a)",
+            "replication.imageops.io/shard in (b)",
+            "replication.imageops.io/shard notin (a,b)"
+        ]
+    );
+    let leases: std::collections::BTreeSet<String> =
+        deployments.iter().map(|d| arg(d, "--lease-name").unwrap()).collect();
+    assert_eq!(leases.len(), 3, "{leases:?}");
+    let installs: std::collections::BTreeSet<String> =
+        deployments.iter().map(|d| env(d, "INSTALLATION").unwrap()).collect();
+    assert_eq!(installs.len(), 1, "one installation: {installs:?}");
+    let accounts: std::collections::BTreeSet<&str> = deployments
+        .iter()
+        .map(|d| d["spec"]["template"]["spec"]["serviceAccountName"].as_str().unwrap())
+        .collect();
+    assert_eq!(accounts.len(), 1);
+    // No Deployment's selector matches another's pods.
+    let matches = |sel: &Value, labels: &Value| sel.as_object().unwrap().iter().all(|(k, v)| labels.get(k) == Some(v));
+    for d in &deployments {
+        for e in deployments
+            .iter()
+            .filter(|e| e["metadata"]["name"] != d["metadata"]["name"])
+        {
+            assert!(
+                !matches(
+                    &d["spec"]["selector"]["matchLabels"],
+                    &e["spec"]["template"]["metadata"]["labels"]
+                ),
+                "{} selects the pods of {}",
+                d["metadata"]["name"],
+                e["metadata"]["name"]
+            );
+        }
+    }
+    // One Service per Deployment, each selecting its pods; the network policy admits them all.
+    let services: Vec<&Value> = rendered.iter().filter(|d| d["kind"] == "Service").collect();
+    assert_eq!(services.len(), 3);
+    for d in &deployments {
+        let pods = &d["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(
+            services
+                .iter()
+                .filter(|s| matches(&s["spec"]["selector"], pods))
+                .count(),
+            1
+        );
+    }
+    let np = rendered.iter().find(|d| d["kind"] == "NetworkPolicy").unwrap();
+    let admitted = np["spec"]["podSelector"]["matchExpressions"][0]["values"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(admitted, 3);
+    // Without shards: one Deployment that watches everything.
+    let plain = docs(&render());
+    let d = plain.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(arg(d, "--watch-label-selector"), None);
+    let out = Command::new(support::tool("HELM", ".tools/bin/helm", "helm"))
+        .args(["template", "x", CHART, "--set", "shards={Bad_Name}"])
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("shards"));
+}
+
 // ---------- Argo CD health check ----------
 
 fn lua_literal(v: &Value) -> String {

@@ -986,8 +986,11 @@ async fn a_golden_image_pipeline_on_real_glance() {
     };
     let st = settle("golden-1").await;
     let v1: Vec<String> = st.destinations.iter().map(|d| d.image_id.clone().unwrap()).collect();
-    let cm = cms.get("golden-images").await.unwrap().data.unwrap();
-    assert_eq!(cm.get("region-two"), Some(&v1[0]));
+    eventually(WAIT, "golden-1's copy published", || async {
+        let cm = cms.get("golden-images").await.ok()?.data?;
+        (cm.get("region-two") == Some(&v1[0])).then_some(())
+    })
+    .await;
     assert!(st.source.as_ref().unwrap().resolved_at.is_some());
 
     // The pipeline pushes golden-2 (a second later: Glance's created_at has whole seconds).
@@ -997,8 +1000,12 @@ async fn a_golden_image_pipeline_on_real_glance() {
     let st = settle("golden-2").await;
     let v2: Vec<String> = st.destinations.iter().map(|d| d.image_id.clone().unwrap()).collect();
     assert!(v2.iter().all(|id| !v1.contains(id)), "new copies");
-    let cm = cms.get("golden-images").await.unwrap().data.unwrap();
-    assert_eq!(cm.get("region-two"), Some(&v2[0]), "the ConfigMap flipped");
+    // The ConfigMap is written just after the status: it flips.
+    eventually(WAIT, "the ConfigMap flipped", || async {
+        let cm = cms.get("golden-images").await.ok()?.data?;
+        (cm.get("region-two") == Some(&v2[0])).then_some(())
+    })
+    .await;
     let kept: Vec<&str> = st.previous.iter().map(|c| c.image_id.as_str()).collect();
     assert!(v1.iter().all(|id| kept.contains(&id.as_str())), "{kept:?}");
     assert_eq!(two.copies_in("region-two").await.len(), 2);
@@ -1098,12 +1105,9 @@ async fn a_moving_tag_is_followed_published_and_a_removed_destination_pruned() {
     // metric reads 0 for a region once it holds that digest.
     let st = api.get("web").await.unwrap().status.unwrap();
     assert_eq!(st.source.as_ref().unwrap().digest.as_deref(), Some(moved.as_str()));
-    let series = format!(
-        "imgrep_destination_outdated{{imagereplication=\"{}/web\",region=\"region-b\"}} 0",
-        sc.ns
-    );
+    let series = "imgrep_destinations_outdated{provider=\"oci\",region=\"region-b\"} 0";
     eventually(WAIT, "region-b up to date in the metrics", || async {
-        op.http_get("/metrics")?.1.contains(&series).then_some(())
+        op.http_get("/metrics")?.1.contains(series).then_some(())
     })
     .await;
 
@@ -1123,4 +1127,110 @@ async fn a_moving_tag_is_followed_published_and_a_removed_destination_pruned() {
     );
     assert_eq!(b.digest_of("team/web", "1.4"), Some(moved.clone()), "the other stays");
     sc.wait_event("web", "DestinationRemoved").await;
+}
+
+/// Two shards of one installation on the real API server, as the chart runs them: shard `a`
+/// (`--watch-label-selector replication.imageops.io/shard in (a)`) and the main process
+/// (`notin (a)`), each with its own Lease, one installation name. Each object is reconciled by
+/// exactly one process (its Events' reporting instance); an object relabelled to shard `a`
+/// mid-copy is let go by the main process and taken over by shard `a`, which finds the copy by
+/// its idempotency token: one CopyImage per object, never two.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_label_shards_split_the_objects_and_hand_one_over_without_a_second_copy() {
+    use support::clouds::{Kind, Stand};
+    let Some(sc) = Scene::new("shards").await else { return };
+    let ecs = Stand::start(Kind::Alibaba).await;
+    let (src_region, dst_region, data, _) = ecs.account();
+    ecs.set_copy_time(dst_region, Duration::from_secs(8));
+    support::secret_in(&sc.c, &sc.ns, "ali", &data).await;
+    let installation = format!("{}/iro", sc.ns);
+    let shard = |name: &str, selector: &str| {
+        let lease = format!("iro-{name}");
+        let args = [
+            "--leader-elect",
+            "--lease-name",
+            lease.as_str(),
+            "--installation",
+            installation.as_str(),
+            "--watch-label-selector",
+            selector,
+            "--poll-min-seconds",
+            "1",
+            "--poll-max-seconds",
+            "1",
+        ];
+        sc.operator(&format!("op-{name}"), &args)
+    };
+    let _a = shard("a", "replication.imageops.io/shard in (a)");
+    let _main = shard("main", "replication.imageops.io/shard notin (a)");
+    let api = sc.irs();
+    let object = |name: &str, label: Option<&str>| -> ImageReplication {
+        let src = ecs.add(src_region, name, 20, json!({}));
+        let mut o: ImageReplication = serde_json::from_value(json!({
+            "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
+            "metadata": {"name": name, "namespace": sc.ns},
+            "spec": {
+                "provider": {"kind": "alibaba", "credentialsSecretRef": {"name": "ali"}, "endpoint": ecs.url},
+                "source": {"region": src_region, "imageId": src},
+                "destinations": [{"region": dst_region}]
+            }
+        }))
+        .unwrap();
+        if let Some(l) = label {
+            o.metadata.labels = Some([("replication.imageops.io/shard".to_string(), l.to_string())].into());
+        }
+        o
+    };
+    api.create(&PostParams::default(), &object("in-a", Some("a")))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &object("moves", None))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &object("stays", None))
+        .await
+        .unwrap();
+    // `moves` starts copying in the main process; then it is relabelled to shard a.
+    eventually(WAIT, "moves copying", || async {
+        let st = api.get("moves").await.ok()?.status?;
+        (st.destinations.first()?.phase == DestinationPhase::Copying).then_some(())
+    })
+    .await;
+    let patch = json!({"metadata": {"labels": {"replication.imageops.io/shard": "a"}}});
+    api.patch(
+        "moves",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    for name in ["in-a", "moves", "stays"] {
+        wait_ready(&api, name).await;
+    }
+    let (c, ns) = (&sc.c, &sc.ns);
+    let reporters = |name: &'static str| async move {
+        let mut r: Vec<String> = support::events_in(c, ns, name)
+            .await
+            .into_iter()
+            .filter_map(|e| e.reporting_instance)
+            .collect();
+        r.sort();
+        r.dedup();
+        r
+    };
+    assert_eq!(reporters("in-a").await, vec!["op-a".to_string()]);
+    assert_eq!(reporters("stays").await, vec!["op-main".to_string()]);
+    let moved = reporters("moves").await;
+    assert!(moved.contains(&"op-a".to_string()), "shard a took it over: {moved:?}");
+    let copies = ecs.calls("CopyImage").len();
+    assert_eq!(
+        copies, 3,
+        "one CopyImage per object, none repeated by the shard that took one over"
+    );
+    let o = api.get("moves").await.unwrap();
+    assert_eq!(
+        o.annotations().get("replication.imageops.io/installation"),
+        Some(&installation),
+        "both shards are one installation"
+    );
 }

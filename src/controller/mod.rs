@@ -565,10 +565,26 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// `kubectl apply` annotation: the operator reads neither (status is written with server-side
 /// apply, finalizers with a JSON patch), and at thousands of objects they are a large share of
 /// its memory.
-fn trimmed_controller<K: Managed>(api: Api<K>) -> Controller<K> {
+fn trimmed_controller<K: Managed>(
+    api: Api<K>,
+    labels: Option<&str>,
+    on_leave: impl Fn(&K) + Send + Sync + 'static,
+) -> Controller<K> {
+    use futures::TryStreamExt;
     use kube::runtime::WatchStreamExt;
     let (reader, writer) = kube::runtime::reflector::store();
-    let stream = watcher(api, watcher::Config::default())
+    let mut cfg = watcher::Config::default();
+    if let Some(l) = labels {
+        cfg = cfg.labels(l);
+    }
+    // An object that leaves the watch (deleted, or its labels no longer match this shard's
+    // selector: the API server sends it as deleted) is let go.
+    let stream = watcher(api, cfg)
+        .inspect_ok(move |e| {
+            if let watcher::Event::Delete(o) = e {
+                on_leave(o);
+            }
+        })
         .default_backoff()
         .modify(|o: &mut K| {
             o.managed_fields_mut().clear();
@@ -579,20 +595,29 @@ fn trimmed_controller<K: Managed>(api: Api<K>) -> Controller<K> {
     Controller::for_stream(stream, reader)
 }
 
+/// What one operator process watches: a namespace (or all) and a label selector (a shard).
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    pub namespace: Option<String>,
+    pub labels: Option<String>,
+}
+
 pub async fn run(
     ctx: Arc<Context>,
-    namespace: Option<String>,
+    scope: Scope,
     concurrency: u16,
     health: Arc<Health>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let cfg = ControllerConfig::default().concurrency(concurrency);
-    let ns = namespace.as_deref();
+    let ns = scope.namespace.as_deref();
+    let labels = scope.labels.as_deref();
+    let mut lp = kube::api::ListParams::default();
+    if let Some(l) = labels {
+        lp = lp.labels(l);
+    }
     // Copies in flight before a restart hold their quota slots before anything new starts.
-    match api_for::<ImageReplication>(&ctx.client, ns)
-        .list(&Default::default())
-        .await
-    {
+    match api_for::<ImageReplication>(&ctx.client, ns).list(&lp).await {
         Ok(list) => list.items.iter().for_each(|o| {
             if let Some(p) = ctx.env.providers.image(o.spec.provider.kind) {
                 p.seed(o);
@@ -600,10 +625,16 @@ pub async fn run(
         }),
         Err(e) => warn!(error = %e, "could not list ImageReplications to seed the copy quota"),
     }
-    let ir = trimmed_controller(api_for::<ImageReplication>(&ctx.client, ns))
+    let leaving = ctx.clone();
+    let let_go = move |o: &ImageReplication| {
+        if let Some(p) = leaving.env.providers.image(o.spec.provider.kind) {
+            p.release(o);
+        }
+    };
+    let ir = trimmed_controller(api_for::<ImageReplication>(&ctx.client, ns), labels, let_go)
         .with_config(cfg.clone())
         .graceful_shutdown_on(stopped(stop.clone()));
-    let ri = trimmed_controller(api_for::<ReplicaInstance>(&ctx.client, ns))
+    let ri = trimmed_controller(api_for::<ReplicaInstance>(&ctx.client, ns), labels, |_| {})
         .with_config(cfg)
         .graceful_shutdown_on(stopped(stop.clone()));
     let (ir_rx, ri_rx) = ctx

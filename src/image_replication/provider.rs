@@ -69,6 +69,10 @@ pub trait ImageProvider: Send + Sync {
     /// An object found at start-up, before anything new starts (copies in flight hold their
     /// quota slots).
     fn seed(&self, _obj: &ImageReplication) {}
+    /// The object left this process's watch (deleted, or moved to another shard): forget what
+    /// is held for it in memory (quota slots, oci copy tasks). Copies in the clouds go on; the
+    /// process that takes the object over finds them by their idempotency tokens.
+    fn release(&self, _obj: &ImageReplication) {}
     /// All the I/O of one reconcile (`gate`: the object's rules and suspend, already checked).
     fn observe<'a>(
         &'a self,

@@ -29,10 +29,10 @@ pub struct Metrics {
     pub vm_copies: prometheus::IntGaugeVec,
     /// VM image shares now, by provider and state.
     pub vm_shares: prometheus::IntGaugeVec,
-    /// 1 while a region has no Available copy of its object's current source, else 0.
+    /// Destinations with no Available copy of their object's current source, by provider and
+    /// region.
     pub destination_outdated: prometheus::IntGaugeVec,
-    /// While a region is outdated: when its current source was found (Unix seconds); 0 when
-    /// it is up to date.
+    /// The oldest of them: when its current source was found (Unix seconds); 0 when none.
     pub destination_outdated_since: prometheus::GaugeVec,
     /// VM copies waiting for a quota slot.
     pub copy_queue_depth: IntGauge,
@@ -163,18 +163,18 @@ impl Metrics {
         .expect("valid metric");
         let destination_outdated = prometheus::IntGaugeVec::new(
             Opts::new(
-                "destination_outdated",
-                "1 while a destination region has no Available copy of its ImageReplication's current source (a followed source moved on, or the first copy is not done), else 0.",
+                "destinations_outdated",
+                "ImageReplication destinations whose region has no Available copy of the object's current source (a followed source or an oci tag moved on, or the first copy is not done), by provider and region.",
             ),
-            &["imagereplication", "region"],
+            &["provider", "region"],
         )
         .expect("valid metric");
         let destination_outdated_since = prometheus::GaugeVec::new(
             Opts::new(
-                "destination_outdated_since_timestamp_seconds",
-                "While a destination region is outdated: when its current source was found (Unix seconds; time() minus it is the age); 0 while it is up to date.",
+                "destinations_outdated_since_timestamp_seconds",
+                "The oldest outdated destination of the provider and region: when its current source was found (Unix seconds; time() minus it is the age); 0 when none is outdated.",
             ),
-            &["imagereplication", "region"],
+            &["provider", "region"],
         )
         .expect("valid metric");
         let copy_queue_depth = IntGauge::new(
@@ -341,41 +341,54 @@ mod tests {
     }
 }
 
-/// The freshness series (`imgrep_destination_outdated` and its since-timestamp) of each
-/// ImageReplication an engine reconciles, and which regions each has, so that the series of a
-/// region the object no longer has go.
+/// The freshness gauges (`imgrep_destinations_outdated` and the oldest since-timestamp) per
+/// provider and region, summed over the ImageReplications an engine reconciles (object names
+/// never become labels): what each object last reported, by its key.
 #[derive(Default)]
 pub struct Freshness {
-    regions: std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<String>>>,
+    objects: std::sync::Mutex<std::collections::HashMap<String, Reported>>,
 }
 
+/// One object's provider and, per region, since when it is outdated (`None`: up to date).
+type Reported = (String, Vec<(String, Option<i64>)>);
+
 impl Freshness {
-    /// Set the object's series: per region, since when it is outdated (`None`: up to date).
-    pub fn record(&self, m: &Metrics, key: &str, now: Vec<(String, Option<i64>)>) {
-        let regions: std::collections::HashSet<String> = now.iter().map(|(r, _)| r.clone()).collect();
-        let gone = self
-            .regions
-            .lock()
-            .expect("freshness lock")
-            .insert(key.to_string(), regions.clone())
-            .unwrap_or_default();
-        for r in gone.difference(&regions) {
-            let _ = m.destination_outdated.remove_label_values(&[key, r]);
-            let _ = m.destination_outdated_since.remove_label_values(&[key, r]);
-        }
-        for (region, since) in now {
-            m.destination_outdated
-                .with_label_values(&[key, &region])
-                .set(i64::from(since.is_some()));
-            m.destination_outdated_since
-                .with_label_values(&[key, &region])
-                .set(since.unwrap_or(0) as f64);
+    /// What the object now reports; the gauges of its provider's regions are summed again.
+    pub fn record(&self, m: &Metrics, key: &str, provider: &str, now: Vec<(String, Option<i64>)>) {
+        let mut objects = self.objects.lock().expect("freshness lock");
+        let before = objects.insert(key.to_string(), (provider.to_string(), now.clone()));
+        let mut regions: std::collections::BTreeSet<String> = now.into_iter().map(|(r, _)| r).collect();
+        regions.extend(before.into_iter().flat_map(|(_, rs)| rs.into_iter().map(|(r, _)| r)));
+        Self::publish(m, &objects, provider, &regions);
+    }
+
+    /// The object is gone from this process.
+    pub fn forget(&self, m: &Metrics, key: &str) {
+        let mut objects = self.objects.lock().expect("freshness lock");
+        if let Some((provider, rs)) = objects.remove(key) {
+            let regions = rs.into_iter().map(|(r, _)| r).collect();
+            Self::publish(m, &objects, &provider, &regions);
         }
     }
 
-    /// The object is gone: its series go.
-    pub fn forget(&self, m: &Metrics, key: &str) {
-        self.record(m, key, Vec::new());
-        self.regions.lock().expect("freshness lock").remove(key);
+    fn publish(
+        m: &Metrics,
+        objects: &std::collections::HashMap<String, Reported>,
+        provider: &str,
+        regions: &std::collections::BTreeSet<String>,
+    ) {
+        for region in regions {
+            let since: Vec<i64> = objects
+                .values()
+                .filter(|(p, _)| p == provider)
+                .flat_map(|(_, rs)| rs.iter().filter(|(r, _)| r == region).filter_map(|(_, s)| *s))
+                .collect();
+            m.destination_outdated
+                .with_label_values(&[provider, region])
+                .set(since.len() as i64);
+            m.destination_outdated_since
+                .with_label_values(&[provider, region])
+                .set(since.iter().min().copied().unwrap_or(0) as f64);
+        }
     }
 }

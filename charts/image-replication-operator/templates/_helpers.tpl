@@ -15,6 +15,18 @@ app.kubernetes.io/name: {{ include "iro.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The pod labels a Deployment selects: the release's for the main one; a shard's own
+instance and shard label for a shard's (so that no Deployment selects another's pods). */}}
+{{- define "iro.podSelectorLabels" -}}
+{{- if .shard -}}
+app.kubernetes.io/name: {{ include "iro.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}-shard-{{ .shard }}
+replication.imageops.io/shard: {{ .shard }}
+{{- else -}}
+{{ include "iro.selectorLabels" .root }}
+{{- end -}}
+{{- end -}}
+
 {{- define "iro.labels" -}}
 {{ include "iro.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}

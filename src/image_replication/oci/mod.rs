@@ -93,7 +93,7 @@ impl Oci {
         self.metrics.copy_tasks_running.set(self.tasks.len() as i64);
         if let Some(st) = &obj.status {
             let outdated = crate::image_replication::over_time::outdated(st);
-            self.freshness.record(&self.metrics, &key, outdated);
+            self.freshness.record(&self.metrics, &key, "oci", outdated);
         }
         self.replicator.note_copies(obj);
         let pruned = self
@@ -294,6 +294,16 @@ impl ImageProvider for Oci {
                 Work::Nothing | Work::Vm(_) => {}
             }
         })
+    }
+    /// Copies of an object that left this process are cancelled: the process that takes it
+    /// over copies what is missing (blobs already there are not sent again).
+    fn release(&self, obj: &ImageReplication) {
+        let key = key_of(obj);
+        if self.tasks.cancel_all(&key) > 0 {
+            info!(object = %key, "the object left this process: cancelled its copies in flight");
+        }
+        self.tasks.forget(&key);
+        self.freshness.forget(&self.metrics, &key);
     }
     fn cleanup<'a>(
         &'a self,

@@ -429,6 +429,19 @@ impl VmEngine {
         vplan::plan(obj, gate, &snap, now)
     }
 
+    /// The object left this process (deleted, or moved to another shard): its quota slots go
+    /// back to the account's queue here, and what was remembered of it is forgotten. Its copies
+    /// in flight go on in the cloud.
+    pub fn release(&self, obj: &ImageReplication) {
+        let key = key_of(obj);
+        self.quota.release(&key);
+        self.memory.lock().expect("vm memory").remove(&key);
+        if let Some(m) = &self.metrics {
+            self.freshness.forget(m, &key);
+            self.refresh_gauges(obj.spec.provider.kind.as_str());
+        }
+    }
+
     /// Observe one object: all its I/O (describe the source when needed, find copies by
     /// token, poll what is due, check for drift), the quota's answers to the destinations that
     /// ask for a slot, and when the next polls and drift checks are due. `acct` is the
@@ -817,7 +830,7 @@ impl VmEngine {
             mem.share_states = shares;
         });
         self.refresh_gauges(kind);
-        self.freshness.record(m, key, follow::outdated(&plan.status));
+        self.freshness.record(m, key, kind, follow::outdated(&plan.status));
     }
 
     fn refresh_gauges(&self, kind: &str) {

@@ -78,6 +78,9 @@ impl ImageProvider for Vm {
     fn seed(&self, obj: &ImageReplication) {
         self.engine.seed(obj);
     }
+    fn release(&self, obj: &ImageReplication) {
+        self.engine.release(obj);
+    }
     fn observe<'a>(
         &'a self,
         obj: &'a ImageReplication,
