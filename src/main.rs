@@ -103,7 +103,9 @@ struct RunArgs {
     /// Reconcile only the objects (of both kinds) with these labels, e.g.
     /// `replication.imageops.io/shard in (a)` (a shard; README: Shards). An object whose labels
     /// stop matching is let go: its copies in the clouds go on, the process's oci copies of it
-    /// are cancelled, and the process that now matches takes it over.
+    /// are cancelled, and the process that now matches takes it over. A shard shares the cloud
+    /// copy quotas with the installation's other processes (copy slots as Leases in the
+    /// operator's namespace).
     #[arg(long, env = "WATCH_LABEL_SELECTOR")]
     watch_label_selector: Option<String>,
     /// Objects reconciled at once per controller.
@@ -270,18 +272,25 @@ fn context(
     notifications: &Arc<image_replication_operator::replica_instance::oci::notify::Notifications>,
 ) -> Context {
     let resync = Duration::from_secs(args.resync_seconds.max(1));
+    let installation = args
+        .installation
+        .clone()
+        .unwrap_or_else(|| format!("{}/{}", args.lease_namespace, args.lease_name));
+    // A shard shares the cloud copy quotas with the installation's other processes.
+    let slots = args.watch_label_selector.as_ref().map(|_| {
+        Arc::new(image_replication_operator::controller::slots::KubeSlots::new(
+            client.clone(),
+            &args.lease_namespace,
+            &installation,
+        )) as Arc<dyn image_replication_operator::image_replication::vm::slots::Slots>
+    });
     let settings = image_replication_operator::controller::Settings {
         resync,
         vm: args.vm.settings(resync, image_replication_operator::plan::MAX_ATTEMPTS),
         notifications: notifications.clone(),
+        slots,
     };
-    Context::new(client, identity, metrics.clone(), settings).with_installation(
-        &args
-            .installation
-            .clone()
-            .unwrap_or_else(|| format!("{}/{}", args.lease_namespace, args.lease_name)),
-        args.adopt_objects,
-    )
+    Context::new(client, identity, metrics.clone(), settings).with_installation(&installation, args.adopt_objects)
 }
 
 /// The egress policy: the allow lists, and the API server (the configured one and the

@@ -45,6 +45,8 @@ pub struct Wiring {
     pub syncer: Arc<ReplicaSyncer>,
     /// Full syncs of oci ReplicaInstances this often instead of each spec's interval.
     pub sync_interval: Option<Duration>,
+    /// Copy slots shared across the installation's processes (see the VM engine).
+    pub slots: Option<Arc<dyn crate::image_replication::vm::slots::Slots>>,
 }
 
 impl Wiring {
@@ -61,6 +63,7 @@ impl Wiring {
             vm: Settings::default(),
             notifications: Arc::new(Notifications::new(None)),
             sync_interval: None,
+            slots: None,
         }
     }
 }
@@ -87,11 +90,9 @@ impl Registry {
     /// Every provider this build has: oci and the clouds for ImageReplication (the clouds on one
     /// VM engine: one quota ledger per account across them), oci and TCR for ReplicaInstance.
     pub fn builtin(w: &Wiring) -> Self {
-        let engine = Arc::new(VmEngine::new(
-            w.vm.clone(),
-            w.image_wake.clone(),
-            Some(w.metrics.clone()),
-        ));
+        let mut engine = VmEngine::new(w.vm.clone(), w.image_wake.clone(), Some(w.metrics.clone()));
+        engine.slots = w.slots.clone();
+        let engine = Arc::new(engine);
         let mut replica = OciReplica::new(
             w.syncer.clone(),
             w.replica_wake.clone(),

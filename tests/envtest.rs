@@ -1234,3 +1234,90 @@ async fn two_label_shards_split_the_objects_and_hand_one_over_without_a_second_c
         "both shards are one installation"
     );
 }
+
+/// Huawei IMS allows five cross-region copies in flight per account. Twelve copies of one
+/// account, half in shard `a` and half in the main process: the shards share the five slots
+/// (Leases in the operator's namespace), so IMS never refuses a copy for its quota (its
+/// stand-in answers IMG.0190 past five), and all twelve end Available.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_shards_share_one_accounts_copy_quota() {
+    use support::clouds::{Kind, Stand};
+    let Some(sc) = Scene::new("slots").await else { return };
+    let ims = Stand::start(Kind::Huawei).await;
+    let (src_region, dst_region, data, _) = ims.account();
+    ims.set_copy_time(dst_region, Duration::from_secs(3));
+    support::secret_in(&sc.c, &sc.ns, "hw", &data).await;
+    let installation = format!("{}/iro", sc.ns);
+    let shard = |name: &str, selector: &str| {
+        let lease = format!("iro-{name}");
+        let args = [
+            "--leader-elect",
+            "--lease-name",
+            lease.as_str(),
+            "--installation",
+            installation.as_str(),
+            "--watch-label-selector",
+            selector,
+            "--poll-min-seconds",
+            "1",
+            "--poll-max-seconds",
+            "1",
+        ];
+        sc.operator(&format!("op-{name}"), &args)
+    };
+    let _a = shard("a", "replication.imageops.io/shard in (a)");
+    let _main = shard("main", "replication.imageops.io/shard notin (a)");
+    let api = sc.irs();
+    let names: Vec<String> = (0..12).map(|i| format!("img-{i:02}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let src = ims.add(src_region, name, 20, json!({}));
+        let mut o: ImageReplication = serde_json::from_value(json!({
+            "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
+            "metadata": {"name": name, "namespace": sc.ns},
+            "spec": {
+                "provider": {"kind": "huawei", "agency": "ims_admin", "credentialsSecretRef": {"name": "hw"}, "endpoint": ims.url},
+                "source": {"region": src_region, "imageId": src},
+                "destinations": [{"region": dst_region}]
+            }
+        }))
+        .unwrap();
+        if i % 2 == 0 {
+            o.metadata.labels = Some([("replication.imageops.io/shard".to_string(), "a".to_string())].into());
+        }
+        api.create(&PostParams::default(), &o).await.unwrap();
+    }
+    eventually(Duration::from_secs(150), "twelve copies Available", || async {
+        for n in &names {
+            let st = api.get(n).await.ok()?.status?;
+            (st.destinations.first()?.phase == DestinationPhase::Available).then_some(())?;
+        }
+        Some(())
+    })
+    .await;
+    let refused: Vec<String> = ims
+        .calls("cross_region_copy")
+        .into_iter()
+        .filter(|r| r.response.contains("IMG.0190"))
+        .map(|r| r.response)
+        .collect();
+    assert!(refused.is_empty(), "IMS refused copies over its quota: {refused:?}");
+    assert_eq!(ims.calls("cross_region_copy").len(), 12, "one copy each");
+    // Both shards copied; the slots are let go once the copies are done.
+    let leases: Api<Lease> = Api::namespaced(sc.c.clone(), &sc.ns);
+    let slots = leases
+        .list(&kube::api::ListParams::default().labels("replication.imageops.io/copy-slots"))
+        .await
+        .unwrap();
+    assert_eq!(slots.items.len(), 5, "five slots for the account");
+    eventually(WAIT, "the slots let go", || async {
+        let l = leases
+            .list(&kube::api::ListParams::default().labels("replication.imageops.io/copy-slots"))
+            .await
+            .ok()?;
+        l.items
+            .iter()
+            .all(|l| l.spec.as_ref().and_then(|s| s.holder_identity.as_ref()).is_none())
+            .then_some(())
+    })
+    .await;
+}

@@ -10,6 +10,7 @@
 pub mod config_maps;
 pub mod events;
 pub mod secrets;
+pub mod slots;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
@@ -88,6 +89,9 @@ pub struct Settings {
     pub vm: crate::image_replication::vm::engine::Settings,
     /// The notification state (shared with the HTTP endpoint).
     pub notifications: Arc<Notifications>,
+    /// Copy slots shared with the other processes of the installation (shards); `None`: the
+    /// quota is this process's alone.
+    pub slots: Option<Arc<dyn crate::image_replication::vm::slots::Slots>>,
 }
 
 /// State shared by both controllers.
@@ -132,6 +136,7 @@ impl Context {
             resync: settings.resync,
             vm: settings.vm,
             notifications: settings.notifications,
+            slots: settings.slots,
             ..provider::Wiring::new(metrics.clone(), trigger(ir_tx), trigger(ri_tx))
         };
         let secrets = Arc::new(secrets::KubeSecrets(client.clone()));

@@ -14,6 +14,7 @@ use super::plan::{self as vplan, DestObs, Observed, VmPlan};
 use super::quota::{Quota, Wake};
 use super::rules::{self, Limits};
 use super::share::{self, ShareCall, ShareObs};
+use super::slots::SLOT_RETRY;
 use super::{
     Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageService, ProviderError, TaskPhase,
 };
@@ -76,6 +77,9 @@ struct Memory {
     share_states: Vec<(&'static str, SharePhase)>,
     /// `source.follow`: when the source was last looked up, and what was found.
     follow: Option<(i64, Result<ImageInfo, ProviderError>)>,
+    /// Whether the object had copies in flight at its last look (its slot Leases may need
+    /// letting go).
+    slotted: bool,
     /// Copies of earlier sources deleted by the last act (image id -> outcome).
     retired: HashMap<String, Result<(), ProviderError>>,
 }
@@ -118,6 +122,9 @@ pub struct VmEngine {
     memory: Mutex<HashMap<String, Memory>>,
     metrics: Option<Metrics>,
     freshness: crate::server::metrics::Freshness,
+    /// Copy slots shared with the installation's other processes (`None`: this process's
+    /// quota alone).
+    pub slots: Option<Arc<dyn super::slots::Slots>>,
 }
 
 /// Accounts read from Secrets other than the provider's, by Secret name: the owners of
@@ -317,6 +324,7 @@ impl VmEngine {
             memory: Mutex::new(HashMap::new()),
             metrics,
             freshness: Default::default(),
+            slots: None,
         }
     }
 
@@ -514,7 +522,7 @@ impl VmEngine {
             max_attempts: self.settings.max_attempts,
             ..Default::default()
         };
-        snap.admissions = self.admit(obj, &key, gate, provider, &snap, now);
+        snap.admissions = self.admit(obj, &key, gate, provider, &mut snap, now).await;
         self.schedule(&key, &mut snap);
         snap
     }
@@ -591,14 +599,16 @@ impl VmEngine {
     }
 
     /// Ask the quota for the slots the plan of this snapshot wants (the quota's ledger is
-    /// shared by every object of the account, so its answer is part of what is observed).
-    fn admit(
+    /// shared by every object of the account, so its answer is part of what is observed); with
+    /// shared slots (shards), a granted copy also needs a slot Lease, and one that finds none
+    /// waits and asks again.
+    async fn admit(
         &self,
         obj: &ImageReplication,
         key: &str,
         gate: &Gate,
         provider: &dyn ImageService,
-        snap: &vplan::Snapshot,
+        snap: &mut vplan::Snapshot,
         now: &Time,
     ) -> HashMap<String, super::quota::Admission> {
         let p = vplan::vm_plan(obj, gate, &snap.observed, &snap.limits, now, snap.max_attempts);
@@ -612,7 +622,31 @@ impl VmEngine {
         } else {
             Vec::new()
         };
-        self.quota.admit(&account_key(obj), key, limit, &p.running, &wants)
+        let account = account_key(obj);
+        let mut adm = self.quota.admit(&account, key, limit, &p.running, &wants);
+        let Some(slots) = &self.slots else { return adm };
+        // Only an object with copies in flight (now or at its last look) or wanting one reads
+        // the slots: at rest, nothing is read or written.
+        let had = self.with_mem(key, |m| std::mem::replace(&mut m.slotted, !p.running.is_empty()));
+        let granted: Vec<(super::quota::Order, String)> = wants
+            .iter()
+            .filter(|(_, r)| adm.get(r) == Some(&super::quota::Admission::Granted))
+            .cloned()
+            .collect();
+        if granted.is_empty() && p.running.is_empty() && !had {
+            return adm;
+        }
+        let regions: Vec<String> = granted.iter().map(|(_, r)| r.clone()).collect();
+        let got = slots.sync(&account, limit, key, &p.running, &regions).await;
+        for (order, region) in granted.into_iter().filter(|(_, r)| !got.contains(r)) {
+            let pos = self.quota.requeue(&account, key, &region, order);
+            adm.insert(region, super::quota::Admission::Queued(pos));
+            snap.check_in = Some(snap.check_in.map_or(SLOT_RETRY, |c| c.min(SLOT_RETRY)));
+        }
+        if !got.is_empty() {
+            self.with_mem(key, |m| m.slotted = true);
+        }
+        adm
     }
 
     /// How long until each destination's next poll and drift check.
@@ -1281,6 +1315,14 @@ impl VmEngine {
             }
         }
         self.quota.release(&key);
+        if let Some(slots) = &self.slots {
+            let limit = obj
+                .spec
+                .provider
+                .max_concurrent_copies
+                .unwrap_or_else(|| provider.default_max_concurrent());
+            slots.sync(&account_key(obj), limit, &key, &[], &[]).await;
+        }
         if let Some(m) = &self.metrics {
             self.freshness.forget(m, &key);
         }

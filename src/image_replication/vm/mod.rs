@@ -26,6 +26,7 @@ pub mod quota;
 pub mod rules;
 pub mod share;
 pub mod sharing;
+pub mod slots;
 
 use std::collections::BTreeMap;
 

@@ -120,6 +120,16 @@ impl Quota {
         out
     }
 
+    /// A copy granted here that found no shared slot (another process holds them all): it
+    /// waits again in its place. Returns its 1-based position among the account's waiting copies.
+    pub fn requeue(&self, account: &str, key: &str, region: &str, order: Order) -> i32 {
+        let mut m = self.accounts.lock().expect("quota lock");
+        let q = m.entry(account.to_string()).or_default();
+        q.running.remove(&(key.to_string(), region.to_string()));
+        q.waiting.insert(order.clone(), region.to_string());
+        q.waiting.keys().position(|o| *o == order).map_or(1, |p| p as i32 + 1)
+    }
+
     /// Forget object `key` everywhere (deleted); wakes the next waiters.
     pub fn release(&self, key: &str) {
         let mut wake = Vec::new();

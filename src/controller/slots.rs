@@ -1,0 +1,129 @@
+//! The copy slots of [`crate::image_replication::vm::slots`] as `coordination.k8s.io` Leases in
+//! the operator's namespace: `imgrep-slot-<account hash>-<n>`, one per slot of an account, the
+//! holder the copy that holds it. Every write carries the resourceVersion it read (or is a
+//! create), so two processes never both take one slot: the loser gets 409 Conflict and its copy
+//! waits. Expiry is judged by the renew time on the wall clock (the processes of one cluster).
+
+use std::collections::{BTreeMap, HashSet};
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use tracing::{debug, warn};
+
+use crate::image_replication::vm::slots::{self, SLOT_DURATION, Seen, Slots};
+
+/// The label that names the account (hashed) a slot Lease belongs to.
+pub const SLOT_LABEL: &str = "replication.imageops.io/copy-slots";
+
+/// Slot Leases of one installation.
+pub struct KubeSlots {
+    api: Api<Lease>,
+    installation: String,
+}
+
+impl KubeSlots {
+    pub fn new(client: Client, namespace: &str, installation: &str) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            installation: installation.to_string(),
+        }
+    }
+
+    /// The account's hash: Lease names carry no Secret names or endpoints.
+    fn account_hash(&self, account: &str) -> String {
+        use sha2::Digest as _;
+        let h = sha2::Sha256::digest(format!("{}|{account}", self.installation).as_bytes());
+        crate::oci::api::hex(&h)[..12].to_string()
+    }
+
+    async fn write(
+        &self,
+        name: &str,
+        hash: &str,
+        old: Option<&Lease>,
+        holder: Option<&str>,
+    ) -> Result<(), kube::Error> {
+        let now = MicroTime(Timestamp::now());
+        let spec = LeaseSpec {
+            holder_identity: holder.map(String::from),
+            lease_duration_seconds: Some(SLOT_DURATION.as_secs() as i32),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            ..Default::default()
+        };
+        match old {
+            Some(l) => {
+                let mut l = l.clone();
+                l.spec = Some(spec);
+                self.api.replace(name, &PostParams::default(), &l).await.map(|_| ())
+            }
+            None => {
+                let l = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(name.to_string()),
+                        labels: Some(BTreeMap::from([(SLOT_LABEL.to_string(), hash.to_string())])),
+                        ..Default::default()
+                    },
+                    spec: Some(spec),
+                };
+                self.api.create(&PostParams::default(), &l).await.map(|_| ())
+            }
+        }
+    }
+}
+
+fn seen(l: &Lease) -> Seen {
+    let spec = l.spec.clone().unwrap_or_default();
+    Seen {
+        holder: spec.holder_identity.filter(|h| !h.is_empty()),
+        renewed: spec.renew_time.or(spec.acquire_time).map_or(0, |t| t.0.as_second()),
+    }
+}
+
+impl Slots for KubeSlots {
+    fn sync<'a>(
+        &'a self,
+        account: &'a str,
+        limit: i32,
+        key: &'a str,
+        running: &'a [String],
+        wanting: &'a [String],
+    ) -> BoxFuture<'a, HashSet<String>> {
+        Box::pin(async move {
+            let hash = self.account_hash(account);
+            let name = |i: usize| format!("imgrep-slot-{hash}-{i}");
+            let n = limit.clamp(1, 100) as usize;
+            let mut leases = Vec::with_capacity(n);
+            for i in 0..n {
+                match self.api.get_opt(&name(i)).await {
+                    Ok(l) => leases.push(l),
+                    Err(e) => {
+                        warn!(error = %e, "reading the copy slots failed; copies wait");
+                        return HashSet::new();
+                    }
+                }
+            }
+            let seen: Vec<Option<Seen>> = leases.iter().map(|l| l.as_ref().map(seen)).collect();
+            let p = slots::plan(&seen, key, running, wanting, Timestamp::now().as_second());
+            let mut granted = p.granted.clone();
+            for (i, holder) in &p.hold {
+                if let Err(e) = self.write(&name(*i), &hash, leases[*i].as_ref(), Some(holder)).await {
+                    debug!(slot = %name(*i), error = %e, "a copy slot was taken by another process first");
+                    if let Some(region) = holder.strip_prefix(&format!("{key}/")) {
+                        granted.remove(region);
+                    }
+                }
+            }
+            for i in &p.release {
+                if let Err(e) = self.write(&name(*i), &hash, leases[*i].as_ref(), None).await {
+                    debug!(slot = %name(*i), error = %e, "letting go of a copy slot failed; it expires");
+                }
+            }
+            granted
+        })
+    }
+}
