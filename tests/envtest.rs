@@ -1236,9 +1236,11 @@ async fn two_label_shards_split_the_objects_and_hand_one_over_without_a_second_c
 }
 
 /// Huawei IMS allows five cross-region copies in flight per account. Twelve copies of one
-/// account, half in shard `a` and half in the main process: the shards share the five slots
-/// (Leases in the operator's namespace), so IMS never refuses a copy for its quota (its
-/// stand-in answers IMG.0190 past five), and all twelve end Available.
+/// account, half in shard `a` (a leader and a standby) and half in the main process: the shards
+/// share the five slots (Leases in the operator's namespace), so IMS never refuses a copy for
+/// its quota (its stand-in answers IMG.0190 past five). Shard `a`'s leader is killed (-9)
+/// mid-way: its standby takes the shard over, keeps its copies' slots (a slot's holder is the
+/// copy, not the process), and all twelve end Available with one copy each.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_shards_share_one_accounts_copy_quota() {
     use support::clouds::{Kind, Stand};
@@ -1265,8 +1267,33 @@ async fn two_shards_share_one_accounts_copy_quota() {
         ];
         sc.operator(&format!("op-{name}"), &args)
     };
-    let _a = shard("a", "replication.imageops.io/shard in (a)");
+    let mut a1 = shard("a", "replication.imageops.io/shard in (a)");
     let _main = shard("main", "replication.imageops.io/shard notin (a)");
+    let lease_api: Api<Lease> = Api::namespaced(sc.c.clone(), &sc.ns);
+    let holder = |name: &'static str| {
+        let l = lease_api.clone();
+        async move { l.get(name).await.ok().and_then(|l| l.spec?.holder_identity) }
+    };
+    eventually(WAIT, "op-a leads shard a", || async {
+        (holder("iro-a").await.as_deref() == Some("op-a")).then_some(())
+    })
+    .await;
+    let _a2 = {
+        let args = [
+            "--leader-elect",
+            "--lease-name",
+            "iro-a",
+            "--installation",
+            installation.as_str(),
+            "--watch-label-selector",
+            "replication.imageops.io/shard in (a)",
+            "--poll-min-seconds",
+            "1",
+            "--poll-max-seconds",
+            "1",
+        ];
+        sc.operator("op-a-standby", &args)
+    };
     let api = sc.irs();
     let names: Vec<String> = (0..12).map(|i| format!("img-{i:02}")).collect();
     for (i, name) in names.iter().enumerate() {
@@ -1286,6 +1313,22 @@ async fn two_shards_share_one_accounts_copy_quota() {
         }
         api.create(&PostParams::default(), &o).await.unwrap();
     }
+    // Shard a's leader dies mid-way (some copies done, some in flight, some queued).
+    eventually(WAIT, "a first copy done", || async {
+        for n in &names {
+            let st = api.get(n).await.ok()?.status?;
+            if st.destinations.first()?.phase == DestinationPhase::Available {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await;
+    a1.kill();
+    eventually(WAIT, "the standby leads shard a", || async {
+        (holder("iro-a").await.as_deref() == Some("op-a-standby")).then_some(())
+    })
+    .await;
     eventually(Duration::from_secs(150), "twelve copies Available", || async {
         for n in &names {
             let st = api.get(n).await.ok()?.status?;

@@ -172,6 +172,12 @@ impl Operator {
         None
     }
 
+    /// SIGKILL (kill -9): no cleanup, no lease handed over.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

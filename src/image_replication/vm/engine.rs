@@ -625,9 +625,15 @@ impl VmEngine {
         let account = account_key(obj);
         let mut adm = self.quota.admit(&account, key, limit, &p.running, &wants);
         let Some(slots) = &self.slots else { return adm };
-        // Only an object with copies in flight (now or at its last look) or wanting one reads
-        // the slots: at rest, nothing is read or written.
-        let had = self.with_mem(key, |m| std::mem::replace(&mut m.slotted, !p.running.is_empty()));
+        // Only an object with copies in flight (now, at its last look, or as its status says:
+        // another process may have taken the slot for it) or wanting one reads the slots: at
+        // rest, nothing is read or written.
+        let recorded = obj
+            .status
+            .iter()
+            .flat_map(|s| s.destinations.iter())
+            .any(|d| vplan::in_flight(d.phase));
+        let had = self.with_mem(key, |m| std::mem::replace(&mut m.slotted, !p.running.is_empty())) || recorded;
         let granted: Vec<(super::quota::Order, String)> = wants
             .iter()
             .filter(|(_, r)| adm.get(r) == Some(&super::quota::Admission::Granted))
