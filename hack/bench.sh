@@ -229,6 +229,8 @@ pushes="$(sed -n 's/.*pushes=\([0-9]*\).*/\1/p' <<<"$lag")"
 echo "== (e) controller scale: ${BENCH_SCALE_IRS:-5000} ImageReplications, ${BENCH_SCALE_RIS:-100} ReplicaInstances"
 scale="$("$scale_bin" --ignored --nocapture --exact controller_scale 2>&1 | grep '^BENCH scale' || echo 'BENCH scale failed')"
 scale_fake="$("$scale_bin" --ignored --nocapture --exact controller_scale_fake 2>&1 | grep '^BENCH scale' || echo 'BENCH scale failed')"
+scale_shards="$("$scale_bin" --ignored --nocapture --exact controller_scale_shards 2>&1 | grep '^BENCH scale' || echo 'BENCH scale failed')"
+sh2() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$scale_shards"; }
 sv() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$scale"; }
 fk() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$scale_fake"; }
 # writes_per_object as "verb resource: n" items
@@ -360,6 +362,22 @@ bench's own creates; Events per object of either kind):
 Command: \`cargo test --release --test bench_scale -- --ignored --nocapture --exact controller_scale\`
 (\`controller_scale_fake\` for the fake; sizes from \`BENCH_SCALE_IRS\`, \`BENCH_SCALE_RIS\`,
 \`BENCH_SCALE_IDLE_SECS\`, \`BENCH_SCALE_RESYNC_SECS\`).
+
+## (e2) The same with two label shards
+
+The same objects on the real API server, half of them labelled
+\`replication.imageops.io/shard: a\`, reconciled by two operator processes (\`--watch-label-selector
+'replication.imageops.io/shard in (a)'\` and \`'... notin (a)'\`, one installation), as the chart's
+\`shards: [a]\` runs them; beside it, the one-process run of (e).
+
+| | one process | two shards | target |
+|---|---|---|---|
+| all Ready, from the first create | $(sv ready_s) s | $(sh2 ready_s) s | no slower than one process |
+| peak RSS per process | $(sv peak_rss_mib) MiB | $(sh2 peak_rss_mib_each) MiB | each under one process's |
+| API writes while idle | $(sv idle_writes) | $(sh2 idle_writes) | 0 |
+| delete all | $(sv delete_s) s | $(sh2 delete_s) s | — |
+
+Command: \`cargo test --release --test bench_scale -- --ignored --nocapture --exact controller_scale_shards\`.
 
 ## (f) A fleet through flaky registries: 30 repositories x 3 tags
 

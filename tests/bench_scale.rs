@@ -132,17 +132,26 @@ fn fmt_num(v: f64) -> String {
 #[ignore = "benchmark: run by make bench"]
 async fn controller_scale() {
     let cp = support::envtest::control_plane().expect("make bench needs envtest assets (make tools)");
-    scale(Server::Real(cp)).await
+    scale(Server::Real(cp), false).await
+}
+
+/// The same on the real API server with two label shards (half the objects labelled
+/// `replication.imageops.io/shard: a`), one process each, as the chart's `shards: [a]` runs.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: run by make bench"]
+async fn controller_scale_shards() {
+    let cp = support::envtest::control_plane().expect("make bench needs envtest assets (make tools)");
+    scale(Server::Real(cp), true).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "benchmark: run by make bench"]
 async fn controller_scale_fake() {
     let (s, _) = support::cluster().await;
-    scale(Server::Fake(s)).await
+    scale(Server::Fake(s), false).await
 }
 
-async fn scale(server: Server) {
+async fn scale(server: Server, shards: bool) {
     let n_ir = env("BENCH_SCALE_IRS", 5000);
     let n_ri = env("BENCH_SCALE_RIS", 100);
     let idle = Duration::from_secs(env("BENCH_SCALE_IDLE_SECS", 60) as u64);
@@ -177,15 +186,38 @@ async fn scale(server: Server) {
             "fake",
         ),
     };
-    let op = Operator::start_on(
-        free_port(),
-        &kubeconfig,
-        dir.path(),
-        "scale",
-        &["--resync-seconds", &resync.to_string()],
-        &[("RUST_LOG", "warn")],
-    );
-    let pid = op.child.id();
+    let resync_s = resync.to_string();
+    let installation = format!("{ns}/bench");
+    let start = |identity: &str, selector: Option<&str>| {
+        let mut args = vec!["--resync-seconds", resync_s.as_str()];
+        if let Some(sel) = selector {
+            args.extend(["--installation", installation.as_str(), "--watch-label-selector", sel]);
+        }
+        Operator::start_on(
+            free_port(),
+            &kubeconfig,
+            dir.path(),
+            identity,
+            &args,
+            &[("RUST_LOG", "warn")],
+        )
+    };
+    let ops: Vec<Operator> = if shards {
+        vec![
+            start("scale", Some("replication.imageops.io/shard notin (a)")),
+            start("scale-a", Some("replication.imageops.io/shard in (a)")),
+        ]
+    } else {
+        vec![start("scale", None)]
+    };
+    let pids: Vec<u32> = ops.iter().map(|o| o.child.id()).collect();
+    let label = |i: usize| -> serde_json::Value {
+        if shards && i % 2 == 1 {
+            json!({"replication.imageops.io/shard": "a"})
+        } else {
+            json!({})
+        }
+    };
     let irs: Api<ImageReplication> = Api::namespaced(c.clone(), &ns);
     let ris: Api<ReplicaInstance> = Api::namespaced(c.clone(), &ns);
 
@@ -198,7 +230,7 @@ async fn scale(server: Server) {
             async move {
                 let o: ImageReplication = serde_json::from_value(json!({
                     "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
-                    "metadata": {"name": format!("ir-{i:05}"), "namespace": ns},
+                    "metadata": {"name": format!("ir-{i:05}"), "namespace": ns, "labels": label(i)},
                     "spec": {
                         "provider": {"kind": "oci"},
                         "source": {"region": "region-a", "reference": source},
@@ -215,7 +247,7 @@ async fn scale(server: Server) {
     for (i, repo) in repos.iter().enumerate() {
         let o: ReplicaInstance = serde_json::from_value(json!({
             "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ReplicaInstance",
-            "metadata": {"name": format!("ri-{i:03}"), "namespace": ns},
+            "metadata": {"name": format!("ri-{i:03}"), "namespace": ns, "labels": label(i)},
             "spec": {
                 "primary": {"provider": "oci", "region": "region-a", "registry": primary.url()},
                 "region": "region-b",
@@ -229,9 +261,14 @@ async fn scale(server: Server) {
     let created_s = t0.elapsed().as_secs_f64();
 
     // Until every object is Ready (list every 2 s), with the operator's memory sampled.
-    let mut peak_rss = 0;
+    let mut peak_rss = vec![0; pids.len()];
+    let sample = |peak: &mut Vec<u64>| {
+        for (p, pid) in peak.iter_mut().zip(&pids) {
+            *p = (*p).max(rss_kib(*pid).0);
+        }
+    };
     let ready_s = loop {
-        peak_rss = peak_rss.max(rss_kib(pid).0);
+        sample(&mut peak_rss);
         let ir_ready = ready_count(&irs, |o: &ImageReplication| {
             o.status.as_ref().map(|s| &s.conditions[..])
         })
@@ -274,7 +311,7 @@ async fn scale(server: Server) {
     let started = Instant::now();
     while started.elapsed() < idle {
         tokio::time::sleep(Duration::from_secs(10).min(idle)).await;
-        peak_rss = peak_rss.max(rss_kib(pid).0);
+        sample(&mut peak_rss);
         let now = dst.requests().len();
         buckets.push(now - last);
         last = now;
@@ -287,7 +324,17 @@ async fn scale(server: Server) {
         .map(|(_, n)| n)
         .sum();
     let registry_idle: usize = buckets.iter().sum();
-    let hwm = rss_kib(pid).1.max(peak_rss);
+    let hwms: Vec<u64> = pids
+        .iter()
+        .zip(&peak_rss)
+        .map(|(pid, p)| rss_kib(*pid).1.max(*p))
+        .collect();
+    let hwm = hwms.iter().copied().max().unwrap_or(0);
+    let each = hwms
+        .iter()
+        .map(|h| (h / 1024).to_string())
+        .collect::<Vec<_>>()
+        .join("/");
 
     // Delete everything; the finalizers run (Retain: nothing to remove at the registries).
     let t1 = Instant::now();
@@ -320,7 +367,8 @@ async fn scale(server: Server) {
 
     let per_min = |n: usize| (n as f64 / minutes).round() as usize;
     println!(
-        "BENCH scale server={kind} irs={n_ir} ris={n_ri} resync_s={resync} created_s={created_s:.1} ready_s={ready_s:.1} peak_rss_mib={} uploaded={uploaded} mounted={mounted} writes_per_object={} idle_s={:.0} idle_api_per_min={} idle_writes={writes} idle_registry_per_min={} registry_per_10s={} delete_s={delete_s:.1}",
+        "BENCH scale server={kind} processes={} peak_rss_mib_each={each} irs={n_ir} ris={n_ri} resync_s={resync} created_s={created_s:.1} ready_s={ready_s:.1} peak_rss_mib={} uploaded={uploaded} mounted={mounted} writes_per_object={} idle_s={:.0} idle_api_per_min={} idle_writes={writes} idle_registry_per_min={} registry_per_10s={} delete_s={delete_s:.1}",
+        pids.len(),
         hwm / 1024,
         // Per object of the kind the resource is (Events: per object of either kind).
         words(&to_ready_writes, |r| if r.starts_with("imagereplications") {
