@@ -36,6 +36,8 @@ pub struct Metrics {
     pub destination_outdated_since: prometheus::GaugeVec,
     /// VM copies waiting for a quota slot.
     pub copy_queue_depth: IntGauge,
+    /// Shards: copies the process's quota admitted that found every shared slot taken.
+    pub copy_slot_waits: IntCounterVec,
     /// VM copy task duration (start to Available), by provider.
     pub copy_duration: HistogramVec,
     /// Cloud image-service requests by provider, operation and outcome.
@@ -177,6 +179,14 @@ impl Metrics {
             &["provider", "region"],
         )
         .expect("valid metric");
+        let copy_slot_waits = IntCounterVec::new(
+            Opts::new(
+                "copy_slot_waits_total",
+                "VM copies this process would have started that found every copy slot of the account held by the installation's other processes (shards), by provider.",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
         let copy_queue_depth = IntGauge::new(
             "copy_queue_depth",
             "VM image copies waiting for a per-account quota slot.",
@@ -208,6 +218,7 @@ impl Metrics {
             Box::new(destination_outdated.clone()),
             Box::new(destination_outdated_since.clone()),
             Box::new(copy_queue_depth.clone()),
+            Box::new(copy_slot_waits.clone()),
             Box::new(copy_duration.clone()),
             Box::new(provider_request_duration.clone()),
             Box::new(reconcile_duration.clone()),
@@ -229,6 +240,9 @@ impl Metrics {
         }
         // Counters start at zero for their known label values, so that dashboards and alerts
         // (rate, increase, absent) see every series from the first scrape.
+        for provider in ["huawei", "alibaba", "aws", "tencent", "openstack"] {
+            copy_slot_waits.with_label_values(&[provider]);
+        }
         for controller in ["image_replication", "replica_instance"] {
             reconciliations.with_label_values(&[controller]);
             cleanup_blocked.with_label_values(&[controller]);
@@ -273,6 +287,7 @@ impl Metrics {
             destination_outdated,
             destination_outdated_since,
             copy_queue_depth,
+            copy_slot_waits,
             copy_duration,
             provider_request_duration,
         }

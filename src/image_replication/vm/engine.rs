@@ -646,6 +646,9 @@ impl VmEngine {
         let got = slots.sync(&account, limit, key, &p.running, &regions).await;
         for (order, region) in granted.into_iter().filter(|(_, r)| !got.contains(r)) {
             let pos = self.quota.requeue(&account, key, &region, order);
+            if let Some(m) = &self.metrics {
+                m.copy_slot_waits.with_label_values(&[provider.kind().as_str()]).inc();
+            }
             adm.insert(region, super::quota::Admission::Queued(pos));
             snap.check_in = Some(snap.check_in.map_or(SLOT_RETRY, |c| c.min(SLOT_RETRY)));
         }
