@@ -64,6 +64,26 @@ impl Scene {
         )
     }
 
+    /// One process of a label shard of the installation `<ns>/iro`: leader-elected on `lease`,
+    /// reconciling the objects `selector` matches, polling copies every second.
+    fn shard(&self, identity: &str, lease: &str, selector: &str) -> Operator {
+        let installation = format!("{}/iro", self.ns);
+        let args = [
+            "--leader-elect",
+            "--lease-name",
+            lease,
+            "--installation",
+            installation.as_str(),
+            "--watch-label-selector",
+            selector,
+            "--poll-min-seconds",
+            "1",
+            "--poll-max-seconds",
+            "1",
+        ];
+        self.operator(identity, &args)
+    }
+
     fn irs(&self) -> Api<ImageReplication> {
         Api::namespaced(self.c.clone(), &self.ns)
     }
@@ -1144,23 +1164,7 @@ async fn two_label_shards_split_the_objects_and_hand_one_over_without_a_second_c
     ecs.set_copy_time(dst_region, Duration::from_secs(8));
     support::secret_in(&sc.c, &sc.ns, "ali", &data).await;
     let installation = format!("{}/iro", sc.ns);
-    let shard = |name: &str, selector: &str| {
-        let lease = format!("iro-{name}");
-        let args = [
-            "--leader-elect",
-            "--lease-name",
-            lease.as_str(),
-            "--installation",
-            installation.as_str(),
-            "--watch-label-selector",
-            selector,
-            "--poll-min-seconds",
-            "1",
-            "--poll-max-seconds",
-            "1",
-        ];
-        sc.operator(&format!("op-{name}"), &args)
-    };
+    let shard = |name: &str, selector: &str| sc.shard(&format!("op-{name}"), &format!("iro-{name}"), selector);
     let _a = shard("a", "replication.imageops.io/shard in (a)");
     let _main = shard("main", "replication.imageops.io/shard notin (a)");
     let api = sc.irs();
@@ -1249,24 +1253,7 @@ async fn two_shards_share_one_accounts_copy_quota() {
     let (src_region, dst_region, data, _) = ims.account();
     ims.set_copy_time(dst_region, Duration::from_secs(3));
     support::secret_in(&sc.c, &sc.ns, "hw", &data).await;
-    let installation = format!("{}/iro", sc.ns);
-    let shard = |name: &str, selector: &str| {
-        let lease = format!("iro-{name}");
-        let args = [
-            "--leader-elect",
-            "--lease-name",
-            lease.as_str(),
-            "--installation",
-            installation.as_str(),
-            "--watch-label-selector",
-            selector,
-            "--poll-min-seconds",
-            "1",
-            "--poll-max-seconds",
-            "1",
-        ];
-        sc.operator(&format!("op-{name}"), &args)
-    };
+    let shard = |name: &str, selector: &str| sc.shard(&format!("op-{name}"), &format!("iro-{name}"), selector);
     let mut a1 = shard("a", "replication.imageops.io/shard in (a)");
     let _main = shard("main", "replication.imageops.io/shard notin (a)");
     let lease_api: Api<Lease> = Api::namespaced(sc.c.clone(), &sc.ns);
@@ -1278,22 +1265,7 @@ async fn two_shards_share_one_accounts_copy_quota() {
         (holder("iro-a").await.as_deref() == Some("op-a")).then_some(())
     })
     .await;
-    let _a2 = {
-        let args = [
-            "--leader-elect",
-            "--lease-name",
-            "iro-a",
-            "--installation",
-            installation.as_str(),
-            "--watch-label-selector",
-            "replication.imageops.io/shard in (a)",
-            "--poll-min-seconds",
-            "1",
-            "--poll-max-seconds",
-            "1",
-        ];
-        sc.operator("op-a-standby", &args)
-    };
+    let _a2 = sc.shard("op-a-standby", "iro-a", "replication.imageops.io/shard in (a)");
     let api = sc.irs();
     let names: Vec<String> = (0..12).map(|i| format!("img-{i:02}")).collect();
     for (i, name) in names.iter().enumerate() {

@@ -565,13 +565,7 @@ spec:
     #[test]
     fn a_closed_copy_window_holds_new_oci_copies_but_not_drift_checks() {
         let mut o = obj();
-        o.spec.schedule = Some(ScheduleSpec {
-            window: Some(WindowSpec {
-                start: "22:00".into(),
-                end: "06:00".into(),
-                time_zone: None,
-            }),
-        });
+        o.spec.schedule = crate::image_replication::window::night();
         let p = step(&mut o, &[], 0);
         assert!(p.start.is_empty());
         let b = &p.status.destinations[0];

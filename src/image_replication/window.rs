@@ -42,6 +42,18 @@ fn hhmm(s: &str) -> Option<Time> {
     Time::new(h.parse().ok()?, m.parse().ok()?, 0, 0).ok()
 }
 
+/// Tests' copy window: 22:00 to 06:00 UTC (closed at the test clock's 08:00 start).
+#[cfg(test)]
+pub fn night() -> Option<crate::api::v1alpha1::ScheduleSpec> {
+    Some(crate::api::v1alpha1::ScheduleSpec {
+        window: Some(WindowSpec {
+            start: "22:00".into(),
+            end: "06:00".into(),
+            time_zone: None,
+        }),
+    })
+}
+
 /// Parse a window, or say which field is wrong and why.
 pub fn parse(w: &WindowSpec) -> Result<Window, (&'static str, String)> {
     let start = hhmm(&w.start).ok_or(("start", format!("{:?} is not a time HH:MM (00:00 to 23:59)", w.start)))?;

@@ -1457,16 +1457,28 @@ destinations:
         members: &HashMap<String, Result<Account, String>>,
         t: &mut i64,
     ) -> VmPlan {
-        let mut last = None;
+        run_rounds(e, o, cloud, members, t).await.0
+    }
+
+    /// Twelve reconcile-and-act rounds, 20 s apart: the last plan and the Events of all.
+    async fn run_rounds(
+        e: &VmEngine,
+        o: &mut ImageReplication,
+        cloud: &FakeCloud,
+        members: &HashMap<String, Result<Account, String>>,
+        t: &mut i64,
+    ) -> (VmPlan, Vec<(String, String)>) {
+        let (mut last, mut seen) = (None, Vec::new());
         for _ in 0..12 {
             *t += 20;
             let now = crate::plan::test_at(*t);
             let p = e.reconcile(o, &Gate::Open, cloud, Ok(account("right")), &now).await;
+            seen.extend(p.events.iter().map(|a| (a.reason.clone(), a.note.clone())));
             o.status = Some(p.status.clone());
             e.act(o, cloud, &account("right"), members, &p).await;
             last = Some(p);
         }
-        last.unwrap()
+        (last.expect("rounds ran"), seen)
     }
 
     /// One object copies to a region and shares the copy with two projects (one accepted with
@@ -1603,18 +1615,9 @@ destinations:
         }
     }
 
-    /// Twelve reconcile-and-act rounds, 20 s apart; the Events they published.
+    /// Twelve rounds (see `run_rounds`); the Events they published.
     async fn rounds(e: &VmEngine, o: &mut ImageReplication, cloud: &FakeCloud, t: &mut i64) -> Vec<(String, String)> {
-        let mut seen = Vec::new();
-        for _ in 0..12 {
-            *t += 20;
-            let now = crate::plan::test_at(*t);
-            let p = e.reconcile(o, &Gate::Open, cloud, Ok(account("right")), &now).await;
-            seen.extend(p.events.iter().map(|a| (a.reason.clone(), a.note.clone())));
-            o.status = Some(p.status.clone());
-            e.act(o, cloud, &account("right"), &Others::new(), &p).await;
-        }
-        seen
+        run_rounds(e, o, cloud, &Others::new(), t).await.1
     }
 
     /// `source.follow: Newest` with `retention.keep: 2`: each newer image matching the pattern

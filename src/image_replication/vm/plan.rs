@@ -1476,13 +1476,7 @@ spec:
     #[test]
     fn a_closed_copy_window_holds_new_copies_but_not_drift_repairs() {
         let mut o = obj();
-        o.spec.schedule = Some(ScheduleSpec {
-            window: Some(WindowSpec {
-                start: "22:00".into(),
-                end: "06:00".into(),
-                time_zone: None,
-            }),
-        });
+        o.spec.schedule = crate::image_replication::window::night();
         let grant = [("two", Admission::Granted), ("three", Admission::Granted)];
         let p = step(&mut o, &Gate::Open, &observed(&[]), 0, &grant);
         assert!(p.wants.is_empty() && p.start.is_empty());
