@@ -23,6 +23,15 @@ use support::operator::{Operator, eventually, free_port};
 use support::registry::TestRegistry;
 
 const WAIT: Duration = Duration::from_secs(90);
+/// Drift checks every 2 s, copies polled every 1-2 s.
+const FAST: &[&str] = &[
+    "--resync-seconds",
+    "2",
+    "--poll-min-seconds",
+    "1",
+    "--poll-max-seconds",
+    "2",
+];
 
 /// One test's share of the control plane: an admin client, a namespace, a scratch directory.
 struct Scene {
@@ -642,17 +651,7 @@ async fn an_openstack_copy_on_real_keystone_and_glance() {
         ],
     )
     .await;
-    let _op = sc.operator(
-        "op-a",
-        &[
-            "--resync-seconds",
-            "2",
-            "--poll-min-seconds",
-            "1",
-            "--poll-max-seconds",
-            "2",
-        ],
-    );
+    let _op = sc.operator("op-a", FAST);
     let api = sc.irs();
     let obj: ImageReplication = serde_json::from_value(json!({
         "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
@@ -951,17 +950,7 @@ async fn a_golden_image_pipeline_on_real_glance() {
         ("projectName", "demo"),
     ];
     support::secret_in(&sc.c, &sc.ns, "os-creds", &creds).await;
-    let _op = sc.operator(
-        "op-a",
-        &[
-            "--resync-seconds",
-            "2",
-            "--poll-min-seconds",
-            "1",
-            "--poll-max-seconds",
-            "2",
-        ],
-    );
+    let _op = sc.operator("op-a", FAST);
     let api = sc.irs();
     let obj: ImageReplication = serde_json::from_value(json!({
         "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",

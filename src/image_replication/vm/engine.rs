@@ -1487,12 +1487,7 @@ destinations:
     /// before it deletes the copy, and never deletes the source.
     #[tokio::test]
     async fn shares_follow_the_copy_and_go_before_it_on_delete() {
-        let settings = Settings {
-            poll_min: Duration::ZERO,
-            resync: Duration::ZERO,
-            ..Settings::default()
-        };
-        let e = VmEngine::new(settings, Arc::new(|_: &str| {}), None);
+        let e = fast_engine();
         let cloud = FakeCloud::new("right");
         cloud.add_image("one", "img-1", 1 << 20);
         let members: HashMap<String, Result<Account, String>> =
@@ -1615,6 +1610,16 @@ destinations:
         }
     }
 
+    /// An engine that polls and checks for drift at every reconcile.
+    fn fast_engine() -> VmEngine {
+        let settings = Settings {
+            poll_min: Duration::ZERO,
+            resync: Duration::ZERO,
+            ..Settings::default()
+        };
+        VmEngine::new(settings, Arc::new(|_: &str| {}), None)
+    }
+
     /// Twelve rounds (see `run_rounds`); the Events they published.
     async fn rounds(e: &VmEngine, o: &mut ImageReplication, cloud: &FakeCloud, t: &mut i64) -> Vec<(String, String)> {
         run_rounds(e, o, cloud, &Others::new(), t).await.1
@@ -1626,12 +1631,7 @@ destinations:
     /// deletes every copy it kept — never a source.
     #[tokio::test]
     async fn a_followed_source_moves_on_and_old_copies_go_beyond_keep() {
-        let settings = Settings {
-            poll_min: Duration::ZERO,
-            resync: Duration::ZERO,
-            ..Settings::default()
-        };
-        let e = VmEngine::new(settings, Arc::new(|_: &str| {}), None);
+        let e = fast_engine();
         let cloud = FakeCloud::new("right");
         cloud.add_image_created("one", "golden-1", 1 << 20, "2026-12-01T00:00:00Z");
         cloud.add_image_created("one", "other-9", 1 << 20, "2026-12-09T00:00:00Z");
