@@ -288,9 +288,7 @@ fn cleanup_needs_account(obj: &ImageReplication, st: &ImageReplicationStatus) ->
     let deletes = obj.spec.deletion_policy == DeletionPolicy::Delete;
     (deletes && !st.previous.is_empty())
         || st.destinations.iter().any(|d| {
-            vplan::in_flight(d.phase)
-                || (obj.spec.deletion_policy == DeletionPolicy::Delete
-                    && (d.phase == DestinationPhase::Available || !d.shares.is_empty()))
+            vplan::in_flight(d.phase) || (deletes && (d.phase == DestinationPhase::Available || !d.shares.is_empty()))
         })
 }
 

@@ -81,7 +81,8 @@ pub struct Snapshot {
     /// Region -> time until its next drift check (absent: a full `resync`).
     pub drift_in: HashMap<String, Duration>,
     pub resync: Duration,
-    /// `source.follow`: time until the source is looked up again.
+    /// Time until the engine looks again for its own reasons: a followed source's next look,
+    /// a copy slot another process held asked for again.
     pub check_in: Option<Duration>,
     pub limits: Limits,
     pub max_attempts: i32,
