@@ -1138,14 +1138,14 @@ async fn a_moving_tag_is_followed_published_and_a_removed_destination_pruned() {
     sc.wait_event("web", "DestinationRemoved").await;
 }
 
-/// Two shards of one installation on the real API server, as the chart runs them: shard `a`
-/// (`--watch-label-selector replication.imageops.io/shard in (a)`) and the main process
-/// (`notin (a)`), each with its own Lease, one installation name. Each object is reconciled by
+/// Three shard processes of one installation on the real API server, as the chart runs
+/// `shards: [a, b]`: shard `a` (`--watch-label-selector replication.imageops.io/shard in (a)`),
+/// shard `b` and the main process (`notin (a,b)`), each with its own Lease, one installation. Each object is reconciled by
 /// exactly one process (its Events' reporting instance); an object relabelled to shard `a`
 /// mid-copy is let go by the main process and taken over by shard `a`, which finds the copy by
 /// its idempotency token: one CopyImage per object, never two.
 #[tokio::test(flavor = "multi_thread")]
-async fn two_label_shards_split_the_objects_and_hand_one_over_without_a_second_copy() {
+async fn label_shards_split_the_objects_and_hand_one_over_without_a_second_copy() {
     use support::clouds::{Kind, Stand};
     let Some(sc) = Scene::new("shards").await else { return };
     let ecs = Stand::start(Kind::Alibaba).await;
@@ -1155,7 +1155,8 @@ async fn two_label_shards_split_the_objects_and_hand_one_over_without_a_second_c
     let installation = format!("{}/iro", sc.ns);
     let shard = |name: &str, selector: &str| sc.shard(&format!("op-{name}"), &format!("iro-{name}"), selector);
     let _a = shard("a", "replication.imageops.io/shard in (a)");
-    let _main = shard("main", "replication.imageops.io/shard notin (a)");
+    let _b = shard("b", "replication.imageops.io/shard in (b)");
+    let _main = shard("main", "replication.imageops.io/shard notin (a,b)");
     let api = sc.irs();
     let object = |name: &str, label: Option<&str>| -> ImageReplication {
         let src = ecs.add(src_region, name, 20, json!({}));
@@ -1175,6 +1176,9 @@ async fn two_label_shards_split_the_objects_and_hand_one_over_without_a_second_c
         o
     };
     api.create(&PostParams::default(), &object("in-a", Some("a")))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &object("in-b", Some("b")))
         .await
         .unwrap();
     api.create(&PostParams::default(), &object("moves", None))
@@ -1197,7 +1201,7 @@ async fn two_label_shards_split_the_objects_and_hand_one_over_without_a_second_c
     )
     .await
     .unwrap();
-    for name in ["in-a", "moves", "stays"] {
+    for name in ["in-a", "in-b", "moves", "stays"] {
         wait_ready(&api, name).await;
     }
     let (c, ns) = (&sc.c, &sc.ns);
@@ -1212,12 +1216,13 @@ async fn two_label_shards_split_the_objects_and_hand_one_over_without_a_second_c
         r
     };
     assert_eq!(reporters("in-a").await, vec!["op-a".to_string()]);
+    assert_eq!(reporters("in-b").await, vec!["op-b".to_string()]);
     assert_eq!(reporters("stays").await, vec!["op-main".to_string()]);
     let moved = reporters("moves").await;
     assert!(moved.contains(&"op-a".to_string()), "shard a took it over: {moved:?}");
     let copies = ecs.calls("CopyImage").len();
     assert_eq!(
-        copies, 3,
+        copies, 4,
         "one CopyImage per object, none repeated by the shard that took one over"
     );
     let o = api.get("moves").await.unwrap();
