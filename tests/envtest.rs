@@ -1317,15 +1317,24 @@ async fn two_shards_share_one_accounts_copy_quota() {
         .list(&kube::api::ListParams::default().labels("replication.imageops.io/copy-slots"))
         .await
         .unwrap();
-    assert_eq!(slots.items.len(), 5, "five slots for the account");
+    let names: Vec<String> = slots.items.iter().map(|l| l.name_any()).collect();
+    assert_eq!(names.len(), 6, "five slots and the account's queue: {names:?}");
+    assert_eq!(names.iter().filter(|n| n.ends_with("-queue")).count(), 1);
     eventually(WAIT, "the slots let go", || async {
         let l = leases
             .list(&kube::api::ListParams::default().labels("replication.imageops.io/copy-slots"))
             .await
             .ok()?;
+        let queued = |l: &Lease| {
+            l.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("replication.imageops.io/waiting"))
+                .is_some_and(|q| q != "[]")
+        };
         l.items
             .iter()
-            .all(|l| l.spec.as_ref().and_then(|s| s.holder_identity.as_ref()).is_none())
+            .all(|l| l.spec.as_ref().and_then(|s| s.holder_identity.as_ref()).is_none() && !queued(l))
             .then_some(())
     })
     .await;

@@ -14,10 +14,13 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use tracing::{debug, warn};
 
-use crate::image_replication::vm::slots::{self, SLOT_DURATION, Seen, Slots};
+use crate::image_replication::vm::slots::{self, SLOT_DURATION, Seen, Slots, Waiter};
 
 /// The label that names the account (hashed) a slot Lease belongs to.
 pub const SLOT_LABEL: &str = "replication.imageops.io/copy-slots";
+
+/// The annotation of the account's queue Lease: the copies waiting for a slot, as JSON.
+pub const QUEUE_ANNOTATION: &str = "replication.imageops.io/waiting";
 
 /// Slot Leases of one installation.
 pub struct KubeSlots {
@@ -38,6 +41,39 @@ impl KubeSlots {
         use sha2::Digest as _;
         let h = sha2::Sha256::digest(format!("{}|{account}", self.installation).as_bytes());
         crate::oci::api::hex(&h)[..12].to_string()
+    }
+
+    /// Write the account's queue (a Lease that holds no slot, only the annotation).
+    async fn write_queue(
+        &self,
+        name: &str,
+        hash: &str,
+        old: Option<&Lease>,
+        queue: &[Waiter],
+    ) -> Result<(), kube::Error> {
+        let text = serde_json::to_string(queue).unwrap_or_else(|_| "[]".into());
+        match old {
+            Some(l) => {
+                let mut l = l.clone();
+                l.metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(QUEUE_ANNOTATION.into(), text);
+                self.api.replace(name, &PostParams::default(), &l).await.map(|_| ())
+            }
+            None => {
+                let l = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(name.to_string()),
+                        labels: Some(BTreeMap::from([(SLOT_LABEL.to_string(), hash.to_string())])),
+                        annotations: Some(BTreeMap::from([(QUEUE_ANNOTATION.to_string(), text)])),
+                        ..Default::default()
+                    },
+                    spec: None,
+                };
+                self.api.create(&PostParams::default(), &l).await.map(|_| ())
+            }
+        }
     }
 
     async fn write(
@@ -91,7 +127,7 @@ impl Slots for KubeSlots {
         limit: i32,
         key: &'a str,
         running: &'a [String],
-        wanting: &'a [String],
+        wanting: &'a [(crate::image_replication::vm::quota::Order, String)],
     ) -> BoxFuture<'a, HashSet<String>> {
         Box::pin(async move {
             let hash = self.account_hash(account);
@@ -108,7 +144,25 @@ impl Slots for KubeSlots {
                 }
             }
             let seen: Vec<Option<Seen>> = leases.iter().map(|l| l.as_ref().map(seen)).collect();
-            let p = slots::plan(&seen, key, running, wanting, Timestamp::now().as_second());
+            let queue_name = format!("imgrep-slot-{hash}-queue");
+            let queue_lease = match self.api.get_opt(&queue_name).await {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(error = %e, "reading the copy slots' queue failed; copies wait");
+                    return HashSet::new();
+                }
+            };
+            let queue: Vec<Waiter> = queue_lease
+                .as_ref()
+                .and_then(|l| l.metadata.annotations.as_ref()?.get(QUEUE_ANNOTATION))
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default();
+            let p = slots::plan(&seen, &queue, key, running, wanting, Timestamp::now().as_second());
+            if let Some(q) = &p.queue
+                && let Err(e) = self.write_queue(&queue_name, &hash, queue_lease.as_ref(), q).await
+            {
+                debug!(error = %e, "the copy slots' queue changed meanwhile; asked again later");
+            }
             let mut granted = p.granted.clone();
             for (i, holder) in &p.hold {
                 if let Err(e) = self.write(&name(*i), &hash, leases[*i].as_ref(), Some(holder)).await {

@@ -640,8 +640,7 @@ impl VmEngine {
         if granted.is_empty() && p.running.is_empty() && !had {
             return adm;
         }
-        let regions: Vec<String> = granted.iter().map(|(_, r)| r.clone()).collect();
-        let got = slots.sync(&account, limit, key, &p.running, &regions).await;
+        let got = slots.sync(&account, limit, key, &p.running, &granted).await;
         for (order, region) in granted.into_iter().filter(|(_, r)| !got.contains(r)) {
             let pos = self.quota.requeue(&account, key, &region, order);
             if let Some(m) = &self.metrics {

@@ -3,8 +3,10 @@
 //! Each slot is one `coordination.k8s.io` Lease (the controller's `KubeSlots`); its holder is
 //! the copy (`<namespace>/<name>/<region>`), not the process, so the process that takes an
 //! object over keeps its copies' slots, and a slot nobody renews for the lease duration (its
-//! process died) is taken over. The local per-account queue ([`super::quota`]) still orders
-//! the copies of one process; across processes it is first come, first served.
+//! process died) is taken over. The local per-account queue ([`super::quota`]) orders the
+//! copies of one process; across processes a shared queue (a list of [`Waiter`]s on one more
+//! Lease of the account) keeps the order oldest first: a free slot goes to the oldest copy that
+//! waits for one in any process.
 //!
 //! This module is the pure part: which slot each copy holds, takes or lets go, from what the
 //! Leases say and the time.
@@ -25,6 +27,26 @@ pub const RENEW_AFTER: Duration = Duration::from_secs(60);
 /// in another process wakes nobody here).
 pub const SLOT_RETRY: Duration = Duration::from_secs(10);
 
+/// A waiter not seen again for this long (its process let it go, or died) leaves the queue.
+pub const WAITER_STALE: Duration = Duration::from_secs(35);
+
+/// A copy waiting for a slot, in the account's shared queue: its place (the local queue's
+/// order: the object's creation time, key and destination index) and when its process last
+/// asked for it (Unix seconds).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Waiter {
+    pub copy: String,
+    pub created: i64,
+    pub index: usize,
+    pub seen: i64,
+}
+
+impl Waiter {
+    fn order(&self) -> (i64, &str, usize) {
+        (self.created, self.copy.as_str(), self.index)
+    }
+}
+
 /// The copy slots of all processes.
 pub trait Slots: Send + Sync {
     /// For object `key` in `account` (at most `limit` slots): keep (and renew) the slots of its
@@ -37,7 +59,7 @@ pub trait Slots: Send + Sync {
         limit: i32,
         key: &'a str,
         running: &'a [String],
-        wanting: &'a [String],
+        wanting: &'a [(super::quota::Order, String)],
     ) -> BoxFuture<'a, HashSet<String>>;
 }
 
@@ -58,6 +80,8 @@ pub struct SlotPlan {
     pub release: Vec<usize>,
     /// The wanting copies that got a slot.
     pub granted: HashSet<String>,
+    /// The shared queue after this plan, when it changed.
+    pub queue: Option<Vec<Waiter>>,
 }
 
 /// The copy id of an object's destination: the holder a slot Lease names.
@@ -65,8 +89,16 @@ pub fn copy_id(key: &str, region: &str) -> String {
     format!("{key}/{region}")
 }
 
-/// Plan the slots of one object from the `limit` slots as seen (`None`: no Lease yet) at `now`.
-pub fn plan(seen: &[Option<Seen>], key: &str, running: &[String], wanting: &[String], now: i64) -> SlotPlan {
+/// Plan the slots of one object from the `limit` slots as seen (`None`: no Lease yet) and the
+/// account's shared queue, at `now`.
+pub fn plan(
+    seen: &[Option<Seen>],
+    queue: &[Waiter],
+    key: &str,
+    running: &[String],
+    wanting: &[(super::quota::Order, String)],
+    now: i64,
+) -> SlotPlan {
     let mut out = SlotPlan::default();
     let mine = format!("{key}/");
     let running: HashSet<String> = running.iter().map(|r| copy_id(key, r)).collect();
@@ -104,14 +136,47 @@ pub fn plan(seen: &[Option<Seen>], key: &str, running: &[String], wanting: &[Str
             None => break,
         }
     }
-    for r in wanting {
-        match free.next() {
-            Some(i) => {
-                out.hold.insert(i, copy_id(key, r));
-                out.granted.insert(r.clone());
-            }
-            None => break,
+    // The queue: others' live waiters and this object's wanting copies, oldest first; the free
+    // slots go to its head (another process's waiter there takes its slot at its next ask).
+    let mut waiters: Vec<Waiter> = queue
+        .iter()
+        .filter(|w| !w.copy.starts_with(&mine) && now - w.seen < WAITER_STALE.as_secs() as i64)
+        .cloned()
+        .collect();
+    let ours: Vec<(Waiter, &String)> = wanting
+        .iter()
+        .map(|(o, r)| {
+            let w = Waiter {
+                copy: copy_id(key, r),
+                created: o.created,
+                index: o.index,
+                seen: now,
+            };
+            (w, r)
+        })
+        .collect();
+    let mut all: Vec<&Waiter> = waiters.iter().chain(ours.iter().map(|(w, _)| w)).collect();
+    all.sort_by(|a, b| a.order().cmp(&b.order()));
+    let head: HashSet<String> = all.iter().take(free.len()).map(|w| w.copy.clone()).collect();
+    for (w, region) in &ours {
+        if head.contains(&w.copy) {
+            let i = free.next().expect("a free slot for each head waiter");
+            out.hold.insert(i, w.copy.clone());
+            out.granted.insert((*region).clone());
+        } else {
+            waiters.push(w.clone());
         }
+    }
+    waiters.sort_by(|a, b| a.order().cmp(&b.order()));
+    let mut before: Vec<Waiter> = queue.to_vec();
+    before.sort_by(|a, b| a.order().cmp(&b.order()));
+    // Rewritten when someone joined or left it, or this object's waiters are due a refresh.
+    let stale_mine = queue
+        .iter()
+        .any(|w| w.copy.starts_with(&mine) && now - w.seen >= SLOT_RETRY.as_secs() as i64);
+    let copies = |v: &[Waiter]| v.iter().map(|w| w.copy.clone()).collect::<Vec<_>>();
+    if copies(&waiters) != copies(&before) || stale_mine {
+        out.queue = Some(waiters);
     }
     out
 }
@@ -131,6 +196,79 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    fn want(created: i64, key: &str, v: &[&str]) -> Vec<(super::super::quota::Order, String)> {
+        v.iter()
+            .enumerate()
+            .map(|(index, r)| {
+                let o = super::super::quota::Order {
+                    created,
+                    key: key.into(),
+                    index,
+                };
+                (o, r.to_string())
+            })
+            .collect()
+    }
+
+    /// An older copy waiting in another process is served first: a younger copy here waits
+    /// behind it and joins the queue; once the older one holds a slot, the next free one is
+    /// this object's. A waiter whose process stopped asking leaves the queue.
+    #[test]
+    fn the_oldest_waiter_of_any_process_is_served_first() {
+        let now = 5_000;
+        let older = Waiter {
+            copy: "ns/old/r".into(),
+            created: 1,
+            index: 0,
+            seen: now - 5,
+        };
+        let seen = vec![held("ns/b/r1", now), None];
+        let p = plan(
+            &seen,
+            &[older.clone()],
+            "ns/young",
+            &[],
+            &want(9, "ns/young", &["x"]),
+            now,
+        );
+        assert!(p.granted.is_empty(), "the one free slot is the older copy's");
+        let q = p.queue.expect("joined the queue");
+        assert_eq!(
+            q.iter().map(|w| w.copy.as_str()).collect::<Vec<_>>(),
+            ["ns/old/r", "ns/young/x"]
+        );
+        // Two free slots: both get one, the younger takes the second.
+        let p = plan(
+            &[None, None],
+            &q,
+            "ns/young",
+            &[],
+            &want(9, "ns/young", &["x"]),
+            now + 1,
+        );
+        assert_eq!(p.granted, HashSet::from(["x".to_string()]));
+        assert_eq!(p.hold.len(), 1, "the other free slot stays for the older waiter");
+        let left: Vec<String> = p.queue.unwrap().into_iter().map(|w| w.copy).collect();
+        assert_eq!(left, ["ns/old/r"], "granted: out of the queue");
+        // The older waiter's process stopped asking: it leaves the queue, the slot is ours.
+        let stale = Waiter {
+            seen: now - WAITER_STALE.as_secs() as i64,
+            ..older
+        };
+        let p = plan(&seen, &[stale], "ns/young", &[], &want(9, "ns/young", &["x"]), now);
+        assert_eq!(p.granted, HashSet::from(["x".to_string()]));
+        assert_eq!(p.queue, Some(Vec::new()));
+        // Nothing changed and nothing due: no write.
+        let mine = Waiter {
+            copy: "ns/young/x".into(),
+            created: 9,
+            index: 0,
+            seen: now - 1,
+        };
+        let p = plan(&seen[..1], &[mine], "ns/young", &[], &want(9, "ns/young", &["x"]), now);
+        assert_eq!(p.queue, None);
+    }
+
     #[test]
     fn five_slots_across_processes_are_never_more_than_five_copies() {
         // Three slots held by another object's copies (another shard), two free.
@@ -144,7 +282,7 @@ mod tests {
                 renewed: 0,
             }),
         ];
-        let p = plan(&seen, "ns/a", &[], &regions(&["x", "y", "z"]), 1010);
+        let p = plan(&seen, &[], "ns/a", &[], &want(1, "ns/a", &["x", "y", "z"]), 1010);
         assert_eq!(p.granted, HashSet::from(["x".to_string(), "y".to_string()]), "z waits");
         assert_eq!(p.hold.keys().copied().collect::<Vec<_>>(), vec![1, 4]);
         assert!(p.release.is_empty());
@@ -159,7 +297,7 @@ mod tests {
             held("ns/a/done", now - 10),                          // a's copy finished: let go
             held("ns/b/r", now - SLOT_DURATION.as_secs() as i64), // b's process died: expired
         ];
-        let p = plan(&seen, "ns/a", &regions(&["x", "y"]), &regions(&["w"]), now);
+        let p = plan(&seen, &[], "ns/a", &regions(&["x", "y"]), &want(1, "ns/a", &["w"]), now);
         assert_eq!(p.release, vec![2]);
         assert_eq!(p.hold.get(&1).map(String::as_str), Some("ns/a/y"));
         assert!(!p.hold.contains_key(&0), "fresh: no write");
@@ -174,7 +312,7 @@ mod tests {
     #[test]
     fn a_copy_taken_over_in_flight_takes_a_free_slot_first() {
         let seen = vec![None, held("ns/b/r", 100)];
-        let p = plan(&seen, "ns/a", &regions(&["x"]), &regions(&["y"]), 110);
+        let p = plan(&seen, &[], "ns/a", &regions(&["x"]), &want(1, "ns/a", &["y"]), 110);
         assert_eq!(p.hold.get(&0).map(String::as_str), Some("ns/a/x"));
         assert!(p.granted.is_empty(), "no slot left for y");
     }
