@@ -225,7 +225,7 @@ mod tests {
         let seen = vec![held("ns/b/r1", now), None];
         let p = plan(
             &seen,
-            &[older.clone()],
+            std::slice::from_ref(&older),
             "ns/young",
             &[],
             &want(9, "ns/young", &["x"]),
