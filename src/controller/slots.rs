@@ -43,6 +43,55 @@ impl KubeSlots {
         crate::oci::api::hex(&h)[..12].to_string()
     }
 
+    /// Write one of the account's Leases: the one read (`old`, its resourceVersion kept: a
+    /// concurrent change is a 409) or a new one, changed by `edit`.
+    async fn put(
+        &self,
+        name: &str,
+        hash: &str,
+        old: Option<&Lease>,
+        edit: impl FnOnce(&mut Lease),
+    ) -> Result<(), kube::Error> {
+        let mut l = old.cloned().unwrap_or_else(|| Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                labels: Some(BTreeMap::from([(SLOT_LABEL.to_string(), hash.to_string())])),
+                ..Default::default()
+            },
+            spec: None,
+        });
+        edit(&mut l);
+        match old {
+            Some(_) => self.api.replace(name, &PostParams::default(), &l).await.map(|_| ()),
+            None => self.api.create(&PostParams::default(), &l).await.map(|_| ()),
+        }
+    }
+
+    /// Hold a slot for `holder` (renewing it when it holds it already: its acquire time stays),
+    /// or let it go (`None`).
+    async fn write(
+        &self,
+        name: &str,
+        hash: &str,
+        old: Option<&Lease>,
+        holder: Option<&str>,
+    ) -> Result<(), kube::Error> {
+        let now = MicroTime(Timestamp::now());
+        let was = old.and_then(|l| l.spec.clone()).unwrap_or_default();
+        let acquired = match (&was.holder_identity, holder) {
+            (Some(h), Some(n)) if h == n => was.acquire_time.unwrap_or_else(|| now.clone()),
+            _ => now.clone(),
+        };
+        let spec = LeaseSpec {
+            holder_identity: holder.map(String::from),
+            lease_duration_seconds: Some(SLOT_DURATION.as_secs() as i32),
+            acquire_time: Some(acquired),
+            renew_time: Some(now),
+            ..Default::default()
+        };
+        self.put(name, hash, old, |l| l.spec = Some(spec)).await
+    }
+
     /// Write the account's queue (a Lease that holds no slot, only the annotation).
     async fn write_queue(
         &self,
@@ -52,63 +101,13 @@ impl KubeSlots {
         queue: &[Waiter],
     ) -> Result<(), kube::Error> {
         let text = serde_json::to_string(queue).unwrap_or_else(|_| "[]".into());
-        match old {
-            Some(l) => {
-                let mut l = l.clone();
-                l.metadata
-                    .annotations
-                    .get_or_insert_with(Default::default)
-                    .insert(QUEUE_ANNOTATION.into(), text);
-                self.api.replace(name, &PostParams::default(), &l).await.map(|_| ())
-            }
-            None => {
-                let l = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(name.to_string()),
-                        labels: Some(BTreeMap::from([(SLOT_LABEL.to_string(), hash.to_string())])),
-                        annotations: Some(BTreeMap::from([(QUEUE_ANNOTATION.to_string(), text)])),
-                        ..Default::default()
-                    },
-                    spec: None,
-                };
-                self.api.create(&PostParams::default(), &l).await.map(|_| ())
-            }
-        }
-    }
-
-    async fn write(
-        &self,
-        name: &str,
-        hash: &str,
-        old: Option<&Lease>,
-        holder: Option<&str>,
-    ) -> Result<(), kube::Error> {
-        let now = MicroTime(Timestamp::now());
-        let spec = LeaseSpec {
-            holder_identity: holder.map(String::from),
-            lease_duration_seconds: Some(SLOT_DURATION.as_secs() as i32),
-            acquire_time: Some(now.clone()),
-            renew_time: Some(now),
-            ..Default::default()
-        };
-        match old {
-            Some(l) => {
-                let mut l = l.clone();
-                l.spec = Some(spec);
-                self.api.replace(name, &PostParams::default(), &l).await.map(|_| ())
-            }
-            None => {
-                let l = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(name.to_string()),
-                        labels: Some(BTreeMap::from([(SLOT_LABEL.to_string(), hash.to_string())])),
-                        ..Default::default()
-                    },
-                    spec: Some(spec),
-                };
-                self.api.create(&PostParams::default(), &l).await.map(|_| ())
-            }
-        }
+        self.put(name, hash, old, |l| {
+            l.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(QUEUE_ANNOTATION.into(), text);
+        })
+        .await
     }
 }
 

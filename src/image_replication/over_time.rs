@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::api::v1alpha1::{DestinationPhase, ImageReplicationStatus, SourceSpec};
+use crate::api::v1alpha1::{DestinationPhase, ImageReplicationStatus, SourceSpec, SourceStatus};
 
 /// `source.checkInterval` when the spec does not say.
 pub const DEFAULT_CHECK: Duration = Duration::from_secs(600);
@@ -38,6 +38,19 @@ pub fn check_interval(spec: &SourceSpec) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+/// When the source became what it is: what the old status says while it is the same source
+/// (`same`: the same image id, oci: the same digest), now when it changed.
+pub fn resolved_at(
+    old: Option<&SourceStatus>,
+    same: impl Fn(&SourceStatus) -> bool,
+    now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
+    match old {
+        Some(o) if same(o) => o.resolved_at.clone().or_else(|| Some(now.clone())),
+        _ => Some(now.clone()),
+    }
 }
 
 /// Per destination: whether it is outdated — no Available copy of the current source (VM: the

@@ -187,10 +187,8 @@ fn oci_source(
     let Some(digest) = newest.and_then(|d| d.digest.clone()) else {
         return old.cloned();
     };
-    let resolved_at = match old {
-        Some(o) if o.digest.as_deref() == Some(digest.as_str()) => o.resolved_at.clone().or_else(|| Some(now.clone())),
-        _ => Some(now.clone()),
-    };
+    let resolved_at =
+        crate::image_replication::over_time::resolved_at(old, |o| o.digest.as_deref() == Some(digest.as_str()), now);
     Some(SourceStatus {
         name: spec.source.reference.clone(),
         digest: Some(digest),

@@ -354,56 +354,111 @@ mod tests {
         assert!(text.contains("imgrep_reconcile_duration_seconds_count{controller=\"image_replication\"} 1"));
         assert!(text.contains("imgrep_reconcile_errors_total{category=\"kube\",controller=\"image_replication\"} 1"));
     }
+
+    /// The freshness gauges sum what the objects report per provider and region (the oldest
+    /// since-timestamp), follow a changed report, and drop an object that is gone.
+    #[test]
+    fn freshness_sums_the_objects_reports() {
+        let (m, f) = (Metrics::new(), Freshness::default());
+        let line = |what: &str, region: &str| {
+            let text = m.render();
+            let head = format!("imgrep_{what}{{provider=\"aws\",region=\"{region}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&head).map(String::from))
+                .unwrap_or_default()
+        };
+        f.record(&m, "ns/a", "aws", vec![("r1".into(), Some(100)), ("r2".into(), None)]);
+        f.record(&m, "ns/b", "aws", vec![("r1".into(), Some(50))]);
+        assert_eq!(
+            (line("destinations_outdated", "r1"), line("destinations_outdated", "r2")),
+            ("2".into(), "0".into())
+        );
+        assert_eq!(line("destinations_outdated_since_timestamp_seconds", "r1"), "50");
+        f.record(&m, "ns/b", "aws", vec![("r1".into(), None)]);
+        assert_eq!(line("destinations_outdated", "r1"), "1");
+        assert_eq!(line("destinations_outdated_since_timestamp_seconds", "r1"), "100");
+        f.forget(&m, "ns/a");
+        assert_eq!(line("destinations_outdated", "r1"), "0");
+        assert_eq!(line("destinations_outdated_since_timestamp_seconds", "r1"), "0");
+    }
 }
 
 /// The freshness gauges (`imgrep_destinations_outdated` and the oldest since-timestamp) per
 /// provider and region, summed over the ImageReplications an engine reconciles (object names
-/// never become labels): what each object last reported, by its key.
+/// never become labels): what each object last reported, and per provider and region how many
+/// outdated destinations wait since when — kept up to date as objects report, so a report costs
+/// its own regions only, and an unchanged one nothing.
 #[derive(Default)]
 pub struct Freshness {
-    objects: std::sync::Mutex<std::collections::HashMap<String, Reported>>,
+    state: std::sync::Mutex<FreshState>,
 }
 
 /// One object's provider and, per region, since when it is outdated (`None`: up to date).
 type Reported = (String, Vec<(String, Option<i64>)>);
 
+#[derive(Default)]
+struct FreshState {
+    objects: std::collections::HashMap<String, Reported>,
+    /// (provider, region) -> since -> how many outdated destinations wait since then.
+    outdated: std::collections::HashMap<(String, String), std::collections::BTreeMap<i64, usize>>,
+}
+
+impl FreshState {
+    fn count(&mut self, provider: &str, rs: &[(String, Option<i64>)], add: bool) {
+        for (region, since) in rs {
+            let waits = self.outdated.entry((provider.to_string(), region.clone())).or_default();
+            let Some(t) = since else { continue };
+            if add {
+                *waits.entry(*t).or_default() += 1;
+            } else if let Some(n) = waits.get_mut(t) {
+                *n -= 1;
+                if *n == 0 {
+                    waits.remove(t);
+                }
+            }
+        }
+    }
+
+    fn publish(&self, m: &Metrics, provider: &str, rs: &[(String, Option<i64>)]) {
+        for (region, _) in rs {
+            let Some(waits) = self.outdated.get(&(provider.to_string(), region.clone())) else {
+                continue;
+            };
+            m.destination_outdated
+                .with_label_values(&[provider, region])
+                .set(waits.values().sum::<usize>() as i64);
+            m.destination_outdated_since
+                .with_label_values(&[provider, region])
+                .set(waits.keys().next().copied().unwrap_or(0) as f64);
+        }
+    }
+}
+
 impl Freshness {
-    /// What the object now reports; the gauges of its provider's regions are summed again.
+    /// What the object now reports; the gauges of the regions it reported, before or now, follow.
     pub fn record(&self, m: &Metrics, key: &str, provider: &str, now: Vec<(String, Option<i64>)>) {
-        let mut objects = self.objects.lock().expect("freshness lock");
-        let before = objects.insert(key.to_string(), (provider.to_string(), now.clone()));
-        let mut regions: std::collections::BTreeSet<String> = now.into_iter().map(|(r, _)| r).collect();
-        regions.extend(before.into_iter().flat_map(|(_, rs)| rs.into_iter().map(|(r, _)| r)));
-        Self::publish(m, &objects, provider, &regions);
+        let mut st = self.state.lock().expect("freshness lock");
+        let report = (provider.to_string(), now);
+        if st.objects.get(key) == Some(&report) {
+            return;
+        }
+        let before = st.objects.insert(key.to_string(), report.clone());
+        if let Some((p, rs)) = &before {
+            st.count(p, rs, false);
+        }
+        st.count(provider, &report.1, true);
+        if let Some((p, rs)) = &before {
+            st.publish(m, p, rs);
+        }
+        st.publish(m, provider, &report.1);
     }
 
     /// The object is gone from this process.
     pub fn forget(&self, m: &Metrics, key: &str) {
-        let mut objects = self.objects.lock().expect("freshness lock");
-        if let Some((provider, rs)) = objects.remove(key) {
-            let regions = rs.into_iter().map(|(r, _)| r).collect();
-            Self::publish(m, &objects, &provider, &regions);
-        }
-    }
-
-    fn publish(
-        m: &Metrics,
-        objects: &std::collections::HashMap<String, Reported>,
-        provider: &str,
-        regions: &std::collections::BTreeSet<String>,
-    ) {
-        for region in regions {
-            let since: Vec<i64> = objects
-                .values()
-                .filter(|(p, _)| p == provider)
-                .flat_map(|(_, rs)| rs.iter().filter(|(r, _)| r == region).filter_map(|(_, s)| *s))
-                .collect();
-            m.destination_outdated
-                .with_label_values(&[provider, region])
-                .set(since.len() as i64);
-            m.destination_outdated_since
-                .with_label_values(&[provider, region])
-                .set(since.iter().min().copied().unwrap_or(0) as f64);
+        let mut st = self.state.lock().expect("freshness lock");
+        if let Some((p, rs)) = st.objects.remove(key) {
+            st.count(&p, &rs, false);
+            st.publish(m, &p, &rs);
         }
     }
 }

@@ -8,13 +8,13 @@
 //! newer source starts at once. Where the cloud cannot cancel (Huawei IMS) it finishes and is
 //! then kept as a previous copy, subject to `retention.keep` like any other.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
 use super::{ImageInfo, ImageState, ProviderError};
 use crate::api::v1alpha1::{
     DeletionPolicy, DestinationPhase, DestinationStatus, ImageReplicationSpec, PreviousCopy, SharePhase,
 };
-pub use crate::image_replication::over_time::{DEFAULT_CHECK, MIN_CHECK, check_interval, following, outdated};
+pub use crate::image_replication::over_time::{
+    DEFAULT_CHECK, MIN_CHECK, check_interval, following, outdated, resolved_at,
+};
 use crate::plan::Announcement;
 
 /// Without `retention.keep`, at most this many earlier copies per region are listed in
@@ -288,15 +288,6 @@ pub fn superseded_in_flight(s: &DestinationStatus, current: &str, old_source: Op
         DestinationPhase::Starting | DestinationPhase::Copying | DestinationPhase::Cancelling
     );
     in_flight && copy_source(s, old_source).is_some_and(|of| of != current)
-}
-
-/// The source status of a newly resolved image: `resolvedAt` is now when the image changed,
-/// else what it was.
-pub fn resolved_at(old: Option<&crate::api::v1alpha1::SourceStatus>, id: &str, now: &Time) -> Option<Time> {
-    match old {
-        Some(o) if o.image_id.as_deref() == Some(id) => o.resolved_at.clone().or_else(|| Some(now.clone())),
-        _ => Some(now.clone()),
-    }
 }
 
 #[cfg(test)]

@@ -314,7 +314,11 @@ pub fn vm_plan(
     }
 
     let source_now = source.as_ref().map(|i| SourceStatus {
-        resolved_at: follow::resolved_at(old.source.as_ref(), &i.id, now),
+        resolved_at: follow::resolved_at(
+            old.source.as_ref(),
+            |o| o.image_id.as_deref() == Some(i.id.as_str()),
+            now,
+        ),
         ..source_status(i)
     });
     if let (Some(new), Some(was)) = (&newer, old_source)
