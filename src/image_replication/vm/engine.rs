@@ -580,15 +580,19 @@ impl VmEngine {
         let listed = provider.candidates(a, &src.region, &pattern).await;
         self.time(provider, "candidates", t, &listed);
         let found = match listed.and_then(|l| follow::newest(&pattern, &src.region, l)) {
-            Ok(newest) => {
-                let sel = ImageSelector::Id(newest.id.clone());
-                self.describe(obj, key, provider, a, &sel, now)
-                    .await
-                    .map(|i| ImageInfo {
-                        created_at: i.created_at.or(newest.created_at),
-                        ..i
-                    })
-            }
+            // The same image as last time: what was described then (one call per look, not two).
+            Ok(newest) => match self.with_mem(key, |m| m.source.clone()).filter(|s| s.id == newest.id) {
+                Some(known) => Ok(known),
+                None => {
+                    let sel = ImageSelector::Id(newest.id.clone());
+                    self.describe(obj, key, provider, a, &sel, now)
+                        .await
+                        .map(|i| ImageInfo {
+                            created_at: i.created_at.or(newest.created_at),
+                            ..i
+                        })
+                }
+            },
             Err(e) if e.auth => Err(self.hold_auth(obj, key, a, e, now)),
             Err(e) => Err(e),
         };
@@ -1703,6 +1707,9 @@ destinations: [{region: two}, {region: three}]
         let quiet = rounds(&e, &mut o, &cloud, &mut t).await;
         assert_eq!(o.status, before);
         assert!(quiet.is_empty(), "{quiet:?}");
+        // Each look lists the candidates; only a new image is described.
+        assert!(cloud.calls("candidates") > 3);
+        assert_eq!(cloud.calls("describe"), 3, "one describe per source version");
 
         let note = e
             .cleanup(&o, &cloud, Ok(account("right")), &Others::new())
