@@ -131,20 +131,7 @@ pub fn oci_plan(
         quiet.note(before.as_ref() != Some(&s), young);
         destinations.push(s);
     }
-    let mut prune = Vec::new();
-    for s in old
-        .destinations
-        .iter()
-        .filter(|s| !spec.destinations.iter().any(|d| d.region == s.region))
-    {
-        let task = tasks.get(&s.region);
-        let kept = removed_oci(s, task, pruned.get(&s.region), spec.deletion_policy, &mut events);
-        quiet.note(kept.as_ref() != Some(s), None);
-        if let Some(kept) = kept {
-            prune.push(s.region.clone());
-            destinations.push(kept);
-        }
-    }
+    let prune = removed_destinations(spec, &old, tasks, pruned, &mut destinations, &mut events, &mut quiet);
     if !start.is_empty() {
         wake.push(std::time::Duration::from_secs(2));
     }
@@ -195,6 +182,39 @@ fn oci_source(
         resolved_at,
         ..Default::default()
     })
+}
+
+/// The destinations of the old status that left the spec ([`removed_oci`] each): those still
+/// kept go into `destinations`; returns the regions the shell stops.
+fn removed_destinations(
+    spec: &ImageReplicationSpec,
+    old: &ImageReplicationStatus,
+    tasks: &std::collections::HashMap<String, TaskView>,
+    pruned: &std::collections::HashMap<String, Result<(), String>>,
+    destinations: &mut Vec<DestinationStatus>,
+    events: &mut Vec<Announcement>,
+    quiet: &mut Quiet,
+) -> Vec<String> {
+    let mut prune = Vec::new();
+    for s in old
+        .destinations
+        .iter()
+        .filter(|s| !spec.destinations.iter().any(|d| d.region == s.region))
+    {
+        let kept = removed_oci(
+            s,
+            tasks.get(&s.region),
+            pruned.get(&s.region),
+            spec.deletion_policy,
+            events,
+        );
+        quiet.note(kept.as_ref() != Some(s), None);
+        if let Some(kept) = kept {
+            prune.push(s.region.clone());
+            destinations.push(kept);
+        }
+    }
+    prune
 }
 
 /// A destination removed from the spec (what Argo CD and Flux users expect when they delete a

@@ -214,6 +214,27 @@ fn previous_at(obj: &ImageReplication, c: &PreviousCopy) -> ImageAt {
     }
 }
 
+/// On delete: the copies of earlier sources go under `deletionPolicy: Delete` (their shares
+/// withdrawn first, with the owning account) and stay under `Retain`. Returns them, labelled.
+async fn cleanup_previous(
+    obj: &ImageReplication,
+    st: &ImageReplicationStatus,
+    provider: &dyn ImageService,
+    main: &Account,
+    others: &Others,
+) -> Result<Vec<String>, String> {
+    let source_id = st.source.as_ref().and_then(|x| x.image_id.as_deref());
+    let mut out = Vec::new();
+    for c in &st.previous {
+        if obj.spec.deletion_policy == DeletionPolicy::Delete {
+            let acct = account_for(obj, &c.region, main, others).map_err(|e| format!("{}: {}", c.region, e.message))?;
+            delete_copy(provider, acct, &previous_at(obj, c), &c.shared_with, source_id).await?;
+        }
+        out.push(format!("{} ({}, an earlier copy)", c.region, c.image_id));
+    }
+    Ok(out)
+}
+
 /// Where the source image is, as a share call names it.
 fn source_at(obj: &ImageReplication, source_id: &str) -> ImageAt {
     ImageAt {
@@ -1303,16 +1324,10 @@ impl VmEngine {
                 DeletionPolicy::Retain => kept.push(format!("{region} ({id})")),
             }
         }
-        for c in &st.previous {
-            let label = format!("{} ({}, an earlier copy)", c.region, c.image_id);
-            if obj.spec.deletion_policy == DeletionPolicy::Retain {
-                kept.push(label);
-                continue;
-            }
-            let acct = account_for(obj, &c.region, main, others).map_err(|e| format!("{}: {}", c.region, e.message))?;
-            let source_id = st.source.as_ref().and_then(|x| x.image_id.as_deref());
-            delete_copy(provider, acct, &previous_at(obj, c), &c.shared_with, source_id).await?;
-            removed.push(label);
+        let earlier = cleanup_previous(obj, &st, provider, main, others).await?;
+        match obj.spec.deletion_policy {
+            DeletionPolicy::Delete => removed.extend(earlier),
+            DeletionPolicy::Retain => kept.extend(earlier),
         }
         for (done, what) in [
             (withdrawn, "withdrew the shares of"),
