@@ -1095,7 +1095,11 @@ async fn a_moving_tag_is_followed_published_and_a_removed_destination_pruned() {
             .cloned()
             .unwrap_or_default()
     };
-    assert!(published().await.ends_with(&format!("@{first}")));
+    // The ConfigMap is written just after the status that says Ready.
+    eventually(WAIT, "the first digest published", || async {
+        published().await.ends_with(&format!("@{first}")).then_some(())
+    })
+    .await;
     assert_eq!(cc.digest_of("team/web", "1.4"), Some(first.clone()));
 
     // The tag moves: followed within the minute of checkInterval (not the operator's hour).
