@@ -137,6 +137,14 @@ fn every_error_code_the_sdks_list_is_classified() {
         ("AuthFailure.SignatureFailure", ErrorClass::Auth),
         ("InvalidRegion.Unavailable", ErrorClass::Permanent),
         ("InvalidImageId.IncorrectState", ErrorClass::RetryLater),
+        // Share errors: a wrong account id is not a credentials error, a busy image is
+        // retried, the 500-account quota is not.
+        ("InvalidAccountId.NotFound", ErrorClass::Permanent),
+        ("InvalidAccountIs.YourSelf", ErrorClass::Permanent),
+        ("InvalidAccount.UnpaidOrder", ErrorClass::Auth),
+        ("FailedOperation.InvalidImageState", ErrorClass::RetryLater),
+        ("InvalidParameterValue.InvalidImageState", ErrorClass::RetryLater),
+        ("OverQuota", ErrorClass::Permanent),
     ] {
         assert_eq!(tencent::classify(code), want, "{code}");
     }

@@ -16,16 +16,30 @@ pub struct ProviderError {
     /// The cloud is not set up for this yet in a way its admin can fix (OpenStack: a region
     /// the Keystone catalog does not have): tried again on a slow schedule, no attempt counted.
     pub setup: bool,
+    /// The cloud's own error code, when it gave one (`FailedOperation.AccountAlreadyExists`):
+    /// what a provider decides on, never the message.
+    pub code: Option<String>,
     pub message: String,
 }
 
 impl ProviderError {
+    /// The same error, carrying the cloud's code.
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        let code = code.into();
+        self.code = (!code.is_empty()).then_some(code);
+        self
+    }
+    /// Whether the cloud answered with `code`.
+    pub fn is(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
     pub fn transient(message: impl Into<String>) -> Self {
         Self {
             retryable: true,
             not_found: false,
             auth: false,
             setup: false,
+            code: None,
             message: message.into(),
         }
     }
@@ -35,6 +49,7 @@ impl ProviderError {
             not_found: false,
             auth: false,
             setup: false,
+            code: None,
             message: message.into(),
         }
     }
@@ -56,6 +71,7 @@ impl ProviderError {
             not_found: true,
             auth: false,
             setup: false,
+            code: None,
             message: message.into(),
         }
     }

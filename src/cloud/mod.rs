@@ -58,6 +58,10 @@ pub enum ErrorClass {
     Permanent,
 }
 
+/// The most pages a paged listing reads (10,000 images at 100 a page): a listing that never
+/// ends is cut there, not followed forever.
+pub const MAX_PAGES: usize = 100;
+
 /// The class of `code` in a provider's table: its exact entry, else the longest `prefix*` entry.
 pub fn lookup(table: &[(&str, ErrorClass)], code: &str) -> Option<ErrorClass> {
     if code.is_empty() {
@@ -85,13 +89,14 @@ pub fn by_status(status: u16) -> ErrorClass {
 }
 
 /// A failed attempt of `class`; an authentication or permission error carries `auth_hint`.
-pub fn attempt(class: ErrorClass, text: String, auth_hint: &str, retry_after: Option<Duration>) -> Attempt {
+pub fn attempt(class: ErrorClass, code: &str, text: String, auth_hint: &str, retry_after: Option<Duration>) -> Attempt {
     let error = match class {
         ErrorClass::NotFound => ProviderError::not_found(text),
         ErrorClass::Throttled | ErrorClass::RetryLater => ProviderError::transient(text),
         ErrorClass::Auth => ProviderError::auth(format!("{text} ({auth_hint})")),
         ErrorClass::Permanent => ProviderError::permanent(text),
-    };
+    }
+    .with_code(code);
     Attempt {
         error,
         throttled: class == ErrorClass::Throttled,

@@ -8,6 +8,7 @@
 //! bytes itself) differ in what they do and implement [`Service`] themselves.
 
 use std::future::Future;
+use std::time::Duration;
 
 use super::{
     Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageState, Member, MemberStatus,
@@ -34,6 +35,11 @@ pub trait Catalog: Send + Sync {
     const SERVICE: &'static str;
     /// Whether an in-flight copy can be cancelled.
     const CAN_CANCEL: bool;
+    /// How long a new image may go unlisted after the copy call (the cloud's eventual
+    /// consistency; see [`super::ImageService::lists_late`]).
+    const LISTS_LATE: Duration = Duration::from_secs(300);
+    /// Whether the copy call takes a client token that makes it idempotent.
+    const START_IDEMPOTENT: bool;
     /// Whether withdrawing a share the image does not have is answered as success (EC2), so
     /// no list is read first.
     const UNSHARE_IS_IDEMPOTENT: bool = false;
@@ -120,6 +126,14 @@ impl<C: Catalog> Service for C {
 
     fn can_cancel(&self) -> bool {
         C::CAN_CANCEL
+    }
+
+    fn lists_late(&self) -> Duration {
+        C::LISTS_LATE
+    }
+
+    fn start_idempotent(&self) -> bool {
+        C::START_IDEMPOTENT
     }
 
     async fn describe(&self, acct: &Account, region: &str, image: &ImageSelector) -> Result<ImageInfo, ProviderError> {

@@ -17,6 +17,7 @@ use super::share::{self, ShareCall, ShareObs};
 use super::slots::SLOT_RETRY;
 use super::{
     Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageService, ProviderError, TaskPhase,
+    TaskState,
 };
 use crate::api::key_of;
 use crate::api::v1alpha1::{
@@ -56,6 +57,8 @@ impl Default for Settings {
 #[derive(Default)]
 struct Memory {
     source: Option<ImageInfo>,
+    /// When the source was last described (the reconcile clock's Unix seconds).
+    source_at: Option<i64>,
     /// region -> (next poll, interval, bytes at the last poll)
     polls: HashMap<String, (Instant, Duration, Option<i64>)>,
     drift: HashMap<String, Instant>,
@@ -327,6 +330,19 @@ fn needs_source(obj: &ImageReplication, st: &ImageReplicationStatus, gate: &Gate
             }))
 }
 
+/// Whether a piece of work begins that needs the source as it is now: the spec changed, a retry
+/// was asked for, or a destination is to be copied (anew or again after a failure).
+fn new_work(obj: &ImageReplication, st: &ImageReplicationStatus) -> bool {
+    st.observed_generation != obj.metadata.generation
+        || vplan::retry_requested(obj).is_some()
+        || obj.spec.destinations.iter().any(|d| {
+            st.destinations
+                .iter()
+                .find(|s| s.region == d.region)
+                .is_none_or(|s| matches!(s.phase, DestinationPhase::Pending | DestinationPhase::Failed))
+        })
+}
+
 fn handle_of(s: &DestinationStatus) -> CopyHandle {
     CopyHandle {
         task_id: s.task_id.clone(),
@@ -358,9 +374,11 @@ impl VmEngine {
         })
     }
 
-    /// Schedule the next poll of a copy: a new copy is polled after 1 s, then 2 s, 4 s, ... up
-    /// to `poll_min` while it moves (so a copy shorter than `poll_min` still shows progress),
-    /// doubling on to `poll_max` while nothing changes.
+    /// Schedule the next poll of a copy: a new copy is polled after 1 s (or `poll_min` if
+    /// shorter), then the interval doubles at every poll up to `poll_max`, whether the copy
+    /// moved or not: the backoff follows the copy's age, so a copy of age T costs about
+    /// log2(T) + T / `poll_max` polls (progress that rises at every poll never holds the
+    /// interval down).
     fn polled(&self, key: &str, region: &str, bytes: Option<i64>) {
         let (min, max) = (self.settings.poll_min, self.settings.poll_max);
         let first = POLL_FIRST.min(min);
@@ -370,13 +388,7 @@ impl VmEngine {
                 .polls
                 .entry(region.to_string())
                 .or_insert((Instant::now(), first, None));
-            e.1 = if fresh {
-                first
-            } else if bytes.is_some() && bytes != e.2 {
-                if e.1 < min { (e.1 * 2).min(min) } else { min }
-            } else {
-                (e.1 * 2).min(max)
-            };
+            e.1 = if fresh { first } else { (e.1 * 2).min(max) };
             e.2 = bytes;
             e.0 = Instant::now() + e.1;
         });
@@ -507,9 +519,23 @@ impl VmEngine {
                 check_in = Some(next);
             }
         } else if let (Some(a), true, Some(sel)) = (&acct, needs_source(obj, &st, gate), selector(obj)) {
-            obs.source = Some(self.describe(obj, &key, provider, a, &sel, now).await);
+            // Described once per piece of work: copies in flight or queued go on with what was
+            // read when they began, and it is read again once it is a drift period old.
+            let known = self
+                .with_mem(&key, |m| m.source.clone().zip(m.source_at))
+                .filter(|(_, at)| {
+                    !new_work(obj, &st) && now.0.as_second() - at < self.settings.resync.as_secs() as i64
+                });
+            obs.source = Some(match known {
+                Some((i, _)) => Ok(i),
+                None => self.describe(obj, &key, provider, a, &sel, now).await,
+            });
         }
         obs.can_cancel = provider.can_cancel();
+        obs.listing = vplan::Listing {
+            late: provider.lists_late(),
+            idempotent_start: provider.start_idempotent(),
+        };
         obs.retired = self.with_mem(&key, |m| std::mem::take(&mut m.retired));
         let source = match &obs.source {
             Some(Ok(i)) => Some(i.clone()),
@@ -566,6 +592,7 @@ impl VmEngine {
         if let Ok(i) = &r {
             self.with_mem(key, |m| {
                 m.source = Some(i.clone());
+                m.source_at = Some(now.0.as_second());
                 m.auth = None;
             });
         }
@@ -798,12 +825,25 @@ impl VmEngine {
         match s.phase {
             DestinationPhase::Starting => {
                 match self.with_mem(key, |m| m.started.remove(region)) {
-                    Some(Ok(h)) => return poll(h).await,
+                    // Just started: its handle goes into the status now, and the first poll
+                    // comes on the poll schedule (a copy polled at once is often not listed
+                    // yet, and the call is wasted).
+                    Some(Ok(handle)) => {
+                        self.polled(key, region, None);
+                        let total = req.as_ref().and_then(|r| r.source.size_bytes);
+                        let state = TaskState::running(handle.image_id.clone(), total);
+                        return DestObs::Task { handle, state };
+                    }
                     Some(Err(e)) => return DestObs::StartFailed(e),
                     None => {}
                 }
                 if token.is_empty() {
                     return DestObs::NotStarted;
+                }
+                // Looked for on the poll schedule: a copy the cloud does not list yet is not
+                // looked for at every reconcile.
+                if !self.poll_due(key, region) {
+                    return DestObs::Unchecked;
                 }
                 let Some(req) = &req else { return DestObs::Unchecked };
                 let t = Instant::now();
@@ -814,7 +854,10 @@ impl VmEngine {
                         info!(region, token, "found the copy started with this token; resuming it");
                         poll(h).await
                     }
-                    Ok(None) => DestObs::NotStarted,
+                    Ok(None) => {
+                        self.polled(key, region, None);
+                        DestObs::NotStarted
+                    }
                     Err(e) => DestObs::Error(e),
                 }
             }
@@ -1253,6 +1296,21 @@ impl VmEngine {
                 "{region}: the copy cannot be cancelled; waiting for it to finish"
             )),
             TaskPhase::Succeeded => Ok(Stopped::Finished(state.image_id.or(h.image_id))),
+            // Not listed yet: it may still show (and would be left behind), so it is waited
+            // for within the cloud's listing window.
+            TaskPhase::Unlisted => {
+                let listing = vplan::Listing {
+                    late: provider.lists_late(),
+                    idempotent_start: provider.start_idempotent(),
+                };
+                match listing.wait_left(s, &Time(k8s_openapi::jiff::Timestamp::now())) {
+                    Some(left) => Err(format!(
+                        "{region}: the cloud does not list the copy yet; waiting up to {}s for it before the deletion policy applies",
+                        left.as_secs()
+                    )),
+                    None => Ok(Stopped::Finished(None)),
+                }
+            }
             _ => Ok(Stopped::Finished(None)),
         }
     }
@@ -1391,17 +1449,29 @@ spec:
         VmEngine::new(Settings::default(), Arc::new(|_: &str| {}), None)
     }
 
-    /// A new copy is polled after 1 s, 2 s, 4 s while it moves (a copy shorter than the 5 s
-    /// poll still shows progress), then every 5 s, backing off to 60 s while nothing moves.
+    /// A new copy is polled after 1 s, then the interval doubles at every poll up to 60 s,
+    /// whether the copy moved or not: progress that rises at every poll (ECS, CVM) used to hold
+    /// the interval at its minimum for the copy's whole life (a 90 s copy: 13 polls at 5 s
+    /// instead of 7).
     #[test]
-    fn polls_start_soon_and_back_off_while_nothing_moves() {
+    fn polls_start_soon_and_back_off_on_the_copys_age_not_its_progress() {
         let e = engine();
         let mut seen = Vec::new();
-        for b in [0, 10, 20, 30, 40, 40, 40, 40, 40, 50] {
+        for b in [0, 10, 20, 30, 40, 50, 60, 70, 80, 90] {
             e.polled("k", "two", Some(b));
             seen.push(e.with_mem("k", |m| m.polls["two"].1.as_secs()));
         }
-        assert_eq!(seen, vec![1, 2, 4, 5, 5, 10, 20, 40, 60, 5]);
+        assert_eq!(seen, vec![1, 2, 4, 8, 16, 32, 60, 60, 60, 60]);
+        // A 90 s copy: polled at 1, 3, 7, 15, 31, 63 and 123 s.
+        let at: Vec<u64> = seen
+            .iter()
+            .scan(0, |t, d| {
+                *t += d;
+                Some(*t)
+            })
+            .take_while(|t| *t <= 123)
+            .collect();
+        assert_eq!(at.len(), 7);
     }
 
     /// Refused credentials are not tried again on every reconcile (a lockout policy would lock

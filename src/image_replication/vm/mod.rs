@@ -29,6 +29,7 @@ pub mod sharing;
 pub mod slots;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
@@ -136,6 +137,10 @@ pub enum TaskPhase {
     Succeeded,
     Failed(String),
     Cancelled,
+    /// The cloud does not list the copy's image (yet): new images show in the clouds' lists
+    /// some time after the call that made them ([`ImageService::lists_late`]), so this is
+    /// waited for within that window and means gone only after it.
+    Unlisted,
 }
 
 /// A poll result.
@@ -176,7 +181,7 @@ impl TaskState {
     pub fn of_image(id: &str, bytes_total: Option<u64>, image: Option<(ImageState, Option<i32>)>) -> Self {
         let mut s = Self::running(Some(id.to_string()), bytes_total);
         match image {
-            None => s.phase = TaskPhase::Failed(format!("destination image {id} is gone (cancelled or deleted)")),
+            None => s.phase = TaskPhase::Unlisted,
             Some((ImageState::Available, _)) => {
                 s.phase = TaskPhase::Succeeded;
                 s.progress_percent = Some(100);
@@ -217,6 +222,16 @@ pub trait ImageService: Send + Sync {
     }
     /// Whether an in-flight copy can be cancelled.
     fn can_cancel(&self) -> bool;
+    /// How long after a copy call the cloud may still not list the new image (its eventual
+    /// consistency): a copy not listed within this is waited for, never made again.
+    fn lists_late(&self) -> Duration {
+        Duration::ZERO
+    }
+    /// Whether a copy call repeated with the same token gives the same copy (a client token
+    /// the cloud honours), so a copy the cloud does not list yet may safely be asked for again.
+    fn start_idempotent(&self) -> bool {
+        false
+    }
     fn describe<'a>(
         &'a self,
         acct: &'a Account,
@@ -312,6 +327,14 @@ pub trait Service: Send + Sync {
     }
     /// Whether an in-flight copy can be cancelled.
     fn can_cancel(&self) -> bool;
+    /// See [`ImageService::lists_late`].
+    fn lists_late(&self) -> Duration {
+        Duration::ZERO
+    }
+    /// See [`ImageService::start_idempotent`].
+    fn start_idempotent(&self) -> bool {
+        false
+    }
     fn describe(
         &self,
         acct: &Account,
@@ -420,6 +443,12 @@ impl<T: Service> ImageService for T {
     }
     fn can_cancel(&self) -> bool {
         Service::can_cancel(self)
+    }
+    fn lists_late(&self) -> Duration {
+        Service::lists_late(self)
+    }
+    fn start_idempotent(&self) -> bool {
+        Service::start_idempotent(self)
     }
     fn describe<'a>(
         &'a self,
@@ -531,7 +560,7 @@ mod tests {
         let s = TaskState::of_image("i", t, Some((ImageState::Unusable("CreateFailed".into()), None)));
         assert_eq!(s.phase, TaskPhase::Failed("destination image i is CreateFailed".into()));
         let s = TaskState::of_image("i", t, None);
-        assert!(matches!(s.phase, TaskPhase::Failed(m) if m.contains("gone")));
+        assert_eq!(s.phase, TaskPhase::Unlisted);
         assert!(CopyHandle::default().image().is_err());
     }
 }

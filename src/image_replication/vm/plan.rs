@@ -66,6 +66,27 @@ pub struct Observed {
     /// Copies of earlier sources deleted under `retention.keep` since the last plan (image id ->
     /// the outcome).
     pub retired: HashMap<String, Result<(), ProviderError>>,
+    /// How the cloud lists new copies.
+    pub listing: Listing,
+}
+
+/// How a cloud lists the copies it makes (the provider's facts, observed with the rest): new
+/// images show in its lists up to `late` after the call that made them, and a copy call
+/// repeated with the same token gives the same copy when `idempotent_start`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub late: Duration,
+    pub idempotent_start: bool,
+}
+
+impl Listing {
+    /// How much longer a copy of the attempt `s` started may go unlisted before it counts as
+    /// gone (`None`: the window is over, or the attempt has no start time).
+    pub fn wait_left(&self, s: &DestinationStatus, now: &Time) -> Option<Duration> {
+        let started = s.started_at.as_ref()?.0.as_second();
+        let left = started + self.late.as_secs() as i64 - now.0.as_second();
+        (left > 0).then(|| Duration::from_secs(left as u64))
+    }
 }
 
 /// One reconcile's snapshot of a VM ImageReplication, read by the engine's observe: what the
@@ -278,7 +299,12 @@ pub fn vm_plan(
             shared_in_place(&mut s, source.as_ref().filter(|_| may_start));
         } else {
             let can_start = *gate == Gate::Open && source.is_some();
-            apply_observation(&mut p, &mut s, before, o, can_start, now, max_attempts, &mut wake);
+            let at = Clock {
+                now,
+                max_attempts,
+                listing: obs.listing,
+            };
+            apply_observation(&mut p, &mut s, before, o, can_start, &at, &mut wake);
             if let Some(current) = newer.as_deref().filter(|_| *gate == Gate::Open) {
                 let cancel = follow::supersede(&mut s, current, old_source, obs.can_cancel, &mut previous);
                 p.cancel.extend(cancel);
@@ -549,10 +575,10 @@ fn apply_polled(
     before: DestinationPhase,
     handle: &CopyHandle,
     state: &TaskState,
-    now: &Time,
-    max_attempts: i32,
+    at: &Clock<'_>,
     wake: &mut Vec<Duration>,
 ) {
+    let (now, max_attempts) = (at.now, at.max_attempts);
     apply_task(s, handle, state, now);
     match &state.phase {
         TaskPhase::Running => {
@@ -570,6 +596,10 @@ fn apply_polled(
             s.message = None;
         }
         TaskPhase::Failed(msg) => fail(s, msg, true, now, max_attempts, wake),
+        TaskPhase::Unlisted => {
+            let id = s.image_id.clone().unwrap_or_else(|| "?".into());
+            unlisted(s, &format!("destination image {id}"), at, wake);
+        }
         TaskPhase::Cancelled if before == DestinationPhase::Cancelling => {
             s.phase = DestinationPhase::Cancelled;
             s.completed_at = Some(now.clone());
@@ -587,20 +617,55 @@ fn apply_polled(
     }
 }
 
+/// What a destination's plan is timed by: now, the attempts bound, and how the cloud lists
+/// new copies.
+struct Clock<'a> {
+    now: &'a Time,
+    max_attempts: i32,
+    listing: Listing,
+}
+
+/// A copy the cloud does not list (`what`): within the cloud's listing window since the attempt
+/// started it is still too new to list, so it is waited for (in flight, never made again);
+/// after the window it is gone, a failed attempt.
+fn unlisted(s: &mut DestinationStatus, what: &str, at: &Clock<'_>, wake: &mut Vec<Duration>) {
+    match at.listing.wait_left(s, at.now) {
+        Some(_) => {
+            if s.phase == DestinationPhase::Starting {
+                s.phase = DestinationPhase::Copying;
+            }
+            s.message = Some(format!(
+                "{what} is not listed by the cloud yet (it lists new images up to {}s late); waiting for it, not copying again",
+                at.listing.late.as_secs()
+            ));
+        }
+        None => fail(
+            s,
+            &format!(
+                "{what} is gone: the cloud has not listed it in the {}s since the copy started (cancelled or deleted)",
+                at.listing.late.as_secs()
+            ),
+            true,
+            at.now,
+            at.max_attempts,
+            wake,
+        ),
+    }
+}
+
 /// Take what was observed of one destination's copy into its status: progress, success,
 /// failure (with retry backoff into `wake`), cancellation, drift (a deleted copy starts
 /// again, keeping the attempt count); a copy to start (`can_start`) goes into `p.start`.
-#[allow(clippy::too_many_arguments)]
 fn apply_observation(
     p: &mut VmPlan,
     s: &mut DestinationStatus,
     before: DestinationPhase,
     o: &DestObs,
     can_start: bool,
-    now: &Time,
-    max_attempts: i32,
+    at: &Clock<'_>,
     wake: &mut Vec<Duration>,
 ) {
+    let (now, max_attempts) = (at.now, at.max_attempts);
     let region = s.region.clone();
     let region = region.as_str();
     match (s.phase, o) {
@@ -619,7 +684,7 @@ fn apply_observation(
                     ),
                 });
             }
-            apply_polled(s, before, handle, state, now, max_attempts, wake)
+            apply_polled(s, before, handle, state, at, wake)
         }
         (DestinationPhase::Cancelling, DestObs::Cancelled) => {
             s.phase = DestinationPhase::Cancelled;
@@ -629,6 +694,20 @@ fn apply_observation(
             s.task_id = None;
             s.image_id = None;
             s.client_token = None;
+        }
+        // After a restart no copy carries the token yet: on a cloud whose copy call takes no
+        // client token, a copy asked for this attempt may only not be listed yet, so none is
+        // asked for again until the cloud's listing window is over.
+        (DestinationPhase::Starting, DestObs::NotStarted)
+            if can_start
+                && !at.listing.idempotent_start
+                && s.client_token.is_some()
+                && at.listing.wait_left(s, now).is_some() =>
+        {
+            s.message = Some(format!(
+                "looking for the copy this attempt asked for: the cloud lists new images up to {}s late, so no second copy is asked for before then",
+                at.listing.late.as_secs()
+            ));
         }
         (DestinationPhase::Starting, DestObs::NotStarted) if can_start => {
             p.start.push(region.to_string());
@@ -649,14 +728,7 @@ fn apply_observation(
             s.client_token = token;
         }
         (DestinationPhase::Starting | DestinationPhase::Copying, DestObs::Error(e)) if e.not_found => {
-            fail(
-                s,
-                &format!("the copy disappeared: {}", e.message),
-                true,
-                now,
-                max_attempts,
-                wake,
-            );
+            unlisted(s, &format!("the copy ({})", e.message), at, wake);
         }
         (_, DestObs::Error(e)) => {
             s.message = Some(format!("provider error (will retry): {}", e.message));
@@ -1150,6 +1222,124 @@ spec:
         assert_eq!(dest(&p, "two").attempts, 1);
         assert_eq!(dest_token(&o, "two"), token);
         assert!(p.running.contains(&"two".to_string()) && p.running.contains(&"three".to_string()));
+    }
+
+    /// A copy the cloud does not list yet (EC2's eventual consistency, an ECS or CVM list that
+    /// lags, an IMS job that says SUCCESS first) is waited for within the cloud's listing
+    /// window: it stays in flight with its image id and token, no attempt is counted and no
+    /// second copy is asked for; only after the window is it gone (a failed attempt). After a
+    /// restart, a cloud without client tokens asks for no second copy within the window
+    /// either, while one with client tokens asks again (the cloud hands back the same copy).
+    /// Before the fix a copy not listed 1 ms after its start failed as "gone" and was made
+    /// again with a new token, three copies per cloud, none ever deleted.
+    #[test]
+    fn a_copy_the_cloud_does_not_list_yet_is_waited_for_within_its_window() {
+        let listing = Listing {
+            late: Duration::from_secs(300),
+            idempotent_start: false,
+        };
+        let with = |dests: &[(&str, DestObs)], l: Listing| Observed {
+            listing: l,
+            ..observed(dests)
+        };
+        let unlisted = DestObs::Task {
+            handle: CopyHandle::of_image("d-2"),
+            state: TaskState {
+                phase: TaskPhase::Unlisted,
+                ..TaskState::running(Some("d-2".into()), Some(100))
+            },
+        };
+        let not_found = DestObs::Error(ProviderError::not_found("InvalidAMIID.NotFound"));
+        for (case, seen) in [("unlisted", unlisted.clone()), ("not found", not_found)] {
+            let mut o = obj();
+            o.spec.destinations.truncate(1);
+            step(&mut o, &Gate::Open, &observed(&[]), 0, &[("two", Admission::Granted)]);
+            let token = dest_token(&o, "two");
+            // Seen right after the start, and for the whole window: in flight, nothing new.
+            for t in [1, 60, 299] {
+                let p = step(&mut o, &Gate::Open, &with(&[("two", seen.clone())], listing), t, &[]);
+                let two = dest(&p, "two");
+                assert_eq!(two.phase, DestinationPhase::Copying, "{case} at {t}s");
+                assert_eq!(
+                    (two.attempts, two.client_token.as_deref()),
+                    (1, Some(token.as_str())),
+                    "{case}"
+                );
+                assert!(p.start.is_empty() && p.wants.is_empty(), "{case}: no second copy");
+                assert!(
+                    two.message.as_deref().unwrap().contains("not listed by the cloud yet"),
+                    "{case}"
+                );
+                assert!(!p.events.iter().any(|e| e.warning), "{case}: {:?}", p.events);
+            }
+            // Listed at last: it goes on as any copy.
+            let mut later = o.clone();
+            let p = step(
+                &mut later,
+                &Gate::Open,
+                &with(&[("two", running("d-2", 40))], listing),
+                200,
+                &[],
+            );
+            assert_eq!(
+                (dest(&p, "two").phase, dest(&p, "two").message.as_deref()),
+                (DestinationPhase::Copying, None)
+            );
+            // Never listed in the window: gone, a failed attempt (retried with a new token).
+            let p = step(&mut o, &Gate::Open, &with(&[("two", seen.clone())], listing), 301, &[]);
+            let two = dest(&p, "two");
+            assert_eq!(two.phase, DestinationPhase::Failed, "{case}");
+            assert!(
+                two.message.as_deref().unwrap().contains("is gone"),
+                "{case}: {:?}",
+                two.message
+            );
+        }
+
+        // A restart while the copy is not listed: no second copy within the window where the
+        // copy call takes no token; asked again where it does (the same copy comes back).
+        let mut o = obj();
+        o.spec.destinations.truncate(1);
+        step(&mut o, &Gate::Open, &observed(&[]), 0, &[("two", Admission::Granted)]);
+        let mut again = o.clone();
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &with(&[("two", DestObs::NotStarted)], listing),
+            30,
+            &[],
+        );
+        assert!(p.start.is_empty(), "no second SyncImages / IMS copy within the window");
+        assert_eq!(dest(&p, "two").phase, DestinationPhase::Starting);
+        assert!(dest(&p, "two").message.as_deref().unwrap().contains("no second copy"));
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &with(&[("two", DestObs::NotStarted)], listing),
+            301,
+            &[],
+        );
+        assert_eq!(
+            p.start,
+            vec!["two".to_string()],
+            "after the window the start is issued again"
+        );
+        let idempotent = Listing {
+            idempotent_start: true,
+            ..listing
+        };
+        let p = step(
+            &mut again,
+            &Gate::Open,
+            &with(&[("two", DestObs::NotStarted)], idempotent),
+            30,
+            &[],
+        );
+        assert_eq!(
+            p.start,
+            vec!["two".to_string()],
+            "a client token makes asking again safe"
+        );
     }
 
     fn dest_token(o: &ImageReplication, r: &str) -> String {

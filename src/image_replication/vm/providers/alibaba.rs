@@ -31,6 +31,8 @@ pub const SHARING: Sharing = Sharing {
 const ECS: &str = "https://ecs.{region}.aliyuncs.com";
 const VERSION: &str = "2014-05-26";
 const GIB: u64 = 1 << 30;
+/// The largest page of `DescribeImages` and `DescribeImageSharePermission` (`PageSize`).
+const PAGE: usize = 100;
 /// Every status, so that copies still being made are seen (the API's default is `Available`).
 const ALL_STATUS: &str = "Creating,Waiting,Available,UnAvailable,CreateFailed,Deprecated";
 
@@ -59,6 +61,7 @@ pub(crate) fn error(op: &str, status: u16, body: &str, retry_after: Option<std::
     let text = format!("{op}: {code}: {msg}");
     cloud::attempt(
         classify(status, &code),
+        &code,
         text,
         "check the AccessKey and the RAM policy: ecs:DescribeImages, ecs:CopyImage, ecs:CancelCopyImage, ecs:DeleteImage, ecs:TagResources",
         retry_after,
@@ -251,17 +254,31 @@ impl Alibaba {
         region: &str,
         filter: &[(&str, String)],
     ) -> Result<Vec<Value>, ProviderError> {
-        let mut p: Vec<(&str, String)> = vec![
-            ("RegionId", region.to_string()),
-            ("Status", ALL_STATUS.to_string()),
-            ("PageSize", "100".to_string()),
-        ];
-        p.extend(filter.iter().cloned());
-        let v = self.call(acct, region, "DescribeImages", &p).await?;
-        Ok(v.pointer("/Images/Image")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default())
+        // Every page (`PageSize` at its maximum of 100, `PageNumber` on until `TotalCount`):
+        // ECS documents no order, so the newest image may be on any page.
+        let mut out: Vec<Value> = Vec::new();
+        for page in 1..=cloud::MAX_PAGES {
+            let mut p: Vec<(&str, String)> = vec![
+                ("RegionId", region.to_string()),
+                ("Status", ALL_STATUS.to_string()),
+                ("PageNumber", page.to_string()),
+                ("PageSize", PAGE.to_string()),
+            ];
+            p.extend(filter.iter().cloned());
+            let v = self.call(acct, region, "DescribeImages", &p).await?;
+            let got = v
+                .pointer("/Images/Image")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let total = v.get("TotalCount").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let n = got.len();
+            out.extend(got);
+            if n < PAGE || out.len() >= total {
+                break;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -270,6 +287,8 @@ impl Catalog for Alibaba {
     const KIND: ProviderKind = ProviderKind::Alibaba;
     const SERVICE: &'static str = "ECS";
     const CAN_CANCEL: bool = true;
+    /// CopyImage takes a ClientToken.
+    const START_IDEMPOTENT: bool = true;
 
     async fn lookup(
         &self,
@@ -385,7 +404,9 @@ impl Catalog for Alibaba {
             .await;
         match r {
             // Finished meanwhile: a cancelled copy leaves no image, so it goes too.
-            Err(e) if e.message.contains("IncorrectImageStatus") => self.delete(acct, region, id).await,
+            Err(e) if e.code.as_deref().is_some_and(|c| c.starts_with("IncorrectImageStatus")) => {
+                self.delete(acct, region, id).await
+            }
             r => cloud::gone_is_ok(r),
         }
     }
@@ -393,7 +414,7 @@ impl Catalog for Alibaba {
     /// `DescribeImageSharePermission`: `Accounts.Account[].AliyunId`, page by page.
     async fn shared_with(&self, acct: &Account, region: &str, id: &str) -> Result<Vec<String>, ProviderError> {
         let mut out = Vec::new();
-        for page in 1..=20 {
+        for page in 1..=cloud::MAX_PAGES {
             let v = self
                 .call(
                     acct,
@@ -403,7 +424,7 @@ impl Catalog for Alibaba {
                         ("RegionId", region.to_string()),
                         ("ImageId", id.to_string()),
                         ("PageNumber", page.to_string()),
-                        ("PageSize", "100".to_string()),
+                        ("PageSize", PAGE.to_string()),
                     ],
                 )
                 .await?;
@@ -417,7 +438,7 @@ impl Catalog for Alibaba {
             let n = got.len();
             out.extend(got);
             let total = v.get("TotalCount").and_then(Value::as_u64).unwrap_or(0) as usize;
-            if n < 100 || out.len() >= total {
+            if n < PAGE || out.len() >= total {
                 break;
             }
         }

@@ -61,6 +61,7 @@ pub(crate) fn error(op: &str, status: u16, body: &str, retry_after: Option<std::
     let text = format!("{op}: {code}: {msg}");
     cloud::attempt(
         classify(status, &code),
+        &code,
         text,
         "check the keys and the IAM policy: ec2:DescribeImages, ec2:CopyImage, ec2:CreateTags, ec2:DeregisterImage, ec2:DeleteSnapshot",
         retry_after,
@@ -301,6 +302,8 @@ impl Catalog for Aws {
     const KIND: ProviderKind = ProviderKind::Aws;
     const SERVICE: &'static str = "EC2";
     const CAN_CANCEL: bool = true;
+    /// CopyImage takes a ClientToken.
+    const START_IDEMPOTENT: bool = true;
     // A launch permission or snapshot permission withdrawn twice is no error, and an AMI with
     // only one of them (a share made by hand) must lose both.
     const UNSHARE_IS_IDEMPOTENT: bool = true;

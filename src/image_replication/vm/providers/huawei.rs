@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -22,6 +23,10 @@ use super::super::{
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
 use crate::oci::client::urlencode;
+
+/// How long a member call waits for its IMS job (`BatchAddMembers`, `BatchUpdateMembers`,
+/// `BatchDeleteMembers`) before it gives up for this attempt.
+const MEMBER_JOB_WAIT: Duration = Duration::from_secs(120);
 
 /// IMS sharing ("Restrictions on Image Sharing", IMS API reference): within a region, with
 /// project ids, at most 256 tenants per system or data disk image (10 per full-ECS image); the
@@ -93,6 +98,7 @@ pub(crate) fn error(op: &str, status: u16, body: &str, retry_after: Option<std::
     };
     cloud::attempt(
         classify(status, &code, &msg),
+        &code,
         text,
         "check the AK/SK and that the user has IMS FullAccess in both regions",
         retry_after,
@@ -505,6 +511,11 @@ impl Service for Huawei {
         false
     }
 
+    /// A copy is listed in its region some time after its job (or the job's SUCCESS) shows.
+    fn lists_late(&self) -> Duration {
+        Duration::from_secs(300)
+    }
+
     async fn describe(&self, acct: &Account, region: &str, image: &ImageSelector) -> Result<ImageInfo, ProviderError> {
         let (k, v) = match image {
             ImageSelector::Id(id) => ("id", id.as_str()),
@@ -625,14 +636,13 @@ impl Service for Huawei {
             let named = v.pointer("/entities/image_id").and_then(Value::as_str);
             state.image_id = self.destination_image(acct, req, named).await?;
         }
+        // A job that says SUCCESS before the copy is listed: the copy is waited for.
         let Some(id) = state.image_id.clone() else {
-            state.phase = TaskPhase::Failed("the IMS job succeeded but the destination region holds no copy".into());
+            state.phase = TaskPhase::Unlisted;
             return Ok(state);
         };
         match self.image(acct, &req.region, &Self::dest_project(req), &id).await? {
-            None => {
-                state.phase = TaskPhase::Failed(format!("destination image {id} is gone"));
-            }
+            None => state.phase = TaskPhase::Unlisted,
             Some(img) => match img.get("status").and_then(Value::as_str).unwrap_or("") {
                 "active" => {
                     if has_our_tag(&img).as_deref() != Some(req.token.as_str()) {
@@ -778,20 +788,82 @@ impl Huawei {
                     .await?
             }
         };
-        self.call(
-            acct,
-            Call {
-                op,
-                method,
-                base: &Self::ims(acct, &at.region),
-                path: "/v1/cloudimages/members",
-                query: &[],
-                project: Some(&pid),
-                body: Some(body),
-            },
-        )
-        .await
-        .map(|_| ())
+        let v = self
+            .call(
+                acct,
+                Call {
+                    op,
+                    method,
+                    base: &Self::ims(acct, &at.region),
+                    path: "/v1/cloudimages/members",
+                    query: &[],
+                    project: Some(&pid),
+                    body: Some(body),
+                },
+            )
+            .await?;
+        match v.get("job_id").and_then(Value::as_str) {
+            Some(job) => self.wait_member_job(acct, &at.region, &pid, op, job).await,
+            None => Ok(()),
+        }
+    }
+
+    /// A member job (`ShowJobProgress`), until it ends: SUCCESS is done (the member is listed
+    /// from then on), FAIL is the share's failure with the job's own error. Polled after 1 s,
+    /// doubling to 8 s, for at most [`MEMBER_JOB_WAIT`]: the call that made the job is never
+    /// made again while it runs (each look at the members before it ended found nothing and
+    /// asked again: 1,469 BatchAddMembers for one 5 s job).
+    async fn wait_member_job(
+        &self,
+        acct: &Account,
+        region: &str,
+        pid: &str,
+        op: &str,
+        job: &str,
+    ) -> Result<(), ProviderError> {
+        let started = std::time::Instant::now();
+        let mut every = Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(every).await;
+            let v = self
+                .call(
+                    acct,
+                    Call {
+                        op: "query member job",
+                        method: Method::GET,
+                        base: &Self::ims(acct, region),
+                        path: &format!("/v1/cloudimages/job/{job}"),
+                        query: &[],
+                        project: Some(pid),
+                        body: None,
+                    },
+                )
+                .await?;
+            match v.get("status").and_then(Value::as_str).unwrap_or("") {
+                "SUCCESS" => return Ok(()),
+                "FAIL" => {
+                    let code = v.get("error_code").and_then(Value::as_str).unwrap_or("");
+                    let reason = v
+                        .get("fail_reason")
+                        .and_then(Value::as_str)
+                        .filter(|r| !r.is_empty())
+                        .unwrap_or("no reason given");
+                    let code_text = if code.is_empty() { String::new() } else { format!(" ({code})") };
+                    return Err(ProviderError::transient(format!(
+                        "{op}: IMS job {job} failed{code_text}: {}",
+                        cloud::short(reason)
+                    ))
+                    .with_code(code));
+                }
+                _ if started.elapsed() >= MEMBER_JOB_WAIT => {
+                    return Err(ProviderError::transient(format!(
+                        "{op}: IMS job {job} still running after {}s",
+                        MEMBER_JOB_WAIT.as_secs()
+                    )));
+                }
+                _ => every = (every * 2).min(Duration::from_secs(8)),
+            }
+        }
     }
 }
 

@@ -133,11 +133,13 @@ async fn status_err(op: &str, resp: reqwest::Response) -> ProviderError {
     let code = resp.status();
     let body = resp.text().await.unwrap_or_default();
     let msg = format!("{op}: HTTP {}: {}", code.as_u16(), crate::cloud::short(&body));
+    // Glance has no error codes of its own: the HTTP status is the code.
     match code.as_u16() {
         404 => ProviderError::not_found(msg),
         408 | 409 | 429 | 500..=599 => ProviderError::transient(msg),
         _ => ProviderError::permanent(msg),
     }
+    .with_code(code.as_str())
 }
 
 fn image_state(status: &str) -> ImageState {
@@ -433,6 +435,16 @@ impl OpenStack {
 
     async fn get_image(&self, acct: &Account, region: &str, id: &str) -> Result<ImageInfo, ProviderError> {
         Ok(parse_image(&self.get_raw(acct, region, id).await?))
+    }
+
+    /// Whether the image is not `shared` (so Glance keeps no members for it); a gone image
+    /// has none either.
+    async fn not_shared(&self, acct: &Account, at: &ImageAt) -> Result<bool, ProviderError> {
+        match self.get_image(acct, &at.region, &at.image_id).await {
+            Ok(i) => Ok(i.visibility != "shared"),
+            Err(e) if e.not_found => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     async fn get_raw(&self, acct: &Account, region: &str, id: &str) -> Result<Value, ProviderError> {
@@ -943,14 +955,19 @@ impl Service for OpenStack {
         }
     }
 
-    /// `GET /v2/images/{id}/members`: each member project and its status.
+    /// `GET /v2/images/{id}/members`: each member project and its status. Glance refuses the
+    /// list (403) for an image that is not `shared` (private, public, community): such an
+    /// image has no members, and `share` makes a private one shared first.
     async fn members(&self, acct: &Account, at: &ImageAt) -> Result<Vec<Member>, ProviderError> {
         let path = format!("/v2/images/{}/members", urlencode(&at.image_id));
-        let v = self
+        match self
             .call("list_members", acct, &at.region, (Method::GET, &path), None, &[])
-            .await?
-            .unwrap_or_default();
-        Ok(glance_members(&v))
+            .await
+        {
+            Ok(v) => Ok(glance_members(&v.unwrap_or_default())),
+            Err(e) if e.is("403") && self.not_shared(acct, at).await? => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Make the image `shared` if it is private (members are only for shared images), then
@@ -989,12 +1006,18 @@ impl Service for OpenStack {
         .map(|_| ())
     }
 
-    /// `DELETE /v2/images/{id}/members/{member}` (404: not a member, or no image).
+    /// `DELETE /v2/images/{id}/members/{member}` (404: not a member, or no image; 403 for an
+    /// image that is not `shared`: it has no members, so there is nothing to withdraw).
     async fn unshare(&self, acct: &Account, at: &ImageAt, account: &str) -> Result<(), ProviderError> {
         let path = format!("/v2/images/{}/members/{}", urlencode(&at.image_id), urlencode(account));
-        self.call("remove_member", acct, &at.region, (Method::DELETE, &path), None, &[404])
+        match self
+            .call("remove_member", acct, &at.region, (Method::DELETE, &path), None, &[404])
             .await
-            .map(|_| ())
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is("403") && self.not_shared(acct, at).await? => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// As the member, with its own token: `PUT /v2/images/{id}/members/{member}` accepted.

@@ -29,6 +29,10 @@ pub const SHARING: Sharing = Sharing {
 const CVM: &str = "https://cvm.tencentcloudapi.com";
 const VERSION: &str = "2017-03-12";
 const GIB: u64 = 1 << 30;
+/// ModifyImageSharePermission SHARE with an account the image is shared with already.
+const ACCOUNT_ALREADY_EXISTS: &str = "FailedOperation.AccountAlreadyExists";
+/// `DescribeImages`' largest page (`Limit`).
+const PAGE: usize = 100;
 /// Clock skew allowed between the operator and the cloud when matching a copy by creation time.
 const SKEW_SECONDS: i64 = 300;
 
@@ -49,6 +53,7 @@ impl Default for Tencent {
 fn error(service: &str, action: &str, code: &str, message: &str) -> Attempt {
     cloud::attempt(
         classify(code),
+        code,
         format!("{action}: {code}: {message}"),
         &format!("check the SecretId/SecretKey and that the CAM policy allows {service}:{action}"),
         None,
@@ -82,11 +87,18 @@ pub const ERROR_CODES: &[(&str, ErrorClass)] = &[
     ("LimitExceeded.*", ErrorClass::RetryLater),
     ("ImageQuotaLimitExceeded", ErrorClass::RetryLater),
     ("InstancesQuotaLimitExceeded", ErrorClass::RetryLater),
-    ("OverQuota", ErrorClass::RetryLater),
+    // ModifyImageSharePermission: 500 accounts at most; more cannot succeed by waiting.
+    ("OverQuota", ErrorClass::Permanent),
     ("AuthFailure*", ErrorClass::Auth),
     ("UnauthorizedOperation*", ErrorClass::Auth),
     ("AccountQualificationRestrictions", ErrorClass::Auth),
     ("InvalidAccount*", ErrorClass::Auth),
+    // A share's account, not the caller's keys: a wrong account id, or the caller's own.
+    ("InvalidAccountId.NotFound", ErrorClass::Permanent),
+    ("InvalidAccountIs.YourSelf", ErrorClass::Permanent),
+    // The SDK's "the image is busy, retry later" (a sync or another share under way).
+    ("FailedOperation.InvalidImageState", ErrorClass::RetryLater),
+    ("InvalidParameterValue.InvalidImageState", ErrorClass::RetryLater),
     ("OperationDenied*", ErrorClass::Permanent),
     ("FailedOperation*", ErrorClass::Permanent),
     ("InvalidParameter*", ErrorClass::Permanent),
@@ -275,11 +287,24 @@ impl Tencent {
         api3_call(&self.http, &self.backoff, acct, &CVM_API, region, action, body).await
     }
 
+    /// `DescribeImages`, every page (`Limit` at its maximum of 100, `Offset` on until
+    /// `TotalCount`): CVM documents no order, so the newest image may be on any page.
     async fn images(&self, acct: &Account, region: &str, query: Value) -> Result<Vec<Value>, ProviderError> {
-        let mut q = query;
-        q["Limit"] = json!(100);
-        let v = self.call(acct, region, "DescribeImages", q).await?;
-        Ok(v.get("ImageSet").and_then(Value::as_array).cloned().unwrap_or_default())
+        let mut out: Vec<Value> = Vec::new();
+        for _ in 0..cloud::MAX_PAGES {
+            let mut q = query.clone();
+            q["Limit"] = json!(PAGE);
+            q["Offset"] = json!(out.len());
+            let v = self.call(acct, region, "DescribeImages", q).await?;
+            let page = v.get("ImageSet").and_then(Value::as_array).cloned().unwrap_or_default();
+            let total = v.get("TotalCount").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let n = page.len();
+            out.extend(page);
+            if n < PAGE || out.len() >= total {
+                break;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -288,6 +313,8 @@ impl Catalog for Tencent {
     const KIND: ProviderKind = ProviderKind::Tencent;
     const SERVICE: &'static str = "CVM";
     const CAN_CANCEL: bool = false;
+    /// SyncImages takes no client token: a copy is found by name.
+    const START_IDEMPOTENT: bool = false;
 
     async fn lookup(
         &self,
@@ -381,7 +408,7 @@ impl Catalog for Tencent {
         dry["DryRun"] = json!(true);
         match self.call(acct, &req.source_region, "SyncImages", dry).await {
             Ok(_) => {}
-            Err(e) if e.message.contains("DryRunOperation") => {}
+            Err(e) if e.is("DryRunOperation") => {}
             Err(e) => return Err(e),
         }
         let v = self.call(acct, &req.source_region, "SyncImages", body).await?;
@@ -431,9 +458,11 @@ impl Catalog for Tencent {
     ) -> Result<(), ProviderError> {
         let permission = if add { "SHARE" } else { "CANCEL" };
         let body = json!({"ImageId": id, "AccountIds": [account], "Permission": permission});
-        self.call(acct, region, "ModifyImageSharePermission", body)
-            .await
-            .map(|_| ())
+        match self.call(acct, region, "ModifyImageSharePermission", body).await {
+            // Shared with it already: what was asked for is so.
+            Err(e) if add && e.is(ACCOUNT_ALREADY_EXISTS) => Ok(()),
+            r => r.map(|_| ()),
+        }
     }
 }
 
