@@ -25,6 +25,13 @@ fn ali_image(i: &Img) -> Value {
     v
 }
 
+/// `PageNumber` (from 1) and `PageSize` (default 10, at most 100), as ECS pages its lists.
+fn page_of(p: &BTreeMap<String, String>) -> Option<(usize, usize)> {
+    let number: usize = p.get("PageNumber").map_or(Some(1), |v| v.parse().ok())?;
+    let size: usize = p.get("PageSize").map_or(Some(10), |v| v.parse().ok())?;
+    (number >= 1 && (1..=100).contains(&size)).then_some((number, size))
+}
+
 pub(super) async fn alibaba(st: &State, p: &BTreeMap<String, String>) -> Response {
     let region = p.get("RegionId").cloned().unwrap_or_default();
     if region.is_empty() {
@@ -51,17 +58,26 @@ pub(super) async fn alibaba(st: &State, p: &BTreeMap<String, String>) -> Respons
                 .get("Status")
                 .map(|s| s.split(',').collect())
                 .unwrap_or_else(|| vec!["Available"]);
+            let Some((number, size)) = page_of(p) else {
+                return ali_err(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidParameter",
+                    "PageNumber must be at least 1 and PageSize 1 to 100.",
+                );
+            };
             let imgs = st.images.lock().unwrap();
             let list: Vec<Value> = imgs
                 .iter()
-                .filter(|i| i.region == region)
+                .filter(|i| i.region == region && i.listed())
                 .filter(|i| p.get("ImageId").is_none_or(|x| *x == i.id))
                 .filter(|i| p.get("ImageName").is_none_or(|x| *x == i.name))
                 .filter(|i| want.iter().all(|(k, v)| i.tags.get(k) == Some(v)))
                 .map(ali_image)
                 .filter(|v| statuses.contains(&v["Status"].as_str().unwrap_or("")))
                 .collect();
-            axum::Json(json!({"Images": {"Image": list}, "TotalCount": list.len(), "PageNumber": 1, "PageSize": 100, "RegionId": region, "RequestId": "req-1"})).into_response()
+            let total = list.len();
+            let page: Vec<Value> = list.into_iter().skip((number - 1) * size).take(size).collect();
+            axum::Json(json!({"Images": {"Image": page}, "TotalCount": total, "PageNumber": number, "PageSize": size, "RegionId": region, "RequestId": "req-1"})).into_response()
         }
         "CopyImage" => {
             let Some(dest) = p.get("DestinationRegionId").cloned() else {
@@ -128,6 +144,7 @@ pub(super) async fn alibaba(st: &State, p: &BTreeMap<String, String>) -> Respons
                 encrypted,
                 snapshots: vec![],
                 created_unix: now_unix(),
+                listed_at: st.listed_at(),
             });
             if let Some(t) = p.get("ClientToken") {
                 st.client_tokens.lock().unwrap().insert(t.clone(), id.clone());

@@ -104,7 +104,7 @@ pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap
             let own_only = p.get("Owner.1").map(String::as_str) == Some("self");
             let found: Vec<&Img> = imgs
                 .iter()
-                .filter(|i| i.region == region && launchable(i) && (!own_only || owner(i) == caller))
+                .filter(|i| i.region == region && i.listed() && launchable(i) && (!own_only || owner(i) == caller))
                 .collect();
             for id in &ids {
                 if !found.iter().any(|i| i.id == *id) {
@@ -202,6 +202,7 @@ pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap
                 encrypted: p.get("Encrypted").map(String::as_str) == Some("true"),
                 snapshots: vec![snap],
                 created_unix: now_unix(),
+                listed_at: st.listed_at(),
             });
             if let Some(t) = p.get("ClientToken") {
                 st.client_tokens.lock().unwrap().insert(t.clone(), id.clone());

@@ -59,7 +59,7 @@ pub(super) async fn huawei(
             let imgs = st.images.lock().unwrap();
             let list: Vec<Value> = imgs
                 .iter()
-                .filter(|i| i.region == region && i.project == project)
+                .filter(|i| i.region == region && i.project == project && i.listed())
                 .filter(|i| params.get("id").is_none_or(|x| *x == i.id))
                 .filter(|i| params.get("name").is_none_or(|x| *x == i.name))
                 .filter(|i| {
@@ -137,6 +137,7 @@ pub(super) async fn huawei(
                 encrypted: false,
                 snapshots: vec![],
                 created_unix: now_unix(),
+                listed_at: st.listed_at(),
             });
             st.jobs.lock().unwrap().insert(job.clone(), (src.id.clone(), new_id));
             hold(st).await;
@@ -144,6 +145,9 @@ pub(super) async fn huawei(
         }
         // ShowJobProgress. Which image `entities.image_id` names is not settled by the SDK: the
         // stand-in names the source image, so the client must find the copy in the destination.
+        (Method::GET, ["v1", "cloudimages", "job", job]) if job.starts_with("job-member-") => {
+            member_job_status(st, job)
+        }
         (Method::GET, ["v1", "cloudimages", "job", job]) => {
             let Some((src_id, img_id)) = st.jobs.lock().unwrap().get(*job).cloned() else {
                 return hw_err(StatusCode::NOT_FOUND, "IMG.0005", "The job does not exist");
@@ -203,6 +207,49 @@ pub(super) async fn huawei(
     }
 }
 
+/// Apply the member jobs that have ended successfully (a job that fails changes nothing).
+fn settle_member_jobs(st: &State) {
+    let mut jobs = st.member_jobs.lock().unwrap();
+    let mut all = st.members.lock().unwrap();
+    for j in jobs.iter_mut().filter(|j| !j.applied && j.done_at <= Instant::now()) {
+        j.applied = true;
+        if j.fails.is_some() {
+            continue;
+        }
+        for (image, member, status) in &j.changes {
+            let list = all.entry(image.clone()).or_default();
+            match status {
+                Some(st) => match list.iter_mut().find(|(m, _)| m == member) {
+                    Some(e) => e.1 = st.clone(),
+                    None => list.push((member.clone(), st.clone())),
+                },
+                None => list.retain(|(m, _)| m != member),
+            }
+        }
+    }
+}
+
+/// ShowJobProgress of a member job: RUNNING until it ends, then SUCCESS or FAIL with the
+/// job's `error_code` and `fail_reason`.
+fn member_job_status(st: &State, job: &str) -> Response {
+    settle_member_jobs(st);
+    let Some(j) = st.member_jobs.lock().unwrap().iter().find(|j| j.id == job).cloned() else {
+        return hw_err(StatusCode::NOT_FOUND, "IMG.0005", "The job does not exist");
+    };
+    let image = j.changes.first().map(|c| c.0.clone()).unwrap_or_default();
+    let mut v = json!({"job_id": j.id, "job_type": "batchAddMembersJob", "begin_time": "2026-12-07T08:00:00.000Z",
+        "end_time": "", "status": "RUNNING", "entities": {"image_id": image}});
+    if j.applied {
+        v["status"] = json!(if j.fails.is_some() { "FAIL" } else { "SUCCESS" });
+        v["end_time"] = json!("2026-12-07T08:00:05.000Z");
+        if let Some((code, reason)) = &j.fails {
+            v["error_code"] = json!(code);
+            v["fail_reason"] = json!(reason);
+        }
+    }
+    axum::Json(v).into_response()
+}
+
 /// Image members: GlanceListImageMembers, and BatchAddMembers / BatchUpdateMembers (only the
 /// member itself, by its X-Project-Id, may accept) / BatchDeleteMembers, each answering a job id.
 fn members(
@@ -221,11 +268,21 @@ fn members(
             .collect()
     };
     let known = |id: &str| st.images.lock().unwrap().iter().any(|i| i.id == id);
-    let job = || {
-        let id = format!("job-share-{}", st.requests.lock().unwrap().len());
+    // Each call is a job: its change shows in the member list when the job has succeeded.
+    let job = |changes: Vec<(String, String, Option<String>)>| {
+        let id = format!("job-member-{:04}", st.seq.fetch_add(1, Ordering::SeqCst) + 1);
+        let p = st.profile.lock().unwrap().clone();
+        st.member_jobs.lock().unwrap().push(MemberJob {
+            id: id.clone(),
+            done_at: Instant::now() + p.member_job,
+            fails: p.member_job_fails,
+            changes,
+            applied: false,
+        });
         axum::Json(json!({"job_id": id})).into_response()
     };
-    let mut all = st.members.lock().unwrap();
+    settle_member_jobs(st);
+    let all = st.members.lock().unwrap();
     match (method.clone(), seg) {
         (Method::GET, ["v2", "images", image, "members"]) => {
             if !known(image) {
@@ -243,18 +300,20 @@ fn members(
             Some(axum::Json(json!({"members": list, "schema": "/v2/schemas/members"})).into_response())
         }
         (Method::POST, ["v1", "cloudimages", "members"]) => {
+            let mut changes = Vec::new();
             for image in strs("images") {
                 if !known(&image) {
                     return Some(hw_err(StatusCode::BAD_REQUEST, "IMG.0027", "The image does not exist."));
                 }
-                let list = all.entry(image).or_default();
+                let list = all.get(&image).cloned().unwrap_or_default();
                 for p in strs("projects") {
                     if !list.iter().any(|(m, _)| *m == p) {
-                        list.push((p, "pending".into()));
+                        changes.push((image.clone(), p, Some("pending".to_string())));
                     }
                 }
             }
-            Some(job())
+            drop(all);
+            Some(job(changes))
         }
         (Method::PUT, ["v1", "cloudimages", "members"]) => {
             let member = body
@@ -274,31 +333,28 @@ fn members(
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
+            let mut changes = Vec::new();
             for image in strs("images") {
-                match all
-                    .get_mut(&image)
-                    .and_then(|l| l.iter_mut().find(|(m, _)| *m == member))
-                {
-                    Some(entry) => entry.1 = status.clone(),
-                    None => {
-                        return Some(hw_err(
-                            StatusCode::BAD_REQUEST,
-                            "IMG.0106",
-                            "The image is not shared with the project.",
-                        ));
-                    }
+                if !all.get(&image).is_some_and(|l| l.iter().any(|(m, _)| *m == member)) {
+                    return Some(hw_err(
+                        StatusCode::BAD_REQUEST,
+                        "IMG.0106",
+                        "The image is not shared with the project.",
+                    ));
                 }
+                changes.push((image, member.clone(), Some(status.clone())));
             }
-            Some(job())
+            drop(all);
+            Some(job(changes))
         }
         (Method::DELETE, ["v1", "cloudimages", "members"]) => {
             let projects = strs("projects");
-            for image in strs("images") {
-                if let Some(l) = all.get_mut(&image) {
-                    l.retain(|(m, _)| !projects.contains(m));
-                }
-            }
-            Some(job())
+            let changes = strs("images")
+                .into_iter()
+                .flat_map(|image| projects.iter().map(move |p| (image.clone(), p.clone(), None)))
+                .collect();
+            drop(all);
+            Some(job(changes))
         }
         _ => None,
     }

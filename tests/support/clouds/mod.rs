@@ -5,6 +5,16 @@
 //! answered as the cloud does: 401 / SignatureDoesNotMatch / AuthFailure) after recomputing it
 //! from the request as received, and every request is logged for the tests to inspect.
 //!
+//! In time, a stand-in behaves as its [`Profile`] says: [`Profile::fast`] (the default) answers
+//! at once and never throttles; [`Profile::realistic`] behaves as the cloud documents (and as
+//! docs/BACKENDS.md records): a new image is listed only some seconds after the call that made
+//! it, Huawei member calls are jobs that take a while (and may fail), every API is a token
+//! bucket per account answering the cloud's own throttling code, and transient 5xx may be
+//! injected. Listings page at the vendors' sizes in every profile (ECS `PageSize` default 10,
+//! at most 100; CVM `Limit` default 20, at most 100), in creation order, so the newest image
+//! of a large account is on the last page. Every call is counted per API ([`Stand::count`])
+//! for the tests' call budgets.
+//!
 //! One stand-in serves all regions of a provider (the endpoint override has no `{region}`); the
 //! region comes from where the provider carries it: Huawei's `X-Project-Id` (project `p-<name>`,
 //! region = the project name up to `_`), Alibaba's `RegionId`, AWS's credential scope.
@@ -27,6 +37,57 @@ mod aws;
 mod huawei;
 mod tcr;
 mod tencent;
+
+/// How a stand-in behaves in time.
+#[derive(Clone, Debug, Default)]
+pub struct Profile {
+    /// A new image (a copy) is listed (describe, list, find by token or name) this long after
+    /// the call that made it.
+    pub list_lag: Duration,
+    /// Huawei member calls (BatchAddMembers, BatchUpdateMembers, BatchDeleteMembers) are jobs
+    /// this long; their change shows in the member list when the job succeeds.
+    pub member_job: Duration,
+    /// Huawei member jobs end `FAIL` with this (error_code, fail_reason), changing nothing.
+    pub member_job_fails: Option<(String, String)>,
+    /// A token bucket per API and account: (capacity, refill per second); a call that finds
+    /// it empty is answered with the cloud's throttling error.
+    pub bucket: Option<(f64, f64)>,
+    /// Every n-th request is answered with a transient server error (5xx or the cloud's
+    /// internal error code).
+    pub error_every: Option<u32>,
+}
+
+impl Profile {
+    /// Answers at once, one page as big as the vendor allows, no throttling.
+    pub fn fast() -> Self {
+        Self::default()
+    }
+
+    /// As the clouds behave: new images listed 5 s late, member jobs of 5 s, 20 calls per API
+    /// at once refilled at 5 a second (EC2's documented bucket for non-mutating calls is 100
+    /// refilled at 20/s; smaller here so the tests meet it).
+    pub fn realistic() -> Self {
+        Self {
+            list_lag: Duration::from_secs(5),
+            member_job: Duration::from_secs(5),
+            member_job_fails: None,
+            bucket: Some((20.0, 5.0)),
+            error_every: None,
+        }
+    }
+}
+
+/// A Huawei member job: what it changes when it succeeds.
+#[derive(Clone, Debug)]
+pub struct MemberJob {
+    pub id: String,
+    pub done_at: Instant,
+    /// (error_code, fail_reason) when it fails.
+    pub fails: Option<(String, String)>,
+    /// image -> (member, status to set; `None`: remove the member).
+    pub changes: Vec<(String, String, Option<String>)>,
+    pub applied: bool,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -64,6 +125,8 @@ pub struct Img {
     pub snapshots: Vec<String>,
     /// Wall-clock creation time (Unix seconds).
     pub created_unix: i64,
+    /// Not listed before this (the cloud's eventual consistency); `None`: listed at once.
+    pub listed_at: Option<Instant>,
 }
 
 impl Img {
@@ -76,6 +139,10 @@ impl Img {
     }
     pub fn ready(&self) -> bool {
         self.progress() >= 100
+    }
+    /// Whether the cloud lists it yet.
+    pub fn listed(&self) -> bool {
+        self.listed_at.is_none_or(|t| Instant::now() >= t)
     }
 }
 
@@ -136,10 +203,41 @@ pub struct State {
     pub tcr_log: Mutex<Vec<Value>>,
     /// TCR: when the last CreateReplicationInstance was accepted (1 request/s allowed).
     pub tcr_last_create: Mutex<Option<Instant>>,
+    /// How it behaves in time.
+    pub profile: Mutex<Profile>,
+    /// Huawei member jobs.
+    pub member_jobs: Mutex<Vec<MemberJob>>,
+    /// Token buckets: (API, account) -> (tokens, last refill).
+    buckets: Mutex<HashMap<(String, String), (f64, Instant)>>,
     seq: AtomicU32,
 }
 
 impl State {
+    /// When a new image is listed, under the profile.
+    pub fn listed_at(&self) -> Option<Instant> {
+        let lag = self.profile.lock().unwrap().list_lag;
+        (!lag.is_zero()).then(|| Instant::now() + lag)
+    }
+
+    /// Take a token of `api`'s bucket for `account`; false when it is empty (throttled).
+    fn take_token(&self, api: &str, account: &str) -> bool {
+        let Some((cap, rate)) = self.profile.lock().unwrap().bucket else {
+            return true;
+        };
+        let mut b = self.buckets.lock().unwrap();
+        let e = b
+            .entry((api.to_string(), account.to_string()))
+            .or_insert((cap, Instant::now()));
+        e.0 = (e.0 + e.1.elapsed().as_secs_f64() * rate).min(cap);
+        e.1 = Instant::now();
+        if e.0 >= 1.0 {
+            e.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Whether image `id` is in `region`.
     pub fn has_image(&self, id: &str, region: &str) -> bool {
         self.images
@@ -157,8 +255,14 @@ pub struct Stand {
 }
 
 impl Stand {
+    /// A stand-in with the fast profile.
     pub async fn start(kind: Kind) -> Self {
+        Self::start_with(kind, Profile::fast()).await
+    }
+
+    pub async fn start_with(kind: Kind, profile: Profile) -> Self {
         let state = Arc::new(State::default());
+        *state.profile.lock().unwrap() = profile;
         let st = state.clone();
         let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
             let st = st.clone();
@@ -198,6 +302,7 @@ impl Stand {
             encrypted: false,
             snapshots: vec![self.next_id("snap-")],
             created_unix: now_unix(),
+            listed_at: None,
         });
         id
     }
@@ -302,6 +407,38 @@ impl Stand {
             .filter(|r| r.action() == what || format!("{} {}", r.method, r.path).contains(what))
             .collect()
     }
+
+    /// How many calls of `what` (as [`Stand::calls`] matches it) the work took.
+    pub fn count(&self, what: &str) -> usize {
+        self.calls(what).len()
+    }
+
+    /// Calls per API (Action, or Huawei's `METHOD path-shape`): the call budget's table.
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for r in self.requests() {
+            *m.entry(api_of(self.kind, &r.method, &r.path, &r.params)).or_default() += 1;
+        }
+        m
+    }
+
+    /// Panic, with the whole table, when an API was called more than its budget allows
+    /// (APIs not named are not limited here).
+    pub fn assert_budget(&self, what: &str, budget: &[(&str, usize)]) {
+        let counts = self.counts();
+        for (api, most) in budget {
+            let n = counts.get(*api).copied().unwrap_or(0);
+            assert!(
+                n <= *most,
+                "{what}: {api} called {n} times, budget {most}; all calls: {counts:?}"
+            );
+        }
+    }
+
+    /// Set the profile from now on.
+    pub fn set_profile(&self, p: Profile) {
+        *self.state.profile.lock().unwrap() = p;
+    }
 }
 
 /// A creation time as a cloud writes it.
@@ -322,6 +459,27 @@ fn wildcard(pattern: &str, s: &str) -> bool {
         (Some('?'), Some(c)) => wildcard(&pattern[1..], &s[c.len_utf8()..]),
         (Some(p), Some(c)) if p == c => wildcard(&pattern[p.len_utf8()..], &s[c.len_utf8()..]),
         _ => false,
+    }
+}
+
+/// An API's name for the call budget and the token buckets: the Action, or Huawei's method and
+/// path with ids as `{}`.
+fn api_of(kind: Kind, method: &str, path: &str, params: &BTreeMap<String, String>) -> String {
+    match kind {
+        Kind::Huawei => {
+            let shape: Vec<&str> = path
+                .split('/')
+                .map(|seg| {
+                    if seg.bytes().any(|b| b.is_ascii_digit()) && !seg.starts_with('v') {
+                        "{}"
+                    } else {
+                        seg
+                    }
+                })
+                .collect();
+            format!("{method} {}", shape.join("/"))
+        }
+        _ => params.get("Action").cloned().unwrap_or_default(),
     }
 }
 
@@ -411,6 +569,13 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
         r.push(rec.clone());
         r.len() - 1
     };
+    let account = auth_field(hdr.get("authorization").map(String::as_str).unwrap_or(""), "Credential")
+        .or_else(|| auth_field(hdr.get("authorization").map(String::as_str).unwrap_or(""), "Access"))
+        .or_else(|| query.iter().find(|(k, _)| k == "AccessKeyId").map(|(_, v)| v.as_str()))
+        .map(|c| c.split('/').next().unwrap_or(c).to_string())
+        .unwrap_or_default();
+    let api = api_of(kind, method.as_str(), uri.path(), &params);
+    let error_every = st.profile.lock().unwrap().error_every;
     let resp = if let Some(bad) = check_signature(kind, &method, &uri, &query, &hdr, &body) {
         rec.bad_signature = true;
         bad
@@ -418,9 +583,12 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
         .throttle
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok()
+        || !st.take_token(&api, &account)
     {
         rec.throttled = true;
         throttled(kind)
+    } else if error_every.is_some_and(|n| n > 0 && (idx as u32 + 1).is_multiple_of(n)) {
+        server_error(kind)
     } else {
         match kind {
             Kind::Huawei => huawei::huawei(st, &method, uri.path(), &params, &json_body, &hdr).await,
@@ -562,6 +730,28 @@ fn throttled(kind: Kind) -> Response {
         )
             .into_response(),
         Kind::Aws => aws::aws_error(StatusCode::SERVICE_UNAVAILABLE, "RequestLimitExceeded", "Request limit exceeded."),
+    }
+}
+
+/// A transient server error, as each cloud answers one.
+fn server_error(kind: Kind) -> Response {
+    match kind {
+        Kind::Tencent | Kind::Tcr => tc_err("InternalError", "An internal error has occurred. Retry your request."),
+        Kind::Huawei => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"error_code": "APIG.0201", "error_msg": "Backend unavailable"})),
+        )
+            .into_response(),
+        Kind::Alibaba => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"Code": "ServiceUnavailable", "Message": "The request has failed due to a temporary failure of the server.", "RequestId": "r"})),
+        )
+            .into_response(),
+        Kind::Aws => aws::aws_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            "The server is overloaded and can't handle the request.",
+        ),
     }
 }
 

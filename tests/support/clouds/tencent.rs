@@ -48,8 +48,14 @@ pub(super) async fn tencent(st: &State, b: &Value, hdr: &BTreeMap<String, String
                     })
             };
             let names = filter("image-name");
+            // Limit: default 20, at most 100; Offset from 0.
+            let limit = b.get("Limit").map_or(Some(20), Value::as_u64).unwrap_or(0) as usize;
+            let offset = b.get("Offset").map_or(Some(0), Value::as_u64).unwrap_or(u64::MAX) as usize;
+            if !(1..=100).contains(&limit) || offset == u64::MAX as usize {
+                return tc_err("InvalidParameterValue.LimitExceeded", "Limit must be 1 to 100.");
+            }
             let imgs = st.images.lock().unwrap();
-            let here: Vec<&Img> = imgs.iter().filter(|i| i.region == region).collect();
+            let here: Vec<&Img> = imgs.iter().filter(|i| i.region == region && i.listed()).collect();
             for id in &ids {
                 if !here.iter().any(|i| i.id == *id) {
                     return tc_err("InvalidImageId.NotFound", &format!("The image {id} does not exist."));
@@ -62,7 +68,9 @@ pub(super) async fn tencent(st: &State, b: &Value, hdr: &BTreeMap<String, String
                 .map(|i| tc_image(i))
                 .filter(|v| filter("image-type").is_none_or(|t| t.iter().any(|t| v["ImageType"] == t.as_str())))
                 .collect();
-            tc_ok(json!({"ImageSet": list, "TotalCount": list.len()}))
+            let total = list.len();
+            let page: Vec<Value> = list.into_iter().skip(offset).take(limit).collect();
+            tc_ok(json!({"ImageSet": page, "TotalCount": total}))
         }
         "SyncImages" => {
             let ids = strs("ImageIds");
@@ -128,6 +136,7 @@ pub(super) async fn tencent(st: &State, b: &Value, hdr: &BTreeMap<String, String
                     encrypted: encrypt,
                     snapshots: vec![format!("snap-{id}")],
                     created_unix: now_unix(),
+                    listed_at: st.listed_at(),
                 });
                 set.push(json!({"ImageId": id, "Region": d}));
             }

@@ -848,7 +848,11 @@ impl Huawei {
                         .and_then(Value::as_str)
                         .filter(|r| !r.is_empty())
                         .unwrap_or("no reason given");
-                    let code_text = if code.is_empty() { String::new() } else { format!(" ({code})") };
+                    let code_text = if code.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({code})")
+                    };
                     return Err(ProviderError::transient(format!(
                         "{op}: IMS job {job} failed{code_text}: {}",
                         cloud::short(reason)
