@@ -573,8 +573,7 @@ async fn an_oci_copy_is_ready_with_events_columns_and_each_deletion_policy() {
     );
     assert_eq!(b.digest_of("kept/web", "1.4"), Some(digest.clone()), "Retain kept it");
     assert_eq!(a.digest_of("team/web", "1.4"), Some(digest), "the source untouched");
-    let reasons = sc.reasons("web").await;
-    assert!(reasons.iter().any(|r| r == "CleanupComplete"), "{reasons:?}");
+    sc.wait_event("web", "CleanupComplete").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -699,7 +698,7 @@ async fn copied_by(sc: &Scene, name: &str, a: &TestRegistry, b: &TestRegistry, i
         .await
         .unwrap();
     wait_ready(&api, name).await;
-    let reporters: Vec<_> = support::events_in(&sc.c, &sc.ns, name)
+    let reporters: Vec<_> = support::events_with(&sc.c, &sc.ns, name, &["DestinationAvailable"])
         .await
         .into_iter()
         .filter_map(|e| e.reporting_instance)
@@ -1210,7 +1209,7 @@ async fn label_shards_split_the_objects_and_hand_one_over_without_a_second_copy(
     }
     let (c, ns) = (&sc.c, &sc.ns);
     let reporters = |name: &'static str| async move {
-        let mut r: Vec<String> = support::events_in(c, ns, name)
+        let mut r: Vec<String> = support::events_with(c, ns, name, &["DestinationAvailable"])
             .await
             .into_iter()
             .filter_map(|e| e.reporting_instance)

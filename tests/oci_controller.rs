@@ -71,11 +71,7 @@ async fn copies_reports_per_destination_repairs_drift_and_deletes() {
         Some(digest.clone()),
         "skopeo sees the copy"
     );
-    let evs = support::event_reasons(&c, "web").await;
-    assert!(
-        evs.contains(&"DestinationAvailable".to_string()) && evs.contains(&"DestinationFailed".to_string()),
-        "{evs:?}"
-    );
+    support::reasons_with(&c, "web", &["DestinationAvailable", "DestinationFailed"]).await;
 
     // Drift repair: delete the copy by hand; the next resync restores it.
     let http = reqwest::Client::new();

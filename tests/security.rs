@@ -144,8 +144,7 @@ async fn the_egress_policy_refuses_what_the_admin_did_not_allow_before_any_conne
         assert!(message.contains("egress policy"), "{name}: {message}");
         let o = api.get(name).await.unwrap();
         assert!(o.status.unwrap().destinations.is_empty(), "{name}: nothing started");
-        let evs = support::event_reasons(&c, name).await;
-        assert!(evs.iter().any(|r| r == "EgressRefused"), "{name}: events {evs:?}");
+        support::reasons_with(&c, name, &["EgressRefused"]).await;
     }
 
     // The other URL fields: a ReplicaInstance's primary and replica registries, a cloud

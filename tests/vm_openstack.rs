@@ -192,8 +192,7 @@ async fn copies_to_many_regions_verifies_checksums_and_repairs_drift() {
     let copies = b.copies_in("region-two").await;
     assert_eq!(copies.len(), 1);
     assert_eq!(copies[0]["os_hash_value"], src_doc["os_hash_value"]);
-    let evs = support::event_reasons(&c, "web").await;
-    assert!(evs.iter().any(|e| e == "DriftDetected"), "{evs:?}");
+    support::reasons_with(&c, "web", &["DriftDetected"]).await;
     support::assert_secrets_kept(&s, &op, &[support::openstack::PASSWORD]).await;
 }
 
@@ -265,8 +264,7 @@ async fn quota_keeps_twelve_destinations_to_five_in_flight() {
     for r in &regions {
         assert_eq!(b.copies_in(r).await.len(), 1, "one image in {r}");
     }
-    let evs = support::event_reasons(&c, "fleet").await;
-    assert!(evs.iter().any(|e| e == "DestinationQueued"), "{evs:?}");
+    support::reasons_with(&c, "fleet", &["DestinationQueued"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -328,7 +326,7 @@ async fn sigkill_mid_copy_then_restart_leaves_exactly_one_image_per_region() {
     // Glance cannot resume an upload: a restart says so (an Event, whose repeats within six
     // minutes count in its series, as kube's Recorder does), with the bytes sent again; the
     // log names each one.
-    let restarted: Vec<String> = support::events_in(&c, "default", "big")
+    let restarted: Vec<String> = support::events_with(&c, "default", "big", &["UploadRestarted"])
         .await
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some("UploadRestarted"))
@@ -833,14 +831,7 @@ async fn shares_copies_with_other_projects_on_real_keystone_and_glance() {
     assert!(r.status().is_success(), "carol accepts: {}", r.status());
     let st = wait_ready(&api, "golden").await;
     assert_eq!(st.summary.as_deref(), Some("2/2 available, 3/3 shares"));
-    let reasons: Vec<String> = support::events_in(&c, "default", "golden")
-        .await
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect();
-    for r in ["Shared", "ShareAccepted"] {
-        assert!(reasons.iter().any(|x| x == r), "{r} in {reasons:?}");
-    }
+    support::reasons_with(&c, "golden", &["Shared", "ShareAccepted"]).await;
 
     // team-b leaves RegionTwo's list: its share is withdrawn, bob no longer sees the copy.
     let patch = json!({"spec": {"destinations": [

@@ -64,6 +64,39 @@ pub async fn events_in(c: &Client, ns: &str, name: &str) -> Vec<Event> {
         .collect()
 }
 
+/// The Events about an object in namespace `ns` once every one of `reasons` is among them:
+/// an Event is posted after the status write it follows, so a test never reads them once right
+/// after a condition (it waits, up to a minute, and fails naming what is missing).
+pub async fn events_with(c: &Client, ns: &str, name: &str, reasons: &[&str]) -> Vec<Event> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let evs = events_in(c, ns, name).await;
+        let missing: Vec<&str> = reasons
+            .iter()
+            .copied()
+            .filter(|r| !evs.iter().any(|e| e.reason.as_deref() == Some(*r)))
+            .collect();
+        if missing.is_empty() {
+            return evs;
+        }
+        if std::time::Instant::now() > deadline {
+            let seen: Vec<_> = evs.iter().filter_map(|e| e.reason.clone()).collect();
+            panic!("Events of {ns}/{name}: {missing:?} never came; seen {seen:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// The reasons of the Events about an object in namespace default, once every one of
+/// `reasons` is among them (see [`events_with`]).
+pub async fn reasons_with(c: &Client, name: &str, reasons: &[&str]) -> Vec<String> {
+    events_with(c, "default", name, reasons)
+        .await
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
 /// The reasons of the Events about an object.
 pub async fn event_reasons(c: &Client, name: &str) -> Vec<String> {
     events_for(c, name).await.into_iter().filter_map(|e| e.reason).collect()

@@ -149,3 +149,84 @@ async fn a_copy_listed_late_is_made_once_on_ec2() {
 async fn a_copy_listed_late_is_made_once_on_cvm() {
     a_copy_listed_late_is_made_once(Kind::Tencent).await;
 }
+
+/// `replicate -f` with `--attempts 2` on the manifests given, as a user runs it in a pipeline:
+/// (exit status, stdout + stderr).
+async fn replicate(dir: &std::path::Path, manifests: String) -> (bool, String) {
+    let f = dir.join("replication.yaml");
+    std::fs::write(&f, manifests).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
+            .args(["replicate", "--attempts", "2", "-f"])
+            .arg(&f)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A Huawei share whose IMS member job fails (the project does not exist): each attempt is
+/// one BatchAddMembers and a few job polls, the share ends Failed with the job's own error
+/// code and reason after `--attempts`, and `replicate -f` returns. Before the fix the job was
+/// never read: 24,294 BatchAddMembers in 85 s, `replicate -f` never returned, and the status
+/// said "sharing" with no error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huawei_share_whose_job_fails_ends_failed_with_the_jobs_error() {
+    let profile = Profile {
+        member_job: Duration::from_secs(2),
+        member_job_fails: Some((
+            "IMG.0128".into(),
+            "The project 0a1b2c3d4e5f60718293a4b5c6d7e8f9 does not exist.".into(),
+        )),
+        ..Profile::realistic()
+    };
+    let cloud = Stand::start_with(Kind::Huawei, profile).await;
+    let (src_region, _, _, _) = cloud.account();
+    let src = cloud.add(src_region, "golden", 10, json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = format!(
+        r#"apiVersion: replication.imageops.io/v1alpha1
+kind: ImageReplication
+metadata: {{name: golden, namespace: default}}
+spec:
+  provider: {{kind: huawei, agency: ims_admin, credentialsSecretRef: {{name: creds}}, endpoint: '{url}'}}
+  source: {{region: {src_region}, imageId: {src}}}
+  destinations:
+  - region: {src_region}
+    shareWith: [{{account: 0a1b2c3d4e5f60718293a4b5c6d7e8f9}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds, namespace: default}}
+stringData: {{accessKey: {AK}, secretKey: '{SK}', iamEndpoint: '{url}'}}
+"#,
+        url = cloud.url
+    );
+    let (ok, text) = replicate(dir.path(), manifests).await;
+    assert!(!ok, "a failed share is not Ready: {text}");
+    assert!(
+        text.contains("IMG.0128") && text.contains("does not exist"),
+        "the job's own error is shown: {text}"
+    );
+    let counts = cloud.counts();
+    println!("calls for a share whose job fails, 2 attempts: {counts:?}");
+    assert_eq!(
+        cloud.count("POST /v1/cloudimages/members"),
+        2,
+        "one BatchAddMembers per attempt: {counts:?}"
+    );
+    cloud.assert_budget(
+        "a failing share job, 2 attempts",
+        &[("GET /v1/cloudimages/job/{}", 6), ("GET /v2/images/{}/members", 6)],
+    );
+    assert!(cloud.members_of(&src).is_empty(), "a failed job changes nothing");
+    assert!(!text.contains(SK), "the secret key is never printed");
+    cloud.assert_conforms();
+}

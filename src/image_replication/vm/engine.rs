@@ -554,7 +554,7 @@ impl VmEngine {
                 };
                 let o = self.observe_dest(obj, &key, s, provider, a, source.as_ref()).await;
                 obs.dests.insert(s.region.clone(), o);
-                if let Some(o) = self.observe_shares(obj, &key, s, provider, a).await {
+                if let Some(o) = self.observe_shares(obj, &key, s, provider, a, now).await {
                     obs.shares.insert(s.region.clone(), o);
                 }
             }
@@ -748,6 +748,7 @@ impl VmEngine {
         s: &DestinationStatus,
         provider: &dyn ImageService,
         acct: &Account,
+        now: &Time,
     ) -> Option<ShareObs> {
         let region = s.region.as_str();
         let failed = self
@@ -762,13 +763,20 @@ impl VmEngine {
         };
         // Read every `poll_min` while a call of ours is under way; every minute at most while
         // only members who accept in their own account are awaited (the operator has nothing to
-        // do); once per drift check when every share is in place or failed for good.
+        // do) or failed shares wait out their retry backoff (the retry reads them again); once
+        // per drift check when every share is in place or failed for good.
+        let max = self.settings.max_attempts;
         let listed = s.shares.len() == wanted.len() && s.shares.iter().all(|x| wanted.contains(&x.account.as_str()));
-        let settled = listed && s.shares.iter().all(|x| share::settled(x, self.settings.max_attempts));
+        let settled = listed && s.shares.iter().all(|x| share::settled(x, max));
+        let waiting = listed
+            && s.shares
+                .iter()
+                .all(|x| share::settled(x, max) || share::backing_off(x, max, now));
         let awaiting = s.shares.iter().any(|x| !share::done(x));
         let every = match (settled, awaiting) {
             (true, false) => self.settings.resync,
             (true, true) => self.settings.resync.min(share::MEMBER_WAIT),
+            (false, _) if waiting => self.settings.resync.min(share::MEMBER_WAIT),
             (false, _) => self.settings.poll_min,
         };
         let due = self.with_mem(key, |m| {

@@ -358,6 +358,14 @@ fn keep_failed(
 
 /// Whether a call for this share may be made now: not after a final failure, not before a
 /// failed one's backoff has passed (its end goes into `wake`).
+/// Whether a share failed and waits out its retry backoff now: nothing to read or call for it
+/// until then.
+pub fn backing_off(s: &ShareStatus, max_attempts: i32, now: &Time) -> bool {
+    s.state == SharePhase::Failed
+        && s.attempts < max_attempts
+        && !retry_due(Some(s), max_attempts, now, &mut Vec::new())
+}
+
 fn retry_due(prev: Option<&ShareStatus>, max_attempts: i32, now: &Time, wake: &mut Vec<Duration>) -> bool {
     let Some(p) = prev.filter(|p| p.state == SharePhase::Failed) else {
         return true;
