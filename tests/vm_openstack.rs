@@ -740,7 +740,20 @@ async fn shares_copies_with_other_projects_on_real_keystone_and_glance() {
 
     let dir = tempfile::tempdir().unwrap();
     let file = make_image(dir.path(), "golden", "qcow2", 4);
-    let src = one.upload("golden", "qcow2", &file, json!({})).await;
+    // Uploaded as `openstack image create --private` does: Glance refuses to list a private
+    // image's members (403), so the operator makes it `shared` first (the copy, which carries
+    // the visibility, too). Before the fix the member list was read every 5 s forever.
+    let src = one
+        .upload("golden", "qcow2", &file, json!({"visibility": "private"}))
+        .await;
+    // `--public` and `--community` images are open to every project already: a share of one
+    // is refused once, with why, and a copy of a public one (private) is shared.
+    let public = one
+        .upload("open", "qcow2", &file, json!({"visibility": "public"}))
+        .await;
+    let community = one
+        .upload("commons", "qcow2", &file, json!({"visibility": "community"}))
+        .await;
     let (s, c) = support::cluster().await;
     let creds = |user: &'static str, pw: &'static str, project: &'static str| {
         let url = cloud.auth_url();
@@ -802,7 +815,86 @@ async fn shares_copies_with_other_projects_on_real_keystone_and_glance() {
         Some(src.as_str()),
         "the source itself is shared"
     );
-    assert_eq!(one.images().await.len(), 1, "nothing copied into the source's region");
+    assert_eq!(
+        one.image(&src).await.unwrap()["visibility"],
+        "shared",
+        "the private source made shared"
+    );
+    // The member list of each image is read a bounded number of times (it was every 5 s,
+    // forever, for a private image).
+    for (region, image) in [("RegionOne", &src), ("RegionTwo", &copy)] {
+        let reads = cloud
+            .region(region)
+            .count("GET", &format!("/v2/images/{image}/members"));
+        assert!(reads <= 15, "{region}: {reads} member list reads");
+    }
+
+    // The public and community images: each share refused once with why; the public one's
+    // copy (private) is shared.
+    for (name, image, vis) in [("open", &public, "public"), ("commons", &community, "community")] {
+        let mut o = object(
+            name,
+            json!({"region": "RegionOne", "imageId": image}),
+            json!([
+                {"region": "RegionOne", "shareWith": [{"account": team_c}]},
+                {"region": "RegionTwo", "shareWith": [{"account": team_c}]}
+            ]),
+            json!({"deletionPolicy": "Delete"}),
+        );
+        o.spec.provider.credentials_secret_ref = obj.spec.provider.credentials_secret_ref.clone();
+        api.create(&PostParams::default(), &o).await.unwrap();
+        let st = eventually(WAIT, &format!("{name}: the in-place share refused"), || async {
+            let st = api.get(name).await.ok()?.status?;
+            let d = st.destinations.iter().find(|d| d.region == "RegionOne")?;
+            let share = d.shares.first()?;
+            (format!("{:?}", share.state) == "Failed").then_some(st)
+        })
+        .await;
+        let d = st.destinations.iter().find(|d| d.region == "RegionOne").unwrap();
+        let why = d.shares[0].message.clone().unwrap_or_default();
+        assert!(
+            why.contains(&format!("is {vis}")) && why.contains("every project"),
+            "{name}: {why}"
+        );
+        let d2 = eventually(WAIT, &format!("{name}: the copy's share"), || async {
+            let st = api.get(name).await.ok()?.status?;
+            let d = st.destinations.iter().find(|d| d.region == "RegionTwo")?.clone();
+            (d.shares.first()?.attempts > 0
+                || format!("{:?}", d.shares.first()?.state) != "Pending"
+                || d.shares.first()?.message.as_deref()?.contains("accept it in account"))
+            .then_some(d)
+        })
+        .await;
+        let copy_share = format!("{:?}", d2.shares[0].state);
+        if vis == "public" {
+            assert_eq!(
+                copy_share, "Pending",
+                "{name}: the private copy shared, waiting for team-c: {d2:?}"
+            );
+            let copy = d2.image_id.clone().unwrap();
+            assert_eq!(two.image(&copy).await.unwrap()["visibility"], "shared");
+        } else {
+            assert_eq!(
+                copy_share, "Failed",
+                "{name}: the community copy is open to all: {d2:?}"
+            );
+        }
+        let calls = cloud
+            .region("RegionOne")
+            .count("POST", &format!("/v2/images/{image}/members"));
+        assert_eq!(calls, 0, "{name}: no member added to a {vis} image");
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+        eventually(WAIT, &format!("{name} gone"), || async {
+            api.get_opt(name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+        assert!(one.image(image).await.is_some(), "{name}: the source is kept");
+    }
+    assert_eq!(
+        one.images().await.len(),
+        3,
+        "nothing copied into the source's region (the source and the two open images)"
+    );
     assert_eq!(two.image(&copy).await.unwrap()["visibility"], "shared");
 
     // The member's own token sees the copy and the source.

@@ -230,3 +230,73 @@ stringData: {{accessKey: {AK}, secretKey: '{SK}', iamEndpoint: '{url}'}}
     assert!(!text.contains(SK), "the secret key is never printed");
     cloud.assert_conforms();
 }
+
+/// The provider of `kind`, in process, against its stand-in (no operator, no API server): the
+/// wire cost of one piece of work is the calls it makes.
+fn provider_for(kind: Kind) -> Box<dyn image_replication_operator::image_replication::vm::ImageService> {
+    use image_replication_operator::image_replication::vm::providers::{alibaba, aws, huawei, tencent};
+    match kind {
+        Kind::Huawei => Box::new(huawei::Huawei::default()),
+        Kind::Alibaba => Box::new(alibaba::Alibaba::default()),
+        Kind::Aws => Box::new(aws::Aws::default()),
+        _ => Box::new(tencent::Tencent::default()),
+    }
+}
+
+fn account_for(cloud: &Stand) -> image_replication_operator::image_replication::vm::Account {
+    let (_, _, data, _) = cloud.account();
+    image_replication_operator::image_replication::vm::Account {
+        secret: data
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect(),
+        endpoint: Some(cloud.url.clone()),
+        agency: Some("ims_admin".into()),
+    }
+}
+
+/// What a follow look-up and a drift check cost on each cloud, measured on an account with
+/// 150 images (the table in docs/cloud-calls.md): the look-up reads every page of the
+/// account's images at the largest page size (ECS, CVM: 2 pages; EC2 and IMS filter or page
+/// server-side: 1), a drift check is one read of the copy. And the newest image is found on
+/// the last page.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_per_follow_look_up_and_drift_check() {
+    let mut rows = Vec::new();
+    for kind in [Kind::Huawei, Kind::Alibaba, Kind::Aws, Kind::Tencent] {
+        let cloud = Stand::start_with(kind, Profile::realistic()).await;
+        let (src_region, dst_region, _, kind_name) = cloud.account();
+        let day = 1_796_000_000;
+        for n in 0..148 {
+            let id = cloud.add(src_region, &format!("build-{n}"), 10, json!({}));
+            cloud.set_created(&id, day + n);
+        }
+        let old = cloud.add(src_region, "golden-1", 10, json!({}));
+        cloud.set_created(&old, day + 1000);
+        let newest = cloud.add(src_region, "golden-2", 10, json!({}));
+        cloud.set_created(&newest, day + 2000);
+        let copy = cloud.add(dst_region, "golden-copy", 10, json!({}));
+        let (p, acct) = (provider_for(kind), account_for(&cloud));
+        // Warm: Huawei's project ids are looked up once per region and kept.
+        p.image_exists(&acct, dst_region, None, &copy).await.unwrap();
+        p.image_exists(&acct, src_region, None, &old).await.unwrap();
+        let before = cloud.requests().len();
+        let found = p.candidates(&acct, src_region, "golden-*").await.unwrap();
+        let look_up = cloud.requests().len() - before;
+        assert!(
+            found.iter().any(|i| i.id == newest),
+            "{kind_name}: the newest image is listed"
+        );
+        let before = cloud.requests().len();
+        assert!(p.image_exists(&acct, dst_region, None, &copy).await.unwrap());
+        let drift = cloud.requests().len() - before;
+        println!("{kind_name}: follow look-up {look_up} calls, drift check {drift} calls");
+        rows.push((kind_name, look_up, drift));
+        cloud.assert_conforms();
+    }
+    assert_eq!(
+        rows,
+        vec![("huawei", 1, 1), ("alibaba", 2, 1), ("aws", 1, 1), ("tencent", 2, 1)],
+        "the calls table of docs/cloud-calls.md"
+    );
+}

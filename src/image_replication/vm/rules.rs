@@ -200,6 +200,23 @@ fn huawei_full_ecs(c: &mut Check<'_>) {
             );
         }
     }
+    // BatchUpdateMembers needs the member's own CBR vault (`vault_id`) to accept a full-ECS
+    // image made from a backup (every full-ECS copy is); the spec has no field for it, so such
+    // an acceptance is refused before anything starts rather than failing after the copy.
+    for (i, d) in spec.destinations.iter().enumerate() {
+        for (j, w) in d.share_with.iter().enumerate() {
+            if w.accept_with.is_some() {
+                c.refuse(
+                    format!("spec.destinations[{i}].shareWith[{j}].acceptWith"),
+                    "AcceptNeedsVault",
+                    format!(
+                        "{img} is a full-ECS image; accepting a share of it needs a CBR vault of the member account {} (BatchUpdateMembers vault_id), which the operator cannot name: remove acceptWith and accept it in that account",
+                        w.account
+                    ),
+                );
+            }
+        }
+    }
     if source.replicated_from_backup {
         c.refuse(
             src_field.into(),
@@ -421,7 +438,7 @@ fn tencent(c: &mut Check<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::v1alpha1::ImageReplicationSpec;
+    use crate::api::v1alpha1::{ImageReplicationSpec, SecretRef, ShareSpec};
 
     fn spec(kind: &str, src: &str, dests: &[&str]) -> ImageReplicationSpec {
         let d: Vec<String> = dests.iter().map(|r| format!("{{region: {r}}}")).collect();
@@ -613,6 +630,19 @@ mod tests {
             }
             let got = check(ProviderKind::Huawei, &s, &img, &Limits::default());
             assert_eq!(reasons(&got), want, "{what}");
+            // Accepting a share as the member: refused for a full-ECS image (it needs the
+            // member's CBR vault, which the spec cannot name), allowed otherwise.
+            s.destinations[0].share_with = vec![ShareSpec {
+                account: "0a1b2c3d4e5f60718293a4b5c6d7e8f9".into(),
+                accept_with: Some(SecretRef { name: "member".into() }),
+            }];
+            let accept = check(ProviderKind::Huawei, &s, &img, &Limits::default());
+            let refused = accept.iter().find(|v| v.reason == "AcceptNeedsVault");
+            assert_eq!(refused.is_some(), img.whole_machine, "{what}: {accept:?}");
+            if let Some(v) = refused {
+                assert_eq!(v.field, "spec.destinations[0].shareWith[0].acceptWith");
+                assert!(v.message.contains("vault"), "{v}");
+            }
             for v in &got {
                 assert!(
                     v.message.contains("img-1") && v.field.starts_with("spec."),

@@ -987,8 +987,10 @@ impl Service for OpenStack {
             )
             .await?;
         } else if image.visibility != "shared" {
+            // Public and community images are open to every project already; Glance keeps
+            // members only for shared images. Said once, not retried: it cannot change by itself.
             return Err(ProviderError::permanent(format!(
-                "image {} is {}; Glance adds members only to shared (or private) images",
+                "image {} is {}: every project can use it already, and Glance keeps members only for shared images; remove shareWith, or make the image private to share it with chosen projects",
                 at.image_id, image.visibility
             )));
         }
