@@ -173,3 +173,77 @@ fn every_error_code_the_sdks_list_is_classified() {
     assert_eq!(huawei::classify(400, "IMG.0190", "quota"), ErrorClass::RetryLater);
     assert_eq!(huawei::classify(403, "IMG.0003", "denied"), ErrorClass::Auth);
 }
+
+/// The SDK check holds values, not only names: documented ranges (ECS `PageSize`, CVM `Limit`
+/// at most 100), enumerations (CVM `Permission`, ECS `Status`, CVM filter names, EC2's enums
+/// from botocore's shapes) — a `Limit` of 1000 passed unseen before. `violations` is what a
+/// failing cloud test prints first (the stand-in's `Drop`), so a wrong request is named
+/// instead of ending as a stand-in timeout.
+#[test]
+fn the_sdk_check_holds_documented_ranges_and_enumerations() {
+    let ali = |q: &[(&str, &str)]| {
+        let mut query: Vec<(&str, &str)> = vec![
+            ("Action", "DescribeImages"),
+            ("Version", "2014-05-26"),
+            ("RegionId", "cn-hangzhou"),
+        ];
+        query.extend_from_slice(q);
+        json!({"kind": "alibaba", "method": "GET", "path": "/", "query": query, "headers": {}, "body": "",
+            "status": 200, "response": r#"{"Images":{"Image":[]},"TotalCount":0,"PageNumber":1,"PageSize":100,"RegionId":"cn-hangzhou","RequestId":"r"}"#})
+    };
+    let cvm = |action: &str, body: Value, response: &str| {
+        json!({"kind": "cvm", "method": "POST", "path": "/", "query": [],
+            "headers": {"x-tc-action": action, "x-tc-version": "2017-03-12"},
+            "body": body.to_string(), "status": 200, "response": response})
+    };
+    let aws = |body: &str, response: &str| {
+        json!({"kind": "aws", "method": "POST", "path": "/", "query": [], "headers": {}, "body": body,
+            "status": 200, "response": response})
+    };
+    let images = r#"{"Response":{"ImageSet":[],"TotalCount":0,"RequestId":"r"}}"#;
+    let cases = [
+        (ali(&[("PageSize", "1000")]), "PageSize=1000 is outside"),
+        (ali(&[("Status", "Available,Gone")]), "Status='Gone'"),
+        (
+            cvm("DescribeImages", json!({"Limit": 1000}), images),
+            "Limit=1000 is outside",
+        ),
+        (
+            cvm(
+                "DescribeImages",
+                json!({"Filters": [{"Name": "image-kind", "Values": ["x"]}]}),
+                images,
+            ),
+            "Filters.Name='image-kind'",
+        ),
+        (
+            cvm(
+                "ModifyImageSharePermission",
+                json!({"ImageId": "img-1", "AccountIds": ["100000000001"], "Permission": "GRANT"}),
+                r#"{"Response":{"RequestId":"r"}}"#,
+            ),
+            "Permission='GRANT'",
+        ),
+        (
+            aws(
+                "Action=ModifyImageAttribute&Version=2016-11-15&ImageId=ami-1&Attribute=launchPermission&OperationType=grant",
+                "<ModifyImageAttributeResponse><return>true</return></ModifyImageAttributeResponse>",
+            ),
+            "'grant' is not one of the SDK's values",
+        ),
+    ];
+    for (ex, want) in &cases {
+        let found = support::conformance::violations(std::slice::from_ref(ex));
+        assert!(found.iter().any(|v| v.contains(want)), "{want}: {found:?}");
+    }
+    // And what the operator sends is within them.
+    let fine = [
+        ali(&[("PageSize", "100"), ("PageNumber", "2"), ("ImageOwnerAlias", "self")]),
+        cvm(
+            "DescribeImages",
+            json!({"Limit": 100, "Offset": 100, "Filters": [{"Name": "image-type", "Values": ["PRIVATE_IMAGE"]}]}),
+            images,
+        ),
+    ];
+    assert_eq!(support::conformance::violations(&fine), Vec::<String>::new());
+}

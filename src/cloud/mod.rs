@@ -62,6 +62,26 @@ pub enum ErrorClass {
 /// ends is cut there, not followed forever.
 pub const MAX_PAGES: usize = 100;
 
+/// Every page of a listing of `size` items a page: `page(read)` fetches the page after the
+/// first `read` items (ECS: page number `read / size + 1`; CVM: offset `read`) and answers its
+/// items and the listing's total. Stops at a short page, at the total, or at [`MAX_PAGES`].
+pub async fn all_pages<T, F, Fut>(size: usize, mut page: F) -> Result<Vec<T>, ProviderError>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, usize), ProviderError>>,
+{
+    let mut out = Vec::new();
+    for _ in 0..MAX_PAGES {
+        let (items, total) = page(out.len()).await?;
+        let n = items.len();
+        out.extend(items);
+        if n < size || out.len() >= total {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// The class of `code` in a provider's table: its exact entry, else the longest `prefix*` entry.
 pub fn lookup(table: &[(&str, ErrorClass)], code: &str) -> Option<ErrorClass> {
     if code.is_empty() {

@@ -131,6 +131,7 @@ pub fn oci_plan(
         quiet.note(before.as_ref() != Some(&s), young);
         destinations.push(s);
     }
+    check_the_rest_when_the_source_moved(spec, &old, tasks, &destinations, &mut start);
     let prune = removed_destinations(spec, &old, tasks, pruned, &mut destinations, &mut events, &mut quiet);
     if !start.is_empty() {
         wake.push(std::time::Duration::from_secs(2));
@@ -182,6 +183,38 @@ fn oci_source(
         resolved_at,
         ..Default::default()
     })
+}
+
+/// A moved tag that one destination's check found (its copy now holds another digest than the
+/// source had) starts every other idle destination's check at once, so that all regions take
+/// the new digest together instead of each at its own phase of the drift period (up to
+/// `resync` apart, with the published ConfigMap naming two digests meanwhile).
+fn check_the_rest_when_the_source_moved(
+    spec: &ImageReplicationSpec,
+    old: &ImageReplicationStatus,
+    tasks: &std::collections::HashMap<String, TaskView>,
+    destinations: &[DestinationStatus],
+    start: &mut Vec<(String, bool)>,
+) {
+    let Some(was) = old.source.as_ref().and_then(|s| s.digest.as_deref()) else {
+        return;
+    };
+    let moved = destinations.iter().find_map(|s| {
+        let before = old.destinations.iter().find(|o| o.region == s.region)?;
+        let new = s.digest.as_deref()?;
+        (s.phase == DestinationPhase::Available && before.digest.as_deref() == Some(was) && new != was).then_some(new)
+    });
+    let Some(new) = moved else { return };
+    for (d, s) in spec.destinations.iter().zip(destinations) {
+        let idle = matches!(tasks.get(&d.region).unwrap_or(&TaskView::Idle), TaskView::Idle);
+        if idle
+            && s.phase == DestinationPhase::Available
+            && s.digest.as_deref() != Some(new)
+            && !start.iter().any(|(r, _)| r == &d.region)
+        {
+            start.push((d.region.clone(), true));
+        }
+    }
 }
 
 /// The destinations of the old status that left the spec ([`removed_oci`] each): those still
@@ -894,6 +927,20 @@ spec:
             up_to_date: false,
             resync: true,
         };
+        // b (and c) were checked just now (kept in memory, not status): not due by themselves.
+        let plan_with_b_checked = |o: &ImageReplication, tasks: &[(&str, TaskView)]| {
+            let t: HashMap<String, TaskView> = tasks.iter().map(|(r, v)| (r.to_string(), v.clone())).collect();
+            let checked = HashMap::from([("b".to_string(), at(t2)), ("c".to_string(), at(t2))]);
+            oci_plan(o, &t, &checked, &HashMap::new(), &at(t2 + 1), RESYNC, MAX_ATTEMPTS)
+        };
+        assert!(
+            plan_with_b_checked(&o, &[]).start.is_empty(),
+            "nothing due without the move"
+        );
+        let p = plan_with_b_checked(&o, &[("c", moved.clone())]);
+        // b is checked at once: the regions take the new digest together (they were up to a
+        // drift period apart).
+        assert_eq!(p.start, vec![("b".to_string(), true)]);
         let p = step(&mut o, &[("c", moved)], t2 + 1);
         let e = p
             .events
@@ -902,6 +949,21 @@ spec:
             .expect("SourceChanged");
         assert!(e.note.contains("from sha256:abc to sha256:def"), "{}", e.note);
         assert!(!p.events.iter().any(|e| e.reason == "DriftRepaired"));
+        // Once b holds it too, nothing more starts.
+        let p = step(
+            &mut o,
+            &[(
+                "b",
+                TaskView::Succeeded {
+                    digest: "sha256:def".into(),
+                    bytes_total: 10,
+                    up_to_date: false,
+                    resync: true,
+                },
+            )],
+            t2 + 2,
+        );
+        assert!(p.start.is_empty(), "{:?}", p.start);
     }
 
     #[test]

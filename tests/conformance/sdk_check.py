@@ -57,6 +57,56 @@ def loads(text):
         return ValueError
 
 
+# ---------------------------------------------------------------- documented values
+
+# Ranges and enumerations the API references document and the SDK models do not enforce
+# (their types are plain strings and integers): (kind, operation, parameter) -> ("range", lo,
+# hi) with None for no bound, ("enum", values), or ("csv", values) for a comma-separated list.
+# Tencent's `Filters.Name` is the name of each filter; `tag:*` stands for any tag key.
+DOCUMENTED = {
+    ("alibaba", "DescribeImages", "PageSize"): ("range", 1, 100),
+    ("alibaba", "DescribeImages", "PageNumber"): ("range", 1, None),
+    ("alibaba", "DescribeImages", "Status"): (
+        "csv", {"Creating", "Waiting", "Available", "UnAvailable", "CreateFailed", "Deprecated"}),
+    ("alibaba", "DescribeImages", "ImageOwnerAlias"): ("enum", {"system", "self", "others", "marketplace"}),
+    ("alibaba", "DescribeImageSharePermission", "PageSize"): ("range", 1, 100),
+    ("alibaba", "DescribeImageSharePermission", "PageNumber"): ("range", 1, None),
+    ("cvm", "DescribeImages", "Limit"): ("range", 1, 100),
+    ("cvm", "DescribeImages", "Offset"): ("range", 0, None),
+    ("cvm", "DescribeImages", "Filters.Name"): ("enum", {
+        "image-id", "image-type", "image-state", "image-name", "instance-type", "image-family",
+        "image-name-fuzzy", "tag-key", "tag-value", "tag:*"}),
+    ("cvm", "ModifyImageSharePermission", "Permission"): ("enum", {"SHARE", "CANCEL"}),
+    ("huawei", "ListImages", "__imagetype"): ("enum", {"gold", "private", "shared", "market"}),
+    ("huawei", "ListImages", "limit"): ("range", 1, 1000),
+    ("huawei", "BatchUpdateMembers", "status"): ("enum", {"accepted", "rejected"}),
+}
+
+
+def documented(ex, vio, kind, op, params):
+    """Hold `params` ({name: value or [values]}) to the DOCUMENTED values of `op`."""
+    for (k, o, name), rule in DOCUMENTED.items():
+        if k != kind or o != op or name not in params:
+            continue
+        values = params[name] if isinstance(params[name], list) else [params[name]]
+        for v in values:
+            if rule[0] == "range":
+                try:
+                    n = int(v)
+                except (TypeError, ValueError):
+                    vio.add(ex, f"{op}: {name}={v!r} is not a whole number")
+                    continue
+                lo, hi = rule[1], rule[2]
+                if (lo is not None and n < lo) or (hi is not None and n > hi):
+                    vio.add(ex, f"{op}: {name}={n} is outside the documented range {lo}..{hi if hi is not None else ''}")
+            else:
+                items = str(v).split(",") if rule[0] == "csv" else [v]
+                allowed = rule[1]
+                for it in items:
+                    if it not in allowed and not (str(it).startswith("tag:") and "tag:*" in allowed):
+                        vio.add(ex, f"{op}: {name}={it!r} is not one of the documented values {sorted(allowed)}")
+
+
 # ---------------------------------------------------------------- Huawei (IMS v2, IAM v3)
 
 def huawei_ops():
@@ -169,6 +219,10 @@ def check_huawei(ex, vio):
             vio.add(ex, f"{op}: query parameter {k!r} is not in the SDK request ({sorted(names)[:8]}...)")
     req_cls = getattr(mod, op + "Request")
     body = loads(ex.get("body"))
+    flat = dict(ex.get("query") or [])
+    if isinstance(body, dict):
+        flat.update({k: v for k, v in body.items() if isinstance(v, (str, int))})
+    documented(ex, vio, "huawei", op, flat)
     if body is ValueError:
         vio.add(ex, f"{op}: the body is not JSON")
     elif body is not None:
@@ -358,6 +412,7 @@ def check_alibaba(ex, vio):
     tags = data.get("Tag") or []
     if len(tags) > 20:
         vio.add(ex, f"{action}: {len(tags)} Tag.N entries; the API allows 20")
+    documented(ex, vio, "alibaba", action, qd)
     resp = loads(ex.get("response"))
     status = ex.get("status", 0)
     if resp is ValueError:
@@ -422,6 +477,13 @@ def ec2_consume(shape, prefix, params, used, where, out):
         return None
     used.add(prefix)
     raw = params[prefix]
+    # botocore's validator checks neither enumerations nor maxima: the shape's documented ones.
+    if t == "string" and shape.enum and raw not in shape.enum:
+        out.append(f"{where}: {raw!r} is not one of the SDK's values {shape.enum[:8]}")
+    if t in ("integer", "long") and raw.lstrip("-").isdigit():
+        lo, hi = shape.metadata.get("min"), shape.metadata.get("max")
+        if (lo is not None and int(raw) < lo) or (hi is not None and int(raw) > hi):
+            out.append(f"{where}: {raw} is outside the SDK's range {lo}..{hi}")
     if t == "boolean":
         if raw not in ("true", "false"):
             out.append(f"{where}: {raw!r} is not a boolean")
@@ -610,6 +672,11 @@ def check_tencent(ex, vio):
     else:
         tc_deserialize(req_cls, body, "request", out)
         tc_types(req_cls, body, "request", out, mod)
+        flat = {k: v for k, v in body.items() if isinstance(v, (str, int)) and not isinstance(v, bool)}
+        names = [f.get("Name") for f in body.get("Filters") or [] if isinstance(f, dict)]
+        if names:
+            flat["Filters.Name"] = names
+        documented(ex, vio, service, action, flat)
     resp = loads(ex.get("response"))
     if resp is ValueError or not isinstance(resp, dict) or not isinstance(resp.get("Response"), dict):
         out.append("the answer has no Response object")

@@ -382,6 +382,11 @@ impl Stand {
     /// official SDK (`tests/conformance/sdk_check.py`): operations, parameters, body fields and
     /// answer fields must be the API's own. Panics with the violations.
     pub fn assert_conforms(&self) {
+        super::conformance::check_exchanges(&self.exchanges());
+    }
+
+    /// Every request and answer, as the SDK check reads them.
+    fn exchanges(&self) -> Vec<Value> {
         let kind = match self.kind {
             Kind::Huawei => "huawei",
             Kind::Alibaba => "alibaba",
@@ -389,15 +394,13 @@ impl Stand {
             Kind::Tencent => "cvm",
             Kind::Tcr => "tcr",
         };
-        let exchanges: Vec<Value> = self
-            .requests()
+        self.requests()
             .iter()
             .map(|r| {
                 json!({"kind": kind, "method": r.method, "path": r.path, "query": r.query, "headers": r.headers,
                     "body": r.raw_body, "status": r.status, "response": r.response, "bad_signature": r.bad_signature})
             })
-            .collect();
-        super::conformance::check_exchanges(&exchanges);
+            .collect()
     }
 
     /// Requests whose action (Alibaba, AWS) is `what`, or whose `METHOD path` (Huawei) contains it.
@@ -438,6 +441,27 @@ impl Stand {
     /// Set the profile from now on.
     pub fn set_profile(&self, p: Profile) {
         *self.state.profile.lock().unwrap() = p;
+    }
+}
+
+/// A test that fails with a stand-in in scope is told first whether the exchanges broke the
+/// SDK's model: a request the real API would refuse is often why the test failed (the stand-in
+/// refused it, or answered what the cloud would not), and the test's own message would hide it.
+impl Drop for Stand {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let found = super::conformance::violations(&self.exchanges());
+        if !found.is_empty() {
+            eprintln!(
+                "\n=== this test failed; its {:?} stand-in also saw exchanges the SDK's model refuses (look at these first):",
+                self.kind
+            );
+            for v in found.iter().take(20) {
+                eprintln!("{v}");
+            }
+        }
     }
 }
 

@@ -256,30 +256,34 @@ impl Alibaba {
     ) -> Result<Vec<Value>, ProviderError> {
         // Every page (`PageSize` at its maximum of 100, `PageNumber` on until `TotalCount`):
         // ECS documents no order, so the newest image may be on any page.
-        let mut out: Vec<Value> = Vec::new();
-        for page in 1..=cloud::MAX_PAGES {
+        cloud::all_pages(PAGE, |read| {
             let mut p: Vec<(&str, String)> = vec![
                 ("RegionId", region.to_string()),
                 ("Status", ALL_STATUS.to_string()),
-                ("PageNumber", page.to_string()),
+                ("PageNumber", (read / PAGE + 1).to_string()),
                 ("PageSize", PAGE.to_string()),
             ];
             p.extend(filter.iter().cloned());
-            let v = self.call(acct, region, "DescribeImages", &p).await?;
-            let got = v
-                .pointer("/Images/Image")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let total = v.get("TotalCount").and_then(Value::as_u64).unwrap_or(0) as usize;
-            let n = got.len();
-            out.extend(got);
-            if n < PAGE || out.len() >= total {
-                break;
+            async move {
+                let v = self.call(acct, region, "DescribeImages", &p).await?;
+                Ok((items_at(&v, "/Images/Image"), total_of(&v)))
             }
-        }
-        Ok(out)
+        })
+        .await
     }
+}
+
+/// The items of a page (`Images.Image`, `Accounts.Account`).
+fn items_at(v: &Value, pointer: &str) -> Vec<Value> {
+    v.pointer(pointer)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A listing's `TotalCount`.
+fn total_of(v: &Value) -> usize {
+    v.get("TotalCount").and_then(Value::as_u64).unwrap_or(0) as usize
 }
 
 impl Catalog for Alibaba {
@@ -413,36 +417,21 @@ impl Catalog for Alibaba {
 
     /// `DescribeImageSharePermission`: `Accounts.Account[].AliyunId`, page by page.
     async fn shared_with(&self, acct: &Account, region: &str, id: &str) -> Result<Vec<String>, ProviderError> {
-        let mut out = Vec::new();
-        for page in 1..=cloud::MAX_PAGES {
-            let v = self
-                .call(
-                    acct,
-                    region,
-                    "DescribeImageSharePermission",
-                    &[
-                        ("RegionId", region.to_string()),
-                        ("ImageId", id.to_string()),
-                        ("PageNumber", page.to_string()),
-                        ("PageSize", PAGE.to_string()),
-                    ],
-                )
-                .await?;
-            let got: Vec<String> = v
-                .pointer("/Accounts/Account")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|a| a.get("AliyunId").and_then(Value::as_str).map(String::from))
-                .collect();
-            let n = got.len();
-            out.extend(got);
-            let total = v.get("TotalCount").and_then(Value::as_u64).unwrap_or(0) as usize;
-            if n < PAGE || out.len() >= total {
-                break;
-            }
-        }
-        Ok(out)
+        let accounts = cloud::all_pages(PAGE, |read| async move {
+            let p = [
+                ("RegionId", region.to_string()),
+                ("ImageId", id.to_string()),
+                ("PageNumber", (read / PAGE + 1).to_string()),
+                ("PageSize", PAGE.to_string()),
+            ];
+            let v = self.call(acct, region, "DescribeImageSharePermission", &p).await?;
+            Ok((items_at(&v, "/Accounts/Account"), total_of(&v)))
+        })
+        .await?;
+        Ok(accounts
+            .iter()
+            .filter_map(|a| a.get("AliyunId").and_then(Value::as_str).map(String::from))
+            .collect())
     }
 
     /// `ModifyImageSharePermission` with `AddAccount.1` or `RemoveAccount.1`.

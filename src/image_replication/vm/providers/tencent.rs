@@ -290,21 +290,17 @@ impl Tencent {
     /// `DescribeImages`, every page (`Limit` at its maximum of 100, `Offset` on until
     /// `TotalCount`): CVM documents no order, so the newest image may be on any page.
     async fn images(&self, acct: &Account, region: &str, query: Value) -> Result<Vec<Value>, ProviderError> {
-        let mut out: Vec<Value> = Vec::new();
-        for _ in 0..cloud::MAX_PAGES {
+        cloud::all_pages(PAGE, |read| {
             let mut q = query.clone();
             q["Limit"] = json!(PAGE);
-            q["Offset"] = json!(out.len());
-            let v = self.call(acct, region, "DescribeImages", q).await?;
-            let page = v.get("ImageSet").and_then(Value::as_array).cloned().unwrap_or_default();
-            let total = v.get("TotalCount").and_then(Value::as_u64).unwrap_or(0) as usize;
-            let n = page.len();
-            out.extend(page);
-            if n < PAGE || out.len() >= total {
-                break;
+            q["Offset"] = json!(read);
+            async move {
+                let v = self.call(acct, region, "DescribeImages", q).await?;
+                let page = v.get("ImageSet").and_then(Value::as_array).cloned().unwrap_or_default();
+                Ok((page, v.get("TotalCount").and_then(Value::as_u64).unwrap_or(0) as usize))
             }
-        }
-        Ok(out)
+        })
+        .await
     }
 }
 
