@@ -300,3 +300,53 @@ async fn calls_per_follow_look_up_and_drift_check() {
         "the calls table of docs/cloud-calls.md"
     );
 }
+
+/// A copy that the cloud ends failed (ECS `CreateFailed`, EC2 `failed`, CVM `CREATEFAILED`) is
+/// made again with a new token, and the failed image is deleted — even under `Retain`, as it
+/// holds nothing of use — with a `FailedCopyDeleted` Event; it was left in the account before.
+async fn a_failed_copy_is_deleted_and_made_again(kind: Kind) {
+    let cloud = Stand::start_with(kind, Profile::realistic()).await;
+    let (src_region, dst_region, data, kind_name) = cloud.account();
+    cloud.set_copy_time(dst_region, Duration::from_secs(2));
+    cloud.state.fail_copies.store(1, std::sync::atomic::Ordering::SeqCst);
+    let src = cloud.add(src_region, "app", 10, json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, c, _op) = timed_setup(dir.path(), &data).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    create(
+        &api,
+        "app",
+        &provider_of(&cloud, kind_name),
+        json!({"region": src_region, "imageId": src}),
+        json!([{"region": dst_region, "name": "app-copy"}]),
+        "Retain",
+    )
+    .await;
+    let st = eventually(WAIT, "Ready with the failed copy deleted", || async {
+        let st = api.get("app").await.ok()?.status?;
+        (ready(&st) && st.previous.is_empty() && cloud.images_in(dst_region).len() == 1).then_some(st)
+    })
+    .await;
+    let imgs = cloud.images_in(dst_region);
+    assert!(!imgs[0].fails, "{kind_name}: the copy left is the good one");
+    let d = dest(&st, dst_region);
+    assert_eq!(d.image_id.as_deref(), Some(imgs[0].id.as_str()));
+    assert_eq!((d.attempts, copies_started(&cloud).len()), (2, 2), "{kind_name}: {d:?}");
+    support::reasons_with(&c, "app", &["FailedCopyDeleted"]).await;
+    cloud.assert_conforms();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_copy_is_deleted_and_made_again_on_ecs() {
+    a_failed_copy_is_deleted_and_made_again(Kind::Alibaba).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_copy_is_deleted_and_made_again_on_ec2() {
+    a_failed_copy_is_deleted_and_made_again(Kind::Aws).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_copy_is_deleted_and_made_again_on_cvm() {
+    a_failed_copy_is_deleted_and_made_again(Kind::Tencent).await;
+}

@@ -368,7 +368,7 @@ pub struct ImageReplicationStatus {
     pub previous: Vec<PreviousCopy>,
 }
 
-/// A kept copy of an earlier source.
+/// A kept copy of an earlier source, or a copy that failed and is to be deleted.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PreviousCopy {
@@ -390,6 +390,10 @@ pub struct PreviousCopy {
     /// Why it is still listed (a delete that failed and is retried).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// A copy that failed (the cloud made an image that is not usable, or never listed it):
+    /// deleted whatever `retention` and `deletionPolicy` say, as it holds nothing of use.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
 }
 
 impl ImageReplicationStatus {

@@ -218,24 +218,29 @@ fn previous_at(obj: &ImageReplication, c: &PreviousCopy) -> ImageAt {
 }
 
 /// On delete: the copies of earlier sources go under `deletionPolicy: Delete` (their shares
-/// withdrawn first, with the owning account) and stay under `Retain`. Returns them, labelled.
+/// withdrawn first, with the owning account) and stay under `Retain`; failed copies go under
+/// either. Returns (deleted, kept), labelled.
 async fn cleanup_previous(
     obj: &ImageReplication,
     st: &ImageReplicationStatus,
     provider: &dyn ImageService,
     main: &Account,
     others: &Others,
-) -> Result<Vec<String>, String> {
+) -> Result<(Vec<String>, Vec<String>), String> {
     let source_id = st.source.as_ref().and_then(|x| x.image_id.as_deref());
-    let mut out = Vec::new();
+    let (mut deleted, mut kept) = (Vec::new(), Vec::new());
     for c in &st.previous {
-        if obj.spec.deletion_policy == DeletionPolicy::Delete {
+        let what = if c.failed { "a failed copy" } else { "an earlier copy" };
+        let label = format!("{} ({}, {what})", c.region, c.image_id);
+        if c.failed || obj.spec.deletion_policy == DeletionPolicy::Delete {
             let acct = account_for(obj, &c.region, main, others).map_err(|e| format!("{}: {}", c.region, e.message))?;
             delete_copy(provider, acct, &previous_at(obj, c), &c.shared_with, source_id).await?;
+            deleted.push(label);
+        } else {
+            kept.push(label);
         }
-        out.push(format!("{} ({}, an earlier copy)", c.region, c.image_id));
     }
-    Ok(out)
+    Ok((deleted, kept))
 }
 
 /// Where the source image is, as a share call names it.
@@ -311,6 +316,7 @@ fn project_of<'a>(obj: &'a ImageReplication, region: &str) -> Option<&'a str> {
 fn cleanup_needs_account(obj: &ImageReplication, st: &ImageReplicationStatus) -> bool {
     let deletes = obj.spec.deletion_policy == DeletionPolicy::Delete;
     (deletes && !st.previous.is_empty())
+        || st.previous.iter().any(|c| c.failed)
         || st.destinations.iter().any(|d| {
             vplan::in_flight(d.phase) || (deletes && (d.phase == DestinationPhase::Available || !d.shares.is_empty()))
         })
@@ -1390,11 +1396,9 @@ impl VmEngine {
                 DeletionPolicy::Retain => kept.push(format!("{region} ({id})")),
             }
         }
-        let earlier = cleanup_previous(obj, &st, provider, main, others).await?;
-        match obj.spec.deletion_policy {
-            DeletionPolicy::Delete => removed.extend(earlier),
-            DeletionPolicy::Retain => kept.extend(earlier),
-        }
+        let (deleted, retained) = cleanup_previous(obj, &st, provider, main, others).await?;
+        removed.extend(deleted);
+        kept.extend(retained);
         for (done, what) in [
             (withdrawn, "withdrew the shares of"),
             (cancelled, "cancelled the copies in flight to"),

@@ -118,6 +118,7 @@ pub fn supersede(
                             .map(|x| x.account.clone())
                             .collect(),
                         message: None,
+                        failed: false,
                     },
                 );
             }
@@ -169,9 +170,10 @@ pub fn retire(
     previous: &[PreviousCopy],
 ) -> Vec<PreviousCopy> {
     let listed = |region: &str| spec.destinations.iter().any(|d| d.region == region);
+    // Failed copies go whatever the retention; those of a removed destination under Delete.
     let mut out: Vec<PreviousCopy> = previous
         .iter()
-        .filter(|p| !listed(&p.region) && spec.deletion_policy == DeletionPolicy::Delete)
+        .filter(|p| p.failed || (!listed(&p.region) && spec.deletion_policy == DeletionPolicy::Delete))
         .cloned()
         .collect();
     let Some(keep) = spec.retention.as_ref().and_then(|r| r.keep) else {
@@ -179,7 +181,8 @@ pub fn retire(
     };
     let keep = keep.max(1) as usize;
     let mut regions: Vec<&str> = Vec::new();
-    for p in previous.iter().filter(|p| listed(&p.region)) {
+    let kept: Vec<&PreviousCopy> = previous.iter().filter(|p| listed(&p.region) && !p.failed).collect();
+    for p in &kept {
         if !regions.contains(&p.region.as_str()) {
             regions.push(&p.region);
         }
@@ -189,7 +192,12 @@ pub fn retire(
             .iter()
             .any(|d| d.region == region && d.phase == DestinationPhase::Available);
         let room = keep.saturating_sub(usize::from(current));
-        out.extend(previous.iter().filter(|p| p.region == region).skip(room).cloned());
+        out.extend(
+            kept.iter()
+                .filter(|p| p.region == region)
+                .skip(room)
+                .map(|p| (*p).clone()),
+        );
     }
     out
 }
@@ -201,7 +209,7 @@ pub fn forget_removed(spec: &ImageReplicationSpec, previous: &mut Vec<PreviousCo
         return;
     }
     previous.retain(|p| {
-        if spec.destinations.iter().any(|d| d.region == p.region) {
+        if p.failed || spec.destinations.iter().any(|d| d.region == p.region) {
             return true;
         }
         events.push(Announcement {
@@ -235,6 +243,18 @@ pub fn source_changed(spec: &ImageReplicationSpec, source: Option<&ImageInfo>, w
 
 /// The Event of a deleted earlier copy.
 pub fn retired_event(spec: &ImageReplicationSpec, c: &PreviousCopy) -> Announcement {
+    if c.failed {
+        return Announcement {
+            warning: false,
+            reason: "FailedCopyDeleted".into(),
+            note: format!(
+                "{}: deleted image {}, a copy that failed ({})",
+                c.region,
+                c.image_id,
+                c.message.as_deref().unwrap_or("no reason recorded")
+            ),
+        };
+    }
     let why = match spec.retention.as_ref().and_then(|r| r.keep) {
         Some(k) if spec.destinations.iter().any(|d| d.region == c.region) => format!("retention.keep is {k}"),
         _ => "its destination was removed (deletionPolicy Delete)".into(),
@@ -263,6 +283,9 @@ pub fn forget_beyond_listing(
     }
     let mut seen: std::collections::HashMap<String, usize> = Default::default();
     previous.retain(|p| {
+        if p.failed {
+            return true; // listed until it is deleted
+        }
         let n = seen.entry(p.region.clone()).or_default();
         *n += 1;
         if *n <= LISTED_WITHOUT_KEEP {

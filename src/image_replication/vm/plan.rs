@@ -158,6 +158,9 @@ pub struct VmPlan {
     pub prune: Vec<String>,
     pub requeue: Option<Duration>,
     pub events: Vec<Announcement>,
+    /// Images of copies that failed this plan (the cloud made them, but they are unusable or
+    /// never listed): kept in `status.previous` as failed copies until they are deleted.
+    pub failed_copies: Vec<PreviousCopy>,
     /// The seed rules the source breaks (empty when none).
     pub refused: Vec<validation::Violation>,
     /// Share calls to make (after the status is written).
@@ -352,6 +355,7 @@ pub fn vm_plan(
     {
         p.events.push(follow::source_changed(spec, source.as_ref(), was));
     }
+    previous.append(&mut p.failed_copies);
     previous = keep_previous(&mut p, obj, &destinations, previous, &obs.retired, gate);
     p.status = ImageReplicationStatus {
         observed_generation: obj.metadata.generation,
@@ -684,7 +688,9 @@ fn apply_observation(
                     ),
                 });
             }
-            apply_polled(s, before, handle, state, at, wake)
+            let image = s.image_id.clone().or_else(|| handle.image_id.clone());
+            apply_polled(s, before, handle, state, at, wake);
+            abandoned(p, s, image);
         }
         (DestinationPhase::Cancelling, DestObs::Cancelled) => {
             s.phase = DestinationPhase::Cancelled;
@@ -728,7 +734,9 @@ fn apply_observation(
             s.client_token = token;
         }
         (DestinationPhase::Starting | DestinationPhase::Copying, DestObs::Error(e)) if e.not_found => {
+            let image = s.image_id.clone();
             unlisted(s, &format!("the copy ({})", e.message), at, wake);
+            abandoned(p, s, image);
         }
         (_, DestObs::Error(e)) => {
             s.message = Some(format!("provider error (will retry): {}", e.message));
@@ -754,6 +762,26 @@ fn apply_observation(
             };
         }
         _ => {}
+    }
+}
+
+/// A copy whose attempt just failed while the cloud had made its image (`image`): the image is
+/// kept as a failed copy, to be deleted (a failed AMI or `CreateFailed` ECS image still counts
+/// against the account's quotas and bills its snapshots; one never listed may show later).
+fn abandoned(p: &mut VmPlan, s: &DestinationStatus, image: Option<String>) {
+    if s.phase != DestinationPhase::Failed {
+        return;
+    }
+    if let Some(image_id) = image {
+        p.failed_copies.push(PreviousCopy {
+            region: s.region.clone(),
+            image_id,
+            source_image_id: s.source_image_id.clone(),
+            owner: s.owner.clone(),
+            message: s.message.clone(),
+            failed: true,
+            ..Default::default()
+        });
     }
 }
 
@@ -1340,6 +1368,77 @@ spec:
             vec!["two".to_string()],
             "a client token makes asking again safe"
         );
+    }
+
+    /// A copy that fails after the cloud made its image (a `CreateFailed` ECS image, a
+    /// `failed` AMI, a copy never listed in the window) is retried with a new token, and its
+    /// image is kept in `status.previous` as a failed copy and deleted whatever the retention
+    /// (it was left in the account, counting against its quotas); once deleted it is forgotten
+    /// with an Event. A failed delete stays listed and is retried.
+    #[test]
+    fn the_image_of_a_failed_copy_is_deleted_not_left_behind() {
+        let listing = Listing {
+            late: Duration::from_secs(300),
+            idempotent_start: true,
+        };
+        let with = |dests: &[(&str, DestObs)], retired: &[(&str, Result<(), ProviderError>)]| Observed {
+            listing,
+            retired: retired.iter().map(|(i, r)| (i.to_string(), r.clone())).collect(),
+            ..observed(dests)
+        };
+        let unlisted = DestObs::Task {
+            handle: CopyHandle::of_image("d-9"),
+            state: TaskState {
+                phase: TaskPhase::Unlisted,
+                ..TaskState::running(Some("d-9".into()), Some(100))
+            },
+        };
+        for (case, seen, at_s, image) in [
+            (
+                "CreateFailed",
+                finished("d-2", TaskPhase::Failed("destination image d-2 is CreateFailed".into())),
+                5,
+                "d-2",
+            ),
+            ("never listed", unlisted, 400, "d-9"),
+        ] {
+            let mut o = obj();
+            o.spec.destinations.truncate(1);
+            step(&mut o, &Gate::Open, &observed(&[]), 0, &[("two", Admission::Granted)]);
+            let p = step(&mut o, &Gate::Open, &with(&[("two", seen)], &[]), at_s, &[]);
+            assert_eq!(dest(&p, "two").phase, DestinationPhase::Failed, "{case}");
+            let kept: Vec<_> = p
+                .status
+                .previous
+                .iter()
+                .map(|c| (c.image_id.as_str(), c.failed))
+                .collect();
+            assert_eq!(kept, vec![(image, true)], "{case}");
+            assert_eq!(p.retire.len(), 1, "{case}: deleted at once, no retention asked");
+            assert_eq!(p.retire[0].image_id, image);
+            // The delete fails: listed with why, asked again.
+            let p = step(
+                &mut o,
+                &Gate::Open,
+                &with(&[], &[(image, Err(ProviderError::transient("busy")))]),
+                at_s + 1,
+                &[],
+            );
+            assert!(
+                p.status.previous[0].message.as_deref().unwrap().contains("busy"),
+                "{case}"
+            );
+            assert_eq!(p.retire.len(), 1, "{case}");
+            // Deleted: forgotten, with an Event.
+            let p = step(&mut o, &Gate::Open, &with(&[], &[(image, Ok(()))]), at_s + 2, &[]);
+            assert!(p.status.previous.is_empty(), "{case}");
+            let e = p
+                .events
+                .iter()
+                .find(|e| e.reason == "FailedCopyDeleted")
+                .expect("FailedCopyDeleted");
+            assert!(e.note.contains(image), "{case}: {}", e.note);
+        }
     }
 
     fn dest_token(o: &ImageReplication, r: &str) -> String {

@@ -13,7 +13,7 @@ fn ali_err(status: StatusCode, code: &str, msg: &str) -> Response {
 fn ali_image(i: &Img) -> Value {
     let mut v = json!({
         "ImageId": i.id, "ImageName": i.name, "Description": i.description, "Size": i.size_gib,
-        "Status": if i.ready() { "Available" } else { "Creating" },
+        "Status": if i.failed() { "CreateFailed" } else if i.ready() { "Available" } else { "Creating" },
         "Progress": format!("{}%", i.progress()), "ImageOwnerAlias": "self", "IsCopied": i.copy.is_some(),
         "CreationTime": created_text(i.created_unix, "%Y-%m-%dT%H:%M:%SZ"),
         "DiskDeviceMappings": {"DiskDeviceMapping": [{"Encrypted": i.encrypted, "Size": i.size_gib.to_string()}]},
@@ -145,6 +145,7 @@ pub(super) async fn alibaba(st: &State, p: &BTreeMap<String, String>) -> Respons
                 snapshots: vec![],
                 created_unix: now_unix(),
                 listed_at: st.listed_at(),
+                fails: st.copy_fails(),
             });
             if let Some(t) = p.get("ClientToken") {
                 st.client_tokens.lock().unwrap().insert(t.clone(), id.clone());

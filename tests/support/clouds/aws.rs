@@ -44,7 +44,13 @@ fn aws_image(i: &Img) -> String {
         i.id,
         esc(&i.name),
         esc(&i.description),
-        if i.ready() { "available" } else { "pending" },
+        if i.failed() {
+            "failed"
+        } else if i.ready() {
+            "available"
+        } else {
+            "pending"
+        },
         i.extra.get("isPublic").and_then(Value::as_bool).unwrap_or(false),
         created_text(i.created_unix, "%Y-%m-%dT%H:%M:%S.000Z"),
     )
@@ -203,6 +209,7 @@ pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap
                 snapshots: vec![snap],
                 created_unix: now_unix(),
                 listed_at: st.listed_at(),
+                fails: st.copy_fails(),
             });
             if let Some(t) = p.get("ClientToken") {
                 st.client_tokens.lock().unwrap().insert(t.clone(), id.clone());

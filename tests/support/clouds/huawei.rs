@@ -138,6 +138,7 @@ pub(super) async fn huawei(
                 snapshots: vec![],
                 created_unix: now_unix(),
                 listed_at: st.listed_at(),
+                fails: false,
             });
             st.jobs.lock().unwrap().insert(job.clone(), (src.id.clone(), new_id));
             hold(st).await;

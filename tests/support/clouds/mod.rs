@@ -127,6 +127,9 @@ pub struct Img {
     pub created_unix: i64,
     /// Not listed before this (the cloud's eventual consistency); `None`: listed at once.
     pub listed_at: Option<Instant>,
+    /// A copy that ends failed (ECS `CreateFailed`, EC2 `failed`, CVM `CREATEFAILED`) when its
+    /// time is up.
+    pub fails: bool,
 }
 
 impl Img {
@@ -139,6 +142,10 @@ impl Img {
     }
     pub fn ready(&self) -> bool {
         self.progress() >= 100
+    }
+    /// Whether the copy ended failed.
+    pub fn failed(&self) -> bool {
+        self.fails && self.ready()
     }
     /// Whether the cloud lists it yet.
     pub fn listed(&self) -> bool {
@@ -205,6 +212,8 @@ pub struct State {
     pub tcr_last_create: Mutex<Option<Instant>>,
     /// How it behaves in time.
     pub profile: Mutex<Profile>,
+    /// This many next copies end failed.
+    pub fail_copies: AtomicU32,
     /// Huawei member jobs.
     pub member_jobs: Mutex<Vec<MemberJob>>,
     /// Token buckets: (API, account) -> (tokens, last refill).
@@ -213,6 +222,13 @@ pub struct State {
 }
 
 impl State {
+    /// Whether the copy being made now is to fail (one of `fail_copies`).
+    pub fn copy_fails(&self) -> bool {
+        self.fail_copies
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
     /// When a new image is listed, under the profile.
     pub fn listed_at(&self) -> Option<Instant> {
         let lag = self.profile.lock().unwrap().list_lag;
@@ -303,6 +319,7 @@ impl Stand {
             snapshots: vec![self.next_id("snap-")],
             created_unix: now_unix(),
             listed_at: None,
+            fails: false,
         });
         id
     }

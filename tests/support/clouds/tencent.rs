@@ -6,7 +6,7 @@ fn tc_image(i: &Img) -> Value {
     let created = k8s_openapi::jiff::Timestamp::from_second(i.created_unix).unwrap();
     let mut v = json!({
         "ImageId": i.id, "ImageName": i.name, "ImageDescription": i.description,
-        "ImageState": if i.ready() { "NORMAL" } else { "SYNCING" },
+        "ImageState": if i.failed() { "CREATEFAILED" } else if i.ready() { "NORMAL" } else { "SYNCING" },
         "SyncPercent": i.progress(), "ImageType": "PRIVATE_IMAGE", "ImageSize": i.size_gib,
         "CreatedTime": created.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
         "SnapshotSet": i.snapshots.iter().map(|s| json!({"SnapshotId": s, "DiskUsage": "SYSTEM_DISK", "DiskSize": i.size_gib})).collect::<Vec<_>>(),
@@ -137,6 +137,7 @@ pub(super) async fn tencent(st: &State, b: &Value, hdr: &BTreeMap<String, String
                     snapshots: vec![format!("snap-{id}")],
                     created_unix: now_unix(),
                     listed_at: st.listed_at(),
+                    fails: st.copy_fails(),
                 });
                 set.push(json!({"ImageId": id, "Region": d}));
             }
