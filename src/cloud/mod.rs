@@ -146,7 +146,10 @@ impl Backoff {
     }
 
     /// Run `call` until it succeeds, fails without throttling, or the attempts are used up.
-    pub async fn run<T, F, Fut>(&self, op: &str, mut call: F) -> Result<T, ProviderError>
+    /// A `read` (a call that changes nothing: describe, list, show a job) is also tried again
+    /// after a passing error (5xx, internal error, busy): a read that meets a passing fault
+    /// must not fail the piece of work it serves (a copy's attempt, a share).
+    pub async fn run<T, F, Fut>(&self, op: &str, read: bool, mut call: F) -> Result<T, ProviderError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Attempt>>,
@@ -155,7 +158,7 @@ impl Backoff {
         loop {
             match call().await {
                 Ok(v) => return Ok(v),
-                Err(a) if a.throttled && retry + 1 < self.0.max_attempts => {
+                Err(a) if (a.throttled || (read && a.error.retryable)) && retry + 1 < self.0.max_attempts => {
                     let d = self.delay(retry, a.retry_after);
                     tracing::info!(op, delay_ms = d.as_millis() as u64, error = %a.error, "throttled; backing off");
                     tokio::time::sleep(d).await;
@@ -358,7 +361,7 @@ mod tests {
         });
         let n = AtomicU32::new(0);
         let r: Result<(), _> = b
-            .run("op", || async {
+            .run("op", false, || async {
                 n.fetch_add(1, Ordering::SeqCst);
                 Err(Attempt {
                     error: ProviderError::transient("Throttling"),
@@ -376,7 +379,7 @@ mod tests {
 
         let n = AtomicU32::new(0);
         let r = b
-            .run("op", || async {
+            .run("op", false, || async {
                 if n.fetch_add(1, Ordering::SeqCst) < 2 {
                     Err(Attempt {
                         error: ProviderError::transient("slow down"),
@@ -392,13 +395,30 @@ mod tests {
 
         let n = AtomicU32::new(0);
         let r: Result<(), _> = b
-            .run("op", || async {
+            .run("op", false, || async {
                 n.fetch_add(1, Ordering::SeqCst);
                 Err(ProviderError::permanent("denied").into())
             })
             .await;
         assert_eq!(n.load(Ordering::SeqCst), 1);
         assert!(!r.unwrap_err().retryable);
+
+        // A passing server error: a read is tried again within the call, a write is not (it
+        // may have been done; its caller decides).
+        for (read, calls) in [(true, 2), (false, 1)] {
+            let n = AtomicU32::new(0);
+            let r = b
+                .run("op", read, || async {
+                    if n.fetch_add(1, Ordering::SeqCst) < 1 {
+                        Err(ProviderError::transient("HTTP 503").into())
+                    } else {
+                        Ok(7)
+                    }
+                })
+                .await;
+            assert_eq!(n.load(Ordering::SeqCst), calls, "read {read}");
+            assert_eq!(r.is_ok(), read, "read {read}");
+        }
     }
 
     #[test]

@@ -350,3 +350,70 @@ async fn a_failed_copy_is_deleted_and_made_again_on_ec2() {
 async fn a_failed_copy_is_deleted_and_made_again_on_cvm() {
     a_failed_copy_is_deleted_and_made_again(Kind::Tencent).await;
 }
+
+/// A cloud that throttles hard (one call per API at once, refilled at one every 3 s; IMS, whose
+/// copy polls read the image list up to four times, two at once refilled at one every 2 s;
+/// answered with the cloud's own throttling code) and answers every 5th request with a transient 5xx: the copy still
+/// ends Available, made once, the throttled calls backed off (never a storm of retries: the
+/// calls stay within a small multiple of the calm budget).
+async fn a_copy_through_throttling_and_server_errors_is_made_once(kind: Kind) {
+    let profile = Profile {
+        bucket: Some(if kind == Kind::Huawei { (2.0, 0.5) } else { (1.0, 0.34) }),
+        error_every: Some(5),
+        ..Profile::realistic()
+    };
+    let cloud = Stand::start_with(kind, profile).await;
+    let (src_region, dst_region, data, kind_name) = cloud.account();
+    cloud.set_copy_time(dst_region, Duration::from_secs(3));
+    let src = cloud.add(src_region, "app", 10, json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, c, _op) = timed_setup(dir.path(), &data).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    create(
+        &api,
+        "app",
+        &provider_of(&cloud, kind_name),
+        json!({"region": src_region, "imageId": src}),
+        json!([{"region": dst_region, "name": "app-copy"}]),
+        "Retain",
+    )
+    .await;
+    let st = wait_ready(&api, "app").await;
+    assert_eq!(cloud.images_in(dst_region).len(), 1, "{kind_name}: exactly one copy");
+    assert_eq!(
+        dest(&st, dst_region).image_id.as_deref(),
+        Some(cloud.images_in(dst_region)[0].id.as_str())
+    );
+    let reqs = cloud.requests();
+    let errors = reqs.iter().filter(|r| r.server_error).count();
+    println!(
+        "{kind_name}: {} calls, {errors} server errors, {} throttled: {:?}",
+        reqs.len(),
+        reqs.iter().filter(|r| r.throttled).count(),
+        cloud.counts()
+    );
+    assert!(errors > 0, "{kind_name}: the server errors were met");
+    assert!(reqs.iter().any(|r| r.throttled), "{kind_name}: the throttling was met");
+    assert!(reqs.len() <= 60, "{kind_name}: {} calls for one copy", reqs.len());
+    cloud.assert_conforms();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_through_throttling_and_server_errors_is_made_once_on_ims() {
+    a_copy_through_throttling_and_server_errors_is_made_once(Kind::Huawei).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_through_throttling_and_server_errors_is_made_once_on_ecs() {
+    a_copy_through_throttling_and_server_errors_is_made_once(Kind::Alibaba).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_through_throttling_and_server_errors_is_made_once_on_ec2() {
+    a_copy_through_throttling_and_server_errors_is_made_once(Kind::Aws).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_through_throttling_and_server_errors_is_made_once_on_cvm() {
+    a_copy_through_throttling_and_server_errors_is_made_once(Kind::Tencent).await;
+}

@@ -170,6 +170,8 @@ pub struct Req {
     pub response: String,
     /// Answered with the provider's throttling error.
     pub throttled: bool,
+    /// Answered with an injected transient server error (`Profile::error_every`).
+    pub server_error: bool,
     /// Rejected for a bad signature.
     pub bad_signature: bool,
 }
@@ -214,6 +216,9 @@ pub struct State {
     pub profile: Mutex<Profile>,
     /// This many next copies end failed.
     pub fail_copies: AtomicU32,
+    /// Requests that passed the signature and throttling checks (every `error_every`-th of
+    /// them is answered with a server error).
+    served: AtomicU32,
     /// Huawei member jobs.
     pub member_jobs: Mutex<Vec<MemberJob>>,
     /// Token buckets: (API, account) -> (tokens, last refill).
@@ -602,6 +607,7 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
         status: 0,
         response: String::new(),
         throttled: false,
+        server_error: false,
         bad_signature: false,
     };
     // Logged on arrival (a held answer is still seen), completed with the outcome.
@@ -628,7 +634,8 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
     {
         rec.throttled = true;
         throttled(kind)
-    } else if error_every.is_some_and(|n| n > 0 && (idx as u32 + 1).is_multiple_of(n)) {
+    } else if error_every.is_some_and(|n| n > 0 && (st.served.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(n)) {
+        rec.server_error = true;
         server_error(kind)
     } else {
         match kind {

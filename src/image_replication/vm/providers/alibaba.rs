@@ -211,7 +211,7 @@ impl Alibaba {
         let sts = acct.text("securityToken");
         let base = cloud::endpoint(acct.endpoint.as_deref(), ECS, region);
         self.backoff
-            .run(action, || {
+            .run(action, action.starts_with("Describe"), || {
                 let (id, secret, sts, base) = (&id, &secret, &sts, &base);
                 async move {
                     let now = k8s_openapi::jiff::Timestamp::now();

@@ -221,7 +221,7 @@ impl Aws {
             .collect::<Vec<_>>()
             .join("&");
         self.backoff
-            .run(action, || {
+            .run(action, action.starts_with("Describe"), || {
                 let (ak, sk, session, base, body) = (&ak, &sk, &session, &base, &body);
                 async move {
                     let url = reqwest::Url::parse(&format!("{base}/"))

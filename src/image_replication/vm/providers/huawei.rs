@@ -266,8 +266,9 @@ impl Huawei {
         } = call;
         let c = creds(acct)?;
         let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let read = method == Method::GET;
         self.backoff
-            .run(op, || {
+            .run(op, read, || {
                 let (method, body, c) = (method.clone(), body.clone(), &c);
                 async move {
                     let mut url = reqwest::Url::parse(&format!("{base}{path}"))

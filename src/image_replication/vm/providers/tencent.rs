@@ -225,7 +225,7 @@ pub async fn api3_call(
     let base = cloud::endpoint(acct.endpoint.as_deref(), api.endpoint, region);
     let body = body.to_string();
     backoff
-        .run(action, || {
+        .run(action, action.starts_with("Describe"), || {
             let (id, key, token, base, body) = (&id, &key, &token, &base, &body);
             async move {
                 let url = reqwest::Url::parse(&format!("{base}/"))
