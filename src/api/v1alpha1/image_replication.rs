@@ -563,6 +563,11 @@ pub struct ShareStatus {
     /// Human-readable detail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the operator last asked the cloud to share (or withdraw) this account: the
+    /// cloud's member list may not show the change for a while, and the call is not made
+    /// again meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub called_at: Option<Time>,
 }
 
 fn is_zero(n: &i32) -> bool {

@@ -257,6 +257,20 @@ impl<'b> Pass<'_, 'b> {
                 set(prev.as_ref(), a, SharePhase::Failed, max, Some(m), now)
             }
             (None, _) => {
+                // Our share call, not listed yet (the cloud's member lists lag): waited for,
+                // not made again.
+                let lag = self.sp.sharing.map_or(0, |x| x.members_lag);
+                if let Some(p) = prev.as_ref().filter(|p| p.state == SharePhase::Pending)
+                    && let Some(left) = call_unseen_for(Some(p), lag, now)
+                {
+                    self.wake.push(left);
+                    let mut p = p.clone();
+                    p.message = Some(format!(
+                        "shared; waiting for the cloud to list account {a} as a member (it lists them up to {lag}s late)"
+                    ));
+                    return p;
+                }
+                let called = retry_ok && self.sp.may_act;
                 if retry_ok {
                     self.call(a, ShareCall::Share, None);
                 }
@@ -265,7 +279,11 @@ impl<'b> Pass<'_, 'b> {
                 } else {
                     "sharing"
                 };
-                keep_failed(prev.as_ref(), a, attempts, m.to_string(), retry_ok, now)
+                let mut next = keep_failed(prev.as_ref(), a, attempts, m.to_string(), retry_ok, now);
+                if called && lag > 0 {
+                    next.called_at = Some(now.clone());
+                }
+                next
             }
         }
     }
@@ -298,11 +316,21 @@ impl<'b> Pass<'_, 'b> {
         let mut w = o.clone();
         if w.state != SharePhase::Withdrawing {
             w.since = Some(self.now.clone());
+            w.called_at = None;
         }
         w.state = SharePhase::Withdrawing;
         w.message = Some("the account left shareWith; withdrawing the share".into());
-        if listed == Some(true) {
-            self.call(&o.account, ShareCall::Unshare, None);
+        let lag = self.sp.sharing.map_or(0, |x| x.members_lag);
+        match call_unseen_for(Some(&w), lag, self.now) {
+            // Our withdraw call, the member still listed: the list lags; not made again.
+            Some(left) if listed == Some(true) => self.wake.push(left),
+            _ if listed == Some(true) => {
+                self.call(&o.account, ShareCall::Unshare, None);
+                if self.sp.may_act && lag > 0 {
+                    w.called_at = Some(self.now.clone());
+                }
+            }
+            _ => {}
         }
         Some(w)
     }
@@ -315,6 +343,7 @@ fn new(account: &str, now: &Time) -> ShareStatus {
         attempts: 0,
         since: Some(now.clone()),
         message: None,
+        called_at: None,
     }
 }
 
@@ -337,6 +366,7 @@ fn set(
         attempts,
         since: Some(since),
         message: message.map(String::from),
+        called_at: None,
     }
 }
 
@@ -356,8 +386,6 @@ fn keep_failed(
     }
 }
 
-/// Whether a call for this share may be made now: not after a final failure, not before a
-/// failed one's backoff has passed (its end goes into `wake`).
 /// Whether a share failed and waits out its retry backoff now: nothing to read or call for it
 /// until then.
 pub fn backing_off(s: &ShareStatus, max_attempts: i32, now: &Time) -> bool {
@@ -366,6 +394,16 @@ pub fn backing_off(s: &ShareStatus, max_attempts: i32, now: &Time) -> bool {
         && !retry_due(Some(s), max_attempts, now, &mut Vec::new())
 }
 
+/// How much longer a share or withdraw call of ours may go unseen in the member list (the
+/// cloud's `members_lag` since the call); `None` when it was not called or the lag is over.
+fn call_unseen_for(s: Option<&ShareStatus>, lag: u64, now: &Time) -> Option<Duration> {
+    let age = secs_since(&s?.called_at, now)?;
+    let left = lag as i64 - age;
+    (left > 0).then(|| Duration::from_secs(left as u64))
+}
+
+/// Whether a call for this share may be made now: not after a final failure, not before a
+/// failed one's backoff has passed (its end goes into `wake`).
 fn retry_due(prev: Option<&ShareStatus>, max_attempts: i32, now: &Time, wake: &mut Vec<Duration>) -> bool {
     let Some(p) = prev.filter(|p| p.state == SharePhase::Failed) else {
         return true;
@@ -415,6 +453,7 @@ fn failure(
         attempts,
         since: Some(now.clone()),
         message: Some(m),
+        called_at: None,
     }
 }
 
@@ -558,6 +597,58 @@ mod tests {
 
     fn calls(st: &Step) -> Vec<(&str, ShareCall)> {
         st.work.iter().map(|w| (w.account.as_str(), w.call)).collect()
+    }
+
+    /// EC2, ECS and CVM list a member some seconds after the call that added it (and keep
+    /// listing one that was removed): a share or withdraw call of ours is not made again while
+    /// the list may only lag (`members_lag`); only after it is the account shared again. Before,
+    /// every read of the members in that time made the call again (90 ModifyImageSharePermission
+    /// for three shares on the realistic ECS stand-in).
+    #[test]
+    fn a_call_the_member_list_does_not_show_yet_is_not_made_again() {
+        let d = dest(&[("111122223333", None)]);
+        let mut s = available();
+        let st = step(&d, &mut s, &aws::SHARING, Some(&listed(&[])), false, 0);
+        assert_eq!(calls(&st), vec![("111122223333", ShareCall::Share)]);
+        assert_eq!(s.shares[0].called_at, Some(at(0)));
+        for t in [1, 30, 59] {
+            let st = step(&d, &mut s, &aws::SHARING, Some(&listed(&[])), false, t);
+            assert!(st.work.is_empty(), "not again at {t}s: {:?}", calls(&st));
+            assert!(
+                s.shares[0]
+                    .message
+                    .as_deref()
+                    .unwrap()
+                    .contains("waiting for the cloud to list")
+            );
+            assert!(!st.wake.is_empty());
+        }
+        // Listed: Shared, the call forgotten.
+        let mut listed_now = s.clone();
+        step(
+            &d,
+            &mut listed_now,
+            &aws::SHARING,
+            Some(&listed(&[("111122223333", MemberStatus::Shared)])),
+            false,
+            10,
+        );
+        assert_eq!(states(&listed_now), vec![("111122223333", SharePhase::Shared)]);
+        assert_eq!(listed_now.shares[0].called_at, None);
+        // Never listed within the lag: shared again.
+        let st = step(&d, &mut s, &aws::SHARING, Some(&listed(&[])), false, 61);
+        assert_eq!(calls(&st), vec![("111122223333", ShareCall::Share)]);
+
+        // Withdrawn: the call once, then waited for while the account is still listed.
+        let mut w = listed_now;
+        let gone = dest(&[]);
+        let shown = listed(&[("111122223333", MemberStatus::Shared)]);
+        let st = step(&gone, &mut w, &aws::SHARING, Some(&shown), false, 100);
+        assert_eq!(calls(&st), vec![("111122223333", ShareCall::Unshare)]);
+        let st = step(&gone, &mut w, &aws::SHARING, Some(&shown), false, 110);
+        assert!(st.work.is_empty(), "{:?}", calls(&st));
+        let st = step(&gone, &mut w, &aws::SHARING, Some(&listed(&[])), false, 115);
+        assert!(w.shares.is_empty() && st.events.iter().any(|e| e.reason == "ShareWithdrawn"));
     }
 
     fn reasons(st: &Step) -> Vec<&str> {

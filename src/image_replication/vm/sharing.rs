@@ -14,6 +14,9 @@ pub struct Sharing {
     pub limit_source: &'static str,
     /// The member accepts a share before it can use the image (huawei, openstack).
     pub needs_accept: bool,
+    /// How long (seconds) a member that a share call added, or a withdraw removed, may take to
+    /// show in (or leave) the image's member list; the call is not made again meanwhile.
+    pub members_lag: u64,
 }
 
 /// A member's status as the cloud lists it.

@@ -185,13 +185,9 @@ pub(super) async fn alibaba(st: &State, p: &BTreeMap<String, String>) -> Respons
                 );
             }
             let list: Vec<Value> = st
-                .members
-                .lock()
-                .unwrap()
-                .get(&id)
-                .into_iter()
-                .flatten()
-                .map(|(a, _)| json!({"AliyunId": a, "SharedTime": "2026-12-03T00:00:00Z"}))
+                .listed_members(&id)
+                .iter()
+                .map(|a| json!({"AliyunId": a, "SharedTime": "2026-12-03T00:00:00Z"}))
                 .collect();
             axum::Json(
                 json!({"ImageId": id, "RegionId": region, "RequestId": "req-1", "TotalCount": list.len(),
@@ -209,7 +205,7 @@ pub(super) async fn alibaba(st: &State, p: &BTreeMap<String, String>) -> Respons
                 );
             }
             let mut all = st.members.lock().unwrap();
-            let list = all.entry(id).or_default();
+            let list = all.entry(id.clone()).or_default();
             for n in 1..=10 {
                 if let Some(a) = p.get(&format!("AddAccount.{n}")) {
                     if list.len() >= 50 {
@@ -221,9 +217,13 @@ pub(super) async fn alibaba(st: &State, p: &BTreeMap<String, String>) -> Respons
                     }
                     if !list.iter().any(|(m, _)| m == a) {
                         list.push((a.clone(), "shared".into()));
+                        st.member_changed(&id, a, false);
                     }
                 }
                 if let Some(a) = p.get(&format!("RemoveAccount.{n}")) {
+                    if list.iter().any(|(m, _)| m == a) {
+                        st.member_changed(&id, a, true);
+                    }
                     list.retain(|(m, _)| m != a);
                 }
             }

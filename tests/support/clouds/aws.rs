@@ -264,13 +264,9 @@ pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap
             }
             let id = p.get(id_key).cloned().unwrap_or_default();
             let items: String = st
-                .members
-                .lock()
-                .unwrap()
-                .get(&id)
-                .into_iter()
-                .flatten()
-                .map(|(a, _)| format!("<item><userId>{a}</userId></item>"))
+                .listed_members(&id)
+                .iter()
+                .map(|a| format!("<item><userId>{a}</userId></item>"))
                 .collect();
             let id_el = if image { "imageId" } else { "snapshotId" };
             xml_ok(
@@ -302,11 +298,15 @@ pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap
                 }
             };
             let mut all = st.members.lock().unwrap();
-            let l = all.entry(id).or_default();
+            let l = all.entry(id.clone()).or_default();
             for a in add {
                 if !l.iter().any(|(m, _)| *m == a) {
+                    st.member_changed(&id, &a, false);
                     l.push((a, "shared".into()));
                 }
+            }
+            for a in remove.iter().filter(|a| l.iter().any(|(m, _)| m == *a)) {
+                st.member_changed(&id, a, true);
             }
             l.retain(|(m, _)| !remove.contains(m));
             xml_ok(p["Action"].as_str(), "<return>true</return>".into())

@@ -49,6 +49,9 @@ pub struct Profile {
     pub member_job: Duration,
     /// Huawei member jobs end `FAIL` with this (error_code, fail_reason), changing nothing.
     pub member_job_fails: Option<(String, String)>,
+    /// ECS, EC2, CVM: a member a share call added (or a withdraw removed) shows in (leaves)
+    /// the member list this long after the call.
+    pub member_lag: Duration,
     /// A token bucket per API and account: (capacity, refill per second); a call that finds
     /// it empty is answered with the cloud's throttling error.
     pub bucket: Option<(f64, f64)>,
@@ -71,6 +74,7 @@ impl Profile {
             list_lag: Duration::from_secs(5),
             member_job: Duration::from_secs(5),
             member_job_fails: None,
+            member_lag: Duration::from_secs(5),
             bucket: Some((20.0, 5.0)),
             error_every: None,
         }
@@ -221,6 +225,9 @@ pub struct State {
     served: AtomicU32,
     /// Huawei member jobs.
     pub member_jobs: Mutex<Vec<MemberJob>>,
+    /// (image, account) -> until when the member list shows it as before a change, and
+    /// whether it was a member before (`Profile::member_lag`).
+    member_changes: Mutex<HashMap<(String, String), (Instant, bool)>>,
     /// Token buckets: (API, account) -> (tokens, last refill).
     buckets: Mutex<HashMap<(String, String), (f64, Instant)>>,
     seq: AtomicU32,
@@ -257,6 +264,46 @@ impl State {
         } else {
             false
         }
+    }
+
+    /// A share call changed `account`'s membership of `image` (`was`: it was a member before):
+    /// the member list shows the old state for the profile's member lag.
+    pub fn member_changed(&self, image: &str, account: &str, was: bool) {
+        let lag = self.profile.lock().unwrap().member_lag;
+        if lag.is_zero() {
+            return;
+        }
+        self.member_changes
+            .lock()
+            .unwrap()
+            .entry((image.to_string(), account.to_string()))
+            .or_insert((Instant::now() + lag, was));
+    }
+
+    /// The accounts the member list of `image` shows now (lagging behind recent changes).
+    pub fn listed_members(&self, image: &str) -> Vec<String> {
+        let now = Instant::now();
+        let members: Vec<String> = self
+            .members
+            .lock()
+            .unwrap()
+            .get(image)
+            .map(|l| l.iter().map(|(a, _)| a.clone()).collect())
+            .unwrap_or_default();
+        let changes = self.member_changes.lock().unwrap();
+        let lagging = |a: &str| {
+            changes
+                .get(&(image.to_string(), a.to_string()))
+                .filter(|(until, _)| now < *until)
+                .map(|(_, was)| *was)
+        };
+        let mut out: Vec<String> = members.iter().filter(|a| lagging(a).unwrap_or(true)).cloned().collect();
+        for ((img, a), _) in changes.iter() {
+            if img == image && !members.contains(a) && lagging(a) == Some(true) {
+                out.push(a.clone());
+            }
+        }
+        out
     }
 
     /// Whether image `id` is in `region`.

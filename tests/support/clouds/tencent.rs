@@ -176,22 +176,28 @@ pub(super) async fn tencent(st: &State, b: &Value, hdr: &BTreeMap<String, String
             if !st.has_image(&id, &region) {
                 return tc_err("InvalidImageId.NotFound", "The image does not exist.");
             }
-            let mut all = st.members.lock().unwrap();
-            let list = all.entry(id).or_default();
             if hdr.get("x-tc-action").map(String::as_str) == Some("DescribeImageSharePermission") {
-                let set: Vec<Value> = list
+                let set: Vec<Value> = st
+                    .listed_members(&id)
                     .iter()
-                    .map(|(a, _)| json!({"AccountId": a, "CreatedTime": "2026-12-03T00:00:00Z"}))
+                    .map(|a| json!({"AccountId": a, "CreatedTime": "2026-12-03T00:00:00Z"}))
                     .collect();
                 return tc_ok(json!({"SharePermissionSet": set}));
             }
+            let mut all = st.members.lock().unwrap();
+            let list = all.entry(id.clone()).or_default();
             let accounts = strs("AccountIds");
             match b.get("Permission").and_then(Value::as_str) {
                 Some("SHARE") => {
+                    if let Some(a) = accounts.iter().find(|a| list.iter().any(|(m, _)| m == *a)) {
+                        return tc_err(
+                            "FailedOperation.AccountAlreadyExists",
+                            &format!("The image is already shared with {a}."),
+                        );
+                    }
                     for a in accounts {
-                        if !list.iter().any(|(m, _)| *m == a) {
-                            list.push((a, "shared".into()));
-                        }
+                        st.member_changed(&id, &a, false);
+                        list.push((a, "shared".into()));
                     }
                 }
                 Some("CANCEL") => {
@@ -200,6 +206,9 @@ pub(super) async fn tencent(st: &State, b: &Value, hdr: &BTreeMap<String, String
                             "InvalidParameterValue.InvalidImageId",
                             &format!("The image is not shared with {a}."),
                         );
+                    }
+                    for a in &accounts {
+                        st.member_changed(&id, a, true);
                     }
                     list.retain(|(m, _)| !accounts.contains(m));
                 }

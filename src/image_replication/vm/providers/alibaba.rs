@@ -26,6 +26,8 @@ pub const SHARING: Sharing = Sharing {
     member_limit: 50,
     limit_source: "ECS API reference, ModifyImageSharePermission",
     needs_accept: false,
+    // ECS lists are eventually consistent.
+    members_lag: 60,
 };
 
 const ECS: &str = "https://ecs.{region}.aliyuncs.com";

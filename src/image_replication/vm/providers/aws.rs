@@ -26,6 +26,8 @@ pub const SHARING: Sharing = Sharing {
     member_limit: 1000,
     limit_source: "EC2 service quotas, AMI sharing",
     needs_accept: false,
+    // EC2 is eventually consistent (its API reference).
+    members_lag: 60,
 };
 
 const EC2: &str = "https://ec2.{region}.amazonaws.com";

@@ -37,6 +37,8 @@ pub const SHARING: Sharing = Sharing {
     member_limit: 256,
     limit_source: "IMS API reference, Restrictions on Image Sharing",
     needs_accept: true,
+    // The member call is a job, waited for until it ends.
+    members_lag: 0,
 };
 
 const IMS: &str = "https://ims.{region}.myhuaweicloud.com";

@@ -41,6 +41,8 @@ pub const SHARING: Sharing = Sharing {
     member_limit: 128,
     limit_source: "Glance's default image_member_quota",
     needs_accept: true,
+    // Glance lists a member at once.
+    members_lag: 0,
 };
 
 /// Reports one request: (operation, outcome, seconds).

@@ -24,6 +24,8 @@ pub const SHARING: Sharing = Sharing {
     member_limit: 500,
     limit_source: "CVM API reference, ModifyImageSharePermission",
     needs_accept: false,
+    // CVM lists are eventually consistent.
+    members_lag: 60,
 };
 
 const CVM: &str = "https://cvm.tencentcloudapi.com";
