@@ -116,7 +116,9 @@ impl OciReplicator {
         }
     }
 
-    /// Remove the copy (the manifest by digest, which removes its tags). False when absent.
+    /// Remove the copy (the manifest by digest, which removes its tags), and the manifest the
+    /// destination's tag names now if that is another one: a check cancelled a moment ago may
+    /// have copied a moved tag that the status never recorded. False when absent.
     pub async fn delete_copy(
         &self,
         spec: &ImageReplicationSpec,
@@ -125,9 +127,15 @@ impl OciReplicator {
         creds: &SecretCredentials,
     ) -> Result<bool, OciError> {
         let t = target(spec, dest).map_err(OciError::Unsupported)?;
-        self.client(&t.registry, creds)?
-            .delete_manifest(&t.repository, digest)
-            .await
+        let client = self.client(&t.registry, creds)?;
+        let mut deleted = client.delete_manifest(&t.repository, digest).await?;
+        if let Some(tag) = &t.tag
+            && let Some(now) = client.head_manifest(&t.repository, tag).await?
+            && now != digest
+        {
+            deleted |= client.delete_manifest(&t.repository, &now).await?;
+        }
+        Ok(deleted)
     }
 }
 
