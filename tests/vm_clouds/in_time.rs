@@ -36,6 +36,46 @@ async fn timed_setup(
     (s, c, op)
 }
 
+/// One object `app` copying one source image to the cloud's destination region (as
+/// `app-copy`), through the operator on a fake API server.
+struct OneCopy {
+    cloud: Stand,
+    api: Api<ImageReplication>,
+    c: Client,
+    dst_region: &'static str,
+    kind_name: &'static str,
+    _cluster: (support::fake_apiserver::FakeApiServer, Operator, tempfile::TempDir),
+}
+
+/// Start `kind`'s stand-in with `profile`, let `prepare` set it up (copy time, failures), then
+/// the operator and the object under `policy`.
+async fn one_copy(kind: Kind, profile: Profile, policy: &str, prepare: impl FnOnce(&Stand)) -> OneCopy {
+    let cloud = Stand::start_with(kind, profile).await;
+    let (src_region, dst_region, data, kind_name) = cloud.account();
+    prepare(&cloud);
+    let src = cloud.add(src_region, "app", 10, json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c, op) = timed_setup(dir.path(), &data).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    create(
+        &api,
+        "app",
+        &provider_of(&cloud, kind_name),
+        json!({"region": src_region, "imageId": src}),
+        json!([{"region": dst_region, "name": "app-copy"}]),
+        policy,
+    )
+    .await;
+    OneCopy {
+        cloud,
+        api,
+        c,
+        dst_region,
+        kind_name,
+        _cluster: (s, op, dir),
+    }
+}
+
 fn provider_of(cloud: &Stand, kind_name: &str) -> Value {
     let mut p = json!({"kind": kind_name, "agency": "ims_admin", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url});
     if cloud.kind != Kind::Huawei {
@@ -72,26 +112,22 @@ fn copies_started(cloud: &Stand) -> Vec<support::clouds::Req> {
 /// it took stay within the budget of docs/cloud-calls.md. Before the fix the copy polled 1 ms
 /// after the start was "gone", and three copies were made, none ever deleted.
 async fn a_copy_listed_late_is_made_once(kind: Kind) {
-    let cloud = Stand::start_with(kind, Profile::realistic()).await;
-    let (src_region, dst_region, data, kind_name) = cloud.account();
-    cloud.set_copy_time(dst_region, Duration::from_secs(3));
-    let src = cloud.add(src_region, "app", 10, json!({}));
-    let dir = tempfile::tempdir().unwrap();
-    let (_s, c, _op) = timed_setup(dir.path(), &data).await;
-    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
-    create(
-        &api,
-        "app",
-        &provider_of(&cloud, kind_name),
-        json!({"region": src_region, "imageId": src}),
-        json!([{"region": dst_region, "name": "app-copy"}]),
-        "Delete",
-    )
+    let scene = one_copy(kind, Profile::realistic(), "Delete", |c| {
+        c.set_copy_time(c.account().1, Duration::from_secs(3))
+    })
     .await;
-    let st = wait_ready(&api, "app").await;
+    let OneCopy {
+        cloud,
+        api,
+        dst_region,
+        kind_name,
+        ..
+    } = &scene;
+    let (cloud, dst_region, kind_name) = (cloud, *dst_region, *kind_name);
+    let st = wait_ready(api, "app").await;
     let imgs = cloud.images_in(dst_region);
     assert_eq!(imgs.len(), 1, "{kind_name}: exactly one copy: {imgs:?}");
-    assert_eq!(copies_started(&cloud).len(), 1, "{kind_name}: one copy call");
+    assert_eq!(copies_started(cloud).len(), 1, "{kind_name}: one copy call");
     let d = dest(&st, dst_region);
     assert_eq!(d.image_id.as_deref(), Some(imgs[0].id.as_str()));
     assert_eq!(d.attempts, 1, "{kind_name}: {d:?}");
@@ -305,23 +341,20 @@ async fn calls_per_follow_look_up_and_drift_check() {
 /// made again with a new token, and the failed image is deleted — even under `Retain`, as it
 /// holds nothing of use — with a `FailedCopyDeleted` Event; it was left in the account before.
 async fn a_failed_copy_is_deleted_and_made_again(kind: Kind) {
-    let cloud = Stand::start_with(kind, Profile::realistic()).await;
-    let (src_region, dst_region, data, kind_name) = cloud.account();
-    cloud.set_copy_time(dst_region, Duration::from_secs(2));
-    cloud.state.fail_copies.store(1, std::sync::atomic::Ordering::SeqCst);
-    let src = cloud.add(src_region, "app", 10, json!({}));
-    let dir = tempfile::tempdir().unwrap();
-    let (_s, c, _op) = timed_setup(dir.path(), &data).await;
-    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
-    create(
-        &api,
-        "app",
-        &provider_of(&cloud, kind_name),
-        json!({"region": src_region, "imageId": src}),
-        json!([{"region": dst_region, "name": "app-copy"}]),
-        "Retain",
-    )
+    let scene = one_copy(kind, Profile::realistic(), "Retain", |c| {
+        c.set_copy_time(c.account().1, Duration::from_secs(2));
+        c.state.fail_copies.store(1, std::sync::atomic::Ordering::SeqCst);
+    })
     .await;
+    let OneCopy {
+        cloud,
+        api,
+        c,
+        dst_region,
+        kind_name,
+        ..
+    } = &scene;
+    let (cloud, dst_region, kind_name) = (cloud, *dst_region, *kind_name);
     let st = eventually(WAIT, "Ready with the failed copy deleted", || async {
         let st = api.get("app").await.ok()?.status?;
         (ready(&st) && st.previous.is_empty() && cloud.images_in(dst_region).len() == 1).then_some(st)
@@ -331,8 +364,8 @@ async fn a_failed_copy_is_deleted_and_made_again(kind: Kind) {
     assert!(!imgs[0].fails, "{kind_name}: the copy left is the good one");
     let d = dest(&st, dst_region);
     assert_eq!(d.image_id.as_deref(), Some(imgs[0].id.as_str()));
-    assert_eq!((d.attempts, copies_started(&cloud).len()), (2, 2), "{kind_name}: {d:?}");
-    support::reasons_with(&c, "app", &["FailedCopyDeleted"]).await;
+    assert_eq!((d.attempts, copies_started(cloud).len()), (2, 2), "{kind_name}: {d:?}");
+    support::reasons_with(c, "app", &["FailedCopyDeleted"]).await;
     cloud.assert_conforms();
 }
 
@@ -362,23 +395,19 @@ async fn a_copy_through_throttling_and_server_errors_is_made_once(kind: Kind) {
         error_every: Some(5),
         ..Profile::realistic()
     };
-    let cloud = Stand::start_with(kind, profile).await;
-    let (src_region, dst_region, data, kind_name) = cloud.account();
-    cloud.set_copy_time(dst_region, Duration::from_secs(3));
-    let src = cloud.add(src_region, "app", 10, json!({}));
-    let dir = tempfile::tempdir().unwrap();
-    let (_s, c, _op) = timed_setup(dir.path(), &data).await;
-    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
-    create(
-        &api,
-        "app",
-        &provider_of(&cloud, kind_name),
-        json!({"region": src_region, "imageId": src}),
-        json!([{"region": dst_region, "name": "app-copy"}]),
-        "Retain",
-    )
+    let scene = one_copy(kind, profile, "Retain", |c| {
+        c.set_copy_time(c.account().1, Duration::from_secs(3))
+    })
     .await;
-    let st = wait_ready(&api, "app").await;
+    let OneCopy {
+        cloud,
+        api,
+        dst_region,
+        kind_name,
+        ..
+    } = &scene;
+    let (cloud, dst_region, kind_name) = (cloud, *dst_region, *kind_name);
+    let st = wait_ready(api, "app").await;
     assert_eq!(cloud.images_in(dst_region).len(), 1, "{kind_name}: exactly one copy");
     assert_eq!(
         dest(&st, dst_region).image_id.as_deref(),
