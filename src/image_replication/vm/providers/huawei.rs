@@ -515,8 +515,11 @@ impl Service for Huawei {
     }
 
     /// A copy is listed in its region some time after its job (or the job's SUCCESS) shows.
+    /// Short (a minute): the copy call takes no client token, so after a restart that finds no
+    /// copy no new one is asked for within this window — the crash may have come before the
+    /// call, and the destination then waits the whole window.
     fn lists_late(&self) -> Duration {
-        Duration::from_secs(300)
+        Duration::from_secs(60)
     }
 
     async fn describe(&self, acct: &Account, region: &str, image: &ImageSelector) -> Result<ImageInfo, ProviderError> {

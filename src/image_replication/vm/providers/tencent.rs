@@ -313,6 +313,9 @@ impl Catalog for Tencent {
     const CAN_CANCEL: bool = false;
     /// SyncImages takes no client token: a copy is found by name.
     const START_IDEMPOTENT: bool = false;
+    /// A minute: SyncImages takes no client token, so after a restart that finds no copy none
+    /// is asked for within this window (the crash may have come before the call).
+    const LISTS_LATE: std::time::Duration = std::time::Duration::from_secs(60);
 
     async fn lookup(
         &self,
