@@ -364,7 +364,15 @@ impl ControlPlane {
     /// Copy the admin kubeconfig into `dir` (for an operator process) and return its path.
     pub fn write_kubeconfig(&self, dir: &Path) -> PathBuf {
         let p = dir.join("kubeconfig");
-        std::fs::copy(&self.kubeconfig, &p).unwrap();
+        // Written once and then only read: copied over while another operator process of the
+        // same test was reading it, the file was half-written and that process exited
+        // ("reading the Kubernetes client configuration", seen in the shard tests on a busy
+        // machine). A new file goes in whole (a rename).
+        if !p.exists() {
+            let tmp = dir.join(format!("kubeconfig.{}", std::process::id()));
+            std::fs::copy(&self.kubeconfig, &tmp).unwrap();
+            std::fs::rename(&tmp, &p).unwrap();
+        }
         p
     }
 

@@ -454,7 +454,10 @@ impl FakeApiServer {
     /// Write the kubeconfig into `dir` and return its path.
     pub fn write_kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
         let p = dir.join("kubeconfig");
-        std::fs::write(&p, self.kubeconfig()).unwrap();
+        // Whole or not at all (a rename): an operator process may be reading it meanwhile.
+        let tmp = dir.join(format!("kubeconfig.{}", std::process::id()));
+        std::fs::write(&tmp, self.kubeconfig()).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
         p
     }
 
