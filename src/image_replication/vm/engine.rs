@@ -349,6 +349,14 @@ fn new_work(obj: &ImageReplication, st: &ImageReplicationStatus) -> bool {
         })
 }
 
+/// How the provider's cloud lists new copies (its facts).
+fn listing(provider: &dyn ImageService) -> vplan::Listing {
+    vplan::Listing {
+        late: provider.lists_late(),
+        idempotent_start: provider.start_idempotent(),
+    }
+}
+
 fn handle_of(s: &DestinationStatus) -> CopyHandle {
     CopyHandle {
         task_id: s.task_id.clone(),
@@ -538,10 +546,7 @@ impl VmEngine {
             });
         }
         obs.can_cancel = provider.can_cancel();
-        obs.listing = vplan::Listing {
-            late: provider.lists_late(),
-            idempotent_start: provider.start_idempotent(),
-        };
+        obs.listing = listing(provider);
         obs.retired = self.with_mem(&key, |m| std::mem::take(&mut m.retired));
         let source = match &obs.source {
             Some(Ok(i)) => Some(i.clone()),
@@ -1312,19 +1317,13 @@ impl VmEngine {
             TaskPhase::Succeeded => Ok(Stopped::Finished(state.image_id.or(h.image_id))),
             // Not listed yet: it may still show (and would be left behind), so it is waited
             // for within the cloud's listing window.
-            TaskPhase::Unlisted => {
-                let listing = vplan::Listing {
-                    late: provider.lists_late(),
-                    idempotent_start: provider.start_idempotent(),
-                };
-                match listing.wait_left(s, &Time(k8s_openapi::jiff::Timestamp::now())) {
-                    Some(left) => Err(format!(
-                        "{region}: the cloud does not list the copy yet; waiting up to {}s for it before the deletion policy applies",
-                        left.as_secs()
-                    )),
-                    None => Ok(Stopped::Finished(None)),
-                }
-            }
+            TaskPhase::Unlisted => match listing(provider).wait_left(s, &Time(k8s_openapi::jiff::Timestamp::now())) {
+                Some(left) => Err(format!(
+                    "{region}: the cloud does not list the copy yet; waiting up to {}s for it before the deletion policy applies",
+                    left.as_secs()
+                )),
+                None => Ok(Stopped::Finished(None)),
+            },
             _ => Ok(Stopped::Finished(None)),
         }
     }
