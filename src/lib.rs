@@ -17,6 +17,7 @@ pub mod redact;
 pub mod regions;
 pub mod replica_instance;
 pub mod replicate;
+pub mod schedule;
 pub mod server;
 pub mod tasks;
 pub mod validation;

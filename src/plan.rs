@@ -8,6 +8,9 @@ use crate::api::conditions::{self, Desired, READY, RECONCILING, STALLED, SYNCED,
 use crate::api::v1alpha1::*;
 use crate::validation::{self, Violation};
 
+pub use crate::schedule::{next_check, spread_anchor};
+pub use crate::tasks::TaskView;
+
 /// Annotation whose new value re-drives Failed destinations without a spec change.
 pub const RETRY_ANNOTATION: &str = "replication.imageops.io/retry";
 
@@ -218,6 +221,46 @@ pub fn announcement(old: &[Condition], new: &[Condition]) -> Option<Announcement
     })
 }
 
+// ---------- shared by the planners: task views, attempts, drift-check schedules ----------
+
+/// How long a copy's first status may wait: a status that differs only by copies started less
+/// than this long ago is not written yet (the shell looks again when the copies end, or when
+/// this has passed). A copy that ends sooner (every blob mounted, nothing to upload) costs one
+/// status write, its final one, instead of "Copying 0 %", a progress write and the final one.
+pub const QUIET_START: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long ago `started` was, at `now` (zero if it lies ahead).
+pub fn age(started: &Time, now: &Time) -> std::time::Duration {
+    std::time::Duration::from_millis((now.0.as_millisecond() - started.0.as_millisecond()).max(0) as u64)
+}
+
+/// Copies of one destination are tried this many times before it is Failed for good (until the
+/// spec changes).
+pub const MAX_ATTEMPTS: i32 = 5;
+
+/// Delay before retry number `attempts` (1-based): 10 s doubling, at most 5 min.
+pub fn retry_delay(attempts: i32) -> std::time::Duration {
+    std::time::Duration::from_secs((10u64 << (attempts.clamp(1, 6) - 1)).min(300))
+}
+
+pub(crate) fn secs_since(t: &Option<Time>, now: &Time) -> Option<i64> {
+    t.as_ref().map(|t| now.0.as_second() - t.0.as_second())
+}
+
+/// The later of two times, either of which may be unknown.
+pub(crate) fn later<'a>(a: Option<&'a Time>, b: Option<&'a Time>) -> Option<&'a Time> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Tests' clock: `s` seconds after a fixed instant.
+#[cfg(test)]
+pub(crate) fn test_at(s: i64) -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + s).unwrap())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,103 +376,4 @@ spec:
         let conds = gate_conditions(&suspended, true);
         assert!(conds.iter().any(|d| d.type_ == STALLED && !d.status));
     }
-}
-
-// ---------- shared by the planners: task views, attempts, drift-check schedules ----------
-
-/// What is known about one destination's copy task right now.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TaskView {
-    /// No task in memory (never started, finished and collected, or the operator restarted).
-    Idle,
-    /// A task runs. `resync` marks a periodic drift check of an Available copy; `started` is
-    /// when the task began.
-    Running {
-        done: u64,
-        total: u64,
-        resync: bool,
-        started: Time,
-    },
-    /// The task finished.
-    Succeeded {
-        digest: String,
-        bytes_total: u64,
-        up_to_date: bool,
-        resync: bool,
-    },
-    /// The task failed.
-    Failed {
-        reason: String,
-        message: String,
-        resync: bool,
-    },
-}
-
-/// How long a copy's first status may wait: a status that differs only by copies started less
-/// than this long ago is not written yet (the shell looks again when the copies end, or when
-/// this has passed). A copy that ends sooner (every blob mounted, nothing to upload) costs one
-/// status write, its final one, instead of "Copying 0 %", a progress write and the final one.
-pub const QUIET_START: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// How long ago `started` was, at `now` (zero if it lies ahead).
-pub fn age(started: &Time, now: &Time) -> std::time::Duration {
-    std::time::Duration::from_millis((now.0.as_millisecond() - started.0.as_millisecond()).max(0) as u64)
-}
-
-/// Copies of one destination are tried this many times before it is Failed for good (until the
-/// spec changes).
-pub const MAX_ATTEMPTS: i32 = 5;
-
-/// Delay before retry number `attempts` (1-based): 10 s doubling, at most 5 min.
-pub fn retry_delay(attempts: i32) -> std::time::Duration {
-    std::time::Duration::from_secs((10u64 << (attempts.clamp(1, 6) - 1)).min(300))
-}
-
-pub(crate) fn secs_since(t: &Option<Time>, now: &Time) -> Option<i64> {
-    t.as_ref().map(|t| now.0.as_second() - t.0.as_second())
-}
-
-/// The later of two times, either of which may be unknown.
-pub(crate) fn later<'a>(a: Option<&'a Time>, b: Option<&'a Time>) -> Option<&'a Time> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
-        (a, b) => a.or(b),
-    }
-}
-
-/// The phase of `key` within `period`: each key's drift checks fall at `phase + k * period`
-/// (absolute time), so the checks of many objects spread evenly over the period whenever the
-/// objects were created or copied.
-fn phase(key: &str, period: std::time::Duration) -> i64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    (h.finish() % period.as_secs().max(1)) as i64
-}
-
-/// The last phase point of `key` at or before `now`: where the check history of a copy this
-/// process has not checked yet is anchored when it starts, so its first check falls at the
-/// next phase point — after a restart the checks spread over the period instead of all falling
-/// due at once.
-pub fn spread_anchor(key: &str, now: &Time, period: std::time::Duration) -> Time {
-    let p = period.as_secs().max(1) as i64;
-    let t = now.0.as_second();
-    let back = (t - phase(key, period)).rem_euclid(p);
-    Time(k8s_openapi::jiff::Timestamp::from_second(t - back).unwrap_or(now.0))
-}
-
-/// When the next drift check of `key` is due after one at `last`: the first phase point at
-/// least half a period later. Checks lock onto the key's phase (one period apart) instead of
-/// following when each copy happened to complete.
-pub fn next_check(key: &str, last: &Time, period: std::time::Duration) -> Time {
-    let p = period.as_secs().max(1) as i64;
-    let earliest = last.0.as_second() + p / 2;
-    let ahead = (phase(key, period) - earliest).rem_euclid(p);
-    Time(k8s_openapi::jiff::Timestamp::from_second(earliest + ahead).unwrap_or(last.0))
-}
-
-/// Tests' clock: `s` seconds after a fixed instant.
-#[cfg(test)]
-pub(crate) fn test_at(s: i64) -> Time {
-    Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + s).unwrap())
 }

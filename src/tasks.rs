@@ -10,7 +10,34 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::oci::{CopyReport, OciError, Progress};
-use crate::plan::TaskView;
+
+/// What is known about one destination's copy task right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskView {
+    /// No task in memory (never started, finished and collected, or the operator restarted).
+    Idle,
+    /// A task runs. `resync` marks a periodic drift check of an Available copy; `started` is
+    /// when the task began.
+    Running {
+        done: u64,
+        total: u64,
+        resync: bool,
+        started: Time,
+    },
+    /// The task finished.
+    Succeeded {
+        digest: String,
+        bytes_total: u64,
+        up_to_date: bool,
+        resync: bool,
+    },
+    /// The task failed.
+    Failed {
+        reason: String,
+        message: String,
+        resync: bool,
+    },
+}
 
 /// How a task ended: its result, or the reason and message of its error.
 pub type Outcome<R> = Result<R, (String, String)>;
@@ -199,7 +226,7 @@ impl Tasks {
     }
 
     /// When each of `regions` was last checked. A region never checked by this process is
-    /// anchored at a fixed point of the last `period` (see [`crate::plan::spread_anchor`]), so
+    /// anchored at a fixed point of the last `period` (see [`crate::schedule::spread_anchor`]), so
     /// that after a start the drift checks of many objects spread over the period.
     pub fn checked(
         &self,
@@ -214,7 +241,7 @@ impl Tasks {
             .map(|r| {
                 let t = c
                     .entry((key.to_string(), r.clone()))
-                    .or_insert_with(|| crate::plan::spread_anchor(&format!("{key}/{r}"), now, period));
+                    .or_insert_with(|| crate::schedule::spread_anchor(&format!("{key}/{r}"), now, period));
                 (r.clone(), t.clone())
             })
             .collect()

@@ -12,3 +12,61 @@ fn the_module_graph_has_no_import_cycles() {
     assert!(out.status.success(), "import cycles in src/:\n{text}");
     assert!(text.contains("0 cycles"), "{text}");
 }
+
+/// Writes `files` under a fresh directory and runs the cycle check on it.
+fn check_tree(name: &str, files: &[(&str, &str)]) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!("imgrep-layout-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for (path, text) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let out = std::process::Command::new("python3")
+        .arg(format!("{}/hack/import-cycles.py", env!("CARGO_MANIFEST_DIR")))
+        .arg(&dir)
+        .output()
+        .expect("python3 runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The check sees what rustc sees: a parent naming a child's item (`openstack::SHARING` in
+/// `providers/mod.rs`), `use` trees with braces and `self`, and names a `use` brought in — the
+/// shape of the cycle issue #32 found while the old check printed "0 cycles".
+#[test]
+fn the_cycle_check_sees_parent_to_child_edges_and_use_trees() {
+    let tree = |plan: &'static str| {
+        vec![
+            (
+                "lib.rs",
+                "pub mod plan; pub mod providers; pub mod tasks; pub mod validation;",
+            ),
+            (
+                "validation.rs",
+                "use crate::providers;\npub fn f() { let _ = providers::sharing(); }",
+            ),
+            (
+                "providers/mod.rs",
+                "pub mod openstack;\n// crate::validation in a comment is no edge\npub fn sharing() -> u8 { openstack::SHARING }",
+            ),
+            (
+                "providers/openstack.rs",
+                "use crate::{tasks::{self, View as V}};\npub const SHARING: u8 = 1;",
+            ),
+            ("tasks.rs", "use super::plan::{self as p};\npub struct View;"),
+            ("plan.rs", plan),
+        ]
+    };
+    let (ok, text) = check_tree("cycle", &tree("use crate::{validation};"));
+    assert!(!ok, "{text}");
+    assert!(text.contains("1 cycles"), "{text}");
+    for m in ["plan", "providers", "providers::openstack", "tasks", "validation"] {
+        assert!(
+            text.lines().next().unwrap().split(' ').any(|w| w == m),
+            "{m} not in the cycle: {text}"
+        );
+    }
+    let (ok, text) = check_tree("acyclic", &tree("pub struct Plan;"));
+    assert!(ok && text.contains("0 cycles"), "{text}");
+}
