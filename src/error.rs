@@ -16,7 +16,41 @@ pub enum Error {
     /// that cannot be cancelled still running): not a failure; status says so, and the object
     /// is looked at again (a requeue, not a reconcile error).
     #[error("cleanup blocked: {0}")]
-    CleanupBlocked(String),
+    CleanupBlocked(Blocked),
+}
+
+/// Why a delete cannot finish yet, as data: the destination region it is about (if one) and
+/// the prose. The status marks that region's destination from `region`, never from the text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    pub region: Option<String>,
+    pub message: String,
+}
+
+impl Blocked {
+    /// Blocked by the destination in `region`.
+    pub fn at(region: &str, message: impl Into<String>) -> Self {
+        Self {
+            region: Some(region.to_string()),
+            message: message.into(),
+        }
+    }
+}
+
+/// Blocked by nothing one destination names (a Secret, the object as a whole).
+impl From<String> for Blocked {
+    fn from(message: String) -> Self {
+        Self { region: None, message }
+    }
+}
+
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.region {
+            Some(r) => write!(f, "{r}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
 }
 
 impl From<kube::Error> for Error {

@@ -485,13 +485,15 @@ fn destination(out: &mut Vec<Violation>, spec: &ImageReplicationSpec, i: usize, 
     } else if kind == ProviderKind::Oci
         && let Some(r) = d.registry.as_deref()
     {
-        if let Err(e) = crate::oci::RegistryAddr::parse(r) {
-            out.push(Violation::new(f("registry"), "InvalidRegistry", e));
-        } else if src.reference.is_some()
-            && let Err(e) = crate::image_replication::oci::replicator::target(spec, d)
-            && e.contains(".name")
-        {
-            out.push(Violation::new(f("name"), "InvalidName", e));
+        match crate::oci::RegistryAddr::parse(r) {
+            Err(e) => out.push(Violation::new(f("registry"), "InvalidRegistry", e)),
+            Ok(addr) => {
+                if let Some(n) = d.name.as_deref()
+                    && let Err(e) = crate::image_replication::oci::replicator::repository_name(&addr, n)
+                {
+                    out.push(Violation::new(f("name"), "InvalidName", format!("{}: {e}", f("name"))));
+                }
+            }
         }
     }
 }

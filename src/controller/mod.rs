@@ -33,6 +33,7 @@ use tracing::{info, instrument, warn};
 
 use crate::api::v1alpha1::{ImageReplication, ReplicaInstance};
 use crate::api::{FIELD_MANAGER, FINALIZER, key_of};
+use crate::error::Blocked;
 use crate::plan::Announcement;
 use crate::replica_instance::oci::notify::Notifications;
 use crate::server::http::Health;
@@ -249,18 +250,18 @@ pub trait Managed:
     fn cleanup(&self, env: &Env) -> impl Future<Output = Result<String>> + Send;
     /// The status while the cleanup cannot finish (`message` says why): Ready=False with
     /// reason DeletionBlocked and the remedy.
-    fn blocked_status(&self, message: &str, now: &Time) -> Self::Status;
+    fn blocked_status(&self, blocked: &Blocked, now: &Time) -> Self::Status;
 }
 
 /// The conditions of an object whose delete cannot finish yet.
 pub(crate) fn blocked_conditions(
     old: &[Condition],
-    message: &str,
+    blocked: &Blocked,
     generation: Option<i64>,
     now: &Time,
 ) -> Vec<Condition> {
     let m = format!(
-        "deleting: {message}; the object goes once the cleanup succeeds (fix the destination, or set deletionPolicy: Retain to let it go now)"
+        "deleting: {blocked}; the object goes once the cleanup succeeds (fix the destination, or set deletionPolicy: Retain to let it go now)"
     );
     let desired = vec![
         conditions::Desired::new(conditions::READY, false, "DeletionBlocked", m.clone()),
@@ -368,9 +369,15 @@ async fn cleanup<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result
             ctx.reset_backoff(&key);
             Ok(Action::await_change())
         }
-        Err(Error::Provider(message) | Error::CleanupBlocked(message)) => {
+        Err(e) => {
+            let blocked = match e {
+                Error::CleanupBlocked(b) => b,
+                Error::Provider(m) => Blocked::from(m),
+                e => return Err(e),
+            };
+            let message = blocked.to_string();
             let now = Time(Timestamp::now());
-            let status = crate::redact::status(obj.blocked_status(&message, &now));
+            let status = crate::redact::status(obj.blocked_status(&blocked, &now));
             if obj.current_status() != Some(&status) {
                 write_status(obj.as_ref(), ctx, &status).await?;
                 publish(ctx, obj.as_ref(), true, "DeletionBlocked", message.clone()).await;
@@ -384,7 +391,6 @@ async fn cleanup<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result
             info!(object = %key, reason = %crate::redact::message(&message), retry_in = ?delay, "delete waits for its cleanup");
             Ok(Action::requeue(delay))
         }
-        Err(e) => Err(e),
     }
 }
 

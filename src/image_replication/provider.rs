@@ -95,5 +95,5 @@ pub trait ImageProvider: Send + Sync {
         &'a self,
         obj: &'a ImageReplication,
         secrets: &'a dyn Secrets,
-    ) -> BoxFuture<'a, Result<String, String>>;
+    ) -> BoxFuture<'a, Result<String, crate::error::Blocked>>;
 }

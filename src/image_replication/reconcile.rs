@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::v1alpha1::*;
 use crate::controller::{Env, Managed, Planned, blocked_conditions};
+use crate::error::Blocked;
 use crate::image_replication::provider::{Snapshot, Work};
 use crate::image_replication::vm::plan as vplan;
 use crate::plan::{self, Announcement, Gate};
@@ -160,16 +161,15 @@ impl Managed for ImageReplication {
         }
         publish(self, env, &planned.status).await.into_iter().collect()
     }
-    fn blocked_status(&self, message: &str, now: &Time) -> Self::Status {
+    fn blocked_status(&self, blocked: &Blocked, now: &Time) -> Self::Status {
         let mut st = self.status.clone().unwrap_or_default();
-        // The destination the message is about (cleanup messages name their region first).
+        // The destination that blocks it, as the cleanup named it.
         for d in st.destinations.iter_mut() {
-            let r = &d.region;
-            if message.starts_with(&format!("{r}: ")) || message.contains(&format!(" in {r}: ")) {
-                d.message = Some(format!("deletion blocked: {message}"));
+            if blocked.region.as_deref() == Some(d.region.as_str()) {
+                d.message = Some(format!("deletion blocked: {}", blocked.message));
             }
         }
-        st.conditions = blocked_conditions(&st.conditions, message, self.metadata.generation, now);
+        st.conditions = blocked_conditions(&st.conditions, blocked, self.metadata.generation, now);
         st
     }
     async fn cleanup(&self, env: &Env) -> Result<String> {
@@ -226,6 +226,43 @@ spec:
     fn reason(p: &Planned<ImageReplicationStatus, Work>, type_: &str) -> String {
         let c = p.status.conditions.iter().find(|c| c.type_ == type_).unwrap();
         format!("{}/{}", c.status, c.reason)
+    }
+
+    /// A blocked delete marks the destination the cleanup named, from the value and not from
+    /// the words: a region named inside another region's message (or a message cut short) marks
+    /// nothing else; a cause no destination names marks none.
+    #[test]
+    fn a_blocked_delete_marks_the_destination_it_names() {
+        let mut o = obj("oci", false);
+        o.status = Some(ImageReplicationStatus {
+            destinations: ["one", "two"]
+                .iter()
+                .map(|r| DestinationStatus {
+                    region: r.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
+        let now = at(0);
+        let msg = |st: &ImageReplicationStatus, r: &str| {
+            st.destinations.iter().find(|d| d.region == r).unwrap().message.clone()
+        };
+        let st = o.blocked_status(&Blocked::at("two", "deleting image i-2 in one: HTTP 503"), &now);
+        assert_eq!(msg(&st, "one"), None);
+        assert_eq!(
+            msg(&st, "two").as_deref(),
+            Some("deletion blocked: deleting image i-2 in one: HTTP 503")
+        );
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.reason, "DeletionBlocked");
+        assert!(
+            ready.message.starts_with("deleting: two: deleting image i-2"),
+            "{}",
+            ready.message
+        );
+        let st = o.blocked_status(&Blocked::from("two: Secret cloud-creds not found".to_string()), &now);
+        assert!(st.destinations.iter().all(|d| d.message.is_none()), "{st:?}");
     }
 
     /// Each snapshot plans the status and the work a user would expect, and planning the same

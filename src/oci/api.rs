@@ -191,11 +191,9 @@ impl Registry {
             match expect_status("put manifest", resp, &[201, 200]).await {
                 Err(OciError::Http {
                     status: 400,
-                    ref message,
+                    code: Some(ref code),
                     ..
-                }) if attempt < 3
-                    && (message.contains("DIGEST_INVALID") || message.contains("MANIFEST_BLOB_UNKNOWN")) =>
-                {
+                }) if attempt < 3 && (code == "DIGEST_INVALID" || code == "MANIFEST_BLOB_UNKNOWN") => {
                     attempt += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(250 * attempt)).await;
                 }
@@ -408,9 +406,9 @@ impl Registry {
             Ok(_) => Ok(true),
             Err(OciError::Http {
                 status: 404,
-                ref message,
+                code: Some(ref code),
                 ..
-            }) if message.contains("BLOB_UPLOAD_UNKNOWN") => Ok(false),
+            }) if code == "BLOB_UPLOAD_UNKNOWN" => Ok(false),
             Err(e) => Err(e),
         }
     }

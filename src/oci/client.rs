@@ -24,6 +24,9 @@ pub enum OciError {
     Http {
         op: &'static str,
         status: u16,
+        /// The registry's error code (the first `errors[].code`, e.g. `BLOB_UPLOAD_UNKNOWN`):
+        /// decisions read this, never the message.
+        code: Option<String>,
         message: String,
     },
     #[error("{op}: {message}")]
@@ -640,6 +643,7 @@ pub async fn expect_status(op: &'static str, resp: Response, ok: &[u16]) -> Resu
         _ => String::new(),
     };
     let text = resp.text().await.unwrap_or_default();
+    let code = registry_code(&text);
     let said = registry_message(&text).unwrap_or_else(|| status.canonical_reason().unwrap_or("no message").to_string());
     let message = if host.is_empty() {
         said
@@ -649,8 +653,18 @@ pub async fn expect_status(op: &'static str, resp: Response, ok: &[u16]) -> Resu
     Err(OciError::Http {
         op,
         status: status.as_u16(),
+        code,
         message,
     })
+}
+
+/// The code of the first `errors[]` entry of a registry's error body.
+fn registry_code(text: &str) -> Option<String> {
+    let v = serde_json::from_str::<serde_json::Value>(text).ok()?;
+    let code = v.get("errors")?.as_array()?.first()?.get("code")?.as_str()?;
+    // A code is a short upper-case word (the distribution spec's list); anything else is prose.
+    let word = !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    word.then(|| code.to_string())
 }
 
 /// The registry's message in an error body: `CODE message` of the first `errors[]` entry, else
@@ -703,6 +717,24 @@ mod tests {
         // Nothing said: the caller falls back to the status's reason phrase.
         assert_eq!(said(""), None);
         assert_eq!(said(r#"{"errors":[]}"#).as_deref(), Some(r#"{"errors":[]}"#));
+    }
+
+    /// Decisions read the registry's code, never its words: a message that mentions a code is
+    /// not that code, and a "code" that is prose is none.
+    #[test]
+    fn the_error_code_is_the_registrys_code_field() {
+        let code = |t: &str| registry_code(t);
+        assert_eq!(
+            code(r#"{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN","message":"blob upload unknown"}]}"#).as_deref(),
+            Some("BLOB_UPLOAD_UNKNOWN")
+        );
+        assert_eq!(
+            code(r#"{"errors":[{"code":"UNKNOWN","message":"BLOB_UPLOAD_UNKNOWN"}]}"#).as_deref(),
+            Some("UNKNOWN")
+        );
+        assert_eq!(code("BLOB_UPLOAD_UNKNOWN: upload gone"), None);
+        assert_eq!(code(r#"{"errors":[{"code":"not a code, a sentence"}]}"#), None);
+        assert_eq!(code(r#"{"errors":[]}"#), None);
     }
 
     #[test]

@@ -355,6 +355,7 @@ impl Engine {
             .ok_or_else(|| OciError::Http {
                 op: "get manifest",
                 status: 404,
+                code: None,
                 message: format!("{}/{src_repo}:{reference} not found", src.addr.host),
             })?;
         let target = dst_tag.unwrap_or(&top.digest).to_string();
@@ -434,6 +435,7 @@ impl Engine {
                 .ok_or_else(|| OciError::Http {
                     op: "get manifest",
                     status: 404,
+                    code: None,
                     message: format!("{}@{digest} referenced but not found", job.src_repo),
                 })?;
             self.copy_tree(job, &child).await?;

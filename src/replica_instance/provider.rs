@@ -77,5 +77,5 @@ pub trait ReplicaBackend: Send + Sync {
         &'a self,
         obj: &'a ReplicaInstance,
         secrets: &'a dyn Secrets,
-    ) -> BoxFuture<'a, Result<String, String>>;
+    ) -> BoxFuture<'a, Result<String, crate::error::Blocked>>;
 }

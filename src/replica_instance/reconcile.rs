@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::api::key_of;
 use crate::api::v1alpha1::*;
 use crate::controller::{Env, Managed, Planned, blocked_conditions};
+use crate::error::Blocked;
 use crate::plan::{self, Announcement, Gate};
 use crate::replica_instance::provider::{Snapshot, Work};
 use crate::replica_instance::tcr::api as tcr;
@@ -98,9 +99,9 @@ impl Managed for ReplicaInstance {
             _ => Vec::new(),
         }
     }
-    fn blocked_status(&self, message: &str, now: &Time) -> Self::Status {
+    fn blocked_status(&self, blocked: &Blocked, now: &Time) -> Self::Status {
         let mut st = self.status.clone().unwrap_or_default();
-        st.conditions = blocked_conditions(&st.conditions, message, self.metadata.generation, now);
+        st.conditions = blocked_conditions(&st.conditions, blocked, self.metadata.generation, now);
         st
     }
     async fn cleanup(&self, env: &Env) -> Result<String> {

@@ -14,6 +14,7 @@ use tracing::info;
 use crate::api::key_of;
 use crate::api::v1alpha1::{DeletionPolicy, ImageReplication, ProviderKind};
 use crate::controller::secrets::{self, Secrets};
+use crate::error::Blocked;
 use crate::image_replication::oci::replicator::OciReplicator;
 use crate::image_replication::provider::{ImageProvider, Snapshot, Work};
 use crate::oci::{OciError, Progress, SecretCredentials};
@@ -211,7 +212,7 @@ impl Oci {
     }
 
     /// Cancel the copies in flight, then remove the copies (`Delete`) or keep them.
-    async fn remove(&self, obj: &ImageReplication, secrets: &dyn Secrets) -> Result<String, String> {
+    async fn remove(&self, obj: &ImageReplication, secrets: &dyn Secrets) -> Result<String, Blocked> {
         let cancelled = self.tasks.cancel_all(&key_of(obj));
         self.tasks.forget(&key_of(obj));
         self.freshness.forget(&self.metrics, &key_of(obj));
@@ -241,7 +242,7 @@ impl Oci {
                         st.region
                     ));
                 }
-                Err(e) => return Err(format!("removing the copy in {}: {e}", st.region)),
+                Err(e) => return Err(Blocked::at(&st.region, format!("removing the copy: {e}"))),
             }
         }
         if !removed.is_empty() {
@@ -309,7 +310,7 @@ impl ImageProvider for Oci {
         &'a self,
         obj: &'a ImageReplication,
         secrets: &'a dyn Secrets,
-    ) -> BoxFuture<'a, Result<String, String>> {
+    ) -> BoxFuture<'a, Result<String, Blocked>> {
         Box::pin(self.remove(obj, secrets))
     }
 }

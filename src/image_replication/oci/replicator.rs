@@ -36,9 +36,7 @@ pub fn target(spec: &ImageReplicationSpec, dest: &DestinationSpec) -> Result<Tar
         .map_err(|e| format!("destinations[{}].registry: {e}", dest.region))?;
     let repository = match &dest.name {
         Some(n) => {
-            // Reuse the reference parser's repository rules.
-            ImageRef::parse(&format!("{}/{n}:x", registry.host))
-                .map_err(|e| format!("destinations[{}].name: {e}", dest.region))?;
+            repository_name(&registry, n).map_err(|e| format!("destinations[{}].name: {e}", dest.region))?;
             n.clone()
         }
         None => src.repository.clone(),
@@ -48,6 +46,11 @@ pub fn target(spec: &ImageReplicationSpec, dest: &DestinationSpec) -> Result<Tar
         repository,
         tag: src.tag.clone(),
     })
+}
+
+/// Whether `name` is a repository name in `registry` (the reference parser's rules).
+pub fn repository_name(registry: &RegistryAddr, name: &str) -> Result<(), String> {
+    ImageRef::parse(&format!("{}/{name}:x", registry.host)).map(|_| ())
 }
 
 /// Runs oci copies; one per operator, shared by all objects (one budget per registry host,

@@ -24,6 +24,7 @@ use crate::api::v1alpha1::{
     DeletionPolicy, DestinationPhase, DestinationStatus, ImageReplication, ImageReplicationStatus, PreviousCopy,
     SharePhase,
 };
+use crate::error::Blocked;
 use crate::plan::Gate;
 use crate::server::metrics::Metrics;
 
@@ -179,21 +180,21 @@ async fn delete_copy(
     at: &ImageAt,
     shared_with: &[String],
     source_id: Option<&str>,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, Blocked> {
     let (region, project, id) = (at.region.as_str(), at.project.as_deref(), at.image_id.as_str());
     let mut withdrawn = Vec::new();
     for account in shared_with {
         provider
             .unshare(acct, at, account)
             .await
-            .map_err(|e| format!("{region}: withdrawing the share with {account}: {e}"))?;
+            .map_err(|e| Blocked::at(region, format!("withdrawing the share with {account}: {e}")))?;
         withdrawn.push(account.clone());
     }
     if source_id != Some(id) {
         provider
             .delete_image(acct, region, project, id)
             .await
-            .map_err(|e| format!("{region}: deleting image {id}: {e}"))?;
+            .map_err(|e| Blocked::at(region, format!("deleting image {id}: {e}")))?;
     }
     Ok(withdrawn)
 }
@@ -226,14 +227,14 @@ async fn cleanup_previous(
     provider: &dyn ImageService,
     main: &Account,
     others: &Others,
-) -> Result<(Vec<String>, Vec<String>), String> {
+) -> Result<(Vec<String>, Vec<String>), Blocked> {
     let source_id = st.source.as_ref().and_then(|x| x.image_id.as_deref());
     let (mut deleted, mut kept) = (Vec::new(), Vec::new());
     for c in &st.previous {
         let what = if c.failed { "a failed copy" } else { "an earlier copy" };
         let label = format!("{} ({}, {what})", c.region, c.image_id);
         if c.failed || obj.spec.deletion_policy == DeletionPolicy::Delete {
-            let acct = account_for(obj, &c.region, main, others).map_err(|e| format!("{}: {}", c.region, e.message))?;
+            let acct = account_for(obj, &c.region, main, others).map_err(|e| Blocked::at(&c.region, e.message))?;
             delete_copy(provider, acct, &previous_at(obj, c), &c.shared_with, source_id).await?;
             deleted.push(label);
         } else {
@@ -1253,7 +1254,7 @@ impl VmEngine {
                 Ok(a) => delete_copy(provider, a, &previous_at(obj, c), &c.shared_with, source_id.as_deref())
                     .await
                     .map(|_| ())
-                    .map_err(ProviderError::transient),
+                    .map_err(|e| ProviderError::transient(e.to_string())),
                 Err(e) => Err(e),
             };
             match &r {
@@ -1279,7 +1280,7 @@ impl VmEngine {
         acct: &Account,
         s: &DestinationStatus,
         source: Option<&ImageInfo>,
-    ) -> Result<Stopped, String> {
+    ) -> Result<Stopped, Blocked> {
         let region = s.region.as_str();
         let req = source.and_then(|src| request_for(obj, s, src));
         let mut h = handle_of(s);
@@ -1290,7 +1291,7 @@ impl VmEngine {
             h = provider
                 .find_copy(acct, req)
                 .await
-                .map_err(|e| format!("{region}: looking up the copy: {e}"))?
+                .map_err(|e| Blocked::at(region, format!("looking up the copy: {e}")))?
                 .unwrap_or_default();
         }
         if h.image_id.is_none() && h.task_id.is_none() {
@@ -1300,7 +1301,7 @@ impl VmEngine {
             provider
                 .cancel(acct, region, &h)
                 .await
-                .map_err(|e| format!("{region}: cancelling the copy: {e}"))?;
+                .map_err(|e| Blocked::at(region, format!("cancelling the copy: {e}")))?;
             return Ok(Stopped::Cancelled);
         }
         let Some(req) = req else {
@@ -1309,18 +1310,22 @@ impl VmEngine {
         let state = provider
             .poll(acct, &req, &h)
             .await
-            .map_err(|e| format!("{region}: polling the copy: {e}"))?;
+            .map_err(|e| Blocked::at(region, format!("polling the copy: {e}")))?;
         match state.phase {
-            TaskPhase::Running => Err(format!(
-                "{region}: the copy cannot be cancelled; waiting for it to finish"
+            TaskPhase::Running => Err(Blocked::at(
+                region,
+                "the copy cannot be cancelled; waiting for it to finish",
             )),
             TaskPhase::Succeeded => Ok(Stopped::Finished(state.image_id.or(h.image_id))),
             // Not listed yet: it may still show (and would be left behind), so it is waited
             // for within the cloud's listing window.
             TaskPhase::Unlisted => match listing(provider).wait_left(s, &Time(k8s_openapi::jiff::Timestamp::now())) {
-                Some(left) => Err(format!(
-                    "{region}: the cloud does not list the copy yet; waiting up to {}s for it before the deletion policy applies",
-                    left.as_secs()
+                Some(left) => Err(Blocked::at(
+                    region,
+                    format!(
+                        "the cloud does not list the copy yet; waiting up to {}s for it before the deletion policy applies",
+                        left.as_secs()
+                    ),
                 )),
                 None => Ok(Stopped::Finished(None)),
             },
@@ -1336,12 +1341,12 @@ impl VmEngine {
         provider: &dyn ImageService,
         acct: Result<Account, String>,
         others: &Others,
-    ) -> Result<String, String> {
+    ) -> Result<String, Blocked> {
         let key = key_of(obj);
         let st = obj.status.clone().unwrap_or_default();
         let main = match acct {
             Ok(a) => a,
-            Err(e) if cleanup_needs_account(obj, &st) => return Err(e),
+            Err(e) if cleanup_needs_account(obj, &st) => return Err(e.into()),
             Err(_) => Account::default(),
         };
         let main = &main;
@@ -1358,7 +1363,7 @@ impl VmEngine {
             let acct = match account_for(obj, region, main, others) {
                 Ok(a) => a,
                 Err(e) if needs && obj.spec.deletion_policy == DeletionPolicy::Delete => {
-                    return Err(format!("{region}: {}", e.message));
+                    return Err(Blocked::at(region, e.message));
                 }
                 Err(_) => main,
             };
@@ -1367,10 +1372,12 @@ impl VmEngine {
                 owner_of(obj, region),
                 st.source.as_ref().and_then(|x| x.image_id.as_deref()),
             ) {
-                provider
-                    .unshare(main, &source_at(obj, src), &o.id)
-                    .await
-                    .map_err(|e| format!("{region}: withdrawing the source's share with account {}: {e}", o.id))?;
+                provider.unshare(main, &source_at(obj, src), &o.id).await.map_err(|e| {
+                    Blocked::at(
+                        region,
+                        format!("withdrawing the source's share with account {}: {e}", o.id),
+                    )
+                })?;
             }
             if vplan::in_flight(s.phase) {
                 match self.stop_in_flight(obj, provider, acct, s, source.as_ref()).await? {

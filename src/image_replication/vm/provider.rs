@@ -134,7 +134,7 @@ impl ImageProvider for Vm {
         &'a self,
         obj: &'a ImageReplication,
         secrets: &'a dyn Secrets,
-    ) -> BoxFuture<'a, Result<String, String>> {
+    ) -> BoxFuture<'a, Result<String, crate::error::Blocked>> {
         Box::pin(async move {
             let acct = account(obj, secrets).await;
             let mut owners = Others::new();

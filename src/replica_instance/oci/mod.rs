@@ -192,7 +192,7 @@ impl ReplicaBackend for Oci {
         &'a self,
         obj: &'a ReplicaInstance,
         secrets: &'a dyn Secrets,
-    ) -> BoxFuture<'a, Result<String, String>> {
-        Box::pin(self.remove(obj, secrets))
+    ) -> BoxFuture<'a, Result<String, crate::error::Blocked>> {
+        Box::pin(async move { self.remove(obj, secrets).await.map_err(Into::into) })
     }
 }

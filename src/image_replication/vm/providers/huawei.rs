@@ -99,7 +99,7 @@ pub(crate) fn error(op: &str, status: u16, body: &str, retry_after: Option<std::
         format!("{op}: HTTP {status} {code}: {msg}")
     };
     cloud::attempt(
-        classify(status, &code, &msg),
+        classify(status, &code),
         &code,
         text,
         "check the AK/SK and that the user has IMS FullAccess in both regions",
@@ -128,16 +128,10 @@ pub const ERROR_CODES: &[(&str, ErrorClass)] = &[
     ("IMG.0005", ErrorClass::NotFound),
 ];
 
-/// One classification for an IMS error: the code table first, then the message's "quota"
-/// (IMS quota answers), then the HTTP status.
-pub fn classify(status: u16, code: &str, msg: &str) -> ErrorClass {
-    if let Some(c) = cloud::lookup(ERROR_CODES, code) {
-        return c;
-    }
-    if status != 429 && msg.to_ascii_lowercase().contains("quota") {
-        return ErrorClass::RetryLater;
-    }
-    cloud::by_status(status)
+/// One classification for an IMS error: the code table, then the HTTP status. The message is
+/// prose for people; nothing is decided by reading it (an unknown code is classed by status).
+pub fn classify(status: u16, code: &str) -> ErrorClass {
+    cloud::lookup(ERROR_CODES, code).unwrap_or_else(|| cloud::by_status(status))
 }
 
 /// IMS image `status`: queued, saving, deleted, killed, active (the API has no frozen state).
