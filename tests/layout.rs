@@ -70,3 +70,89 @@ fn the_cycle_check_sees_parent_to_child_edges_and_use_trees() {
     let (ok, text) = check_tree("acyclic", &tree("pub struct Plan;"));
     assert!(ok && text.contains("0 cycles"), "{text}");
 }
+
+/// The source of every module under src/, without its `#[cfg(test)]` modules.
+fn production_sources() -> Vec<(String, String)> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                out.push((p.display().to_string(), without_tests(&text)));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut out);
+    out
+}
+
+fn without_tests(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest
+        .find("#[cfg(test)]\nmod ")
+        .or_else(|| rest.find("#[cfg(test)]\npub mod "))
+    {
+        out.push_str(&rest[..i]);
+        let after = &rest[i..];
+        let Some(open) = after.find('{') else { break };
+        let mut depth = 0;
+        let mut end = after.len();
+        for (k, c) in after[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + k + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Status is data, messages are prose (issue #32): no production code decides anything by
+/// searching a message, note or error text (`message.contains(..)`, `msg.starts_with(..)`):
+/// messages are reworded and cut (1,024 bytes) on their way to the status.
+#[test]
+fn no_message_is_parsed_in_src() {
+    let ops = [
+        ".contains(",
+        ".starts_with(",
+        ".ends_with(",
+        ".strip_prefix(",
+        ".strip_suffix(",
+        ".find(",
+    ];
+    let mut found = Vec::new();
+    for (path, text) in production_sources() {
+        for (n, line) in text.lines().enumerate() {
+            for op in ops {
+                let mut from = 0;
+                while let Some(i) = line[from..].find(op) {
+                    let at = from + i;
+                    // The receiver, or a closure over a message on the same line
+                    // (`message.as_deref().is_some_and(|m| m.contains(..))`).
+                    let before = line[..at].to_ascii_lowercase();
+                    if ["message", "msg", "note", ".text", "why"]
+                        .iter()
+                        .any(|w| before.contains(w))
+                    {
+                        found.push(format!("{path}:{}: {}", n + 1, line.trim()));
+                    }
+                    from = at + op.len();
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "messages parsed in src/:\n{}", found.join("\n"));
+}

@@ -506,6 +506,12 @@ pub struct DestinationStatus {
     /// When the copy finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<Time>,
+    /// Why a Failed destination failed, as data (the message says it in prose, and may be
+    /// reworded or cut): `SetupRequired` (the cloud is not set up for the region, e.g. it is
+    /// missing from the Keystone catalog: no attempt counted, tried again every minute) or
+    /// `CopyFailed` (an attempt counted, retried with backoff while attempts last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<DestinationReason>,
     /// Attempts made so far.
     #[serde(default)]
     pub attempts: i32,
@@ -530,6 +536,16 @@ pub struct DestinationStatus {
     pub shares: Vec<ShareStatus>,
 }
 
+/// Why a destination is Failed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum DestinationReason {
+    /// The cloud's set-up lacks something only its admin can add (a region missing from the
+    /// catalog): not a failed copy; tried again every minute without counting attempts.
+    SetupRequired,
+    /// The copy failed (an attempt counted).
+    CopyFailed,
+}
+
 /// State of one share.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum SharePhase {
@@ -547,6 +563,32 @@ pub enum SharePhase {
     Withdrawing,
 }
 
+/// Why a share is in its state, as data (the message says the same in prose, and may be
+/// reworded or cut): what `replicate -f`, the retry schedule and the Events read.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ShareReason {
+    /// The image in this region is not available yet.
+    AwaitingImage,
+    /// The share call is to be made, or under way.
+    Sharing,
+    /// Shared; the cloud does not list the member yet (its member lists lag).
+    NotListedYet,
+    /// Shared; the member accepts in its own account (huawei, openstack without acceptWith).
+    AwaitingMember,
+    /// Shared; the operator accepts as the member with its Secret (acceptWith).
+    Accepting,
+    /// The image's members could not be read this time; read again.
+    MembersUnreadable,
+    /// The share was removed outside the operator; shared again.
+    RemovedOutside,
+    /// The member rejected the share.
+    Rejected,
+    /// A share, accept or withdraw call failed (retried while attempts last).
+    CallFailed,
+    /// The account left shareWith; the share is withdrawn.
+    LeftShareWith,
+}
+
 /// Observed state of one share.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -554,6 +596,9 @@ pub struct ShareStatus {
     /// The account or project shared with.
     pub account: String,
     pub state: SharePhase,
+    /// Why it is in that state (absent once in place).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ShareReason>,
     /// Failed share calls so far (reset when the share is in place).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: i32,

@@ -28,7 +28,8 @@ const DRIFT_NOTE: &str = "the copy was deleted outside the operator; copying it 
 /// without counting attempts.
 pub const SETUP_RETRY: Duration = Duration::from_secs(60);
 
-/// How a destination's message says so.
+/// How a destination's message says so (prose only: `DestinationReason::SetupRequired` says
+/// it as data).
 const SETUP_NOTE: &str = "the cloud's admin can fix this; no attempt counted, tried again every";
 
 /// What the engine observed about one destination this time.
@@ -322,6 +323,9 @@ pub fn vm_plan(
             max_attempts,
         };
         share::plan_shares(d, &mut s, &sp, now, &mut p.shares, &mut p.events, &mut wake);
+        if s.phase != DestinationPhase::Failed {
+            s.reason = None;
+        }
         if in_flight(s.phase) {
             p.running.push(d.region.clone());
         }
@@ -527,7 +531,7 @@ fn queue_destination(
         if s.attempts >= max_attempts {
             return false;
         }
-        let setup = s.message.as_deref().is_some_and(|m| m.contains(SETUP_NOTE));
+        let setup = s.reason == Some(DestinationReason::SetupRequired);
         let due = if setup { SETUP_RETRY } else { retry_delay(s.attempts) }.as_secs() as i64;
         match secs_since(&s.completed_at, now) {
             Some(age) if age < due => {
@@ -723,6 +727,7 @@ fn apply_observation(
             // a slow schedule for as long as the cloud's admin has not set it up.
             s.attempts = (s.attempts - 1).max(0);
             stop_failed(s, now);
+            s.reason = Some(DestinationReason::SetupRequired);
             s.message = Some(format!("{} ({SETUP_NOTE} {}s)", e.message, SETUP_RETRY.as_secs()));
             wake.push(SETUP_RETRY);
         }
@@ -796,6 +801,7 @@ fn clear_progress(s: &mut DestinationStatus) {
 /// token, task or image.
 fn stop_failed(s: &mut DestinationStatus, now: &Time) {
     s.phase = DestinationPhase::Failed;
+    s.reason = Some(DestinationReason::CopyFailed);
     s.completed_at = Some(now.clone());
     clear_progress(s);
     s.client_token = None;
@@ -859,9 +865,14 @@ fn phase_event(s: &DestinationStatus) -> Announcement {
                 other => format!("{other:?}").to_lowercase(),
             }),
     };
+    // A region the cloud is not set up for is its own happening, not a failed copy.
+    let reason = match s.reason {
+        Some(DestinationReason::SetupRequired) => "DestinationSetupRequired".to_string(),
+        _ => format!("Destination{:?}", s.phase),
+    };
     Announcement {
         warning: s.phase == DestinationPhase::Failed,
-        reason: format!("Destination{:?}", s.phase),
+        reason,
         note: format!("{}: {what}", s.region),
     }
 }
@@ -1026,8 +1037,12 @@ fn finish(
             )
         })
     {
+        let setup = failed
+            .iter()
+            .any(|d| d.reason == Some(DestinationReason::SetupRequired));
         let r = match waiting {
             Some((why, _)) if copying == 0 => why,
+            _ if setup && copying == 0 => "CloudSetupRequired",
             _ => reason::PROGRESSING,
         };
         let m = with_fail(match (waiting, source_error) {
@@ -1822,6 +1837,84 @@ spec:
             .expect("an Event");
         assert!(e.warning && e.note.contains("40 bytes already sent"), "{e:?}");
         assert_eq!(dest(&p, "two").bytes_copied, Some(0));
+    }
+
+    /// The set-up schedule is read from the status's `reason`, not its words: an OpenStack
+    /// set-up error naming a 2 KiB catalog is cut (1,024 bytes) before the status is written,
+    /// so the note at its end is lost — before, the next plan then took the failed-copy
+    /// schedule (10 s, attempts counted). The condition says what is awaited
+    /// (`CloudSetupRequired`, not `Progressing`) and the Event is its own reason.
+    #[test]
+    fn a_cut_setup_message_keeps_the_setup_schedule() {
+        let mut o = obj();
+        step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[]),
+            0,
+            &[("two", Admission::Granted), ("three", Admission::Granted)],
+        );
+        let regions: Vec<String> = (0..200).map(|i| format!("Region{i:04}")).collect();
+        let long = format!(
+            "no public image endpoint in region two (regions: {})",
+            regions.join(", ")
+        );
+        assert!(long.len() > 2048);
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[("two", DestObs::StartFailed(ProviderError::setup(long)))]),
+            1,
+            &[],
+        );
+        assert!(
+            p.events
+                .iter()
+                .any(|e| e.warning && e.reason == "DestinationSetupRequired"),
+            "{:?}",
+            p.events
+        );
+        // What the shell writes: messages bounded.
+        o.status = Some(crate::redact::status(o.status.take().unwrap()));
+        let d = o
+            .status
+            .as_ref()
+            .unwrap()
+            .destinations
+            .iter()
+            .find(|d| d.region == "two")
+            .unwrap();
+        assert!(d.message.as_deref().unwrap().len() <= 1024 && !d.message.as_deref().unwrap().contains(SETUP_NOTE));
+        assert_eq!(d.reason, Some(DestinationReason::SetupRequired));
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[("three", running("i-3", 10))]),
+            20,
+            &[("two", Admission::Granted)],
+        );
+        assert_eq!(
+            (dest(&p, "two").phase, dest(&p, "two").attempts),
+            (DestinationPhase::Failed, 0),
+            "not after 10 s"
+        );
+        let p = step(
+            &mut o,
+            &Gate::Open,
+            &observed(&[("three", finished("i-3", TaskPhase::Succeeded))]),
+            40,
+            &[],
+        );
+        assert_eq!(dest(&p, "three").phase, DestinationPhase::Available);
+        assert_eq!(
+            cond(&p, "Ready").reason,
+            "CloudSetupRequired",
+            "{:?}",
+            cond(&p, "Ready")
+        );
+        let p = step(&mut o, &Gate::Open, &observed(&[]), 62, &[("two", Admission::Granted)]);
+        assert_eq!(dest(&p, "two").phase, DestinationPhase::Starting, "after a minute");
+        assert_eq!(dest(&p, "two").reason, None, "the reason goes with the phase");
     }
 
     /// A region the cloud is not set up for (OpenStack: missing from the Keystone catalog) is

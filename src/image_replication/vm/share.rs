@@ -18,7 +18,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::ProviderError;
 pub use super::sharing::{Member, MemberStatus, Sharing};
 use crate::api::conditions::Desired;
-use crate::api::v1alpha1::{DestinationPhase, DestinationSpec, DestinationStatus, SharePhase, ShareSpec, ShareStatus};
+use crate::api::v1alpha1::{
+    DestinationPhase, DestinationSpec, DestinationStatus, SharePhase, ShareReason, ShareSpec, ShareStatus,
+};
 use crate::plan::{Announcement, Standing, retry_delay, secs_since, standing_conditions};
 
 /// A share call.
@@ -60,10 +62,9 @@ pub struct ShareWork {
     pub secret: Option<String>,
 }
 
-/// The message of a share that waits for the member, while the cloud lists it as pending.
+/// The message of a share that waits for the member, while the cloud lists it as pending
+/// (prose only: `ShareReason::AwaitingMember` / `Accepting` say it as data).
 const AWAITING: &str = "shared; waiting for the member to accept";
-/// ... and the operator accepts with the member's Secret.
-const ACCEPTING: &str = "accepting with Secret";
 
 /// How often the members are read while only a member who accepts in its own account is
 /// awaited.
@@ -80,10 +81,7 @@ pub fn done(s: &ShareStatus) -> bool {
 pub fn settled(s: &ShareStatus, attempts: i32) -> bool {
     done(s)
         || (s.state == SharePhase::Failed && s.attempts >= attempts)
-        || (s.state == SharePhase::Pending
-            && s.message
-                .as_deref()
-                .is_some_and(|m| m.starts_with(AWAITING) && !m.contains(ACCEPTING)))
+        || (s.state == SharePhase::Pending && s.reason == Some(ShareReason::AwaitingMember))
 }
 
 /// A destination in the source region that only shares: the source itself is shared, nothing
@@ -126,7 +124,7 @@ pub fn plan_shares(
                 set(
                     prev,
                     &w.account,
-                    SharePhase::Pending,
+                    (SharePhase::Pending, Some(ShareReason::AwaitingImage)),
                     0,
                     Some("waits for the image in this region to be available"),
                     now,
@@ -220,6 +218,7 @@ impl<'b> Pass<'_, 'b> {
             Some(Err(e)) => {
                 let mut p = prev.unwrap_or_else(|| new(a, now));
                 if !done(&p) {
+                    p.reason = Some(ShareReason::MembersUnreadable);
                     p.message = Some(format!(
                         "reading the image's members failed (will retry): {}",
                         e.message
@@ -230,6 +229,7 @@ impl<'b> Pass<'_, 'b> {
             None => {
                 return prev.unwrap_or_else(|| {
                     let mut p = new(a, now);
+                    p.reason = Some(ShareReason::Sharing);
                     p.message = Some("sharing".into());
                     p
                 });
@@ -239,22 +239,36 @@ impl<'b> Pass<'_, 'b> {
         let retry_ok = retry_due(prev.as_ref(), max, now, self.wake);
         let needs_accept = self.sp.sharing.is_some_and(|x| x.needs_accept);
         match (seen, w.accept_with.as_ref()) {
-            (Some(MemberStatus::Accepted), _) => set(prev.as_ref(), a, SharePhase::Accepted, 0, None, now),
-            (Some(MemberStatus::Shared), _) => set(prev.as_ref(), a, SharePhase::Shared, 0, None, now),
+            (Some(MemberStatus::Accepted), _) => set(prev.as_ref(), a, (SharePhase::Accepted, None), 0, None, now),
+            (Some(MemberStatus::Shared), _) => set(prev.as_ref(), a, (SharePhase::Shared, None), 0, None, now),
             (Some(MemberStatus::Pending | MemberStatus::Rejected), Some(secret)) if needs_accept => {
                 if retry_ok {
                     self.call(a, ShareCall::Accept, Some(secret.name.clone()));
                 }
-                let m = format!("{AWAITING}; {ACCEPTING} {}", secret.name);
-                keep_failed(prev.as_ref(), a, attempts, m, retry_ok, now)
+                let m = format!("{AWAITING}; accepting with Secret {}", secret.name);
+                keep_failed(prev.as_ref(), a, attempts, (ShareReason::Accepting, m), retry_ok, now)
             }
             (Some(MemberStatus::Pending), _) => {
                 let m = format!("{AWAITING}: accept it in account {a}, or set acceptWith to a Secret of that account");
-                set(prev.as_ref(), a, SharePhase::Pending, 0, Some(&m), now)
+                set(
+                    prev.as_ref(),
+                    a,
+                    (SharePhase::Pending, Some(ShareReason::AwaitingMember)),
+                    0,
+                    Some(&m),
+                    now,
+                )
             }
             (Some(MemberStatus::Rejected), _) => {
                 let m = "the member rejected the share; it can accept it again in its own account";
-                set(prev.as_ref(), a, SharePhase::Failed, max, Some(m), now)
+                set(
+                    prev.as_ref(),
+                    a,
+                    (SharePhase::Failed, Some(ShareReason::Rejected)),
+                    max,
+                    Some(m),
+                    now,
+                )
             }
             (None, _) => {
                 // Our share call, not listed yet (the cloud's member lists lag): waited for,
@@ -265,6 +279,7 @@ impl<'b> Pass<'_, 'b> {
                 {
                     self.wake.push(left);
                     let mut p = p.clone();
+                    p.reason = Some(ShareReason::NotListedYet);
                     p.message = Some(format!(
                         "shared; waiting for the cloud to list account {a} as a member (it lists them up to {lag}s late)"
                     ));
@@ -275,11 +290,14 @@ impl<'b> Pass<'_, 'b> {
                     self.call(a, ShareCall::Share, None);
                 }
                 let m = if prev.as_ref().is_some_and(done) {
-                    "the share was removed outside the operator; sharing again"
+                    (
+                        ShareReason::RemovedOutside,
+                        "the share was removed outside the operator; sharing again",
+                    )
                 } else {
-                    "sharing"
+                    (ShareReason::Sharing, "sharing")
                 };
-                let mut next = keep_failed(prev.as_ref(), a, attempts, m.to_string(), retry_ok, now);
+                let mut next = keep_failed(prev.as_ref(), a, attempts, (m.0, m.1.to_string()), retry_ok, now);
                 if called && lag > 0 {
                     next.called_at = Some(now.clone());
                 }
@@ -319,6 +337,7 @@ impl<'b> Pass<'_, 'b> {
             w.called_at = None;
         }
         w.state = SharePhase::Withdrawing;
+        w.reason = Some(ShareReason::LeftShareWith);
         w.message = Some("the account left shareWith; withdrawing the share".into());
         let lag = self.sp.sharing.map_or(0, |x| x.members_lag);
         match call_unseen_for(Some(&w), lag, self.now) {
@@ -340,6 +359,7 @@ fn new(account: &str, now: &Time) -> ShareStatus {
     ShareStatus {
         account: account.to_string(),
         state: SharePhase::Pending,
+        reason: None,
         attempts: 0,
         since: Some(now.clone()),
         message: None,
@@ -347,11 +367,11 @@ fn new(account: &str, now: &Time) -> ShareStatus {
     }
 }
 
-/// The share in `state`, keeping `since` when the state did not change.
+/// The share in `state` for `reason`, keeping `since` when the state did not change.
 fn set(
     prev: Option<&ShareStatus>,
     account: &str,
-    state: SharePhase,
+    (state, reason): (SharePhase, Option<ShareReason>),
     attempts: i32,
     message: Option<&str>,
     now: &Time,
@@ -363,6 +383,7 @@ fn set(
     ShareStatus {
         account: account.to_string(),
         state,
+        reason,
         attempts,
         since: Some(since),
         message: message.map(String::from),
@@ -370,19 +391,26 @@ fn set(
     }
 }
 
-/// A share waiting for a call: Pending with `message`, or still Failed (with its message)
-/// while its retry is not due.
+/// A share waiting for a call: Pending for `reason`, or still Failed (with its reason and
+/// message) while its retry is not due.
 fn keep_failed(
     prev: Option<&ShareStatus>,
     account: &str,
     attempts: i32,
-    message: String,
+    (reason, message): (ShareReason, String),
     retry_ok: bool,
     now: &Time,
 ) -> ShareStatus {
     match prev {
         Some(p) if p.state == SharePhase::Failed && !retry_ok => p.clone(),
-        _ => set(prev, account, SharePhase::Pending, attempts, Some(&message), now),
+        _ => set(
+            prev,
+            account,
+            (SharePhase::Pending, Some(reason)),
+            attempts,
+            Some(&message),
+            now,
+        ),
     }
 }
 
@@ -450,6 +478,7 @@ fn failure(
     ShareStatus {
         account: account.to_string(),
         state: SharePhase::Failed,
+        reason: Some(ShareReason::CallFailed),
         attempts,
         since: Some(now.clone()),
         message: Some(m),
@@ -459,7 +488,7 @@ fn failure(
 
 /// Whether the cloud listed the account as a member when this status was planned.
 fn was_listed(s: &ShareStatus) -> bool {
-    done(s) || s.message.as_deref().is_some_and(|m| m.starts_with(AWAITING))
+    done(s) || matches!(s.reason, Some(ShareReason::AwaitingMember | ShareReason::Accepting))
 }
 
 /// The Event of a share's change: Shared (listed by the cloud), ShareAccepted, ShareFailed.
@@ -597,6 +626,55 @@ mod tests {
 
     fn calls(st: &Step) -> Vec<(&str, ShareCall)> {
         st.work.iter().map(|w| (w.account.as_str(), w.call)).collect()
+    }
+
+    /// What a share waits for is data (`reason`), and a message may be reworded or cut without
+    /// changing what happens: a member who accepts in its own account is settled (where
+    /// `replicate -f` stops), one the operator accepts for is not, and a member withdrawn after
+    /// it was listed is announced — whatever the message says.
+    #[test]
+    fn a_shares_reason_decides_not_its_message() {
+        let d = dest(&[("p2", None), ("p3", Some("member-p3"))]);
+        let mut s = available();
+        let pending = listed(&[("p2", MemberStatus::Pending), ("p3", MemberStatus::Pending)]);
+        step(&d, &mut s, &openstack::SHARING, Some(&pending), false, 0);
+        let reasons: Vec<_> = s.shares.iter().map(|x| x.reason).collect();
+        assert_eq!(
+            reasons,
+            vec![Some(ShareReason::AwaitingMember), Some(ShareReason::Accepting)]
+        );
+        for x in s.shares.iter_mut() {
+            x.message = Some("reworded".into());
+        }
+        assert!(settled(&s.shares[0], 3));
+        assert!(!settled(&s.shares[1], 3));
+        // p2 leaves shareWith; the cloud no longer lists it: the withdrawal is announced.
+        let st = step(
+            &dest(&[("p3", Some("member-p3"))]),
+            &mut s,
+            &openstack::SHARING,
+            Some(&listed(&[("p3", MemberStatus::Pending)])),
+            false,
+            10,
+        );
+        assert!(
+            st.events
+                .iter()
+                .any(|e| e.reason == "ShareWithdrawn" && e.note.contains("p2")),
+            "{:?}",
+            st.events.iter().map(|e| &e.reason).collect::<Vec<_>>()
+        );
+        assert!(s.shares.iter().all(|x| x.account == "p3"));
+        // In place: no reason left.
+        step(
+            &dest(&[("p3", Some("member-p3"))]),
+            &mut s,
+            &openstack::SHARING,
+            Some(&listed(&[("p3", MemberStatus::Accepted)])),
+            false,
+            20,
+        );
+        assert_eq!((s.shares[0].state, s.shares[0].reason), (SharePhase::Accepted, None));
     }
 
     /// EC2, ECS and CVM list a member some seconds after the call that added it (and keep
