@@ -21,7 +21,7 @@ tools: ## Install what the tests need: helm (.tools/bin), envtest's etcd and kub
 	./hack/install-tools.sh
 	./hack/install-envtest.sh
 
-test: tools image ## Run every test (unit, CEL, fake and real API server, controllers, chart, image)
+test: tools ## Run every test (unit, CEL, fake and real API server, controllers, chart, the image of the test build)
 	HELM=$(HELM) cargo test --no-fail-fast
 
 lint: ## cargo fmt --check and clippy with warnings as errors

@@ -105,6 +105,20 @@ impl Scene {
             .collect()
     }
 
+    /// The notes of `name`'s Events of `reason`, once there are `n` of them.
+    async fn notes(&self, name: &str, reason: &str, n: usize) -> Vec<String> {
+        eventually(WAIT, &format!("{n} Events {reason} for {name}"), || async {
+            let notes: Vec<String> = support::events_in(&self.c, &self.ns, name)
+                .await
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .filter_map(|e| e.note)
+                .collect();
+            (notes.len() >= n).then_some(notes)
+        })
+        .await
+    }
+
     async fn wait_event(&self, name: &str, reason: &str) {
         eventually(WAIT, &format!("Event {reason} for {name}"), || async {
             self.reasons(name).await.iter().any(|r| r == reason).then_some(())
@@ -1045,6 +1059,20 @@ async fn a_golden_image_pipeline_on_real_glance() {
         assert!(v1.iter().all(|id| !ids.contains(id)), "{region}: {ids:?}");
     }
     sc.wait_event("golden", "PreviousCopyDeleted").await;
+    // Each move of the source is its own Event, each new published value too (#32: one
+    // series per reason said "now golden-2, replacing golden-1" after golden-3 came).
+    let moves = sc.notes("golden", "SourceChanged", 2).await;
+    assert_eq!(moves.len(), 2, "{moves:?}");
+    for name in ["(golden-2,", "(golden-3,"] {
+        assert!(moves.iter().any(|m| m.contains(name)), "{name} not in {moves:?}");
+    }
+    let published = sc.notes("golden", "Published", 3).await;
+    for id in [&v1[0], &v2[0]] {
+        assert!(
+            published.iter().any(|n| n.contains(id.as_str())),
+            "{id} not in {published:?}"
+        );
+    }
 
     // Delete: every copy goes, current and earlier; the sources stay.
     api.delete("golden", &DeleteParams::default()).await.unwrap();

@@ -543,9 +543,10 @@ async fn a_second_installation_leaves_the_first_ones_objects_alone() {
     wait_ready(&api, "shared").await;
 }
 
-/// Events as kube's Recorder writes them: a repeat (same type, action, reason and object)
-/// counts in the first one's `series` and keeps its note; another reason is another Event. The
-/// publisher remembers one small entry per distinct event.
+/// Events as kube's Recorder writes them: a repeat (same type, action, reason, object and
+/// note: the same happening) counts in the first one's `series`; another reason, or the same
+/// reason saying something new (issue #32: a source that moved again, a new published value),
+/// is another Event. The publisher remembers one small entry per distinct event.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_repeated_event_counts_in_the_first_ones_series() {
     use image_replication_operator::controller::events::Events;
@@ -572,9 +573,10 @@ async fn a_repeated_event_counts_in_the_first_ones_series() {
         action: "Reconcile".into(),
         secondary: None,
     };
-    for n in 1..=3 {
-        events.publish(&ev("Copying", n), &regarding).await.unwrap();
+    for _ in 1..=3 {
+        events.publish(&ev("Copying", 1), &regarding).await.unwrap();
     }
+    events.publish(&ev("Copying", 2), &regarding).await.unwrap();
     events.publish(&ev("Available", 1), &regarding).await.unwrap();
     let mut got: Vec<(String, String, Option<i32>, String)> = support::events_for(&c, "web")
         .await
@@ -594,9 +596,10 @@ async fn a_repeated_event_counts_in_the_first_ones_series() {
         vec![
             ("Available".into(), "Available 1".into(), None, "op-a".into()),
             ("Copying".into(), "Copying 1".into(), Some(3), "op-a".into()),
+            ("Copying".into(), "Copying 2".into(), None, "op-a".into()),
         ]
     );
-    assert_eq!(events.remembered(), 2);
+    assert_eq!(events.remembered(), 3);
 }
 
 /// What a real API server cannot be made to do on demand, the fake does: status writes answered

@@ -549,229 +549,26 @@ impl Engine {
     /// the source response straight into the PATCH body (never buffered whole), hashed on the
     /// way. After a broken connection the registry says how much it holds; those bytes are read
     /// again from the source only to bring the hash up to that offset, and the upload resumes
-    /// there.
+    /// there ([`Upload::recovery`] decides, a pure function).
     ///
     /// `location` is the session in use; on an error the caller cancels whatever it is then.
-    ///
-    /// Long (about 220 lines) for a reason: one loop holds the state a resume needs — bytes
-    /// confirmed, the hash up to them, the bytes the registry holds ahead, failures and
-    /// restarts — and the source and upload halves of one PATCH run joined inside it; split
-    /// apart, that state would travel through every piece.
     async fn stream_blob(&self, job: &Job<'_>, digest: &str, size: u64, location: &mut String) -> Result<(), OciError> {
-        let (src, dst) = (job.src, job.dst);
-        let mut confirmed: u64 = 0; // bytes the destination holds
-        let mut snapshot = Sha256::new(); // hash of those bytes
-        let mut failures = 0u32;
-        // Upload restarts from zero, never reset by accepted chunks: bounded per blob, so a
-        // registry that keeps cutting uploads cannot make us resend the blob without end.
-        let mut restarts = 0u32;
-        let fail = |failures: &mut u32, e: OciError| -> Result<(), OciError> {
-            *failures += 1;
-            // A resumed PATCH the registry refuses (404 BLOB_UPLOAD_INVALID/UNKNOWN, 416: it kept
-            // a cut chunk's partial bytes) is answered by restarting the upload.
-            let refused_resume = matches!(
-                e,
-                OciError::Http {
-                    op: "upload chunk",
-                    status: 404 | 416,
-                    ..
-                }
-            );
-            if *failures >= job.opts.max_blob_failures || !(e.is_retryable() || refused_resume) {
-                Err(e)
-            } else {
-                Ok(())
+        let src = job.src;
+        let mut up = Upload::new();
+        loop {
+            if up.failures > 0 {
+                tokio::time::sleep(src.retry.delay(up.failures)).await;
             }
-        };
-        let mut held_ahead: u64 = 0; // bytes past `confirmed` the registry already holds
-        'resume: loop {
-            if failures > 0 {
-                tokio::time::sleep(src.retry.delay(failures)).await;
-            }
-            // Held for this try; a `continue 'resume` lets it go before the backoff above.
+            // Held for this try; the next one takes it again after the backoff above.
             let _slot = match &job.opts.transfer_slots {
                 Some(slots) => Some(slots.acquire().await.expect("transfer slots never closed")),
                 None => None,
             };
-            let resp = match src.get_blob(job.src_repo, digest, confirmed).await {
-                Ok(r) => r,
-                Err(e) => {
-                    fail(&mut failures, e)?;
-                    continue 'resume;
-                }
-            };
-            let mut source = resp.bytes_stream();
-            let mut carry: Option<Bytes> = None;
-            // Catch the hash up with what the registry holds beyond `confirmed`.
-            while held_ahead > 0 {
-                let piece = match source.next().await {
-                    Some(Ok(b)) => b,
-                    other => {
-                        let message = match other {
-                            Some(Err(e)) => e.without_url().to_string(),
-                            _ => "the source ended early".into(),
-                        };
-                        fail(
-                            &mut failures,
-                            OciError::Transport {
-                                op: "read blob",
-                                message,
-                            },
-                        )?;
-                        continue 'resume;
-                    }
-                };
-                let take = (piece.len() as u64).min(held_ahead) as usize;
-                snapshot.update(&piece[..take]);
-                confirmed += take as u64;
-                held_ahead -= take as u64;
-                job.progress.bytes_done.fetch_add(take as u64, Ordering::Relaxed);
-                if take < piece.len() {
-                    carry = Some(piece.slice(take..));
-                }
+            if self.try_upload(job, digest, size, location, &mut up).await? {
+                break;
             }
-            while confirmed < size {
-                let len = (job.opts.chunk_size as u64).min(size - confirmed);
-                // Bytes of this PATCH sent so far: progress while it streams.
-                let chunk_sent = AtomicU64::new(0);
-                let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-                let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
-                    rx.recv().await.map(|x| (x, rx))
-                }));
-                let upload = dst.patch_stream(job.dst_repo, location, confirmed, len, body);
-                let mut hasher = snapshot.clone();
-                let source_ref = &mut source;
-                let carry_in = carry.take();
-                let start = confirmed;
-                let chunk_sent_ref = &chunk_sent;
-                let pump = async move {
-                    let mut carry = carry_in;
-                    let mut sent = 0u64;
-                    let mut source_failures = 0u32;
-                    while sent < len {
-                        let piece = match carry.take() {
-                            Some(p) => p,
-                            None => match source_ref.next().await {
-                                Some(Ok(b)) => b,
-                                other => {
-                                    // The source broke: reopen it where we are and keep feeding the
-                                    // same PATCH; the destination never notices.
-                                    source_failures += 1;
-                                    let why = match other {
-                                        Some(Err(e)) => e.without_url().to_string(),
-                                        _ => "the source ended early".to_string(),
-                                    };
-                                    if source_failures >= job.opts.max_blob_failures {
-                                        return Err(why);
-                                    }
-                                    tokio::time::sleep(src.retry.delay(source_failures)).await;
-                                    match src.get_blob(job.src_repo, digest, start + sent).await {
-                                        Ok(r) => *source_ref = r.bytes_stream(),
-                                        Err(e) => return Err(format!("{why}; reopening: {e}")),
-                                    }
-                                    continue;
-                                }
-                            },
-                        };
-                        let want = (len - sent) as usize;
-                        let now = if piece.len() > want {
-                            carry = Some(piece.slice(want..));
-                            piece.slice(..want)
-                        } else {
-                            piece
-                        };
-                        // The rate limit, piece by piece: smooth whatever the PATCH size.
-                        if let Some(limit) = &job.opts.bandwidth {
-                            limit.take(now.len() as u64).await;
-                        }
-                        hasher.update(&now);
-                        sent += now.len() as u64;
-                        chunk_sent_ref.fetch_add(now.len() as u64, Ordering::Relaxed);
-                        job.progress.bytes_done.fetch_add(now.len() as u64, Ordering::Relaxed);
-                        if tx.send(Ok(now)).await.is_err() {
-                            return Err("the upload stopped taking data".to_string());
-                        }
-                    }
-                    Ok((hasher, carry))
-                };
-                let (uploaded, pumped) = tokio::join!(upload, pump);
-                match (uploaded, pumped) {
-                    (Ok(next), Ok((h, rest))) => {
-                        *location = next;
-                        confirmed += len;
-                        snapshot = h;
-                        carry = rest;
-                        failures = 0;
-                        job.counters.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
-                        dst.stats.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
-                    }
-                    (uploaded, pumped) => {
-                        // Not confirmed: out of the progress until the registry says it holds it.
-                        job.progress
-                            .bytes_done
-                            .fetch_sub(chunk_sent.load(Ordering::Relaxed), Ordering::Relaxed);
-                        let err = match (uploaded, pumped) {
-                            (_, Err(message)) => OciError::Transport {
-                                op: "read blob",
-                                message,
-                            },
-                            (Err(e), _) => e,
-                            _ => unreachable!("both succeeded above"),
-                        };
-                        let refused = matches!(err, OciError::Http { status: 404 | 416, .. });
-                        let why = err.to_string();
-                        fail(&mut failures, err)?;
-                        // How much did the registry keep?
-                        let status = if refused {
-                            None
-                        } else {
-                            dst.upload_status(job.dst_repo, location).await.ok()
-                        };
-                        match status {
-                            Some((held, loc)) if held >= confirmed && held <= confirmed + len => {
-                                *location = loc;
-                                held_ahead = held - confirmed;
-                            }
-                            _ => {
-                                // Unknown or refused state: start this blob again from zero,
-                                // a bounded number of times.
-                                restarts += 1;
-                                if restarts > job.opts.max_blob_failures {
-                                    return Err(OciError::Transport {
-                                        op: "upload blob",
-                                        message: format!(
-                                            "{digest}: gave up after {} upload restarts ({} of {size} bytes held at the last one): {why}",
-                                            restarts - 1,
-                                            confirmed
-                                        ),
-                                    });
-                                }
-                                self.abandon(job, location).await;
-                                *location = dst.start_upload(job.dst_repo).await?;
-                                dst.stats.upload_restarts.fetch_add(1, Ordering::Relaxed);
-                                job.progress.bytes_done.fetch_sub(confirmed, Ordering::Relaxed);
-                                confirmed = 0;
-                                held_ahead = 0;
-                                snapshot = Sha256::new();
-                            }
-                        }
-                        continue 'resume;
-                    }
-                }
-            }
-            // Nothing may follow the declared size.
-            let extra =
-                carry.is_some_and(|c| !c.is_empty()) || matches!(source.next().await, Some(Ok(b)) if !b.is_empty());
-            if extra {
-                return Err(OciError::DigestMismatch {
-                    what: format!("blob {digest} from {}", src.addr.host),
-                    expected: format!("{size} bytes"),
-                    got: format!("more than {size} bytes"),
-                });
-            }
-            break;
         }
-        let got = format!("sha256:{}", hex(&snapshot.finalize()));
+        let got = format!("sha256:{}", hex(&up.snapshot.finalize()));
         if got != digest {
             return Err(OciError::DigestMismatch {
                 what: format!("blob read from {}/{}", src.addr.host, job.src_repo),
@@ -779,7 +576,157 @@ impl Engine {
                 got,
             });
         }
-        dst.finish_upload(job.dst_repo, location, digest).await
+        job.dst.finish_upload(job.dst_repo, location, digest).await
+    }
+
+    /// One try: open the source where the upload stands, catch the hash up with what the
+    /// registry holds ahead, send the rest chunk by chunk. `Ok(true)`: every byte is confirmed;
+    /// `Ok(false)`: try again (the failure is counted in `up`); `Err`: give up.
+    async fn try_upload(
+        &self,
+        job: &Job<'_>,
+        digest: &str,
+        size: u64,
+        location: &mut String,
+        up: &mut Upload,
+    ) -> Result<bool, OciError> {
+        let max = job.opts.max_blob_failures;
+        let mut source: Source = match job.src.get_blob(job.src_repo, digest, up.confirmed).await {
+            Ok(r) => r.bytes_stream().boxed(),
+            Err(e) => return up.retry(e, max).map(|_| false),
+        };
+        let mut carry = match catch_up(job, &mut source, up).await {
+            Ok(carry) => carry,
+            Err(e) => return up.retry(e, max).map(|_| false),
+        };
+        while up.confirmed < size {
+            let len = (job.opts.chunk_size as u64).min(size - up.confirmed);
+            match self
+                .send_chunk(job, digest, &mut source, carry.take(), location, up, len)
+                .await
+            {
+                Ok(rest) => carry = rest,
+                Err(err) => {
+                    self.recover(job, digest, size, location, up, len, err).await?;
+                    return Ok(false);
+                }
+            }
+        }
+        // Nothing may follow the declared size.
+        let extra = carry.is_some_and(|c| !c.is_empty()) || matches!(source.next().await, Some(Ok(b)) if !b.is_empty());
+        if extra {
+            return Err(OciError::DigestMismatch {
+                what: format!("blob {digest} from {}", job.src.addr.host),
+                expected: format!("{size} bytes"),
+                got: format!("more than {size} bytes"),
+            });
+        }
+        Ok(true)
+    }
+
+    /// One PATCH of `len` bytes at `up.confirmed`, fed from the source as it reads (a broken
+    /// source is reopened where it stands; the destination never notices). Accepted: the
+    /// upload moves on and the bytes read past the chunk come back. Not: its bytes leave the
+    /// progress again and the error comes back.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_chunk(
+        &self,
+        job: &Job<'_>,
+        digest: &str,
+        source: &mut Source,
+        carry: Option<Bytes>,
+        location: &mut String,
+        up: &mut Upload,
+        len: u64,
+    ) -> Result<Option<Bytes>, OciError> {
+        let dst = job.dst;
+        // Bytes of this PATCH sent so far: progress while it streams.
+        let chunk_sent = AtomicU64::new(0);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|x| (x, rx))
+        }));
+        let upload = dst.patch_stream(job.dst_repo, location, up.confirmed, len, body);
+        let feed = Feed {
+            job,
+            digest,
+            start: up.confirmed,
+            len,
+            sent: &chunk_sent,
+        };
+        let pump = feed.pump(source, carry, up.snapshot.clone(), tx);
+        match tokio::join!(upload, pump) {
+            (Ok(next), Ok((hash, rest))) => {
+                *location = next;
+                up.accepted(len, hash);
+                job.counters.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
+                dst.stats.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
+                Ok(rest)
+            }
+            (uploaded, pumped) => {
+                // Not confirmed: out of the progress until the registry says it holds it.
+                job.progress
+                    .bytes_done
+                    .fetch_sub(chunk_sent.load(Ordering::Relaxed), Ordering::Relaxed);
+                Err(match (uploaded, pumped) {
+                    (_, Err(message)) => OciError::Transport {
+                        op: "read blob",
+                        message,
+                    },
+                    (Err(e), _) => e,
+                    (Ok(_), Ok(_)) => unreachable!("both succeeded above"),
+                })
+            }
+        }
+    }
+
+    /// After a chunk failed: counted (`Err` when the failures are used up), then resumed where
+    /// the registry says it stands, or started again from byte 0 on a new session (bounded).
+    #[allow(clippy::too_many_arguments)]
+    async fn recover(
+        &self,
+        job: &Job<'_>,
+        digest: &str,
+        size: u64,
+        location: &mut String,
+        up: &mut Upload,
+        len: u64,
+        err: OciError,
+    ) -> Result<(), OciError> {
+        let dst = job.dst;
+        let refused = matches!(err, OciError::Http { status: 404 | 416, .. });
+        let why = err.to_string();
+        up.retry(err, job.opts.max_blob_failures)?;
+        // How much did the registry keep?
+        let status = if refused {
+            None
+        } else {
+            dst.upload_status(job.dst_repo, location).await.ok()
+        };
+        let held = status.as_ref().map(|(held, _)| *held);
+        match up.recovery(len, held, job.opts.max_blob_failures) {
+            Recovery::Resume { held } => {
+                *location = status.expect("a held count comes with its location").1;
+                up.held_ahead = held - up.confirmed;
+            }
+            Recovery::GiveUp => {
+                return Err(OciError::Transport {
+                    op: "upload blob",
+                    message: format!(
+                        "{digest}: gave up after {} upload restarts ({} of {size} bytes held at the last one): {why}",
+                        up.restarts, up.confirmed
+                    ),
+                });
+            }
+            Recovery::Restart => {
+                self.abandon(job, location).await;
+                *location = dst.start_upload(job.dst_repo).await?;
+                dst.stats.upload_restarts.fetch_add(1, Ordering::Relaxed);
+                job.progress.bytes_done.fetch_sub(up.confirmed, Ordering::Relaxed);
+                up.restart();
+            }
+        }
+        Ok(())
     }
 
     /// Cancel an upload session this copy gives up. One the registry no longer has is fine;
@@ -798,11 +745,271 @@ impl Engine {
     }
 }
 
+/// A blob's bytes as the source sends them.
+type Source = futures::stream::BoxStream<'static, reqwest::Result<Bytes>>;
+
+/// Where one blob's upload stands between tries.
+struct Upload {
+    /// Bytes the destination holds.
+    confirmed: u64,
+    /// The hash of those bytes.
+    snapshot: Sha256,
+    /// Bytes past `confirmed` the registry already holds: read from the source again only to
+    /// bring the hash up to them, not sent.
+    held_ahead: u64,
+    /// Failed tries since the last accepted chunk.
+    failures: u32,
+    /// Restarts from byte 0, never reset by accepted chunks: bounded per blob, so a registry
+    /// that keeps cutting uploads cannot make us resend the blob without end.
+    restarts: u32,
+}
+
+/// What a failed chunk leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recovery {
+    /// The registry holds `held` bytes of the blob (within the failed chunk): resume there.
+    Resume { held: u64 },
+    /// Unknown or refused state: the blob starts again from byte 0 on a new session.
+    Restart,
+    /// Restarted as often as allowed: the blob fails.
+    GiveUp,
+}
+
+impl Upload {
+    fn new() -> Self {
+        Self {
+            confirmed: 0,
+            snapshot: Sha256::new(),
+            held_ahead: 0,
+            failures: 0,
+            restarts: 0,
+        }
+    }
+
+    /// A failure, counted: `Err(e)` when no try is left for it — `max_failures` reached, or an
+    /// error a retry cannot mend (a resumed PATCH the registry refuses, 404
+    /// BLOB_UPLOAD_INVALID/UNKNOWN or 416, is mended by a restart).
+    fn retry(&mut self, e: OciError, max_failures: u32) -> Result<(), OciError> {
+        self.failures += 1;
+        let refused_resume = matches!(
+            e,
+            OciError::Http {
+                op: "upload chunk",
+                status: 404 | 416,
+                ..
+            }
+        );
+        if self.failures >= max_failures || !(e.is_retryable() || refused_resume) {
+            Err(e)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// After a chunk of `len` bytes failed and the registry said it holds `held` bytes in all
+    /// (`None`: it would not say, or refused the session).
+    fn recovery(&self, len: u64, held: Option<u64>, max_failures: u32) -> Recovery {
+        match held {
+            Some(h) if h >= self.confirmed && h <= self.confirmed + len => Recovery::Resume { held: h },
+            _ if self.restarts >= max_failures => Recovery::GiveUp,
+            _ => Recovery::Restart,
+        }
+    }
+
+    fn accepted(&mut self, len: u64, hash: Sha256) {
+        self.confirmed += len;
+        self.snapshot = hash;
+        self.failures = 0;
+    }
+
+    fn restart(&mut self) {
+        self.restarts += 1;
+        self.confirmed = 0;
+        self.held_ahead = 0;
+        self.snapshot = Sha256::new();
+    }
+}
+
+/// Bring the hash up to what the registry holds past `up.confirmed` (`up.held_ahead`), from
+/// the source; returns the bytes read past that.
+async fn catch_up(job: &Job<'_>, source: &mut Source, up: &mut Upload) -> Result<Option<Bytes>, OciError> {
+    let mut carry = None;
+    while up.held_ahead > 0 {
+        let piece = match source.next().await {
+            Some(Ok(b)) => b,
+            other => {
+                return Err(OciError::Transport {
+                    op: "read blob",
+                    message: source_broke(other),
+                });
+            }
+        };
+        let take = (piece.len() as u64).min(up.held_ahead) as usize;
+        up.snapshot.update(&piece[..take]);
+        up.confirmed += take as u64;
+        up.held_ahead -= take as u64;
+        job.progress.bytes_done.fetch_add(take as u64, Ordering::Relaxed);
+        if take < piece.len() {
+            carry = Some(piece.slice(take..));
+        }
+    }
+    Ok(carry)
+}
+
+/// Why a source stream gave no more bytes.
+fn source_broke(next: Option<reqwest::Result<Bytes>>) -> String {
+    match next {
+        Some(Err(e)) => e.without_url().to_string(),
+        _ => "the source ended early".into(),
+    }
+}
+
+/// The source half of one PATCH.
+struct Feed<'a, 'j> {
+    job: &'a Job<'j>,
+    digest: &'a str,
+    /// Where the chunk starts in the blob, and its length.
+    start: u64,
+    len: u64,
+    /// Bytes of the chunk sent so far (progress while it streams).
+    sent: &'a AtomicU64,
+}
+
+impl Feed<'_, '_> {
+    /// Feed the chunk's bytes into the PATCH body, hashing them: from `carry` first, then the
+    /// source, reopened where it stands when it breaks (bounded). Returns the hash and the
+    /// bytes read past the chunk.
+    async fn pump(
+        &self,
+        source: &mut Source,
+        mut carry: Option<Bytes>,
+        mut hasher: Sha256,
+        tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    ) -> Result<(Sha256, Option<Bytes>), String> {
+        let (job, src) = (self.job, self.job.src);
+        let mut sent = 0u64;
+        let mut source_failures = 0u32;
+        while sent < self.len {
+            let piece = match carry.take() {
+                Some(p) => p,
+                None => match source.next().await {
+                    Some(Ok(b)) => b,
+                    other => {
+                        source_failures += 1;
+                        let why = source_broke(other);
+                        if source_failures >= job.opts.max_blob_failures {
+                            return Err(why);
+                        }
+                        tokio::time::sleep(src.retry.delay(source_failures)).await;
+                        match src.get_blob(job.src_repo, self.digest, self.start + sent).await {
+                            Ok(r) => *source = r.bytes_stream().boxed(),
+                            Err(e) => return Err(format!("{why}; reopening: {e}")),
+                        }
+                        continue;
+                    }
+                },
+            };
+            let want = (self.len - sent) as usize;
+            let now = if piece.len() > want {
+                carry = Some(piece.slice(want..));
+                piece.slice(..want)
+            } else {
+                piece
+            };
+            // The rate limit, piece by piece: smooth whatever the PATCH size.
+            if let Some(limit) = &job.opts.bandwidth {
+                limit.take(now.len() as u64).await;
+            }
+            hasher.update(&now);
+            sent += now.len() as u64;
+            self.sent.fetch_add(now.len() as u64, Ordering::Relaxed);
+            job.progress.bytes_done.fetch_add(now.len() as u64, Ordering::Relaxed);
+            if tx.send(Ok(now)).await.is_err() {
+                return Err("the upload stopped taking data".to_string());
+            }
+        }
+        Ok((hasher, carry))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
+
+    /// The recovery decision of a failed chunk, as a table: resume where the registry says it
+    /// stands when that lies within the chunk; otherwise restart from byte 0, at most
+    /// `max_blob_failures` times per blob (restarts are never reset by accepted chunks).
+    #[test]
+    fn a_failed_chunk_resumes_restarts_or_gives_up() {
+        let at = |confirmed: u64, restarts: u32| Upload {
+            confirmed,
+            restarts,
+            ..Upload::new()
+        };
+        let max = 3;
+        for (case, up, held, want) in [
+            (
+                "held within the chunk",
+                at(100, 0),
+                Some(150),
+                Recovery::Resume { held: 150 },
+            ),
+            (
+                "held nothing new",
+                at(100, 0),
+                Some(100),
+                Recovery::Resume { held: 100 },
+            ),
+            (
+                "held the whole chunk",
+                at(100, 0),
+                Some(164),
+                Recovery::Resume { held: 164 },
+            ),
+            ("held more than was sent", at(100, 0), Some(165), Recovery::Restart),
+            ("held less than confirmed", at(100, 0), Some(50), Recovery::Restart),
+            ("would not say", at(100, 2), None, Recovery::Restart),
+            ("restarted as often as allowed", at(100, 3), None, Recovery::GiveUp),
+            (
+                "resumes even then",
+                at(100, 3),
+                Some(120),
+                Recovery::Resume { held: 120 },
+            ),
+        ] {
+            assert_eq!(up.recovery(64, held, max), want, "{case}");
+        }
+        // Failures: retryable ones and refused resumes are tried again, until the bound.
+        let http = |op, status| OciError::Http {
+            op,
+            status,
+            code: None,
+            message: String::new(),
+        };
+        let mut up = Upload::new();
+        assert!(
+            up.retry(http("upload chunk", 416), max).is_ok(),
+            "a refused resume restarts"
+        );
+        assert!(up.retry(http("upload chunk", 503), max).is_ok());
+        assert!(
+            up.retry(http("upload chunk", 503), max).is_err(),
+            "the third failure in a row"
+        );
+        let mut up = Upload::new();
+        assert!(up.retry(http("read blob", 403), max).is_err(), "not retryable");
+        let mut up = Upload::new();
+        up.retry(http("upload chunk", 503), max).unwrap();
+        up.accepted(64, Sha256::new());
+        up.restart();
+        assert_eq!(
+            (up.failures, up.restarts, up.confirmed),
+            (0, 1, 0),
+            "accepted resets failures, not restarts"
+        );
+    }
 
     #[tokio::test]
     async fn a_claimed_key_waits_its_second_claimant_until_the_first_lets_go() {

@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::api::v1alpha1::ProviderKind;
+
 /// Every metric family of the operator, registered in one [`Registry`].
 #[derive(Clone)]
 pub struct Metrics {
@@ -50,246 +52,160 @@ impl Default for Metrics {
     }
 }
 
+/// The metric families of one registry: each defined and registered in one call.
+struct Families(Registry);
+
+impl Families {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0.register(Box::new(c.clone())).expect("metric registered once");
+        c
+    }
+    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::IntGaugeVec {
+        self.register(prometheus::IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.register(IntGauge::new(name, help).expect("valid metric"))
+    }
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.register(HistogramVec::new(opts, labels).expect("valid metric"))
+    }
+}
+
+/// The cloud providers' label values (every VM provider kind of the API).
+fn cloud_labels() -> impl Iterator<Item = &'static str> {
+    ProviderKind::ALL
+        .into_iter()
+        .filter(|k| *k != ProviderKind::Oci)
+        .map(ProviderKind::as_str)
+}
+
 impl Metrics {
-    /// Every metric, defined and registered. Long (about 190 lines) by nature: one
-    /// definition a metric with its name, help text and labels, in the order `/metrics`
-    /// shows them; splitting it would only scatter the list.
+    /// Every metric, defined and registered, in the order `/metrics` shows them.
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("imgrep".into()), None).expect("static prefix");
-        let reconcile_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "reconcile_duration_seconds",
-                "Time spent in one reconcile, by controller.",
-            )
-            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
-            &["controller"],
-        )
-        .expect("valid metric");
-        let reconciliations = IntCounterVec::new(
-            Opts::new("reconciliations_total", "Reconciles run, by controller."),
-            &["controller"],
-        )
-        .expect("valid metric");
-        let reconcile_errors = IntCounterVec::new(
-            Opts::new(
-                "reconcile_errors_total",
-                "Reconciles that failed, by controller and error category.",
-            ),
-            &["controller", "category"],
-        )
-        .expect("valid metric");
-        let cleanup_blocked = IntCounterVec::new(
-            Opts::new(
-                "cleanup_blocked_total",
-                "Deletes whose cleanup could not finish yet (retried with backoff), by controller.",
-            ),
-            &["controller"],
-        )
-        .expect("valid metric");
-        let owned_elsewhere = IntCounterVec::new(
-            Opts::new(
-                "objects_owned_elsewhere_total",
-                "Reconciles left alone because the object names another installation of the operator, by controller.",
-            ),
-            &["controller"],
-        )
-        .expect("valid metric");
-        let leader = IntGauge::new(
-            "leader",
-            "1 while this instance holds the leader lease (or runs without election).",
-        )
-        .expect("valid metric");
-        let registry_request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "registry_request_duration_seconds",
-                "Registry API requests by operation and outcome.",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            &["operation", "outcome"],
-        )
-        .expect("valid metric");
-        let copy_tasks = IntCounterVec::new(
-            Opts::new(
-                "copy_tasks_total",
-                "Finished copy tasks by provider and outcome (copied, up_to_date, failed).",
-            ),
-            &["provider", "outcome"],
-        )
-        .expect("valid metric");
-        let bytes_transferred = IntCounterVec::new(
-            Opts::new(
-                "bytes_transferred_total",
-                "Bytes uploaded to destinations, by provider.",
-            ),
-            &["provider"],
-        )
-        .expect("valid metric");
-        let copy_tasks_running = IntGauge::new("copy_tasks_running", "Copy tasks running now.").expect("valid metric");
-        let notifications = IntCounterVec::new(
-            Opts::new("notifications_total", "Registry notifications received, by outcome."),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        let replica_artifacts = IntCounterVec::new(
-            Opts::new(
-                "replica_artifacts_total",
-                "Replica artifacts by result (copied, deleted, failed, conflict).",
-            ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let replica_lag = prometheus::Gauge::new(
-            "replica_lag_seconds",
-            "Age of the oldest change on a primary not yet applied to its replica (largest over all ReplicaInstances).",
-        )
-        .expect("valid metric");
-        let sync_queue_depth = IntGauge::new(
-            "sync_queue_depth",
-            "Artifacts waiting to be transferred by running syncs.",
-        )
-        .expect("valid metric");
-        let vm_copies = prometheus::IntGaugeVec::new(
-            Opts::new("vm_copies", "VM image copy tasks by provider and destination phase."),
-            &["provider", "phase"],
-        )
-        .expect("valid metric");
-        let vm_shares = prometheus::IntGaugeVec::new(
-            Opts::new(
-                "vm_shares",
-                "VM image shares with other accounts by provider and state.",
-            ),
-            &["provider", "state"],
-        )
-        .expect("valid metric");
-        let destination_outdated = prometheus::IntGaugeVec::new(
-            Opts::new(
+        let f = Families(Registry::new_custom(Some("imgrep".into()), None).expect("static prefix"));
+        let m = Self {
+            vm_copies: f.gauges("vm_copies", "VM image copy tasks by provider and destination phase.", &["provider", "phase"]),
+            vm_shares: f.gauges("vm_shares", "VM image shares with other accounts by provider and state.", &["provider", "state"]),
+            destination_outdated: f.gauges(
                 "destinations_outdated",
                 "ImageReplication destinations whose region has no Available copy of the object's current source (a followed source or an oci tag moved on, or the first copy is not done), by provider and region.",
+                &["provider", "region"],
             ),
-            &["provider", "region"],
-        )
-        .expect("valid metric");
-        let destination_outdated_since = prometheus::GaugeVec::new(
-            Opts::new(
-                "destinations_outdated_since_timestamp_seconds",
-                "The oldest outdated destination of the provider and region: when its current source was found (Unix seconds; time() minus it is the age); 0 when none is outdated.",
+            destination_outdated_since: f.register(
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "destinations_outdated_since_timestamp_seconds",
+                        "The oldest outdated destination of the provider and region: when its current source was found (Unix seconds; time() minus it is the age); 0 when none is outdated.",
+                    ),
+                    &["provider", "region"],
+                )
+                .expect("valid metric"),
             ),
-            &["provider", "region"],
-        )
-        .expect("valid metric");
-        let copy_slot_waits = IntCounterVec::new(
-            Opts::new(
+            copy_queue_depth: f.gauge("copy_queue_depth", "VM image copies waiting for a per-account quota slot."),
+            copy_slot_waits: f.counter(
                 "copy_slot_waits_total",
                 "VM copies this process would have started that found every copy slot of the account held by the installation's other processes (shards), by provider.",
+                &["provider"],
             ),
-            &["provider"],
-        )
-        .expect("valid metric");
-        let copy_queue_depth = IntGauge::new(
-            "copy_queue_depth",
-            "VM image copies waiting for a per-account quota slot.",
-        )
-        .expect("valid metric");
-        let copy_duration = HistogramVec::new(
-            HistogramOpts::new(
+            copy_duration: f.histogram(
                 "copy_task_duration_seconds",
                 "Time from start to Available of VM image copies, by provider.",
-            )
-            .buckets(vec![
-                1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0,
-            ]),
-            &["provider"],
-        )
-        .expect("valid metric");
-        let provider_request_duration = HistogramVec::new(
-            HistogramOpts::new(
+                &[1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0],
+                &["provider"],
+            ),
+            provider_request_duration: f.histogram(
                 "provider_request_duration_seconds",
                 "Image-service requests by provider, operation and outcome.",
-            )
-            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
-            &["provider", "operation", "outcome"],
-        )
-        .expect("valid metric");
-        for c in [
-            Box::new(vm_copies.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(vm_shares.clone()),
-            Box::new(destination_outdated.clone()),
-            Box::new(destination_outdated_since.clone()),
-            Box::new(copy_queue_depth.clone()),
-            Box::new(copy_slot_waits.clone()),
-            Box::new(copy_duration.clone()),
-            Box::new(provider_request_duration.clone()),
-            Box::new(reconcile_duration.clone()),
-            Box::new(reconciliations.clone()),
-            Box::new(reconcile_errors.clone()),
-            Box::new(cleanup_blocked.clone()),
-            Box::new(owned_elsewhere.clone()),
-            Box::new(leader.clone()),
-            Box::new(registry_request_duration.clone()),
-            Box::new(copy_tasks.clone()),
-            Box::new(bytes_transferred.clone()),
-            Box::new(copy_tasks_running.clone()),
-            Box::new(notifications.clone()),
-            Box::new(replica_artifacts.clone()),
-            Box::new(replica_lag.clone()),
-            Box::new(sync_queue_depth.clone()),
-        ] {
-            registry.register(c).expect("metric registered once");
-        }
-        // Counters start at zero for their known label values, so that dashboards and alerts
-        // (rate, increase, absent) see every series from the first scrape.
-        for provider in ["huawei", "alibaba", "aws", "tencent", "openstack"] {
-            copy_slot_waits.with_label_values(&[provider]);
+                &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+                &["provider", "operation", "outcome"],
+            ),
+            reconcile_duration: f.histogram(
+                "reconcile_duration_seconds",
+                "Time spent in one reconcile, by controller.",
+                &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+                &["controller"],
+            ),
+            reconciliations: f.counter("reconciliations_total", "Reconciles run, by controller.", &["controller"]),
+            reconcile_errors: f.counter(
+                "reconcile_errors_total",
+                "Reconciles that failed, by controller and error category.",
+                &["controller", "category"],
+            ),
+            cleanup_blocked: f.counter(
+                "cleanup_blocked_total",
+                "Deletes whose cleanup could not finish yet (retried with backoff), by controller.",
+                &["controller"],
+            ),
+            owned_elsewhere: f.counter(
+                "objects_owned_elsewhere_total",
+                "Reconciles left alone because the object names another installation of the operator, by controller.",
+                &["controller"],
+            ),
+            leader: f.gauge("leader", "1 while this instance holds the leader lease (or runs without election)."),
+            registry_request_duration: f.histogram(
+                "registry_request_duration_seconds",
+                "Registry API requests by operation and outcome.",
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+                &["operation", "outcome"],
+            ),
+            copy_tasks: f.counter(
+                "copy_tasks_total",
+                "Finished copy tasks by provider and outcome (copied, up_to_date, failed).",
+                &["provider", "outcome"],
+            ),
+            bytes_transferred: f.counter("bytes_transferred_total", "Bytes uploaded to destinations, by provider.", &["provider"]),
+            copy_tasks_running: f.gauge("copy_tasks_running", "Copy tasks running now."),
+            notifications: f.counter("notifications_total", "Registry notifications received, by outcome.", &["outcome"]),
+            replica_artifacts: f.counter(
+                "replica_artifacts_total",
+                "Replica artifacts by result (copied, deleted, failed, conflict).",
+                &["result"],
+            ),
+            replica_lag: f.register(
+                prometheus::Gauge::new(
+                    "replica_lag_seconds",
+                    "Age of the oldest change on a primary not yet applied to its replica (largest over all ReplicaInstances).",
+                )
+                .expect("valid metric"),
+            ),
+            sync_queue_depth: f.gauge("sync_queue_depth", "Artifacts waiting to be transferred by running syncs."),
+            registry: f.0,
+        };
+        m.seed();
+        m
+    }
+
+    /// Counters start at zero for their known label values, so that dashboards and alerts
+    /// (rate, increase, absent) see every series from the first scrape. The values come from
+    /// where they are made (the API's provider kinds, the error categories), not a copy here.
+    fn seed(&self) {
+        for provider in cloud_labels() {
+            self.copy_slot_waits.with_label_values(&[provider]);
+            self.copy_duration.with_label_values(&[provider]);
         }
         for controller in ["image_replication", "replica_instance"] {
-            reconciliations.with_label_values(&[controller]);
-            cleanup_blocked.with_label_values(&[controller]);
-            owned_elsewhere.with_label_values(&[controller]);
-            for category in ["kube", "finalizer", "provider", "timeout"] {
-                reconcile_errors.with_label_values(&[controller, category]);
+            self.reconciliations.with_label_values(&[controller]);
+            self.cleanup_blocked.with_label_values(&[controller]);
+            self.owned_elsewhere.with_label_values(&[controller]);
+            for category in crate::Error::CATEGORIES {
+                self.reconcile_errors.with_label_values(&[controller, category]);
             }
         }
         for outcome in ["copied", "up_to_date", "failed"] {
-            copy_tasks.with_label_values(&["oci", outcome]);
+            self.copy_tasks.with_label_values(&["oci", outcome]);
         }
         for provider in ["oci", "oci_replica", "openstack"] {
-            bytes_transferred.with_label_values(&[provider]);
+            self.bytes_transferred.with_label_values(&[provider]);
         }
         for result in ["copied", "deleted", "failed", "conflict"] {
-            replica_artifacts.with_label_values(&[result]);
+            self.replica_artifacts.with_label_values(&[result]);
         }
         for outcome in ["accepted", "not_configured", "standby", "unauthorized", "bad_payload"] {
-            notifications.with_label_values(&[outcome]);
-        }
-        for provider in ["huawei", "alibaba", "aws", "tencent", "openstack"] {
-            copy_duration.with_label_values(&[provider]);
-        }
-        Self {
-            registry,
-            reconcile_duration,
-            reconciliations,
-            reconcile_errors,
-            cleanup_blocked,
-            owned_elsewhere,
-            leader,
-            registry_request_duration,
-            copy_tasks,
-            bytes_transferred,
-            copy_tasks_running,
-            notifications,
-            replica_artifacts,
-            replica_lag,
-            sync_queue_depth,
-            vm_copies,
-            vm_shares,
-            destination_outdated,
-            destination_outdated_since,
-            copy_queue_depth,
-            copy_slot_waits,
-            copy_duration,
-            provider_request_duration,
+            self.notifications.with_label_values(&[outcome]);
         }
     }
 

@@ -161,6 +161,16 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// Every kind of the API.
+    pub const ALL: [ProviderKind; 6] = [
+        Self::Huawei,
+        Self::Alibaba,
+        Self::Aws,
+        Self::Tencent,
+        Self::Openstack,
+        Self::Oci,
+    ];
+
     /// The lowercase name used in manifests, metrics and messages.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -250,7 +250,6 @@ pub fn vm_plan(
     let old = obj.status.clone().unwrap_or_default();
     let retry = retry_requested(obj);
     let redrive = old.observed_generation != obj.metadata.generation || retry.is_some();
-    let created = obj.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second());
     let key = crate::api::key_of(obj);
 
     let (source, source_error) = match &obs.source {
@@ -271,70 +270,37 @@ pub fn vm_plan(
         refused: refused.clone(),
         ..Default::default()
     };
-    let sharing = super::providers::sharing(kind);
-    let start_now = StartNow {
-        may_start,
-        waiting: waiting.as_deref(),
-        source_error: source_error.as_ref(),
-        created,
-        key: &key,
-        window: held.as_ref().map(|(m, d)| (m.as_str(), *d)),
-    };
     let mut wake: Vec<Duration> = Vec::new();
-    let mut destinations = Vec::new();
     let old_source = old.source.as_ref().and_then(|s| s.image_id.as_deref());
-    // `follow`: the source this plan copies, when it was looked up this time.
-    let newer = source
-        .as_ref()
-        .filter(|_| follow::following(&spec.source))
-        .map(|s| s.id.clone());
+    let round = Round {
+        gate,
+        obs,
+        now,
+        max_attempts,
+        redrive,
+        source_region: &spec.source.region,
+        can_start: *gate == Gate::Open && source.is_some(),
+        sharing: super::providers::sharing(kind),
+        start_now: StartNow {
+            may_start,
+            source: source.as_ref(),
+            waiting: waiting.as_deref(),
+            source_error: source_error.as_ref(),
+            created: obj.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()),
+            key: &key,
+            window: held.as_ref().map(|(m, d)| (m.as_str(), *d)),
+        },
+        // `follow`: the source this plan copies, when it was looked up this time.
+        newer: source
+            .as_ref()
+            .filter(|_| follow::following(&spec.source))
+            .map(|s| s.id.as_str()),
+        old_source,
+    };
     let mut previous = old.previous.clone();
+    let mut destinations = Vec::new();
     for (index, d) in spec.destinations.iter().enumerate() {
-        let mut s = old.destination_or_new(&d.region);
-        s.owner = d.account.as_ref().map(|a| a.id.clone());
-        let before = s.phase;
-        let o = obs.dests.get(&d.region).unwrap_or(&DestObs::Unchecked);
-        if redrive && matches!(s.phase, DestinationPhase::Failed) {
-            s.attempts = 0;
-            s.phase = DestinationPhase::Pending;
-            s.message = None;
-        }
-        if share::share_only(&spec.source.region, d) {
-            shared_in_place(&mut s, source.as_ref().filter(|_| may_start));
-        } else {
-            let can_start = *gate == Gate::Open && source.is_some();
-            let at = Clock {
-                now,
-                max_attempts,
-                listing: obs.listing,
-            };
-            apply_observation(&mut p, &mut s, before, o, can_start, &at, &mut wake);
-            if let Some(current) = newer.as_deref().filter(|_| *gate == Gate::Open) {
-                let cancel = follow::supersede(&mut s, current, old_source, obs.can_cancel, &mut previous);
-                p.cancel.extend(cancel);
-            }
-            queue_destination(&mut p, &mut s, gate, index, &start_now, now, max_attempts, &mut wake);
-        }
-        let sp = SharePlan {
-            sharing,
-            obs: obs.shares.get(&d.region),
-            redrive,
-            may_act: *gate == Gate::Open,
-            max_attempts,
-        };
-        share::plan_shares(d, &mut s, &sp, now, &mut p.shares, &mut p.events, &mut wake);
-        if s.phase != DestinationPhase::Failed {
-            s.reason = None;
-        }
-        if in_flight(s.phase) {
-            p.running.push(d.region.clone());
-        }
-        if s.phase != DestinationPhase::Queued {
-            s.queue_position = None;
-        }
-        if s.phase != before && s.phase != DestinationPhase::Queued {
-            p.events.push(phase_event(&s));
-        }
+        let s = round.destination(&mut p, &old, index, d, &mut previous, &mut wake);
         destinations.push(s);
     }
     for s in old
@@ -346,15 +312,7 @@ pub fn vm_plan(
         destinations.extend(removed_destination(&mut p, s, o, spec.deletion_policy, gate));
     }
 
-    let source_now = source.as_ref().map(|i| SourceStatus {
-        resolved_at: follow::resolved_at(
-            old.source.as_ref(),
-            |o| o.image_id.as_deref() == Some(i.id.as_str()),
-            now,
-        ),
-        ..source_status(i)
-    });
-    if let (Some(new), Some(was)) = (&newer, old_source)
+    if let (Some(new), Some(was)) = (round.newer, old_source)
         && new != was
     {
         p.events.push(follow::source_changed(spec, source.as_ref(), was));
@@ -364,7 +322,7 @@ pub fn vm_plan(
     p.status = ImageReplicationStatus {
         observed_generation: obj.metadata.generation,
         conditions: Vec::new(),
-        source: source_now.or(old.source.clone()),
+        source: source_now(old.source.as_ref(), source.as_ref(), now),
         destinations,
         summary: None,
         last_handled_retry: retry.or(old.last_handled_retry.clone()),
@@ -378,6 +336,94 @@ pub fn vm_plan(
         .or(held.as_ref().map(|(m, _)| ("OutsideCopyWindow", m.as_str())));
     finish(&mut p, obj, gate, source_error.as_ref(), waits, now, max_attempts);
     p
+}
+
+/// The source's status: as described now (resolved when it became this image), else as it was.
+fn source_now(old: Option<&SourceStatus>, source: Option<&ImageInfo>, now: &Time) -> Option<SourceStatus> {
+    let Some(i) = source else { return old.cloned() };
+    Some(SourceStatus {
+        resolved_at: follow::resolved_at(old, |o| o.image_id.as_deref() == Some(i.id.as_str()), now),
+        ..source_status(i)
+    })
+}
+
+/// What every destination of one plan shares.
+struct Round<'a> {
+    gate: &'a Gate,
+    obs: &'a Observed,
+    now: &'a Time,
+    max_attempts: i32,
+    /// The spec changed or a retry was asked for: failed destinations and shares start over.
+    redrive: bool,
+    source_region: &'a str,
+    /// Copies may start (the gate is open and the source is known).
+    can_start: bool,
+    sharing: Option<&'static share::Sharing>,
+    start_now: StartNow<'a>,
+    /// `follow`: the source this plan copies, when it was looked up this time.
+    newer: Option<&'a str>,
+    old_source: Option<&'a str>,
+}
+
+impl Round<'_> {
+    /// One destination of the spec: what was observed of its copy applied, superseded by a
+    /// newer source, queued for a slot, its shares planned, and its phase change announced.
+    fn destination(
+        &self,
+        p: &mut VmPlan,
+        old: &ImageReplicationStatus,
+        index: usize,
+        d: &DestinationSpec,
+        previous: &mut Vec<PreviousCopy>,
+        wake: &mut Vec<Duration>,
+    ) -> DestinationStatus {
+        let (gate, now, max_attempts) = (self.gate, self.now, self.max_attempts);
+        let mut s = old.destination_or_new(&d.region);
+        s.owner = d.account.as_ref().map(|a| a.id.clone());
+        let before = s.phase;
+        let o = self.obs.dests.get(&d.region).unwrap_or(&DestObs::Unchecked);
+        if self.redrive && matches!(s.phase, DestinationPhase::Failed) {
+            s.attempts = 0;
+            s.phase = DestinationPhase::Pending;
+            s.message = None;
+        }
+        if share::share_only(self.source_region, d) {
+            shared_in_place(&mut s, self.start_now.source.filter(|_| self.start_now.may_start));
+        } else {
+            let at = Clock {
+                now,
+                max_attempts,
+                listing: self.obs.listing,
+            };
+            apply_observation(p, &mut s, before, o, self.can_start, &at, wake);
+            if let Some(current) = self.newer.filter(|_| *gate == Gate::Open) {
+                let cancel = follow::supersede(&mut s, current, self.old_source, self.obs.can_cancel, previous);
+                p.cancel.extend(cancel);
+            }
+            queue_destination(p, &mut s, gate, index, &self.start_now, now, max_attempts, wake);
+        }
+        let sp = SharePlan {
+            sharing: self.sharing,
+            obs: self.obs.shares.get(&d.region),
+            redrive: self.redrive,
+            may_act: *gate == Gate::Open,
+            max_attempts,
+        };
+        share::plan_shares(d, &mut s, &sp, now, &mut p.shares, &mut p.events, wake);
+        if s.phase != DestinationPhase::Failed {
+            s.reason = None;
+        }
+        if in_flight(s.phase) {
+            p.running.push(d.region.clone());
+        }
+        if s.phase != DestinationPhase::Queued {
+            s.queue_position = None;
+        }
+        if s.phase != before && s.phase != DestinationPhase::Queued {
+            p.events.push(phase_event(&s));
+        }
+        s
+    }
 }
 
 /// The copies of earlier sources after this plan: those deleted since the last one forgotten
@@ -479,6 +525,8 @@ fn removed_destination(
 /// Whether the copies of an object may start now, and if not why.
 struct StartNow<'a> {
     may_start: bool,
+    /// The source image, when it was described.
+    source: Option<&'a ImageInfo>,
     /// The source image is not ready yet (the message says for what it waits).
     waiting: Option<&'a str>,
     /// The source image could not be read.
@@ -510,6 +558,7 @@ fn queue_destination(
         created,
         key,
         window,
+        ..
     } = *start_now;
     // Suspend: stop what is in flight; nothing new starts.
     if *gate == Gate::Suspended {
@@ -953,17 +1002,16 @@ fn source_unchecked(desired: &mut [Desired], source_error: Option<&ProviderError
     }
 }
 
-/// Summary and conditions from the destinations.
-fn finish(
-    p: &mut VmPlan,
+/// The conditions the destinations, shares, gate and source call for, and the summary
+/// ("2/3 available, 1 copying").
+fn desired_conditions(
+    p: &VmPlan,
     obj: &ImageReplication,
     gate: &Gate,
     source_error: Option<&ProviderError>,
     waiting: Option<(&'static str, &str)>,
-    now: &Time,
     max_attempts: i32,
-) {
-    let old = obj.status.clone().unwrap_or_default();
+) -> (Vec<Desired>, String) {
     let ds = &p.status.destinations;
     let n = ds.len();
     let count = |ph: DestinationPhase| ds.iter().filter(|d| d.phase == ph).count();
@@ -1054,6 +1102,21 @@ fn finish(
     } else {
         standing_conditions(Standing::Stuck, "DestinationsFailed", with_fail(summary.clone()))
     };
+    (desired, summary)
+}
+
+/// Summary and conditions from the destinations.
+fn finish(
+    p: &mut VmPlan,
+    obj: &ImageReplication,
+    gate: &Gate,
+    source_error: Option<&ProviderError>,
+    waiting: Option<(&'static str, &str)>,
+    now: &Time,
+    max_attempts: i32,
+) {
+    let old = obj.status.clone().unwrap_or_default();
+    let (desired, summary) = desired_conditions(p, obj, gate, source_error, waiting, max_attempts);
     let mut desired = desired;
     if p.refused.is_empty() && matches!(gate, Gate::Open) {
         source_unchecked(&mut desired, source_error);
