@@ -759,10 +759,22 @@ mod tests {
         assert_eq!(image_replication(&ir(ProviderKind::Huawei)), vec![]);
     }
 
+    type SpecCase = (&'static str, fn(&mut ImageReplicationSpec), &'static str);
+
+    /// Each row (what is wrong with a valid Huawei spec, the one reason expected).
+    fn check_spec_rows(cases: Vec<SpecCase>) {
+        for (name, mutate, want) in cases {
+            let mut s = ir(ProviderKind::Huawei);
+            mutate(&mut s);
+            let got = image_replication(&s);
+            assert_eq!(reasons(&got), vec![want], "{name}: {got:?}");
+            assert!(got[0].field.starts_with("spec."), "{name}");
+        }
+    }
+
     #[test]
     fn image_replication_rules() {
-        type Case = (&'static str, fn(&mut ImageReplicationSpec), &'static str);
-        let cases: Vec<Case> = vec![
+        check_spec_rows(vec![
             ("no source", |s| s.source.image_id = None, "InvalidSource"),
             (
                 "two sources",
@@ -824,6 +836,13 @@ mod tests {
                 |s| s.destinations[0].resource_group_id = Some("rg".into()),
                 "FieldNotSupported",
             ),
+        ]);
+    }
+
+    /// The rules of images over time: copy windows, follow, retention, publish.
+    #[test]
+    fn image_replication_rules_over_time() {
+        check_spec_rows(vec![
             (
                 "copy window",
                 |s| {
@@ -876,14 +895,7 @@ mod tests {
                 },
                 "InvalidName",
             ),
-        ];
-        for (name, mutate, want) in cases {
-            let mut s = ir(ProviderKind::Huawei);
-            mutate(&mut s);
-            let got = image_replication(&s);
-            assert_eq!(reasons(&got), vec![want], "{name}: {got:?}");
-            assert!(got[0].field.starts_with("spec."), "{name}");
-        }
+        ]);
     }
 
     /// shareWith: each cloud's account form and member limit, acceptWith only where members

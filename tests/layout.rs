@@ -156,3 +156,17 @@ fn no_message_is_parsed_in_src() {
     }
     assert!(found.is_empty(), "messages parsed in src/:\n{}", found.join("\n"));
 }
+
+/// No function in src/ (tests included) is over 100 lines (issue #32; hack/long-functions.py).
+#[test]
+fn no_function_is_over_100_lines() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new("python3")
+        .arg(format!("{root}/hack/long-functions.py"))
+        .arg(format!("{root}/src"))
+        .arg("100")
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+}

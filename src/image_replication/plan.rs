@@ -48,76 +48,27 @@ pub fn oci_plan(
     let old = obj.status.clone().unwrap_or_default();
     let retry = retry_requested(obj);
     let spec_changed = old.observed_generation != obj.metadata.generation || retry.is_some();
-    // The phase of a destination's drift checks: the same key as its check history.
-    let object_key = crate::api::key_of(obj);
-    let check_key = |d: &DestinationSpec| format!("{object_key}/{}", d.region);
+    let round = OciRound {
+        object_key: crate::api::key_of(obj),
+        checked,
+        now,
+        resync,
+        max_attempts,
+        held: crate::image_replication::window::hold(spec, now),
+    };
     let mut start = Vec::new();
     let mut events = Vec::new();
     let mut wake: Vec<std::time::Duration> = Vec::new();
     let mut destinations = Vec::new();
     let mut quiet = Quiet::default();
-    let held = crate::image_replication::window::hold(spec, now);
     for d in &spec.destinations {
         let mut s = old.destination_or_new(&d.region);
         let before = old.destinations.iter().find(|x| x.region == d.region).cloned();
-        let mut young: Option<std::time::Duration> = None;
         if spec_changed && s.phase == DestinationPhase::Failed {
             s.attempts = 0; // a spec change re-drives failed destinations
         }
-        match tasks.get(&d.region).unwrap_or(&TaskView::Idle) {
-            TaskView::Running {
-                done,
-                total,
-                resync,
-                started,
-            } => {
-                young = record_running(&mut s, *done, *total, *resync, started, now);
-                wake.push(young.unwrap_or(std::time::Duration::from_secs(2)));
-            }
-            TaskView::Succeeded {
-                digest,
-                up_to_date: true,
-                resync: true,
-                ..
-            } if s.phase == DestinationPhase::Available && s.digest.as_ref() == Some(digest) => {
-                // A drift check that found the copy intact: nothing to say.
-                wake.push(check_wait(
-                    &check_key(d),
-                    last_check(&s, checked.get(&d.region)),
-                    now,
-                    resync,
-                ));
-            }
-            TaskView::Succeeded {
-                digest,
-                bytes_total,
-                up_to_date,
-                resync: _,
-            } => {
-                record_copied(&mut s, digest, *bytes_total, *up_to_date, now, &mut events);
-                wake.push(check_wait(&check_key(d), s.completed_at.as_ref(), now, resync));
-            }
-            TaskView::Failed {
-                reason,
-                message,
-                resync: _,
-            } => record_failed(&mut s, reason, message, now, max_attempts, &mut events, &mut wake),
-            TaskView::Idle => {
-                let (go, wait) = idle_next(&s, &check_key(d), checked.get(&d.region), now, resync, max_attempts);
-                match (go, &held) {
-                    // A new copy (not a drift check) waits for the copy window to open.
-                    (Some(false), Some((why, until))) => {
-                        s.phase = DestinationPhase::Queued;
-                        s.message = Some(why.clone());
-                        wake.push(*until);
-                    }
-                    _ => {
-                        start.extend(go.map(|drift_check| (d.region.clone(), drift_check)));
-                        wake.extend(wait);
-                    }
-                }
-            }
-        }
+        let view = tasks.get(&d.region).unwrap_or(&TaskView::Idle);
+        let mut young = round.apply(d, &mut s, view, &mut start, &mut events, &mut wake);
         if start.last().is_some_and(|(r, resync)| r == &d.region && !resync) {
             record_started(&mut s, now);
             young = Some(QUIET_START);
@@ -155,6 +106,102 @@ pub fn oci_plan(
         status_may_wait,
         events,
         prune,
+    }
+}
+
+/// What every destination of one oci plan shares.
+struct OciRound<'a> {
+    object_key: String,
+    checked: &'a std::collections::HashMap<String, Time>,
+    now: &'a Time,
+    resync: std::time::Duration,
+    max_attempts: i32,
+    /// The copy window is closed: why, and until when.
+    held: Option<(String, std::time::Duration)>,
+}
+
+impl OciRound<'_> {
+    /// The phase of a destination's drift checks: the same key as its check history.
+    fn check_key(&self, d: &DestinationSpec) -> String {
+        format!("{}/{}", self.object_key, d.region)
+    }
+
+    /// What the destination's task says, applied to its status: a copy to start (or a drift
+    /// check) into `start`, when to look again into `wake`. Returns how long ago a copy that
+    /// is still young started (its first status may wait).
+    fn apply(
+        &self,
+        d: &DestinationSpec,
+        s: &mut DestinationStatus,
+        view: &TaskView,
+        start: &mut Vec<(String, bool)>,
+        events: &mut Vec<Announcement>,
+        wake: &mut Vec<std::time::Duration>,
+    ) -> Option<std::time::Duration> {
+        let (now, resync, max_attempts, held) = (self.now, self.resync, self.max_attempts, &self.held);
+        let mut young = None;
+        match view {
+            TaskView::Running {
+                done,
+                total,
+                resync,
+                started,
+            } => {
+                young = record_running(s, *done, *total, *resync, started, now);
+                wake.push(young.unwrap_or(std::time::Duration::from_secs(2)));
+            }
+            TaskView::Succeeded {
+                digest,
+                up_to_date: true,
+                resync: true,
+                ..
+            } if s.phase == DestinationPhase::Available && s.digest.as_ref() == Some(digest) => {
+                // A drift check that found the copy intact: nothing to say.
+                wake.push(check_wait(
+                    &self.check_key(d),
+                    last_check(s, self.checked.get(&d.region)),
+                    now,
+                    resync,
+                ));
+            }
+            TaskView::Succeeded {
+                digest,
+                bytes_total,
+                up_to_date,
+                resync: _,
+            } => {
+                record_copied(s, digest, *bytes_total, *up_to_date, now, events);
+                wake.push(check_wait(&self.check_key(d), s.completed_at.as_ref(), now, resync));
+            }
+            TaskView::Failed {
+                reason,
+                message,
+                resync: _,
+            } => record_failed(s, reason, message, now, max_attempts, events, wake),
+            TaskView::Idle => {
+                let (go, wait) = idle_next(
+                    s,
+                    &self.check_key(d),
+                    self.checked.get(&d.region),
+                    now,
+                    resync,
+                    max_attempts,
+                );
+                match (go, held) {
+                    // A new copy (not a drift check) waits for the copy window to open.
+                    (Some(false), Some((why, until))) => {
+                        s.phase = DestinationPhase::Queued;
+                        s.message = Some(why.clone());
+                        wake.push(*until);
+                    }
+                    _ => {
+                        start.extend(go.map(|drift_check| (d.region.clone(), drift_check)));
+                        wake.extend(wait);
+                    }
+                }
+            }
+        }
+        young
     }
 }
 

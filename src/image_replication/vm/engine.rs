@@ -889,35 +889,47 @@ impl VmEngine {
                     DestObs::Unchecked
                 }
             }
-            DestinationPhase::Available => {
-                let Some(id) = &s.image_id else {
-                    return DestObs::Unchecked;
-                };
-                let in_place = dest_of(obj, region).is_some_and(|d| share::share_only(&obj.spec.source.region, d));
-                if in_place {
-                    return DestObs::Unchecked; // the source itself: described, not copied
-                }
-                let due = self.with_mem(key, |m| {
-                    let last = *m.drift.entry(region.to_string()).or_insert_with(Instant::now);
-                    last + self.settings.resync <= Instant::now()
-                });
-                if !due {
-                    return DestObs::Unchecked;
-                }
-                let t = Instant::now();
-                let r = provider.image_exists(acct, region, project_of(obj, region), id).await;
-                self.time(provider, "image_exists", t, &r);
-                self.with_mem(key, |m| m.drift.insert(region.to_string(), Instant::now()));
-                match r {
-                    Ok(true) => DestObs::Unchecked,
-                    Ok(false) => DestObs::Gone,
-                    Err(e) => {
-                        warn!(region, error = %e, "drift check failed");
-                        DestObs::Unchecked
-                    }
-                }
-            }
+            DestinationPhase::Available => match &s.image_id {
+                Some(id) => self.drift_check(obj, key, region, id, provider, acct).await,
+                None => DestObs::Unchecked,
+            },
             _ => DestObs::Unchecked,
+        }
+    }
+
+    /// An Available copy's drift check, when due (once per resync period per region): is the
+    /// image still there? The source itself (shared in place) is described, not checked.
+    async fn drift_check(
+        &self,
+        obj: &ImageReplication,
+        key: &str,
+        region: &str,
+        id: &str,
+        provider: &dyn ImageService,
+        acct: &Account,
+    ) -> DestObs {
+        let in_place = dest_of(obj, region).is_some_and(|d| share::share_only(&obj.spec.source.region, d));
+        if in_place {
+            return DestObs::Unchecked; // the source itself: described, not copied
+        }
+        let due = self.with_mem(key, |m| {
+            let last = *m.drift.entry(region.to_string()).or_insert_with(Instant::now);
+            last + self.settings.resync <= Instant::now()
+        });
+        if !due {
+            return DestObs::Unchecked;
+        }
+        let t = Instant::now();
+        let r = provider.image_exists(acct, region, project_of(obj, region), id).await;
+        self.time(provider, "image_exists", t, &r);
+        self.with_mem(key, |m| m.drift.insert(region.to_string(), Instant::now()));
+        match r {
+            Ok(true) => DestObs::Unchecked,
+            Ok(false) => DestObs::Gone,
+            Err(e) => {
+                warn!(region, error = %e, "drift check failed");
+                DestObs::Unchecked
+            }
         }
     }
 

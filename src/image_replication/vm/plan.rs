@@ -745,15 +745,7 @@ fn apply_observation(
             apply_polled(s, before, handle, state, at, wake);
             abandoned(p, s, image);
         }
-        (DestinationPhase::Cancelling, DestObs::Cancelled) => {
-            s.phase = DestinationPhase::Cancelled;
-            s.completed_at = Some(now.clone());
-            s.message = Some("cancelled (suspend)".into());
-            clear_progress(s);
-            s.task_id = None;
-            s.image_id = None;
-            s.client_token = None;
-        }
+        (DestinationPhase::Cancelling, DestObs::Cancelled) => cancelled(s, now),
         // After a restart no copy carries the token yet: on a cloud whose copy call takes no
         // client token, a copy asked for this attempt may only not be listed yet, so none is
         // asked for again until the cloud's listing window is over.
@@ -795,28 +787,42 @@ fn apply_observation(
         (_, DestObs::Error(e)) => {
             s.message = Some(format!("provider error (will retry): {}", e.message));
         }
-        (DestinationPhase::Available, DestObs::Gone) => {
-            p.events.push(Announcement {
-                warning: true,
-                reason: "DriftDetected".into(),
-                note: format!(
-                    "{}: destination image {} was deleted outside the operator; copying it again",
-                    region,
-                    s.image_id.as_deref().unwrap_or("?")
-                ),
-            });
-            // A fresh copy, but the attempt count goes on: the next copy's idempotency
-            // token (`...-<attempt>`) must differ from the deleted one's, or a provider that
-            // is idempotent per token hands back the deleted copy (and the Events name it).
-            *s = DestinationStatus {
-                region: region.to_string(),
-                attempts: s.attempts,
-                message: Some(DRIFT_NOTE.into()),
-                ..Default::default()
-            };
-        }
+        (DestinationPhase::Available, DestObs::Gone) => drifted(p, s),
         _ => {}
     }
+}
+
+/// A copy in flight that the provider cancelled (suspend).
+fn cancelled(s: &mut DestinationStatus, now: &Time) {
+    s.phase = DestinationPhase::Cancelled;
+    s.completed_at = Some(now.clone());
+    s.message = Some("cancelled (suspend)".into());
+    clear_progress(s);
+    s.task_id = None;
+    s.image_id = None;
+    s.client_token = None;
+}
+
+/// An Available copy deleted outside the operator: announced, and copied again.
+fn drifted(p: &mut VmPlan, s: &mut DestinationStatus) {
+    p.events.push(Announcement {
+        warning: true,
+        reason: "DriftDetected".into(),
+        note: format!(
+            "{}: destination image {} was deleted outside the operator; copying it again",
+            s.region,
+            s.image_id.as_deref().unwrap_or("?")
+        ),
+    });
+    // A fresh copy, but the attempt count goes on: the next copy's idempotency token
+    // (`...-<attempt>`) must differ from the deleted one's, or a provider that is idempotent
+    // per token hands back the deleted copy (and the Events name it).
+    *s = DestinationStatus {
+        region: s.region.clone(),
+        attempts: s.attempts,
+        message: Some(DRIFT_NOTE.into()),
+        ..Default::default()
+    };
 }
 
 /// A copy whose attempt just failed while the cloud had made its image (`image`): the image is
@@ -1401,9 +1407,20 @@ spec:
                 two.message
             );
         }
+    }
 
-        // A restart while the copy is not listed: no second copy within the window where the
-        // copy call takes no token; asked again where it does (the same copy comes back).
+    /// A restart while the copy is not listed: no second copy within the window where the copy
+    /// call takes no token; asked again where it does (the same copy comes back).
+    #[test]
+    fn a_restart_asks_for_no_second_copy_within_the_listing_window() {
+        let listing = Listing {
+            late: Duration::from_secs(300),
+            idempotent_start: false,
+        };
+        let with = |dests: &[(&str, DestObs)], l: Listing| Observed {
+            listing: l,
+            ..observed(dests)
+        };
         let mut o = obj();
         o.spec.destinations.truncate(1);
         step(&mut o, &Gate::Open, &observed(&[]), 0, &[("two", Admission::Granted)]);

@@ -504,19 +504,53 @@ mod tests {
         assert!(!reasons(&check(ProviderKind::Huawei, &s, &full, &Limits::default())).contains(&"TooManyShares"));
     }
 
-    /// The Huawei seed's rules, one table row per rule (what the source image is, the
-    /// destination, the reasons expected). Long because it is the table: a row per rule reads
-    /// better than the rules split over several tests.
+    type HuaweiCase = (
+        &'static str,
+        fn(&mut ImageInfo),
+        &'static str,
+        &'static str,
+        Vec<&'static str>,
+    );
+
+    /// Each row (what the source image is, the regions, the reasons expected) checked, and the
+    /// same with a member accepting the share (refused for a full-ECS image: it needs the
+    /// member's CBR vault, which the spec cannot name).
+    fn check_huawei(cases: Vec<HuaweiCase>) {
+        for (what, f, src, dst, want) in cases {
+            let mut img = image();
+            f(&mut img);
+            let mut s = spec("huawei", src, &[dst]);
+            if !what.contains("without a vault") {
+                s.destinations[0].vault_id = Some("vault-1".into());
+            }
+            let got = check(ProviderKind::Huawei, &s, &img, &Limits::default());
+            assert_eq!(reasons(&got), want, "{what}");
+            // Accepting a share as the member: refused for a full-ECS image (it needs the
+            // member's CBR vault, which the spec cannot name), allowed otherwise.
+            s.destinations[0].share_with = vec![ShareSpec {
+                account: "0a1b2c3d4e5f60718293a4b5c6d7e8f9".into(),
+                accept_with: Some(SecretRef { name: "member".into() }),
+            }];
+            let accept = check(ProviderKind::Huawei, &s, &img, &Limits::default());
+            let refused = accept.iter().find(|v| v.reason == "AcceptNeedsVault");
+            assert_eq!(refused.is_some(), img.whole_machine, "{what}: {accept:?}");
+            if let Some(v) = refused {
+                assert_eq!(v.field, "spec.destinations[0].shareWith[0].acceptWith");
+                assert!(v.message.contains("vault"), "{v}");
+            }
+            for v in &got {
+                assert!(
+                    v.message.contains("img-1") && v.field.starts_with("spec."),
+                    "{what}: {v}"
+                );
+            }
+        }
+    }
+
+    /// The Huawei seed's rules on the image itself, one row per rule.
     #[test]
-    fn huawei_rules() {
-        type Case = (
-            &'static str,
-            fn(&mut ImageInfo),
-            &'static str,
-            &'static str,
-            Vec<&'static str>,
-        );
-        let cases: Vec<Case> = vec![
+    fn huawei_rules_on_the_image() {
+        check_huawei(vec![
             (
                 "a plain private image passes",
                 |_| {},
@@ -545,6 +579,29 @@ mod tests {
                 "cn-east-3",
                 vec!["EncryptedImageNotReplicable"],
             ),
+            (
+                "a killed image",
+                |i| i.state = Some(ImageState::Unusable("killed".into())),
+                "cn-north-4",
+                "cn-east-3",
+                vec!["SourceNotUsable"],
+            ),
+            (
+                "a private image made from a KooGallery image",
+                |i| {
+                    i.properties.insert("__productcode".into(), "00301-xxxx".into());
+                },
+                "cn-north-4",
+                "cn-east-3",
+                vec!["MarketplaceDerivedImage"],
+            ),
+        ]);
+    }
+
+    /// The Huawei seed's rules on regions, sizes and full-ECS images, one row per rule.
+    #[test]
+    fn huawei_rules_on_regions_and_sizes() {
+        check_huawei(vec![
             (
                 "full-ECS between listed regions",
                 |i| i.whole_machine = true,
@@ -598,58 +655,13 @@ mod tests {
                 vec!["ImageTooLarge"],
             ),
             (
-                "a killed image",
-                |i| i.state = Some(ImageState::Unusable("killed".into())),
-                "cn-north-4",
-                "cn-east-3",
-                vec!["SourceNotUsable"],
-            ),
-            (
                 "full-ECS without a vault",
                 |i| i.whole_machine = true,
                 "cn-north-4",
                 "cn-south-1",
                 vec!["VaultRequired"],
             ),
-            (
-                "a private image made from a KooGallery image",
-                |i| {
-                    i.properties.insert("__productcode".into(), "00301-xxxx".into());
-                },
-                "cn-north-4",
-                "cn-east-3",
-                vec!["MarketplaceDerivedImage"],
-            ),
-        ];
-        for (what, f, src, dst, want) in cases {
-            let mut img = image();
-            f(&mut img);
-            let mut s = spec("huawei", src, &[dst]);
-            if !what.contains("without a vault") {
-                s.destinations[0].vault_id = Some("vault-1".into());
-            }
-            let got = check(ProviderKind::Huawei, &s, &img, &Limits::default());
-            assert_eq!(reasons(&got), want, "{what}");
-            // Accepting a share as the member: refused for a full-ECS image (it needs the
-            // member's CBR vault, which the spec cannot name), allowed otherwise.
-            s.destinations[0].share_with = vec![ShareSpec {
-                account: "0a1b2c3d4e5f60718293a4b5c6d7e8f9".into(),
-                accept_with: Some(SecretRef { name: "member".into() }),
-            }];
-            let accept = check(ProviderKind::Huawei, &s, &img, &Limits::default());
-            let refused = accept.iter().find(|v| v.reason == "AcceptNeedsVault");
-            assert_eq!(refused.is_some(), img.whole_machine, "{what}: {accept:?}");
-            if let Some(v) = refused {
-                assert_eq!(v.field, "spec.destinations[0].shareWith[0].acceptWith");
-                assert!(v.message.contains("vault"), "{v}");
-            }
-            for v in &got {
-                assert!(
-                    v.message.contains("img-1") && v.field.starts_with("spec."),
-                    "{what}: {v}"
-                );
-            }
-        }
+        ]);
     }
 
     #[test]

@@ -270,40 +270,46 @@ impl<'b> Pass<'_, 'b> {
                     now,
                 )
             }
-            (None, _) => {
-                // Our share call, not listed yet (the cloud's member lists lag): waited for,
-                // not made again.
-                let lag = self.sp.sharing.map_or(0, |x| x.members_lag);
-                if let Some(p) = prev.as_ref().filter(|p| p.state == SharePhase::Pending)
-                    && let Some(left) = call_unseen_for(Some(p), lag, now)
-                {
-                    self.wake.push(left);
-                    let mut p = p.clone();
-                    p.reason = Some(ShareReason::NotListedYet);
-                    p.message = Some(format!(
-                        "shared; waiting for the cloud to list account {a} as a member (it lists them up to {lag}s late)"
-                    ));
-                    return p;
-                }
-                let called = retry_ok && self.sp.may_act;
-                if retry_ok {
-                    self.call(a, ShareCall::Share, None);
-                }
-                let m = if prev.as_ref().is_some_and(done) {
-                    (
-                        ShareReason::RemovedOutside,
-                        "the share was removed outside the operator; sharing again",
-                    )
-                } else {
-                    (ShareReason::Sharing, "sharing")
-                };
-                let mut next = keep_failed(prev.as_ref(), a, attempts, (m.0, m.1.to_string()), retry_ok, now);
-                if called && lag > 0 {
-                    next.called_at = Some(now.clone());
-                }
-                next
-            }
+            (None, _) => self.not_listed(a, prev, attempts, retry_ok),
         }
+    }
+
+    /// An account of shareWith the cloud does not list: our share call not listed yet (the
+    /// cloud's member lists lag) is waited for, not made again; otherwise it is shared (again,
+    /// if it was removed outside the operator).
+    fn not_listed(&mut self, a: &str, prev: Option<ShareStatus>, attempts: i32, retry_ok: bool) -> ShareStatus {
+        let now = self.now;
+        // Our share call, not listed yet (the cloud's member lists lag): waited for,
+        // not made again.
+        let lag = self.sp.sharing.map_or(0, |x| x.members_lag);
+        if let Some(p) = prev.as_ref().filter(|p| p.state == SharePhase::Pending)
+            && let Some(left) = call_unseen_for(Some(p), lag, now)
+        {
+            self.wake.push(left);
+            let mut p = p.clone();
+            p.reason = Some(ShareReason::NotListedYet);
+            p.message = Some(format!(
+                "shared; waiting for the cloud to list account {a} as a member (it lists them up to {lag}s late)"
+            ));
+            return p;
+        }
+        let called = retry_ok && self.sp.may_act;
+        if retry_ok {
+            self.call(a, ShareCall::Share, None);
+        }
+        let m = if prev.as_ref().is_some_and(done) {
+            (
+                ShareReason::RemovedOutside,
+                "the share was removed outside the operator; sharing again",
+            )
+        } else {
+            (ShareReason::Sharing, "sharing")
+        };
+        let mut next = keep_failed(prev.as_ref(), a, attempts, (m.0, m.1.to_string()), retry_ok, now);
+        if called && lag > 0 {
+            next.called_at = Some(now.clone());
+        }
+        next
     }
 
     /// An account that left shareWith: withdrawn while the cloud lists it, then forgotten
