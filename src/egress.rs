@@ -42,9 +42,6 @@ impl Class {
     }
 }
 
-/// The public endpoint patterns of the providers (their default endpoints are under these).
-pub const DEFAULT_CLOUD_HOSTS: &str =
-    "*.myhuaweicloud.com,*.aliyuncs.com,*.amazonaws.com,*.amazonaws.com.cn,*.tencentcloudapi.com";
 /// Any registry host, except refused addresses.
 pub const DEFAULT_REGISTRY_HOSTS: &str = "*";
 
@@ -224,15 +221,6 @@ pub struct Policy {
     api_server: Vec<(IpAddr, u16)>,
     /// Refuses nothing (the library's default when no policy is installed, e.g. in unit tests).
     open: bool,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self::new(
-            parse_rules(DEFAULT_REGISTRY_HOSTS).expect("default rules"),
-            parse_rules(DEFAULT_CLOUD_HOSTS).expect("default rules"),
-        )
-    }
 }
 
 impl Policy {
@@ -458,6 +446,12 @@ pub fn refusal_in(e: &reqwest::Error) -> Option<Refusal> {
 mod tests {
     use super::*;
 
+    /// The binary's default lists: any registry, the clouds' public endpoints.
+    fn defaults() -> Policy {
+        let clouds = crate::image_replication::vm::providers::default_cloud_hosts();
+        Policy::from_lists(DEFAULT_REGISTRY_HOSTS, &clouds).unwrap()
+    }
+
     fn policy(registry: &str, cloud: &str) -> Policy {
         Policy::from_lists(registry, cloud).unwrap()
     }
@@ -494,7 +488,7 @@ mod tests {
 
     #[test]
     fn defaults_allow_public_registries_and_the_clouds_and_refuse_metadata_and_loopback() {
-        let p = Policy::default().with_api_server("10.96.0.1", 443);
+        let p = defaults().with_api_server("10.96.0.1", 443);
         let r = Class::Registry;
         let c = Class::Cloud;
         // (class, url, refused)
@@ -528,7 +522,7 @@ mod tests {
 
     #[test]
     fn refusals_name_the_host_and_the_list() {
-        let p = Policy::default();
+        let p = defaults();
         let m = refused(&p, Class::Cloud, "https://keystone.example.com:5000/v3").unwrap();
         assert!(m.contains("keystone.example.com:5000"), "{m}");
         assert!(m.contains("--egress-cloud-hosts"), "{m}");
@@ -569,14 +563,14 @@ mod tests {
         assert!(p.check_url(Class::Registry, "http://127.0.0.1:5000/").is_ok());
         // Another port of the API server's address is refused for what it is.
         let m = refused(
-            &Policy::default().with_api_server("127.0.0.1", 6443),
+            &defaults().with_api_server("127.0.0.1", 6443),
             Class::Registry,
             "http://127.0.0.1:5000/",
         )
         .unwrap();
         assert!(m.contains("loopback") && !m.contains("API server"), "{m}");
         let m = refused(
-            &Policy::default().with_api_server("10.96.0.1", 443),
+            &defaults().with_api_server("10.96.0.1", 443),
             Class::Registry,
             "https://10.96.0.1:8443/",
         )

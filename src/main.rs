@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 
 use image_replication_operator::api::{ImageReplication, ReplicaInstance};
 use image_replication_operator::controller::{self, Context};
+use image_replication_operator::image_replication::vm::providers;
 use image_replication_operator::server::http::{self, Health};
 use image_replication_operator::server::leader::{Elector, LeaseConfig, wait_true};
 use image_replication_operator::server::metrics::Metrics;
@@ -134,7 +135,7 @@ struct EgressArgs {
     egress_registry_hosts: String,
     /// Cloud API endpoint hosts (provider.endpoint, OpenStack authUrl and catalog, Secrets'
     /// endpoints). OpenStack deployments must be added here.
-    #[arg(long, env = "EGRESS_CLOUD_HOSTS", default_value = egress::DEFAULT_CLOUD_HOSTS)]
+    #[arg(long, env = "EGRESS_CLOUD_HOSTS", default_value_t = providers::default_cloud_hosts())]
     egress_cloud_hosts: String,
 }
 
@@ -197,7 +198,9 @@ async fn main() -> anyhow::Result<()> {
                     egress_registry_hosts
                         .as_deref()
                         .unwrap_or(egress::DEFAULT_REGISTRY_HOSTS),
-                    egress_cloud_hosts.as_deref().unwrap_or(egress::DEFAULT_CLOUD_HOSTS),
+                    &egress_cloud_hosts
+                        .clone()
+                        .unwrap_or_else(providers::default_cloud_hosts),
                 )
                 .map_err(anyhow::Error::msg)?;
                 egress::install(policy);

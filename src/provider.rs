@@ -18,7 +18,7 @@ pub use crate::image_replication::provider::ImageProvider;
 use crate::image_replication::vm::ImageService;
 use crate::image_replication::vm::engine::{Settings, VmEngine};
 use crate::image_replication::vm::provider::Vm;
-use crate::image_replication::vm::providers::{alibaba, aws, huawei, openstack, tencent};
+use crate::image_replication::vm::providers::CLOUDS;
 use crate::replica_instance::oci::Oci as OciReplica;
 use crate::replica_instance::oci::notify::Notifications;
 use crate::replica_instance::oci::sync::ReplicaSyncer;
@@ -68,15 +68,10 @@ impl Wiring {
     }
 }
 
-/// The cloud image services of this build.
+/// The cloud image services of this build, one per cloud of the registry
+/// ([`crate::image_replication::vm::providers::CLOUDS`]).
 pub fn clouds() -> Vec<Arc<dyn ImageService>> {
-    vec![
-        Arc::new(openstack::OpenStack::default()),
-        Arc::new(huawei::Huawei::default()),
-        Arc::new(alibaba::Alibaba::default()),
-        Arc::new(aws::Aws::default()),
-        Arc::new(tencent::Tencent::default()),
-    ]
+    CLOUDS.iter().map(|c| (c.service)()).collect()
 }
 
 /// Providers available to the controllers.

@@ -10,45 +10,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::api::v1alpha1::{DestinationSpec, ImageReplicationSpec, ProviderKind, ReplicaInstanceSpec, ReplicaProvider};
+use crate::image_replication::vm::providers;
 use crate::{egress, regions};
 
-/// One broken rule.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    /// JSON path of the field, e.g. `spec.destinations[1].region`.
-    pub field: String,
-    /// CamelCase reason, used as the condition reason and the Event reason.
-    pub reason: &'static str,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
-
-impl Violation {
-    pub fn new(field: impl Into<String>, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            reason,
-            message: message.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for Violation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} ({})", self.field, self.message, self.reason)
-    }
-}
-
-/// Summarise violations as one condition reason and message.
-pub fn summarize(violations: &[Violation]) -> (&'static str, String) {
-    let reason = violations.first().map(|v| v.reason).unwrap_or("Invalid");
-    let message = violations
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ");
-    (reason, message)
-}
+pub use crate::api::violation::{Violation, summarize};
 
 fn valid_region(r: &str) -> bool {
     let b = r.as_bytes();
@@ -60,9 +25,9 @@ fn valid_region(r: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
-/// An OpenStack region id: Keystone's are free-form and case-sensitive (the default is
-/// `RegionOne`), at most 255 characters, no control characters or '/'.
-fn valid_openstack_region(r: &str) -> bool {
+/// A free-form region id (OpenStack's Keystone ids, case-sensitive, the default is
+/// `RegionOne`): at most 255 characters, no control characters or '/'.
+fn valid_free_form_region(r: &str) -> bool {
     !r.trim().is_empty() && r.len() <= 255 && !r.chars().any(|c| c.is_control() || c == '/')
 }
 
@@ -76,23 +41,23 @@ fn check_region(out: &mut Vec<Violation>, field: &str, region: &str) {
     }
 }
 
-/// Region ids are the provider's: the clouds that define them (huawei, alibaba, aws, tencent,
-/// and oci's names) take lowercase ids; OpenStack takes Keystone's own ids as they are.
+/// Region ids are the provider's: most clouds (and oci's names) take lowercase ids; a cloud
+/// whose regions are its deployment's own (`Cloud::free_form_regions`) takes them as they are.
 fn check_region_of(out: &mut Vec<Violation>, kind: ProviderKind, field: &str, region: &str) {
-    if kind != ProviderKind::Openstack {
+    if !providers::cloud(kind).is_some_and(|c| c.free_form_regions) {
         return check_region(out, field, region);
     }
-    if !valid_openstack_region(region) {
+    if !valid_free_form_region(region) {
         out.push(Violation::new(
             field,
             "InvalidRegion",
-            format!("{region:?} is not an OpenStack region id (1 to 255 characters, no '/' or control characters)"),
+            format!(
+                "{region:?} is not a {} region id (1 to 255 characters, no '/' or control characters)",
+                kind.as_str()
+            ),
         ));
     }
 }
-
-/// Tags an Alibaba ECS CopyImage request may carry (`Tag.N`, N <= 20).
-pub const ALIBABA_MAX_TAGS: usize = 20;
 
 /// Validate an ImageReplication spec: every rule it breaks, each naming its field.
 pub fn image_replication(spec: &ImageReplicationSpec) -> Vec<Violation> {
@@ -280,12 +245,8 @@ fn source_and_provider(out: &mut Vec<Violation>, spec: &ImageReplicationSpec) {
             ),
         ));
     }
-    if kind == ProviderKind::Huawei && spec.provider.agency.as_deref().is_none_or(str::is_empty) {
-        out.push(Violation::new(
-            "spec.provider.agency",
-            "AgencyRequired",
-            "Huawei IMS cross-region replication needs provider.agency: an IAM agency with IMS Administrator in both regions",
-        ));
+    if let Some(cloud) = providers::cloud(kind) {
+        (cloud.spec_rules)(spec, out);
     }
 }
 
@@ -297,7 +258,7 @@ fn shares(out: &mut Vec<Violation>, kind: ProviderKind, i: usize, d: &Destinatio
         return;
     }
     let f = |name: String| format!("spec.destinations[{i}].shareWith{name}");
-    let Some(rules) = crate::image_replication::vm::providers::sharing(kind) else {
+    let Some(rules) = providers::sharing(kind) else {
         out.push(Violation::new(
             f(String::new()),
             "FieldNotSupported",
@@ -338,12 +299,18 @@ fn shares(out: &mut Vec<Violation>, kind: ProviderKind, i: usize, d: &Destinatio
             ));
         }
         if w.accept_with.is_some() && !rules.needs_accept {
+            let accepting: Vec<&str> = providers::CLOUDS
+                .iter()
+                .filter(|c| c.sharing.needs_accept)
+                .map(|c| c.kind.as_str())
+                .collect();
             out.push(Violation::new(
                 f(format!("[{j}].acceptWith")),
                 "FieldNotSupported",
                 format!(
-                    "a {} share needs no acceptance; acceptWith is only used by huawei and openstack",
-                    kind.as_str()
+                    "a {} share needs no acceptance; acceptWith is only used by {}",
+                    kind.as_str(),
+                    accepting.join(" and ")
                 ),
             ));
         }
@@ -362,15 +329,9 @@ fn shares(out: &mut Vec<Violation>, kind: ProviderKind, i: usize, d: &Destinatio
 fn owner(out: &mut Vec<Violation>, kind: ProviderKind, i: usize, d: &DestinationSpec) {
     let Some(a) = &d.account else { return };
     let f = |name: &str| format!("spec.destinations[{i}].account{name}");
-    let instead = match kind {
-        ProviderKind::Aws => None,
-        ProviderKind::Huawei => Some(
-            "an IMS copy stays with the tenant that replicates it; the seed's cross-account way is to replicate, share and accept: use shareWith with acceptWith",
-        ),
-        ProviderKind::Alibaba => Some(
-            "ECS cannot copy an image shared by another account to another region (the seed: create a custom image from it first, then copy that); share the copy with shareWith instead",
-        ),
-        _ => Some("this cloud's copies belong to the provider's account; share them with shareWith instead"),
+    let instead = match providers::cloud(kind) {
+        Some(cloud) => cloud.other_owner,
+        None => Some("this provider's copies belong to its own account; share them with shareWith instead"),
     };
     if let Some(why) = instead {
         out.push(Violation::new(
@@ -380,7 +341,7 @@ fn owner(out: &mut Vec<Violation>, kind: ProviderKind, i: usize, d: &Destination
         ));
         return;
     }
-    if let Some(rules) = crate::image_replication::vm::providers::sharing(kind)
+    if let Some(rules) = providers::sharing(kind)
         && !(rules.valid_account)(&a.id)
     {
         out.push(Violation::new(
@@ -425,36 +386,27 @@ fn destination(out: &mut Vec<Violation>, spec: &ImageReplicationSpec, i: usize, 
             ));
         }
     }
-    if d.encryption.is_some() && matches!(kind, ProviderKind::Huawei | ProviderKind::Openstack | ProviderKind::Oci) {
+    if d.encryption.is_some() && kind == ProviderKind::Oci {
         out.push(Violation::new(
             f("encryption"),
             "EncryptionNotSupported",
             format!("provider {} cannot encrypt a copy; remove encryption", kind.as_str()),
         ));
     }
-    if kind == ProviderKind::Tencent && d.encryption.is_some() && d.region != src.region {
-        out.push(Violation::new(
-            f("encryption"),
-            "EncryptedSyncOnlyInSourceRegion",
-            format!(
-                "Tencent CVM copies a custom image into an encrypted one only in the source region ({}), not {}",
-                src.region, d.region
-            ),
-        ));
-    }
-    // ECS CopyImage takes Tag.1..Tag.20, and one of them carries our idempotency token.
-    if kind == ProviderKind::Alibaba && d.tags.len() > ALIBABA_MAX_TAGS - 1 {
-        out.push(Violation::new(
-            f("tags"),
-            "TooManyTags",
-            format!(
-                "Alibaba CopyImage takes at most {ALIBABA_MAX_TAGS} tags and the operator uses one for its idempotency token; this destination has {}, at most {} are allowed",
-                d.tags.len(),
-                ALIBABA_MAX_TAGS - 1
-            ),
-        ));
-    }
-    let only = |out: &mut Vec<Violation>, set: bool, field: &str, owner: ProviderKind| {
+    // The destination fields only one provider takes (the cloud's own rules are its room's).
+    let owner_of = |field: &str| {
+        providers::CLOUDS
+            .iter()
+            .find(|c| c.fields.contains(&field))
+            .map_or(ProviderKind::Oci, |c| c.kind)
+    };
+    for (set, field) in [
+        (d.resource_group_id.is_some(), "resourceGroupId"),
+        (d.vault_id.is_some(), "vaultId"),
+        (d.project.is_some(), "project"),
+        (d.registry.is_some(), "registry"),
+    ] {
+        let owner = owner_of(field);
         if set && kind != owner {
             out.push(Violation::new(
                 f(field),
@@ -466,16 +418,7 @@ fn destination(out: &mut Vec<Violation>, spec: &ImageReplicationSpec, i: usize, 
                 ),
             ));
         }
-    };
-    only(
-        out,
-        d.resource_group_id.is_some(),
-        "resourceGroupId",
-        ProviderKind::Alibaba,
-    );
-    only(out, d.vault_id.is_some(), "vaultId", ProviderKind::Huawei);
-    only(out, d.project.is_some(), "project", ProviderKind::Huawei);
-    only(out, d.registry.is_some(), "registry", ProviderKind::Oci);
+    }
     if kind == ProviderKind::Oci && d.registry.as_deref().is_none_or(str::is_empty) {
         out.push(Violation::new(
             f("registry"),

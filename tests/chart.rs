@@ -204,7 +204,10 @@ fn egress_policy_values_reach_the_operator() {
     let defaults = env_of(&docs(&render()));
     let cloud = defaults.iter().find(|(k, _)| k == "EGRESS_CLOUD_HOSTS").unwrap();
     // The chart's default is the operator's own default.
-    assert_eq!(cloud.1, image_replication_operator::egress::DEFAULT_CLOUD_HOSTS);
+    assert_eq!(
+        cloud.1,
+        image_replication_operator::image_replication::vm::providers::default_cloud_hosts()
+    );
     assert!(defaults.contains(&("EGRESS_REGISTRY_HOSTS".into(), "*".into())));
     let set = env_of(&docs(&support::helm(&[
         "template",

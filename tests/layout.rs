@@ -170,3 +170,82 @@ fn no_function_is_over_100_lines() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
 }
+
+/// One room per cloud (issue #32): outside its tests, comments and docs, a VM cloud is named
+/// only in its provider file, the API enum and the registry line (`providers/mod.rs`) — plus
+/// the places listed here that are not moved yet, each with why. This list may only shrink.
+#[test]
+fn each_cloud_is_named_in_its_own_room() {
+    let clouds: [(&str, &[&str]); 5] = [
+        ("huawei", &["huawei", "Huawei", "HUAWEI", "myhuaweicloud"]),
+        ("alibaba", &["alibaba", "Alibaba", "ALIBABA", "aliyun"]),
+        ("aws", &["aws", "Aws", "AWS", "amazonaws", "EC2"]),
+        ("tencent", &["tencent", "Tencent", "TENCENT", "CVM"]),
+        (
+            "openstack",
+            &["openstack", "Openstack", "OpenStack", "OPENSTACK", "Keystone", "Glance"],
+        ),
+    ];
+    // Not moved yet: the signers (cloud/sign.rs, shared by the SDK conformance tests), the fuzz
+    // entry points of each parser, OpenStack's CLI limits (main.rs, facts.rs' Limits, the
+    // metric seeding the bytes it streams), the cloud metadata addresses the egress policy
+    // refuses, the test fake's kind. TCR (the ReplicaInstance provider `tencent`) has its own
+    // room under replica_instance/ and regions.rs.
+    let pending = [
+        "src/cloud/sign.rs",
+        "src/fuzzing.rs",
+        "src/main.rs:openstack",
+        "src/image_replication/vm/facts.rs:openstack",
+        "src/server/metrics.rs:openstack",
+        "src/egress.rs",
+        "src/image_replication/vm/fake.rs:openstack",
+        "src/regions.rs:tencent",
+        "src/replicate.rs:tencent",
+        "src/validation.rs:tencent",
+        "src/api/v1alpha1/replica_instance.rs:tencent",
+        "src/replica_instance/",
+    ];
+    let mut found = Vec::new();
+    for (path, text) in production_sources() {
+        let rel = path
+            .split("/src/")
+            .nth(1)
+            .map(|r| format!("src/{r}"))
+            .unwrap_or(path.clone());
+        for (cloud, words) in clouds {
+            if rel.ends_with(&format!("providers/{cloud}.rs"))
+                || rel.ends_with("api/v1alpha1/image_replication.rs")
+                || rel.ends_with("vm/providers/mod.rs")
+            {
+                continue;
+            }
+            if pending.iter().any(|p| match p.split_once(':') {
+                Some((file, c)) => rel == file && c == cloud,
+                None => rel.starts_with(p),
+            }) {
+                continue;
+            }
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                let named = words.iter().any(|w| {
+                    code.match_indices(w).any(|(i, _)| {
+                        let before = code[..i].chars().next_back();
+                        let after = code[i + w.len()..].chars().next();
+                        let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+                        // A whole word, or the start of a longer name (`ProviderKind::Aws`,
+                        // `alibaba::CLOUD`); not inside another word (`laws`).
+                        !word(before) && (w.len() > 3 || !word(after))
+                    })
+                });
+                if named {
+                    found.push(format!("{rel}:{}: {cloud}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "a cloud named outside its room:\n{}",
+        found.join("\n")
+    );
+}

@@ -2,6 +2,7 @@
 
 pub mod conditions;
 pub mod v1alpha1;
+pub mod violation;
 
 /// API group of both custom resources.
 pub const GROUP: &str = "replication.imageops.io";

@@ -297,6 +297,14 @@ pub struct DestinationSpec {
     pub account: Option<OwnerSpec>,
 }
 
+impl DestinationSpec {
+    /// A destination in the source region that only shares: the source itself is shared,
+    /// nothing is copied (the seeds' "cross-account replication in the same region").
+    pub fn shares_in_place(&self, source_region: &str) -> bool {
+        self.region == source_region && self.encryption.is_none() && !self.share_with.is_empty()
+    }
+}
+
 /// The account that owns a destination's copy.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -282,7 +282,10 @@ pub fn request_for(obj: &ImageReplication, s: &DestinationStatus, source: &Image
         source_region: spec.source.region.clone(),
         source: source.clone(),
         region: s.region.clone(),
-        name: rules::destination_name(spec.provider.kind, spec, d, source),
+        name: match super::providers::cloud(spec.provider.kind) {
+            Some(cloud) => rules::destination_name(cloud, spec, d, source),
+            None => d.name.clone().unwrap_or_else(|| source.name.clone()),
+        },
         description: d.description.clone(),
         tags: d.tags.clone(),
         project: d.project.clone(),
@@ -908,7 +911,7 @@ impl VmEngine {
         provider: &dyn ImageService,
         acct: &Account,
     ) -> DestObs {
-        let in_place = dest_of(obj, region).is_some_and(|d| share::share_only(&obj.spec.source.region, d));
+        let in_place = dest_of(obj, region).is_some_and(|d| d.shares_in_place(&obj.spec.source.region));
         if in_place {
             return DestObs::Unchecked; // the source itself: described, not copied
         }
@@ -1195,11 +1198,12 @@ impl VmEngine {
             if self.with_mem(key, |m| m.source_unshared.contains(&d.region)) {
                 continue;
             }
-            let still_needed = ds.iter().any(|x| {
-                x.phase != DestinationPhase::Available && owner_of(obj, &x.region).is_some_and(|y| y.id == o.id)
-            }) || obj.spec.destinations.iter().any(|x| {
-                share::share_only(&obj.spec.source.region, x) && x.share_with.iter().any(|w| w.account == o.id)
-            });
+            let still_needed =
+                ds.iter().any(|x| {
+                    x.phase != DestinationPhase::Available && owner_of(obj, &x.region).is_some_and(|y| y.id == o.id)
+                }) || obj.spec.destinations.iter().any(|x| {
+                    x.shares_in_place(&obj.spec.source.region) && x.share_with.iter().any(|w| w.account == o.id)
+                });
             if still_needed {
                 continue;
             }

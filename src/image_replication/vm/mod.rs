@@ -16,6 +16,7 @@
 
 pub mod catalog;
 pub mod engine;
+pub mod facts;
 #[cfg(test)]
 pub mod fake;
 pub mod follow;

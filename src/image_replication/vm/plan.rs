@@ -252,15 +252,13 @@ pub fn vm_plan(
     let redrive = old.observed_generation != obj.metadata.generation || retry.is_some();
     let key = crate::api::key_of(obj);
 
-    let (source, source_error) = match &obs.source {
-        Some(Ok(i)) => (Some(i.clone()), None),
-        Some(Err(e)) => (None, Some(e.clone())),
-        None => (None, None),
-    };
+    let source = obs.source.as_ref().and_then(|r| r.as_ref().ok()).cloned();
+    let source_error = obs.source.as_ref().and_then(|r| r.as_ref().err()).cloned();
     // The seed rules the source breaks, and what a source not ready yet waits for.
     let refused = source
         .as_ref()
-        .map(|s| rules::check(kind, spec, s, limits))
+        .zip(super::providers::cloud(kind))
+        .map(|(s, cloud)| rules::check(cloud, spec, s, limits))
         .unwrap_or_default();
     let waiting = source.as_ref().and_then(rules::wait_reason);
     let held = crate::image_replication::window::hold(spec, now);
@@ -387,7 +385,7 @@ impl Round<'_> {
             s.phase = DestinationPhase::Pending;
             s.message = None;
         }
-        if share::share_only(self.source_region, d) {
+        if d.shares_in_place(self.source_region) {
             shared_in_place(&mut s, self.start_now.source.filter(|_| self.start_now.may_start));
         } else {
             let at = Clock {

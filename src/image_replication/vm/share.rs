@@ -84,12 +84,6 @@ pub fn settled(s: &ShareStatus, attempts: i32) -> bool {
         || (s.state == SharePhase::Pending && s.reason == Some(ShareReason::AwaitingMember))
 }
 
-/// A destination in the source region that only shares: the source itself is shared, nothing
-/// is copied (the seeds' "cross-account replication in the same region").
-pub fn share_only(source_region: &str, d: &DestinationSpec) -> bool {
-    d.region == source_region && d.encryption.is_none() && !d.share_with.is_empty()
-}
-
 /// The shares of one destination: everything the plan needs besides the destination itself.
 pub struct SharePlan<'a> {
     pub sharing: Option<&'a Sharing>,
@@ -898,15 +892,13 @@ mod tests {
     fn same_region_destinations_share_the_source_itself() {
         let mut d = dest(&[("p1", None)]);
         d.region = "one".into();
-        assert!(share_only("one", &d));
+        assert!(d.shares_in_place("one"));
         d.encryption = Some(Default::default());
-        assert!(!share_only("one", &d), "copy-and-encrypt is a copy");
-        assert!(!share_only(
-            "one",
-            &DestinationSpec {
-                region: "one".into(),
-                ..Default::default()
-            }
-        ));
+        assert!(!d.shares_in_place("one"), "copy-and-encrypt is a copy");
+        let copy = DestinationSpec {
+            region: "one".into(),
+            ..Default::default()
+        };
+        assert!(!copy.shares_in_place("one"));
     }
 }

@@ -17,6 +17,9 @@ pub struct Sharing {
     /// How long (seconds) a member that a share call added, or a withdraw removed, may take to
     /// show in (or leave) the image's member list; the call is not made again meanwhile.
     pub members_lag: u64,
+    /// It refuses to share an image encrypted with its default key (huawei IMS, EC2); the
+    /// operator cannot tell the key, so an encrypted source is not shared in place.
+    pub refuses_encrypted_in_place: bool,
 }
 
 /// A member's status as the cloud lists it.

@@ -14,8 +14,14 @@ use super::super::sharing::Sharing;
 use super::super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, TOKEN_PROPERTY,
 };
+use std::sync::Arc;
+
+use crate::api::v1alpha1::ImageReplicationSpec;
 use crate::api::v1alpha1::ProviderKind;
+use crate::api::violation::Violation;
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
+use crate::image_replication::vm::facts::{Check, Cloud, gib, source_name};
+use crate::image_replication::vm::rules::destination_name;
 use crate::oci::client::urlencode;
 
 /// ECS sharing (`ModifyImageSharePermission`): a custom image with at most 50 Alibaba Cloud
@@ -28,6 +34,7 @@ pub const SHARING: Sharing = Sharing {
     needs_accept: false,
     // ECS lists are eventually consistent.
     members_lag: 60,
+    refuses_encrypted_in_place: false,
 };
 
 const ECS: &str = "https://ecs.{region}.aliyuncs.com";
@@ -470,6 +477,93 @@ impl Catalog for Alibaba {
             )
             .await,
         )
+    }
+}
+
+// ---------- the cloud's facts ----------
+
+/// Alibaba Cloud's facts (see [`Cloud`]): the registry's one line for it.
+pub const CLOUD: Cloud = Cloud {
+    kind: ProviderKind::Alibaba,
+    service,
+    sharing: &SHARING,
+    hosts: &["*.aliyuncs.com"],
+    source_rules,
+    default_name: source_name,
+    spec_rules,
+    free_form_regions: false,
+    fields: &["resourceGroupId"],
+    other_owner: Some(
+        "ECS cannot copy an image shared by another account to another region (the seed: create a custom image from it first, then copy that); share the copy with shareWith instead",
+    ),
+};
+
+/// Tags an ECS CopyImage request may carry (`Tag.N`, N <= 20).
+pub const MAX_TAGS: usize = 20;
+
+/// ECS CopyImage takes Tag.1..Tag.20, and one of them carries the operator's idempotency token.
+fn spec_rules(spec: &ImageReplicationSpec, out: &mut Vec<Violation>) {
+    for (i, d) in spec.destinations.iter().enumerate() {
+        if d.tags.len() > MAX_TAGS - 1 {
+            out.push(Violation::new(
+                format!("spec.destinations[{i}].tags"),
+                "TooManyTags",
+                format!(
+                    "Alibaba CopyImage takes at most {MAX_TAGS} tags and the operator uses one for its idempotency token; this destination has {}, at most {} are allowed",
+                    d.tags.len(),
+                    MAX_TAGS - 1
+                ),
+            ));
+        }
+    }
+}
+
+fn service() -> Arc<dyn super::super::ImageService> {
+    Arc::new(Alibaba::default())
+}
+
+/// Alibaba ECS: images over 2 TiB must go through snapshot copy.
+pub const MAX_BYTES: u64 = 2 * 1024 * GIB;
+
+/// Alibaba ECS: no images shared by another account, at most 2 TiB, destination names of 2 to 128 characters.
+pub fn source_rules(c: &mut Check<'_>) {
+    let spec = c.spec;
+    let source = c.source;
+    let src_field = c.src_field;
+    let img = c.img.clone();
+    let size = c.size;
+    let copies = spec
+        .destinations
+        .iter()
+        .any(|d| !d.shares_in_place(&spec.source.region));
+    if source.shared_from_other_account && copies {
+        c.refuse(
+            src_field.into(),
+            "SharedImageNotCopyable",
+            format!("{img} is shared by another account; create a custom image from it first, then copy that"),
+        );
+    }
+    if size > MAX_BYTES {
+        c.refuse(
+            src_field.into(),
+            "ImageTooLarge",
+            format!(
+                "{img} is {}; images over 2 TiB must be copied as snapshots and the image created from the snapshot copy in the destination region, which this version does not do",
+                gib(size)
+            ),
+        );
+    }
+    for (i, d) in spec.destinations.iter().enumerate() {
+        let n = destination_name(c.cloud, spec, d, source).chars().count();
+        if !(2..=128).contains(&n) {
+            c.refuse(
+                format!("spec.destinations[{i}].name"),
+                "InvalidName",
+                format!(
+                    "the destination name would be {n} characters (from the source name); it must be 2 to 128, set destinations[{i}].name"
+                ),
+            );
+        }
     }
 }
 

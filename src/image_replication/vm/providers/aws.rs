@@ -12,9 +12,12 @@ use super::super::sharing::Sharing;
 use super::super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, TOKEN_PROPERTY,
 };
+use std::sync::Arc;
+
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::xml::{self, Node};
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
+use crate::image_replication::vm::facts::{Cloud, no_rules, no_spec_rules, source_name};
 use crate::oci::client::urlencode;
 
 /// EC2 sharing (`ModifyImageAttribute` launchPermission, with `ModifySnapshotAttribute`
@@ -28,6 +31,7 @@ pub const SHARING: Sharing = Sharing {
     needs_accept: false,
     // EC2 is eventually consistent (its API reference).
     members_lag: 60,
+    refuses_encrypted_in_place: true,
 };
 
 const EC2: &str = "https://ec2.{region}.amazonaws.com";
@@ -522,6 +526,26 @@ impl Catalog for Aws {
         }
         Ok(())
     }
+}
+
+// ---------- the cloud's facts ----------
+
+/// AWS's facts (see [`Cloud`]): the registry's one line for it.
+pub const CLOUD: Cloud = Cloud {
+    kind: ProviderKind::Aws,
+    service,
+    sharing: &SHARING,
+    hosts: &["*.amazonaws.com", "*.amazonaws.com.cn"],
+    source_rules: no_rules,
+    default_name: source_name,
+    spec_rules: no_spec_rules,
+    free_form_regions: false,
+    fields: &[],
+    other_owner: None,
+};
+
+fn service() -> Arc<dyn super::super::ImageService> {
+    Arc::new(Aws::default())
 }
 
 #[cfg(test)]

@@ -20,8 +20,11 @@ use super::super::{
     Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageState, Member, ProviderError, Service,
     TOKEN_PROPERTY, TaskPhase, TaskState,
 };
+use crate::api::v1alpha1::ImageReplicationSpec;
 use crate::api::v1alpha1::ProviderKind;
+use crate::api::violation::Violation;
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
+use crate::image_replication::vm::facts::{Check, Cloud, GIB, gib, no_encryption};
 use crate::oci::client::urlencode;
 
 /// How long a member call waits for its IMS job (`BatchAddMembers`, `BatchUpdateMembers`,
@@ -39,6 +42,7 @@ pub const SHARING: Sharing = Sharing {
     needs_accept: true,
     // The member call is a job, waited for until it ends.
     members_lag: 0,
+    refuses_encrypted_in_place: true,
 };
 
 const IMS: &str = "https://ims.{region}.myhuaweicloud.com";
@@ -867,6 +871,205 @@ impl Huawei {
                 }
                 _ => every = (every * 2).min(Duration::from_secs(8)),
             }
+        }
+    }
+}
+
+// ---------- the cloud's facts ----------
+
+/// Huawei Cloud's facts (see [`Cloud`]): the registry's one line for it.
+pub const CLOUD: Cloud = Cloud {
+    kind: ProviderKind::Huawei,
+    service,
+    sharing: &SHARING,
+    hosts: &["*.myhuaweicloud.com"],
+    source_rules,
+    default_name,
+    spec_rules,
+    free_form_regions: false,
+    fields: &["vaultId", "project"],
+    other_owner: Some(
+        "an IMS copy stays with the tenant that replicates it; the seed's cross-account way is to replicate, share and accept: use shareWith with acceptWith",
+    ),
+};
+
+/// IMS cross-region replication needs an IAM agency; IMS cannot encrypt a copy.
+fn spec_rules(spec: &ImageReplicationSpec, out: &mut Vec<Violation>) {
+    if spec.provider.agency.as_deref().is_none_or(str::is_empty) {
+        out.push(Violation::new(
+            "spec.provider.agency",
+            "AgencyRequired",
+            "Huawei IMS cross-region replication needs provider.agency: an IAM agency with IMS Administrator in both regions",
+        ));
+    }
+    no_encryption(spec, out);
+}
+
+fn service() -> Arc<dyn super::super::ImageService> {
+    Arc::new(Huawei::default())
+}
+
+/// IMS names a replica `copy_<source region>_<source name>` when none is given.
+fn default_name(source_region: &str, source: &ImageInfo) -> String {
+    format!("copy_{source_region}_{}", source.name)
+}
+
+/// Huawei IMS: regions between which full-ECS images can be replicated (seed: 华北-北京一,
+/// 华东-上海一, 华东-上海二, 华北-北京四, 华南-广州).
+pub const FULL_ECS_REGIONS: [&str; 5] = ["cn-north-1", "cn-east-3", "cn-east-2", "cn-north-4", "cn-south-1"];
+
+/// Huawei IMS: source regions whose images may be up to 300 GB (seed: 华南-广州, 华东-上海一,
+/// 华东-上海二, 华北-北京四); elsewhere the limit is 128 GB. GB read as GiB.
+pub const REGIONS_300GB: [&str; 4] = ["cn-south-1", "cn-east-3", "cn-east-2", "cn-north-4"];
+
+/// Huawei's size limit for images replicated out of `region`.
+pub fn max_bytes(region: &str) -> u64 {
+    if REGIONS_300GB.contains(&region) {
+        300 * GIB
+    } else {
+        128 * GIB
+    }
+}
+
+/// Huawei IMS: private images only, no ISO, encrypted or KooGallery-derived images; full-ECS images need a vault per destination, may not be replicas of backups and stay within the regions that support them; the size limit of the source region.
+pub fn source_rules(c: &mut Check<'_>) {
+    let spec = c.spec;
+    let source = c.source;
+    let src_field = c.src_field;
+    let img = c.img.clone();
+    let size = c.size;
+    let iso = c.iso;
+    if source.visibility != "private" {
+        c.refuse(
+            src_field.into(),
+            "NotPrivateImage",
+            format!(
+                "{img} is a {} image; only private images can be replicated across regions (create an ECS from it, then a private image from that ECS)",
+                source.visibility
+            ),
+        );
+    }
+    if iso {
+        c.refuse(
+            src_field.into(),
+            "IsoImageNotReplicable",
+            format!("{img} is an ISO image; ISO images cannot be replicated across regions"),
+        );
+    }
+    if source.encrypted == Some(true) {
+        c.refuse(
+            src_field.into(),
+            "EncryptedImageNotReplicable",
+            format!("{img} is encrypted; encrypted images cannot be replicated across regions"),
+        );
+    }
+    if source.properties.get("__productcode").is_some_and(|c| !c.is_empty()) {
+        c.refuse(
+            src_field.into(),
+            "MarketplaceDerivedImage",
+            format!(
+                "{img} was made from a KooGallery (marketplace) image (product {}); such private images cannot be replicated across regions",
+                source.properties["__productcode"]
+            ),
+        );
+    }
+    if source.whole_machine {
+        full_ecs_rules(c);
+    }
+    let max = max_bytes(&spec.source.region);
+    if size > max {
+        c.refuse(
+            src_field.into(),
+            "ImageTooLarge",
+            format!(
+                "{img} is {}; images replicated from {} may be at most {}",
+                gib(size),
+                spec.source.region,
+                gib(max)
+            ),
+        );
+    }
+}
+
+/// Huawei IMS full-ECS images: a CBR vault per destination, not themselves replicated from
+/// a backup, only between the regions that support them.
+fn full_ecs_rules(c: &mut Check<'_>) {
+    let spec = c.spec;
+    let source = c.source;
+    let src_field = c.src_field;
+    let img = c.img.clone();
+    for (i, d) in spec.destinations.iter().enumerate() {
+        if d.vault_id.as_deref().is_none_or(str::is_empty) {
+            c.refuse(
+                format!("spec.destinations[{i}].vaultId"),
+                "VaultRequired",
+                format!(
+                    "{img} is a full-ECS image; replicating it to {} needs the CBR backup vault (vault ID, protection type Replication) in that region that will hold its backups",
+                    d.region
+                ),
+            );
+        }
+    }
+    // BatchUpdateMembers needs the member's own CBR vault (`vault_id`) to accept a full-ECS
+    // image made from a backup (every full-ECS copy is); the spec has no field for it, so such
+    // an acceptance is refused before anything starts rather than failing after the copy.
+    for (i, d) in spec.destinations.iter().enumerate() {
+        for (j, w) in d.share_with.iter().enumerate() {
+            if w.accept_with.is_some() {
+                c.refuse(
+                    format!("spec.destinations[{i}].shareWith[{j}].acceptWith"),
+                    "AcceptNeedsVault",
+                    format!(
+                        "{img} is a full-ECS image; accepting a share of it needs a CBR vault of the member account {} (BatchUpdateMembers vault_id), which the operator cannot name: remove acceptWith and accept it in that account",
+                        w.account
+                    ),
+                );
+            }
+        }
+    }
+    for (i, d) in spec.destinations.iter().enumerate() {
+        if d.share_with.len() > 10 {
+            c.refuse(
+                format!("spec.destinations[{i}].shareWith"),
+                "TooManyShares",
+                format!(
+                    "{img} is a full-ECS image; IMS shares one with at most 10 tenants, {} are listed",
+                    d.share_with.len()
+                ),
+            );
+        }
+    }
+    if source.replicated_from_backup {
+        c.refuse(
+            src_field.into(),
+            "FullEcsReplicaNotReplicable",
+            format!(
+                "{img} is a full-ECS image that was itself replicated from a backup; it cannot be replicated across regions again"
+            ),
+        );
+    }
+    if !FULL_ECS_REGIONS.contains(&spec.source.region.as_str()) {
+        c.refuse(
+            "spec.source.region".into(),
+            "FullEcsRegionNotSupported",
+            format!(
+                "{img} is a full-ECS image; full-ECS images can only be replicated between {}, not from {}",
+                FULL_ECS_REGIONS.join(", "),
+                spec.source.region
+            ),
+        );
+    }
+    for (i, d) in spec.destinations.iter().enumerate() {
+        if !FULL_ECS_REGIONS.contains(&d.region.as_str()) {
+            c.refuse(
+                format!("spec.destinations[{i}].region"),
+                "FullEcsRegionNotSupported",
+                format!(
+                    "{img} is a full-ECS image; full-ECS images can only be replicated between {}, not to {}",
+                    FULL_ECS_REGIONS.join(", "),
+                    d.region
+                ),
+            );
         }
     }
 }

@@ -8,17 +8,34 @@ pub mod huawei;
 pub mod openstack;
 pub mod tencent;
 
+use super::facts::Cloud;
 use super::sharing::Sharing;
 use crate::api::v1alpha1::ProviderKind;
 
-/// What each cloud states about sharing an image (its module's `SHARING`); `None`: it cannot.
+/// The clouds of this build: one line each (its module's `CLOUD`, every fact it states).
+pub const CLOUDS: [&Cloud; 5] = [
+    &huawei::CLOUD,
+    &alibaba::CLOUD,
+    &aws::CLOUD,
+    &tencent::CLOUD,
+    &openstack::CLOUD,
+];
+
+/// The facts of a cloud kind; `None` for oci.
+pub fn cloud(kind: ProviderKind) -> Option<&'static Cloud> {
+    CLOUDS.iter().copied().find(|c| c.kind == kind)
+}
+
+/// What a cloud states about sharing an image; `None`: it cannot (oci).
 pub fn sharing(kind: ProviderKind) -> Option<&'static Sharing> {
-    match kind {
-        ProviderKind::Huawei => Some(&huawei::SHARING),
-        ProviderKind::Alibaba => Some(&alibaba::SHARING),
-        ProviderKind::Aws => Some(&aws::SHARING),
-        ProviderKind::Tencent => Some(&tencent::SHARING),
-        ProviderKind::Openstack => Some(&openstack::SHARING),
-        ProviderKind::Oci => None,
-    }
+    cloud(kind).map(|c| c.sharing)
+}
+
+/// The egress policy's default cloud hosts: every cloud's public endpoint patterns.
+pub fn default_cloud_hosts() -> String {
+    CLOUDS
+        .iter()
+        .flat_map(|c| c.hosts.iter().copied())
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -27,6 +27,7 @@ use super::super::{
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::allowed;
 use crate::egress::{self, Class};
+use crate::image_replication::vm::facts::{Check, Cloud, gib, no_encryption, source_name};
 use crate::oci::client::{tls_config, urlencode, without_url};
 use crate::tasks::{Seen, TaskSet};
 
@@ -43,6 +44,7 @@ pub const SHARING: Sharing = Sharing {
     needs_accept: true,
     // Glance lists a member at once.
     members_lag: 0,
+    refuses_encrypted_in_place: false,
 };
 
 /// Reports one request: (operation, outcome, seconds).
@@ -1038,6 +1040,62 @@ impl Service for OpenStack {
         )
         .await
         .map(|_| ())
+    }
+}
+
+// ---------- the cloud's facts ----------
+
+/// OpenStack's facts (see [`Cloud`]): the registry's one line for it. Its endpoints are each
+/// deployment's own: none is allowed by default (`--egress-cloud-hosts`).
+pub const CLOUD: Cloud = Cloud {
+    kind: ProviderKind::Openstack,
+    service,
+    sharing: &SHARING,
+    hosts: &[],
+    source_rules,
+    default_name: source_name,
+    spec_rules: no_encryption,
+    free_form_regions: true,
+    fields: &[],
+    other_owner: Some("this cloud's copies belong to the provider's account; share them with shareWith instead"),
+};
+
+fn service() -> Arc<dyn super::super::ImageService> {
+    Arc::new(OpenStack::default())
+}
+
+/// OpenStack: the disk formats and the size this operator is configured to refuse.
+pub fn source_rules(c: &mut Check<'_>) {
+    let source = c.source;
+    let limits = c.limits;
+    let src_field = c.src_field;
+    let img = c.img.clone();
+    let size = c.size;
+    if let Some(f) = source.disk_format.as_deref()
+        && limits
+            .openstack_refused_formats
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(f))
+    {
+        c.refuse(
+            src_field.into(),
+            "DiskFormatNotReplicable",
+            format!(
+                "{img} has disk format {f}; this operator is configured to refuse {} images for cross-region copies (--openstack-refused-disk-formats)",
+                f
+            ),
+        );
+    }
+    if size > limits.openstack_max_bytes {
+        c.refuse(
+            src_field.into(),
+            "ImageTooLarge",
+            format!(
+                "{img} is {}; this operator copies OpenStack images up to {} (--openstack-max-image-bytes)",
+                gib(size),
+                gib(limits.openstack_max_bytes)
+            ),
+        );
     }
 }
 

@@ -13,8 +13,14 @@ use serde_json::{Value, json};
 use super::super::catalog::{Catalog, json_text};
 use super::super::sharing::Sharing;
 use super::super::{Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError};
+use std::sync::Arc;
+
+use crate::api::v1alpha1::ImageReplicationSpec;
 use crate::api::v1alpha1::ProviderKind;
+use crate::api::violation::Violation;
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
+use crate::image_replication::vm::facts::{Check, Cloud, source_name};
+use crate::image_replication::vm::rules::destination_name;
 
 /// CVM sharing (`ModifyImageSharePermission` SHARE/CANCEL): a custom image with at most 500
 /// accounts in the same region; no acceptance step.
@@ -26,6 +32,7 @@ pub const SHARING: Sharing = Sharing {
     needs_accept: false,
     // CVM lists are eventually consistent.
     members_lag: 60,
+    refuses_encrypted_in_place: false,
 };
 
 const CVM: &str = "https://cvm.tencentcloudapi.com";
@@ -463,6 +470,90 @@ impl Catalog for Tencent {
             // Shared with it already: what was asked for is so.
             Err(e) if add && e.is(ACCOUNT_ALREADY_EXISTS) => Ok(()),
             r => r.map(|_| ()),
+        }
+    }
+}
+
+// ---------- the cloud's facts ----------
+
+/// Tencent Cloud's facts (see [`Cloud`]): the registry's one line for it.
+pub const CLOUD: Cloud = Cloud {
+    kind: ProviderKind::Tencent,
+    service,
+    sharing: &SHARING,
+    hosts: &["*.tencentcloudapi.com"],
+    source_rules,
+    default_name: source_name,
+    spec_rules,
+    free_form_regions: false,
+    fields: &[],
+    other_owner: Some("this cloud's copies belong to the provider's account; share them with shareWith instead"),
+};
+
+/// CVM copies a custom image into an encrypted one only in the source region.
+fn spec_rules(spec: &ImageReplicationSpec, out: &mut Vec<Violation>) {
+    let src = &spec.source;
+    for (i, d) in spec.destinations.iter().enumerate() {
+        if d.encryption.is_some() && d.region != src.region {
+            out.push(Violation::new(
+                format!("spec.destinations[{i}].encryption"),
+                "EncryptedSyncOnlyInSourceRegion",
+                format!(
+                    "Tencent CVM copies a custom image into an encrypted one only in the source region ({}), not {}",
+                    src.region, d.region
+                ),
+            ));
+        }
+    }
+}
+
+fn service() -> Arc<dyn super::super::ImageService> {
+    Arc::new(Tencent::default())
+}
+
+/// Tencent CVM: the longest destination image name SyncImages accepts.
+pub const MAX_NAME: usize = 60;
+
+/// Tencent CVM: custom images only, a shared image only within its own region, destination names within the limit.
+pub fn source_rules(c: &mut Check<'_>) {
+    let spec = c.spec;
+    let source = c.source;
+    let src_field = c.src_field;
+    let img = c.img.clone();
+    if matches!(source.visibility.as_str(), "public" | "market") {
+        c.refuse(
+            src_field.into(),
+            "NotCustomImage",
+            format!(
+                "{img} is a {} image; SyncImages only syncs custom images (create an instance from it, then a custom image)",
+                source.visibility
+            ),
+        );
+    }
+    if source.visibility == "shared" {
+        for (i, d) in spec.destinations.iter().enumerate() {
+            if d.region != spec.source.region {
+                c.refuse(
+                    format!("spec.destinations[{i}].region"),
+                    "SharedImageNotSyncable",
+                    format!(
+                        "{img} is shared with this account; a shared image can only be copied into its own region ({}) as a custom image, then that custom image synced to {}",
+                        spec.source.region, d.region
+                    ),
+                );
+            }
+        }
+    }
+    for (i, d) in spec.destinations.iter().enumerate() {
+        let n = destination_name(c.cloud, spec, d, source).chars().count();
+        if n > MAX_NAME {
+            c.refuse(
+                format!("spec.destinations[{i}].name"),
+                "InvalidName",
+                format!(
+                    "the destination image name would be {n} characters; Tencent CVM allows at most {MAX_NAME}, set destinations[{i}].name"
+                ),
+            );
         }
     }
 }

@@ -1,0 +1,112 @@
+//! What a cloud states about itself, as one value its provider module defines (`CLOUD`): its
+//! kind, how to build its image service, its sharing rules, its endpoints' host patterns (the
+//! egress default), its seed rules on a source image and its naming convention. The registry
+//! ([`super::providers::CLOUDS`]) hands these to validation, the rules, the engine and the
+//! egress default, so a cloud is named in its own room only.
+
+use std::sync::Arc;
+
+use crate::api::v1alpha1::{ImageReplicationSpec, ProviderKind};
+use crate::api::violation::Violation;
+
+use super::sharing::Sharing;
+use super::{ImageInfo, ImageService};
+
+pub const GIB: u64 = 1 << 30;
+
+/// A size for messages: `2.0 GiB`.
+pub fn gib(b: u64) -> String {
+    format!("{:.1} GiB", b as f64 / GIB as f64)
+}
+
+/// One cloud's facts.
+pub struct Cloud {
+    pub kind: ProviderKind,
+    /// Builds its image service.
+    pub service: fn() -> Arc<dyn ImageService>,
+    /// How it shares images with other accounts.
+    pub sharing: &'static Sharing,
+    /// Host patterns of its public API endpoints: allowed by default (`--egress-cloud-hosts`).
+    pub hosts: &'static [&'static str],
+    /// The seed's rules on the described source image, beyond every cloud's (`rules::check`).
+    pub source_rules: fn(&mut Check<'_>),
+    /// The destination image's name when the spec gives none.
+    pub default_name: fn(source_region: &str, source: &ImageInfo) -> String,
+    /// Its spec rules beyond every cloud's (validation, before any call): what it cannot do
+    /// with a destination (encrypt, carry so many tags) and what it needs (Huawei's agency).
+    pub spec_rules: fn(&ImageReplicationSpec, &mut Vec<Violation>),
+    /// Its region ids are its deployment's own (OpenStack's Keystone ids), not lowercase ids.
+    pub free_form_regions: bool,
+    /// Destination fields only this cloud takes (API names: `vaultId`, `resourceGroupId`).
+    pub fields: &'static [&'static str],
+    /// A copy owned by another account (`destinations[].account`): `None` when it can be;
+    /// otherwise why not and what to do instead.
+    pub other_owner: Option<&'static str>,
+}
+
+/// No spec rules beyond every cloud's.
+pub fn no_spec_rules(_: &ImageReplicationSpec, _: &mut Vec<Violation>) {}
+
+/// A cloud that cannot encrypt a copy: every destination asking for it is refused.
+pub fn no_encryption(spec: &ImageReplicationSpec, out: &mut Vec<Violation>) {
+    for (i, d) in spec.destinations.iter().enumerate() {
+        if d.encryption.is_some() {
+            out.push(Violation::new(
+                format!("spec.destinations[{i}].encryption"),
+                "EncryptionNotSupported",
+                format!(
+                    "provider {} cannot encrypt a copy; remove encryption",
+                    spec.provider.kind.as_str()
+                ),
+            ));
+        }
+    }
+}
+
+/// The source image's own name: the convention of most clouds.
+pub fn source_name(_source_region: &str, source: &ImageInfo) -> String {
+    source.name.clone()
+}
+
+/// No rules beyond every cloud's.
+pub fn no_rules(_: &mut Check<'_>) {}
+
+/// Limits that are configuration rather than seed facts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// OpenStack: the largest image the operator copies (it streams every byte itself).
+    pub openstack_max_bytes: u64,
+    /// OpenStack: disk formats refused for cross-region copies (default `iso`, as Huawei IMS,
+    /// which is built on OpenStack, refuses ISO images).
+    pub openstack_refused_formats: Vec<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            openstack_max_bytes: 1024 * GIB,
+            openstack_refused_formats: vec!["iso".into()],
+        }
+    }
+}
+
+/// What the rules of a cloud look at, and the violations found.
+pub struct Check<'a> {
+    pub cloud: &'a Cloud,
+    pub spec: &'a ImageReplicationSpec,
+    pub source: &'a ImageInfo,
+    pub limits: &'a Limits,
+    /// The spec field that names the source image.
+    pub src_field: &'static str,
+    /// `source image <id> (<name>)`, for messages.
+    pub img: String,
+    pub size: u64,
+    pub iso: bool,
+    pub out: Vec<Violation>,
+}
+
+impl Check<'_> {
+    pub fn refuse(&mut self, field: String, reason: &'static str, message: String) {
+        self.out.push(Violation::new(field, reason, message));
+    }
+}
