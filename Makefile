@@ -21,8 +21,8 @@ tools: ## Install what the tests need: helm (.tools/bin), envtest's etcd and kub
 	./hack/install-tools.sh
 	./hack/install-envtest.sh
 
-test: tools ## Run every test (unit, CEL, fake and real API server, controllers, chart, the image of the test build)
-	HELM=$(HELM) cargo test --no-fail-fast
+test: tools ## Run every test (unit, CEL, fake and real API server, controllers, chart, the image of the test build): hack/test.sh, the harnesses side by side
+	HELM=$(HELM) ./hack/test.sh
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --check

@@ -10,7 +10,7 @@
 #   (e) controller scale: 5,000 ImageReplications, 100 ReplicaInstances (tests/bench_scale.rs),
 #       on a real kube-apiserver + etcd (envtest) and, beside it, on the fake API server
 #   (f) a 30 x 3 fleet through fault-injecting proxies, vs the same fleet without faults
-#       (tests/replica_sync.rs), BENCH_FLAKY_RUNS runs
+#       (tests/suites/replica_sync.rs), BENCH_FLAKY_RUNS runs
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -29,7 +29,7 @@ bin="$root/target/release/image-replication-operator"
 # The test binaries of (d)-(f), built now: every section measures the tree as it was when the
 # bench started, even if the sources change while it runs.
 testbin() { cargo test --release --no-run --test "$1" 2>&1 | sed -n 's/.*Executable .* (\(.*\))$/\1/p' | tail -1; }
-lag_bin="$root/$(testbin bench_lag)"; scale_bin="$root/$(testbin bench_scale)"; sync_bin="$root/$(testbin replica_sync)"
+lag_bin="$root/$(testbin bench_lag)"; scale_bin="$root/$(testbin bench_scale)"; sync_bin="$root/$(testbin registries)"
 work="$(mktemp -d)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -405,7 +405,7 @@ replica with skopeo. distribution 2.8 refuses every
 request on a session whose PATCH was cut (404 \`BLOB_UPLOAD_INVALID\`: the offset in its upload
 state no longer matches what it stored) — the session cannot be resumed or cancelled by a client,
 so the blob starts again in a new session and the old one is reported and left to the registry's
-upload purging. Command: \`cargo test --release --test replica_sync a_fleet_sync_converges --
+upload purging. Command: \`cargo test --release --test registries a_fleet_sync_converges --
 --nocapture\` (\`FLAKY_RATES=p503,p429,cut_answer,cut_upload\` changes the rates).
 MD
 echo "wrote $OUT"

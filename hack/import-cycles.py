@@ -8,7 +8,7 @@ rustc does: `crate::`, `super::`, `self::`, a child module of this one (`huawei:
 ancestors (`super::Error`) is not an edge: a child lives inside its parent. Strongly connected
 components of more than one module are printed; exit 1 when there is one.
 
-`python3 hack/import-cycles.py [SRC]` — used by tests/layout.rs (issues #11, #32)."""
+`python3 hack/import-cycles.py [SRC]` — used by tests/suites/layout.rs (issues #11, #32)."""
 import os
 import re
 import sys

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Functions in src/ longer than a limit (default 100 lines, signature to closing brace), test
 modules included. `python3 hack/long-functions.py [SRC] [LIMIT]`; exit 1 when there is one. Used by
-tests/layout.rs (issue #32: no function over 100 lines)."""
+tests/suites/layout.rs (issue #32: no function over 100 lines)."""
 import os
 import re
 import sys

@@ -3,7 +3,7 @@
 //! answers and errors, Keystone tokens, glob filters, quantities, durations, `Retry-After` and
 //! upload `Range` headers).
 //!
-//! Each target takes arbitrary bytes and must return without panicking. `tests/fuzz.rs` replays
+//! Each target takes arbitrary bytes and must return without panicking. `tests/suites/fuzz.rs` replays
 //! the seeds and runs a bounded, seeded mutation fuzzer over every target in `make test`; the
 //! `fuzz/` crate runs the same targets under libFuzzer (`cargo +nightly fuzz run <name>`).
 

@@ -44,28 +44,36 @@ pub struct ControlPlane {
 }
 
 static PLANE: OnceLock<Option<ControlPlane>> = OnceLock::new();
+static QUIET: OnceLock<Option<ControlPlane>> = OnceLock::new();
 static NAMESPACES: AtomicU32 = AtomicU32::new(0);
 
 /// The binary's control plane, started on first use; `None` (after one loud line) when no
 /// envtest assets are installed and `IMGREP_REQUIRE_ENVTEST` is not set.
 pub fn control_plane() -> Option<&'static ControlPlane> {
-    PLANE
-        .get_or_init(|| {
-            let Some(assets) = assets() else {
-                let why = "no envtest assets: set KUBEBUILDER_ASSETS to a directory with etcd, kube-apiserver \
-                     and kubectl (`make tools` unpacks ../shared/envtest into .tools/envtest; elsewhere \
-                     `setup-envtest use 1.36.x`)";
-                assert!(
-                    std::env::var("IMGREP_REQUIRE_ENVTEST").is_err(),
-                    "{why}; IMGREP_REQUIRE_ENVTEST is set, so the real-server tests may not be skipped"
-                );
-                eprintln!("\n!!!! SKIPPING the real-API-server tests of this binary: {why}\n");
-                return None;
-            };
-            // Started on a thread of its own: the caller may be inside a tokio runtime.
-            Some(std::thread::spawn(move || ControlPlane::start(assets)).join().unwrap())
-        })
-        .as_ref()
+    PLANE.get_or_init(start_or_skip).as_ref()
+}
+
+/// A control plane no other suite of the binary sends requests to: for the at-rest count, which
+/// reads the server's own request counters (server-wide). Started on first use, as
+/// [`control_plane`].
+pub fn quiet_control_plane() -> Option<&'static ControlPlane> {
+    QUIET.get_or_init(start_or_skip).as_ref()
+}
+
+fn start_or_skip() -> Option<ControlPlane> {
+    let Some(assets) = assets() else {
+        let why = "no envtest assets: set KUBEBUILDER_ASSETS to a directory with etcd, kube-apiserver \
+             and kubectl (`make tools` unpacks ../shared/envtest into .tools/envtest; elsewhere \
+             `setup-envtest use 1.36.x`)";
+        assert!(
+            std::env::var("IMGREP_REQUIRE_ENVTEST").is_err(),
+            "{why}; IMGREP_REQUIRE_ENVTEST is set, so the real-server tests may not be skipped"
+        );
+        eprintln!("\n!!!! SKIPPING the real-API-server tests of this binary: {why}\n");
+        return None;
+    };
+    // Started on a thread of its own: the caller may be inside a tokio runtime.
+    Some(std::thread::spawn(move || ControlPlane::start(assets)).join().unwrap())
 }
 
 /// `KUBEBUILDER_ASSETS`, or `.tools/envtest` of this checkout, if it holds the three binaries.

@@ -5,7 +5,7 @@
 //! - **Real server** (`tests/support/envtest.rs`: envtest's etcd + kube-apiserver): what only a
 //!   real server can tell — server-side apply and managed fields, CEL with the real cost
 //!   estimator, printer columns, status subresource rules, real Leases, RBAC with the chart's
-//!   roles, and `apiserver_request_total` at rest. `tests/envtest.rs`, `tests/envtest_at_rest.rs`,
+//!   roles, and `apiserver_request_total` at rest. `tests/suites/envtest.rs`, `tests/suites/envtest_at_rest.rs`,
 //!   and `make bench`'s controller-scale run.
 //! - **This fake**, for what a real server cannot be made to do on demand, or cannot show:
 //!   its request log per object (`writes_to`, `watch_events_of`: "which write came after which",

@@ -1,7 +1,7 @@
 //! ReplicaInstance syncs against real registries without the controller: overwrite semantics,
 //! and the no-cluster `replicate -f` command with a ReplicaInstance.
 
-mod support;
+use crate::support;
 
 use image_replication_operator::api::v1alpha1::ReplicaInstanceSpec;
 use image_replication_operator::oci::SecretCredentials;

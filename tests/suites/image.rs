@@ -8,7 +8,7 @@
 //! release build, which the test job no longer builds (11 minutes of a fresh-clone CI run, issue
 //! #32). Needs skopeo, binutils' `strip` and root (for chroot).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

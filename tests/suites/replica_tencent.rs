@@ -2,7 +2,7 @@
 //! fake API server against a TCR API stand-in (tests/support/clouds/) that checks every
 //! request's TC3-HMAC-SHA256 signature and CreateReplicationInstance's 1 request/s limit.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

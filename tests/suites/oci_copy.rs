@@ -1,7 +1,7 @@
 //! The copy engine against real registries (Debian docker-registry), checked with skopeo and
 //! with the registries' own access logs.
 
-mod support;
+use crate::support;
 
 use image_replication_operator::oci::{
     Budgets, CopyOptions, Credentials, Engine, OciError, Progress, Registry, RegistryAddr,

@@ -1,7 +1,7 @@
 //! The fake API server behaves like the real one where the operator depends on it.
 //! Everything here goes through a real `kube::Client`.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -188,7 +188,7 @@ async fn watch_resumes_from_resource_version_with_bookmarks_and_timeout() {
 async fn status_subresource_is_isolated() {
     let (_s, c) = setup().await;
     let api: Api<ImageReplication> = Api::namespaced(c, "default");
-    let obj: ImageReplication = serde_yaml::from_str(include_str!("../deploy/examples/huawei.yaml")).unwrap();
+    let obj: ImageReplication = serde_yaml::from_str(include_str!("../../deploy/examples/huawei.yaml")).unwrap();
     let mut with_status = obj.clone();
     with_status.status = Some(Default::default());
     with_status.status.as_mut().unwrap().summary = Some("from create".into());
@@ -283,7 +283,7 @@ async fn json_patch_test_on_absent_path_and_finalizer_deletion() {
 async fn custom_resources_are_checked_against_the_crd_cel_rules() {
     let (_s, c) = setup().await;
     let api: Api<ImageReplication> = Api::namespaced(c, "default");
-    let mut obj: ImageReplication = serde_yaml::from_str(include_str!("../deploy/examples/huawei.yaml")).unwrap();
+    let mut obj: ImageReplication = serde_yaml::from_str(include_str!("../../deploy/examples/huawei.yaml")).unwrap();
     obj.spec.destinations.push(obj.spec.destinations[0].clone());
     let (code, reason) = api_err(api.create(&PostParams::default(), &obj).await);
     assert_eq!((code, reason.as_str()), (422, "Invalid"));

@@ -1,7 +1,7 @@
 //! ReplicaInstance with an oci primary, end to end: the operator process, the fake API server, a
 //! real primary registry that sends notifications to the operator, and a real replica.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The real operator binary, run as a process against the fake API server: what a user sees
 //! through kubectl (finalizers, conditions, events) and through the HTTP endpoints.
 
-mod support;
+use crate::support;
 
 use serde::Deserialize;
 
@@ -87,7 +87,7 @@ async fn apply_adds_finalizer_honest_status_events_and_metrics() {
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
     api.create(
         &PostParams::default(),
-        &example(include_str!("../deploy/examples/tencent.yaml")),
+        &example(include_str!("../../deploy/examples/tencent.yaml")),
     )
     .await
     .unwrap();
@@ -126,7 +126,7 @@ async fn apply_adds_finalizer_honest_status_events_and_metrics() {
     let ri: Api<ReplicaInstance> = Api::namespaced(c.clone(), "default");
     ri.create(
         &PostParams::default(),
-        &example(include_str!("../deploy/examples/replica-tencent.yaml")),
+        &example(include_str!("../../deploy/examples/replica-tencent.yaml")),
     )
     .await
     .unwrap();
@@ -180,7 +180,7 @@ async fn invalid_spec_is_reported_once_then_waits_for_a_change() {
     let (s, c, dir) = cluster().await;
     let _op = Operator::start(&s.write_kubeconfig(dir.path()), dir.path(), "op-a", &[]);
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
-    let mut obj: ImageReplication = example(include_str!("../deploy/examples/huawei.yaml"));
+    let mut obj: ImageReplication = example(include_str!("../../deploy/examples/huawei.yaml"));
     obj.spec.provider.agency = None; // allowed by the schema, refused by the Huawei IMS rules
     api.create(&PostParams::default(), &obj).await.unwrap();
 
@@ -239,7 +239,7 @@ async fn delete_runs_cleanup_then_the_object_goes() {
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
     api.create(
         &PostParams::default(),
-        &example(include_str!("../deploy/examples/aws.yaml")),
+        &example(include_str!("../../deploy/examples/aws.yaml")),
     )
     .await
     .unwrap();
@@ -315,7 +315,7 @@ async fn leader_election_lets_one_instance_reconcile_and_hands_over_on_sigterm()
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
     api.create(
         &PostParams::default(),
-        &example(include_str!("../deploy/examples/huawei.yaml")),
+        &example(include_str!("../../deploy/examples/huawei.yaml")),
     )
     .await
     .unwrap();
@@ -356,7 +356,7 @@ async fn leader_election_lets_one_instance_reconcile_and_hands_over_on_sigterm()
     .await;
     api.create(
         &PostParams::default(),
-        &example(include_str!("../deploy/examples/alibaba.yaml")),
+        &example(include_str!("../../deploy/examples/alibaba.yaml")),
     )
     .await
     .unwrap();

@@ -113,7 +113,7 @@ fn same_region_only_with_encryption() {
 
 /// The seeds' "same region, cross-account": a same-region destination that only shares the
 /// source; an empty shareWith does not count. (Unique accounts: a list keyed by account, which
-/// the real API server enforces: tests/envtest.rs.)
+/// the real API server enforces: tests/suites/envtest.rs.)
 #[test]
 fn same_region_with_share_with_and_unique_accounts() {
     assert_eq!(

@@ -4,7 +4,7 @@
 //! Needs `helm` (`make tools` installs it into .tools/bin) and `lua5.1` (Argo CD runs gopher-lua,
 //! a Lua 5.1); `HELM` and `LUA` override the paths.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;
@@ -371,7 +371,7 @@ fn argocd_health(obj: &Value) -> (String, String) {
 }
 
 fn planned(mutate: impl FnOnce(&mut ImageReplication), implemented: bool) -> Value {
-    let mut o: ImageReplication = serde_yaml::from_str(include_str!("../deploy/examples/huawei.yaml")).unwrap();
+    let mut o: ImageReplication = serde_yaml::from_str(include_str!("../../deploy/examples/huawei.yaml")).unwrap();
     o.metadata.generation = Some(1);
     mutate(&mut o);
     let now = Time(Timestamp::now());
@@ -388,7 +388,7 @@ fn planned(mutate: impl FnOnce(&mut ImageReplication), implemented: bool) -> Val
 #[test]
 fn argocd_health_reads_the_operator_status() {
     let no_status = serde_json::to_value(
-        serde_yaml::from_str::<ImageReplication>(include_str!("../deploy/examples/huawei.yaml")).unwrap(),
+        serde_yaml::from_str::<ImageReplication>(include_str!("../../deploy/examples/huawei.yaml")).unwrap(),
     )
     .unwrap();
     assert_eq!(argocd_health(&no_status).0, "Progressing");

@@ -5,10 +5,10 @@
 //! Keystone and Glance, leader election and fencing on real Leases, and the operator run as the
 //! chart's ServiceAccount under its RBAC. One control plane for this binary; every test has its
 //! own namespace and its own operator (`--namespace`, its Lease in that namespace too).
-//! "Nothing written at rest" counted by the server itself is `tests/envtest_at_rest.rs` (its own
+//! "Nothing written at rest" counted by the server itself is `tests/suites/envtest_at_rest.rs` (its own
 //! binary, so no other test's requests are counted).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

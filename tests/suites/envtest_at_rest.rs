@@ -1,8 +1,9 @@
 //! At rest nothing is written, counted by a real `kube-apiserver` itself
-//! (`apiserver_request_total` by verb and resource). A binary of its own, so that its control
-//! plane serves no other test's requests while it counts.
+//! (`apiserver_request_total` by verb and resource). On a control plane of its own
+//! ([`envtest::quiet_control_plane`]), so that it serves no other suite's requests while it
+//! counts (the counters are server-wide).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -30,7 +31,9 @@ const READS: &[&str] = &["GET", "LIST", "WATCH"];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn at_rest_the_real_server_counts_no_write_for_either_kind() {
-    let Some(cp) = envtest::control_plane() else { return };
+    let Some(cp) = envtest::quiet_control_plane() else {
+        return;
+    };
     let c = cp.client().await;
     let ns = cp.namespace(&c, "rest").await;
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
 //! Safe in a shared cluster: the egress policy, end to end with the operator process, the fake
 //! API server and real registries on allowed and refused loopback ports.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -256,7 +256,7 @@ const WRONG: &str = "pw-Wrong-Z9k2";
 /// oci with a TLS registry behind basic auth, one object with the right credentials and one
 /// with wrong ones (errors are where credentials leak), JSON logs: no credential in any log
 /// line, stored object, Event or metric. (The cloud providers' scenarios run the same check:
-/// tests/vm_clouds.rs, vm_openstack.rs, replica_tencent.rs.)
+/// tests/suites/vm_clouds.rs, vm_openstack.rs, replica_tencent.rs.)
 #[tokio::test(flavor = "multi_thread")]
 async fn registry_credentials_reach_no_log_status_event_or_metric() {
     use base64::Engine as _;

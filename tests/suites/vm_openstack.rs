@@ -2,7 +2,7 @@
 //! server, real Glance servers as regions behind a Keystone stand-in (and, in one test, a real
 //! Keystone), images made with qemu-img.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;

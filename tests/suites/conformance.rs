@@ -2,7 +2,7 @@
 //! `make tools` into `.tools/sdk`). The stand-ins' exchanges are checked against the SDKs'
 //! request and response models at the end of every cloud test (`Stand::assert_conforms`).
 
-mod support;
+use crate::support;
 
 use image_replication_operator::cloud::sign;
 use image_replication_operator::cloud::{self, ErrorClass};

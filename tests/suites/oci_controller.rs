@@ -1,7 +1,7 @@
 //! ImageReplication with provider oci, end to end: the operator process, the fake API server and
 //! real registries. Also the no-cluster `replicate -f` command.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 
 #[path = "vm_clouds/in_time.rs"]
 mod in_time;
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
