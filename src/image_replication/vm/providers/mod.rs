@@ -13,7 +13,7 @@ use super::sharing::Sharing;
 use crate::api::v1alpha1::ProviderKind;
 
 /// The clouds of this build: one line each (its module's `CLOUD`, every fact it states).
-pub const CLOUDS: [&Cloud; 5] = [
+pub const CLOUDS: &[&Cloud] = &[
     &huawei::CLOUD,
     &alibaba::CLOUD,
     &aws::CLOUD,
@@ -38,4 +38,27 @@ pub fn default_cloud_hosts() -> String {
         .flat_map(|c| c.hosts.iter().copied())
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every VM kind of the API has exactly one registry line, and its facts say its kind (a
+    /// cloud added to the enum but not registered would be "not implemented" at run time).
+    #[test]
+    fn every_cloud_kind_has_one_registry_line() {
+        for kind in ProviderKind::ALL {
+            let lines = CLOUDS.iter().filter(|c| c.kind == kind).count();
+            assert_eq!(lines, usize::from(kind != ProviderKind::Oci), "{kind:?}");
+        }
+        for c in CLOUDS {
+            assert_eq!(
+                (c.service)().kind(),
+                c.kind,
+                "{:?}: its service is another cloud's",
+                c.kind
+            );
+        }
+    }
 }
