@@ -23,7 +23,7 @@ use crate::replica_instance::oci::Oci as OciReplica;
 use crate::replica_instance::oci::notify::Notifications;
 use crate::replica_instance::oci::sync::ReplicaSyncer;
 pub use crate::replica_instance::provider::ReplicaBackend;
-use crate::replica_instance::tcr::api::Tcr;
+use crate::replica_instance::tcr::client::Tcr;
 use crate::server::metrics::Metrics;
 use crate::tasks::OnDone;
 

@@ -45,7 +45,8 @@ pub fn plan(obj: &ImageReplication, snap: &Snapshot, now: &Time) -> Planned<Imag
             resync,
             max_attempts,
         } => {
-            let p = crate::image_replication::plan::oci_plan(obj, tasks, checked, pruned, now, *resync, *max_attempts);
+            let p =
+                crate::image_replication::oci::plan::oci_plan(obj, tasks, checked, pruned, now, *resync, *max_attempts);
             let work = if p.start.is_empty() && p.prune.is_empty() {
                 Work::Nothing
             } else {

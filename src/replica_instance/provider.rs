@@ -14,9 +14,9 @@ use crate::api::v1alpha1::{ReplicaInstance, ReplicaProvider};
 use crate::cloud::{Account, ProviderError};
 use crate::controller::secrets::Secrets;
 use crate::plan::{Announcement, Gate};
+use crate::replica_instance::oci::plan::SyncStart;
 use crate::replica_instance::oci::sync::SyncView;
-use crate::replica_instance::plan::SyncStart;
-use crate::replica_instance::tcr::api as tcr;
+use crate::replica_instance::tcr::client as tcr;
 
 /// What one reconcile of a ReplicaInstance saw.
 // One snapshot lives per reconcile, for its duration: the size of its largest variant costs nothing.

@@ -13,7 +13,7 @@ use crate::controller::{Env, Managed, Planned, blocked_conditions};
 use crate::error::Blocked;
 use crate::plan::{self, Announcement, Gate};
 use crate::replica_instance::provider::{Snapshot, Work};
-use crate::replica_instance::tcr::api as tcr;
+use crate::replica_instance::tcr::plan as tcr;
 use crate::{Error, Result, validation};
 
 fn gate(obj: &ReplicaInstance, env: &Env) -> Gate {
@@ -52,7 +52,7 @@ pub fn plan(obj: &ReplicaInstance, snap: &Snapshot, now: &Time) -> Planned<Repli
             last_full,
             interval,
         } => {
-            let p = crate::replica_instance::plan::replica_plan(
+            let p = crate::replica_instance::oci::plan::replica_plan(
                 obj,
                 sync,
                 pending.as_ref().map(|(r, t)| (r, t)),
@@ -121,8 +121,8 @@ mod tests {
     use super::*;
     use crate::cloud::ProviderError;
     use crate::plan::test_at as at;
+    use crate::replica_instance::oci::plan::SyncStart;
     use crate::replica_instance::oci::sync::SyncView;
-    use crate::replica_instance::plan::SyncStart;
     use std::time::Duration;
 
     fn obj(provider: &str) -> ReplicaInstance {

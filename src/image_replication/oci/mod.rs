@@ -2,6 +2,7 @@
 //! destination, of the registry-to-registry copy engine in [`replicator`]. Shared by the
 //! controller and the no-cluster `replicate` command.
 
+pub mod plan;
 pub mod replicator;
 
 use std::sync::Arc;

@@ -1344,14 +1344,7 @@ spec:
     /// again with a new token, three copies per cloud, none ever deleted.
     #[test]
     fn a_copy_the_cloud_does_not_list_yet_is_waited_for_within_its_window() {
-        let listing = Listing {
-            late: Duration::from_secs(300),
-            idempotent_start: false,
-        };
-        let with = |dests: &[(&str, DestObs)], l: Listing| Observed {
-            listing: l,
-            ..observed(dests)
-        };
+        let listing = LATE_LISTING;
         let unlisted = DestObs::Task {
             handle: CopyHandle::of_image("d-2"),
             state: TaskState {
@@ -1407,18 +1400,25 @@ spec:
         }
     }
 
+    /// A cloud that lists new images up to 5 minutes late and whose copy call takes no token.
+    const LATE_LISTING: Listing = Listing {
+        late: Duration::from_secs(300),
+        idempotent_start: false,
+    };
+
+    /// What was observed, on a cloud that lists as `l` says.
+    fn with(dests: &[(&str, DestObs)], l: Listing) -> Observed {
+        Observed {
+            listing: l,
+            ..observed(dests)
+        }
+    }
+
     /// A restart while the copy is not listed: no second copy within the window where the copy
     /// call takes no token; asked again where it does (the same copy comes back).
     #[test]
     fn a_restart_asks_for_no_second_copy_within_the_listing_window() {
-        let listing = Listing {
-            late: Duration::from_secs(300),
-            idempotent_start: false,
-        };
-        let with = |dests: &[(&str, DestObs)], l: Listing| Observed {
-            listing: l,
-            ..observed(dests)
-        };
+        let listing = LATE_LISTING;
         let mut o = obj();
         o.spec.destinations.truncate(1);
         step(&mut o, &Gate::Open, &observed(&[]), 0, &[("two", Admission::Granted)]);

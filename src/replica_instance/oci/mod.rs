@@ -4,6 +4,7 @@
 
 pub mod diff;
 pub mod notify;
+pub mod plan;
 pub mod sync;
 
 use std::sync::Arc;
@@ -19,8 +20,8 @@ use crate::controller::secrets::{Secrets, credentials};
 use crate::oci::{OciError, RegistryAddr, SecretCredentials};
 use crate::plan::Announcement;
 use crate::replica_instance::oci::notify::Notifications;
+use crate::replica_instance::oci::plan::SyncStart;
 use crate::replica_instance::oci::sync::{ReplicaSyncer, SyncProgress, SyncReport, SyncTasks, SyncView};
-use crate::replica_instance::plan::SyncStart;
 use crate::replica_instance::provider::{ReplicaBackend, Snapshot, Work};
 use crate::server::metrics::Metrics;
 use crate::tasks::OnDone;

@@ -3,7 +3,8 @@
 //! account, describes the replica, creates it when the plan says so and deletes it on
 //! `deletionPolicy: Delete`. The API client and the pure plan are in [`api`].
 
-pub mod api;
+pub mod client;
+pub mod plan;
 
 use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -14,7 +15,7 @@ use crate::cloud::{Account, ProviderError};
 use crate::controller::secrets::Secrets;
 use crate::plan::Announcement;
 use crate::replica_instance::provider::{ReplicaBackend, Snapshot, Work};
-use crate::replica_instance::tcr::api::Tcr;
+use crate::replica_instance::tcr::client::Tcr;
 
 /// The TCR account: the primary's credentials Secret (`secretId`, `secretKey`, optional
 /// `token`, optional `endpoint` override of `https://tcr.tencentcloudapi.com`).

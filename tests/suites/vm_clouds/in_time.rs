@@ -386,9 +386,11 @@ async fn a_failed_copy_is_deleted_and_made_again_on_cvm() {
 
 /// A cloud that throttles hard (one call per API at once, refilled at one every 3 s; IMS, whose
 /// copy polls read the image list up to four times, two at once refilled at one every 2 s;
-/// answered with the cloud's own throttling code) and answers every 5th request with a transient 5xx: the copy still
-/// ends Available, made once, the throttled calls backed off (never a storm of retries: the
-/// calls stay within a small multiple of the calm budget).
+/// answered with the cloud's own throttling code) and answers the first request it lets
+/// through, then every 5th, with a transient 5xx: the copy still ends Available, made once, the
+/// throttled calls backed off (never a storm of retries: the calls stay within a small multiple
+/// of the calm budget). The first, not the 5th: a quick run lets only 4 calls through on EC2
+/// (12 calls, 8 throttled) and then met no server error at all (seen in a fresh-clone CI run).
 async fn a_copy_through_throttling_and_server_errors_is_made_once(kind: Kind) {
     let profile = Profile {
         bucket: Some(if kind == Kind::Huawei { (2.0, 0.5) } else { (1.0, 0.34) }),

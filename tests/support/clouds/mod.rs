@@ -55,8 +55,9 @@ pub struct Profile {
     /// A token bucket per API and account: (capacity, refill per second); a call that finds
     /// it empty is answered with the cloud's throttling error.
     pub bucket: Option<(f64, f64)>,
-    /// Every n-th request is answered with a transient server error (5xx or the cloud's
-    /// internal error code).
+    /// The first request let through, and every n-th after it, is answered with a transient
+    /// server error (5xx or the cloud's internal error code): a copy of a few calls still meets
+    /// one.
     pub error_every: Option<u32>,
 }
 
@@ -681,7 +682,7 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
     {
         rec.throttled = true;
         throttled(kind)
-    } else if error_every.is_some_and(|n| n > 0 && (st.served.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(n)) {
+    } else if error_every.is_some_and(|n| n > 0 && st.served.fetch_add(1, Ordering::SeqCst).is_multiple_of(n)) {
         rec.server_error = true;
         server_error(kind)
     } else {
