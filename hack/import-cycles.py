@@ -13,6 +13,8 @@ import os
 import re
 import sys
 
+from rust_source import blank, without_test_modules
+
 IDENT = r'[A-Za-z_][A-Za-z_0-9]*'
 
 
@@ -30,31 +32,6 @@ def modules(root):
                 continue
             mods[rel] = p
     return mods
-
-
-def strip(src):
-    """Comments, strings and #[cfg(test)] modules removed."""
-    src = re.sub(r'//[^\n]*', '', src)
-    src = re.sub(r'/\*.*?\*/', '', src, flags=re.S)
-    src = re.sub(r'r#*"(?:.|\n)*?"#*', '""', src)
-    src = re.sub(r'"(?:\\.|[^"\\])*"', '""', src)
-    out, i = [], 0
-    for mt in re.finditer(r'#\[cfg\(test\)\]\s*(pub(\([a-z]+\))?\s+)?mod ' + IDENT + r'\s*\{', src):
-        if mt.start() < i:
-            continue
-        out.append(src[i:mt.start()])
-        depth, j = 0, mt.end() - 1
-        while j < len(src):
-            if src[j] == '{':
-                depth += 1
-            elif src[j] == '}':
-                depth -= 1
-                if depth == 0:
-                    break
-            j += 1
-        i = j + 1
-    out.append(src[i:])
-    return ''.join(out)
 
 
 def use_leaves(tree):
@@ -130,7 +107,7 @@ def main():
 
     edges = {m: set() for m in mods}
     for m, p in mods.items():
-        src = strip(open(p).read())
+        src = without_test_modules(blank(open(p).read()))
         names = {}
         uses = []
         for mt in re.finditer(r'\buse\s+([^;]+);', src):

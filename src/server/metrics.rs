@@ -5,8 +5,6 @@ use std::time::Instant;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::api::v1alpha1::ProviderKind;
-
 /// Every metric family of the operator, registered in one [`Registry`].
 #[derive(Clone)]
 pub struct Metrics {
@@ -75,12 +73,11 @@ impl Families {
     }
 }
 
-/// The cloud providers' label values (every VM provider kind of the API).
+/// The cloud providers' label values: every cloud of the registry.
 fn cloud_labels() -> impl Iterator<Item = &'static str> {
-    ProviderKind::ALL
-        .into_iter()
-        .filter(|k| *k != ProviderKind::Oci)
-        .map(ProviderKind::as_str)
+    crate::image_replication::vm::providers::CLOUDS
+        .iter()
+        .map(|c| c.kind.as_str())
 }
 
 impl Metrics {

@@ -274,18 +274,17 @@ fn selector(obj: &ImageReplication) -> Option<ImageSelector> {
 }
 
 /// The copy request of a destination: the spec's settings, the token and start time of the
-/// destination's status (None without a token: nothing was started).
+/// destination's status (None without a token: nothing was started; None for a kind that is
+/// not a cloud).
 pub fn request_for(obj: &ImageReplication, s: &DestinationStatus, source: &ImageInfo) -> Option<CopyRequest> {
     let spec = &obj.spec;
     let d = spec.destinations.iter().find(|d| d.region == s.region)?;
+    let cloud = super::providers::cloud(spec.provider.kind)?;
     Some(CopyRequest {
         source_region: spec.source.region.clone(),
         source: source.clone(),
         region: s.region.clone(),
-        name: match super::providers::cloud(spec.provider.kind) {
-            Some(cloud) => rules::destination_name(cloud, spec, d, source),
-            None => d.name.clone().unwrap_or_else(|| source.name.clone()),
-        },
+        name: rules::destination_name(cloud, spec, d, source),
         description: d.description.clone(),
         tags: d.tags.clone(),
         project: d.project.clone(),

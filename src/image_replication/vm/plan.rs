@@ -277,7 +277,6 @@ pub fn vm_plan(
         max_attempts,
         redrive,
         source_region: &spec.source.region,
-        can_start: *gate == Gate::Open && source.is_some(),
         sharing: super::providers::sharing(kind),
         start_now: StartNow {
             may_start,
@@ -354,8 +353,6 @@ struct Round<'a> {
     /// The spec changed or a retry was asked for: failed destinations and shares start over.
     redrive: bool,
     source_region: &'a str,
-    /// Copies may start (the gate is open and the source is known).
-    can_start: bool,
     sharing: Option<&'static share::Sharing>,
     start_now: StartNow<'a>,
     /// `follow`: the source this plan copies, when it was looked up this time.
@@ -393,7 +390,9 @@ impl Round<'_> {
                 max_attempts,
                 listing: self.obs.listing,
             };
-            apply_observation(p, &mut s, before, o, self.can_start, &at, wake);
+            // Copies may start: the gate is open and the source is known.
+            let can_start = *gate == Gate::Open && self.start_now.source.is_some();
+            apply_observation(p, &mut s, before, o, can_start, &at, wake);
             if let Some(current) = self.newer.filter(|_| *gate == Gate::Open) {
                 let cancel = follow::supersede(&mut s, current, self.old_source, self.obs.can_cancel, previous);
                 p.cancel.extend(cancel);
