@@ -235,15 +235,19 @@ fn source_and_provider(out: &mut Vec<Violation>, spec: &ImageReplicationSpec) {
             format!("maxConcurrentCopies must be between 1 and 100, got {n}"),
         ));
     }
-    if kind != ProviderKind::Oci && spec.provider.credentials_secret_ref.is_none() {
+    let identity = providers::cloud(kind).and_then(|c| c.identity);
+    if kind != ProviderKind::Oci && spec.provider.credentials_secret_ref.is_none() && identity.is_none() {
         out.push(Violation::new(
             "spec.provider.credentialsSecretRef",
             "CredentialsRequired",
             format!(
-                "provider {} needs credentialsSecretRef naming a Secret with its credentials",
+                "provider {} needs credentialsSecretRef naming a Secret with its credentials (it has no workload identity)",
                 kind.as_str()
             ),
         ));
+    }
+    if let Some(r) = &spec.provider.assume_role {
+        role(out, kind, "spec.provider.assumeRole", r);
     }
     if let Some(cloud) = providers::cloud(kind) {
         (cloud.spec_rules)(spec, out);
@@ -350,12 +354,41 @@ fn owner(out: &mut Vec<Violation>, kind: ProviderKind, i: usize, d: &Destination
             format!("{:?} is not {}", crate::cloud::short(&a.id), rules.account_rule),
         ));
     }
-    if a.credentials_secret_ref.name.is_empty() {
-        out.push(Violation::new(
+    match (&a.credentials_secret_ref, &a.assume_role) {
+        (None, None) => out.push(Violation::new(
+            f(""),
+            "CredentialsRequired",
+            "account needs credentialsSecretRef (the account's keys) or assumeRole (a role of the account, assumed with the provider's credentials)",
+        )),
+        (Some(s), _) if s.name.is_empty() => out.push(Violation::new(
             f(".credentialsSecretRef.name"),
             "InvalidSecretRef",
             "account.credentialsSecretRef.name must name a Secret",
-        ));
+        )),
+        _ => {}
+    }
+    if let Some(r) = &a.assume_role {
+        role(out, kind, &f(".assumeRole"), r);
+    }
+}
+
+/// A role to assume (`assumeRole`): the cloud has roles, and the role has the cloud's form.
+fn role(out: &mut Vec<Violation>, kind: ProviderKind, field: &str, r: &crate::api::v1alpha1::AssumeRoleSpec) {
+    match providers::cloud(kind).and_then(|c| c.identity) {
+        None => out.push(Violation::new(
+            field,
+            "FieldNotSupported",
+            format!(
+                "provider {} has no roles to assume; name a Secret with the account's keys in credentialsSecretRef",
+                kind.as_str()
+            ),
+        )),
+        Some(i) if !(i.valid_role)(&r.role_arn) => out.push(Violation::new(
+            format!("{field}.roleArn"),
+            "InvalidRole",
+            format!("{:?} is not {}", crate::cloud::short(&r.role_arn), i.role_rule),
+        )),
+        Some(_) => {}
     }
 }
 
@@ -672,6 +705,7 @@ mod tests {
             provider: ProviderSpec {
                 kind,
                 credentials_secret_ref: Some(SecretRef { name: "creds".into() }),
+                assume_role: None,
                 endpoint: None,
                 agency: Some("ims_admin".into()),
                 max_concurrent_copies: None,
@@ -899,7 +933,8 @@ mod tests {
             let mut s = ir(kind);
             s.destinations[0].account = Some(OwnerSpec {
                 id: id.into(),
-                credentials_secret_ref: SecretRef { name: "team-b".into() },
+                credentials_secret_ref: Some(SecretRef { name: "team-b".into() }),
+                assume_role: None,
             });
             image_replication(&s)
         };
@@ -963,6 +998,61 @@ mod tests {
             kms_key_id: Some("key".into()),
         });
         assert_eq!(image_replication(&s), vec![]);
+    }
+
+    /// A copy owned by another account through a role of it, assumed with the provider's
+    /// credentials: no second key pair; the role in the cloud's form.
+    #[test]
+    fn an_owner_account_through_its_role() {
+        let mut s = ir(ProviderKind::Aws);
+        s.provider.agency = None;
+        let role = |arn: &str| AssumeRoleSpec {
+            role_arn: arn.into(),
+            external_id: None,
+        };
+        s.destinations[0].account = Some(OwnerSpec {
+            id: "210987654321".into(),
+            credentials_secret_ref: None,
+            assume_role: Some(role("arn:aws:iam::210987654321:role/imgrep")),
+        });
+        assert_eq!(image_replication(&s), vec![]);
+        s.destinations[0].account.as_mut().unwrap().assume_role = None;
+        assert_eq!(reasons(&image_replication(&s)), vec!["CredentialsRequired"]);
+        s.destinations[0].account.as_mut().unwrap().assume_role = Some(role("imgrep"));
+        let v = image_replication(&s);
+        assert_eq!(reasons(&v), vec!["InvalidRole"]);
+        assert_eq!(v[0].field, "spec.destinations[0].account.assumeRole.roleArn");
+        assert!(
+            v[0].message.contains("arn:aws:iam::<12-digit account>:role/<name>"),
+            "{v:?}"
+        );
+    }
+
+    /// Keys in a Secret are needed only where the cloud has no workload identity; a role is
+    /// taken only where the cloud has roles, in its own form.
+    #[test]
+    fn workload_identity_and_roles() {
+        let mut s = ir(ProviderKind::Aws);
+        s.provider.agency = None;
+        s.provider.credentials_secret_ref = None;
+        assert_eq!(image_replication(&s), vec![], "aws: the pod's workload identity");
+        s.provider.assume_role = Some(AssumeRoleSpec {
+            role_arn: "arn:aws:iam::123456789012:role/imgrep".into(),
+            external_id: Some("team-a".into()),
+        });
+        assert_eq!(image_replication(&s), vec![]);
+        let mut s = ir(ProviderKind::Openstack);
+        s.provider.agency = None;
+        s.provider.credentials_secret_ref = None;
+        let v = image_replication(&s);
+        assert!(reasons(&v).contains(&"CredentialsRequired"), "{v:?}");
+        s.provider.credentials_secret_ref = Some(SecretRef { name: "creds".into() });
+        s.provider.assume_role = Some(AssumeRoleSpec::default());
+        let v: Vec<_> = image_replication(&s)
+            .into_iter()
+            .filter(|v| v.field == "spec.provider.assumeRole")
+            .collect();
+        assert_eq!(reasons(&v), vec!["FieldNotSupported"], "{v:?}");
     }
 
     #[test]

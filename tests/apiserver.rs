@@ -10,3 +10,5 @@ mod support;
 mod envtest;
 #[path = "suites/envtest_at_rest.rs"]
 mod envtest_at_rest;
+#[path = "suites/identity.rs"]
+mod identity;

@@ -1,6 +1,13 @@
 //! The account a cloud provider acts for, and the error every provider call returns.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long refused credentials wait before they are tried again: 5 minutes, doubling to 1
+/// hour (a wrong password tried once a minute would trip a lockout policy).
+pub fn auth_backoff(failures: u32) -> Duration {
+    (Duration::from_secs(300) * 2u32.saturating_pow(failures.saturating_sub(1).min(8))).min(Duration::from_secs(3600))
+}
 
 /// A provider error. `retryable` errors (5xx, connection, throttling) are tried again with
 /// backoff; others fail the destination at once. Messages never carry secrets.
@@ -84,6 +91,10 @@ pub struct Account {
     pub secret: BTreeMap<String, Vec<u8>>,
     pub endpoint: Option<String>,
     pub agency: Option<String>,
+    /// Where short-lived keys in `secret` came from (`workload identity`, `role ...`), for
+    /// messages and to know the account again when its keys are renewed; `None`: the keys are
+    /// a Secret's own.
+    pub identity: Option<String>,
 }
 
 impl std::fmt::Debug for Account {
@@ -92,6 +103,7 @@ impl std::fmt::Debug for Account {
             .field("secret_keys", &self.secret.keys().collect::<Vec<_>>())
             .field("endpoint", &self.endpoint)
             .field("agency", &self.agency)
+            .field("identity", &self.identity)
             .finish()
     }
 }
@@ -103,5 +115,14 @@ impl Account {
             .get(key)
             .map(|v| String::from_utf8_lossy(v).trim_end_matches('\n').to_string())
             .filter(|s| !s.is_empty())
+    }
+
+    /// What the account's credentials are, for messages: the Secret's name when they are a
+    /// Secret's, else where the short-lived keys came from.
+    pub fn credentials(&self, secret: &str) -> String {
+        match &self.identity {
+            Some(i) => i.clone(),
+            None => format!("the credentials in Secret {secret}"),
+        }
     }
 }

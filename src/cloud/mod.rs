@@ -9,6 +9,7 @@
 //! per-destination backoff takes over. Other errors are returned at once.
 
 pub mod account;
+pub mod identity;
 pub mod sign;
 pub mod xml;
 
@@ -184,6 +185,19 @@ pub fn client() -> reqwest::Client {
         .connect_timeout(Duration::from_secs(10))
         .timeout(API_TIMEOUT);
     egress::guard(builder, Class::Cloud, 5).build().expect("HTTP client")
+}
+
+/// The HTTP client for a credentials agent on the node (EKS Pod Identity's link-local
+/// address), which the pod's environment names: outside the egress policy, which governs the
+/// URLs specs and Secrets name.
+pub fn agent_client() -> reqwest::Client {
+    let tls = tls_config(None).expect("TLS with the system roots");
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTP client")
 }
 
 /// An HTTP answer: status, `Retry-After`, body.

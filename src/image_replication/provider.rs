@@ -38,8 +38,9 @@ pub enum Snapshot {
     Vm {
         gate: Gate,
         seen: vplan::Snapshot,
-        account: Result<Account, String>,
-        /// The accounts that own destinations' copies (`account`), by Secret name.
+        account: Result<Account, crate::cloud::ProviderError>,
+        /// The accounts that own destinations' copies (`account`), by what their credentials
+        /// are known by (`OwnerSpec::credentials_key`).
         owners: crate::image_replication::vm::engine::Others,
     },
 }

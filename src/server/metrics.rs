@@ -42,6 +42,9 @@ pub struct Metrics {
     pub copy_duration: HistogramVec,
     /// Cloud image-service requests by provider, operation and outcome.
     pub provider_request_duration: HistogramVec,
+    /// Exchanges for short-lived credentials (workload identity, assumed roles), by provider
+    /// and outcome (`ok`, `refused`, `failed`).
+    pub credential_exchanges: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -120,6 +123,11 @@ impl Metrics {
                 &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
                 &["provider", "operation", "outcome"],
             ),
+            credential_exchanges: f.counter(
+                "credential_exchanges_total",
+                "Exchanges at a cloud's security token service for short-lived credentials (workload identity, assumed roles), by provider and outcome (ok, refused, failed).",
+                &["provider", "outcome"],
+            ),
             reconcile_duration: f.histogram(
                 "reconcile_duration_seconds",
                 "Time spent in one reconcile, by controller.",
@@ -183,6 +191,15 @@ impl Metrics {
         for provider in cloud_labels() {
             self.copy_slot_waits.with_label_values(&[provider]);
             self.copy_duration.with_label_values(&[provider]);
+        }
+        for cloud in crate::image_replication::vm::providers::CLOUDS
+            .iter()
+            .filter(|c| c.identity.is_some())
+        {
+            for outcome in ["ok", "refused", "failed"] {
+                self.credential_exchanges
+                    .with_label_values(&[cloud.kind.as_str(), outcome]);
+            }
         }
         for controller in ["image_replication", "replica_instance"] {
             self.reconciliations.with_label_values(&[controller]);

@@ -386,15 +386,22 @@ def tea_types(model_cls, data, where, out):
                 tea_types(cls, x, f"{where}.{k}", out)
 
 
+# The Alibaba Cloud APIs by version: ECS, and STS (workload identity, assumed roles).
+ALI_APIS = {"2014-05-26": "alibabacloud_ecs20140526", "2015-04-01": "alibabacloud_sts20150401"}
+
+
 def check_alibaba(ex, vio):
-    from alibabacloud_ecs20140526 import models as m
     from alibabacloud_tea_openapi.utils import Utils
 
     q = ex.get("query") or []
     qd = dict(q)
     action = qd.get("Action", "")
-    if qd.get("Version") != "2014-05-26":
-        vio.add(ex, f"Version {qd.get('Version')!r} is not the SDK's 2014-05-26")
+    if qd.get("Version") not in ALI_APIS:
+        vio.add(ex, f"Version {qd.get('Version')!r} is none of the SDKs' {sorted(ALI_APIS)}")
+        return
+    m = importlib.import_module(ALI_APIS[qd["Version"]] + ".models")
+    if action == "AssumeRoleWithOIDC" and "Signature" in qd:
+        vio.add(ex, f"{action}: the SDK sends it unsigned")
     req_cls = getattr(m, action + "Request", None)
     if req_cls is None:
         vio.add(ex, f"the SDK has no action {action!r}")
@@ -526,6 +533,58 @@ def ec2_xml_walk(el, shape, where, out):
             out.append(f"{where}: {text!r} is not an integer")
 
 
+_STS = None
+
+
+def sts():
+    global _STS
+    if _STS is None:
+        import botocore.session
+
+        _STS = botocore.session.get_session().get_service_model("sts")
+    return _STS
+
+
+def check_sts(ex, vio, action, params):
+    """STS (query protocol): the input as the EC2 one, the answer's `<{Action}Result>` against
+    the output shape, errors as `<ErrorResponse><Error><Code>`."""
+    import botocore.validate
+
+    model = sts()
+    if action not in model.operation_names:
+        vio.add(ex, f"the SDK has no STS operation {action!r}")
+        return
+    op = model.operation_model(action)
+    if action == "AssumeRoleWithWebIdentity" and "authorization" in {k.lower() for k in ex.get("headers") or {}}:
+        vio.add(ex, f"{action}: the SDK sends it unsigned")
+    used, out = set(), []
+    value = ec2_consume(op.input_shape, "", params, used, "input", out)
+    for k in params:
+        if k not in used:
+            out.append(f"parameter {k!r} is not in the SDK input shape")
+    report = botocore.validate.ParamValidator().validate(value, op.input_shape)
+    if report.has_errors():
+        out.append("SDK validation: " + report.generate_report().replace("\n", "; "))
+    status, text = ex.get("status", 0), ex.get("response") or ""
+    try:
+        root = ET.fromstring(text.encode())
+    except ET.ParseError:
+        out.append("the answer is not XML")
+        root = None
+    if root is not None:
+        tag = root.tag.split("}")[-1]
+        if 200 <= status < 300:
+            result = [c for c in root if c.tag.split("}")[-1] == f"{action}Result"]
+            if tag != f"{action}Response" or len(result) != 1:
+                out.append(f"answer <{tag}> without one <{action}Result>")
+            else:
+                ec2_xml_walk(result[0], op.output_shape, "answer", out)
+        elif tag != "ErrorResponse" or root.find("./{*}Error/{*}Code") is None and root.find("./Error/Code") is None:
+            out.append("error answer is not <ErrorResponse><Error><Code>")
+    for o in out:
+        vio.add(ex, f"{action}: {o}")
+
+
 def check_aws(ex, vio):
     import botocore.serialize
     import botocore.validate
@@ -534,6 +593,8 @@ def check_aws(ex, vio):
     params = dict(pairs)
     action = params.pop("Action", "")
     version = params.pop("Version", "")
+    if version == sts().api_version:
+        return check_sts(ex, vio, action, params)
     model = ec2()
     if version != model.api_version:
         vio.add(ex, f"Version {version!r} is not the SDK's {model.api_version}")
@@ -591,7 +652,8 @@ def check_aws(ex, vio):
 
 # ---------------------------------------------------------------- Tencent (API 3.0: CVM, TCR)
 
-TC_SERVICES = {"cvm": ("tencentcloud.cvm.v20170312", "2017-03-12"), "tcr": ("tencentcloud.tcr.v20190924", "2019-09-24")}
+TC_SERVICES = {"cvm": ("tencentcloud.cvm.v20170312", "2017-03-12"), "tcr": ("tencentcloud.tcr.v20190924", "2019-09-24"),
+               "sts": ("tencentcloud.sts.v20180813", "2018-08-13")}
 
 
 # API 3.0 common error codes (Tencent Cloud API reference, "Common Error Codes"; reference text,
@@ -653,7 +715,10 @@ def tc_types(cls, data, where, out, mod):
 
 def check_tencent(ex, vio):
     h = {k.lower(): v for k, v in (ex.get("headers") or {}).items()}
-    service = ex["kind"]
+    # STS (workload identity, assumed roles) beside CVM: told apart by its version.
+    service = "sts" if h.get("x-tc-version") == TC_SERVICES["sts"][1] else ex["kind"]
+    if service == "sts" and h.get("x-tc-action") == "AssumeRoleWithWebIdentity" and h.get("authorization") != "SKIP":
+        vio.add(ex, "AssumeRoleWithWebIdentity: the SDK sends it unsigned (Authorization: SKIP)")
     modname, version = TC_SERVICES[service]
     mod = importlib.import_module(modname + ".models")
     action = h.get("x-tc-action", "")

@@ -225,6 +225,67 @@ fn egress_policy_values_reach_the_operator() {
     );
 }
 
+/// `identity.aws`: the ServiceAccount carries the IRSA annotation; with `projectToken` the
+/// chart projects the token with the audience the aws provider's STS expects (from the
+/// provider's own facts) where the AWS SDKs read it, and sets the variables; by default none of
+/// it is there.
+#[test]
+fn workload_identity_values_project_the_token_the_cloud_expects() {
+    use image_replication_operator::api::v1alpha1::ProviderKind;
+    let audience = image_replication_operator::image_replication::vm::providers::cloud(ProviderKind::Aws)
+        .and_then(|c| c.identity)
+        .unwrap()
+        .audience;
+    let rendered = docs(&support::helm(&[
+        "template",
+        "x",
+        CHART,
+        "--set",
+        "identity.aws.roleArn=arn:aws:iam::123456789012:role/imgrep",
+        "--set",
+        "identity.aws.projectToken=true",
+        "--set",
+        "identity.aws.region=eu-west-1",
+    ]));
+    let sa = rendered.iter().find(|d| d["kind"] == "ServiceAccount").unwrap();
+    assert_eq!(
+        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::123456789012:role/imgrep"
+    );
+    let pod = &rendered.iter().find(|d| d["kind"] == "Deployment").unwrap()["spec"]["template"]["spec"];
+    let token = &pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(token["audience"], audience);
+    let c = &pod["containers"][0];
+    let env = |name: &str| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].as_str().unwrap().to_string())
+    };
+    let mount = c["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    assert_eq!(
+        env("AWS_WEB_IDENTITY_TOKEN_FILE").unwrap(),
+        format!("{mount}/{}", token["path"].as_str().unwrap())
+    );
+    assert_eq!(env("AWS_ROLE_ARN").unwrap(), "arn:aws:iam::123456789012:role/imgrep");
+    assert_eq!(env("AWS_REGION").unwrap(), "eu-west-1");
+    // On EKS (the webhook projects the token itself), only the annotation.
+    let eks = docs(&support::helm(&[
+        "template",
+        "x",
+        CHART,
+        "--set",
+        "identity.aws.roleArn=arn:aws:iam::123456789012:role/imgrep",
+    ]));
+    let pod = &eks.iter().find(|d| d["kind"] == "Deployment").unwrap()["spec"]["template"]["spec"];
+    assert!(pod["volumes"].is_null() && pod["containers"][0]["env"].to_string().find("AWS_").is_none());
+    let plain = docs(&render());
+    let sa = plain.iter().find(|d| d["kind"] == "ServiceAccount").unwrap();
+    assert!(sa["metadata"]["annotations"].is_null(), "{sa}");
+}
+
 /// `shards: [a, b]`: the main Deployment takes the objects of no shard, one Deployment per
 /// shard takes its own; each has its own Lease and Service, none selects another's pods, all
 /// are one installation with one ServiceAccount. A bad shard name is refused.

@@ -190,9 +190,16 @@ impl ProviderKind {
 pub struct ProviderSpec {
     /// Which service holds the image: huawei, alibaba, aws, tencent, openstack or oci.
     pub kind: ProviderKind,
-    /// Secret in the same namespace with the provider's credentials (keys documented per provider).
+    /// Secret in the same namespace with the provider's credentials (keys documented per
+    /// provider). huawei, alibaba, aws, tencent: without it the operator acts with its pod's
+    /// workload identity (the projected ServiceAccount token exchanged at the cloud's security
+    /// token service, as the cloud's SDKs read it from the environment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
+    /// huawei, alibaba, aws, tencent: act as this role, assumed with the credentials above (the
+    /// Secret's keys, or the workload identity): short-lived keys, refreshed before they expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assume_role: Option<AssumeRoleSpec>,
     /// API endpoint override (private cloud, tests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
@@ -313,8 +320,46 @@ pub struct OwnerSpec {
     #[schemars(length(min = 1, max = 64))]
     pub id: String,
     /// A Secret with the account's credentials (the provider's keys), used to copy, poll,
-    /// share and delete its copy.
-    pub credentials_secret_ref: SecretRef,
+    /// share and delete its copy. With `assumeRole`, the keys that assume it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+    /// A role of that account, assumed with the provider's own credentials (its Secret or its
+    /// workload identity), or with `credentialsSecretRef` when given: no second key pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assume_role: Option<AssumeRoleSpec>,
+}
+
+impl OwnerSpec {
+    /// What its credentials are known by (the Secret's name, or the role's name, which has a
+    /// `:` no Secret name has): the key of the accounts read for an object.
+    pub fn credentials_key(&self) -> String {
+        match (&self.credentials_secret_ref, &self.assume_role) {
+            (Some(s), None) => s.name.clone(),
+            (s, Some(r)) => format!(
+                "{}{}",
+                r.role_arn,
+                s.as_ref()
+                    .map(|s| format!(" with Secret {}", s.name))
+                    .unwrap_or_default()
+            ),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// A role to act as: assumed at the cloud's security token service (aws `sts:AssumeRole`,
+/// alibaba and tencent STS `AssumeRole`) for short-lived keys.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AssumeRoleSpec {
+    /// The role: aws `arn:aws:iam::<account>:role/<name>`, alibaba `acs:ram::<account>:role/<name>`,
+    /// tencent `qcs::cam::uin/<account>:roleName/<name>`.
+    #[schemars(length(min = 1, max = 2048))]
+    pub role_arn: String,
+    /// aws: the external id the role's trust policy asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 1224))]
+    pub external_id: Option<String>,
 }
 
 /// `shareWith`: a list keyed by `account` (the API server refuses a duplicate account, at no

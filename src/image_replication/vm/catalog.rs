@@ -16,6 +16,7 @@ use super::{
 };
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud;
+use crate::cloud::identity::{Exchange, Temporary};
 
 /// A text field of a JSON image record (ECS, CVM), empty when absent.
 pub fn json_text(image: &serde_json::Value, key: &str) -> String {
@@ -44,6 +45,11 @@ pub trait Catalog: Send + Sync {
     /// no list is read first.
     const UNSHARE_IS_IDEMPOTENT: bool = false;
 
+    /// Short-lived keys (see [`super::ImageService::exchange`]).
+    fn exchange(&self, how: &Exchange) -> impl Future<Output = Result<Temporary, ProviderError>> + Send {
+        let _ = how;
+        async move { Err(super::no_identity(Self::KIND)) }
+    }
     /// The images `selector` may name in `region`; the adapter keeps the exact matches.
     fn lookup(
         &self,
@@ -134,6 +140,10 @@ impl<C: Catalog> Service for C {
 
     fn start_idempotent(&self) -> bool {
         C::START_IDEMPOTENT
+    }
+
+    fn exchange(&self, how: &Exchange) -> impl Future<Output = Result<Temporary, ProviderError>> + Send {
+        Catalog::exchange(self, how)
     }
 
     async fn describe(&self, acct: &Account, region: &str, image: &ImageSelector) -> Result<ImageInfo, ProviderError> {

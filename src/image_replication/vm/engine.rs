@@ -98,17 +98,18 @@ struct AuthHold {
     error: ProviderError,
 }
 
-/// How long the engine waits before it tries refused credentials again: 5 minutes, doubling to
-/// 1 hour (a wrong password tried once a minute would trip a lockout policy).
-pub fn auth_backoff(failures: u32) -> Duration {
-    (Duration::from_secs(300) * 2u32.saturating_pow(failures.saturating_sub(1).min(8))).min(Duration::from_secs(3600))
-}
+pub use crate::cloud::account::auth_backoff;
 
 /// A fingerprint of what an account sends: a changed Secret (or endpoint) is a new account.
-fn fingerprint(a: &Account) -> String {
+pub(crate) fn fingerprint(a: &Account) -> String {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
-    for (k, v) in &a.secret {
+    // Short-lived keys change as they are renewed: the account is where they come from.
+    if let Some(i) = &a.identity {
+        h.update(i.as_bytes());
+        h.update([1]);
+    }
+    for (k, v) in a.secret.iter().filter(|_| a.identity.is_none()) {
         h.update(k.as_bytes());
         h.update([0]);
         h.update(v);
@@ -129,11 +130,13 @@ pub struct VmEngine {
     /// Copy slots shared with the installation's other processes (`None`: this process's
     /// quota alone).
     pub slots: Option<Arc<dyn super::slots::Slots>>,
+    /// Short-lived keys of workload identities and assumed roles, shared by every object.
+    pub sessions: crate::cloud::identity::Sessions,
 }
 
 /// Accounts read from Secrets other than the provider's, by Secret name: the owners of
 /// destinations with `account`, the members of `acceptWith`.
-pub type Others = HashMap<String, Result<Account, String>>;
+pub type Others = HashMap<String, Result<Account, ProviderError>>;
 
 /// The account a destination's copy belongs to: its `account`'s (read from its Secret into
 /// `others`), else the provider's.
@@ -146,11 +149,17 @@ fn account_for<'a>(
     let Some(owner) = owner_of(obj, region) else {
         return Ok(main);
     };
-    let name = &owner.credentials_secret_ref.name;
-    match others.get(name) {
+    let name = owner.credentials_key();
+    match others.get(&name) {
         Some(Ok(a)) => Ok(a),
-        Some(Err(e)) => Err(ProviderError::transient(format!("account Secret {name}: {e}"))),
-        None => Err(ProviderError::transient(format!("account Secret {name} was not read"))),
+        Some(Err(e)) => Err(ProviderError {
+            message: format!("account {}: {}", owner.id, e.message),
+            ..e.clone()
+        }),
+        None => Err(ProviderError::transient(format!(
+            "account {} ({name}) was not read",
+            owner.id
+        ))),
     }
 }
 
@@ -377,6 +386,16 @@ impl VmEngine {
             metrics,
             freshness: Default::default(),
             slots: None,
+            sessions: Default::default(),
+        }
+    }
+
+    /// Count an exchange for short-lived keys (`ok`, `refused`, `failed`).
+    pub fn exchanged(&self, kind: crate::api::v1alpha1::ProviderKind, outcome: &str) {
+        if let Some(m) = &self.metrics {
+            m.credential_exchanges
+                .with_label_values(&[kind.as_str(), outcome])
+                .inc();
         }
     }
 
@@ -452,11 +471,14 @@ impl VmEngine {
         self.with_mem(key, |m| {
             let failures = m.auth.as_ref().map_or(0, |h| h.failures) + 1;
             let wait = auth_backoff(failures);
-            let at = k8s_openapi::jiff::Timestamp::from_second(now.0.as_second() + wait.as_secs() as i64).unwrap_or(now.0);
+            let at =
+                k8s_openapi::jiff::Timestamp::from_second(now.0.as_second() + wait.as_secs() as i64).unwrap_or(now.0);
             let error = ProviderError {
                 message: format!(
-                    "{}; the credentials in Secret {secret} were refused ({failures} time(s)): tried again at {at} or as soon as the Secret changes",
-                    e.message
+                    "{}; {} were refused ({failures} time(s)): tried again at {at} or as soon as {} changes",
+                    e.message,
+                    a.credentials(&secret),
+                    if a.identity.is_some() { "the spec" } else { "the Secret" },
                 ),
                 ..e
             };
@@ -478,7 +500,7 @@ impl VmEngine {
         obj: &ImageReplication,
         gate: &Gate,
         provider: &dyn ImageService,
-        acct: Result<Account, String>,
+        acct: Result<Account, ProviderError>,
         now: &Time,
     ) -> VmPlan {
         let snap = self.observe(obj, gate, provider, acct, &Others::new(), now).await;
@@ -507,7 +529,7 @@ impl VmEngine {
         obj: &ImageReplication,
         gate: &Gate,
         provider: &dyn ImageService,
-        acct: Result<Account, String>,
+        acct: Result<Account, ProviderError>,
         others: &Others,
         now: &Time,
     ) -> vplan::Snapshot {
@@ -516,8 +538,8 @@ impl VmEngine {
         let mut obs = Observed::default();
         let acct = match acct {
             Ok(a) => Some(a),
-            Err(msg) => {
-                obs.source = Some(Err(ProviderError::transient(msg)));
+            Err(e) => {
+                obs.source = Some(Err(e));
                 None
             }
         };
@@ -1354,14 +1376,14 @@ impl VmEngine {
         &self,
         obj: &ImageReplication,
         provider: &dyn ImageService,
-        acct: Result<Account, String>,
+        acct: Result<Account, ProviderError>,
         others: &Others,
     ) -> Result<String, Blocked> {
         let key = key_of(obj);
         let st = obj.status.clone().unwrap_or_default();
         let main = match acct {
             Ok(a) => a,
-            Err(e) if cleanup_needs_account(obj, &st) => return Err(e.into()),
+            Err(e) if cleanup_needs_account(obj, &st) => return Err(e.message.into()),
             Err(_) => Account::default(),
         };
         let main = &main;
@@ -1525,6 +1547,7 @@ spec:
             "{v:?}"
         );
         let ready = conditions::find(&p.status.conditions, "Ready").unwrap();
+        assert_eq!(ready.reason, "CredentialsRefused");
         assert!(
             ready.message.contains("Secret cloud-creds") && ready.message.contains("as soon as the Secret changes"),
             "{}",
@@ -1573,7 +1596,7 @@ destinations:
         e: &VmEngine,
         o: &mut ImageReplication,
         cloud: &FakeCloud,
-        members: &HashMap<String, Result<Account, String>>,
+        members: &HashMap<String, Result<Account, ProviderError>>,
         t: &mut i64,
     ) -> VmPlan {
         run_rounds(e, o, cloud, members, t).await.0
@@ -1584,7 +1607,7 @@ destinations:
         e: &VmEngine,
         o: &mut ImageReplication,
         cloud: &FakeCloud,
-        members: &HashMap<String, Result<Account, String>>,
+        members: &HashMap<String, Result<Account, ProviderError>>,
         t: &mut i64,
     ) -> (VmPlan, Vec<(String, String)>) {
         let (mut last, mut seen) = (None, Vec::new());
@@ -1609,7 +1632,7 @@ destinations:
         let e = fast_engine();
         let cloud = FakeCloud::new("right");
         cloud.add_image("one", "img-1", 1 << 20);
-        let members: HashMap<String, Result<Account, String>> =
+        let members: HashMap<String, Result<Account, ProviderError>> =
             [("p1-creds".to_string(), Ok(account("member:p1")))].into();
         let mut o = shared("[{account: p1, acceptWith: {name: p1-creds}}, {account: p2}]", "Delete");
         o.metadata.generation = Some(1);

@@ -42,6 +42,22 @@ pub struct Cloud {
     /// A copy owned by another account (`destinations[].account`): `None` when it can be;
     /// otherwise why not and what to do instead.
     pub other_owner: Option<&'static str>,
+    /// How it gives short-lived keys (workload identity, assumed roles); `None`: its keys are
+    /// always a Secret's (OpenStack: application credentials).
+    pub identity: Option<&'static Identity>,
+}
+
+/// A cloud's short-lived credentials: what its image service's `exchange` reads and takes.
+pub struct Identity {
+    /// The environment its managed Kubernetes gives a pod with a workload identity (read as the
+    /// cloud's SDKs read it), and any endpoint override its SDKs honour.
+    pub variables: &'static [&'static str],
+    /// The form of a role (`assumeRole.roleArn`), for messages.
+    pub role_rule: &'static str,
+    pub valid_role: fn(&str) -> bool,
+    /// The audience its security token service expects in the ServiceAccount token (the
+    /// chart's projected token volume).
+    pub audience: &'static str,
 }
 
 /// No spec rules beyond every cloud's.

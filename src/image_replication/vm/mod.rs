@@ -15,6 +15,7 @@
 //!   XML), the signed-API ones through [`catalog`].
 
 pub mod catalog;
+pub mod credentials;
 pub mod engine;
 pub mod facts;
 #[cfg(test)]
@@ -32,9 +33,12 @@ pub mod slots;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use std::future::Future;
+
 use futures::future::BoxFuture;
 
 use crate::api::v1alpha1::ProviderKind;
+use crate::cloud::identity::{Exchange, Temporary};
 pub use crate::cloud::{Account, ProviderError};
 pub use sharing::{Member, MemberStatus};
 
@@ -233,6 +237,9 @@ pub trait ImageService: Send + Sync {
     fn start_idempotent(&self) -> bool {
         false
     }
+    /// Short-lived keys for `how`, at the cloud's security token service (a cloud whose facts
+    /// have an `identity`).
+    fn exchange<'a>(&'a self, how: &'a Exchange) -> BoxFuture<'a, Result<Temporary, ProviderError>>;
     fn describe<'a>(
         &'a self,
         acct: &'a Account,
@@ -320,6 +327,14 @@ pub trait ImageService: Send + Sync {
 /// What a provider implements: the calls of [`ImageService`] as native async fns. The one
 /// adapter below boxes them into the object-safe [`ImageService`] the engine and the provider
 /// registry hold, so no provider writes the boxing itself.
+/// A cloud that gives no short-lived keys: what to do instead.
+pub fn no_identity(kind: ProviderKind) -> ProviderError {
+    ProviderError::permanent(format!(
+        "provider {} has no workload identity or roles: name a Secret in credentialsSecretRef",
+        kind.as_str()
+    ))
+}
+
 pub trait Service: Send + Sync {
     fn kind(&self) -> ProviderKind;
     /// Copies in flight per account when the spec does not say (the provider's documented quota).
@@ -335,6 +350,12 @@ pub trait Service: Send + Sync {
     /// See [`ImageService::start_idempotent`].
     fn start_idempotent(&self) -> bool {
         false
+    }
+    /// See [`ImageService::exchange`].
+    fn exchange(&self, how: &Exchange) -> impl Future<Output = Result<Temporary, ProviderError>> + Send {
+        let _ = how;
+        let kind = self.kind();
+        async move { Err(no_identity(kind)) }
     }
     fn describe(
         &self,
@@ -450,6 +471,9 @@ impl<T: Service> ImageService for T {
     }
     fn start_idempotent(&self) -> bool {
         Service::start_idempotent(self)
+    }
+    fn exchange<'a>(&'a self, how: &'a Exchange) -> BoxFuture<'a, Result<Temporary, ProviderError>> {
+        Box::pin(Service::exchange(self, how))
     }
     fn describe<'a>(
         &'a self,

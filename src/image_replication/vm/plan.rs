@@ -1005,6 +1005,33 @@ fn source_unchecked(desired: &mut [Desired], source_error: Option<&ProviderError
     }
 }
 
+/// Every copy available and every share in place.
+fn done_conditions(
+    obj: &ImageReplication,
+    n: usize,
+    shares_n: usize,
+    source_error: Option<&ProviderError>,
+) -> Vec<Desired> {
+    let shared = if shares_n > 0 {
+        format!(" and shared with {shares_n}/{shares_n} accounts")
+    } else {
+        String::new()
+    };
+    // A followed source that cannot be found again: the copies stay, and Ready says so.
+    let kept = match source_error.filter(|_| follow::following(&obj.spec.source)) {
+        Some(e) => format!(
+            "; looking up the source again failed, so these copies are kept: {}",
+            e.message
+        ),
+        None => String::new(),
+    };
+    standing_conditions(
+        Standing::Done,
+        reason::SUCCEEDED,
+        format!("{n}/{n} destination images available and verified{shared}{kept}"),
+    )
+}
+
 /// The conditions the destinations, shares, gate and source call for, and the summary
 /// ("2/3 available, 1 copying").
 fn desired_conditions(
@@ -1053,26 +1080,13 @@ fn desired_conditions(
     } else if !matches!(gate, Gate::Open) {
         gate_conditions(gate, false)
     } else if available == n && shares_ok == shares_n && withdrawing == 0 {
-        let shared = if shares_n > 0 {
-            format!(" and shared with {shares_n}/{shares_n} accounts")
-        } else {
-            String::new()
-        };
-        // A followed source that cannot be found again: the copies stay, and Ready says so.
-        let kept = match source_error.filter(|_| follow::following(&obj.spec.source)) {
-            Some(e) => format!(
-                "; looking up the source again failed, so these copies are kept: {}",
-                e.message
-            ),
-            None => String::new(),
-        };
-        standing_conditions(
-            Standing::Done,
-            reason::SUCCEEDED,
-            format!("{n}/{n} destination images available and verified{shared}{kept}"),
-        )
+        done_conditions(obj, n, shares_n, source_error)
     } else if available == n {
         share::conditions(ds, &summary, max_attempts)
+    } else if let Some(e) = source_error.filter(|e| e.auth) {
+        // The cloud (or its security token service) refused the credentials: nothing is
+        // copied until they change.
+        standing_conditions(Standing::Stuck, "CredentialsRefused", e.message.clone())
     } else if let Some(e) = source_error.filter(|e| !e.retryable) {
         standing_conditions(
             Standing::Stuck,

@@ -1,7 +1,7 @@
 //! A cloud image service as an ImageReplication provider: [`Vm`] pairs one cloud's
 //! [`ImageService`] with the VM engine every cloud shares (one quota ledger per account, the
-//! polling and drift clocks), and reads the account from the credentials Secret once per
-//! reconcile.
+//! polling and drift clocks), and reads the account (a Secret's keys, the workload identity's
+//! or a role's) once per reconcile.
 
 use std::sync::Arc;
 
@@ -11,8 +11,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use crate::api::v1alpha1::{ImageReplication, ProviderKind};
 use crate::controller::secrets::Secrets;
 use crate::image_replication::provider::{ImageProvider, Snapshot, Work};
+use crate::image_replication::vm::credentials::{Reader, Source};
 use crate::image_replication::vm::engine::{Others, VmEngine};
-use crate::image_replication::vm::{Account, ImageService};
+use crate::image_replication::vm::{Account, ImageService, ProviderError};
 use crate::plan::Gate;
 
 /// One cloud on the shared engine.
@@ -27,22 +28,36 @@ impl Vm {
     }
 }
 
-/// The provider account: the referenced Secret's data and the endpoint override.
-async fn account(obj: &ImageReplication, secrets: &dyn Secrets) -> Result<Account, String> {
-    let ns = obj.metadata.namespace.clone().unwrap_or_default();
-    let secret = match &obj.spec.provider.credentials_secret_ref {
-        Some(r) => secrets.data(&ns, &r.name).await?,
-        None => Default::default(),
-    };
-    Ok(Account {
-        secret,
-        endpoint: obj.spec.provider.endpoint.clone(),
-        agency: obj.spec.provider.agency.clone(),
-    })
+impl Vm {
+    fn reader<'a>(&'a self, obj: &'a ImageReplication, secrets: &'a dyn Secrets) -> Reader<'a> {
+        Reader {
+            obj,
+            secrets,
+            service: self.service.as_ref(),
+            engine: &self.engine,
+        }
+    }
+
+    /// The provider's account: its Secret's keys, or its workload identity's, or a role's.
+    async fn account(&self, obj: &ImageReplication, secrets: &dyn Secrets) -> Result<Account, ProviderError> {
+        self.reader(obj, secrets).read(&Source::provider(obj)).await
+    }
+
+    /// The accounts of the destinations' owners (`account`), each read once.
+    async fn owners(&self, obj: &ImageReplication, secrets: &dyn Secrets) -> Others {
+        let reader = self.reader(obj, secrets);
+        let mut into = Others::new();
+        for owner in obj.spec.destinations.iter().filter_map(|d| d.account.as_ref()) {
+            if let std::collections::hash_map::Entry::Vacant(e) = into.entry(owner.credentials_key()) {
+                e.insert(reader.owner(owner).await.map(|a| Account { agency: None, ..a }));
+            }
+        }
+        into
+    }
 }
 
 /// Accounts read from other Secrets of the object's namespace (each read once), with the
-/// provider's endpoint (they are on the same cloud).
+/// provider's endpoint (they are on the same cloud): the members that accept shares.
 async fn others<'n>(
     obj: &ImageReplication,
     secrets: &dyn Secrets,
@@ -54,21 +69,18 @@ async fn others<'n>(
         if into.contains_key(name) {
             continue;
         }
-        let r = secrets.data(&ns, name).await.map(|secret| Account {
-            secret,
-            endpoint: obj.spec.provider.endpoint.clone(),
-            agency: None,
-        });
+        let r = secrets
+            .data(&ns, name)
+            .await
+            .map(|secret| Account {
+                secret,
+                endpoint: obj.spec.provider.endpoint.clone(),
+                agency: None,
+                identity: None,
+            })
+            .map_err(ProviderError::transient);
         into.insert(name.clone(), r);
     }
-}
-
-/// The Secrets of the destinations' owners (`account`).
-fn owner_secrets(obj: &ImageReplication) -> impl Iterator<Item = &String> {
-    obj.spec
-        .destinations
-        .iter()
-        .filter_map(|d| d.account.as_ref().map(|a| &a.credentials_secret_ref.name))
 }
 
 impl ImageProvider for Vm {
@@ -89,9 +101,8 @@ impl ImageProvider for Vm {
         now: &'a Time,
     ) -> BoxFuture<'a, Snapshot> {
         Box::pin(async move {
-            let account = account(obj, secrets).await;
-            let mut owners = Others::new();
-            others(obj, secrets, owner_secrets(obj), &mut owners).await;
+            let account = self.account(obj, secrets).await;
+            let owners = self.owners(obj, secrets).await;
             let seen = self
                 .engine
                 .observe(obj, &gate, self.service.as_ref(), account.clone(), &owners, now)
@@ -136,9 +147,8 @@ impl ImageProvider for Vm {
         secrets: &'a dyn Secrets,
     ) -> BoxFuture<'a, Result<String, crate::error::Blocked>> {
         Box::pin(async move {
-            let acct = account(obj, secrets).await;
-            let mut owners = Others::new();
-            others(obj, secrets, owner_secrets(obj), &mut owners).await;
+            let acct = self.account(obj, secrets).await;
+            let owners = self.owners(obj, secrets).await;
             self.engine.cleanup(obj, self.service.as_ref(), acct, &owners).await
         })
     }

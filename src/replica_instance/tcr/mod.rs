@@ -30,6 +30,7 @@ async fn account(obj: &ReplicaInstance, secrets: &dyn Secrets) -> Result<Account
         .map(|v| String::from_utf8_lossy(v).trim().to_string())
         .filter(|e| !e.is_empty());
     Ok(Account {
+        identity: None,
         secret,
         endpoint,
         agency: None,

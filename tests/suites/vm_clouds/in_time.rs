@@ -288,6 +288,7 @@ fn account_for(cloud: &Stand) -> image_replication_operator::image_replication::
             .collect(),
         endpoint: Some(cloud.url.clone()),
         agency: Some("ims_admin".into()),
+        identity: None,
     }
 }
 

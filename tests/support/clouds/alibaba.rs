@@ -32,7 +32,52 @@ fn page_of(p: &BTreeMap<String, String>) -> Option<(usize, usize)> {
     (number >= 1 && (1..=100).contains(&size)).then_some((number, size))
 }
 
+/// Alibaba Cloud STS (`2015-04-01`): `AssumeRoleWithOIDC` with a web identity token, and
+/// `AssumeRole` with keys (a Secret's, or handed-out ones).
+fn sts(st: &State, p: &BTreeMap<String, String>) -> Response {
+    let role = p.get("RoleArn").cloned().unwrap_or_default();
+    let mut sts = st.sts.lock().unwrap();
+    let r = match p.get("Action").map(String::as_str).unwrap_or("") {
+        "AssumeRoleWithOIDC" => sts.web_identity(&role, p.get("OIDCToken").map(String::as_str).unwrap_or("")),
+        "AssumeRole" => {
+            let ak = p.get("AccessKeyId").cloned().unwrap_or_default();
+            let caller = sts
+                .session(&ak)
+                .map(|x| x.account.clone())
+                .unwrap_or_else(|| ALI_ACCOUNT.to_string());
+            sts.assume(&caller, &role, p.get("ExternalId").map(String::as_str))
+        }
+        other => {
+            return ali_err(
+                StatusCode::NOT_FOUND,
+                "InvalidAction.NotFound",
+                &format!("{other} is not an STS action"),
+            );
+        }
+    };
+    match r {
+        Err((code, msg)) => {
+            let code = match code {
+                "InvalidIdentityToken" | "ExpiredTokenException" => "AuthenticationFail.OIDCToken.Invalid",
+                "AccessDenied" => "NoPermission",
+                c => c,
+            };
+            ali_err(StatusCode::BAD_REQUEST, code, &msg)
+        }
+        Ok(x) => axum::Json(json!({
+            "RequestId": "req-1",
+            "AssumedRoleUser": {"Arn": format!("acs:ram::{}:assumed-role/{}/{}", x.account, x.role.rsplit('/').next().unwrap_or(""), p.get("RoleSessionName").cloned().unwrap_or_default()), "AssumedRoleId": "3000:x"},
+            "Credentials": {"AccessKeyId": x.ak, "AccessKeySecret": x.sk, "SecurityToken": x.token,
+                "Expiration": created_text(x.expires_unix, "%Y-%m-%dT%H:%M:%SZ")},
+        }))
+        .into_response(),
+    }
+}
+
 pub(super) async fn alibaba(st: &State, p: &BTreeMap<String, String>) -> Response {
+    if p.get("Version").map(String::as_str) == Some("2015-04-01") {
+        return sts(st, p);
+    }
     let region = p.get("RegionId").cloned().unwrap_or_default();
     if region.is_empty() {
         return ali_err(

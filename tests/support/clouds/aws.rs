@@ -19,6 +19,51 @@ fn xml_ok(action: &str, inner: String) -> Response {
         .into_response()
 }
 
+/// An STS answer (query protocol: `<{Action}Result>` in `<{Action}Response>`), or its error.
+fn sts_answer(
+    action: &str,
+    r: Result<super::sts::Session, super::sts::Refusal>,
+    p: &BTreeMap<String, String>,
+) -> Response {
+    let s = match r {
+        Ok(s) => s,
+        Err((code, msg)) => {
+            let status = if code == "AccessDenied" {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return (
+                status,
+                format!("<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>{code}</Code><Message>{}</Message></Error><RequestId>r-1</RequestId></ErrorResponse>", esc(&msg)),
+            )
+                .into_response();
+        }
+    };
+    let session = p.get("RoleSessionName").cloned().unwrap_or_default();
+    let name = s.role.rsplit('/').next().unwrap_or("");
+    let extra = if action == "AssumeRoleWithWebIdentity" {
+        "<SubjectFromWebIdentityToken>system:serviceaccount:x:y</SubjectFromWebIdentityToken><Audience>sts.amazonaws.com</Audience><Provider>oidc</Provider>"
+    } else {
+        ""
+    };
+    (
+        StatusCode::OK,
+        [("content-type", "text/xml")],
+        format!(
+            "<{action}Response xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><{action}Result>{extra}<AssumedRoleUser><AssumedRoleId>AROATEST:{}</AssumedRoleId><Arn>arn:aws:sts::{}:assumed-role/{name}/{}</Arn></AssumedRoleUser><Credentials><AccessKeyId>{}</AccessKeyId><SecretAccessKey>{}</SecretAccessKey><SessionToken>{}</SessionToken><Expiration>{}</Expiration></Credentials></{action}Result><ResponseMetadata><RequestId>r-1</RequestId></ResponseMetadata></{action}Response>",
+            esc(&session),
+            s.account,
+            esc(&session),
+            s.ak,
+            esc(&s.sk),
+            s.token,
+            created_text(s.expires_unix, "%Y-%m-%dT%H:%M:%SZ"),
+        ),
+    )
+        .into_response()
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
@@ -70,12 +115,16 @@ pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap
     };
     // The caller's account, by its access key; an image's owner (`extra.ownerId`, else the
     // first account); what the caller may see and launch: its own, and what is shared with it.
-    let caller = match hdr
+    let caller_ak = hdr
         .get("authorization")
         .and_then(|a| auth_field(a, "Credential"))
         .and_then(|c| c.split('/').next())
-    {
-        Some(AK2) => AWS_OTHER_ACCOUNT,
+        .unwrap_or("")
+        .to_string();
+    let session_account = st.sts.lock().unwrap().session(&caller_ak).map(|s| s.account.clone());
+    let caller: &str = match (caller_ak.as_str(), &session_account) {
+        (_, Some(a)) => a.as_str(),
+        (AK2, None) => AWS_OTHER_ACCOUNT,
         _ => AWS_ACCOUNT,
     };
     let launchable = |i: &Img| {
@@ -95,6 +144,23 @@ pub(super) async fn aws(st: &State, p: &BTreeMap<String, String>, hdr: &BTreeMap
             .any(|i| i.id == id && owner(i) == caller)
     };
     match p.get("Action").map(String::as_str).unwrap_or("") {
+        "AssumeRoleWithWebIdentity" => {
+            let (role, token) = (
+                p.get("RoleArn").cloned().unwrap_or_default(),
+                p.get("WebIdentityToken").cloned().unwrap_or_default(),
+            );
+            let r = st.sts.lock().unwrap().web_identity(&role, &token);
+            sts_answer("AssumeRoleWithWebIdentity", r, p)
+        }
+        "AssumeRole" => {
+            let role = p.get("RoleArn").cloned().unwrap_or_default();
+            let r = st
+                .sts
+                .lock()
+                .unwrap()
+                .assume(caller, &role, p.get("ExternalId").map(String::as_str));
+            sts_answer("AssumeRole", r, p)
+        }
         "DescribeImages" => {
             let ids = list("ImageId");
             let mut filters: Vec<(String, String)> = Vec::new();

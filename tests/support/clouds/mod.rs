@@ -35,6 +35,7 @@ use super::fake_apiserver::percent_decode;
 mod alibaba;
 mod aws;
 mod huawei;
+pub mod sts;
 mod tcr;
 mod tencent;
 
@@ -111,6 +112,10 @@ pub const AK2: &str = "AKTESTOTHERACCT";
 pub const SK2: &str = "sk/test+other=";
 pub const AWS_ACCOUNT: &str = "123456789012";
 pub const AWS_OTHER_ACCOUNT: &str = "210987654321";
+/// Tencent: the account whose keys `AK` are.
+pub const TC_ACCOUNT: &str = "100000000001";
+/// Alibaba: the account whose keys `AK` are.
+pub const ALI_ACCOUNT: &str = "1234567890123456";
 
 /// An image held by the stand-in.
 #[derive(Clone, Debug)]
@@ -229,6 +234,8 @@ pub struct State {
     /// (image, account) -> until when the member list shows it as before a change, and
     /// whether it was a member before (`Profile::member_lag`).
     member_changes: Mutex<HashMap<(String, String), (Instant, bool)>>,
+    /// The security token service: trusted roles, handed-out keys.
+    pub sts: Mutex<sts::Sts>,
     /// Token buckets: (API, account) -> (tokens, last refill).
     buckets: Mutex<HashMap<(String, String), (f64, Instant)>>,
     seq: AtomicU32,
@@ -508,6 +515,46 @@ impl Stand {
         }
     }
 
+    /// Trust web identity tokens of `issuer` for `audience`, for these roles (arn, account).
+    pub fn trust_web_identity(&self, issuer: &str, audience: &str, roles: &[(&str, &str)]) {
+        let mut s = self.state.sts.lock().unwrap();
+        s.issuer = issuer.into();
+        s.audience = audience.into();
+        for (arn, account) in roles {
+            s.roles.push(sts::Role {
+                arn: arn.to_string(),
+                account: account.to_string(),
+                from: None,
+                external_id: None,
+            });
+        }
+    }
+
+    /// Let keys of account `from` assume `arn` (in `account`), with `external_id` if given.
+    pub fn trust_role(&self, arn: &str, account: &str, from: &str, external_id: Option<&str>) {
+        self.state.sts.lock().unwrap().roles.push(sts::Role {
+            arn: arn.into(),
+            account: account.into(),
+            from: Some(from.into()),
+            external_id: external_id.map(String::from),
+        });
+    }
+
+    /// How long the keys handed out from now on live.
+    pub fn set_credentials_life(&self, d: Duration) {
+        self.state.sts.lock().unwrap().life = d;
+    }
+
+    /// Calls made with handed-out keys after they expired.
+    pub fn expired_calls(&self) -> u32 {
+        self.state.sts.lock().unwrap().expired_calls
+    }
+
+    /// Every key set handed out so far.
+    pub fn sessions(&self) -> Vec<sts::Session> {
+        self.state.sts.lock().unwrap().sessions.clone()
+    }
+
     /// Set the profile from now on.
     pub fn set_profile(&self, p: Profile) {
         *self.state.profile.lock().unwrap() = p;
@@ -671,7 +718,7 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
         .unwrap_or_default();
     let api = api_of(kind, method.as_str(), uri.path(), &params);
     let error_every = st.profile.lock().unwrap().error_every;
-    let resp = if let Some(bad) = check_signature(kind, &method, &uri, &query, &hdr, &body) {
+    let resp = if let Some(bad) = check_signature(st, kind, &method, &uri, &query, &hdr, &body) {
         rec.bad_signature = true;
         bad
     } else if st
@@ -703,6 +750,7 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
 }
 
 fn check_signature(
+    st: &State,
     kind: Kind,
     method: &Method,
     uri: &Uri,
@@ -736,11 +784,34 @@ fn check_signature(
         }
         Kind::Alibaba => {
             let p: Vec<(String, String)> = query.to_vec();
-            let given = p.iter().find(|(k, _)| k == "Signature").map(|(_, v)| v.clone());
-            let s = sign::alibaba_rpc(SK, "GET", &p);
-            let ok = p.iter().any(|(k, v)| k == "AccessKeyId" && v == AK)
-                && p.iter().any(|(k, v)| k == "SignatureMethod" && v == "HMAC-SHA1")
+            let get = |name: &str| p.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+            if get("Action").as_deref() == Some("AssumeRoleWithOIDC") {
+                return None; // unsigned: the token is the credential
+            }
+            let given = get("Signature");
+            // Handed-out keys: only with their SecurityToken (part of what is signed).
+            let ak = get("AccessKeyId").unwrap_or_default();
+            let session = st.sts.lock().unwrap().session(&ak).cloned();
+            let sk = match &session {
+                None if ak == AK => SK.to_string(),
+                Some(x) if get("SecurityToken").as_deref() == Some(x.token.as_str()) => x.sk.clone(),
+                _ => String::new(),
+            };
+            let unsigned: Vec<(String, String)> = p.iter().filter(|(k, _)| k != "Signature").cloned().collect();
+            let s = sign::alibaba_rpc(&sk, "GET", &unsigned);
+            let ok = !sk.is_empty()
+                && get("SignatureMethod").as_deref() == Some("HMAC-SHA1")
                 && given.as_deref() == Some(s.signature.as_str());
+            if ok && session.as_ref().is_some_and(|x| Instant::now() >= x.expires) {
+                st.sts.lock().unwrap().expired_calls += 1;
+                return Some(
+                    (
+                        StatusCode::BAD_REQUEST,
+                        axum::Json(json!({"Code": "InvalidSecurityToken.Expired", "Message": "Specified SecurityToken is expired.", "RequestId": "r"})),
+                    )
+                        .into_response(),
+                );
+            }
             (!ok).then(|| {
                 (
                     StatusCode::BAD_REQUEST,
@@ -750,22 +821,47 @@ fn check_signature(
             })
         }
         Kind::Aws => {
+            let form: BTreeMap<String, String> = parse_pairs(std::str::from_utf8(body).unwrap_or(""))
+                .into_iter()
+                .collect();
+            let action = form.get("Action").map(String::as_str).unwrap_or("");
+            if action == "AssumeRoleWithWebIdentity" {
+                return None; // unsigned: the token is the credential
+            }
+            let service = if form.get("Version").map(String::as_str) == Some("2011-06-15") {
+                "sts"
+            } else {
+                "ec2"
+            };
             let cred = auth_field(&auth, "Credential").unwrap_or("");
             let parts: Vec<&str> = cred.split('/').collect();
-            let sk = match parts.first().copied() {
-                Some(AK) => SK,
-                Some(AK2) => SK2,
-                _ => "",
+            let list = auth_field(&auth, "SignedHeaders").unwrap_or("");
+            // Handed-out keys: only with their session token, signed, before they expire.
+            let session = st
+                .sts
+                .lock()
+                .unwrap()
+                .session(parts.first().copied().unwrap_or(""))
+                .cloned();
+            let sk = match (parts.first().copied(), &session) {
+                (Some(AK), _) => SK.to_string(),
+                (Some(AK2), _) => SK2.to_string(),
+                (_, Some(s))
+                    if hdr.get("x-amz-security-token") == Some(&s.token)
+                        && list.split(';').any(|h| h == "x-amz-security-token") =>
+                {
+                    s.sk.clone()
+                }
+                _ => String::new(),
             };
             let ok =
-                auth.starts_with("AWS4-HMAC-SHA256 ") && parts.len() == 5 && !sk.is_empty() && parts[3] == "ec2" && {
-                    let list = auth_field(&auth, "SignedHeaders").unwrap_or("");
+                auth.starts_with("AWS4-HMAC-SHA256 ") && parts.len() == 5 && !sk.is_empty() && parts[3] == service && {
                     let date = hdr.get("x-amz-date").cloned().unwrap_or_default();
                     let s = sign::aws_v4(
                         parts[0],
-                        sk,
+                        &sk,
                         parts[2],
-                        "ec2",
+                        service,
                         method.as_str(),
                         uri.path(),
                         query,
@@ -775,6 +871,14 @@ fn check_signature(
                     );
                     date.starts_with(parts[1]) && auth_field(&auth, "Signature") == Some(s.signature.as_str())
                 };
+            if ok && session.as_ref().is_some_and(|s| Instant::now() >= s.expires) {
+                st.sts.lock().unwrap().expired_calls += 1;
+                return Some(aws::aws_error(
+                    StatusCode::BAD_REQUEST,
+                    "RequestExpired",
+                    "Request has expired.",
+                ));
+            }
             (!ok).then(|| {
                 aws::aws_error(
                     StatusCode::UNAUTHORIZED,
@@ -784,7 +888,21 @@ fn check_signature(
             })
         }
         Kind::Tencent | Kind::Tcr => {
-            let service = if kind == Kind::Tcr { "tcr" } else { "cvm" };
+            let sts_call = hdr.get("x-tc-version").map(String::as_str) == Some("2018-08-13");
+            if sts_call && hdr.get("x-tc-action").map(String::as_str) == Some("AssumeRoleWithWebIdentity") {
+                // Unsigned (`Authorization: SKIP`): the token is the credential.
+                return (auth != "SKIP").then(|| {
+                    tc_err(
+                        "AuthFailure.InvalidAuthorization",
+                        "AssumeRoleWithWebIdentity is sent unsigned",
+                    )
+                });
+            }
+            let service = match kind {
+                Kind::Tcr => "tcr",
+                _ if sts_call => "sts",
+                _ => "cvm",
+            };
             // Canonical headers: names and values lower-cased (the API 3.0 signing rules).
             let cred = auth_field(&auth, "Credential").unwrap_or("");
             let parts: Vec<&str> = cred.split('/').collect();
@@ -794,10 +912,29 @@ fn check_signature(
                 .map(|(k, v)| (k, v.to_ascii_lowercase()))
                 .collect();
             let ts: i64 = hdr.get("x-tc-timestamp").and_then(|t| t.parse().ok()).unwrap_or(0);
-            let s = sign::tencent_tc3(AK, SK, service, &lowered, body, ts);
+            // Handed-out keys: only with their `X-TC-Token` (API 3.0 does not sign it).
+            let session = st
+                .sts
+                .lock()
+                .unwrap()
+                .session(parts.first().copied().unwrap_or(""))
+                .cloned();
+            let sk = match &session {
+                None if parts.first() == Some(&AK) => SK.to_string(),
+                Some(x) if hdr.get("x-tc-token") == Some(&x.token) => x.sk.clone(),
+                _ => String::new(),
+            };
+            let s = sign::tencent_tc3(parts.first().copied().unwrap_or(""), &sk, service, &lowered, body, ts);
+            if !sk.is_empty()
+                && auth_field(&auth, "Signature") == Some(s.signature.as_str())
+                && session.as_ref().is_some_and(|x| Instant::now() >= x.expires)
+            {
+                st.sts.lock().unwrap().expired_calls += 1;
+                return Some(tc_err("AuthFailure.TokenFailure", "The token has expired."));
+            }
             let ok = auth.starts_with("TC3-HMAC-SHA256 ")
                 && parts.len() == 4
-                && parts[0] == AK
+                && !sk.is_empty()
                 && parts[2] == service
                 && list.contains("content-type")
                 && list.contains("host")

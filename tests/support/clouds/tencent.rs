@@ -17,8 +17,50 @@ fn tc_image(i: &Img) -> Value {
     v
 }
 
+/// Tencent Cloud STS (`2018-08-13`): `AssumeRoleWithWebIdentity` (unsigned) and `AssumeRole`.
+fn sts(st: &State, b: &Value, hdr: &BTreeMap<String, String>) -> Response {
+    let text = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let mut sts = st.sts.lock().unwrap();
+    let r = match hdr.get("x-tc-action").map(String::as_str).unwrap_or("") {
+        "AssumeRoleWithWebIdentity" => sts.web_identity(&text("RoleArn"), &text("WebIdentityToken")),
+        "AssumeRole" => {
+            let ak = hdr
+                .get("authorization")
+                .and_then(|a| auth_field(a, "Credential"))
+                .and_then(|c| c.split('/').next())
+                .unwrap_or("")
+                .to_string();
+            let caller = sts
+                .session(&ak)
+                .map(|x| x.account.clone())
+                .unwrap_or_else(|| TC_ACCOUNT.to_string());
+            let ext = b.get("ExternalId").and_then(Value::as_str);
+            sts.assume(&caller, &text("RoleArn"), ext)
+        }
+        other => return tc_err("InvalidAction", &format!("{other} is not an STS action")),
+    };
+    match r {
+        Err((code, msg)) => {
+            let code = match code {
+                "InvalidIdentityToken" | "ExpiredTokenException" => "InvalidParameter.WebIdentityTokenError",
+                "AccessDenied" => "UnauthorizedOperation",
+                c => c,
+            };
+            tc_err(code, &msg)
+        }
+        Ok(x) => tc_ok(json!({
+            "Credentials": {"Token": x.token, "TmpSecretId": x.ak, "TmpSecretKey": x.sk},
+            "ExpiredTime": x.expires_unix,
+            "Expiration": created_text(x.expires_unix, "%Y-%m-%dT%H:%M:%SZ"),
+        })),
+    }
+}
+
 pub(super) async fn tencent(st: &State, b: &Value, hdr: &BTreeMap<String, String>) -> Response {
     let region = hdr.get("x-tc-region").cloned().unwrap_or_default();
+    if hdr.get("x-tc-version").map(String::as_str) == Some("2018-08-13") {
+        return sts(st, b, hdr);
+    }
     if hdr.get("x-tc-version").map(String::as_str) != Some("2017-03-12") {
         return tc_err("InvalidParameter", "X-TC-Version must be 2017-03-12");
     }

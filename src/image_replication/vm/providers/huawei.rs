@@ -891,6 +891,7 @@ pub const CLOUD: Cloud = Cloud {
     other_owner: Some(
         "an IMS copy stays with the tenant that replicates it; the seed's cross-account way is to replicate, share and accept: use shareWith with acceptWith",
     ),
+    identity: None,
 };
 
 /// IMS cross-region replication needs an IAM agency; IMS cannot encrypt a copy.
@@ -1138,6 +1139,7 @@ mod tests {
             secret: Default::default(),
             endpoint: Some("https://ims.private.example.com".into()),
             agency: None,
+            identity: None,
         };
         assert_eq!(iam_endpoint(&acct), "https://iam.myhuaweicloud.com");
         acct.secret

@@ -1058,6 +1058,7 @@ pub const CLOUD: Cloud = Cloud {
     free_form_regions: true,
     fields: &[],
     other_owner: Some("this cloud's copies belong to the provider's account; share them with shareWith instead"),
+    identity: None,
 };
 
 fn service() -> Arc<dyn super::super::ImageService> {

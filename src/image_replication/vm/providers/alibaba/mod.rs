@@ -19,6 +19,7 @@ use std::sync::Arc;
 use crate::api::v1alpha1::ImageReplicationSpec;
 use crate::api::v1alpha1::ProviderKind;
 use crate::api::violation::Violation;
+use crate::cloud::identity::{Exchange, Temporary};
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
 use crate::image_replication::vm::facts::{Check, Cloud, gib, source_name};
 use crate::image_replication::vm::rules::destination_name;
@@ -36,6 +37,8 @@ pub const SHARING: Sharing = Sharing {
     members_lag: 60,
     refuses_encrypted_in_place: false,
 };
+
+mod sts;
 
 const ECS: &str = "https://ecs.{region}.aliyuncs.com";
 const VERSION: &str = "2014-05-26";
@@ -212,34 +215,64 @@ impl Alibaba {
         action: &str,
         params: &[(&str, String)],
     ) -> Result<Value, ProviderError> {
-        let (Some(id), Some(secret)) = (acct.text("accessKeyId"), acct.text("accessKeySecret")) else {
-            return Err(ProviderError::permanent(
-                "the credentials Secret needs accessKeyId and accessKeySecret (and securityToken for STS credentials)",
-            ));
-        };
-        let sts = acct.text("securityToken");
         let base = cloud::endpoint(acct.endpoint.as_deref(), ECS, region);
+        self.rpc(Some(acct), &base, VERSION, action, params, |a| {
+            error(action, a.status, &a.text, a.retry_after)
+        })
+        .await
+    }
+
+    /// One RPC call (`GET base/?Action=...`, JSON answers), signed with the account's keys (and
+    /// its `SecurityToken`), or unsigned (STS `AssumeRoleWithOIDC`); `refused` reads an error
+    /// answer.
+    async fn rpc(
+        &self,
+        acct: Option<&Account>,
+        base: &str,
+        version: &str,
+        action: &str,
+        params: &[(&str, String)],
+        refused: impl Fn(&cloud::Answer) -> Attempt,
+    ) -> Result<Value, ProviderError> {
+        let keys = match acct {
+            None => None,
+            Some(acct) => {
+                let (Some(id), Some(secret)) = (acct.text("accessKeyId"), acct.text("accessKeySecret")) else {
+                    return Err(ProviderError::permanent(
+                        "the credentials Secret needs accessKeyId and accessKeySecret (and securityToken for STS credentials)",
+                    ));
+                };
+                Some((id, secret, acct.text("securityToken")))
+            }
+        };
         self.backoff
             .run(action, action.starts_with("Describe"), || {
-                let (id, secret, sts, base) = (&id, &secret, &sts, &base);
+                let keys = &keys;
+                let refused = &refused;
                 async move {
                     let now = k8s_openapi::jiff::Timestamp::now();
                     let mut q: Vec<(String, String)> = vec![
                         ("Action".into(), action.into()),
-                        ("Version".into(), VERSION.into()),
+                        ("Version".into(), version.into()),
                         ("Format".into(), "JSON".into()),
-                        ("AccessKeyId".into(), id.clone()),
-                        ("SignatureMethod".into(), "HMAC-SHA1".into()),
-                        ("SignatureVersion".into(), "1.0".into()),
-                        ("SignatureNonce".into(), crate::cloud::sign::nonce()),
                         ("Timestamp".into(), crate::cloud::sign::iso_time(now)),
                     ];
-                    if let Some(t) = sts {
-                        q.push(("SecurityToken".into(), t.clone()));
+                    if let Some((id, _, sts)) = keys {
+                        q.extend([
+                            ("AccessKeyId".into(), id.clone()),
+                            ("SignatureMethod".into(), "HMAC-SHA1".into()),
+                            ("SignatureVersion".into(), "1.0".into()),
+                            ("SignatureNonce".into(), crate::cloud::sign::nonce()),
+                        ]);
+                        if let Some(t) = sts {
+                            q.push(("SecurityToken".into(), t.clone()));
+                        }
                     }
                     q.extend(params.iter().map(|(k, v)| (k.to_string(), v.clone())));
-                    let sig = crate::cloud::sign::alibaba_rpc(secret, "GET", &q).signature;
-                    q.push(("Signature".into(), sig));
+                    if let Some((_, secret, _)) = keys {
+                        let sig = crate::cloud::sign::alibaba_rpc(secret, "GET", &q).signature;
+                        q.push(("Signature".into(), sig));
+                    }
                     let query = q
                         .iter()
                         .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
@@ -250,7 +283,7 @@ impl Alibaba {
                         serde_json::from_str(&a.text)
                             .map_err(|e| ProviderError::transient(format!("{action}: unreadable answer: {e}")).into())
                     } else {
-                        Err(error(action, a.status, &a.text, a.retry_after))
+                        Err(refused(&a))
                     }
                 }
             })
@@ -296,6 +329,10 @@ fn total_of(v: &Value) -> usize {
 }
 
 impl Catalog for Alibaba {
+    fn exchange(&self, how: &Exchange) -> impl std::future::Future<Output = Result<Temporary, ProviderError>> + Send {
+        self.exchange_keys(how)
+    }
+
     type Image = Value;
     const KIND: ProviderKind = ProviderKind::Alibaba;
     const SERVICE: &'static str = "ECS";
@@ -496,6 +533,7 @@ pub const CLOUD: Cloud = Cloud {
     other_owner: Some(
         "ECS cannot copy an image shared by another account to another region (the seed: create a custom image from it first, then copy that); share the copy with shareWith instead",
     ),
+    identity: Some(&sts::IDENTITY),
 };
 
 /// Tags an ECS CopyImage request may carry (`Tag.N`, N <= 20).

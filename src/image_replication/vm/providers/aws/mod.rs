@@ -15,6 +15,7 @@ use super::super::{
 use std::sync::Arc;
 
 use crate::api::v1alpha1::ProviderKind;
+use crate::cloud::identity::{Exchange, Temporary};
 use crate::cloud::xml::{self, Node};
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
 use crate::image_replication::vm::facts::{Cloud, no_rules, no_spec_rules, source_name};
@@ -34,6 +35,8 @@ pub const SHARING: Sharing = Sharing {
     refuses_encrypted_in_place: true,
 };
 
+mod sts;
+
 const EC2: &str = "https://ec2.{region}.amazonaws.com";
 const VERSION: &str = "2016-11-15";
 const GIB: u64 = 1 << 30;
@@ -42,6 +45,8 @@ const GIB: u64 = 1 << 30;
 #[derive(Clone)]
 pub struct Aws {
     http: reqwest::Client,
+    /// EKS Pod Identity's agent (a link-local address the pod's environment names).
+    agent: reqwest::Client,
     backoff: Backoff,
 }
 
@@ -199,6 +204,7 @@ impl Aws {
     pub fn new(backoff: Backoff) -> Self {
         Self {
             http: cloud::client(),
+            agent: cloud::agent_client(),
             backoff,
         }
     }
@@ -211,12 +217,6 @@ impl Aws {
         action: &str,
         params: &[(String, String)],
     ) -> Result<Node, ProviderError> {
-        let (Some(ak), Some(sk)) = (acct.text("accessKeyId"), acct.text("secretAccessKey")) else {
-            return Err(ProviderError::permanent(
-                "the credentials Secret needs accessKeyId and secretAccessKey (and sessionToken for temporary credentials)",
-            ));
-        };
-        let session = acct.text("sessionToken");
         let base = cloud::endpoint(acct.endpoint.as_deref(), EC2, region);
         let mut form: Vec<(String, String)> =
             vec![("Action".into(), action.into()), ("Version".into(), VERSION.into())];
@@ -228,42 +228,12 @@ impl Aws {
             .join("&");
         self.backoff
             .run(action, action.starts_with("Describe"), || {
-                let (ak, sk, session, base, body) = (&ak, &sk, &session, &base, &body);
+                let (base, body) = (&base, &body);
                 async move {
                     let url = reqwest::Url::parse(&format!("{base}/"))
                         .map_err(|e| ProviderError::permanent(format!("{action}: bad endpoint {base}: {e}")))?;
-                    let date = crate::cloud::sign::compact_time(k8s_openapi::jiff::Timestamp::now());
-                    let mut headers = vec![
-                        (
-                            "Content-Type".to_string(),
-                            "application/x-www-form-urlencoded; charset=utf-8".to_string(),
-                        ),
-                        ("Host".to_string(), cloud::host_of(&url)),
-                        ("X-Amz-Date".to_string(), date.clone()),
-                    ];
-                    if let Some(t) = session {
-                        headers.push(("X-Amz-Security-Token".into(), t.clone()));
-                    }
-                    let signed = crate::cloud::sign::aws_v4(
-                        ak,
-                        sk,
-                        region,
-                        "ec2",
-                        "POST",
-                        url.path(),
-                        &[],
-                        &headers,
-                        body.as_bytes(),
-                        &date,
-                    );
-                    let mut rb = self.http.post(url);
-                    for (k, v) in &headers {
-                        if k != "Host" {
-                            rb = rb.header(k.as_str(), v.as_str());
-                        }
-                    }
-                    let rb = rb.header("Authorization", signed.authorization).body(body.clone());
-                    let a = cloud::exchange(action, rb).await?;
+                    let rb = self.signed(acct, region, "ec2", &url, body)?;
+                    let a = cloud::exchange(action, rb.body(body.clone())).await?;
                     if a.ok() {
                         xml::parse(&a.text)
                             .map_err(|e| ProviderError::transient(format!("{action}: unreadable answer: {e}")).into())
@@ -273,6 +243,55 @@ impl Aws {
                 }
             })
             .await
+    }
+
+    /// A form POST to `url`, signed with Signature Version 4 for `service` in `region` with the
+    /// account's keys (and its session token, signed too).
+    fn signed(
+        &self,
+        acct: &Account,
+        region: &str,
+        service: &str,
+        url: &reqwest::Url,
+        body: &str,
+    ) -> Result<reqwest::RequestBuilder, Attempt> {
+        let (Some(ak), Some(sk)) = (acct.text("accessKeyId"), acct.text("secretAccessKey")) else {
+            return Err(ProviderError::permanent(
+                "the credentials Secret needs accessKeyId and secretAccessKey (and sessionToken for temporary credentials)",
+            )
+            .into());
+        };
+        let date = crate::cloud::sign::compact_time(k8s_openapi::jiff::Timestamp::now());
+        let mut headers = vec![
+            (
+                "Content-Type".to_string(),
+                "application/x-www-form-urlencoded; charset=utf-8".to_string(),
+            ),
+            ("Host".to_string(), cloud::host_of(url)),
+            ("X-Amz-Date".to_string(), date.clone()),
+        ];
+        if let Some(t) = acct.text("sessionToken") {
+            headers.push(("X-Amz-Security-Token".into(), t));
+        }
+        let signed = crate::cloud::sign::aws_v4(
+            &ak,
+            &sk,
+            region,
+            service,
+            "POST",
+            url.path(),
+            &[],
+            &headers,
+            body.as_bytes(),
+            &date,
+        );
+        let mut rb = self.http.post(url.clone());
+        for (k, v) in &headers {
+            if k != "Host" {
+                rb = rb.header(k.as_str(), v.as_str());
+            }
+        }
+        Ok(rb.header("Authorization", signed.authorization))
     }
 
     async fn images(
@@ -304,6 +323,10 @@ impl Aws {
 }
 
 impl Catalog for Aws {
+    fn exchange(&self, how: &Exchange) -> impl std::future::Future<Output = Result<Temporary, ProviderError>> + Send {
+        self.exchange_keys(how)
+    }
+
     type Image = Node;
     const KIND: ProviderKind = ProviderKind::Aws;
     const SERVICE: &'static str = "EC2";
@@ -542,6 +565,7 @@ pub const CLOUD: Cloud = Cloud {
     free_form_regions: false,
     fields: &[],
     other_owner: None,
+    identity: Some(&sts::IDENTITY),
 };
 
 fn service() -> Arc<dyn super::super::ImageService> {

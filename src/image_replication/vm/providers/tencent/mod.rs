@@ -18,6 +18,7 @@ use std::sync::Arc;
 use crate::api::v1alpha1::ImageReplicationSpec;
 use crate::api::v1alpha1::ProviderKind;
 use crate::api::violation::Violation;
+use crate::cloud::identity::{Exchange, Temporary};
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
 use crate::image_replication::vm::facts::{Check, Cloud, source_name};
 use crate::image_replication::vm::rules::destination_name;
@@ -208,6 +209,8 @@ pub struct Api3 {
     pub endpoint: &'static str,
 }
 
+mod sts;
+
 const CVM_API: Api3 = Api3 {
     service: "cvm",
     version: VERSION,
@@ -225,42 +228,76 @@ pub async fn api3_call(
     action: &str,
     body: Value,
 ) -> Result<Value, ProviderError> {
-    let (Some(id), Some(key)) = (acct.text("secretId"), acct.text("secretKey")) else {
-        return Err(ProviderError::permanent(
-            "the credentials Secret needs secretId and secretKey (and token for temporary credentials)",
-        ));
-    };
-    let token = acct.text("token");
     let base = cloud::endpoint(acct.endpoint.as_deref(), api.endpoint, region);
+    api3_at(http, backoff, Some(acct), &base, api, region, action, body).await
+}
+
+/// One API 3.0 call to `base`, signed with the account's keys (TC3-HMAC-SHA256, the session
+/// token in `X-TC-Token`), or unsigned (`Authorization: SKIP`, as the SDK sends STS
+/// `AssumeRoleWithWebIdentity`).
+#[allow(clippy::too_many_arguments)]
+pub async fn api3_at(
+    http: &reqwest::Client,
+    backoff: &Backoff,
+    acct: Option<&Account>,
+    base: &str,
+    api: &Api3,
+    region: &str,
+    action: &str,
+    body: Value,
+) -> Result<Value, ProviderError> {
+    let keys = match acct {
+        None => None,
+        Some(acct) => {
+            let (Some(id), Some(key)) = (acct.text("secretId"), acct.text("secretKey")) else {
+                return Err(ProviderError::permanent(
+                    "the credentials Secret needs secretId and secretKey (and token for temporary credentials)",
+                ));
+            };
+            Some((id, key, acct.text("token")))
+        }
+    };
     let body = body.to_string();
     backoff
         .run(action, action.starts_with("Describe"), || {
-            let (id, key, token, base, body) = (&id, &key, &token, &base, &body);
+            let (keys, body) = (&keys, &body);
             async move {
                 let url = reqwest::Url::parse(&format!("{base}/"))
                     .map_err(|e| ProviderError::permanent(format!("{action}: bad endpoint {base}: {e}")))?;
                 let now = k8s_openapi::jiff::Timestamp::now().as_second();
-                let signed_headers = vec![
-                    (
-                        "Content-Type".to_string(),
-                        "application/json; charset=utf-8".to_string(),
-                    ),
-                    ("Host".to_string(), cloud::host_of(&url)),
-                    ("X-TC-Action".to_string(), action.to_ascii_lowercase()),
-                ];
-                let signed =
-                    crate::cloud::sign::tencent_tc3(id, key, api.service, &signed_headers, body.as_bytes(), now);
                 let mut rb = http
-                    .post(url)
+                    .post(url.clone())
                     .header("Content-Type", "application/json; charset=utf-8")
                     .header("X-TC-Action", action)
                     .header("X-TC-Version", api.version)
                     .header("X-TC-Region", region)
-                    .header("X-TC-Timestamp", now.to_string())
-                    .header("Authorization", signed.authorization);
-                if let Some(t) = token {
-                    rb = rb.header("X-TC-Token", t.as_str());
-                }
+                    .header("X-TC-Timestamp", now.to_string());
+                rb = match keys {
+                    None => rb.header("Authorization", "SKIP"),
+                    Some((id, key, token)) => {
+                        let signed_headers = vec![
+                            (
+                                "Content-Type".to_string(),
+                                "application/json; charset=utf-8".to_string(),
+                            ),
+                            ("Host".to_string(), cloud::host_of(&url)),
+                            ("X-TC-Action".to_string(), action.to_ascii_lowercase()),
+                        ];
+                        let signed = crate::cloud::sign::tencent_tc3(
+                            id,
+                            key,
+                            api.service,
+                            &signed_headers,
+                            body.as_bytes(),
+                            now,
+                        );
+                        let rb = rb.header("Authorization", signed.authorization);
+                        match token {
+                            Some(t) => rb.header("X-TC-Token", t.as_str()),
+                            None => rb,
+                        }
+                    }
+                };
                 let a = cloud::exchange(action, rb.body(body.clone())).await?;
                 let (status, text) = (a.status, a.text);
                 let v: Value = serde_json::from_str(&text).map_err(|_| {
@@ -314,6 +351,10 @@ impl Tencent {
 }
 
 impl Catalog for Tencent {
+    fn exchange(&self, how: &Exchange) -> impl std::future::Future<Output = Result<Temporary, ProviderError>> + Send {
+        self.exchange_keys(how)
+    }
+
     type Image = Value;
     const KIND: ProviderKind = ProviderKind::Tencent;
     const SERVICE: &'static str = "CVM";
@@ -488,6 +529,7 @@ pub const CLOUD: Cloud = Cloud {
     free_form_regions: false,
     fields: &[],
     other_owner: Some("this cloud's copies belong to the provider's account; share them with shareWith instead"),
+    identity: Some(&sts::IDENTITY),
 };
 
 /// CVM copies a custom image into an encrypted one only in the source region.

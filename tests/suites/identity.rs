@@ -1,0 +1,489 @@
+//! No long-lived keys (issue #33): the operator acts with its pod's workload identity — a
+//! ServiceAccount token the real API server issued (TokenRequest with the cloud's audience,
+//! written where the kubelet projects it) exchanged at the cloud's security token service — and
+//! assumes another account's role for a copy that account owns. The stand-ins accept only the
+//! handed-out keys with their session token, signed, and expire them quickly, so a copy outlives
+//! several sets of keys; every exchange is held to the SDK's model.
+
+use crate::support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use image_replication_operator::api::ImageReplication;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use support::clouds::{AK, AK2, AWS_ACCOUNT, AWS_OTHER_ACCOUNT, Kind, Stand};
+use support::envtest::{self, ControlPlane};
+use support::operator::{Operator, eventually, free_port};
+
+const WAIT: Duration = Duration::from_secs(120);
+/// The issuer of the envtest API server's ServiceAccount tokens.
+const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+const ROLE: &str = "arn:aws:iam::123456789012:role/image-replication-operator";
+const OTHER_ROLE: &str = "arn:aws:iam::210987654321:role/imgrep-copies";
+
+struct Scene {
+    cp: &'static ControlPlane,
+    c: Client,
+    ns: String,
+    dir: tempfile::TempDir,
+}
+
+impl Scene {
+    async fn new(prefix: &str) -> Option<Self> {
+        let cp = envtest::control_plane()?;
+        let c = cp.client().await;
+        let ns = cp.namespace(&c, prefix).await;
+        Some(Self {
+            cp,
+            c,
+            ns,
+            dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    /// A token of the operator's ServiceAccount for `audience`, issued by the API server and
+    /// written where the kubelet would project it.
+    fn projected_token(&self, audience: &str) -> PathBuf {
+        let _ = self
+            .cp
+            .kubectl(&["-n", &self.ns, "create", "serviceaccount", "image-replication-operator"]);
+        let token = self.cp.kubectl_ok(&[
+            "-n",
+            &self.ns,
+            "create",
+            "token",
+            "image-replication-operator",
+            "--audience",
+            audience,
+            "--duration=1h",
+        ]);
+        let dir = self.dir.path().join("eks.amazonaws.com/serviceaccount");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, token.trim()).unwrap();
+        path
+    }
+
+    fn operator(&self, envs: &[(&str, &str)]) -> Operator {
+        let kc = self.cp.write_kubeconfig(self.dir.path());
+        let mut all = vec![("POD_NAMESPACE", self.ns.as_str())];
+        all.extend_from_slice(envs);
+        Operator::start_on(
+            free_port(),
+            &kc,
+            self.dir.path(),
+            "op-keyless",
+            &[
+                "--namespace",
+                &self.ns,
+                "--resync-seconds",
+                "2",
+                "--poll-min-seconds",
+                "1",
+                "--poll-max-seconds",
+                "1",
+            ],
+            &all,
+        )
+    }
+
+    fn irs(&self) -> Api<ImageReplication> {
+        Api::namespaced(self.c.clone(), &self.ns)
+    }
+
+    async fn create(&self, name: &str, spec: Value) {
+        let obj: ImageReplication = serde_json::from_value(json!({
+            "apiVersion": "replication.imageops.io/v1alpha1", "kind": "ImageReplication",
+            "metadata": {"name": name, "namespace": self.ns},
+            "spec": spec,
+        }))
+        .unwrap();
+        self.irs().create(&PostParams::default(), &obj).await.unwrap();
+    }
+
+    /// The Ready condition once its reason is `reason`.
+    async fn ready_with(&self, name: &str, reason: &str) -> (String, String) {
+        eventually(WAIT, &format!("{name} Ready reason {reason}"), || async {
+            let st = self.irs().get(name).await.ok()?.status?;
+            let c = st.conditions.iter().find(|c| c.type_ == "Ready")?;
+            (c.reason == reason).then(|| (c.status.clone(), c.message.clone()))
+        })
+        .await
+    }
+}
+
+fn irsa_env(token: &Path, cloud: &Stand) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ROLE_ARN", ROLE.to_string()),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token.display().to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL_STS", cloud.url.clone()),
+    ]
+}
+
+fn borrowed<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// IRSA end to end with no Secret: a copy that outlives four sets of keys (each refreshed
+/// before it expires: not one call refused), a share with another account, a copy owned by
+/// that account through its role (assumed with the workload identity's keys and an external
+/// id), the exchanges counted in the metrics, and nothing of the keys or the token in the logs,
+/// status or Events; then delete.
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_copies_shares_and_deletes_with_no_secret_through_irsa_and_an_assumed_role() {
+    let Some(sc) = Scene::new("irsa").await else {
+        return;
+    };
+    let cloud = Stand::start(Kind::Aws).await;
+    cloud.trust_web_identity(ISSUER, "sts.amazonaws.com", &[(ROLE, AWS_ACCOUNT)]);
+    cloud.trust_role(OTHER_ROLE, AWS_OTHER_ACCOUNT, AWS_ACCOUNT, Some("team-a"));
+    cloud.set_credentials_life(Duration::from_secs(12));
+    let src = cloud.add("us-east-1", "golden", 8, json!({}));
+    cloud.set_copy_time("eu-west-1", Duration::from_secs(30));
+    let token = sc.projected_token("sts.amazonaws.com");
+    let env = irsa_env(&token, &cloud);
+    let op = sc.operator(&borrowed(&env));
+    sc.create(
+        "golden",
+        json!({
+            "provider": {"kind": "aws", "endpoint": cloud.url},
+            "source": {"region": "us-east-1", "imageId": src},
+            "destinations": [
+                {"region": "eu-west-1", "shareWith": [{"account": AWS_OTHER_ACCOUNT}]},
+                {"region": "ap-southeast-1", "account": {"id": AWS_OTHER_ACCOUNT,
+                    "assumeRole": {"roleArn": OTHER_ROLE, "externalId": "team-a"}}},
+            ],
+            "deletionPolicy": "Delete",
+        }),
+    )
+    .await;
+    let (status, msg) = sc.ready_with("golden", "Succeeded").await;
+    assert_eq!(status, "True", "{msg}");
+
+    // What a user sees: both copies, the share, the owned copy in the other account.
+    let eu = cloud.images_in("eu-west-1");
+    assert_eq!(eu.len(), 1);
+    assert_eq!(
+        cloud
+            .members_of(&eu[0].id)
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .collect::<Vec<_>>(),
+        [AWS_OTHER_ACCOUNT]
+    );
+    let ap = cloud.images_in("ap-southeast-1");
+    assert_eq!(ap.len(), 1);
+    assert_eq!(ap[0].extra["ownerId"], AWS_OTHER_ACCOUNT);
+
+    // Every EC2 call was made with handed-out keys and their token; none with a key pair.
+    let ec2: Vec<_> = cloud
+        .requests()
+        .into_iter()
+        .filter(|r| !r.action().starts_with("AssumeRole"))
+        .collect();
+    assert!(!ec2.is_empty());
+    for r in &ec2 {
+        let auth = &r.headers["authorization"];
+        assert!(
+            auth.contains("Credential=ASIATEMP") && !auth.contains(AK) && !auth.contains(AK2),
+            "{} signed with {auth}",
+            r.action()
+        );
+        assert!(
+            auth.contains("x-amz-security-token"),
+            "{}: token not signed",
+            r.action()
+        );
+    }
+    // The copy took longer than the keys live: they were renewed before expiry, never after.
+    let web = cloud.count("AssumeRoleWithWebIdentity");
+    assert!(web >= 2, "keys renewed during the 30 s copy: {web} exchanges");
+    assert_eq!(cloud.expired_calls(), 0, "no call with expired keys");
+    // One exchange per 8 s (two thirds of 12 s) at most, however many calls: no storm.
+    let copy_secs = 30 + 15;
+    cloud.assert_budget(
+        "keyless copy",
+        &[
+            ("AssumeRoleWithWebIdentity", copy_secs / 8 + 2),
+            ("AssumeRole", copy_secs / 8 + 2),
+        ],
+    );
+    assert!(
+        cloud.calls("CopyImage").iter().any(|r| {
+            let ak = auth_key(r);
+            cloud
+                .sessions()
+                .iter()
+                .any(|s| s.ak == ak && s.account == AWS_OTHER_ACCOUNT)
+        }),
+        "the owned copy was made with the other account's role"
+    );
+    let assumed = cloud.calls("AssumeRole");
+    assert!(
+        assumed
+            .iter()
+            .all(|r| r.params.get("ExternalId").map(String::as_str) == Some("team-a"))
+    );
+    assert!(
+        assumed
+            .iter()
+            .all(|r| r.params.get("RoleSessionName").is_some_and(|n| n.contains(&sc.ns))),
+        "the session names the namespace"
+    );
+
+    // No Secret anywhere in the namespace; no key, token or JWT in logs, status or Events.
+    let secrets: Api<Secret> = Api::namespaced(sc.c.clone(), &sc.ns);
+    assert!(secrets.list(&ListParams::default()).await.unwrap().items.is_empty());
+    let jwt = std::fs::read_to_string(&token).unwrap();
+    let mut secret_values: Vec<String> = vec![jwt];
+    for s in cloud.sessions() {
+        secret_values.push(s.sk.clone());
+        secret_values.push(s.token.clone());
+    }
+    let seen = format!(
+        "{}\n{}\n{:?}\n{}",
+        op.logs(),
+        serde_json::to_string(&sc.irs().get("golden").await.unwrap().status).unwrap(),
+        support::events_in(&sc.c, &sc.ns, "golden").await,
+        op.http_get("/metrics").map(|(_, b)| b).unwrap_or_default()
+    );
+    for v in &secret_values {
+        assert!(!seen.contains(v.as_str()), "a secret value leaked");
+    }
+    let metrics = op.http_get("/metrics").unwrap().1;
+    let ok = metrics
+        .lines()
+        .find(|l| l.starts_with("imgrep_credential_exchanges_total{outcome=\"ok\",provider=\"aws\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(ok as usize >= web, "{metrics}");
+
+    sc.irs().delete("golden", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "golden gone", || async {
+        sc.irs().get_opt("golden").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(cloud.images_in("eu-west-1").is_empty() && cloud.images_in("ap-southeast-1").is_empty());
+    assert_eq!(cloud.expired_calls(), 0);
+    cloud.assert_conforms();
+}
+
+/// A token for the wrong audience: STS refuses it, the object says which role, which audience
+/// and the cloud's code, and no EC2 call is made.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_web_identity_says_which_role_and_audience_and_calls_nothing_else() {
+    let Some(sc) = Scene::new("irsa-refused").await else {
+        return;
+    };
+    let cloud = Stand::start(Kind::Aws).await;
+    cloud.trust_web_identity(ISSUER, "sts.amazonaws.com", &[(ROLE, AWS_ACCOUNT)]);
+    let src = cloud.add("us-east-1", "golden", 8, json!({}));
+    let token = sc.projected_token("api");
+    let env = irsa_env(&token, &cloud);
+    let _op = sc.operator(&borrowed(&env));
+    sc.create(
+        "refused",
+        json!({
+            "provider": {"kind": "aws", "endpoint": cloud.url},
+            "source": {"region": "us-east-1", "imageId": src},
+            "destinations": [{"region": "eu-west-1"}],
+        }),
+    )
+    .await;
+    let (status, msg) = sc.ready_with("refused", "CredentialsRefused").await;
+    assert_eq!(status, "False");
+    for part in [
+        ROLE,
+        "audience api",
+        "InvalidIdentityToken",
+        "Incorrect token audience",
+        "workload identity",
+    ] {
+        assert!(msg.contains(part), "{part:?} not in {msg}");
+    }
+    let counts = cloud.counts();
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        ["AssumeRoleWithWebIdentity"],
+        "{counts:?}"
+    );
+    // Refused credentials back off (minutes), not retried every reconcile.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(cloud.count("AssumeRoleWithWebIdentity"), 1, "{:?}", cloud.counts());
+    assert!(cloud.images_in("eu-west-1").is_empty());
+    cloud.assert_conforms();
+}
+
+/// The access key a request was signed with.
+pub fn auth_key(r: &support::clouds::Req) -> String {
+    r.headers
+        .get("authorization")
+        .and_then(|a| a.split("Credential=").nth(1))
+        .and_then(|c| c.split('/').next())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A cloud's workload identity as its managed Kubernetes sets it: (role, audience, variables).
+fn workload(cloud: &Stand, token: &Path) -> (&'static str, &'static str, Vec<(&'static str, String)>) {
+    let token = token.display().to_string();
+    match cloud.kind {
+        Kind::Alibaba => (
+            "acs:ram::1234567890123456:role/image-replication-operator",
+            "sts.aliyuncs.com",
+            vec![
+                (
+                    "ALIBABA_CLOUD_ROLE_ARN",
+                    "acs:ram::1234567890123456:role/image-replication-operator".into(),
+                ),
+                (
+                    "ALIBABA_CLOUD_OIDC_PROVIDER_ARN",
+                    "acs:ram::1234567890123456:oidc-provider/ack-rrsa-c1".into(),
+                ),
+                ("ALIBABA_CLOUD_OIDC_TOKEN_FILE", token),
+                ("ALIBABA_CLOUD_STS_ENDPOINT", cloud.url.clone()),
+            ],
+        ),
+        Kind::Tencent => (
+            "qcs::cam::uin/100000000001:roleName/image-replication-operator",
+            "sts.cloud.tencent.com",
+            vec![
+                ("TKE_REGION", "ap-guangzhou".into()),
+                ("TKE_PROVIDER_ID", "tke-oidc-c1".into()),
+                ("TKE_WEB_IDENTITY_TOKEN_FILE", token),
+                (
+                    "TKE_ROLE_ARN",
+                    "qcs::cam::uin/100000000001:roleName/image-replication-operator".into(),
+                ),
+                ("TENCENTCLOUD_STS_ENDPOINT", cloud.url.clone()),
+            ],
+        ),
+        k => panic!("no workload identity for {k:?} here"),
+    }
+}
+
+/// ACK RRSA and TKE OIDC end to end with no Secret: the workload identity's keys assume a
+/// copier role (`provider.assumeRole`, signed with the handed-out keys and their token), which
+/// copies and shares; its keys live 12 s and the copy 30 s, so they are renewed before they
+/// expire and no call is refused; every call is made with handed-out keys; every exchange is
+/// held to the SDK's STS model.
+async fn keyless_copy_and_share(kind: Kind) {
+    let Some(sc) = Scene::new(&format!("keyless-{kind:?}").to_lowercase()).await else {
+        return;
+    };
+    let cloud = Stand::start(kind).await;
+    let (src_region, dst_region, _, provider) = cloud.account();
+    let token_path = {
+        let audience = image_replication_operator::image_replication::vm::providers::CLOUDS
+            .iter()
+            .find(|c| c.kind.as_str() == provider)
+            .and_then(|c| c.identity)
+            .unwrap()
+            .audience;
+        sc.projected_token(audience)
+    };
+    let (role, audience, env) = workload(&cloud, &token_path);
+    let (account, copier, member) = match kind {
+        Kind::Alibaba => (
+            "1234567890123456",
+            "acs:ram::1234567890123456:role/imgrep-copier",
+            "1234567890123457",
+        ),
+        _ => (
+            "100000000001",
+            "qcs::cam::uin/100000000001:roleName/imgrep-copier",
+            "100000000002",
+        ),
+    };
+    cloud.trust_web_identity(ISSUER, audience, &[(role, account)]);
+    cloud.trust_role(copier, account, account, None);
+    cloud.set_credentials_life(Duration::from_secs(12));
+    cloud.set_copy_time(dst_region, Duration::from_secs(30));
+    let src = cloud.add(src_region, "golden", 8, json!({}));
+    let op = sc.operator(&borrowed(&env));
+    sc.create(
+        "golden",
+        json!({
+            "provider": {"kind": provider, "endpoint": cloud.url, "assumeRole": {"roleArn": copier}},
+            "source": {"region": src_region, "imageId": src},
+            "destinations": [{"region": dst_region, "shareWith": [{"account": member}]}],
+            "deletionPolicy": "Delete",
+        }),
+    )
+    .await;
+    let (status, msg) = sc.ready_with("golden", "Succeeded").await;
+    assert_eq!(status, "True", "{msg}");
+    let copies = cloud.images_in(dst_region);
+    assert_eq!(copies.len(), 1);
+    assert_eq!(
+        cloud
+            .members_of(&copies[0].id)
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .collect::<Vec<_>>(),
+        [member]
+    );
+    let sessions = cloud.sessions();
+    let copier_keys: Vec<&str> = sessions
+        .iter()
+        .filter(|s| s.role == copier)
+        .map(|s| s.ak.as_str())
+        .collect();
+    let (web, assume) = match kind {
+        Kind::Alibaba => ("AssumeRoleWithOIDC", "AssumeRole"),
+        _ => ("AssumeRoleWithWebIdentity", "AssumeRole"),
+    };
+    for r in cloud
+        .requests()
+        .iter()
+        .filter(|r| !r.action().starts_with("AssumeRole"))
+    {
+        let ak = match kind {
+            Kind::Alibaba => r.params.get("AccessKeyId").cloned().unwrap_or_default(),
+            _ => auth_key(r),
+        };
+        assert!(
+            copier_keys.contains(&ak.as_str()),
+            "{} made with {ak}, not the copier role's keys",
+            r.action()
+        );
+    }
+    assert!(
+        cloud.count(assume) >= 2,
+        "the copier's keys renewed during the copy: {:?}",
+        cloud.counts()
+    );
+    assert!(cloud.count(web) >= 1);
+    assert_eq!(cloud.expired_calls(), 0, "no call with expired keys");
+    let copy_secs = 30 + 15;
+    cloud.assert_budget("keyless copy", &[(web, copy_secs / 8 + 2), (assume, copy_secs / 8 + 2)]);
+    let logs = op.logs();
+    for s in &sessions {
+        assert!(
+            !logs.contains(&s.sk) && !logs.contains(&s.token),
+            "a key leaked into the logs"
+        );
+    }
+    sc.irs().delete("golden", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "golden gone", || async {
+        sc.irs().get_opt("golden").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(cloud.images_in(dst_region).is_empty());
+    cloud.assert_conforms();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alibaba_copies_and_shares_with_no_secret_through_rrsa_and_a_copier_role() {
+    keyless_copy_and_share(Kind::Alibaba).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tencent_copies_and_shares_with_no_secret_through_tke_oidc_and_a_copier_role() {
+    keyless_copy_and_share(Kind::Tencent).await;
+}
