@@ -318,12 +318,18 @@ fn shares(out: &mut Vec<Violation>, kind: ProviderKind, i: usize, d: &Destinatio
                 ),
             ));
         }
-        if w.accept_with.as_ref().is_some_and(|r| r.name.is_empty()) {
-            out.push(Violation::new(
-                f(format!("[{j}].acceptWith.name")),
+        match &w.accept_with {
+            Some(a) if a.name.is_empty() && a.assume_role.is_none() => out.push(Violation::new(
+                f(format!("[{j}].acceptWith")),
                 "InvalidSecretRef",
-                "acceptWith.name must name a Secret",
-            ));
+                "acceptWith needs name (a Secret of the member) or assumeRole (a role of the member's account)",
+            )),
+            Some(a) => {
+                if let Some(r) = &a.assume_role {
+                    role(out, kind, &f(format!("[{j}].acceptWith.assumeRole")), r);
+                }
+            }
+            None => {}
         }
     }
 }
@@ -799,11 +805,6 @@ mod tests {
             ),
             ("no agency", |s| s.provider.agency = None, "AgencyRequired"),
             (
-                "no credentials",
-                |s| s.provider.credentials_secret_ref = None,
-                "CredentialsRequired",
-            ),
-            (
                 "huawei encryption",
                 |s| s.destinations[0].encryption = Some(EncryptionSpec::default()),
                 "EncryptionNotSupported",
@@ -893,7 +894,7 @@ mod tests {
                 .iter()
                 .map(|a| ShareSpec {
                     account: a.to_string(),
-                    accept_with: accept.then(|| SecretRef { name: "m".into() }),
+                    accept_with: accept.then(|| AcceptSpec::secret("m")),
                 })
                 .collect();
             let v = image_replication(&s);
@@ -1032,6 +1033,20 @@ mod tests {
     /// taken only where the cloud has roles, in its own form.
     #[test]
     fn workload_identity_and_roles() {
+        for kind in [
+            ProviderKind::Huawei,
+            ProviderKind::Alibaba,
+            ProviderKind::Aws,
+            ProviderKind::Tencent,
+        ] {
+            let mut s = ir(kind);
+            s.provider.credentials_secret_ref = None;
+            let v: Vec<_> = image_replication(&s)
+                .into_iter()
+                .filter(|v| v.reason == "CredentialsRequired")
+                .collect();
+            assert_eq!(v, vec![], "{kind:?}: the pod's workload identity");
+        }
         let mut s = ir(ProviderKind::Aws);
         s.provider.agency = None;
         s.provider.credentials_secret_ref = None;

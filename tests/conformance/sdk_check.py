@@ -206,6 +206,11 @@ def check_huawei(ex, vio):
     if not found:
         vio.add(ex, "no SDK operation has this method and path")
         return
+    # IAM's securitytokens path is two operations, told apart by the identity method.
+    if path == "/v3.0/OS-CREDENTIAL/securitytokens":
+        by_agency = "assume_role" in (ex.get("body") or "")
+        want = "CreateTemporaryAccessKeyByAgency" if by_agency else "CreateTemporaryAccessKeyByToken"
+        found = [o for o in found if o[2] == want] or found
     # The most specific template (fewest placeholders) wins, as the router does.
     _, _, op, info, mod, template = min(found, key=lambda o: o[5].count("{"))
     public = re.sub(r"(?<!^)(?=[A-Z])", "_", op).lower()

@@ -225,17 +225,19 @@ fn egress_policy_values_reach_the_operator() {
     );
 }
 
-/// `identity.aws`: the ServiceAccount carries the IRSA annotation; with `projectToken` the
-/// chart projects the token with the audience the aws provider's STS expects (from the
-/// provider's own facts) where the AWS SDKs read it, and sets the variables; by default none of
-/// it is there.
+/// `identity.<cloud>`: the ServiceAccount carries the IRSA annotation; the chart projects a
+/// token per cloud with the audience that cloud's STS expects (from the provider's own facts)
+/// where the variables it sets say, as the cloud's webhook would; by default none of it is
+/// there.
 #[test]
-fn workload_identity_values_project_the_token_the_cloud_expects() {
+fn workload_identity_values_project_the_token_each_cloud_expects() {
     use image_replication_operator::api::v1alpha1::ProviderKind;
-    let audience = image_replication_operator::image_replication::vm::providers::cloud(ProviderKind::Aws)
-        .and_then(|c| c.identity)
-        .unwrap()
-        .audience;
+    let audience = |kind: ProviderKind| {
+        image_replication_operator::image_replication::vm::providers::cloud(kind)
+            .and_then(|c| c.identity)
+            .unwrap()
+            .audience
+    };
     let rendered = docs(&support::helm(&[
         "template",
         "x",
@@ -246,6 +248,18 @@ fn workload_identity_values_project_the_token_the_cloud_expects() {
         "identity.aws.projectToken=true",
         "--set",
         "identity.aws.region=eu-west-1",
+        "--set",
+        "identity.alibaba.roleArn=acs:ram::1234567890123456:role/imgrep",
+        "--set",
+        "identity.alibaba.oidcProviderArn=acs:ram::1234567890123456:oidc-provider/ack-rrsa-c1",
+        "--set",
+        "identity.tencent.roleArn=qcs::cam::uin/100000000001:roleName/imgrep",
+        "--set",
+        "identity.tencent.providerId=tke-oidc-c1",
+        "--set",
+        "identity.tencent.region=ap-guangzhou",
+        "--set",
+        "identity.huawei.idpId=cce-oidc-c1",
     ]));
     let sa = rendered.iter().find(|d| d["kind"] == "ServiceAccount").unwrap();
     assert_eq!(
@@ -253,8 +267,6 @@ fn workload_identity_values_project_the_token_the_cloud_expects() {
         "arn:aws:iam::123456789012:role/imgrep"
     );
     let pod = &rendered.iter().find(|d| d["kind"] == "Deployment").unwrap()["spec"]["template"]["spec"];
-    let token = &pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"];
-    assert_eq!(token["audience"], audience);
     let c = &pod["containers"][0];
     let env = |name: &str| {
         c["env"]
@@ -262,15 +274,71 @@ fn workload_identity_values_project_the_token_the_cloud_expects() {
             .unwrap()
             .iter()
             .find(|e| e["name"] == name)
-            .map(|e| e["value"].as_str().unwrap().to_string())
+            .and_then(|e| e["value"].as_str())
+            .map(String::from)
     };
-    let mount = c["volumeMounts"][0]["mountPath"].as_str().unwrap();
-    assert_eq!(
-        env("AWS_WEB_IDENTITY_TOKEN_FILE").unwrap(),
-        format!("{mount}/{}", token["path"].as_str().unwrap())
-    );
-    assert_eq!(env("AWS_ROLE_ARN").unwrap(), "arn:aws:iam::123456789012:role/imgrep");
-    assert_eq!(env("AWS_REGION").unwrap(), "eu-west-1");
+    for (kind, file_var, volume) in [
+        (ProviderKind::Aws, "AWS_WEB_IDENTITY_TOKEN_FILE", "aws-identity-token"),
+        (
+            ProviderKind::Alibaba,
+            "ALIBABA_CLOUD_OIDC_TOKEN_FILE",
+            "alibaba-identity-token",
+        ),
+        (
+            ProviderKind::Tencent,
+            "TKE_WEB_IDENTITY_TOKEN_FILE",
+            "tencent-identity-token",
+        ),
+        (
+            ProviderKind::Huawei,
+            "HUAWEICLOUD_SDK_ID_TOKEN_FILE",
+            "huawei-identity-token",
+        ),
+    ] {
+        let v = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == volume)
+            .unwrap();
+        let token = &v["projected"]["sources"][0]["serviceAccountToken"];
+        assert_eq!(token["audience"], audience(kind), "{kind:?}");
+        let mount = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == volume)
+            .unwrap();
+        assert_eq!(
+            env(file_var).as_deref(),
+            Some(
+                format!(
+                    "{}/{}",
+                    mount["mountPath"].as_str().unwrap(),
+                    token["path"].as_str().unwrap()
+                )
+                .as_str()
+            ),
+            "{kind:?}"
+        );
+        // Every variable the chart sets is one the provider reads.
+        let reads = image_replication_operator::image_replication::vm::providers::cloud(kind)
+            .and_then(|c| c.identity)
+            .unwrap()
+            .variables;
+        assert!(reads.contains(&file_var), "{kind:?}: {file_var}");
+    }
+    for set in c["env"].as_array().unwrap().iter().filter_map(|e| e["name"].as_str()) {
+        let cloud_var = ["AWS_", "ALIBABA_", "TKE_", "HUAWEICLOUD_"]
+            .iter()
+            .any(|p| set.starts_with(p));
+        let read = image_replication_operator::image_replication::vm::providers::CLOUDS
+            .iter()
+            .filter_map(|c| c.identity)
+            .any(|i| i.variables.contains(&set));
+        assert!(!cloud_var || read, "{set} is set but no provider reads it");
+    }
+    assert_eq!(env("AWS_REGION").as_deref(), Some("eu-west-1"));
     // On EKS (the webhook projects the token itself), only the annotation.
     let eks = docs(&support::helm(&[
         "template",
@@ -280,7 +348,7 @@ fn workload_identity_values_project_the_token_the_cloud_expects() {
         "identity.aws.roleArn=arn:aws:iam::123456789012:role/imgrep",
     ]));
     let pod = &eks.iter().find(|d| d["kind"] == "Deployment").unwrap()["spec"]["template"]["spec"];
-    assert!(pod["volumes"].is_null() && pod["containers"][0]["env"].to_string().find("AWS_").is_none());
+    assert!(pod["volumes"].is_null() && !pod["containers"][0]["env"].to_string().contains("AWS_"));
     let plain = docs(&render());
     let sa = plain.iter().find(|d| d["kind"] == "ServiceAccount").unwrap();
     assert!(sa["metadata"]["annotations"].is_null(), "{sa}");
@@ -564,6 +632,7 @@ fn observability_metrics() -> std::collections::BTreeSet<String> {
         "ImageReplicationCopyNotProgressing",
         "ImageReplicationVmCopyStuck",
         "ImageReplicationReplicaLagHigh",
+        "ImageReplicationCredentialsRefused",
         "ImageReplicationQuotaQueueGrowing",
         "ImageReplicationReconcileErrors",
         "ImageReplicationNoLeader",

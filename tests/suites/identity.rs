@@ -116,6 +116,20 @@ impl Scene {
     }
 }
 
+/// A keyless example of deploy/examples, pointed at the stand-in and its source image.
+fn example(file: &str, cloud: &Stand, src: &str) -> (String, Value) {
+    let path = format!("{}/deploy/examples/{file}", env!("CARGO_MANIFEST_DIR"));
+    let doc: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut spec = doc["spec"].clone();
+    assert!(
+        spec["provider"].get("credentialsSecretRef").is_none(),
+        "{file} is keyless"
+    );
+    spec["provider"]["endpoint"] = json!(cloud.url);
+    spec["source"]["imageId"] = json!(src);
+    (doc["metadata"]["name"].as_str().unwrap().to_string(), spec)
+}
+
 fn irsa_env(token: &Path, cloud: &Stand) -> Vec<(&'static str, String)> {
     vec![
         ("AWS_ROLE_ARN", ROLE.to_string()),
@@ -148,21 +162,11 @@ async fn aws_copies_shares_and_deletes_with_no_secret_through_irsa_and_an_assume
     let token = sc.projected_token("sts.amazonaws.com");
     let env = irsa_env(&token, &cloud);
     let op = sc.operator(&borrowed(&env));
-    sc.create(
-        "golden",
-        json!({
-            "provider": {"kind": "aws", "endpoint": cloud.url},
-            "source": {"region": "us-east-1", "imageId": src},
-            "destinations": [
-                {"region": "eu-west-1", "shareWith": [{"account": AWS_OTHER_ACCOUNT}]},
-                {"region": "ap-southeast-1", "account": {"id": AWS_OTHER_ACCOUNT,
-                    "assumeRole": {"roleArn": OTHER_ROLE, "externalId": "team-a"}}},
-            ],
-            "deletionPolicy": "Delete",
-        }),
-    )
-    .await;
-    let (status, msg) = sc.ready_with("golden", "Succeeded").await;
+    // deploy/examples/aws-keyless.yaml, as a user applies it.
+    let (name, spec) = example("aws-keyless.yaml", &cloud, &src);
+    assert_eq!(spec["destinations"][1]["account"]["assumeRole"]["roleArn"], OTHER_ROLE);
+    sc.create(&name, spec).await;
+    let (status, msg) = sc.ready_with(&name, "Succeeded").await;
     assert_eq!(status, "True", "{msg}");
 
     // What a user sees: both copies, the share, the owned copy in the other account.
@@ -248,8 +252,8 @@ async fn aws_copies_shares_and_deletes_with_no_secret_through_irsa_and_an_assume
     let seen = format!(
         "{}\n{}\n{:?}\n{}",
         op.logs(),
-        serde_json::to_string(&sc.irs().get("golden").await.unwrap().status).unwrap(),
-        support::events_in(&sc.c, &sc.ns, "golden").await,
+        serde_json::to_string(&sc.irs().get(&name).await.unwrap().status).unwrap(),
+        support::events_in(&sc.c, &sc.ns, &name).await,
         op.http_get("/metrics").map(|(_, b)| b).unwrap_or_default()
     );
     for v in &secret_values {
@@ -263,9 +267,9 @@ async fn aws_copies_shares_and_deletes_with_no_secret_through_irsa_and_an_assume
         .unwrap_or(0);
     assert!(ok as usize >= web, "{metrics}");
 
-    sc.irs().delete("golden", &DeleteParams::default()).await.unwrap();
+    sc.irs().delete(&name, &DeleteParams::default()).await.unwrap();
     eventually(WAIT, "golden gone", || async {
-        sc.irs().get_opt("golden").await.ok()?.is_none().then_some(())
+        sc.irs().get_opt(&name).await.ok()?.is_none().then_some(())
     })
     .await;
     assert!(cloud.images_in("eu-west-1").is_empty() && cloud.images_in("ap-southeast-1").is_empty());
@@ -319,6 +323,73 @@ async fn a_refused_web_identity_says_which_role_and_audience_and_calls_nothing_e
     cloud.assert_conforms();
 }
 
+/// EKS Pod Identity: the node's agent (here a stand-in of it on loopback, answering from the
+/// cloud stand-in's STS) gives keys for the pod's token; no Secret, no IRSA variables.
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_copies_with_eks_pod_identity() {
+    let Some(sc) = Scene::new("pod-identity").await else {
+        return;
+    };
+    let cloud = Stand::start(Kind::Aws).await;
+    cloud.trust_web_identity(ISSUER, "pods.eks.amazonaws.com", &[(ROLE, AWS_ACCOUNT)]);
+    let src = cloud.add("us-east-1", "golden", 8, json!({}));
+    let token = sc.projected_token("pods.eks.amazonaws.com");
+    // The agent: `Authorization` is the pod's token; the answer is the container credentials.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (state, counted) = (cloud.state.clone(), calls.clone());
+    let app = axum::Router::new().route(
+        "/v1/credentials",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let (state, counted) = (state.clone(), counted.clone());
+            async move {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let jwt = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+                match state.sts.lock().unwrap().web_identity(ROLE, jwt) {
+                    Err((code, message)) => (
+                        axum::http::StatusCode::FORBIDDEN,
+                        axum::Json(json!({"code": code, "message": message})),
+                    ),
+                    Ok(s) => (
+                        axum::http::StatusCode::OK,
+                        axum::Json(json!({"AccessKeyId": s.ak, "SecretAccessKey": s.sk, "Token": s.token,
+                            "AccountId": s.account, "Expiration": k8s_openapi::jiff::Timestamp::from_second(s.expires_unix).unwrap().to_string()})),
+                    ),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent = format!("http://{}/v1/credentials", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let token_file = token.display().to_string();
+    let _op = sc.operator(&[
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", agent.as_str()),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", token_file.as_str()),
+    ]);
+    sc.create(
+        "golden",
+        json!({
+            "provider": {"kind": "aws", "endpoint": cloud.url},
+            "source": {"region": "us-east-1", "imageId": src},
+            "destinations": [{"region": "eu-west-1"}],
+        }),
+    )
+    .await;
+    let (status, msg) = sc.ready_with("golden", "Succeeded").await;
+    assert_eq!(status, "True", "{msg}");
+    assert_eq!(cloud.images_in("eu-west-1").len(), 1);
+    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    for r in cloud.requests() {
+        assert!(
+            auth_key(&r).starts_with("ASIATEMP"),
+            "{} signed with {}",
+            r.action(),
+            auth_key(&r)
+        );
+    }
+    cloud.assert_conforms();
+}
+
 /// The access key a request was signed with.
 pub fn auth_key(r: &support::clouds::Req) -> String {
     r.headers
@@ -363,6 +434,15 @@ fn workload(cloud: &Stand, token: &Path) -> (&'static str, &'static str, Vec<(&'
                 ("TENCENTCLOUD_STS_ENDPOINT", cloud.url.clone()),
             ],
         ),
+        Kind::Huawei => (
+            "cce-oidc-c1",
+            "sts.myhuaweicloud.com",
+            vec![
+                ("HUAWEICLOUD_SDK_IDP_ID", "cce-oidc-c1".into()),
+                ("HUAWEICLOUD_SDK_ID_TOKEN_FILE", token),
+                ("HUAWEICLOUD_SDK_IAM_ENDPOINT", cloud.url.clone()),
+            ],
+        ),
         k => panic!("no workload identity for {k:?} here"),
     }
 }
@@ -388,63 +468,77 @@ async fn keyless_copy_and_share(kind: Kind) {
         sc.projected_token(audience)
     };
     let (role, audience, env) = workload(&cloud, &token_path);
-    let (account, copier, member) = match kind {
-        Kind::Alibaba => (
-            "1234567890123456",
-            "acs:ram::1234567890123456:role/imgrep-copier",
-            "1234567890123457",
+    // deploy/examples/<cloud>-keyless.yaml, as a user applies it: its copier role, its member.
+    let src = cloud.add(src_region, "golden", 8, json!({}));
+    let (name, spec) = example(&format!("{provider}-keyless.yaml"), &cloud, &src);
+    assert_eq!(
+        (
+            spec["source"]["region"].as_str(),
+            spec["destinations"][0]["region"].as_str()
         ),
-        _ => (
-            "100000000001",
-            "qcs::cam::uin/100000000001:roleName/imgrep-copier",
-            "100000000002",
-        ),
+        (Some(src_region), Some(dst_region))
+    );
+    let copier = spec["provider"]["assumeRole"]["roleArn"].as_str().unwrap().to_string();
+    let copier = copier.as_str();
+    let member = spec["destinations"][0]["shareWith"][0]["account"]
+        .as_str()
+        .map(String::from);
+    let account = match kind {
+        Kind::Alibaba => support::clouds::ALI_ACCOUNT,
+        Kind::Huawei => support::clouds::HW_ACCOUNT,
+        _ => support::clouds::TC_ACCOUNT,
     };
     cloud.trust_web_identity(ISSUER, audience, &[(role, account)]);
     cloud.trust_role(copier, account, account, None);
+    // A member that accepts through an agency of its own account (huawei), taken with the
+    // provider's (the copier's) keys.
+    if let Some(accept) = spec["destinations"][0]["shareWith"][0]["acceptWith"]["assumeRole"]["roleArn"].as_str() {
+        cloud.trust_role(accept, "1b2c3d4e5f", account, None);
+    }
     cloud.set_credentials_life(Duration::from_secs(12));
     cloud.set_copy_time(dst_region, Duration::from_secs(30));
-    let src = cloud.add(src_region, "golden", 8, json!({}));
     let op = sc.operator(&borrowed(&env));
-    sc.create(
-        "golden",
-        json!({
-            "provider": {"kind": provider, "endpoint": cloud.url, "assumeRole": {"roleArn": copier}},
-            "source": {"region": src_region, "imageId": src},
-            "destinations": [{"region": dst_region, "shareWith": [{"account": member}]}],
-            "deletionPolicy": "Delete",
-        }),
-    )
-    .await;
-    let (status, msg) = sc.ready_with("golden", "Succeeded").await;
+    sc.create(&name, spec.clone()).await;
+    let (status, msg) = sc.ready_with(&name, "Succeeded").await;
     assert_eq!(status, "True", "{msg}");
     let copies = cloud.images_in(dst_region);
     assert_eq!(copies.len(), 1);
-    assert_eq!(
-        cloud
-            .members_of(&copies[0].id)
-            .iter()
-            .map(|(a, _)| a.as_str())
-            .collect::<Vec<_>>(),
-        [member]
-    );
+    if let Some(m) = member.as_deref() {
+        assert_eq!(
+            cloud
+                .members_of(&copies[0].id)
+                .iter()
+                .map(|(a, _)| a.as_str())
+                .collect::<Vec<_>>(),
+            [m]
+        );
+    }
     let sessions = cloud.sessions();
+    let accept_role = spec["destinations"][0]["shareWith"][0]["acceptWith"]["assumeRole"]["roleArn"].as_str();
     let copier_keys: Vec<&str> = sessions
         .iter()
-        .filter(|s| s.role == copier)
+        .filter(|s| s.role == copier || Some(s.role.as_str()) == accept_role)
         .map(|s| s.ak.as_str())
         .collect();
     let (web, assume) = match kind {
         Kind::Alibaba => ("AssumeRoleWithOIDC", "AssumeRole"),
+        Kind::Huawei => (
+            "POST /v3.0/OS-AUTH/id-token/tokens",
+            "POST /v3.0/OS-CREDENTIAL/securitytokens",
+        ),
         _ => ("AssumeRoleWithWebIdentity", "AssumeRole"),
     };
-    for r in cloud
-        .requests()
-        .iter()
-        .filter(|r| !r.action().starts_with("AssumeRole"))
-    {
+    let sts_call = |r: &support::clouds::Req| r.action().starts_with("AssumeRole") || r.path.starts_with("/v3.0/OS-");
+    for r in cloud.requests().iter().filter(|r| !sts_call(r)) {
         let ak = match kind {
             Kind::Alibaba => r.params.get("AccessKeyId").cloned().unwrap_or_default(),
+            Kind::Huawei => r
+                .headers
+                .get("authorization")
+                .and_then(|a| a.split("Access=").nth(1))
+                .and_then(|c| c.split(',').next())
+                .unwrap_or("")
+                .to_string(),
             _ => auth_key(r),
         };
         assert!(
@@ -461,7 +555,17 @@ async fn keyless_copy_and_share(kind: Kind) {
     assert!(cloud.count(web) >= 1);
     assert_eq!(cloud.expired_calls(), 0, "no call with expired keys");
     let copy_secs = 30 + 15;
-    cloud.assert_budget("keyless copy", &[(web, copy_secs / 8 + 2), (assume, copy_secs / 8 + 2)]);
+    // IAM's one securitytokens path is both the workload identity's second step and the agency.
+    let per_identity = copy_secs / 8 + 2;
+    let assumes = if kind == Kind::Huawei {
+        2 * per_identity
+    } else {
+        per_identity
+    };
+    cloud.assert_budget(
+        "keyless copy",
+        &[(web, per_identity), (assume, assumes), ("GET /v3/projects", 2)],
+    );
     let logs = op.logs();
     for s in &sessions {
         assert!(
@@ -469,9 +573,9 @@ async fn keyless_copy_and_share(kind: Kind) {
             "a key leaked into the logs"
         );
     }
-    sc.irs().delete("golden", &DeleteParams::default()).await.unwrap();
+    sc.irs().delete(&name, &DeleteParams::default()).await.unwrap();
     eventually(WAIT, "golden gone", || async {
-        sc.irs().get_opt("golden").await.ok()?.is_none().then_some(())
+        sc.irs().get_opt(&name).await.ok()?.is_none().then_some(())
     })
     .await;
     assert!(cloud.images_in(dst_region).is_empty());
@@ -481,6 +585,11 @@ async fn keyless_copy_and_share(kind: Kind) {
 #[tokio::test(flavor = "multi_thread")]
 async fn alibaba_copies_and_shares_with_no_secret_through_rrsa_and_a_copier_role() {
     keyless_copy_and_share(Kind::Alibaba).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn huawei_copies_with_no_secret_through_cce_workload_identity_and_an_agency() {
+    keyless_copy_and_share(Kind::Huawei).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -257,3 +257,75 @@ async fn replicate_command_creates_a_tcr_replica_without_a_cluster() {
     assert!(tcr.requests().iter().all(|r| !r.bad_signature));
     assert!(!text.contains(SK), "the secret key is never printed");
 }
+
+/// No Secret: the TKE OIDC variables name a role and a token file; the operator exchanges the
+/// token at the stand-in's STS (`AssumeRoleWithWebIdentity`) and manages the replica with the
+/// handed-out keys and their `X-TC-Token`.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicate_command_creates_a_tcr_replica_with_no_secret_through_tke_oidc() {
+    use base64::Engine as _;
+    let tcr = Stand::start(Kind::Tcr).await;
+    let role = "qcs::cam::uin/100000000001:roleName/image-replication-operator";
+    tcr.trust_web_identity(
+        "https://oidc.tke.example",
+        "sts.cloud.tencent.com",
+        &[(role, support::clouds::TC_ACCOUNT)],
+    );
+    tcr.state.tcr_instances.lock().unwrap().push((
+        "tcr-prem".to_string(),
+        "ap-guangzhou".to_string(),
+        "premium".to_string(),
+    ));
+    tcr.state.tcr_log.lock().unwrap().push(json!({"ResourceType": "image",
+        "Source": "team/web:1", "Destination": "team/web:1", "Status": "Success",
+        "StartTime": "2026-11-24 08:00:01", "EndTime": "2026-11-24 08:00:04"}));
+    let dir = tempfile::tempdir().unwrap();
+    // A ServiceAccount token as TKE projects it (the real API server's are tests/suites/identity.rs').
+    let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let exp = k8s_openapi::jiff::Timestamp::now().as_second() + 3600;
+    let jwt = format!(
+        "{}.{}.sig",
+        b64(json!({"alg": "RS256"})),
+        b64(
+            json!({"iss": "https://oidc.tke.example", "aud": "sts.cloud.tencent.com", "exp": exp, "sub": "system:serviceaccount:ops:iro"})
+        )
+    );
+    let token = dir.path().join("token");
+    std::fs::write(&token, &jwt).unwrap();
+    let f = dir.path().join("replica.yaml");
+    let mut keyless = replica("sh", "tcr-prem", "ap-shanghai", "Retain");
+    keyless.spec.primary.credentials_secret_ref = None;
+    std::fs::write(&f, serde_yaml::to_string(&keyless).unwrap()).unwrap();
+    let url = tcr.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
+            .args(["replicate", "-f"])
+            .arg(&f)
+            .env("TKE_REGION", "ap-guangzhou")
+            .env("TKE_PROVIDER_ID", "tke-oidc-c1")
+            .env("TKE_WEB_IDENTITY_TOKEN_FILE", &token)
+            .env("TKE_ROLE_ARN", role)
+            .env("TENCENTCLOUD_STS_ENDPOINT", &url)
+            .env("TENCENTCLOUD_TCR_ENDPOINT", &url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("ReplicaInstance sh: Ready"), "{text}");
+    assert_eq!(tcr.count("CreateReplicationInstance"), 1);
+    assert_eq!(tcr.count("AssumeRoleWithWebIdentity"), 1, "{:?}", tcr.counts());
+    let keys = tcr.sessions();
+    for r in tcr
+        .requests()
+        .iter()
+        .filter(|r| r.action() != "AssumeRoleWithWebIdentity")
+    {
+        assert_eq!(r.headers.get("x-tc-token"), Some(&keys[0].token), "{}", r.action());
+        assert!(r.headers["authorization"].contains(&format!("Credential={}/", keys[0].ak)));
+    }
+    assert!(!text.contains(&jwt) && !text.contains(&keys[0].sk));
+    tcr.assert_conforms();
+}

@@ -576,6 +576,56 @@ spec:
     );
 }
 
+/// No Secret, on moto: the IRSA variables name a role and a token file, the operator asks
+/// moto's STS (`AssumeRoleWithWebIdentity`) for keys and copies with them.
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_keyless_through_motos_sts() {
+    let m = moto();
+    let url = m.url.clone();
+    let ami = boto(
+        &url,
+        "print(ec2('us-east-1').register_image(Name='web', RootDeviceName='/dev/sda1', \
+         BlockDeviceMappings=[{'DeviceName': '/dev/sda1', 'Ebs': {'VolumeSize': 8}}])['ImageId'])",
+    );
+    assert!(ami.starts_with("ami-"), "{ami}");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    // moto's STS does not check the token; the real API server's tokens are tests/suites/identity.rs'.
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJzdHMuYW1hem9uYXdzLmNvbSJ9.c2ln").unwrap();
+    let manifest = format!(
+        r#"apiVersion: replication.imageops.io/v1alpha1
+kind: ImageReplication
+metadata: {{name: web, namespace: default}}
+spec:
+  provider: {{kind: aws, endpoint: "{url}"}}
+  source: {{region: us-east-1, imageName: web}}
+  destinations: [{{region: eu-west-1}}]
+"#
+    );
+    let path = dir.path().join("aws.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
+        .args(["replicate", "-f", path.to_str().unwrap()])
+        .env(
+            "AWS_ROLE_ARN",
+            "arn:aws:iam::123456789012:role/image-replication-operator",
+        )
+        .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL_STS", &url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let found = boto(
+        &url,
+        "print(len(ec2('eu-west-1').describe_images(Owners=['self'])['Images']))",
+    );
+    drop(m);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("ImageReplication web: Ready (1/1 available)"), "{text}");
+    assert_eq!(found, "1", "the copy in eu-west-1");
+}
+
 /// The operator is killed while the cloud holds back its answer to the copy request, on a cloud
 /// that lists a new image only 15 s after the call that made it (the realistic profile); the
 /// next operator finds the copy once it is listed (Huawei: by name, untagged, then tags it;

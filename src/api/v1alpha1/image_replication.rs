@@ -385,10 +385,56 @@ pub struct ShareSpec {
     /// huawei, openstack: the member's project id; alibaba, aws, tencent: the account id.
     #[schemars(length(min = 1, max = 64))]
     pub account: String,
-    /// huawei, openstack: a Secret of the member account (the provider's keys), used to accept
-    /// the share as the member. Without it the member accepts in its own account.
+    /// huawei, openstack: how to accept the share as the member: a Secret of the member
+    /// account (the provider's keys, `name`), or (huawei) an agency of the member account
+    /// assumed with the provider's credentials (`assumeRole`). Without it the member accepts in
+    /// its own account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accept_with: Option<SecretRef>,
+    pub accept_with: Option<AcceptSpec>,
+}
+
+/// How a member accepts a share: its Secret, or a role of its account.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptSpec {
+    /// A Secret of the member account in the object's namespace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// huawei: an agency of the member account (`iam::<domain id>:agency:<name>`), assumed with
+    /// the provider's credentials: no member key pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assume_role: Option<AssumeRoleSpec>,
+}
+
+impl AcceptSpec {
+    /// A member's Secret.
+    pub fn secret(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            assume_role: None,
+        }
+    }
+    /// What its credentials are known by (as [`OwnerSpec::credentials_key`]).
+    pub fn credentials_key(&self) -> String {
+        self.as_owner().credentials_key()
+    }
+    /// The same credentials as an owner's (a Secret, a role, or a role with a Secret).
+    pub fn as_owner(&self) -> OwnerSpec {
+        OwnerSpec {
+            id: String::new(),
+            credentials_secret_ref: (!self.name.is_empty()).then(|| SecretRef {
+                name: self.name.clone(),
+            }),
+            assume_role: self.assume_role.clone(),
+        }
+    }
+    /// For messages: `Secret s`, or `role r`.
+    pub fn describe(&self) -> String {
+        match &self.assume_role {
+            Some(r) => format!("role {}", r.role_arn),
+            None => format!("Secret {}", self.name),
+        }
+    }
 }
 
 /// Copy-and-encrypt settings.

@@ -107,7 +107,8 @@ pub struct PrimarySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128))]
     pub instance_id: Option<String>,
-    /// Secret with credentials for the primary.
+    /// Secret with credentials for the primary. tencent: without it the operator acts with its
+    /// pod's workload identity (TKE OIDC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
 }

@@ -68,8 +68,9 @@ impl Reader<'_> {
         }
     }
 
-    /// The account of a destination's owner (`destinations[].account`): its Secret, or a role
-    /// of it assumed with its Secret or else with the provider's own credentials.
+    /// The account of a destination's owner (`destinations[].account`), or of a member that
+    /// accepts a share (`acceptWith`, as an owner): its Secret, or a role of it assumed with
+    /// its Secret or else with the provider's own credentials.
     pub async fn owner(&self, owner: &OwnerSpec) -> Result<Account, ProviderError> {
         if owner.credentials_secret_ref.is_some() {
             return self

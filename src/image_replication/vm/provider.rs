@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::v1alpha1::{ImageReplication, ProviderKind};
+use crate::api::v1alpha1::{ImageReplication, OwnerSpec, ProviderKind};
 use crate::controller::secrets::Secrets;
 use crate::image_replication::provider::{ImageProvider, Snapshot, Work};
 use crate::image_replication::vm::credentials::{Reader, Source};
@@ -45,41 +45,20 @@ impl Vm {
 
     /// The accounts of the destinations' owners (`account`), each read once.
     async fn owners(&self, obj: &ImageReplication, secrets: &dyn Secrets) -> Others {
-        let reader = self.reader(obj, secrets);
+        let owners: Vec<OwnerSpec> = obj.spec.destinations.iter().filter_map(|d| d.account.clone()).collect();
         let mut into = Others::new();
-        for owner in obj.spec.destinations.iter().filter_map(|d| d.account.as_ref()) {
+        self.read_into(obj, secrets, &owners, &mut into).await;
+        into
+    }
+
+    /// The accounts `who` name (a Secret, a role), each read once, into `into`.
+    async fn read_into(&self, obj: &ImageReplication, secrets: &dyn Secrets, who: &[OwnerSpec], into: &mut Others) {
+        let reader = self.reader(obj, secrets);
+        for owner in who {
             if let std::collections::hash_map::Entry::Vacant(e) = into.entry(owner.credentials_key()) {
                 e.insert(reader.owner(owner).await.map(|a| Account { agency: None, ..a }));
             }
         }
-        into
-    }
-}
-
-/// Accounts read from other Secrets of the object's namespace (each read once), with the
-/// provider's endpoint (they are on the same cloud): the members that accept shares.
-async fn others<'n>(
-    obj: &ImageReplication,
-    secrets: &dyn Secrets,
-    names: impl Iterator<Item = &'n String>,
-    into: &mut Others,
-) {
-    let ns = obj.metadata.namespace.clone().unwrap_or_default();
-    for name in names {
-        if into.contains_key(name) {
-            continue;
-        }
-        let r = secrets
-            .data(&ns, name)
-            .await
-            .map(|secret| Account {
-                secret,
-                endpoint: obj.spec.provider.endpoint.clone(),
-                agency: None,
-                identity: None,
-            })
-            .map_err(ProviderError::transient);
-        into.insert(name.clone(), r);
     }
 }
 
@@ -134,8 +113,17 @@ impl ImageProvider for Vm {
                 if accepting.is_empty() {
                     self.engine.act(obj, self.service.as_ref(), acct, owners, p).await;
                 } else {
+                    let members: Vec<OwnerSpec> = obj
+                        .spec
+                        .destinations
+                        .iter()
+                        .flat_map(|d| d.share_with.iter())
+                        .filter_map(|w| w.accept_with.as_ref())
+                        .filter(|a| accepting.contains(&&a.credentials_key()))
+                        .map(|a| a.as_owner())
+                        .collect();
                     let mut all = owners.clone();
-                    others(obj, secrets, accepting.into_iter(), &mut all).await;
+                    self.read_into(obj, secrets, &members, &mut all).await;
                     self.engine.act(obj, self.service.as_ref(), acct, &all, p).await;
                 }
             }

@@ -97,7 +97,7 @@ mod tests {
     fn cloud(kind: ProviderKind) -> &'static Cloud {
         crate::image_replication::vm::providers::cloud(kind).unwrap()
     }
-    use crate::api::v1alpha1::{ImageReplicationSpec, SecretRef, ShareSpec};
+    use crate::api::v1alpha1::{ImageReplicationSpec, ShareSpec};
 
     fn spec(kind: &str, src: &str, dests: &[&str]) -> ImageReplicationSpec {
         let d: Vec<String> = dests.iter().map(|r| format!("{{region: {r}}}")).collect();
@@ -190,7 +190,7 @@ mod tests {
             // member's CBR vault, which the spec cannot name), allowed otherwise.
             s.destinations[0].share_with = vec![ShareSpec {
                 account: "0a1b2c3d4e5f60718293a4b5c6d7e8f9".into(),
-                accept_with: Some(SecretRef { name: "member".into() }),
+                accept_with: Some(crate::api::v1alpha1::AcceptSpec::secret("member")),
             }];
             let accept = check(cloud(ProviderKind::Huawei), &s, &img, &Limits::default());
             let refused = accept.iter().find(|v| v.reason == "AcceptNeedsVault");

@@ -58,7 +58,8 @@ pub struct ShareWork {
     pub image_id: String,
     pub account: String,
     pub call: ShareCall,
-    /// The member's Secret (Accept).
+    /// What the member's credentials are known by (Accept): its Secret's name, or its role
+    /// (`AcceptSpec::credentials_key`).
     pub secret: Option<String>,
 }
 
@@ -237,9 +238,9 @@ impl<'b> Pass<'_, 'b> {
             (Some(MemberStatus::Shared), _) => set(prev.as_ref(), a, (SharePhase::Shared, None), 0, None, now),
             (Some(MemberStatus::Pending | MemberStatus::Rejected), Some(secret)) if needs_accept => {
                 if retry_ok {
-                    self.call(a, ShareCall::Accept, Some(secret.name.clone()));
+                    self.call(a, ShareCall::Accept, Some(secret.credentials_key()));
                 }
-                let m = format!("{AWAITING}; accepting with Secret {}", secret.name);
+                let m = format!("{AWAITING}; accepting with {}", secret.describe());
                 keep_failed(prev.as_ref(), a, attempts, (ShareReason::Accepting, m), retry_ok, now)
             }
             (Some(MemberStatus::Pending), _) => {
@@ -556,7 +557,7 @@ pub fn conditions(destinations: &[DestinationStatus], summary: &str, max_attempt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::v1alpha1::{SecretRef, ShareSpec};
+    use crate::api::v1alpha1::{AcceptSpec, ShareSpec};
     use crate::image_replication::vm::providers::{aws, openstack};
     use crate::plan::test_at as at;
 
@@ -567,7 +568,7 @@ mod tests {
                 .iter()
                 .map(|(a, s)| ShareSpec {
                     account: a.to_string(),
-                    accept_with: s.map(|n| SecretRef { name: n.into() }),
+                    accept_with: s.map(AcceptSpec::secret),
                 })
                 .collect(),
             ..Default::default()

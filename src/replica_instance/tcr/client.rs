@@ -84,6 +84,9 @@ pub struct Tcr {
     http: reqwest::Client,
     backoff: Backoff,
     last: Mutex<HashMap<String, Instant>>,
+    /// The workload identity's keys (TKE OIDC, as CVM gets them), renewed before they expire.
+    pub(super) sessions: crate::cloud::identity::Sessions,
+    pub(super) sts: crate::image_replication::vm::providers::tencent::Tencent,
 }
 
 impl Default for Tcr {
@@ -92,6 +95,8 @@ impl Default for Tcr {
             http: crate::cloud::client(),
             backoff: Backoff::default(),
             last: Mutex::new(HashMap::new()),
+            sessions: Default::default(),
+            sts: Default::default(),
         }
     }
 }

@@ -11,30 +11,53 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tracing::{info, warn};
 
 use crate::api::v1alpha1::{DeletionPolicy, ReplicaInstance, ReplicaProvider};
+use crate::cloud::identity;
 use crate::cloud::{Account, ProviderError};
 use crate::controller::secrets::Secrets;
+use crate::image_replication::vm::ImageService as _;
+use crate::image_replication::vm::providers::tencent;
 use crate::plan::Announcement;
 use crate::replica_instance::provider::{ReplicaBackend, Snapshot, Work};
 use crate::replica_instance::tcr::client::Tcr;
 
-/// The TCR account: the primary's credentials Secret (`secretId`, `secretKey`, optional
-/// `token`, optional `endpoint` override of `https://tcr.tencentcloudapi.com`).
-async fn account(obj: &ReplicaInstance, secrets: &dyn Secrets) -> Result<Account, String> {
-    let ns = obj.metadata.namespace.clone().unwrap_or_default();
-    let secret = match &obj.spec.primary.credentials_secret_ref {
-        Some(r) => secrets.data(&ns, &r.name).await?,
-        None => return Err("spec.primary.credentialsSecretRef is required for tencent".into()),
-    };
-    let endpoint = secret
-        .get("endpoint")
-        .map(|v| String::from_utf8_lossy(v).trim().to_string())
-        .filter(|e| !e.is_empty());
-    Ok(Account {
-        identity: None,
-        secret,
-        endpoint,
-        agency: None,
-    })
+impl Tcr {
+    /// The TCR account: the primary's credentials Secret (`secretId`, `secretKey`, optional
+    /// `token`, optional `endpoint` override of `https://tcr.tencentcloudapi.com`), or without
+    /// one the pod's workload identity (TKE OIDC, exchanged as for CVM:
+    /// [docs/identity.md](../../../docs/identity.md)).
+    async fn account(&self, obj: &ReplicaInstance, secrets: &dyn Secrets) -> Result<Account, String> {
+        let ns = obj.metadata.namespace.clone().unwrap_or_default();
+        let Some(r) = &obj.spec.primary.credentials_secret_ref else {
+            let vars = identity::vars(tencent::sts::IDENTITY.variables);
+            let key = format!("tcr|workload|{vars:?}");
+            let how = identity::Exchange::Workload { vars };
+            let keys = self
+                .sessions
+                .get(&key, || self.sts.exchange(&how), |_| {})
+                .await
+                .map_err(|e| format!("the operator's workload identity: {}", e.message))?;
+            return Ok(Account {
+                identity: Some("the operator's workload identity".into()),
+                secret: keys.secret,
+                // This operator's own override (private clouds, tests), as the Secret's `endpoint`.
+                endpoint: std::env::var("TENCENTCLOUD_TCR_ENDPOINT")
+                    .ok()
+                    .filter(|e| !e.is_empty()),
+                agency: None,
+            });
+        };
+        let secret = secrets.data(&ns, &r.name).await?;
+        let endpoint = secret
+            .get("endpoint")
+            .map(|v| String::from_utf8_lossy(v).trim().to_string())
+            .filter(|e| !e.is_empty());
+        Ok(Account {
+            identity: None,
+            secret,
+            endpoint,
+            agency: None,
+        })
+    }
 }
 
 impl Tcr {
@@ -70,7 +93,7 @@ impl Tcr {
             note.push_str("; the replica's content is kept");
             return Ok(note);
         }
-        let acct = account(obj, secrets).await?;
+        let acct = self.account(obj, secrets).await?;
         let id = spec.primary.instance_id.clone().unwrap_or_default();
         let gone = self
             .delete(&acct, &id, &spec.primary.region, &spec.region)
@@ -100,7 +123,7 @@ impl ReplicaBackend for Tcr {
     ) -> BoxFuture<'a, Snapshot> {
         Box::pin(async move {
             let spec = &obj.spec;
-            match account(obj, secrets).await {
+            match self.account(obj, secrets).await {
                 Ok(acct) => {
                     let id = spec.primary.instance_id.clone().unwrap_or_default();
                     let seen = self.describe(&acct, &id, &spec.primary.region, &spec.region).await;

@@ -35,6 +35,79 @@ fn project_region(pid: &str) -> Option<(String, String)> {
     Some((name.split('_').next().unwrap_or(name).to_string(), name.to_string()))
 }
 
+/// IAM's short-lived keys: `CreateTokenWithIdToken` (a web identity token of the IdP
+/// `X-Idp-Id`: the IAM token is the session's token), `CreateTemporaryAccessKeyByToken` (that
+/// token), `CreateTemporaryAccessKeyByAgency` (an agency, with keys).
+fn iam_sts(st: &State, method: &Method, path: &str, body: &Value, hdr: &BTreeMap<String, String>) -> Option<Response> {
+    if method != Method::POST {
+        return None;
+    }
+    let refused = |(code, msg): super::sts::Refusal| {
+        let code = match code {
+            "AccessDenied" => "IAM.0002",
+            _ => "IAM.0001",
+        };
+        hw_err(StatusCode::FORBIDDEN, code, &msg)
+    };
+    let credential = |x: &super::sts::Session| {
+        (
+            StatusCode::CREATED,
+            axum::Json(
+                json!({"credential": {"access": x.ak, "secret": x.sk, "securitytoken": x.token,
+                "expires_at": created_text(x.expires_unix, "%Y-%m-%dT%H:%M:%S.000000Z")}}),
+            ),
+        )
+            .into_response()
+    };
+    let mut sts = st.sts.lock().unwrap();
+    match path {
+        "/v3.0/OS-AUTH/id-token/tokens" => {
+            let idp = hdr.get("x-idp-id").cloned().unwrap_or_default();
+            let jwt = body.pointer("/auth/id_token/id").and_then(Value::as_str).unwrap_or("");
+            Some(match sts.web_identity(&idp, jwt) {
+                Err(e) => refused(e),
+                Ok(x) => (
+                    StatusCode::CREATED,
+                    [("X-Subject-Token", x.token.clone())],
+                    axum::Json(json!({"token": {"expires_at": created_text(x.expires_unix, "%Y-%m-%dT%H:%M:%S.000000Z"),
+                        "methods": ["mapped"], "issued_at": created_text(super::now_unix(), "%Y-%m-%dT%H:%M:%S.000000Z")}})),
+                )
+                    .into_response(),
+            })
+        }
+        "/v3.0/OS-CREDENTIAL/securitytokens" => {
+            let methods = body.pointer("/auth/identity/methods").cloned().unwrap_or_default();
+            if methods == json!(["token"]) {
+                let token = body
+                    .pointer("/auth/identity/token/id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let Some(x) = sts.sessions.iter().find(|x| x.token == token).cloned() else {
+                    return Some(hw_err(StatusCode::UNAUTHORIZED, "IAM.0001", "The token is invalid."));
+                };
+                // Keys of the same principal, as IAM gives them for its token.
+                return Some(credential(&x));
+            }
+            let a = body.pointer("/auth/identity/assume_role").cloned().unwrap_or_default();
+            let urn = format!(
+                "iam::{}:agency:{}",
+                a["domain_id"].as_str().unwrap_or(""),
+                a["agency_name"].as_str().unwrap_or("")
+            );
+            let ak = auth_field(hdr.get("authorization").map(String::as_str).unwrap_or(""), "Access").unwrap_or("");
+            let caller = sts
+                .session(ak)
+                .map(|x| x.account.clone())
+                .unwrap_or_else(|| HW_ACCOUNT.to_string());
+            Some(match sts.assume(&caller, &urn, None) {
+                Err(e) => refused(e),
+                Ok(x) => credential(&x),
+            })
+        }
+        _ => None,
+    }
+}
+
 pub(super) async fn huawei(
     st: &State,
     method: &Method,
@@ -44,6 +117,9 @@ pub(super) async fn huawei(
     hdr: &BTreeMap<String, String>,
 ) -> Response {
     let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let Some(r) = iam_sts(st, method, path, body, hdr) {
+        return r;
+    }
     if method == Method::GET && path == "/v3/projects" {
         let name = params.get("name").cloned().unwrap_or_default();
         return axum::Json(json!({"projects": [{"id": format!("p-{name}"), "name": name}]})).into_response();

@@ -112,6 +112,8 @@ pub const AK2: &str = "AKTESTOTHERACCT";
 pub const SK2: &str = "sk/test+other=";
 pub const AWS_ACCOUNT: &str = "123456789012";
 pub const AWS_OTHER_ACCOUNT: &str = "210987654321";
+/// Huawei: the account (domain) whose keys `AK` are.
+pub const HW_ACCOUNT: &str = "0a1b2c3d4e";
 /// Tencent: the account whose keys `AK` are.
 pub const TC_ACCOUNT: &str = "100000000001";
 /// Alibaba: the account whose keys `AK` are.
@@ -766,14 +768,55 @@ fn check_signature(
     };
     match kind {
         Kind::Huawei => {
+            let unsigned_ok = uri.path() == "/v3.0/OS-AUTH/id-token/tokens"
+                || (uri.path() == "/v3.0/OS-CREDENTIAL/securitytokens"
+                    && serde_json::from_slice::<Value>(body)
+                        .ok()
+                        .and_then(|b| b.pointer("/auth/identity/methods").cloned())
+                        == Some(json!(["token"])));
+            if unsigned_ok && auth.is_empty() {
+                return None; // the token in the body is the credential
+            }
+            // Handed-out keys: only with their X-Security-Token, signed.
+            let ak = auth_field(&auth, "Access").unwrap_or("").to_string();
+            let list = auth_field(&auth, "SignedHeaders").unwrap_or("").to_string();
+            let session = st.sts.lock().unwrap().session(&ak).cloned();
+            let sk = match &session {
+                None if ak == AK => SK.to_string(),
+                Some(x)
+                    if hdr.get("x-security-token") == Some(&x.token)
+                        && list.split(';').any(|h| h == "x-security-token") =>
+                {
+                    x.sk.clone()
+                }
+                _ => String::new(),
+            };
             let ok = auth.starts_with("SDK-HMAC-SHA256 ")
-                && auth_field(&auth, "Access") == Some(AK)
-                && auth_field(&auth, "SignedHeaders").is_some_and(|l| l.contains("x-sdk-date") && l.contains("host"))
+                && !sk.is_empty()
+                && list.contains("x-sdk-date")
+                && list.contains("host")
                 && {
-                    let list = auth_field(&auth, "SignedHeaders").unwrap();
-                    let s = sign::huawei(AK, SK, method.as_str(), uri.path(), query, &signed_headers(list), body);
+                    let s = sign::huawei(
+                        &ak,
+                        &sk,
+                        method.as_str(),
+                        uri.path(),
+                        query,
+                        &signed_headers(&list),
+                        body,
+                    );
                     auth_field(&auth, "Signature") == Some(s.signature.as_str())
                 };
+            if ok && session.as_ref().is_some_and(|x| Instant::now() >= x.expires) {
+                st.sts.lock().unwrap().expired_calls += 1;
+                return Some(
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        axum::Json(json!({"error_code": "APIGW.0307", "error_msg": "The token expires."})),
+                    )
+                        .into_response(),
+                );
+            }
             (!ok).then(|| {
                 (
                     StatusCode::UNAUTHORIZED,
@@ -899,8 +942,8 @@ fn check_signature(
                 });
             }
             let service = match kind {
-                Kind::Tcr => "tcr",
                 _ if sts_call => "sts",
+                Kind::Tcr => "tcr",
                 _ => "cvm",
             };
             // Canonical headers: names and values lower-cased (the API 3.0 signing rules).

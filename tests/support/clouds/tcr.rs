@@ -17,6 +17,9 @@ fn tcr_region_id(r: &str) -> i64 {
 
 pub(super) async fn tcr(st: &State, b: &Value, hdr: &BTreeMap<String, String>) -> Response {
     let region = hdr.get("x-tc-region").cloned().unwrap_or_default();
+    if hdr.get("x-tc-version").map(String::as_str) == Some("2018-08-13") {
+        return super::tencent::sts(st, b, hdr);
+    }
     if hdr.get("x-tc-version").map(String::as_str) != Some("2019-09-24") {
         return tc_err("InvalidParameter", "X-TC-Version must be 2019-09-24");
     }

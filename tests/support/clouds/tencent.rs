@@ -18,7 +18,7 @@ fn tc_image(i: &Img) -> Value {
 }
 
 /// Tencent Cloud STS (`2018-08-13`): `AssumeRoleWithWebIdentity` (unsigned) and `AssumeRole`.
-fn sts(st: &State, b: &Value, hdr: &BTreeMap<String, String>) -> Response {
+pub(super) fn sts(st: &State, b: &Value, hdr: &BTreeMap<String, String>) -> Response {
     let text = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let mut sts = st.sts.lock().unwrap();
     let r = match hdr.get("x-tc-action").map(String::as_str).unwrap_or("") {

@@ -209,7 +209,7 @@ pub struct Api3 {
     pub endpoint: &'static str,
 }
 
-mod sts;
+pub mod sts;
 
 const CVM_API: Api3 = Api3 {
     service: "cvm",

@@ -23,6 +23,7 @@ use super::super::{
 use crate::api::v1alpha1::ImageReplicationSpec;
 use crate::api::v1alpha1::ProviderKind;
 use crate::api::violation::Violation;
+use crate::cloud::identity::{Exchange, Temporary};
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
 use crate::image_replication::vm::facts::{Check, Cloud, GIB, gib, no_encryption};
 use crate::oci::client::urlencode;
@@ -46,6 +47,8 @@ pub const SHARING: Sharing = Sharing {
 };
 
 const IMS: &str = "https://ims.{region}.myhuaweicloud.com";
+mod sts;
+
 const IAM: &str = "https://iam.myhuaweicloud.com";
 
 /// The Huawei Cloud IMS provider.
@@ -342,7 +345,8 @@ impl Huawei {
         if let Some(id) = acct.text(&format!("projectId.{name}")) {
             return Ok(id);
         }
-        let ak = creds(acct)?.ak;
+        // Known per account: renewed short-lived keys are the same account.
+        let ak = acct.identity.clone().unwrap_or(creds(acct)?.ak);
         if let Some(id) = self
             .projects
             .lock()
@@ -504,6 +508,10 @@ impl Huawei {
 }
 
 impl Service for Huawei {
+    fn exchange(&self, how: &Exchange) -> impl std::future::Future<Output = Result<Temporary, ProviderError>> + Send {
+        self.exchange_keys(how)
+    }
+
     fn kind(&self) -> ProviderKind {
         ProviderKind::Huawei
     }
@@ -891,7 +899,7 @@ pub const CLOUD: Cloud = Cloud {
     other_owner: Some(
         "an IMS copy stays with the tenant that replicates it; the seed's cross-account way is to replicate, share and accept: use shareWith with acceptWith",
     ),
-    identity: None,
+    identity: Some(&sts::IDENTITY),
 };
 
 /// IMS cross-region replication needs an IAM agency; IMS cannot encrypt a copy.
