@@ -60,6 +60,26 @@ pub fn due(life: Duration, age: Duration) -> bool {
     age >= life.mul_f64(2.0 / 3.0)
 }
 
+/// A role session's name as an STS takes it: letters, digits and `allowed`, others as `-`, at
+/// most `max` characters, at least 2.
+pub fn session_name(s: &str, allowed: &str, max: usize) -> String {
+    let mut n: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || allowed.contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(max)
+        .collect();
+    while n.len() < 2 {
+        n.push('-');
+    }
+    n
+}
+
 /// The environment variables `names`, as this process has them (empty values left out).
 pub fn vars(names: &[&str]) -> BTreeMap<String, String> {
     names

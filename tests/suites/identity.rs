@@ -164,7 +164,7 @@ async fn aws_copies_shares_and_deletes_with_no_secret_through_irsa_and_an_assume
     let op = sc.operator(&borrowed(&env));
     // deploy/examples/aws-keyless.yaml, as a user applies it.
     let (name, spec) = example("aws-keyless.yaml", &cloud, &src);
-    assert_eq!(spec["destinations"][1]["account"]["assumeRole"]["roleArn"], OTHER_ROLE);
+    assert_eq!(spec["destinations"][2]["account"]["assumeRole"]["roleArn"], OTHER_ROLE);
     sc.create(&name, spec).await;
     let (status, msg) = sc.ready_with(&name, "Succeeded").await;
     assert_eq!(status, "True", "{msg}");
@@ -183,6 +183,13 @@ async fn aws_copies_shares_and_deletes_with_no_secret_through_irsa_and_an_assume
     let ap = cloud.images_in("ap-southeast-1");
     assert_eq!(ap.len(), 1);
     assert_eq!(ap[0].extra["ownerId"], AWS_OTHER_ACCOUNT);
+    // The source itself shared in its own region; the owner's share of it withdrawn once its
+    // copy was available.
+    eventually(WAIT, "the source shared in place only", || async {
+        let members: Vec<String> = cloud.members_of(&src).into_iter().map(|(a, _)| a).collect();
+        (members == ["111122223333"]).then_some(())
+    })
+    .await;
 
     // Every EC2 call was made with handed-out keys and their token; none with a key pair.
     let ec2: Vec<_> = cloud
@@ -273,6 +280,10 @@ async fn aws_copies_shares_and_deletes_with_no_secret_through_irsa_and_an_assume
     })
     .await;
     assert!(cloud.images_in("eu-west-1").is_empty() && cloud.images_in("ap-southeast-1").is_empty());
+    assert!(
+        cloud.members_of(&src).is_empty(),
+        "the in-place share withdrawn before delete"
+    );
     assert_eq!(cloud.expired_calls(), 0);
     cloud.assert_conforms();
 }

@@ -272,7 +272,7 @@ async fn replicate_command_creates_a_tcr_replica_with_no_secret_through_tke_oidc
         &[(role, support::clouds::TC_ACCOUNT)],
     );
     tcr.state.tcr_instances.lock().unwrap().push((
-        "tcr-prem".to_string(),
+        "tcr-abcd1234".to_string(),
         "ap-guangzhou".to_string(),
         "premium".to_string(),
     ));
@@ -293,9 +293,8 @@ async fn replicate_command_creates_a_tcr_replica_with_no_secret_through_tke_oidc
     let token = dir.path().join("token");
     std::fs::write(&token, &jwt).unwrap();
     let f = dir.path().join("replica.yaml");
-    let mut keyless = replica("sh", "tcr-prem", "ap-shanghai", "Retain");
-    keyless.spec.primary.credentials_secret_ref = None;
-    std::fs::write(&f, serde_yaml::to_string(&keyless).unwrap()).unwrap();
+    // deploy/examples/replica-tencent-keyless.yaml, as a user applies it.
+    std::fs::write(&f, include_str!("../../deploy/examples/replica-tencent-keyless.yaml")).unwrap();
     let url = tcr.url.clone();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_image-replication-operator"))
@@ -314,7 +313,7 @@ async fn replicate_command_creates_a_tcr_replica_with_no_secret_through_tke_oidc
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("ReplicaInstance sh: Ready"), "{text}");
+    assert!(text.contains("ReplicaInstance tcr-shanghai-keyless: Ready"), "{text}");
     assert_eq!(tcr.count("CreateReplicationInstance"), 1);
     assert_eq!(tcr.count("AssumeRoleWithWebIdentity"), 1, "{:?}", tcr.counts());
     let keys = tcr.sessions();

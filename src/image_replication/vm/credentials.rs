@@ -5,7 +5,7 @@
 //! role shares one exchange until its keys are due again.
 
 use crate::api::v1alpha1::{AssumeRoleSpec, ImageReplication, OwnerSpec, SecretRef};
-use crate::cloud::identity::{self, Exchange};
+use crate::cloud::identity::{self, Exchange, Temporary};
 use crate::controller::secrets::Secrets;
 
 use super::engine::VmEngine;
@@ -97,6 +97,20 @@ impl Reader<'_> {
             .unwrap_or_default()
     }
 
+    /// The keys of `how`, from the process's sessions (one exchange per `key` until due); an
+    /// error says `what` was refused.
+    async fn exchange(&self, key: &str, how: &Exchange, what: String) -> Result<Temporary, ProviderError> {
+        let kind = self.service.kind();
+        self.engine
+            .sessions
+            .get(key, || self.service.exchange(how), |o| self.engine.exchanged(kind, o))
+            .await
+            .map_err(|e| ProviderError {
+                message: format!("{what}: {}", e.message),
+                ..e
+            })
+    }
+
     /// The pod's workload identity, as this cloud's SDKs find it in the environment.
     async fn workload(&self) -> Result<Account, ProviderError> {
         let kind = self.service.kind();
@@ -107,14 +121,8 @@ impl Reader<'_> {
         let key = format!("{}|workload|{vars:?}", kind.as_str());
         let how = Exchange::Workload { vars };
         let keys = self
-            .engine
-            .sessions
-            .get(&key, || self.service.exchange(&how), |o| self.engine.exchanged(kind, o))
-            .await
-            .map_err(|e| ProviderError {
-                message: format!("the operator's workload identity: {}", e.message),
-                ..e
-            })?;
+            .exchange(&key, &how, "the operator's workload identity".into())
+            .await?;
         Ok(self.account(keys.secret, Some("the operator's workload identity".into())))
     }
 
@@ -151,14 +159,8 @@ impl Reader<'_> {
             None => base.identity.clone().unwrap_or_default(),
         };
         let keys = self
-            .engine
-            .sessions
-            .get(&key, || self.service.exchange(&how), |o| self.engine.exchanged(kind, o))
-            .await
-            .map_err(|e| ProviderError {
-                message: format!("assuming role {} with {via}: {}", role.role_arn, e.message),
-                ..e
-            })?;
+            .exchange(&key, &how, format!("assuming role {} with {via}", role.role_arn))
+            .await?;
         Ok(Account {
             identity: Some(format!("role {} (assumed with {via})", role.role_arn)),
             ..self.account(keys.secret, None)

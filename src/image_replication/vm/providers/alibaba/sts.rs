@@ -88,21 +88,7 @@ fn endpoint(vars: &BTreeMap<String, String>) -> String {
 
 /// A role session's name: `[\w.@-]{2,64}`, as STS takes it.
 fn session_name(s: &str) -> String {
-    let mut n: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_.@-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect();
-    while n.len() < 2 {
-        n.push('-');
-    }
-    n
+    identity::session_name(s, "_.@-", 64)
 }
 
 fn credentials(v: &Value, op: &str) -> Result<Temporary, Attempt> {

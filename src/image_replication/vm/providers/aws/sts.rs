@@ -92,21 +92,7 @@ fn endpoint(vars: &BTreeMap<String, String>) -> (String, String) {
 
 /// A role session's name: `[\w+=,.@-]{2,64}`, as STS takes it.
 pub fn session_name(s: &str) -> String {
-    let mut n: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect();
-    while n.len() < 2 {
-        n.push('-');
-    }
-    n
+    identity::session_name(s, "_+=,.@-", 64)
 }
 
 /// The keys of an STS answer's `Credentials`.

@@ -226,16 +226,7 @@ impl Huawei {
 
 /// A session user's name for the cloud's audit log: `[\w.-]{1,64}`.
 fn session_user(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect()
+    identity::session_name(s, "_.-", 64)
 }
 
 #[cfg(test)]

@@ -73,21 +73,7 @@ fn refused(code: &str) -> bool {
 
 /// A role session's name: `[\w+=,.@-]{2,128}`, as STS takes it.
 fn session_name(s: &str) -> String {
-    let mut n: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(128)
-        .collect();
-    while n.len() < 2 {
-        n.push('-');
-    }
-    n
+    identity::session_name(s, "_+=,.@-", 128)
 }
 
 fn credentials(r: &Value, op: &str) -> Result<Temporary, ProviderError> {
