@@ -573,6 +573,7 @@ impl VmEngine {
         obs.can_cancel = provider.can_cancel();
         obs.listing = listing(provider);
         obs.retired = self.with_mem(&key, |m| std::mem::take(&mut m.retired));
+        obs.source_unshared = self.with_mem(&key, |m| m.source_unshared.clone());
         let source = match &obs.source {
             Some(Ok(i)) => Some(i.clone()),
             _ => self
@@ -1197,11 +1198,8 @@ impl VmEngine {
         }
     }
 
-    /// Once a copy owned by another account is Available, the share of the source with that
-    /// account is withdrawn — unless another destination of that account still copies, or a
-    /// same-region destination shares the source with it. Done once per process for each such
-    /// destination (idempotent), so a crash between the status write and the withdrawal
-    /// withdraws at the next start.
+    /// Withdraw the source's share with the owners of copies that no longer need it (the
+    /// plan's `unshare_source`); a failure is retried at the next reconcile.
     async fn withdraw_source_shares(
         &self,
         obj: &ImageReplication,
@@ -1213,28 +1211,14 @@ impl VmEngine {
         let Some(source_id) = plan.status.source.as_ref().and_then(|x| x.image_id.clone()) else {
             return;
         };
-        let ds = &plan.status.destinations;
-        for d in ds.iter().filter(|d| d.phase == DestinationPhase::Available) {
-            let Some(o) = owner_of(obj, &d.region) else { continue };
-            if self.with_mem(key, |m| m.source_unshared.contains(&d.region)) {
-                continue;
-            }
-            let still_needed =
-                ds.iter().any(|x| {
-                    x.phase != DestinationPhase::Available && owner_of(obj, &x.region).is_some_and(|y| y.id == o.id)
-                }) || obj.spec.destinations.iter().any(|x| {
-                    x.shares_in_place(&obj.spec.source.region) && x.share_with.iter().any(|w| w.account == o.id)
-                });
-            if still_needed {
-                continue;
-            }
-            match provider.unshare(main, &source_at(obj, &source_id), &o.id).await {
+        for (region, account) in &plan.unshare_source {
+            match provider.unshare(main, &source_at(obj, &source_id), account).await {
                 Ok(()) => {
-                    info!(region = %d.region, account = %o.id, "withdrew the source's share with the copy's owner");
-                    self.with_mem(key, |m| m.source_unshared.insert(d.region.clone()));
+                    info!(region = %region, account = %account, "withdrew the source's share with the copy's owner");
+                    self.with_mem(key, |m| m.source_unshared.insert(region.clone()));
                 }
                 Err(e) => {
-                    warn!(region = %d.region, account = %o.id, error = %e, "withdrawing the source's share failed; will try again")
+                    warn!(region = %region, account = %account, error = %e, "withdrawing the source's share failed; will try again")
                 }
             }
         }

@@ -9,9 +9,7 @@
 //! then kept as a previous copy, subject to `retention.keep` like any other.
 
 use super::{ImageInfo, ImageState, ProviderError};
-use crate::api::v1alpha1::{
-    DeletionPolicy, DestinationPhase, DestinationStatus, ImageReplicationSpec, PreviousCopy, SharePhase,
-};
+use crate::api::v1alpha1::{DeletionPolicy, DestinationPhase, DestinationStatus, ImageReplicationSpec, PreviousCopy};
 pub use crate::image_replication::over_time::{
     DEFAULT_CHECK, MIN_CHECK, check_interval, following, outdated, resolved_at,
 };
@@ -114,7 +112,7 @@ pub fn supersede(
                         shared_with: s
                             .shares
                             .iter()
-                            .filter(|x| x.state != SharePhase::Failed)
+                            .filter(|x| !super::share::call_failed(x))
                             .map(|x| x.account.clone())
                             .collect(),
                         message: None,
@@ -316,7 +314,7 @@ pub fn superseded_in_flight(s: &DestinationStatus, current: &str, old_source: Op
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::v1alpha1::{RetentionSpec, ShareStatus};
+    use crate::api::v1alpha1::{RetentionSpec, SharePhase, ShareStatus};
 
     fn img(id: &str, name: &str, created: &str) -> ImageInfo {
         ImageInfo {

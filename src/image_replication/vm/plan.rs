@@ -69,6 +69,9 @@ pub struct Observed {
     pub retired: HashMap<String, Result<(), ProviderError>>,
     /// How the cloud lists new copies.
     pub listing: Listing,
+    /// Regions whose copy's owner no longer has the source shared with it (withdrawn by this
+    /// process).
+    pub source_unshared: std::collections::HashSet<String>,
 }
 
 /// How a cloud lists the copies it makes (the provider's facts, observed with the rest): new
@@ -117,8 +120,42 @@ pub fn plan(obj: &ImageReplication, gate: &Gate, snap: &Snapshot, now: &Time) ->
     if matches!(gate, Gate::Open) && !p.wants.is_empty() {
         vm_admit(&mut p, obj, &snap.admissions, now, snap.max_attempts);
     }
+    p.unshare_source = unshare_source(obj, &p.status, &snap.observed.source_unshared);
     p.requeue = next_wake(&p, snap);
     p
+}
+
+/// The accounts that own a copy (`destinations[].account`) and no longer need the source
+/// shared with them: their copy is Available, no other copy of theirs is still to be made, and
+/// no same-region destination shares the source with them in place. (region, account), for
+/// the regions not withdrawn yet (`done`).
+pub fn unshare_source(
+    obj: &ImageReplication,
+    status: &ImageReplicationStatus,
+    done: &std::collections::HashSet<String>,
+) -> Vec<(String, String)> {
+    let owner = |region: &str| {
+        obj.spec
+            .destinations
+            .iter()
+            .find(|d| d.region == region)
+            .and_then(|d| d.account.as_ref())
+    };
+    let ds = &status.destinations;
+    ds.iter()
+        .filter(|d| d.phase == DestinationPhase::Available && !done.contains(&d.region))
+        .filter_map(|d| owner(&d.region).map(|o| (d.region.clone(), o.id.clone())))
+        .filter(|(_, id)| {
+            let copying = ds
+                .iter()
+                .any(|x| x.phase != DestinationPhase::Available && owner(&x.region).is_some_and(|y| &y.id == id));
+            let in_place =
+                obj.spec.destinations.iter().any(|x| {
+                    x.shares_in_place(&obj.spec.source.region) && x.share_with.iter().any(|w| &w.account == id)
+                });
+            !copying && !in_place
+        })
+        .collect()
 }
 
 /// When to look again: the plan's own wake-up, the next poll of a copy in flight, the next
@@ -169,6 +206,9 @@ pub struct VmPlan {
     /// Copies of earlier sources to delete (`retention.keep`, or their destination removed
     /// under `deletionPolicy: Delete`), their shares withdrawn first.
     pub retire: Vec<PreviousCopy>,
+    /// (region, account): the source's share with the owner of that region's copy, to withdraw
+    /// (see [`unshare_source`]).
+    pub unshare_source: Vec<(String, String)>,
 }
 
 fn secs_since(t: &Option<Time>, now: &Time) -> Option<i64> {
@@ -1168,6 +1208,62 @@ spec:
         .unwrap();
         o.metadata.generation = Some(1);
         o
+    }
+
+    /// The source's share with a copy's owner is withdrawn once no copy of that owner is still
+    /// to be made and no same-region destination shares the source with it; once per region.
+    #[test]
+    fn the_sources_share_with_an_owner_is_withdrawn_when_no_longer_needed() {
+        let mut o = obj();
+        o.spec = serde_yaml::from_str(
+            r#"
+provider: {kind: aws}
+source: {region: us-east-1, imageId: ami-1}
+destinations:
+- {region: eu-west-1, account: {id: "210987654321", assumeRole: {roleArn: "arn:aws:iam::210987654321:role/c"}}}
+- {region: ap-southeast-1, account: {id: "210987654321", assumeRole: {roleArn: "arn:aws:iam::210987654321:role/c"}}}
+- {region: us-east-2, account: {id: "333333333333", assumeRole: {roleArn: "arn:aws:iam::333333333333:role/c"}}}
+- {region: us-east-1, shareWith: [{account: "333333333333"}]}
+"#,
+        )
+        .unwrap();
+        let status = |phases: &[(&str, DestinationPhase)]| ImageReplicationStatus {
+            destinations: phases
+                .iter()
+                .map(|(r, p)| DestinationStatus {
+                    region: r.to_string(),
+                    phase: *p,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        use DestinationPhase::{Available, Copying};
+        let none = std::collections::HashSet::new();
+        let owner = |r: &str| (r.to_string(), "210987654321".to_string());
+        for (phases, done, want) in [
+            // Another copy of the same owner is still being made: kept.
+            (
+                vec![("eu-west-1", Available), ("ap-southeast-1", Copying)],
+                none.clone(),
+                vec![],
+            ),
+            (
+                vec![("eu-west-1", Available), ("ap-southeast-1", Available)],
+                none.clone(),
+                vec![owner("eu-west-1"), owner("ap-southeast-1")],
+            ),
+            // Withdrawn already for one region.
+            (
+                vec![("eu-west-1", Available), ("ap-southeast-1", Available)],
+                ["eu-west-1".to_string()].into(),
+                vec![owner("ap-southeast-1")],
+            ),
+            // The source is shared with that owner in place: kept.
+            (vec![("us-east-2", Available)], none.clone(), vec![]),
+        ] {
+            assert_eq!(unshare_source(&o, &status(&phases), &done), want, "{phases:?}");
+        }
     }
 
     fn image() -> ImageInfo {

@@ -76,6 +76,12 @@ pub fn done(s: &ShareStatus) -> bool {
     matches!(s.state, SharePhase::Shared | SharePhase::Accepted)
 }
 
+/// Whether a share is on the failure track: a call of ours failed (`Pending` with reason
+/// `CallFailed` while it will be retried, `Failed` once it will not) or the member rejected it.
+pub fn call_failed(s: &ShareStatus) -> bool {
+    s.state == SharePhase::Failed || s.reason == Some(ShareReason::CallFailed)
+}
+
 /// Whether a share will not change without someone else: in place, failed for good within
 /// `attempts`, or waiting for a member who accepts in its own account (`replicate -f` stops
 /// there).
@@ -152,10 +158,7 @@ pub fn plan_shares(
     }
     // Soon again while a call of ours is under way; within a minute for a member that accepts
     // in its own account.
-    if shares
-        .iter()
-        .any(|x| !settled(x, sp.max_attempts) && x.state != SharePhase::Failed)
-    {
+    if shares.iter().any(|x| !settled(x, sp.max_attempts) && !call_failed(x)) {
         pass.wake.push(Duration::from_secs(15));
     } else if shares.iter().any(|x| x.state == SharePhase::Pending) {
         pass.wake.push(MEMBER_WAIT);
@@ -200,7 +203,7 @@ impl<'b> Pass<'_, 'b> {
     fn wanted(&mut self, w: &ShareSpec, mut prev: Option<ShareStatus>) -> ShareStatus {
         let (a, now, max) = (w.account.as_str(), self.now, self.sp.max_attempts);
         if self.sp.redrive
-            && let Some(p) = prev.as_mut().filter(|p| p.state == SharePhase::Failed)
+            && let Some(p) = prev.as_mut().filter(|p| call_failed(p))
         {
             p.attempts = 0;
         }
@@ -403,7 +406,7 @@ fn keep_failed(
     now: &Time,
 ) -> ShareStatus {
     match prev {
-        Some(p) if p.state == SharePhase::Failed && !retry_ok => p.clone(),
+        Some(p) if call_failed(p) && !retry_ok => p.clone(),
         _ => set(
             prev,
             account,
@@ -418,9 +421,7 @@ fn keep_failed(
 /// Whether a share failed and waits out its retry backoff now: nothing to read or call for it
 /// until then.
 pub fn backing_off(s: &ShareStatus, max_attempts: i32, now: &Time) -> bool {
-    s.state == SharePhase::Failed
-        && s.attempts < max_attempts
-        && !retry_due(Some(s), max_attempts, now, &mut Vec::new())
+    call_failed(s) && s.attempts < max_attempts && !retry_due(Some(s), max_attempts, now, &mut Vec::new())
 }
 
 /// How much longer a share or withdraw call of ours may go unseen in the member list (the
@@ -434,7 +435,7 @@ fn call_unseen_for(s: Option<&ShareStatus>, lag: u64, now: &Time) -> Option<Dura
 /// Whether a call for this share may be made now: not after a final failure, not before a
 /// failed one's backoff has passed (its end goes into `wake`).
 fn retry_due(prev: Option<&ShareStatus>, max_attempts: i32, now: &Time, wake: &mut Vec<Duration>) -> bool {
-    let Some(p) = prev.filter(|p| p.state == SharePhase::Failed) else {
+    let Some(p) = prev.filter(|p| call_failed(p)) else {
         return true;
     };
     if p.attempts >= max_attempts {
@@ -450,8 +451,8 @@ fn retry_due(prev: Option<&ShareStatus>, max_attempts: i32, now: &Time, wake: &m
     }
 }
 
-/// A failed call: Failed, its attempt counted (a permanent error is final), retried after
-/// the backoff.
+/// A failed call: its attempt counted (a permanent error is final); `Pending` (reason
+/// `CallFailed`) while it will be retried after the backoff, `Failed` once it will not.
 fn failure(
     prev: Option<&ShareStatus>,
     account: &str,
@@ -478,7 +479,7 @@ fn failure(
     );
     ShareStatus {
         account: account.to_string(),
-        state: SharePhase::Failed,
+        state: if retry { SharePhase::Pending } else { SharePhase::Failed },
         reason: Some(ShareReason::CallFailed),
         attempts,
         since: Some(now.clone()),
@@ -500,7 +501,7 @@ fn announce(region: &str, image: &str, old: Option<&ShareStatus>, new: &ShareSta
     let changed = old.is_none_or(|o| o.state != new.state);
     let (warning, reason, note) = match new.state {
         SharePhase::Accepted if changed => (false, "ShareAccepted", format!("account {a} accepted image {image}")),
-        SharePhase::Failed if old.is_none_or(|o| o.attempts != new.attempts || o.state != new.state) => (
+        _ if call_failed(new) && old.is_none_or(|o| o.attempts != new.attempts || o.state != new.state) => (
             true,
             "ShareFailed",
             format!(
@@ -859,7 +860,9 @@ mod tests {
         obs.failed
             .insert("p1".into(), (ShareCall::Share, ProviderError::transient("HTTP 503")));
         let st = step(&d, &mut s, &openstack::SHARING, Some(&obs), false, 5);
-        assert_eq!(states(&s), vec![("p1", SharePhase::Failed)]);
+        // A share that will be retried is not Failed: Pending, its reason the failed call.
+        assert_eq!(states(&s), vec![("p1", SharePhase::Pending)]);
+        assert_eq!(s.shares[0].reason, Some(ShareReason::CallFailed));
         assert_eq!(reasons(&st), vec!["ShareFailed"]);
         assert!(
             s.shares[0]
@@ -871,7 +874,8 @@ mod tests {
         // Within the backoff: no call; after it: shared again.
         let st = step(&d, &mut s, &openstack::SHARING, Some(&listed(&[])), false, 8);
         assert!(st.work.is_empty() && st.events.is_empty());
-        assert_eq!(s.shares[0].state, SharePhase::Failed);
+        assert_eq!(s.shares[0].state, SharePhase::Pending);
+        assert!(backing_off(&s.shares[0], 3, &at(8)));
         let st = step(&d, &mut s, &openstack::SHARING, Some(&listed(&[])), false, 16);
         assert_eq!(calls(&st), vec![("p1", ShareCall::Share)]);
         assert_eq!(s.shares[0].attempts, 1);
@@ -881,8 +885,15 @@ mod tests {
             "p1".into(),
             (ShareCall::Share, ProviderError::permanent("HTTP 403 Forbidden")),
         );
-        step(&d, &mut s, &openstack::SHARING, Some(&obs), false, 20);
+        let st = step(&d, &mut s, &openstack::SHARING, Some(&obs), false, 20);
         assert_eq!(s.shares[0].attempts, 3);
+        // Final: Failed, said once, and the object says so.
+        assert_eq!(
+            (s.shares[0].state, s.shares[0].reason),
+            (SharePhase::Failed, Some(ShareReason::CallFailed))
+        );
+        assert_eq!(reasons(&st), vec!["ShareFailed"]);
+        assert!(settled(&s.shares[0], 3));
         let st = step(&d, &mut s, &openstack::SHARING, Some(&listed(&[])), false, 4000);
         assert!(st.work.is_empty(), "a permanent failure is not retried");
         let st = step(&d, &mut s, &openstack::SHARING, Some(&listed(&[])), true, 4001);
