@@ -698,7 +698,9 @@ impl VmEngine {
         snap: &mut vplan::Snapshot,
         now: &Time,
     ) -> HashMap<String, super::quota::Admission> {
-        let p = vplan::vm_plan(obj, gate, &snap.observed, &snap.limits, now, snap.max_attempts);
+        // What the destinations want of the quota (the plan's decisions, without its
+        // conditions: those are made once, by the plan, after the admissions).
+        let (p, _) = vplan::decide(obj, gate, &snap.observed, &snap.limits, now, snap.max_attempts);
         let limit = obj
             .spec
             .provider

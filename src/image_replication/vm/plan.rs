@@ -113,13 +113,15 @@ pub struct Snapshot {
     pub max_attempts: i32,
 }
 
-/// Plan from one snapshot: the state machine ([`vm_plan`]), the quota's answers
+/// Plan from one snapshot: the state machine ([`decide`]), the quota's answers
 /// ([`vm_admit`]) and when to look again. Pure: the same snapshot and time give the same plan.
 pub fn plan(obj: &ImageReplication, gate: &Gate, snap: &Snapshot, now: &Time) -> VmPlan {
-    let mut p = vm_plan(obj, gate, &snap.observed, &snap.limits, now, snap.max_attempts);
+    let (mut p, waits) = decide(obj, gate, &snap.observed, &snap.limits, now, snap.max_attempts);
     if matches!(gate, Gate::Open) && !p.wants.is_empty() {
-        vm_admit(&mut p, obj, &snap.admissions, now, snap.max_attempts);
+        vm_admit(&mut p, obj, &snap.admissions, now);
     }
+    // The conditions and the summary, once, from the destinations as admitted.
+    waits.finish(&mut p, obj, gate, now, snap.max_attempts);
     p.unshare_source = unshare_source(obj, &p.status, &snap.observed.source_unshared);
     p.requeue = next_wake(&p, snap);
     p
@@ -276,15 +278,32 @@ fn apply_task(s: &mut DestinationStatus, handle: &CopyHandle, st: &TaskState, no
     s.started_at.get_or_insert_with(|| now.clone());
 }
 
-/// Plan a VM ImageReplication whose provider is built, for every gate but "not implemented".
-pub fn vm_plan(
+/// What the conditions of a plan say besides its destinations: the source's error, and what
+/// the destinations that do not start wait for (the source, else the copy window).
+pub struct Waits {
+    source_error: Option<ProviderError>,
+    waiting: Option<(&'static str, String)>,
+}
+
+impl Waits {
+    /// The plan's conditions and summary.
+    fn finish(&self, p: &mut VmPlan, obj: &ImageReplication, gate: &Gate, now: &Time, max_attempts: i32) {
+        let waiting = self.waiting.as_ref().map(|(r, m)| (*r, m.as_str()));
+        finish(p, obj, gate, self.source_error.as_ref(), waiting, now, max_attempts);
+    }
+}
+
+/// The destinations' new status and the work to do, before the quota's admissions and the
+/// conditions: what the engine asks the quota for (`wants`, `running`), and what [`plan`]
+/// admits and finishes.
+pub fn decide(
     obj: &ImageReplication,
     gate: &Gate,
     obs: &Observed,
     limits: &Limits,
     now: &Time,
     max_attempts: i32,
-) -> VmPlan {
+) -> (VmPlan, Waits) {
     let spec = &obj.spec;
     let kind = spec.provider.kind;
     let old = obj.status.clone().unwrap_or_default();
@@ -367,12 +386,10 @@ pub fn vm_plan(
     };
     p.requeue = wake.into_iter().min();
     // What the destinations that do not start wait for: the source, else the copy window.
-    let waits = waiting
-        .as_deref()
+    let waiting = waiting
         .map(|w| ("SourceNotReady", w))
-        .or(held.as_ref().map(|(m, _)| ("OutsideCopyWindow", m.as_str())));
-    finish(&mut p, obj, gate, source_error.as_ref(), waits, now, max_attempts);
-    p
+        .or(held.map(|(m, _)| ("OutsideCopyWindow", m)));
+    (p, Waits { source_error, waiting })
 }
 
 /// The source's status: as described now (resolved when it became this image), else as it was.
@@ -971,13 +988,7 @@ fn phase_event(s: &DestinationStatus) -> Announcement {
 
 /// Apply the quota's answers: granted copies become `Starting` with a fresh idempotency token
 /// (or the kept one of a start that failed), the rest are `Queued` with their position.
-pub fn vm_admit(
-    p: &mut VmPlan,
-    obj: &ImageReplication,
-    admissions: &HashMap<String, Admission>,
-    now: &Time,
-    max_attempts: i32,
-) {
+pub fn vm_admit(p: &mut VmPlan, obj: &ImageReplication, admissions: &HashMap<String, Admission>, now: &Time) {
     let current = p.status.source.as_ref().and_then(|s| s.image_id.clone());
     for s in p.status.destinations.iter_mut() {
         match admissions.get(&s.region) {
@@ -1021,12 +1032,6 @@ pub fn vm_admit(
             None => {}
         }
     }
-    let gate = if p.refused.is_empty() {
-        Gate::Open
-    } else {
-        Gate::Invalid(p.refused.clone())
-    };
-    finish(p, obj, &gate, None, None, now, max_attempts);
 }
 
 /// The source's own rules (format, size, encryption, ...) ran only if it could be read: until
@@ -1287,11 +1292,13 @@ destinations:
     }
 
     fn step(o: &mut ImageReplication, gate: &Gate, obs: &Observed, now: i64, grant: &[(&str, Admission)]) -> VmPlan {
-        let mut p = vm_plan(o, gate, obs, &Limits::default(), &at(now), 3);
-        if !p.wants.is_empty() {
-            let adm = grant.iter().map(|(r, a)| (r.to_string(), a.clone())).collect();
-            vm_admit(&mut p, o, &adm, &at(now), 3);
-        }
+        let snap = Snapshot {
+            observed: obs.clone(),
+            admissions: grant.iter().map(|(r, a)| (r.to_string(), a.clone())).collect(),
+            max_attempts: 3,
+            ..Default::default()
+        };
+        let p = plan(o, gate, &snap, &at(now));
         o.status = Some(p.status.clone());
         p
     }
