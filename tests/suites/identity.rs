@@ -334,6 +334,45 @@ async fn a_refused_web_identity_says_which_role_and_audience_and_calls_nothing_e
     cloud.assert_conforms();
 }
 
+/// A role the STS refuses (its trust policy does not name the caller, or wants another external
+/// id): the object says which role and the cloud's code, and makes no EC2 call.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_role_says_which_and_calls_nothing_else() {
+    let Some(sc) = Scene::new("role-refused").await else {
+        return;
+    };
+    let cloud = Stand::start(Kind::Aws).await;
+    cloud.trust_web_identity(ISSUER, "sts.amazonaws.com", &[(ROLE, AWS_ACCOUNT)]);
+    cloud.trust_role(OTHER_ROLE, AWS_OTHER_ACCOUNT, AWS_ACCOUNT, Some("team-a"));
+    let src = cloud.add("us-east-1", "golden", 8, json!({}));
+    let token = sc.projected_token("sts.amazonaws.com");
+    let env = irsa_env(&token, &cloud);
+    let _op = sc.operator(&borrowed(&env));
+    sc.create(
+        "wrong-external-id",
+        json!({
+            "provider": {"kind": "aws", "endpoint": cloud.url,
+                "assumeRole": {"roleArn": OTHER_ROLE, "externalId": "team-b"}},
+            "source": {"region": "us-east-1", "imageId": src},
+            "destinations": [{"region": "eu-west-1"}],
+        }),
+    )
+    .await;
+    let (status, msg) = sc.ready_with("wrong-external-id", "CredentialsRefused").await;
+    assert_eq!(status, "False");
+    for part in [OTHER_ROLE, "AccessDenied", "assuming role"] {
+        assert!(msg.contains(part), "{part:?} not in {msg}");
+    }
+    let counts = cloud.counts();
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        ["AssumeRole", "AssumeRoleWithWebIdentity"],
+        "no EC2 call: {counts:?}"
+    );
+    assert!(cloud.images_in("eu-west-1").is_empty());
+    cloud.assert_conforms();
+}
+
 /// EKS Pod Identity: the node's agent (here a stand-in of it on loopback, answering from the
 /// cloud stand-in's STS) gives keys for the pod's token; no Secret, no IRSA variables.
 #[tokio::test(flavor = "multi_thread")]
