@@ -9,7 +9,6 @@ use std::sync::Arc;
 use crate::api::v1alpha1::{ImageReplicationSpec, ProviderKind};
 use crate::api::violation::Violation;
 
-use super::sharing::Sharing;
 use super::{ImageInfo, ImageService};
 
 pub const GIB: u64 = 1 << 30;
@@ -17,6 +16,26 @@ pub const GIB: u64 = 1 << 30;
 /// A size for messages: `2.0 GiB`.
 pub fn gib(b: u64) -> String {
     format!("{:.1} GiB", b as f64 / GIB as f64)
+}
+
+/// What a cloud states about sharing an image (each provider module holds its own).
+#[derive(Clone, Copy, Debug)]
+pub struct Sharing {
+    /// What an account id looks like, for the error message ("a 12-digit AWS account id").
+    pub account_rule: &'static str,
+    pub valid_account: fn(&str) -> bool,
+    /// Accounts one image can be shared with.
+    pub member_limit: usize,
+    /// Where the limit is stated.
+    pub limit_source: &'static str,
+    /// The member accepts a share before it can use the image (huawei, openstack).
+    pub needs_accept: bool,
+    /// How long (seconds) a member that a share call added, or a withdraw removed, may take to
+    /// show in (or leave) the image's member list; the call is not made again meanwhile.
+    pub members_lag: u64,
+    /// It refuses to share an image encrypted with its default key (huawei IMS, EC2); the
+    /// operator cannot tell the key, so an encrypted source is not shared in place.
+    pub refuses_encrypted_in_place: bool,
 }
 
 /// One cloud's facts.

@@ -21,13 +21,13 @@ pub mod facts;
 #[cfg(test)]
 pub mod fake;
 pub mod follow;
+pub mod members;
 pub mod plan;
 pub mod provider;
 pub mod providers;
 pub mod quota;
 pub mod rules;
 pub mod share;
-pub mod sharing;
 pub mod slots;
 
 use std::collections::BTreeMap;
@@ -40,7 +40,7 @@ use futures::future::BoxFuture;
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud::identity::{Exchange, Temporary};
 pub use crate::cloud::{Account, ProviderError};
-pub use sharing::{Member, MemberStatus};
+pub use members::{Member, MemberStatus};
 
 /// The image property (or tag) that carries our idempotency token on a destination image.
 pub const TOKEN_PROPERTY: &str = "imgrep_client_token";

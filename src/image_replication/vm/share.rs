@@ -16,7 +16,8 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::ProviderError;
-pub use super::sharing::{Member, MemberStatus, Sharing};
+pub use super::facts::Sharing;
+pub use super::members::{Member, MemberStatus};
 use crate::api::conditions::Desired;
 use crate::api::v1alpha1::{
     DestinationPhase, DestinationSpec, DestinationStatus, SharePhase, ShareReason, ShareSpec, ShareStatus,

@@ -9,7 +9,7 @@ pub mod openstack;
 pub mod tencent;
 
 use super::facts::Cloud;
-use super::sharing::Sharing;
+use super::facts::Sharing;
 use crate::api::v1alpha1::ProviderKind;
 
 /// The clouds of this build: one line each (its module's `CLOUD`, every fact it states).

@@ -19,7 +19,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::Digest;
 
-use super::super::sharing::{Sharing, glance_members};
+use super::super::facts::Sharing;
+use super::super::members::glance_members;
 use super::super::{
     Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageState, Member, ProviderError, Service,
     TOKEN_PROPERTY, TaskPhase, TaskState,

@@ -10,7 +10,7 @@
 use serde_json::Value;
 
 use super::super::catalog::{Catalog, json_text};
-use super::super::sharing::Sharing;
+use super::super::facts::Sharing;
 use super::super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, TOKEN_PROPERTY,
 };

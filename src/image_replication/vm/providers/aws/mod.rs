@@ -8,7 +8,7 @@
 //! `DeregisterImage`; deleting also removes the copy's EBS snapshots.
 
 use super::super::catalog::Catalog;
-use super::super::sharing::Sharing;
+use super::super::facts::Sharing;
 use super::super::{
     Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError, TOKEN_PROPERTY,
 };

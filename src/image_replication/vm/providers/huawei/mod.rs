@@ -15,7 +15,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::super::sharing::{Sharing, glance_members};
+use super::super::facts::Sharing;
+use super::super::members::glance_members;
 use super::super::{
     Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageState, Member, ProviderError, Service,
     TOKEN_PROPERTY, TaskPhase, TaskState,

@@ -11,7 +11,7 @@
 use serde_json::{Value, json};
 
 use super::super::catalog::{Catalog, json_text};
-use super::super::sharing::Sharing;
+use super::super::facts::Sharing;
 use super::super::{Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError};
 use std::sync::Arc;
 

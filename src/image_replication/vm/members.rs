@@ -1,26 +1,6 @@
-//! What a cloud states about sharing an image ([`Sharing`], one per provider module) and what it
-//! lists as an image's members ([`Member`]): plain types, used by the spec's validation, the
-//! providers and the share plan (the `share` module).
-
-/// What a cloud states about sharing an image (each provider module holds its own).
-#[derive(Clone, Copy, Debug)]
-pub struct Sharing {
-    /// What an account id looks like, for the error message ("a 12-digit AWS account id").
-    pub account_rule: &'static str,
-    pub valid_account: fn(&str) -> bool,
-    /// Accounts one image can be shared with.
-    pub member_limit: usize,
-    /// Where the limit is stated.
-    pub limit_source: &'static str,
-    /// The member accepts a share before it can use the image (huawei, openstack).
-    pub needs_accept: bool,
-    /// How long (seconds) a member that a share call added, or a withdraw removed, may take to
-    /// show in (or leave) the image's member list; the call is not made again meanwhile.
-    pub members_lag: u64,
-    /// It refuses to share an image encrypted with its default key (huawei IMS, EC2); the
-    /// operator cannot tell the key, so an encrypted source is not shared in place.
-    pub refuses_encrypted_in_place: bool,
-}
+//! What a cloud lists as an image's members ([`Member`]): plain types, read by the providers
+//! and the share plan (the `share` module); what a cloud states about sharing is its
+//! [`Sharing`](super::facts::Sharing) fact.
 
 /// A member's status as the cloud lists it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
