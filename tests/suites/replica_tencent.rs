@@ -214,19 +214,24 @@ async fn tcr_replicas_are_created_reported_and_deleted_under_policy() {
     tcr.assert_conforms();
 }
 
+/// A premium instance `id` in ap-guangzhou whose replication log has one success.
+fn premium_with_a_log(tcr: &Stand, id: &str) {
+    tcr.state
+        .tcr_instances
+        .lock()
+        .unwrap()
+        .push((id.to_string(), "ap-guangzhou".to_string(), "premium".to_string()));
+    tcr.state.tcr_log.lock().unwrap().push(json!({"ResourceType": "image",
+        "Source": "team/web:1", "Destination": "team/web:1", "Status": "Success",
+        "StartTime": "2026-11-24 08:00:01", "EndTime": "2026-11-24 08:00:04"}));
+}
+
 /// `replicate -f` drives a tencent ReplicaInstance too (same observe, plan and create as the
 /// controller), with the credentials from a Secret in the files.
 #[tokio::test(flavor = "multi_thread")]
 async fn replicate_command_creates_a_tcr_replica_without_a_cluster() {
     let tcr = Stand::start(Kind::Tcr).await;
-    tcr.state.tcr_instances.lock().unwrap().push((
-        "tcr-prem".to_string(),
-        "ap-guangzhou".to_string(),
-        "premium".to_string(),
-    ));
-    tcr.state.tcr_log.lock().unwrap().push(json!({"ResourceType": "image",
-        "Source": "team/web:1", "Destination": "team/web:1", "Status": "Success",
-        "StartTime": "2026-11-24 08:00:01", "EndTime": "2026-11-24 08:00:04"}));
+    premium_with_a_log(&tcr, "tcr-prem");
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("replica.yaml");
     std::fs::write(
@@ -271,14 +276,7 @@ async fn replicate_command_creates_a_tcr_replica_with_no_secret_through_tke_oidc
         "sts.cloud.tencent.com",
         &[(role, support::clouds::TC_ACCOUNT)],
     );
-    tcr.state.tcr_instances.lock().unwrap().push((
-        "tcr-abcd1234".to_string(),
-        "ap-guangzhou".to_string(),
-        "premium".to_string(),
-    ));
-    tcr.state.tcr_log.lock().unwrap().push(json!({"ResourceType": "image",
-        "Source": "team/web:1", "Destination": "team/web:1", "Status": "Success",
-        "StartTime": "2026-11-24 08:00:01", "EndTime": "2026-11-24 08:00:04"}));
+    premium_with_a_log(&tcr, "tcr-abcd1234");
     let dir = tempfile::tempdir().unwrap();
     // A ServiceAccount token as TKE projects it (the real API server's are tests/suites/identity.rs').
     let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());

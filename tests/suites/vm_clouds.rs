@@ -526,16 +526,21 @@ fn boto(url: &str, code: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn aws_provider_speaks_ec2_to_moto() {
-    let m = moto();
-    let url = m.url.clone();
+/// An AMI `web` of 8 GiB in moto's us-east-1.
+fn register_web(url: &str) {
     let ami = boto(
-        &url,
+        url,
         "print(ec2('us-east-1').register_image(Name='web', RootDeviceName='/dev/sda1', \
          BlockDeviceMappings=[{'DeviceName': '/dev/sda1', 'Ebs': {'VolumeSize': 8}}])['ImageId'])",
     );
     assert!(ami.starts_with("ami-"), "{ami}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_provider_speaks_ec2_to_moto() {
+    let m = moto();
+    let url = m.url.clone();
+    register_web(&url);
     let dir = tempfile::tempdir().unwrap();
     let manifest = format!(
         r#"apiVersion: v1
@@ -582,12 +587,7 @@ spec:
 async fn aws_keyless_through_motos_sts() {
     let m = moto();
     let url = m.url.clone();
-    let ami = boto(
-        &url,
-        "print(ec2('us-east-1').register_image(Name='web', RootDeviceName='/dev/sda1', \
-         BlockDeviceMappings=[{'DeviceName': '/dev/sda1', 'Ebs': {'VolumeSize': 8}}])['ImageId'])",
-    );
-    assert!(ami.starts_with("ami-"), "{ami}");
+    register_web(&url);
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     // moto's STS does not check the token; the real API server's tokens are tests/suites/identity.rs'.
