@@ -212,7 +212,11 @@ impl Metrics {
         for outcome in ["copied", "up_to_date", "failed"] {
             self.copy_tasks.with_label_values(&["oci", outcome]);
         }
-        for provider in ["oci", "oci_replica", "openstack"] {
+        let streaming = crate::image_replication::vm::providers::CLOUDS
+            .iter()
+            .filter(|c| c.moves_bytes)
+            .map(|c| c.kind.as_str());
+        for provider in ["oci", "oci_replica"].into_iter().chain(streaming) {
             self.bytes_transferred.with_label_values(&[provider]);
         }
         for result in ["copied", "deleted", "failed", "conflict"] {

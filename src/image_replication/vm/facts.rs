@@ -64,6 +64,9 @@ pub struct Cloud {
     /// How it gives short-lived keys (workload identity, assumed roles); `None`: its keys are
     /// always a Secret's (OpenStack: application credentials).
     pub identity: Option<&'static Identity>,
+    /// The operator moves the image's bytes itself (the cloud has no cross-region copy): its
+    /// copies count in `imgrep_bytes_transferred_total`.
+    pub moves_bytes: bool,
 }
 
 /// A cloud's short-lived credentials: what its image service's `exchange` reads and takes.

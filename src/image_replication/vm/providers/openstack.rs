@@ -1060,6 +1060,7 @@ pub const CLOUD: Cloud = Cloud {
     fields: &[],
     other_owner: Some("this cloud's copies belong to the provider's account; share them with shareWith instead"),
     identity: None,
+    moves_bytes: true,
 };
 
 fn service() -> Arc<dyn super::super::ImageService> {

@@ -534,6 +534,7 @@ pub const CLOUD: Cloud = Cloud {
         "ECS cannot copy an image shared by another account to another region (the seed: create a custom image from it first, then copy that); share the copy with shareWith instead",
     ),
     identity: Some(&sts::IDENTITY),
+    moves_bytes: false,
 };
 
 /// Tags an ECS CopyImage request may carry (`Tag.N`, N <= 20).

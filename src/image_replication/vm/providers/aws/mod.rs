@@ -566,6 +566,7 @@ pub const CLOUD: Cloud = Cloud {
     fields: &[],
     other_owner: None,
     identity: Some(&sts::IDENTITY),
+    moves_bytes: false,
 };
 
 fn service() -> Arc<dyn super::super::ImageService> {

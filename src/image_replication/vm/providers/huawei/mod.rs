@@ -901,6 +901,7 @@ pub const CLOUD: Cloud = Cloud {
         "an IMS copy stays with the tenant that replicates it; the seed's cross-account way is to replicate, share and accept: use shareWith with acceptWith",
     ),
     identity: Some(&sts::IDENTITY),
+    moves_bytes: false,
 };
 
 /// IMS cross-region replication needs an IAM agency; IMS cannot encrypt a copy.

@@ -530,6 +530,7 @@ pub const CLOUD: Cloud = Cloud {
     fields: &[],
     other_owner: Some("this cloud's copies belong to the provider's account; share them with shareWith instead"),
     identity: Some(&sts::IDENTITY),
+    moves_bytes: false,
 };
 
 /// CVM copies a custom image into an encrypted one only in the source region.
