@@ -218,13 +218,10 @@ impl Sessions {
         r
     }
 
-    /// How many identities were asked for (tests).
-    pub fn len(&self) -> usize {
+    /// How many identities were asked for.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.cells.lock().expect("sessions").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -170,19 +170,17 @@ async fn aws_copies_shares_and_deletes_with_no_secret_through_irsa_and_an_assume
     assert_eq!(status, "True", "{msg}");
 
     // What a user sees: both copies, the share, the owned copy in the other account.
-    let eu = cloud.images_in("eu-west-1");
-    assert_eq!(eu.len(), 1);
-    assert_eq!(
-        cloud
-            .members_of(&eu[0].id)
-            .iter()
-            .map(|(a, _)| a.as_str())
-            .collect::<Vec<_>>(),
-        [AWS_OTHER_ACCOUNT]
-    );
-    let ap = cloud.images_in("ap-southeast-1");
-    assert_eq!(ap.len(), 1);
-    assert_eq!(ap[0].extra["ownerId"], AWS_OTHER_ACCOUNT);
+    let members = |image: &str| -> Vec<String> { cloud.members_of(image).into_iter().map(|(a, _)| a).collect() };
+    eventually(WAIT, "the eu-west-1 copy, shared", || async {
+        let eu = cloud.images_in("eu-west-1");
+        (eu.len() == 1 && members(&eu[0].id) == [AWS_OTHER_ACCOUNT]).then_some(())
+    })
+    .await;
+    eventually(WAIT, "the ap-southeast-1 copy, the other account's", || async {
+        let ap = cloud.images_in("ap-southeast-1");
+        (ap.len() == 1 && ap[0].extra["ownerId"] == AWS_OTHER_ACCOUNT).then_some(())
+    })
+    .await;
     // The source itself shared in its own region; the owner's share of it withdrawn once its
     // copy was available.
     eventually(WAIT, "the source shared in place only", || async {
@@ -427,7 +425,10 @@ async fn aws_copies_with_eks_pod_identity() {
     .await;
     let (status, msg) = sc.ready_with("golden", "Succeeded").await;
     assert_eq!(status, "True", "{msg}");
-    assert_eq!(cloud.images_in("eu-west-1").len(), 1);
+    eventually(WAIT, "the copy in eu-west-1", || async {
+        (cloud.images_in("eu-west-1").len() == 1).then_some(())
+    })
+    .await;
     assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     for r in cloud.requests() {
         assert!(
@@ -551,18 +552,15 @@ async fn keyless_copy_and_share(kind: Kind) {
     sc.create(&name, spec.clone()).await;
     let (status, msg) = sc.ready_with(&name, "Succeeded").await;
     assert_eq!(status, "True", "{msg}");
-    let copies = cloud.images_in(dst_region);
-    assert_eq!(copies.len(), 1);
-    if let Some(m) = member.as_deref() {
-        assert_eq!(
-            cloud
-                .members_of(&copies[0].id)
-                .iter()
-                .map(|(a, _)| a.as_str())
-                .collect::<Vec<_>>(),
-            [m]
-        );
-    }
+    eventually(WAIT, "the copy, shared as the example says", || async {
+        let copies = cloud.images_in(dst_region);
+        let shared: Vec<String> = match copies.first() {
+            Some(c) => cloud.members_of(&c.id).into_iter().map(|(a, _)| a).collect(),
+            None => Vec::new(),
+        };
+        (copies.len() == 1 && shared == member.iter().cloned().collect::<Vec<_>>()).then_some(())
+    })
+    .await;
     let sessions = cloud.sessions();
     let accept_role = spec["destinations"][0]["shareWith"][0]["acceptWith"]["assumeRole"]["roleArn"].as_str();
     let copier_keys: Vec<&str> = sessions

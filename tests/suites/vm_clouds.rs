@@ -915,6 +915,13 @@ async fn the_credentials_secret_is_read_once_per_reconcile() {
     )
     .await;
     wait_ready(&api, "web").await;
+    let (reconciles, reads) = reads_at_rest(&s, &op, "ali").await;
+    assert_eq!(reads, reconciles, "Secret reads per reconcile of web");
+}
+
+/// Once at rest (no reconcile finished for 3 s): how many reconciles ran, and how many times
+/// Secret `name` was read over them.
+async fn reads_at_rest(s: &support::fake_apiserver::FakeApiServer, op: &Operator, name: &str) -> (usize, usize) {
     let metric = "imgrep_reconcile_duration_seconds_count{controller=\"image_replication\"} ";
     let count = || -> usize {
         let (_, text) = op.http_get("/metrics").unwrap();
@@ -925,7 +932,6 @@ async fn the_credentials_secret_is_read_once_per_reconcile() {
             .to_string();
         line.trim_start_matches(metric).trim().parse().unwrap_or(0)
     };
-    // At rest once no reconcile has finished for 3 s (the one after the last status write).
     let mut reconciles = count();
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -935,14 +941,72 @@ async fn the_credentials_secret_is_read_once_per_reconcile() {
         }
         reconciles = now;
     }
+    let path = format!("/secrets/{name}");
     let reads = s
         .requests()
         .iter()
-        .filter(|(m, p)| m == "GET" && p.split('?').next().unwrap_or("").ends_with("/secrets/ali"))
+        .filter(|(m, p)| m == "GET" && p.split('?').next().unwrap_or("").ends_with(&path))
         .count();
     assert_eq!(count(), reconciles, "at rest: no reconcile ran while counting");
     assert!(reconciles >= 2, "{reconciles} reconciles");
-    assert_eq!(reads, reconciles, "Secret reads per reconcile of web");
+    (reconciles, reads)
+}
+
+/// A copy owned by another account through a role of it, assumed with the provider's keys:
+/// the provider's Secret is read once per reconcile, not again for the role.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_owners_role_is_assumed_with_the_provider_keys_read_once() {
+    use support::clouds::{AWS_ACCOUNT, AWS_OTHER_ACCOUNT};
+    let role = "arn:aws:iam::210987654321:role/imgrep-copies";
+    let cloud = Stand::start(Kind::Aws).await;
+    cloud.trust_role(role, AWS_OTHER_ACCOUNT, AWS_ACCOUNT, None);
+    let (src_region, dst_region, data, _) = cloud.account();
+    let src = cloud.add(src_region, "golden", 8, json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c) = support::cluster().await;
+    secret(&c, "creds", &data).await;
+    let op = Operator::start_on(
+        support::operator::free_port(),
+        &s.write_kubeconfig(dir.path()),
+        dir.path(),
+        "op-a",
+        &[
+            "--resync-seconds",
+            "3600",
+            "--poll-min-seconds",
+            "1",
+            "--poll-max-seconds",
+            "1",
+        ],
+        &[("AWS_ENDPOINT_URL_STS", cloud.url.as_str())],
+    );
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let provider = json!({"kind": "aws", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url});
+    create(
+        &api,
+        "web",
+        &provider,
+        json!({"region": src_region, "imageId": src}),
+        json!([{"region": dst_region, "account": {"id": AWS_OTHER_ACCOUNT, "assumeRole": {"roleArn": role}}}]),
+        "Retain",
+    )
+    .await;
+    wait_ready(&api, "web").await;
+    eventually(WAIT, "the copy, the other account's", || async {
+        let copies = cloud.images_in(dst_region);
+        (copies.len() == 1 && copies[0].extra["ownerId"] == AWS_OTHER_ACCOUNT).then_some(())
+    })
+    .await;
+    let (reconciles, reads) = reads_at_rest(&s, &op, "creds").await;
+    assert_eq!(reads, reconciles, "the provider's Secret read once per reconcile");
+    assert_eq!(
+        cloud.count("AssumeRole"),
+        1,
+        "one exchange for the role: {:?}",
+        cloud.counts()
+    );
+    support::assert_secrets_kept(&s, &op, &[support::clouds::SK]).await;
+    cloud.assert_conforms();
 }
 
 /// AWS sharing on moto: the copy in eu-west-1 and the source itself in us-east-1 are shared

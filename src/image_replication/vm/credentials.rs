@@ -70,8 +70,12 @@ impl Reader<'_> {
 
     /// The account of a destination's owner (`destinations[].account`), or of a member that
     /// accepts a share (`acceptWith`, as an owner): its Secret, or a role of it assumed with
-    /// its Secret or else with the provider's own credentials.
-    pub async fn owner(&self, owner: &OwnerSpec) -> Result<Account, ProviderError> {
+    /// its Secret or else with the provider's own account (`provider`, read once already).
+    pub async fn owner(
+        &self,
+        owner: &OwnerSpec,
+        provider: &Result<Account, ProviderError>,
+    ) -> Result<Account, ProviderError> {
         if owner.credentials_secret_ref.is_some() {
             return self
                 .read(&Source {
@@ -85,7 +89,7 @@ impl Reader<'_> {
                 "destinations[].account needs credentialsSecretRef or assumeRole",
             ));
         };
-        let base = self.read(&Source::provider(self.obj)).await?;
+        let base = provider.clone()?;
         self.assume(base, self.obj.spec.provider.credentials_secret_ref.as_ref(), role)
             .await
     }

@@ -324,9 +324,6 @@ pub trait ImageService: Send + Sync {
     ) -> BoxFuture<'a, Result<(), ProviderError>>;
 }
 
-/// What a provider implements: the calls of [`ImageService`] as native async fns. The one
-/// adapter below boxes them into the object-safe [`ImageService`] the engine and the provider
-/// registry hold, so no provider writes the boxing itself.
 /// A cloud that gives no short-lived keys: what to do instead.
 pub fn no_identity(kind: ProviderKind) -> ProviderError {
     ProviderError::permanent(format!(
@@ -335,6 +332,9 @@ pub fn no_identity(kind: ProviderKind) -> ProviderError {
     ))
 }
 
+/// What a provider implements: the calls of [`ImageService`] as native async fns. The one
+/// adapter below boxes them into the object-safe [`ImageService`] the engine and the provider
+/// registry hold, so no provider writes the boxing itself.
 pub trait Service: Send + Sync {
     fn kind(&self) -> ProviderKind;
     /// Copies in flight per account when the spec does not say (the provider's documented quota).

@@ -43,20 +43,38 @@ impl Vm {
         self.reader(obj, secrets).read(&Source::provider(obj)).await
     }
 
-    /// The accounts of the destinations' owners (`account`), each read once.
-    async fn owners(&self, obj: &ImageReplication, secrets: &dyn Secrets) -> Others {
+    /// The accounts of the destinations' owners (`account`), each read once; a role of theirs
+    /// is assumed with the provider's account, as read.
+    async fn owners(
+        &self,
+        obj: &ImageReplication,
+        secrets: &dyn Secrets,
+        provider: &Result<Account, ProviderError>,
+    ) -> Others {
         let owners: Vec<OwnerSpec> = obj.spec.destinations.iter().filter_map(|d| d.account.clone()).collect();
         let mut into = Others::new();
-        self.read_into(obj, secrets, &owners, &mut into).await;
+        self.read_into(obj, secrets, provider, &owners, &mut into).await;
         into
     }
 
     /// The accounts `who` name (a Secret, a role), each read once, into `into`.
-    async fn read_into(&self, obj: &ImageReplication, secrets: &dyn Secrets, who: &[OwnerSpec], into: &mut Others) {
+    async fn read_into(
+        &self,
+        obj: &ImageReplication,
+        secrets: &dyn Secrets,
+        provider: &Result<Account, ProviderError>,
+        who: &[OwnerSpec],
+        into: &mut Others,
+    ) {
         let reader = self.reader(obj, secrets);
         for owner in who {
             if let std::collections::hash_map::Entry::Vacant(e) = into.entry(owner.credentials_key()) {
-                e.insert(reader.owner(owner).await.map(|a| Account { agency: None, ..a }));
+                e.insert(
+                    reader
+                        .owner(owner, provider)
+                        .await
+                        .map(|a| Account { agency: None, ..a }),
+                );
             }
         }
     }
@@ -81,7 +99,7 @@ impl ImageProvider for Vm {
     ) -> BoxFuture<'a, Snapshot> {
         Box::pin(async move {
             let account = self.account(obj, secrets).await;
-            let owners = self.owners(obj, secrets).await;
+            let owners = self.owners(obj, secrets, &account).await;
             let seen = self
                 .engine
                 .observe(obj, &gate, self.service.as_ref(), account.clone(), &owners, now)
@@ -123,7 +141,7 @@ impl ImageProvider for Vm {
                         .map(|a| a.as_owner())
                         .collect();
                     let mut all = owners.clone();
-                    self.read_into(obj, secrets, &members, &mut all).await;
+                    self.read_into(obj, secrets, account, &members, &mut all).await;
                     self.engine.act(obj, self.service.as_ref(), acct, &all, p).await;
                 }
             }
@@ -136,7 +154,7 @@ impl ImageProvider for Vm {
     ) -> BoxFuture<'a, Result<String, crate::error::Blocked>> {
         Box::pin(async move {
             let acct = self.account(obj, secrets).await;
-            let owners = self.owners(obj, secrets).await;
+            let owners = self.owners(obj, secrets, &acct).await;
             self.engine.cleanup(obj, self.service.as_ref(), acct, &owners).await
         })
     }

@@ -316,6 +316,16 @@ impl State {
         out
     }
 
+    /// Whether a call signed with handed-out keys (`session`) came after they expired; such a
+    /// call is counted ([`Stand::expired_calls`]) and refused as the cloud refuses it.
+    fn expired(&self, session: Option<&sts::Session>) -> bool {
+        let gone = session.is_some_and(|x| Instant::now() >= x.expires);
+        if gone {
+            self.sts.lock().unwrap().expired_calls += 1;
+        }
+        gone
+    }
+
     /// Whether image `id` is in `region`.
     pub fn has_image(&self, id: &str, region: &str) -> bool {
         self.images
@@ -807,8 +817,7 @@ fn check_signature(
                     );
                     auth_field(&auth, "Signature") == Some(s.signature.as_str())
                 };
-            if ok && session.as_ref().is_some_and(|x| Instant::now() >= x.expires) {
-                st.sts.lock().unwrap().expired_calls += 1;
+            if ok && st.expired(session.as_ref()) {
                 return Some(
                     (
                         StatusCode::UNAUTHORIZED,
@@ -845,8 +854,7 @@ fn check_signature(
             let ok = !sk.is_empty()
                 && get("SignatureMethod").as_deref() == Some("HMAC-SHA1")
                 && given.as_deref() == Some(s.signature.as_str());
-            if ok && session.as_ref().is_some_and(|x| Instant::now() >= x.expires) {
-                st.sts.lock().unwrap().expired_calls += 1;
+            if ok && st.expired(session.as_ref()) {
                 return Some(
                     (
                         StatusCode::BAD_REQUEST,
@@ -914,8 +922,7 @@ fn check_signature(
                     );
                     date.starts_with(parts[1]) && auth_field(&auth, "Signature") == Some(s.signature.as_str())
                 };
-            if ok && session.as_ref().is_some_and(|s| Instant::now() >= s.expires) {
-                st.sts.lock().unwrap().expired_calls += 1;
+            if ok && st.expired(session.as_ref()) {
                 return Some(aws::aws_error(
                     StatusCode::BAD_REQUEST,
                     "RequestExpired",
@@ -970,9 +977,8 @@ fn check_signature(
             let s = sign::tencent_tc3(parts.first().copied().unwrap_or(""), &sk, service, &lowered, body, ts);
             if !sk.is_empty()
                 && auth_field(&auth, "Signature") == Some(s.signature.as_str())
-                && session.as_ref().is_some_and(|x| Instant::now() >= x.expires)
+                && st.expired(session.as_ref())
             {
-                st.sts.lock().unwrap().expired_calls += 1;
                 return Some(tc_err("AuthFailure.TokenFailure", "The token has expired."));
             }
             let ok = auth.starts_with("TC3-HMAC-SHA256 ")

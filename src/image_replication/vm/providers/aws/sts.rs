@@ -91,7 +91,7 @@ fn endpoint(vars: &BTreeMap<String, String>) -> (String, String) {
 }
 
 /// A role session's name: `[\w+=,.@-]{2,64}`, as STS takes it.
-pub fn session_name(s: &str) -> String {
+fn session_name(s: &str) -> String {
     identity::session_name(s, "_+=,.@-", 64)
 }
 
