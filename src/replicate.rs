@@ -269,6 +269,10 @@ async fn drive<K: Driven>(
             let snap = o.observe(env, &now).await;
             let mut planned = o.plan(&snap, &now);
             planned.status = crate::redact::status(planned.status);
+            if !o.claim(env, &snap, &planned).await {
+                wait = Duration::from_millis(100); // taken first: planned again
+                continue;
+            }
             let name = o.name_any();
             let before: &[Condition] = o.current_status().map(K::conditions_of).unwrap_or(&[]);
             let headline = plan::announcement(before, K::conditions_of(&planned.status));

@@ -29,7 +29,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::api::v1alpha1::{ImageReplication, ReplicaInstance};
 use crate::api::{FIELD_MANAGER, FINALIZER, key_of};
@@ -237,6 +237,17 @@ pub trait Managed:
     fn observe(&self, env: &Env, now: &Time) -> impl Future<Output = Self::Snapshot> + Send;
     /// Pure: the same snapshot and time give the same plan.
     fn plan(&self, snapshot: &Self::Snapshot, now: &Time) -> Planned<Self::Status, Self::Work>;
+    /// Before the planned status is written: take what the plan granted from what it shares
+    /// with other objects and processes (conditional writes). False when another took it
+    /// first: nothing is written, and the object is planned again at once.
+    fn claim(
+        &self,
+        _env: &Env,
+        _snapshot: &Self::Snapshot,
+        _planned: &Planned<Self::Status, Self::Work>,
+    ) -> impl Future<Output = bool> + Send {
+        async { true }
+    }
     /// Start or cancel work after the planned status is written; returns the Events the work
     /// has to announce (a create the cloud refused).
     fn act(
@@ -272,6 +283,9 @@ pub(crate) fn blocked_conditions(
 }
 
 const API_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A plan whose claim was lost is made again after this (the other's writes are then seen).
+const CLAIM_LOST: Duration = Duration::from_millis(200);
 
 async fn timed<T>(what: &'static str, f: impl Future<Output = Result<T, kube::Error>>) -> Result<T> {
     match tokio::time::timeout(API_TIMEOUT, f).await {
@@ -326,6 +340,10 @@ async fn apply<K: Managed>(obj: Arc<K>, ctx: &Context) -> Result<Action> {
     let mut planned = obj.plan(&snapshot, &now);
     // Remote text in messages: bounded and without credentials, before it is compared.
     planned.status = crate::redact::status(planned.status);
+    if !obj.claim(&ctx.env, &snapshot, &planned).await {
+        debug!("what the plan granted was taken first; planning again");
+        return Ok(Action::requeue(CLAIM_LOST));
+    }
     let old = obj.current_status();
     let wait = planned.status_may_wait.filter(|_| old != Some(&planned.status));
     if old != Some(&planned.status) && wait.is_none() {

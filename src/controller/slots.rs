@@ -14,7 +14,7 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use tracing::{debug, warn};
 
-use crate::image_replication::vm::slots::{self, SLOT_DURATION, Seen, Slots, Waiter};
+use crate::image_replication::vm::slots::{SLOT_DURATION, Seen, SlotPlan, SlotView, Slots};
 
 /// The label that names the account (hashed) a slot Lease belongs to.
 pub const SLOT_LABEL: &str = "replication.imageops.io/copy-slots";
@@ -43,25 +43,34 @@ impl KubeSlots {
         crate::oci::api::hex(&h)[..12].to_string()
     }
 
-    /// Write one of the account's Leases: the one read (`old`, its resourceVersion kept: a
-    /// concurrent change is a 409) or a new one, changed by `edit`.
+    /// The account's hash and the prefix of its Leases' names: `<prefix>-<n>` for slot n,
+    /// `<prefix>-queue` for its queue (a Lease that holds no slot, only the annotation).
+    fn names(&self, account: &str) -> (String, String) {
+        let hash = self.account_hash(account);
+        let prefix = format!("imgrep-slot-{hash}");
+        (hash, prefix)
+    }
+
+    /// Write one of the account's Leases: the one read (`version` kept: a concurrent change is
+    /// a 409) or a new one (`None`: a create, a 409 when another process created it first).
     async fn put(
         &self,
         name: &str,
         hash: &str,
-        old: Option<&Lease>,
+        version: Option<&str>,
         edit: impl FnOnce(&mut Lease),
     ) -> Result<(), kube::Error> {
-        let mut l = old.cloned().unwrap_or_else(|| Lease {
+        let mut l = Lease {
             metadata: ObjectMeta {
                 name: Some(name.to_string()),
                 labels: Some(BTreeMap::from([(SLOT_LABEL.to_string(), hash.to_string())])),
+                resource_version: version.map(String::from),
                 ..Default::default()
             },
             spec: None,
-        });
+        };
         edit(&mut l);
-        match old {
+        match version {
             Some(_) => self.api.replace(name, &PostParams::default(), &l).await.map(|_| ()),
             None => self.api.create(&PostParams::default(), &l).await.map(|_| ()),
         }
@@ -69,114 +78,92 @@ impl KubeSlots {
 
     /// Hold a slot for `holder` (renewing it when it holds it already: its acquire time stays),
     /// or let it go (`None`).
-    async fn write(
-        &self,
-        name: &str,
-        hash: &str,
-        old: Option<&Lease>,
-        holder: Option<&str>,
-    ) -> Result<(), kube::Error> {
-        let now = MicroTime(Timestamp::now());
-        let was = old.and_then(|l| l.spec.clone()).unwrap_or_default();
-        let acquired = match (&was.holder_identity, holder) {
-            (Some(h), Some(n)) if h == n => was.acquire_time.unwrap_or_else(|| now.clone()),
-            _ => now.clone(),
+    async fn write(&self, name: &str, hash: &str, was: Option<&Seen>, holder: Option<&str>) -> Result<(), kube::Error> {
+        let now = Timestamp::now();
+        let acquired = match (was, holder) {
+            (Some(w), Some(n)) if w.holder.as_deref() == Some(n) && w.acquired > 0 => {
+                Timestamp::from_second(w.acquired).unwrap_or(now)
+            }
+            _ => now,
         };
         let spec = LeaseSpec {
             holder_identity: holder.map(String::from),
             lease_duration_seconds: Some(SLOT_DURATION.as_secs() as i32),
-            acquire_time: Some(acquired),
-            renew_time: Some(now),
+            acquire_time: Some(MicroTime(acquired)),
+            renew_time: Some(MicroTime(now)),
             ..Default::default()
         };
-        self.put(name, hash, old, |l| l.spec = Some(spec)).await
-    }
-
-    /// Write the account's queue (a Lease that holds no slot, only the annotation).
-    async fn write_queue(
-        &self,
-        name: &str,
-        hash: &str,
-        old: Option<&Lease>,
-        queue: &[Waiter],
-    ) -> Result<(), kube::Error> {
-        let text = serde_json::to_string(queue).unwrap_or_else(|_| "[]".into());
-        self.put(name, hash, old, |l| {
-            l.metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(QUEUE_ANNOTATION.into(), text);
-        })
-        .await
+        self.put(name, hash, was.map(|w| w.version.as_str()), |l| l.spec = Some(spec))
+            .await
     }
 }
 
 fn seen(l: &Lease) -> Seen {
     let spec = l.spec.clone().unwrap_or_default();
+    let secs = |t: Option<MicroTime>| t.map_or(0, |t| t.0.as_second());
     Seen {
         holder: spec.holder_identity.filter(|h| !h.is_empty()),
-        renewed: spec.renew_time.or(spec.acquire_time).map_or(0, |t| t.0.as_second()),
+        renewed: secs(spec.renew_time.or(spec.acquire_time.clone())),
+        acquired: secs(spec.acquire_time),
+        version: l.metadata.resource_version.clone().unwrap_or_default(),
     }
 }
 
 impl Slots for KubeSlots {
-    fn sync<'a>(
-        &'a self,
-        account: &'a str,
-        limit: i32,
-        key: &'a str,
-        running: &'a [String],
-        wanting: &'a [(crate::image_replication::vm::quota::Order, String)],
-    ) -> BoxFuture<'a, HashSet<String>> {
+    fn read<'a>(&'a self, account: &'a str, limit: i32) -> BoxFuture<'a, Result<SlotView, String>> {
         Box::pin(async move {
-            let hash = self.account_hash(account);
-            let name = |i: usize| format!("imgrep-slot-{hash}-{i}");
+            let (_, prefix) = self.names(account);
+            let name = |i: usize| format!("{prefix}-{i}");
             let n = limit.clamp(1, 100) as usize;
-            let mut leases = Vec::with_capacity(n);
+            let mut view = SlotView::default();
             for i in 0..n {
-                match self.api.get_opt(&name(i)).await {
-                    Ok(l) => leases.push(l),
-                    Err(e) => {
-                        warn!(error = %e, "reading the copy slots failed; copies wait");
-                        return HashSet::new();
-                    }
-                }
+                let l = self.api.get_opt(&name(i)).await.map_err(|e| e.to_string())?;
+                view.slots.push(l.as_ref().map(seen));
             }
-            let seen: Vec<Option<Seen>> = leases.iter().map(|l| l.as_ref().map(seen)).collect();
-            let queue_name = format!("imgrep-slot-{hash}-queue");
-            let queue_lease = match self.api.get_opt(&queue_name).await {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(error = %e, "reading the copy slots' queue failed; copies wait");
-                    return HashSet::new();
-                }
-            };
-            let queue: Vec<Waiter> = queue_lease
+            let q = self
+                .api
+                .get_opt(&format!("{prefix}-queue"))
+                .await
+                .map_err(|e| e.to_string())?;
+            view.queue_version = q.as_ref().and_then(|l| l.metadata.resource_version.clone());
+            view.queue = q
                 .as_ref()
                 .and_then(|l| l.metadata.annotations.as_ref()?.get(QUEUE_ANNOTATION))
                 .and_then(|v| serde_json::from_str(v).ok())
                 .unwrap_or_default();
-            let p = slots::plan(&seen, &queue, key, running, wanting, Timestamp::now().as_second());
-            if let Some(q) = &p.queue
-                && let Err(e) = self.write_queue(&queue_name, &hash, queue_lease.as_ref(), q).await
-            {
-                debug!(error = %e, "the copy slots' queue changed meanwhile; asked again later");
+            Ok(view)
+        })
+    }
+
+    fn take<'a>(&'a self, account: &'a str, view: &'a SlotView, plan: &'a SlotPlan) -> BoxFuture<'a, HashSet<String>> {
+        Box::pin(async move {
+            let (hash, prefix) = self.names(account);
+            let name = |i: usize| format!("{prefix}-{i}");
+            if let Some(q) = &plan.queue {
+                let text = serde_json::to_string(q).unwrap_or_else(|_| "[]".into());
+                let r = self
+                    .put(&format!("{prefix}-queue"), &hash, view.queue_version.as_deref(), |l| {
+                        l.metadata.annotations = Some(BTreeMap::from([(QUEUE_ANNOTATION.into(), text)]));
+                    })
+                    .await;
+                if let Err(e) = r {
+                    debug!(error = %e, "the copy slots' queue changed meanwhile; asked again later");
+                }
             }
-            let mut granted = p.granted.clone();
-            for (i, holder) in &p.hold {
-                if let Err(e) = self.write(&name(*i), &hash, leases[*i].as_ref(), Some(holder)).await {
+            let was = |i: usize| view.slots.get(i).and_then(Option::as_ref);
+            let mut lost = HashSet::new();
+            for (i, holder) in &plan.hold {
+                if let Err(e) = self.write(&name(*i), &hash, was(*i), Some(holder)).await {
                     debug!(slot = %name(*i), error = %e, "a copy slot was taken by another process first");
-                    if let Some(region) = holder.strip_prefix(&format!("{key}/")) {
-                        granted.remove(region);
-                    }
+                    lost.insert(holder.clone());
                 }
             }
-            for i in &p.release {
-                if let Err(e) = self.write(&name(*i), &hash, leases[*i].as_ref(), None).await {
-                    debug!(slot = %name(*i), error = %e, "letting go of a copy slot failed; it expires");
+            for i in &plan.release {
+                if let Err(e) = self.write(&name(*i), &hash, was(*i), None).await {
+                    warn!(slot = %name(*i), error = %e, "letting go of a copy slot failed; it expires");
                 }
             }
-            granted
+            lost
         })
     }
 }

@@ -82,6 +82,17 @@ pub trait ImageProvider: Send + Sync {
         secrets: &'a dyn Secrets,
         now: &'a Time,
     ) -> BoxFuture<'a, Snapshot>;
+    /// Before the planned status is written: take what the plan granted from what it shares
+    /// with other objects and processes (copy slots). False: taken first by another; nothing
+    /// is written and the object plans again.
+    fn claim<'a>(
+        &'a self,
+        _obj: &'a ImageReplication,
+        _snapshot: &'a Snapshot,
+        _work: &'a Work,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(async { true })
+    }
     /// Start or cancel the planned work once its status is written.
     fn act<'a>(
         &'a self,

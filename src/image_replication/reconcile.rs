@@ -154,6 +154,12 @@ impl Managed for ImageReplication {
     fn plan(&self, snap: &Snapshot, now: &Time) -> Planned<Self::Status, Work> {
         plan(self, snap, now)
     }
+    async fn claim(&self, env: &Env, snap: &Snapshot, planned: &Planned<Self::Status, Work>) -> bool {
+        match env.providers.image(self.spec.provider.kind) {
+            Some(p) => p.claim(self, snap, &planned.work).await,
+            None => true,
+        }
+    }
     async fn act(&self, env: &Env, snap: &Snapshot, planned: &Planned<Self::Status, Work>) -> Vec<Announcement> {
         if !matches!(planned.work, Work::Nothing)
             && let Some(p) = env.providers.image(self.spec.provider.kind)

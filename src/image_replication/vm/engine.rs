@@ -14,7 +14,6 @@ use super::plan::{self as vplan, DestObs, Observed, VmPlan};
 use super::quota::{Quota, Wake};
 use super::rules::{self, Limits};
 use super::share::{self, ShareCall, ShareObs};
-use super::slots::SLOT_RETRY;
 use super::{
     Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageService, ProviderError, TaskPhase,
     TaskState,
@@ -84,6 +83,8 @@ struct Memory {
     /// Whether the object had copies in flight at its last look (its slot Leases may need
     /// letting go).
     slotted: bool,
+    /// Its last plan wanted a shared slot it had not read: read them at the next look.
+    ask_slots: bool,
     /// Copies of earlier sources deleted by the last act (image id -> outcome).
     retired: HashMap<String, Result<(), ProviderError>>,
 }
@@ -362,6 +363,14 @@ fn new_work(obj: &ImageReplication, st: &ImageReplicationStatus) -> bool {
 }
 
 /// How the provider's cloud lists new copies (its facts).
+/// At most this many copies in flight for the object's account.
+fn limit_of(obj: &ImageReplication, provider: &dyn ImageService) -> i32 {
+    obj.spec
+        .provider
+        .max_concurrent_copies
+        .unwrap_or_else(|| provider.default_max_concurrent())
+}
+
 fn listing(provider: &dyn ImageService) -> vplan::Listing {
     vplan::Listing {
         late: provider.lists_late(),
@@ -492,8 +501,8 @@ impl VmEngine {
         })
     }
 
-    /// Observe and plan one object (the engine's tests; the controller and `replicate -f` run
-    /// the steps through the ImageReplication provider).
+    /// Observe, plan and claim one object (the engine's tests; the controller and
+    /// `replicate -f` run the steps through the ImageReplication provider).
     #[cfg(test)]
     pub async fn reconcile(
         &self,
@@ -503,8 +512,15 @@ impl VmEngine {
         acct: Result<Account, ProviderError>,
         now: &Time,
     ) -> VmPlan {
-        let snap = self.observe(obj, gate, provider, acct, &Others::new(), now).await;
-        vplan::plan(obj, gate, &snap, now)
+        loop {
+            let snap = self
+                .observe(obj, gate, provider, acct.clone(), &Others::new(), now)
+                .await;
+            let p = vplan::plan(obj, gate, &snap, now);
+            if self.claim(obj, provider, &snap, &p).await {
+                return p;
+            }
+        }
     }
 
     /// The object left this process (deleted, or moved to another shard): its quota slots go
@@ -596,17 +612,107 @@ impl VmEngine {
                 }
             }
         }
+        let account = account_key(obj);
+        let limit = limit_of(obj, provider);
+        let slots = self.read_slots(obj, &key, &st, &obs, &account, limit).await;
         let mut snap = vplan::Snapshot {
             observed: obs,
+            ledger: self.quota.view(&account),
+            limit,
+            slots,
             check_in,
             resync: self.settings.resync,
             limits: self.settings.limits.clone(),
             max_attempts: self.settings.max_attempts,
             ..Default::default()
         };
-        snap.admissions = self.admit(obj, &key, gate, provider, &mut snap, now).await;
         self.schedule(&key, &mut snap);
         snap
+    }
+
+    /// The account's shared copy slots (shards), read only by an object that may hold or want
+    /// one: a copy in flight (as its status says, or at its last look), a destination not
+    /// Available (or failed for good), a destination new to the spec, a source that moved on, a
+    /// copy found gone, or a plan that wanted a slot it had not read. At rest, nothing is read.
+    async fn read_slots(
+        &self,
+        obj: &ImageReplication,
+        key: &str,
+        st: &ImageReplicationStatus,
+        obs: &Observed,
+        account: &str,
+        limit: i32,
+    ) -> vplan::SharedSlots {
+        let Some(slots) = &self.slots else {
+            return vplan::SharedSlots::None;
+        };
+        let settled = |d: &DestinationStatus| {
+            d.phase == DestinationPhase::Available
+                || (d.phase == DestinationPhase::Failed && d.attempts >= self.settings.max_attempts)
+        };
+        let moved =
+            matches!(&obs.source, Some(Ok(i)) if st.source.as_ref().and_then(|s| s.image_id.as_ref()) != Some(&i.id));
+        let may = self.with_mem(key, |m| std::mem::take(&mut m.ask_slots) || m.slotted)
+            || !st.destinations.iter().all(settled)
+            || obj.spec.destinations.len() != st.destinations.len()
+            || moved
+            || obs.dests.values().any(|o| matches!(o, DestObs::Gone));
+        if !may {
+            return vplan::SharedSlots::Unread;
+        }
+        match slots.read(account, limit).await {
+            Ok(v) => vplan::SharedSlots::Read(v),
+            Err(e) => {
+                warn!(error = %e, "reading the copy slots failed; copies wait");
+                vplan::SharedSlots::Unread
+            }
+        }
+    }
+
+    /// Before the plan's status is written: take what it granted from the account's ledger
+    /// and, with shards, the shared slots (conditional writes). False when another object or
+    /// process took them first: nothing is written, and the object plans again at once.
+    pub async fn claim(
+        &self,
+        obj: &ImageReplication,
+        provider: &dyn ImageService,
+        snap: &vplan::Snapshot,
+        plan: &VmPlan,
+    ) -> bool {
+        let key = key_of(obj);
+        let account = account_key(obj);
+        let c = &plan.claim;
+        if !self
+            .quota
+            .commit(&account, &key, snap.limit, &c.running, &c.wants, &c.granted)
+        {
+            return false;
+        }
+        for (order, region) in &c.no_slot {
+            self.quota.requeue(&account, &key, region, order.clone());
+            if let Some(m) = &self.metrics {
+                m.copy_slot_waits.with_label_values(&[provider.kind().as_str()]).inc();
+            }
+        }
+        self.with_mem(&key, |m| {
+            m.slotted = !plan.running.is_empty();
+            m.ask_slots = c.read_slots;
+        });
+        let (Some(slots), vplan::SharedSlots::Read(view), Some(sp)) = (&self.slots, &snap.slots, &c.slots) else {
+            return true;
+        };
+        let lost = slots.take(&account, view, sp).await;
+        let mut held = true;
+        for (order, region) in c.wants.iter().filter(|(_, r)| sp.granted.contains(r)) {
+            if lost.contains(&super::slots::copy_id(&key, region)) {
+                self.quota.requeue(&account, &key, region, order.clone());
+                held = false;
+            }
+        }
+        if !plan.running.is_empty() || !sp.hold.is_empty() {
+            self.with_mem(&key, |m| m.slotted = true);
+        }
+        held
     }
 
     /// Describe the source image; a refusal of the credentials is held (see `hold_auth`).
@@ -683,67 +789,6 @@ impl VmEngine {
         };
         self.with_mem(key, |m| m.follow = Some((secs, found.clone())));
         (found, every)
-    }
-
-    /// Ask the quota for the slots the plan of this snapshot wants (the quota's ledger is
-    /// shared by every object of the account, so its answer is part of what is observed); with
-    /// shared slots (shards), a granted copy also needs a slot Lease, and one that finds none
-    /// waits and asks again.
-    async fn admit(
-        &self,
-        obj: &ImageReplication,
-        key: &str,
-        gate: &Gate,
-        provider: &dyn ImageService,
-        snap: &mut vplan::Snapshot,
-        now: &Time,
-    ) -> HashMap<String, super::quota::Admission> {
-        // What the destinations want of the quota (the plan's decisions, without its
-        // conditions: those are made once, by the plan, after the admissions).
-        let (p, _) = vplan::decide(obj, gate, &snap.observed, &snap.limits, now, snap.max_attempts);
-        let limit = obj
-            .spec
-            .provider
-            .max_concurrent_copies
-            .unwrap_or_else(|| provider.default_max_concurrent());
-        let wants = if matches!(gate, Gate::Open) {
-            p.wants
-        } else {
-            Vec::new()
-        };
-        let account = account_key(obj);
-        let mut adm = self.quota.admit(&account, key, limit, &p.running, &wants);
-        let Some(slots) = &self.slots else { return adm };
-        // Only an object with copies in flight (now, at its last look, or as its status says:
-        // another process may have taken the slot for it) or wanting one reads the slots: at
-        // rest, nothing is read or written.
-        let recorded = obj
-            .status
-            .iter()
-            .flat_map(|s| s.destinations.iter())
-            .any(|d| vplan::in_flight(d.phase));
-        let had = self.with_mem(key, |m| std::mem::replace(&mut m.slotted, !p.running.is_empty())) || recorded;
-        let granted: Vec<(super::quota::Order, String)> = wants
-            .iter()
-            .filter(|(_, r)| adm.get(r) == Some(&super::quota::Admission::Granted))
-            .cloned()
-            .collect();
-        if granted.is_empty() && p.running.is_empty() && !had {
-            return adm;
-        }
-        let got = slots.sync(&account, limit, key, &p.running, &granted).await;
-        for (order, region) in granted.into_iter().filter(|(_, r)| !got.contains(r)) {
-            let pos = self.quota.requeue(&account, key, &region, order);
-            if let Some(m) = &self.metrics {
-                m.copy_slot_waits.with_label_values(&[provider.kind().as_str()]).inc();
-            }
-            adm.insert(region, super::quota::Admission::Queued(pos));
-            snap.check_in = Some(snap.check_in.map_or(SLOT_RETRY, |c| c.min(SLOT_RETRY)));
-        }
-        if !got.is_empty() {
-            self.with_mem(key, |m| m.slotted = true);
-        }
-        adm
     }
 
     /// How long until each destination's next poll and drift check.
@@ -1440,12 +1485,13 @@ impl VmEngine {
         }
         self.quota.release(&key);
         if let Some(slots) = &self.slots {
-            let limit = obj
-                .spec
-                .provider
-                .max_concurrent_copies
-                .unwrap_or_else(|| provider.default_max_concurrent());
-            slots.sync(&account_key(obj), limit, &key, &[], &[]).await;
+            // Its slots go at once (not after the lease duration).
+            let account = account_key(obj);
+            if let Ok(view) = slots.read(&account, limit_of(obj, provider)).await {
+                let now = k8s_openapi::jiff::Timestamp::now().as_second();
+                let sp = super::slots::plan(&view.slots, &view.queue, &key, &[], &[], now);
+                slots.take(&account, &view, &sp).await;
+            }
         }
         if let Some(m) = &self.metrics {
             self.freshness.forget(m, &key);

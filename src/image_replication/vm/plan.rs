@@ -11,9 +11,10 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::follow;
-use super::quota::{Admission, Order};
+use super::quota::{Admission, Ledger, Order};
 use super::rules::{self, Limits};
 use super::share::{self, ShareObs, SharePlan, ShareWork};
+use super::slots::{SlotPlan, SlotView};
 use super::{CopyHandle, ImageInfo, ImageState, ProviderError, TaskPhase, TaskState};
 use crate::api::conditions::{self, Desired, VALIDATED, reason};
 use crate::api::v1alpha1::*;
@@ -94,37 +95,152 @@ impl Listing {
 }
 
 /// One reconcile's snapshot of a VM ImageReplication, read by the engine's observe: what the
-/// cloud said, the quota's answers to the destinations that asked for a slot, and how long
-/// until each destination's next poll and drift check. [`plan`] is a pure function of it.
+/// cloud said, the account's quota ledger and copy slots as they were, and how long until each
+/// destination's next poll and drift check. [`plan`] is a pure function of it.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub observed: Observed,
-    /// The quota's answer per destination that asked for a slot.
-    pub admissions: HashMap<String, Admission>,
+    /// The account's ledger of copies in flight and waiting (this process).
+    pub ledger: Ledger,
+    /// At most this many copies in flight for the account.
+    pub limit: i32,
+    /// The account's copy slots shared by every process (shards).
+    pub slots: SharedSlots,
     /// Region -> time until its next poll (absent: due now).
     pub poll_in: HashMap<String, Duration>,
     /// Region -> time until its next drift check (absent: a full `resync`).
     pub drift_in: HashMap<String, Duration>,
     pub resync: Duration,
-    /// Time until the engine looks again for its own reasons: a followed source's next look,
-    /// a copy slot another process held asked for again.
+    /// Time until the engine looks again for its own reasons (a followed source's next look).
     pub check_in: Option<Duration>,
     pub limits: Limits,
     pub max_attempts: i32,
 }
 
-/// Plan from one snapshot: the state machine ([`decide`]), the quota's answers
-/// ([`vm_admit`]) and when to look again. Pure: the same snapshot and time give the same plan.
+/// The copy slots shared across processes, as observed.
+#[derive(Clone, Debug, Default)]
+pub enum SharedSlots {
+    /// One process: the ledger is the whole quota.
+    #[default]
+    None,
+    /// Shared, but not read this time (nothing in flight or waiting as the status says; or
+    /// reading failed): a copy granted by the ledger waits and asks again.
+    Unread,
+    Read(SlotView),
+}
+
+/// What a plan takes from what it shares with other objects and processes (the account's
+/// ledger, the copy slots), claimed before its status is written (`VmEngine::claim`): a claim
+/// that finds them taken meanwhile writes nothing, and the object plans again.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Claim {
+    /// This object's copies in flight before this plan's grants.
+    pub running: Vec<String>,
+    /// Its copies that want a slot.
+    pub wants: Vec<(Order, String)>,
+    /// The copies the ledger granted (as observed).
+    pub granted: Vec<String>,
+    /// Granted by the ledger, but no shared slot was free (or the slots were not read): they
+    /// wait in their place and ask again.
+    pub no_slot: Vec<(Order, String)>,
+    /// The slot writes to make, when there are any.
+    pub slots: Option<SlotPlan>,
+    /// Copies wanted a shared slot that was not read: read the slots next time.
+    pub read_slots: bool,
+}
+
+/// A granted copy that found no shared slot asks again this soon.
+const NO_SLOT_RETRY: Duration = super::slots::SLOT_RETRY;
+
+/// Plan from one snapshot: the state machine ([`decide`]), the ledger's and the slots'
+/// answers ([`grant`]), the conditions and when to look again. Pure: the same snapshot and
+/// time give the same plan.
 pub fn plan(obj: &ImageReplication, gate: &Gate, snap: &Snapshot, now: &Time) -> VmPlan {
     let (mut p, waits) = decide(obj, gate, &snap.observed, &snap.limits, now, snap.max_attempts);
+    let (admissions, claim) = grant(&p, obj, gate, snap, now);
+    p.claim = claim;
+    admitted(p, waits, obj, gate, snap, &admissions, now)
+}
+
+/// The rest of [`plan`] once the quota answered: granted copies start, the conditions and the
+/// summary are made once (from the destinations as admitted), and when to look again.
+fn admitted(
+    mut p: VmPlan,
+    waits: Waits,
+    obj: &ImageReplication,
+    gate: &Gate,
+    snap: &Snapshot,
+    admissions: &HashMap<String, Admission>,
+    now: &Time,
+) -> VmPlan {
     if matches!(gate, Gate::Open) && !p.wants.is_empty() {
-        vm_admit(&mut p, obj, &snap.admissions, now);
+        vm_admit(&mut p, obj, admissions, now);
     }
-    // The conditions and the summary, once, from the destinations as admitted.
     waits.finish(&mut p, obj, gate, now, snap.max_attempts);
     p.unshare_source = unshare_source(obj, &p.status, &snap.observed.source_unshared);
     p.requeue = next_wake(&p, snap);
+    if !p.claim.no_slot.is_empty() {
+        let again = if p.claim.read_slots {
+            Duration::from_secs(1)
+        } else {
+            NO_SLOT_RETRY
+        };
+        p.requeue = Some(p.requeue.map_or(again, |r| r.min(again)));
+    }
     p
+}
+
+/// The quota's answers to the copies that want to start: the account's ledger as observed
+/// (oldest first, at most `limit` in flight), then, with shards, a free shared slot for each
+/// granted copy ([`super::slots::plan`]); one that finds none waits again in its place. And what
+/// the claim is to take.
+pub fn grant(
+    p: &VmPlan,
+    obj: &ImageReplication,
+    gate: &Gate,
+    snap: &Snapshot,
+    now: &Time,
+) -> (HashMap<String, Admission>, Claim) {
+    let key = crate::api::key_of(obj);
+    let wants = if matches!(gate, Gate::Open) {
+        p.wants.clone()
+    } else {
+        Vec::new()
+    };
+    let mut ledger = snap.ledger.clone();
+    let (mut adm, _) = ledger.admit(&key, snap.limit, &p.running, &wants);
+    let granted: Vec<(Order, String)> = wants
+        .iter()
+        .filter(|(_, r)| adm.get(r) == Some(&Admission::Granted))
+        .cloned()
+        .collect();
+    let mut claim = Claim {
+        running: p.running.clone(),
+        granted: granted.iter().map(|(_, r)| r.clone()).collect(),
+        wants,
+        ..Default::default()
+    };
+    let slotted = match &snap.slots {
+        SharedSlots::None => return (adm, claim),
+        SharedSlots::Unread => {
+            claim.read_slots = !granted.is_empty();
+            std::collections::HashSet::new()
+        }
+        SharedSlots::Read(view) => {
+            let sp = super::slots::plan(&view.slots, &view.queue, &key, &p.running, &granted, now.0.as_second());
+            let got = sp.granted.clone();
+            if !sp.hold.is_empty() || !sp.release.is_empty() || sp.queue.is_some() {
+                claim.slots = Some(sp);
+            }
+            got
+        }
+    };
+    for (o, r) in granted.into_iter().filter(|(_, r)| !slotted.contains(r)) {
+        let pos = ledger.requeue(&key, &r, o.clone());
+        adm.insert(r.clone(), Admission::Queued(pos));
+        claim.no_slot.push((o, r));
+    }
+    (adm, claim)
 }
 
 /// The accounts that own a copy (`destinations[].account`) and no longer need the source
@@ -211,6 +327,8 @@ pub struct VmPlan {
     /// (region, account): the source's share with the owner of that region's copy, to withdraw
     /// (see [`unshare_source`]).
     pub unshare_source: Vec<(String, String)>,
+    /// What to take from the ledger and slots shared with others before the status is written.
+    pub claim: Claim,
 }
 
 fn secs_since(t: &Option<Time>, now: &Time) -> Option<i64> {
@@ -1215,6 +1333,99 @@ spec:
         o
     }
 
+    /// The quota is decided in the plan from what observe read: the account's ledger (at most
+    /// `limit` in flight, oldest first), then, with shards, a free shared slot per granted
+    /// copy; the claim carries what to take. A copy granted by the ledger with no shared slot
+    /// (or slots not read) waits in its place and asks again soon.
+    #[test]
+    fn the_ledger_and_the_shared_slots_grant_in_the_plan() {
+        let snap = |limit: i32, ledger: Ledger, slots: SharedSlots| Snapshot {
+            observed: observed(&[]),
+            ledger,
+            limit,
+            slots,
+            max_attempts: 3,
+            ..Default::default()
+        };
+        let phases = |p: &VmPlan| {
+            p.status
+                .destinations
+                .iter()
+                .map(|d| (d.region.clone(), d.phase, d.queue_position))
+                .collect::<Vec<_>>()
+        };
+        let q = |r: &str, pos| (r.to_string(), DestinationPhase::Queued, Some(pos));
+        let started = |r: &str| (r.to_string(), DestinationPhase::Starting, None);
+        // One process, one slot: the first destination starts, the second waits.
+        let p = plan(
+            &obj(),
+            &Gate::Open,
+            &snap(1, Ledger::default(), SharedSlots::None),
+            &at(0),
+        );
+        assert_eq!(phases(&p), [started("two"), q("three", 1)]);
+        assert_eq!(
+            (p.start.clone(), p.claim.granted.clone()),
+            (vec!["two".to_string()], vec!["two".to_string()])
+        );
+        assert_eq!(p.claim.wants.len(), 2);
+        assert!(p.claim.slots.is_none() && p.claim.no_slot.is_empty());
+        // Another object of the account holds the slot: both wait, in order.
+        let mut busy = Ledger::default();
+        busy.admit("default/other", 1, &["x".to_string()], &[]);
+        let p = plan(&obj(), &Gate::Open, &snap(1, busy, SharedSlots::None), &at(0));
+        assert_eq!(phases(&p), [q("two", 1), q("three", 2)]);
+        assert!(p.start.is_empty() && p.claim.granted.is_empty());
+        // Shards: the ledger grants both, one shared slot is free (another process holds the
+        // other): `two` takes it, `three` waits and asks again within the slot retry.
+        let view = SlotView {
+            slots: vec![
+                Some(super::super::slots::Seen {
+                    holder: Some("default/b/r".into()),
+                    renewed: at(0).0.as_second(),
+                    ..Default::default()
+                }),
+                None,
+            ],
+            ..Default::default()
+        };
+        let p = plan(
+            &obj(),
+            &Gate::Open,
+            &snap(2, Ledger::default(), SharedSlots::Read(view)),
+            &at(0),
+        );
+        assert_eq!(phases(&p), [started("two"), q("three", 1)]);
+        let sp = p.claim.slots.clone().expect("slot writes");
+        assert_eq!(
+            sp.hold.into_iter().collect::<Vec<_>>(),
+            [(1, "default/web/two".to_string())]
+        );
+        assert_eq!(
+            p.claim.no_slot.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>(),
+            ["three"]
+        );
+        assert!(p.requeue.unwrap() <= NO_SLOT_RETRY);
+        // Shards, slots not read this time: nothing starts, they are read at the next look, soon.
+        let p = plan(
+            &obj(),
+            &Gate::Open,
+            &snap(2, Ledger::default(), SharedSlots::Unread),
+            &at(0),
+        );
+        assert_eq!(phases(&p), [q("two", 1), q("three", 2)]);
+        assert!(p.start.is_empty() && p.claim.read_slots);
+        assert_eq!(p.requeue, Some(Duration::from_secs(1)));
+        // Suspended: nothing wants a slot, nothing is granted.
+        let p = plan(
+            &obj(),
+            &Gate::Suspended,
+            &snap(2, Ledger::default(), SharedSlots::None),
+            &at(0),
+        );
+        assert!(p.claim.wants.is_empty() && p.claim.granted.is_empty() && p.start.is_empty());
+    }
+
     /// The source's share with a copy's owner is withdrawn once no copy of that owner is still
     /// to be made and no same-region destination shares the source with it; once per region.
     #[test]
@@ -1291,14 +1502,16 @@ destinations:
         }
     }
 
+    /// One plan with the quota's answers given (`grant` has its own tests).
     fn step(o: &mut ImageReplication, gate: &Gate, obs: &Observed, now: i64, grant: &[(&str, Admission)]) -> VmPlan {
         let snap = Snapshot {
             observed: obs.clone(),
-            admissions: grant.iter().map(|(r, a)| (r.to_string(), a.clone())).collect(),
             max_attempts: 3,
             ..Default::default()
         };
-        let p = plan(o, gate, &snap, &at(now));
+        let admissions = grant.iter().map(|(r, a)| (r.to_string(), a.clone())).collect();
+        let (p, waits) = decide(o, gate, &snap.observed, &snap.limits, &at(now), snap.max_attempts);
+        let p = admitted(p, waits, o, gate, &snap, &admissions, &at(now));
         o.status = Some(p.status.clone());
         p
     }

@@ -112,6 +112,16 @@ impl ImageProvider for Vm {
             }
         })
     }
+    fn claim<'a>(&'a self, obj: &'a ImageReplication, snapshot: &'a Snapshot, work: &'a Work) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            match (work, snapshot) {
+                (Work::Vm(p), Snapshot::Vm { seen, .. }) => {
+                    self.engine.claim(obj, self.service.as_ref(), seen, p).await
+                }
+                _ => true,
+            }
+        })
+    }
     fn act<'a>(
         &'a self,
         obj: &'a ImageReplication,

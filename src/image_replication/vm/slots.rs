@@ -42,33 +42,42 @@ pub struct Waiter {
 }
 
 impl Waiter {
+    /// The local queue's order: the object's creation time, its key, then destination order
+    /// (not the copy id: an object's destinations start in the spec's order).
     fn order(&self) -> (i64, &str, usize) {
-        (self.created, self.copy.as_str(), self.index)
+        let key = self.copy.rsplit_once('/').map_or(self.copy.as_str(), |(k, _)| k);
+        (self.created, key, self.index)
     }
 }
 
-/// The copy slots of all processes.
+/// The copy slots of all processes: read by observe, taken by the claim (each write
+/// conditional on what was read, so two processes never both take one slot).
 pub trait Slots: Send + Sync {
-    /// For object `key` in `account` (at most `limit` slots): keep (and renew) the slots of its
-    /// copies in flight (`running`, regions), take free or expired slots for `wanting` (in
-    /// order), and let go of the slots of its copies no longer in flight. Returns the regions
-    /// of `wanting` that got one; on an API error, none (they wait and ask again).
-    fn sync<'a>(
-        &'a self,
-        account: &'a str,
-        limit: i32,
-        key: &'a str,
-        running: &'a [String],
-        wanting: &'a [(super::quota::Order, String)],
-    ) -> BoxFuture<'a, HashSet<String>>;
+    /// The `limit` slots of `account` and its shared queue; an error when they could not be
+    /// read (copies that want a slot wait and ask again).
+    fn read<'a>(&'a self, account: &'a str, limit: i32) -> BoxFuture<'a, Result<SlotView, String>>;
+    /// Make the writes of `plan` on the slots as `view` read them. Returns the copies (ids)
+    /// whose slot another process took first (they wait and ask again).
+    fn take<'a>(&'a self, account: &'a str, view: &'a SlotView, plan: &'a SlotPlan) -> BoxFuture<'a, HashSet<String>>;
 }
 
-/// What one slot Lease says: its holder (a copy id) and when it was last renewed (Unix
-/// seconds); `None` for a slot whose Lease does not exist yet.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What one slot Lease says: its holder (a copy id), when it was taken and last renewed (Unix
+/// seconds), and the version read (a write is conditional on it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Seen {
     pub holder: Option<String>,
     pub renewed: i64,
+    pub acquired: i64,
+    pub version: String,
+}
+
+/// An account's slots as read: `None` for a slot whose Lease does not exist yet; the shared
+/// queue and its Lease's version (`None`: not created yet).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SlotView {
+    pub slots: Vec<Option<Seen>>,
+    pub queue: Vec<Waiter>,
+    pub queue_version: Option<String>,
 }
 
 /// What to do with the slots, by slot index.
@@ -110,8 +119,14 @@ pub fn plan(
             None => free.push(i),
             Some(Seen { holder: None, .. }) => free.push(i),
             Some(s @ Seen { holder: Some(h), .. }) if h.starts_with(&mine) => {
-                if running.contains(h) {
+                // Its copy in flight, or a wanting copy whose start was not recorded (a claim
+                // that lost another slot, a restart): it keeps the slot.
+                let wants = wanting.iter().find(|(_, r)| copy_id(key, r) == *h);
+                if running.contains(h) || wants.is_some() {
                     held.insert(h.clone());
+                    if let Some((_, r)) = wants {
+                        out.granted.insert(r.clone());
+                    }
                     if now - s.renewed >= RENEW_AFTER.as_secs() as i64 {
                         out.hold.insert(i, h.clone());
                     }
@@ -145,6 +160,7 @@ pub fn plan(
         .collect();
     let ours: Vec<(Waiter, &String)> = wanting
         .iter()
+        .filter(|(_, r)| !out.granted.contains(r))
         .map(|(o, r)| {
             let w = Waiter {
                 copy: copy_id(key, r),
@@ -189,6 +205,7 @@ mod tests {
         Some(Seen {
             holder: Some(by.into()),
             renewed,
+            ..Default::default()
         })
     }
 
@@ -277,10 +294,7 @@ mod tests {
             None,
             held("ns/b/r2", 1000),
             held("ns/b/r3", 1000),
-            Some(Seen {
-                holder: None,
-                renewed: 0,
-            }),
+            Some(Seen::default()),
         ];
         let p = plan(&seen, &[], "ns/a", &[], &want(1, "ns/a", &["x", "y", "z"]), 1010);
         assert_eq!(p.granted, HashSet::from(["x".to_string(), "y".to_string()]), "z waits");
@@ -307,6 +321,18 @@ mod tests {
             "the expired slot is taken over"
         );
         assert_eq!(p.granted, HashSet::from(["w".to_string()]));
+    }
+
+    /// A wanting copy that already holds its slot (its claim lost another slot, or its start
+    /// was never recorded) keeps it: granted, no write while fresh, not queued.
+    #[test]
+    fn a_wanting_copy_keeps_the_slot_it_holds() {
+        let seen = vec![held("ns/a/x", 100), held("ns/b/r", 100)];
+        let p = plan(&seen, &[], "ns/a", &[], &want(1, "ns/a", &["x", "y"]), 110);
+        assert_eq!(p.granted, HashSet::from(["x".to_string()]), "y finds no free slot");
+        assert!(p.hold.is_empty() && p.release.is_empty());
+        let queued: Vec<String> = p.queue.unwrap().into_iter().map(|w| w.copy).collect();
+        assert_eq!(queued, ["ns/a/y"]);
     }
 
     #[test]
