@@ -41,7 +41,7 @@ pub enum Snapshot {
         account: Result<Account, crate::cloud::ProviderError>,
         /// The accounts that own destinations' copies (`account`), by what their credentials
         /// are known by (`OwnerSpec::credentials_key`).
-        owners: crate::image_replication::vm::engine::Others,
+        owners: crate::image_replication::vm::engine::OtherAccounts,
     },
 }
 

@@ -60,7 +60,7 @@ pub fn oci_plan(
     let mut events = Vec::new();
     let mut wake: Vec<std::time::Duration> = Vec::new();
     let mut destinations = Vec::new();
-    let mut quiet = Quiet::default();
+    let mut quiet = StatusWait::default();
     for d in &spec.destinations {
         let mut s = old.destination_or_new(&d.region);
         let before = old.destinations.iter().find(|x| x.region == d.region).cloned();
@@ -273,7 +273,7 @@ fn removed_destinations(
     pruned: &std::collections::HashMap<String, Result<(), String>>,
     destinations: &mut Vec<DestinationStatus>,
     events: &mut Vec<Announcement>,
-    quiet: &mut Quiet,
+    quiet: &mut StatusWait,
 ) -> Vec<String> {
     let mut prune = Vec::new();
     for s in old
@@ -395,12 +395,12 @@ fn idle_next(
 /// Whether an oci status may wait ([`OciPlan::status_may_wait`]): every destination whose
 /// status changes is a young copy (`young`: how long it stays young), and how long until the
 /// first of them is young no more.
-struct Quiet {
+struct StatusWait {
     only_young_changes: bool,
     left: Option<std::time::Duration>,
 }
 
-impl Default for Quiet {
+impl Default for StatusWait {
     fn default() -> Self {
         Self {
             only_young_changes: true,
@@ -409,7 +409,7 @@ impl Default for Quiet {
     }
 }
 
-impl Quiet {
+impl StatusWait {
     fn note(&mut self, changed: bool, young: Option<std::time::Duration>) {
         match (changed, young) {
             (false, _) => {}

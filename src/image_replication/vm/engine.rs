@@ -135,9 +135,9 @@ pub struct VmEngine {
     pub sessions: crate::cloud::identity::Sessions,
 }
 
-/// Accounts read from Secrets other than the provider's, by Secret name: the owners of
+/// The accounts other than the provider's, by what their credentials are known by: the owners of
 /// destinations with `account`, the members of `acceptWith`.
-pub type Others = HashMap<String, Result<Account, ProviderError>>;
+pub type OtherAccounts = HashMap<String, Result<Account, ProviderError>>;
 
 /// The account a destination's copy belongs to: its `account`'s (read from its Secret into
 /// `others`), else the provider's.
@@ -145,7 +145,7 @@ fn account_for<'a>(
     obj: &ImageReplication,
     region: &str,
     main: &'a Account,
-    others: &'a Others,
+    others: &'a OtherAccounts,
 ) -> Result<&'a Account, ProviderError> {
     let Some(owner) = owner_of(obj, region) else {
         return Ok(main);
@@ -236,7 +236,7 @@ async fn cleanup_previous(
     st: &ImageReplicationStatus,
     provider: &dyn ImageService,
     main: &Account,
-    others: &Others,
+    others: &OtherAccounts,
 ) -> Result<(Vec<String>, Vec<String>), Blocked> {
     let source_id = st.source.as_ref().and_then(|x| x.image_id.as_deref());
     let (mut deleted, mut kept) = (Vec::new(), Vec::new());
@@ -514,7 +514,7 @@ impl VmEngine {
     ) -> VmPlan {
         loop {
             let snap = self
-                .observe(obj, gate, provider, acct.clone(), &Others::new(), now)
+                .observe(obj, gate, provider, acct.clone(), &OtherAccounts::new(), now)
                 .await;
             let p = vplan::plan(obj, gate, &snap, now);
             if self.claim(obj, provider, &snap, &p).await {
@@ -546,7 +546,7 @@ impl VmEngine {
         gate: &Gate,
         provider: &dyn ImageService,
         acct: Result<Account, ProviderError>,
-        others: &Others,
+        others: &OtherAccounts,
         now: &Time,
     ) -> vplan::Snapshot {
         let key = key_of(obj);
@@ -1102,7 +1102,7 @@ impl VmEngine {
         obj: &ImageReplication,
         provider: &dyn ImageService,
         main: &Account,
-        others: &Others,
+        others: &OtherAccounts,
         plan: &VmPlan,
     ) {
         let key = key_of(obj);
@@ -1195,7 +1195,7 @@ impl VmEngine {
         key: &str,
         provider: &dyn ImageService,
         main: &Account,
-        others: &Others,
+        others: &OtherAccounts,
         plan: &VmPlan,
     ) {
         for w in &plan.shares {
@@ -1313,7 +1313,7 @@ impl VmEngine {
         key: &str,
         provider: &dyn ImageService,
         main: &Account,
-        others: &Others,
+        others: &OtherAccounts,
         plan: &VmPlan,
     ) {
         let source_id = plan.status.source.as_ref().and_then(|x| x.image_id.clone());
@@ -1408,7 +1408,7 @@ impl VmEngine {
         obj: &ImageReplication,
         provider: &dyn ImageService,
         acct: Result<Account, ProviderError>,
-        others: &Others,
+        others: &OtherAccounts,
     ) -> Result<String, Blocked> {
         let key = key_of(obj);
         let st = obj.status.clone().unwrap_or_default();
@@ -1724,7 +1724,7 @@ destinations:
 
         // Delete: the shares go, then the copy; the source stays.
         let notes = e
-            .cleanup(&o, &cloud, Ok(account("right")), &Others::new())
+            .cleanup(&o, &cloud, Ok(account("right")), &OtherAccounts::new())
             .await
             .unwrap();
         assert!(cloud.members_of("two", &copy).is_empty(), "{notes}");
@@ -1751,7 +1751,7 @@ destinations:
             let mut o = shared("[{account: p1}]", policy);
             o.metadata.generation = Some(1);
             let mut t = 0;
-            let p = settle(&e, &mut o, &cloud, &Others::new(), &mut t).await;
+            let p = settle(&e, &mut o, &cloud, &OtherAccounts::new(), &mut t).await;
             let copy = p.status.destinations[0].image_id.clone().unwrap();
             assert_eq!(cloud.members_of("two", &copy).len(), 1);
             // Region two leaves the spec.
@@ -1764,7 +1764,7 @@ destinations:
                 let p = e.reconcile(&o, &Gate::Open, &cloud, Ok(account("right")), &now).await;
                 events.extend(p.events.iter().map(|a| (a.reason.clone(), a.note.clone())));
                 o.status = Some(p.status.clone());
-                e.act(&o, &cloud, &account("right"), &Others::new(), &p).await;
+                e.act(&o, &cloud, &account("right"), &OtherAccounts::new(), &p).await;
             }
             let st = o.status.clone().unwrap();
             assert!(st.destinations.iter().all(|d| d.region != "two"), "{policy}: forgotten");
@@ -1811,20 +1811,20 @@ destinations:
         cloud.add_image("one", "img-1", 1 << 20);
         let mut o = obj();
         let mut t = 0;
-        let (p, _) = run_rounds(&e, &mut o, &cloud, &Others::new(), &mut t).await;
+        let (p, _) = run_rounds(&e, &mut o, &cloud, &OtherAccounts::new(), &mut t).await;
         let two = p.status.destinations.iter().find(|d| d.region == "two").unwrap();
         assert_eq!(two.phase, DestinationPhase::Available, "{two:?}");
         assert!(cloud.calls("poll") >= 8, "polled {} times", cloud.calls("poll"));
         assert_eq!(cloud.calls("describe"), 1, "the source read once for the copy");
         // A spec change is new work: the source is read again.
         o.metadata.generation = Some(2);
-        run_rounds(&e, &mut o, &cloud, &Others::new(), &mut t).await;
+        run_rounds(&e, &mut o, &cloud, &OtherAccounts::new(), &mut t).await;
         assert_eq!(cloud.calls("describe"), 2);
     }
 
     /// Twelve rounds (see `run_rounds`); the Events they published.
     async fn rounds(e: &VmEngine, o: &mut ImageReplication, cloud: &FakeCloud, t: &mut i64) -> Vec<(String, String)> {
-        run_rounds(e, o, cloud, &Others::new(), t).await.1
+        run_rounds(e, o, cloud, &OtherAccounts::new(), t).await.1
     }
 
     /// `source.follow: Newest` with `retention.keep: 2`: each newer image matching the pattern
@@ -1913,7 +1913,7 @@ destinations: [{region: two}, {region: three}]
         assert_eq!(cloud.calls("describe"), 3, "one describe per source version");
 
         let note = e
-            .cleanup(&o, &cloud, Ok(account("right")), &Others::new())
+            .cleanup(&o, &cloud, Ok(account("right")), &OtherAccounts::new())
             .await
             .unwrap();
         assert!(note.contains("an earlier copy"), "{note}");

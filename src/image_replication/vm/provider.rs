@@ -12,7 +12,7 @@ use crate::api::v1alpha1::{ImageReplication, OwnerSpec, ProviderKind};
 use crate::controller::secrets::Secrets;
 use crate::image_replication::provider::{ImageProvider, Snapshot, Work};
 use crate::image_replication::vm::credentials::{Reader, Source};
-use crate::image_replication::vm::engine::{Others, VmEngine};
+use crate::image_replication::vm::engine::{OtherAccounts, VmEngine};
 use crate::image_replication::vm::{Account, ImageService, ProviderError};
 use crate::plan::Gate;
 
@@ -50,9 +50,9 @@ impl Vm {
         obj: &ImageReplication,
         secrets: &dyn Secrets,
         provider: &Result<Account, ProviderError>,
-    ) -> Others {
+    ) -> OtherAccounts {
         let owners: Vec<OwnerSpec> = obj.spec.destinations.iter().filter_map(|d| d.account.clone()).collect();
-        let mut into = Others::new();
+        let mut into = OtherAccounts::new();
         self.read_into(obj, secrets, provider, &owners, &mut into).await;
         into
     }
@@ -64,7 +64,7 @@ impl Vm {
         secrets: &dyn Secrets,
         provider: &Result<Account, ProviderError>,
         who: &[OwnerSpec],
-        into: &mut Others,
+        into: &mut OtherAccounts,
     ) {
         let reader = self.reader(obj, secrets);
         for owner in who {

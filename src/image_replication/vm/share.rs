@@ -135,7 +135,7 @@ pub fn plan_shares(
             .collect();
         return;
     };
-    let mut pass = Pass {
+    let mut dest = DestShares {
         region: s.region.clone(),
         image,
         sp,
@@ -146,8 +146,8 @@ pub fn plan_shares(
     let mut shares = Vec::new();
     for w in &d.share_with {
         let prev = old.iter().find(|o| o.account == w.account);
-        let next = pass.wanted(w, prev.cloned());
-        announce(&pass.region, &pass.image, prev, &next, events);
+        let next = dest.wanted(w, prev.cloned());
+        announce(&dest.region, &dest.image, prev, &next, events);
         shares.push(next);
     }
     // Accounts that left shareWith: withdrawn, then forgotten once the cloud no longer lists them.
@@ -155,21 +155,21 @@ pub fn plan_shares(
         .iter()
         .filter(|o| !d.share_with.iter().any(|w| w.account == o.account))
     {
-        shares.extend(pass.withdrawn(o, events));
+        shares.extend(dest.withdrawn(o, events));
     }
     // Soon again while a call of ours is under way; within a minute for a member that accepts
     // in its own account.
     if shares.iter().any(|x| !settled(x, sp.max_attempts) && !call_failed(x)) {
-        pass.wake.push(Duration::from_secs(15));
+        dest.wake.push(Duration::from_secs(15));
     } else if shares.iter().any(|x| x.state == SharePhase::Pending) {
-        pass.wake.push(MEMBER_WAIT);
+        dest.wake.push(MEMBER_WAIT);
     }
     s.shares = shares;
 }
 
 /// One destination's shares being planned: its Available image, what was observed, and where
 /// the calls and wake-ups go.
-struct Pass<'a, 'b> {
+struct DestShares<'a, 'b> {
     region: String,
     image: String,
     sp: &'a SharePlan<'b>,
@@ -178,7 +178,7 @@ struct Pass<'a, 'b> {
     wake: &'a mut Vec<Duration>,
 }
 
-impl<'b> Pass<'_, 'b> {
+impl<'b> DestShares<'_, 'b> {
     fn members(&self) -> Option<&'b Result<Vec<Member>, ProviderError>> {
         self.sp.obs.and_then(|o| o.members.as_ref())
     }
