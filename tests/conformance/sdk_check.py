@@ -80,6 +80,9 @@ DOCUMENTED = {
     ("huawei", "ListImages", "__imagetype"): ("enum", {"gold", "private", "shared", "market"}),
     ("huawei", "ListImages", "limit"): ("range", 1, 1000),
     ("huawei", "BatchUpdateMembers", "status"): ("enum", {"accepted", "rejected"}),
+    # The discovery document gives maxResults a minimum and a default of 500, and its text a
+    # most of 500.
+    ("google", "compute.images.list", "maxResults"): ("range", 0, 500),
 }
 
 
@@ -765,8 +768,140 @@ def check_tencent(ex, vio):
         vio.add(ex, f"{action}: {o}")
 
 
+# ---------------------------------------------------------------- Google (compute/v1 discovery)
+
+_COMPUTE = None
+
+
+def compute_v1():
+    """Google's discovery document of compute/v1, as google-api-python-client ships it."""
+    global _COMPUTE
+    if _COMPUTE is None:
+        import os
+        import googleapiclient
+        path = os.path.join(os.path.dirname(googleapiclient.__file__), "discovery_cache", "documents",
+                            "compute.v1.json")
+        _COMPUTE = json.load(open(path))
+    return _COMPUTE
+
+
+def google_methods(doc):
+    for res in doc["resources"].values():
+        for m in res.get("methods", {}).values():
+            yield m
+
+
+def google_value(doc, s, v, where, ex, vio):
+    """Hold a JSON value to a discovery schema: fields, types, enums."""
+    if "$ref" in s:
+        s = doc["schemas"][s["$ref"]]
+    t = s.get("type")
+    if t == "object":
+        if not isinstance(v, dict):
+            vio.add(ex, f"{where} is not an object")
+            return
+        props, more = s.get("properties"), s.get("additionalProperties")
+        for k, x in v.items():
+            if props is not None and k in props:
+                google_value(doc, props[k], x, f"{where}.{k}", ex, vio)
+            elif more is not None:
+                google_value(doc, more, x, f"{where}.{k}", ex, vio)
+            else:
+                vio.add(ex, f"{where}.{k} is not a field of the API")
+    elif t == "array":
+        if not isinstance(v, list):
+            vio.add(ex, f"{where} is not an array")
+            return
+        for i, x in enumerate(v):
+            google_value(doc, s["items"], x, f"{where}[{i}]", ex, vio)
+    elif t == "string":
+        if not isinstance(v, str):
+            vio.add(ex, f"{where} is not a string: {v!r}")
+        elif "enum" in s and v not in s["enum"]:
+            vio.add(ex, f"{where}={v!r} is not one of {s['enum']}")
+        elif s.get("format") in ("int64", "uint64") and not re.fullmatch(r"-?[0-9]+", v):
+            vio.add(ex, f"{where}={v!r} is not an {s['format']}")
+    elif t == "integer":
+        if not isinstance(v, int) or isinstance(v, bool):
+            vio.add(ex, f"{where} is not an integer: {v!r}")
+    elif t == "boolean":
+        if not isinstance(v, bool):
+            vio.add(ex, f"{where} is not a boolean: {v!r}")
+
+
+def check_google_token(ex, vio):
+    """The OAuth2 token endpoint (not in the discovery document): RFC 7523's JWT bearer grant."""
+    form = dict(parse_qsl(ex.get("body") or "", keep_blank_values=True))
+    if set(form) != {"grant_type", "assertion"}:
+        vio.add(ex, f"token: the form has {sorted(form)}, not grant_type and assertion")
+    if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
+        vio.add(ex, f"token: grant_type {form.get('grant_type')!r}")
+    answer = loads(ex.get("response")) or {}
+    want = {"access_token", "expires_in", "token_type"} if ex["status"] == 200 else {"error", "error_description"}
+    if not isinstance(answer, dict) or set(answer) - want or not set(answer) & want:
+        vio.add(ex, f"token: the answer has {sorted(answer) if isinstance(answer, dict) else answer}")
+
+
+def check_google(ex, vio):
+    if ex["path"] == "/token":
+        return check_google_token(ex, vio)
+    doc = compute_v1()
+    root = "/" + doc["servicePath"]
+    found = None
+    for m in google_methods(doc):
+        pattern = "^" + re.escape(root + m["path"]).replace(r"\{", "{").replace(r"\}", "}") + "$"
+        pattern = re.sub(r"\{[^}]+\}", "[^/]+", pattern)
+        if m["httpMethod"] == ex["method"] and re.match(pattern, ex["path"]):
+            found = m
+            break
+    if found is None:
+        vio.add(ex, "no compute/v1 method has this method and path")
+        return
+    op = found["id"]
+    params = found.get("parameters", {})
+    for k, v in ex.get("query") or []:
+        p = params.get(k)
+        if p is None or p.get("location") != "query":
+            vio.add(ex, f"{op}: {k} is not a query parameter of the method")
+            continue
+        if "minimum" in p or "maximum" in p:
+            try:
+                n = int(v)
+                if ("minimum" in p and n < int(p["minimum"])) or ("maximum" in p and n > int(p["maximum"])):
+                    vio.add(ex, f"{op}: {k}={n} outside {p.get('minimum')}..{p.get('maximum')}")
+            except ValueError:
+                vio.add(ex, f"{op}: {k}={v!r} is not a number")
+        if p.get("pattern") and not re.fullmatch(p["pattern"], v):
+            vio.add(ex, f"{op}: {k}={v!r} does not match {p['pattern']}")
+    documented(ex, vio, "google", op, dict(ex.get("query") or []))
+    body = loads(ex.get("body"))
+    if "request" in found:
+        if not isinstance(body, dict):
+            vio.add(ex, f"{op}: no JSON body")
+        else:
+            schema = doc["schemas"][found["request"]["$ref"]]
+            google_value(doc, schema, body, found["request"]["$ref"], ex, vio)
+            for name, prop in schema.get("properties", {}).items():
+                if op in prop.get("annotations", {}).get("required", []) and name not in body:
+                    vio.add(ex, f"{op}: the required field {name} is missing")
+                if name in body and prop.get("pattern") and isinstance(body[name], str) \
+                        and not re.fullmatch(prop["pattern"], body[name]):
+                    vio.add(ex, f"{op}: {name}={body[name]!r} does not match {prop['pattern']}")
+    elif body not in (None,):
+        vio.add(ex, f"{op}: takes no body")
+    answer = loads(ex.get("response"))
+    if 200 <= ex["status"] < 300:
+        if "response" in found:
+            google_value(doc, doc["schemas"][found["response"]["$ref"]], answer, found["response"]["$ref"], ex, vio)
+    else:
+        e = answer.get("error") if isinstance(answer, dict) else None
+        if not isinstance(e, dict) or set(e) - {"code", "message", "errors", "status", "details"} \
+                or not all(set(x) <= {"domain", "reason", "message", "location", "locationType"} for x in e.get("errors", [])):
+            vio.add(ex, f"{op}: the error answer is not Google's error shape: {answer!r}")
+
+
 CHECKS = {"huawei": check_huawei, "alibaba": check_alibaba, "aws": check_aws, "tencent": check_tencent,
-          "cvm": check_tencent, "tcr": check_tencent}
+          "cvm": check_tencent, "tcr": check_tencent, "google": check_google}
 
 
 def exchanges(path):

@@ -13,7 +13,7 @@ use image_replication_operator::api::v1alpha1::{DestinationPhase, ImageReplicati
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use support::clouds::{AK, Kind, SK, Stand};
+use support::clouds::{AK, Img, Kind, SK, Stand};
 use support::operator::{Operator, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -643,6 +643,7 @@ async fn crash_between_copy_request_and_answer(kind: Kind) {
     let copy_call = match kind {
         Kind::Huawei => "/cross_region_copy",
         Kind::Tencent => "SyncImages",
+        Kind::Google => "images.insert",
         _ => "CopyImage",
     };
     // Copy requests that start work (Tencent's DryRun pre-flight does not).
@@ -681,17 +682,20 @@ async fn crash_between_copy_request_and_answer(kind: Kind) {
     let st = wait_ready(&api, "app").await;
     let imgs = cloud.images_in(dst_region);
     assert_eq!(imgs.len(), 1, "exactly one copy: {imgs:?}");
-    if kind == Kind::Alibaba {
+    // Clouds whose copy call is idempotent (ECS ClientToken, Compute Engine requestId) may be
+    // asked again, with the same key only.
+    let key = match kind {
+        Kind::Alibaba => Some("ClientToken"),
+        Kind::Google => Some("requestId"),
+        _ => None,
+    };
+    if let Some(key) = key {
         let tokens: std::collections::BTreeSet<String> = cloud
             .calls(copy_call)
             .iter()
-            .filter_map(|r| r.params.get("ClientToken").cloned())
+            .filter_map(|r| r.params.get(key).cloned())
             .collect();
-        assert_eq!(
-            tokens.len(),
-            1,
-            "asked again only with the same ClientToken: {tokens:?}"
-        );
+        assert_eq!(tokens.len(), 1, "asked again only with the same {key}: {tokens:?}");
     } else {
         assert_eq!(copies(&cloud), 1, "the copy was not requested again");
     }
@@ -721,6 +725,11 @@ async fn alibaba_crash_between_copy_request_and_answer_never_copies_twice() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tencent_crash_between_copy_request_and_answer_never_copies_twice() {
     crash_between_copy_request_and_answer(Kind::Tencent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn google_crash_between_copy_request_and_answer_never_copies_twice() {
+    crash_between_copy_request_and_answer(Kind::Google).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1095,6 +1104,10 @@ async fn shares_through_the_operator(kind: Kind) {
         Kind::Huawei => ("0a1b2c3d4e5f60718293a4b5c6d7e8f9", "1a1b2c3d4e5f60718293a4b5c6d7e8f9"),
         Kind::Alibaba => ("1234567890123456", "2234567890123456"),
         Kind::Aws => ("111122223333", "444455556666"),
+        Kind::Google => (
+            "group:platform@example.com",
+            "serviceAccount:deployer@app-a.iam.gserviceaccount.com",
+        ),
         _ => ("100000000001", "100000000002"),
     };
     let (src_region, dst_region, data, kind_name) = cloud.account();
@@ -1189,6 +1202,8 @@ async fn shares_through_the_operator(kind: Kind) {
             ("GET /v2/images/{}/members", 30),
         ],
         Kind::Aws => &[("ModifyImageAttribute", 3), ("ModifySnapshotAttribute", 3)],
+        // Each share a read and a write of the image's policy; read again for the status.
+        Kind::Google => &[("images.setIamPolicy", 3), ("images.getIamPolicy", 30), ("token", 1)],
         _ => &[("ModifyImageSharePermission", 3), ("DescribeImageSharePermission", 30)],
     };
     cloud.assert_budget(&format!("three shares on {kind_name}"), budget);
@@ -1243,6 +1258,11 @@ async fn tencent_shares_with_accounts() {
 /// available the source's share is withdrawn; on delete the owner's keys deregister it. Without
 /// the snapshot's createVolumePermission the stand-in refuses the other account's CopyImage, as
 /// EC2 does ("You do not have permission to access the storage of this ami").
+#[tokio::test(flavor = "multi_thread")]
+async fn google_shares_with_principals() {
+    shares_through_the_operator(Kind::Google).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn aws_copy_owned_by_another_account() {
     use support::clouds::{AK2, AWS_OTHER_ACCOUNT, SK2};
@@ -1427,4 +1447,86 @@ async fn follows_the_newest_source_on_cvm() {
 #[tokio::test(flavor = "multi_thread")]
 async fn follows_the_newest_source_on_ims() {
     follows_the_newest_source(Kind::Huawei).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn follows_the_newest_source_on_compute_engine() {
+    follows_the_newest_source(Kind::Google).await;
+}
+
+/// Compute Engine as it behaves in time: the source found on the listing's second page (500
+/// images a page), a copy that ends FAILED and is made again, throttled calls (403
+/// rateLimitExceeded) waited out, and bearer tokens of 20 s renewed before they expire (no
+/// call with an expired one). Every call counted: one insert per attempt, the token asked for
+/// about once per two thirds of its life.
+#[tokio::test(flavor = "multi_thread")]
+async fn google_pages_retries_a_failed_copy_waits_out_throttling_and_renews_tokens() {
+    let profile = support::clouds::Profile {
+        bucket: Some((3.0, 1.0)),
+        ..support::clouds::Profile::realistic()
+    };
+    let cloud = Stand::start_with(Kind::Google, profile).await;
+    cloud.set_credentials_life(Duration::from_secs(20));
+    let (src_region, dst_region, data, _) = cloud.account();
+    let day = 1_796_000_000;
+    for n in 0..505 {
+        let id = cloud.add(src_region, &format!("build-{n}"), 10, json!({}));
+        cloud.set_created(&id, day + n);
+    }
+    cloud.set_copy_time(dst_region, Duration::from_secs(12));
+    cloud.state.fail_copies.store(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c, op) = setup(dir.path(), "creds", &data).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let started = std::time::Instant::now();
+    // The first two API calls are throttled (the token endpoint is not).
+    cloud.state.throttle.store(2, std::sync::atomic::Ordering::SeqCst);
+    create(
+        &api,
+        "builds",
+        &json!({"kind": "google", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url}),
+        json!({"region": src_region, "imageName": "build-*", "follow": "Newest"}),
+        json!([{"region": dst_region}]),
+        "Delete",
+    )
+    .await;
+    let st = wait_ready(&api, "builds").await;
+    let took = started.elapsed();
+    assert_eq!(
+        st.source.as_ref().unwrap().image_id.as_deref(),
+        Some("build-504"),
+        "the newest, on page 2"
+    );
+    let d = dest(&st, dst_region);
+    assert_eq!(d.attempts, 2, "the FAILED copy was made again");
+    assert_eq!(d.image_id.as_deref(), Some("build-504-europe-west1"));
+    let ready: Vec<Img> = cloud
+        .images_in(dst_region)
+        .into_iter()
+        .filter(|i| i.ready() && !i.failed())
+        .collect();
+    assert_eq!(ready.len(), 1);
+    let reqs = cloud.requests();
+    assert!(
+        reqs.iter().filter(|r| r.throttled).count() >= 2,
+        "throttled, then went on"
+    );
+    assert_eq!(cloud.expired_calls(), 0, "no call with an expired token");
+    let counts = cloud.counts();
+    println!("calls for a followed copy with one failure on google in {took:?}: {counts:?}");
+    // A token lives 20 s and is renewed after two thirds of it.
+    let tokens = counts.get("token").copied().unwrap_or(0);
+    let most = (took.as_secs() / 13 + 2) as usize;
+    assert!(
+        tokens >= 2 && tokens <= most,
+        "{tokens} tokens in {took:?} (at most {most})"
+    );
+    cloud.assert_budget(
+        "a followed copy with one failure",
+        &[("images.insert", 2), ("images.list", 8), ("images.get", 60)],
+    );
+    // The failure was told as it happened (posted after the status write: waited for).
+    support::reasons_with(&c, "builds", &["DestinationFailed", "DestinationAvailable"]).await;
+    support::assert_secrets_kept(&s, &op, &[support::clouds::google::TEST_KEY.lines().nth(1).unwrap()]).await;
+    cloud.assert_conforms();
 }

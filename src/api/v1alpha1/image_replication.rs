@@ -156,18 +156,21 @@ pub enum ProviderKind {
     Tencent,
     /// OpenStack Glance: the operator streams the image data region to region.
     Openstack,
+    /// Google Compute Engine: an image made from the source with its data in another region.
+    Google,
     /// OCI / Docker registries: container images, multi-arch indexes and referrers.
     Oci,
 }
 
 impl ProviderKind {
     /// Every kind of the API.
-    pub const ALL: [ProviderKind; 6] = [
+    pub const ALL: [ProviderKind; 7] = [
         Self::Huawei,
         Self::Alibaba,
         Self::Aws,
         Self::Tencent,
         Self::Openstack,
+        Self::Google,
         Self::Oci,
     ];
 
@@ -179,6 +182,7 @@ impl ProviderKind {
             Self::Aws => "aws",
             Self::Tencent => "tencent",
             Self::Openstack => "openstack",
+            Self::Google => "google",
             Self::Oci => "oci",
         }
     }
@@ -188,7 +192,7 @@ impl ProviderKind {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderSpec {
-    /// Which service holds the image: huawei, alibaba, aws, tencent, openstack or oci.
+    /// Which service holds the image: huawei, alibaba, aws, tencent, openstack, google or oci.
     pub kind: ProviderKind,
     /// Secret in the same namespace with the provider's credentials (keys documented per
     /// provider). huawei, alibaba, aws, tencent: without it the operator acts with its pod's

@@ -89,6 +89,7 @@ fn copy_api(kind: Kind) -> &'static str {
     match kind {
         Kind::Huawei => "POST /v1/cloudimages/{}/cross_region_copy",
         Kind::Tencent => "SyncImages",
+        Kind::Google => "images.insert",
         _ => "CopyImage",
     }
 }
@@ -97,6 +98,7 @@ fn copies_started(cloud: &Stand) -> Vec<support::clouds::Req> {
     let what = match cloud.kind {
         Kind::Huawei => "/cross_region_copy",
         Kind::Tencent => "SyncImages",
+        Kind::Google => "images.insert",
         _ => "CopyImage",
     };
     cloud
@@ -146,6 +148,8 @@ async fn a_copy_listed_late_is_made_once(kind: Kind) {
             ("POST /v2/{}/images/{}/tags", 1),
         ],
         Kind::Tencent => &[(copy_api(kind), 2), ("DescribeImages", 8)],
+        // The source, then the copy on the poll schedule; one token.
+        Kind::Google => &[(copy_api(kind), 1), ("images.get", 8), ("token", 1)],
         _ => &[(copy_api(kind), 1), ("DescribeImages", 8)],
     };
     cloud.assert_budget(&format!("one copy on {kind_name}"), budget);
@@ -160,6 +164,7 @@ async fn a_copy_listed_late_is_made_once(kind: Kind) {
         Kind::Huawei => cloud.count("DELETE /v2/images/"),
         Kind::Tencent => cloud.count("DeleteImages"),
         Kind::Aws => cloud.count("DeregisterImage"),
+        Kind::Google => cloud.count("images.delete"),
         _ => cloud.count("DeleteImage"),
     };
     assert_eq!(deletes, 1, "{kind_name}: one delete call");
@@ -184,6 +189,11 @@ async fn a_copy_listed_late_is_made_once_on_ec2() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_copy_listed_late_is_made_once_on_cvm() {
     a_copy_listed_late_is_made_once(Kind::Tencent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_listed_late_is_made_once_on_compute_engine() {
+    a_copy_listed_late_is_made_once(Kind::Google).await;
 }
 
 /// `replicate -f` with `--attempts 2` on the manifests given, as a user runs it in a pipeline:
@@ -270,11 +280,12 @@ stringData: {{accessKey: {AK}, secretKey: '{SK}', iamEndpoint: '{url}'}}
 /// The provider of `kind`, in process, against its stand-in (no operator, no API server): the
 /// wire cost of one piece of work is the calls it makes.
 fn provider_for(kind: Kind) -> Box<dyn image_replication_operator::image_replication::vm::ImageService> {
-    use image_replication_operator::image_replication::vm::providers::{alibaba, aws, huawei, tencent};
+    use image_replication_operator::image_replication::vm::providers::{alibaba, aws, google, huawei, tencent};
     match kind {
         Kind::Huawei => Box::new(huawei::Huawei::default()),
         Kind::Alibaba => Box::new(alibaba::Alibaba::default()),
         Kind::Aws => Box::new(aws::Aws::default()),
+        Kind::Google => Box::new(google::Google::default()),
         _ => Box::new(tencent::Tencent::default()),
     }
 }
@@ -300,7 +311,7 @@ fn account_for(cloud: &Stand) -> image_replication_operator::image_replication::
 #[tokio::test(flavor = "multi_thread")]
 async fn calls_per_follow_look_up_and_drift_check() {
     let mut rows = Vec::new();
-    for kind in [Kind::Huawei, Kind::Alibaba, Kind::Aws, Kind::Tencent] {
+    for kind in [Kind::Huawei, Kind::Alibaba, Kind::Aws, Kind::Tencent, Kind::Google] {
         let cloud = Stand::start_with(kind, Profile::realistic()).await;
         let (src_region, dst_region, _, kind_name) = cloud.account();
         let day = 1_796_000_000;
@@ -333,7 +344,13 @@ async fn calls_per_follow_look_up_and_drift_check() {
     }
     assert_eq!(
         rows,
-        vec![("huawei", 1, 1), ("alibaba", 2, 1), ("aws", 1, 1), ("tencent", 2, 1)],
+        vec![
+            ("huawei", 1, 1),
+            ("alibaba", 2, 1),
+            ("aws", 1, 1),
+            ("tencent", 2, 1),
+            ("google", 1, 1)
+        ],
         "the calls table of docs/cloud-calls.md"
     );
 }
@@ -383,6 +400,11 @@ async fn a_failed_copy_is_deleted_and_made_again_on_ec2() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_copy_is_deleted_and_made_again_on_cvm() {
     a_failed_copy_is_deleted_and_made_again(Kind::Tencent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_copy_is_deleted_and_made_again_on_compute_engine() {
+    a_failed_copy_is_deleted_and_made_again(Kind::Google).await;
 }
 
 /// A cloud that throttles hard (one call per API at once, refilled at one every 3 s; IMS, whose
@@ -448,4 +470,9 @@ async fn a_copy_through_throttling_and_server_errors_is_made_once_on_ec2() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_copy_through_throttling_and_server_errors_is_made_once_on_cvm() {
     a_copy_through_throttling_and_server_errors_is_made_once(Kind::Tencent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_through_throttling_and_server_errors_is_made_once_on_compute_engine() {
+    a_copy_through_throttling_and_server_errors_is_made_once(Kind::Google).await;
 }

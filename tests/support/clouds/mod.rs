@@ -1,5 +1,5 @@
-//! HTTP stand-ins for the Huawei Cloud IMS, Alibaba Cloud ECS, AWS EC2 and Tencent CVM image APIs
-//! and the TCR API, one module per cloud on this shared harness (state, routing, signature
+//! HTTP stand-ins for the Huawei Cloud IMS, Alibaba Cloud ECS, AWS EC2, Tencent CVM and Google
+//! Compute Engine image APIs and the TCR API, one module per cloud on this shared harness (state, routing, signature
 //! checks, throttling), following their published request and response shapes: paths and
 //! actions, bodies, error codes, and the asynchronous copy lifecycle with progress. Every request's signature is checked (a bad one is
 //! answered as the cloud does: 401 / SignatureDoesNotMatch / AuthFailure) after recomputing it
@@ -34,6 +34,7 @@ use super::fake_apiserver::percent_decode;
 
 mod alibaba;
 mod aws;
+pub mod google;
 mod huawei;
 pub mod sts;
 mod tcr;
@@ -103,6 +104,8 @@ pub enum Kind {
     Tencent,
     /// Tencent Container Registry (API 3.0, service `tcr`).
     Tcr,
+    /// Google Compute Engine (`compute/v1`, OAuth2 bearer tokens).
+    Google,
 }
 
 pub const AK: &str = "AKTESTSTANDIN";
@@ -238,6 +241,10 @@ pub struct State {
     member_changes: Mutex<HashMap<(String, String), (Instant, bool)>>,
     /// The security token service: trusted roles, handed-out keys.
     pub sts: Mutex<sts::Sts>,
+    /// Google: bearer tokens handed out -> until when they are good.
+    pub google_tokens: Mutex<HashMap<String, Instant>>,
+    /// Google: image -> its IAM policy's version (the etag).
+    policy_versions: Mutex<HashMap<String, u64>>,
     /// Token buckets: (API, account) -> (tokens, last refill).
     buckets: Mutex<HashMap<(String, String), (f64, Instant)>>,
     seq: AtomicU32,
@@ -340,6 +347,8 @@ pub struct Stand {
     pub kind: Kind,
     pub url: String,
     pub state: Arc<State>,
+    /// Google: the service account's key file (its token endpoint this stand-in).
+    key: String,
 }
 
 impl Stand {
@@ -359,7 +368,8 @@ impl Stand {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { kind, url, state }
+        let key = google::key_file(&url);
+        Self { kind, url, state, key }
     }
 
     pub fn next_id(&self, prefix: &str) -> String {
@@ -376,6 +386,8 @@ impl Stand {
             Kind::Alibaba => self.next_id("m-src"),
             Kind::Aws => self.next_id("ami-0src"),
             Kind::Tencent | Kind::Tcr => self.next_id("img-src"),
+            // Compute Engine: the name is the image's id.
+            Kind::Google => name.to_string(),
         };
         self.state.images.lock().unwrap().push(Img {
             id: id.clone(),
@@ -446,6 +458,12 @@ impl Stand {
                 vec![("secretId", AK), ("secretKey", SK)],
                 "tencent",
             ),
+            Kind::Google => (
+                "us-central1",
+                "europe-west1",
+                vec![("serviceAccountKey", self.key.as_str())],
+                "google",
+            ),
         }
     }
 
@@ -482,6 +500,7 @@ impl Stand {
             Kind::Aws => "aws",
             Kind::Tencent => "cvm",
             Kind::Tcr => "tcr",
+            Kind::Google => "google",
         };
         self.requests()
             .iter()
@@ -632,6 +651,7 @@ fn api_of(kind: Kind, method: &str, path: &str, params: &BTreeMap<String, String
                 .collect();
             format!("{method} {}", shape.join("/"))
         }
+        Kind::Google => google::method_of(method, path),
         _ => params.get("Action").cloned().unwrap_or_default(),
     }
 }
@@ -695,6 +715,15 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
                 .collect(),
             Value::Null,
         ),
+        // The method id as the action; the token endpoint's form as parameters.
+        Kind::Google => {
+            let mut p: BTreeMap<String, String> = query.iter().cloned().collect();
+            if uri.path() == "/token" {
+                p.extend(parse_pairs(std::str::from_utf8(&body).unwrap_or("")));
+            }
+            p.insert("Action".into(), google::method_of(method.as_str(), uri.path()));
+            (p, serde_json::from_slice(&body).unwrap_or(Value::Null))
+        }
     };
     if let Some(o) = json_body.as_object() {
         for (k, v) in o {
@@ -733,11 +762,12 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
     let resp = if let Some(bad) = check_signature(st, kind, &method, &uri, &query, &hdr, &body) {
         rec.bad_signature = true;
         bad
-    } else if st
-        .throttle
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-        || !st.take_token(&api, &account)
+    } else if api != "token"
+        && (st
+            .throttle
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+            || !st.take_token(&api, &account))
     {
         rec.throttled = true;
         throttled(kind)
@@ -751,6 +781,11 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
             Kind::Aws => aws::aws(st, &params, &hdr).await,
             Kind::Tencent => tencent::tencent(st, &json_body, &hdr).await,
             Kind::Tcr => tcr::tcr(st, &json_body, &hdr).await,
+            Kind::Google if uri.path() == "/token" => {
+                let me = format!("http://{}/token", hdr.get("host").map(String::as_str).unwrap_or(""));
+                google::token(st, &me, &params)
+            }
+            Kind::Google => google::google(st, &method, uri.path(), &params, &json_body).await,
         }
     };
     rec.status = resp.status().as_u16();
@@ -777,6 +812,8 @@ fn check_signature(
             .collect()
     };
     match kind {
+        Kind::Google if uri.path() == "/token" => None, // the signed assertion is the credential
+        Kind::Google => google::check_token(st, hdr),
         Kind::Huawei => {
             let unsigned_ok = uri.path() == "/v3.0/OS-AUTH/id-token/tokens"
                 || (uri.path() == "/v3.0/OS-CREDENTIAL/securitytokens"
@@ -1012,6 +1049,7 @@ fn throttled(kind: Kind) -> Response {
         )
             .into_response(),
         Kind::Aws => aws::aws_error(StatusCode::SERVICE_UNAVAILABLE, "RequestLimitExceeded", "Request limit exceeded."),
+        Kind::Google => google::g_err(StatusCode::FORBIDDEN, "rateLimitExceeded", "Rate Limit Exceeded"),
     }
 }
 
@@ -1034,6 +1072,7 @@ fn server_error(kind: Kind) -> Response {
             "Unavailable",
             "The server is overloaded and can't handle the request.",
         ),
+        Kind::Google => google::g_err(StatusCode::SERVICE_UNAVAILABLE, "backendError", "Backend Error"),
     }
 }
 

@@ -1,9 +1,10 @@
 //! One module per cloud image service, each an [`super::ImageService`] with its error table:
 //! the clouds' own copy APIs ([`huawei`] IMS jobs, [`alibaba`] ECS, [`aws`] EC2, [`tencent`]
-//! CVM) and [`openstack`] (Keystone v3 + Glance v2, where the operator moves the bytes).
+//! CVM, [`google`] Compute Engine) and [`openstack`] (Keystone v3 + Glance v2, where the operator moves the bytes).
 
 pub mod alibaba;
 pub mod aws;
+pub mod google;
 pub mod huawei;
 pub mod openstack;
 pub mod tencent;
@@ -19,6 +20,7 @@ pub const CLOUDS: &[&Cloud] = &[
     &aws::CLOUD,
     &tencent::CLOUD,
     &openstack::CLOUD,
+    &google::CLOUD,
 ];
 
 /// The facts of a cloud kind; `None` for oci.

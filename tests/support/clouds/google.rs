@@ -1,0 +1,373 @@
+//! The Google Compute Engine stand-in (see the parent module): `compute/v1` images (get, list
+//! with `filter` and `pageToken`, insert with `requestId`, delete), their IAM policies (with
+//! `etag`: a stale one is `412 conditionNotMet`), and the OAuth2 token endpoint, which takes a
+//! service account's RS256 assertion (its signature checked with the test key's public key).
+//! An image's region is its storage location; an insert answers with a running operation and
+//! the image is `PENDING` until its copy time is up (then `READY`, or `FAILED`).
+
+use super::*;
+
+/// The test service account's RSA key (test-only, generated for these tests).
+pub const TEST_KEY: &str = include_str!("google_test_key.pem");
+pub const GOOGLE_PROJECT: &str = "golden-images";
+pub const GOOGLE_ACCOUNT: &str = "copier@golden-images.iam.gserviceaccount.com";
+/// The role a share grants.
+const IMAGE_USER: &str = "roles/compute.imageUser";
+
+/// The JSON key file of the test service account, its token endpoint this stand-in.
+pub fn key_file(url: &str) -> String {
+    json!({
+        "type": "service_account", "project_id": GOOGLE_PROJECT, "private_key_id": "k1",
+        "private_key": TEST_KEY, "client_email": GOOGLE_ACCOUNT, "client_id": "1",
+        "token_uri": format!("{url}/token"),
+    })
+    .to_string()
+}
+
+/// A Compute Engine error answer.
+pub(super) fn g_err(status: StatusCode, reason: &str, message: &str) -> Response {
+    let body = json!({"error": {"code": status.as_u16(), "message": message,
+        "errors": [{"domain": "global", "reason": reason, "message": message}]}});
+    (status, axum::Json(body)).into_response()
+}
+
+fn image_json(base: &str, i: &Img) -> Value {
+    let status = if i.failed() {
+        "FAILED"
+    } else if i.ready() {
+        "READY"
+    } else {
+        "PENDING"
+    };
+    let mut v = json!({
+        "kind": "compute#image", "id": i.created_unix.to_string() + &i.id.len().to_string(),
+        "creationTimestamp": created_text(i.created_unix, "%Y-%m-%dT%H:%M:%S%.3f-00:00"),
+        "name": i.id, "description": i.description, "sourceType": "RAW", "status": status,
+        "archiveSizeBytes": (i.size_gib << 28).to_string(), "diskSizeGb": i.size_gib.to_string(),
+        "storageLocations": [i.region], "labels": i.tags, "labelFingerprint": "42WmSpB8rSM=",
+        "selfLink": format!("{base}/images/{}", i.id),
+    });
+    for (k, x) in i.extra.as_object().into_iter().flatten() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+fn operation(base: &str, kind: &str, target: &str, n: u32) -> Response {
+    axum::Json(json!({
+        "kind": "compute#operation", "id": format!("{}", 7_000_000 + n), "name": format!("operation-{n}-{kind}"),
+        "operationType": kind, "targetLink": format!("{base}/images/{target}"), "status": "RUNNING",
+        "progress": 0, "insertTime": created_text(now_unix(), "%Y-%m-%dT%H:%M:%S%.3f-00:00"),
+        "selfLink": format!("{base}/operations/operation-{n}-{kind}"),
+    }))
+    .into_response()
+}
+
+/// The method id (discovery's) of a request, for the call budget: `images.insert`, `token`.
+pub(super) fn method_of(method: &str, path: &str) -> String {
+    if path == "/token" {
+        return "token".into();
+    }
+    let rest = path.split("/global/").nth(1).unwrap_or("");
+    let parts: Vec<&str> = rest.split('/').collect();
+    match (method, parts.as_slice()) {
+        ("GET", ["images"]) => "images.list",
+        ("POST", ["images"]) => "images.insert",
+        ("GET", ["images", _]) => "images.get",
+        ("DELETE", ["images", _]) => "images.delete",
+        ("GET", ["images", _, "getIamPolicy"]) => "images.getIamPolicy",
+        ("POST", ["images", _, "setIamPolicy"]) => "images.setIamPolicy",
+        _ => "unknown",
+    }
+    .into()
+}
+
+/// The token endpoint: a JWT-bearer assertion signed with the test key, for this endpoint.
+pub(super) fn token(st: &State, url_of_token: &str, form: &BTreeMap<String, String>) -> Response {
+    let bad = |why: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_grant", "error_description": why})),
+        )
+            .into_response()
+    };
+    if form.get("grant_type").map(String::as_str) != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {
+        return bad("unsupported grant_type");
+    }
+    let jwt = form.get("assertion").cloned().unwrap_or_default();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    if parts.len() != 3 {
+        return bad("Invalid JWT");
+    }
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let der = image_replication_operator::image_replication::vm::providers::google::oauth::pem_body(TEST_KEY).unwrap();
+    let pair = ring::signature::RsaKeyPair::from_pkcs8(&der).unwrap();
+    let public = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        pair.public().as_ref().to_vec(),
+    );
+    let sig = b64.decode(parts[2]).unwrap_or_default();
+    if public
+        .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+        .is_err()
+    {
+        return bad("Invalid JWT Signature.");
+    }
+    let claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap_or_default()).unwrap_or(Value::Null);
+    let now = now_unix();
+    if claims["iss"] != GOOGLE_ACCOUNT
+        || claims["aud"] != url_of_token
+        || claims["scope"].as_str().is_none_or(|s| !s.contains("cloud-platform"))
+    {
+        return bad("Invalid JWT: iss, aud or scope");
+    }
+    if claims["exp"].as_i64().is_none_or(|e| e <= now || e - now > 3600)
+        || claims["iat"].as_i64().is_none_or(|i| i > now + 60)
+    {
+        return bad("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe.");
+    }
+    let life = st.sts.lock().unwrap().life;
+    let token = format!("ya29.test-{}", st.seq.fetch_add(1, Ordering::SeqCst));
+    st.google_tokens
+        .lock()
+        .unwrap()
+        .insert(token.clone(), Instant::now() + life);
+    axum::Json(json!({"access_token": token, "expires_in": life.as_secs(), "token_type": "Bearer"})).into_response()
+}
+
+/// A bearer token this endpoint handed out and that has not expired; else the 401 to answer.
+pub(super) fn check_token(st: &State, hdr: &BTreeMap<String, String>) -> Option<Response> {
+    let t = hdr
+        .get("authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let until = st.google_tokens.lock().unwrap().get(t).copied();
+    match until {
+        Some(u) if Instant::now() < u => None,
+        Some(_) => {
+            st.sts.lock().unwrap().expired_calls += 1;
+            Some(g_err(
+                StatusCode::UNAUTHORIZED,
+                "authError",
+                "Request had invalid authentication credentials.",
+            ))
+        }
+        None => Some(g_err(
+            StatusCode::UNAUTHORIZED,
+            "authError",
+            "Request had invalid authentication credentials.",
+        )),
+    }
+}
+
+pub(super) async fn google(
+    st: &State,
+    method: &Method,
+    path: &str,
+    q: &BTreeMap<String, String>,
+    b: &Value,
+) -> Response {
+    let base = path.split("/global/").next().unwrap_or("").to_string() + "/global";
+    let project_ok = path.starts_with(&format!("/compute/v1/projects/{GOOGLE_PROJECT}/global/"));
+    if !project_ok {
+        return g_err(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Required 'compute.images.get' permission for the project",
+        );
+    }
+    let rest = path.split("/global/").nth(1).unwrap_or("").to_string();
+    let parts: Vec<&str> = rest.split('/').collect();
+    let find = |name: &str| {
+        st.images
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|i| i.id == name && i.listed())
+            .cloned()
+    };
+    let not_found = |name: &str| {
+        g_err(
+            StatusCode::NOT_FOUND,
+            "notFound",
+            &format!("The resource 'projects/{GOOGLE_PROJECT}/global/images/{name}' was not found"),
+        )
+    };
+    match (method.as_str(), parts.as_slice()) {
+        ("GET", ["images"]) => list(st, &base, q),
+        ("GET", ["images", name]) => match find(name) {
+            Some(i) => axum::Json(image_json(&base, &i)).into_response(),
+            None => not_found(name),
+        },
+        ("POST", ["images"]) => insert(st, &base, q, b).await,
+        ("DELETE", ["images", name]) => {
+            let mut imgs = st.images.lock().unwrap();
+            let Some(pos) = imgs.iter().position(|i| i.id == *name) else {
+                drop(imgs);
+                return not_found(name);
+            };
+            imgs.remove(pos);
+            drop(imgs);
+            st.members.lock().unwrap().remove(*name);
+            operation(&base, "delete", name, st.seq.fetch_add(1, Ordering::SeqCst))
+        }
+        ("GET", ["images", name, "getIamPolicy"]) => match find(name) {
+            Some(_) => axum::Json(policy(st, name)).into_response(),
+            None => not_found(name),
+        },
+        ("POST", ["images", name, "setIamPolicy"]) => {
+            if find(name).is_none() {
+                return not_found(name);
+            }
+            let now = policy(st, name);
+            let p = &b["policy"];
+            if p["etag"] != now["etag"] {
+                return g_err(
+                    StatusCode::PRECONDITION_FAILED,
+                    "conditionNotMet",
+                    "Precondition Failed",
+                );
+            }
+            let members: Vec<(String, String)> = p["bindings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|x| x["role"] == IMAGE_USER)
+                .flat_map(|x| x["members"].as_array().cloned().unwrap_or_default())
+                .filter_map(|m| m.as_str().map(|a| (a.to_string(), "shared".to_string())))
+                .collect();
+            st.members.lock().unwrap().insert(name.to_string(), members);
+            *st.policy_versions.lock().unwrap().entry(name.to_string()).or_default() += 1;
+            axum::Json(policy(st, name)).into_response()
+        }
+        _ => g_err(StatusCode::NOT_FOUND, "notFound", "no such method"),
+    }
+}
+
+/// The image's IAM policy as `getIamPolicy` answers it.
+fn policy(st: &State, name: &str) -> Value {
+    let v = st.policy_versions.lock().unwrap().get(name).copied().unwrap_or(0);
+    use base64::Engine as _;
+    let etag = base64::engine::general_purpose::STANDARD.encode(format!("etag-{name}-{v}"));
+    let members: Vec<String> = st
+        .members
+        .lock()
+        .unwrap()
+        .get(name)
+        .map(|l| l.iter().map(|(a, _)| a.clone()).collect())
+        .unwrap_or_default();
+    if members.is_empty() {
+        return json!({"version": 1, "etag": etag});
+    }
+    json!({"version": 1, "etag": etag, "bindings": [{"role": IMAGE_USER, "members": members}]})
+}
+
+/// `images.list`: creation order, `maxResults` (default and most 500), `pageToken`, and the
+/// `labels.KEY=VALUE` and `name eq RE` filters.
+fn list(st: &State, base: &str, q: &BTreeMap<String, String>) -> Response {
+    let size: usize = q
+        .get("maxResults")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500)
+        .clamp(1, 500);
+    let from: usize = q.get("pageToken").and_then(|n| n.parse().ok()).unwrap_or(0);
+    let filter = q.get("filter").cloned().unwrap_or_default();
+    let name_re = filter
+        .strip_prefix("name eq ")
+        .map(|re| regex::Regex::new(&format!("^(?:{re})$")).expect("an RE2 name filter"));
+    let keep = |i: &Img| match (filter.strip_prefix("labels.").and_then(|f| f.split_once('=')), &name_re) {
+        (Some((k, v)), _) => i.tags.get(k).map(String::as_str) == Some(v),
+        (None, Some(re)) => re.is_match(&i.name),
+        (None, None) => filter.is_empty(),
+    };
+    let mut all: Vec<Img> = st
+        .images
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|i| i.listed() && keep(i))
+        .cloned()
+        .collect();
+    all.sort_by_key(|i| i.created_unix);
+    let page: Vec<Value> = all.iter().skip(from).take(size).map(|i| image_json(base, i)).collect();
+    let mut v = json!({"kind": "compute#imageList", "id": format!("projects/{GOOGLE_PROJECT}/global/images"), "selfLink": format!("{base}/images")});
+    if !page.is_empty() {
+        v["items"] = json!(page);
+    }
+    if from + size < all.len() {
+        v["nextPageToken"] = json!((from + size).to_string());
+    }
+    axum::Json(v).into_response()
+}
+
+async fn insert(st: &State, base: &str, q: &BTreeMap<String, String>, b: &Value) -> Response {
+    let request = q.get("requestId").cloned().unwrap_or_default();
+    if let Some(done) = st.client_tokens.lock().unwrap().get(&request).cloned() {
+        return operation(base, "insert", &done, 0);
+    }
+    let name = b["name"].as_str().unwrap_or("").to_string();
+    let source = b["sourceImage"]
+        .as_str()
+        .unwrap_or("")
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let region = b["storageLocations"][0].as_str().unwrap_or("").to_string();
+    if name.is_empty() || region.is_empty() {
+        return g_err(
+            StatusCode::BAD_REQUEST,
+            "required",
+            "Required field 'resource.name' not specified",
+        );
+    }
+    let src = st
+        .images
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|i| i.id == source && i.listed())
+        .cloned();
+    let Some(src) = src else {
+        return g_err(
+            StatusCode::NOT_FOUND,
+            "notFound",
+            &format!("The resource 'projects/{GOOGLE_PROJECT}/global/images/{source}' was not found"),
+        );
+    };
+    if st.images.lock().unwrap().iter().any(|i| i.id == name) {
+        return g_err(
+            StatusCode::CONFLICT,
+            "alreadyExists",
+            &format!("The resource 'projects/{GOOGLE_PROJECT}/global/images/{name}' already exists"),
+        );
+    }
+    let tags: BTreeMap<String, String> = b["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+        .collect();
+    st.images.lock().unwrap().push(Img {
+        id: name.clone(),
+        region: region.clone(),
+        project: GOOGLE_PROJECT.into(),
+        name: name.clone(),
+        description: b["description"].as_str().unwrap_or("").into(),
+        size_gib: src.size_gib,
+        extra: json!({"sourceImage": format!("{base}/images/{source}")}),
+        tags,
+        copy: Some((Instant::now(), copy_time(st, &region))),
+        encrypted: b.get("imageEncryptionKey").is_some(),
+        snapshots: Vec::new(),
+        created_unix: now_unix(),
+        listed_at: st.listed_at(),
+        fails: st.copy_fails(),
+    });
+    if !request.is_empty() {
+        st.client_tokens.lock().unwrap().insert(request, name.clone());
+    }
+    hold(st).await;
+    operation(base, "insert", &name, st.seq.fetch_add(1, Ordering::SeqCst))
+}
