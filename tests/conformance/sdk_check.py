@@ -770,25 +770,30 @@ def check_tencent(ex, vio):
 
 # ---------------------------------------------------------------- Google (compute/v1 discovery)
 
-_COMPUTE = None
+_DISCOVERY = {}
 
 
-def compute_v1():
-    """Google's discovery document of compute/v1, as google-api-python-client ships it."""
-    global _COMPUTE
-    if _COMPUTE is None:
+def discovery(name):
+    """A Google discovery document (compute.v1, sts.v1, iamcredentials.v1), as
+    google-api-python-client ships it."""
+    if name not in _DISCOVERY:
         import os
         import googleapiclient
         path = os.path.join(os.path.dirname(googleapiclient.__file__), "discovery_cache", "documents",
-                            "compute.v1.json")
-        _COMPUTE = json.load(open(path))
-    return _COMPUTE
+                            f"{name}.json")
+        _DISCOVERY[name] = json.load(open(path))
+    return _DISCOVERY[name]
 
 
-def google_methods(doc):
-    for res in doc["resources"].values():
-        for m in res.get("methods", {}).values():
-            yield m
+def google_methods(node):
+    for res in node.get("resources", {}).values():
+        yield from res.get("methods", {}).values()
+        yield from google_methods(res)
+
+
+def snake_to_camel(k):
+    head, *rest = k.split("_")
+    return head + "".join(w.title() for w in rest)
 
 
 def google_value(doc, s, v, where, ex, vio):
@@ -845,17 +850,27 @@ def check_google_token(ex, vio):
 def check_google(ex, vio):
     if ex["path"] == "/token":
         return check_google_token(ex, vio)
-    doc = compute_v1()
+    body = loads(ex.get("body"))
+    if ex["path"] == "/v1/token":
+        # Google's auth libraries send the STS exchange form-encoded, in RFC 8693's snake_case
+        # names; the discovery document describes the same fields in camelCase.
+        doc = discovery("sts.v1")
+        body = {snake_to_camel(k): v for k, v in parse_qsl(ex.get("body") or "", keep_blank_values=True)}
+    elif ex["path"].endswith(":generateAccessToken"):
+        doc = discovery("iamcredentials.v1")
+    else:
+        doc = discovery("compute.v1")
     root = "/" + doc["servicePath"]
     found = None
     for m in google_methods(doc):
         pattern = "^" + re.escape(root + m["path"]).replace(r"\{", "{").replace(r"\}", "}") + "$"
+        pattern = re.sub(r"\{\\\+[^}]+\}", ".+", pattern)
         pattern = re.sub(r"\{[^}]+\}", "[^/]+", pattern)
         if m["httpMethod"] == ex["method"] and re.match(pattern, ex["path"]):
             found = m
             break
     if found is None:
-        vio.add(ex, "no compute/v1 method has this method and path")
+        vio.add(ex, f"no {doc['name']}/{doc['version']} method has this method and path")
         return
     op = found["id"]
     params = found.get("parameters", {})
@@ -874,7 +889,6 @@ def check_google(ex, vio):
         if p.get("pattern") and not re.fullmatch(p["pattern"], v):
             vio.add(ex, f"{op}: {k}={v!r} does not match {p['pattern']}")
     documented(ex, vio, "google", op, dict(ex.get("query") or []))
-    body = loads(ex.get("body"))
     if "request" in found:
         if not isinstance(body, dict):
             vio.add(ex, f"{op}: no JSON body")

@@ -24,6 +24,8 @@ const WAIT: Duration = Duration::from_secs(120);
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 const ROLE: &str = "arn:aws:iam::123456789012:role/image-replication-operator";
 const OTHER_ROLE: &str = "arn:aws:iam::210987654321:role/imgrep-copies";
+/// The workload identity pool provider the operator's token is exchanged for (Google).
+const GOOGLE_POOL: &str = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/k8s/providers/c1";
 
 struct Scene {
     cp: &'static ControlPlane,
@@ -494,6 +496,27 @@ fn workload(cloud: &Stand, token: &Path) -> (&'static str, &'static str, Vec<(&'
                 ("HUAWEICLOUD_SDK_IAM_ENDPOINT", cloud.url.clone()),
             ],
         ),
+        Kind::Google => {
+            // The external_account configuration `gcloud iam workload-identity-pools
+            // create-cred-config` writes, its endpoints the stand-in's.
+            let config = std::path::Path::new(&token).with_file_name("google-credentials.json");
+            let cfg = json!({
+                "type": "external_account", "audience": GOOGLE_POOL,
+                "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                "token_url": format!("{}/v1/token", cloud.url),
+                "credential_source": {"file": token},
+            });
+            std::fs::write(&config, cfg.to_string()).unwrap();
+            (
+                GOOGLE_POOL,
+                "sts.googleapis.com",
+                vec![
+                    ("GOOGLE_APPLICATION_CREDENTIALS", config.display().to_string()),
+                    ("GOOGLE_CLOUD_PROJECT", support::clouds::google::GOOGLE_PROJECT.into()),
+                    ("GOOGLE_IAMCREDENTIALS_ENDPOINT", cloud.url.clone()),
+                ],
+            )
+        }
         k => panic!("no workload identity for {k:?} here"),
     }
 }
@@ -537,6 +560,7 @@ async fn keyless_copy_and_share(kind: Kind) {
     let account = match kind {
         Kind::Alibaba => support::clouds::ALI_ACCOUNT,
         Kind::Huawei => support::clouds::HW_ACCOUNT,
+        Kind::Google => support::clouds::google::GOOGLE_PROJECT,
         _ => support::clouds::TC_ACCOUNT,
     };
     cloud.trust_web_identity(ISSUER, audience, &[(role, account)]);
@@ -574,9 +598,15 @@ async fn keyless_copy_and_share(kind: Kind) {
             "POST /v3.0/OS-AUTH/id-token/tokens",
             "POST /v3.0/OS-CREDENTIAL/securitytokens",
         ),
+        Kind::Google => ("sts.token", "iamcredentials.generateAccessToken"),
         _ => ("AssumeRoleWithWebIdentity", "AssumeRole"),
     };
-    let sts_call = |r: &support::clouds::Req| r.action().starts_with("AssumeRole") || r.path.starts_with("/v3.0/OS-");
+    let sts_call = |r: &support::clouds::Req| {
+        r.action().starts_with("AssumeRole")
+            || r.path.starts_with("/v3.0/OS-")
+            || r.action() == web
+            || r.action() == assume
+    };
     for r in cloud.requests().iter().filter(|r| !sts_call(r)) {
         let ak = match kind {
             Kind::Alibaba => r.params.get("AccessKeyId").cloned().unwrap_or_default(),
@@ -585,6 +615,12 @@ async fn keyless_copy_and_share(kind: Kind) {
                 .get("authorization")
                 .and_then(|a| a.split("Access=").nth(1))
                 .and_then(|c| c.split(',').next())
+                .unwrap_or("")
+                .to_string(),
+            Kind::Google => r
+                .headers
+                .get("authorization")
+                .and_then(|a| a.strip_prefix("Bearer "))
                 .unwrap_or("")
                 .to_string(),
             _ => auth_key(r),
@@ -620,6 +656,11 @@ async fn keyless_copy_and_share(kind: Kind) {
             !logs.contains(&s.sk) && !logs.contains(&s.token),
             "a key leaked into the logs"
         );
+        // Google's handed-out credential is the bearer token itself.
+        assert!(
+            kind != Kind::Google || !logs.contains(&s.ak),
+            "a token leaked into the logs"
+        );
     }
     sc.irs().delete(&name, &DeleteParams::default()).await.unwrap();
     eventually(WAIT, "golden gone", || async {
@@ -643,4 +684,9 @@ async fn huawei_copies_with_no_secret_through_cce_workload_identity_and_an_agenc
 #[tokio::test(flavor = "multi_thread")]
 async fn tencent_copies_and_shares_with_no_secret_through_tke_oidc_and_a_copier_role() {
     keyless_copy_and_share(Kind::Tencent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn google_copies_and_shares_with_no_secret_through_workload_identity_federation_and_a_copier() {
+    keyless_copy_and_share(Kind::Google).await;
 }

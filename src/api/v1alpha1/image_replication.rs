@@ -195,12 +195,12 @@ pub struct ProviderSpec {
     /// Which service holds the image: huawei, alibaba, aws, tencent, openstack, google or oci.
     pub kind: ProviderKind,
     /// Secret in the same namespace with the provider's credentials (keys documented per
-    /// provider). huawei, alibaba, aws, tencent: without it the operator acts with its pod's
+    /// provider). huawei, alibaba, aws, tencent, google: without it the operator acts with its pod's
     /// workload identity (the projected ServiceAccount token exchanged at the cloud's security
     /// token service, as the cloud's SDKs read it from the environment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
-    /// huawei, alibaba, aws, tencent: act as this role, assumed with the credentials above (the
+    /// huawei, alibaba, aws, tencent, google: act as this role, assumed with the credentials above (the
     /// Secret's keys, or the workload identity): short-lived keys, refreshed before they expire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assume_role: Option<AssumeRoleSpec>,

@@ -68,6 +68,12 @@ pub(super) fn method_of(method: &str, path: &str) -> String {
     if path == "/token" {
         return "token".into();
     }
+    if path == "/v1/token" {
+        return "sts.token".into();
+    }
+    if path.ends_with(":generateAccessToken") {
+        return "iamcredentials.generateAccessToken".into();
+    }
     let rest = path.split("/global/").nth(1).unwrap_or("");
     let parts: Vec<&str> = rest.split('/').collect();
     match (method, parts.as_slice()) {
@@ -370,4 +376,66 @@ async fn insert(st: &State, base: &str, q: &BTreeMap<String, String>, b: &Value)
     }
     hold(st).await;
     operation(base, "insert", &name, st.seq.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Google's STS (`POST /v1/token`, RFC 8693): a web identity token of the trusted issuer and
+/// audience, for a trusted pool provider (`audience`), exchanged for a federated access token.
+pub(super) fn sts_exchange(st: &State, form: &BTreeMap<String, String>) -> Response {
+    let bad = |code: &str, why: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": code, "error_description": why})),
+        )
+            .into_response()
+    };
+    if form.get("grant_type").map(String::as_str) != Some("urn:ietf:params:oauth:grant-type:token-exchange") {
+        return bad("unsupported_grant_type", "grant_type");
+    }
+    let provider = form.get("audience").cloned().unwrap_or_default();
+    let jwt = form.get("subject_token").cloned().unwrap_or_default();
+    let r = st.sts.lock().unwrap().web_identity(&provider, &jwt);
+    match r {
+        Err((_, msg)) => bad("invalid_grant", &msg),
+        Ok(x) => {
+            st.google_tokens.lock().unwrap().insert(x.ak.clone(), x.expires);
+            let life = x.expires_unix - now_unix();
+            axum::Json(
+                json!({"access_token": x.ak, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                "token_type": "Bearer", "expires_in": life}),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// IAM Credentials `generateAccessToken`: the caller (a handed-out token's account, or the
+/// test service account's project for a key's token) impersonates a trusted service account.
+pub(super) fn generate(st: &State, path: &str, hdr: &BTreeMap<String, String>) -> Response {
+    let bearer = hdr
+        .get("authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let sa = path
+        .split("serviceAccounts/")
+        .nth(1)
+        .unwrap_or("")
+        .trim_end_matches(":generateAccessToken")
+        .to_string();
+    let mut sts = st.sts.lock().unwrap();
+    let caller = sts
+        .session(bearer)
+        .map(|x| x.account.clone())
+        .unwrap_or_else(|| GOOGLE_PROJECT.to_string());
+    match sts.assume(&caller, &sa, None) {
+        Err(_) => {
+            let msg = "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).";
+            let body = json!({"error": {"code": 403, "message": msg, "status": "PERMISSION_DENIED"}});
+            (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+        }
+        Ok(x) => {
+            st.google_tokens.lock().unwrap().insert(x.ak.clone(), x.expires);
+            axum::Json(json!({"accessToken": x.ak, "expireTime": created_text(x.expires_unix, "%Y-%m-%dT%H:%M:%SZ")}))
+                .into_response()
+        }
+    }
 }

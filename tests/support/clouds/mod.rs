@@ -718,7 +718,7 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
         // The method id as the action; the token endpoint's form as parameters.
         Kind::Google => {
             let mut p: BTreeMap<String, String> = query.iter().cloned().collect();
-            if uri.path() == "/token" {
+            if uri.path() == "/token" || uri.path() == "/v1/token" {
                 p.extend(parse_pairs(std::str::from_utf8(&body).unwrap_or("")));
             }
             p.insert("Action".into(), google::method_of(method.as_str(), uri.path()));
@@ -762,7 +762,7 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
     let resp = if let Some(bad) = check_signature(st, kind, &method, &uri, &query, &hdr, &body) {
         rec.bad_signature = true;
         bad
-    } else if api != "token"
+    } else if !matches!(api.as_str(), "token" | "sts.token")
         && (st
             .throttle
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -785,6 +785,8 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
                 let me = format!("http://{}/token", hdr.get("host").map(String::as_str).unwrap_or(""));
                 google::token(st, &me, &params)
             }
+            Kind::Google if uri.path() == "/v1/token" => google::sts_exchange(st, &params),
+            Kind::Google if uri.path().ends_with(":generateAccessToken") => google::generate(st, uri.path(), &hdr),
             Kind::Google => google::google(st, &method, uri.path(), &params, &json_body).await,
         }
     };
@@ -812,7 +814,8 @@ fn check_signature(
             .collect()
     };
     match kind {
-        Kind::Google if uri.path() == "/token" => None, // the signed assertion is the credential
+        // The signed assertion, the web identity token: the credential.
+        Kind::Google if uri.path() == "/token" || uri.path() == "/v1/token" => None,
         Kind::Google => google::check_token(st, hdr),
         Kind::Huawei => {
             let unsigned_ok = uri.path() == "/v3.0/OS-AUTH/id-token/tokens"

@@ -14,6 +14,7 @@
 //! or `domain:`); there is no acceptance step.
 
 pub mod oauth;
+pub mod sts;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ use super::super::{
 };
 use crate::api::v1alpha1::{ImageReplicationSpec, ProviderKind};
 use crate::api::violation::Violation;
+use crate::cloud::identity::{Exchange, Temporary};
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
 
 /// Sharing: the image's IAM policy; one policy holds at most 1,500 principals.
@@ -200,10 +202,24 @@ impl Google {
         if let Some(p) = acct.text("project") {
             return Ok(p);
         }
+        if sts::handed_out(acct).is_some() {
+            return Err(ProviderError::permanent(
+                "no project for the workload identity: set GOOGLE_CLOUD_PROJECT in the operator's environment",
+            ));
+        }
         let key = oauth::Key::read(acct)?;
         Some(key.project_id).filter(|p| !p.is_empty()).ok_or_else(|| {
             ProviderError::permanent("the key file names no project_id; add project to the credentials Secret")
         })
+    }
+
+    /// The account's bearer token: handed out (workload identity, an impersonated service
+    /// account), else from its key file.
+    async fn token_of(&self, acct: &Account) -> Result<String, ProviderError> {
+        match sts::handed_out(acct) {
+            Some(t) => Ok(t),
+            None => self.tokens.get(&self.http, acct).await,
+        }
     }
 
     /// One call: `method` on `projects/{project}/global/<path>`, with the account's token.
@@ -229,7 +245,7 @@ impl Google {
             .run(op, read, || {
                 let (url, method, body) = (&url, method.clone(), &body);
                 async move {
-                    let token = self.tokens.get(&self.http, acct).await?;
+                    let token = self.token_of(acct).await?;
                     let mut rb = self.http.request(method, url.clone()).bearer_auth(token);
                     if let Some(b) = body {
                         rb = rb.header("Content-Type", "application/json").body(b.to_string());
@@ -381,6 +397,10 @@ pub fn bind(policy: &Value, account: &str, add: bool) -> Option<Value> {
 }
 
 impl Catalog for Google {
+    fn exchange(&self, how: &Exchange) -> impl std::future::Future<Output = Result<Temporary, ProviderError>> + Send {
+        self.exchange_token(how)
+    }
+
     type Image = Value;
     const KIND: ProviderKind = ProviderKind::Google;
     const SERVICE: &'static str = "Compute Engine";
@@ -539,7 +559,7 @@ pub const CLOUD: Cloud = Cloud {
     other_owner: Some(
         "Compute Engine images belong to the provider's project; grant the other project's principal the image with shareWith instead (it can then create its own image from it)",
     ),
-    identity: None,
+    identity: Some(&sts::IDENTITY),
     moves_bytes: false,
 };
 
@@ -629,7 +649,7 @@ destinations: [{region: europe-west1, shareWith: [{account: "group:ops@example.c
         };
         assert_eq!(crate::validation::image_replication(&spec()), vec![]);
         type Row = (fn(&mut ImageReplicationSpec), &'static str, &'static str);
-        let rows: [Row; 5] = [
+        let rows: [Row; 4] = [
             (
                 |s| s.destinations[0].name = Some("Golden_1".into()),
                 "spec.destinations[0].name",
@@ -641,11 +661,6 @@ destinations: [{region: europe-west1, shareWith: [{account: "group:ops@example.c
                 "InvalidShareAccount",
             ),
             (
-                |s| s.provider.credentials_secret_ref = None,
-                "spec.provider.credentialsSecretRef",
-                "CredentialsRequired",
-            ),
-            (
                 |s| {
                     s.destinations[0].account = Some(
                         serde_json::from_value(json!({"id": "other", "credentialsSecretRef": {"name": "b"}})).unwrap(),
@@ -655,9 +670,12 @@ destinations: [{region: europe-west1, shareWith: [{account: "group:ops@example.c
                 "FieldNotSupported",
             ),
             (
-                |s| s.provider.assume_role = Some(serde_json::from_value(json!({"roleArn": "x"})).unwrap()),
-                "spec.provider.assumeRole",
-                "FieldNotSupported",
+                |s| {
+                    s.provider.assume_role =
+                        Some(serde_json::from_value(json!({"roleArn": "arn:aws:iam::1:role/x"})).unwrap())
+                },
+                "spec.provider.assumeRole.roleArn",
+                "InvalidRole",
             ),
         ];
         for (change, field, reason) in rows {
