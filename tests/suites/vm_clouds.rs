@@ -1492,14 +1492,19 @@ async fn google_pages_retries_a_failed_copy_waits_out_throttling_and_renews_toke
     .await;
     let st = wait_ready(&api, "builds").await;
     let took = started.elapsed();
+    let id = support::clouds::google::resource;
     assert_eq!(
-        st.source.as_ref().unwrap().image_id.as_deref(),
-        Some("build-504"),
+        st.source.as_ref().unwrap().image_id,
+        Some(id("build-504")),
         "the newest, on page 2"
     );
     let d = dest(&st, dst_region);
     assert_eq!(d.attempts, 2, "the FAILED copy was made again");
-    assert_eq!(d.image_id.as_deref(), Some("build-504-europe-west1"));
+    assert_eq!(
+        d.image_id,
+        Some(id("build-504-europe-west1")),
+        "its resource name, as published"
+    );
     let ready: Vec<Img> = cloud
         .images_in(dst_region)
         .into_iter()

@@ -73,6 +73,10 @@ pub trait Catalog: Send + Sync {
         id: &str,
     ) -> impl Future<Output = Result<Option<Self::Image>, ProviderError>> + Send;
     fn id(image: &Self::Image) -> String;
+    /// Whether `image` is the one `id` names (Compute Engine: a resource name or a bare name).
+    fn is(image: &Self::Image, id: &str) -> bool {
+        Self::id(image) == id
+    }
     fn name(image: &Self::Image) -> String;
     fn parse(image: &Self::Image) -> ImageInfo;
     /// The image's state, and the copy's progress percent where the cloud reports one.
@@ -155,7 +159,7 @@ impl<C: Catalog> Service for C {
             .await?
             .into_iter()
             .filter(|i| match image {
-                ImageSelector::Id(id) => C::id(i) == *id,
+                ImageSelector::Id(id) => C::is(i, id),
                 ImageSelector::Name(n) => C::name(i) == *n,
             })
             .map(|i| (C::id(&i), i))

@@ -24,6 +24,11 @@ pub fn key_file(url: &str) -> String {
     .to_string()
 }
 
+/// An image's id in the stand-in: its resource name, as the operator reports it.
+pub fn resource(name: &str) -> String {
+    format!("projects/{GOOGLE_PROJECT}/global/images/{name}")
+}
+
 /// A Compute Engine error answer.
 pub(super) fn g_err(status: StatusCode, reason: &str, message: &str) -> Response {
     let body = json!({"error": {"code": status.as_u16(), "message": message,
@@ -40,12 +45,12 @@ fn image_json(base: &str, i: &Img) -> Value {
         "PENDING"
     };
     let mut v = json!({
-        "kind": "compute#image", "id": i.created_unix.to_string() + &i.id.len().to_string(),
+        "kind": "compute#image", "id": i.created_unix.to_string() + &i.name.len().to_string(),
         "creationTimestamp": created_text(i.created_unix, "%Y-%m-%dT%H:%M:%S%.3f-00:00"),
-        "name": i.id, "description": i.description, "sourceType": "RAW", "status": status,
+        "name": i.name, "description": i.description, "sourceType": "RAW", "status": status,
         "archiveSizeBytes": (i.size_gib << 28).to_string(), "diskSizeGb": i.size_gib.to_string(),
         "storageLocations": [i.region], "labels": i.tags, "labelFingerprint": "42WmSpB8rSM=",
-        "selfLink": format!("{base}/images/{}", i.id),
+        "selfLink": format!("{base}/images/{}", i.name),
     });
     for (k, x) in i.extra.as_object().into_iter().flatten() {
         v[k] = x.clone();
@@ -190,7 +195,7 @@ pub(super) async fn google(
             .lock()
             .unwrap()
             .iter()
-            .find(|i| i.id == name && i.listed())
+            .find(|i| i.name == name && i.listed())
             .cloned()
     };
     let not_found = |name: &str| {
@@ -209,13 +214,13 @@ pub(super) async fn google(
         ("POST", ["images"]) => insert(st, &base, q, b).await,
         ("DELETE", ["images", name]) => {
             let mut imgs = st.images.lock().unwrap();
-            let Some(pos) = imgs.iter().position(|i| i.id == *name) else {
+            let Some(pos) = imgs.iter().position(|i| i.name == *name) else {
                 drop(imgs);
                 return not_found(name);
             };
             imgs.remove(pos);
             drop(imgs);
-            st.members.lock().unwrap().remove(*name);
+            st.members.lock().unwrap().remove(&resource(name));
             operation(&base, "delete", name, st.seq.fetch_add(1, Ordering::SeqCst))
         }
         ("GET", ["images", name, "getIamPolicy"]) => match find(name) {
@@ -243,7 +248,7 @@ pub(super) async fn google(
                 .flat_map(|x| x["members"].as_array().cloned().unwrap_or_default())
                 .filter_map(|m| m.as_str().map(|a| (a.to_string(), "shared".to_string())))
                 .collect();
-            st.members.lock().unwrap().insert(name.to_string(), members);
+            st.members.lock().unwrap().insert(resource(name), members);
             *st.policy_versions.lock().unwrap().entry(name.to_string()).or_default() += 1;
             axum::Json(policy(st, name)).into_response()
         }
@@ -260,7 +265,7 @@ fn policy(st: &State, name: &str) -> Value {
         .members
         .lock()
         .unwrap()
-        .get(name)
+        .get(&resource(name))
         .map(|l| l.iter().map(|(a, _)| a.clone()).collect())
         .unwrap_or_default();
     if members.is_empty() {
@@ -333,7 +338,7 @@ async fn insert(st: &State, base: &str, q: &BTreeMap<String, String>, b: &Value)
         .lock()
         .unwrap()
         .iter()
-        .find(|i| i.id == source && i.listed())
+        .find(|i| i.name == source && i.listed())
         .cloned();
     let Some(src) = src else {
         return g_err(
@@ -342,7 +347,7 @@ async fn insert(st: &State, base: &str, q: &BTreeMap<String, String>, b: &Value)
             &format!("The resource 'projects/{GOOGLE_PROJECT}/global/images/{source}' was not found"),
         );
     };
-    if st.images.lock().unwrap().iter().any(|i| i.id == name) {
+    if st.images.lock().unwrap().iter().any(|i| i.name == name) {
         return g_err(
             StatusCode::CONFLICT,
             "alreadyExists",
@@ -356,7 +361,7 @@ async fn insert(st: &State, base: &str, q: &BTreeMap<String, String>, b: &Value)
         .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
         .collect();
     st.images.lock().unwrap().push(Img {
-        id: name.clone(),
+        id: resource(&name),
         region: region.clone(),
         project: GOOGLE_PROJECT.into(),
         name: name.clone(),

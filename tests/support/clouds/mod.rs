@@ -386,8 +386,8 @@ impl Stand {
             Kind::Alibaba => self.next_id("m-src"),
             Kind::Aws => self.next_id("ami-0src"),
             Kind::Tencent | Kind::Tcr => self.next_id("img-src"),
-            // Compute Engine: the name is the image's id.
-            Kind::Google => name.to_string(),
+            // Compute Engine: the resource name is the image's id.
+            Kind::Google => google::resource(name),
         };
         self.state.images.lock().unwrap().push(Img {
             id: id.clone(),

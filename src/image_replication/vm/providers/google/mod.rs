@@ -148,7 +148,7 @@ fn image_state(status: &str) -> ImageState {
 pub fn parse_image(v: &Value) -> ImageInfo {
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
     ImageInfo {
-        id: s("name").unwrap_or_default(),
+        id: id_of(v),
         name: s("name").unwrap_or_default(),
         size_bytes: s("diskSizeGb").and_then(|g| g.parse::<u64>().ok()).map(|g| g << 30),
         disk_format: None,
@@ -165,6 +165,21 @@ pub fn parse_image(v: &Value) -> ImageInfo {
         created_at: s("creationTimestamp"),
         carried: Default::default(),
     }
+}
+
+/// An image's id: its resource name `projects/<project>/global/images/<name>` (what instance
+/// templates, Terraform and `gcloud --image` take), from its `selfLink`; its name without one.
+pub fn id_of(image: &Value) -> String {
+    let link = json_text(image, "selfLink");
+    match link.find("projects/") {
+        Some(i) => link[i..].to_string(),
+        None => json_text(image, "name"),
+    }
+}
+
+/// The image name an id (a resource name, or a bare name) stands for.
+pub fn name_in(id: &str) -> &str {
+    id.rsplit('/').next().unwrap_or(id)
 }
 
 /// Whether the image's data sits in `region`.
@@ -290,7 +305,8 @@ impl Google {
         Ok(out)
     }
 
-    async fn get(&self, acct: &Account, name: &str) -> Result<Option<Value>, ProviderError> {
+    async fn get(&self, acct: &Account, id: &str) -> Result<Option<Value>, ProviderError> {
+        let name = name_in(id);
         match self
             .call(
                 acct,
@@ -313,7 +329,7 @@ impl Google {
             acct,
             "images.getIamPolicy",
             reqwest::Method::GET,
-            &format!("images/{id}/getIamPolicy"),
+            &format!("images/{}/getIamPolicy", name_in(id)),
             &[],
             None,
         )
@@ -435,7 +451,11 @@ impl Catalog for Google {
     }
 
     fn id(image: &Value) -> String {
-        json_text(image, "name")
+        id_of(image)
+    }
+
+    fn is(image: &Value, id: &str) -> bool {
+        json_text(image, "name") == name_in(id)
     }
 
     fn name(image: &Value) -> String {
@@ -462,7 +482,7 @@ impl Catalog for Google {
             .find(|i| {
                 i.pointer(&format!("/labels/{TOKEN_PROPERTY}")).and_then(Value::as_str) == Some(req.token.as_str())
             })
-            .map(|i| CopyHandle::of_image(json_text(&i, "name"))))
+            .map(|i| CopyHandle::of_image(id_of(&i))))
     }
 
     async fn request_copy(&self, acct: &Account, req: &CopyRequest) -> Result<CopyHandle, ProviderError> {
@@ -472,7 +492,7 @@ impl Catalog for Google {
         labels.insert(TOKEN_PROPERTY.into(), json!(req.token));
         let mut body = json!({
             "name": name,
-            "sourceImage": format!("projects/{project}/global/images/{}", req.source.id),
+            "sourceImage": format!("projects/{project}/global/images/{}", name_in(&req.source.id)),
             "storageLocations": [req.region],
             "labels": labels,
         });
@@ -485,7 +505,7 @@ impl Catalog for Google {
         let q = [("requestId", request_id(&req.token))];
         self.call(acct, "images.insert", reqwest::Method::POST, "images", &q, Some(body))
             .await?;
-        Ok(CopyHandle::of_image(name))
+        Ok(CopyHandle::of_image(format!("projects/{project}/global/images/{name}")))
     }
 
     async fn cancel(&self, _acct: &Account, _region: &str, _handle: &CopyHandle) -> Result<(), ProviderError> {
@@ -498,7 +518,7 @@ impl Catalog for Google {
                 acct,
                 "images.delete",
                 reqwest::Method::DELETE,
-                &format!("images/{id}"),
+                &format!("images/{}", name_in(id)),
                 &[],
                 None,
             )
@@ -537,7 +557,7 @@ impl Catalog for Google {
             acct,
             "images.setIamPolicy",
             reqwest::Method::POST,
-            &format!("images/{id}/setIamPolicy"),
+            &format!("images/{}/setIamPolicy", name_in(id)),
             &[],
             Some(body),
         )
@@ -698,6 +718,14 @@ destinations: [{region: europe-west1, shareWith: [{account: "group:ops@example.c
             (i.id.as_str(), i.size_bytes, i.state),
             ("golden-1", Some(10 << 30), Some(ImageState::Creating))
         );
+        // With its selfLink, an image's id is its resource name; either names it.
+        let v = json!({"name": "golden-1", "selfLink": "https://compute.googleapis.com/compute/v1/projects/p1/global/images/golden-1"});
+        assert_eq!(parse_image(&v).id, "projects/p1/global/images/golden-1");
+        assert!(
+            <Google as Catalog>::is(&v, "golden-1")
+                && <Google as Catalog>::is(&v, "projects/p1/global/images/golden-1")
+        );
+        assert!(!<Google as Catalog>::is(&v, "golden-10"));
         let e = error(
             "images.get",
             404,
