@@ -260,6 +260,12 @@ fn workload_identity_values_project_the_token_each_cloud_expects() {
         "identity.tencent.region=ap-guangzhou",
         "--set",
         "identity.huawei.idpId=cce-oidc-c1",
+        "--set",
+        "identity.google.poolProvider=//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/k8s/providers/c1",
+        "--set",
+        "identity.google.serviceAccount=imgrep@p1.iam.gserviceaccount.com",
+        "--set",
+        "identity.google.project=p1",
     ]));
     let sa = rendered.iter().find(|d| d["kind"] == "ServiceAccount").unwrap();
     assert_eq!(
@@ -329,7 +335,7 @@ fn workload_identity_values_project_the_token_each_cloud_expects() {
         assert!(reads.contains(&file_var), "{kind:?}: {file_var}");
     }
     for set in c["env"].as_array().unwrap().iter().filter_map(|e| e["name"].as_str()) {
-        let cloud_var = ["AWS_", "ALIBABA_", "TKE_", "HUAWEICLOUD_"]
+        let cloud_var = ["AWS_", "ALIBABA_", "TKE_", "HUAWEICLOUD_", "GOOGLE_"]
             .iter()
             .any(|p| set.starts_with(p));
         let read = image_replication_operator::image_replication::vm::providers::CLOUDS
@@ -339,6 +345,46 @@ fn workload_identity_values_project_the_token_each_cloud_expects() {
         assert!(!cloud_var || read, "{set} is set but no provider reads it");
     }
     assert_eq!(env("AWS_REGION").as_deref(), Some("eu-west-1"));
+    // Google: the external_account configuration beside the token, as the operator reads it.
+    let v = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "google-identity-token")
+        .unwrap();
+    assert_eq!(
+        v["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        audience(ProviderKind::Google)
+    );
+    let cm_name = v["projected"]["sources"][1]["configMap"]["name"].as_str().unwrap();
+    let cm = rendered
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == cm_name)
+        .unwrap();
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "google-identity-token")
+        .unwrap()["mountPath"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        env("GOOGLE_APPLICATION_CREDENTIALS"),
+        Some(format!("{mount}/credentials.json"))
+    );
+    assert_eq!(env("GOOGLE_CLOUD_PROJECT").as_deref(), Some("p1"));
+    let ext = image_replication_operator::image_replication::vm::providers::google::sts::External::parse(
+        cm["data"]["credentials.json"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ext.token_file, format!("{mount}/token"));
+    assert!(
+        ext.impersonation_url
+            .unwrap()
+            .ends_with("/imgrep@p1.iam.gserviceaccount.com:generateAccessToken")
+    );
     // On EKS (the webhook projects the token itself), only the annotation.
     let eks = docs(&support::helm(&[
         "template",

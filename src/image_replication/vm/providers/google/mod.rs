@@ -570,7 +570,12 @@ pub const CLOUD: Cloud = Cloud {
     kind: ProviderKind::Google,
     service,
     sharing: &SHARING,
-    hosts: &["compute.googleapis.com", "oauth2.googleapis.com"],
+    hosts: &[
+        "compute.googleapis.com",
+        "oauth2.googleapis.com",
+        "sts.googleapis.com",
+        "iamcredentials.googleapis.com",
+    ],
     source_rules,
     default_name: source_name,
     spec_rules,
