@@ -362,7 +362,6 @@ fn new_work(obj: &ImageReplication, st: &ImageReplicationStatus) -> bool {
         })
 }
 
-/// How the provider's cloud lists new copies (its facts).
 /// At most this many copies in flight for the object's account.
 fn limit_of(obj: &ImageReplication, provider: &dyn ImageService) -> i32 {
     obj.spec
@@ -371,6 +370,7 @@ fn limit_of(obj: &ImageReplication, provider: &dyn ImageService) -> i32 {
         .unwrap_or_else(|| provider.default_max_concurrent())
 }
 
+/// How the provider's cloud lists new copies (its facts).
 fn listing(provider: &dyn ImageService) -> vplan::Listing {
     vplan::Listing {
         late: provider.lists_late(),
@@ -690,7 +690,8 @@ impl VmEngine {
         }
         for (order, region) in &c.no_slot {
             self.quota.requeue(&account, &key, region, order.clone());
-            if let Some(m) = &self.metrics {
+            // A wait on another process's slots (not on slots this plan had not read).
+            if let (Some(m), false) = (&self.metrics, c.read_slots) {
                 m.copy_slot_waits.with_label_values(&[provider.kind().as_str()]).inc();
             }
         }
