@@ -914,8 +914,150 @@ def check_google(ex, vio):
             vio.add(ex, f"{op}: the error answer is not Google's error shape: {answer!r}")
 
 
+# ---------------------------------------------------------------- Azure (azure-mgmt-compute)
+
+_AZURE_OPS = None
+
+
+def azure_ops():
+    """The ARM operations of azure-mgmt-compute: (name, method, URL template, api-version, query
+    parameters), read from its request builders."""
+    global _AZURE_OPS
+    if _AZURE_OPS is None:
+        import os
+        import azure.mgmt.compute
+        src = open(os.path.join(os.path.dirname(azure.mgmt.compute.__file__), "operations", "_operations.py")).read()
+        ops = []
+        for m in re.finditer(r"\ndef build_(\w+)_request\((.*?)\n    return HttpRequest\(method=\"(\w+)\"", src, re.S):
+            body = m.group(2)
+            url = re.search(r'_url = "([^"]+)"', body)
+            api = re.search(r'_params.pop\("api-version", "([^"]+)"\)', body)
+            if not url:
+                continue
+            query = set(re.findall(r'_params\["([^"]+)"\]', body))
+            ops.append((m.group(1), m.group(3), url.group(1), api.group(1) if api else None, query))
+        _AZURE_OPS = ops
+    return _AZURE_OPS
+
+
+def azure_model(name):
+    from azure.mgmt.compute import models
+    cls = getattr(models, name)
+    cls({})  # its REST fields are set up on first use
+    return cls
+
+
+def azure_value(t, v, where, ex, vio):
+    """Hold a JSON value to an azure-mgmt-compute type (a model, list, dict, str, int, bool)."""
+    import typing
+    from azure.mgmt.compute import models
+    origin = typing.get_origin(t)
+    args = typing.get_args(t)
+    if origin is typing.Union:
+        non_none = [a for a in args if a is not type(None)]
+        models_in = [a for a in non_none if isinstance(a, type) and hasattr(a, "_attr_to_rest_field") or
+                     (isinstance(a, type) and issubclass(a, models._models._Model))]
+        if v is None:
+            return
+        if models_in and isinstance(v, dict):
+            return azure_value(models_in[0], v, where, ex, vio)
+        if str in non_none and isinstance(v, str):
+            return
+        return azure_value(non_none[0], v, where, ex, vio)
+    if origin in (list, typing.List):
+        if not isinstance(v, list):
+            return vio.add(ex, f"{where} is not an array")
+        for i, x in enumerate(v):
+            azure_value(args[0], x, f"{where}[{i}]", ex, vio)
+        return
+    if origin in (dict, typing.Dict):
+        if not isinstance(v, dict):
+            return vio.add(ex, f"{where} is not an object")
+        for k, x in v.items():
+            azure_value(args[1], x, f"{where}.{k}", ex, vio)
+        return
+    if isinstance(t, type) and issubclass(t, models._models._Model):
+        if not isinstance(v, dict):
+            return vio.add(ex, f"{where} is not an object")
+        t({})
+        fields = {f._rest_name: a for a, f in t._attr_to_rest_field.items()}
+        hints = typing.get_type_hints(t, globalns={**vars(models._models), "_models": models})
+        for k, x in v.items():
+            if k not in fields:
+                vio.add(ex, f"{where}.{k} is not a field of {t.__name__}")
+            else:
+                azure_value(hints.get(fields[k], typing.Any), x, f"{where}.{k}", ex, vio)
+        return
+    if t is str and not isinstance(v, str):
+        vio.add(ex, f"{where} is not a string: {v!r}")
+    elif t is int and (not isinstance(v, int) or isinstance(v, bool)):
+        vio.add(ex, f"{where} is not an integer: {v!r}")
+    elif t is bool and not isinstance(v, bool):
+        vio.add(ex, f"{where} is not a boolean: {v!r}")
+
+
+# The models of the bodies and answers of the operations the operator calls.
+AZURE_BODIES = {
+    "gallery_image_versions_get": (None, "GalleryImageVersion"),
+    "gallery_image_versions_update": ("GalleryImageVersionUpdate", "GalleryImageVersion"),
+    "gallery_image_versions_list_by_gallery_image": (None, "GalleryImageVersion[]"),
+}
+
+
+def check_azure(ex, vio):
+    import typing
+    if ex["path"].endswith("/oauth2/v2.0/token"):
+        # Entra ID's token endpoint (not in the SDK): the client-credentials grant.
+        form = dict(parse_qsl(ex.get("body") or "", keep_blank_values=True))
+        if set(form) != {"client_id", "client_secret", "grant_type", "scope"} or form.get("grant_type") != "client_credentials":
+            vio.add(ex, f"token: the form has {sorted(form)}")
+        answer = loads(ex.get("response")) or {}
+        want = ({"token_type", "expires_in", "ext_expires_in", "access_token"} if ex["status"] == 200
+                else {"error", "error_description", "error_codes", "timestamp", "trace_id", "correlation_id"})
+        if not isinstance(answer, dict) or set(answer) - want:
+            vio.add(ex, f"token: the answer has {sorted(answer) if isinstance(answer, dict) else answer}")
+        return
+    found = None
+    for name, method, url, api, query in azure_ops():
+        pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(url)) + "$"
+        if method == ex["method"] and re.match(pattern, ex["path"]) and name in AZURE_BODIES:
+            found = (name, api, query)
+            break
+    if found is None:
+        vio.add(ex, "no azure-mgmt-compute operation the operator uses has this method and path")
+        return
+    name, api, query = found
+    q = ex.get("query") or []
+    keys = [k for k, _ in q]
+    if keys.count("api-version") != 1 or dict(q).get("api-version") != api:
+        vio.add(ex, f"{name}: api-version {dict(q).get('api-version')!r} (the SDK's: {api}), given {keys.count('api-version')} times")
+    for k in keys:
+        if k not in query and k != "$skiptoken":
+            vio.add(ex, f"{name}: {k} is not a query parameter of the operation")
+    req, resp = AZURE_BODIES[name]
+    body = loads(ex.get("body"))
+    if req:
+        azure_value(azure_model(req), body, req, ex, vio)
+    elif body is not None:
+        vio.add(ex, f"{name}: takes no body")
+    answer = loads(ex.get("response"))
+    if 200 <= ex["status"] < 300:
+        if resp.endswith("[]"):
+            if not isinstance(answer, dict) or set(answer) - {"value", "nextLink"}:
+                vio.add(ex, f"{name}: a page has {sorted(answer) if isinstance(answer, dict) else answer}")
+            else:
+                azure_value(typing.List[azure_model(resp[:-2])], answer.get("value", []), resp, ex, vio)
+        else:
+            azure_value(azure_model(resp), answer, resp, ex, vio)
+    else:
+        e = answer.get("error") if isinstance(answer, dict) else None
+        if not isinstance(e, dict) or not {"code", "message"} <= set(e) or set(e) - {"code", "message", "target", "details", "innererror"}:
+            vio.add(ex, f"{name}: the error answer is not ARM's error shape: {answer!r}")
+
+
 CHECKS = {"huawei": check_huawei, "alibaba": check_alibaba, "aws": check_aws, "tencent": check_tencent,
-          "cvm": check_tencent, "tcr": check_tencent, "google": check_google}
+          "cvm": check_tencent, "tcr": check_tencent, "google": check_google,
+          "azure": check_azure}
 
 
 def exchanges(path):

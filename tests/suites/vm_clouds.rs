@@ -1535,3 +1535,109 @@ async fn google_pages_retries_a_failed_copy_waits_out_throttling_and_renews_toke
     support::assert_secrets_kept(&s, &op, &[support::clouds::google::TEST_KEY.lines().nth(1).unwrap()]).await;
     cloud.assert_conforms();
 }
+
+/// Azure Compute Gallery end to end: the newest version of an image definition is followed
+/// (found on the listing's second page), replicated to another region by adding it to the
+/// version's target regions, published as the version's id; a newer version replaces it and the
+/// older version leaves that region (`keep: 1`) but stays a version in its home region; on delete
+/// the region leaves the current version too. Every call with a bearer token, every exchange
+/// held to azure-mgmt-compute's models.
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_follows_replicates_publishes_keeps_one_and_deletes() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use support::clouds::azure::version_id;
+    let cloud = Stand::start_with(Kind::Azure, support::clouds::Profile::realistic()).await;
+    let (home, region, data, _) = cloud.account();
+    let day = 1_796_000_000;
+    for n in 0..60 {
+        let id = cloud.add(home, &format!("0.0.{n}"), 10, json!({}));
+        cloud.set_created(&id, day + n);
+    }
+    let first = cloud.add(home, "1.0.0", 30, json!({}));
+    cloud.set_created(&first, day + 3600);
+    cloud.set_copy_time(region, Duration::from_secs(4));
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, c, _op) = setup(dir.path(), "creds", &data).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let mut obj = object(
+        "golden",
+        json!({"kind": "azure", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url}),
+        json!({"region": home, "imageName": "gallery1/golden/*", "follow": "Newest", "checkInterval": "1h"}),
+        json!([{"region": region}]),
+        "Delete",
+    );
+    obj.spec.retention = Some(image_replication_operator::api::v1alpha1::RetentionSpec { keep: Some(1) });
+    obj.spec.publish = Some(serde_json::from_value(json!({"configMapName": "golden-azure"})).unwrap());
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    let st = wait_ready(&api, "golden").await;
+    assert_eq!(
+        st.source.as_ref().unwrap().image_id.as_deref(),
+        Some(first.as_str()),
+        "1.0.0, on page 2"
+    );
+    assert_eq!(
+        dest(&st, region).image_id.as_deref(),
+        Some(first.as_str()),
+        "the version itself, replicated"
+    );
+    assert_eq!(
+        cloud.images_in(region).iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
+        vec![first.clone()]
+    );
+
+    let newer = cloud.add(home, "1.1.0", 30, json!({}));
+    cloud.set_created(&newer, day + 7200);
+    let patch = json!({"metadata": {"annotations": {"replication.imageops.io/retry": "pushed-1.1.0"}}});
+    api.patch(
+        "golden",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "1.1.0 replicated, 1.0.0 out of the region", || async {
+        let st = api.get("golden").await.ok()?.status?;
+        (st.source.as_ref()?.image_id.as_deref() == Some(newer.as_str()) && ready(&st) && st.previous.is_empty())
+            .then_some(st)
+    })
+    .await;
+    let ids: Vec<String> = cloud.images_in(region).iter().map(|i| i.id.clone()).collect();
+    assert_eq!(ids, vec![newer.clone()], "keep 1: only the current version in {region}");
+    assert!(
+        cloud.images_in(home).iter().any(|i| i.id == version_id("1.0.0")),
+        "1.0.0 stays a version"
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    eventually(WAIT, "the version's id published", || async {
+        let cm = cms.get("golden-azure").await.ok()?;
+        (cm.data?.get(region)? == &newer).then_some(())
+    })
+    .await;
+    support::reasons_with(&c, "golden", &["SourceChanged", "PreviousCopyDeleted"]).await;
+
+    api.delete("golden", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "golden gone", || async {
+        api.get_opt("golden").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        cloud.images_in(region).is_empty(),
+        "the region left the current version too"
+    );
+    assert_eq!(
+        cloud.images_in(home).len(),
+        62,
+        "every version stays in its home region"
+    );
+    assert_eq!(cloud.expired_calls(), 0);
+    println!("calls on azure: {:?}", cloud.counts());
+    cloud.assert_budget(
+        "follow, two replications, a retirement, a delete",
+        &[
+            ("GalleryImageVersions_Update", 4),
+            ("GalleryImageVersions_ListByGalleryImage", 6),
+            ("token", 1),
+        ],
+    );
+    cloud.assert_conforms();
+}

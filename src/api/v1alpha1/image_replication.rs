@@ -158,19 +158,22 @@ pub enum ProviderKind {
     Openstack,
     /// Google Compute Engine: an image made from the source with its data in another region.
     Google,
+    /// Azure Compute Gallery: the image version replicated to another region by Azure.
+    Azure,
     /// OCI / Docker registries: container images, multi-arch indexes and referrers.
     Oci,
 }
 
 impl ProviderKind {
     /// Every kind of the API.
-    pub const ALL: [ProviderKind; 7] = [
+    pub const ALL: [ProviderKind; 8] = [
         Self::Huawei,
         Self::Alibaba,
         Self::Aws,
         Self::Tencent,
         Self::Openstack,
         Self::Google,
+        Self::Azure,
         Self::Oci,
     ];
 
@@ -183,6 +186,7 @@ impl ProviderKind {
             Self::Tencent => "tencent",
             Self::Openstack => "openstack",
             Self::Google => "google",
+            Self::Azure => "azure",
             Self::Oci => "oci",
         }
     }
@@ -192,7 +196,8 @@ impl ProviderKind {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderSpec {
-    /// Which service holds the image: huawei, alibaba, aws, tencent, openstack, google or oci.
+    /// Which service holds the image: huawei, alibaba, aws, tencent, openstack, google, azure or
+    /// oci.
     pub kind: ProviderKind,
     /// Secret in the same namespace with the provider's credentials (keys documented per
     /// provider). huawei, alibaba, aws, tencent, google: without it the operator acts with its pod's

@@ -81,6 +81,11 @@ pub trait Catalog: Send + Sync {
     fn parse(image: &Self::Image) -> ImageInfo;
     /// The image's state, and the copy's progress percent where the cloud reports one.
     fn state(image: &Self::Image) -> (ImageState, Option<i32>);
+    /// The state of the copy in `region` (a cloud whose copy is the same image replicated,
+    /// Azure: that region's replication); `None` when the image has no copy there.
+    fn copy_state(image: &Self::Image, _region: &str) -> Option<(ImageState, Option<i32>)> {
+        Some(Self::state(image))
+    }
     /// The copy started with `req.token` in `req.region`, if any.
     fn find(
         &self,
@@ -193,7 +198,7 @@ impl<C: Catalog> Service for C {
     async fn poll(&self, acct: &Account, req: &CopyRequest, handle: &CopyHandle) -> Result<TaskState, ProviderError> {
         let id = handle.image()?;
         let img = self.image(acct, &req.region, id).await?;
-        let view = img.as_ref().map(C::state);
+        let view = img.as_ref().and_then(|i| C::copy_state(i, &req.region));
         if let (Some((ImageState::Available, _)), Some(i)) = (&view, &img) {
             self.settle(acct, req, i).await?;
         }
@@ -252,6 +257,7 @@ impl<C: Catalog> Service for C {
         image_id: &str,
     ) -> Result<bool, ProviderError> {
         let img = self.image(acct, region, image_id).await?;
-        Ok(img.is_some_and(|i| matches!(C::state(&i).0, ImageState::Available | ImageState::Creating)))
+        let state = img.and_then(|i| C::copy_state(&i, region));
+        Ok(state.is_some_and(|(s, _)| matches!(s, ImageState::Available | ImageState::Creating)))
     }
 }

@@ -183,13 +183,15 @@ enum Stopped {
 
 /// Delete a destination's copy (`deletionPolicy: Delete`, on delete or when the destination
 /// left the spec): every share this object made is withdrawn first, then the image — never the
-/// source, which a same-region destination shares in place. Returns the accounts withdrawn.
+/// source (`source`: its region and id), which a same-region destination shares in place. The
+/// region counts too: on Azure a copy is the source's own resource in another region. Returns
+/// the accounts withdrawn.
 async fn delete_copy(
     provider: &dyn ImageService,
     acct: &Account,
     at: &ImageAt,
     shared_with: &[String],
-    source_id: Option<&str>,
+    source: Option<(&str, &str)>,
 ) -> Result<Vec<String>, Blocked> {
     let (region, project, id) = (at.region.as_str(), at.project.as_deref(), at.image_id.as_str());
     let mut withdrawn = Vec::new();
@@ -200,13 +202,18 @@ async fn delete_copy(
             .map_err(|e| Blocked::at(region, format!("withdrawing the share with {account}: {e}")))?;
         withdrawn.push(account.clone());
     }
-    if source_id != Some(id) {
+    if source != Some((region, id)) {
         provider
             .delete_image(acct, region, project, id)
             .await
             .map_err(|e| Blocked::at(region, format!("deleting image {id}: {e}")))?;
     }
     Ok(withdrawn)
+}
+
+/// The source image (`id`, as the status says) where it is: the source region.
+fn the_source<'a>(obj: &'a ImageReplication, id: Option<&'a str>) -> Option<(&'a str, &'a str)> {
+    id.map(|i| (obj.spec.source.region.as_str(), i))
 }
 
 /// A destination's copy as a share or delete call names it, and the accounts it is shared with.
@@ -245,7 +252,14 @@ async fn cleanup_previous(
         let label = format!("{} ({}, {what})", c.region, c.image_id);
         if c.failed || obj.spec.deletion_policy == DeletionPolicy::Delete {
             let acct = account_for(obj, &c.region, main, others).map_err(|e| Blocked::at(&c.region, e.message))?;
-            delete_copy(provider, acct, &previous_at(obj, c), &c.shared_with, source_id).await?;
+            delete_copy(
+                provider,
+                acct,
+                &previous_at(obj, c),
+                &c.shared_with,
+                the_source(obj, source_id),
+            )
+            .await?;
             deleted.push(label);
         } else {
             kept.push(label);
@@ -1291,7 +1305,7 @@ impl VmEngine {
             let Some(id) = s.image_id.clone() else { continue };
             let (mut at, shared) = copy_at(obj, s, &id);
             at.project = None;
-            match delete_copy(provider, main, &at, &shared, source_id.as_deref()).await {
+            match delete_copy(provider, main, &at, &shared, the_source(obj, source_id.as_deref())).await {
                 Ok(_) => {
                     info!(region, image = %id, "deleted the copy of a destination removed from the spec");
                     self.with_mem(key, |m| m.pruned.insert(region.clone()));
@@ -1320,10 +1334,16 @@ impl VmEngine {
         let source_id = plan.status.source.as_ref().and_then(|x| x.image_id.clone());
         for c in &plan.retire {
             let r = match account_for(obj, &c.region, main, others) {
-                Ok(a) => delete_copy(provider, a, &previous_at(obj, c), &c.shared_with, source_id.as_deref())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| ProviderError::transient(e.to_string())),
+                Ok(a) => delete_copy(
+                    provider,
+                    a,
+                    &previous_at(obj, c),
+                    &c.shared_with,
+                    the_source(obj, source_id.as_deref()),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| ProviderError::transient(e.to_string())),
                 Err(e) => Err(e),
             };
             match &r {
@@ -1462,9 +1482,9 @@ impl VmEngine {
             match obj.spec.deletion_policy {
                 DeletionPolicy::Delete => {
                     let (at, shared) = copy_at(obj, s, &id);
-                    let from = delete_copy(provider, acct, &at, &shared, source_id).await?;
+                    let from = delete_copy(provider, acct, &at, &shared, the_source(obj, source_id)).await?;
                     withdrawn.extend(from.iter().map(|a| format!("{region} ({id}) from {a}")));
-                    if source_id != Some(id.as_str()) {
+                    if the_source(obj, source_id) != Some((region, id.as_str())) {
                         removed.push(format!("{region} ({id})"));
                     }
                 }

@@ -62,7 +62,12 @@ async fn one_copy(kind: Kind, profile: Profile, policy: &str, prepare: impl FnOn
         "app",
         &provider_of(&cloud, kind_name),
         json!({"region": src_region, "imageId": src}),
-        json!([{"region": dst_region, "name": "app-copy"}]),
+        // Azure's copy is the version itself in the region: it takes no name.
+        if kind == Kind::Azure {
+            json!([{"region": dst_region}])
+        } else {
+            json!([{"region": dst_region, "name": "app-copy"}])
+        },
         policy,
     )
     .await;
@@ -90,8 +95,21 @@ fn copy_api(kind: Kind) -> &'static str {
         Kind::Huawei => "POST /v1/cloudimages/{}/cross_region_copy",
         Kind::Tencent => "SyncImages",
         Kind::Google => "images.insert",
+        Kind::Azure => "GalleryImageVersions_Update",
         _ => "CopyImage",
     }
+}
+
+/// Azure: an update of the version's target regions that adds (or keeps) `region`, or not.
+fn names_region(r: &support::clouds::Req, region: &str) -> bool {
+    r.body
+        .pointer("/properties/publishingProfile/targetRegions")
+        .and_then(Value::as_array)
+        .is_some_and(|l| {
+            l.iter()
+                .filter_map(|t| t["name"].as_str())
+                .any(|n| n.replace(' ', "").eq_ignore_ascii_case(region))
+        })
 }
 
 fn copies_started(cloud: &Stand) -> Vec<support::clouds::Req> {
@@ -99,12 +117,16 @@ fn copies_started(cloud: &Stand) -> Vec<support::clouds::Req> {
         Kind::Huawei => "/cross_region_copy",
         Kind::Tencent => "SyncImages",
         Kind::Google => "images.insert",
+        Kind::Azure => "GalleryImageVersions_Update",
         _ => "CopyImage",
     };
+    let dst = cloud.account().1;
     cloud
         .calls(what)
         .into_iter()
         .filter(|r| r.body.get("DryRun") != Some(&json!(true)))
+        // Azure: the updates that add the region (one that leaves it out deletes the copy).
+        .filter(|r| cloud.kind != Kind::Azure || names_region(r, dst))
         .collect()
 }
 
@@ -150,6 +172,8 @@ async fn a_copy_listed_late_is_made_once(kind: Kind) {
         Kind::Tencent => &[(copy_api(kind), 2), ("DescribeImages", 8)],
         // The source, then the copy on the poll schedule; one token.
         Kind::Google => &[(copy_api(kind), 1), ("images.get", 8), ("token", 1)],
+        // The version read before the update, then polled.
+        Kind::Azure => &[(copy_api(kind), 1), ("GalleryImageVersions_Get", 10), ("token", 1)],
         _ => &[(copy_api(kind), 1), ("DescribeImages", 8)],
     };
     cloud.assert_budget(&format!("one copy on {kind_name}"), budget);
@@ -165,6 +189,11 @@ async fn a_copy_listed_late_is_made_once(kind: Kind) {
         Kind::Tencent => cloud.count("DeleteImages"),
         Kind::Aws => cloud.count("DeregisterImage"),
         Kind::Google => cloud.count("images.delete"),
+        Kind::Azure => cloud
+            .calls(copy_api(kind))
+            .iter()
+            .filter(|r| !names_region(r, dst_region))
+            .count(),
         _ => cloud.count("DeleteImage"),
     };
     assert_eq!(deletes, 1, "{kind_name}: one delete call");
@@ -194,6 +223,11 @@ async fn a_copy_listed_late_is_made_once_on_cvm() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_copy_listed_late_is_made_once_on_compute_engine() {
     a_copy_listed_late_is_made_once(Kind::Google).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_listed_late_is_made_once_on_compute_gallery() {
+    a_copy_listed_late_is_made_once(Kind::Azure).await;
 }
 
 /// `replicate -f` with `--attempts 2` on the manifests given, as a user runs it in a pipeline:
@@ -407,6 +441,11 @@ async fn a_failed_copy_is_deleted_and_made_again_on_compute_engine() {
     a_failed_copy_is_deleted_and_made_again(Kind::Google).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_copy_is_deleted_and_made_again_on_compute_gallery() {
+    a_failed_copy_is_deleted_and_made_again(Kind::Azure).await;
+}
+
 /// A cloud that throttles hard (one call per API at once, refilled at one every 3 s; IMS, whose
 /// copy polls read the image list up to four times, two at once refilled at one every 2 s;
 /// answered with the cloud's own throttling code) and answers the first request it lets
@@ -475,4 +514,9 @@ async fn a_copy_through_throttling_and_server_errors_is_made_once_on_cvm() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_copy_through_throttling_and_server_errors_is_made_once_on_compute_engine() {
     a_copy_through_throttling_and_server_errors_is_made_once(Kind::Google).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_through_throttling_and_server_errors_is_made_once_on_compute_gallery() {
+    a_copy_through_throttling_and_server_errors_is_made_once(Kind::Azure).await;
 }

@@ -34,6 +34,7 @@ use super::fake_apiserver::percent_decode;
 
 mod alibaba;
 mod aws;
+pub mod azure;
 pub mod google;
 mod huawei;
 pub mod sts;
@@ -106,6 +107,8 @@ pub enum Kind {
     Tcr,
     /// Google Compute Engine (`compute/v1`, OAuth2 bearer tokens).
     Google,
+    /// Azure Compute Gallery (Azure Resource Manager, Entra ID bearer tokens).
+    Azure,
 }
 
 pub const AK: &str = "AKTESTSTANDIN";
@@ -388,6 +391,7 @@ impl Stand {
             Kind::Tencent | Kind::Tcr => self.next_id("img-src"),
             // Compute Engine: the resource name is the image's id.
             Kind::Google => google::resource(name),
+            Kind::Azure => azure::version_id(name),
         };
         self.state.images.lock().unwrap().push(Img {
             id: id.clone(),
@@ -464,6 +468,19 @@ impl Stand {
                 vec![("serviceAccountKey", self.key.as_str())],
                 "google",
             ),
+            Kind::Azure => (
+                "eastus",
+                "westeurope",
+                vec![
+                    ("tenantId", azure::TENANT),
+                    ("clientId", azure::CLIENT),
+                    ("clientSecret", azure::CLIENT_SECRET),
+                    ("subscriptionId", azure::SUBSCRIPTION),
+                    ("resourceGroup", azure::RESOURCE_GROUP),
+                    ("authorityHost", self.url.as_str()),
+                ],
+                "azure",
+            ),
         }
     }
 
@@ -501,6 +518,7 @@ impl Stand {
             Kind::Tencent => "cvm",
             Kind::Tcr => "tcr",
             Kind::Google => "google",
+            Kind::Azure => "azure",
         };
         self.requests()
             .iter()
@@ -652,6 +670,7 @@ fn api_of(kind: Kind, method: &str, path: &str, params: &BTreeMap<String, String
             format!("{method} {}", shape.join("/"))
         }
         Kind::Google => google::method_of(method, path),
+        Kind::Azure => azure::method_of(method, path),
         _ => params.get("Action").cloned().unwrap_or_default(),
     }
 }
@@ -724,6 +743,14 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
             p.insert("Action".into(), google::method_of(method.as_str(), uri.path()));
             (p, serde_json::from_slice(&body).unwrap_or(Value::Null))
         }
+        Kind::Azure => {
+            let mut p: BTreeMap<String, String> = query.iter().cloned().collect();
+            if uri.path().ends_with("/oauth2/v2.0/token") {
+                p.extend(parse_pairs(std::str::from_utf8(&body).unwrap_or("")));
+            }
+            p.insert("Action".into(), azure::method_of(method.as_str(), uri.path()));
+            (p, serde_json::from_slice(&body).unwrap_or(Value::Null))
+        }
     };
     if let Some(o) = json_body.as_object() {
         for (k, v) in o {
@@ -788,6 +815,8 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
             Kind::Google if uri.path() == "/v1/token" => google::sts_exchange(st, &params),
             Kind::Google if uri.path().ends_with(":generateAccessToken") => google::generate(st, uri.path(), &hdr),
             Kind::Google => google::google(st, &method, uri.path(), &params, &json_body).await,
+            Kind::Azure if uri.path().ends_with("/oauth2/v2.0/token") => azure::token(st, uri.path(), &params),
+            Kind::Azure => azure::azure(st, &method, uri.path(), &params, &json_body).await,
         }
     };
     rec.status = resp.status().as_u16();
@@ -817,6 +846,8 @@ fn check_signature(
         // The signed assertion, the web identity token: the credential.
         Kind::Google if uri.path() == "/token" || uri.path() == "/v1/token" => None,
         Kind::Google => google::check_token(st, hdr),
+        Kind::Azure if uri.path().ends_with("/oauth2/v2.0/token") => None, // the client secret is in the form
+        Kind::Azure => azure::check_token(st, hdr),
         Kind::Huawei => {
             let unsigned_ok = uri.path() == "/v3.0/OS-AUTH/id-token/tokens"
                 || (uri.path() == "/v3.0/OS-CREDENTIAL/securitytokens"
@@ -1053,6 +1084,11 @@ fn throttled(kind: Kind) -> Response {
             .into_response(),
         Kind::Aws => aws::aws_error(StatusCode::SERVICE_UNAVAILABLE, "RequestLimitExceeded", "Request limit exceeded."),
         Kind::Google => google::g_err(StatusCode::FORBIDDEN, "rateLimitExceeded", "Rate Limit Exceeded"),
+        Kind::Azure => {
+            let mut r = azure::az_err(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "The request is being throttled.");
+            r.headers_mut().insert("retry-after", "3".parse().unwrap());
+            r
+        }
     }
 }
 
@@ -1076,6 +1112,7 @@ fn server_error(kind: Kind) -> Response {
             "The server is overloaded and can't handle the request.",
         ),
         Kind::Google => google::g_err(StatusCode::SERVICE_UNAVAILABLE, "backendError", "Backend Error"),
+        Kind::Azure => azure::az_err(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", "An internal server error occurred."),
     }
 }
 

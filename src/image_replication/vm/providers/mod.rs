@@ -1,9 +1,10 @@
 //! One module per cloud image service, each an [`super::ImageService`] with its error table:
 //! the clouds' own copy APIs ([`huawei`] IMS jobs, [`alibaba`] ECS, [`aws`] EC2, [`tencent`]
-//! CVM, [`google`] Compute Engine) and [`openstack`] (Keystone v3 + Glance v2, where the operator moves the bytes).
+//! CVM, [`google`] Compute Engine, [`azure`] Compute Gallery) and [`openstack`] (Keystone v3 + Glance v2, where the operator moves the bytes).
 
 pub mod alibaba;
 pub mod aws;
+pub mod azure;
 pub mod google;
 pub mod huawei;
 pub mod openstack;
@@ -21,6 +22,7 @@ pub const CLOUDS: &[&Cloud] = &[
     &tencent::CLOUD,
     &openstack::CLOUD,
     &google::CLOUD,
+    &azure::CLOUD,
 ];
 
 /// The facts of a cloud kind; `None` for oci.

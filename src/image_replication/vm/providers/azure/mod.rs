@@ -1,0 +1,614 @@
+//! The Azure Compute Gallery provider: Azure Resource Manager (`Microsoft.Compute`,
+//! api-version [`API_VERSION`]) with an Entra ID token ([`entra`]).
+//!
+//! An image version (`.../galleries/{g}/images/{definition}/versions/{x.y.z}`) is replicated by
+//! Azure itself to the regions of its `publishingProfile.targetRegions`: a copy "in region R" is
+//! R added to that list (`PATCH`, a long-running update), its progress the version's
+//! `replicationStatus.summary` entry for R (`Replicating` with `progress`, then `Completed` or
+//! `Failed`), read with `$expand=ReplicationStatus`. The copy is the same resource in another
+//! region, so its id is the version's id; deleting the copy removes R from the list (never the
+//! version, never its home region). Adding a region the list has already is a no-op, so a start
+//! is idempotent and a copy whose answer was lost is found in the list. `source.follow` lists the
+//! definition's versions (`nextLink` pages) and takes the newest published one not
+//! `excludeFromLatest`; `imageName` names versions as `<gallery>/<definition>/<version>` in the
+//! Secret's `resourceGroup`.
+
+pub mod entra;
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::super::catalog::Catalog;
+use super::super::facts::{Cloud, Sharing, no_rules};
+use super::super::{Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError};
+use crate::api::v1alpha1::{ImageReplicationSpec, ProviderKind};
+use crate::api::violation::Violation;
+use crate::cloud::{self, Attempt, Backoff, ErrorClass};
+
+/// The ARM api-version of `Microsoft.Compute` galleries (azure-mgmt-compute's default).
+pub const API_VERSION: &str = "2026-03-03";
+/// Azure Resource Manager; `provider.endpoint` replaces it.
+const ARM: &str = "https://management.azure.com";
+/// Regions one image version can be replicated to (Azure's documented limit per version).
+pub const MAX_REGIONS: usize = 100;
+
+/// Azure shares a whole gallery, not one image (`shareWith` is refused before any call).
+pub const SHARING: Sharing = Sharing {
+    account_rule: "an Azure subscription id",
+    // `shareWith` is refused by the spec rules (with what to do instead), not as a bad account.
+    valid_account: |_| true,
+    member_limit: usize::MAX,
+    limit_source: "Azure Compute Gallery sharing is per gallery",
+    needs_accept: false,
+    members_lag: 0,
+    refuses_encrypted_in_place: false,
+};
+
+/// ARM error codes (`error.code`) by class; others by HTTP status.
+pub const ERROR_CODES: &[(&str, ErrorClass)] = &[
+    ("TooManyRequests", ErrorClass::Throttled),
+    ("ResourceNotFound", ErrorClass::NotFound),
+    ("NotFound", ErrorClass::NotFound),
+    ("ParentResourceNotFound", ErrorClass::NotFound),
+    // Another update of the version is under way: tried again later.
+    ("OperationNotAllowed", ErrorClass::RetryLater),
+    ("Conflict", ErrorClass::RetryLater),
+    ("InternalServerError", ErrorClass::RetryLater),
+    ("ServiceUnavailable", ErrorClass::RetryLater),
+    ("AuthorizationFailed", ErrorClass::Auth),
+    ("InvalidAuthenticationToken", ErrorClass::Auth),
+    ("ExpiredAuthenticationToken", ErrorClass::Auth),
+    ("InvalidParameter", ErrorClass::Permanent),
+    ("BadRequest", ErrorClass::Permanent),
+];
+
+pub fn classify(status: u16, code: &str) -> ErrorClass {
+    cloud::lookup(ERROR_CODES, code).unwrap_or(match status {
+        429 => ErrorClass::Throttled,
+        401 | 403 => ErrorClass::Auth,
+        404 => ErrorClass::NotFound,
+        409 | 500..=599 => ErrorClass::RetryLater,
+        _ => ErrorClass::Permanent,
+    })
+}
+
+fn error(op: &str, status: u16, body: &str, retry_after: Option<std::time::Duration>) -> Attempt {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let code = v.pointer("/error/code").and_then(Value::as_str).unwrap_or("");
+    let message = v
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .map(cloud::short)
+        .unwrap_or_else(|| cloud::short(body));
+    cloud::attempt(
+        classify(status, code),
+        code,
+        format!("{op}: HTTP {status} {code}: {message}"),
+        "check the app registration's secret and that its role on the gallery allows Microsoft.Compute/galleries/images/versions/read and write",
+        retry_after,
+    )
+}
+
+/// The `<gallery>/<definition>/<version>` name of a version id.
+pub fn short_name(id: &str) -> String {
+    let p: Vec<&str> = id.trim_end_matches('/').split('/').collect();
+    match p.as_slice() {
+        [.., "galleries", g, "images", d, "versions", v] => format!("{g}/{d}/{v}"),
+        _ => id.to_string(),
+    }
+}
+
+/// A version's replication to `region`: (state, progress) from `replicationStatus`; `None` when
+/// the region is not among its target regions.
+fn region_state(v: &Value, region: &str) -> Option<(ImageState, Option<i32>)> {
+    let home = v
+        .get("location")
+        .and_then(Value::as_str)
+        .is_some_and(|l| same_region(l, region));
+    let targeted = targets(v).iter().any(|t| same_region(t, region)) || home;
+    if !targeted {
+        return None;
+    }
+    let summary = v
+        .pointer("/properties/replicationStatus/summary")
+        .and_then(Value::as_array)
+        .and_then(|s| {
+            s.iter().find(|r| {
+                r.get("region")
+                    .and_then(Value::as_str)
+                    .is_some_and(|x| same_region(x, region))
+            })
+        });
+    let state = match summary.and_then(|r| r.get("state")).and_then(Value::as_str) {
+        Some("Completed") => ImageState::Available,
+        Some("Failed") => ImageState::Unusable("failed".into()),
+        // Replicating, Unknown, or not reported yet.
+        _ => ImageState::Creating,
+    };
+    let progress = summary
+        .and_then(|r| r.get("progress"))
+        .and_then(Value::as_i64)
+        .map(|p| p as i32);
+    Some((state, progress))
+}
+
+/// Regions as ARM writes them (`West Europe`) or as ids (`westeurope`).
+fn same_region(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        s.chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_lowercase()
+    };
+    norm(a) == norm(b)
+}
+
+fn targets(v: &Value) -> Vec<String> {
+    v.pointer("/properties/publishingProfile/targetRegions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.get("name").and_then(Value::as_str).map(String::from))
+        .collect()
+}
+
+/// Parse one gallery image version.
+pub fn parse_version(v: &Value) -> ImageInfo {
+    let s = |p: &str| v.pointer(p).and_then(Value::as_str).map(String::from);
+    let state = match s("/properties/provisioningState").as_deref() {
+        Some("Succeeded") => ImageState::Available,
+        Some("Failed") => ImageState::Unusable("failed".into()),
+        _ => ImageState::Creating,
+    };
+    ImageInfo {
+        id: s("/id").unwrap_or_default(),
+        name: short_name(&s("/id").unwrap_or_default()),
+        size_bytes: v
+            .pointer("/properties/storageProfile/osDiskImage/sizeInGB")
+            .and_then(Value::as_u64)
+            .map(|g| g << 30),
+        disk_format: None,
+        container_format: None,
+        visibility: "private".into(),
+        encrypted: None,
+        state: Some(state),
+        whole_machine: false,
+        replicated_from_backup: false,
+        shared_from_other_account: false,
+        digest: None,
+        checksum: None,
+        properties: Default::default(),
+        created_at: s("/properties/publishingProfile/publishedDate"),
+        carried: Default::default(),
+    }
+}
+
+/// The Azure Compute Gallery provider.
+pub struct Azure {
+    http: reqwest::Client,
+    backoff: Backoff,
+    tokens: entra::Tokens,
+}
+
+impl Default for Azure {
+    fn default() -> Self {
+        Self::new(Backoff::default())
+    }
+}
+
+impl Azure {
+    pub fn new(backoff: Backoff) -> Self {
+        Self {
+            http: cloud::client(),
+            backoff,
+            tokens: entra::Tokens::default(),
+        }
+    }
+
+    /// A version's resource id from an id or a `<gallery>/<definition>/<version>` name.
+    fn version_id(acct: &Account, name: &str) -> Result<String, ProviderError> {
+        if name.starts_with("/subscriptions/") {
+            return Ok(name.trim_end_matches('/').to_string());
+        }
+        let (Some(sub), Some(rg)) = (acct.text("subscriptionId"), acct.text("resourceGroup")) else {
+            return Err(ProviderError::permanent(
+                "an image named <gallery>/<definition>/<version> needs subscriptionId and resourceGroup in the credentials Secret",
+            ));
+        };
+        match name.split('/').collect::<Vec<_>>().as_slice() {
+            [g, d, v] => Ok(format!(
+                "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/galleries/{g}/images/{d}/versions/{v}"
+            )),
+            _ => Err(ProviderError::permanent(format!(
+                "{name} is neither a gallery image version id nor <gallery>/<definition>/<version>"
+            ))),
+        }
+    }
+
+    /// One ARM call on `path` (a resource id, or one with a suffix).
+    async fn call(
+        &self,
+        acct: &Account,
+        op: &str,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Result<Value, ProviderError> {
+        let root = cloud::endpoint(acct.endpoint.as_deref(), ARM, "");
+        let mut url = reqwest::Url::parse(&format!("{root}{path}"))
+            .map_err(|e| ProviderError::permanent(format!("{op}: bad endpoint {root}: {e}")))?;
+        url.query_pairs_mut()
+            .append_pair("api-version", API_VERSION)
+            .extend_pairs(query.iter().copied());
+        // A read, or an update that writes the whole target list (the same list twice is one
+        // change): a passing server error is retried within the call.
+        let idempotent = method == reqwest::Method::GET || method == reqwest::Method::PATCH;
+        self.backoff
+            .run(op, idempotent, || {
+                let (url, method, body) = (&url, method.clone(), &body);
+                async move {
+                    let token = self.tokens.get(&self.http, acct).await?;
+                    let mut rb = self.http.request(method, url.clone()).bearer_auth(token);
+                    if let Some(b) = body {
+                        rb = rb.header("Content-Type", "application/json").body(b.to_string());
+                    }
+                    let a = cloud::exchange(op, rb).await?;
+                    if !(200..300).contains(&a.status) {
+                        return Err(error(op, a.status, &a.text, a.retry_after));
+                    }
+                    // 202 Accepted and 204 carry no body.
+                    Ok(serde_json::from_str(&a.text).unwrap_or(Value::Null))
+                }
+            })
+            .await
+    }
+
+    async fn get(&self, acct: &Account, id: &str) -> Result<Option<Value>, ProviderError> {
+        let q = [("$expand", "ReplicationStatus")];
+        match self
+            .call(acct, "GalleryImageVersions_Get", reqwest::Method::GET, id, &q, None)
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.not_found => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Set the version's target regions (a long-running update; its progress is read from the
+    /// version). The other target regions are written back as they were.
+    async fn set_targets(&self, acct: &Account, version: &Value, targets: Vec<Value>) -> Result<(), ProviderError> {
+        let id = version.get("id").and_then(Value::as_str).unwrap_or("");
+        let body = json!({"properties": {"publishingProfile": {"targetRegions": targets}}});
+        self.call(
+            acct,
+            "GalleryImageVersions_Update",
+            reqwest::Method::PATCH,
+            id,
+            &[],
+            Some(body),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// The version's target regions, as written back (name, replica count, storage type, encryption).
+fn target_list(v: &Value) -> Vec<Value> {
+    v.pointer("/properties/publishingProfile/targetRegions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+impl Catalog for Azure {
+    type Image = Value;
+    const KIND: ProviderKind = ProviderKind::Azure;
+    const SERVICE: &'static str = "Azure Compute Gallery";
+    const CAN_CANCEL: bool = false;
+    /// Adding a region the version targets already changes nothing.
+    const START_IDEMPOTENT: bool = true;
+    /// ARM reads what it wrote.
+    const LISTS_LATE: std::time::Duration = std::time::Duration::from_secs(30);
+
+    async fn lookup(
+        &self,
+        acct: &Account,
+        _region: &str,
+        selector: &ImageSelector,
+    ) -> Result<Vec<Value>, ProviderError> {
+        let name = match selector {
+            ImageSelector::Id(v) | ImageSelector::Name(v) => v,
+        };
+        let id = Self::version_id(acct, name)?;
+        Ok(self.get(acct, &id).await?.into_iter().collect())
+    }
+
+    async fn own_images(&self, acct: &Account, region: &str, pattern: &str) -> Result<Vec<Value>, ProviderError> {
+        // `<gallery>/<definition>/<version pattern>`: the definition's versions, every page.
+        let Some((definition, _)) = pattern.rsplit_once('/') else {
+            return Err(ProviderError::permanent(format!(
+                "imageName {pattern}: follow names versions as <gallery>/<definition>/<version pattern>"
+            )));
+        };
+        let base = Self::version_id(acct, &format!("{definition}/x"))?;
+        let mut path = base.trim_end_matches("/x").to_string();
+        let mut query: Vec<(String, String)> = Vec::new();
+        let mut out = Vec::new();
+        for _ in 0..cloud::MAX_PAGES {
+            let q: Vec<(&str, &str)> = query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let v = self
+                .call(
+                    acct,
+                    "GalleryImageVersions_ListByGalleryImage",
+                    reqwest::Method::GET,
+                    &path,
+                    &q,
+                    None,
+                )
+                .await?;
+            out.extend(v.get("value").and_then(Value::as_array).cloned().unwrap_or_default());
+            // The next page: its path and query (its skip token) on our endpoint and api-version.
+            let Some(next) = v
+                .get("nextLink")
+                .and_then(Value::as_str)
+                .and_then(|n| reqwest::Url::parse(n).ok())
+            else {
+                break;
+            };
+            path = next.path().to_string();
+            query = next
+                .query_pairs()
+                .filter(|(k, _)| k != "api-version")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+        }
+        Ok(out
+            .into_iter()
+            .filter(|v| {
+                v.pointer("/properties/publishingProfile/excludeFromLatest") != Some(&json!(true))
+                    && v.get("location")
+                        .and_then(Value::as_str)
+                        .is_some_and(|l| same_region(l, region))
+            })
+            .collect())
+    }
+
+    async fn image(&self, acct: &Account, _region: &str, id: &str) -> Result<Option<Value>, ProviderError> {
+        self.get(acct, id).await
+    }
+
+    fn id(image: &Value) -> String {
+        image.get("id").and_then(Value::as_str).unwrap_or("").to_string()
+    }
+
+    fn is(image: &Value, id: &str) -> bool {
+        let mine = Self::id(image);
+        mine.eq_ignore_ascii_case(id) || short_name(&mine) == id
+    }
+
+    fn name(image: &Value) -> String {
+        short_name(&Self::id(image))
+    }
+
+    fn parse(image: &Value) -> ImageInfo {
+        parse_version(image)
+    }
+
+    /// The version's own state (the source, a follow candidate).
+    fn state(image: &Value) -> (ImageState, Option<i32>) {
+        (parse_version(image).state.unwrap_or(ImageState::Creating), None)
+    }
+
+    fn copy_state(image: &Value, region: &str) -> Option<(ImageState, Option<i32>)> {
+        region_state(image, region)
+    }
+
+    async fn find(&self, acct: &Account, req: &CopyRequest) -> Result<Option<CopyHandle>, ProviderError> {
+        let Some(v) = self.get(acct, &req.source.id).await? else {
+            return Ok(None);
+        };
+        Ok(targets(&v)
+            .iter()
+            .any(|t| same_region(t, &req.region))
+            .then(|| CopyHandle::of_image(req.source.id.clone())))
+    }
+
+    async fn request_copy(&self, acct: &Account, req: &CopyRequest) -> Result<CopyHandle, ProviderError> {
+        let v = self
+            .get(acct, &req.source.id)
+            .await?
+            .ok_or_else(|| ProviderError::not_found(format!("image version {} is gone", req.source.id)))?;
+        let mut list = target_list(&v);
+        // The home region is always among the targets (ARM requires it).
+        let home = v.get("location").and_then(Value::as_str).unwrap_or("").to_string();
+        if !list.iter().any(|t| {
+            t.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| same_region(n, &home))
+        }) {
+            list.push(json!({"name": home}));
+        }
+        if !list.iter().any(|t| {
+            t.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| same_region(n, &req.region))
+        }) {
+            let mut t = json!({"name": req.region, "regionalReplicaCount": 1});
+            if let Some(des) = &req.kms_key_id {
+                t["encryption"] = json!({"osDiskImage": {"diskEncryptionSetId": des}});
+            }
+            list.push(t);
+            self.set_targets(acct, &v, list).await?;
+        }
+        Ok(CopyHandle::of_image(req.source.id.clone()))
+    }
+
+    async fn cancel(&self, _acct: &Account, _region: &str, _handle: &CopyHandle) -> Result<(), ProviderError> {
+        Err(ProviderError::permanent("Azure cannot cancel a replication in flight"))
+    }
+
+    /// The copy in `region` goes: `region` leaves the version's target regions.
+    async fn delete(&self, acct: &Account, region: &str, id: &str) -> Result<(), ProviderError> {
+        let Some(v) = self.get(acct, id).await? else {
+            return Ok(());
+        };
+        let home = v.get("location").and_then(Value::as_str).unwrap_or("");
+        if same_region(home, region) {
+            return Ok(()); // the version's own region: it is the version, never deleted here
+        }
+        let list = target_list(&v);
+        let kept: Vec<Value> = list
+            .iter()
+            .filter(|t| {
+                !t.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| same_region(n, region))
+            })
+            .cloned()
+            .collect();
+        if kept.len() == list.len() {
+            return Ok(());
+        }
+        self.set_targets(acct, &v, kept).await
+    }
+
+    async fn shared_with(&self, _acct: &Account, _region: &str, _id: &str) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
+    }
+
+    async fn set_share(
+        &self,
+        _a: &Account,
+        _r: &str,
+        _id: &str,
+        _account: &str,
+        _add: bool,
+    ) -> Result<(), ProviderError> {
+        Err(ProviderError::permanent(NO_SHARE))
+    }
+}
+
+const NO_SHARE: &str = "Azure Compute Gallery shares a whole gallery, not one image: share the gallery (az sig share add --subscription-ids ...) or grant the other subscription Reader on the image version";
+
+pub const CLOUD: Cloud = Cloud {
+    kind: ProviderKind::Azure,
+    service,
+    sharing: &SHARING,
+    hosts: &["management.azure.com", "login.microsoftonline.com"],
+    source_rules: no_rules,
+    default_name: |_, source| source.name.clone(),
+    spec_rules,
+    free_form_regions: false,
+    fields: &[],
+    other_owner: Some(
+        "an image version belongs to its gallery's subscription; share the gallery with the other subscription instead",
+    ),
+    identity: None,
+    moves_bytes: false,
+};
+
+fn service() -> Arc<dyn super::super::ImageService> {
+    Arc::new(Azure::default())
+}
+
+fn spec_rules(spec: &ImageReplicationSpec, out: &mut Vec<Violation>) {
+    if spec.destinations.len() > MAX_REGIONS {
+        out.push(Violation::new(
+            "spec.destinations",
+            "TooManyRegions",
+            format!("an Azure image version replicates to at most {MAX_REGIONS} regions"),
+        ));
+    }
+    for (i, d) in spec.destinations.iter().enumerate() {
+        if !d.share_with.is_empty() {
+            out.push(Violation::new(
+                format!("spec.destinations[{i}].shareWith"),
+                "FieldNotSupported",
+                NO_SHARE.to_string(),
+            ));
+        }
+        if d.name.is_some() {
+            out.push(Violation::new(
+                format!("spec.destinations[{i}].name"),
+                "FieldNotSupported",
+                "an Azure copy is the image version itself replicated to the region: it keeps the version's name; remove name".to_string(),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_states_and_errors() {
+        let id =
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g1/images/golden/versions/1.2.0";
+        assert_eq!(short_name(id), "g1/golden/1.2.0");
+        let v = json!({"id": id, "location": "East US", "properties": {
+            "provisioningState": "Succeeded",
+            "publishingProfile": {"targetRegions": [{"name": "East US"}, {"name": "West Europe"}], "publishedDate": "2026-12-01T00:00:00+00:00"},
+            "replicationStatus": {"summary": [
+                {"region": "East US", "state": "Completed", "progress": 100},
+                {"region": "West Europe", "state": "Replicating", "progress": 40}]}}});
+        assert_eq!(region_state(&v, "westeurope"), Some((ImageState::Creating, Some(40))));
+        assert_eq!(region_state(&v, "eastus"), Some((ImageState::Available, Some(100))));
+        assert_eq!(region_state(&v, "southeastasia"), None, "not a target: no copy there");
+        assert!(<Azure as Catalog>::is(&v, "g1/golden/1.2.0") && <Azure as Catalog>::is(&v, &id.to_uppercase()));
+        assert_eq!(
+            parse_version(&v).created_at.as_deref(),
+            Some("2026-12-01T00:00:00+00:00")
+        );
+        let e = error(
+            "GalleryImageVersions_Update",
+            409,
+            r#"{"error":{"code":"OperationNotAllowed","message":"in progress"}}"#,
+            None,
+        );
+        assert!(e.error.retryable && !e.throttled);
+        assert!(error("x", 429, r#"{"error":{"code":"TooManyRequests","message":"m"}}"#, None).throttled);
+        assert!(
+            error(
+                "x",
+                403,
+                r#"{"error":{"code":"AuthorizationFailed","message":"m"}}"#,
+                None
+            )
+            .error
+            .auth
+        );
+    }
+
+    /// What Azure cannot do is refused before any call; the example is valid as it stands.
+    #[test]
+    fn refuses_shares_and_names_and_takes_the_example() {
+        let o: crate::api::ImageReplication =
+            serde_yaml::from_str(include_str!("../../../../../deploy/examples/azure.yaml")).unwrap();
+        assert_eq!(crate::validation::image_replication(&o.spec), vec![]);
+        let mut s = o.spec.clone();
+        s.destinations[0].share_with =
+            serde_json::from_value(json!([{"account": "00000000-0000-4000-8000-000000000002"}])).unwrap();
+        s.destinations[1].name = Some("copy".into());
+        let got = crate::validation::image_replication(&s);
+        let fields: Vec<(&str, &str)> = got.iter().map(|v| (v.field.as_str(), v.reason)).collect();
+        assert_eq!(
+            fields,
+            [
+                ("spec.destinations[0].shareWith", "FieldNotSupported"),
+                ("spec.destinations[1].name", "FieldNotSupported")
+            ],
+            "{got:?}"
+        );
+        assert!(got[0].message.contains("share the gallery"));
+        let mut s = o.spec.clone();
+        s.provider.credentials_secret_ref = None;
+        assert_eq!(
+            crate::validation::image_replication(&s)[0].reason,
+            "CredentialsRequired"
+        );
+    }
+}

@@ -1,0 +1,304 @@
+//! The Azure Compute Gallery stand-in (see the parent module): gallery image versions of one
+//! subscription and resource group (get with `$expand=ReplicationStatus`, list by image
+//! definition with `nextLink` pages, update of `publishingProfile.targetRegions`), and Entra ID's
+//! client-credentials token endpoint. A version's replica in another region is an [`Img`] with
+//! the version's id and that region: added when an update names the region (`Replicating` with
+//! progress until its copy time is up, then `Completed`, or `Failed`), removed when an update
+//! leaves it out. Regions are written as ARM writes them (`West Europe`).
+
+use super::*;
+
+pub const SUBSCRIPTION: &str = "00000000-0000-4000-8000-000000000001";
+pub const RESOURCE_GROUP: &str = "images";
+pub const TENANT: &str = "11111111-0000-4000-8000-000000000001";
+pub const CLIENT: &str = "22222222-0000-4000-8000-000000000001";
+pub const CLIENT_SECRET: &str = "azure~test~secret";
+/// Versions a list page holds.
+const PAGE: usize = 50;
+
+/// The id of version `name` (`x.y.z`, of definition `golden`; any other name is a definition
+/// of its own with version 1.0.0).
+pub fn version_id(name: &str) -> String {
+    let (definition, version) = if name.split('.').count() == 3 && name.split('.').all(|p| p.parse::<u32>().is_ok()) {
+        ("golden", name.to_string())
+    } else {
+        (name, "1.0.0".to_string())
+    };
+    format!(
+        "/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Compute/galleries/gallery1/images/{definition}/versions/{version}"
+    )
+}
+
+/// A region as ARM writes it.
+fn display(region: &str) -> String {
+    match region {
+        "eastus" => "East US".into(),
+        "westeurope" => "West Europe".into(),
+        "southeastasia" => "Southeast Asia".into(),
+        r => r.into(),
+    }
+}
+
+fn norm(r: &str) -> String {
+    r.chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// An ARM error answer.
+pub(super) fn az_err(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, axum::Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+/// The operation id of a request (its SDK name), for the call budget.
+pub(super) fn method_of(method: &str, path: &str) -> String {
+    if path.ends_with("/oauth2/v2.0/token") {
+        return "token".into();
+    }
+    let versions = path.trim_end_matches('/').ends_with("/versions");
+    match (method, versions) {
+        ("GET", true) => "GalleryImageVersions_ListByGalleryImage",
+        ("GET", false) => "GalleryImageVersions_Get",
+        ("PATCH", _) => "GalleryImageVersions_Update",
+        ("DELETE", _) => "GalleryImageVersions_Delete",
+        _ => "unknown",
+    }
+    .into()
+}
+
+/// Entra ID's token endpoint: the client-credentials grant of the test app.
+pub(super) fn token(st: &State, path: &str, form: &BTreeMap<String, String>) -> Response {
+    let bad = |status: StatusCode, code: &str, why: &str| {
+        (
+            status,
+            axum::Json(json!({"error": code, "error_description": why, "error_codes": [7000215]})),
+        )
+            .into_response()
+    };
+    if path != format!("/{TENANT}/oauth2/v2.0/token") {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "AADSTS90002: Tenant not found.",
+        );
+    }
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials")
+        || form.get("scope").map(String::as_str) != Some("https://management.azure.com/.default")
+    {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "AADSTS900144: grant_type or scope",
+        );
+    }
+    if form.get("client_id").map(String::as_str) != Some(CLIENT)
+        || form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET)
+    {
+        return bad(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS7000215: Invalid client secret provided.",
+        );
+    }
+    let life = st.sts.lock().unwrap().life;
+    let t = format!("eyJ0eXAi.test-{}", st.seq.fetch_add(1, Ordering::SeqCst));
+    st.google_tokens
+        .lock()
+        .unwrap()
+        .insert(t.clone(), Instant::now() + life);
+    axum::Json(json!({"token_type": "Bearer", "expires_in": life.as_secs(), "ext_expires_in": life.as_secs(), "access_token": t}))
+        .into_response()
+}
+
+/// A handed-out bearer token that has not expired; else ARM's 401.
+pub(super) fn check_token(st: &State, hdr: &BTreeMap<String, String>) -> Option<Response> {
+    let t = hdr
+        .get("authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let until = st.google_tokens.lock().unwrap().get(t).copied();
+    match until {
+        Some(u) if Instant::now() < u => None,
+        Some(_) => {
+            st.sts.lock().unwrap().expired_calls += 1;
+            Some(az_err(
+                StatusCode::UNAUTHORIZED,
+                "ExpiredAuthenticationToken",
+                "The access token expiry UTC time is earlier than current UTC time.",
+            ))
+        }
+        None => Some(az_err(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "The access token is invalid.",
+        )),
+    }
+}
+
+/// The version `id` as ARM answers it, its replication status when `expand`.
+fn version_json(st: &State, id: &str, expand: bool) -> Option<Value> {
+    let imgs = st.images.lock().unwrap();
+    let home = imgs
+        .iter()
+        .find(|i| i.id == id && i.copy.is_none() && i.listed())?
+        .clone();
+    let replicas: Vec<&Img> = imgs.iter().filter(|i| i.id == id).collect();
+    let regions: Vec<Value> = replicas
+        .iter()
+        .map(|i| json!({"name": display(&i.region), "regionalReplicaCount": 1, "storageAccountType": "Standard_LRS"}))
+        .collect();
+    let version = id.rsplit('/').next().unwrap_or("");
+    let mut v = json!({
+        "id": id, "name": version, "type": "Microsoft.Compute/galleries/images/versions",
+        "location": display(&home.region), "tags": {},
+        "properties": {
+            "publishingProfile": {
+                "targetRegions": regions, "replicaCount": 1, "excludeFromLatest": false,
+                "storageAccountType": "Standard_LRS",
+                "publishedDate": created_text(home.created_unix, "%Y-%m-%dT%H:%M:%S%.7f+00:00"),
+            },
+            "storageProfile": {"osDiskImage": {"sizeInGB": home.size_gib, "hostCaching": "ReadOnly"}},
+            "provisioningState": "Succeeded",
+        },
+    });
+    if expand {
+        let summary: Vec<Value> = replicas
+            .iter()
+            .map(|i| {
+                let state = if i.failed() {
+                    "Failed"
+                } else if i.ready() {
+                    "Completed"
+                } else {
+                    "Replicating"
+                };
+                json!({"region": display(&i.region), "state": state, "details": "", "progress": i.progress()})
+            })
+            .collect();
+        let agg = if summary.iter().any(|s| s["state"] == "Failed") {
+            "Failed"
+        } else if summary.iter().all(|s| s["state"] == "Completed") {
+            "Completed"
+        } else {
+            "InProgress"
+        };
+        v["properties"]["replicationStatus"] = json!({"aggregatedState": agg, "summary": summary});
+    }
+    Some(v)
+}
+
+pub(super) async fn azure(
+    st: &State,
+    method: &Method,
+    path: &str,
+    q: &BTreeMap<String, String>,
+    b: &Value,
+) -> Response {
+    if q.get("api-version").map(String::as_str) != Some("2026-03-03") {
+        return az_err(
+            StatusCode::BAD_REQUEST,
+            "InvalidApiVersionParameter",
+            "The api-version is invalid.",
+        );
+    }
+    if !path.starts_with(&format!(
+        "/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/"
+    )) {
+        return az_err(
+            StatusCode::FORBIDDEN,
+            "AuthorizationFailed",
+            "The client does not have authorization to perform action.",
+        );
+    }
+    let not_found = || az_err(StatusCode::NOT_FOUND, "ResourceNotFound", "The Resource was not found.");
+    if path.trim_end_matches('/').ends_with("/versions") && method == Method::GET {
+        let prefix = format!("{}/", path.trim_end_matches('/'));
+        let from: usize = q.get("$skiptoken").and_then(|n| n.parse().ok()).unwrap_or(0);
+        let mut ids: Vec<(i64, String)> = st
+            .images
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|i| i.id.starts_with(&prefix) && i.copy.is_none() && i.listed())
+            .map(|i| (i.created_unix, i.id.clone()))
+            .collect();
+        ids.sort();
+        let page: Vec<Value> = ids
+            .iter()
+            .skip(from)
+            .take(PAGE)
+            .filter_map(|(_, id)| version_json(st, id, false))
+            .collect();
+        let mut v = json!({"value": page});
+        if from + PAGE < ids.len() {
+            let host = "http://azure.invalid"; // the operator follows the path and query only
+            v["nextLink"] = json!(format!(
+                "{host}{path}?api-version=2026-03-03&$skiptoken={}",
+                from + PAGE
+            ));
+        }
+        return axum::Json(v).into_response();
+    }
+    match method.as_str() {
+        "GET" => match version_json(
+            st,
+            path,
+            q.get("$expand").map(String::as_str) == Some("ReplicationStatus"),
+        ) {
+            Some(v) => axum::Json(v).into_response(),
+            None => not_found(),
+        },
+        "PATCH" => {
+            let Some(_) = version_json(st, path, false) else {
+                return not_found();
+            };
+            let wanted: Vec<String> = b
+                .pointer("/properties/publishingProfile/targetRegions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["name"].as_str().map(norm))
+                .collect();
+            {
+                let mut imgs = st.images.lock().unwrap();
+                let home = imgs.iter().find(|i| i.id == path && i.copy.is_none()).cloned().unwrap();
+                if !wanted.contains(&norm(&home.region)) {
+                    return az_err(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidParameter",
+                        "The source region must be among the target regions.",
+                    );
+                }
+                imgs.retain(|i| i.id != path || i.copy.is_none() || wanted.contains(&norm(&i.region)));
+                for r in &wanted {
+                    if !imgs.iter().any(|i| i.id == path && norm(&i.region) == *r) {
+                        let region = r.clone();
+                        imgs.push(Img {
+                            copy: Some((Instant::now(), copy_time(st, &region))),
+                            region,
+                            listed_at: None,
+                            fails: st.copy_fails(),
+                            tags: BTreeMap::new(),
+                            ..home.clone()
+                        });
+                    }
+                }
+            }
+            hold(st).await;
+            let v = version_json(st, path, false).unwrap();
+            let mut r = axum::Json(v).into_response();
+            let op = format!(
+                "https://management.azure.com{path}/operations/op-{}",
+                st.seq.fetch_add(1, Ordering::SeqCst)
+            );
+            r.headers_mut().insert("azure-asyncoperation", op.parse().unwrap());
+            r
+        }
+        _ => az_err(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "The method is not allowed.",
+        ),
+    }
+}
