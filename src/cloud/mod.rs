@@ -9,6 +9,7 @@
 //! per-destination backoff takes over. Other errors are returned at once.
 
 pub mod account;
+pub mod bearer;
 pub mod identity;
 pub mod sign;
 pub mod xml;

@@ -1,6 +1,6 @@
 //! One shape for the clouds whose own API copies an image between regions and answers with the
 //! destination image at once (Alibaba ECS `CopyImage`, AWS EC2 `CopyImage`, Tencent CVM
-//! `SyncImages`): each says in a small [`Catalog`] how it lists and reads its images, asks for a
+//! `SyncImages`, Compute Engine `images.insert`, Compute Gallery target regions): each says in a small [`Catalog`] how it lists and reads its images, asks for a
 //! copy, finds one by our token and removes one; the adapter below makes every `Catalog` an
 //! [`Service`] (so an `ImageService`) that describes, starts, finds, polls and checks copies the same way.
 //!
@@ -73,7 +73,7 @@ pub trait Catalog: Send + Sync {
         id: &str,
     ) -> impl Future<Output = Result<Option<Self::Image>, ProviderError>> + Send;
     fn id(image: &Self::Image) -> String;
-    /// Whether `image` is the one `id` names (Compute Engine: a resource name or a bare name).
+    /// Whether `image` is the one `id` names (a cloud may name it two ways: a resource name or a bare name).
     fn is(image: &Self::Image, id: &str) -> bool {
         Self::id(image) == id
     }
@@ -82,7 +82,7 @@ pub trait Catalog: Send + Sync {
     /// The image's state, and the copy's progress percent where the cloud reports one.
     fn state(image: &Self::Image) -> (ImageState, Option<i32>);
     /// The state of the copy in `region` (a cloud whose copy is the same image replicated,
-    /// Azure: that region's replication); `None` when the image has no copy there.
+    /// that region's replication); `None` when the image has no copy there.
     fn copy_state(image: &Self::Image, _region: &str) -> Option<(ImageState, Option<i32>)> {
         Some(Self::state(image))
     }

@@ -184,7 +184,7 @@ enum Stopped {
 /// Delete a destination's copy (`deletionPolicy: Delete`, on delete or when the destination
 /// left the spec): every share this object made is withdrawn first, then the image — never the
 /// source (`source`: its region and id), which a same-region destination shares in place. The
-/// region counts too: on Azure a copy is the source's own resource in another region. Returns
+/// region counts too: where the cloud replicates the source itself, a copy has its id. Returns
 /// the accounts withdrawn.
 async fn delete_copy(
     provider: &dyn ImageService,

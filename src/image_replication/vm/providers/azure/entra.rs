@@ -5,9 +5,7 @@
 //! renewed five minutes (at most a third of their life) before they expire, one request at a
 //! time per app.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -17,16 +15,10 @@ use crate::cloud::{self, Attempt};
 /// Entra ID's public cloud authority (the Secret's `authorityHost` names another).
 pub const AUTHORITY: &str = "https://login.microsoftonline.com";
 pub const SCOPE: &str = "https://management.azure.com/.default";
-const RENEW_BEFORE: Duration = Duration::from_secs(300);
-
-/// One app's token and when it is renewed; locked while it is asked for.
-type Cell = Arc<tokio::sync::Mutex<Option<(String, Instant)>>>;
 
 /// Access tokens per app registration.
 #[derive(Default)]
-pub struct Tokens {
-    cells: Mutex<HashMap<String, Cell>>,
-}
+pub struct Tokens(crate::cloud::bearer::Tokens);
 
 impl Tokens {
     pub async fn get(&self, http: &reqwest::Client, acct: &Account) -> Result<String, ProviderError> {
@@ -44,46 +36,51 @@ impl Tokens {
             let h = sha2::Sha256::digest(secret.as_bytes());
             format!("{authority}|{tenant}|{client}|{}", &crate::oci::api::hex(&h)[..16])
         };
-        let cell = self.cells.lock().expect("tokens").entry(id).or_default().clone();
-        let mut kept = cell.lock().await;
-        if let Some((t, renew)) = &*kept
-            && Instant::now() < *renew
-        {
-            return Ok(t.clone());
+        self.0
+            .get(id, || fetch(http, &authority, &tenant, &client, &secret))
+            .await
+    }
+}
+
+/// The client-credentials grant.
+async fn fetch(
+    http: &reqwest::Client,
+    authority: &str,
+    tenant: &str,
+    client: &str,
+    secret: &str,
+) -> Result<(String, Duration), ProviderError> {
+    let enc = crate::oci::client::urlencode;
+    let form = format!(
+        "client_id={}&client_secret={}&grant_type=client_credentials&scope={}",
+        enc(client),
+        enc(secret),
+        enc(SCOPE)
+    );
+    let url = format!("{}/{tenant}/oauth2/v2.0/token", authority.trim_end_matches('/'));
+    let rb = http
+        .post(url)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(form);
+    let a = cloud::exchange("token", rb).await.map_err(|e: Attempt| e.error)?;
+    let v: Value = serde_json::from_str(&a.text).unwrap_or(Value::Null);
+    match (a.status, v.get("access_token").and_then(Value::as_str)) {
+        (200, Some(t)) => {
+            let life = Duration::from_secs(v.get("expires_in").and_then(Value::as_u64).unwrap_or(3600));
+            Ok((t.to_string(), life))
         }
-        let enc = crate::oci::client::urlencode;
-        let form = format!(
-            "client_id={}&client_secret={}&grant_type=client_credentials&scope={}",
-            enc(&client),
-            enc(&secret),
-            enc(SCOPE)
-        );
-        let url = format!("{}/{tenant}/oauth2/v2.0/token", authority.trim_end_matches('/'));
-        let rb = http
-            .post(url)
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(form);
-        let a = cloud::exchange("token", rb).await.map_err(|e: Attempt| e.error)?;
-        let v: Value = serde_json::from_str(&a.text).unwrap_or(Value::Null);
-        match (a.status, v.get("access_token").and_then(Value::as_str)) {
-            (200, Some(t)) => {
-                let life = Duration::from_secs(v.get("expires_in").and_then(Value::as_u64).unwrap_or(3600));
-                *kept = Some((t.to_string(), Instant::now() + life - RENEW_BEFORE.min(life / 3)));
-                Ok(t.to_string())
-            }
-            (status, _) => {
-                let code = v.get("error").and_then(Value::as_str).unwrap_or("");
-                // AADSTS codes lead the description; the rest can echo request details.
-                let why = v.get("error_description").and_then(Value::as_str).unwrap_or("");
-                let aadsts = why.split(':').next().unwrap_or("");
-                let text = format!("token for app {client} in tenant {tenant}: HTTP {status} {code} {aadsts}");
-                Err(match status {
-                    400 | 401 | 403 => ProviderError::auth(format!(
-                        "{text} (check clientSecret: it may be expired or the app not in the tenant)"
-                    )),
-                    _ => ProviderError::transient(text),
-                })
-            }
+        (status, _) => {
+            let code = v.get("error").and_then(Value::as_str).unwrap_or("");
+            // AADSTS codes lead the description; the rest can echo request details.
+            let why = v.get("error_description").and_then(Value::as_str).unwrap_or("");
+            let aadsts = why.split(':').next().unwrap_or("");
+            let text = format!("token for app {client} in tenant {tenant}: HTTP {status} {code} {aadsts}");
+            Err(match status {
+                400 | 401 | 403 => ProviderError::auth(format!(
+                    "{text} (check clientSecret: it may be expired or the app not in the tenant)"
+                )),
+                _ => ProviderError::transient(text),
+            })
         }
     }
 }

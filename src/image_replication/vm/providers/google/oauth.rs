@@ -5,9 +5,7 @@
 //! hour. Tokens are kept per key and renewed five minutes before they expire (a third of their
 //! life before, for tokens shorter than a quarter of an hour).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -19,8 +17,6 @@ use crate::cloud::{self, Attempt};
 pub const TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 /// Everything the image calls need (Compute Engine takes `cloud-platform` or `compute`).
 pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
-/// A token is renewed this long before it expires (at most a third of its life).
-const RENEW_BEFORE: Duration = Duration::from_secs(300);
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 /// The fields of a service-account key file the operator reads.
@@ -101,29 +97,19 @@ pub fn pem_body(pem: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(body).ok()
 }
 
-/// One key's token and when it is renewed; locked while it is asked for.
-type Cell = Arc<tokio::sync::Mutex<Option<(String, Instant)>>>;
-
 /// Access tokens per key.
 #[derive(Default)]
-pub struct Tokens {
-    /// key -> (token, when it is renewed); one exchange at a time per key.
-    cells: Mutex<HashMap<String, Cell>>,
-}
+pub struct Tokens(crate::cloud::bearer::Tokens);
 
 impl Tokens {
     /// A bearer token for the account's key: the one kept until it is due for renewal, else a
     /// new one from the token endpoint.
     pub async fn get(&self, http: &reqwest::Client, acct: &Account) -> Result<String, ProviderError> {
         let key = Key::read(acct)?;
-        let id = key.cache_key();
-        let cell = self.cells.lock().expect("tokens").entry(id).or_default().clone();
-        let mut kept = cell.lock().await;
-        if let Some((t, renew)) = &*kept
-            && Instant::now() < *renew
-        {
-            return Ok(t.clone());
-        }
+        self.0.get(key.cache_key(), || Self::fetch(http, key)).await
+    }
+
+    async fn fetch(http: &reqwest::Client, key: Key) -> Result<(String, Duration), ProviderError> {
         let assertion = key.assertion(k8s_openapi::jiff::Timestamp::now().as_second())?;
         let form = format!(
             "grant_type={}&assertion={assertion}",
@@ -139,9 +125,7 @@ impl Tokens {
         match (a.status, token) {
             (200, Some(t)) => {
                 let life = Duration::from_secs(v.get("expires_in").and_then(Value::as_u64).unwrap_or(3600));
-                let renew = Instant::now() + life - RENEW_BEFORE.min(life / 3);
-                *kept = Some((t.to_string(), renew));
-                Ok(t.to_string())
+                Ok((t.to_string(), life))
             }
             (status, _) => {
                 let code = v.get("error").and_then(Value::as_str).unwrap_or("");
