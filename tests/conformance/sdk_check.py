@@ -1009,7 +1009,11 @@ def check_azure(ex, vio):
     if ex["path"].endswith("/oauth2/v2.0/token"):
         # Entra ID's token endpoint (not in the SDK): the client-credentials grant.
         form = dict(parse_qsl(ex.get("body") or "", keep_blank_values=True))
-        if set(form) != {"client_id", "client_secret", "grant_type", "scope"} or form.get("grant_type") != "client_credentials":
+        secret = {"client_id", "client_secret", "grant_type", "scope"}
+        assertion = {"client_id", "client_assertion", "client_assertion_type", "grant_type", "scope"}
+        if set(form) not in (secret, assertion) or form.get("grant_type") != "client_credentials" or (
+                "client_assertion" in form
+                and form.get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"):
             vio.add(ex, f"token: the form has {sorted(form)}")
         answer = loads(ex.get("response")) or {}
         want = ({"token_type", "expires_in", "ext_expires_in", "access_token"} if ex["status"] == 200

@@ -266,6 +266,10 @@ fn workload_identity_values_project_the_token_each_cloud_expects() {
         "identity.google.serviceAccount=imgrep@p1.iam.gserviceaccount.com",
         "--set",
         "identity.google.project=p1",
+        "--set",
+        "identity.azure.clientId=22222222-0000-4000-8000-000000000001",
+        "--set",
+        "identity.azure.subscriptionId=00000000-0000-4000-8000-000000000001",
     ]));
     let sa = rendered.iter().find(|d| d["kind"] == "ServiceAccount").unwrap();
     assert_eq!(
@@ -335,7 +339,7 @@ fn workload_identity_values_project_the_token_each_cloud_expects() {
         assert!(reads.contains(&file_var), "{kind:?}: {file_var}");
     }
     for set in c["env"].as_array().unwrap().iter().filter_map(|e| e["name"].as_str()) {
-        let cloud_var = ["AWS_", "ALIBABA_", "TKE_", "HUAWEICLOUD_", "GOOGLE_"]
+        let cloud_var = ["AWS_", "ALIBABA_", "TKE_", "HUAWEICLOUD_", "GOOGLE_", "AZURE_"]
             .iter()
             .any(|p| set.starts_with(p));
         let read = image_replication_operator::image_replication::vm::providers::CLOUDS
@@ -345,6 +349,20 @@ fn workload_identity_values_project_the_token_each_cloud_expects() {
         assert!(!cloud_var || read, "{set} is set but no provider reads it");
     }
     assert_eq!(env("AWS_REGION").as_deref(), Some("eu-west-1"));
+    // Azure: AKS's webhook does the token; the chart asks for it and names the subscription.
+    assert_eq!(
+        sa["metadata"]["annotations"]["azure.workload.identity/client-id"],
+        "22222222-0000-4000-8000-000000000001"
+    );
+    let deployment = rendered.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(
+        deployment["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"],
+        "true"
+    );
+    assert_eq!(
+        env("AZURE_SUBSCRIPTION_ID").as_deref(),
+        Some("00000000-0000-4000-8000-000000000001")
+    );
     // Google: the external_account configuration beside the token, as the operator reads it.
     let v = pod["volumes"]
         .as_array()

@@ -690,3 +690,71 @@ async fn tencent_copies_and_shares_with_no_secret_through_tke_oidc_and_a_copier_
 async fn google_copies_and_shares_with_no_secret_through_workload_identity_federation_and_a_copier() {
     keyless_copy_and_share(Kind::Google).await;
 }
+
+/// Azure Workload Identity end to end with no Secret (deploy/examples/azure-keyless.yaml): the
+/// ServiceAccount token the real API server issued (audience api://AzureADTokenExchange) is the
+/// client assertion for the app's token; tokens of 12 s are renewed during a 30 s replication,
+/// every ARM call carries a handed-out token, none expired, none in the logs; every exchange held
+/// to azure-mgmt-compute's models.
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_replicates_with_no_secret_through_workload_identity() {
+    use support::clouds::azure::{CLIENT, RESOURCE_GROUP, SUBSCRIPTION, TENANT};
+    let Some(sc) = Scene::new("keyless-azure").await else {
+        return;
+    };
+    let cloud = Stand::start(Kind::Azure).await;
+    let (src_region, dst_region, _, _) = cloud.account();
+    let audience = image_replication_operator::image_replication::vm::providers::azure::wi::IDENTITY.audience;
+    let token_path = sc.projected_token(audience);
+    cloud.trust_web_identity(ISSUER, audience, &[(CLIENT, SUBSCRIPTION)]);
+    cloud.set_credentials_life(Duration::from_secs(12));
+    cloud.set_copy_time(dst_region, Duration::from_secs(30));
+    let src = cloud.add(src_region, "1.0.0", 8, json!({}));
+    let (name, spec) = example("azure-keyless.yaml", &cloud, &src);
+    let env = vec![
+        ("AZURE_CLIENT_ID", CLIENT.to_string()),
+        ("AZURE_TENANT_ID", TENANT.to_string()),
+        ("AZURE_FEDERATED_TOKEN_FILE", token_path.display().to_string()),
+        ("AZURE_AUTHORITY_HOST", cloud.url.clone()),
+        ("AZURE_SUBSCRIPTION_ID", SUBSCRIPTION.to_string()),
+        ("AZURE_RESOURCE_GROUP", RESOURCE_GROUP.to_string()),
+    ];
+    let op = sc.operator(&borrowed(&env));
+    sc.create(&name, spec).await;
+    let (status, msg) = sc.ready_with(&name, "Succeeded").await;
+    assert_eq!(status, "True", "{msg}");
+    assert_eq!(cloud.images_in(dst_region).len(), 1);
+    let sessions = cloud.sessions();
+    let tokens: Vec<&str> = sessions.iter().map(|s| s.ak.as_str()).collect();
+    for r in cloud.requests().iter().filter(|r| r.action() != "token") {
+        let bearer = r
+            .headers
+            .get("authorization")
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or("");
+        assert!(
+            tokens.contains(&bearer),
+            "{} made without a handed-out token",
+            r.action()
+        );
+    }
+    assert!(
+        cloud.count("token") >= 2,
+        "renewed during the copy: {:?}",
+        cloud.counts()
+    );
+    cloud.assert_budget("keyless replication", &[("token", (30 + 15) / 8 + 2)]);
+    assert_eq!(cloud.expired_calls(), 0, "no call with an expired token");
+    let logs = op.logs();
+    assert!(
+        sessions.iter().all(|s| !logs.contains(&s.ak)),
+        "a token leaked into the logs"
+    );
+    sc.irs().delete(&name, &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "gone", || async {
+        sc.irs().get_opt(&name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(cloud.images_in(dst_region).is_empty(), "the region left the version");
+    cloud.assert_conforms();
+}

@@ -200,7 +200,7 @@ pub struct ProviderSpec {
     /// oci.
     pub kind: ProviderKind,
     /// Secret in the same namespace with the provider's credentials (keys documented per
-    /// provider). huawei, alibaba, aws, tencent, google: without it the operator acts with its pod's
+    /// provider). huawei, alibaba, aws, tencent, google, azure: without it the operator acts with its pod's
     /// workload identity (the projected ServiceAccount token exchanged at the cloud's security
     /// token service, as the cloud's SDKs read it from the environment).
     #[serde(default, skip_serializing_if = "Option::is_none")]

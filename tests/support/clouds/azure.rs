@@ -92,22 +92,43 @@ pub(super) fn token(st: &State, path: &str, form: &BTreeMap<String, String>) -> 
             "AADSTS900144: grant_type or scope",
         );
     }
-    if form.get("client_id").map(String::as_str) != Some(CLIENT)
-        || form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET)
-    {
-        return bad(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "AADSTS7000215: Invalid client secret provided.",
-        );
-    }
-    let life = st.sts.lock().unwrap().life;
-    let t = format!("eyJ0eXAi.test-{}", st.seq.fetch_add(1, Ordering::SeqCst));
-    st.google_tokens
-        .lock()
-        .unwrap()
-        .insert(t.clone(), Instant::now() + life);
-    axum::Json(json!({"token_type": "Bearer", "expires_in": life.as_secs(), "ext_expires_in": life.as_secs(), "access_token": t}))
+    let client = form.get("client_id").cloned().unwrap_or_default();
+    // Workload identity: the federated token of an app that trusts its issuer and audience.
+    let (t, until) = if let Some(jwt) = form.get("client_assertion") {
+        if form.get("client_assertion_type").map(String::as_str)
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
+            return bad(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "AADSTS50027: client_assertion_type",
+            );
+        }
+        let r = st.sts.lock().unwrap().web_identity(&client, jwt);
+        match r {
+            Ok(x) => (x.ak, x.expires),
+            Err((_, msg)) => {
+                let why = format!("AADSTS70021: No matching federated identity record found: {msg}");
+                return bad(StatusCode::UNAUTHORIZED, "invalid_client", &why);
+            }
+        }
+    } else {
+        if client != CLIENT || form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET) {
+            return bad(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "AADSTS7000215: Invalid client secret provided.",
+            );
+        }
+        let life = st.sts.lock().unwrap().life;
+        (
+            format!("eyJ0eXAi.test-{}", st.seq.fetch_add(1, Ordering::SeqCst)),
+            Instant::now() + life,
+        )
+    };
+    st.google_tokens.lock().unwrap().insert(t.clone(), until);
+    let life = until.saturating_duration_since(Instant::now()).as_secs();
+    axum::Json(json!({"token_type": "Bearer", "expires_in": life, "ext_expires_in": life, "access_token": t}))
         .into_response()
 }
 

@@ -37,24 +37,37 @@ impl Tokens {
             format!("{authority}|{tenant}|{client}|{}", &crate::oci::api::hex(&h)[..16])
         };
         self.0
-            .get(id, || fetch(http, &authority, &tenant, &client, &secret))
+            .get(id, || fetch(http, &authority, &tenant, &client, Grant::Secret(&secret)))
             .await
     }
 }
 
+/// What proves the app: its client secret, or a federated token (workload identity).
+pub enum Grant<'a> {
+    Secret(&'a str),
+    Assertion(&'a str),
+}
+
 /// The client-credentials grant.
-async fn fetch(
+pub async fn fetch(
     http: &reqwest::Client,
     authority: &str,
     tenant: &str,
     client: &str,
-    secret: &str,
+    grant: Grant<'_>,
 ) -> Result<(String, Duration), ProviderError> {
     let enc = crate::oci::client::urlencode;
+    let proof = match grant {
+        Grant::Secret(s) => format!("client_secret={}", enc(s)),
+        Grant::Assertion(jwt) => format!(
+            "client_assertion={}&client_assertion_type={}",
+            enc(jwt),
+            enc("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        ),
+    };
     let form = format!(
-        "client_id={}&client_secret={}&grant_type=client_credentials&scope={}",
+        "client_id={}&{proof}&grant_type=client_credentials&scope={}",
         enc(client),
-        enc(secret),
         enc(SCOPE)
     );
     let url = format!("{}/{tenant}/oauth2/v2.0/token", authority.trim_end_matches('/'));
@@ -77,7 +90,7 @@ async fn fetch(
             let text = format!("token for app {client} in tenant {tenant}: HTTP {status} {code} {aadsts}");
             Err(match status {
                 400 | 401 | 403 => ProviderError::auth(format!(
-                    "{text} (check clientSecret: it may be expired or the app not in the tenant)"
+                    "{text} (check the client secret or the app's federated credential: it may be expired, or the app not in the tenant)"
                 )),
                 _ => ProviderError::transient(text),
             })

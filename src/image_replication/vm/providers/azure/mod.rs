@@ -14,6 +14,7 @@
 //! Secret's `resourceGroup`.
 
 pub mod entra;
+pub mod wi;
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use super::super::facts::{Cloud, Sharing, no_rules};
 use super::super::{Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError};
 use crate::api::v1alpha1::{ImageReplicationSpec, ProviderKind};
 use crate::api::violation::Violation;
+use crate::cloud::identity::{Exchange, Temporary};
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
 
 /// The ARM api-version of `Microsoft.Compute` galleries (azure-mgmt-compute's default).
@@ -249,7 +251,11 @@ impl Azure {
             .run(op, idempotent, || {
                 let (url, method, body) = (&url, method.clone(), &body);
                 async move {
-                    let token = self.tokens.get(&self.http, acct).await?;
+                    // Handed out (workload identity), else the Secret's app's.
+                    let token = match acct.text("accessToken") {
+                        Some(t) => t,
+                        None => self.tokens.get(&self.http, acct).await?,
+                    };
                     let mut rb = self.http.request(method, url.clone()).bearer_auth(token);
                     if let Some(b) = body {
                         rb = rb.header("Content-Type", "application/json").body(b.to_string());
@@ -304,6 +310,10 @@ fn target_list(v: &Value) -> Vec<Value> {
 }
 
 impl Catalog for Azure {
+    fn exchange(&self, how: &Exchange) -> impl std::future::Future<Output = Result<Temporary, ProviderError>> + Send {
+        wi::exchange(&self.http, how)
+    }
+
     type Image = Value;
     const KIND: ProviderKind = ProviderKind::Azure;
     const SERVICE: &'static str = "Azure Compute Gallery";
@@ -506,7 +516,7 @@ pub const CLOUD: Cloud = Cloud {
     other_owner: Some(
         "an image version belongs to its gallery's subscription; share the gallery with the other subscription instead",
     ),
-    identity: None,
+    identity: Some(&wi::IDENTITY),
     moves_bytes: false,
 };
 
@@ -605,10 +615,12 @@ mod tests {
         );
         assert!(got[0].message.contains("share the gallery"));
         let mut s = o.spec.clone();
-        s.provider.credentials_secret_ref = None;
+        s.provider.assume_role =
+            serde_json::from_value(json!({"roleArn": "22222222-0000-4000-8000-000000000001"})).unwrap();
         assert_eq!(
             crate::validation::image_replication(&s)[0].reason,
-            "CredentialsRequired"
+            "InvalidRole",
+            "no role to assume"
         );
     }
 }
