@@ -41,6 +41,64 @@ impl Tokens {
     }
 }
 
+/// One JSON call with a bearer token.
+pub struct JsonCall<'a> {
+    pub op: &'a str,
+    pub method: reqwest::Method,
+    pub url: reqwest::Url,
+    pub body: Option<serde_json::Value>,
+    /// A passing server error is retried within the call (a read, or an idempotent write).
+    pub retry: bool,
+}
+
+/// Make `call` with the token `token` gives at each attempt (a renewed one is picked up),
+/// throttling and passing errors backed off as `backoff` says; a non-2xx answer is classified by
+/// `error` (op, status, body, Retry-After), an empty 2xx answer (202, 204) is `Null`.
+pub async fn json_call<T, TF>(
+    http: &reqwest::Client,
+    backoff: &super::Backoff,
+    call: JsonCall<'_>,
+    token: T,
+    error: fn(&str, u16, &str, Option<Duration>) -> super::Attempt,
+) -> Result<serde_json::Value, ProviderError>
+where
+    T: Fn() -> TF,
+    TF: Future<Output = Result<String, ProviderError>>,
+{
+    let JsonCall {
+        op,
+        method,
+        url,
+        body,
+        retry,
+    } = call;
+    backoff
+        .run(op, retry, || {
+            let (url, method, body, token) = (&url, method.clone(), &body, &token);
+            async move {
+                let mut rb = http.request(method, url.clone()).bearer_auth(token().await?);
+                if let Some(b) = body {
+                    rb = rb.header("Content-Type", "application/json").body(b.to_string());
+                }
+                let a = super::exchange(op, rb).await?;
+                if !(200..300).contains(&a.status) {
+                    return Err(error(op, a.status, &a.text, a.retry_after));
+                }
+                if a.text.trim().is_empty() {
+                    return Ok(serde_json::Value::Null);
+                }
+                serde_json::from_str(&a.text).map_err(|_| {
+                    super::Attempt::from(ProviderError::transient(format!(
+                        "{op}: HTTP {}: {}",
+                        a.status,
+                        super::short(&a.text)
+                    )))
+                })
+            }
+        })
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,7 @@ use super::super::facts::{Cloud, Sharing, no_rules};
 use super::super::{Account, CopyHandle, CopyRequest, ImageInfo, ImageSelector, ImageState, ProviderError};
 use crate::api::v1alpha1::{ImageReplicationSpec, ProviderKind};
 use crate::api::violation::Violation;
+use crate::cloud::bearer::{self, JsonCall};
 use crate::cloud::identity::{Exchange, Temporary};
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
 
@@ -246,29 +247,22 @@ impl Azure {
             .extend_pairs(query.iter().copied());
         // A read, or an update that writes the whole target list (the same list twice is one
         // change): a passing server error is retried within the call.
-        let idempotent = method == reqwest::Method::GET || method == reqwest::Method::PATCH;
-        self.backoff
-            .run(op, idempotent, || {
-                let (url, method, body) = (&url, method.clone(), &body);
-                async move {
-                    // Handed out (workload identity), else the Secret's app's.
-                    let token = match acct.text("accessToken") {
-                        Some(t) => t,
-                        None => self.tokens.get(&self.http, acct).await?,
-                    };
-                    let mut rb = self.http.request(method, url.clone()).bearer_auth(token);
-                    if let Some(b) = body {
-                        rb = rb.header("Content-Type", "application/json").body(b.to_string());
-                    }
-                    let a = cloud::exchange(op, rb).await?;
-                    if !(200..300).contains(&a.status) {
-                        return Err(error(op, a.status, &a.text, a.retry_after));
-                    }
-                    // 202 Accepted and 204 carry no body.
-                    Ok(serde_json::from_str(&a.text).unwrap_or(Value::Null))
-                }
-            })
-            .await
+        let retry = method == reqwest::Method::GET || method == reqwest::Method::PATCH;
+        let call = JsonCall {
+            op,
+            method,
+            url,
+            body,
+            retry,
+        };
+        // Handed out (workload identity), else the Secret's app's.
+        let token = || async {
+            match acct.text("accessToken") {
+                Some(t) => Ok(t),
+                None => self.tokens.get(&self.http, acct).await,
+            }
+        };
+        bearer::json_call(&self.http, &self.backoff, call, token, error).await
     }
 
     async fn get(&self, acct: &Account, id: &str) -> Result<Option<Value>, ProviderError> {

@@ -27,6 +27,7 @@ use super::super::{
 };
 use crate::api::v1alpha1::{ImageReplicationSpec, ProviderKind};
 use crate::api::violation::Violation;
+use crate::cloud::bearer::{self, JsonCall};
 use crate::cloud::identity::{Exchange, Temporary};
 use crate::cloud::{self, Attempt, Backoff, ErrorClass};
 
@@ -255,30 +256,15 @@ impl Google {
             url.query_pairs_mut()
                 .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
         }
-        let read = method == reqwest::Method::GET;
-        self.backoff
-            .run(op, read, || {
-                let (url, method, body) = (&url, method.clone(), &body);
-                async move {
-                    let token = self.token_of(acct).await?;
-                    let mut rb = self.http.request(method, url.clone()).bearer_auth(token);
-                    if let Some(b) = body {
-                        rb = rb.header("Content-Type", "application/json").body(b.to_string());
-                    }
-                    let a = cloud::exchange(op, rb).await?;
-                    if !(200..300).contains(&a.status) {
-                        return Err(error(op, a.status, &a.text, a.retry_after));
-                    }
-                    serde_json::from_str(&a.text).map_err(|_| {
-                        Attempt::from(ProviderError::transient(format!(
-                            "{op}: HTTP {}: {}",
-                            a.status,
-                            cloud::short(&a.text)
-                        )))
-                    })
-                }
-            })
-            .await
+        let retry = method == reqwest::Method::GET;
+        let call = JsonCall {
+            op,
+            method,
+            url,
+            body,
+            retry,
+        };
+        bearer::json_call(&self.http, &self.backoff, call, || self.token_of(acct), error).await
     }
 
     /// `images.list`, every page (`maxResults` 500, `pageToken` on), with a `filter`.
