@@ -41,6 +41,54 @@ impl Tokens {
     }
 }
 
+/// A token endpoint's refusal: its HTTP status, `error` and `error_description` (RFC 6749 5.2).
+pub struct Refusal<'a> {
+    pub status: u16,
+    pub error: &'a str,
+    pub description: &'a str,
+}
+
+/// A refusal's error: the credential's (held, `CredentialsRefused`) for a 4xx other than 429,
+/// else passing.
+pub fn refused(status: u16, text: String) -> ProviderError {
+    if (400..500).contains(&status) && status != 429 {
+        ProviderError::auth(text)
+    } else {
+        ProviderError::transient(text)
+    }
+}
+
+/// POST `form` (urlencoded) to an OAuth2 token endpoint: its `access_token` and life
+/// (`expires_in`, an hour when unsaid), or the refusal as `says` puts it.
+pub async fn oauth_token(
+    http: &reqwest::Client,
+    url: &str,
+    form: String,
+    says: impl FnOnce(Refusal<'_>) -> String,
+) -> Result<(String, Duration), ProviderError> {
+    let rb = http
+        .post(url)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(form);
+    let a = super::exchange("token", rb).await.map_err(|e| e.error)?;
+    let v: serde_json::Value = serde_json::from_str(&a.text).unwrap_or_default();
+    let text = |k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or("");
+    match (a.status, v.get("access_token").and_then(serde_json::Value::as_str)) {
+        (200, Some(t)) => {
+            let life = v.get("expires_in").and_then(serde_json::Value::as_u64).unwrap_or(3600);
+            Ok((t.to_string(), Duration::from_secs(life)))
+        }
+        (status, _) => Err(refused(
+            status,
+            says(Refusal {
+                status,
+                error: text("error"),
+                description: text("error_description"),
+            }),
+        )),
+    }
+}
+
 /// One JSON call with a bearer token.
 pub struct JsonCall<'a> {
     pub op: &'a str,

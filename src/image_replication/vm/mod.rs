@@ -221,6 +221,16 @@ impl TaskState {
 /// one provider interaction; none waits for a copy. Providers implement [`Service`].
 pub trait ImageService: Send + Sync {
     fn kind(&self) -> ProviderKind;
+    /// Short-lived keys for `how`, at the cloud's security token service (a cloud whose facts
+    /// have an `identity`).
+    fn exchange<'a>(&'a self, how: &'a Exchange) -> BoxFuture<'a, Result<Temporary, ProviderError>>;
+    /// The source image `image` names in `region` (exactly one, or an error saying why).
+    fn describe<'a>(
+        &'a self,
+        acct: &'a Account,
+        region: &'a str,
+        image: &'a ImageSelector,
+    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>>;
     /// Copies in flight per account when the spec does not say (the provider's documented quota).
     fn default_max_concurrent(&self) -> i32 {
         5
@@ -237,15 +247,6 @@ pub trait ImageService: Send + Sync {
     fn start_idempotent(&self) -> bool {
         false
     }
-    /// Short-lived keys for `how`, at the cloud's security token service (a cloud whose facts
-    /// have an `identity`).
-    fn exchange<'a>(&'a self, how: &'a Exchange) -> BoxFuture<'a, Result<Temporary, ProviderError>>;
-    fn describe<'a>(
-        &'a self,
-        acct: &'a Account,
-        region: &'a str,
-        image: &'a ImageSelector,
-    ) -> BoxFuture<'a, Result<ImageInfo, ProviderError>>;
     /// The account's own images in `region` that `source.follow` picks from (the caller
     /// matches their names against `pattern`, which may narrow the listing where the cloud
     /// filters by wildcard).

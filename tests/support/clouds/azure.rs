@@ -126,7 +126,7 @@ pub(super) fn token(st: &State, path: &str, form: &BTreeMap<String, String>) -> 
             Instant::now() + life,
         )
     };
-    st.google_tokens.lock().unwrap().insert(t.clone(), until);
+    st.hand_out(&t, until);
     let life = until.saturating_duration_since(Instant::now()).as_secs();
     axum::Json(json!({"token_type": "Bearer", "expires_in": life, "ext_expires_in": life, "access_token": t}))
         .into_response()
@@ -134,22 +134,14 @@ pub(super) fn token(st: &State, path: &str, form: &BTreeMap<String, String>) -> 
 
 /// A handed-out bearer token that has not expired; else ARM's 401.
 pub(super) fn check_token(st: &State, hdr: &BTreeMap<String, String>) -> Option<Response> {
-    let t = hdr
-        .get("authorization")
-        .and_then(|a| a.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let until = st.google_tokens.lock().unwrap().get(t).copied();
-    match until {
-        Some(u) if Instant::now() < u => None,
-        Some(_) => {
-            st.sts.lock().unwrap().expired_calls += 1;
-            Some(az_err(
-                StatusCode::UNAUTHORIZED,
-                "ExpiredAuthenticationToken",
-                "The access token expiry UTC time is earlier than current UTC time.",
-            ))
-        }
-        None => Some(az_err(
+    match st.bearer(hdr) {
+        Ok(()) => None,
+        Err(true) => Some(az_err(
+            StatusCode::UNAUTHORIZED,
+            "ExpiredAuthenticationToken",
+            "The access token expiry UTC time is earlier than current UTC time.",
+        )),
+        Err(false) => Some(az_err(
             StatusCode::UNAUTHORIZED,
             "InvalidAuthenticationToken",
             "The access token is invalid.",

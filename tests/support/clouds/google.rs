@@ -140,36 +140,19 @@ pub(super) fn token(st: &State, url_of_token: &str, form: &BTreeMap<String, Stri
     }
     let life = st.sts.lock().unwrap().life;
     let token = format!("ya29.test-{}", st.seq.fetch_add(1, Ordering::SeqCst));
-    st.google_tokens
-        .lock()
-        .unwrap()
-        .insert(token.clone(), Instant::now() + life);
+    st.hand_out(&token, Instant::now() + life);
     axum::Json(json!({"access_token": token, "expires_in": life.as_secs(), "token_type": "Bearer"})).into_response()
 }
 
 /// A bearer token this endpoint handed out and that has not expired; else the 401 to answer.
 pub(super) fn check_token(st: &State, hdr: &BTreeMap<String, String>) -> Option<Response> {
-    let t = hdr
-        .get("authorization")
-        .and_then(|a| a.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let until = st.google_tokens.lock().unwrap().get(t).copied();
-    match until {
-        Some(u) if Instant::now() < u => None,
-        Some(_) => {
-            st.sts.lock().unwrap().expired_calls += 1;
-            Some(g_err(
-                StatusCode::UNAUTHORIZED,
-                "authError",
-                "Request had invalid authentication credentials.",
-            ))
-        }
-        None => Some(g_err(
+    st.bearer(hdr).err().map(|_| {
+        g_err(
             StatusCode::UNAUTHORIZED,
             "authError",
             "Request had invalid authentication credentials.",
-        )),
-    }
+        )
+    })
 }
 
 pub(super) async fn google(
@@ -402,7 +385,7 @@ pub(super) fn sts_exchange(st: &State, form: &BTreeMap<String, String>) -> Respo
     match r {
         Err((_, msg)) => bad("invalid_grant", &msg),
         Ok(x) => {
-            st.google_tokens.lock().unwrap().insert(x.ak.clone(), x.expires);
+            st.hand_out(&x.ak, x.expires);
             let life = x.expires_unix - now_unix();
             axum::Json(
                 json!({"access_token": x.ak, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
@@ -438,7 +421,7 @@ pub(super) fn generate(st: &State, path: &str, hdr: &BTreeMap<String, String>) -
             (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
         }
         Ok(x) => {
-            st.google_tokens.lock().unwrap().insert(x.ak.clone(), x.expires);
+            st.hand_out(&x.ak, x.expires);
             axum::Json(json!({"accessToken": x.ak, "expireTime": created_text(x.expires_unix, "%Y-%m-%dT%H:%M:%SZ")}))
                 .into_response()
         }

@@ -244,8 +244,8 @@ pub struct State {
     member_changes: Mutex<HashMap<(String, String), (Instant, bool)>>,
     /// The security token service: trusted roles, handed-out keys.
     pub sts: Mutex<sts::Sts>,
-    /// Google: bearer tokens handed out -> until when they are good.
-    pub google_tokens: Mutex<HashMap<String, Instant>>,
+    /// Google, Azure: bearer tokens handed out -> until when they are good.
+    bearer_tokens: Mutex<HashMap<String, Instant>>,
     /// Google: image -> its IAM policy's version (the etag).
     policy_versions: Mutex<HashMap<String, u64>>,
     /// Token buckets: (API, account) -> (tokens, last refill).
@@ -334,6 +334,29 @@ impl State {
             self.sts.lock().unwrap().expired_calls += 1;
         }
         gone
+    }
+
+    /// A bearer token handed out, good until `until`.
+    pub fn hand_out(&self, token: &str, until: Instant) {
+        self.bearer_tokens.lock().unwrap().insert(token.to_string(), until);
+    }
+
+    /// The request's bearer token: `Ok` when handed out and good; `Err(true)` when it expired
+    /// (counted as an expired call), `Err(false)` when it is none of ours.
+    pub fn bearer(&self, hdr: &BTreeMap<String, String>) -> Result<(), bool> {
+        let t = hdr
+            .get("authorization")
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let until = self.bearer_tokens.lock().unwrap().get(t).copied();
+        match until {
+            Some(u) if Instant::now() < u => Ok(()),
+            Some(_) => {
+                self.sts.lock().unwrap().expired_calls += 1;
+                Err(true)
+            }
+            None => Err(false),
+        }
     }
 
     /// Whether image `id` is in `region`.

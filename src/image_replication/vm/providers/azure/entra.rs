@@ -7,10 +7,8 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-
 use super::super::super::{Account, ProviderError};
-use crate::cloud::{self, Attempt};
+use crate::cloud::bearer;
 
 /// Entra ID's public cloud authority (the Secret's `authorityHost` names another).
 pub const AUTHORITY: &str = "https://login.microsoftonline.com";
@@ -71,29 +69,13 @@ pub async fn fetch(
         enc(SCOPE)
     );
     let url = format!("{}/{tenant}/oauth2/v2.0/token", authority.trim_end_matches('/'));
-    let rb = http
-        .post(url)
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(form);
-    let a = cloud::exchange("token", rb).await.map_err(|e: Attempt| e.error)?;
-    let v: Value = serde_json::from_str(&a.text).unwrap_or(Value::Null);
-    match (a.status, v.get("access_token").and_then(Value::as_str)) {
-        (200, Some(t)) => {
-            let life = Duration::from_secs(v.get("expires_in").and_then(Value::as_u64).unwrap_or(3600));
-            Ok((t.to_string(), life))
-        }
-        (status, _) => {
-            let code = v.get("error").and_then(Value::as_str).unwrap_or("");
-            // AADSTS codes lead the description; the rest can echo request details.
-            let why = v.get("error_description").and_then(Value::as_str).unwrap_or("");
-            let aadsts = why.split(':').next().unwrap_or("");
-            let text = format!("token for app {client} in tenant {tenant}: HTTP {status} {code} {aadsts}");
-            Err(match status {
-                400 | 401 | 403 => ProviderError::auth(format!(
-                    "{text} (check the client secret or the app's federated credential: it may be expired, or the app not in the tenant)"
-                )),
-                _ => ProviderError::transient(text),
-            })
-        }
-    }
+    bearer::oauth_token(http, &url, form, |r| {
+        // AADSTS codes lead the description; the rest can echo request details.
+        let aadsts = r.description.split(':').next().unwrap_or("");
+        format!(
+            "token for app {client} in tenant {tenant}: HTTP {} {} {aadsts} (check the client secret or the app's federated credential: it may be expired, or the app not in the tenant)",
+            r.status, r.error
+        )
+    })
+    .await
 }

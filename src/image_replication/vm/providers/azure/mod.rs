@@ -67,13 +67,7 @@ pub const ERROR_CODES: &[(&str, ErrorClass)] = &[
 ];
 
 pub fn classify(status: u16, code: &str) -> ErrorClass {
-    cloud::lookup(ERROR_CODES, code).unwrap_or(match status {
-        429 => ErrorClass::Throttled,
-        401 | 403 => ErrorClass::Auth,
-        404 => ErrorClass::NotFound,
-        409 | 500..=599 => ErrorClass::RetryLater,
-        _ => ErrorClass::Permanent,
-    })
+    cloud::lookup(ERROR_CODES, code).unwrap_or_else(|| cloud::by_status(status))
 }
 
 fn error(op: &str, status: u16, body: &str, retry_after: Option<std::time::Duration>) -> Attempt {

@@ -107,11 +107,9 @@ pub const ERROR_CODES: &[(&str, ErrorClass)] = &[
 /// One classification for an error: its reason, else its HTTP status.
 pub fn classify(status: u16, reason: &str) -> ErrorClass {
     cloud::lookup(ERROR_CODES, reason).unwrap_or(match status {
-        429 => ErrorClass::Throttled,
-        401 | 403 => ErrorClass::Auth,
-        404 => ErrorClass::NotFound,
-        409 | 412 | 500..=599 => ErrorClass::RetryLater,
-        _ => ErrorClass::Permanent,
+        // A stale etag on setIamPolicy: read again and retry.
+        412 => ErrorClass::RetryLater,
+        s => cloud::by_status(s),
     })
 }
 

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::super::super::{Account, ProviderError};
-use crate::cloud::{self, Attempt};
+use crate::cloud::{self, bearer};
 
 /// Google's token endpoint (a key file names its own `token_uri`).
 pub const TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
@@ -115,33 +115,15 @@ impl Tokens {
             "grant_type={}&assertion={assertion}",
             crate::oci::client::urlencode(JWT_BEARER)
         );
-        let rb = http
-            .post(&key.token_uri)
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(form);
-        let a = cloud::exchange("token", rb).await.map_err(|e: Attempt| e.error)?;
-        let v: Value = serde_json::from_str(&a.text).unwrap_or(Value::Null);
-        let token = v.get("access_token").and_then(Value::as_str);
-        match (a.status, token) {
-            (200, Some(t)) => {
-                let life = Duration::from_secs(v.get("expires_in").and_then(Value::as_u64).unwrap_or(3600));
-                Ok((t.to_string(), life))
-            }
-            (status, _) => {
-                let code = v.get("error").and_then(Value::as_str).unwrap_or("");
-                let why = v.get("error_description").and_then(Value::as_str).unwrap_or("");
-                let text = format!(
-                    "token for {}: HTTP {status}: {code}: {}",
-                    key.client_email,
-                    cloud::short(why)
-                );
-                Err(match status {
-                    400 | 401 | 403 => ProviderError::auth(format!(
-                        "{text} (check the service account key: it may be disabled or deleted)"
-                    )),
-                    _ => ProviderError::transient(text),
-                })
-            }
-        }
+        let email = key.client_email.clone();
+        bearer::oauth_token(http, &key.token_uri, form, |r| {
+            format!(
+                "token for {email}: HTTP {}: {}: {} (check the service account key: it may be disabled or deleted)",
+                r.status,
+                r.error,
+                cloud::short(r.description)
+            )
+        })
+        .await
     }
 }

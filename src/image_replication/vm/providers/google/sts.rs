@@ -24,7 +24,7 @@ use super::super::super::{Account, ProviderError};
 use super::Google;
 use super::oauth::SCOPE;
 use crate::cloud::identity::{self, Exchange, Temporary};
-use crate::cloud::{self, Attempt};
+use crate::cloud::{self, Attempt, bearer};
 
 pub const IDENTITY: Identity = Identity {
     variables: &[
@@ -157,35 +157,19 @@ impl Google {
         .map(|(k, v)| format!("{k}={}", enc(v)))
         .collect::<Vec<_>>()
         .join("&");
-        let rb = self
-            .http
-            .post(&ext.token_url)
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(form);
-        let a = cloud::exchange("sts token", rb).await.map_err(|e: Attempt| e.error)?;
-        let v: Value = serde_json::from_str(&a.text).unwrap_or(Value::Null);
-        match (a.status, v.get("access_token").and_then(Value::as_str)) {
-            (200, Some(t)) => {
-                let life = v.get("expires_in").and_then(Value::as_i64).unwrap_or(3600);
-                Ok((
-                    t.to_string(),
-                    Some(k8s_openapi::jiff::Timestamp::now().as_second() + life),
-                ))
-            }
-            (status, _) => {
-                let code = v.get("error").and_then(Value::as_str).unwrap_or("");
-                let why = v.get("error_description").and_then(Value::as_str).unwrap_or("");
-                Err(refused(
-                    status,
-                    format!(
-                        "workload identity: Google STS refused the token for {} ({}): HTTP {status} {code}: {}",
-                        ext.audience,
-                        identity::audience(jwt),
-                        cloud::short(why)
-                    ),
-                ))
-            }
-        }
+        let (token, life) = bearer::oauth_token(&self.http, &ext.token_url, form, |r| {
+            format!(
+                "workload identity: Google STS refused the token for {} ({}): HTTP {} {}: {}",
+                ext.audience,
+                identity::audience(jwt),
+                r.status,
+                r.error,
+                cloud::short(r.description)
+            )
+        })
+        .await?;
+        let expires = k8s_openapi::jiff::Timestamp::now().as_second() + life.as_secs() as i64;
+        Ok((token, Some(expires)))
     }
 
     /// `generateAccessToken` for service account `sa` at `url`, with `token`.
@@ -211,7 +195,7 @@ impl Google {
             }
             (status, _) => {
                 let why = v.pointer("/error/message").and_then(Value::as_str).unwrap_or("");
-                Err(refused(
+                Err(bearer::refused(
                     status,
                     format!(
                         "impersonating service account {sa}: HTTP {status}: {} (the caller needs roles/iam.serviceAccountTokenCreator on it)",
@@ -220,15 +204,6 @@ impl Google {
                 ))
             }
         }
-    }
-}
-
-/// A refusal is an auth error (held and reported as `CredentialsRefused`); a server error passes.
-fn refused(status: u16, text: String) -> ProviderError {
-    if (400..500).contains(&status) && status != 429 {
-        ProviderError::auth(text)
-    } else {
-        ProviderError::transient(text)
     }
 }
 
