@@ -110,6 +110,21 @@ pub fn by_status(status: u16) -> ErrorClass {
     }
 }
 
+/// A UUID (version 4 in form) derived from `text`: the same text, the same UUID. Google's
+/// `requestId` from our token; Azure's role assignment name from the image and the principal.
+pub fn uuid_from(text: &str) -> String {
+    use sha2::Digest as _;
+    let h = crate::oci::api::hex(&sha2::Sha256::digest(text.as_bytes()));
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
 /// A failed attempt of `class`; an authentication or permission error carries `auth_hint`.
 pub fn attempt(class: ErrorClass, code: &str, text: String, auth_hint: &str, retry_after: Option<Duration>) -> Attempt {
     let error = match class {

@@ -1004,8 +1004,149 @@ AZURE_BODIES = {
 }
 
 
+_AZURE_ROLE_OPS = None
+
+
+def azure_role_ops():
+    """The role assignment operations of azure-mgmt-authorization (api-version 2022-04-01): (name,
+    method, URL regex, api-version, query parameters), read from its request builders; `{scope}`
+    is a resource id (slashes and all)."""
+    global _AZURE_ROLE_OPS
+    if _AZURE_ROLE_OPS is None:
+        import os
+        import azure.mgmt.authorization.v2022_04_01 as v
+        src = open(os.path.join(os.path.dirname(v.__file__), "operations", "_role_assignments_operations.py")).read()
+        ops = []
+        for m in re.finditer(r"\ndef build_(\w+)_request\((.*?)\n    return HttpRequest\(method=\"(\w+)\"", src, re.S):
+            body = m.group(2)
+            url = re.search(r'"template_url", "([^"]+)"', body)
+            api = re.search(r'_params.pop\("api-version", "([^"]+)"\)', body)
+            if not url or "{roleAssignmentId}" in url.group(1):
+                continue
+            pattern = re.escape(url.group(1)).replace(re.escape("{scope}"), ".+")
+            pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern) + "$"
+            query = set(re.findall(r'_params\["([^"]+)"\]', body))
+            ops.append((m.group(1), m.group(3), pattern, api.group(1) if api else None, query))
+        _AZURE_ROLE_OPS = ops
+    return _AZURE_ROLE_OPS
+
+
+# The msrest models of the role assignment calls the operator makes: (request, answer).
+AZURE_ROLE_BODIES = {
+    "create": ("RoleAssignmentCreateParameters", "RoleAssignment"),
+    "delete": (None, "RoleAssignment"),
+    "list_for_scope": (None, "RoleAssignmentListResult"),
+}
+
+
+def msrest_value(t, v, where, ex, vio, request):
+    """Hold a JSON value to an msrest type string (`str`, `[Model]`, a model name...)."""
+    import datetime
+    import azure.mgmt.authorization.v2022_04_01.models as models
+    if v is None:
+        return
+    if t.startswith("[") and t.endswith("]"):
+        if not isinstance(v, list):
+            return vio.add(ex, f"{where} is not an array")
+        for i, x in enumerate(v):
+            msrest_value(t[1:-1], x, f"{where}[{i}]", ex, vio, request)
+    elif t.startswith("{") and t.endswith("}"):
+        if not isinstance(v, dict):
+            return vio.add(ex, f"{where} is not an object")
+        for k, x in v.items():
+            msrest_value(t[1:-1], x, f"{where}.{k}", ex, vio, request)
+    elif t == "str" and not isinstance(v, str):
+        vio.add(ex, f"{where} is not a string: {v!r}")
+    elif t in ("int", "long") and (not isinstance(v, int) or isinstance(v, bool)):
+        vio.add(ex, f"{where} is not an integer: {v!r}")
+    elif t == "bool" and not isinstance(v, bool):
+        vio.add(ex, f"{where} is not a boolean: {v!r}")
+    elif t == "iso-8601":
+        try:
+            datetime.datetime.fromisoformat(str(v))
+        except ValueError:
+            vio.add(ex, f"{where} is not an ISO 8601 time: {v!r}")
+    elif hasattr(models, t):
+        msrest_model(getattr(models, t), v, where, ex, vio, request)
+
+
+def msrest_model(cls, v, where, ex, vio, request):
+    """An msrest model: its flattened keys (`properties.scope`), read-only fields never sent,
+    required ones always, enum fields (principalType) within the enum."""
+    import azure.mgmt.authorization.v2022_04_01.models as models
+    if not isinstance(v, dict):
+        return vio.add(ex, f"{where} is not an object")
+    tree = {}
+    for attr, m in cls._attribute_map.items():
+        parts = [p.replace("\\.", ".") for p in re.split(r"(?<!\\)\.", m["key"])]
+        node = tree
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = (attr, m["type"])
+    rules = getattr(cls, "_validation", {})
+
+    def walk(node, value, at):
+        if not isinstance(value, dict):
+            return vio.add(ex, f"{at} is not an object")
+        for k, x in value.items():
+            if k not in node:
+                vio.add(ex, f"{at}.{k} is not a field of {cls.__name__}")
+            elif isinstance(node[k], dict):
+                walk(node[k], x, f"{at}.{k}")
+            else:
+                attr, t = node[k]
+                if request and rules.get(attr, {}).get("readonly") and x is not None:
+                    vio.add(ex, f"{at}.{k} is read-only in {cls.__name__}")
+                if attr == "principal_type" and x is not None and x not in [e.value for e in models.PrincipalType]:
+                    vio.add(ex, f"{at}.{k} {x!r} is not a PrincipalType")
+                msrest_value(t, x, f"{at}.{k}", ex, vio, request)
+    walk(tree, v, where)
+    if request:
+        for attr, r in rules.items():
+            if r.get("required"):
+                keys = cls._attribute_map[attr]["key"].split(".")
+                x = v
+                for k in keys:
+                    x = x.get(k) if isinstance(x, dict) else None
+                if x is None:
+                    vio.add(ex, f"{where}: {cls._attribute_map[attr]['key']} is required in {cls.__name__}")
+
+
+def check_azure_roles(ex, vio):
+    """A role assignment call held to azure-mgmt-authorization's request builders and models."""
+    found = next(((n, api, q) for n, method, pattern, api, q in azure_role_ops()
+                  if method == ex["method"] and re.match(pattern, ex["path"]) and n in AZURE_ROLE_BODIES), None)
+    if found is None:
+        return vio.add(ex, "no azure-mgmt-authorization role assignment operation the operator uses has this method and path")
+    name, api, query = found
+    q = ex.get("query") or []
+    keys = [k for k, _ in q]
+    if keys.count("api-version") != 1 or dict(q).get("api-version") != api:
+        vio.add(ex, f"{name}: api-version {dict(q).get('api-version')!r} (the SDK's: {api})")
+    for k in keys:
+        if k not in query:
+            vio.add(ex, f"{name}: {k} is not a query parameter of the operation")
+    req, resp = AZURE_ROLE_BODIES[name]
+    body = loads(ex.get("body"))
+    if req:
+        msrest_value(req, body, req, ex, vio, True)
+    elif body is not None:
+        vio.add(ex, f"{name}: takes no body")
+    answer = loads(ex.get("response"))
+    if ex["status"] == 204 and name == "delete":
+        return
+    if 200 <= ex["status"] < 300:
+        msrest_value(resp, answer, resp, ex, vio, False)
+    else:
+        msrest_value("ErrorResponse", answer, "ErrorResponse", ex, vio, False)
+        if not isinstance(answer, dict) or not isinstance(answer.get("error"), dict):
+            vio.add(ex, f"{name}: the error answer is not ARM's error shape: {answer!r}")
+
+
 def check_azure(ex, vio):
     import typing
+    if "/providers/Microsoft.Authorization/roleAssignments" in ex["path"]:
+        return check_azure_roles(ex, vio)
     if ex["path"].endswith("/oauth2/v2.0/token"):
         # Entra ID's token endpoint (not in the SDK): the client-credentials grant.
         form = dict(parse_qsl(ex.get("body") or "", keep_blank_values=True))

@@ -1641,3 +1641,154 @@ async fn azure_follows_replicates_publishes_keeps_one_and_deletes() {
     );
     cloud.assert_conforms();
 }
+
+/// Azure shares end to end: a share is the Reader role on the image version for an Entra ID
+/// principal, and the copy in every region is that version, so three destinations sharing with
+/// the same principals make one role assignment per principal (not per region). A principal that
+/// does not exist fails for good with Azure's reason (one call, not one per region or per
+/// reconcile); a Reader inherited from the subscription is not taken for a share. A principal
+/// that leaves shareWith is withdrawn once; a region that leaves the spec leaves the version's
+/// target regions but not its shares, which the other regions still use; on delete every share
+/// goes. Every exchange held to azure-mgmt-compute's and azure-mgmt-authorization's models.
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_shares_the_version_once_for_every_region_and_withdraws_it() {
+    use image_replication_operator::api::v1alpha1::SharePhase;
+    let cloud = Stand::start_with(Kind::Azure, support::clouds::Profile::realistic()).await;
+    let (home, region, data, _) = cloud.account();
+    let third = "southeastasia";
+    let version = cloud.add(home, "1.0.0", 30, json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c, op) = setup(dir.path(), "creds", &data).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let (g, sp) = (
+        "group:3f2b7c1e-8d4a-4e6b-9c1d-2a5e7f9b0c13",
+        "servicePrincipal:9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+    );
+    let nobody = "user:ffffffff-0000-4000-8000-00000000dead";
+    let shares = |accounts: &[&str]| json!(accounts.iter().map(|a| json!({"account": a})).collect::<Vec<_>>());
+    let dests = |regions: &[&str], accounts: &[&str]| {
+        json!(
+            regions
+                .iter()
+                .map(|r| json!({"region": r, "shareWith": shares(accounts)}))
+                .collect::<Vec<_>>()
+        )
+    };
+    let provider = json!({"kind": "azure", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url});
+    create(
+        &api,
+        "golden",
+        &provider,
+        json!({"region": home, "imageId": version}),
+        dests(&[region, third, home], &[g, sp, nobody]),
+        "Delete",
+    )
+    .await;
+    let states = |st: &ImageReplicationStatus, r: &str| -> Vec<(String, SharePhase)> {
+        dest(st, r)
+            .shares
+            .iter()
+            .map(|x| (x.account.clone(), x.state))
+            .collect()
+    };
+    let want = vec![
+        (g.to_string(), SharePhase::Shared),
+        (sp.to_string(), SharePhase::Shared),
+        (nobody.to_string(), SharePhase::Failed),
+    ];
+    let st = eventually(WAIT, "shared in every region, the unknown principal failed", || async {
+        let st = api.get("golden").await.ok()?.status?;
+        [region, third, home]
+            .iter()
+            .all(|r| dest(&st, r).phase == DestinationPhase::Available && states(&st, r) == want)
+            .then_some(st)
+    })
+    .await;
+    for r in [region, third, home] {
+        assert_eq!(
+            dest(&st, r).image_id.as_deref(),
+            Some(version.as_str()),
+            "{r}: the version itself"
+        );
+        let why = dest(&st, r).shares[2].message.clone().unwrap_or_default();
+        assert!(why.contains("PrincipalNotFound"), "{r}: {why}");
+    }
+    let members = |accounts: &[&str]| -> Vec<(String, String)> {
+        accounts.iter().map(|a| (a.to_string(), "shared".to_string())).collect()
+    };
+    assert_eq!(cloud.members_of(&version), members(&[g, sp]));
+    println!("calls for two shares in three regions: {:?}", cloud.counts());
+    assert_eq!(
+        cloud.count("RoleAssignments_Create"),
+        3,
+        "one per principal (the unknown one once), not one per region"
+    );
+    cloud.assert_budget(
+        "shares in three regions",
+        &[
+            ("RoleAssignments_ListForScope", 12),
+            ("GalleryImageVersions_Update", 2),
+            ("token", 1),
+        ],
+    );
+
+    // sp and nobody leave shareWith: sp's assignment is withdrawn once, for every region.
+    let patch = json!({"spec": {"destinations": dests(&[region, third, home], &[g])}});
+    api.patch(
+        "golden",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "only g in every region", || async {
+        let st = api.get("golden").await.ok()?.status?;
+        [region, third, home]
+            .iter()
+            .all(|r| states(&st, r) == vec![(g.to_string(), SharePhase::Shared)])
+            .then_some(())
+    })
+    .await;
+    assert_eq!(cloud.members_of(&version), members(&[g]));
+    assert_eq!(cloud.count("RoleAssignments_Delete"), 1, "withdrawn once");
+    support::reasons_with(&c, "golden", &["ShareWithdrawn"]).await;
+
+    // A region leaves the spec: out of the version's target regions; g keeps its Reader (the
+    // other regions share it).
+    let patch = json!({"spec": {"destinations": dests(&[region, home], &[g])}});
+    api.patch(
+        "golden",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "southeastasia pruned", || async {
+        let st = api.get("golden").await.ok()?.status?;
+        (st.destinations.len() == 2 && cloud.images_in(third).is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        cloud.members_of(&version),
+        members(&[g]),
+        "the other regions' share stays"
+    );
+    assert_eq!(
+        cloud.count("RoleAssignments_Delete"),
+        1,
+        "nothing withdrawn with the region"
+    );
+
+    api.delete("golden", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "golden gone", || async {
+        api.get_opt("golden").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(cloud.members_of(&version).is_empty(), "every share withdrawn");
+    assert!(cloud.images_in(region).is_empty(), "the region left the version");
+    assert_eq!(cloud.images_in(home).len(), 1, "the version stays in its home region");
+    assert_eq!(cloud.count("RoleAssignments_Delete"), 2);
+    assert_eq!(cloud.expired_calls(), 0);
+    support::assert_secrets_kept(&s, &op, &[support::clouds::azure::CLIENT_SECRET]).await;
+    cloud.assert_conforms();
+}

@@ -15,8 +15,8 @@ use super::quota::{Quota, Wake};
 use super::rules::{self, Limits};
 use super::share::{self, ShareCall, ShareObs};
 use super::{
-    Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageService, ProviderError, TaskPhase,
-    TaskState,
+    Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageService, Member, ProviderError,
+    TaskPhase, TaskState,
 };
 use crate::api::key_of;
 use crate::api::v1alpha1::{
@@ -209,6 +209,15 @@ async fn delete_copy(
             .map_err(|e| Blocked::at(region, format!("deleting image {id}: {e}")))?;
     }
     Ok(withdrawn)
+}
+
+/// Whether a destination that stays (not in `pruned`) has image `id` shared with `account`.
+fn still_shared(dests: &[DestinationStatus], pruned: &[String], id: &str, account: &str) -> bool {
+    dests.iter().any(|d| {
+        !pruned.contains(&d.region)
+            && d.image_id.as_deref() == Some(id)
+            && d.shares.iter().any(|x| x.account == account)
+    })
 }
 
 /// The source image (`id`, as the status says) where it is: the source region.
@@ -611,6 +620,9 @@ impl VmEngine {
                 .or_else(|| source_from_status(obj)),
         };
         if let Some(main) = &acct {
+            // Members read once per image: where the cloud replicates the source itself (Azure),
+            // every destination's copy is the same image.
+            let mut members = HashMap::new();
             for s in &st.destinations {
                 let a = match account_for(obj, &s.region, main, others) {
                     Ok(a) => a,
@@ -621,7 +633,7 @@ impl VmEngine {
                 };
                 let o = self.observe_dest(obj, &key, s, provider, a, source.as_ref()).await;
                 obs.dests.insert(s.region.clone(), o);
-                if let Some(o) = self.observe_shares(obj, &key, s, provider, a, now).await {
+                if let Some(o) = self.observe_shares(obj, s, provider, a, now, &mut members).await {
                     obs.shares.insert(s.region.clone(), o);
                 }
             }
@@ -843,12 +855,13 @@ impl VmEngine {
     async fn observe_shares(
         &self,
         obj: &ImageReplication,
-        key: &str,
         s: &DestinationStatus,
         provider: &dyn ImageService,
         acct: &Account,
         now: &Time,
+        read: &mut HashMap<String, Result<Vec<Member>, ProviderError>>,
     ) -> Option<ShareObs> {
+        let key = &key_of(obj);
         let region = s.region.as_str();
         let failed = self
             .with_mem(key, |m| m.share_failed.remove(region))
@@ -888,9 +901,16 @@ impl VmEngine {
                 project: project_of(obj, region).map(String::from),
                 image_id,
             };
-            let t = Instant::now();
-            let r = provider.members(acct, &at).await;
-            self.time(provider, "members", t, &r);
+            let r = match read.get(&at.image_id) {
+                Some(r) => r.clone(),
+                None => {
+                    let t = Instant::now();
+                    let r = provider.members(acct, &at).await;
+                    self.time(provider, "members", t, &r);
+                    read.insert(at.image_id.clone(), r.clone());
+                    r
+                }
+            };
             self.with_mem(key, |m| m.share_checked.insert(region.to_string(), Instant::now()));
             o.members = Some(r);
         }
@@ -1213,6 +1233,9 @@ impl VmEngine {
         others: &OtherAccounts,
         plan: &VmPlan,
     ) {
+        // One call per image, account and kind: destinations whose copy is the same image
+        // (Azure) plan the same call each, and share its outcome.
+        let mut made: HashMap<(String, String, ShareCall), Result<(), ProviderError>> = HashMap::new();
         for w in &plan.shares {
             let at = ImageAt {
                 region: w.region.clone(),
@@ -1225,7 +1248,9 @@ impl VmEngine {
                 Ok(a) => a,
                 Err(_) => main,
             };
+            let call = (w.image_id.clone(), w.account.clone(), w.call);
             let (op, r) = match w.call {
+                _ if made.contains_key(&call) => ("same call", made[&call].clone()),
                 ShareCall::Share => ("share", provider.share(acct, &at, account).await),
                 ShareCall::Unshare => ("unshare", provider.unshare(acct, &at, account).await),
                 ShareCall::Accept => {
@@ -1240,7 +1265,10 @@ impl VmEngine {
                     ("accept", r)
                 }
             };
-            self.time(provider, op, t, &r);
+            if let std::collections::hash_map::Entry::Vacant(e) = made.entry(call) {
+                self.time(provider, op, t, &r);
+                e.insert(r.clone());
+            }
             match r {
                 Ok(()) => info!(region, account, image = %w.image_id, op, "share call done"),
                 Err(e) => {
@@ -1303,8 +1331,11 @@ impl VmEngine {
                 continue;
             };
             let Some(id) = s.image_id.clone() else { continue };
-            let (mut at, shared) = copy_at(obj, s, &id);
+            let (mut at, mut shared) = copy_at(obj, s, &id);
             at.project = None;
+            // A share another destination still has on the same image (where the copy is the
+            // source replicated: Azure) stays.
+            shared.retain(|a| !still_shared(&plan.status.destinations, &plan.prune, &id, a));
             match delete_copy(provider, main, &at, &shared, the_source(obj, source_id.as_deref())).await {
                 Ok(_) => {
                     info!(region, image = %id, "deleted the copy of a destination removed from the spec");

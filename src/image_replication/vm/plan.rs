@@ -580,6 +580,13 @@ impl Round<'_> {
             redrive: self.redrive,
             may_act: *gate == Gate::Open,
             max_attempts,
+            twins: old
+                .destinations
+                .iter()
+                .filter(|t| t.region != d.region && t.phase == DestinationPhase::Available)
+                .filter(|t| s.image_id.is_some() && t.image_id == s.image_id)
+                .flat_map(|t| &t.shares)
+                .collect(),
         };
         share::plan_shares(d, &mut s, &sp, now, &mut p.shares, &mut p.events, wake);
         if s.phase != DestinationPhase::Failed {

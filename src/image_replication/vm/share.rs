@@ -101,6 +101,11 @@ pub struct SharePlan<'a> {
     /// New share calls may be made (the gate is open).
     pub may_act: bool,
     pub max_attempts: i32,
+    /// The shares of other destinations whose copy is the same image (where the cloud
+    /// replicates the source itself, Azure): a share is the image's, so a destination that has
+    /// not called for it yet takes over theirs (a call under way, a failure) instead of
+    /// calling again.
+    pub twins: Vec<&'a ShareStatus>,
 }
 
 /// Plan the shares of one destination into its status; calls to make go into `work`, Events
@@ -187,6 +192,22 @@ impl<'b> DestShares<'_, 'b> {
         self.sp.obs.and_then(|o| o.failed.get(account))
     }
 
+    /// Another destination's share of the same image with `a` that a call of ours made or
+    /// found: a call under way or failed, or the share in place.
+    fn twin(&self, a: &str) -> Option<ShareStatus> {
+        self.sp
+            .twins
+            .iter()
+            .find(|t| {
+                t.account == a
+                    && t.state != SharePhase::Withdrawing
+                    && (t.state != SharePhase::Pending
+                        || t.called_at.is_some()
+                        || t.reason == Some(ShareReason::CallFailed))
+            })
+            .map(|t| (*t).clone())
+    }
+
     /// A call to make, when calls may be made.
     fn call(&mut self, account: &str, call: ShareCall, secret: Option<String>) {
         if self.sp.may_act {
@@ -203,6 +224,12 @@ impl<'b> DestShares<'_, 'b> {
     /// The share with an account of shareWith, from what the cloud lists.
     fn wanted(&mut self, w: &ShareSpec, mut prev: Option<ShareStatus>) -> ShareStatus {
         let (a, now, max) = (w.account.as_str(), self.now, self.sp.max_attempts);
+        let never_called = prev
+            .as_ref()
+            .is_none_or(|p| p.reason == Some(ShareReason::AwaitingImage));
+        if never_called && let Some(t) = self.twin(a) {
+            prev = Some(t);
+        }
         if self.sp.redrive
             && let Some(p) = prev.as_mut().filter(|p| call_failed(p))
         {
@@ -613,6 +640,7 @@ mod tests {
             redrive,
             may_act: true,
             max_attempts: 3,
+            twins: Vec::new(),
         };
         let mut st = Step {
             work: Vec::new(),
@@ -621,6 +649,58 @@ mod tests {
         };
         plan_shares(d, s, &sp, &at(now), &mut st.work, &mut st.events, &mut st.wake);
         st
+    }
+
+    /// Where every destination's copy is the same image (Azure), a destination that becomes
+    /// available after another one shared that image takes over its share: a call under way is
+    /// waited for and a failure for good stays one, not called again for each region (before:
+    /// 6 role assignment calls for 3 shares in 3 regions).
+    #[test]
+    fn a_share_another_destination_made_on_the_same_image_is_not_made_again() {
+        use crate::image_replication::vm::providers::azure;
+        let (g, nobody) = ("group:g", "user:nobody");
+        let d = dest(&[(g, None), (nobody, None)]);
+        let mut first = available();
+        let st = step(&d, &mut first, &azure::SHARING, Some(&listed(&[])), false, 0);
+        assert_eq!(calls(&st), vec![(g, ShareCall::Share), (nobody, ShareCall::Share)]);
+        let failed = ShareObs {
+            members: Some(Ok(Vec::new())),
+            failed: HashMap::from([(
+                nobody.to_string(),
+                (ShareCall::Share, ProviderError::permanent("PrincipalNotFound")),
+            )]),
+        };
+        step(&d, &mut first, &azure::SHARING, Some(&failed), false, 1);
+        assert_eq!(
+            states(&first),
+            vec![(g, SharePhase::Pending), (nobody, SharePhase::Failed)]
+        );
+        // The second region's copy becomes available, the member list not showing g yet.
+        let mut second = DestinationStatus {
+            region: "three".into(),
+            ..available()
+        };
+        let sp = SharePlan {
+            sharing: Some(&azure::SHARING),
+            obs: Some(&listed(&[])),
+            redrive: false,
+            may_act: true,
+            max_attempts: 3,
+            twins: first.shares.iter().collect(),
+        };
+        let mut st = Step {
+            work: Vec::new(),
+            events: Vec::new(),
+            wake: Vec::new(),
+        };
+        plan_shares(&d, &mut second, &sp, &at(5), &mut st.work, &mut st.events, &mut st.wake);
+        assert!(st.work.is_empty(), "{:?}", calls(&st));
+        assert_eq!(states(&second), states(&first));
+        assert_eq!(second.shares[0].reason, Some(ShareReason::NotListedYet));
+        // Without twins (another image), it is this destination's own share to make.
+        let mut other = available();
+        let st = step(&d, &mut other, &azure::SHARING, Some(&listed(&[])), false, 5);
+        assert_eq!(calls(&st).len(), 2);
     }
 
     fn states(s: &DestinationStatus) -> Vec<(&str, SharePhase)> {

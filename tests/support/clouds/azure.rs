@@ -5,6 +5,14 @@
 //! the version's id and that region: added when an update names the region (`Replicating` with
 //! progress until its copy time is up, then `Completed`, or `Failed`), removed when an update
 //! leaves it out. Regions are written as ARM writes them (`West Europe`).
+//!
+//! Shares are Azure RBAC role assignments (`Microsoft.Authorization`, api-version 2022-04-01) at
+//! a version's scope: created by name (the same name again updates it; the same principal, role
+//! and scope under another name is `409 RoleAssignmentExists`), deleted by id (`204` when absent),
+//! listed with `$filter=atScope()` — which lists the assignments above the scope too (a Reader on
+//! the subscription, [`INHERITED_READER`]). A principal whose object id starts with `ffffffff` does
+//! not exist (`400 PrincipalNotFound`). Who holds an assignment is kept in the shared member list,
+//! so the list lags behind changes under the profile's member lag.
 
 use super::*;
 
@@ -15,6 +23,13 @@ pub const CLIENT: &str = "22222222-0000-4000-8000-000000000001";
 pub const CLIENT_SECRET: &str = "azure~test~secret";
 /// Versions a list page holds.
 const PAGE: usize = 50;
+/// Role assignments a list page holds.
+const ROLE_PAGE: usize = 20;
+/// The built-in Reader role.
+pub const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+/// A group with Reader on the whole subscription: listed at every scope below it, a share of no one.
+pub const INHERITED_READER: &str = "5e5e5e5e-0000-4000-8000-000000000001";
+const ROLES: &str = "/providers/Microsoft.Authorization/roleAssignments";
 
 /// The id of version `name` (`x.y.z`, of definition `golden`; any other name is a definition
 /// of its own with version 1.0.0).
@@ -55,6 +70,15 @@ pub(super) fn az_err(status: StatusCode, code: &str, message: &str) -> Response 
 pub(super) fn method_of(method: &str, path: &str) -> String {
     if path.ends_with("/oauth2/v2.0/token") {
         return "token".into();
+    }
+    if let Some((_, rest)) = path.split_once(ROLES) {
+        return match (method, rest.is_empty()) {
+            ("GET", true) => "RoleAssignments_ListForScope",
+            ("PUT", false) => "RoleAssignments_Create",
+            ("DELETE", false) => "RoleAssignments_Delete",
+            _ => "unknown",
+        }
+        .into();
     }
     let versions = path.trim_end_matches('/').ends_with("/versions");
     match (method, versions) {
@@ -208,6 +232,9 @@ pub(super) async fn azure(
     q: &BTreeMap<String, String>,
     b: &Value,
 ) -> Response {
+    if path.contains(ROLES) {
+        return role_assignments(st, method, path, q, b);
+    }
     if q.get("api-version").map(String::as_str) != Some("2026-03-03") {
         return az_err(
             StatusCode::BAD_REQUEST,
@@ -314,4 +341,183 @@ pub(super) async fn azure(
             "The method is not allowed.",
         ),
     }
+}
+
+/// A share account (`group:<id>`) of a principal type and object id.
+fn account_of(kind: &str, principal: &str) -> String {
+    let prefix = match kind {
+        "User" => "user",
+        "Group" => "group",
+        "ServicePrincipal" => "servicePrincipal",
+        k => k,
+    };
+    format!("{prefix}:{}", principal.to_ascii_lowercase())
+}
+
+fn role_text<'a>(a: &'a Value, field: &str) -> &'a str {
+    a["properties"][field].as_str().unwrap_or("")
+}
+
+/// `Microsoft.Authorization/roleAssignments` at a version's scope: create, delete, list.
+fn role_assignments(st: &State, method: &Method, path: &str, q: &BTreeMap<String, String>, b: &Value) -> Response {
+    if q.get("api-version").map(String::as_str) != Some("2022-04-01") {
+        return az_err(
+            StatusCode::BAD_REQUEST,
+            "InvalidApiVersionParameter",
+            "The api-version is invalid.",
+        );
+    }
+    let (scope, rest) = path.split_once(ROLES).unwrap_or((path, ""));
+    if version_json(st, scope, false).is_none() {
+        return az_err(StatusCode::NOT_FOUND, "ResourceNotFound", "The Resource was not found.");
+    }
+    let now = created_text(now_unix(), "%Y-%m-%dT%H:%M:%S%.7fZ");
+    match (method.as_str(), rest.trim_start_matches('/')) {
+        ("GET", "") => {
+            if q.get("$filter").map(String::as_str) != Some("atScope()") {
+                return az_err(
+                    StatusCode::BAD_REQUEST,
+                    "UnsupportedQuery",
+                    "Only atScope() is modelled.",
+                );
+            }
+            let visible = st.listed_members(scope);
+            let mut all: Vec<Value> = st
+                .role_assignments
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|a| role_text(a, "scope").eq_ignore_ascii_case(scope))
+                .filter(|a| visible.contains(&account_of(role_text(a, "principalType"), role_text(a, "principalId"))))
+                .map(|a| {
+                    let mut a = a.clone();
+                    a.as_object_mut().unwrap().remove("gone");
+                    a
+                })
+                .collect();
+            let sub = format!("/subscriptions/{SUBSCRIPTION}");
+            all.insert(
+                0,
+                assignment(
+                    &sub,
+                    "5e5e5e5e-1111-4000-8000-000000000001",
+                    INHERITED_READER,
+                    "Group",
+                    &now,
+                ),
+            );
+            let from: usize = q.get("$skipToken").and_then(|n| n.parse().ok()).unwrap_or(0);
+            let mut v = json!({"value": all.iter().skip(from).take(ROLE_PAGE).collect::<Vec<_>>()});
+            if from + ROLE_PAGE < all.len() {
+                v["nextLink"] = json!(format!(
+                    "https://management.azure.com{path}?api-version=2022-04-01&$filter=atScope()&$skipToken={}",
+                    from + ROLE_PAGE
+                ));
+            }
+            axum::Json(v).into_response()
+        }
+        ("PUT", name) if !name.contains('/') => {
+            let role = b
+                .pointer("/properties/roleDefinitionId")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let principal = b
+                .pointer("/properties/principalId")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let kind = b
+                .pointer("/properties/principalType")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if role
+                != format!("/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Authorization/roleDefinitions/{READER}")
+            {
+                return az_err(
+                    StatusCode::BAD_REQUEST,
+                    "RoleDefinitionDoesNotExist",
+                    "The specified role definition does not exist.",
+                );
+            }
+            if principal.starts_with("ffffffff") {
+                return az_err(
+                    StatusCode::BAD_REQUEST,
+                    "PrincipalNotFound",
+                    &format!("Principal {principal} does not exist in the directory {TENANT}."),
+                );
+            }
+            let account = account_of(kind, principal);
+            let mut list = st.role_assignments.lock().unwrap();
+            list.retain(|a| !(a["gone"] == json!(true) && a["id"].as_str() == Some(path)));
+            let clash = list.iter().any(|a| {
+                a["id"].as_str() != Some(path)
+                    && a["gone"] != json!(true)
+                    && role_text(a, "scope").eq_ignore_ascii_case(scope)
+                    && account_of(role_text(a, "principalType"), role_text(a, "principalId")) == account
+            });
+            if clash {
+                return az_err(
+                    StatusCode::CONFLICT,
+                    "RoleAssignmentExists",
+                    "The role assignment already exists.",
+                );
+            }
+            let new = assignment(scope, name, principal, kind, &now);
+            let existed = list.iter().any(|a| a["id"].as_str() == Some(path));
+            list.retain(|a| a["id"].as_str() != Some(path));
+            list.push(new.clone());
+            drop(list);
+            if !existed {
+                st.members
+                    .lock()
+                    .unwrap()
+                    .entry(scope.to_string())
+                    .or_default()
+                    .push((account.clone(), "shared".into()));
+                st.member_changed(scope, &account, false);
+            }
+            (
+                if existed { StatusCode::OK } else { StatusCode::CREATED },
+                axum::Json(new),
+            )
+                .into_response()
+        }
+        ("DELETE", name) if !name.contains('/') => {
+            let mut list = st.role_assignments.lock().unwrap();
+            let Some(a) = list
+                .iter_mut()
+                .find(|a| a["id"].as_str() == Some(path) && a["gone"] != json!(true))
+            else {
+                return StatusCode::NO_CONTENT.into_response();
+            };
+            a["gone"] = json!(true);
+            let mut answer = a.clone();
+            answer.as_object_mut().unwrap().remove("gone");
+            let account = account_of(role_text(a, "principalType"), role_text(a, "principalId"));
+            drop(list);
+            if let Some(m) = st.members.lock().unwrap().get_mut(scope) {
+                m.retain(|(x, _)| *x != account);
+            }
+            st.member_changed(scope, &account, true);
+            axum::Json(answer).into_response()
+        }
+        _ => az_err(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "The method is not allowed.",
+        ),
+    }
+}
+
+/// A Reader role assignment as ARM answers it.
+fn assignment(scope: &str, name: &str, principal: &str, kind: &str, now: &str) -> Value {
+    json!({
+        "id": format!("{scope}{ROLES}/{name}"), "name": name, "type": "Microsoft.Authorization/roleAssignments",
+        "properties": {
+            "roleDefinitionId": format!("/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Authorization/roleDefinitions/{READER}"),
+            "principalId": principal, "principalType": kind, "scope": scope,
+            "condition": null, "conditionVersion": null, "description": null,
+            "createdOn": now, "updatedOn": now, "createdBy": CLIENT, "updatedBy": CLIENT,
+            "delegatedManagedIdentityResourceId": null,
+        },
+    })
 }

@@ -248,6 +248,8 @@ pub struct State {
     bearer_tokens: Mutex<HashMap<String, Instant>>,
     /// Google: image -> its IAM policy's version (the etag).
     policy_versions: Mutex<HashMap<String, u64>>,
+    /// Azure: the role assignments made, as ARM answers them (`members` lists who holds one).
+    role_assignments: Mutex<Vec<Value>>,
     /// Token buckets: (API, account) -> (tokens, last refill).
     buckets: Mutex<HashMap<(String, String), (f64, Instant)>>,
     seq: AtomicU32,

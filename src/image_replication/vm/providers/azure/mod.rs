@@ -12,6 +12,12 @@
 //! definition's versions (`nextLink` pages) and takes the newest published one not
 //! `excludeFromLatest`; `imageName` names versions as `<gallery>/<definition>/<version>` in the
 //! Secret's `resourceGroup`.
+//!
+//! A share is Azure RBAC on the version: the built-in Reader role assigned to an Entra ID
+//! principal (`user:`, `group:` or `servicePrincipal:` and its object id) at the version's scope
+//! (`Microsoft.Authorization/roleAssignments`, api-version [`AUTH_API_VERSION`]), with a name
+//! derived from the version and the principal (a repeated share is the same assignment). As the
+//! copy in every region is the version, its shares are the same in every region.
 
 pub mod entra;
 pub mod wi;
@@ -36,17 +42,42 @@ const ARM: &str = "https://management.azure.com";
 /// Regions one image version can be replicated to (Azure's documented limit per version).
 pub const MAX_REGIONS: usize = 100;
 
-/// Azure shares a whole gallery, not one image (`shareWith` is refused before any call).
+/// The `Microsoft.Authorization` api-version of role assignments (azure-mgmt-authorization's).
+pub const AUTH_API_VERSION: &str = "2022-04-01";
+/// Azure's built-in Reader role: with it on an image version, a principal creates VMs from it.
+pub const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+/// How a share names a principal (`user:`...) and ARM's `principalType`.
+const PRINCIPAL_TYPES: &[(&str, &str)] = &[
+    ("user", "User"),
+    ("group", "Group"),
+    ("servicePrincipal", "ServicePrincipal"),
+];
+
+/// A share is the Reader role on the version for an Entra ID principal.
 pub const SHARING: Sharing = Sharing {
-    account_rule: "an Azure subscription id",
-    // `shareWith` is refused by the spec rules (with what to do instead), not as a bad account.
-    valid_account: |_| true,
-    member_limit: usize::MAX,
-    limit_source: "Azure Compute Gallery sharing is per gallery",
+    account_rule: "an Entra ID principal as user:OBJECT-ID, group:OBJECT-ID or servicePrincipal:OBJECT-ID (the object id in lower case)",
+    valid_account: valid_principal,
+    member_limit: 4000,
+    limit_source: "Azure RBAC: role assignments per subscription",
     needs_accept: false,
-    members_lag: 0,
+    // ARM lists a new role assignment within seconds; its effect may take minutes.
+    members_lag: 30,
     refuses_encrypted_in_place: false,
 };
+
+fn valid_principal(a: &str) -> bool {
+    a.split_once(':')
+        .is_some_and(|(t, id)| PRINCIPAL_TYPES.iter().any(|(p, _)| *p == t) && is_guid(id))
+}
+
+/// A GUID in lower case (`8-4-4-4-12` hex digits), as ARM lists object ids.
+fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+        && parts
+            .iter()
+            .all(|p| p.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)))
+}
 
 /// ARM error codes (`error.code`) by class; others by HTTP status.
 pub const ERROR_CODES: &[(&str, ErrorClass)] = &[
@@ -63,6 +94,10 @@ pub const ERROR_CODES: &[(&str, ErrorClass)] = &[
     ("InvalidAuthenticationToken", ErrorClass::Auth),
     ("ExpiredAuthenticationToken", ErrorClass::Auth),
     ("InvalidParameter", ErrorClass::Permanent),
+    // The principal holds Reader on the version already under another name: shared.
+    ("RoleAssignmentExists", ErrorClass::Permanent),
+    ("PrincipalNotFound", ErrorClass::Permanent),
+    ("UnmatchedPrincipalType", ErrorClass::Permanent),
     ("BadRequest", ErrorClass::Permanent),
 ];
 
@@ -82,7 +117,7 @@ fn error(op: &str, status: u16, body: &str, retry_after: Option<std::time::Durat
         classify(status, code),
         code,
         format!("{op}: HTTP {status} {code}: {message}"),
-        "check the app registration's secret and that its role on the gallery allows Microsoft.Compute/galleries/images/versions/read and write",
+        "check the app registration's secret and that its role on the gallery allows Microsoft.Compute/galleries/images/versions/read and write (and Microsoft.Authorization/roleAssignments/write to share)",
         retry_after,
     )
 }
@@ -236,18 +271,23 @@ impl Azure {
         let root = cloud::endpoint(acct.endpoint.as_deref(), ARM, "");
         let mut url = reqwest::Url::parse(&format!("{root}{path}"))
             .map_err(|e| ProviderError::permanent(format!("{op}: bad endpoint {root}: {e}")))?;
+        let api = if op.starts_with("RoleAssignments_") {
+            AUTH_API_VERSION
+        } else {
+            API_VERSION
+        };
         url.query_pairs_mut()
-            .append_pair("api-version", API_VERSION)
+            .append_pair("api-version", api)
             .extend_pairs(query.iter().copied());
-        // A read, or an update that writes the whole target list (the same list twice is one
-        // change): a passing server error is retried within the call.
-        let retry = method == reqwest::Method::GET || method == reqwest::Method::PATCH;
+        // Every call here is idempotent (a read, an update that writes the whole target list, a
+        // role assignment by its derived name, a delete): a passing server error is retried
+        // within the call.
         let call = JsonCall {
             op,
             method,
             url,
             body,
-            retry,
+            retry: true,
         };
         // Handed out (workload identity), else the Secret's app's.
         let token = || async {
@@ -257,6 +297,48 @@ impl Azure {
             }
         };
         bearer::json_call(&self.http, &self.backoff, call, token, error).await
+    }
+
+    /// Every page of a list (`value`, then `nextLink`'s path and query on our endpoint).
+    async fn list(
+        &self,
+        acct: &Account,
+        op: &str,
+        path: &str,
+        first: &[(&str, &str)],
+    ) -> Result<Vec<Value>, ProviderError> {
+        let mut path = path.to_string();
+        let mut query: Vec<(String, String)> = first.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut out = Vec::new();
+        for _ in 0..cloud::MAX_PAGES {
+            let q: Vec<(&str, &str)> = query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let v = self.call(acct, op, reqwest::Method::GET, &path, &q, None).await?;
+            out.extend(v.get("value").and_then(Value::as_array).cloned().unwrap_or_default());
+            let Some(next) = v
+                .get("nextLink")
+                .and_then(Value::as_str)
+                .and_then(|n| reqwest::Url::parse(n).ok())
+            else {
+                break;
+            };
+            path = next.path().to_string();
+            query = next
+                .query_pairs()
+                .filter(|(k, _)| k != "api-version")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+        }
+        Ok(out)
+    }
+
+    /// The Reader role assignments at the version's own scope (`atScope()` lists those above it
+    /// too: a Reader on the subscription is not a share of ours to make or withdraw).
+    async fn readers(&self, acct: &Account, id: &str) -> Result<Vec<Value>, ProviderError> {
+        let path = format!("{id}/providers/Microsoft.Authorization/roleAssignments");
+        let all = self
+            .list(acct, "RoleAssignments_ListForScope", &path, &[("$filter", "atScope()")])
+            .await?;
+        Ok(all.into_iter().filter(|a| is_reader_at(a, id)).collect())
     }
 
     async fn get(&self, acct: &Account, id: &str) -> Result<Option<Value>, ProviderError> {
@@ -289,6 +371,30 @@ impl Azure {
     }
 }
 
+/// Whether role assignment `a` is the Reader role at scope `id` itself.
+fn is_reader_at(a: &Value, id: &str) -> bool {
+    let text = |p: &str| a.pointer(p).and_then(Value::as_str).unwrap_or("");
+    text("/properties/scope").eq_ignore_ascii_case(id)
+        && text("/properties/roleDefinitionId")
+            .to_ascii_lowercase()
+            .ends_with(&format!("/roledefinitions/{READER}"))
+}
+
+/// The share account of a role assignment (`user:<object id>`), for the principal types a share names.
+fn principal_of(a: &Value) -> Option<String> {
+    let kind = a.pointer("/properties/principalType").and_then(Value::as_str)?;
+    let id = a.pointer("/properties/principalId").and_then(Value::as_str)?;
+    let (prefix, _) = PRINCIPAL_TYPES.iter().find(|(_, t)| t.eq_ignore_ascii_case(kind))?;
+    Some(format!("{prefix}:{}", id.to_ascii_lowercase()))
+}
+
+/// The subscription of a resource id (`/subscriptions/{s}/...`).
+fn subscription_of(id: &str) -> &str {
+    id.strip_prefix("/subscriptions/")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("")
+}
+
 /// The version's target regions, as written back (name, replica count, storage type, encryption).
 fn target_list(v: &Value) -> Vec<Value> {
     v.pointer("/properties/publishingProfile/targetRegions")
@@ -310,6 +416,8 @@ impl Catalog for Azure {
     const START_IDEMPOTENT: bool = true;
     /// ARM reads what it wrote.
     const LISTS_LATE: std::time::Duration = std::time::Duration::from_secs(30);
+    /// A withdraw lists the principal's assignments itself (by their own names).
+    const UNSHARE_IS_IDEMPOTENT: bool = true;
 
     async fn lookup(
         &self,
@@ -332,37 +440,14 @@ impl Catalog for Azure {
             )));
         };
         let base = Self::version_id(acct, &format!("{definition}/x"))?;
-        let mut path = base.trim_end_matches("/x").to_string();
-        let mut query: Vec<(String, String)> = Vec::new();
-        let mut out = Vec::new();
-        for _ in 0..cloud::MAX_PAGES {
-            let q: Vec<(&str, &str)> = query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let v = self
-                .call(
-                    acct,
-                    "GalleryImageVersions_ListByGalleryImage",
-                    reqwest::Method::GET,
-                    &path,
-                    &q,
-                    None,
-                )
-                .await?;
-            out.extend(v.get("value").and_then(Value::as_array).cloned().unwrap_or_default());
-            // The next page: its path and query (its skip token) on our endpoint and api-version.
-            let Some(next) = v
-                .get("nextLink")
-                .and_then(Value::as_str)
-                .and_then(|n| reqwest::Url::parse(n).ok())
-            else {
-                break;
-            };
-            path = next.path().to_string();
-            query = next
-                .query_pairs()
-                .filter(|(k, _)| k != "api-version")
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-        }
+        let out = self
+            .list(
+                acct,
+                "GalleryImageVersions_ListByGalleryImage",
+                base.trim_end_matches("/x"),
+                &[],
+            )
+            .await?;
         Ok(out
             .into_iter()
             .filter(|v| {
@@ -473,23 +558,69 @@ impl Catalog for Azure {
         self.set_targets(acct, &v, kept).await
     }
 
-    async fn shared_with(&self, _acct: &Account, _region: &str, _id: &str) -> Result<Vec<String>, ProviderError> {
-        Ok(Vec::new())
+    /// The principals with Reader on the version itself.
+    async fn shared_with(&self, acct: &Account, _region: &str, id: &str) -> Result<Vec<String>, ProviderError> {
+        Ok(self.readers(acct, id).await?.iter().filter_map(principal_of).collect())
     }
 
+    /// Share: Reader for the principal at the version, named from the version and the
+    /// principal (the same share twice is one assignment; one made by hand under another name
+    /// answers `RoleAssignmentExists`: shared). Withdraw: every Reader assignment of the
+    /// principal at the version goes, by its own id (absent is success).
     async fn set_share(
         &self,
-        _a: &Account,
-        _r: &str,
-        _id: &str,
-        _account: &str,
-        _add: bool,
+        acct: &Account,
+        _region: &str,
+        id: &str,
+        account: &str,
+        add: bool,
     ) -> Result<(), ProviderError> {
-        Err(ProviderError::permanent(NO_SHARE))
+        let (prefix, principal) = account.split_once(':').unwrap_or(("", account));
+        if !add {
+            for a in self.readers(acct, id).await? {
+                if principal_of(&a).as_deref() != Some(account) {
+                    continue;
+                }
+                let at = a.get("id").and_then(Value::as_str).unwrap_or("");
+                let r = self
+                    .call(acct, "RoleAssignments_Delete", reqwest::Method::DELETE, at, &[], None)
+                    .await;
+                cloud::gone_is_ok(r)?;
+            }
+            return Ok(());
+        }
+        let Some((_, kind)) = PRINCIPAL_TYPES.iter().find(|(p, _)| *p == prefix) else {
+            return Err(ProviderError::permanent(format!(
+                "{account} is not {}",
+                SHARING.account_rule
+            )));
+        };
+        let name = cloud::uuid_from(&format!("{}|{account}", id.to_ascii_lowercase()));
+        let body = json!({"properties": {
+            "roleDefinitionId": format!(
+                "/subscriptions/{}/providers/Microsoft.Authorization/roleDefinitions/{READER}",
+                subscription_of(id)
+            ),
+            "principalId": principal,
+            "principalType": kind,
+        }});
+        let path = format!("{id}/providers/Microsoft.Authorization/roleAssignments/{name}");
+        match self
+            .call(
+                acct,
+                "RoleAssignments_Create",
+                reqwest::Method::PUT,
+                &path,
+                &[],
+                Some(body),
+            )
+            .await
+        {
+            Err(e) if e.code.as_deref() == Some("RoleAssignmentExists") => Ok(()),
+            r => r.map(|_| ()),
+        }
     }
 }
-
-const NO_SHARE: &str = "Azure Compute Gallery shares a whole gallery, not one image: share the gallery (az sig share add --subscription-ids ...) or grant the other subscription Reader on the image version";
 
 pub const CLOUD: Cloud = Cloud {
     kind: ProviderKind::Azure,
@@ -502,7 +633,7 @@ pub const CLOUD: Cloud = Cloud {
     free_form_regions: false,
     fields: &[],
     other_owner: Some(
-        "an image version belongs to its gallery's subscription; share the gallery with the other subscription instead",
+        "an image version belongs to its gallery's subscription; share it with the other subscription's principal with shareWith (Reader on the version) instead",
     ),
     identity: Some(&wi::IDENTITY),
     moves_bytes: false,
@@ -520,12 +651,24 @@ fn spec_rules(spec: &ImageReplicationSpec, out: &mut Vec<Violation>) {
             format!("an Azure image version replicates to at most {MAX_REGIONS} regions"),
         ));
     }
+    // The copy in every region is the version: its shares are the version's, alike everywhere.
+    fn accounts(d: &crate::api::v1alpha1::DestinationSpec) -> Vec<&str> {
+        let mut a: Vec<&str> = d.share_with.iter().map(|w| w.account.as_str()).collect();
+        a.sort_unstable();
+        a
+    }
+    let first = spec.destinations.iter().position(|d| !d.share_with.is_empty());
     for (i, d) in spec.destinations.iter().enumerate() {
-        if !d.share_with.is_empty() {
+        if let Some(f) = first
+            && !d.share_with.is_empty()
+            && accounts(d) != accounts(&spec.destinations[f])
+        {
             out.push(Violation::new(
                 format!("spec.destinations[{i}].shareWith"),
-                "FieldNotSupported",
-                NO_SHARE.to_string(),
+                "SharesDiffer",
+                format!(
+                    "an Azure copy is the image version itself in another region, so a share (Reader on the version) holds in every region: every destination that sets shareWith must name the accounts of destinations[{f}].shareWith"
+                ),
             ));
         }
         if d.name.is_some() {
@@ -583,25 +726,40 @@ mod tests {
 
     /// What Azure cannot do is refused before any call; the example is valid as it stands.
     #[test]
-    fn refuses_shares_and_names_and_takes_the_example() {
+    fn refuses_differing_shares_bad_principals_and_names_and_takes_the_example() {
         let o: crate::api::ImageReplication =
             serde_yaml::from_str(include_str!("../../../../../deploy/examples/azure.yaml")).unwrap();
         assert_eq!(crate::validation::image_replication(&o.spec), vec![]);
         let mut s = o.spec.clone();
-        s.destinations[0].share_with =
+        s.destinations[1].share_with.truncate(1);
+        s.destinations[2].share_with =
             serde_json::from_value(json!([{"account": "00000000-0000-4000-8000-000000000002"}])).unwrap();
-        s.destinations[1].name = Some("copy".into());
+        s.destinations[0].name = Some("copy".into());
         let got = crate::validation::image_replication(&s);
         let fields: Vec<(&str, &str)> = got.iter().map(|v| (v.field.as_str(), v.reason)).collect();
         assert_eq!(
             fields,
             [
-                ("spec.destinations[0].shareWith", "FieldNotSupported"),
-                ("spec.destinations[1].name", "FieldNotSupported")
+                ("spec.destinations[0].name", "FieldNotSupported"),
+                ("spec.destinations[1].shareWith", "SharesDiffer"),
+                ("spec.destinations[2].shareWith", "SharesDiffer"),
+                ("spec.destinations[2].shareWith[0].account", "InvalidShareAccount"),
             ],
             "{got:?}"
         );
-        assert!(got[0].message.contains("share the gallery"));
+        assert!(
+            got[1].message.contains("destinations[0].shareWith"),
+            "{}",
+            got[1].message
+        );
+        // One destination may share alone; principals are typed, object ids in lower case.
+        let mut s = o.spec.clone();
+        s.destinations[1].share_with.clear();
+        assert_eq!(crate::validation::image_replication(&s), vec![]);
+        assert!(valid_principal("user:3f2b7c1e-8d4a-4e6b-9c1d-2a5e7f9b0c13"));
+        assert!(!valid_principal("user:3F2B7C1E-8D4A-4E6B-9C1D-2A5E7F9B0C13"));
+        assert!(!valid_principal("device:3f2b7c1e-8d4a-4e6b-9c1d-2a5e7f9b0c13"));
+        assert!(!valid_principal("group:3f2b7c1e8d4a4e6b9c1d2a5e7f9b0c13"));
         let mut s = o.spec.clone();
         s.provider.assume_role =
             serde_json::from_value(json!({"roleArn": "22222222-0000-4000-8000-000000000001"})).unwrap();
@@ -610,5 +768,40 @@ mod tests {
             "InvalidRole",
             "no role to assume"
         );
+    }
+
+    /// Role assignments: only Reader at the version itself is a share; accounts as shares name them.
+    #[test]
+    fn reader_assignments_at_the_version_are_its_shares() {
+        let id = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/d/versions/1.0.0";
+        let reader = format!("/subscriptions/s1/providers/Microsoft.Authorization/roleDefinitions/{READER}");
+        let a = |scope: &str, role: &str, kind: &str| json!({"properties": {"scope": scope, "roleDefinitionId": role, "principalId": "3F2B7C1E-8D4A-4E6B-9C1D-2A5E7F9B0C13", "principalType": kind}});
+        assert!(is_reader_at(&a(&id.to_lowercase(), &reader, "Group"), id));
+        assert!(
+            !is_reader_at(&a("/subscriptions/s1", &reader, "Group"), id),
+            "inherited from above"
+        );
+        assert!(!is_reader_at(
+            &a(
+                id,
+                "/subscriptions/s1/providers/Microsoft.Authorization/roleDefinitions/b24988ac-6180-42a0-ab88-20f7382dd24c",
+                "Group"
+            ),
+            id
+        ));
+        assert_eq!(
+            principal_of(&a(id, &reader, "Group")).as_deref(),
+            Some("group:3f2b7c1e-8d4a-4e6b-9c1d-2a5e7f9b0c13")
+        );
+        assert_eq!(principal_of(&a(id, &reader, "ForeignGroup")), None);
+        assert_eq!(subscription_of(id), "s1");
+        let e = error(
+            "RoleAssignments_Create",
+            409,
+            r#"{"error":{"code":"RoleAssignmentExists","message":"The role assignment already exists."}}"#,
+            None,
+        );
+        assert_eq!(e.error.code.as_deref(), Some("RoleAssignmentExists"));
+        assert!(!e.error.retryable, "not tried again within the call");
     }
 }

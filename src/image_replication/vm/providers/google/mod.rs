@@ -339,21 +339,6 @@ pub fn name_filter(glob: &str) -> String {
     format!("name eq {re}")
 }
 
-/// A `requestId` (a UUID, as the API requires) derived from our token: the same token, the
-/// same request.
-pub fn request_id(token: &str) -> String {
-    use sha2::Digest as _;
-    let h = crate::oci::api::hex(&sha2::Sha256::digest(token.as_bytes()));
-    format!(
-        "{}-{}-4{}-8{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[13..16],
-        &h[17..20],
-        &h[20..32]
-    )
-}
-
 /// The policy with `account` bound to [`IMAGE_USER`] (`add`) or unbound; `None` when it
 /// already is as wanted.
 pub fn bind(policy: &Value, account: &str, add: bool) -> Option<Value> {
@@ -486,7 +471,7 @@ impl Catalog for Google {
         if let Some(k) = &req.kms_key_id {
             body["imageEncryptionKey"] = json!({"kmsKeyName": k});
         }
-        let q = [("requestId", request_id(&req.token))];
+        let q = [("requestId", cloud::uuid_from(&req.token))];
         self.call(acct, "images.insert", reqwest::Method::POST, "images", &q, Some(body))
             .await?;
         Ok(CopyHandle::of_image(format!("projects/{project}/global/images/{name}")))
@@ -628,10 +613,10 @@ mod tests {
         assert_eq!(name_filter("golden-*"), "name eq golden-.*");
         assert_eq!(name_filter("web.v?"), "name eq web\\.v.");
         assert_eq!(name_filter("*"), "");
-        let r = request_id("imgrep-0123-1");
+        let r = cloud::uuid_from("imgrep-0123-1");
         assert_eq!(r.len(), 36);
-        assert_eq!(r, request_id("imgrep-0123-1"));
-        assert_ne!(r, request_id("imgrep-0123-2"));
+        assert_eq!(r, cloud::uuid_from("imgrep-0123-1"));
+        assert_ne!(r, cloud::uuid_from("imgrep-0123-2"));
     }
 
     /// The example a new user starts from is valid as it stands.
