@@ -1538,9 +1538,10 @@ async fn google_pages_retries_a_failed_copy_waits_out_throttling_and_renews_toke
 
 /// Azure Compute Gallery end to end: the newest version of an image definition is followed
 /// (found on the listing's second page), replicated to another region by adding it to the
-/// version's target regions, published as the version's id; a newer version replaces it and the
-/// older version leaves that region (`keep: 1`) but stays a version in its home region; on delete
-/// the region leaves the current version too. Every call with a bearer token, every exchange
+/// version's target regions, shared (Reader for a group), published as the version's id; a newer
+/// version replaces it and the older version leaves that region (`keep: 1`) and its share is
+/// withdrawn, but it stays a version in its home region; on delete the region leaves the current
+/// version too and its share goes. Every call with a bearer token, every exchange
 /// held to azure-mgmt-compute's models.
 #[tokio::test(flavor = "multi_thread")]
 async fn azure_follows_replicates_publishes_keeps_one_and_deletes() {
@@ -1558,12 +1559,14 @@ async fn azure_follows_replicates_publishes_keeps_one_and_deletes() {
     cloud.set_copy_time(region, Duration::from_secs(4));
     let dir = tempfile::tempdir().unwrap();
     let (_s, c, _op) = setup(dir.path(), "creds", &data).await;
+    let g = "group:3f2b7c1e-8d4a-4e6b-9c1d-2a5e7f9b0c13";
+    let shared = vec![(g.to_string(), "shared".to_string())];
     let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
     let mut obj = object(
         "golden",
         json!({"kind": "azure", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url}),
         json!({"region": home, "imageName": "gallery1/golden/*", "follow": "Newest", "checkInterval": "1h"}),
-        json!([{"region": region}]),
+        json!([{"region": region, "shareWith": [{"account": g}]}]),
         "Delete",
     );
     obj.spec.retention = Some(image_replication_operator::api::v1alpha1::RetentionSpec { keep: Some(1) });
@@ -1584,6 +1587,7 @@ async fn azure_follows_replicates_publishes_keeps_one_and_deletes() {
         cloud.images_in(region).iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
         vec![first.clone()]
     );
+    assert_eq!(cloud.members_of(&first), shared, "Reader on the version");
 
     let newer = cloud.add(home, "1.1.0", 30, json!({}));
     cloud.set_created(&newer, day + 7200);
@@ -1603,6 +1607,17 @@ async fn azure_follows_replicates_publishes_keeps_one_and_deletes() {
     .await;
     let ids: Vec<String> = cloud.images_in(region).iter().map(|i| i.id.clone()).collect();
     assert_eq!(ids, vec![newer.clone()], "keep 1: only the current version in {region}");
+    eventually(WAIT, "the new version shared", || async {
+        let st = api.get("golden").await.ok()?.status?;
+        (dest(&st, region).shares.first()?.state == image_replication_operator::api::v1alpha1::SharePhase::Shared)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(cloud.members_of(&newer), shared, "the current version shared");
+    assert!(
+        cloud.members_of(&first).is_empty(),
+        "the retired version's share withdrawn"
+    );
     assert!(
         cloud.images_in(home).iter().any(|i| i.id == version_id("1.0.0")),
         "1.0.0 stays a version"
@@ -1624,6 +1639,7 @@ async fn azure_follows_replicates_publishes_keeps_one_and_deletes() {
         cloud.images_in(region).is_empty(),
         "the region left the current version too"
     );
+    assert!(cloud.members_of(&newer).is_empty(), "its share withdrawn");
     assert_eq!(
         cloud.images_in(home).len(),
         62,
@@ -1636,6 +1652,8 @@ async fn azure_follows_replicates_publishes_keeps_one_and_deletes() {
         &[
             ("GalleryImageVersions_Update", 4),
             ("GalleryImageVersions_ListByGalleryImage", 6),
+            ("RoleAssignments_Create", 2),
+            ("RoleAssignments_Delete", 2),
             ("token", 1),
         ],
     );
