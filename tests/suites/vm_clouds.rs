@@ -1454,6 +1454,93 @@ async fn follows_the_newest_source_on_compute_engine() {
     follows_the_newest_source(Kind::Google).await;
 }
 
+/// Compute Engine image families: `imageName: family/golden` follows what
+/// `images.getFromFamily` answers, the family's newest image that is not deprecated — not a
+/// newer deprecated one, not a newer image of another family, not one whose name merely looks
+/// alike. A newer image in the family replaces it (`keep: 1`: the old copy deleted). One
+/// `images.getFromFamily` per look, no listing to follow.
+#[tokio::test(flavor = "multi_thread")]
+async fn google_follows_an_image_family_leaving_deprecated_images_out() {
+    let cloud = Stand::start_with(Kind::Google, support::clouds::Profile::realistic()).await;
+    let (src_region, dst_region, data, _) = cloud.account();
+    let id = support::clouds::google::resource;
+    let day = 1_796_000_000;
+    let family = |more: Value| {
+        let mut v = json!({"family": "golden"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(more.as_object().cloned().unwrap_or_default());
+        v
+    };
+    for (n, (name, extra)) in [
+        ("golden-a", family(json!({}))),
+        (
+            "golden-b",
+            family(json!({"deprecated": {"state": "DEPRECATED", "replacement": id("golden-a")}})),
+        ),
+        ("golden-other", json!({"family": "other"})),
+        ("golden-z", json!({})),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let i = cloud.add(src_region, name, 10, extra);
+        cloud.set_created(&i, day + n as i64);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, c, _op) = setup(dir.path(), "creds", &data).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let mut obj = object(
+        "fam",
+        json!({"kind": "google", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url}),
+        json!({"region": src_region, "imageName": "family/golden", "follow": "Newest", "checkInterval": "1h"}),
+        json!([{"region": dst_region}]),
+        "Delete",
+    );
+    obj.spec.retention = Some(image_replication_operator::api::v1alpha1::RetentionSpec { keep: Some(1) });
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    let st = wait_ready(&api, "fam").await;
+    assert_eq!(
+        st.source.as_ref().unwrap().image_id,
+        Some(id("golden-a")),
+        "the family's newest not deprecated"
+    );
+    assert_eq!(dest(&st, dst_region).image_id, Some(id("golden-a-europe-west1")));
+    assert_eq!(
+        cloud.count("images.list"),
+        1,
+        "only to find our copy by its token, never to follow"
+    );
+
+    let c2 = cloud.add(src_region, "golden-c", 10, family(json!({})));
+    cloud.set_created(&c2, day + 10);
+    let look_again = |n: &str| json!({"metadata": {"annotations": {"replication.imageops.io/retry": n}}});
+    api.patch(
+        "fam",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&look_again("c")),
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "golden-c copied, golden-a's copy gone", || async {
+        let st = api.get("fam").await.ok()?.status?;
+        let names: Vec<String> = cloud.images_in(dst_region).iter().map(|i| i.name.clone()).collect();
+        (st.source.as_ref()?.image_id == Some(id("golden-c"))
+            && ready(&st)
+            && names == vec!["golden-c-europe-west1".to_string()])
+        .then_some(())
+    })
+    .await;
+    println!("calls following a family on google: {:?}", cloud.counts());
+    let looks = cloud.count("images.getFromFamily");
+    assert!((2..=4).contains(&looks), "one look-up per look: {looks}");
+    cloud.assert_budget(
+        "two family look-ups and two copies",
+        &[("images.insert", 2), ("images.list", 2)],
+    );
+    cloud.assert_conforms();
+}
+
 /// Compute Engine as it behaves in time: the source found on the listing's second page (500
 /// images a page), a copy that ends FAILED and is made again, throttled calls (403
 /// rateLimitExceeded) waited out, and bearer tokens of 20 s renewed before they expire (no

@@ -241,7 +241,8 @@ pub struct SourceSpec {
     #[schemars(length(max = 256))]
     pub image_id: Option<String>,
     /// Name of the source image; resolved to an id. An ambiguous name is an error, not a guess.
-    /// With `follow: Newest`, a glob (`golden-*`).
+    /// With `follow: Newest`, a glob (`golden-*`); Compute Engine also takes an image family
+    /// (`family/golden`), Compute Gallery `<gallery>/<definition>/<version glob>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub image_name: Option<String>,

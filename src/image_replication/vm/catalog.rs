@@ -65,6 +65,10 @@ pub trait Catalog: Send + Sync {
         region: &str,
         pattern: &str,
     ) -> impl Future<Output = Result<Vec<Self::Image>, ProviderError>> + Send;
+    /// See [`super::ImageService::follows`].
+    fn follows(pattern: &str, image: &ImageInfo) -> bool {
+        super::follow::glob_match(pattern, &image.name)
+    }
     /// One image by id, if it exists.
     fn image(
         &self,
@@ -145,6 +149,10 @@ impl<C: Catalog> Service for C {
 
     fn lists_late(&self) -> Duration {
         C::LISTS_LATE
+    }
+
+    fn follows(&self, pattern: &str, image: &ImageInfo) -> bool {
+        C::follows(pattern, image)
     }
 
     fn start_idempotent(&self) -> bool {

@@ -797,7 +797,8 @@ impl VmEngine {
         let t = Instant::now();
         let listed = provider.candidates(a, &src.region, &pattern).await;
         self.time(provider, "candidates", t, &listed);
-        let found = match listed.and_then(|l| follow::newest(&pattern, &src.region, l)) {
+        let follows = |i: &ImageInfo| provider.follows(&pattern, i);
+        let found = match listed.and_then(|l| follow::newest(&pattern, &src.region, l, follows)) {
             // The same image as last time: what was described then (one call per look, not two).
             Ok(newest) => match self.with_mem(key, |m| m.source.clone()).filter(|s| s.id == newest.id) {
                 Some(known) => Ok(known),

@@ -54,13 +54,18 @@ fn created(text: &str) -> Option<jiff::Timestamp> {
     })
 }
 
-/// The newest Available image whose name matches `pattern`, among what the cloud listed. None
-/// matching is "not found"; two newest with the same creation time is an error naming both (a
-/// guess could copy the wrong one everywhere).
-pub fn newest(pattern: &str, region: &str, listed: Vec<ImageInfo>) -> Result<ImageInfo, ProviderError> {
+/// The newest Available image `pattern` names (`follows`: the provider's match, a glob on the
+/// name), among what the cloud listed. None matching is "not found"; two newest with the same
+/// creation time is an error naming both (a guess could copy the wrong one everywhere).
+pub fn newest(
+    pattern: &str,
+    region: &str,
+    listed: Vec<ImageInfo>,
+    follows: impl Fn(&ImageInfo) -> bool,
+) -> Result<ImageInfo, ProviderError> {
     let mut found: Vec<(jiff::Timestamp, ImageInfo)> = listed
         .into_iter()
-        .filter(|i| glob_match(pattern, &i.name) && i.state == Some(ImageState::Available))
+        .filter(|i| follows(i) && i.state == Some(ImageState::Available))
         .filter_map(|i| Some((created(i.created_at.as_deref()?)?, i)))
         .collect();
     found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
@@ -355,12 +360,17 @@ mod tests {
             creating,
             img("i-2", "golden-2", "2026-12-02T00:00:00+08:00"),
         ];
-        assert_eq!(newest("golden-*", "r1", listed.clone()).unwrap().id, "i-3");
+        assert_eq!(
+            newest("golden-*", "r1", listed.clone(), |i| glob_match("golden-*", &i.name))
+                .unwrap()
+                .id,
+            "i-3"
+        );
         let mut tie = listed.clone();
         tie.push(img("i-3b", "golden-3b", "2026-12-03T00:00:00Z"));
-        let e = newest("golden-*", "r1", tie).unwrap_err();
+        let e = newest("golden-*", "r1", tie, |i| glob_match("golden-*", &i.name)).unwrap_err();
         assert!(!e.retryable && e.message.contains("i-3 and i-3b"), "{}", e.message);
-        let e = newest("nothing-*", "r1", listed).unwrap_err();
+        let e = newest("nothing-*", "r1", listed, |i| glob_match("nothing-*", &i.name)).unwrap_err();
         assert!(e.not_found && e.message.contains("no available image matches \"nothing-*\" in r1"));
     }
 

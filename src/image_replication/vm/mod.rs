@@ -242,6 +242,12 @@ pub trait ImageService: Send + Sync {
     fn lists_late(&self) -> Duration {
         Duration::ZERO
     }
+    /// Whether `image`, one of `candidates(pattern)`, is an image `source.imageName: pattern`
+    /// names: a glob on its name, unless the cloud's look-up answers for the pattern itself
+    /// (a Compute Engine image family).
+    fn follows(&self, pattern: &str, image: &ImageInfo) -> bool {
+        follow::glob_match(pattern, &image.name)
+    }
     /// Whether a copy call repeated with the same token gives the same copy (a client token
     /// the cloud honours), so a copy the cloud does not list yet may safely be asked for again.
     fn start_idempotent(&self) -> bool {
@@ -347,6 +353,10 @@ pub trait Service: Send + Sync {
     /// See [`ImageService::lists_late`].
     fn lists_late(&self) -> Duration {
         Duration::ZERO
+    }
+    /// See [`ImageService::follows`].
+    fn follows(&self, pattern: &str, image: &ImageInfo) -> bool {
+        follow::glob_match(pattern, &image.name)
     }
     /// See [`ImageService::start_idempotent`].
     fn start_idempotent(&self) -> bool {
@@ -469,6 +479,9 @@ impl<T: Service> ImageService for T {
     }
     fn lists_late(&self) -> Duration {
         Service::lists_late(self)
+    }
+    fn follows(&self, pattern: &str, image: &ImageInfo) -> bool {
+        Service::follows(self, pattern, image)
     }
     fn start_idempotent(&self) -> bool {
         Service::start_idempotent(self)

@@ -3,7 +3,9 @@
 //! `etag`: a stale one is `412 conditionNotMet`), and the OAuth2 token endpoint, which takes a
 //! service account's RS256 assertion (its signature checked with the test key's public key).
 //! An image's region is its storage location; an insert answers with a running operation and
-//! the image is `PENDING` until its copy time is up (then `READY`, or `FAILED`).
+//! the image is `PENDING` until its copy time is up (then `READY`, or `FAILED`). An image's
+//! `family` and `deprecated` come from its `extra` fields; `images.getFromFamily` answers with the
+//! family's newest image not deprecated.
 
 use super::*;
 
@@ -85,6 +87,7 @@ pub(super) fn method_of(method: &str, path: &str) -> String {
         ("GET", ["images"]) => "images.list",
         ("POST", ["images"]) => "images.insert",
         ("GET", ["images", _]) => "images.get",
+        ("GET", ["images", "family", _]) => "images.getFromFamily",
         ("DELETE", ["images", _]) => "images.delete",
         ("GET", ["images", _, "getIamPolicy"]) => "images.getIamPolicy",
         ("POST", ["images", _, "setIamPolicy"]) => "images.setIamPolicy",
@@ -195,6 +198,7 @@ pub(super) async fn google(
             None => not_found(name),
         },
         ("POST", ["images"]) => insert(st, &base, q, b).await,
+        ("GET", ["images", "family", family]) => from_family(st, &base, family),
         ("DELETE", ["images", name]) => {
             let mut imgs = st.images.lock().unwrap();
             let Some(pos) = imgs.iter().position(|i| i.name == *name) else {
@@ -259,6 +263,28 @@ fn policy(st: &State, name: &str) -> Value {
 
 /// `images.list`: creation order, `maxResults` (default and most 500), `pageToken`, and the
 /// `labels.KEY=VALUE` and `name eq RE` filters.
+/// `images.getFromFamily`: the family's newest image (by creation) that is not deprecated,
+/// whatever its status; `404` when it has none.
+fn from_family(st: &State, base: &str, family: &str) -> Response {
+    let newest = st
+        .images
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|i| i.listed() && i.extra["family"] == family)
+        .filter(|i| i.extra.pointer("/deprecated/state").is_none_or(|s| s == "ACTIVE"))
+        .max_by_key(|i| i.created_unix)
+        .cloned();
+    match newest {
+        Some(i) => axum::Json(image_json(base, &i)).into_response(),
+        None => g_err(
+            StatusCode::NOT_FOUND,
+            "notFound",
+            &format!("The resource 'projects/{GOOGLE_PROJECT}/global/images/family/{family}' was not found"),
+        ),
+    }
+}
+
 fn list(st: &State, base: &str, q: &BTreeMap<String, String>) -> Response {
     let size: usize = q
         .get("maxResults")

@@ -11,7 +11,10 @@
 //! is found again by label. Its `status` (`PENDING`, `READY`, `FAILED`) is the copy's state.
 //! Sharing: the image's IAM policy (`getIamPolicy` / `setIamPolicy` with its `etag`) binds
 //! `roles/compute.imageUser` to the account (a principal: `serviceAccount:`, `user:`, `group:`
-//! or `domain:`); there is no acceptance step.
+//! or `domain:`); there is no acceptance step. `source.follow` takes a name pattern (the
+//! images listed with a name filter, deprecated ones left out) or an image family,
+//! `imageName: family/<family>` (`images.getFromFamily`: the family's newest image that is not
+//! deprecated).
 
 pub mod oauth;
 pub mod sts;
@@ -181,6 +184,17 @@ pub fn name_in(id: &str) -> &str {
     id.rsplit('/').next().unwrap_or(id)
 }
 
+/// How `source.imageName` names an image family.
+pub const FAMILY: &str = "family/";
+
+/// Whether the image is deprecated (`DEPRECATED`, `OBSOLETE`, `DELETED`): not one to follow.
+fn deprecated(image: &Value) -> bool {
+    image
+        .pointer("/deprecated/state")
+        .and_then(Value::as_str)
+        .is_some_and(|s| s != "ACTIVE")
+}
+
 /// Whether the image's data sits in `region`.
 fn stored_in(image: &Value, region: &str) -> bool {
     image
@@ -287,6 +301,19 @@ impl Google {
             }
         }
         Ok(out)
+    }
+
+    /// The family's newest image that is not deprecated (`images.getFromFamily`), if any.
+    async fn family_newest(&self, acct: &Account, family: &str) -> Result<Option<Value>, ProviderError> {
+        let path = format!("images/family/{family}");
+        match self
+            .call(acct, "images.getFromFamily", reqwest::Method::GET, &path, &[], None)
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.not_found => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn get(&self, acct: &Account, id: &str) -> Result<Option<Value>, ProviderError> {
@@ -406,13 +433,21 @@ impl Catalog for Google {
     }
 
     async fn own_images(&self, acct: &Account, region: &str, pattern: &str) -> Result<Vec<Value>, ProviderError> {
-        // The listing filters names (RE2, whole name); storage locations are kept here.
-        Ok(self
-            .list(acct, &name_filter(pattern))
-            .await?
+        // An image family: Compute Engine answers with its newest image not deprecated.
+        let listed = match pattern.strip_prefix(FAMILY) {
+            Some(family) => self.family_newest(acct, family).await?.into_iter().collect(),
+            // The listing filters names (RE2, whole name); storage locations are kept here.
+            None => self.list(acct, &name_filter(pattern)).await?,
+        };
+        Ok(listed
             .into_iter()
-            .filter(|i| stored_in(i, region))
+            .filter(|i| stored_in(i, region) && !deprecated(i))
             .collect())
+    }
+
+    /// A family's look-up answers for the family itself; a pattern matches names.
+    fn follows(pattern: &str, image: &ImageInfo) -> bool {
+        pattern.starts_with(FAMILY) || crate::image_replication::vm::follow::glob_match(pattern, &image.name)
     }
 
     async fn image(&self, acct: &Account, _region: &str, id: &str) -> Result<Option<Value>, ProviderError> {
@@ -563,6 +598,22 @@ fn service() -> Arc<dyn super::super::ImageService> {
 
 /// A copy's name must be a resource name: the spec's `name` (or the source's) with the region.
 fn spec_rules(spec: &ImageReplicationSpec, out: &mut Vec<Violation>) {
+    if let Some(family) = spec.source.image_name.as_deref().and_then(|n| n.strip_prefix(FAMILY)) {
+        if !valid_name(family) {
+            out.push(Violation::new(
+                "spec.source.imageName",
+                "InvalidName",
+                format!("{family} is not an image family name: lowercase letters, digits and '-', starting with a letter, at most {MAX_NAME} characters"),
+            ));
+        }
+        if spec.source.follow.is_none() {
+            out.push(Violation::new(
+                "spec.source.imageName",
+                "FollowRequired",
+                "an image family names whichever of its images is newest: set source.follow: Newest (or name one image)",
+            ));
+        }
+    }
     for (i, d) in spec.destinations.iter().enumerate() {
         if let Some(n) = &d.name
             && !valid_name(&copy_name(n, &d.region))
@@ -598,6 +649,42 @@ fn source_rules(c: &mut Check<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An image family is followed (not resolved once) and must be a resource name.
+    #[test]
+    fn an_image_family_needs_follow_and_a_valid_name() {
+        let o: crate::api::ImageReplication =
+            serde_yaml::from_str(include_str!("../../../../../deploy/examples/google.yaml")).unwrap();
+        let mut s = o.spec.clone();
+        s.source.image_name = Some("family/golden".into());
+        assert_eq!(crate::validation::image_replication(&s), vec![]);
+        s.source.follow = None;
+        s.source.check_interval = None;
+        s.retention = None;
+        s.source.image_name = Some("family/Golden_1".into());
+        let got = crate::validation::image_replication(&s);
+        let reasons: Vec<(&str, &str)> = got.iter().map(|v| (v.field.as_str(), v.reason)).collect();
+        assert_eq!(
+            reasons,
+            [
+                ("spec.source.imageName", "InvalidName"),
+                ("spec.source.imageName", "FollowRequired")
+            ],
+            "{got:?}"
+        );
+        let info = ImageInfo {
+            name: "golden-7".into(),
+            ..parse_image(&json!({}))
+        };
+        assert!(
+            <Google as Catalog>::follows("family/golden", &info) && <Google as Catalog>::follows("golden-*", &info)
+        );
+        assert!(!<Google as Catalog>::follows("silver-*", &info));
+        assert!(
+            deprecated(&json!({"deprecated": {"state": "OBSOLETE"}}))
+                && !deprecated(&json!({"deprecated": {"state": "ACTIVE"}}))
+        );
+    }
 
     #[test]
     fn names_principals_and_request_ids() {
