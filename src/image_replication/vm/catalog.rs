@@ -67,7 +67,7 @@ pub trait Catalog: Send + Sync {
     ) -> impl Future<Output = Result<Vec<Self::Image>, ProviderError>> + Send;
     /// See [`super::ImageService::follows`].
     fn follows(pattern: &str, image: &ImageInfo) -> bool {
-        super::follow::glob_match(pattern, &image.name)
+        super::glob::glob_match(pattern, &image.name)
     }
     /// One image by id, if it exists.
     fn image(

@@ -21,6 +21,7 @@ pub mod facts;
 #[cfg(test)]
 pub mod fake;
 pub mod follow;
+pub mod glob;
 pub mod members;
 pub mod plan;
 pub mod provider;
@@ -246,7 +247,7 @@ pub trait ImageService: Send + Sync {
     /// names: a glob on its name, unless the cloud's look-up answers for the pattern itself
     /// (a Compute Engine image family).
     fn follows(&self, pattern: &str, image: &ImageInfo) -> bool {
-        follow::glob_match(pattern, &image.name)
+        glob::glob_match(pattern, &image.name)
     }
     /// Whether a copy call repeated with the same token gives the same copy (a client token
     /// the cloud honours), so a copy the cloud does not list yet may safely be asked for again.
@@ -356,7 +357,7 @@ pub trait Service: Send + Sync {
     }
     /// See [`ImageService::follows`].
     fn follows(&self, pattern: &str, image: &ImageInfo) -> bool {
-        follow::glob_match(pattern, &image.name)
+        glob::glob_match(pattern, &image.name)
     }
     /// See [`ImageService::start_idempotent`].
     fn start_idempotent(&self) -> bool {

@@ -447,7 +447,7 @@ impl Catalog for Google {
 
     /// A family's look-up answers for the family itself; a pattern matches names.
     fn follows(pattern: &str, image: &ImageInfo) -> bool {
-        pattern.starts_with(FAMILY) || crate::image_replication::vm::follow::glob_match(pattern, &image.name)
+        pattern.starts_with(FAMILY) || crate::image_replication::vm::glob::glob_match(pattern, &image.name)
     }
 
     async fn image(&self, acct: &Account, _region: &str, id: &str) -> Result<Option<Value>, ProviderError> {
