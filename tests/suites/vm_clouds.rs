@@ -1457,10 +1457,12 @@ async fn follows_the_newest_source_on_compute_engine() {
 /// Compute Engine image families: `imageName: family/golden` follows what
 /// `images.getFromFamily` answers, the family's newest image that is not deprecated — not a
 /// newer deprecated one, not a newer image of another family, not one whose name merely looks
-/// alike. A newer image in the family replaces it (`keep: 1`: the old copy deleted). One
-/// `images.getFromFamily` per look, no listing to follow.
+/// alike. A newer image in the family replaces it; the copy it supersedes is kept (`keep: 2`)
+/// but deprecated with the new copy as its replacement; a third image deprecates the second copy
+/// and the first is deleted. One `images.getFromFamily` per look, no listing to follow, one
+/// `images.deprecate` per superseded copy.
 #[tokio::test(flavor = "multi_thread")]
-async fn google_follows_an_image_family_leaving_deprecated_images_out() {
+async fn google_follows_an_image_family_and_deprecates_the_copies_it_supersedes() {
     let cloud = Stand::start_with(Kind::Google, support::clouds::Profile::realistic()).await;
     let (src_region, dst_region, data, _) = cloud.account();
     let id = support::clouds::google::resource;
@@ -1497,7 +1499,7 @@ async fn google_follows_an_image_family_leaving_deprecated_images_out() {
         json!([{"region": dst_region}]),
         "Delete",
     );
-    obj.spec.retention = Some(image_replication_operator::api::v1alpha1::RetentionSpec { keep: Some(1) });
+    obj.spec.retention = Some(image_replication_operator::api::v1alpha1::RetentionSpec { keep: Some(2) });
     api.create(&PostParams::default(), &obj).await.unwrap();
     let st = wait_ready(&api, "fam").await;
     assert_eq!(
@@ -1512,31 +1514,81 @@ async fn google_follows_an_image_family_leaving_deprecated_images_out() {
         "only to find our copy by its token, never to follow"
     );
 
-    let c2 = cloud.add(src_region, "golden-c", 10, family(json!({})));
-    cloud.set_created(&c2, day + 10);
     let look_again = |n: &str| json!({"metadata": {"annotations": {"replication.imageops.io/retry": n}}});
-    api.patch(
-        "fam",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&look_again("c")),
-    )
-    .await
-    .unwrap();
-    eventually(WAIT, "golden-c copied, golden-a's copy gone", || async {
-        let st = api.get("fam").await.ok()?.status?;
-        let names: Vec<String> = cloud.images_in(dst_region).iter().map(|i| i.name.clone()).collect();
-        (st.source.as_ref()?.image_id == Some(id("golden-c"))
-            && ready(&st)
-            && names == vec!["golden-c-europe-west1".to_string()])
-        .then_some(())
-    })
-    .await;
+    // The copies in the destination region: (name, deprecation state, its replacement's name).
+    let copies = || -> Vec<(String, String, String)> {
+        let mut v: Vec<(String, String, String)> = cloud
+            .images_in(dst_region)
+            .iter()
+            .map(|i| {
+                let d = &i.extra["deprecated"];
+                let by = d["replacement"]
+                    .as_str()
+                    .unwrap_or("")
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                (i.name.clone(), d["state"].as_str().unwrap_or("").to_string(), by)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let row = |n: &str, state: &str, by: &str| (n.to_string(), state.to_string(), by.to_string());
+    for (n, (name, at)) in [("golden-c", day + 10), ("golden-d", day + 20)].into_iter().enumerate() {
+        let i = cloud.add(src_region, name, 10, family(json!({})));
+        cloud.set_created(&i, at);
+        api.patch(
+            "fam",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&look_again(name)),
+        )
+        .await
+        .unwrap();
+        let want = if n == 0 {
+            vec![
+                row("golden-a-europe-west1", "DEPRECATED", "golden-c-europe-west1"),
+                row("golden-c-europe-west1", "", ""),
+            ]
+        } else {
+            vec![
+                row("golden-c-europe-west1", "DEPRECATED", "golden-d-europe-west1"),
+                row("golden-d-europe-west1", "", ""),
+            ]
+        };
+        eventually(WAIT, &format!("{name} copied, the copy before deprecated"), || async {
+            let st = api.get("fam").await.ok()?.status?;
+            (st.source.as_ref()?.image_id == Some(id(name)) && ready(&st) && copies() == want).then_some(())
+        })
+        .await;
+    }
+    let replacement = cloud
+        .images_in(dst_region)
+        .iter()
+        .find(|i| i.name == "golden-c-europe-west1")
+        .unwrap()
+        .extra["deprecated"]["replacement"]
+        .clone();
+    assert_eq!(
+        replacement,
+        json!(format!(
+            "https://www.googleapis.com/compute/v1/{}",
+            id("golden-d-europe-west1")
+        )),
+        "the replacement as a resource URL"
+    );
     println!("calls following a family on google: {:?}", cloud.counts());
     let looks = cloud.count("images.getFromFamily");
-    assert!((2..=4).contains(&looks), "one look-up per look: {looks}");
+    assert!((3..=6).contains(&looks), "one look-up per look: {looks}");
     cloud.assert_budget(
-        "two family look-ups and two copies",
-        &[("images.insert", 2), ("images.list", 2)],
+        "three family look-ups, three copies, two deprecations, one deletion",
+        &[
+            ("images.insert", 3),
+            ("images.list", 3),
+            ("images.deprecate", 2),
+            ("images.delete", 1),
+        ],
     );
     cloud.assert_conforms();
 }

@@ -118,6 +118,19 @@ pub trait Catalog: Send + Sync {
         region: &str,
         handle: &CopyHandle,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    /// Whether the cloud marks an image superseded (see [`super::ImageService::marks_superseded`]).
+    const MARKS_SUPERSEDED: bool = false;
+    /// Mark image `id` superseded by image `by`.
+    fn supersede(
+        &self,
+        acct: &Account,
+        region: &str,
+        id: &str,
+        by: &str,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send {
+        let _ = (acct, region, id, by);
+        async { Ok(()) }
+    }
     /// Delete a destination image; absent already is success.
     fn delete(&self, acct: &Account, region: &str, id: &str) -> impl Future<Output = Result<(), ProviderError>> + Send;
     /// The accounts image `id` is shared with (these clouds have no acceptance step).
@@ -153,6 +166,14 @@ impl<C: Catalog> Service for C {
 
     fn follows(&self, pattern: &str, image: &ImageInfo) -> bool {
         C::follows(pattern, image)
+    }
+
+    fn marks_superseded(&self) -> bool {
+        C::MARKS_SUPERSEDED
+    }
+
+    async fn supersede(&self, acct: &Account, at: &ImageAt, by: &str) -> Result<(), ProviderError> {
+        cloud::gone_is_ok(C::supersede(self, acct, &at.region, &at.image_id, by).await)
     }
 
     fn start_idempotent(&self) -> bool {

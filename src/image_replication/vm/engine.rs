@@ -87,6 +87,8 @@ struct Memory {
     ask_slots: bool,
     /// Copies of earlier sources deleted by the last act (image id -> outcome).
     retired: HashMap<String, Result<(), ProviderError>>,
+    /// Copies of earlier sources marked superseded by this process.
+    superseded: HashSet<String>,
 }
 
 /// An authentication failure being waited out.
@@ -613,6 +615,8 @@ impl VmEngine {
         obs.listing = listing(provider);
         obs.retired = self.with_mem(&key, |m| std::mem::take(&mut m.retired));
         obs.source_unshared = self.with_mem(&key, |m| m.source_unshared.clone());
+        obs.marks_superseded = provider.marks_superseded();
+        obs.superseded = self.with_mem(&key, |m| m.superseded.clone());
         let source = match &obs.source {
             Some(Ok(i)) => Some(i.clone()),
             _ => self
@@ -1155,6 +1159,7 @@ impl VmEngine {
         self.withdraw_source_shares(obj, &key, provider, main, plan).await;
         self.prune(obj, &key, provider, main, plan).await;
         self.retire(obj, &key, provider, main, others, plan).await;
+        self.supersede(obj, &key, provider, main, others, plan).await;
         if plan.start.is_empty() && plan.cancel.is_empty() {
             return;
         }
@@ -1346,6 +1351,40 @@ impl VmEngine {
                 // Tried again at the next reconcile (the drift check's at the latest).
                 Err(e) => {
                     warn!(region, image = %id, error = %e, "deleting a removed destination's copy failed; will try again")
+                }
+            }
+        }
+    }
+
+    /// Mark the kept copies of earlier sources superseded by their region's current copy (the
+    /// plan's `supersede`), with the account that owns them; a failure is tried again at the
+    /// next reconcile.
+    async fn supersede(
+        &self,
+        obj: &ImageReplication,
+        key: &str,
+        provider: &dyn ImageService,
+        main: &Account,
+        others: &OtherAccounts,
+        plan: &VmPlan,
+    ) {
+        for c in &plan.supersede {
+            let at = ImageAt {
+                region: c.region.clone(),
+                project: project_of(obj, &c.region).map(String::from),
+                image_id: c.image_id.clone(),
+            };
+            let acct = account_for(obj, &c.region, main, others).unwrap_or(main);
+            let t = Instant::now();
+            let r = provider.supersede(acct, &at, &c.by).await;
+            self.time(provider, "supersede", t, &r);
+            match r {
+                Ok(()) => {
+                    info!(region = %c.region, image = %c.image_id, by = %c.by, "marked an earlier copy superseded");
+                    self.with_mem(key, |m| m.superseded.insert(c.image_id.clone()));
+                }
+                Err(e) => {
+                    warn!(region = %c.region, image = %c.image_id, error = %e, "marking an earlier copy superseded failed; will try again")
                 }
             }
         }

@@ -299,6 +299,21 @@ pub trait ImageService: Send + Sync {
         project: Option<&'a str>,
         image_id: &'a str,
     ) -> BoxFuture<'a, Result<(), ProviderError>>;
+    /// Whether the cloud marks an image superseded by another (Compute Engine's deprecation), so
+    /// a kept copy of an earlier source points its users to the current one.
+    fn marks_superseded(&self) -> bool {
+        false
+    }
+    /// Mark the copy `at` superseded by image `by` (see [`ImageService::marks_superseded`]).
+    fn supersede<'a>(
+        &'a self,
+        acct: &'a Account,
+        at: &'a ImageAt,
+        by: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        let _ = (acct, at, by);
+        Box::pin(async { Ok(()) })
+    }
     /// Whether a destination image still exists and is usable (drift check).
     fn image_exists<'a>(
         &'a self,
@@ -418,6 +433,20 @@ pub trait Service: Send + Sync {
         project: Option<&str>,
         image_id: &str,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    /// See [`ImageService::marks_superseded`].
+    fn marks_superseded(&self) -> bool {
+        false
+    }
+    /// See [`ImageService::supersede`].
+    fn supersede(
+        &self,
+        acct: &Account,
+        at: &ImageAt,
+        by: &str,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send {
+        let _ = (acct, at, by);
+        async { Ok(()) }
+    }
     /// Whether a destination image still exists and is usable (drift check).
     fn image_exists(
         &self,
@@ -544,6 +573,17 @@ impl<T: Service> ImageService for T {
         image_id: &'a str,
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(Service::delete_image(self, acct, region, project, image_id))
+    }
+    fn marks_superseded(&self) -> bool {
+        Service::marks_superseded(self)
+    }
+    fn supersede<'a>(
+        &'a self,
+        acct: &'a Account,
+        at: &'a ImageAt,
+        by: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(Service::supersede(self, acct, at, by))
     }
     fn image_exists<'a>(
         &'a self,

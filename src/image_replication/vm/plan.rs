@@ -73,6 +73,10 @@ pub struct Observed {
     /// Regions whose copy's owner no longer has the source shared with it (withdrawn by this
     /// process).
     pub source_unshared: std::collections::HashSet<String>,
+    /// Whether the cloud marks superseded images (the provider's fact).
+    pub marks_superseded: bool,
+    /// Copies of earlier sources this process marked superseded.
+    pub superseded: std::collections::HashSet<String>,
 }
 
 /// How a cloud lists the copies it makes (the provider's facts, observed with the rest): new
@@ -327,6 +331,9 @@ pub struct VmPlan {
     /// (region, account): the source's share with the owner of that region's copy, to withdraw
     /// (see [`unshare_source`]).
     pub unshare_source: Vec<(String, String)>,
+    /// Kept copies of earlier sources to mark superseded by their region's current copy (see
+    /// [`supersede`]).
+    pub supersede: Vec<Superseded>,
     /// What to take from the ledger and slots shared with others before the status is written.
     pub claim: Claim,
 }
@@ -493,6 +500,9 @@ pub fn decide(
     }
     previous.append(&mut p.failed_copies);
     previous = keep_previous(&mut p, obj, &destinations, previous, &obs.retired, gate);
+    if *gate == Gate::Open && obs.marks_superseded {
+        p.supersede = supersede(&destinations, &previous, &p.retire, &obs.superseded);
+    }
     p.status = ImageReplicationStatus {
         observed_generation: obj.metadata.generation,
         conditions: Vec::new(),
@@ -634,6 +644,43 @@ fn keep_previous(
         p.retire = follow::retire(spec, destinations, &previous);
     }
     previous
+}
+
+/// A kept copy of an earlier source and the current copy in its region that supersedes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Superseded {
+    pub region: String,
+    pub image_id: String,
+    pub by: String,
+}
+
+/// Where the cloud marks superseded images: each copy of an earlier source that stays (not
+/// retired now, not failed, not marked yet by this process), pointed to its region's current
+/// Available copy. Never an earlier source itself (a same-region destination's image): only
+/// images the operator made.
+pub fn supersede(
+    destinations: &[DestinationStatus],
+    previous: &[PreviousCopy],
+    retire: &[PreviousCopy],
+    marked: &std::collections::HashSet<String>,
+) -> Vec<Superseded> {
+    previous
+        .iter()
+        .filter(|c| !c.failed && !marked.contains(&c.image_id))
+        .filter(|c| c.source_image_id.as_deref() != Some(c.image_id.as_str()))
+        .filter(|c| !retire.iter().any(|r| r.image_id == c.image_id))
+        .filter_map(|c| {
+            let current = destinations
+                .iter()
+                .find(|d| d.region == c.region && d.phase == DestinationPhase::Available)?;
+            let by = current.image_id.clone().filter(|i| *i != c.image_id)?;
+            Some(Superseded {
+                region: c.region.clone(),
+                image_id: c.image_id.clone(),
+                by,
+            })
+        })
+        .collect()
 }
 
 /// A same-region destination that only shares: nothing is copied, the source itself (once
@@ -1338,6 +1385,53 @@ spec:
         .unwrap();
         o.metadata.generation = Some(1);
         o
+    }
+
+    /// Where the cloud marks superseded images, each kept copy of an earlier source is marked
+    /// once, pointing to its region's current Available copy; never one retired now, a failed
+    /// one, one marked already, an earlier source itself, or while the region has no current copy.
+    #[test]
+    fn kept_copies_are_marked_superseded_by_the_current_one() {
+        let copy = |region: &str, id: &str, source: &str| PreviousCopy {
+            region: region.into(),
+            image_id: id.into(),
+            source_image_id: Some(source.into()),
+            ..Default::default()
+        };
+        let dest = |region: &str, phase: DestinationPhase, id: &str| DestinationStatus {
+            region: region.into(),
+            phase,
+            image_id: Some(id.into()),
+            ..Default::default()
+        };
+        let dests = [
+            dest("two", DestinationPhase::Available, "c-2"),
+            dest("three", DestinationPhase::Copying, "c-3"),
+            dest("one", DestinationPhase::Available, "src-2"),
+        ];
+        let failed = PreviousCopy {
+            failed: true,
+            ..copy("two", "f-2", "src-1")
+        };
+        let previous = [
+            copy("two", "a-2", "src-1"),
+            copy("two", "b-2", "src-0"),
+            copy("two", "m-2", "src-0"),
+            failed,
+            copy("three", "a-3", "src-1"),
+            copy("one", "src-1", "src-1"),
+        ];
+        let retire = [copy("two", "b-2", "src-0")];
+        let marked = std::collections::HashSet::from(["m-2".to_string()]);
+        let got = supersede(&dests, &previous, &retire, &marked);
+        assert_eq!(
+            got,
+            vec![Superseded {
+                region: "two".into(),
+                image_id: "a-2".into(),
+                by: "c-2".into()
+            }]
+        );
     }
 
     /// The quota is decided in the plan from what observe read: the account's ledger (at most

@@ -5,7 +5,7 @@
 //! An image's region is its storage location; an insert answers with a running operation and
 //! the image is `PENDING` until its copy time is up (then `READY`, or `FAILED`). An image's
 //! `family` and `deprecated` come from its `extra` fields; `images.getFromFamily` answers with the
-//! family's newest image not deprecated.
+//! family's newest image not deprecated; `images.deprecate` sets an image's `deprecated`.
 
 use super::*;
 
@@ -91,6 +91,7 @@ pub(super) fn method_of(method: &str, path: &str) -> String {
         ("DELETE", ["images", _]) => "images.delete",
         ("GET", ["images", _, "getIamPolicy"]) => "images.getIamPolicy",
         ("POST", ["images", _, "setIamPolicy"]) => "images.setIamPolicy",
+        ("POST", ["images", _, "deprecate"]) => "images.deprecate",
         _ => "unknown",
     }
     .into()
@@ -238,6 +239,24 @@ pub(super) async fn google(
             st.members.lock().unwrap().insert(resource(name), members);
             *st.policy_versions.lock().unwrap().entry(name.to_string()).or_default() += 1;
             axum::Json(policy(st, name)).into_response()
+        }
+        ("POST", ["images", name, "deprecate"]) => {
+            let mut imgs = st.images.lock().unwrap();
+            let Some(i) = imgs.iter_mut().find(|i| i.name == *name) else {
+                drop(imgs);
+                return not_found(name);
+            };
+            if !i.extra.is_object() {
+                i.extra = json!({});
+            }
+            i.extra["deprecated"] = b.clone();
+            drop(imgs);
+            operation(
+                &base,
+                "setDeprecationStatus",
+                name,
+                st.seq.fetch_add(1, Ordering::SeqCst),
+            )
         }
         _ => g_err(StatusCode::NOT_FOUND, "notFound", "no such method"),
     }

@@ -184,6 +184,9 @@ pub fn name_in(id: &str) -> &str {
     id.rsplit('/').next().unwrap_or(id)
 }
 
+/// The root of Compute Engine's resource URLs (`selfLink`), as a deprecation's `replacement`.
+const SELF_LINK_ROOT: &str = "https://www.googleapis.com/compute/v1";
+
 /// How `source.imageName` names an image family.
 pub const FAMILY: &str = "family/";
 
@@ -419,6 +422,8 @@ impl Catalog for Google {
     const CAN_CANCEL: bool = false;
     /// `requestId`: a repeated insert is the same request.
     const START_IDEMPOTENT: bool = true;
+    /// Kept copies of earlier sources are deprecated in favour of the current one.
+    const MARKS_SUPERSEDED: bool = true;
 
     async fn lookup(
         &self,
@@ -514,6 +519,23 @@ impl Catalog for Google {
 
     async fn cancel(&self, _acct: &Account, _region: &str, _handle: &CopyHandle) -> Result<(), ProviderError> {
         Err(ProviderError::permanent("Compute Engine cannot cancel an image insert"))
+    }
+
+    /// `images.deprecate`: `DEPRECATED` with the current copy as its `replacement` (users of the
+    /// old copy are told which image to take; families and our own follow skip it). Setting
+    /// the same state again changes nothing.
+    async fn supersede(&self, acct: &Account, _region: &str, id: &str, by: &str) -> Result<(), ProviderError> {
+        let body = json!({"state": "DEPRECATED", "replacement": format!("{SELF_LINK_ROOT}/{by}")});
+        self.call(
+            acct,
+            "images.deprecate",
+            reqwest::Method::POST,
+            &format!("images/{}/deprecate", name_in(id)),
+            &[],
+            Some(body),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn delete(&self, acct: &Account, _region: &str, id: &str) -> Result<(), ProviderError> {
