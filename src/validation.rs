@@ -442,6 +442,8 @@ fn destination(out: &mut Vec<Violation>, spec: &ImageReplicationSpec, i: usize, 
     for (set, field) in [
         (d.resource_group_id.is_some(), "resourceGroupId"),
         (d.vault_id.is_some(), "vaultId"),
+        (d.replica_count.is_some(), "replicaCount"),
+        (d.storage_account_type.is_some(), "storageAccountType"),
         (d.project.is_some(), "project"),
         (d.registry.is_some(), "registry"),
     ] {

@@ -1705,7 +1705,7 @@ async fn azure_follows_replicates_publishes_keeps_one_and_deletes() {
         "golden",
         json!({"kind": "azure", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url}),
         json!({"region": home, "imageName": "gallery1/golden/*", "follow": "Newest", "checkInterval": "1h"}),
-        json!([{"region": region, "shareWith": [{"account": g}]}]),
+        json!([{"region": region, "shareWith": [{"account": g}], "replicaCount": 3, "storageAccountType": "Standard_ZRS"}]),
         "Delete",
     );
     obj.spec.retention = Some(image_replication_operator::api::v1alpha1::RetentionSpec { keep: Some(1) });
@@ -1727,6 +1727,15 @@ async fn azure_follows_replicates_publishes_keeps_one_and_deletes() {
         vec![first.clone()]
     );
     assert_eq!(cloud.members_of(&first), shared, "Reader on the version");
+    let replica = &cloud.images_in(region)[0].extra;
+    assert_eq!(
+        (
+            replica["regionalReplicaCount"].clone(),
+            replica["storageAccountType"].clone()
+        ),
+        (json!(3), json!("Standard_ZRS")),
+        "the region's replicas as the destination asks"
+    );
 
     let newer = cloud.add(home, "1.1.0", 30, json!({}));
     cloud.set_created(&newer, day + 7200);

@@ -297,6 +297,16 @@ pub struct DestinationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128))]
     pub vault_id: Option<String>,
+    /// azure: replicas of the image version in this region (1 when unset; more replicas serve
+    /// more VMs created from it at once). Set when the region is added to the version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 100").message("replicaCount must be between 1 and 100"))]
+    pub replica_count: Option<i32>,
+    /// azure: storage account type of this region's replicas (`Standard_LRS`, `Standard_ZRS`,
+    /// `Premium_LRS`, `PremiumV2_LRS`; the version's own when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub storage_account_type: Option<String>,
     /// oci: destination registry for this region, e.g. https://sh.registry.example.com.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]

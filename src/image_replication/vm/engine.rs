@@ -326,6 +326,8 @@ pub fn request_for(obj: &ImageReplication, s: &DestinationStatus, source: &Image
         kms_key_id: d.encryption.as_ref().and_then(|e| e.kms_key_id.clone()),
         resource_group_id: d.resource_group_id.clone(),
         vault_id: d.vault_id.clone(),
+        replica_count: d.replica_count,
+        storage_account_type: d.storage_account_type.clone(),
         token: s.client_token.clone()?,
         started_at: s.started_at.as_ref().map(|t| t.0.as_second()),
     })

@@ -122,6 +122,9 @@ pub struct CopyRequest {
     pub kms_key_id: Option<String>,
     pub resource_group_id: Option<String>,
     pub vault_id: Option<String>,
+    /// Azure: replicas in the region and their storage account type.
+    pub replica_count: Option<i32>,
+    pub storage_account_type: Option<String>,
     /// Idempotency token: the same token never yields two copies.
     pub token: String,
     /// When this attempt was first started (Unix seconds): a copy found by name must not be

@@ -183,7 +183,11 @@ fn version_json(st: &State, id: &str, expand: bool) -> Option<Value> {
     let replicas: Vec<&Img> = imgs.iter().filter(|i| i.id == id).collect();
     let regions: Vec<Value> = replicas
         .iter()
-        .map(|i| json!({"name": display(&i.region), "regionalReplicaCount": 1, "storageAccountType": "Standard_LRS"}))
+        .map(|i| {
+            json!({"name": display(&i.region),
+                "regionalReplicaCount": i.extra["regionalReplicaCount"].as_i64().unwrap_or(1),
+                "storageAccountType": i.extra["storageAccountType"].as_str().unwrap_or("Standard_LRS")})
+        })
         .collect();
     let version = id.rsplit('/').next().unwrap_or("");
     let mut v = json!({
@@ -293,13 +297,12 @@ pub(super) async fn azure(
             let Some(_) = version_json(st, path, false) else {
                 return not_found();
             };
-            let wanted: Vec<String> = b
+            let targets: Vec<Value> = b
                 .pointer("/properties/publishingProfile/targetRegions")
                 .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|t| t["name"].as_str().map(norm))
-                .collect();
+                .cloned()
+                .unwrap_or_default();
+            let wanted: Vec<String> = targets.iter().filter_map(|t| t["name"].as_str().map(norm)).collect();
             {
                 let mut imgs = st.images.lock().unwrap();
                 let home = imgs.iter().find(|i| i.id == path && i.copy.is_none()).cloned().unwrap();
@@ -314,12 +317,23 @@ pub(super) async fn azure(
                 for r in &wanted {
                     if !imgs.iter().any(|i| i.id == path && norm(&i.region) == *r) {
                         let region = r.clone();
+                        // The region's replica count and storage type, as the update asked.
+                        let t = targets
+                            .iter()
+                            .find(|t| t["name"].as_str().map(norm).as_ref() == Some(r));
+                        let mut extra = json!({});
+                        for k in ["regionalReplicaCount", "storageAccountType"] {
+                            if let Some(x) = t.and_then(|t| t.get(k)).filter(|x| !x.is_null()) {
+                                extra[k] = x.clone();
+                            }
+                        }
                         imgs.push(Img {
                             copy: Some((Instant::now(), copy_time(st, &region))),
                             region,
                             listed_at: None,
                             fails: st.copy_fails(),
                             tags: BTreeMap::new(),
+                            extra,
                             ..home.clone()
                         });
                     }

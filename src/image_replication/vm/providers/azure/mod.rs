@@ -41,6 +41,8 @@ pub const API_VERSION: &str = "2026-03-03";
 const ARM: &str = "https://management.azure.com";
 /// Regions one image version can be replicated to (Azure's documented limit per version).
 pub const MAX_REGIONS: usize = 100;
+/// The storage account types of a version's replicas (azure-mgmt-compute's `StorageAccountType`).
+pub const STORAGE_TYPES: &[&str] = &["Standard_LRS", "Standard_ZRS", "Premium_LRS", "PremiumV2_LRS"];
 
 /// The `Microsoft.Authorization` api-version of role assignments (azure-mgmt-authorization's).
 pub const AUTH_API_VERSION: &str = "2022-04-01";
@@ -519,7 +521,10 @@ impl Catalog for Azure {
                 .and_then(Value::as_str)
                 .is_some_and(|n| same_region(n, &req.region))
         }) {
-            let mut t = json!({"name": req.region, "regionalReplicaCount": 1});
+            let mut t = json!({"name": req.region, "regionalReplicaCount": req.replica_count.unwrap_or(1)});
+            if let Some(kind) = &req.storage_account_type {
+                t["storageAccountType"] = json!(kind);
+            }
             if let Some(des) = &req.kms_key_id {
                 t["encryption"] = json!({"osDiskImage": {"diskEncryptionSetId": des}});
             }
@@ -631,7 +636,7 @@ pub const CLOUD: Cloud = Cloud {
     default_name: |_, source| source.name.clone(),
     spec_rules,
     free_form_regions: false,
-    fields: &[],
+    fields: &["replicaCount", "storageAccountType"],
     other_owner: Some(
         "an image version belongs to its gallery's subscription; share it with the other subscription's principal with shareWith (Reader on the version) instead",
     ),
@@ -669,6 +674,23 @@ fn spec_rules(spec: &ImageReplicationSpec, out: &mut Vec<Violation>) {
                 format!(
                     "an Azure copy is the image version itself in another region, so a share (Reader on the version) holds in every region: every destination that sets shareWith must name the accounts of destinations[{f}].shareWith"
                 ),
+            ));
+        }
+        if let Some(kind) = d.storage_account_type.as_deref().filter(|k| !STORAGE_TYPES.contains(k)) {
+            out.push(Violation::new(
+                format!("spec.destinations[{i}].storageAccountType"),
+                "InvalidStorageAccountType",
+                format!(
+                    "{kind} is not a storage account type of image version replicas: one of {}",
+                    STORAGE_TYPES.join(", ")
+                ),
+            ));
+        }
+        if let Some(n) = d.replica_count.filter(|n| !(1..=100).contains(n)) {
+            out.push(Violation::new(
+                format!("spec.destinations[{i}].replicaCount"),
+                "InvalidReplicaCount",
+                format!("replicaCount {n}: a region holds 1 to 100 replicas of an image version"),
             ));
         }
         if d.name.is_some() {
@@ -767,6 +789,39 @@ mod tests {
             crate::validation::image_replication(&s)[0].reason,
             "InvalidRole",
             "no role to assume"
+        );
+    }
+
+    /// A region's replica count and storage type are Azure's to take, within Azure's values.
+    #[test]
+    fn replica_counts_and_storage_types() {
+        let o: crate::api::ImageReplication =
+            serde_yaml::from_str(include_str!("../../../../../deploy/examples/azure.yaml")).unwrap();
+        let mut s = o.spec.clone();
+        s.destinations[0].replica_count = Some(3);
+        s.destinations[0].storage_account_type = Some("Standard_ZRS".into());
+        assert_eq!(crate::validation::image_replication(&s), vec![]);
+        s.destinations[1].replica_count = Some(0);
+        s.destinations[1].storage_account_type = Some("Standard_GRS".into());
+        let got = crate::validation::image_replication(&s);
+        let reasons: Vec<(&str, &str)> = got.iter().map(|v| (v.field.as_str(), v.reason)).collect();
+        assert_eq!(
+            reasons,
+            [
+                ("spec.destinations[1].storageAccountType", "InvalidStorageAccountType"),
+                ("spec.destinations[1].replicaCount", "InvalidReplicaCount")
+            ],
+            "{got:?}"
+        );
+        let mut other = s.clone();
+        other.provider.kind = ProviderKind::Google;
+        other.destinations.truncate(1);
+        other.destinations[0].share_with.clear();
+        let got = crate::validation::image_replication(&other);
+        assert!(
+            got.iter()
+                .any(|v| v.field == "spec.destinations[0].replicaCount" && v.reason == "FieldNotSupported"),
+            "{got:?}"
         );
     }
 
