@@ -277,6 +277,11 @@ fn cel_cases() -> Vec<(&'static str, &'static str, Value)> {
         ),
         (
             "ImageReplication",
+            "replicaCount must be between 1 and 100",
+            image_spec(|s| s["destinations"][0]["replicaCount"] = json!(101)),
+        ),
+        (
+            "ImageReplication",
             "exactly one of source.imageId, source.imageName or source.reference",
             image_spec(|s| s["source"]["imageName"] = json!("web")),
         ),

@@ -102,6 +102,21 @@ pub trait Catalog: Send + Sync {
         acct: &Account,
         req: &CopyRequest,
     ) -> impl Future<Output = Result<CopyHandle, ProviderError>> + Send;
+    /// Start the copy: the one started with `req.token` when `find` finds it, else a new one
+    /// (`request_copy`). A cloud whose find and request read the same record does both with
+    /// one read (Azure: the version).
+    fn start(
+        &self,
+        acct: &Account,
+        req: &CopyRequest,
+    ) -> impl Future<Output = Result<CopyHandle, ProviderError>> + Send {
+        async move {
+            match self.find(acct, req).await? {
+                Some(h) => Ok(h),
+                None => self.request_copy(acct, req).await,
+            }
+        }
+    }
     /// Done before an available copy is reported (EC2 makes sure of our tag).
     fn settle(
         &self,
@@ -214,10 +229,7 @@ impl<C: Catalog> Service for C {
 
     async fn start_copy(&self, acct: &Account, req: &CopyRequest) -> Result<CopyHandle, ProviderError> {
         // A copy whose answer was lost is found by its token before another is asked for.
-        match self.find(acct, req).await? {
-            Some(h) => Ok(h),
-            None => self.request_copy(acct, req).await,
-        }
+        C::start(self, acct, req).await
     }
 
     async fn find_copy(&self, acct: &Account, req: &CopyRequest) -> Result<Option<CopyHandle>, ProviderError> {

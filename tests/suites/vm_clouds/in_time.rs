@@ -173,7 +173,7 @@ async fn a_copy_listed_late_is_made_once(kind: Kind) {
         // The source, then the copy on the poll schedule; one token.
         Kind::Google => &[(copy_api(kind), 1), ("images.get", 8), ("token", 1)],
         // The version read before the update, then polled.
-        Kind::Azure => &[(copy_api(kind), 1), ("GalleryImageVersions_Get", 10), ("token", 1)],
+        Kind::Azure => &[(copy_api(kind), 1), ("GalleryImageVersions_Get", 8), ("token", 1)],
         _ => &[(copy_api(kind), 1), ("DescribeImages", 8)],
     };
     cloud.assert_budget(&format!("one copy on {kind_name}"), budget);

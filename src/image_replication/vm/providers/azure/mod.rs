@@ -501,6 +501,8 @@ impl Catalog for Azure {
             .then(|| CopyHandle::of_image(req.source.id.clone())))
     }
 
+    /// The region added to the version's target regions, unless it is there already (an
+    /// answer lost, a restart: that is the copy).
     async fn request_copy(&self, acct: &Account, req: &CopyRequest) -> Result<CopyHandle, ProviderError> {
         let v = self
             .get(acct, &req.source.id)
@@ -532,6 +534,11 @@ impl Catalog for Azure {
             self.set_targets(acct, &v, list).await?;
         }
         Ok(CopyHandle::of_image(req.source.id.clone()))
+    }
+
+    /// `request_copy` finds a copy under way itself: one read of the version, not two.
+    async fn start(&self, acct: &Account, req: &CopyRequest) -> Result<CopyHandle, ProviderError> {
+        self.request_copy(acct, req).await
     }
 
     async fn cancel(&self, _acct: &Account, _region: &str, _handle: &CopyHandle) -> Result<(), ProviderError> {
