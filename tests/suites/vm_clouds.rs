@@ -1593,6 +1593,64 @@ async fn google_follows_an_image_family_and_deprecates_the_copies_it_supersedes(
     cloud.assert_conforms();
 }
 
+/// An insert Compute Engine accepts and then refuses (the organization policy on resource
+/// locations denies the region) makes no image: its operation ends `DONE` with the policy's
+/// error. The copy fails with that error at its first poll (one `globalOperations.get`) instead
+/// of being waited for as an image listed late (5 minutes), and each attempt is one insert.
+#[tokio::test(flavor = "multi_thread")]
+async fn google_an_insert_refused_by_policy_fails_with_the_operations_error() {
+    use support::clouds::google::DENIED_LOCATIONS;
+    let cloud = Stand::start_with(Kind::Google, support::clouds::Profile::realistic()).await;
+    let (src_region, _, data, _) = cloud.account();
+    let denied = DENIED_LOCATIONS[0];
+    cloud.add(src_region, "golden-1", 10, json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, c, _op) = setup(dir.path(), "creds", &data).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    create(
+        &api,
+        "denied",
+        &json!({"kind": "google", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url}),
+        json!({"region": src_region, "imageName": "golden-1"}),
+        json!([{"region": denied}]),
+        "Delete",
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let d = eventually(WAIT, "the policy's error on the destination", || async {
+        let st = api.get("denied").await.ok()?.status?;
+        let d = dest(&st, denied).clone();
+        d.message
+            .as_deref()?
+            .contains("constraints/gcp.resourceLocations")
+            .then_some(d)
+    })
+    .await;
+    println!(
+        "calls for a refused insert on google in {:?}: {:?}",
+        started.elapsed(),
+        cloud.counts()
+    );
+    assert!(cloud.images_in(denied).is_empty(), "no image was made");
+    assert!(
+        d.message.as_deref().unwrap().contains("CONDITION_NOT_MET"),
+        "{:?}",
+        d.message
+    );
+    let inserts = cloud.count("images.insert");
+    assert!(
+        inserts >= 1 && inserts as i32 <= d.attempts.max(1),
+        "one insert per attempt: {inserts}, {}",
+        d.attempts
+    );
+    assert!(
+        cloud.count("globalOperations.get") <= 2 * inserts,
+        "the operation read once or twice per attempt: {:?}",
+        cloud.counts()
+    );
+    cloud.assert_conforms();
+}
+
 /// Compute Engine as it behaves in time: the source found on the listing's second page (500
 /// images a page), a copy that ends FAILED and is made again, throttled calls (403
 /// rateLimitExceeded) waited out, and bearer tokens of 20 s renewed before they expire (no

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::{
     Account, CopyHandle, CopyRequest, ImageAt, ImageInfo, ImageSelector, ImageState, Member, MemberStatus,
-    ProviderError, Service, TaskState,
+    ProviderError, Service, TaskPhase, TaskState,
 };
 use crate::api::v1alpha1::ProviderKind;
 use crate::cloud;
@@ -116,6 +116,17 @@ pub trait Catalog: Send + Sync {
                 None => self.request_copy(acct, req).await,
             }
         }
+    }
+    /// Why the copy `handle` names failed, when its image is not listed and the cloud tracks the
+    /// copy call itself (Compute Engine's operation): a copy refused after the call made no
+    /// image, and is failed at once rather than waited for as one listed late.
+    fn task_failure(
+        &self,
+        acct: &Account,
+        handle: &CopyHandle,
+    ) -> impl Future<Output = Result<Option<String>, ProviderError>> + Send {
+        let _ = (acct, handle);
+        async { Ok(None) }
     }
     /// Done before an available copy is reported (EC2 makes sure of our tag).
     fn settle(
@@ -242,6 +253,13 @@ impl<C: Catalog> Service for C {
         let view = img.as_ref().and_then(|i| C::copy_state(i, &req.region));
         if let (Some((ImageState::Available, _)), Some(i)) = (&view, &img) {
             self.settle(acct, req, i).await?;
+        }
+        if view.is_none()
+            && let Some(why) = C::task_failure(self, acct, handle).await?
+        {
+            let mut st = TaskState::running(Some(id.to_string()), req.source.size_bytes);
+            st.phase = TaskPhase::Failed(why);
+            return Ok(st);
         }
         Ok(TaskState::of_image(id, req.source.size_bytes, view))
     }

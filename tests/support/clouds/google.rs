@@ -61,13 +61,52 @@ fn image_json(base: &str, i: &Img) -> Value {
 }
 
 fn operation(base: &str, kind: &str, target: &str, n: u32) -> Response {
-    axum::Json(json!({
+    axum::Json(operation_json(base, kind, target, n)).into_response()
+}
+
+fn operation_json(base: &str, kind: &str, target: &str, n: u32) -> Value {
+    json!({
         "kind": "compute#operation", "id": format!("{}", 7_000_000 + n), "name": format!("operation-{n}-{kind}"),
         "operationType": kind, "targetLink": format!("{base}/images/{target}"), "status": "RUNNING",
         "progress": 0, "insertTime": created_text(now_unix(), "%Y-%m-%dT%H:%M:%S%.3f-00:00"),
         "selfLink": format!("{base}/operations/operation-{n}-{kind}"),
-    }))
-    .into_response()
+    })
+}
+
+/// Locations the project's organization policy (`constraints/gcp.resourceLocations`) denies:
+/// an insert there is accepted, and its operation ends with the policy's error, no image made.
+pub const DENIED_LOCATIONS: &[&str] = &["me-central2"];
+
+/// `globalOperations.get`: an insert's operation is `DONE` once its image is READY or FAILED
+/// (or at once, with its error, when it was refused); `RUNNING` before.
+fn get_operation(st: &State, name: &str) -> Response {
+    let Some(mut op) = st.operations.lock().unwrap().get(name).cloned() else {
+        return g_err(
+            StatusCode::NOT_FOUND,
+            "notFound",
+            &format!("The resource 'projects/{GOOGLE_PROJECT}/global/operations/{name}' was not found"),
+        );
+    };
+    if op["status"] != "DONE" {
+        let target = op["targetLink"]
+            .as_str()
+            .unwrap_or("")
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let done = st
+            .images
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|i| i.name == target && (i.ready() || i.failed()));
+        if done {
+            op["status"] = json!("DONE");
+            op["progress"] = json!(100);
+        }
+    }
+    axum::Json(op).into_response()
 }
 
 /// The method id (discovery's) of a request, for the call budget: `images.insert`, `token`.
@@ -88,6 +127,7 @@ pub(super) fn method_of(method: &str, path: &str) -> String {
         ("POST", ["images"]) => "images.insert",
         ("GET", ["images", _]) => "images.get",
         ("GET", ["images", "family", _]) => "images.getFromFamily",
+        ("GET", ["operations", _]) => "globalOperations.get",
         ("DELETE", ["images", _]) => "images.delete",
         ("GET", ["images", _, "getIamPolicy"]) => "images.getIamPolicy",
         ("POST", ["images", _, "setIamPolicy"]) => "images.setIamPolicy",
@@ -200,6 +240,7 @@ pub(super) async fn google(
         },
         ("POST", ["images"]) => insert(st, &base, q, b).await,
         ("GET", ["images", "family", family]) => from_family(st, &base, family),
+        ("GET", ["operations", name]) => get_operation(st, name),
         ("DELETE", ["images", name]) => {
             let mut imgs = st.images.lock().unwrap();
             let Some(pos) = imgs.iter().position(|i| i.name == *name) else {
@@ -342,8 +383,9 @@ fn list(st: &State, base: &str, q: &BTreeMap<String, String>) -> Response {
 
 async fn insert(st: &State, base: &str, q: &BTreeMap<String, String>, b: &Value) -> Response {
     let request = q.get("requestId").cloned().unwrap_or_default();
-    if let Some(done) = st.client_tokens.lock().unwrap().get(&request).cloned() {
-        return operation(base, "insert", &done, 0);
+    // The same requestId: the same operation.
+    if let Some(op) = st.client_tokens.lock().unwrap().get(&request).cloned() {
+        return get_operation(st, &op);
     }
     let name = b["name"].as_str().unwrap_or("").to_string();
     let source = b["sourceImage"]
@@ -382,6 +424,23 @@ async fn insert(st: &State, base: &str, q: &BTreeMap<String, String>, b: &Value)
             &format!("The resource 'projects/{GOOGLE_PROJECT}/global/images/{name}' already exists"),
         );
     }
+    let n = st.seq.fetch_add(1, Ordering::SeqCst);
+    let mut op = operation_json(base, "insert", &name, n);
+    let op_name = op["name"].as_str().unwrap_or("").to_string();
+    if DENIED_LOCATIONS.contains(&region.as_str()) {
+        op["status"] = json!("DONE");
+        op["progress"] = json!(100);
+        op["httpErrorStatusCode"] = json!(412);
+        op["httpErrorMessage"] = json!("PRECONDITION FAILED");
+        op["error"] = json!({"errors": [{"code": "CONDITION_NOT_MET", "message": format!(
+            "Location {} violates constraint constraints/gcp.resourceLocations on the resource projects/{GOOGLE_PROJECT}/global/images/{name}.",
+            region.to_uppercase())}]});
+        st.operations.lock().unwrap().insert(op_name.clone(), op.clone());
+        if !request.is_empty() {
+            st.client_tokens.lock().unwrap().insert(request, op_name);
+        }
+        return axum::Json(op).into_response();
+    }
     let tags: BTreeMap<String, String> = b["labels"]
         .as_object()
         .into_iter()
@@ -404,11 +463,12 @@ async fn insert(st: &State, base: &str, q: &BTreeMap<String, String>, b: &Value)
         listed_at: st.listed_at(),
         fails: st.copy_fails(),
     });
+    st.operations.lock().unwrap().insert(op_name.clone(), op.clone());
     if !request.is_empty() {
-        st.client_tokens.lock().unwrap().insert(request, name.clone());
+        st.client_tokens.lock().unwrap().insert(request, op_name);
     }
     hold(st).await;
-    operation(base, "insert", &name, st.seq.fetch_add(1, Ordering::SeqCst))
+    axum::Json(op).into_response()
 }
 
 /// Google's STS (`POST /v1/token`, RFC 8693): a web identity token of the trusted issuer and

@@ -250,6 +250,9 @@ pub struct State {
     policy_versions: Mutex<HashMap<String, u64>>,
     /// Azure: the role assignments made, as ARM answers them (`members` lists who holds one).
     role_assignments: Mutex<Vec<Value>>,
+    /// Google: operations by name, as `globalOperations.get` answers them (an insert's is
+    /// `DONE` once its image is, or at once with the error of a refused insert).
+    operations: Mutex<HashMap<String, Value>>,
     /// Token buckets: (API, account) -> (tokens, last refill).
     buckets: Mutex<HashMap<(String, String), (f64, Instant)>>,
     seq: AtomicU32,

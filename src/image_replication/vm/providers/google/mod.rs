@@ -187,6 +187,19 @@ pub fn name_in(id: &str) -> &str {
 /// The root of Compute Engine's resource URLs (`selfLink`), as a deprecation's `replacement`.
 const SELF_LINK_ROOT: &str = "https://www.googleapis.com/compute/v1";
 
+/// Why a finished operation failed (`status: DONE` with `error.errors`), else `None`.
+pub fn operation_error(op: &Value) -> Option<String> {
+    if op.get("status").and_then(Value::as_str) != Some("DONE") {
+        return None;
+    }
+    let errors = op.pointer("/error/errors").and_then(Value::as_array)?;
+    let text: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{}: {}", json_text(e, "code"), cloud::short(&json_text(e, "message"))))
+        .collect();
+    (!text.is_empty()).then(|| format!("the insert failed: {}", text.join("; ")))
+}
+
 /// How `source.imageName` names an image family.
 pub const FAMILY: &str = "family/";
 
@@ -512,9 +525,40 @@ impl Catalog for Google {
             body["imageEncryptionKey"] = json!({"kmsKeyName": k});
         }
         let q = [("requestId", cloud::uuid_from(&req.token))];
-        self.call(acct, "images.insert", reqwest::Method::POST, "images", &q, Some(body))
+        let op = self
+            .call(acct, "images.insert", reqwest::Method::POST, "images", &q, Some(body))
             .await?;
-        Ok(CopyHandle::of_image(format!("projects/{project}/global/images/{name}")))
+        Ok(CopyHandle {
+            // The insert's operation: what says why a refused insert made no image.
+            task_id: op.get("name").and_then(Value::as_str).map(String::from),
+            image_id: Some(format!("projects/{project}/global/images/{name}")),
+        })
+    }
+
+    /// The insert's operation (`globalOperations.get`), when the image is not listed: `DONE`
+    /// with an `error` (an organization policy on locations, a quota met after the call) made
+    /// no image.
+    async fn task_failure(&self, acct: &Account, handle: &CopyHandle) -> Result<Option<String>, ProviderError> {
+        // An operation's name (`operation-...`); a copy found by its label after a restart has none.
+        let Some(op) = handle.task_id.as_deref().filter(|o| o.starts_with("operation-")) else {
+            return Ok(None);
+        };
+        let v = match self
+            .call(
+                acct,
+                "globalOperations.get",
+                reqwest::Method::GET,
+                &format!("operations/{op}"),
+                &[],
+                None,
+            )
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.not_found => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(operation_error(&v))
     }
 
     async fn cancel(&self, _acct: &Account, _region: &str, _handle: &CopyHandle) -> Result<(), ProviderError> {
@@ -706,6 +750,18 @@ mod tests {
             deprecated(&json!({"deprecated": {"state": "OBSOLETE"}}))
                 && !deprecated(&json!({"deprecated": {"state": "ACTIVE"}}))
         );
+    }
+
+    #[test]
+    fn an_operations_error_is_read_only_when_it_is_done() {
+        let err =
+            json!({"errors": [{"code": "CONDITION_NOT_MET", "message": "Location ME-CENTRAL2 violates constraint"}]});
+        assert_eq!(
+            operation_error(&json!({"status": "DONE", "error": err})).as_deref(),
+            Some("the insert failed: CONDITION_NOT_MET: Location ME-CENTRAL2 violates constraint")
+        );
+        assert_eq!(operation_error(&json!({"status": "RUNNING", "error": err})), None);
+        assert_eq!(operation_error(&json!({"status": "DONE"})), None);
     }
 
     #[test]
