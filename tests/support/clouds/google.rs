@@ -73,6 +73,11 @@ fn operation_json(base: &str, kind: &str, target: &str, n: u32) -> Value {
     })
 }
 
+/// The last path segment of a link or resource name (an image's name).
+fn last_segment(link: &Value) -> String {
+    link.as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_string()
+}
+
 /// Locations the project's organization policy (`constraints/gcp.resourceLocations`) denies:
 /// an insert there is accepted, and its operation ends with the policy's error, no image made.
 pub const DENIED_LOCATIONS: &[&str] = &["me-central2"];
@@ -88,13 +93,7 @@ fn get_operation(st: &State, name: &str) -> Response {
         );
     };
     if op["status"] != "DONE" {
-        let target = op["targetLink"]
-            .as_str()
-            .unwrap_or("")
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .to_string();
+        let target = last_segment(&op["targetLink"]);
         let done = st
             .images
             .lock()
@@ -388,13 +387,7 @@ async fn insert(st: &State, base: &str, q: &BTreeMap<String, String>, b: &Value)
         return get_operation(st, &op);
     }
     let name = b["name"].as_str().unwrap_or("").to_string();
-    let source = b["sourceImage"]
-        .as_str()
-        .unwrap_or("")
-        .rsplit('/')
-        .next()
-        .unwrap_or("")
-        .to_string();
+    let source = last_segment(&b["sourceImage"]);
     let region = b["storageLocations"][0].as_str().unwrap_or("").to_string();
     if name.is_empty() || region.is_empty() {
         return g_err(
