@@ -1942,6 +1942,20 @@ async fn azure_shares_the_version_once_for_every_region_and_withdraws_it() {
     };
     assert_eq!(cloud.members_of(&version), members(&[g, sp]));
     println!("calls for two shares in three regions: {:?}", cloud.counts());
+    // At rest (one share failed for good, two in place): nothing written; the version's role
+    // assignments read once per drift check for all three regions, not once per region.
+    let reads = || cloud.count("RoleAssignments_ListForScope");
+    // The Events of the last status change are posted after it is written: waited for.
+    support::reasons_with(&c, "golden", &["SharesFailed"]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = reads();
+    support::assert_quiet(&s, &c, "golden", Duration::from_secs(7)).await;
+    let during = reads() - before;
+    println!("role assignment reads in 7 s at rest (drift checks every 2 s): {during}");
+    assert!(
+        (1..=5).contains(&during),
+        "read once per look, for every region: {during}"
+    );
     assert_eq!(
         cloud.count("RoleAssignments_Create"),
         3,
