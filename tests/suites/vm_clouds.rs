@@ -1593,6 +1593,75 @@ async fn google_follows_an_image_family_and_deprecates_the_copies_it_supersedes(
     cloud.assert_conforms();
 }
 
+/// A public image project's family followed into our own project (what a platform team does
+/// when `constraints/compute.trustedImageProjects` lets teams launch only from its project):
+/// `imageName: projects/debian-cloud/global/images/family/debian-12` in the multi-region `us`
+/// follows that project's family (never an image of ours with the same family), the copies are
+/// inserted in our project from the public image's resource name, and the public project is only
+/// read.
+#[tokio::test(flavor = "multi_thread")]
+async fn google_follows_a_public_image_projects_family_into_our_project() {
+    use support::clouds::google::{PUBLIC_PROJECT, add_public, resource};
+    let cloud = Stand::start_with(Kind::Google, support::clouds::Profile::realistic()).await;
+    let (_, dst_region, data, _) = cloud.account();
+    let day = 1_796_000_000;
+    let v1 = add_public(&cloud, "us", "debian-12-bookworm-v1", json!({"family": "debian-12"}));
+    cloud.set_created(&v1, day);
+    let v2 = add_public(&cloud, "us", "debian-12-bookworm-v2", json!({"family": "debian-12"}));
+    cloud.set_created(&v2, day + 10);
+    // Ours, newer, in a family of the same name: not the public family.
+    let ours = cloud.add("us", "debian-12-ours", 10, json!({"family": "debian-12"}));
+    cloud.set_created(&ours, day + 20);
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, c, _op) = setup(dir.path(), "creds", &data).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    create(
+        &api,
+        "debian",
+        &json!({"kind": "google", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url}),
+        json!({"region": "us", "imageName": format!("projects/{PUBLIC_PROJECT}/global/images/family/debian-12"), "follow": "Newest"}),
+        json!([{"region": dst_region}]),
+        "Delete",
+    )
+    .await;
+    let st = wait_ready(&api, "debian").await;
+    assert_eq!(
+        st.source.as_ref().unwrap().image_id.as_deref(),
+        Some(v2.as_str()),
+        "the public family's newest"
+    );
+    let copy = resource("debian-12-bookworm-v2-europe-west1");
+    assert_eq!(
+        dest(&st, dst_region).image_id.as_deref(),
+        Some(copy.as_str()),
+        "a copy in our project"
+    );
+    let inserted = cloud.images_in(dst_region);
+    assert_eq!(inserted.len(), 1);
+    assert!(
+        inserted[0].extra["sourceImage"].as_str().unwrap().ends_with(&v2),
+        "made from the public image: {}",
+        inserted[0].extra["sourceImage"]
+    );
+    let public: Vec<_> = cloud
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains(&format!("/projects/{PUBLIC_PROJECT}/")))
+        .collect();
+    assert!(
+        !public.is_empty() && public.iter().all(|r| r.method == "GET"),
+        "the public project only read"
+    );
+    api.delete("debian", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "debian gone", || async {
+        api.get_opt("debian").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(cloud.images_in(dst_region).is_empty(), "our copy deleted");
+    assert_eq!(cloud.images_in("us").len(), 3, "the public images and ours untouched");
+    cloud.assert_conforms();
+}
+
 /// An insert Compute Engine accepts and then refuses (the organization policy on resource
 /// locations denies the region) makes no image: its operation ends `DONE` with the policy's
 /// error. The copy fails with that error at its first poll (one `globalOperations.get`) instead

@@ -73,6 +73,24 @@ fn operation_json(base: &str, kind: &str, target: &str, n: u32) -> Value {
     })
 }
 
+/// A public image project (as `debian-cloud`): its images are readable by every caller.
+pub const PUBLIC_PROJECT: &str = "debian-cloud";
+
+/// Add an image of the public image project (`extra` as for [`Stand::add`]); its id.
+pub fn add_public(cloud: &Stand, region: &str, name: &str, extra: Value) -> String {
+    let id = cloud.add(region, name, 10, extra);
+    let public = format!("projects/{PUBLIC_PROJECT}/global/images/{name}");
+    for i in cloud.state.images.lock().unwrap().iter_mut().filter(|i| i.id == id) {
+        i.id = public.clone();
+    }
+    public
+}
+
+/// Whether image `i` is one of `project`'s.
+fn in_project(i: &Img, project: &str) -> bool {
+    i.id.starts_with(&format!("projects/{project}/global/images/"))
+}
+
 /// The last path segment of a link or resource name (an image's name).
 fn last_segment(link: &Value) -> String {
     link.as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_string()
@@ -206,7 +224,12 @@ pub(super) async fn google(
     b: &Value,
 ) -> Response {
     let base = path.split("/global/").next().unwrap_or("").to_string() + "/global";
-    let project_ok = path.starts_with(&format!("/compute/v1/projects/{GOOGLE_PROJECT}/global/"));
+    let project = base
+        .trim_start_matches("/compute/v1/projects/")
+        .trim_end_matches("/global")
+        .to_string();
+    // Our project; a public image project is readable by anyone, writable by no one.
+    let project_ok = project == GOOGLE_PROJECT || (project == PUBLIC_PROJECT && method == Method::GET);
     if !project_ok {
         return g_err(
             StatusCode::FORBIDDEN,
@@ -217,11 +240,12 @@ pub(super) async fn google(
     let rest = path.split("/global/").nth(1).unwrap_or("").to_string();
     let parts: Vec<&str> = rest.split('/').collect();
     let find = |name: &str| {
+        let id = format!("projects/{project}/global/images/{name}");
         st.images
             .lock()
             .unwrap()
             .iter()
-            .find(|i| i.name == name && i.listed())
+            .find(|i| i.id == id && i.listed())
             .cloned()
     };
     let not_found = |name: &str| {
@@ -232,17 +256,17 @@ pub(super) async fn google(
         )
     };
     match (method.as_str(), parts.as_slice()) {
-        ("GET", ["images"]) => list(st, &base, q),
+        ("GET", ["images"]) => list(st, &base, &project, q),
         ("GET", ["images", name]) => match find(name) {
             Some(i) => axum::Json(image_json(&base, &i)).into_response(),
             None => not_found(name),
         },
         ("POST", ["images"]) => insert(st, &base, q, b).await,
-        ("GET", ["images", "family", family]) => from_family(st, &base, family),
+        ("GET", ["images", "family", family]) => from_family(st, &base, &project, family),
         ("GET", ["operations", name]) => get_operation(st, name),
         ("DELETE", ["images", name]) => {
             let mut imgs = st.images.lock().unwrap();
-            let Some(pos) = imgs.iter().position(|i| i.name == *name) else {
+            let Some(pos) = imgs.iter().position(|i| i.id == resource(name)) else {
                 drop(imgs);
                 return not_found(name);
             };
@@ -282,7 +306,7 @@ pub(super) async fn google(
         }
         ("POST", ["images", name, "deprecate"]) => {
             let mut imgs = st.images.lock().unwrap();
-            let Some(i) = imgs.iter_mut().find(|i| i.name == *name) else {
+            let Some(i) = imgs.iter_mut().find(|i| i.id == resource(name)) else {
                 drop(imgs);
                 return not_found(name);
             };
@@ -324,13 +348,13 @@ fn policy(st: &State, name: &str) -> Value {
 /// `labels.KEY=VALUE` and `name eq RE` filters.
 /// `images.getFromFamily`: the family's newest image (by creation) that is not deprecated,
 /// whatever its status; `404` when it has none.
-fn from_family(st: &State, base: &str, family: &str) -> Response {
+fn from_family(st: &State, base: &str, project: &str, family: &str) -> Response {
     let newest = st
         .images
         .lock()
         .unwrap()
         .iter()
-        .filter(|i| i.listed() && i.extra["family"] == family)
+        .filter(|i| i.listed() && i.extra["family"] == family && in_project(i, project))
         .filter(|i| i.extra.pointer("/deprecated/state").is_none_or(|s| s == "ACTIVE"))
         .max_by_key(|i| i.created_unix)
         .cloned();
@@ -344,7 +368,7 @@ fn from_family(st: &State, base: &str, family: &str) -> Response {
     }
 }
 
-fn list(st: &State, base: &str, q: &BTreeMap<String, String>) -> Response {
+fn list(st: &State, base: &str, project: &str, q: &BTreeMap<String, String>) -> Response {
     let size: usize = q
         .get("maxResults")
         .and_then(|n| n.parse().ok())
@@ -365,7 +389,7 @@ fn list(st: &State, base: &str, q: &BTreeMap<String, String>) -> Response {
         .lock()
         .unwrap()
         .iter()
-        .filter(|i| i.listed() && keep(i))
+        .filter(|i| i.listed() && in_project(i, project) && keep(i))
         .cloned()
         .collect();
     all.sort_by_key(|i| i.created_unix);
@@ -388,6 +412,12 @@ async fn insert(st: &State, base: &str, q: &BTreeMap<String, String>, b: &Value)
     }
     let name = b["name"].as_str().unwrap_or("").to_string();
     let source = last_segment(&b["sourceImage"]);
+    // The source's resource name: in the project its URL names, else in ours.
+    let link = b["sourceImage"].as_str().unwrap_or("");
+    let source_id = match link.find("projects/") {
+        Some(i) => link[i..].to_string(),
+        None => resource(&source),
+    };
     let region = b["storageLocations"][0].as_str().unwrap_or("").to_string();
     if name.is_empty() || region.is_empty() {
         return g_err(
@@ -401,16 +431,22 @@ async fn insert(st: &State, base: &str, q: &BTreeMap<String, String>, b: &Value)
         .lock()
         .unwrap()
         .iter()
-        .find(|i| i.name == source && i.listed())
+        .find(|i| i.id == source_id && i.listed())
         .cloned();
     let Some(src) = src else {
         return g_err(
             StatusCode::NOT_FOUND,
             "notFound",
-            &format!("The resource 'projects/{GOOGLE_PROJECT}/global/images/{source}' was not found"),
+            &format!("The resource '{source_id}' was not found"),
         );
     };
-    if st.images.lock().unwrap().iter().any(|i| i.name == name) {
+    if st
+        .images
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|i| i.name == name && in_project(i, GOOGLE_PROJECT))
+    {
         return g_err(
             StatusCode::CONFLICT,
             "alreadyExists",
@@ -447,7 +483,7 @@ async fn insert(st: &State, base: &str, q: &BTreeMap<String, String>, b: &Value)
         name: name.clone(),
         description: b["description"].as_str().unwrap_or("").into(),
         size_gib: src.size_gib,
-        extra: json!({"sourceImage": format!("{base}/images/{source}")}),
+        extra: json!({"sourceImage": format!("https://www.googleapis.com/compute/v1/{source_id}")}),
         tags,
         copy: Some((Instant::now(), copy_time(st, &region))),
         encrypted: b.get("imageEncryptionKey").is_some(),

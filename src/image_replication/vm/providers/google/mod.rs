@@ -179,6 +179,25 @@ pub fn id_of(image: &Value) -> String {
     }
 }
 
+/// Where the images of `id` (a resource name `projects/<p>/global/images/...`, or a bare name or
+/// pattern in the provider's project) are listed: `projects/<p>/global/images`, else `images`.
+pub fn collection_of(id: &str) -> String {
+    match id
+        .strip_prefix("projects/")
+        .and_then(|r| r.split_once("/global/images/"))
+    {
+        Some((project, _)) => format!("projects/{project}/global/images"),
+        None => "images".into(),
+    }
+}
+
+/// A name, pattern or `family/<f>` without the `projects/<p>/global/images/` it may start with.
+pub fn local_pattern(p: &str) -> &str {
+    p.strip_prefix("projects/")
+        .and_then(|r| r.split_once("/global/images/"))
+        .map_or(p, |(_, rest)| rest)
+}
+
 /// The image name an id (a resource name, or a bare name) stands for.
 pub fn name_in(id: &str) -> &str {
     id.rsplit('/').next().unwrap_or(id)
@@ -278,7 +297,14 @@ impl Google {
     ) -> Result<Value, ProviderError> {
         let root = cloud::endpoint(acct.endpoint.as_deref(), ROOT, "");
         let project = Self::project(acct)?;
-        let mut url = reqwest::Url::parse(&format!("{root}/compute/v1/projects/{project}/global/{path}"))
+        // A path that names its project (an image of another project: a public image project) is
+        // used as it is; others are in the provider's project.
+        let full = if path.starts_with("projects/") {
+            path.to_string()
+        } else {
+            format!("projects/{project}/global/{path}")
+        };
+        let mut url = reqwest::Url::parse(&format!("{root}/compute/v1/{full}"))
             .map_err(|e| ProviderError::permanent(format!("{op}: bad endpoint {root}: {e}")))?;
         if !query.is_empty() {
             url.query_pairs_mut()
@@ -296,7 +322,7 @@ impl Google {
     }
 
     /// `images.list`, every page (`maxResults` 500, `pageToken` on), with a `filter`.
-    async fn list(&self, acct: &Account, filter: &str) -> Result<Vec<Value>, ProviderError> {
+    async fn list(&self, acct: &Account, images: &str, filter: &str) -> Result<Vec<Value>, ProviderError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         for _ in 0..cloud::MAX_PAGES {
@@ -308,7 +334,7 @@ impl Google {
                 q.push(("pageToken", t.clone()));
             }
             let v = self
-                .call(acct, "images.list", reqwest::Method::GET, "images", &q, None)
+                .call(acct, "images.list", reqwest::Method::GET, images, &q, None)
                 .await?;
             out.extend(v.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
             token = v.get("nextPageToken").and_then(Value::as_str).map(String::from);
@@ -320,8 +346,8 @@ impl Google {
     }
 
     /// The family's newest image that is not deprecated (`images.getFromFamily`), if any.
-    async fn family_newest(&self, acct: &Account, family: &str) -> Result<Option<Value>, ProviderError> {
-        let path = format!("images/family/{family}");
+    async fn family_newest(&self, acct: &Account, images: &str, family: &str) -> Result<Option<Value>, ProviderError> {
+        let path = format!("{images}/family/{family}");
         match self
             .call(acct, "images.getFromFamily", reqwest::Method::GET, &path, &[], None)
             .await
@@ -333,13 +359,13 @@ impl Google {
     }
 
     async fn get(&self, acct: &Account, id: &str) -> Result<Option<Value>, ProviderError> {
-        let name = name_in(id);
+        let (images, name) = (collection_of(id), name_in(id));
         match self
             .call(
                 acct,
                 "images.get",
                 reqwest::Method::GET,
-                &format!("images/{name}"),
+                &format!("{images}/{name}"),
                 &[],
                 None,
             )
@@ -451,11 +477,13 @@ impl Catalog for Google {
     }
 
     async fn own_images(&self, acct: &Account, region: &str, pattern: &str) -> Result<Vec<Value>, ProviderError> {
+        // A pattern may name another project's images (`projects/<p>/global/images/...`).
+        let (images, pattern) = (collection_of(pattern), local_pattern(pattern));
         // An image family: Compute Engine answers with its newest image not deprecated.
         let listed = match pattern.strip_prefix(FAMILY) {
-            Some(family) => self.family_newest(acct, family).await?.into_iter().collect(),
+            Some(family) => self.family_newest(acct, &images, family).await?.into_iter().collect(),
             // The listing filters names (RE2, whole name); storage locations are kept here.
-            None => self.list(acct, &name_filter(pattern)).await?,
+            None => self.list(acct, &images, &name_filter(pattern)).await?,
         };
         Ok(listed
             .into_iter()
@@ -465,6 +493,7 @@ impl Catalog for Google {
 
     /// A family's look-up answers for the family itself; a pattern matches names.
     fn follows(pattern: &str, image: &ImageInfo) -> bool {
+        let pattern = local_pattern(pattern);
         pattern.starts_with(FAMILY) || crate::image_replication::vm::glob::glob_match(pattern, &image.name)
     }
 
@@ -498,7 +527,7 @@ impl Catalog for Google {
     async fn find(&self, acct: &Account, req: &CopyRequest) -> Result<Option<CopyHandle>, ProviderError> {
         let filter = format!("labels.{TOKEN_PROPERTY}={}", req.token);
         Ok(self
-            .list(acct, &filter)
+            .list(acct, "images", &filter)
             .await?
             .into_iter()
             .find(|i| {
@@ -514,7 +543,11 @@ impl Catalog for Google {
         labels.insert(TOKEN_PROPERTY.into(), json!(req.token));
         let mut body = json!({
             "name": name,
-            "sourceImage": format!("projects/{project}/global/images/{}", name_in(&req.source.id)),
+        "sourceImage": if req.source.id.starts_with("projects/") {
+                req.source.id.clone()
+            } else {
+                format!("projects/{project}/global/images/{}", name_in(&req.source.id))
+            },
             "storageLocations": [req.region],
             "labels": labels,
         });
@@ -664,21 +697,25 @@ fn service() -> Arc<dyn super::super::ImageService> {
 
 /// A copy's name must be a resource name: the spec's `name` (or the source's) with the region.
 fn spec_rules(spec: &ImageReplicationSpec, out: &mut Vec<Violation>) {
-    if let Some(family) = spec.source.image_name.as_deref().and_then(|n| n.strip_prefix(FAMILY)) {
-        if !valid_name(family) {
-            out.push(Violation::new(
-                "spec.source.imageName",
-                "InvalidName",
-                format!("{family} is not an image family name: lowercase letters, digits and '-', starting with a letter, at most {MAX_NAME} characters"),
-            ));
-        }
-        if spec.source.follow.is_none() {
-            out.push(Violation::new(
-                "spec.source.imageName",
-                "FollowRequired",
-                "an image family names whichever of its images is newest: set source.follow: Newest (or name one image)",
-            ));
-        }
+    let name = spec.source.image_name.as_deref().unwrap_or("");
+    let family = local_pattern(name).strip_prefix(FAMILY);
+    if let Some(family) = family
+        && !valid_name(family)
+    {
+        out.push(Violation::new(
+            "spec.source.imageName",
+            "InvalidName",
+            format!("{family} is not an image family name: lowercase letters, digits and '-', starting with a letter, at most {MAX_NAME} characters"),
+        ));
+    }
+    // A family, or a name in another project (`projects/<p>/global/images/...`), is looked up
+    // by follow; one image of another project is named by source.imageId.
+    if (family.is_some() || local_pattern(name) != name) && spec.source.follow.is_none() {
+        out.push(Violation::new(
+            "spec.source.imageName",
+            "FollowRequired",
+            "an image family, or a name in another project, is followed: set source.follow: Newest (or name one image with source.imageId, e.g. projects/debian-cloud/global/images/<name>)",
+        ));
     }
     for (i, d) in spec.destinations.iter().enumerate() {
         if let Some(n) = &d.name
@@ -750,6 +787,34 @@ mod tests {
             deprecated(&json!({"deprecated": {"state": "OBSOLETE"}}))
                 && !deprecated(&json!({"deprecated": {"state": "ACTIVE"}}))
         );
+    }
+
+    /// Another project's images: read where their resource name says; a name there is followed.
+    #[test]
+    fn another_projects_images_are_read_there() {
+        let public = "projects/debian-cloud/global/images/family/debian-12";
+        assert_eq!(collection_of(public), "projects/debian-cloud/global/images");
+        assert_eq!(local_pattern(public), "family/debian-12");
+        assert_eq!(
+            (collection_of("golden-*"), local_pattern("golden-*")),
+            ("images".into(), "golden-*")
+        );
+        let o: crate::api::ImageReplication =
+            serde_yaml::from_str(include_str!("../../../../../deploy/examples/google.yaml")).unwrap();
+        let mut s = o.spec.clone();
+        s.source.image_name = Some(public.into());
+        assert_eq!(crate::validation::image_replication(&s), vec![]);
+        s.source.image_name = Some("projects/debian-cloud/global/images/debian-12-bookworm-v1".into());
+        s.source.follow = None;
+        s.source.check_interval = None;
+        s.retention = None;
+        let got = crate::validation::image_replication(&s);
+        assert_eq!(
+            got.iter().map(|v| v.reason).collect::<Vec<_>>(),
+            ["FollowRequired"],
+            "{got:?}"
+        );
+        assert!(got[0].message.contains("source.imageId"));
     }
 
     #[test]
