@@ -1662,6 +1662,82 @@ async fn google_follows_a_public_image_projects_family_into_our_project() {
     cloud.assert_conforms();
 }
 
+/// A copy owned by another project (`destinations[].account`): the source is shared with that
+/// project's copier (`roles/compute.imageUser`), the copier inserts the copy in its own project
+/// with its own key (Compute Engine refuses it before the share), the source's share is withdrawn
+/// once the copy is available, and on delete the copy goes with the copier's key.
+#[tokio::test(flavor = "multi_thread")]
+async fn google_copy_owned_by_another_project() {
+    use support::clouds::google::{TEAM_ACCOUNT, TEAM_PROJECT, key_file_of, resource};
+    let cloud = Stand::start_with(Kind::Google, support::clouds::Profile::realistic()).await;
+    let (src_region, dst_region, data, _) = cloud.account();
+    let src = cloud.add(src_region, "golden-1", 10, json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c, op) = setup(dir.path(), "creds", &data).await;
+    let team_key = key_file_of(&cloud.url, TEAM_ACCOUNT, TEAM_PROJECT);
+    secret(&c, "team-b", &[("serviceAccountKey", team_key.as_str())]).await;
+    let api: Api<ImageReplication> = Api::namespaced(c.clone(), "default");
+    let copier = format!("serviceAccount:{TEAM_ACCOUNT}");
+    create(
+        &api,
+        "owned",
+        &json!({"kind": "google", "credentialsSecretRef": {"name": "creds"}, "endpoint": cloud.url}),
+        json!({"region": src_region, "imageId": src}),
+        json!([{"region": dst_region, "account": {"id": copier, "credentialsSecretRef": {"name": "team-b"}}}]),
+        "Delete",
+    )
+    .await;
+    let st = wait_ready(&api, "owned").await;
+    let copy = format!("projects/{TEAM_PROJECT}/global/images/golden-1-{dst_region}");
+    let d = dest(&st, dst_region);
+    assert_eq!(d.image_id.as_deref(), Some(copy.as_str()), "in the team's project");
+    assert_eq!(d.owner.as_deref(), Some(copier.as_str()));
+    let inserts = cloud.calls("images.insert");
+    assert!(
+        !inserts.is_empty()
+            && inserts
+                .iter()
+                .all(|r| r.path.contains(&format!("/projects/{TEAM_PROJECT}/"))
+                    && r.headers["authorization"].contains(TEAM_PROJECT)),
+        "inserted by the team's copier in its project"
+    );
+    eventually(WAIT, "the source's share withdrawn", || async {
+        cloud.members_of(&resource("golden-1")).is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(
+        cloud.count("images.setIamPolicy"),
+        2,
+        "shared with the copier, then withdrawn"
+    );
+    let order: Vec<String> = cloud
+        .requests()
+        .iter()
+        .map(support::clouds::google::method_name)
+        .collect();
+    let first = |m: &str| order.iter().position(|x| x == m).unwrap();
+    assert!(
+        first("images.setIamPolicy") < first("images.insert"),
+        "shared before the copier inserts: {order:?}"
+    );
+    api.delete("owned", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "owned gone", || async {
+        api.get_opt("owned").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(cloud.images_in(dst_region).is_empty(), "the team's copy deleted");
+    let deletes = cloud.calls("images.delete");
+    assert!(
+        deletes
+            .iter()
+            .all(|r| r.headers["authorization"].contains(TEAM_PROJECT)),
+        "with the copier's key"
+    );
+    assert_eq!(cloud.images_in(src_region).len(), 1, "the source kept");
+    support::assert_secrets_kept(&s, &op, &[support::clouds::google::TEST_KEY.lines().nth(1).unwrap()]).await;
+    cloud.assert_conforms();
+}
+
 /// An insert Compute Engine accepts and then refuses (the organization policy on resource
 /// locations denies the region) makes no image: its operation ends `DONE` with the policy's
 /// error. The copy fails with that error at its first poll (one `globalOperations.get`) instead

@@ -16,14 +16,34 @@ pub const GOOGLE_ACCOUNT: &str = "copier@golden-images.iam.gserviceaccount.com";
 /// The role a share grants.
 const IMAGE_USER: &str = "roles/compute.imageUser";
 
+/// Another team's project and its copier (a copy owned by it: `destinations[].account`).
+pub const TEAM_PROJECT: &str = "team-b";
+pub const TEAM_ACCOUNT: &str = "copier@team-b.iam.gserviceaccount.com";
+
 /// The JSON key file of the test service account, its token endpoint this stand-in.
 pub fn key_file(url: &str) -> String {
+    key_file_of(url, GOOGLE_ACCOUNT, GOOGLE_PROJECT)
+}
+
+/// The key file of `account` in `project` (the same test key).
+pub fn key_file_of(url: &str, account: &str, project: &str) -> String {
     json!({
-        "type": "service_account", "project_id": GOOGLE_PROJECT, "private_key_id": "k1",
-        "private_key": TEST_KEY, "client_email": GOOGLE_ACCOUNT, "client_id": "1",
+        "type": "service_account", "project_id": project, "private_key_id": "k1",
+        "private_key": TEST_KEY, "client_email": account, "client_id": "1",
         "token_uri": format!("{url}/token"),
     })
     .to_string()
+}
+
+/// The project whose service account holds the request's bearer token (the team's tokens say
+/// so in their text; every other token is our project's).
+fn caller_project(hdr: &BTreeMap<String, String>) -> &'static str {
+    let token = hdr.get("authorization").map(String::as_str).unwrap_or("");
+    if token.starts_with(&format!("Bearer ya29.{TEAM_PROJECT}-")) {
+        TEAM_PROJECT
+    } else {
+        GOOGLE_PROJECT
+    }
 }
 
 /// An image's id in the stand-in: its resource name, as the operator reports it.
@@ -71,6 +91,11 @@ fn operation_json(base: &str, kind: &str, target: &str, n: u32) -> Value {
         "progress": 0, "insertTime": created_text(now_unix(), "%Y-%m-%dT%H:%M:%S%.3f-00:00"),
         "selfLink": format!("{base}/operations/operation-{n}-{kind}"),
     })
+}
+
+/// A recorded request's method name (`images.insert`).
+pub fn method_name(r: &Req) -> String {
+    method_of(&r.method, &r.path)
 }
 
 /// A public image project (as `debian-cloud`): its images are readable by every caller.
@@ -188,7 +213,7 @@ pub(super) fn token(st: &State, url_of_token: &str, form: &BTreeMap<String, Stri
     }
     let claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap_or_default()).unwrap_or(Value::Null);
     let now = now_unix();
-    if claims["iss"] != GOOGLE_ACCOUNT
+    if (claims["iss"] != GOOGLE_ACCOUNT && claims["iss"] != TEAM_ACCOUNT)
         || claims["aud"] != url_of_token
         || claims["scope"].as_str().is_none_or(|s| !s.contains("cloud-platform"))
     {
@@ -200,7 +225,12 @@ pub(super) fn token(st: &State, url_of_token: &str, form: &BTreeMap<String, Stri
         return bad("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe.");
     }
     let life = st.sts.lock().unwrap().life;
-    let token = format!("ya29.test-{}", st.seq.fetch_add(1, Ordering::SeqCst));
+    let who = if claims["iss"] == TEAM_ACCOUNT {
+        TEAM_PROJECT
+    } else {
+        "test"
+    };
+    let token = format!("ya29.{who}-{}", st.seq.fetch_add(1, Ordering::SeqCst));
     st.hand_out(&token, Instant::now() + life);
     axum::Json(json!({"access_token": token, "expires_in": life.as_secs(), "token_type": "Bearer"})).into_response()
 }
@@ -222,6 +252,7 @@ pub(super) async fn google(
     path: &str,
     q: &BTreeMap<String, String>,
     b: &Value,
+    hdr: &BTreeMap<String, String>,
 ) -> Response {
     let base = path.split("/global/").next().unwrap_or("").to_string() + "/global";
     let project = base
@@ -229,7 +260,8 @@ pub(super) async fn google(
         .trim_end_matches("/global")
         .to_string();
     // Our project; a public image project is readable by anyone, writable by no one.
-    let project_ok = project == GOOGLE_PROJECT || (project == PUBLIC_PROJECT && method == Method::GET);
+    let caller = caller_project(hdr);
+    let project_ok = project == caller || (project == PUBLIC_PROJECT && method == Method::GET);
     if !project_ok {
         return g_err(
             StatusCode::FORBIDDEN,
@@ -239,8 +271,9 @@ pub(super) async fn google(
     }
     let rest = path.split("/global/").nth(1).unwrap_or("").to_string();
     let parts: Vec<&str> = rest.split('/').collect();
+    let image_id = |name: &str| format!("projects/{project}/global/images/{name}");
     let find = |name: &str| {
-        let id = format!("projects/{project}/global/images/{name}");
+        let id = image_id(name);
         st.images
             .lock()
             .unwrap()
@@ -261,29 +294,29 @@ pub(super) async fn google(
             Some(i) => axum::Json(image_json(&base, &i)).into_response(),
             None => not_found(name),
         },
-        ("POST", ["images"]) => insert(st, &base, q, b).await,
+        ("POST", ["images"]) => insert(st, &base, &project, q, b).await,
         ("GET", ["images", "family", family]) => from_family(st, &base, &project, family),
         ("GET", ["operations", name]) => get_operation(st, name),
         ("DELETE", ["images", name]) => {
             let mut imgs = st.images.lock().unwrap();
-            let Some(pos) = imgs.iter().position(|i| i.id == resource(name)) else {
+            let Some(pos) = imgs.iter().position(|i| i.id == image_id(name)) else {
                 drop(imgs);
                 return not_found(name);
             };
             imgs.remove(pos);
             drop(imgs);
-            st.members.lock().unwrap().remove(&resource(name));
+            st.members.lock().unwrap().remove(&image_id(name));
             operation(&base, "delete", name, st.seq.fetch_add(1, Ordering::SeqCst))
         }
         ("GET", ["images", name, "getIamPolicy"]) => match find(name) {
-            Some(_) => axum::Json(policy(st, name)).into_response(),
+            Some(_) => axum::Json(policy(st, &image_id(name))).into_response(),
             None => not_found(name),
         },
         ("POST", ["images", name, "setIamPolicy"]) => {
             if find(name).is_none() {
                 return not_found(name);
             }
-            let now = policy(st, name);
+            let now = policy(st, &image_id(name));
             let p = &b["policy"];
             if p["etag"] != now["etag"] {
                 return g_err(
@@ -300,13 +333,13 @@ pub(super) async fn google(
                 .flat_map(|x| x["members"].as_array().cloned().unwrap_or_default())
                 .filter_map(|m| m.as_str().map(|a| (a.to_string(), "shared".to_string())))
                 .collect();
-            st.members.lock().unwrap().insert(resource(name), members);
-            *st.policy_versions.lock().unwrap().entry(name.to_string()).or_default() += 1;
-            axum::Json(policy(st, name)).into_response()
+            st.members.lock().unwrap().insert(image_id(name), members);
+            *st.policy_versions.lock().unwrap().entry(image_id(name)).or_default() += 1;
+            axum::Json(policy(st, &image_id(name))).into_response()
         }
         ("POST", ["images", name, "deprecate"]) => {
             let mut imgs = st.images.lock().unwrap();
-            let Some(i) = imgs.iter_mut().find(|i| i.id == resource(name)) else {
+            let Some(i) = imgs.iter_mut().find(|i| i.id == image_id(name)) else {
                 drop(imgs);
                 return not_found(name);
             };
@@ -327,15 +360,16 @@ pub(super) async fn google(
 }
 
 /// The image's IAM policy as `getIamPolicy` answers it.
-fn policy(st: &State, name: &str) -> Value {
-    let v = st.policy_versions.lock().unwrap().get(name).copied().unwrap_or(0);
+fn policy(st: &State, id: &str) -> Value {
+    let v = st.policy_versions.lock().unwrap().get(id).copied().unwrap_or(0);
+    let name = id.rsplit('/').next().unwrap_or(id);
     use base64::Engine as _;
     let etag = base64::engine::general_purpose::STANDARD.encode(format!("etag-{name}-{v}"));
     let members: Vec<String> = st
         .members
         .lock()
         .unwrap()
-        .get(&resource(name))
+        .get(id)
         .map(|l| l.iter().map(|(a, _)| a.clone()).collect())
         .unwrap_or_default();
     if members.is_empty() {
@@ -404,7 +438,7 @@ fn list(st: &State, base: &str, project: &str, q: &BTreeMap<String, String>) -> 
     axum::Json(v).into_response()
 }
 
-async fn insert(st: &State, base: &str, q: &BTreeMap<String, String>, b: &Value) -> Response {
+async fn insert(st: &State, base: &str, project: &str, q: &BTreeMap<String, String>, b: &Value) -> Response {
     let request = q.get("requestId").cloned().unwrap_or_default();
     // The same requestId: the same operation.
     if let Some(op) = st.client_tokens.lock().unwrap().get(&request).cloned() {
@@ -416,7 +450,7 @@ async fn insert(st: &State, base: &str, q: &BTreeMap<String, String>, b: &Value)
     let link = b["sourceImage"].as_str().unwrap_or("");
     let source_id = match link.find("projects/") {
         Some(i) => link[i..].to_string(),
-        None => resource(&source),
+        None => format!("projects/{project}/global/images/{source}"),
     };
     let region = b["storageLocations"][0].as_str().unwrap_or("").to_string();
     if name.is_empty() || region.is_empty() {
@@ -440,17 +474,37 @@ async fn insert(st: &State, base: &str, q: &BTreeMap<String, String>, b: &Value)
             &format!("The resource '{source_id}' was not found"),
         );
     };
+    // Another project's image (not a public image project's): its IAM policy must let the
+    // caller's project use it (roles/compute.imageUser for its copier).
+    let owner = source_id
+        .trim_start_matches("projects/")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    if owner != project && owner != PUBLIC_PROJECT {
+        let shared = st.members.lock().unwrap().get(&source_id).cloned().unwrap_or_default();
+        if !shared
+            .iter()
+            .any(|(a, _)| *a == format!("serviceAccount:{TEAM_ACCOUNT}"))
+        {
+            return g_err(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!("Required 'compute.images.useReadOnly' permission for '{source_id}'"),
+            );
+        }
+    }
     if st
         .images
         .lock()
         .unwrap()
         .iter()
-        .any(|i| i.name == name && in_project(i, GOOGLE_PROJECT))
+        .any(|i| i.name == name && in_project(i, project))
     {
         return g_err(
             StatusCode::CONFLICT,
             "alreadyExists",
-            &format!("The resource 'projects/{GOOGLE_PROJECT}/global/images/{name}' already exists"),
+            &format!("The resource 'projects/{project}/global/images/{name}' already exists"),
         );
     }
     let n = st.seq.fetch_add(1, Ordering::SeqCst);
@@ -462,7 +516,7 @@ async fn insert(st: &State, base: &str, q: &BTreeMap<String, String>, b: &Value)
         op["httpErrorStatusCode"] = json!(412);
         op["httpErrorMessage"] = json!("PRECONDITION FAILED");
         op["error"] = json!({"errors": [{"code": "CONDITION_NOT_MET", "message": format!(
-            "Location {} violates constraint constraints/gcp.resourceLocations on the resource projects/{GOOGLE_PROJECT}/global/images/{name}.",
+            "Location {} violates constraint constraints/gcp.resourceLocations on the resource projects/{project}/global/images/{name}.",
             region.to_uppercase())}]});
         st.operations.lock().unwrap().insert(op_name.clone(), op.clone());
         if !request.is_empty() {
@@ -477,9 +531,9 @@ async fn insert(st: &State, base: &str, q: &BTreeMap<String, String>, b: &Value)
         .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
         .collect();
     st.images.lock().unwrap().push(Img {
-        id: resource(&name),
+        id: format!("projects/{project}/global/images/{name}"),
         region: region.clone(),
-        project: GOOGLE_PROJECT.into(),
+        project: project.into(),
         name: name.clone(),
         description: b["description"].as_str().unwrap_or("").into(),
         size_gib: src.size_gib,

@@ -842,7 +842,7 @@ async fn handle(kind: Kind, st: &State, method: Method, uri: Uri, headers: Heade
             }
             Kind::Google if uri.path() == "/v1/token" => google::sts_exchange(st, &params),
             Kind::Google if uri.path().ends_with(":generateAccessToken") => google::generate(st, uri.path(), &hdr),
-            Kind::Google => google::google(st, &method, uri.path(), &params, &json_body).await,
+            Kind::Google => google::google(st, &method, uri.path(), &params, &json_body, &hdr).await,
             Kind::Azure if uri.path().ends_with("/oauth2/v2.0/token") => azure::token(st, uri.path(), &params),
             Kind::Azure => azure::azure(st, &method, uri.path(), &params, &json_body).await,
         }

@@ -684,9 +684,9 @@ pub const CLOUD: Cloud = Cloud {
     spec_rules,
     free_form_regions: false,
     fields: &[],
-    other_owner: Some(
-        "Compute Engine images belong to the provider's project; grant the other project's principal the image with shareWith instead (it can then create its own image from it)",
-    ),
+    // A copy in another project: the source shared with `account.id` (its copier's principal),
+    // the copy inserted with `account.credentialsSecretRef`'s key, in that key's project.
+    other_owner: None,
     identity: Some(&sts::IDENTITY),
     moves_bytes: false,
 };
@@ -718,6 +718,13 @@ fn spec_rules(spec: &ImageReplicationSpec, out: &mut Vec<Violation>) {
         ));
     }
     for (i, d) in spec.destinations.iter().enumerate() {
+        if d.account.as_ref().is_some_and(|a| a.assume_role.is_some()) {
+            out.push(Violation::new(
+                format!("spec.destinations[{i}].account.assumeRole"),
+                "FieldNotSupported",
+                "a copy in another project is made with that project's service account key (account.credentialsSecretRef, its project_id or project key); an impersonated service account does not say which project",
+            ));
+        }
         if let Some(n) = &d.name
             && !valid_name(&copy_name(n, &d.region))
         {
@@ -873,7 +880,7 @@ destinations: [{region: europe-west1, shareWith: [{account: "group:ops@example.c
         };
         assert_eq!(crate::validation::image_replication(&spec()), vec![]);
         type Row = (fn(&mut ImageReplicationSpec), &'static str, &'static str);
-        let rows: [Row; 4] = [
+        let rows: [Row; 5] = [
             (
                 |s| s.destinations[0].name = Some("Golden_1".into()),
                 "spec.destinations[0].name",
@@ -890,7 +897,18 @@ destinations: [{region: europe-west1, shareWith: [{account: "group:ops@example.c
                         serde_json::from_value(json!({"id": "other", "credentialsSecretRef": {"name": "b"}})).unwrap(),
                     )
                 },
-                "spec.destinations[0].account",
+                "spec.destinations[0].account.id",
+                "InvalidShareAccount",
+            ),
+            (
+                |s| {
+                    s.destinations[0].account = Some(
+                        serde_json::from_value(json!({"id": "serviceAccount:copier@team-b.iam.gserviceaccount.com",
+                            "assumeRole": {"roleArn": "copier@team-b.iam.gserviceaccount.com"}}))
+                        .unwrap(),
+                    )
+                },
+                "spec.destinations[0].account.assumeRole",
                 "FieldNotSupported",
             ),
             (
