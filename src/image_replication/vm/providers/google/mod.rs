@@ -382,7 +382,7 @@ impl Google {
             acct,
             "images.getIamPolicy",
             reqwest::Method::GET,
-            &format!("images/{}/getIamPolicy", name_in(id)),
+            &format!("{}/{}/getIamPolicy", collection_of(id), name_in(id)),
             &[],
             None,
         )
@@ -607,7 +607,7 @@ impl Catalog for Google {
             acct,
             "images.deprecate",
             reqwest::Method::POST,
-            &format!("images/{}/deprecate", name_in(id)),
+            &format!("{}/{}/deprecate", collection_of(id), name_in(id)),
             &[],
             Some(body),
         )
@@ -621,7 +621,7 @@ impl Catalog for Google {
                 acct,
                 "images.delete",
                 reqwest::Method::DELETE,
-                &format!("images/{}", name_in(id)),
+                &format!("{}/{}", collection_of(id), name_in(id)),
                 &[],
                 None,
             )
@@ -660,7 +660,7 @@ impl Catalog for Google {
             acct,
             "images.setIamPolicy",
             reqwest::Method::POST,
-            &format!("images/{}/setIamPolicy", name_in(id)),
+            &format!("{}/{}/setIamPolicy", collection_of(id), name_in(id)),
             &[],
             Some(body),
         )
