@@ -919,25 +919,51 @@ def check_google(ex, vio):
 _AZURE_OPS = None
 
 
+def request_builders(module, file, url_re):
+    """An azure-mgmt SDK's operations, read from its request builders: (name, method, path regex,
+    api-version, query parameters). `{scope}` in a template is a resource id (slashes and all)."""
+    import importlib
+    import os
+    src = open(os.path.join(os.path.dirname(importlib.import_module(module).__file__), "operations", file)).read()
+    ops = []
+    for m in re.finditer(r"\ndef build_(\w+)_request\((.*?)\n    return HttpRequest\(method=\"(\w+)\"", src, re.S):
+        body = m.group(2)
+        url = re.search(url_re, body)
+        api = re.search(r'_params.pop\("api-version", "([^"]+)"\)', body)
+        if not url:
+            continue
+        pattern = re.escape(url.group(1)).replace(re.escape("{scope}"), ".+")
+        pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern) + "$"
+        query = set(re.findall(r'_params\["([^"]+)"\]', body))
+        ops.append((m.group(1), m.group(3), pattern, api.group(1) if api else None, query))
+    return ops
+
+
 def azure_ops():
-    """The ARM operations of azure-mgmt-compute: (name, method, URL template, api-version, query
-    parameters), read from its request builders."""
+    """The ARM operations of azure-mgmt-compute."""
     global _AZURE_OPS
     if _AZURE_OPS is None:
-        import os
-        import azure.mgmt.compute
-        src = open(os.path.join(os.path.dirname(azure.mgmt.compute.__file__), "operations", "_operations.py")).read()
-        ops = []
-        for m in re.finditer(r"\ndef build_(\w+)_request\((.*?)\n    return HttpRequest\(method=\"(\w+)\"", src, re.S):
-            body = m.group(2)
-            url = re.search(r'_url = "([^"]+)"', body)
-            api = re.search(r'_params.pop\("api-version", "([^"]+)"\)', body)
-            if not url:
-                continue
-            query = set(re.findall(r'_params\["([^"]+)"\]', body))
-            ops.append((m.group(1), m.group(3), url.group(1), api.group(1) if api else None, query))
-        _AZURE_OPS = ops
+        _AZURE_OPS = request_builders("azure.mgmt.compute", "_operations.py", r'_url = "([^"]+)"')
     return _AZURE_OPS
+
+
+def azure_call(ex, vio, ops, bodies, sdk, also=()):
+    """The operation of `ops` (among `bodies`) with the exchange's method and path, its api-version
+    given once and only its query parameters (and `also`): (name, request model, answer model)."""
+    found = next(((n, api, q) for n, method, pattern, api, q in ops
+                  if method == ex["method"] and re.match(pattern, ex["path"]) and n in bodies), None)
+    if found is None:
+        vio.add(ex, f"no {sdk} operation the operator uses has this method and path")
+        return None
+    name, api, query = found
+    q = ex.get("query") or []
+    keys = [k for k, _ in q]
+    if keys.count("api-version") != 1 or dict(q).get("api-version") != api:
+        vio.add(ex, f"{name}: api-version {dict(q).get('api-version')!r} (the SDK's: {api}), given {keys.count('api-version')} times")
+    for k in keys:
+        if k not in query and k not in also:
+            vio.add(ex, f"{name}: {k} is not a query parameter of the operation")
+    return (name, *bodies[name])
 
 
 def azure_model(name):
@@ -1008,26 +1034,13 @@ _AZURE_ROLE_OPS = None
 
 
 def azure_role_ops():
-    """The role assignment operations of azure-mgmt-authorization (api-version 2022-04-01): (name,
-    method, URL regex, api-version, query parameters), read from its request builders; `{scope}`
-    is a resource id (slashes and all)."""
+    """The role assignment operations of azure-mgmt-authorization (api-version 2022-04-01), by
+    scope and name (not the by-id ones, whose template matches any path)."""
     global _AZURE_ROLE_OPS
     if _AZURE_ROLE_OPS is None:
-        import os
-        import azure.mgmt.authorization.v2022_04_01 as v
-        src = open(os.path.join(os.path.dirname(v.__file__), "operations", "_role_assignments_operations.py")).read()
-        ops = []
-        for m in re.finditer(r"\ndef build_(\w+)_request\((.*?)\n    return HttpRequest\(method=\"(\w+)\"", src, re.S):
-            body = m.group(2)
-            url = re.search(r'"template_url", "([^"]+)"', body)
-            api = re.search(r'_params.pop\("api-version", "([^"]+)"\)', body)
-            if not url or "{roleAssignmentId}" in url.group(1):
-                continue
-            pattern = re.escape(url.group(1)).replace(re.escape("{scope}"), ".+")
-            pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern) + "$"
-            query = set(re.findall(r'_params\["([^"]+)"\]', body))
-            ops.append((m.group(1), m.group(3), pattern, api.group(1) if api else None, query))
-        _AZURE_ROLE_OPS = ops
+        _AZURE_ROLE_OPS = request_builders(
+            "azure.mgmt.authorization.v2022_04_01", "_role_assignments_operations.py",
+            r'"template_url", "(/\{scope\}[^"]+)"')
     return _AZURE_ROLE_OPS
 
 
@@ -1114,19 +1127,10 @@ def msrest_model(cls, v, where, ex, vio, request):
 
 def check_azure_roles(ex, vio):
     """A role assignment call held to azure-mgmt-authorization's request builders and models."""
-    found = next(((n, api, q) for n, method, pattern, api, q in azure_role_ops()
-                  if method == ex["method"] and re.match(pattern, ex["path"]) and n in AZURE_ROLE_BODIES), None)
+    found = azure_call(ex, vio, azure_role_ops(), AZURE_ROLE_BODIES, "azure-mgmt-authorization role assignment")
     if found is None:
-        return vio.add(ex, "no azure-mgmt-authorization role assignment operation the operator uses has this method and path")
-    name, api, query = found
-    q = ex.get("query") or []
-    keys = [k for k, _ in q]
-    if keys.count("api-version") != 1 or dict(q).get("api-version") != api:
-        vio.add(ex, f"{name}: api-version {dict(q).get('api-version')!r} (the SDK's: {api})")
-    for k in keys:
-        if k not in query:
-            vio.add(ex, f"{name}: {k} is not a query parameter of the operation")
-    req, resp = AZURE_ROLE_BODIES[name]
+        return
+    name, req, resp = found
     body = loads(ex.get("body"))
     if req:
         msrest_value(req, body, req, ex, vio, True)
@@ -1162,24 +1166,10 @@ def check_azure(ex, vio):
         if not isinstance(answer, dict) or set(answer) - want:
             vio.add(ex, f"token: the answer has {sorted(answer) if isinstance(answer, dict) else answer}")
         return
-    found = None
-    for name, method, url, api, query in azure_ops():
-        pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(url)) + "$"
-        if method == ex["method"] and re.match(pattern, ex["path"]) and name in AZURE_BODIES:
-            found = (name, api, query)
-            break
+    found = azure_call(ex, vio, azure_ops(), AZURE_BODIES, "azure-mgmt-compute", also=("$skiptoken",))
     if found is None:
-        vio.add(ex, "no azure-mgmt-compute operation the operator uses has this method and path")
         return
-    name, api, query = found
-    q = ex.get("query") or []
-    keys = [k for k, _ in q]
-    if keys.count("api-version") != 1 or dict(q).get("api-version") != api:
-        vio.add(ex, f"{name}: api-version {dict(q).get('api-version')!r} (the SDK's: {api}), given {keys.count('api-version')} times")
-    for k in keys:
-        if k not in query and k != "$skiptoken":
-            vio.add(ex, f"{name}: {k} is not a query parameter of the operation")
-    req, resp = AZURE_BODIES[name]
+    name, req, resp = found
     body = loads(ex.get("body"))
     if req:
         azure_value(azure_model(req), body, req, ex, vio)
